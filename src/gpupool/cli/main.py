@@ -1,0 +1,25 @@
+"""Entry point of the `gpupool` command: the root Typer app and its command groups.
+
+Each command group lives in a module of its own (`cli/<group>.py`) that exposes a Typer app;
+this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from gpupool import __version__
+
+app = typer.Typer(
+    name="gpupool",
+    help="gpupool: one shared, fairly scheduled pool of GPU servers. Run `gpupool COMMAND --help` for details.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed gpupool version."""
+    typer.echo(__version__)

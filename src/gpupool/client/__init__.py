@@ -1,0 +1,1 @@
+"""Typed HTTP client shared by the CLI, the SDK and the tests."""

@@ -1,0 +1,1 @@
+"""Pure domain types: resources and units, nodes, workload specs, statuses and errors."""

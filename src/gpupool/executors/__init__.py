@@ -1,0 +1,1 @@
+"""Executors run replicas: local processes or a Ray cluster, behind one interface."""

@@ -1,0 +1,1 @@
+"""GPU discovery, monitoring and sharing (NVML, MPS, MIG)."""

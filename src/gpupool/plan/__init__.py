@@ -1,0 +1,1 @@
+"""Capacity planner: GPU memory, compute, time and MIG sizing from published formulas."""

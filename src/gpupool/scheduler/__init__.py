@@ -1,0 +1,1 @@
+"""The pure scheduling core: snapshot, queues and fair share, gang, preemption, backfill, placement."""

@@ -1,0 +1,1 @@
+"""Placement policies: node filters and scorers (binpack, spread, bestfit, fgd, topology)."""

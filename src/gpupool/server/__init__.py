@@ -1,0 +1,1 @@
+"""The HTTP server: FastAPI app, services and background workers."""

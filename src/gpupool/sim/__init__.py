@@ -1,0 +1,1 @@
+"""Trace-driven simulator: the real scheduler on a virtual clock."""
