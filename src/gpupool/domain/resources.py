@@ -1,0 +1,428 @@
+"""Resource quantities and the parsing of human units.
+
+CPU is counted in milli-cores, memory in MiB, GPU in milli-GPU (1000 = one whole card). Users write
+`cpu: 4` or `500m`, `memory: 16GiB`, `gpu: 2` (two whole cards on one node), `gpu: 0.5` (half of one card)
+or `gpu: {count, share, memory, model, mig}`; the functions here turn those into exact integers and
+reject nonsense with a message that says what is wrong and how to write it instead.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gpupool.domain.errors import ValidationError, reject_unknown_keys
+
+MILLI_PER_GPU = 1000
+MIB = 1
+_BINARY_UNITS = {"ki": 1 / 1024, "mi": 1, "gi": 1024, "ti": 1024**2, "pi": 1024**3}
+_DECIMAL_UNITS = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}  # bytes
+_MEMORY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
+_MIG_PROFILE_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
+MAX_CPU_MILLI = 10_000_000  # 10,000 cores: anything above is a typo
+MAX_MEMORY_MIB = 1024**3  # 1 PiB
+MAX_GPUS_PER_REPLICA = 64
+
+
+class SharingMode(StrEnum):
+    """How one GPU may be shared. `exclusive`: whole cards only. `shared`: time-slicing by share.
+    `mps`: CUDA MPS clients by share. `mig`: hardware partitions (MIG instances) only."""
+
+    EXCLUSIVE = "exclusive"
+    SHARED = "shared"
+    MPS = "mps"
+    MIG = "mig"
+
+    @property
+    def allows_shares(self) -> bool:
+        """True when fractional requests may be placed on a card in this mode."""
+        return self in (SharingMode.SHARED, SharingMode.MPS)
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceVector:
+    """An amount of CPU (milli), memory (MiB) and GPU (milli). Supports +, -, and comparison helpers."""
+
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    gpu_milli: int = 0
+
+    NAMES = ("cpu", "memory", "gpu")
+
+    def __add__(self, other: ResourceVector) -> ResourceVector:
+        return ResourceVector(
+            self.cpu_milli + other.cpu_milli, self.memory_mib + other.memory_mib, self.gpu_milli + other.gpu_milli
+        )
+
+    def __sub__(self, other: ResourceVector) -> ResourceVector:
+        return ResourceVector(
+            self.cpu_milli - other.cpu_milli, self.memory_mib - other.memory_mib, self.gpu_milli - other.gpu_milli
+        )
+
+    def scaled(self, factor: int) -> ResourceVector:
+        """This vector multiplied by an integer factor (e.g. a replica count)."""
+        return ResourceVector(self.cpu_milli * factor, self.memory_mib * factor, self.gpu_milli * factor)
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        """(cpu_milli, memory_mib, gpu_milli)."""
+        return (self.cpu_milli, self.memory_mib, self.gpu_milli)
+
+    def fits_within(self, limit: ResourceVector) -> bool:
+        """True when every component is at most the matching component of `limit`."""
+        return all(a <= b for a, b in zip(self.as_tuple(), limit.as_tuple(), strict=True))
+
+    def exceeding(self, limit: ResourceVector) -> tuple[str, ...]:
+        """Names of the components larger than `limit`'s ("cpu", "memory", "gpu")."""
+        return tuple(n for n, a, b in zip(self.NAMES, self.as_tuple(), limit.as_tuple(), strict=True) if a > b)
+
+    def clamp_low(self) -> ResourceVector:
+        """This vector with negative components replaced by zero."""
+        return ResourceVector(*(max(0, v) for v in self.as_tuple()))
+
+    def is_zero(self) -> bool:
+        """True when every component is zero."""
+        return self.as_tuple() == (0, 0, 0)
+
+    def dominant_share(self, total: ResourceVector) -> float:
+        """max over resources of self/total (resources with zero total are ignored): the DRF share."""
+        shares = [a / b for a, b in zip(self.as_tuple(), total.as_tuple(), strict=True) if b > 0]
+        return max(shares, default=0.0)
+
+    def describe(self) -> str:
+        """Human form, e.g. '4 CPU, 16 GiB, 1.5 GPU'."""
+        return f"{format_cpu(self.cpu_milli)} CPU, {format_memory(self.memory_mib)}, {format_gpu(self.gpu_milli)} GPU"
+
+
+ZERO = ResourceVector()
+
+
+def parse_number(value: Any, field_name: str) -> float:
+    """A finite int or float as float; ValidationError for booleans, strings and NaN/inf."""
+    if isinstance(value, bool):
+        raise ValidationError("expected a number, got a boolean", field_name)
+    if isinstance(value, int | float):
+        if math.isnan(value) or math.isinf(value):
+            raise ValidationError("expected a finite number", field_name)
+        return float(value)
+    raise ValidationError(f"expected a number, got {type(value).__name__} {value!r}", field_name)
+
+
+def parse_cpu(value: Any, field_name: str = "cpu") -> int:
+    """Parse CPU cores into milli-cores: 4 -> 4000, 0.5 -> 500, "500m" -> 500, "2" -> 2000."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            milli = float(text[:-1]) if text.endswith("m") else float(text) * 1000
+        except ValueError:
+            raise ValidationError(f"cannot read {value!r} as CPU; write cores (4, 0.5) or milli-cores (500m)",
+                                  field_name) from None
+    else:
+        milli = parse_number(value, field_name) * 1000
+    if milli < 0 or math.isnan(milli):
+        raise ValidationError(f"CPU cannot be negative (got {value!r})", field_name)
+    if milli > MAX_CPU_MILLI:
+        raise ValidationError(f"{value!r} CPU is more than any machine has; check the unit", field_name)
+    return math.ceil(milli)
+
+
+def parse_memory(value: Any, field_name: str = "memory") -> int:
+    """Parse a memory size into MiB, rounding up: "16GiB" -> 16384, "512Mi" -> 512, "1G" -> 954.
+
+    Binary units (Ki, Mi, Gi, Ti, Pi, with or without a trailing B) and decimal units (K, M, G, T, P, KB, MB,
+    GB...) are accepted; a bare number is refused because its unit would be a guess.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value == 0:
+            return 0
+        raise ValidationError(f"memory {value!r} needs a unit, e.g. {value}GiB or {value}MiB", field_name)
+    if not isinstance(value, str):
+        raise ValidationError(f"expected a size such as 16GiB, got {value!r}", field_name)
+    match = _MEMORY_RE.match(value)
+    if not match:
+        raise ValidationError(f"cannot read {value!r} as a size; write e.g. 16GiB, 512MiB or 1.5TB", field_name)
+    amount, unit = float(match.group(1)), match.group(2).lower().removesuffix("b")
+    if unit in _BINARY_UNITS:
+        mib = amount * _BINARY_UNITS[unit]
+    elif unit in _DECIMAL_UNITS:
+        mib = amount * _DECIMAL_UNITS[unit] / 2**20
+    elif unit == "":
+        mib = amount / 2**20  # "B" alone: bytes
+        if not match.group(2):
+            raise ValidationError(f"memory {value!r} needs a unit, e.g. {value}GiB", field_name)
+    else:
+        raise ValidationError(f"unknown unit {match.group(2)!r} in {value!r}; use KiB, MiB, GiB, TiB or KB, MB, "
+                              "GB, TB", field_name)
+    if mib > MAX_MEMORY_MIB:
+        raise ValidationError(f"{value!r} is more memory than any machine has; check the unit", field_name)
+    return math.ceil(mib - 1e-9)
+
+
+def parse_duration(value: Any, field_name: str = "duration") -> int:
+    """Parse a duration into whole seconds: 90 -> 90, "90s", "30m", "6h", "1h30m", "2d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        parts = _DURATION_RE.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValidationError(f"cannot read {value!r} as a duration; write e.g. 90s, 30m, 6h or 1h30m",
+                                  field_name)
+        scale = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    else:
+        raise ValidationError(f"expected a duration such as 6h, got {value!r}", field_name)
+    if seconds <= 0:
+        raise ValidationError(f"a duration must be positive (got {value!r})", field_name)
+    return math.ceil(seconds)
+
+
+def format_cpu(milli: int) -> str:
+    """Human CPU: 4000 -> '4', 500 -> '0.5'."""
+    return f"{milli / 1000:g}"
+
+
+def format_memory(mib: int) -> str:
+    """Human memory: 16384 -> '16 GiB', 512 -> '512 MiB'."""
+    return f"{mib / 1024:g} GiB" if mib >= 1024 else f"{mib} MiB"
+
+
+def format_gpu(milli: int) -> str:
+    """Human GPU amount: 1500 -> '1.5'."""
+    return f"{milli / MILLI_PER_GPU:g}"
+
+
+def mig_profile_slices(profile: str) -> tuple[int, int]:
+    """(compute slices, memory in GB) of a MIG profile name such as '3g.40gb'; ValidationError otherwise."""
+    match = _MIG_PROFILE_RE.match(profile.strip().lower())
+    if not match:
+        raise ValidationError(f"{profile!r} is not a MIG profile; write e.g. 1g.10gb or 3g.40gb", "gpu.mig")
+    return int(match.group(1)), int(match.group(2))
+
+
+def normalise_model(model: str) -> str:
+    """Canonical GPU model name for matching: upper case, no vendor prefix, dashes for spaces."""
+    text = model.strip().upper()
+    for prefix in ("NVIDIA ", "TESLA "):
+        text = text.removeprefix(prefix)
+    return "-".join(text.split())
+
+
+def model_matches(requested: str, actual: str) -> bool:
+    """True when a requested model name selects the card model `actual`.
+
+    Exact (case-insensitive) names match; a requested family such as "A100" also matches "A100-SXM4-80GB"
+    (a dash-separated prefix), but "V100" does not match "V100M16".
+    """
+    want, have = normalise_model(requested), normalise_model(actual)
+    return have == want or have.startswith(want + "-")
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRequest:
+    """The GPU part of one replica's request; at most one of whole / share / mig is set.
+
+    - whole: `count` >= 1 full cards on one node (each with at least `min_memory_mib` of memory, if set);
+    - share: a part of one card, `share_milli` of compute (1..999) and/or `share_memory_mib` of its memory;
+    - mig: `count` instances of the MIG profile `mig_profile` on one node.
+    `models` restricts the card models (empty: any).
+    """
+
+    count: int = 0
+    share_milli: int = 0
+    share_memory_mib: int = 0
+    min_memory_mib: int = 0
+    models: tuple[str, ...] = ()
+    mig_profile: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """'none', 'whole', 'share' or 'mig'."""
+        if self.mig_profile:
+            return "mig"
+        if self.share_milli or self.share_memory_mib:
+            return "share"
+        return "whole" if self.count else "none"
+
+    @property
+    def is_none(self) -> bool:
+        """True for CPU-only work."""
+        return self.kind == "none"
+
+    def nominal_milli(self) -> int:
+        """GPU milli this request counts against quotas before placement (a memory-only share counts 0 here;
+        its exact milli is known once a card is chosen)."""
+        kind = self.kind
+        if kind == "whole":
+            return self.count * MILLI_PER_GPU
+        if kind == "share":
+            return self.share_milli
+        if kind == "mig" and self.mig_profile:
+            return self.count * mig_instance_milli(self.mig_profile)
+        return 0
+
+    def allows_model(self, model: str) -> bool:
+        """True when `model` is one of the allowed models (or any model is allowed)."""
+        return not self.models or any(model_matches(m, model) for m in self.models)
+
+    def describe(self) -> str:
+        """Human form, e.g. '2 GPU (A100|H100)', '0.5 GPU + 10 GiB', 'MIG 1g.10gb'."""
+        kind = self.kind
+        if kind == "none":
+            return "no GPU"
+        if kind == "whole":
+            text = f"{self.count} GPU"
+        elif kind == "mig":
+            text = f"{self.count} x MIG {self.mig_profile}"
+        else:
+            parts = [f"{format_gpu(self.share_milli)} GPU"] if self.share_milli else []
+            parts += [f"{format_memory(self.share_memory_mib)} GPU memory"] if self.share_memory_mib else []
+            text = " + ".join(parts)
+        return text + (f" ({'|'.join(self.models)})" if self.models else "")
+
+
+NO_GPU = GpuRequest()
+
+
+def mig_instance_milli(profile: str, compute_slices_per_gpu: int = 7) -> int:
+    """GPU milli one MIG instance of `profile` counts as: its compute slices over the card's (7 on A100/H100)."""
+    slices, _ = mig_profile_slices(profile)
+    return round(slices * MILLI_PER_GPU / compute_slices_per_gpu)
+
+
+_GPU_KEYS = ("count", "share", "memory", "model", "mig")
+
+
+def parse_gpu(value: Any, field_name: str = "gpu") -> GpuRequest:
+    """Parse the `gpu:` field of a request.
+
+    `2` -> two whole cards; `0.5` or "500m" -> a half share of one card; `0` -> none;
+    `{count: 2, model: [A100, H100]}`, `{share: 0.25, memory: 10GiB}`, `{memory: 10GiB}` (a share sized by
+    memory), `{count: 1, memory: 40GiB}` (a whole card with at least 40 GiB), `{mig: 1g.10gb, count: 2}`.
+    """
+    if isinstance(value, Mapping):
+        return _parse_gpu_mapping(dict(value), field_name)
+    return _parse_gpu_amount(value, field_name)
+
+
+def _parse_gpu_amount(value: Any, field_name: str) -> GpuRequest:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            amount = float(text[:-1]) / MILLI_PER_GPU if text.endswith("m") else float(text)
+        except ValueError:
+            raise ValidationError(f"cannot read {value!r} as GPUs; write 2 (whole cards), 0.5 (a share of one "
+                                  "card) or a mapping such as {count: 2, model: A100}", field_name) from None
+    else:
+        amount = parse_number(value, field_name)
+    if amount < 0:
+        raise ValidationError(f"GPU count cannot be negative (got {value!r})", field_name)
+    if amount == 0:
+        return NO_GPU
+    if amount < 1:
+        milli = round(amount * MILLI_PER_GPU)
+        if milli == 0:
+            raise ValidationError(f"a GPU share of {value!r} rounds to 0 milli-GPU; the smallest share is 0.001",
+                                  field_name)
+        return GpuRequest(share_milli=milli)
+    if amount != int(amount):
+        raise ValidationError(f"{value!r} GPUs: a fraction must be below 1 (a share of one card) or a whole "
+                              "number of cards", field_name)
+    return _whole(int(amount), field_name)
+
+
+def _whole(count: int, field_name: str, **extra: Any) -> GpuRequest:
+    if count > MAX_GPUS_PER_REPLICA:
+        raise ValidationError(f"{count} GPUs in one replica is more than any node has; split the work into "
+                              "replicas", field_name)
+    return GpuRequest(count=count, **extra)
+
+
+def _parse_models(value: Any, field_name: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items or not all(isinstance(m, str) and m.strip() for m in items):
+        raise ValidationError("expected a model name or a list of model names, e.g. [A100, H100]", field_name)
+    return tuple(sorted({m.strip() for m in items}))
+
+
+def _parse_gpu_mapping(data: dict[str, Any], field_name: str) -> GpuRequest:
+    reject_unknown_keys(data, _GPU_KEYS, field_name)
+    models = _parse_models(data["model"], f"{field_name}.model") if "model" in data else ()
+    count = data.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise ValidationError(f"count must be a whole number of cards (got {count!r})", f"{field_name}.count")
+    if "mig" in data:
+        return _parse_mig(data, models, field_name)
+    memory = parse_memory(data["memory"], f"{field_name}.memory") if "memory" in data else 0
+    if "memory" in data and memory == 0:
+        raise ValidationError("a GPU memory request must be more than 0", f"{field_name}.memory")
+    if "share" in data or (memory and count is None):
+        share = _parse_gpu_amount(data.get("share", 0), f"{field_name}.share") if "share" in data else NO_GPU
+        if share.kind == "whole" or (count is not None and count != 1):
+            raise ValidationError("a share is part of one card: share must be below 1 and count 1 (or absent)",
+                                  field_name)
+        if "share" in data and share.is_none:
+            raise ValidationError("a zero-size share asks for nothing; remove gpu or give a share above 0",
+                                  f"{field_name}.share")
+        return GpuRequest(share_milli=share.share_milli, share_memory_mib=memory, models=models)
+    count = 1 if count is None else count
+    if count == 0:
+        if models:
+            raise ValidationError("a GPU model was given with count 0; remove model or ask for a GPU", field_name)
+        return NO_GPU
+    return _whole(count, field_name, min_memory_mib=memory, models=models)
+
+
+def _parse_mig(data: dict[str, Any], models: tuple[str, ...], field_name: str) -> GpuRequest:
+    if "share" in data or "memory" in data:
+        raise ValidationError("a MIG profile already fixes compute and memory; remove share/memory",
+                              f"{field_name}.mig")
+    profile = str(data["mig"]).strip().lower()
+    mig_profile_slices(profile)
+    count = data.get("count", 1)
+    if count < 1:
+        raise ValidationError("ask for at least one MIG instance", f"{field_name}.count")
+    return GpuRequest(count=count, mig_profile=profile, models=models)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRequest:
+    """What one replica needs from a node: CPU, memory, GPU, and node constraints.
+
+    `node_selector` pairs must all be node labels; `tolerations` names the taint keys this replica accepts.
+    """
+
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    gpu: GpuRequest = NO_GPU
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[str, ...] = field(default=())
+
+    def nominal(self) -> ResourceVector:
+        """The request as a ResourceVector (GPU at its nominal milli)."""
+        return ResourceVector(self.cpu_milli, self.memory_mib, self.gpu.nominal_milli())
+
+    def describe(self) -> str:
+        """Human form, e.g. '4 CPU, 16 GiB, 1 GPU (A100)'."""
+        return f"{format_cpu(self.cpu_milli)} CPU, {format_memory(self.memory_mib)}, {self.gpu.describe()}"
+
+
+_REQUEST_KEYS = ("cpu", "memory", "gpu")
+
+
+def parse_request(data: Any, field_name: str = "resources") -> ReplicaRequest:
+    """Parse a `resources:` mapping such as {cpu: 4, memory: 16GiB, gpu: 1} into a ReplicaRequest."""
+    if data is None:
+        return ReplicaRequest()
+    if not isinstance(data, Mapping):
+        raise ValidationError("expected a mapping such as {cpu: 4, memory: 16GiB, gpu: 1}", field_name)
+    reject_unknown_keys(dict(data), _REQUEST_KEYS, field_name)
+    return ReplicaRequest(
+        cpu_milli=parse_cpu(data.get("cpu", 0), f"{field_name}.cpu"),
+        memory_mib=parse_memory(data.get("memory", 0), f"{field_name}.memory"),
+        gpu=parse_gpu(data.get("gpu", 0), f"{field_name}.gpu"),
+    )

@@ -1,0 +1,243 @@
+"""run_cycle: one pass of the scheduler over the pending workloads. Pure: decisions, not effects.
+
+The cycle, step by step:
+1. Copy the snapshot; build the quota book from the running workloads.
+2. Nominated workloads first: a workload that preempted others in an earlier cycle binds to its nominated
+   placement when it fits; while its victims are still stopping, that placement is held for it.
+3. Take queue heads in fair order: queues whose head stays inside their guarantee first, then by weighted
+   dominant share (lowest first); inside a queue by priority (highest first), then submit time, then id.
+4. For each head: quota (limit, borrowing), then gang placement (all or nothing, with the profile's
+   policy). A head that fits binds, unless it would delay the reservation of a blocked workload.
+5. A head that does not fit: "can never run" if it would not fit an empty pool; else preemption (within its
+   queue by priority, or reclaiming its guarantee from borrowers) when that provably makes it fit; else the
+   first such head gets a backfill reservation.
+6. Everything not bound gets a human reason and its position in its queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+
+from gpupool.domain.queues import QueueSpec
+from gpupool.scheduler.backfill import Reservation, reserve
+from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
+from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.placement.base import PlacementPolicy
+from gpupool.scheduler.placement.registry import make_policy
+from gpupool.scheduler.placer import Placer
+from gpupool.scheduler.preemption import plan_preemption, victim_reason
+from gpupool.scheduler.profile import SchedulerProfile
+from gpupool.scheduler.queues import QuotaBook
+from gpupool.scheduler.snapshot import ClusterSnapshot
+from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload, placements_usage
+
+
+def run_cycle(
+    snapshot: ClusterSnapshot,
+    pending: Iterable[PendingWorkload],
+    running: Iterable[RunningWorkload],
+    queues: Mapping[str, QueueSpec],
+    profile: SchedulerProfile,
+    now: float,
+    *,
+    policy: PlacementPolicy | None = None,
+    never_fits: NeverFitsChecker | None = None,
+) -> Decisions:
+    """Decide what to bind, preempt and reserve, and why everything else waits.
+
+    `snapshot` must hold the placements of `running` (it is copied, never changed). Pass the same
+    `policy` instance across cycles to keep its caches and learned target; pass a `never_fits` checker
+    to reuse its cache while the nodes stay the same. Same inputs give the same decisions.
+    """
+    cycle = _Cycle(snapshot.clone(), list(running), queues, profile, now, policy, never_fits)
+    return cycle.run(list(pending))
+
+
+def queue_order(workloads: Iterable[PendingWorkload]) -> dict[str, list[PendingWorkload]]:
+    """Pending workloads per queue, each list in queue order (priority desc, submit time, id)."""
+    by_queue: dict[str, list[PendingWorkload]] = {}
+    for w in workloads:
+        by_queue.setdefault(w.queue, []).append(w)
+    for items in by_queue.values():
+        items.sort(key=lambda w: (-w.priority, w.submit_time, w.id))
+    return dict(sorted(by_queue.items()))
+
+
+class _Cycle:
+    def __init__(self, snap: ClusterSnapshot, running: list[RunningWorkload], queues: Mapping[str, QueueSpec],
+                 profile: SchedulerProfile, now: float, policy: PlacementPolicy | None,
+                 never_fits: NeverFitsChecker | None) -> None:
+        self.snap, self.profile, self.now = snap, profile, now
+        self.running = running
+        self.book = QuotaBook(queues, running, snap.total_capacity())
+        self.placer = Placer(policy or make_policy(profile.policy), profile.gang_topology,
+                             profile.cpu_avoids_gpu_nodes)
+        self._never_fits = never_fits
+        self.decisions = Decisions()
+        self.reservation: Reservation | None = None
+        self.reasons: dict[str, str] = {}
+        self.nominations: dict[str, tuple[ReplicaPlacement, ...]] = {}
+        self.bound: set[str] = set()
+        self.failed_shapes: dict[object, str] = {}
+        self.unpreemptable_shapes: set[object] = set()
+
+    @property
+    def never_fits(self) -> NeverFitsChecker:
+        if self._never_fits is None:
+            self._never_fits = NeverFitsChecker(self.snap.nodes)
+        return self._never_fits
+
+    def run(self, pending: list[PendingWorkload]) -> Decisions:
+        by_queue = queue_order(pending)
+        handled = self._nominated_first(w for items in by_queue.values() for w in items if w.nominated)
+        self._admit_in_order(by_queue, handled)
+        self._record_pending(by_queue)
+        return self.decisions
+
+    # ------------------------------------------------------------------------------- step 2: nominations
+    def _nominated_first(self, nominated: Iterable[PendingWorkload]) -> set[str]:
+        handled: set[str] = set()
+        for w in sorted(nominated, key=lambda w: (-w.priority, w.submit_time, w.id)):
+            placements = w.nominated or ()
+            if self._fits_jointly(placements) and self.book.blocked_by_quota(w.queue, placements_usage(placements)) \
+                    is None:
+                self.snap.assume_all(placements)
+                self._bind(w, placements)
+                handled.add(w.id)
+            elif self._victims_still_stopping(placements):
+                self.snap.assume_all(placements, force=True)  # hold the capacity its victims free
+                self.book.add(w.queue, placements_usage(placements))
+                self.nominations[w.id] = placements
+                self.reasons[w.id] = "waiting for the workloads it preempted to stop"
+                handled.add(w.id)
+        return handled
+
+    def _fits_jointly(self, placements: Sequence[ReplicaPlacement]) -> bool:
+        taken: list[ReplicaPlacement] = []
+        ok = True
+        for p in placements:
+            if not self.snap.fits(p):
+                ok = False
+                break
+            self.snap.assume(p)
+            taken.append(p)
+        for p in reversed(taken):
+            self.snap.forget(p)
+        return ok
+
+    def _victims_still_stopping(self, placements: Sequence[ReplicaPlacement]) -> bool:
+        nodes = {p.node for p in placements}
+        return any(w.terminating and any(p.node in nodes for p in w.placements) for w in self.running)
+
+    # ------------------------------------------------------------------------- steps 3-5: fair ordering
+    def _admit_in_order(self, by_queue: dict[str, list[PendingWorkload]], handled: set[str]) -> None:
+        lists = {q: [w for w in items if w.id not in handled] for q, items in by_queue.items()}
+        cursor = dict.fromkeys(lists, 0)
+        heap = [(self._queue_key(q, items[0]), q) for q, items in lists.items() if items]
+        heapq.heapify(heap)
+        while heap:
+            _, q = heapq.heappop(heap)
+            items = lists[q]
+            w = items[cursor[q]]
+            cursor[q] += 1
+            if not self._try(w) and self.book.spec(q).strict_fifo:
+                for later in items[cursor[q]:]:
+                    self.reasons[later.id] = f"behind {w.id}, the head of strict-FIFO queue {q}"
+                continue
+            if cursor[q] < len(items):
+                heapq.heappush(heap, (self._queue_key(q, items[cursor[q]]), q))
+
+    def _queue_key(self, queue: str, head: PendingWorkload) -> tuple[int, float, str]:
+        borrowing = 0 if self.book.within_guarantee(queue, head.nominal()) else 1
+        return (borrowing, self.book.share(queue), queue)
+
+    def _try(self, w: PendingWorkload) -> bool:
+        never = self.never_fits.reason(w)
+        if never is not None:
+            self.reasons[w.id] = never
+            return False
+        quota = self.book.blocked_by_quota(w.queue, w.nominal())
+        if quota is not None:
+            if not self._preempt_for(w):
+                self.reasons[w.id] = quota
+            return False
+        shape = w.shape_key()
+        failure = self.failed_shapes.get(shape)
+        if failure is None:
+            result = self.placer.place_gang(self.snap, w)
+            if result.restore is not None:
+                blocked = self._admission_blocked(w, result.placements)
+                if blocked is None:
+                    self._bind(w, result.placements)
+                    return True
+                result.restore()
+                self.reasons[w.id] = blocked
+                return False
+            failure = self.failed_shapes[shape] = result.reason
+        self._handle_no_fit(w, failure)
+        return False
+
+    def _admission_blocked(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> str | None:
+        quota = self.book.blocked_by_quota(w.queue, placements_usage(placements))
+        if quota is not None:
+            return quota
+        res = self.reservation
+        if res is not None and not res.admits(placements, self.now, w.max_runtime_s):
+            return (f"starting now would delay {res.workload_id}, which holds a reservation to start by "
+                    f"t={res.start_time:g}")
+        return None
+
+    def _handle_no_fit(self, w: PendingWorkload, failure: str) -> None:
+        if self._preempt_for(w):
+            return
+        if self.reservation is None and self.profile.backfill:
+            self.reservation = reserve(self.snap, self.placer, w, self.running, self.now)
+            if self.reservation is not None:
+                res = self.reservation
+                self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
+                nodes = ", ".join(sorted({p.node for p in res.placements}))
+                self.reasons[w.id] = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
+                return
+        self.reasons[w.id] = failure
+
+    def _preempt_for(self, w: PendingWorkload) -> bool:
+        shape = (w.queue, w.priority, w.shape_key())
+        if not self.profile.preemption or shape in self.unpreemptable_shapes:
+            return False
+        older = [r for r in self.running if r.id not in self.bound]  # never preempt what this cycle started
+        plan = plan_preemption(self.snap, self.placer, w, older, self.book, self.now, self.profile.min_runtime_s)
+        if plan is None:
+            self.unpreemptable_shapes.add(shape)
+            return False
+        victim_ids = {v.id for v in plan.victims}
+        for victim in plan.victims:
+            self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim)))
+            self.book.remove(victim.queue, victim.usage)
+        self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]
+        self.snap.assume_all(plan.nominated, force=True)  # hold the nominated capacity for w
+        self.book.add(w.queue, placements_usage(plan.nominated))
+        self.nominations[w.id] = plan.nominated
+        nodes = ", ".join(sorted({p.node for p in plan.nominated}))
+        self.reasons[w.id] = (f"preempting {len(plan.victims)} workload(s) ({', '.join(sorted(victim_ids))}); "
+                              f"will start on {nodes} when they stop")
+        return True
+
+    def _bind(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> None:
+        self.decisions.binds.append(Bind(w.id, placements))
+        self.book.add(w.queue, placements_usage(placements))
+        self.bound.add(w.id)
+        self.running.append(RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible,
+                                            w.max_runtime_s))
+
+    # -------------------------------------------------------------------------------- step 6: reasons
+    def _record_pending(self, by_queue: dict[str, list[PendingWorkload]]) -> None:
+        for items in by_queue.values():
+            position = 0
+            for w in items:
+                if w.id in self.bound:
+                    continue
+                position += 1
+                reason = self.reasons.get(w.id, "not considered this cycle")
+                self.decisions.pending.append(Pending(w.id, reason, position, self.nominations.get(w.id)))

@@ -1,0 +1,63 @@
+"""Decisions: what one scheduling cycle asks the world to do. Nothing here has effects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpupool.scheduler.types import ReplicaPlacement
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """Start `workload_id` with these exact placements (node, CPU, memory, GPU cards and shares)."""
+
+    workload_id: str
+    placements: tuple[ReplicaPlacement, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Stop `victim_id` so that `preemptor_id` can run; `reason` is recorded on the victim."""
+
+    victim_id: str
+    preemptor_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """`workload_id` is the blocked head: it will start at `start_time` at the latest (if the running
+    workloads keep their max_runtime) on these placements; backfill may not delay it."""
+
+    workload_id: str
+    start_time: float
+    placements: tuple[ReplicaPlacement, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """`workload_id` stays pending: the human `reason`, its 1-based `position` in its queue, and the
+    placement nominated for it when it preempted others (to be tried first next cycle)."""
+
+    workload_id: str
+    reason: str
+    position: int
+    nominated: tuple[ReplicaPlacement, ...] | None = None
+
+
+@dataclass(slots=True)
+class Decisions:
+    """Everything one cycle decided, in the order it decided it."""
+
+    binds: list[Bind] = field(default_factory=list)
+    preemptions: list[Preempt] = field(default_factory=list)
+    reservations: list[Reserve] = field(default_factory=list)
+    pending: list[Pending] = field(default_factory=list)
+
+    def bound(self) -> dict[str, tuple[ReplicaPlacement, ...]]:
+        """workload id -> placements of every bind."""
+        return {b.workload_id: b.placements for b in self.binds}
+
+    def pending_by_id(self) -> dict[str, Pending]:
+        """workload id -> its Pending decision."""
+        return {p.workload_id: p for p in self.pending}

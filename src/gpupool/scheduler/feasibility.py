@@ -1,0 +1,64 @@
+"""'Can never run': a request that would not fit even if every node of the pool were empty."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gpupool.domain.nodes import Node
+from gpupool.domain.resources import ReplicaRequest, format_cpu, format_memory
+from gpupool.scheduler.placement.filters import explain_no_fit
+from gpupool.scheduler.placement.resource_fit import BestFitPolicy
+from gpupool.scheduler.placer import Placer
+from gpupool.scheduler.snapshot import ClusterSnapshot
+from gpupool.scheduler.types import PendingWorkload
+
+
+class NeverFitsChecker:
+    """Answers, per workload shape, whether it can never run on these nodes and why. Results are cached;
+    build a new checker when the nodes change."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self._empty = ClusterSnapshot(nodes)
+        self._placer = Placer(BestFitPolicy(), gang_topology=True, avoid_gpu_nodes=False)
+        self._cache: dict[object, str | None] = {}
+
+    def reason(self, workload: PendingWorkload) -> str | None:
+        """None when the workload fits an empty pool, else why it never can."""
+        key = workload.shape_key()
+        if key not in self._cache:
+            self._cache[key] = self._check(workload)
+        return self._cache[key]
+
+    def _check(self, workload: PendingWorkload) -> str | None:
+        if len(self._empty) == 0:
+            return "can never run: the pool has no nodes"
+        for group in workload.groups:
+            if self._placer.place_replica(self._empty, group.request) is None:
+                return f"can never run: {self._why_not(group.request)}"
+        result = self._placer.place_gang(self._empty, workload)
+        if result.restore is None:
+            return (f"can never run: the gang of {workload.gang_size} replicas does not fit the whole pool even "
+                    "when it is empty")
+        result.restore()
+        return None
+
+    def _why_not(self, request: ReplicaRequest) -> str:
+        gpu = request.gpu
+        nodes = self._empty.nodes
+        if gpu.kind == "whole":
+            cards = [sum(1 for g in n.gpus if gpu.allows_model(g.model)) for n in nodes]
+            if max(cards) == 0:
+                return f"no node has a GPU of model {'|'.join(gpu.models)}"
+            if gpu.count > max(cards):
+                return (f"a replica asks for {gpu.count} GPUs on one node, but the largest node has {max(cards)}"
+                        f"{' of model ' + '|'.join(gpu.models) if gpu.models else ''}")
+        biggest_cpu = max(n.cpu_milli for n in nodes)
+        biggest_mem = max(n.memory_mib for n in nodes)
+        if request.cpu_milli > biggest_cpu:
+            return (f"a replica asks for {format_cpu(request.cpu_milli)} CPU; the largest node has "
+                    f"{format_cpu(biggest_cpu)}")
+        if request.memory_mib > biggest_mem:
+            return (f"a replica asks for {format_memory(request.memory_mib)} of memory; the largest node has "
+                    f"{format_memory(biggest_mem)}")
+        detail = explain_no_fit(self._empty, request).split(": ", 1)[-1]
+        return f"no node could hold one replica ({request.describe()}) even when empty: {detail}"

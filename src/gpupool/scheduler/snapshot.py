@@ -1,0 +1,208 @@
+"""ClusterSnapshot: free capacity per node and per GPU, updated incrementally.
+
+The snapshot keeps numpy arrays (one row per node, one column per GPU slot of the widest node) so that
+filters and scorers look at every node in a few vectorised operations. `assume` and `forget` change only
+the rows of the nodes a placement touches and bump those nodes' `version`, which lets scorers cache
+per-node results (a version value names one node state, even across clones). `what_if_removed` and
+`trial` return a function that undoes their change, the basis of gang trials, preemption and backfill.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from gpupool.domain.errors import ConflictError
+from gpupool.domain.nodes import Node
+from gpupool.domain.resources import MILLI_PER_GPU, ResourceVector, SharingMode
+from gpupool.scheduler.types import GpuAssignment, ReplicaPlacement
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+Restore = Callable[[], None]
+_STAMPS = itertools.count(1)  # node-state stamps, unique across snapshots and their clones
+
+
+class OverCommitError(ConflictError):
+    """A placement does not fit the snapshot (a bug in a caller, or state that changed underneath)."""
+
+
+class ClusterSnapshot:
+    """Free CPU, memory and GPU capacity of every node; see the module docstring."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        self.nodes: tuple[Node, ...] = tuple(sorted(nodes, key=lambda n: n.name))
+        self._index = {n.name: i for i, n in enumerate(self.nodes)}
+        if len(self._index) != len(self.nodes):
+            raise ConflictError("node names must be unique")
+        self._columns = [{g.index: j for j, g in enumerate(n.gpus)} for n in self.nodes]
+        self._build_arrays()
+        self._mig_used: dict[tuple[int, int], list[bool]] = {
+            (i, j): [False] * len(g.mig_instances)
+            for i, n in enumerate(self.nodes) for j, g in enumerate(n.gpus) if g.mode == SharingMode.MIG
+        }
+        self.mig_nodes: tuple[int, ...] = tuple(sorted({i for i, _ in self._mig_used}))
+        self.changes = 0
+
+    def _build_arrays(self) -> None:
+        n, width = len(self.nodes), max((len(x.gpus) for x in self.nodes), default=0)
+        width = max(width, 1)
+        self.width = width
+        self.cap_cpu = np.array([x.cpu_milli for x in self.nodes], dtype=np.int64)
+        self.cap_mem = np.array([x.memory_mib for x in self.nodes], dtype=np.int64)
+        self.free_cpu = self.cap_cpu.copy()
+        self.free_mem = self.cap_mem.copy()
+        self.schedulable = np.array([x.schedulable for x in self.nodes], dtype=np.bool_)
+        self.gpu_count = np.array([len(x.gpus) for x in self.nodes], dtype=np.int64)
+        self.exists = np.zeros((n, width), dtype=np.bool_)
+        self.gpu_mem_total = np.zeros((n, width), dtype=np.int64)
+        self.whole_ok = np.zeros((n, width), dtype=np.bool_)
+        self.share_ok = np.zeros((n, width), dtype=np.bool_)
+        for i, node in enumerate(self.nodes):
+            for j, g in enumerate(node.gpus):
+                usable = g.healthy and g.mode != SharingMode.MIG
+                self.exists[i, j] = g.healthy
+                self.gpu_mem_total[i, j] = g.memory_mib
+                self.whole_ok[i, j] = usable
+                self.share_ok[i, j] = usable and g.mode.allows_shares
+        self.free_milli = np.where(self.exists, MILLI_PER_GPU, 0).astype(np.int64)
+        self.free_gmem = np.where(self.exists, self.gpu_mem_total, 0).astype(np.int64)
+        self.cap_gpu = self.free_milli.sum(axis=1)
+        self.version = np.zeros(n, dtype=np.int64)
+        self.full_free = np.zeros(n, dtype=np.int64)
+        self.share_max_free = np.zeros(n, dtype=np.int64)
+        self.free_gpu_total = np.zeros(n, dtype=np.int64)
+        self._refresh(np.arange(n))
+
+    def _refresh(self, rows: IntArray | list[int]) -> None:
+        free = self.free_milli[rows]
+        self.full_free[rows] = ((free == MILLI_PER_GPU) & self.whole_ok[rows]).sum(axis=1)
+        self.share_max_free[rows] = np.where(self.share_ok[rows], free, 0).max(axis=1)
+        self.free_gpu_total[rows] = free.sum(axis=1)
+        self.version[rows] = next(_STAMPS)
+
+    # ----------------------------------------------------------------------------------------- lookups
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def index_of(self, name: str) -> int:
+        """Row of the node called `name`; KeyError if unknown."""
+        return self._index[name]
+
+    def has_node(self, name: str) -> bool:
+        """True when a node of that name is in the snapshot."""
+        return name in self._index
+
+    def column_of(self, row: int, gpu_index: int) -> int:
+        """Column of the GPU whose node-local index is `gpu_index` on node `row`."""
+        return self._columns[row][gpu_index]
+
+    def total_capacity(self) -> ResourceVector:
+        """CPU, memory and healthy GPU milli of all schedulable nodes."""
+        s = self.schedulable
+        return ResourceVector(int(self.cap_cpu[s].sum()), int(self.cap_mem[s].sum()), int(self.cap_gpu[s].sum()))
+
+    def free_on(self, row: int) -> ResourceVector:
+        """Free CPU, memory and GPU milli on node `row`."""
+        return ResourceVector(int(self.free_cpu[row]), int(self.free_mem[row]), int(self.free_gpu_total[row]))
+
+    def mig_free_instances(self, row: int, profile: str) -> list[tuple[int, int]]:
+        """(column, instance position) of the free MIG instances of `profile` on node `row`, in order."""
+        found = []
+        for j, gpu in enumerate(self.nodes[row].gpus):
+            used = self._mig_used.get((row, j))
+            if used is None:
+                continue
+            found += [(j, k) for k, inst in enumerate(gpu.mig_instances) if inst.profile == profile and not used[k]]
+        return found
+
+    # ------------------------------------------------------------------------------------ assume/forget
+    def fits(self, placement: ReplicaPlacement) -> bool:
+        """True when `placement` could be assumed now (its node exists and has the capacity it names)."""
+        row = self._index.get(placement.node)
+        if row is None or not self.schedulable[row]:
+            return False
+        if self.free_cpu[row] < placement.cpu_milli or self.free_mem[row] < placement.memory_mib:
+            return False
+        for a in placement.gpus:
+            j = self._columns[row].get(a.index)
+            if j is None or not self._gpu_fits(row, j, a):
+                return False
+        return True
+
+    def _gpu_fits(self, row: int, j: int, a: GpuAssignment) -> bool:
+        if a.mig_instance is not None:
+            used = self._mig_used.get((row, j))
+            return used is not None and a.mig_instance < len(used) and not used[a.mig_instance]
+        if not self.exists[row, j]:
+            return False
+        return bool(self.free_milli[row, j] >= a.milli and self.free_gmem[row, j] >= a.memory_mib)
+
+    def assume(self, placement: ReplicaPlacement, force: bool = False) -> None:
+        """Take `placement`'s capacity. Raises OverCommitError if it does not fit, unless `force`
+        (used when loading running work that a shrunken node can no longer hold)."""
+        if not force and not self.fits(placement):
+            raise OverCommitError(f"placement on {placement.node} does not fit: {placement}")
+        self._apply(placement, -1)
+
+    def forget(self, placement: ReplicaPlacement) -> None:
+        """Give back `placement`'s capacity (the inverse of assume)."""
+        self._apply(placement, +1)
+
+    def _apply(self, placement: ReplicaPlacement, sign: int) -> None:
+        row = self._index.get(placement.node)
+        if row is None:
+            raise OverCommitError(f"unknown node {placement.node!r}")
+        self.free_cpu[row] += sign * placement.cpu_milli
+        self.free_mem[row] += sign * placement.memory_mib
+        for a in placement.gpus:
+            j = self._columns[row][a.index]
+            self.free_milli[row, j] += sign * a.milli
+            self.free_gmem[row, j] += sign * a.memory_mib
+            if a.mig_instance is not None:
+                self._mig_used[(row, j)][a.mig_instance] = sign < 0
+        self._refresh([row])
+        self.changes += 1
+
+    def assume_all(self, placements: Sequence[ReplicaPlacement], force: bool = False) -> None:
+        """assume every placement, in order."""
+        for p in placements:
+            self.assume(p, force=force)
+
+    def trial(self, placements: Sequence[ReplicaPlacement]) -> Restore:
+        """assume `placements` now and return a function that forgets them again."""
+        self.assume_all(placements)
+
+        def restore() -> None:
+            for p in reversed(placements):
+                self.forget(p)
+
+        return restore
+
+    def what_if_removed(self, placements: Sequence[ReplicaPlacement]) -> Restore:
+        """forget `placements` now and return a function that assumes them again."""
+        for p in placements:
+            self.forget(p)
+
+        def restore() -> None:
+            for p in placements:
+                self.assume(p, force=True)
+
+        return restore
+
+    def clone(self) -> ClusterSnapshot:
+        """An independent copy with the same free capacity (for looking ahead in time)."""
+        other = object.__new__(ClusterSnapshot)
+        other.__dict__.update(self.__dict__)
+        for name, value in self.__dict__.items():
+            if isinstance(value, np.ndarray):
+                other.__dict__[name] = value.copy()
+        other._mig_used = {k: list(v) for k, v in self._mig_used.items()}
+        return other
+
+    def gpu_assignment(self, row: int, column: int, milli: int, memory_mib: int) -> GpuAssignment:
+        """A GpuAssignment for card `column` of node `row` (translating to the card's node-local index)."""
+        return GpuAssignment(index=self.nodes[row].gpus[column].index, milli=milli, memory_mib=memory_mib)
