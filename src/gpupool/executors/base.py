@@ -1,0 +1,109 @@
+"""The Executor interface: how the server starts, watches, stops and reads the logs of replicas.
+
+An executor runs replicas somewhere (local processes, a Ray cluster, a fake for tests). The server stores
+the opaque `handle` that `start` returns (a JSON-serialisable dict) and passes it back to the other methods,
+so an executor can find its replicas again after the server restarts. Optional features are declared in
+`capabilities`, never probed with hasattr.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+Handle = dict[str, Any]
+
+
+class Capability(StrEnum):
+    """Optional executor features."""
+
+    FOLLOW_LOGS = "follow_logs"  # logs(follow=True) streams until the replica ends
+    REATTACH = "reattach"  # replicas keep running across a server restart and are found again
+    MULTI_NODE = "multi_node"  # replicas may run on several hosts
+
+
+class ReplicaState(StrEnum):
+    """What an executor knows of one replica."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"  # ended because stop() was called
+    LOST = "lost"  # the executor can no longer find it
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for states a replica never leaves."""
+        return self in (ReplicaState.SUCCEEDED, ReplicaState.FAILED, ReplicaState.STOPPED, ReplicaState.LOST)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLaunch:
+    """Everything needed to start one replica.
+
+    `command` runs under `bash -lc` (or the executor's equivalent) in `cwd` with exactly `env` added to a
+    minimal base environment; stdout and stderr go to files under `log_dir`. `node` is the node the
+    scheduler chose; `gpu_indices` the node-local GPU indices it was given (for information; the GPU
+    environment itself is already in `env`).
+    """
+
+    workload_id: str
+    replica: int
+    role: str
+    command: str
+    env: Mapping[str, str]
+    cwd: Path
+    log_dir: Path
+    node: str = "local"
+    gpu_indices: tuple[int, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A replica's state, its exit code once ended, and a human message."""
+
+    state: ReplicaState
+    exit_code: int | None = None
+    message: str = ""
+
+
+class Executor(ABC):
+    """Starts, polls, stops and reads the logs of replicas; see each method for blocking and idempotency."""
+
+    name: str = "executor"
+    capabilities: frozenset[Capability] = frozenset()
+
+    @abstractmethod
+    def start(self, launch: ReplicaLaunch) -> Handle:
+        """Start the replica and return its handle without waiting for it to run. Idempotent per
+        (workload_id, replica): starting a replica that this executor already started returns the same
+        handle and starts nothing new. Raises ExecutorError when it cannot start at all."""
+
+    @abstractmethod
+    def poll(self, handle: Handle) -> ReplicaStatus:
+        """The replica's current status, without blocking. An unknown or vanished replica is LOST."""
+
+    @abstractmethod
+    def stop(self, handle: Handle, grace_s: float = 10.0) -> None:
+        """Ask the replica to stop (SIGTERM to its whole process group or equivalent) and make sure it is
+        gone `grace_s` later (SIGKILL). Returns without waiting for the grace period. Idempotent; stopping
+        an unknown or finished replica does nothing."""
+
+    @abstractmethod
+    def logs(self, handle: Handle, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """Lines of the replica's combined output (the last `tail` lines when given). With `follow` (only
+        when FOLLOW_LOGS is a capability) the iterator blocks for new lines until the replica ends.
+        An unknown replica yields nothing."""
+
+    def close(self) -> None:  # noqa: B027  (optional hook)
+        """Release executor resources (threads, connections); replicas keep running. Idempotent."""
+
+
+class ExecutorError(Exception):
+    """An executor could not do what was asked (the message says what and why)."""
