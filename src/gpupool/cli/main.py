@@ -12,7 +12,10 @@ from gpupool import __version__
 
 app = typer.Typer(
     name="gpupool",
-    help="gpupool: one shared, fairly scheduled pool of GPU servers. Run `gpupool COMMAND --help` for details.",
+    help=(
+        "gpupool: one shared, fairly scheduled pool of GPU servers. "
+        "Run `gpupool COMMAND --help` for details."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
