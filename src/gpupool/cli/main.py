@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from gpupool import __version__
+from gpupool.cli.plan import plan_app
 
 app = typer.Typer(
     name="gpupool",
@@ -20,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(plan_app, name="plan")
 
 
 @app.command()
