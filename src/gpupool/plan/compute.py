@@ -34,8 +34,8 @@ def training_flops(active_params: float, tokens: float, recompute: Recompute) ->
 
 def pf_days(flops: float) -> Term:
     """The same compute in petaFLOP/s-days (1e15 FLOP/s for a day), the unit of the GPT-3 paper."""
-    return Term("pf_days", "Training compute", flops / PF_DAY, Unit.PF_DAYS, "FLOPs / (1e15 x 86,400 s)",
-                "Brown et al. 2020, Table D.1 (unit)")
+    return Term("pf_days", "Training compute in PF-days", flops / PF_DAY, Unit.PF_DAYS,
+                "FLOPs / (1e15 x 86,400 s)", "Brown et al. 2020, Table D.1 (unit)")
 
 
 def check_utilisation(mfu: float) -> float:

@@ -101,7 +101,9 @@ def plan_mig(gpu: GpuSpec, request: MigRequest) -> Report:
     slice_bytes = gpu.memory_bytes / geometry.memory_slices
     chosen = choose_profile(geometry, compute, memory) if memory is not None else None
     terms = [
-        Term("sm_count", "SMs on the GPU", gpu.sm_count or 0, Unit.COUNT, "datasheet", gpu.source),
+        Term("sm_count", "SMs on the GPU", gpu.sm_count, Unit.COUNT, "datasheet", gpu.source)
+    ] if gpu.sm_count else []
+    terms += [
         Term("compute_slices", "Compute slices needed", compute, Unit.COUNT, compute_words, MIG_SOURCE),
         Term("slice_memory", "Memory per memory slice", slice_bytes, Unit.BYTES,
              f"{gpu.memory_gib:g} GiB / {geometry.memory_slices}", MIG_SOURCE),
