@@ -106,7 +106,7 @@ class Catalog:
     def gpu(self, name: str) -> GpuSpec:
         """The GPU named ``name`` or one of its aliases; raises PlanInputError listing the known names."""
         key = normalize(name)
-        for gpu in self.gpus:
+        for gpu in reversed(self.gpus):  # entries added last (a user's file) win
             if key in {normalize(n) for n in (gpu.name, *gpu.aliases)}:
                 return gpu
         known = ", ".join(g.name for g in self.gpus)
@@ -158,11 +158,18 @@ def _profile_match(name: str) -> re.Match[str]:
     return match
 
 
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise PlanInputError(f"{where}: expected a mapping of fields, got {value!r}")
+    return value
+
+
 def _field(entry: Mapping[str, Any], key: str, where: str, kind: tuple[type, ...]) -> Any:
-    if key not in entry:
+    """A required field of ``kind`` (booleans never count as numbers)."""
+    if entry.get(key) is None:
         raise PlanInputError(f"{where}: missing field {key!r}")
     value = entry[key]
-    if value is not None and not isinstance(value, kind):
+    if isinstance(value, bool) or not isinstance(value, kind):
         expected = " or ".join(k.__name__ for k in kind)
         raise PlanInputError(f"{where}.{key}: expected {expected}, got {value!r}")
     return value
@@ -172,34 +179,56 @@ def _optional_number(entry: Mapping[str, Any], key: str, where: str) -> float | 
     value = entry.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
         raise PlanInputError(f"{where}.{key}: expected a positive number or null, got {value!r}")
     return float(value)
 
 
-def _mig_from_data(data: Mapping[str, Any], where: str) -> MigGeometry:
+def _optional_count(entry: Mapping[str, Any], key: str, where: str) -> int | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise PlanInputError(f"{where}.{key}: expected a positive whole number or null, got {value!r}")
+    return value
+
+
+def _count(entry: Mapping[str, Any], key: str, where: str) -> int:
+    value = _optional_count(entry, key, where)
+    if value is None:
+        raise PlanInputError(f"{where}: missing field {key!r}")
+    return value
+
+
+def _names(entry: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = entry.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise PlanInputError(f"{where}.{key}: expected a list of names, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _mig_from_data(data: Any, where: str) -> MigGeometry:
+    data = _mapping(data, where)
     profiles = []
-    for i, raw in enumerate(_field(data, "profiles", where, (list,))):
+    for i, item in enumerate(_field(data, "profiles", where, (list,))):
         at = f"{where}.profiles[{i}]"
+        raw = _mapping(item, at)
         name = str(_field(raw, "name", at, (str,)))
         profiles.append(MigProfile(
             name=name, compute_slices=int(_profile_match(name)["slices"]),
-            memory_slices=int(_field(raw, "memory_slices", at, (int,))),
-            instances=int(_field(raw, "instances", at, (int,))),
+            memory_slices=_count(raw, "memory_slices", at), instances=_count(raw, "instances", at),
         ))
-    sms = data.get("sms_per_slice")
     return MigGeometry(
-        compute_slices=int(_field(data, "compute_slices", where, (int,))),
-        memory_slices=int(_field(data, "memory_slices", where, (int,))),
-        sms_per_slice=int(sms) if sms is not None else None,
+        compute_slices=_count(data, "compute_slices", where),
+        memory_slices=_count(data, "memory_slices", where),
+        sms_per_slice=_optional_count(data, "sms_per_slice", where),
         profiles=tuple(profiles), source=str(data.get("source", "")),
     )
 
 
-def gpu_from_data(entry: Mapping[str, Any], where: str, default_source: str) -> GpuSpec:
+def gpu_from_data(entry: Any, where: str, default_source: str) -> GpuSpec:
     """Build one GPU from its catalog mapping; raises PlanInputError naming the entry and field."""
-    if not isinstance(entry, Mapping):
-        raise PlanInputError(f"{where}: expected a mapping of fields, got {entry!r}")
+    entry = _mapping(entry, where)
     name = str(_field(entry, "name", where, (str, int)))
     where = f"{where} ({name})"
     memory = _optional_number(entry, "memory_gib", where)
@@ -208,36 +237,32 @@ def gpu_from_data(entry: Mapping[str, Any], where: str, default_source: str) -> 
         raise PlanInputError(f"{where}: memory_gib and memory_bandwidth_gbps are required")
     mig = entry.get("mig")
     return GpuSpec(
-        name=name, aliases=tuple(str(a) for a in entry.get("aliases") or ()),
+        name=name, aliases=_names(entry, "aliases", where),
         architecture=str(entry.get("architecture", "")), memory_gib=memory, memory_bandwidth_gbps=bandwidth,
         peaks={key: _optional_number(entry, key, where) for key in PEAK_KEYS},
         nvlink_gbps=_optional_number(entry, "nvlink_gbps", where),
-        sm_count=int(entry["sm_count"]) if entry.get("sm_count") else None,
-        mig=_mig_from_data(mig, f"{where}.mig") if mig else None,
+        sm_count=_optional_count(entry, "sm_count", where),
+        mig=_mig_from_data(mig, f"{where}.mig") if mig is not None else None,
         source=str(entry.get("source") or default_source),
     )
 
 
-def model_from_data(entry: Mapping[str, Any], where: str, default_source: str) -> ModelShape:
+def model_from_data(entry: Any, where: str, default_source: str) -> ModelShape:
     """Build one model from its catalog mapping; raises PlanInputError naming the entry and field."""
-    if not isinstance(entry, Mapping):
-        raise PlanInputError(f"{where}: expected a mapping of fields, got {entry!r}")
+    entry = _mapping(entry, where)
     name = str(_field(entry, "name", where, (str,)))
     where = f"{where} ({name})"
-
-    def whole(key: str) -> int | None:
-        value = entry.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise PlanInputError(f"{where}.{key}: expected a whole number, got {value!r}")
-        return value
-
+    _names(entry, "aliases", where)
     active = entry.get("active_params")
+    params = _field(entry, "params", where, (str, int, float))
     model = ModelShape(
-        name=name, params=parse_count(_field(entry, "params", where, (str, int, float)), f"{where}.params"),
+        name=name, params=parse_count(params, f"{where}.params"),
         active_params=parse_count(active, f"{where}.active_params") if active is not None else None,
-        source=str(entry.get("source") or default_source), layers=whole("layers"), hidden=whole("hidden"),
-        heads=whole("heads"), kv_heads=whole("kv_heads"), head_dim=whole("head_dim"), vocab=whole("vocab"),
-        kv_cache_dim=whole("kv_cache_dim"),
+        source=str(entry.get("source") or default_source),
+        layers=_optional_count(entry, "layers", where), hidden=_optional_count(entry, "hidden", where),
+        heads=_optional_count(entry, "heads", where), kv_heads=_optional_count(entry, "kv_heads", where),
+        head_dim=_optional_count(entry, "head_dim", where), vocab=_optional_count(entry, "vocab", where),
+        kv_cache_dim=_optional_count(entry, "kv_cache_dim", where),
     )
     return validate_shape(model)
 
@@ -245,6 +270,13 @@ def model_from_data(entry: Mapping[str, Any], where: str, default_source: str) -
 def _merge(base: tuple[_T, ...], extra: list[_T], key: Callable[[_T], str]) -> tuple[_T, ...]:
     replaced = {normalize(key(e)) for e in extra}
     return tuple(b for b in base if normalize(key(b)) not in replaced) + tuple(extra)
+
+
+def _entries(data: Mapping[str, Any], key: str, label: str) -> list[tuple[int, Any]]:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise PlanInputError(f"{label}: '{key}:' must be a list of entries, got {value!r}")
+    return list(enumerate(value))
 
 
 def catalog_from_data(documents: Iterable[tuple[Mapping[str, Any], str]]) -> Catalog:
@@ -259,17 +291,15 @@ def catalog_from_data(documents: Iterable[tuple[Mapping[str, Any], str]]) -> Cat
     for data, label in documents:
         if not isinstance(data, Mapping) or not set(data) <= {"gpus", "models"}:
             raise PlanInputError(f"{label}: expected a mapping with 'gpus:' and/or 'models:' lists")
-        new_gpus = [
-            gpu_from_data(e, f"{label}: gpus[{i}]", label) for i, e in enumerate(data.get("gpus") or ())
-        ]
+        new_gpus = [gpu_from_data(e, f"{label}: gpus[{i}]", label) for i, e in _entries(data, "gpus", label)]
         new_models = [
-            model_from_data(e, f"{label}: models[{i}]", label) for i, e in enumerate(data.get("models") or ())
+            model_from_data(e, f"{label}: models[{i}]", label) for i, e in _entries(data, "models", label)
         ]
         gpus = _merge(gpus, new_gpus, lambda g: g.name)
         models = _merge(models, new_models, lambda m: m.name)
     aliases = {}
     for data, _ in documents:
-        for entry in (data.get("models") or ()) if isinstance(data, Mapping) else ():
+        for entry in data.get("models") or ():
             for alias in entry.get("aliases") or ():
                 aliases[normalize(str(alias))] = normalize(str(entry["name"]))
     return Catalog(gpus=gpus, models=models, model_aliases=aliases)

@@ -114,6 +114,8 @@ def _check(request: ServeRequest) -> None:
         raise PlanInputError(f"--memory-fraction must be in (0, 1], got {request.memory_fraction}")
     if request.gpus_per_replica is not None and request.gpus_per_replica < 1:
         raise PlanInputError("the GPU count in --gpu must be at least 1")
+    if request.bandwidth is not None and not 0 < request.bandwidth < math.inf:
+        raise PlanInputError(f"--bandwidth must be positive, got {request.bandwidth}")
 
 
 def _memory_terms(request: ServeRequest) -> tuple[list[Term], float, float, int]:

@@ -96,6 +96,8 @@ def plan_mig(gpu: GpuSpec, request: MigRequest) -> Report:
     geometry = _geometry(gpu)
     if request.sms is None and request.slices is None and request.memory_bytes is None:
         raise PlanInputError("give the instance size: --sm or --slices, and/or --memory")
+    if request.memory_bytes is not None and not 0 < request.memory_bytes < math.inf:
+        raise PlanInputError(f"--memory must be positive, got {request.memory_bytes}")
     compute, compute_words = compute_slices_needed(geometry, request, gpu.name)
     memory = memory_slices_needed(geometry, request.memory_bytes)
     slice_bytes = gpu.memory_bytes / geometry.memory_slices

@@ -146,12 +146,20 @@ def model_from_args(args: ShapeArgs) -> ModelShape:
     Raises PlanInputError when nothing is given, when a shape is incomplete, or when ``--params`` is
     more than 20% away from the count the shape implies.
     """
+    for name in ("params", "active_params"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < math.inf:
+            raise PlanInputError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
     has_dims = args.layers is not None or args.hidden is not None or args.heads is not None
     if not has_dims:
         if args.params is None:
             raise PlanInputError("no model given: pass --model NAME, or --params (e.g. 7B), or the shape")
         model = estimate_shape(f"{format_count(args.params)} params", args.params)
         return validate_shape(replace(model, active_params=args.active_params))
+    for name in ("layers", "hidden", "heads", "kv_heads", "vocab"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise PlanInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
     layers, hidden, heads = args.layers, args.hidden, args.heads
     if layers is None or hidden is None or heads is None:
         missing = [f"--{n}" for n in ("layers", "hidden", "heads") if getattr(args, n) is None]

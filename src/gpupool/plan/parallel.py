@@ -39,6 +39,12 @@ def _divisors(n: int) -> list[int]:
 
 
 def _check_fixed(gpus: int, model: ModelShape, fixed: LayoutConstraints) -> None:
+    for name in ("tp", "pp"):
+        value = getattr(fixed, name)
+        if value is not None and value < 1:
+            raise PlanInputError(f"--{name} must be at least 1, got {value}")
+    if fixed.gpus_per_node < 1:
+        raise PlanInputError(f"--gpus-per-node must be at least 1, got {fixed.gpus_per_node}")
     heads, layers = model.heads or 1, model.layers or 1
     if fixed.tp is not None and heads % fixed.tp:
         raise PlanInputError(f"--tp {fixed.tp} does not divide the model's {heads} attention heads")

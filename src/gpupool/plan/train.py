@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ def _check(request: TrainRequest) -> None:
         raise PlanInputError("--seq and --micro-batch must be at least 1")
     if not 0 < request.memory_fraction <= 1:
         raise PlanInputError(f"--memory-fraction must be in (0, 1], got {request.memory_fraction}")
+    for name, value in (("--tokens", request.tokens), ("--deadline", request.deadline_seconds)):
+        if value is not None and not 0 < value < math.inf:
+            raise PlanInputError(f"{name} must be positive, got {value}")
     request.model.require_shape("training memory (activations)")
 
 

@@ -117,6 +117,12 @@ def test_a_user_catalog_adds_a_gpu(tmp_path: Path) -> None:
         (("mig", "L4", "--memory", "10GiB"), "error: L4 does not support MIG"),
         (("mig", "A100-40GB"), "error: give the instance size"),
         (("mig", "A100-40GB", "--memory", "ten"), "error: --memory: cannot read 'ten'"),
+        (("train", "--gpus", "8xA100", "--seq", "4096", "--params", "7B", "--tp", "0"),
+         "error: --tp must be at least 1, got 0"),
+        (("train", "--gpus", "8xA100", "--seq", "4096", "--layers", "32", "--hidden", "0", "--heads", "32"),
+         "error: --hidden must be positive, got 0"),
+        (("serve", "--gpu", "H100", "--context", "4096", "--params", "7B", "--bandwidth", "0GB/s"),
+         "error: --bandwidth: '0GB' must be a positive number"),
     ],
 )
 def test_errors_are_one_clear_line_without_a_traceback(args: tuple[str, ...], message: str) -> None:
