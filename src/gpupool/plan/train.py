@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpupool.plan import compute
@@ -155,7 +155,7 @@ def plan_training(request: TrainRequest) -> Report:
     ]
     compute_terms, compute_summary, notes = _compute_terms(request)
     summary: dict[str, Any] = {
-        "fits": fits, "bytes_per_gpu": needed, "usable_bytes_per_gpu": budget, "layout": vars(layout),
+        "fits": fits, "bytes_per_gpu": needed, "usable_bytes_per_gpu": budget, "layout": asdict(layout),
         "layout_label": layout.label, **compute_summary,
     }
     notes = _layout_notes(request, layout, needed, fits, summary) + notes + [LOWER_BOUND_NOTE]
