@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gpupool.domain.nodes import Node
-from gpupool.scheduler.placement.fgd import TargetShape, cluster_fragmentation, target_from_requests
+from gpupool.scheduler.placement.fragmentation import TargetShape, cluster_fragmentation, target_from_requests
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.snapshot import ClusterSnapshot
