@@ -11,6 +11,7 @@ from gpupool.domain.resources import MILLI_PER_GPU, ZERO, ResourceVector, parse_
 
 _QUEUE_KEYS = ("guaranteed", "limit", "weight", "lend", "strict_fifo")
 _AMOUNT_KEYS = ("cpu", "memory", "gpu")
+UNLIMITED = 2**53  # a limit component that no pool reaches: what a limit leaves out is not limited
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +47,9 @@ class QueueSpec:
                 raise ValidationError(f"the guarantee exceeds the limit for {', '.join(over)}", "limit")
 
 
-def parse_amounts(data: Any, field_name: str) -> ResourceVector:
-    """Parse {cpu: 32, memory: 256GiB, gpu: 8} (gpu may be fractional: 0.5 = 500 milli) into a vector."""
+def parse_amounts(data: Any, field_name: str, missing: int = 0) -> ResourceVector:
+    """Parse {cpu: 32, memory: 256GiB, gpu: 8} (gpu may be fractional: 0.5 = 500 milli) into a vector;
+    a resource the mapping leaves out gets `missing` (0 for a guarantee, UNLIMITED for a limit)."""
     if not isinstance(data, Mapping):
         raise ValidationError("expected a mapping such as {cpu: 32, memory: 256GiB, gpu: 8}", field_name)
     reject_unknown_keys(dict(data), _AMOUNT_KEYS, field_name)
@@ -55,9 +57,9 @@ def parse_amounts(data: Any, field_name: str) -> ResourceVector:
     if gpu < 0:
         raise ValidationError("GPU amount must not be negative", f"{field_name}.gpu")
     return ResourceVector(
-        parse_cpu(data.get("cpu", 0), f"{field_name}.cpu"),
-        parse_memory(data.get("memory", 0), f"{field_name}.memory"),
-        round(gpu * MILLI_PER_GPU),
+        parse_cpu(data["cpu"], f"{field_name}.cpu") if "cpu" in data else missing,
+        parse_memory(data["memory"], f"{field_name}.memory") if "memory" in data else missing,
+        round(gpu * MILLI_PER_GPU) if "gpu" in data else missing,
     )
 
 
@@ -68,7 +70,7 @@ def parse_queue(name: str, data: Any) -> QueueSpec:
     if not isinstance(data, Mapping):
         raise ValidationError("expected a mapping with guaranteed, limit, weight, lend, strict_fifo", name)
     reject_unknown_keys(dict(data), _QUEUE_KEYS, name)
-    limit = parse_amounts(data["limit"], "limit") if data.get("limit") is not None else None
+    limit = parse_amounts(data["limit"], "limit", missing=UNLIMITED) if data.get("limit") is not None else None
     flags = {}
     for key in ("lend", "strict_fifo"):
         if key in data:
