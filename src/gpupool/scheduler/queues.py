@@ -5,7 +5,9 @@ Usage U_q is what queue q's running work holds; G_q its guarantee, L_q its limit
 - Order: queues by weighted dominant share, max_r(U_q,r / T_r) / weight_q (DRF), lowest first; a queue
   whose next workload stays inside its guarantee goes before any queue that would borrow.
 - Limit: U_q + R <= L_q for every resource.
-- Borrowing: for every resource r where U_q + R would exceed G_q, the pool must hold it without touching
+- Guarded resources: those that some queue has a guarantee of. A resource that no queue guarantees (e.g. CPU
+  when every guarantee names only GPUs) is shared first come, first served: using it is never borrowing.
+- Borrowing: for every guarded resource r where U_q + R would exceed G_q, the pool must hold it without touching
   what others are owed: (U_q + R)_r + sum over other queues o of reserved_o,r <= T_r, where
   reserved_o = max(U_o, G_o) when o does not lend, else U_o. Lending queues' idle guarantees are lent;
   they are reclaimed by preemption when their owner has work that then fits.
@@ -34,6 +36,8 @@ class QuotaBook:
                  total: ResourceVector) -> None:
         self.queues = dict(queues)
         self.total = total
+        self.guarded: tuple[str, ...] = tuple(
+            r for r in ResourceVector.NAMES if any(_component(q.guaranteed, r) > 0 for q in self.queues.values()))
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
         for workload in running:
             self.add(workload.queue, workload.usage)
@@ -58,14 +62,16 @@ class QuotaBook:
         """Weighted dominant share of the queue's usage."""
         return self.used(queue).dominant_share(self.total) / self.spec(queue).weight
 
+    def _beyond_guarantee(self, queue: str, amount: ResourceVector) -> tuple[str, ...]:
+        return tuple(r for r in amount.exceeding(self.spec(queue).guaranteed) if r in self.guarded)
+
     def within_guarantee(self, queue: str, demand: ResourceVector) -> bool:
-        """True when the queue's usage plus `demand` stays inside its guarantee."""
-        return (self.used(queue) + demand).fits_within(self.spec(queue).guaranteed)
+        """True when the queue's usage plus `demand` stays inside its guarantee (of the guarded resources)."""
+        return not self._beyond_guarantee(queue, self.used(queue) + demand)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
-        """True when the queue uses more than its guarantee of any of `resources`."""
-        over = self.used(queue).exceeding(self.spec(queue).guaranteed)
-        return any(r in resources for r in over)
+        """True when the queue uses more than its guarantee of any guarded one of `resources`."""
+        return any(r in resources for r in self._beyond_guarantee(queue, self.used(queue)))
 
     def _reserved(self, queue: str) -> ResourceVector:
         spec, used = self.spec(queue), self.used(queue)
@@ -83,7 +89,7 @@ class QuotaBook:
             over = after.exceeding(spec.limit)
             if over:
                 return f"queue {queue} would exceed its limit: " + self._compare(after, spec.limit, over, "limit")
-        borrowed = after.exceeding(spec.guaranteed)
+        borrowed = self._beyond_guarantee(queue, after)
         if not borrowed:
             return None
         others = ResourceVector()
