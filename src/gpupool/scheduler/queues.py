@@ -7,10 +7,13 @@ Usage U_q is what queue q's running work holds; G_q its guarantee, L_q its limit
 - Limit: U_q + R <= L_q for every resource.
 - Guarded resources: those that some queue has a guarantee of. A resource that no queue guarantees (e.g. CPU
   when every guarantee names only GPUs) is shared first come, first served: using it is never borrowing.
-- Borrowing: for every guarded resource r where U_q + R would exceed G_q, the pool must hold it without touching
-  what others are owed: (U_q + R)_r + sum over other queues o of reserved_o,r <= T_r, where
-  reserved_o = max(U_o, G_o) when o does not lend, else U_o. Lending queues' idle guarantees are lent;
-  they are reclaimed by preemption when their owner has work that then fits.
+- Borrowing: for every guarded resource r where U_q + R would exceed G_q, the pool must hold it without
+  touching what others are owed: (U_q + R)_r + sum over other queues o of reserved_o,r <= T_r, where
+  reserved_o = max(U_o, G_o) when o does not lend, else U_o. This is a quota matter only where the idle
+  guarantees of non-lending queues (owed_r = sum of max(G_o - U_o, 0)) make the difference; when the pool is
+  simply busy (owed_r = 0), the workload waits for capacity like any other (placement says why, and backfill
+  may reserve for it). Lending queues' idle guarantees are lent; they are reclaimed by preemption when their
+  owner has work that then fits.
 """
 
 from __future__ import annotations
@@ -92,16 +95,13 @@ class QuotaBook:
         borrowed = self._beyond_guarantee(queue, after)
         if not borrowed:
             return None
-        others = ResourceVector()
-        for name in self.usage.keys() | self.queues.keys():
+        others, owed = ResourceVector(), ResourceVector()
+        for name in sorted(self.usage.keys() | self.queues.keys()):
             if name != queue:
-                others = others + self._reserved(name)
+                reserved = self._reserved(name)
+                others, owed = others + reserved, owed + (reserved - self.used(name))
         room = self.total - others
-        short = tuple(r for r in borrowed if _component(after, r) > _component(room, r))
-        beyond_pool = tuple(r for r in short if _component(after, r) > _component(self.total, r))
-        if beyond_pool:
-            return (f"queue {queue} would use more than the whole pool: "
-                    + self._compare(after, self.total, beyond_pool, "pool"))
+        short = tuple(r for r in borrowed if _component(after, r) > _component(room, r) and _component(owed, r) > 0)
         if short:
             return (f"queue {queue} would borrow beyond its guarantee, and the idle capacity it could borrow is "
                     "owed to other queues: " + self._compare(after, room, short, "available to borrow"))
