@@ -139,9 +139,13 @@ def parse_memory(value: Any, field_name: str = "memory") -> int:
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value == 0:
             return 0
+        if value < 0:
+            raise ValidationError(f"memory cannot be negative (got {value!r})", field_name)
         raise ValidationError(f"memory {value!r} needs a unit, e.g. {value}GiB or {value}MiB", field_name)
     if not isinstance(value, str):
         raise ValidationError(f"expected a size such as 16GiB, got {value!r}", field_name)
+    if value.strip().startswith("-"):
+        raise ValidationError(f"memory cannot be negative (got {value!r})", field_name)
     match = _MEMORY_RE.match(value)
     if not match:
         raise ValidationError(f"cannot read {value!r} as a size; write e.g. 16GiB, 512MiB or 1.5TB", field_name)
@@ -320,7 +324,7 @@ def _parse_gpu_amount(value: Any, field_name: str) -> GpuRequest:
     else:
         amount = parse_number(value, field_name)
     if amount < 0:
-        raise ValidationError(f"GPU count cannot be negative (got {value!r})", field_name)
+        raise ValidationError(f"a GPU amount cannot be negative (got {value!r})", field_name)
     if amount == 0:
         return NO_GPU
     if amount < 1:
