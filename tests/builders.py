@@ -1,12 +1,14 @@
-"""Builders for scheduler tests: `node("n1").gpus(8, "A100").build()`, `job("j1").gpu(1).build()`."""
+"""Builders for scheduler tests: `node("n1").gpus(8, "A100").build()`, `job("j1").gpu(1).build()`,
+`running("r1", [on("n1", gpus={0: 1000})])`, and `cycle(nodes, pending, runs)` for one scheduling cycle."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpupool.domain.nodes import RACK_LABEL, Gpu, MigInstance, Node, Taint
-from gpupool.domain.queues import QueueSpec
+from gpupool.domain.queues import UNLIMITED, QueueSpec
 from gpupool.domain.resources import (
     MILLI_PER_GPU,
     ReplicaRequest,
@@ -16,6 +18,9 @@ from gpupool.domain.resources import (
     parse_gpu,
     parse_memory,
 )
+from gpupool.scheduler.cycle import run_cycle
+from gpupool.scheduler.decisions import Decisions
+from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import (
     GpuAssignment,
@@ -34,6 +39,7 @@ class NodeBuilder:
     cards: list[Gpu] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[Taint] = field(default_factory=list)
+    schedulable: bool = True
 
     def cpu(self, cores: Any) -> NodeBuilder:
         self.cpu_milli = parse_cpu(cores)
@@ -69,8 +75,13 @@ class NodeBuilder:
         self.taints.append(Taint(key))
         return self
 
+    def cordoned(self) -> NodeBuilder:
+        self.schedulable = False
+        return self
+
     def build(self) -> Node:
-        return Node(self.name, self.cpu_milli, self.memory_mib, tuple(self.cards), self.labels, tuple(self.taints))
+        return Node(self.name, self.cpu_milli, self.memory_mib, tuple(self.cards), self.labels, tuple(self.taints),
+                    self.schedulable)
 
 
 def node(name: str) -> NodeBuilder:
@@ -91,6 +102,7 @@ class JobBuilder:
     min_avail: int | None = None
     can_preempt: bool = True
     runtime: float | None = None
+    nominee: tuple[ReplicaPlacement, ...] | None = None
 
     def queue(self, name: str) -> JobBuilder:
         self.queue_name = name
@@ -127,10 +139,14 @@ class JobBuilder:
         self.runtime = seconds
         return self
 
+    def nominated(self, *placements: ReplicaPlacement) -> JobBuilder:
+        self.nominee = placements
+        return self
+
     def build(self) -> PendingWorkload:
         groups = tuple(self.groups) or (ReplicaGroup("worker", 1, request()),)
         return PendingWorkload(self.id, self.queue_name, groups, self.prio, self.submitted, self.min_avail,
-                               self.can_preempt, self.runtime)
+                               self.can_preempt, self.runtime, self.nominee)
 
 
 def job(workload_id: str) -> JobBuilder:
@@ -138,17 +154,22 @@ def job(workload_id: str) -> JobBuilder:
 
 
 def running(workload_id: str, placements: list[ReplicaPlacement], queue: str = "default", priority: int = 0,
-            start: float = 0.0, preemptible: bool = True, max_runtime: float | None = None) -> RunningWorkload:
-    return RunningWorkload(workload_id, queue, tuple(placements), priority, start, preemptible, max_runtime)
+            start: float = 0.0, preemptible: bool = True, max_runtime: float | None = None,
+            terminating: bool = False) -> RunningWorkload:
+    return RunningWorkload(workload_id, queue, tuple(placements), priority, start, preemptible, max_runtime,
+                           terminating)
 
 
-def on(node_name: str, cpu: Any = 1, memory: str = "1GiB", gpus: dict[int, int] | None = None) -> ReplicaPlacement:
-    """A replica placement on `node_name` taking `gpus` {card index: milli} (memory proportional)."""
-    cards = tuple(GpuAssignment(i, m, 0) for i, m in sorted((gpus or {}).items()))
+def on(node_name: str, cpu: Any = 1, memory: str = "1GiB", gpus: dict[int, int] | None = None,
+       gpu_memory: dict[int, str] | None = None) -> ReplicaPlacement:
+    """A replica placement on `node_name` taking `gpus` {card index: milli} and `gpu_memory` {card index: size}
+    of those cards' memory (none unless given)."""
+    sizes = gpu_memory or {}
+    cards = tuple(GpuAssignment(i, m, parse_memory(sizes.get(i, 0))) for i, m in sorted((gpus or {}).items()))
     return ReplicaPlacement(node_name, parse_cpu(cpu), parse_memory(memory), cards)
 
 
-def snapshot(nodes: list[Node], runs: list[RunningWorkload] = ()) -> ClusterSnapshot:  # type: ignore[assignment]
+def snapshot(nodes: Sequence[Node], runs: Sequence[RunningWorkload] = ()) -> ClusterSnapshot:
     snap = ClusterSnapshot(nodes)
     for r in runs:
         snap.assume_all(r.placements)
@@ -157,6 +178,15 @@ def snapshot(nodes: list[Node], runs: list[RunningWorkload] = ()) -> ClusterSnap
 
 def queue(name: str, guaranteed_gpu: float = 0, limit_gpu: float | None = None, weight: float = 1.0,
           lend: bool = True, strict_fifo: bool = False) -> QueueSpec:
-    limit = None if limit_gpu is None else ResourceVector(10**9, 10**9, round(limit_gpu * MILLI_PER_GPU))
+    """A queue whose guarantee and limit name GPUs only (CPU and memory unlimited, as `parse_queue` reads
+    `{guaranteed: {gpu: 2}, limit: {gpu: 4}}`)."""
+    limit = None if limit_gpu is None else ResourceVector(UNLIMITED, UNLIMITED, round(limit_gpu * MILLI_PER_GPU))
     return QueueSpec(name, ResourceVector(0, 0, round(guaranteed_gpu * MILLI_PER_GPU)), limit, weight, lend,
                      strict_fifo)
+
+
+def cycle(nodes: Sequence[Node], pending: Sequence[PendingWorkload], runs: Sequence[RunningWorkload] = (),
+          queues: Sequence[QueueSpec] = (), now: float = 1000.0, **profile: Any) -> Decisions:
+    """One scheduling cycle on `nodes` holding `runs`; `profile` sets SchedulerProfile fields (policy=...)."""
+    return run_cycle(snapshot(nodes, list(runs)), pending, runs, {q.name: q for q in queues},
+                     SchedulerProfile(**profile), now)
