@@ -173,8 +173,15 @@ class ClusterSnapshot:
             self.assume(p, force=force)
 
     def trial(self, placements: Sequence[ReplicaPlacement]) -> Restore:
-        """assume `placements` now and return a function that forgets them again."""
-        self.assume_all(placements)
+        """assume `placements` now and return a function that forgets them again. All or nothing: when one
+        does not fit, those already taken are given back and OverCommitError is raised."""
+        for k, p in enumerate(placements):
+            try:
+                self.assume(p)
+            except OverCommitError:
+                for taken in reversed(placements[:k]):
+                    self.forget(taken)
+                raise
 
         def restore() -> None:
             for p in reversed(placements):
