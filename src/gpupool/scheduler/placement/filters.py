@@ -156,7 +156,11 @@ def explain_no_fit(snap: ClusterSnapshot, request: ReplicaRequest) -> str:
     step(static_mask(snap, request), "excluded by node selector or taints")
     gpu = request.gpu
     if not gpu.is_none:
-        has_card = np.asarray(gpu_model_mask(snap, gpu).any(axis=1)) if gpu.kind != "mig" else _has_mig(snap, gpu)
+        if gpu.kind == "mig":
+            has_card = _has_mig(snap, gpu)
+        else:  # a card of an allowed model in a mode that takes this kind of request (shares: shared or mps)
+            mode_ok = snap.share_ok if gpu.kind == "share" else snap.whole_ok
+            has_card = np.asarray((gpu_model_mask(snap, gpu) & mode_ok).any(axis=1))
         step(has_card, f"without a {_gpu_words(gpu)}")
     step(snap.free_cpu >= request.cpu_milli, "with too little free CPU")
     step(snap.free_mem >= request.memory_mib, "with too little free memory")
@@ -182,4 +186,6 @@ def _gpu_words(gpu: GpuRequest) -> str:
     parts = ["|".join(gpu.models) if gpu.models else "usable", "GPU"]
     if gpu.min_memory_mib:
         parts.append(f"with >= {gpu.min_memory_mib} MiB")
+    if gpu.kind == "share":
+        parts.append("that takes shares (shared or mps mode)")
     return " ".join(parts)
