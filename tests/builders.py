@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from gpupool.domain.nodes import RACK_LABEL, Gpu, MigInstance, Node, Taint
 from gpupool.domain.queues import UNLIMITED, QueueSpec
 from gpupool.domain.resources import (
@@ -174,6 +176,15 @@ def snapshot(nodes: Sequence[Node], runs: Sequence[RunningWorkload] = ()) -> Clu
     for r in runs:
         snap.assume_all(r.placements)
     return snap
+
+
+def snapshot_state(snap: ClusterSnapshot) -> dict[str, Any]:
+    """Every capacity array of `snap` (as lists) and its MIG bookkeeping, for exact before/after comparison;
+    version stamps are left out (they change with every change, even one that is undone)."""
+    arrays = {k: v for k, v in vars(snap).items() if isinstance(v, np.ndarray) and k != "version"}
+    state: dict[str, Any] = {k: v.tolist() for k, v in arrays.items()}
+    state["mig"] = {k: list(v) for k, v in snap._mig_used.items()}
+    return state
 
 
 def queue(name: str, guaranteed_gpu: float = 0, limit_gpu: float | None = None, weight: float = 1.0,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
-from tests.builders import node, on
+from tests.builders import node, on, snapshot_state
 
 from gpupool.domain.resources import ResourceVector
 from gpupool.scheduler.snapshot import ClusterSnapshot, OverCommitError
@@ -20,22 +18,6 @@ def cluster() -> ClusterSnapshot:
         node("c1").cpu(8).memory("32GiB").build(),
         node("m1").cpu(16).memory("64GiB").mig("A100", ["3g.40gb", "1g.10gb", "1g.10gb"]).build(),
     ])
-
-
-def state(snap: ClusterSnapshot) -> dict[str, Any]:
-    """Every array of the snapshot (and its MIG bookkeeping), for exact before/after comparison."""
-    arrays = {k: v.copy() for k, v in vars(snap).items() if isinstance(v, np.ndarray) and k != "version"}
-    arrays["mig"] = {k: list(v) for k, v in snap._mig_used.items()}
-    return arrays
-
-
-def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
-    assert before.keys() == after.keys()
-    for key, value in before.items():
-        if key == "mig":
-            assert value == after[key]
-        else:
-            np.testing.assert_array_equal(value, after[key], err_msg=key)
 
 
 def test_nodes_are_rows_in_name_order_with_their_capacity() -> None:
@@ -83,11 +65,11 @@ def test_assume_takes_and_forget_gives_back_per_node_and_per_card() -> None:
 ])
 def test_assume_refuses_what_does_not_fit(placement: ReplicaPlacement, why: str) -> None:
     snap = cluster()
-    before = state(snap)
+    before = snapshot_state(snap)
     assert not snap.fits(placement), why
     with pytest.raises(OverCommitError, match="does not fit"):
         snap.assume(placement)
-    assert_same(before, state(snap))
+    assert before == snapshot_state(snap)
 
 
 def test_a_card_taken_twice_is_an_over_commit() -> None:
@@ -130,26 +112,26 @@ def test_trial_and_what_if_restore_every_array_exactly() -> None:
     snap.assume(ReplicaPlacement("m1", 1000, 1024, (GpuAssignment(0, 429, 40960, mig_instance=0),)))
     running = [on("n1", cpu=8, gpus={0: 1000, 1: 1000}, gpu_memory={0: "80GiB", 1: "80GiB"}),
                ReplicaPlacement("m1", 1000, 1024, (GpuAssignment(0, 429, 40960, mig_instance=0),))]
-    before = state(snap)
+    before = snapshot_state(snap)
 
     restore = snap.what_if_removed(running)
     assert snap.full_free[snap.index_of("n1")] == 4
     assert snap.mig_free_instances(snap.index_of("m1"), "3g.40gb") == [(0, 0)]
     restore()
-    assert_same(before, state(snap))
+    assert before == snapshot_state(snap)
 
     restore = snap.trial([on("n1", gpus={2: 1000}), on("n2", gpus={1: 500}), on("c1", cpu=8)])
     assert snap.free_cpu[snap.index_of("c1")] == 0
     restore()
-    assert_same(before, state(snap))
+    assert before == snapshot_state(snap)
 
 
 def test_a_failed_trial_leaves_the_snapshot_unchanged() -> None:
     snap = cluster()
-    before = state(snap)
+    before = snapshot_state(snap)
     with pytest.raises(OverCommitError):
         snap.trial([on("n1", gpus={0: 1000}), on("n1", gpus={0: 1000})])  # the second takes card 0 again
-    assert_same(before, state(snap))
+    assert before == snapshot_state(snap)
 
 
 def test_a_clone_is_independent() -> None:
