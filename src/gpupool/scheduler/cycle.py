@@ -7,7 +7,8 @@ The cycle, step by step:
 3. Take queue heads in fair order: queues whose head stays inside their guarantee first, then by weighted
    dominant share (lowest first); inside a queue by priority (highest first), then submit time, then id.
 4. For each head: quota (limit, borrowing), then gang placement (all or nothing, with the profile's
-   policy). A head that fits binds, unless it would delay the reservation of a blocked workload.
+   policy). A head that fits binds, unless it would delay the reservation of a blocked workload; then it is
+   placed once more away from the reserved capacity, and binds there if it can.
 5. A head that does not fit: "can never run" if it would not fit an empty pool; else preemption (within its
    queue by priority, or reclaiming its guarantee from borrowers) when that provably makes it fit; else the
    first such head gets a backfill reservation.
@@ -173,6 +174,8 @@ class _Cycle:
                     self._bind(w, result.placements)
                     return True
                 result.restore()
+                if self.reservation is not None and self._bind_around_reservation(w):
+                    return True
                 self.reasons[w.id] = blocked
                 return False
             failure = self.failed_shapes[shape] = result.reason
@@ -188,6 +191,22 @@ class _Cycle:
             return (f"starting now would delay {res.workload_id}, which holds a reservation to start by "
                     f"t={res.start_time:g}")
         return None
+
+    def _bind_around_reservation(self, w: PendingWorkload) -> bool:
+        """The policy's placement would delay the reservation: place once more with the reserved capacity held,
+        so that `w` starts elsewhere when it can (capacity free now minus the head's is free then too)."""
+        held = self.reservation.placements if self.reservation is not None else ()
+        self.snap.assume_all(held, force=True)
+        result = self.placer.place_gang(self.snap, w)
+        if result.restore is not None:
+            result.restore()
+        for p in reversed(held):
+            self.snap.forget(p)
+        if result.restore is None or self._admission_blocked(w, result.placements) is not None:
+            return False
+        self.snap.assume_all(result.placements)
+        self._bind(w, result.placements)
+        return True
 
     def _handle_no_fit(self, w: PendingWorkload, failure: str) -> None:
         if self._preempt_for(w):
