@@ -1,0 +1,118 @@
+"""Backfill: the blocked head gets a reservation from the running workloads' max_runtime; later work starts only
+where it does not delay it."""
+
+from __future__ import annotations
+
+from tests.builders import cycle, job, node, on, running
+
+from gpupool.scheduler.decisions import Decisions
+from gpupool.scheduler.types import RunningWorkload
+
+NOW = 10.0
+DELAYS_HEAD = "starting now would delay head, which holds a reservation to start by t=100"
+
+
+def busy() -> list[RunningWorkload]:
+    """Cards 0, 1, 2 of n1 run priority-9 work (the head cannot preempt it) started at 0 with max_runtime
+    100, 200, 300 s: they end at t=100, 200, 300. The other cards of n1 are free."""
+    return [running(f"r{k}", [on("n1", gpus={k: 1000})], priority=9, start=0, max_runtime=100 * (k + 1))
+            for k in range(3)]
+
+
+def summary(decisions: Decisions) -> tuple[list[str], list[tuple[str, float, list[tuple[str, list[int]]]]],
+                                           dict[str, str]]:
+    """(bound ids, reservations as (id, start, [(node, cards)]), pending id -> reason)."""
+    reservations = [(r.workload_id, r.start_time, [(p.node, [g.index for g in p.gpus]) for p in r.placements])
+                    for r in decisions.reservations]
+    return [b.workload_id for b in decisions.binds], reservations, {p.workload_id: p.reason for p in decisions.pending}
+
+
+def test_the_blocked_head_gets_the_earliest_reservation() -> None:
+    decisions = cycle([node("n1").gpus(4).build()], [job("head").gpu(2).build()], busy(), now=NOW)
+    bound, reservations, reasons = summary(decisions)
+    # 1 card free now (3); r0 ends at 0 + 100 = 100 and frees card 0 -> 2 cards at t=100
+    assert reservations == [("head", 100, [("n1", [0, 3])])]
+    assert reasons["head"] == ("0 of 1 nodes can take a replica (1 CPU, 1 GiB, 2 GPU): 1 with too little free GPU "
+                               "for 2 GPU; reserved to start by t=100 on n1")
+    assert not bound
+
+
+def test_a_later_job_that_ends_before_the_reservation_starts() -> None:
+    pending = [job("head").gpu(2).build(), job("small").at(1).gpu(1).max_runtime(90).build()]
+    bound, reservations, _ = summary(cycle([node("n1").gpus(4).build()], pending, busy(), now=NOW))
+    # small takes reserved card 3, but ends at 10 + 90 = 100 <= 100: the head is not delayed
+    assert bound == ["small"]
+    assert reservations == [("head", 100, [("n1", [0, 3])])]
+
+
+def test_a_later_job_that_would_delay_the_reservation_is_held_back() -> None:
+    pending = [job("head").gpu(2).build(),
+               job("unbounded").at(1).gpu(1).build(),                    # no max_runtime: may never end
+               job("too-long").at(2).gpu(1).max_runtime(91).build()]     # 10 + 91 = 101 > 100
+    bound, _, reasons = summary(cycle([node("n1").gpus(4).build()], pending, busy(), now=NOW))
+    assert bound == []
+    assert reasons["unbounded"] == DELAYS_HEAD
+    assert reasons["too-long"] == DELAYS_HEAD
+
+
+def test_a_later_job_on_capacity_the_head_does_not_need_starts() -> None:
+    # n1: A100 cards 0-3 and a V100 card 4. Free now: A100 card 3 and V100 card 4. The head wants 2 A100s:
+    # reserved cards 0 and 3 at t=100. A later 1-card job of any model is first offered card 3 (lowest index)
+    # -- refused, it would delay the head -- then placed away from the reserved cards: card 4
+    pool = [node("n1").gpus(4, "A100").gpus(1, "V100").build()]
+    pending = [job("head").replicas(1, gpu={"count": 2, "model": "A100"}).build(), job("any").at(1).gpu(1).build()]
+    decisions = cycle(pool, pending, busy(), now=NOW)
+    bound, reservations, _ = summary(decisions)
+    assert reservations == [("head", 100, [("n1", [0, 3])])]
+    assert bound == ["any"]
+    assert [g.index for g in decisions.bound()["any"][0].gpus] == [4]
+
+
+def test_other_nodes_and_cpu_only_work_are_not_held_back() -> None:
+    pool = [node("n1").gpus(4).build(), node("n2").gpus(2).build(), node("cpu").cpu(8).build()]
+    runs = [*busy(), running("x", [on("n2", gpus={0: 1000})], priority=9)]
+    pending = [job("head").gpu(2).build(), job("gpu-job").at(1).gpu(1).build(),
+               job("cpu-job").at(2).replicas(1, cpu=4).build()]
+    bound, reservations, _ = summary(cycle(pool, pending, runs, now=NOW))
+    # the head needs n1's cards 0 and 3; the GPU job takes n2's free card 1, the CPU job the CPU node
+    assert reservations == [("head", 100, [("n1", [0, 3])])]
+    assert sorted(bound) == ["cpu-job", "gpu-job"]
+
+
+def test_only_the_first_blocked_head_reserves() -> None:
+    pending = [job("head").gpu(2).build(), job("second").at(1).gpu(3).build()]
+    _, reservations, reasons = summary(cycle([node("n1").gpus(4).build()], pending, busy(), now=NOW))
+    assert [r[0] for r in reservations] == ["head"]
+    assert "reserved" not in reasons["second"]
+
+
+def test_no_reservation_when_nothing_running_has_a_max_runtime() -> None:
+    runs = [running(f"r{k}", [on("n1", gpus={k: 1000})], priority=9) for k in range(3)]
+    pending = [job("head").gpu(2).build(), job("later").at(1).gpu(1).build()]
+    bound, reservations, reasons = summary(cycle([node("n1").gpus(4).build()], pending, runs, now=NOW))
+    # the running work may run forever: no reservation can be promised, and later work is not held back
+    assert reservations == [] and bound == ["later"]
+    assert "reserved" not in reasons["head"]
+
+
+def test_terminating_work_counts_as_ending_now() -> None:
+    runs = [running("stopping", [on("n1", gpus={0: 1000})], priority=9, terminating=True),
+            *[running(f"r{k}", [on("n1", gpus={k: 1000})], priority=9) for k in (1, 2)]]
+    _, reservations, _ = summary(cycle([node("n1").gpus(4).build()], [job("head").gpu(2).build()], runs, now=NOW))
+    assert reservations == [("head", NOW, [("n1", [0, 3])])]
+
+
+def test_backfill_can_be_switched_off() -> None:
+    pending = [job("head").gpu(2).build(), job("unbounded").at(1).gpu(1).build()]
+    bound, reservations, _ = summary(cycle([node("n1").gpus(4).build()], pending, busy(), now=NOW, backfill=False))
+    assert reservations == [] and bound == ["unbounded"]
+
+
+def test_a_full_pool_in_one_queue_still_reserves() -> None:
+    # every card is in use by the head's own queue: a capacity matter, not a quota one -> it reserves
+    runs = [*busy(), running("r3", [on("n1", gpus={3: 1000})], priority=9, start=0, max_runtime=400)]
+    _, reservations, reasons = summary(cycle([node("n1").gpus(4).build()], [job("head").gpu(2).build()], runs,
+                                             now=NOW))
+    # r0 ends at 100 (card 0), r1 at 200 (card 1): 2 cards at t=200
+    assert reservations == [("head", 200, [("n1", [0, 1])])]
+    assert reasons["head"].endswith("reserved to start by t=200 on n1")
