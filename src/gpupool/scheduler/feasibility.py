@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gpupool.domain.nodes import Node
-from gpupool.domain.resources import ReplicaRequest, format_cpu, format_memory
+from gpupool.domain.resources import ReplicaRequest, SharingMode, format_cpu, format_memory
 from gpupool.scheduler.placement.filters import explain_no_fit
 from gpupool.scheduler.placement.resource_fit import BestFitPolicy
 from gpupool.scheduler.placer import Placer
@@ -45,10 +45,12 @@ class NeverFitsChecker:
     def _why_not(self, request: ReplicaRequest) -> str:
         gpu = request.gpu
         nodes = self._empty.nodes
-        if gpu.kind == "whole":
-            cards = [sum(1 for g in n.gpus if gpu.allows_model(g.model)) for n in nodes]
+        if gpu.kind == "whole":  # cards that can be given whole: healthy, not MIG-partitioned, an allowed model
+            cards = [sum(1 for g in n.gpus if g.healthy and g.mode != SharingMode.MIG and gpu.allows_model(g.model))
+                     for n in nodes]
             if max(cards) == 0:
-                return f"no node has a GPU of model {'|'.join(gpu.models)}"
+                return ("no node has a GPU of model " + "|".join(gpu.models) if gpu.models
+                        else "no node has a GPU that can be given whole (not MIG-partitioned)")
             if gpu.count > max(cards):
                 return (f"a replica asks for {gpu.count} GPUs on one node, but the largest node has {max(cards)}"
                         f"{' of model ' + '|'.join(gpu.models) if gpu.models else ''}")
