@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.builders import JobBuilder, cycle, job, node, on, running
 
+from gpupool.domain.nodes import Node
 from gpupool.scheduler.feasibility import NeverFitsChecker
 
 POOL = [
@@ -46,6 +47,20 @@ def test_requests_that_never_fit_are_named_with_the_reason(workload: JobBuilder,
 ])
 def test_requests_that_fit_an_empty_pool_are_not_refused(workload: object) -> None:
     assert NeverFitsChecker(POOL).reason(workload.build()) is None
+
+
+NO_WHOLE_GPU = "no node has a GPU that can be given whole (not MIG-partitioned)"
+
+
+@pytest.mark.parametrize(("pool", "cards", "words"), [
+    ([node("c").cpu(8).build()], 1, NO_WHOLE_GPU),
+    ([node("m").mig("A100", ["7g.80gb"]).build()], 1, NO_WHOLE_GPU),
+    # 2 cards, one of them MIG-partitioned: only 1 can be given whole
+    ([node("m").gpus(1).mig("A100", ["7g.80gb"]).build()], 2,
+     "a replica asks for 2 GPUs on one node, but the largest node has 1"),
+])
+def test_whole_gpus_count_only_cards_that_can_be_given_whole(pool: list[Node], cards: int, words: str) -> None:
+    assert NeverFitsChecker(pool).reason(job("w").gpu(cards).build()) == f"can never run: {words}"
 
 
 def test_an_empty_pool_can_run_nothing() -> None:
