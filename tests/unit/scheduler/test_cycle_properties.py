@@ -17,7 +17,7 @@ from gpupool.scheduler.decisions import Decisions
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, placements_usage
 
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def decide(s: Scenario) -> Decisions:

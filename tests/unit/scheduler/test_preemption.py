@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tests.builders import cycle, job, node, on, running
+from tests.builders import cycle, job, node, on, queue, running
 
 from gpupool.scheduler.decisions import Decisions
 from gpupool.scheduler.types import RunningWorkload
@@ -154,3 +154,14 @@ def test_a_stale_nomination_falls_back_to_normal_scheduling() -> None:
     p = job("p").priority(5).gpu(1).nominated(on("n1", gpus={0: 1000})).build()
     decisions = cycle(FOUR_GPUS, [p], runs, now=NOW)
     assert [(b.workload_id, [g.index for g in b.placements[0].gpus]) for b in decisions.binds] == [("p", [1])]
+
+
+def test_priority_preemption_also_makes_room_under_the_queue_limit() -> None:
+    # a may use 3 cards and uses 3 (a0-a2, prio 0); 5 cards are free, but one more would exceed the limit:
+    # hi (prio 5) preempts a0 (ties on priority and run time: smallest id) and takes its card
+    runs = [running(f"a{k}", [on("n1", gpus={k: 1000})], queue="a", priority=0, start=0) for k in range(3)]
+    decisions = cycle([node("n1").gpus(8).build()], [job("hi").queue("a").priority(5).gpu(1).build()], runs,
+                      [queue("a", limit_gpu=3)], now=NOW)
+    assert victims(decisions) == ["a0"]
+    nominated = decisions.pending_by_id()["hi"].nominated
+    assert nominated is not None and [g.index for g in nominated[0].gpus] == [0]
