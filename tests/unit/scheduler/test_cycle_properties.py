@@ -79,6 +79,7 @@ def gangs_are_all_or_nothing_and_placements_match_requests(s: Scenario, decision
 
 def check_placement(snap: ClusterSnapshot, w: PendingWorkload, p: ReplicaPlacement) -> None:
     (group,) = [g for g in w.groups if g.role == p.role]
+    assert 0 <= p.ordinal < group.count
     req = group.request
     node = snap.nodes[snap.index_of(p.node)]
     assert (p.cpu_milli, p.memory_mib) == (req.cpu_milli, req.memory_mib)
@@ -98,7 +99,9 @@ def check_placement(snap: ClusterSnapshot, w: PendingWorkload, p: ReplicaPlaceme
         assert g.milli == req.gpu.share_milli or not req.gpu.share_milli
     else:
         assert len(p.gpus) == req.gpu.count
-        assert all(cards[g.index].mig_instances[g.mig_instance or 0].profile == req.gpu.mig_profile for g in p.gpus)
+        for g in p.gpus:
+            assert g.mig_instance is not None
+            assert cards[g.index].mig_instances[g.mig_instance].profile == req.gpu.mig_profile
 
 
 def every_workload_is_bound_or_pending_with_a_reason_and_a_position(s: Scenario, decisions: Decisions) -> None:
@@ -127,3 +130,5 @@ def victims_are_allowed_victims(s: Scenario, decisions: Decisions) -> None:
         assert preemptor.id not in decisions.bound()
         assert decisions.pending_by_id()[preemptor.id].nominated is not None
     assert len({p.victim_id for p in decisions.preemptions}) == len(decisions.preemptions)
+    waiting = {p.workload_id for p in decisions.pending if p.reason == "waiting for the workloads it preempted to stop"}
+    assert not waiting & {p.preemptor_id for p in decisions.preemptions}, "a waiting preemptor preempted again"
