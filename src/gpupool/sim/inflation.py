@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,10 +53,14 @@ class InflationResult:
     fragmentation_pct_of_idle: float | None = None
 
     def unallocated_at(self, arrived: float) -> float | None:
-        """100 - allocated% at the first pod where arrived% >= `arrived` (None if never reached)."""
-        for a, alloc in zip(self.arrived_pct, self.allocated_pct, strict=True):
-            if a >= arrived - 1e-9:
-                return 100.0 - alloc
+        """100 - allocated% at the first pod where arrived% >= `arrived`. The sampling stops just short of
+        the inflation target, so a point within 1% past the last pod reads the last pod's value; None
+        beyond that."""
+        index = bisect.bisect_left(self.arrived_pct, arrived - 1e-9)
+        if index < len(self.arrived_pct):
+            return 100.0 - self.allocated_pct[index]
+        if self.arrived_pct and arrived <= self.arrived_pct[-1] + 1.0:
+            return 100.0 - self.allocated_pct[-1]
         return None
 
     def summary(self) -> dict[str, float | int | str | None]:
