@@ -103,12 +103,21 @@ def run_inflation(nodes: Sequence[Node], pods: Sequence[TracePod], policy: str, 
                   progress: Callable[[int, int], None] | None = None) -> InflationResult:
     """Steps 1-6 for one policy and seed. `target` defaults to `default_target(pods)`; `progress` is called
     with (pods done, pods in all) every 1000 pods."""
-    snap = ClusterSnapshot(nodes)
-    capacity = int(snap.cap_gpu.sum())
+    capacity = 1000 * sum(len(n.gpus) for n in nodes)
     rng = random.Random(seed)
     sampled = sample_pods(pods, capacity, rng, inflation)
     shapes = list(target) if target is not None else default_target(pods)
-    placer = Placer(make_policy(policy, random.Random(seed), shapes), gang_topology=False, avoid_gpu_nodes=True)
+    return place_in_order(nodes, sampled, policy, seed, shapes, progress)
+
+
+def place_in_order(nodes: Sequence[Node], sampled: Sequence[TracePod], policy: str, seed: int,
+                   target: Sequence[TargetShape], progress: Callable[[int, int], None] | None = None
+                   ) -> InflationResult:
+    """Steps 3-6: place `sampled` one at a time in order with `policy` (seeded with `seed`), record the
+    curve, and measure fragmentation against `target` when arrived% first reaches 90%."""
+    snap = ClusterSnapshot(nodes)
+    capacity = int(snap.cap_gpu.sum())
+    placer = Placer(make_policy(policy, random.Random(seed), target), gang_topology=False, avoid_gpu_nodes=True)
     result = InflationResult(policy, seed, capacity)
     arrived = allocated = 0
     for seq, pod in enumerate(sampled):
@@ -121,7 +130,7 @@ def run_inflation(nodes: Sequence[Node], pods: Sequence[TracePod], policy: str, 
         result.arrived_pct.append(100.0 * arrived / capacity)
         result.allocated_pct.append(100.0 * allocated / capacity)
         if result.fragmentation_pct_of_capacity is None and result.arrived_pct[-1] >= FRAGMENTATION_AT:
-            _record_fragmentation(result, snap, shapes, capacity - allocated)
+            _record_fragmentation(result, snap, target, capacity - allocated)
         if progress is not None and (seq + 1) % 1000 == 0:
             progress(seq + 1, len(sampled))
     return result
