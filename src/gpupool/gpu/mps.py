@@ -102,14 +102,19 @@ class MpsStatus:
 
 
 def pid_alive(pid: int) -> bool:
-    """True when a process with this PID exists (signal 0 probes without sending anything)."""
+    """True when a process with this PID runs: signal 0 probes it without sending anything, and on Linux
+    a zombie (ended, not yet reaped by its parent) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists but belongs to another user (e.g. a root-started daemon)
-    return True
+        pass  # it exists but belongs to another user (e.g. a root-started daemon)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux) or it just ended: trust the signal probe
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 class MpsManager:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +26,13 @@ def two_board_node() -> dict[str, Any]:
 
 
 @pytest.fixture
-def backend() -> FakeBackend:
+def description() -> dict[str, Any]:
+    """The description of the `backend` fixture's node (a fresh copy per test)."""
+    return two_board_node()
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
     fake = FakeBackend(two_board_node(), epoch=0.0)
     yield fake
     fake.close()

@@ -20,6 +20,7 @@ from gpupool.gpu.mig import (
     parse_layout,
     validate_layout,
 )
+from gpupool.plan.catalog import load_catalog
 
 A100 = "NVIDIA A100-SXM4-80GB"
 
@@ -224,3 +225,18 @@ def test_an_nvml_refusal_names_the_step() -> None:
     fake.state.cards[0].mig_model = None  # the card turns out not to support MIG at all
     with pytest.raises(MigApplyError, match="NVML could not read the MIG mode: Not Supported"):
         apply_layout(fake.mig(), 0, CATALOG["A100-80GB"], ["7g.80gb"], busy=False)
+
+
+@pytest.mark.parametrize(("planner_name", "key"), [
+    ("A100-80GB", "A100-80GB"), ("A100-40GB", "A100-40GB"), ("H100-SXM", "H100-80GB"), ("H100-PCIe", "H100-80GB"),
+    ("H200", "H200"),
+])
+def test_the_planner_catalog_agrees_with_this_one(planner_name: str, key: str) -> None:
+    # the capacity planner keeps its own MIG table (sizes for `gpupool plan mig`); both come from the MIG
+    # user guide and must not drift apart
+    geometry = load_catalog().gpu(planner_name).mig
+    assert geometry is not None
+    ours = CATALOG[key]
+    assert (geometry.compute_slices, geometry.memory_slices) == (ours.compute_slices, ours.memory_slices)
+    assert {(p.name, p.compute_slices, p.memory_slices, p.instances) for p in geometry.profiles} == {
+        (p.name, p.compute_slices, p.memory_slices, p.max_instances) for p in ours.profiles}

@@ -15,7 +15,7 @@ from gpupool.gpu.fake_nvml import FakeNvml
 from gpupool.gpu.inventory import to_domain_gpus
 from gpupool.gpu.nvml import NvmlBackend
 
-from .conftest import A100, two_board_node
+A100 = "NVIDIA A100-SXM4-80GB"
 
 
 def _has_nvml_device() -> bool:
@@ -72,7 +72,7 @@ def test_an_init_failure_is_explained_not_raised(error: Exception, reason: str) 
     assert backend.sample(1.0).gpus == ()
 
 
-def test_discovery_reads_every_field(backend: FakeBackend) -> None:
+def test_discovery_reads_every_field(backend: FakeBackend, description: dict[str, Any]) -> None:
     inventory = backend.discover()
     assert (inventory.driver_version, inventory.cuda_version, inventory.unavailable) == ("550.54.15", "12.4", None)
     first, second, lone, partitioned = inventory.gpus
@@ -85,7 +85,7 @@ def test_discovery_reads_every_field(backend: FakeBackend) -> None:
     assert [(d.profile, d.gpu_instance_id, d.memory_mib) for d in partitioned.mig_devices] == [
         ("2g.20gb", 1, 20480), ("1g.10gb", 2, 10240), ("1g.10gb", 3, 10240), ("3g.40gb", 4, 40960)]
     # the same description gives the same UUIDs (they identify cards across restarts)
-    assert FakeBackend(two_board_node()).discover().gpus[0].uuid == first.uuid
+    assert FakeBackend(description).discover().gpus[0].uuid == first.uuid
 
 
 def test_sampling_follows_the_scripted_traces(backend: FakeBackend) -> None:
