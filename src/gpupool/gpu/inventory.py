@@ -53,6 +53,7 @@ def to_domain_gpus(
     inventory: GpuInventory,
     modes: Mapping[int, SharingMode] | None = None,
     unhealthy: Collection[int] = (),
+    simulated: bool = False,
 ) -> tuple[Gpu, ...]:
     """The scheduler's view of a node's GPUs.
 
@@ -60,7 +61,8 @@ def to_domain_gpus(
     is always in `mig` mode, with one `MigInstance` per MIG device (its UUID and profile); a GPU the admin
     put in `mig` mode whose hardware MIG mode is still off keeps `mig` mode with no instances (nothing can
     be placed on it until a layout is applied). `unhealthy` indices (XID/ECC errors) and cards whose
-    discovery failed are marked unhealthy so that nothing new is placed there.
+    discovery failed are marked unhealthy so that nothing new is placed there. `simulated` marks every card
+    as having no real device behind it (a fake backend in a demo): replicas then see no CUDA device.
     """
     modes = modes or {}
     groups = nvlink_groups(inventory.gpus)
@@ -78,6 +80,7 @@ def to_domain_gpus(
             mig_instances=instances,
             compute_slices=model_compute_slices(info.name, info.memory_mib),
             healthy=info.error is None and info.index not in unhealthy,
+            simulated=simulated,
         ))
     return tuple(result)
 

@@ -16,6 +16,10 @@
   process; see the MIG user guide, "CUDA Device Enumeration").
 
 CPU-only replicas get `CUDA_VISIBLE_DEVICES=""` so that they cannot touch the node's GPUs by accident.
+Every GPU replica also gets `GPUPOOL_GPU_INDICES` (node-local indices) and `GPUPOOL_GPU_SHARING_MODE`;
+simulated cards (no real device behind them, e.g. a demo node) give `CUDA_VISIBLE_DEVICES=""` and
+`GPUPOOL_GPU_SIMULATED=1`, as the executor's plain `gpu_env` does. Variables of this module supersede that
+function's: same names and meaning, plus the per-mode set-up.
 """
 
 from __future__ import annotations
@@ -91,6 +95,12 @@ def gpu_environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], c
     """
     if not assignments:
         return GpuEnvironment({"CUDA_VISIBLE_DEVICES": ""}, notes=("no GPU assigned",))
+    env = _environment(assignments, gpus, config)
+    indices = {"GPUPOOL_GPU_INDICES": ",".join(str(a.index) for a in assignments)}
+    return GpuEnvironment({**env.variables, **indices}, env.prepend, env.mode, env.notes)
+
+
+def _environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], config: SharingConfig) -> GpuEnvironment:
     by_index = {g.index: g for g in gpus}
     pairs = []
     for a in assignments:
@@ -98,6 +108,8 @@ def gpu_environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], c
         if card is None:
             raise ValidationError(f"GPU {a.index} is not a card of this node (cards: {sorted(by_index)})")
         pairs.append((a, card))
+    if any(card.simulated for _, card in pairs):
+        return _simulated(pairs)
     if any(a.mig_instance is not None for a, _ in pairs):
         return _mig(pairs)
     if len(pairs) == 1:
@@ -107,6 +119,15 @@ def gpu_environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], c
         if card.mode == SharingMode.SHARED and _is_share(a, card):
             return _shared(a, card, config)
     return _whole(pairs)
+
+
+def _simulated(pairs: list[tuple[GpuAssignment, Gpu]]) -> GpuEnvironment:
+    variables = {"CUDA_VISIBLE_DEVICES": "", "GPUPOOL_GPU_SIMULATED": "1",
+                 "GPUPOOL_GPU_SHARING_MODE": pairs[0][1].mode.value}
+    if len(pairs) == 1 and _is_share(*pairs[0]):
+        variables["GPUPOOL_GPU_MILLI"] = str(pairs[0][0].milli)
+        variables["GPUPOOL_GPU_MEMORY_LIMIT_MIB"] = str(pairs[0][0].memory_mib or pairs[0][1].memory_mib)
+    return GpuEnvironment(variables, mode=pairs[0][1].mode, notes=("simulated GPUs: no device is visible",))
 
 
 def _is_share(a: GpuAssignment, card: Gpu) -> bool:

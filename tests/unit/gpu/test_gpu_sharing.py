@@ -15,6 +15,7 @@ import pytest
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.nodes import Gpu, MigInstance
 from gpupool.domain.resources import SharingMode
+from gpupool.executors.environment import gpu_env
 from gpupool.gpu import _sitecustomize
 from gpupool.gpu.sharing import SharingConfig, gpu_environment, install_sitecustomize
 from gpupool.scheduler.types import GpuAssignment
@@ -182,3 +183,25 @@ def test_the_cap_is_the_limit_over_each_devices_memory() -> None:
     assert _sitecustomize.apply_memory_cap(torch, [40960, 163840]) == [(0, 0.5), (1, 1.0)]
     assert _sitecustomize.parse_limits("10240, 20480") == [10240, 20480]
     assert _sitecustomize.parse_limits("lots") == [] and _sitecustomize.parse_limits("-5") == []
+
+
+def test_simulated_cards_expose_no_device(config: SharingConfig) -> None:
+    cards = [Gpu(0, "A100", 80 * GIB, SharingMode.SHARED, uuid="GPU-sim", simulated=True)]
+    env = gpu_environment([GpuAssignment(0, 500, 40 * GIB)], cards, config)
+    assert env.variables == {"CUDA_VISIBLE_DEVICES": "", "GPUPOOL_GPU_SIMULATED": "1", "GPUPOOL_GPU_INDICES": "0",
+                             "GPUPOOL_GPU_SHARING_MODE": "shared", "GPUPOOL_GPU_MILLI": "500",
+                             "GPUPOOL_GPU_MEMORY_LIMIT_MIB": "40960"}
+    assert env.prepend == {}
+
+
+@pytest.mark.parametrize("assignments", [
+    [], [GpuAssignment(0, 1000, 80 * GIB), GpuAssignment(1, 1000, 80 * GIB)], [GpuAssignment(2, 250, 20 * GIB)],
+    [GpuAssignment(4, 143, 10 * GIB, mig_instance=1)],
+])
+def test_the_device_list_agrees_with_the_executors_plain_gpu_env(config: SharingConfig,
+                                                                  assignments: list[GpuAssignment]) -> None:
+    # gpu/sharing.py supersedes executors.environment.gpu_env: every variable both set must mean the same
+    ours = gpu_environment(assignments, _cards(), config).variables
+    plain = gpu_env(assignments, _cards())
+    assert {k: v for k, v in plain.items() if k in ours} == {k: ours[k] for k in plain if k in ours}
+    assert ours["CUDA_VISIBLE_DEVICES"] == plain["CUDA_VISIBLE_DEVICES"]
