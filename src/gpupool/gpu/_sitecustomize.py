@@ -15,16 +15,20 @@ work with the standard library alone, never raise, and cost nothing when PyTorch
 
 `gpupool_state()` reports what happened (tests and debugging). GPUPOOL_SITECUSTOMIZE_DEBUG=1 prints
 failures to stderr; otherwise they are silent (the cap is best effort; the monitor still sees over-use).
+
+Start-up cost matters (every Python process of the replica pays it): at import time this module uses only
+`os` and `sys`, which the interpreter has loaded already; importlib.util is imported when torch is.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import os
 import sys
-from types import ModuleType
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 LIMIT_VARIABLE = "GPUPOOL_GPU_MEMORY_LIMIT_MIB"
 _STATE: dict[str, Any] = {"installed": False, "torch_imported": False, "queued": False, "applied": [],
@@ -86,15 +90,17 @@ def _after_torch_import(torch: ModuleType) -> None:
         _debug(f"could not hook CUDA initialisation: {error!r}")
 
 
-class _TorchImportHook(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: when `torch` is imported it asks the other finders for the spec and wraps the
-    loader's exec_module so that _after_torch_import runs once torch is fully imported."""
+class _TorchImportHook:
+    """A meta path finder that finds nothing itself: when `torch` is imported it asks the other finders for
+    the spec and wraps the loader's exec_module so that _after_torch_import runs once torch is imported."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != "torch":
             return None
         if self in sys.meta_path:
             sys.meta_path.remove(self)  # one shot, and no recursion into ourselves
+        import importlib.util  # noqa: PLC0415  (only now: keeps interpreter start-up cheap)
+
         spec = importlib.util.find_spec(fullname)
         loader = getattr(spec, "loader", None)
         if spec is None or loader is None or not hasattr(loader, "exec_module"):
@@ -120,6 +126,8 @@ def _chain_shadowed_sitecustomize() -> None:
         candidate = os.path.join(folder, "sitecustomize.py")
         if folder == here or not os.path.isfile(candidate):
             continue
+        import importlib.util  # noqa: PLC0415  (only when there is another sitecustomize to run)
+
         spec = importlib.util.spec_from_file_location("_gpupool_shadowed_sitecustomize", candidate)
         if spec is None or spec.loader is None:
             return

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import py_compile
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,8 @@ class GpuEnvironment:
 
 def install_sitecustomize(config: SharingConfig) -> Path:
     """Write the PyTorch memory-cap `sitecustomize.py` into `config.sitecustomize_dir` (atomically, only
-    when its content changed) and return the directory. Call once at node start-up."""
+    when its content changed), compile it (replicas that cannot write there still start from bytecode) and
+    return the directory. Call once at node start-up."""
     folder = config.sitecustomize_dir
     folder.mkdir(parents=True, exist_ok=True)
     source = Path(_sitecustomize.__file__).read_text()
@@ -85,6 +87,7 @@ def install_sitecustomize(config: SharingConfig) -> Path:
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as handle:
             handle.write(source)
         Path(handle.name).replace(target)
+        py_compile.compile(str(target), doraise=False)
     return folder
 
 

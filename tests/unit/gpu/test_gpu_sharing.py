@@ -114,7 +114,7 @@ def test_install_sitecustomize_writes_the_hook_once(config: SharingConfig) -> No
     stamp = target.stat().st_mtime_ns
     install_sitecustomize(config)
     assert target.stat().st_mtime_ns == stamp
-    assert [p.name for p in folder.iterdir()] == ["sitecustomize.py"]
+    assert sorted(p.name for p in folder.iterdir()) == ["__pycache__", "sitecustomize.py"]
 
 
 def _run_python(code: str, env: dict[str, str]) -> dict[str, object]:
