@@ -76,6 +76,8 @@ class NvmlBackend:
         self._handles: list[Any] = []
         self._mig_handles: dict[int, list[tuple[str, Any]]] = {}
         self._events: Any = None
+        self._registered: set[int] = set()
+        self._discovered = False
 
     # ------------------------------------------------------------------------------------ lifecycle
     def _ready(self) -> Any:
@@ -104,6 +106,8 @@ class NvmlBackend:
         if self._events is not None:
             self._optional(nvml.nvmlEventSetFree, self._events, nvml=nvml)
             self._events = None
+        self._registered.clear()
+        self._handles, self._mig_handles, self._discovered = [], {}, False
         self._optional(nvml.nvmlShutdown, nvml=nvml)
 
     def _optional(self, fn: Callable[..., Any], *args: Any, nvml: Any = None) -> Any:
@@ -125,8 +129,9 @@ class NvmlBackend:
         except nvml.NVMLError as error:
             log.warning("NVML could not list the GPUs: %s", error)
             return GpuInventory(unavailable=f"NVML could not list the GPUs: {error}")
-        if count == 0:
+        if count == 0 and not self._discovered:
             log.info("NVML works but found no GPU on this node")
+        self._discovered = True
         infos = [self._describe(i, h) for i, h in enumerate(self._handles)]
         peers = self._nvlink_peers()
         infos = [_with_peers(info, peers.get(info.index, ())) for info in infos]
@@ -210,7 +215,10 @@ class NvmlBackend:
         if self._events is None:
             return
         wanted = nvml.nvmlEventTypeXidCriticalError | nvml.nvmlEventTypeDoubleBitEccError
-        for handle in self._handles:
+        for index, handle in enumerate(self._handles):
+            if index in self._registered:
+                continue  # registered by an earlier discover(): the device handle has not changed
+            self._registered.add(index)
             for types in (wanted, nvml.nvmlEventTypeXidCriticalError):
                 try:
                     nvml.nvmlDeviceRegisterEvents(handle, types, self._events)
@@ -224,7 +232,7 @@ class NvmlBackend:
         nvml = self._ready()
         if nvml is None:
             return NodeSample(now)
-        if not self._handles:
+        if not self._discovered:
             self.discover()
         readings, processes = [], []
         for index, handle in enumerate(self._handles):

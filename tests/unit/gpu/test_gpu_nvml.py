@@ -159,3 +159,25 @@ def test_real_nvml_discovers_and_samples_this_machines_gpus() -> None:
         assert all(g.mode in (SharingMode.EXCLUSIVE, SharingMode.MIG) for g in gpus)
     finally:
         backend.close()
+
+
+def test_rediscovery_registers_events_once_and_an_empty_node_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Counting(FakeNvml):
+        registrations = 0
+
+        def nvmlDeviceRegisterEvents(self, handle: Any, types: int, event_set: object) -> None:
+            Counting.registrations += 1
+            super().nvmlDeviceRegisterEvents(handle, types, event_set)
+
+    two = NvmlBackend(lambda: Counting(load_description({"gpus": [{"model": A100, "memory": "80GiB",
+                                                                     "count": 2}]})))
+    two.discover()
+    two.discover()
+    two.sample(0.0)
+    assert Counting.registrations == 2
+
+    empty = NvmlBackend(lambda: FakeNvml(load_description({"gpus": []})))
+    with caplog.at_level(logging.INFO, logger="gpupool.gpu.nvml"):
+        assert empty.discover().gpus == () and empty.discover().unavailable is None
+        assert empty.sample(1.0).gpus == () and empty.sample(2.0).gpus == ()
+    assert [r.getMessage() for r in caplog.records] == ["NVML works but found no GPU on this node"]
