@@ -43,7 +43,12 @@ class WorkloadOutcome:
     end: float | None = None
     preemptions: int = 0
     rejected: str | None = None
-    last_reason: str = ""
+    reasons: list[str] = field(default_factory=list)  # each pending reason, in order, without repeats
+
+    @property
+    def last_reason(self) -> str:
+        """The latest pending reason ('' if it never waited)."""
+        return self.reasons[-1] if self.reasons else ""
 
 
 @dataclass
@@ -175,7 +180,8 @@ class ReplayEngine:
             self._start(now, bind.workload_id, bind.placements)
         for waiting in decisions.pending:
             outcome = self.result.outcomes[waiting.workload_id]
-            outcome.last_reason = waiting.reason
+            if outcome.last_reason != waiting.reason:
+                outcome.reasons.append(waiting.reason)
             if waiting.reason.startswith("can never run"):
                 outcome.rejected = waiting.reason
                 del self.pending[waiting.workload_id]

@@ -53,15 +53,8 @@ class InflationResult:
     fragmentation_pct_of_idle: float | None = None
 
     def unallocated_at(self, arrived: float) -> float | None:
-        """100 - allocated% at the first pod where arrived% >= `arrived`. The sampling stops just short of
-        the inflation target, so a point within 1% past the last pod reads the last pod's value; None
-        beyond that."""
-        index = bisect.bisect_left(self.arrived_pct, arrived - 1e-9)
-        if index < len(self.arrived_pct):
-            return 100.0 - self.allocated_pct[index]
-        if self.arrived_pct and arrived <= self.arrived_pct[-1] + 1.0:
-            return 100.0 - self.allocated_pct[-1]
-        return None
+        """See `unallocated_at` (the module function)."""
+        return unallocated_at(self.arrived_pct, self.allocated_pct, arrived)
 
     def summary(self) -> dict[str, float | int | str | None]:
         """The figures of one run as a flat dict (for JSON and tables)."""
@@ -73,6 +66,17 @@ class InflationResult:
         out["frag_pct_of_capacity@90"] = self.fragmentation_pct_of_capacity
         out["frag_pct_of_idle@90"] = self.fragmentation_pct_of_idle
         return out
+
+
+def unallocated_at(arrived_pct: Sequence[float], allocated_pct: Sequence[float], arrived: float) -> float | None:
+    """100 - allocated% at the first pod where arrived% >= `arrived`. The sampling stops just short of the
+    inflation target, so a point within 1% past the last pod reads the last pod's value; None beyond that."""
+    index = bisect.bisect_left(arrived_pct, arrived - 1e-9)
+    if index < len(arrived_pct):
+        return 100.0 - allocated_pct[index]
+    if arrived_pct and arrived <= arrived_pct[-1] + 1.0:
+        return 100.0 - allocated_pct[-1]
+    return None
 
 
 def sample_pods(pods: Sequence[TracePod], capacity_milli: int, rng: random.Random,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpupool.domain.nodes import Node
-from gpupool.sim.inflation import PlacementRecord
+from gpupool.sim.inflation import PlacementRecord, unallocated_at
 from gpupool.sim.traces.openb import TracePod
 
 HEADER = ("seq", "pod", "node", "gpus")
@@ -40,11 +40,8 @@ class VerifyReport:
     allocated_pct: list[float] = field(default_factory=list)
 
     def unallocated_at(self, arrived: float) -> float | None:
-        """100 - allocated% at the first row where arrived% reaches `arrived`."""
-        for a, alloc in zip(self.arrived_pct, self.allocated_pct, strict=True):
-            if a >= arrived - 1e-9:
-                return 100.0 - alloc
-        return 100.0 - self.allocated_pct[-1] if self.arrived_pct else None
+        """100 - allocated% where arrived% first reaches `arrived` (as the experiment itself reads it)."""
+        return unallocated_at(self.arrived_pct, self.allocated_pct, arrived)
 
 
 @dataclass
