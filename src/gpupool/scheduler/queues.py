@@ -39,6 +39,8 @@ class QuotaBook:
         self.queues = dict(queues)
         self.total = total
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
+        self.used_total = ResourceVector()
+        self.reserved_total = sum((self._reserved(name) for name in self.queues), ResourceVector())
         self.governed = ("gpu", *(r for r in ("cpu", "memory")
                                   if any(_component(q.guaranteed, r) > 0 for q in self.queues.values())))
         for workload in running:
@@ -50,11 +52,17 @@ class QuotaBook:
 
     def add(self, queue: str, amount: ResourceVector) -> None:
         """Record that `queue` now also uses `amount`."""
-        self.usage[queue] = self.usage.get(queue, ResourceVector()) + amount
+        self._change(queue, amount)
 
     def remove(self, queue: str, amount: ResourceVector) -> None:
         """Record that `queue` gave back `amount`."""
-        self.usage[queue] = self.usage.get(queue, ResourceVector()) - amount
+        self._change(queue, ResourceVector() - amount)
+
+    def _change(self, queue: str, delta: ResourceVector) -> None:
+        before = self._reserved(queue)
+        self.usage[queue] = self.usage.get(queue, ResourceVector()) + delta
+        self.used_total = self.used_total + delta
+        self.reserved_total = self.reserved_total - before + self._reserved(queue)
 
     def used(self, queue: str) -> ResourceVector:
         """What the queue uses now."""
@@ -95,10 +103,8 @@ class QuotaBook:
         borrowed = self._over_guarantee(queue, after)
         if not borrowed:
             return None
-        used = reserved = ResourceVector()
-        for name in self.usage.keys() | self.queues.keys():
-            if name != queue:
-                used, reserved = used + self.used(name), reserved + self._reserved(name)
+        used = self.used_total - self.used(queue)
+        reserved = self.reserved_total - self._reserved(queue)
         physical_room, lendable_room = self.total - used, self.total - reserved
         owed = tuple(r for r in borrowed
                      if _component(lendable_room, r) < _component(after, r) <= _component(physical_room, r))
