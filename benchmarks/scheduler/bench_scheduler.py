@@ -51,10 +51,11 @@ def cycle_seconds(nodes: list, pods: list, policy: str, seed: int) -> tuple[floa
     """Seconds for one run_cycle over PENDING workloads, and how many it bound."""
     rng = random.Random(seed)
     queues = {f"team-{k}": QueueSpec(f"team-{k}", ResourceVector(0, 0, 1_000_000), weight=1.0) for k in range(4)}
+    requests = [pods[rng.randrange(len(pods))].request() for _ in range(PENDING)]
     pending = [
-        PendingWorkload(f"w{i}", f"team-{i % 4}", (ReplicaGroup("worker", 1, pods[rng.randrange(len(pods))].request()),),
+        PendingWorkload(f"w{i}", f"team-{i % 4}", (ReplicaGroup("worker", 1, r),),
                         priority=rng.choice((0, 0, 0, 10)), submit_time=float(i))
-        for i in range(PENDING)
+        for i, r in enumerate(requests)
     ]
     snap = ClusterSnapshot(nodes)
     policy_object = make_policy(policy, random.Random(seed), default_target(pods))
