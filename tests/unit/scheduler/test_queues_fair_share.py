@@ -68,7 +68,7 @@ def test_a_guarantee_that_is_not_lent_is_never_borrowed() -> None:
     # a may use 4 - b's 2 reserved = 2 cards; the third would make 3 > 2
     assert bound == ["a0", "a1"]
     assert reasons["a2"] == ("queue a would borrow beyond its guarantee, and the idle capacity it could borrow is "
-                             "owed to other queues: gpu 3 > available to borrow 2")
+                             "owed to other queues that do not lend: gpu 3 > available to borrow 2")
 
 
 def test_limits_cap_a_queue_borrowing_included() -> None:
@@ -96,11 +96,11 @@ def test_a_busy_pool_is_not_a_quota_matter() -> None:
 
 
 def test_only_guaranteed_resources_are_borrowed() -> None:
-    # guarantees name GPUs only: CPU is shared first come, first served, so a 1-GPU job with CPU stays
+    # guarantees name GPUs only: CPU is not governed (first come, first served), so a 1-GPU job with CPU stays
     # inside a's 2-GPU guarantee, and b, using CPU but within its GPU guarantee, is not borrowing
     runs = [running("rb", [on("n1", cpu=60, gpus={0: 1000})], queue="b")]
     book = QuotaBook({"a": queue("a", 2), "b": queue("b", 1)}, runs, POOL)
-    assert book.guarded == ("gpu",)
+    assert book.governed == ("gpu",)
     assert book.within_guarantee("a", ResourceVector(4000, 16384, 1000))
     assert not book.is_borrowing("b")
 

@@ -32,8 +32,8 @@ def test_which_resource_on_how_many_nodes() -> None:
     ([queue("a", limit_gpu=4)], "queue a would exceed its limit: gpu 5 > limit 4"),
     # the owed guarantee: b keeps 2 of the 8 cards for itself; a may use 6, has 4, and asks for 3 more
     ([queue("a"), queue("b", 2, lend=False)],
-     "queue a would borrow beyond its guarantee, and the idle capacity it could borrow is owed to other queues: "
-     "gpu 7 > available to borrow 6"),
+     "queue a would borrow beyond its guarantee, and the idle capacity it could borrow is owed to other queues "
+     "that do not lend: gpu 7 > available to borrow 6"),
 ])
 def test_which_quota(queues: list[QueueSpec], expected: str) -> None:
     pool = [node("n1").gpus(8).build()]
