@@ -51,9 +51,12 @@ def binds_never_over_commit_a_card_or_a_node(s: Scenario, decisions: Decisions) 
 
 
 def binds_respect_queue_limits(s: Scenario, decisions: Decisions) -> None:
+    # usage once the decisions take effect: work preempted in this cycle no longer counts for its queue
+    stopping = {p.victim_id for p in decisions.preemptions}
     usage: dict[str, ResourceVector] = {}
     for w in s.running:
-        usage[w.queue] = usage.get(w.queue, ResourceVector()) + w.usage
+        if w.id not in stopping:
+            usage[w.queue] = usage.get(w.queue, ResourceVector()) + w.usage
     bound_queues = set()
     pending_by_id = {w.id: w for w in s.pending}
     for bind in decisions.binds:
