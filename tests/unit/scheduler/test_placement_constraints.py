@@ -96,7 +96,7 @@ def test_a_model_that_is_busy_waits_rather_than_taking_another_model() -> None:
     decisions = cycle(pool, [job("m").replicas(1, gpu={"count": 1, "model": "H100"}).build()],
                       [running("r", [on("h", gpus={0: 1000})])])
     assert not decisions.binds
-    # n "a" has no H100; n "h" has its only H100 taken
+    # node a has no H100; node h has its only H100 taken
     assert decisions.pending[0].reason.endswith("1 without a H100 GPU; 1 with too little free GPU for 1 GPU (H100)")
 
 
