@@ -42,7 +42,7 @@ from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 LEARN_WINDOW = 2000
 LEARN_EVERY = 200
 _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored once
-DEFAULT_RESOLUTION = 40.0
+DEFAULT_RESOLUTION = 25.0
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| << scale)
 
 
