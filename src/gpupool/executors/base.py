@@ -24,6 +24,7 @@ class Capability(StrEnum):
     FOLLOW_LOGS = "follow_logs"  # logs(follow=True) streams until the replica ends
     REATTACH = "reattach"  # replicas keep running across a server restart and are found again
     MULTI_NODE = "multi_node"  # replicas may run on several hosts
+    READ_ONLY_PATHS = "read_only_paths"  # ReplicaLaunch.read_only_paths is enforced by the kernel
 
 
 class ReplicaState(StrEnum):
@@ -50,6 +51,11 @@ class ReplicaLaunch:
     minimal base environment; stdout and stderr go to files under `log_dir`. `node` is the node the
     scheduler chose; `gpu_indices` the node-local GPU indices it was given (for information; the GPU
     environment itself is already in `env`).
+
+    `attempt` counts runs of the same replica (0 first, then 1, 2, ... for retries and requeues after
+    preemption): start is idempotent per (workload_id, replica, attempt), so a new attempt starts a new
+    process. `read_only_paths` are directories the replica may read but not write (the shared storage scope
+    of a non-admin); an executor with the READ_ONLY_PATHS capability enforces it, others only pass it on.
     """
 
     workload_id: str
@@ -62,6 +68,8 @@ class ReplicaLaunch:
     node: str = "local"
     gpu_indices: tuple[int, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 0
+    read_only_paths: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +90,7 @@ class Executor(ABC):
     @abstractmethod
     def start(self, launch: ReplicaLaunch) -> Handle:
         """Start the replica and return its handle without waiting for it to run. Idempotent per
-        (workload_id, replica): starting a replica that this executor already started returns the same
+        (workload_id, replica, attempt): starting a replica that this executor already started returns the same
         handle and starts nothing new. Raises ExecutorError when it cannot start at all."""
 
     @abstractmethod

@@ -1,0 +1,111 @@
+"""Data-parallel training of a small classifier on synthetic MNIST-shaped data with PyTorch DDP.
+
+Each replica is one process of the group. gpupool sets MASTER_ADDR, MASTER_PORT, WORLD_SIZE and RANK
+(`distributed: torch` in job.yaml), which `init_method="env://"` reads. Every rank draws different data
+(seeded by its rank) and starts from different random weights; DistributedDataParallel broadcasts rank
+0's weights at the start and all-reduces (averages) the gradients at every step, so all ranks end with
+bit-identical parameters although each saw other data. Each rank prints one JSON line and, with --out,
+writes it to OUT/rank-<rank>.json: its rank, the world size, its last loss, the mean loss over ranks, a
+checksum of its data and a SHA-256 of its parameters (equal on every rank when all-reduce happened).
+
+Run it alone for a quick check (one process, world size 1):
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 WORLD_SIZE=1 RANK=0 python train.py --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+IMAGE_SHAPE = (1, 28, 28)
+CLASSES = 10
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps (default 30)")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per rank and step (default 64)")
+    parser.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
+    parser.add_argument("--out", type=Path, default=None, help="directory for rank-<n>.json results")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the other ranks")
+    return parser.parse_args()
+
+
+def synthetic_batch(generator: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy 28x28 images in which the band of rows 2*label, 2*label+1 is brighter (a learnable rule)."""
+    labels = torch.randint(0, CLASSES, (batch_size,), generator=generator)
+    images = 0.5 * torch.rand((batch_size, *IMAGE_SHAPE), generator=generator)
+    rows = 2 * labels[:, None] + torch.arange(2)[None, :]
+    images[torch.arange(batch_size)[:, None], 0, rows, :] += 0.5
+    return images, labels
+
+
+def build_model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 64), nn.ReLU(), nn.Linear(64, CLASSES))
+
+
+def parameter_checksum(model: nn.Module) -> str:
+    """SHA-256 over the exact bytes of every parameter, in order."""
+    digest = hashlib.sha256()
+    for parameter in model.parameters():
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, object]:
+    torch.manual_seed(rank)  # different initial weights per rank: DDP's broadcast makes them equal
+    model = DistributedDataParallel(build_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(1000 + rank)  # different data per rank
+    data_digest = hashlib.sha256()
+    losses: list[float] = []
+    for _ in range(args.steps):
+        images, labels = synthetic_batch(generator, args.batch_size)
+        data_digest.update(images.numpy().tobytes())
+        optimizer.zero_grad()
+        loss = loss_fn(model(images), labels)
+        loss.backward()  # DDP all-reduces the gradients here
+        optimizer.step()
+        losses.append(loss.item())
+    mean_loss = torch.tensor(losses[-1] if losses else 0.0)
+    dist.all_reduce(mean_loss)
+    return {
+        "rank": rank,
+        "world_size": world_size,
+        "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+        "steps": args.steps,
+        "first_loss": round(losses[0], 6) if losses else None,
+        "final_loss": round(losses[-1], 6) if losses else None,
+        "mean_final_loss": round(mean_loss.item() / world_size, 6),
+        "data_checksum": data_digest.hexdigest()[:16],
+        "param_checksum": parameter_checksum(model.module),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=args.timeout))
+    try:
+        result = train(args, dist.get_rank(), dist.get_world_size())
+        print(json.dumps(result), flush=True)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"rank-{result['rank']}.json").write_text(json.dumps(result) + "\n")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

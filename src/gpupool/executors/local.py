@@ -1,0 +1,365 @@
+"""The local executor: each replica is a real process on this machine, supervised so that it survives a
+server crash and its exit code is never lost.
+
+Per replica, `start` creates a state directory `root/replicas/<workload_id>/<replica>.<attempt>/` and
+launches a supervisor (`_supervisor.py`, run as `python -I -S`) in a session of its own; the supervisor
+starts `bash -lc COMMAND` as the leader of a new session and process group, with cwd = launch.cwd, env =
+base env + launch.env, stdout and stderr appended to `launch.log_dir/replica-<n>.log`. Files of the state
+directory:
+
+    handle.json    the handle start returned (start is idempotent: a second start returns it)
+    command.json   pid and start time of the command (written by the supervisor once it runs)
+    stop.json      a stop request: grace period and when it was asked (written by stop)
+    exit.json      exit code, signal, whether a stop was asked and SIGKILL needed (written by the supervisor)
+
+The handle names the supervisor by (boot id, pid, start time), so any LocalExecutor given the same `root`
+tells, from files and /proc alone: still running (the supervisor is alive), ended (exit.json), or lost
+(the supervisor is gone without writing exit.json: it was killed, or the machine restarted).
+
+Stop writes stop.json and sends SIGTERM to the supervisor, which sends SIGTERM to the command's process
+group and SIGKILL to it when the grace period ends — so the escalation happens even when the server dies
+in between. As a safeguard, `poll` SIGKILLs the group itself when the command outlives its deadline by
+more than `kill_slack_s`, and `stop` signals the group directly (with a timer thread for the SIGKILL) when
+the supervisor is already gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gpupool.domain.errors import ValidationError
+from gpupool.executors import _supervisor as supervisor
+from gpupool.executors import logfiles, procfs
+from gpupool.executors.base import (
+    Capability,
+    Executor,
+    ExecutorError,
+    Handle,
+    ReplicaLaunch,
+    ReplicaState,
+    ReplicaStatus,
+)
+from gpupool.executors.environment import default_base_env
+from gpupool.executors.storage import validate_scope_name
+
+HANDLE_FILE = "handle.json"
+LOCK_FILE = "lock"
+HANDLE_KIND = "local"
+HANDLE_VERSION = 1
+SUPERVISOR_SCRIPT = Path(supervisor.__file__).resolve()
+# Mounts each read-only path over itself read-only, then runs the command; runs inside `unshare --mount`.
+_READ_ONLY_SCRIPT = (
+    'while [ "$1" != "--" ]; do '
+    '{mount} --bind "$1" "$1" && {mount} -o remount,bind,ro "$1" "$1" '
+    '|| {{ echo "gpupool: cannot make $1 read-only" >&2; exit 125; }}; shift; done; shift; exec "$@"'
+)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (between threads and processes alike)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports free on `host` right now (the kernel picks them). Another process may
+    take one before the replica binds it; the window is short and a clash fails the rendezvous loudly."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def can_enforce_read_only() -> bool:
+    """True when this process may give replicas read-only bind mounts (root, with unshare and mount)."""
+    return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("mount") is not None
+
+
+def log_file_name(replica: int, attempt: int) -> str:
+    """`replica-<n>.log` for the first attempt, `replica-<n>.attempt-<a>.log` for later ones."""
+    return f"replica-{replica}.log" if attempt == 0 else f"replica-{replica}.attempt-{attempt}.log"
+
+
+class _Ref:
+    """A parsed local handle: where the replica's files are and which process supervises it."""
+
+    def __init__(self, handle: Handle) -> None:
+        self.state_dir = Path(handle["state_dir"])
+        self.log_path = Path(handle["log_path"])
+        self.supervisor = procfs.ProcessIdentity(int(handle["pid"]), int(handle["start_time"]),
+                                                 str(handle.get("boot_id", "")))
+
+    def file(self, name: str) -> Path:
+        return self.state_dir / name
+
+    def command(self) -> procfs.ProcessIdentity | None:
+        data = _read_json(self.file(supervisor.COMMAND_FILE))
+        if not data or data.get("start_time") is None:
+            return None
+        return procfs.ProcessIdentity(int(data["pid"]), int(data["start_time"]), self.supervisor.boot_id)
+
+
+def _parse(handle: Handle) -> _Ref | None:
+    if not isinstance(handle, Mapping) or handle.get("executor") != HANDLE_KIND:
+        return None
+    try:
+        return _Ref(handle)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class LocalExecutor(Executor):
+    """Runs replicas as supervised processes on this machine (see the module docstring).
+
+    `root`: where state directories live (e.g. $GPUPOOL_HOME/executor). `base_env`: the environment every
+    replica starts from (default: `default_base_env` of the server's environment, with the server's Python
+    first on PATH). `read_only`: enforce ReplicaLaunch.read_only_paths with read-only bind mounts (None:
+    when possible, see `can_enforce_read_only`; True: required, ExecutorError when not possible).
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path, *, base_env: Mapping[str, str] | None = None, read_only: bool | None = None,
+                 python: str | None = None, shell: str = "bash", follow_interval_s: float = 0.1,
+                 kill_slack_s: float = 5.0) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.base_env = dict(base_env) if base_env is not None else default_base_env(
+            os.environ, str(Path(sys.executable).parent))
+        self.python = python or sys.executable
+        self.shell = shutil.which(shell) or shell
+        self.follow_interval_s = follow_interval_s
+        self.kill_slack_s = kill_slack_s
+        possible = can_enforce_read_only()
+        if read_only and not possible:
+            raise ExecutorError("read-only paths need the server to run as root with `unshare` and `mount`")
+        self._read_only = possible if read_only is None else read_only
+        self.capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH}
+                                      | ({Capability.READ_ONLY_PATHS} if self._read_only else set()))
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children_lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
+
+    # -- start -------------------------------------------------------------------------------------------
+
+    def state_dir(self, workload_id: str, replica: int, attempt: int = 0) -> Path:
+        """The state directory of one replica attempt (validates the workload id as a path component)."""
+        try:
+            validate_scope_name(workload_id, "workload_id")
+        except ValidationError as error:
+            raise ExecutorError(f"cannot use workload id {workload_id!r} as a directory name: {error}") from None
+        if replica < 0 or attempt < 0:
+            raise ExecutorError(f"replica and attempt must not be negative, got {replica} and {attempt}")
+        return self.root / "replicas" / workload_id / f"{replica}.{attempt}"
+
+    def start(self, launch: ReplicaLaunch) -> Handle:
+        """Launch the replica's supervisor and return the handle at once (the command starts within
+        milliseconds; poll says STARTING until it runs). Idempotent per (workload_id, replica, attempt),
+        across executor instances and server restarts: the handle is kept in the state directory. Raises
+        ExecutorError when the working directory is missing or the process cannot be created."""
+        state_dir = self.state_dir(launch.workload_id, launch.replica, launch.attempt)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(state_dir / LOCK_FILE):
+            existing = _read_json(state_dir / HANDLE_FILE)
+            if existing is not None:
+                return existing
+            handle = self._launch(launch, state_dir)
+            supervisor.write_json_atomic(str(state_dir / HANDLE_FILE), handle)
+        return handle
+
+    def command_argv(self, launch: ReplicaLaunch, env: Mapping[str, str]) -> list[str]:
+        """The argv the supervisor runs: `bash -lc` with a first line that puts the replica's PATH before
+        whatever the login files set (Debian's /etc/profile replaces PATH), wrapped in a private mount
+        namespace with read-only bind mounts when the launch has read_only_paths and this executor
+        enforces them."""
+        script = launch.command
+        if env.get("PATH"):
+            script = f'PATH={shlex.quote(env["PATH"])}"${{PATH:+:$PATH}}"; export PATH\n{script}'
+        argv = [self.shell, "-lc", script]
+        if launch.read_only_paths and self._read_only:
+            mount = shutil.which("mount") or "mount"
+            unshare = shutil.which("unshare") or "unshare"
+            wrapper = _READ_ONLY_SCRIPT.format(mount=shlex.quote(mount))
+            paths = [str(Path(p).resolve()) for p in launch.read_only_paths]
+            argv = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", wrapper, "gpupool-ro",
+                    *paths, "--", *argv]
+        return argv
+
+    def _launch(self, launch: ReplicaLaunch, state_dir: Path) -> Handle:
+        if not launch.cwd.is_dir():
+            raise ExecutorError(f"the working directory {launch.cwd} does not exist")
+        for name in (supervisor.COMMAND_FILE, supervisor.EXIT_FILE, supervisor.STOP_FILE):
+            (state_dir / name).unlink(missing_ok=True)  # leftovers of a start that crashed before its handle
+        env = {**self.base_env, **launch.env}
+        log_path = Path(launch.log_dir) / log_file_name(launch.replica, launch.attempt)
+        argv = [self.python, "-I", "-S", str(SUPERVISOR_SCRIPT), str(state_dir), "--",
+                *self.command_argv(launch, env)]
+        try:
+            log_fd = logfiles.open_for_append(log_path)
+        except OSError as error:
+            raise ExecutorError(f"cannot open the log file {log_path}: {error.strerror}") from None
+        try:
+            child = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
+                                     stderr=log_fd, start_new_session=True, close_fds=True)
+        except OSError as error:
+            raise ExecutorError(f"cannot start replica {launch.replica} of {launch.workload_id}: "
+                                f"{error.strerror}") from None
+        finally:
+            os.close(log_fd)
+        with self._children_lock:
+            self._children[child.pid] = child
+        identity = procfs.identify(child.pid)
+        return {
+            "executor": HANDLE_KIND, "version": HANDLE_VERSION, "workload_id": launch.workload_id,
+            "replica": launch.replica, "attempt": launch.attempt, "node": launch.node,
+            "state_dir": str(state_dir), "log_path": str(log_path), "pid": child.pid,
+            "start_time": identity.start_time if identity else -1, "boot_id": procfs.boot_id(),
+        }
+
+    # -- poll --------------------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Collect the exit status of supervisors this instance started (no zombies are left behind)."""
+        with self._children_lock:
+            for pid in [pid for pid, child in self._children.items() if child.poll() is not None]:
+                del self._children[pid]
+
+    def poll(self, handle: Handle) -> ReplicaStatus:
+        """The replica's status from its files and /proc; never blocks. STARTING until the command runs,
+        RUNNING while it runs, then SUCCEEDED (exit code 0), FAILED, or STOPPED (ended after stop). LOST
+        when the supervisor is gone without an exit record, and for an unknown or malformed handle."""
+        ref = _parse(handle)
+        if ref is None:
+            return ReplicaStatus(ReplicaState.LOST, message="unknown replica handle")
+        self._reap()
+        ended = _read_json(ref.file(supervisor.EXIT_FILE))
+        if ended is None and procfs.is_running(ref.supervisor):
+            self._enforce_deadline(ref)
+            if ref.file(supervisor.COMMAND_FILE).exists():
+                return ReplicaStatus(ReplicaState.RUNNING)
+            return ReplicaStatus(ReplicaState.STARTING, message="starting the command")
+        ended = ended or _read_json(ref.file(supervisor.EXIT_FILE))  # it may have ended just now
+        if ended is not None:
+            return _ended_status(ended)
+        if ref.file(supervisor.STOP_FILE).exists():
+            return ReplicaStatus(ReplicaState.STOPPED, message="stopped; its exit code was not recorded")
+        return ReplicaStatus(ReplicaState.LOST, message="the replica's supervisor process is gone without "
+                             "recording an exit code (it was killed, or the machine restarted)")
+
+    def _enforce_deadline(self, ref: _Ref) -> None:
+        """SIGKILL the command's group when a stop's grace period is long over and it still runs."""
+        request = _read_json(ref.file(supervisor.STOP_FILE))
+        if not request:
+            return
+        deadline = float(request.get("requested_at", 0)) + float(request.get("grace_s", 0)) + self.kill_slack_s
+        command = ref.command()
+        if time.time() > deadline and command is not None and procfs.is_running(command):
+            procfs.signal_group(command.pid, signal.SIGKILL)
+
+    # -- stop --------------------------------------------------------------------------------------------
+
+    def stop(self, handle: Handle, grace_s: float = 10.0) -> None:
+        """Ask the replica to stop: SIGTERM to its process group now, SIGKILL `grace_s` later if it still
+        runs (done by its supervisor, so it happens even if the server dies meanwhile). Returns at once.
+        Idempotent: a second stop keeps the earliest deadline; an unknown or ended replica is left alone."""
+        ref = _parse(handle)
+        if ref is None or ref.file(supervisor.EXIT_FILE).exists():
+            return
+        grace_s = max(0.0, float(grace_s))
+        self._record_stop(ref, grace_s)
+        if procfs.signal_process(ref.supervisor, signal.SIGTERM):
+            return
+        command = ref.command()  # the supervisor is gone: handle the orphaned command ourselves
+        if command is not None and procfs.is_running(command):
+            procfs.signal_group(command.pid, signal.SIGTERM)
+            timer = threading.Timer(grace_s, self._kill_if_running, args=(command,))
+            timer.daemon = True
+            timer.start()
+            self._timers.append(timer)
+
+    @staticmethod
+    def _record_stop(ref: _Ref, grace_s: float) -> None:
+        path = ref.file(supervisor.STOP_FILE)
+        with _locked(ref.file(LOCK_FILE)):
+            now = time.time()
+            previous = _read_json(path)
+            if previous is not None:
+                previous_deadline = float(previous.get("requested_at", now)) + float(previous.get("grace_s", 0))
+                if previous_deadline <= now + grace_s:
+                    return
+            supervisor.write_json_atomic(str(path), {"grace_s": grace_s, "requested_at": now})
+
+    @staticmethod
+    def _kill_if_running(command: procfs.ProcessIdentity) -> None:
+        if procfs.is_running(command):
+            procfs.signal_group(command.pid, signal.SIGKILL)
+
+    # -- logs and close ----------------------------------------------------------------------------------
+
+    def logs(self, handle: Handle, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """Lines of the replica's log file (without newlines); the last `tail` lines when given. With
+        `follow`, blocks for new lines (checking every `follow_interval_s`) until the replica is in a
+        terminal state and its output is drained. An unknown handle yields nothing."""
+        ref = _parse(handle)
+        if ref is None:
+            return
+        end = logfiles.file_size(ref.log_path)
+        start = 0 if tail is None else logfiles.tail_start(ref.log_path, tail, end)
+        yield from logfiles.read_lines(ref.log_path, start, end)
+        if follow:
+            yield from logfiles.follow_lines(ref.log_path, end, lambda: self.poll(handle).state.is_terminal,
+                                             self.follow_interval_s)
+
+    def close(self) -> None:
+        """Forget this instance's child objects and cancel its timers; replicas keep running. Idempotent."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._reap()
+
+
+def _ended_status(ended: Mapping[str, Any]) -> ReplicaStatus:
+    code = ended.get("exit_code")
+    exit_code = int(code) if isinstance(code, int) else None
+    signal_name = ended.get("signal")
+    detail = f"killed by {signal_name}" if signal_name else f"exit code {exit_code}"
+    if ended.get("stop_requested"):
+        forced = " after the grace period" if ended.get("killed") else ""
+        return ReplicaStatus(ReplicaState.STOPPED, exit_code, f"stopped ({detail}{forced})")
+    if exit_code == 0:
+        return ReplicaStatus(ReplicaState.SUCCEEDED, 0, "exit code 0")
+    return ReplicaStatus(ReplicaState.FAILED, exit_code, detail)
+

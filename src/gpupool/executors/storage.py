@@ -1,0 +1,125 @@
+"""Storage scopes: the directories a replica gets for its user, its project, and everyone.
+
+Layout under `$GPUPOOL_HOME/storage`:
+
+    users/<user>/          private to one user      -> GPUPOOL_USER_DIR
+    projects/<project>/    shared by a project      -> GPUPOOL_PROJECT_DIR
+    shared/                everyone's, read-only     -> GPUPOOL_SHARED_DIR
+                           unless the user is an admin
+
+A workload is given only its own user's and project's directories. Names become path components, so they
+are validated strictly (`validate_scope_name`): letters, digits, '.', '_' and '-', starting with a letter
+or digit, at most 64 characters, no '..' anywhere. Every directory is checked, after creation, to resolve
+inside the storage root (a symlink planted in its place is refused).
+
+What is enforced (all replicas of a local pool run as the server's OS user):
+- the shared directory is read-only for non-admin replicas when the executor declares the READ_ONLY_PATHS
+  capability: the local executor then runs the replica in a private mount namespace where the directory is
+  a read-only bind mount (writes fail with EROFS). That needs the server to run as root; otherwise the
+  directory is passed on writable and the capability is absent, which the server can report;
+- directories are created with mode 0700 (users), 0770 (projects), 0755 (shared): other OS users of the
+  machine cannot read a user's files.
+
+What is not enforced: with one OS user for every replica, a replica that knows the path of another user's
+or project's directory can open it (the environment only leaves it out). Real isolation between gpupool
+users needs one OS user per gpupool user, or containers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpupool.domain.errors import ValidationError
+
+MAX_NAME_CHARS = 64
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+USER_DIR_MODE = 0o700
+PROJECT_DIR_MODE = 0o770
+SHARED_DIR_MODE = 0o755
+
+
+def validate_scope_name(name: object, what: str = "name") -> str:
+    """Return `name` when it is safe as one path component, else raise ValidationError saying why.
+
+    Accepted: 1 to 64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit,
+    without '..'. This refuses '', '.', '..', '../x', 'a/b', absolute paths, NUL bytes and whitespace.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValidationError(f"a {what} is required (letters, digits, '.', '_', '-')", what)
+    if len(name) > MAX_NAME_CHARS:
+        raise ValidationError(f"{name[:20]!r}... is longer than {MAX_NAME_CHARS} characters", what)
+    if "/" in name or "\\" in name or ".." in name:
+        raise ValidationError(f"{name!r} must not contain '/', '\\' or '..'", what)
+    if not _NAME_RE.match(name):
+        raise ValidationError(f"{name!r} may hold only letters, digits, '.', '_' and '-', and must start with "
+                              "a letter or digit", what)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class StorageScopes:
+    """The three directories of one replica and whether it may write the shared one."""
+
+    user_dir: Path
+    project_dir: Path
+    shared_dir: Path
+    shared_writable: bool
+
+    def env(self) -> dict[str, str]:
+        """GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR and GPUPOOL_SHARED_DIR."""
+        return {
+            "GPUPOOL_USER_DIR": str(self.user_dir),
+            "GPUPOOL_PROJECT_DIR": str(self.project_dir),
+            "GPUPOOL_SHARED_DIR": str(self.shared_dir),
+        }
+
+    def read_only_paths(self) -> tuple[Path, ...]:
+        """Directories to pass as ReplicaLaunch.read_only_paths: the shared one unless writable."""
+        return () if self.shared_writable else (self.shared_dir,)
+
+
+class StorageLayout:
+    """The storage tree under `home/storage`. Creates directories on demand; never deletes anything."""
+
+    def __init__(self, home: Path) -> None:
+        self.root = Path(home) / "storage"
+
+    def user_dir(self, user: str) -> Path:
+        """Path of `user`'s private directory (validated, not created)."""
+        return self.root / "users" / validate_scope_name(user, "user")
+
+    def project_dir(self, project: str) -> Path:
+        """Path of `project`'s directory (validated, not created)."""
+        return self.root / "projects" / validate_scope_name(project, "project")
+
+    @property
+    def shared_dir(self) -> Path:
+        """Path of the directory shared by everyone."""
+        return self.root / "shared"
+
+    def _ensure(self, path: Path, mode: int) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+            path.chmod(mode)  # exact mode, whatever the umask; an existing directory keeps its own
+        except FileExistsError:
+            pass
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()) or not resolved.is_dir():
+            raise ValidationError(f"storage directory {path} resolves outside {self.root}; remove the link")
+        return resolved
+
+    def prepare(self, user: str, project: str, *, admin: bool = False) -> StorageScopes:
+        """Create (if needed) and return the scopes of a replica run by `user` in `project`. The shared
+        directory is writable only for an admin."""
+        user_path = self.user_dir(user)
+        project_path = self.project_dir(project)
+        self.root.mkdir(parents=True, exist_ok=True)
+        return StorageScopes(
+            user_dir=self._ensure(user_path, USER_DIR_MODE),
+            project_dir=self._ensure(project_path, PROJECT_DIR_MODE),
+            shared_dir=self._ensure(self.shared_dir, SHARED_DIR_MODE),
+            shared_writable=admin,
+        )
