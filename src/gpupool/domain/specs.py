@@ -35,7 +35,9 @@ from gpupool.domain.resources import GpuRequest, ReplicaRequest, parse_duration,
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-RESERVED_ENV_PREFIX = "GPUPOOL_"
+RESERVED_ENV_PREFIXES = ("GPUPOOL_", "CUDA_MPS_")
+RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"})
+MAX_WORKDIR_CHARS = 4096
 TORCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
 TENSORFLOW_ENV = ("TF_CONFIG",)
 PRIORITY_NAMES: Mapping[str, int] = MappingProxyType({"low": 100, "normal": 500, "high": 900})
@@ -100,6 +102,7 @@ class WorkloadSpec:
     max_runtime_s: int | None = None
     preemptible: bool = True
     min_available: int | None = None
+    workdir: str | None = None  # absolute directory the command starts in (default: the user's storage dir)
     uses_roles: bool = False  # written with roles: rather than replicas:
 
     @property
@@ -150,6 +153,8 @@ class WorkloadSpec:
         out["preemptible"] = self.preemptible
         if self.min_available is not None:
             out["min_available"] = self.min_available
+        if self.workdir is not None:
+            out["workdir"] = self.workdir
         return out
 
 
@@ -171,7 +176,7 @@ class JobSpec(WorkloadSpec):
 
 # ------------------------------------------------------------------------------------------ parsing
 _COMMON_KEYS = ("kind", "name", "project", "queue", "priority", "replicas", "roles", "resources", "command",
-                "env", "max_runtime", "preemptible", "min_available")
+                "env", "max_runtime", "preemptible", "min_available", "workdir")
 _JOB_KEYS = (*_COMMON_KEYS, "distributed", "retries")
 _ROLE_KEYS = ("replicas", "resources", "command", "env")
 
@@ -233,6 +238,7 @@ def _parse_common(data: dict[str, Any], kind: WorkloadKind) -> dict[str, Any]:
         "max_runtime_s": _parse_runtime(data.get("max_runtime")),
         "preemptible": _parse_bool(data.get("preemptible", True), "preemptible"),
         "min_available": min_available,
+        "workdir": _parse_workdir(data.get("workdir")),
         "uses_roles": uses_roles,
     }
 
@@ -333,8 +339,9 @@ def parse_env(value: Any, field_name: str = "env") -> Mapping[str, str]:
         if not isinstance(key, str) or not ENV_KEY_RE.match(key):
             raise ValidationError("not a valid variable name (letters, digits and _, not starting with a digit)",
                                   where)
-        if key.upper().startswith(RESERVED_ENV_PREFIX):
-            raise ValidationError(f"names starting with {RESERVED_ENV_PREFIX} are set by gpupool", where)
+        if key.upper().startswith(RESERVED_ENV_PREFIXES) or key.upper() in RESERVED_ENV_NAMES:
+            raise ValidationError("gpupool sets this variable itself (GPUPOOL_*, CUDA_MPS_*, CUDA_VISIBLE_DEVICES, "
+                                  "NVIDIA_VISIBLE_DEVICES); choose another name", where)
         if isinstance(item, bool):
             text = "true" if item else "false"
         elif isinstance(item, str | int | float):
@@ -355,6 +362,17 @@ def _parse_command(value: Any, field_name: str) -> str:
     if len(value) > MAX_COMMAND_CHARS or "\x00" in value:
         raise ValidationError(f"the command is longer than {MAX_COMMAND_CHARS} characters or has a NUL; put it "
                               "in a script", field_name)
+    return value
+
+
+def _parse_workdir(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value or len(value) > MAX_WORKDIR_CHARS:
+        raise ValidationError("expected an absolute directory path such as /home/me/project", "workdir")
+    parts = value.split("/")
+    if ".." in parts:
+        raise ValidationError("write the directory without '..'", "workdir")
     return value
 
 

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)
     admin_name: str = "admin"
+    reset_admin_token: bool = Field(False, description="Issue a new admin token into the token file at start")
     workers: bool = Field(True, description="Run the scheduling loop and the reconciler")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -141,7 +141,7 @@ class WorkloadRow(Base):
     pending_reason: Mapped[str | None] = mapped_column(Text)
     queue_position: Mapped[int | None] = mapped_column(Integer)
     nominated: Mapped[list[Any] | None] = mapped_column(JSON)
-    rendezvous_port: Mapped[int | None] = mapped_column(Integer)
+    rendezvous_ports: Mapped[list[Any] | None] = mapped_column(JSON)  # chosen per run for distributed jobs
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
 
     events: Mapped[list[EventRow]] = relationship(back_populates="workload", order_by="EventRow.id",

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import NotFoundError, ValidationError, reject_unknown_keys
@@ -96,8 +96,6 @@ def _queue_usage(session: Session) -> dict[str, ResourceVector]:
 
 
 def _status_counts(session: Session) -> dict[tuple[str, str], int]:
-    from sqlalchemy import func
-
     query = select(WorkloadRow.queue, WorkloadRow.status, func.count()).group_by(WorkloadRow.queue,
                                                                                  WorkloadRow.status)
     return {(q, s): int(n) for q, s, n in session.execute(query).tuples()}

@@ -73,7 +73,7 @@ def membership(session: Session, user_id: int, project_id: int) -> MembershipRow
 
 def project_names(session: Session) -> dict[int, str]:
     """project id -> name for every project."""
-    return dict(session.execute(select(ProjectRow.id, ProjectRow.name)).tuples())
+    return dict(session.execute(select(ProjectRow.id, ProjectRow.name)).tuples().all())
 
 
 def user_names(session: Session, ids: set[int]) -> dict[int, str]:
@@ -81,4 +81,4 @@ def user_names(session: Session, ids: set[int]) -> dict[int, str]:
     if not ids:
         return {}
     query = select(UserRow.id, UserRow.name).where(UserRow.id.in_(sorted(ids)))
-    return dict(session.execute(query).tuples())
+    return dict(session.execute(query).tuples().all())
