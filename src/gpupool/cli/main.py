@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from gpupool import __version__
+from gpupool.cli import admin, server, workloads
 
 app = typer.Typer(
     name="gpupool",
@@ -23,3 +24,8 @@ app = typer.Typer(
 def version() -> None:
     """Print the installed gpupool version."""
     typer.echo(__version__)
+
+
+server.register(app)
+workloads.register(app)
+admin.register(app)

@@ -202,11 +202,13 @@ class QueueUpdate(Model):
 # ----------------------------------------------------------------------------------- workloads
 class SubmitRequest(Model):
     """POST /workloads: the spec as YAML text or as a JSON object, and an optional idempotency key (a retried
-    submit with the same key returns the workload the first one created)."""
+    submit with the same key returns the workload the first one created). `workdir` is used when the spec
+    names none (the CLI sends the directory it runs in when the server is on the same machine)."""
 
     spec: dict[str, Any] | None = None
     spec_yaml: str | None = Field(None, max_length=MAX_SPEC_CHARS)
     idempotency_key: str | None = Field(None, pattern=KEY_PATTERN)
+    workdir: str | None = Field(None, max_length=4096)
 
 
 class WorkloadSummary(Model):

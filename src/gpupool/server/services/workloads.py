@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -94,7 +95,12 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
            feasibility: FeasibilityCache) -> tuple[WorkloadRow, bool]:
     """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
     second submit of the same spec returns the first workload (created False); a different spec is a conflict."""
-    spec = parse_spec(load_spec_input(body))
+    data = load_spec_input(body)
+    if body.workdir is not None and isinstance(data, dict) and data.get("workdir") is None:
+        data = {**data, "workdir": body.workdir}
+    spec = parse_spec(data)
+    if spec.workdir is not None and not Path(spec.workdir).is_dir():
+        raise ValidationError(f"{spec.workdir} is not a directory on the server's machine", "workdir")
     project_id, project_name = _resolve_project(session, principal, spec)
     queue = queues.queue_of_project(session, project_id)
     if queue is None:
