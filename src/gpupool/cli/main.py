@@ -10,14 +10,19 @@ import typer
 
 from gpupool import __version__
 from gpupool.cli import admin, server, workloads
+from gpupool.cli.plan import plan_app
 
 app = typer.Typer(
     name="gpupool",
-    help="gpupool: one shared, fairly scheduled pool of GPU servers. Run `gpupool COMMAND --help` for details.",
+    help=(
+        "gpupool: one shared, fairly scheduled pool of GPU servers. "
+        "Run `gpupool COMMAND --help` for details."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(plan_app, name="plan")
 
 
 @app.command()
