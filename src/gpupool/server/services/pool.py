@@ -89,7 +89,7 @@ def _queue_usage(session: Session) -> dict[str, ResourceVector]:
     usage: dict[str, ResourceVector] = defaultdict(ResourceVector)
     query = select(WorkloadRow.queue, ReplicaRow.placement).join(WorkloadRow, WorkloadRow.id == ReplicaRow.workload_id)
     live = ReplicaRow.state.not_in(["succeeded", "failed", "stopped", "lost"])
-    for queue, p in session.execute(query.where(live)).tuples():
+    for queue, p in session.execute(query.where(live)):
         gpu = sum(int(g["milli"]) for g in p.get("gpus", []))
         usage[queue] += ResourceVector(int(p["cpu_milli"]), int(p["memory_mib"]), gpu)
     return usage
@@ -98,7 +98,7 @@ def _queue_usage(session: Session) -> dict[str, ResourceVector]:
 def _status_counts(session: Session) -> dict[tuple[str, str], int]:
     query = select(WorkloadRow.queue, WorkloadRow.status, func.count()).group_by(WorkloadRow.queue,
                                                                                  WorkloadRow.status)
-    return {(q, s): int(n) for q, s, n in session.execute(query).tuples()}
+    return {(q, s): int(n) for q, s, n in session.execute(query)}
 
 
 def list_queues(session: Session) -> list[schemas.Queue]:

@@ -63,7 +63,7 @@ def members_of_project(session: Session, project_id: int) -> Sequence[tuple[Memb
     rows = session.execute(
         select(MembershipRow, UserRow).join(UserRow, UserRow.id == MembershipRow.user_id)
         .where(MembershipRow.project_id == project_id).order_by(UserRow.name))
-    return [(m, u) for m, u in rows.tuples()]
+    return [(m, u) for m, u in rows]
 
 
 def membership(session: Session, user_id: int, project_id: int) -> MembershipRow | None:
@@ -73,7 +73,7 @@ def membership(session: Session, user_id: int, project_id: int) -> MembershipRow
 
 def project_names(session: Session) -> dict[int, str]:
     """project id -> name for every project."""
-    return dict(session.execute(select(ProjectRow.id, ProjectRow.name)).tuples().all())
+    return dict(session.execute(select(ProjectRow.id, ProjectRow.name)).all())
 
 
 def user_names(session: Session, ids: set[int]) -> dict[int, str]:
@@ -81,4 +81,4 @@ def user_names(session: Session, ids: set[int]) -> dict[int, str]:
     if not ids:
         return {}
     query = select(UserRow.id, UserRow.name).where(UserRow.id.in_(sorted(ids)))
-    return dict(session.execute(query).tuples().all())
+    return dict(session.execute(query).all())
