@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from gpupool.client.http import Client
 from gpupool.executors.base import Executor
 from gpupool.server.app import create_app
+from gpupool.server.context import Services
 from gpupool.server.settings import Settings
 
 
@@ -66,6 +68,13 @@ class TestServer:
     url: str
     server: uvicorn.Server
     thread: threading.Thread
+    app: FastAPI
+
+    @property
+    def services(self) -> Services:
+        """The running app's services (its workers, scheduling loop and reconciler)."""
+        services: Services = self.app.state.services
+        return services
 
     @property
     def admin_token(self) -> str:
@@ -109,4 +118,4 @@ def start_server(settings: Settings, executor: Executor | None = None,
             return False
 
     wait_until(healthy, 30, 0.05, "server start")
-    return TestServer(settings, url, server, thread)
+    return TestServer(settings, url, server, thread, app)

@@ -31,6 +31,7 @@ from gpupool.executors.rendezvous import ports_needed
 from gpupool.scheduler.cycle import run_cycle
 from gpupool.scheduler.decisions import Bind, Decisions, Preempt
 from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
@@ -64,11 +65,12 @@ class SchedulingLoop:
     """One scheduler for the pool; `step()` runs one cycle (see the module docstring)."""
 
     def __init__(self, db: Database, clock: Callable[[], float], profile: SchedulerProfile,
-                 pick_ports: PortPicker, on_change: Callable[[], None] = lambda: None) -> None:
+                 pick_ports: PortPicker, on_change: Callable[[], None] = lambda: None,
+                 policy: PlacementPolicy | None = None) -> None:
         self.db = db
         self.clock = clock
         self.profile = profile
-        self.policy = make_policy(profile.policy)
+        self.policy = policy or make_policy(profile.policy)
         self.pick_ports = pick_ports
         self.on_change = on_change
         self._checker: NeverFitsChecker | None = None
