@@ -44,11 +44,11 @@ class ServerUnavailableError(GpupoolError):
 
 
 class ApiError(GpupoolError):
-    """An error response the client has no more specific class for; `status` is the HTTP status code."""
+    """An error response the client has no more specific class for; `http_status` is the HTTP status code."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, http_status: int) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = http_status
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:

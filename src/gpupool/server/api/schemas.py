@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_SPEC_CHARS = 1_048_576
 KEY_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 
 
 class Model(BaseModel):

@@ -74,7 +74,7 @@ def create_token(body: schemas.TokenCreate, services: ServicesDep, principal: Pr
 
 
 @router.delete("/tokens/{token_id}", response_model=schemas.Token, responses=ERRORS)
-def revoke_token(token_id: Annotated[int, Path(ge=1, le=2**62)], services: ServicesDep,
+def revoke_token(token_id: Annotated[int, Path(ge=1, le=schemas.MAX_ID)], services: ServicesDep,
                  principal: PrincipalDep) -> schemas.Token:
     """Revoke a token (yours; administrators: anyone's)."""
     with services.db.session() as session:

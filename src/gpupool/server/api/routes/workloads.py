@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from gpupool.server.api import schemas
@@ -15,6 +15,7 @@ from gpupool.server.services import workloads
 router = APIRouter(prefix="/workloads", tags=["workloads"])
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": schemas.ErrorBody} for code in (401, 403, 404, 409, 422)}
+WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID, description="The workload id")]
 
 
 
@@ -39,21 +40,21 @@ def list_workloads(services: ServicesDep, principal: PrincipalDep,
                    status: Annotated[list[str] | None, Query(max_length=16)] = None,
                    name: Annotated[str | None, Query(max_length=63)] = None,
                    limit: Annotated[int, Query(ge=1, le=workloads.MAX_LIST)] = 50,
-                   before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> schemas.WorkloadPage:
+                   before_id: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None) -> schemas.WorkloadPage:
     """Workloads you may see, newest first, with each pending one's reason and queue position."""
     with services.db.session(write=False) as session:
         return workloads.list_workloads(session, principal, project, status or [], name, limit, before_id)
 
 
 @router.get("/{workload_id}", response_model=schemas.WorkloadDetail, responses=ERRORS)
-def show(workload_id: int, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
+def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """One workload: status, why it waits, its replicas and history."""
     with services.db.session(write=False) as session:
         return workloads.detail_view(session, workloads.visible_workload(session, principal, workload_id))
 
 
 @router.post("/{workload_id}/cancel", response_model=schemas.WorkloadDetail, responses=ERRORS)
-def cancel(workload_id: int, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
+def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
     with services.db.session() as session:
         row = workloads.cancel(session, principal, workload_id, services.clock())
@@ -65,7 +66,7 @@ def cancel(workload_id: int, services: ServicesDep, principal: PrincipalDep) -> 
 
 @router.get("/{workload_id}/logs", response_class=StreamingResponse, responses={
     200: {"content": {"text/plain": {}}, "description": "The replica's output, one line per line"}, **ERRORS})
-def logs(workload_id: int, services: ServicesDep, principal: PrincipalDep,
+def logs(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep,
          replica: Annotated[int, Query(ge=0, le=100_000)] = 0,
          tail: Annotated[int | None, Query(ge=0, le=workloads.MAX_TAIL)] = None,
          follow: bool = False) -> StreamingResponse:
