@@ -89,7 +89,7 @@ def test_command_as_a_list_is_quoted() -> None:
     ({"name": "../etc"}, "not a valid name"),
     ({"project": "a/b"}, "project: "),
     ({"name": "x" * 64}, "not a valid name"),
-    ({"env": {"GPUPOOL_REPLICA": "3"}}, "set by gpupool"),
+    ({"env": {"GPUPOOL_REPLICA": "3"}}, "gpupool sets this variable"),
     ({"env": {"1BAD": "x"}}, "not a valid variable name"),
     ({"env": {"A": {"nested": 1}}}, "expected a string"),
     ({"env": ["A=1"]}, "expected a mapping"),
