@@ -8,13 +8,14 @@ import socket
 from typing import Annotated, Any
 
 import typer
-import uvicorn
 from pydantic import ValidationError as SettingsError
+from sqlalchemy.exc import SQLAlchemyError
 
 from gpupool.cli.common import err_console
 from gpupool.domain.errors import GpupoolError
-from gpupool.server.app import create_app
+from gpupool.server.local_node import parse_declared_gpus
 from gpupool.server.settings import Settings
+from gpupool.store.db import Database
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -66,13 +67,31 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
                           "running? (`gpupool nodes` talks to it) Otherwise choose another --port.")
         raise typer.Exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _preflight(settings)
     err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs); state in "
                       f"{settings.home}; admin token in {settings.token_file}")
+    import uvicorn  # noqa: PLC0415  (heavy: only `up` needs the server)
+
+    from gpupool.server.app import create_app  # noqa: PLC0415
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _preflight(settings: Settings) -> None:
+    """Check what start-up needs (GPU declaration, database reachable and migrated) with clear errors."""
     try:
-        app = create_app(settings)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        parse_declared_gpus(settings.gpus, settings.gpu_mode)
+        db = Database(settings.resolved_database_url)
+        try:
+            db.migrate()
+        finally:
+            db.dispose()
     except GpupoolError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:
+        err_console.print(f"[red]error:[/red] cannot open the database {Database.describe_url(settings)}: "
+                          f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).strip().splitlines()[0]}")
         raise typer.Exit(1) from None
 
 

@@ -15,7 +15,7 @@ from gpupool.server.settings import Settings
 
 GpuDiscovery = Callable[[], Sequence[Gpu]]
 SIMULATED_LABEL = "gpupool.io/simulated-gpus"
-_DECLARED_RE = re.compile(r"^(?:(\d+)\s*[xX*]\s*)?([A-Za-z][A-Za-z0-9]*)(?:-(\d+(?:\.\d+)?)\s*(GB|G|GIB))?$",
+_DECLARED_RE = re.compile(r"^(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9]*)(?:-(\d+(?:\.\d+)?)\s*(GB|G|GIB))?$",
                           re.IGNORECASE)
 _DEFAULT_MEMORY_GB = {"A100": 40, "H100": 80, "H200": 141, "V100": 16, "T4": 16, "L4": 24, "A10": 24,
                       "L40S": 48, "A40": 48, "B200": 180}
@@ -28,7 +28,8 @@ def no_gpus() -> Sequence[Gpu]:
 
 
 def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:
-    """Parse declared GPUs: "4xA100-80GB", "2xH100", "2xA100-80GB,1xT4-16GB" (memory defaults by model).
+    """Parse declared GPUs: "4xA100-80GB", "2xH100", "2xA100-80GB,1xT4-16GB" (count required; memory
+    defaults by model).
 
     The cards are marked simulated; `mode` is their sharing mode (exclusive, shared or mps).
     """
@@ -40,7 +41,7 @@ def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:
         match = _DECLARED_RE.match(part)
         if not match:
             raise ValidationError(f"cannot read {part!r}; write COUNTxMODEL[-MEMORYGB], e.g. 4xA100-80GB", "gpus")
-        count = int(match.group(1) or 1)
+        count = int(match.group(1))
         model = match.group(2).upper()
         memory_gb = float(match.group(3)) if match.group(3) else _DEFAULT_MEMORY_GB.get(model, 16)
         name = f"{model}-{match.group(3)}GB" if match.group(3) else model

@@ -93,6 +93,14 @@ class Database:
         """The URL without its password, for logs."""
         return self.url.render_as_string(hide_password=True)
 
+    @staticmethod
+    def describe_url(settings: Any) -> str:
+        """`settings.resolved_database_url` without its password (or as given when it cannot be read)."""
+        try:
+            return normalise_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        except ValidationError:
+            return "(unreadable URL)"
+
 
 def alembic_config() -> Config:
     """An Alembic configuration pointing at gpupool's migrations (no alembic.ini needed)."""
