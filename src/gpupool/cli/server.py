@@ -9,13 +9,11 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError as SettingsError
-from sqlalchemy.exc import SQLAlchemyError
 
 from gpupool.cli.common import err_console
 from gpupool.domain.errors import GpupoolError
 from gpupool.server.local_node import parse_declared_gpus
 from gpupool.server.settings import Settings
-from gpupool.store.db import Database
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -79,6 +77,10 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
 
 def _preflight(settings: Settings) -> None:
     """Check what start-up needs (GPU declaration, database reachable and migrated) with clear errors."""
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415  (keeps the other commands fast to start)
+
+    from gpupool.store.db import Database  # noqa: PLC0415
+
     try:
         parse_declared_gpus(settings.gpus, settings.gpu_mode)
         db = Database(settings.resolved_database_url)

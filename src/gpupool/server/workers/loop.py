@@ -14,8 +14,9 @@ log = logging.getLogger("gpupool.workers")
 
 
 class IntervalWorker:
-    """Calls `step` every `interval_s` seconds, and right away after `wake()`. Start with `start()`, end with
-    `stop()` (which waits for the current step to finish)."""
+    """Calls `step` every `interval_s` seconds, and right away after `wake()`. A step that returns a number
+    asks for the next step sooner, after that many seconds (e.g. while replicas are starting). Start with
+    `start()`, end with `stop()` (which waits for the current step to finish)."""
 
     def __init__(self, name: str, step: Callable[[], object], interval_s: float) -> None:
         self.name = name
@@ -48,14 +49,16 @@ class IntervalWorker:
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            self.run_once()
-            self._wake.wait(self.interval_s)
+            sooner = self.run_once()
+            self._wake.wait(min(self.interval_s, sooner) if sooner is not None else self.interval_s)
 
-    def run_once(self) -> None:
-        """One step, with failures logged rather than raised."""
+    def run_once(self) -> float | None:
+        """One step, with failures logged rather than raised; returns the delay the step asked for, if any."""
         try:
-            self.step()
+            result = self.step()
             self.steps += 1
         except Exception:
             self.failures += 1
             log.exception("%s: step failed; retrying on the next interval", self.name)
+            return None
+        return float(result) if isinstance(result, int | float) and not isinstance(result, bool) else None

@@ -31,6 +31,7 @@ from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.reconciler")
 STOP_RESEND_SLACK_S = 5.0
+FOLLOW_UP_S = 0.05  # how soon to look again while replicas are starting or stopping
 _S = WorkloadStatus
 
 
@@ -53,14 +54,17 @@ class Reconciler:
         self.launch_settings = launch
         self.stop_grace_s = stop_grace_s
         self.on_change = on_change
+        self._in_flux = False
 
-    def step(self) -> None:
-        """One pass: launch, stop, poll and advance."""
+    def step(self) -> float | None:
+        """One pass: launch, stop, poll and advance. Returns FOLLOW_UP_S while replicas are starting or
+        stopping (the worker then looks again soon), else None."""
         changed = self.launch_scheduled()
         self.send_stops()
         changed = self.poll_and_advance() or changed
         if changed:
             self.on_change()
+        return FOLLOW_UP_S if self._in_flux else None
 
     # ------------------------------------------------------------------------------------- launch
     def launch_scheduled(self) -> bool:
@@ -144,7 +148,9 @@ class Reconciler:
         """Poll every started live replica, record what changed, advance the workloads; True when any
         workload changed status or any replica ended (capacity was freed)."""
         with self.db.session(write=False) as session:
-            live = [(r.id, dict(r.handle)) for r in repo.live_replicas(session) if r.handle is not None]
+            replicas = repo.live_replicas(session)
+            live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
+        self._in_flux = any(r.state in ("pending", "starting") or r.stop_requested_at is not None for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
         with self.db.session() as session:
             ended = self._record_polls(session, statuses)
