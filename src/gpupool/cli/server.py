@@ -91,6 +91,10 @@ def _preflight(settings: Settings) -> None:
     except GpupoolError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    except ImportError as exc:
+        err_console.print(f"[red]error:[/red] the database driver is missing ({exc.name}); for PostgreSQL install "
+                          "it with: pip install 'gpupool[postgres]'")
+        raise typer.Exit(1) from None
     except SQLAlchemyError as exc:
         err_console.print(f"[red]error:[/red] cannot open the database {Database.describe_url(settings)}: "
                           f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).strip().splitlines()[0]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,10 @@ def _read(file: str) -> str:
         raise typer.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="FILE") from None
 
 
+def _ago(timestamp: float | None) -> str:
+    return "-" if timestamp is None else f"{ago(timestamp)} ago"
+
+
 def _why(w: schemas.WorkloadSummary) -> str:
     if w.status == "pending":
         position = f"#{w.queue_position} in queue; " if w.queue_position else ""
@@ -115,7 +120,7 @@ def show(workload_id: Annotated[int, typer.Argument(help="The workload id (from 
              f"kind        {w.kind}    project {w.project}    queue {w.queue}    user {w.user}",
              f"priority    {priority_name(w.priority)}    replicas {w.replicas}    run {w.attempt}    "
              f"retries used {w.retries_used}    preempted {w.preemptions}x",
-             f"submitted   {ago(w.submitted_at)} ago    started {ago(w.started_at)}    ended {ago(w.finished_at)}"]
+             f"submitted   {_ago(w.submitted_at)}    started {_ago(w.started_at)}    ended {_ago(w.finished_at)}"]
     if w.status == "pending":
         lines.append(f"waiting     #{w.queue_position or '?'} in queue {w.queue}: "
                      f"{w.pending_reason or 'waiting for the scheduler'}")
@@ -142,11 +147,12 @@ def logs(workload_id: Annotated[int, typer.Argument(help="The workload id.")],
          replica: Annotated[int, typer.Option("--replica", "-r", help="Which replica (0 is the first).", min=0)]
          = 0,
          tail: Annotated[int | None, typer.Option("--tail", "-n", help="Only the last N lines.", min=0)] = None,
-         ) -> None:
+         as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: {replica, line}.")]
+         = False) -> None:
     """Print a replica's output (stdout and stderr) of the workload's current run."""
     with make_client() as client:
         for line in client.logs(workload_id, replica=replica, tail=tail, follow=follow):
-            typer.echo(line)
+            typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
 
 
 @handle_errors

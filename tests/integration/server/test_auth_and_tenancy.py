@@ -7,10 +7,13 @@ import stat
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import TestServer
 
+import gpupool
 from gpupool.client.http import Client
 from gpupool.domain.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDeniedError
+from gpupool.executors.fake import FakeExecutor
 
 SPEC = "command: sleep 100\nproject: {project}\n"
 
@@ -119,3 +122,17 @@ def test_project_admins_manage_their_members(teams: dict[str, Client], admin: Cl
         admin.create_user("alice")
     with pytest.raises(NotFoundError, match="does not exist"):
         admin.create_user("zed", project="nope")
+
+
+def test_a_new_admin_token_can_be_issued_at_start(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    first = server_factory(executor=fake)
+    old = first.admin_token
+    first.stop()
+    second = server_factory(executor=fake, home=first.settings.home, reset_admin_token=True)
+    assert second.admin_token != old
+    with second.client() as client:
+        assert client.whoami().name == "admin"
+
+
+def test_the_sdk_is_the_typed_client() -> None:
+    assert gpupool.Client is Client

@@ -94,8 +94,10 @@ class SchedulingLoop:
             snapshot.assume_all([p for p in running.placements if p.node in known], force=True)
         decisions = run_cycle(snapshot, state.pending, state.running, state.queues, self.profile, now,
                               policy=self.policy, never_fits=self._checker)
-        with self.db.session() as session:
-            changed = self._apply(session, decisions, state, now)
+        changed = False
+        if decisions.binds or decisions.preemptions or decisions.pending:
+            with self.db.session() as session:
+                changed = self._apply(session, decisions, state, now)
         self.last_decisions = decisions
         if changed:
             self.on_change()
