@@ -11,6 +11,7 @@ import typer
 from gpupool import __version__
 from gpupool.cli import admin, server, workloads
 from gpupool.cli.plan import plan_app
+from gpupool.cli.sim import sim_app
 
 app = typer.Typer(
     name="gpupool",
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(plan_app, name="plan")
+app.add_typer(sim_app, name="sim")
 
 
 @app.command()

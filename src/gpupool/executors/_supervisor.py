@@ -27,6 +27,7 @@ COMMAND_FILE = "command.json"
 EXIT_FILE = "exit.json"
 STOP_FILE = "stop.json"
 DEFAULT_GRACE_S = 10.0
+MAX_GRACE_S = 7 * 24 * 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SPAWN_FAILED_EXIT_CODE = 127
 
@@ -67,9 +68,10 @@ class Supervisor:
     def _grace_s(self) -> float:
         try:
             with open(self._path(STOP_FILE), encoding="utf-8") as stop:
-                return max(0.0, float(json.load(stop).get("grace_s", DEFAULT_GRACE_S)))
+                grace = float(json.load(stop).get("grace_s", DEFAULT_GRACE_S))
         except (OSError, ValueError, AttributeError, TypeError):
             return DEFAULT_GRACE_S
+        return min(max(0.0, grace), MAX_GRACE_S)  # NaN compares false: max() keeps 0.0
 
     def _signal_group(self, signum: int) -> None:
         if self.child_pid is None:

@@ -191,6 +191,7 @@ class LocalExecutor(Executor):
         across executor instances and server restarts: the handle is kept in the state directory. Raises
         ExecutorError when the working directory is missing or the process cannot be created."""
         state_dir = self.state_dir(launch.workload_id, launch.replica, launch.attempt)
+        self._reap()
         state_dir.mkdir(parents=True, exist_ok=True)
         with _locked(state_dir / LOCK_FILE):
             existing = _read_json(state_dir / HANDLE_FILE)
@@ -234,9 +235,9 @@ class LocalExecutor(Executor):
         try:
             child = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
                                      stderr=log_fd, start_new_session=True, close_fds=True)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a NUL byte in the environment or command
             raise ExecutorError(f"cannot start replica {launch.replica} of {launch.workload_id}: "
-                                f"{error.strerror}") from None
+                                f"{getattr(error, 'strerror', None) or error}") from None
         finally:
             os.close(log_fd)
         with self._children_lock:
@@ -251,11 +252,13 @@ class LocalExecutor(Executor):
 
     # -- poll --------------------------------------------------------------------------------------------
 
-    def _reap(self) -> None:
-        """Collect the exit status of supervisors this instance started (no zombies are left behind)."""
+    def _reap(self, pid: int | None = None) -> None:
+        """Collect the exit status of supervisor `pid` (default: of all) if this instance started it and it
+        has ended, so that no zombie is left behind."""
         with self._children_lock:
-            for pid in [pid for pid, child in self._children.items() if child.poll() is not None]:
-                del self._children[pid]
+            pids = list(self._children) if pid is None else [pid] if pid in self._children else []
+            for ended in [p for p in pids if self._children[p].poll() is not None]:
+                del self._children[ended]
 
     def poll(self, handle: Handle) -> ReplicaStatus:
         """The replica's status from its files and /proc; never blocks. STARTING until the command runs,
@@ -264,7 +267,7 @@ class LocalExecutor(Executor):
         ref = _parse(handle)
         if ref is None:
             return ReplicaStatus(ReplicaState.LOST, message="unknown replica handle")
-        self._reap()
+        self._reap(ref.supervisor.pid)
         ended = _read_json(ref.file(supervisor.EXIT_FILE))
         if ended is None and procfs.is_running(ref.supervisor):
             self._enforce_deadline(ref)
@@ -298,7 +301,7 @@ class LocalExecutor(Executor):
         ref = _parse(handle)
         if ref is None or ref.file(supervisor.EXIT_FILE).exists():
             return
-        grace_s = max(0.0, float(grace_s))
+        grace_s = min(max(0.0, float(grace_s)), supervisor.MAX_GRACE_S)
         self._record_stop(ref, grace_s)
         if procfs.signal_process(ref.supervisor, signal.SIGTERM):
             return

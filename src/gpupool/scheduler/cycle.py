@@ -77,6 +77,8 @@ class _Cycle:
         self._never_fits = never_fits
         self.decisions = Decisions()
         self.reservation: Reservation | None = None
+        self.reservation_tried = False
+        self.started: list[RunningWorkload] = []  # bound this cycle (never preempted in it)
         self.reasons: dict[str, str] = {}
         self.nominations: dict[str, tuple[ReplicaPlacement, ...]] = {}
         self.bound: set[str] = set()
@@ -180,9 +182,11 @@ class _Cycle:
         return False
 
     def _admission_blocked(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> str | None:
-        quota = self.book.blocked_by_quota(w.queue, placements_usage(placements))
-        if quota is not None:
-            return quota
+        usage = placements_usage(placements)
+        if usage != w.nominal():  # shares sized by memory: check the quota again with the exact milli
+            quota = self.book.blocked_by_quota(w.queue, usage)
+            if quota is not None:
+                return quota
         res = self.reservation
         if res is not None and not res.admits(placements, self.now, w.max_runtime_s):
             return (f"starting now would delay {res.workload_id}, which holds a reservation to start by "
@@ -192,8 +196,9 @@ class _Cycle:
     def _handle_no_fit(self, w: PendingWorkload, failure: str) -> None:
         if self._preempt_for(w):
             return
-        if self.reservation is None and self.profile.backfill:
-            self.reservation = reserve(self.snap, self.placer, w, self.running, self.now)
+        if not self.reservation_tried and self.profile.backfill:
+            self.reservation_tried = True  # one reservation per cycle: the first blocked head's
+            self.reservation = reserve(self.snap, self.placer, w, self.running + self.started, self.now)
             if self.reservation is not None:
                 res = self.reservation
                 self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
@@ -206,8 +211,8 @@ class _Cycle:
         shape = (w.queue, w.priority, w.shape_key())
         if not self.profile.preemption or shape in self.unpreemptable_shapes:
             return False
-        older = [r for r in self.running if r.id not in self.bound]  # never preempt what this cycle started
-        plan = plan_preemption(self.snap, self.placer, w, older, self.book, self.now, self.profile.min_runtime_s)
+        plan = plan_preemption(self.snap, self.placer, w, self.running, self.book, self.now,
+                               self.profile.min_runtime_s)
         if plan is None:
             self.unpreemptable_shapes.add(shape)
             return False
@@ -228,7 +233,7 @@ class _Cycle:
         self.decisions.binds.append(Bind(w.id, placements))
         self.book.add(w.queue, placements_usage(placements))
         self.bound.add(w.id)
-        self.running.append(RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible,
+        self.started.append(RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible,
                                             w.max_runtime_s))
 
     # -------------------------------------------------------------------------------- step 6: reasons

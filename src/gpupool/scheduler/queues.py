@@ -2,13 +2,17 @@
 
 Usage U_q is what queue q's running work holds; G_q its guarantee, L_q its limit, T the pool's capacity.
 
+- Governed resources: GPU always; CPU and memory only when some queue guarantees them. Guarantees,
+  borrowing and reclaim look at governed resources only (no CPU guarantee anywhere: CPU is first come).
 - Order: queues by weighted dominant share, max_r(U_q,r / T_r) / weight_q (DRF), lowest first; a queue
   whose next workload stays inside its guarantee goes before any queue that would borrow.
 - Limit: U_q + R <= L_q for every resource.
 - Borrowing: for every resource r where U_q + R would exceed G_q, the pool must hold it without touching
   what others are owed: (U_q + R)_r + sum over other queues o of reserved_o,r <= T_r, where
   reserved_o = max(U_o, G_o) when o does not lend, else U_o. Lending queues' idle guarantees are lent;
-  they are reclaimed by preemption when their owner has work that then fits.
+  they are reclaimed by preemption when their owner has work that then fits. When the pool could not hold
+  the demand even without those guarantees, that is a wait for capacity, not a quota block: placement,
+  preemption and backfill handle it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ class QuotaBook:
         self.queues = dict(queues)
         self.total = total
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
+        self.used_total = ResourceVector()
+        self.reserved_total = sum((self._reserved(name) for name in self.queues), ResourceVector())
+        self.governed = ("gpu", *(r for r in ("cpu", "memory")
+                                  if any(_component(q.guaranteed, r) > 0 for q in self.queues.values())))
         for workload in running:
             self.add(workload.queue, workload.usage)
 
@@ -44,11 +52,17 @@ class QuotaBook:
 
     def add(self, queue: str, amount: ResourceVector) -> None:
         """Record that `queue` now also uses `amount`."""
-        self.usage[queue] = self.usage.get(queue, ResourceVector()) + amount
+        self._change(queue, amount)
 
     def remove(self, queue: str, amount: ResourceVector) -> None:
         """Record that `queue` gave back `amount`."""
-        self.usage[queue] = self.usage.get(queue, ResourceVector()) - amount
+        self._change(queue, ResourceVector() - amount)
+
+    def _change(self, queue: str, delta: ResourceVector) -> None:
+        before = self._reserved(queue)
+        self.usage[queue] = self.usage.get(queue, ResourceVector()) + delta
+        self.used_total = self.used_total + delta
+        self.reserved_total = self.reserved_total - before + self._reserved(queue)
 
     def used(self, queue: str) -> ResourceVector:
         """What the queue uses now."""
@@ -58,14 +72,17 @@ class QuotaBook:
         """Weighted dominant share of the queue's usage."""
         return self.used(queue).dominant_share(self.total) / self.spec(queue).weight
 
+    def _over_guarantee(self, queue: str, amount: ResourceVector) -> tuple[str, ...]:
+        over = amount.exceeding(self.spec(queue).guaranteed)
+        return tuple(r for r in over if r in self.governed)
+
     def within_guarantee(self, queue: str, demand: ResourceVector) -> bool:
-        """True when the queue's usage plus `demand` stays inside its guarantee."""
-        return (self.used(queue) + demand).fits_within(self.spec(queue).guaranteed)
+        """True when the queue's usage plus `demand` stays inside its guarantee (governed resources only)."""
+        return not self._over_guarantee(queue, self.used(queue) + demand)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
-        """True when the queue uses more than its guarantee of any of `resources`."""
-        over = self.used(queue).exceeding(self.spec(queue).guaranteed)
-        return any(r in resources for r in over)
+        """True when the queue uses more than its guarantee of any of `resources` (governed ones only)."""
+        return any(r in resources for r in self._over_guarantee(queue, self.used(queue)))
 
     def _reserved(self, queue: str) -> ResourceVector:
         spec, used = self.spec(queue), self.used(queue)
@@ -83,22 +100,18 @@ class QuotaBook:
             over = after.exceeding(spec.limit)
             if over:
                 return f"queue {queue} would exceed its limit: " + self._compare(after, spec.limit, over, "limit")
-        borrowed = after.exceeding(spec.guaranteed)
+        borrowed = self._over_guarantee(queue, after)
         if not borrowed:
             return None
-        others = ResourceVector()
-        for name in self.usage.keys() | self.queues.keys():
-            if name != queue:
-                others = others + self._reserved(name)
-        room = self.total - others
-        short = tuple(r for r in borrowed if _component(after, r) > _component(room, r))
-        beyond_pool = tuple(r for r in short if _component(after, r) > _component(self.total, r))
-        if beyond_pool:
-            return (f"queue {queue} would use more than the whole pool: "
-                    + self._compare(after, self.total, beyond_pool, "pool"))
-        if short:
+        used = self.used_total - self.used(queue)
+        reserved = self.reserved_total - self._reserved(queue)
+        physical_room, lendable_room = self.total - used, self.total - reserved
+        owed = tuple(r for r in borrowed
+                     if _component(lendable_room, r) < _component(after, r) <= _component(physical_room, r))
+        if owed:
             return (f"queue {queue} would borrow beyond its guarantee, and the idle capacity it could borrow is "
-                    "owed to other queues: " + self._compare(after, room, short, "available to borrow"))
+                    "owed to other queues that do not lend: "
+                    + self._compare(after, lendable_room, owed, "available to borrow"))
         return None
 
     @staticmethod

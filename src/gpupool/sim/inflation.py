@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gpupool.domain.nodes import Node
-from gpupool.scheduler.placement.fgd import TargetShape, cluster_fragmentation, target_from_requests
+from gpupool.scheduler.placement.fragmentation import TargetShape, cluster_fragmentation, target_from_requests
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.snapshot import ClusterSnapshot
@@ -52,11 +53,8 @@ class InflationResult:
     fragmentation_pct_of_idle: float | None = None
 
     def unallocated_at(self, arrived: float) -> float | None:
-        """100 - allocated% at the first pod where arrived% >= `arrived` (None if never reached)."""
-        for a, alloc in zip(self.arrived_pct, self.allocated_pct, strict=True):
-            if a >= arrived - 1e-9:
-                return 100.0 - alloc
-        return None
+        """See `unallocated_at` (the module function)."""
+        return unallocated_at(self.arrived_pct, self.allocated_pct, arrived)
 
     def summary(self) -> dict[str, float | int | str | None]:
         """The figures of one run as a flat dict (for JSON and tables)."""
@@ -68,6 +66,17 @@ class InflationResult:
         out["frag_pct_of_capacity@90"] = self.fragmentation_pct_of_capacity
         out["frag_pct_of_idle@90"] = self.fragmentation_pct_of_idle
         return out
+
+
+def unallocated_at(arrived_pct: Sequence[float], allocated_pct: Sequence[float], arrived: float) -> float | None:
+    """100 - allocated% at the first pod where arrived% >= `arrived`. The sampling stops just short of the
+    inflation target, so a point within 1% past the last pod reads the last pod's value; None beyond that."""
+    index = bisect.bisect_left(arrived_pct, arrived - 1e-9)
+    if index < len(arrived_pct):
+        return 100.0 - allocated_pct[index]
+    if arrived_pct and arrived <= arrived_pct[-1] + 1.0:
+        return 100.0 - allocated_pct[-1]
+    return None
 
 
 def sample_pods(pods: Sequence[TracePod], capacity_milli: int, rng: random.Random,
@@ -98,12 +107,21 @@ def run_inflation(nodes: Sequence[Node], pods: Sequence[TracePod], policy: str, 
                   progress: Callable[[int, int], None] | None = None) -> InflationResult:
     """Steps 1-6 for one policy and seed. `target` defaults to `default_target(pods)`; `progress` is called
     with (pods done, pods in all) every 1000 pods."""
-    snap = ClusterSnapshot(nodes)
-    capacity = int(snap.cap_gpu.sum())
+    capacity = 1000 * sum(len(n.gpus) for n in nodes)
     rng = random.Random(seed)
     sampled = sample_pods(pods, capacity, rng, inflation)
     shapes = list(target) if target is not None else default_target(pods)
-    placer = Placer(make_policy(policy, random.Random(seed), shapes), gang_topology=False, avoid_gpu_nodes=True)
+    return place_in_order(nodes, sampled, policy, seed, shapes, progress)
+
+
+def place_in_order(nodes: Sequence[Node], sampled: Sequence[TracePod], policy: str, seed: int,
+                   target: Sequence[TargetShape], progress: Callable[[int, int], None] | None = None
+                   ) -> InflationResult:
+    """Steps 3-6: place `sampled` one at a time in order with `policy` (seeded with `seed`), record the
+    curve, and measure fragmentation against `target` when arrived% first reaches 90%."""
+    snap = ClusterSnapshot(nodes)
+    capacity = int(snap.cap_gpu.sum())
+    placer = Placer(make_policy(policy, random.Random(seed), target), gang_topology=False, avoid_gpu_nodes=True)
     result = InflationResult(policy, seed, capacity)
     arrived = allocated = 0
     for seq, pod in enumerate(sampled):
@@ -116,7 +134,7 @@ def run_inflation(nodes: Sequence[Node], pods: Sequence[TracePod], policy: str, 
         result.arrived_pct.append(100.0 * arrived / capacity)
         result.allocated_pct.append(100.0 * allocated / capacity)
         if result.fragmentation_pct_of_capacity is None and result.arrived_pct[-1] >= FRAGMENTATION_AT:
-            _record_fragmentation(result, snap, shapes, capacity - allocated)
+            _record_fragmentation(result, snap, target, capacity - allocated)
         if progress is not None and (seq + 1) % 1000 == 0:
             progress(seq + 1, len(sampled))
     return result

@@ -48,9 +48,9 @@ class LocalHarness:
     def root(self) -> Path:
         return self.tmp / "executor"
 
-    def new_executor(self) -> LocalExecutor:
+    def new_executor(self, read_only: bool | None = None) -> LocalExecutor:
         """Another executor on the same root (what a restarted server would create)."""
-        return LocalExecutor(self.root, base_env=quick_base_env(self.tmp / "home"))
+        return LocalExecutor(self.root, base_env=quick_base_env(self.tmp / "home"), read_only=read_only)
 
     def launch(self, command: str, workload_id: str = "w1", replica: int = 0, **changes: object) -> ReplicaLaunch:
         fields: dict[str, object] = {

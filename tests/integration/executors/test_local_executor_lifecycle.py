@@ -237,3 +237,16 @@ def test_executor_refuses_read_only_enforcement_it_cannot_give(tmp_path: Path) -
         with pytest.raises(ExecutorError, match="root"):
             LocalExecutor(tmp_path, read_only=True)
     assert Capability.READ_ONLY_PATHS not in LocalExecutor(tmp_path, read_only=False).capabilities
+
+
+def test_an_environment_value_with_a_nul_byte_is_an_executor_error(local: LocalHarness) -> None:
+    with pytest.raises(ExecutorError, match="cannot start replica 0 of w1"):
+        local.start("true", env={"BAD": "a\0b"})
+
+
+def test_an_unbounded_grace_period_is_capped_and_sigterm_still_sent(local: LocalHarness) -> None:
+    handle = local.start("sleep 30")
+    local.wait_running(handle)
+    local.executor.stop(handle, grace_s=float("inf"))
+    status = local.wait(handle)
+    assert (status.state, status.exit_code) == (ReplicaState.STOPPED, 143)

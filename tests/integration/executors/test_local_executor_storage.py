@@ -62,8 +62,8 @@ def test_shared_directory_is_writable_for_an_admin_replica(local: LocalHarness) 
     assert (local.tmp / "home" / "storage" / "shared" / "c").read_text() == "try\n"
 
 
-@pytest.mark.skipif(can_enforce_read_only(), reason="checks the behaviour where read-only cannot be enforced")
 def test_without_enforcement_read_only_paths_are_passed_on_and_not_declared(local: LocalHarness) -> None:
+    local.executor = local.new_executor(read_only=False)  # what a server without root gets
     assert Capability.READ_ONLY_PATHS not in local.executor.capabilities
     handle = _launch_with_scopes(local, "bob", admin=False, workload_id="w-member")
     assert local.wait(handle).state == ReplicaState.SUCCEEDED

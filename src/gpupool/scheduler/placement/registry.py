@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 
 from gpupool.domain.errors import ValidationError, did_you_mean
 from gpupool.scheduler.placement.base import PlacementPolicy
-from gpupool.scheduler.placement.fgd import FgdPolicy, TargetShape
+from gpupool.scheduler.placement.fgd import FgdPolicy
+from gpupool.scheduler.placement.fragmentation import TargetShape
 from gpupool.scheduler.placement.resource_fit import BestFitPolicy, BinpackPolicy, RandomPolicy, SpreadPolicy
 
 PolicyFactory = Callable[[random.Random, Sequence[TargetShape] | None], PlacementPolicy]
@@ -18,6 +19,7 @@ POLICIES: dict[str, PolicyFactory] = {
     "bestfit": lambda rng, _target: BestFitPolicy(rng=rng),
     "random": lambda rng, _target: RandomPolicy(rng=rng),
     "fgd": lambda rng, target: FgdPolicy(target=target, rng=rng),
+    "fgd-plain": lambda rng, target: FgdPolicy(target=target, resolution=1e-6, tie_break=False, rng=rng),
 }
 
 

@@ -1,0 +1,122 @@
+"""Prometheus exposition of GPU readings and scheduler state (prometheus-client, one registry per app).
+
+Metric names (units in the name, ratios between 0 and 1, as Prometheus conventions ask):
+
+| name | labels | meaning |
+|---|---|---|
+| gpupool_gpu_utilization | node, gpu, uuid, model | GPU busy ratio over NVML's last sample period (0-1) |
+| gpupool_gpu_memory_used_bytes | node, gpu, uuid, model | device memory in use |
+| gpupool_gpu_memory_total_bytes | node, gpu, uuid, model | device memory |
+| gpupool_gpu_power_watts | node, gpu, uuid, model | power draw |
+| gpupool_gpu_temperature_celsius | node, gpu, uuid, model | core temperature |
+| gpupool_gpu_healthy | node, gpu, uuid, model | 1, or 0 after an XID / ECC error |
+| gpupool_workload_gpu_memory_used_bytes | workload, project | GPU memory held by a workload's processes |
+| gpupool_gpu_idle_allocated | node, gpu, workload | 1 for each allocation idle past the threshold |
+| gpupool_queue_depth | queue | pending workloads |
+| gpupool_gpu_allocation_ratio | (none) | allocated GPU capacity / schedulable GPU capacity |
+| gpupool_node_gpu_allocation_ratio | node | the same per node |
+
+Each `update_*` replaces the values of its metrics (series of GPUs, workloads or queues that are gone
+disappear), so the caller passes the full current state every time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from gpupool.domain.nodes import Gpu
+from gpupool.gpu.monitor import IdleAllocation, MonitorReport
+from gpupool.scheduler.snapshot import ClusterSnapshot
+
+GPU_LABELS = ("node", "gpu", "uuid", "model")
+
+
+class GpuMetrics:
+    """The gauges of one gpupool server, in their own CollectorRegistry (never the global one)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._idle_labels: dict[str, set[tuple[str, str, str]]] = {}
+
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=self.registry)
+
+        self.utilization = gauge("gpupool_gpu_utilization", "GPU busy ratio (0-1)", GPU_LABELS)
+        self.memory_used = gauge("gpupool_gpu_memory_used_bytes", "GPU memory in use", GPU_LABELS)
+        self.memory_total = gauge("gpupool_gpu_memory_total_bytes", "GPU memory", GPU_LABELS)
+        self.power = gauge("gpupool_gpu_power_watts", "GPU power draw", GPU_LABELS)
+        self.temperature = gauge("gpupool_gpu_temperature_celsius", "GPU temperature", GPU_LABELS)
+        self.healthy = gauge("gpupool_gpu_healthy", "1 when the GPU is healthy, 0 after XID/ECC errors", GPU_LABELS)
+        self.workload_memory = gauge("gpupool_workload_gpu_memory_used_bytes",
+                                     "GPU memory held by a workload's processes", ("workload", "project"))
+        self.idle_allocated = gauge("gpupool_gpu_idle_allocated", "Allocations idle past the threshold",
+                                    ("node", "gpu", "workload"))
+        self.queue_depth = gauge("gpupool_queue_depth", "Pending workloads per queue", ("queue",))
+        self.allocation = gauge("gpupool_gpu_allocation_ratio", "Allocated / schedulable GPU capacity")
+        self.node_allocation = gauge("gpupool_node_gpu_allocation_ratio", "Allocated / schedulable GPU capacity",
+                                     ("node",))
+
+    def update_gpus(self, reports: Iterable[MonitorReport], gpus: Mapping[str, Sequence[Gpu]]) -> None:
+        """GPU gauges and per-workload memory from the latest report of every node; `gpus` gives each
+        node's cards (for uuid, model and health labels/values)."""
+        for metric in (self.utilization, self.memory_used, self.memory_total, self.power, self.temperature,
+                       self.healthy, self.workload_memory):
+            metric.clear()
+        workload_bytes: dict[tuple[str, str], int] = {}
+        for report in reports:
+            cards = {g.index: g for g in gpus.get(report.node, ())}
+            for r in report.gpus:
+                card = cards.get(r.index)
+                labels = (report.node, str(r.index), r.uuid, card.model if card else "")
+                self._set(self.utilization, labels, None if r.utilization_pct is None else r.utilization_pct / 100)
+                self._set(self.memory_used, labels, r.memory_used_bytes)
+                self._set(self.memory_total, labels, r.memory_total_bytes)
+                self._set(self.power, labels, r.power_w)
+                self._set(self.temperature, labels, r.temperature_c)
+                healthy = (card is None or card.healthy) and r.index not in report.unhealthy
+                self.healthy.labels(*labels).set(1 if healthy else 0)
+            for replica, used in report.workload_memory_bytes().items():
+                key = (replica.workload_id, replica.project)
+                workload_bytes[key] = workload_bytes.get(key, 0) + used
+        for (workload, project), used in sorted(workload_bytes.items()):
+            self.workload_memory.labels(workload, project).set(used)
+
+    def update_idle(self, node: str, idle: Iterable[IdleAllocation]) -> None:
+        """The "wasted GPU" allocations of one node (replaces that node's previous values only)."""
+        for labels in self._idle_labels.pop(node, set()):
+            self.idle_allocated.remove(*labels)
+        current = {(node, str(item.gpu_index), item.replica.workload_id) for item in idle}
+        for labels in sorted(current):
+            self.idle_allocated.labels(*labels).set(1)
+        self._idle_labels[node] = current
+
+    def update_scheduler(self, snapshot: ClusterSnapshot, queue_depth: Mapping[str, int]) -> None:
+        """Queue depth per queue and GPU allocation ratios from the scheduler's snapshot (healthy cards of
+        schedulable nodes count as capacity)."""
+        self.queue_depth.clear()
+        for queue, depth in sorted(queue_depth.items()):
+            self.queue_depth.labels(queue).set(depth)
+        self.node_allocation.clear()
+        allocated = capacity = 0
+        for row, node in enumerate(snapshot.nodes):
+            cap = int(snapshot.cap_gpu[row])
+            if cap <= 0 or not snapshot.schedulable[row]:
+                continue
+            used = cap - int(snapshot.free_gpu_total[row])
+            self.node_allocation.labels(node.name).set(used / cap)
+            allocated, capacity = allocated + used, capacity + cap
+        self.allocation.set(allocated / capacity if capacity else 0.0)
+
+    def render(self) -> bytes:
+        """The exposition text for `/metrics` (serve with `content_type`)."""
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def _set(metric: Gauge, labels: tuple[str, ...], value: float | None) -> None:
+        if value is not None:
+            metric.labels(*labels).set(value)
+
