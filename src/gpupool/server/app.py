@@ -14,12 +14,13 @@ from gpupool import __version__
 from gpupool.executors.base import Executor
 from gpupool.executors.local import pick_free_ports
 from gpupool.executors.storage import StorageLayout
+from gpupool.gpu.sharing import SharingConfig, install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.errors import error_response, install_error_handlers
 from gpupool.server.api.routes import accounts, pool, system, workloads
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
-from gpupool.server.local_node import GpuDiscovery, local_nodes, no_gpus
+from gpupool.server.local_node import GpuDiscovery, local_nodes, nvml_gpus
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.pool import register_local_nodes
 from gpupool.server.settings import Settings
@@ -40,9 +41,9 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
                                min_runtime_s=settings.min_runtime_s)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, pick_free_ports, on_change=services.wake_reconciler)
-    services.reconciler_loop = Reconciler(db, clock, services.executor,
-                                          LaunchSettings(settings.logs_dir, StorageLayout(settings.home)),
-                                          settings.stop_grace_s, on_change=services.wake_scheduler)
+    launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), SharingConfig(settings.home))
+    services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
+                                          on_change=services.wake_scheduler)
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
     services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
     return services
@@ -52,6 +53,7 @@ def start_services(services: Services, discover_gpus: GpuDiscovery) -> None:
     """Migrate the database, bootstrap the first administrator, register this host's nodes, start workers."""
     settings = services.settings
     services.db.migrate()
+    install_sitecustomize(SharingConfig(settings.home))  # the memory cap of replicas on time-sliced GPUs
     ensure_admin(services.db, settings.admin_name, settings.token_file, services.clock(), settings.reset_admin_token)
     with services.db.session() as session:
         for change in register_local_nodes(session, local_nodes(settings, discover_gpus), services.clock()):
@@ -71,9 +73,10 @@ def stop_services(services: Services) -> None:
 
 
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
-               discover_gpus: GpuDiscovery = no_gpus) -> FastAPI:
+               discover_gpus: GpuDiscovery = nvml_gpus) -> FastAPI:
     """The gpupool server application. `executor`, `clock` and `discover_gpus` may be injected (tests);
-    by default the executor is the one `settings.executor` names."""
+    by default the executor is the one `settings.executor` names and GPUs are discovered through NVML
+    (none when NVML is absent), unless `settings.gpus` declares simulated ones."""
     settings = settings or Settings()
 
     @asynccontextmanager

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.nodes import Gpu, Node
 from gpupool.domain.resources import SharingMode, parse_cpu, parse_memory
+from gpupool.gpu.inventory import to_domain_gpus
+from gpupool.gpu.nvml import NvmlBackend
 from gpupool.server.settings import Settings
 
 GpuDiscovery = Callable[[], Sequence[Gpu]]
@@ -23,8 +25,18 @@ MAX_DECLARED_GPUS = 64
 
 
 def no_gpus() -> Sequence[Gpu]:
-    """GPU discovery for machines without NVML: none. (The NVML discovery plugs in here once present.)"""
+    """GPU discovery that finds none (tests, CPU-only demos)."""
     return ()
+
+
+def nvml_gpus() -> Sequence[Gpu]:
+    """This machine's GPUs through NVML (whole cards in exclusive mode, MIG instances where MIG is on);
+    none, and one log line saying why, when NVML, its driver or the GPUs are missing."""
+    backend = NvmlBackend()
+    try:
+        return to_domain_gpus(backend.discover())
+    finally:
+        backend.close()
 
 
 def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:

@@ -1,9 +1,10 @@
 """Building the ReplicaLaunch of each replica of a scheduled workload: command, environment, directories.
 
 The environment of a replica is, later entries winning: the spec's env (workload, then role), the identity
-variables (GPUPOOL_WORKLOAD_ID, GPUPOOL_REPLICA, ...), the GPU environment of its allocation, the rendezvous
-variables of a distributed job, and its storage scopes (GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR,
-GPUPOOL_SHARED_DIR). The command starts in the spec's `workdir`, else in the user's storage directory.
+variables (GPUPOOL_WORKLOAD_ID, GPUPOOL_REPLICA, ...), the rendezvous variables of a distributed job, its
+storage scopes (GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR, GPUPOOL_SHARED_DIR), and the GPU environment of its
+allocation by sharing mode (`gpupool.gpu.sharing.gpu_environment`: device list, MPS, memory caps). The
+command starts in the spec's `workdir`, else in the user's storage directory.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from sqlalchemy.orm import Session
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.specs import JobSpec, parse_spec
 from gpupool.executors.base import ReplicaLaunch
-from gpupool.executors.environment import gpu_env, identity_env, merge_env
+from gpupool.executors.environment import identity_env, merge_env
 from gpupool.executors.rendezvous import rendezvous_env
 from gpupool.executors.storage import StorageLayout
+from gpupool.gpu.sharing import SharingConfig, gpu_environment
 from gpupool.store.convert import gpu_from_json, placement_from_json
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes
@@ -27,10 +29,11 @@ from gpupool.store.repos import accounts, nodes
 
 @dataclass(frozen=True, slots=True)
 class LaunchSettings:
-    """Where logs go and the storage tree replicas get their scopes from."""
+    """Where logs go, the storage tree replicas get their scopes from, and the GPU sharing set-up."""
 
     logs_dir: Path
     storage: StorageLayout
+    sharing: SharingConfig
 
 
 def executor_workload_id(row: WorkloadRow) -> str:
@@ -65,9 +68,9 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         role = roles[replica.role]
         node_row = node_rows[replica.node]
         cards = [gpu_from_json(g) for g in node_row.gpus] if node_row else []
-        env = merge_env(spec.env_for(role),
-                        identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
-                        gpu_env(placement.gpus, cards), rdv, scopes.env())
+        env = gpu_environment(placement.gpus, cards, settings.sharing).merged_into(merge_env(
+            spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
+            rdv, scopes.env()))
         launches.append(ReplicaLaunch(
             workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
