@@ -95,7 +95,7 @@ def test_a_learning_policy_observes_each_submitted_replica_once(manual: TestServ
 
 
 @pytest.mark.xfail(strict=True, reason="scheduler/cycle.py counts a preemptor's nominated placement on top of the "
-                   "victims that still hold it (force-assume at lines 110 and 219), so a second preemptor "
+                   "victims that still hold it (force-assume at lines 112 and 224), so a second preemptor "
                    "evicts one workload more than it needs")
 def test_reclaiming_preempts_no_more_than_needed(manual: TestServer) -> None:
     with manual.client() as client:

@@ -1,5 +1,6 @@
-"""Workload statuses change only through gpupool.domain.status.transition: no other code assigns `.status`
-(the ORM's record_status_event is the one writer it calls), and replica states only through set_state."""
+"""Workload statuses change only through gpupool.domain.status.transition: no code of the control plane
+(server, store, client, CLI) assigns `.status` (the ORM's record_status_event is the one writer, called by
+transition), and replica states change only through ReplicaRow.set_state."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[3] / "src" / "gpupool"
+CONTROL_PLANE = ("server", "store", "client", "cli")
 ALLOWED = {("store/orm.py", "status"): "record_status_event", ("store/orm.py", "state"): "set_state"}
 
 
@@ -35,7 +37,9 @@ def _assignments(tree: ast.AST) -> list[tuple[str, str, int]]:
 
 def test_only_the_doors_assign_statuses() -> None:
     offenders = []
-    for path in sorted(SRC.rglob("*.py")):
+    paths = sorted(p for package in CONTROL_PLANE for p in (SRC / package).rglob("*.py"))
+    assert len(paths) > 20
+    for path in paths:
         relative = str(path.relative_to(SRC))
         for attr, function, line in _assignments(ast.parse(path.read_text())):
             if ALLOWED.get((relative, attr)) != function:
