@@ -150,7 +150,10 @@ class Reconciler:
         with self.db.session(write=False) as session:
             replicas = repo.live_replicas(session)
             live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
-        self._in_flux = any(r.state in ("pending", "starting") or r.stop_requested_at is not None for r in replicas)
+        now = self.clock()
+        recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
+        self._in_flux = any(r.state in ("pending", "starting") or (r.stop_requested_at is not None and (
+            r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
         with self.db.session() as session:
             ended = self._record_polls(session, statuses)
