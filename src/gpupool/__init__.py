@@ -1,3 +1,22 @@
-"""gpupool: one shared, self-service, fairly scheduled pool of GPU servers."""
+"""gpupool: one shared, self-service, fairly scheduled pool of GPU servers.
+
+`from gpupool import Client` gives the typed SDK (loaded on first use, so importing the pure core stays light).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["Client", "__version__"]
+
+if TYPE_CHECKING:
+    from gpupool.client.http import Client
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from gpupool.client.http import Client  # noqa: PLC0415  (lazy on purpose)
+
+        return Client
+    raise AttributeError(f"module 'gpupool' has no attribute {name!r}")

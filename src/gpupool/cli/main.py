@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from gpupool import __version__
+from gpupool.cli import admin, server, workloads
 from gpupool.cli.plan import plan_app
 from gpupool.cli.sim import sim_app
 
@@ -30,3 +31,8 @@ app.add_typer(sim_app, name="sim")
 def version() -> None:
     """Print the installed gpupool version."""
     typer.echo(__version__)
+
+
+server.register(app)
+workloads.register(app)
+admin.register(app)

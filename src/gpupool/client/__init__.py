@@ -1,1 +1,1 @@
-"""Typed HTTP client shared by the CLI, the SDK and the tests."""
+"""The typed HTTP client shared by the CLI, the SDK and the tests."""

@@ -1,0 +1,275 @@
+"""Control-plane benchmarks: submit-to-running latency, `ls` over 10,000 workloads, 50 concurrent submitters.
+
+Each benchmark starts a real `gpupool up` (local executor, real processes) on a fresh home directory and a
+fresh database (SQLite by default, or PostgreSQL with --postgres-url), and prints a JSON summary.
+
+    python benchmarks/control_plane/bench.py latency    [--jobs 100]
+    python benchmarks/control_plane/bench.py ls         [--workloads 10000] [--postgres-url URL]
+    python benchmarks/control_plane/bench.py concurrent [--clients 50 --jobs 1000] [--postgres-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from gpupool.client.http import Client
+from gpupool.domain.status import WorkloadStatus, transition
+from gpupool.executors.local import LocalExecutor
+from gpupool.store.db import Database
+from gpupool.store.orm import WorkloadRow
+from gpupool.store.repos import accounts
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"GPUPOOL_SCHEDULE_INTERVAL_S": "1", "GPUPOOL_RECONCILE_INTERVAL_S": "1", "GPUPOOL_LOG_LEVEL": "warning"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation."""
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    """p50, p95, max and mean of durations given in seconds, in milliseconds."""
+    return {"p50_ms": round(percentile(values, 50) * 1000, 1), "p95_ms": round(percentile(values, 95) * 1000, 1),
+            "max_ms": round(max(values) * 1000, 1), "mean_ms": round(statistics.fmean(values) * 1000, 1),
+            "n": len(values)}
+
+
+@contextmanager
+def fresh_database(postgres_url: str | None, home: Path) -> Iterator[str]:
+    """A SQLite file in `home`, or a new PostgreSQL database dropped afterwards."""
+    if not postgres_url:
+        yield f"sqlite:///{home / 'gpupool.db'}"
+        return
+    admin_url = make_url(postgres_url)
+    name = f"gpupool_bench_{secrets.token_hex(4)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def server(database_url: str, home: Path, *args: str) -> Iterator[Client]:
+    """A `gpupool up` process on a free port; stops it and every replica it started afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPOOL_")}
+    env.update(FAST, GPUPOOL_HOME=str(home), GPUPOOL_DATABASE_URL=database_url, HOME=str(home))
+    log = (home / "server.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "gpupool", "up", "--port", str(port), "--node-name", "bench",
+                                *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start; see {home / 'server.log'}")
+            time.sleep(0.1)
+        with Client(url, (home / "token").read_text().strip(), timeout_s=60) as client:
+            yield client
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        stop_replicas(home / "executor")
+
+
+def stop_replicas(root: Path) -> None:
+    """SIGKILL whatever replicas are left (they outlive the server on purpose)."""
+    if root.is_dir():
+        executor = LocalExecutor(root)
+        for handle in root.glob("replicas/*/*/handle.json"):
+            executor.stop(json.loads(handle.read_text()), grace_s=0)
+        executor.close()
+
+
+# ----------------------------------------------------------------------------------------------- latency
+def bench_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """Submit one-replica jobs one after another on an idle pool; time submit -> running."""
+    spec = "name: lat\ncommand: sleep 60\nresources: {cpu: 100m, memory: 64MiB}\n"
+    client_side, server_side = [], []
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url, \
+            server(url, Path(tmp)) as client:
+        client.submit(spec)  # warm-up (first imports, first process)
+        for _ in range(args.jobs):
+            started = time.perf_counter()
+            wid = client.submit(spec).workload.id
+            while (workload := client.get_workload(wid)).status != "running":
+                time.sleep(0.005)
+            client_side.append(time.perf_counter() - started)
+            running_at = next(e.at for e in workload.events if e.to_status == "running")
+            server_side.append(running_at - workload.submitted_at)
+            client.cancel(wid)
+    return {"benchmark": "submit-to-running", "database": "postgresql" if args.postgres_url else "sqlite",
+            "client_observed": summary_ms(client_side), "server_events": summary_ms(server_side)}
+
+
+# ---------------------------------------------------------------------------------------------------- ls
+def seed(database_url: str, count: int, pending: int) -> None:
+    """Insert `count` workloads of the admin in project default: all but `pending` of them ended."""
+    db = Database(database_url)
+    now = time.time()
+    ended = [WorkloadStatus.SUCCEEDED, WorkloadStatus.FAILED, WorkloadStatus.CANCELLED]
+    spec = {"kind": "job", "name": "seed", "project": "default", "queue": "default", "priority": 500,
+            "replicas": 1, "resources": {"cpu": 1, "memory": "1GiB"}, "command": "sleep 600", "preemptible": True,
+            "retries": 0}
+    with db.session() as session:
+        admin = accounts.user_by_name(session, "admin")
+        project = accounts.project_by_name(session, "default")
+        assert admin is not None and project is not None
+        for k in range(count):
+            row = WorkloadRow(name=f"seed-{k}", kind="job", project_id=project.id, queue="default", user_id=admin.id,
+                              spec=spec, priority=500, replica_count=1, submitted_at=now - count + k,
+                              updated_at=now, message="submitted", attempt=0, retries_used=0, preemptions=0)
+            session.add(row)
+            session.flush()
+            if k >= pending:
+                target = ended[k % 3]
+                if target != WorkloadStatus.CANCELLED:
+                    transition(row, WorkloadStatus.SCHEDULED, "seeded", now)
+                    transition(row, WorkloadStatus.STARTING, "seeded", now)
+                transition(row, target, "seeded", now)
+    db.dispose()
+
+
+def timed(call: Callable[[], object], repeat: int) -> list[float]:
+    durations = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - started)
+    return durations
+
+
+def bench_ls(args: argparse.Namespace) -> dict[str, Any]:
+    """`ls` with 10,000 workloads in the store: the API call and the whole CLI command."""
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url:
+        home = Path(tmp)
+        with server(url, home):
+            pass  # first start: schema and administrator
+        seed(url, args.workloads, pending=100)
+        with server(url, home) as client:
+            time.sleep(3)  # let the scheduler place what fits and give the rest their reasons
+            total = client.list_workloads(status=[]).total
+            active = ["pending", "scheduled", "starting", "running", "preempted"]
+            api_default = timed(lambda: client.list_workloads(status=active), 50)
+            api_all = timed(lambda: client.list_workloads(status=[]), 50)
+            api_1000 = timed(lambda: client.list_workloads(status=[], limit=1000), 20)
+            env = {**os.environ, "GPUPOOL_URL": client.url, "GPUPOOL_TOKEN": client.token or ""}
+            cli = timed(lambda: subprocess.run([sys.executable, "-m", "gpupool", "ls", "--all"], env=env,
+                                               capture_output=True, check=True), 10)
+    return {"benchmark": "ls", "database": "postgresql" if args.postgres_url else "sqlite", "workloads": total,
+            "api_ls_active_50": summary_ms(api_default), "api_ls_all_50": summary_ms(api_all),
+            "api_ls_all_1000": summary_ms(api_1000), "cli_ls_all_process": summary_ms(cli)}
+
+
+# -------------------------------------------------------------------------------------------- concurrent
+def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
+    """`clients` threads submit `jobs` jobs in all (idempotency keys), then some are retried with the same
+    keys; checks no error, no lost and no duplicated workload, and times how long the pool takes to run all."""
+    per_client = args.jobs // args.clients
+    results: dict[str, int] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    spec = "name: c{t}-{k}\ncommand: 'true'\nresources: {{cpu: 50m, memory: 32MiB}}\n"
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url, \
+            server(url, Path(tmp)) as admin:
+
+        def submitter(t: int) -> None:
+            with Client(admin.url, admin.token, timeout_s=120) as client:
+                for k in range(per_client):
+                    try:
+                        wid = client.submit(spec.format(t=t, k=k), idempotency_key=f"c{t}-{k}").workload.id
+                        with lock:
+                            results[f"c{t}-{k}"] = wid
+                    except Exception as exc:  # a benchmark counts every failure rather than stopping
+                        with lock:
+                            errors.append(f"{type(exc).__name__}: {exc}")
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=submitter, args=(t,)) for t in range(args.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        submit_s = time.perf_counter() - started
+        replayed = {key: admin.submit(spec.format(t=key[1:].split("-")[0], k=key.split("-")[1]),
+                                      idempotency_key=key) for key in sorted(results)[:100]}
+        duplicates = sum(1 for key, r in replayed.items() if r.created or r.workload.id != results[key])
+        stored = list_all_ids(admin)
+        deadline = time.monotonic() + args.drain_timeout
+        while (left := admin.list_workloads(status=["pending", "scheduled", "starting", "running"]).total) and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+        drain_s = time.perf_counter() - started
+        succeeded = admin.list_workloads(status=["succeeded"]).total
+    return {"benchmark": "concurrent submit", "database": "postgresql" if args.postgres_url else "sqlite",
+            "clients": args.clients, "submitted": len(results), "errors": len(errors), "error_samples": errors[:3],
+            "stored": len(stored), "unique_ids": len(set(results.values())),
+            "lost": len(set(results.values()) - set(stored)), "duplicated_on_retry": duplicates,
+            "submit_seconds": round(submit_s, 2), "submits_per_second": round(len(results) / submit_s, 1),
+            "all_ran_seconds": round(drain_s, 1), "succeeded": succeeded, "not_finished": left}
+
+
+def list_all_ids(client: Client) -> list[int]:
+    """Every workload id, following the pages."""
+    ids: list[int] = []
+    before: int | None = None
+    while True:
+        page = client.list_workloads(status=[], limit=1000, before_id=before)
+        ids += [w.id for w in page.items]
+        if page.next_before_id is None:
+            return ids
+        before = page.next_before_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=["latency", "ls", "concurrent"])
+    parser.add_argument("--postgres-url", help="run on a new database of this PostgreSQL server")
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--workloads", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--drain-timeout", type=float, default=900)
+    args = parser.parse_args()
+    if args.jobs is None:
+        args.jobs = 100 if args.benchmark == "latency" else 1000
+    run = {"latency": bench_latency, "ls": bench_ls, "concurrent": bench_concurrent}[args.benchmark]
+    print(json.dumps(run(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()

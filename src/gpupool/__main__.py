@@ -1,0 +1,5 @@
+"""`python -m gpupool` runs the command line."""
+
+from gpupool.cli.main import app
+
+app()

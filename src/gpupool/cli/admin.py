@@ -1,0 +1,239 @@
+"""Pool and account commands: nodes, queues, projects, users, tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gpupool.cli.common import (
+    JSON_HELP,
+    ago,
+    amounts,
+    console,
+    handle_errors,
+    make_client,
+    parse_pairs,
+    print_json,
+    table,
+)
+from gpupool.domain.resources import format_gpu
+
+JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+queues_app = typer.Typer(help="Queues (one per project): quotas, weights, lending. Without a command: list them.",
+                         invoke_without_command=True, no_args_is_help=False)
+projects_app = typer.Typer(help="Projects and their members. Without a command: list your projects.",
+                           invoke_without_command=True)
+users_app = typer.Typer(help="Users (administrators). Without a command: list users.", invoke_without_command=True)
+tokens_app = typer.Typer(help="Your API tokens. Without a command: list them.", invoke_without_command=True)
+
+
+@handle_errors
+def nodes(as_json: JsonOption = False) -> None:
+    """List the nodes of the pool: capacity, what is allocated, GPUs (simulated ones are marked)."""
+    with make_client() as client:
+        found = client.nodes()
+    if as_json:
+        print_json(found)
+        return
+    out = table("NODE", "SOURCE", "SCHEDULABLE", "CPU (used/total)", "MEMORY (used/total)", "GPUS")
+    for n in found:
+        models = sorted({g.model for g in n.gpus})
+        gpus = f"{format_gpu(n.allocated.gpu_milli)}/{len(n.gpus)} {'|'.join(models)}" if n.gpus else "-"
+        if n.simulated_gpus:
+            gpus += " (simulated)"
+        out.add_row(n.name, n.source, "yes" if n.schedulable else "no",
+                    f"{amounts(n.allocated.cpu_milli, None, None)} / {amounts(n.capacity.cpu_milli, None, None)}",
+                    f"{amounts(None, n.allocated.memory_mib, None)} / {amounts(None, n.capacity.memory_mib, None)}",
+                    gpus)
+    console.print(out)
+
+
+@queues_app.callback()
+@handle_errors
+def queues(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List queues: guarantee, limit, weight, lending, usage, running and pending workloads."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with make_client() as client:
+        found = client.queues()
+    if as_json:
+        print_json(found)
+        return
+    out = table("QUEUE", "GUARANTEED", "LIMIT", "WEIGHT", "LEND", "USING", "RUNNING", "PENDING")
+    for q in found:
+        g, lim, u = q.guaranteed, q.limit, q.usage
+        limit = amounts(lim.cpu_milli, lim.memory_mib, lim.gpu_milli) if any(
+            v is not None for v in (lim.cpu_milli, lim.memory_mib, lim.gpu_milli)) else "none"
+        out.add_row(q.name, amounts(g.cpu_milli, g.memory_mib, g.gpu_milli), limit, f"{q.weight:g}",
+                    "yes" if q.lend else "no", amounts(u.cpu_milli, u.memory_mib, u.gpu_milli), str(q.running),
+                    str(q.pending))
+    console.print(out)
+
+
+@queues_app.command("set")
+@handle_errors
+def set_queue(name: Annotated[str, typer.Argument(help="The queue (its project's name).")],
+              guaranteed: Annotated[str | None, typer.Option(help="e.g. gpu=2,cpu=16,memory=64GiB")] = None,
+              limit: Annotated[str | None, typer.Option(help="Most it may use, borrowing included, e.g. gpu=4; "
+                                                        "'none' removes every ceiling.")] = None,
+              weight: Annotated[float | None, typer.Option(help="Share of idle capacity (default 1).", min=0.001)]
+              = None,
+              lend: Annotated[bool | None, typer.Option("--lend/--no-lend", help="May others borrow its idle "
+                                                        "guarantee?")] = None,
+              strict_fifo: Annotated[bool | None, typer.Option("--strict-fifo/--no-strict-fifo", help="A blocked "
+                                                               "head blocks the rest of the queue.")] = None,
+              as_json: JsonOption = False) -> None:
+    """Change a queue's quota (administrators)."""
+    limit_pairs = {} if limit is not None and limit.strip().lower() == "none" else parse_pairs(limit, "--limit")
+    with make_client() as client:
+        q = client.update_queue(name, guaranteed=parse_pairs(guaranteed, "--guaranteed"), limit=limit_pairs,
+                                weight=weight, lend=lend, strict_fifo=strict_fifo)
+    if as_json:
+        print_json(q)
+    else:
+        g = q.guaranteed
+        console.print(f"queue {q.name}: guaranteed {amounts(g.cpu_milli, g.memory_mib, g.gpu_milli)}, "
+                      f"weight {q.weight:g}, lend {'yes' if q.lend else 'no'}")
+
+
+@projects_app.callback()
+@handle_errors
+def projects(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List your projects (all of them for administrators) with members and roles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with make_client() as client:
+        found = client.projects()
+    if as_json:
+        print_json(found)
+        return
+    out = table("PROJECT", "YOUR ROLE", "MEMBERS", "CREATED")
+    for p in found:
+        members = ", ".join(f"{m.user} ({m.role})" for m in p.members)
+        out.add_row(p.name, p.role or "-", members or "-", ago(p.created_at) + " ago")
+    console.print(out)
+
+
+@projects_app.command("create")
+@handle_errors
+def create_project(name: Annotated[str, typer.Argument(help="Lower-case letters, digits, '-' or '_'.")],
+                   as_json: JsonOption = False) -> None:
+    """Create a project and its queue (administrators); you become its admin."""
+    with make_client() as client:
+        p = client.create_project(name)
+    if as_json:
+        print_json(p)
+    else:
+        console.print(f"project {p.name} created with queue {p.name}; set its quota with "
+                      f"`gpupool queues set {p.name} --guaranteed gpu=N`")
+
+
+@projects_app.command("add-member")
+@handle_errors
+def add_member(project: Annotated[str, typer.Argument(help="The project.")],
+               user: Annotated[str, typer.Argument(help="The user.")],
+               role: Annotated[str, typer.Option(help="admin, member or viewer.")] = "member",
+               as_json: JsonOption = False) -> None:
+    """Give a user a role in a project (administrators and the project's admins)."""
+    with make_client() as client:
+        p = client.set_member(project, user, role)
+    print_json(p) if as_json else console.print(f"{user} is now {role} of project {p.name}")
+
+
+@projects_app.command("remove-member")
+@handle_errors
+def remove_member(project: Annotated[str, typer.Argument(help="The project.")],
+                  user: Annotated[str, typer.Argument(help="The user.")], as_json: JsonOption = False) -> None:
+    """Remove a user from a project."""
+    with make_client() as client:
+        p = client.remove_member(project, user)
+    print_json(p) if as_json else console.print(f"{user} removed from project {p.name}")
+
+
+@users_app.callback()
+@handle_errors
+def users(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List users (administrators see everyone, others themselves)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with make_client() as client:
+        found = client.users()
+    if as_json:
+        print_json(found)
+        return
+    out = table("USER", "ADMIN", "PROJECTS", "CREATED")
+    for u in found:
+        out.add_row(u.name, "yes" if u.is_admin else "no", ", ".join(f"{m.project} ({m.role})" for m in u.projects)
+                    or "-", ago(u.created_at) + " ago")
+    console.print(out)
+
+
+@users_app.command("create")
+@handle_errors
+def create_user(name: Annotated[str, typer.Argument(help="Lower-case letters, digits, '-' or '_'.")],
+                admin: Annotated[bool, typer.Option(help="Make them an administrator of the pool.")] = False,
+                project: Annotated[str | None, typer.Option(help="Add them to this project.")] = None,
+                role: Annotated[str, typer.Option(help="Their role in --project: admin, member, viewer.")]
+                = "member",
+                as_json: JsonOption = False) -> None:
+    """Create a user (administrators) and print their first API token (shown once)."""
+    with make_client() as client:
+        created = client.create_user(name, admin=admin, project=project, role=role)
+    if as_json:
+        print_json(created)
+        return
+    console.print(f"user {created.user.name} created. Their token (shown once; give it to them):")
+    typer.echo(created.token)
+
+
+@tokens_app.callback()
+@handle_errors
+def tokens(ctx: typer.Context, user: Annotated[str | None, typer.Option(help="Another user's (administrators).")]
+           = None, as_json: JsonOption = False) -> None:
+    """List your API tokens (never their secret)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with make_client() as client:
+        found = client.tokens(user)
+    if as_json:
+        print_json(found)
+        return
+    out = table("ID", "NAME", "USER", "PREFIX", "CREATED", "LAST USED", "REVOKED")
+    for t in found:
+        out.add_row(str(t.id), t.name, t.user, t.prefix + "...", ago(t.created_at) + " ago",
+                    ago(t.last_used_at) + (" ago" if t.last_used_at else ""), "yes" if t.revoked else "no")
+    console.print(out)
+
+
+@tokens_app.command("create")
+@handle_errors
+def create_token(name: Annotated[str, typer.Argument(help="A name to recognise it by.")] = "cli",
+                 user: Annotated[str | None, typer.Option(help="For another user (administrators).")] = None,
+                 as_json: JsonOption = False) -> None:
+    """Create an API token and print it (shown once; use it as GPUPOOL_TOKEN)."""
+    with make_client() as client:
+        created = client.create_token(name, user)
+    if as_json:
+        print_json(created)
+    else:
+        typer.echo(created.token)
+
+
+@tokens_app.command("revoke")
+@handle_errors
+def revoke_token(token_id: Annotated[int, typer.Argument(help="The token id (from `gpupool tokens`).")],
+                 as_json: JsonOption = False) -> None:
+    """Revoke an API token; calls with it fail from now on."""
+    with make_client() as client:
+        t = client.revoke_token(token_id)
+    print_json(t) if as_json else console.print(f"token {t.id} ({t.name}) revoked")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the pool and account commands to the root app."""
+    app.command()(nodes)
+    app.add_typer(queues_app, name="queues")
+    app.add_typer(projects_app, name="projects")
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")

@@ -1,0 +1,106 @@
+"""`gpupool up`: start the server on this machine."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError as SettingsError
+
+from gpupool.cli.common import err_console
+from gpupool.domain.errors import GpupoolError
+from gpupool.server.local_node import parse_declared_gpus
+from gpupool.server.settings import Settings
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def up(host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
+       port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8700].")] = None,
+       home: Annotated[str | None, typer.Option(help="State directory [default: $GPUPOOL_HOME or ~/.gpupool].")]
+       = None,
+       database_url: Annotated[str | None, typer.Option(help="postgresql://... [default: SQLite in the home "
+                                                        "directory].")] = None,
+       gpus: Annotated[str | None, typer.Option(help="Declare simulated GPUs per node, e.g. 4xA100-80GB.")] = None,
+       gpu_mode: Annotated[str | None, typer.Option(help="Sharing mode of simulated GPUs: exclusive, shared, mps.")]
+       = None,
+       nodes: Annotated[int | None, typer.Option(help="Declare this many nodes on this host (demos).", min=1)]
+       = None,
+       node_name: Annotated[str | None, typer.Option(help="Name of the local node [default: host name].")] = None,
+       cpus: Annotated[float | None, typer.Option(help="CPU cores per node [default: this machine's].")] = None,
+       memory: Annotated[str | None, typer.Option(help="Memory per node, e.g. 64GiB [default: this machine's].")]
+       = None,
+       policy: Annotated[str | None, typer.Option(help="Placement policy: fgd, binpack, spread, bestfit.")] = None,
+       reset_admin_token: Annotated[bool, typer.Option(help="Write a new admin token to the token file.")] = False,
+       log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None) -> None:
+    """Start the gpupool server: API on http://127.0.0.1:8700 (docs at /docs), this machine as the pool.
+
+    The first start creates the administrator and writes their token to $GPUPOOL_HOME/token, which the CLI
+    on this machine uses. Settings also come from GPUPOOL_* environment variables; options win."""
+    overrides: dict[str, Any] = {
+        "host": host, "port": port, "home": home, "database_url": database_url, "gpus": gpus, "gpu_mode": gpu_mode,
+        "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
+        "log_level": log_level, "reset_admin_token": reset_admin_token or None}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        first = exc.errors()[0]
+        err_console.print(f"[red]error:[/red] {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+        raise typer.Exit(2) from None
+    if settings.port and not _port_free(settings.host, settings.port):
+        err_console.print(f"[red]error:[/red] port {settings.port} on {settings.host} is in use: is gpupool already "
+                          "running? (`gpupool nodes` talks to it) Otherwise choose another --port.")
+        raise typer.Exit(1)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _preflight(settings)
+    err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs); state in "
+                      f"{settings.home}; admin token in {settings.token_file}")
+    import uvicorn  # noqa: PLC0415  (heavy: only `up` needs the server)
+
+    from gpupool.server.app import create_app  # noqa: PLC0415
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _preflight(settings: Settings) -> None:
+    """Check what start-up needs (GPU declaration, database reachable and migrated) with clear errors."""
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415  (keeps the other commands fast to start)
+
+    from gpupool.store.db import Database  # noqa: PLC0415
+
+    try:
+        parse_declared_gpus(settings.gpus, settings.gpu_mode)
+        db = Database(settings.resolved_database_url)
+        try:
+            db.migrate()
+        finally:
+            db.dispose()
+    except GpupoolError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except ImportError as exc:
+        err_console.print(f"[red]error:[/red] the database driver is missing ({exc.name}); for PostgreSQL install "
+                          "it with: pip install 'gpupool[postgres]'")
+        raise typer.Exit(1) from None
+    except SQLAlchemyError as exc:
+        err_console.print(f"[red]error:[/red] cannot open the database {Database.describe_url(settings)}: "
+                          f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).strip().splitlines()[0]}")
+        raise typer.Exit(1) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add `up` to the root app."""
+    app.command()(up)

@@ -1,0 +1,241 @@
+"""The typed HTTP client of the gpupool API, shared by the CLI, the SDK (`from gpupool import Client`) and tests.
+
+Errors come back as the domain errors the server raised (ValidationError, NotFoundError, ...) with the
+server's message; an unreachable server raises ServerUnavailableError saying how to start one. Fields that
+are None are left out of requests, so a newer client keeps working with an older server.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from gpupool.domain.errors import (
+    AuthenticationError,
+    ConflictError,
+    GpupoolError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsatisfiableError,
+    ValidationError,
+)
+from gpupool.domain.status import TERMINAL_STATUSES
+from gpupool.server.api import schemas
+from gpupool.server.settings import ClientSettings
+
+T = TypeVar("T")
+API = "/api/v1"
+_ERRORS: dict[str, type[GpupoolError]] = {
+    "authentication_error": AuthenticationError,
+    "permission_denied": PermissionDeniedError,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
+}
+
+
+class ServerUnavailableError(GpupoolError):
+    """The server could not be reached."""
+
+
+class ApiError(GpupoolError):
+    """An error response the client has no more specific class for; `http_status` is the HTTP status code."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _error_from(response: httpx.Response) -> GpupoolError:
+    try:
+        detail = response.json()["error"]
+        kind, message, field = str(detail["type"]), str(detail["message"]), detail.get("field")
+    except (ValueError, KeyError, TypeError):
+        return ApiError(f"HTTP {response.status_code}: {response.text[:500]}", response.status_code)
+    if kind == "unsatisfiable":
+        return UnsatisfiableError(message, field)
+    if kind == "validation_error":
+        return ValidationError(message, field)
+    cls = _ERRORS.get(kind)
+    return cls(message) if cls else ApiError(message, response.status_code)
+
+
+class Client:
+    """A connection to one gpupool server. `url` and `token` default to GPUPOOL_URL and GPUPOOL_TOKEN (or the
+    token file in $GPUPOOL_HOME). Use as a context manager, or call `close()`."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout_s: float | None = None,
+                 settings: ClientSettings | None = None, transport: httpx.BaseTransport | None = None) -> None:
+        settings = settings or ClientSettings()
+        self.url = (url or settings.url).rstrip("/")
+        self.token = token or settings.resolved_token()
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                  timeout=timeout_s if timeout_s is not None else settings.timeout_s)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------- plumbing
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnavailableError(
+                f"cannot reach the gpupool server at {self.url} ({type(exc).__name__}); start it with "
+                "`gpupool up` (or `make run`), or point GPUPOOL_URL at a running server") from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    def _get(self, path: str, model: type[T] | Any, **params: Any) -> T:
+        response = self._request("GET", path, params=_drop_none(params))
+        return TypeAdapter(model).validate_python(response.json())  # type: ignore[no-any-return]
+
+    def _send(self, method: str, path: str, model: type[T], body: BaseModel | Mapping[str, Any] | None) -> T:
+        payload = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
+        response = self._request(method, path, json=_drop_none(payload) if payload is not None else None)
+        return TypeAdapter(model).validate_python(response.json())
+
+    # ------------------------------------------------------------------------------------- system
+    def health(self) -> schemas.Health:
+        """The server's /healthz (needs no token)."""
+        return self._get("/healthz", schemas.Health)
+
+    def whoami(self) -> schemas.User:
+        """The user of this client's token."""
+        return self._get(f"{API}/whoami", schemas.User)
+
+    # ---------------------------------------------------------------------------------- workloads
+    def submit(self, spec: Mapping[str, Any] | str | Path, *, idempotency_key: str | None = None,
+               workdir: str | Path | None = None) -> schemas.WorkloadSubmitted:
+        """Submit a spec: a mapping, YAML text, or a Path to a YAML file. With `idempotency_key`, retrying the
+        same submit returns the same workload (`created` False). `workdir` is where the command starts
+        when the spec names none (an absolute directory on the server's machine)."""
+        if isinstance(spec, Path):
+            body = schemas.SubmitRequest(spec_yaml=spec.read_text(), idempotency_key=idempotency_key)
+        elif isinstance(spec, str):
+            body = schemas.SubmitRequest(spec_yaml=spec, idempotency_key=idempotency_key)
+        else:
+            body = schemas.SubmitRequest(spec=dict(spec), idempotency_key=idempotency_key)
+        if workdir is not None:
+            body.workdir = str(Path(workdir).resolve())
+        return self._send("POST", f"{API}/workloads", schemas.WorkloadSubmitted, body)
+
+    def list_workloads(self, *, project: str | None = None, status: Sequence[str] | None = None,
+                       name: str | None = None, limit: int = 50, before_id: int | None = None) -> schemas.WorkloadPage:
+        """Workloads you may see, newest first (see WorkloadPage for paging)."""
+        return self._get(f"{API}/workloads", schemas.WorkloadPage, project=project,
+                         status=list(status) if status else None, name=name, limit=limit, before_id=before_id)
+
+    def get_workload(self, workload_id: int) -> schemas.WorkloadDetail:
+        """One workload with its replicas and history."""
+        return self._get(f"{API}/workloads/{int(workload_id)}", schemas.WorkloadDetail)
+
+    def cancel(self, workload_id: int) -> schemas.WorkloadDetail:
+        """Cancel a workload (ConflictError when it already ended)."""
+        return self._send("POST", f"{API}/workloads/{int(workload_id)}/cancel", schemas.WorkloadDetail, None)
+
+    def logs(self, workload_id: int, *, replica: int = 0, tail: int | None = None,
+             follow: bool = False) -> Iterator[str]:
+        """Lines of a replica's output (without newlines); `follow` streams until the replica ends."""
+        params = _drop_none({"replica": replica, "tail": tail, "follow": follow})
+        try:
+            with self._http.stream("GET", f"{API}/workloads/{int(workload_id)}/logs", params=params,
+                                   timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                yield from response.iter_lines()
+        except httpx.TransportError as exc:
+            raise ServerUnavailableError(f"lost the connection to {self.url} ({type(exc).__name__})") from None
+
+    def wait(self, workload_id: int, statuses: Sequence[str] | None = None, timeout_s: float = 300.0,
+             interval_s: float = 0.2) -> schemas.WorkloadDetail:
+        """Poll until the workload reaches one of `statuses` (default: any terminal status) and return it;
+        TimeoutError after `timeout_s`."""
+        wanted = set(statuses) if statuses else {s.value for s in TERMINAL_STATUSES}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            workload = self.get_workload(workload_id)
+            if workload.status in wanted:
+                return workload
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workload {workload_id} is {workload.status} after {timeout_s:g}s, not "
+                                   f"{' or '.join(sorted(wanted))}")
+            time.sleep(interval_s)
+
+    # ------------------------------------------------------------------------------ nodes, queues
+    def nodes(self) -> list[schemas.NodeInfo]:
+        """Every node of the pool."""
+        return self._get(f"{API}/nodes", list[schemas.NodeInfo])
+
+    def queues(self) -> list[schemas.Queue]:
+        """Every queue with quota and usage."""
+        return self._get(f"{API}/queues", list[schemas.Queue])
+
+    def update_queue(self, name: str, *, guaranteed: Mapping[str, Any] | None = None,
+                     limit: Mapping[str, Any] | None = None, weight: float | None = None, lend: bool | None = None,
+                     strict_fifo: bool | None = None) -> schemas.Queue:
+        """Change a queue (administrators); amounts like {gpu: 2, memory: 64GiB}."""
+        body = schemas.QueueUpdate(guaranteed=dict(guaranteed) if guaranteed is not None else None,
+                                   limit=dict(limit) if limit is not None else None, weight=weight, lend=lend,
+                                   strict_fifo=strict_fifo)
+        return self._send("PUT", f"{API}/queues/{name}", schemas.Queue, body)
+
+    # ----------------------------------------------------------------------------------- accounts
+    def users(self) -> list[schemas.User]:
+        """Every user (administrators), else yourself."""
+        return self._get(f"{API}/users", list[schemas.User])
+
+    def create_user(self, name: str, *, admin: bool = False, project: str | None = None,
+                    role: str = "member") -> schemas.UserCreated:
+        """Create a user (administrators); the result holds their first token."""
+        body = schemas.UserCreate(name=name, admin=admin, project=project, role=role)
+        return self._send("POST", f"{API}/users", schemas.UserCreated, body)
+
+    def projects(self) -> list[schemas.Project]:
+        """Your projects (all for administrators)."""
+        return self._get(f"{API}/projects", list[schemas.Project])
+
+    def create_project(self, name: str) -> schemas.Project:
+        """Create a project and its queue (administrators)."""
+        return self._send("POST", f"{API}/projects", schemas.Project, schemas.ProjectCreate(name=name))
+
+    def set_member(self, project: str, user: str, role: str = "member") -> schemas.Project:
+        """Give `user` a role in `project`."""
+        return self._send("PUT", f"{API}/projects/{project}/members", schemas.Project,
+                          schemas.MemberSet(user=user, role=role))
+
+    def remove_member(self, project: str, user: str) -> schemas.Project:
+        """Remove `user` from `project`."""
+        return self._send("DELETE", f"{API}/projects/{project}/members/{user}", schemas.Project, None)
+
+    def tokens(self, user: str | None = None) -> list[schemas.Token]:
+        """Your tokens (administrators: `user`'s)."""
+        return self._get(f"{API}/tokens", list[schemas.Token], user=user)
+
+    def create_token(self, name: str = "cli", user: str | None = None) -> schemas.TokenCreated:
+        """A new token (its text is in the result, shown once)."""
+        return self._send("POST", f"{API}/tokens", schemas.TokenCreated, schemas.TokenCreate(name=name, user=user))
+
+    def revoke_token(self, token_id: int) -> schemas.Token:
+        """Revoke a token."""
+        return self._send("DELETE", f"{API}/tokens/{int(token_id)}", schemas.Token, None)

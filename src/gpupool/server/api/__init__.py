@@ -1,0 +1,1 @@
+"""The HTTP API: schemas, error mapping, authentication dependency and routes."""

@@ -1,0 +1,84 @@
+"""The one mapping from errors to HTTP responses: domain errors to 4xx with a JSON body, anything else to a
+500 that says only that something failed (the traceback goes to the server log, never to the client)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpupool.domain.errors import (
+    AuthenticationError,
+    ConflictError,
+    GpupoolError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsatisfiableError,
+    ValidationError,
+)
+from gpupool.server.api.schemas import ErrorBody, ErrorDetail
+
+log = logging.getLogger("gpupool.api")
+
+# most specific first
+STATUS_CODES: tuple[tuple[type[GpupoolError], int, str], ...] = (
+    (UnsatisfiableError, 422, "unsatisfiable"),
+    (ValidationError, 422, "validation_error"),
+    (AuthenticationError, 401, "authentication_error"),
+    (PermissionDeniedError, 403, "permission_denied"),
+    (NotFoundError, 404, "not_found"),
+    (ConflictError, 409, "conflict"),
+)
+
+
+def error_response(status: int, kind: str, message: str, field: str | None = None) -> JSONResponse:
+    """A JSON error response with the ErrorBody shape."""
+    body = ErrorBody(error=ErrorDetail(type=kind, message=message, field=field))
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def domain_error_response(exc: GpupoolError) -> JSONResponse:
+    """The response for a domain error."""
+    for cls, status, kind in STATUS_CODES:
+        if isinstance(exc, cls):
+            field = exc.field if isinstance(exc, ValidationError) else None
+            message = exc.detail if isinstance(exc, ValidationError) and exc.field else exc.message
+            return error_response(status, kind, message, field)
+    return error_response(400, "error", exc.message)
+
+
+def _request_validation(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    message = str(first.get("msg", "invalid request"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem(s))"
+    return error_response(422, "validation_error", message, ".".join(location) or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+
+    @app.exception_handler(GpupoolError)
+    async def _domain(_request: Request, exc: GpupoolError) -> JSONResponse:
+        return domain_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _request_validation(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal_error", "the server failed to handle this request; the details are "
+                              "in the server log")

@@ -1,0 +1,81 @@
+"""Workloads: submit, list, show, cancel, logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import StreamingResponse
+
+from gpupool.server.api import schemas
+from gpupool.server.api.deps import PrincipalDep, ServicesDep
+from gpupool.server.services import workloads
+
+router = APIRouter(prefix="/workloads", tags=["workloads"])
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": schemas.ErrorBody} for code in (401, 403, 404, 409, 422)}
+WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID, description="The workload id")]
+
+
+
+@router.post("", response_model=schemas.WorkloadSubmitted, status_code=201, responses=ERRORS)
+def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDep,
+           principal: PrincipalDep) -> schemas.WorkloadSubmitted:
+    """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
+    returned the workload an earlier submit created."""
+    with services.db.session() as session:
+        row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility)
+        detail = workloads.detail_view(session, row)
+    if created:
+        services.wake_scheduler()
+    else:
+        response.status_code = 200
+    return schemas.WorkloadSubmitted(workload=detail, created=created)
+
+
+@router.get("", response_model=schemas.WorkloadPage, responses=ERRORS)
+def list_workloads(services: ServicesDep, principal: PrincipalDep,
+                   project: Annotated[str | None, Query(max_length=63)] = None,
+                   status: Annotated[list[str] | None, Query(max_length=16)] = None,
+                   name: Annotated[str | None, Query(max_length=63)] = None,
+                   limit: Annotated[int, Query(ge=1, le=workloads.MAX_LIST)] = 50,
+                   before_id: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None) -> schemas.WorkloadPage:
+    """Workloads you may see, newest first, with each pending one's reason and queue position."""
+    with services.db.session(write=False) as session:
+        return workloads.list_workloads(session, principal, project, status or [], name, limit, before_id)
+
+
+@router.get("/{workload_id}", response_model=schemas.WorkloadDetail, responses=ERRORS)
+def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
+    """One workload: status, why it waits, its replicas and history."""
+    with services.db.session(write=False) as session:
+        return workloads.detail_view(session, workloads.visible_workload(session, principal, workload_id))
+
+
+@router.post("/{workload_id}/cancel", response_model=schemas.WorkloadDetail, responses=ERRORS)
+def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
+    """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
+    with services.db.session() as session:
+        row = workloads.cancel(session, principal, workload_id, services.clock())
+        detail = workloads.detail_view(session, row)
+    services.wake_reconciler()
+    services.wake_scheduler()
+    return detail
+
+
+@router.get("/{workload_id}/logs", response_class=StreamingResponse, responses={
+    200: {"content": {"text/plain": {}}, "description": "The replica's output, one line per line"}, **ERRORS})
+def logs(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep,
+         replica: Annotated[int, Query(ge=0, le=100_000)] = 0,
+         tail: Annotated[int | None, Query(ge=0, le=workloads.MAX_TAIL)] = None,
+         follow: bool = False) -> StreamingResponse:
+    """A replica's output (current run); `follow` streams until the replica ends."""
+    with services.db.session(write=False) as session:
+        lines = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor)
+
+    def body() -> Iterator[str]:
+        for line in lines:
+            yield line + "\n"
+
+    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")

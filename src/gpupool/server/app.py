@@ -1,0 +1,109 @@
+"""create_app(settings): the FastAPI application, its lifespan (database, first-start bootstrap, local
+nodes, background workers) and its routes under /api/v1, with /healthz and the OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from gpupool import __version__
+from gpupool.executors.base import Executor
+from gpupool.executors.local import pick_free_ports
+from gpupool.executors.storage import StorageLayout
+from gpupool.gpu.sharing import SharingConfig, install_sitecustomize
+from gpupool.scheduler.profile import SchedulerProfile
+from gpupool.server.api.errors import error_response, install_error_handlers
+from gpupool.server.api.routes import accounts, pool, system, workloads
+from gpupool.server.context import Clock, Services
+from gpupool.server.executors import make_executor
+from gpupool.server.local_node import GpuDiscovery, local_nodes, nvml_gpus
+from gpupool.server.services.bootstrap import ensure_admin
+from gpupool.server.services.pool import register_local_nodes
+from gpupool.server.settings import Settings
+from gpupool.server.workers.launch import LaunchSettings
+from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.reconciler import Reconciler
+from gpupool.server.workers.scheduling import SchedulingLoop
+from gpupool.store.db import Database
+
+log = logging.getLogger("gpupool.server")
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+def build_services(settings: Settings, executor: Executor | None = None, clock: Clock = time.time) -> Services:
+    """The shared services of one server (database opened, workers built but not started)."""
+    db = Database(settings.resolved_database_url)
+    services = Services(settings, db, clock, executor or make_executor(settings))
+    profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
+                               min_runtime_s=settings.min_runtime_s)
+    services.scheduling_loop = SchedulingLoop(db, clock, profile, pick_free_ports, on_change=services.wake_reconciler)
+    launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), SharingConfig(settings.home))
+    services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
+                                          on_change=services.wake_scheduler)
+    services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
+    services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
+    return services
+
+
+def start_services(services: Services, discover_gpus: GpuDiscovery) -> None:
+    """Migrate the database, bootstrap the first administrator, register this host's nodes, start workers."""
+    settings = services.settings
+    services.db.migrate()
+    install_sitecustomize(SharingConfig(settings.home))  # the memory cap of replicas on time-sliced GPUs
+    ensure_admin(services.db, settings.admin_name, settings.token_file, services.clock(), settings.reset_admin_token)
+    with services.db.session() as session:
+        for change in register_local_nodes(session, local_nodes(settings, discover_gpus), services.clock()):
+            log.info(change)
+    if settings.workers and services.scheduler and services.reconciler:
+        services.reconciler.start()
+        services.scheduler.start()
+
+
+def stop_services(services: Services) -> None:
+    """Stop the workers (replicas keep running), release the executor and the database."""
+    for worker in (services.scheduler, services.reconciler):
+        if worker is not None:
+            worker.stop()
+    services.executor.close()
+    services.db.dispose()
+
+
+def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
+               discover_gpus: GpuDiscovery = nvml_gpus) -> FastAPI:
+    """The gpupool server application. `executor`, `clock` and `discover_gpus` may be injected (tests);
+    by default the executor is the one `settings.executor` names and GPUs are discovered through NVML
+    (none when NVML is absent), unless `settings.gpus` declares simulated ones."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings, executor, clock)
+        start_services(services, discover_gpus)
+        app.state.services = services
+        log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
+                 services.db.describe())
+        try:
+            yield
+        finally:
+            stop_services(services)
+
+    app = FastAPI(title="gpupool", version=__version__, lifespan=lifespan, docs_url="/docs",
+                  description="One shared, fairly scheduled pool of GPU servers. Every /api/v1 call needs "
+                              "'Authorization: Bearer <token>'.")
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error_response(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
+    app.include_router(system.router)
+    for module in (workloads, pool, accounts):
+        app.include_router(module.router, prefix="/api/v1")
+    return app

@@ -1,0 +1,41 @@
+"""Services: what the routes and the workers of one server share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gpupool.executors.base import Executor
+from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.server.settings import Settings
+from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.reconciler import Reconciler
+from gpupool.server.workers.scheduling import SchedulingLoop
+from gpupool.store.db import Database
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Services:
+    """What routes and workers share: settings, database, clock, executor, caches and the workers."""
+
+    settings: Settings
+    db: Database
+    clock: Clock
+    executor: Executor
+    feasibility: FeasibilityCache = field(default_factory=FeasibilityCache)
+    scheduler: IntervalWorker | None = None
+    reconciler: IntervalWorker | None = None
+    scheduling_loop: SchedulingLoop | None = None
+    reconciler_loop: Reconciler | None = None
+
+    def wake_scheduler(self) -> None:
+        """Run a scheduling cycle soon (after a submit, a cancel, a queue change, freed capacity)."""
+        if self.scheduler is not None:
+            self.scheduler.wake()
+
+    def wake_reconciler(self) -> None:
+        """Run a reconciler pass soon (after binds, preemptions, cancels)."""
+        if self.reconciler is not None:
+            self.reconciler.wake()

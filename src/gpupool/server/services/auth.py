@@ -1,0 +1,120 @@
+"""Authentication (bearer tokens, stored as SHA-256) and the caller's permissions (the Principal)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from sqlalchemy.orm import Session
+
+from gpupool.domain.accounts import ProjectRole
+from gpupool.domain.errors import AuthenticationError, PermissionDeniedError
+from gpupool.store.orm import TokenRow, UserRow
+from gpupool.store.repos import accounts
+
+TOKEN_PREFIX = "gpp_"
+MAX_TOKEN_CHARS = 256
+LAST_USED_RESOLUTION_S = 60.0  # write last_used_at at most once a minute per token
+
+
+def new_token() -> str:
+    """A fresh random API token (256 bits of entropy)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: hex SHA-256 (tokens are random, so no salt or stretching is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling and what they may do: global admin flag and a role per project id."""
+
+    user_id: int
+    name: str
+    is_admin: bool
+    roles: Mapping[int, ProjectRole] = field(default_factory=lambda: MappingProxyType({}))
+
+    def readable_projects(self) -> frozenset[int] | None:
+        """Ids of the projects whose workloads the caller may see (None: every project)."""
+        return None if self.is_admin else frozenset(self.roles)
+
+    def can_read(self, project_id: int) -> bool:
+        """True when the caller may see the project's workloads."""
+        return self.is_admin or project_id in self.roles
+
+    def can_write(self, project_id: int) -> bool:
+        """True when the caller may submit and cancel the project's workloads."""
+        role = self.roles.get(project_id)
+        return self.is_admin or (role is not None and role.can_write)
+
+    def can_manage(self, project_id: int) -> bool:
+        """True when the caller may change the project's members."""
+        role = self.roles.get(project_id)
+        return self.is_admin or (role is not None and role.can_manage)
+
+    def require_admin(self, action: str) -> None:
+        """Raise PermissionDeniedError unless the caller is an administrator."""
+        if not self.is_admin:
+            raise PermissionDeniedError(f"only administrators may {action}; ask an administrator of this pool")
+
+
+def principal_for(session: Session, user: UserRow) -> Principal:
+    """The Principal of a user, with their current memberships."""
+    roles = {m.project_id: ProjectRole(m.role) for m in accounts.memberships_of_user(session, user.id)}
+    return Principal(user.id, user.name, user.is_admin, MappingProxyType(roles))
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """A caller and, when its token's last-use time is stale, the token id to `touch_token` (in a write)."""
+
+    principal: Principal
+    stale_token_id: int | None
+
+
+def authenticate(session: Session, authorization: str | None, now: float) -> Authenticated:
+    """The caller of a `Bearer <token>` Authorization header (read-only); AuthenticationError when the header is
+    missing or malformed, or the token unknown or revoked."""
+    token = _bearer(authorization)
+    row = accounts.token_by_hash(session, hash_token(token))
+    if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)) or row.revoked_at is not None:
+        raise AuthenticationError("the API token is not valid (unknown or revoked); create one with "
+                                  "`gpupool tokens create` or use the token in $GPUPOOL_HOME/token")
+    user = accounts.user_by_id(session, row.user_id)
+    if user is None:
+        raise AuthenticationError("the API token belongs to a user that no longer exists")
+    stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION_S
+    return Authenticated(principal_for(session, user), row.id if stale else None)
+
+
+def touch_token(session: Session, token_id: int, now: float) -> None:
+    """Record that the token was used now."""
+    row = session.get(TokenRow, token_id)
+    if row is not None:
+        row.last_used_at = now
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthenticationError("this call needs an API token: send 'Authorization: Bearer <token>' (the CLI "
+                                  "reads GPUPOOL_TOKEN or $GPUPOOL_HOME/token)")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+        raise AuthenticationError("malformed Authorization header; expected 'Bearer <token>'")
+    return token
+
+
+def issue_token(session: Session, user: UserRow, name: str, now: float) -> tuple[TokenRow, str]:
+    """Create a token for `user`; returns the row and the token text (shown once, never stored)."""
+    token = new_token()
+    row = TokenRow(user_id=user.id, name=name, token_hash=hash_token(token), prefix=token[:10], created_at=now)
+    session.add(row)
+    session.flush()
+    return row, token

@@ -1,0 +1,50 @@
+"""Turning specs into the scheduler's PendingWorkload, and the "can never run" check at submission."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from gpupool.domain.specs import WorkloadSpec
+from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.types import PendingWorkload, ReplicaGroup, ReplicaPlacement
+from gpupool.store.convert import node_from_row
+from gpupool.store.orm import NodeRow
+from gpupool.store.repos import nodes
+
+
+def pending_from_spec(workload_id: str, queue: str, spec: WorkloadSpec, submitted_at: float,
+                      nominated: tuple[ReplicaPlacement, ...] | None = None) -> PendingWorkload:
+    """The scheduler's view of a pending workload: one replica group per role, in replica-number order."""
+    groups = tuple(ReplicaGroup(r.role, r.replicas, r.resources) for r in spec.roles)
+    return PendingWorkload(id=workload_id, queue=queue, groups=groups, priority=spec.priority,
+                           submit_time=submitted_at, min_available=spec.min_available, preemptible=spec.preemptible,
+                           max_runtime_s=spec.max_runtime_s, nominated=nominated)
+
+
+def nodes_fingerprint(rows: Sequence[NodeRow]) -> str:
+    """A value that changes whenever the nodes' capacity, GPUs, labels, taints or schedulability change."""
+    return json.dumps([[r.name, r.cpu_milli, r.memory_mib, r.gpus, r.labels, r.taints, r.schedulable] for r in rows],
+                      sort_keys=True)
+
+
+class FeasibilityCache:
+    """A NeverFitsChecker kept while the nodes stay the same; safe to share between request threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: str | None = None
+        self._checker: NeverFitsChecker | None = None
+
+    def never_fits_reason(self, session: Session, spec: WorkloadSpec, queue: str) -> str | None:
+        """None when the spec fits the pool when it is empty; else why it never can."""
+        rows = nodes.list_nodes(session)
+        key = nodes_fingerprint(rows)
+        with self._lock:
+            if self._checker is None or key != self._key:
+                self._checker = NeverFitsChecker([node_from_row(r) for r in rows])
+                self._key = key
+            return self._checker.reason(pending_from_spec("submission", queue, spec, 0.0))

@@ -1,0 +1,161 @@
+"""Nodes and queues: registering this host's nodes, what is allocated where, queue quotas and usage."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gpupool.domain.errors import NotFoundError, ValidationError, reject_unknown_keys
+from gpupool.domain.nodes import Node
+from gpupool.domain.queues import QueueSpec, parse_amounts
+from gpupool.domain.resources import ResourceVector
+from gpupool.domain.status import WorkloadStatus
+from gpupool.server.api import schemas
+from gpupool.server.services.auth import Principal
+from gpupool.store.convert import gpu_to_json, queue_from_row
+from gpupool.store.orm import NodeRow, ReplicaRow, WorkloadRow
+from gpupool.store.repos import accounts, nodes, queues, workloads
+
+
+# ---------------------------------------------------------------------------------------- nodes
+def register_local_nodes(session: Session, declared: Sequence[Node], now: float) -> list[str]:
+    """Make the stored local nodes match `declared`: insert or update them; local nodes no longer declared
+    are removed, or made unschedulable while replicas still run on them. Returns what changed, in words."""
+    changes: list[str] = []
+    wanted = {n.name: n for n in declared}
+    busy = {r.node for r in workloads.live_replicas(session)}
+    for row in nodes.list_nodes(session):
+        if row.source == "local" and row.name not in wanted:
+            if row.name in busy:
+                row.schedulable = False
+                changes.append(f"node {row.name} is no longer declared; unschedulable until its replicas end")
+            else:
+                session.delete(row)
+                changes.append(f"node {row.name} removed")
+    for node in declared:
+        row = nodes.node_by_name(session, node.name)
+        values = {"cpu_milli": node.cpu_milli, "memory_mib": node.memory_mib,
+                  "gpus": [gpu_to_json(g) for g in node.gpus], "labels": dict(node.labels),
+                  "taints": [{"key": t.key, "value": t.value} for t in node.taints], "schedulable": True,
+                  "source": "local", "heartbeat_at": now}
+        if row is None:
+            session.add(NodeRow(name=node.name, registered_at=now, **values))
+            changes.append(f"node {node.name} registered")
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+    session.flush()
+    return changes
+
+
+def _allocations(session: Session) -> tuple[dict[str, ResourceVector], dict[tuple[str, int], int]]:
+    per_node: dict[str, ResourceVector] = defaultdict(ResourceVector)
+    per_gpu: dict[tuple[str, int], int] = defaultdict(int)
+    for replica in workloads.live_replicas(session):
+        p = replica.placement
+        gpu = sum(int(g["milli"]) for g in p.get("gpus", []))
+        per_node[replica.node] += ResourceVector(int(p["cpu_milli"]), int(p["memory_mib"]), gpu)
+        for g in p.get("gpus", []):
+            per_gpu[(replica.node, int(g["index"]))] += int(g["milli"])
+    return per_node, per_gpu
+
+
+def _resources(v: ResourceVector) -> schemas.Resources:
+    return schemas.Resources(cpu_milli=v.cpu_milli, memory_mib=v.memory_mib, gpu_milli=v.gpu_milli)
+
+
+def list_nodes(session: Session) -> list[schemas.NodeInfo]:
+    """Every node with its capacity, what is allocated on it and on each GPU."""
+    per_node, per_gpu = _allocations(session)
+    out = []
+    for row in nodes.list_nodes(session):
+        gpus = [schemas.GpuInfo(index=g["index"], model=g["model"], memory_mib=g["memory_mib"], mode=g["mode"],
+                                simulated=g.get("simulated", False), healthy=g.get("healthy", True),
+                                allocated_milli=per_gpu.get((row.name, g["index"]), 0)) for g in row.gpus]
+        capacity = ResourceVector(row.cpu_milli, row.memory_mib, 1000 * len(row.gpus))
+        out.append(schemas.NodeInfo(
+            name=row.name, source=row.source, schedulable=row.schedulable, capacity=_resources(capacity),
+            allocated=_resources(per_node.get(row.name, ResourceVector())), gpus=gpus,
+            labels={str(k): str(v) for k, v in row.labels.items()}, simulated_gpus=any(g.simulated for g in gpus)))
+    return out
+
+
+# --------------------------------------------------------------------------------------- queues
+def _queue_usage(session: Session) -> dict[str, ResourceVector]:
+    usage: dict[str, ResourceVector] = defaultdict(ResourceVector)
+    query = select(WorkloadRow.queue, ReplicaRow.placement).join(WorkloadRow, WorkloadRow.id == ReplicaRow.workload_id)
+    live = ReplicaRow.state.not_in(["succeeded", "failed", "stopped", "lost"])
+    for queue, p in session.execute(query.where(live)):
+        gpu = sum(int(g["milli"]) for g in p.get("gpus", []))
+        usage[queue] += ResourceVector(int(p["cpu_milli"]), int(p["memory_mib"]), gpu)
+    return usage
+
+
+def _status_counts(session: Session) -> dict[tuple[str, str], int]:
+    query = select(WorkloadRow.queue, WorkloadRow.status, func.count()).group_by(WorkloadRow.queue,
+                                                                                 WorkloadRow.status)
+    return {(q, s): int(n) for q, s, n in session.execute(query)}
+
+
+def list_queues(session: Session) -> list[schemas.Queue]:
+    """Every queue with its quota, usage and how many of its workloads run and wait."""
+    usage = _queue_usage(session)
+    counts = _status_counts(session)
+    names = accounts.project_names(session)
+    active = [s.value for s in WorkloadStatus if s.is_active()]
+    out = []
+    for row in queues.list_queues(session):
+        out.append(schemas.Queue(
+            name=row.name, project=names.get(row.project_id, "?"),
+            guaranteed=schemas.Resources(cpu_milli=row.guaranteed_cpu_milli, memory_mib=row.guaranteed_memory_mib,
+                                         gpu_milli=row.guaranteed_gpu_milli),
+            limit=schemas.ResourceLimit(cpu_milli=row.limit_cpu_milli, memory_mib=row.limit_memory_mib,
+                                        gpu_milli=row.limit_gpu_milli),
+            weight=row.weight, lend=row.lend, strict_fifo=row.strict_fifo,
+            usage=_resources(usage.get(row.name, ResourceVector())),
+            running=sum(counts.get((row.name, s), 0) for s in active),
+            pending=counts.get((row.name, WorkloadStatus.PENDING.value), 0) +
+            counts.get((row.name, WorkloadStatus.PREEMPTED.value), 0)))
+    return out
+
+
+def queue_specs(session: Session) -> dict[str, QueueSpec]:
+    """Every queue as the scheduler sees it."""
+    return {row.name: queue_from_row(row) for row in queues.list_queues(session)}
+
+
+def update_queue(session: Session, principal: Principal, name: str, body: schemas.QueueUpdate,
+                 now: float) -> schemas.Queue:
+    """Change a queue's guarantee, limit, weight or flags (administrators only)."""
+    principal.require_admin("change queues")
+    row = queues.queue_by_name(session, name)
+    if row is None:
+        raise NotFoundError(f"queue {name!r} does not exist; every project has a queue of its name")
+    if body.guaranteed is not None:
+        g = parse_amounts(body.guaranteed, "guaranteed")
+        row.guaranteed_cpu_milli, row.guaranteed_memory_mib, row.guaranteed_gpu_milli = g.as_tuple()
+    if body.limit is not None:
+        row.limit_cpu_milli, row.limit_memory_mib, row.limit_gpu_milli = parse_limit(body.limit)
+    for key in ("weight", "lend", "strict_fifo"):
+        value = getattr(body, key)
+        if value is not None:
+            setattr(row, key, value)
+    queue_from_row(row)  # validates the combination (guarantee within limit, weight > 0)
+    row.updated_at = now
+    session.flush()
+    return next(q for q in list_queues(session) if q.name == name)
+
+
+def parse_limit(data: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
+    """A limit such as {gpu: 4}: resources it names get a ceiling, the others none."""
+    reject_unknown_keys(dict(data), ("cpu", "memory", "gpu"), "limit")
+    parsed = parse_amounts(dict(data), "limit")
+    given = [key in data and data[key] is not None for key in ("cpu", "memory", "gpu")]
+    if not all(isinstance(k, str) for k in data):
+        raise ValidationError("resource names must be text", "limit")
+    values = parsed.as_tuple()
+    return (values[0] if given[0] else None, values[1] if given[1] else None, values[2] if given[2] else None)

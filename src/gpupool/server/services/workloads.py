@@ -1,0 +1,238 @@
+"""Workloads: submit (validated, idempotent), list, show, cancel, logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gpupool.domain.errors import (
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsatisfiableError,
+    ValidationError,
+)
+from gpupool.domain.specs import WorkloadSpec, parse_spec, validate_name
+from gpupool.domain.status import WorkloadStatus, parse_status, transition
+from gpupool.executors.base import Capability, Executor
+from gpupool.server.api import schemas
+from gpupool.server.services.auth import Principal
+from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.repos import accounts, queues
+from gpupool.store.repos import workloads as repo
+
+MAX_LIST = 1000
+MAX_TAIL = 100_000
+
+
+# ---------------------------------------------------------------------------------------- input
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases (which can blow a small document up into a huge one)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ValidationError(f"YAML aliases (*name) are not allowed in specs (line {event.start_mark.line + 1})",
+                                  "spec_yaml")
+        return super().compose_node(parent, index)
+
+
+def load_spec_input(body: schemas.SubmitRequest) -> Any:
+    """The spec data of a submit request: exactly one of `spec` (an object) or `spec_yaml` (YAML text)."""
+    if (body.spec is None) == (body.spec_yaml is None):
+        raise ValidationError("send exactly one of spec (an object) or spec_yaml (YAML text)", "spec")
+    if body.spec is not None:
+        return body.spec
+    try:
+        return yaml.load(body.spec_yaml or "", Loader=_NoAliasLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValidationError(f"the YAML cannot be read{where}: {exc.problem or exc}", "spec_yaml") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ValidationError(f"the YAML cannot be read: {type(exc).__name__}", "spec_yaml") from None
+
+
+# ---------------------------------------------------------------------------------------- views
+def summary_view(row: WorkloadRow, project: str, user: str) -> schemas.WorkloadSummary:
+    """One line of `ls`."""
+    return schemas.WorkloadSummary(
+        id=row.id, name=row.name, kind=row.kind, project=project, queue=row.queue, user=user, status=row.status,
+        priority=row.priority, replicas=row.replica_count, submitted_at=row.submitted_at, started_at=row.started_at,
+        finished_at=row.finished_at, message=row.message, pending_reason=row.pending_reason,
+        queue_position=row.queue_position, attempt=row.attempt)
+
+
+def replica_view(r: ReplicaRow) -> schemas.Replica:
+    """A replica as the API shows it."""
+    p = r.placement
+    return schemas.Replica(
+        number=r.number, role=r.role, attempt=r.attempt, node=r.node, state=r.state, exit_code=r.exit_code,
+        message=r.message, cpu_milli=int(p.get("cpu_milli", 0)), memory_mib=int(p.get("memory_mib", 0)),
+        gpus=[schemas.GpuAllocation(**g) for g in p.get("gpus", [])], started_at=r.started_at, ended_at=r.ended_at)
+
+
+def detail_view(session: Session, row: WorkloadRow) -> schemas.WorkloadDetail:
+    """`show`: summary, spec, the current run's replicas, counters, history."""
+    names = accounts.project_names(session)
+    users = accounts.user_names(session, {row.user_id})
+    summary = summary_view(row, names.get(row.project_id, "?"), users.get(row.user_id, "?"))
+    replicas = [replica_view(r) for r in repo.replicas_of(session, row.id, row.attempt)] if row.attempt else []
+    events = [schemas.Event(at=e.at, from_status=e.from_status, to_status=e.to_status, replica=e.replica,
+                            reason=e.reason) for e in repo.events_of(session, row.id)]
+    return schemas.WorkloadDetail(**summary.model_dump(), spec=row.spec, retries_used=row.retries_used,
+                                  preemptions=row.preemptions, replica_list=replicas, events=events)
+
+
+# --------------------------------------------------------------------------------------- submit
+def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
+           feasibility: FeasibilityCache) -> tuple[WorkloadRow, bool]:
+    """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
+    second submit of the same spec returns the first workload (created False); a different spec is a conflict."""
+    data = load_spec_input(body)
+    if body.workdir is not None and isinstance(data, dict) and data.get("workdir") is None:
+        data = {**data, "workdir": body.workdir}
+    spec = parse_spec(data)
+    if spec.workdir is not None and not Path(spec.workdir).is_dir():
+        raise ValidationError(f"{spec.workdir} is not a directory on the server's machine", "workdir")
+    project_id, project_name = _resolve_project(session, principal, spec)
+    queue = queues.queue_of_project(session, project_id)
+    if queue is None:
+        raise ConflictError(f"project {project_name} has no queue; ask an administrator to recreate it")
+    if spec.queue is not None and spec.queue != queue.name:
+        raise ValidationError(f"project {project_name} submits to queue {queue.name}; remove queue: or set it to "
+                              f"{queue.name}", "queue")
+    canonical = spec.to_dict() | {"project": project_name, "queue": queue.name}
+    key = body.idempotency_key
+    if key is not None:
+        existing = repo.workload_by_key(session, principal.user_id, key)
+        if existing is not None:
+            return _replay(existing, canonical, key), False
+    reason = feasibility.never_fits_reason(session, spec, queue.name)
+    if reason is not None:
+        raise UnsatisfiableError(reason, "resources")
+    row = WorkloadRow(name=spec.name, kind=spec.kind.value, project_id=project_id, queue=queue.name,
+                      user_id=principal.user_id, spec=canonical, priority=spec.priority,
+                      replica_count=spec.replica_count, submitted_at=now, updated_at=now, idempotency_key=key,
+                      message="submitted", attempt=0, retries_used=0, preemptions=0)
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        existing = repo.workload_by_key(session, principal.user_id, key) if key else None
+        if existing is None:
+            raise
+        return _replay(existing, canonical, key or ""), False
+    repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {queue.name}")
+    return row, True
+
+
+def _replay(existing: WorkloadRow, canonical: dict[str, Any], key: str) -> WorkloadRow:
+    if existing.spec != canonical:
+        raise ConflictError(f"idempotency key {key!r} was already used for a different spec (workload "
+                            f"{existing.id}); use a new key")
+    return existing
+
+
+def _resolve_project(session: Session, principal: Principal, spec: WorkloadSpec) -> tuple[int, str]:
+    names = accounts.project_names(session)
+    writable = sorted((name, pid) for pid, name in names.items() if principal.can_write(pid))
+    if spec.project is None:
+        if len(writable) == 1:
+            return writable[0][1], writable[0][0]
+        default = [(n, p) for n, p in writable if n == "default"]
+        if default:
+            return default[0][1], default[0][0]
+        if not writable:
+            raise PermissionDeniedError("you may not submit to any project; ask an administrator to add you to one")
+        raise ValidationError(f"name a project (project: NAME); you may submit to {', '.join(n for n, _ in writable)}",
+                              "project")
+    pid = next((p for p, n in names.items() if n == spec.project), None)
+    if pid is None or not principal.can_read(pid):
+        options = ", ".join(n for n, _ in writable) or "none"
+        raise ValidationError(f"unknown project {spec.project!r}; you may submit to: {options}", "project")
+    if not principal.can_write(pid):
+        raise PermissionDeniedError(f"you may only view project {spec.project}; ask one of its admins for the "
+                                    "member role to submit")
+    return pid, spec.project
+
+
+# ----------------------------------------------------------------------------------- list, show
+def visible_workload(session: Session, principal: Principal, workload_id: int,
+                     for_update: bool = False) -> WorkloadRow:
+    """The workload if the caller may see it; NotFoundError otherwise (others' workloads look absent)."""
+    row = repo.workload_by_id(session, workload_id, for_update=for_update)
+    if row is None or not principal.can_read(row.project_id):
+        raise NotFoundError(f"workload {workload_id} not found")
+    return row
+
+
+def list_workloads(session: Session, principal: Principal, project: str | None, statuses: Sequence[str],
+                   name: str | None, limit: int, before_id: int | None) -> schemas.WorkloadPage:
+    """Workloads the caller may see, newest first, filtered by project, status and name."""
+    names = accounts.project_names(session)
+    visible = principal.readable_projects()
+    if project is not None:
+        pid = next((p for p, n in names.items() if n == validate_name(project, "project")), None)
+        if pid is None or (visible is not None and pid not in visible):
+            raise NotFoundError(f"project {project!r} not found among your projects")
+        visible = frozenset({pid})
+    wanted = tuple(sorted({parse_status(s).value for s in statuses}))
+    if not 1 <= limit <= MAX_LIST:
+        raise ValidationError(f"limit must be 1..{MAX_LIST}", "limit")
+    f = repo.WorkloadFilter(visible, wanted, validate_name(name) if name else None, limit, before_id)
+    rows = repo.list_workloads(session, f)
+    users = accounts.user_names(session, {r.user_id for r in rows})
+    items = [summary_view(r, names.get(r.project_id, "?"), users.get(r.user_id, "?")) for r in rows]
+    total = repo.count_workloads(session, f)
+    more = len(rows) == limit and total > limit
+    return schemas.WorkloadPage(items=items, total=total, next_before_id=rows[-1].id if more and rows else None)
+
+
+# ---------------------------------------------------------------------------------------- cancel
+def cancel(session: Session, principal: Principal, workload_id: int, now: float) -> WorkloadRow:
+    """Cancel a workload: pending work ends at once; running replicas are asked to stop (the reconciler stops
+    them). ConflictError when it already ended."""
+    row = visible_workload(session, principal, workload_id, for_update=True)
+    if not principal.can_write(row.project_id):
+        raise PermissionDeniedError("viewers cannot cancel workloads; ask a project admin for the member role")
+    status = row.current_status
+    if status.is_terminal():
+        raise ConflictError(f"workload {workload_id} already ended ({status}); nothing to cancel")
+    transition(row, WorkloadStatus.CANCELLED, f"cancelled by {principal.name}", now)
+    request_stop(session, row, now)
+    return row
+
+
+def request_stop(session: Session, row: WorkloadRow, now: float) -> int:
+    """Mark every live replica of the workload for stopping; returns how many were marked."""
+    marked = 0
+    for replica in repo.replicas_of(session, row.id, row.attempt) if row.attempt else ():
+        if replica.state not in ("succeeded", "failed", "stopped", "lost") and replica.stop_requested_at is None:
+            replica.stop_requested_at = now
+            marked += 1
+    return marked
+
+
+# ------------------------------------------------------------------------------------------ logs
+def log_lines(session: Session, principal: Principal, workload_id: int, replica: int, tail: int | None,
+              follow: bool, executor: Executor) -> Iterator[str]:
+    """The replica's output (current run) through the executor; `follow` streams until it ends."""
+    row = visible_workload(session, principal, workload_id)
+    if tail is not None and not 0 <= tail <= MAX_TAIL:
+        raise ValidationError(f"tail must be 0..{MAX_TAIL}", "tail")
+    if not 0 <= replica < row.replica_count:
+        raise ValidationError(f"workload {workload_id} has replicas 0..{row.replica_count - 1}", "replica")
+    found = [r for r in repo.replicas_of(session, row.id, row.attempt) if r.number == replica] if row.attempt else []
+    if not found or found[0].handle is None:
+        why = f": {row.pending_reason}" if row.pending_reason else ""
+        raise ConflictError(f"replica {replica} of workload {workload_id} has not started yet ({row.status}{why})")
+    follow = follow and Capability.FOLLOW_LOGS in executor.capabilities
+    return executor.logs(dict(found[0].handle), tail=tail, follow=follow)

@@ -1,0 +1,106 @@
+"""Configuration: the one place that reads environment variables (prefix GPUPOOL_).
+
+`Settings` configures the server (`gpupool up` passes its flags as overrides); `ClientSettings` tells the
+CLI and SDK where the server is and which token to use. Everything else receives these objects.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path("~/.gpupool")
+DEFAULT_PORT = 8700
+
+
+def _expand(path: Path) -> Path:
+    return Path(os.path.expanduser(str(path))).resolve()
+
+
+class Settings(BaseSettings):
+    """Server settings. Every field can be set as GPUPOOL_<FIELD> (e.g. GPUPOOL_DATABASE_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUPOOL_", extra="ignore")
+
+    home: Path = Field(DEFAULT_HOME, description="State directory: database, token, logs, storage")
+    database_url: str | None = Field(None, description="sqlite:///PATH or postgresql://...; default SQLite in home")
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    gpus: str = Field("", description="Simulated GPUs per local node, e.g. 4xA100-80GB or 2xA100-80GB,1xT4-16GB")
+    gpu_mode: Literal["exclusive", "shared", "mps"] = Field("shared", description="Sharing mode of simulated GPUs")
+    nodes: int = Field(1, ge=1, le=64, description="How many nodes this host declares (demos and tests)")
+    node_name: str | None = Field(None, description="Name of the local node (default: the host name)")
+    node_cpus: float | None = Field(None, gt=0, description="CPU cores per local node (default: this machine's)")
+    node_memory: str | None = Field(None, description="Memory per local node, e.g. 64GiB (default: this machine's)")
+    executor: Literal["local", "fake"] = "local"
+    policy: str = Field("fgd", description="Placement policy: binpack, spread, bestfit, fgd, random")
+    preemption: bool = True
+    backfill: bool = True
+    min_runtime_s: float = Field(60.0, ge=0, description="A workload runs this long before it may be preempted")
+    schedule_interval_s: float = Field(1.0, gt=0)
+    reconcile_interval_s: float = Field(1.0, gt=0)
+    stop_grace_s: float = Field(10.0, ge=0)
+    admin_name: str = "admin"
+    reset_admin_token: bool = Field(False, description="Issue a new admin token into the token file at start")
+    workers: bool = Field(True, description="Run the scheduling loop and the reconciler")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _home_is_absolute(cls, value: Path) -> Path:
+        return _expand(value)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL (SQLite in `home` unless `database_url` is set)."""
+        return self.database_url or f"sqlite:///{self.home / 'gpupool.db'}"
+
+    @property
+    def token_file(self) -> Path:
+        """Where the first start writes the admin token (mode 0600)."""
+        return self.home / "token"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where replicas' output goes."""
+        return self.home / "logs"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Root of the storage scopes (users/, projects/, shared)."""
+        return self.home / "storage"
+
+    @property
+    def executor_dir(self) -> Path:
+        """The executor's own state (pid files, exit codes)."""
+        return self.home / "executor"
+
+
+class ClientSettings(BaseSettings):
+    """Where the CLI and SDK find the server: GPUPOOL_URL, GPUPOOL_TOKEN (else the token file in GPUPOOL_HOME)."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUPOOL_", extra="ignore")
+
+    url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    token: str | None = None
+    home: Path = DEFAULT_HOME
+    timeout_s: float = 30.0
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _home_is_absolute(cls, value: Path) -> Path:
+        return _expand(value)
+
+    def resolved_token(self) -> str | None:
+        """GPUPOOL_TOKEN, else the first line of $GPUPOOL_HOME/token, else None."""
+        if self.token:
+            return self.token.strip()
+        path = self.home / "token"
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None

@@ -1,0 +1,1 @@
+"""Background workers started in the app's lifespan: the scheduling loop and the reconciler."""

@@ -1,0 +1,79 @@
+"""Building the ReplicaLaunch of each replica of a scheduled workload: command, environment, directories.
+
+The environment of a replica is, later entries winning: the spec's env (workload, then role), the identity
+variables (GPUPOOL_WORKLOAD_ID, GPUPOOL_REPLICA, ...), the rendezvous variables of a distributed job, its
+storage scopes (GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR, GPUPOOL_SHARED_DIR), and the GPU environment of its
+allocation by sharing mode (`gpupool.gpu.sharing.gpu_environment`: device list, MPS, memory caps). The
+command starts in the spec's `workdir`, else in the user's storage directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from gpupool.domain.errors import ValidationError
+from gpupool.domain.specs import JobSpec, parse_spec
+from gpupool.executors.base import ReplicaLaunch
+from gpupool.executors.environment import identity_env, merge_env
+from gpupool.executors.rendezvous import rendezvous_env
+from gpupool.executors.storage import StorageLayout
+from gpupool.gpu.sharing import SharingConfig, gpu_environment
+from gpupool.store.convert import gpu_from_json, placement_from_json
+from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.repos import accounts, nodes
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSettings:
+    """Where logs go, the storage tree replicas get their scopes from, and the GPU sharing set-up."""
+
+    logs_dir: Path
+    storage: StorageLayout
+    sharing: SharingConfig
+
+
+def executor_workload_id(row: WorkloadRow) -> str:
+    """The workload id the executor sees (and GPUPOOL_WORKLOAD_ID)."""
+    return str(row.id)
+
+
+def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[ReplicaRow],
+                   settings: LaunchSettings) -> list[ReplicaLaunch]:
+    """One ReplicaLaunch per replica of the current run (in replica-number order). ValidationError when the
+    workload cannot be launched (a node vanished, a bad working directory)."""
+    spec = parse_spec(row.spec)
+    user = accounts.user_by_id(session, row.user_id)
+    project = accounts.project_names(session).get(row.project_id)
+    if user is None or project is None:
+        raise ValidationError("the workload's user or project no longer exists")
+    scopes = settings.storage.prepare(user.name, project, admin=user.is_admin)
+    ordered = sorted(replicas, key=lambda r: r.number)
+    placements = [placement_from_json(r.placement) for r in ordered]
+    node_rows = {n: nodes.node_by_name(session, n) for n in {r.node for r in ordered}}
+    missing = sorted(n for n, found in node_rows.items() if found is None)
+    if missing:
+        raise ValidationError(f"node {', '.join(missing)} is no longer part of the pool")
+    addresses = {name: found.address for name, found in node_rows.items() if found is not None}
+    kind = spec.distributed.value if isinstance(spec, JobSpec) and spec.distributed else None
+    rendezvous = rendezvous_env(kind, placements, addresses, [int(p) for p in row.rendezvous_ports or []])
+    cwd = Path(spec.workdir) if spec.workdir else scopes.user_dir
+    roles = {r.role: r for r in spec.roles}
+    workload_id = executor_workload_id(row)
+    launches = []
+    for replica, placement, rdv in zip(ordered, placements, rendezvous, strict=True):
+        role = roles[replica.role]
+        node_row = node_rows[replica.node]
+        cards = [gpu_from_json(g) for g in node_row.gpus] if node_row else []
+        env = gpu_environment(placement.gpus, cards, settings.sharing).merged_into(merge_env(
+            spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
+            rdv, scopes.env()))
+        launches.append(ReplicaLaunch(
+            workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
+            env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
+            gpu_indices=tuple(g.index for g in placement.gpus), labels={"project": project, "user": user.name},
+            attempt=row.attempt - 1, read_only_paths=scopes.read_only_paths()))
+    return launches

@@ -1,0 +1,212 @@
+"""The scheduling loop: a snapshot from the store, one `run_cycle`, its decisions applied in one transaction.
+
+Each step:
+1. reads nodes, queues, pending workloads and the replicas that hold resources (read-only transaction);
+2. builds the ClusterSnapshot and calls `gpupool.scheduler.run_cycle` (pure) with the same placement policy
+   instance every time, and a NeverFitsChecker kept while the nodes stay the same;
+3. applies the decisions in one write transaction: Bind -> scheduled with one replica row per placement
+   (ports for the rendezvous chosen here), Preempt -> preempted with its replicas marked for stopping,
+   Pending -> the reason and queue position that `ls` and `show` display, and the nominated placement;
+4. wakes the reconciler, which starts and stops the processes.
+A workload whose status changed between 1 and 3 (a cancel) is left alone; the next step sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gpupool.domain.errors import GpupoolError
+from gpupool.domain.nodes import Node
+from gpupool.domain.queues import QueueSpec
+from gpupool.domain.specs import JobSpec, WorkloadSpec, parse_spec
+from gpupool.domain.status import WorkloadStatus, transition
+from gpupool.executors.rendezvous import ports_needed
+from gpupool.scheduler.cycle import run_cycle
+from gpupool.scheduler.decisions import Bind, Decisions, Preempt
+from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.placement.base import PlacementPolicy
+from gpupool.scheduler.placement.registry import make_policy
+from gpupool.scheduler.profile import SchedulerProfile
+from gpupool.scheduler.snapshot import ClusterSnapshot
+from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload
+from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
+from gpupool.server.services.pool import queue_specs
+from gpupool.server.services.workloads import request_stop
+from gpupool.store.convert import node_from_row, placement_from_json, placement_to_json
+from gpupool.store.db import Database
+from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.repos import nodes as node_repo
+from gpupool.store.repos import workloads as repo
+
+log = logging.getLogger("gpupool.scheduler")
+PortPicker = Callable[[int], list[int]]
+
+
+@dataclass
+class ClusterState:
+    """What one cycle reads from the store."""
+
+    nodes: list[Node]
+    fingerprint: str
+    queues: dict[str, QueueSpec]
+    pending: list[PendingWorkload]
+    running: list[RunningWorkload]
+    specs: dict[int, WorkloadSpec] = field(default_factory=dict)
+
+
+class SchedulingLoop:
+    """One scheduler for the pool; `step()` runs one cycle (see the module docstring)."""
+
+    def __init__(self, db: Database, clock: Callable[[], float], profile: SchedulerProfile,
+                 pick_ports: PortPicker, on_change: Callable[[], None] = lambda: None,
+                 policy: PlacementPolicy | None = None) -> None:
+        self.db = db
+        self.clock = clock
+        self.profile = profile
+        self.policy = policy or make_policy(profile.policy)
+        self.pick_ports = pick_ports
+        self.on_change = on_change
+        self._checker: NeverFitsChecker | None = None
+        self._checker_key = ""
+        self._observed_up_to = 0
+        self._spec_cache: dict[int, WorkloadSpec] = {}
+        self.last_decisions: Decisions | None = None
+
+    def step(self) -> Decisions:
+        """Run one cycle and apply it; returns the decisions."""
+        now = self.clock()
+        with self.db.session(write=False) as session:
+            state = self._load(session)
+        if state.fingerprint != self._checker_key or self._checker is None:
+            self._checker = NeverFitsChecker(state.nodes)
+            self._checker_key = state.fingerprint
+        self._observe(state)
+        snapshot = ClusterSnapshot(state.nodes)
+        known = {n.name for n in state.nodes}
+        for running in state.running:
+            snapshot.assume_all([p for p in running.placements if p.node in known], force=True)
+        decisions = run_cycle(snapshot, state.pending, state.running, state.queues, self.profile, now,
+                              policy=self.policy, never_fits=self._checker)
+        changed = False
+        if decisions.binds or decisions.preemptions or decisions.pending:
+            with self.db.session() as session:
+                changed = self._apply(session, decisions, state, now)
+        self.last_decisions = decisions
+        if changed:
+            self.on_change()
+        return decisions
+
+    # ------------------------------------------------------------------------------------- reading
+    def _spec(self, row: WorkloadRow) -> WorkloadSpec:
+        spec = self._spec_cache.get(row.id)
+        if spec is None:
+            spec = self._spec_cache[row.id] = parse_spec(row.spec)
+        return spec
+
+    def _load(self, session: Session) -> ClusterState:
+        node_rows = node_repo.list_nodes(session)
+        pending_rows = repo.workloads_in(session, [WorkloadStatus.PENDING.value])
+        pending: list[PendingWorkload] = []
+        specs: dict[int, WorkloadSpec] = {}
+        for row in pending_rows:
+            try:
+                spec = specs[row.id] = self._spec(row)
+            except GpupoolError:
+                log.exception("workload %s has a spec this version cannot read; skipping it", row.id)
+                continue
+            nominated = tuple(placement_from_json(p) for p in row.nominated) if row.nominated else None
+            pending.append(pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated))
+        self._spec_cache = {k: v for k, v in self._spec_cache.items() if k in specs}
+        running = self._running(session)
+        return ClusterState([node_from_row(r) for r in node_rows], nodes_fingerprint(node_rows),
+                            queue_specs(session), pending, running, specs)
+
+    def _running(self, session: Session) -> list[RunningWorkload]:
+        by_workload: dict[int, list[ReplicaRow]] = defaultdict(list)
+        for replica in repo.live_replicas(session):
+            by_workload[replica.workload_id].append(replica)
+        if not by_workload:
+            return []
+        rows = session.scalars(select(WorkloadRow).where(WorkloadRow.id.in_(sorted(by_workload)))).all()
+        running = []
+        for row in sorted(rows, key=lambda r: r.id):
+            replicas = by_workload[row.id]
+            spec_data: dict[str, Any] = row.spec
+            terminating = not row.current_status.is_active() or any(r.stop_requested_at for r in replicas)
+            running.append(RunningWorkload(
+                id=str(row.id), queue=row.queue, placements=tuple(placement_from_json(r.placement) for r in replicas),
+                priority=row.priority, start_time=row.started_at or min(r.created_at for r in replicas),
+                preemptible=bool(spec_data.get("preemptible", True)),
+                max_runtime_s=spec_data.get("max_runtime"), terminating=terminating))
+        return running
+
+    def _observe(self, state: ClusterState) -> None:
+        """Let a learning policy see every newly submitted replica request once."""
+        newest = max(state.specs, default=0)
+        if self.policy.learns_target:
+            for workload_id in sorted(k for k in state.specs if k > self._observed_up_to):
+                for role in state.specs[workload_id].roles:
+                    for _ in range(role.replicas):
+                        self.policy.observe(role.resources)
+        self._observed_up_to = max(self._observed_up_to, newest)
+
+    # ------------------------------------------------------------------------------------ applying
+    def _apply(self, session: Session, decisions: Decisions, state: ClusterState, now: float) -> bool:
+        changed = False
+        for bind in decisions.binds:
+            changed |= self._bind(session, bind, state.specs.get(int(bind.workload_id)), now)
+        for preempt in decisions.preemptions:
+            changed |= self._preempt(session, preempt, now)
+        waiting = {int(p.workload_id): p for p in decisions.pending}
+        if waiting:
+            rows = session.scalars(select(WorkloadRow).where(WorkloadRow.id.in_(sorted(waiting)))
+                                   .order_by(WorkloadRow.id)).all()
+            for row in rows:
+                if row.current_status != WorkloadStatus.PENDING:
+                    continue
+                decision = waiting[row.id]
+                row.pending_reason = decision.reason
+                row.queue_position = decision.position
+                row.nominated = [placement_to_json(p) for p in decision.nominated] if decision.nominated else None
+        return changed
+
+    def _bind(self, session: Session, bind: Bind, spec: WorkloadSpec | None, now: float) -> bool:
+        row = repo.workload_by_id(session, int(bind.workload_id), for_update=True)
+        if row is None or spec is None or row.current_status != WorkloadStatus.PENDING:
+            return False
+        numbers = {(role.role, ordinal): number for number, role, ordinal in spec.replica_roles()}
+        row.attempt += 1
+        for p in bind.placements:
+            session.add(ReplicaRow(workload_id=row.id, attempt=row.attempt, number=numbers[(p.role, p.ordinal)],
+                                   role=p.role, ordinal=p.ordinal, node=p.node, placement=placement_to_json(p),
+                                   state="pending", created_at=now, message=""))
+        row.nominated = None
+        kind = spec.distributed.value if isinstance(spec, JobSpec) and spec.distributed else None
+        needed = ports_needed(kind, len(bind.placements))
+        row.rendezvous_ports = self.pick_ports(needed) if needed else None
+        transition(row, WorkloadStatus.SCHEDULED, f"placed {_describe(bind.placements)}", now)
+        return True
+
+    def _preempt(self, session: Session, preempt: Preempt, now: float) -> bool:
+        row = repo.workload_by_id(session, int(preempt.victim_id), for_update=True)
+        if row is None or not row.current_status.is_active():
+            return False
+        transition(row, WorkloadStatus.PREEMPTED, preempt.reason, now)
+        row.preemptions += 1
+        request_stop(session, row, now)
+        return True
+
+
+def _describe(placements: tuple[ReplicaPlacement, ...]) -> str:
+    by_node: dict[str, list[str]] = defaultdict(list)
+    for p in placements:
+        gpus = ",".join(f"{g.index}" + (f"({g.milli / 1000:g})" if g.milli < 1000 else "") for g in p.gpus)
+        by_node[p.node].append(f"{p.role} {p.ordinal}" + (f" on GPU {gpus}" if gpus else ""))
+    return "; ".join(f"{node}: {', '.join(items)}" for node, items in sorted(by_node.items()))

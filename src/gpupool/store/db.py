@@ -1,0 +1,130 @@
+"""The database: engine set-up for SQLite (WAL) and PostgreSQL, transactional sessions, migrations.
+
+SQLite is the embedded default (a file in $GPUPOOL_HOME); it runs in WAL mode so readers never block the
+writer, and write transactions start with BEGIN IMMEDIATE so that concurrent writers queue on the busy
+timeout instead of failing. PostgreSQL (psycopg 3) is for production and several server processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from gpupool.domain.errors import ValidationError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalise_url(url: str) -> URL:
+    """A SQLAlchemy URL; `postgresql://` and `postgres://` use the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # SQLAlchemy raises several types for bad URLs
+        raise ValidationError(f"cannot read database URL: {exc}", "database_url") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValidationError("use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB", "database_url")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ValidationError("SQLite needs a file (sqlite:///PATH), not an in-memory database", "database_url")
+    return parsed
+
+
+class Database:
+    """Engines and session factories for one database URL."""
+
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        self.url = normalise_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            Path(str(self.url.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._write_engine = _sqlite_engine(self.url, immediate=True)
+            self._read_engine = _sqlite_engine(self.url, immediate=False)
+        else:
+            self._write_engine = create_engine(self.url, pool_size=pool_size, max_overflow=2 * pool_size,
+                                               pool_pre_ping=True)
+            self._read_engine = self._write_engine
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine used for writes (and migrations)."""
+        return self._write_engine
+
+    @contextmanager
+    def session(self, write: bool = True) -> Iterator[Session]:
+        """A session in one transaction: committed when the block ends normally, rolled back otherwise.
+        `write=False` is for read-only work (on SQLite it does not take the write lock)."""
+        factory = self._writer if write else self._reader
+        with factory() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (creates every table on an empty database)."""
+        with self._write_engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self._write_engine.dispose()
+        if self._read_engine is not self._write_engine:
+            self._read_engine.dispose()
+
+    def describe(self) -> str:
+        """The URL without its password, for logs."""
+        return self.url.render_as_string(hide_password=True)
+
+    @staticmethod
+    def describe_url(settings: Any) -> str:
+        """`settings.resolved_database_url` without its password (or as given when it cannot be read)."""
+        try:
+            return normalise_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        except ValidationError:
+            return "(unreadable URL)"
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration pointing at gpupool's migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _sqlite_engine(url: URL, immediate: bool) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                           pool_size=5, max_overflow=20)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,236 @@
+"""ORM classes: one per table. Times are seconds since the epoch (floats); amounts are integers (milli, MiB).
+
+The workload status column is written in exactly one place, `WorkloadRow.record_status_event`, which only
+`gpupool.domain.status.transition` calls; replica states likewise change only through `ReplicaRow.set_state`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, object_session, relationship
+
+from gpupool.domain.status import StatusEvent, WorkloadStatus
+
+NAME_LEN = 63
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON, float: Double}
+
+
+class UserRow(Base):
+    """A person (or robot) that calls the API. `is_admin` users manage projects, queues, users and nodes."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float]
+
+
+class ProjectRow(Base):
+    """A team: workloads belong to a project, and each project has one queue of the same name."""
+
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
+    created_at: Mapped[float]
+
+
+class MembershipRow(Base):
+    """A user's role in a project: admin, member or viewer."""
+
+    __tablename__ = "memberships"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class TokenRow(Base):
+    """An API token, stored as its SHA-256 (the token itself is shown once, at creation)."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float]
+    last_used_at: Mapped[float | None]
+    revoked_at: Mapped[float | None]
+
+
+class QueueRow(Base):
+    """A project's queue: guaranteed and limit amounts (limit None: no ceiling), weight, lending."""
+
+    __tablename__ = "queues"
+    name: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), unique=True)
+    guaranteed_cpu_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    guaranteed_memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    guaranteed_gpu_milli: Mapped[int] = mapped_column(BigInteger, default=0)
+    limit_cpu_milli: Mapped[int | None] = mapped_column(BigInteger)
+    limit_memory_mib: Mapped[int | None] = mapped_column(BigInteger)
+    limit_gpu_milli: Mapped[int | None] = mapped_column(BigInteger)
+    weight: Mapped[float] = mapped_column(Double, default=1.0)
+    lend: Mapped[bool] = mapped_column(Boolean, default=True)
+    strict_fifo: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[float]
+
+
+class NodeRow(Base):
+    """A machine of the pool as registered: capacity, GPUs (a list of GPU dicts), labels and taints."""
+
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    cpu_milli: Mapped[int] = mapped_column(BigInteger)
+    memory_mib: Mapped[int] = mapped_column(BigInteger)
+    gpus: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    taints: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    schedulable: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str] = mapped_column(String(16))  # "local": registered by this server at start-up
+    address: Mapped[str] = mapped_column(String(255), default="127.0.0.1")
+    registered_at: Mapped[float]
+    heartbeat_at: Mapped[float]
+
+
+class WorkloadRow(Base):
+    """A submitted workload: its spec (canonical dict), status, scheduling state and counters."""
+
+    __tablename__ = "workloads"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_workloads_user_idempotency_key"),
+        Index("ix_workloads_project_id_id", "project_id", "id"),
+        Index("ix_workloads_status", "status"),
+        {"sqlite_autoincrement": True},
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    kind: Mapped[str] = mapped_column(String(16))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    queue: Mapped[str] = mapped_column(String(NAME_LEN))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=WorkloadStatus.PENDING.value)
+    priority: Mapped[int] = mapped_column(Integer)
+    replica_count: Mapped[int] = mapped_column(Integer)
+    submitted_at: Mapped[float]
+    updated_at: Mapped[float]
+    started_at: Mapped[float | None]  # when the current run started (reset on requeue)
+    finished_at: Mapped[float | None]
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # runs started so far
+    retries_used: Mapped[int] = mapped_column(Integer, default=0)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str] = mapped_column(Text, default="")  # the reason of the last status change
+    pending_reason: Mapped[str | None] = mapped_column(Text)
+    queue_position: Mapped[int | None] = mapped_column(Integer)
+    nominated: Mapped[list[Any] | None] = mapped_column(JSON)
+    rendezvous_ports: Mapped[list[Any] | None] = mapped_column(JSON)  # chosen per run for distributed jobs
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+
+    events: Mapped[list[EventRow]] = relationship(back_populates="workload", order_by="EventRow.id",
+                                                  cascade="all, delete-orphan", lazy="raise_on_sql")
+    replicas: Mapped[list[ReplicaRow]] = relationship(back_populates="workload", order_by="ReplicaRow.id",
+                                                      cascade="all, delete-orphan", lazy="raise_on_sql")
+
+    @property
+    def current_status(self) -> WorkloadStatus:
+        """The status as a WorkloadStatus."""
+        return WorkloadStatus(self.status)
+
+    def record_status_event(self, event: StatusEvent) -> None:
+        """Apply a change decided by `gpupool.domain.status.transition`: the only writer of `status`."""
+        self.status = event.to_status.value
+        self.message = event.reason
+        self.updated_at = event.at
+        if event.to_status.is_terminal():
+            self.finished_at = event.at
+        if event.to_status != WorkloadStatus.PENDING:
+            self.pending_reason = None
+            self.queue_position = None
+        object_session_add(self, EventRow(workload_id=self.id, at=event.at, from_status=event.from_status.value,
+                                          to_status=event.to_status.value, reason=event.reason))
+
+
+class ReplicaRow(Base):
+    """One replica of one run (attempt) of a workload: where it runs, its executor handle and state.
+
+    `state` is "pending" until the executor starts it, then a ReplicaState value. A replica holds its
+    placement's resources until its state is terminal.
+    """
+
+    __tablename__ = "replicas"
+    __table_args__ = (UniqueConstraint("workload_id", "attempt", "number", name="uq_replicas_workload_attempt"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(NAME_LEN))
+    placement: Mapped[dict[str, Any]] = mapped_column(JSON)
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float]
+    started_at: Mapped[float | None]
+    ended_at: Mapped[float | None]
+    stop_requested_at: Mapped[float | None]
+    stop_sent_at: Mapped[float | None]
+
+    workload: Mapped[WorkloadRow] = relationship(back_populates="replicas", lazy="raise_on_sql")
+
+    def set_state(self, state: str, at: float, message: str = "", exit_code: int | None = None) -> None:
+        """Record what the executor reports for this replica (the only writer of `state`)."""
+        self.state = state
+        if message:
+            self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+        if state == "running" and self.started_at is None:
+            self.started_at = at
+        if state in TERMINAL_REPLICA_STATES and self.ended_at is None:
+            self.ended_at = at
+
+
+TERMINAL_REPLICA_STATES = frozenset({"succeeded", "failed", "stopped", "lost"})
+
+
+class EventRow(Base):
+    """One entry of a workload's history: a status change, or something that happened to a replica."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    workload_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"), index=True)
+    at: Mapped[float]
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    replica: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+
+    workload: Mapped[WorkloadRow] = relationship(back_populates="events", lazy="raise_on_sql")
+
+
+def object_session_add(row: Base, other: Base) -> None:
+    """Add `other` to the session `row` belongs to (rows changed by status events are always attached)."""
+    session = object_session(row)
+    if session is None:
+        raise RuntimeError("a status change was applied to a row that is not in a session")
+    session.add(other)

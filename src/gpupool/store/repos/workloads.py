@@ -1,0 +1,93 @@
+"""Workloads, their replicas and events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from gpupool.store.orm import TERMINAL_REPLICA_STATES, EventRow, ReplicaRow, WorkloadRow
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadFilter:
+    """What `list_workloads` returns: project ids (None: all), statuses (empty: all), newest first."""
+
+    project_ids: frozenset[int] | None = None
+    statuses: tuple[str, ...] = ()
+    name: str | None = None
+    limit: int = 50
+    before_id: int | None = None  # page: only workloads with a smaller id
+
+
+def workload_by_id(session: Session, workload_id: int, for_update: bool = False) -> WorkloadRow | None:
+    """The workload, or None; `for_update` locks the row (PostgreSQL) until the transaction ends."""
+    query = select(WorkloadRow).where(WorkloadRow.id == workload_id)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def workload_by_key(session: Session, user_id: int, key: str) -> WorkloadRow | None:
+    """The workload the user submitted with this idempotency key, or None."""
+    return session.scalar(select(WorkloadRow).where(WorkloadRow.user_id == user_id,
+                                                    WorkloadRow.idempotency_key == key))
+
+
+def _filtered(query: Select[tuple[WorkloadRow]], f: WorkloadFilter) -> Select[tuple[WorkloadRow]]:
+    if f.project_ids is not None:
+        query = query.where(WorkloadRow.project_id.in_(sorted(f.project_ids)))
+    if f.statuses:
+        query = query.where(WorkloadRow.status.in_(f.statuses))
+    if f.name:
+        query = query.where(WorkloadRow.name == f.name)
+    return query
+
+
+def list_workloads(session: Session, f: WorkloadFilter) -> Sequence[WorkloadRow]:
+    """Workloads matching `f`, newest first, at most `f.limit`."""
+    query = _filtered(select(WorkloadRow), f)
+    if f.before_id is not None:
+        query = query.where(WorkloadRow.id < f.before_id)
+    return session.scalars(query.order_by(WorkloadRow.id.desc()).limit(f.limit)).all()
+
+
+def count_workloads(session: Session, f: WorkloadFilter) -> int:
+    """How many workloads match `f` (ignoring limit and paging)."""
+    query = _filtered(select(func.count(WorkloadRow.id)), f)  # type: ignore[arg-type]
+    return int(session.scalar(query) or 0)
+
+
+def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = False) -> Sequence[WorkloadRow]:
+    """Every workload in one of `statuses`, oldest first."""
+    query = select(WorkloadRow).where(WorkloadRow.status.in_(statuses)).order_by(WorkloadRow.id)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).all()
+
+
+def live_replicas(session: Session) -> Sequence[ReplicaRow]:
+    """Every replica that still holds resources (its state is not terminal), by workload and number."""
+    query = select(ReplicaRow).where(ReplicaRow.state.not_in(sorted(TERMINAL_REPLICA_STATES)))
+    return session.scalars(query.order_by(ReplicaRow.workload_id, ReplicaRow.number)).all()
+
+
+def replicas_of(session: Session, workload_id: int, attempt: int | None = None) -> Sequence[ReplicaRow]:
+    """A workload's replicas (of one attempt when given), by attempt and number."""
+    query = select(ReplicaRow).where(ReplicaRow.workload_id == workload_id)
+    if attempt is not None:
+        query = query.where(ReplicaRow.attempt == attempt)
+    return session.scalars(query.order_by(ReplicaRow.attempt, ReplicaRow.number)).all()
+
+
+def events_of(session: Session, workload_id: int, limit: int = 200) -> Sequence[EventRow]:
+    """A workload's most recent events (at most `limit`), oldest first."""
+    query = select(EventRow).where(EventRow.workload_id == workload_id).order_by(EventRow.id.desc()).limit(limit)
+    return list(reversed(session.scalars(query).all()))
+
+
+def add_event(session: Session, workload_id: int, at: float, reason: str, replica: int | None = None) -> None:
+    """Record something that happened to a workload without changing its status."""
+    session.add(EventRow(workload_id=workload_id, at=at, reason=reason, replica=replica))

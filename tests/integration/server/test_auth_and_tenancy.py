@@ -1,0 +1,138 @@
+"""Tokens, roles and project boundaries, over HTTP."""
+
+from __future__ import annotations
+
+import stat
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from tests.integration.server.conftest import ServerFactory
+from tests.support.servers import TestServer
+
+import gpupool
+from gpupool.client.http import Client
+from gpupool.domain.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDeniedError
+from gpupool.executors.fake import FakeExecutor
+
+SPEC = "command: sleep 100\nproject: {project}\n"
+
+
+@pytest.fixture
+def teams(admin: Client, server: TestServer) -> dict[str, Client]:
+    """Projects vision and nlp; alice (member of vision), bob (member of nlp), victor (viewer of vision)."""
+    admin.create_project("vision")
+    admin.create_project("nlp")
+    tokens = {name: admin.create_user(name, project=project, role=role).token
+              for name, project, role in (("alice", "vision", "member"), ("bob", "nlp", "member"),
+                                          ("victor", "vision", "viewer"))}
+    return {name: server.client(token) for name, token in tokens.items()}
+
+
+def test_the_first_start_writes_an_admin_token_readable_only_by_its_owner(server: TestServer, admin: Client) -> None:
+    mode = stat.S_IMODE(server.settings.token_file.stat().st_mode)
+    assert mode == 0o600
+    me = admin.whoami()
+    assert me.name == "admin" and me.is_admin
+    assert [(m.project, m.role) for m in me.projects] == [("default", "admin")]
+
+
+def test_calls_without_a_valid_token_are_refused(server: TestServer) -> None:
+    response = httpx.get(f"{server.url}/api/v1/workloads")
+    assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+    assert response.headers["www-authenticate"] == "Bearer"
+    for header in ("Bearer nope", "Basic abc", "Bearer", "Bearer " + "x" * 5000):
+        r = httpx.get(f"{server.url}/api/v1/workloads", headers={"Authorization": header})
+        assert r.status_code == 401, header
+    with server.client("gpp_not-a-token") as client, pytest.raises(AuthenticationError, match="not valid"):
+        client.list_workloads()
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+
+
+def test_tokens_are_stored_hashed_shown_once_and_revocable(server: TestServer, admin: Client) -> None:
+    created = admin.create_token("laptop")
+    assert created.token.startswith("gpp_") and created.info.prefix == created.token[:10]
+    listed = {t.id: t for t in admin.tokens()}
+    assert created.info.id in listed and not hasattr(listed[created.info.id], "token")
+    engine = create_engine(server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        stored = [row[0] for row in conn.execute(text("SELECT token_hash FROM tokens"))]
+    engine.dispose()
+    assert created.token not in stored and all(len(h) == 64 for h in stored)
+    with server.client(created.token) as laptop:
+        assert laptop.whoami().name == "admin"
+        admin.revoke_token(created.info.id)
+        with pytest.raises(AuthenticationError):
+            laptop.whoami()
+
+
+def test_members_see_and_manage_only_their_projects_workloads(teams: dict[str, Client], admin: Client) -> None:
+    alice, bob = teams["alice"], teams["bob"]
+    mine = alice.submit(SPEC.format(project="vision")).workload.id
+    theirs = bob.submit(SPEC.format(project="nlp")).workload.id
+    assert [w.id for w in alice.list_workloads(status=[]).items] == [mine]
+    assert [w.id for w in bob.list_workloads(status=[]).items] == [theirs]
+    assert {w.id for w in admin.list_workloads(status=[]).items} == {mine, theirs}
+    for call in (lambda: alice.get_workload(theirs), lambda: alice.cancel(theirs), lambda: list(alice.logs(theirs))):
+        with pytest.raises(NotFoundError, match=f"workload {theirs} not found"):
+            call()
+    with pytest.raises(NotFoundError, match="workload 999999 not found"):
+        alice.get_workload(999999)
+    assert bob.get_workload(theirs).status != "cancelled"
+    with pytest.raises(Exception, match="unknown project 'nlp'"):
+        alice.submit(SPEC.format(project="nlp"))
+    with pytest.raises(NotFoundError):
+        alice.list_workloads(project="nlp")
+
+
+def test_viewers_read_but_do_not_change(teams: dict[str, Client]) -> None:
+    alice, victor = teams["alice"], teams["victor"]
+    wid = alice.submit(SPEC.format(project="vision")).workload.id
+    assert victor.get_workload(wid).id == wid
+    with pytest.raises(PermissionDeniedError, match="viewers cannot cancel"):
+        victor.cancel(wid)
+    with pytest.raises(PermissionDeniedError, match="only view project vision"):
+        victor.submit(SPEC.format(project="vision"))
+    assert alice.cancel(wid).status == "cancelled"
+
+
+def test_only_administrators_manage_the_pool(teams: dict[str, Client]) -> None:
+    alice = teams["alice"]
+    for call, what in ((lambda: alice.create_project("x"), "create projects"),
+                       (lambda: alice.create_user("eve"), "create users"),
+                       (lambda: alice.update_queue("vision", guaranteed={"gpu": 4}), "change queues"),
+                       (lambda: alice.tokens("bob"), "other users' tokens")):
+        with pytest.raises(PermissionDeniedError, match=what):
+            call()
+    assert [u.name for u in alice.users()] == ["alice"]
+    assert [p.name for p in alice.projects()] == ["vision"]
+    with pytest.raises(PermissionDeniedError, match="admins of project vision"):
+        alice.set_member("vision", "bob", "member")
+
+
+def test_project_admins_manage_their_members(teams: dict[str, Client], admin: Client) -> None:
+    admin.set_member("vision", "alice", "admin")
+    project = teams["alice"].set_member("vision", "bob", "viewer")
+    assert {(m.user, m.role) for m in project.members} >= {("alice", "admin"), ("bob", "viewer")}
+    assert teams["bob"].list_workloads(project="vision").total == 0
+    teams["alice"].remove_member("vision", "bob")
+    with pytest.raises(NotFoundError):
+        teams["bob"].list_workloads(project="vision")
+    with pytest.raises(ConflictError, match="already exists"):
+        admin.create_user("alice")
+    with pytest.raises(NotFoundError, match="does not exist"):
+        admin.create_user("zed", project="nope")
+
+
+def test_a_new_admin_token_can_be_issued_at_start(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    first = server_factory(executor=fake)
+    old = first.admin_token
+    first.stop()
+    second = server_factory(executor=fake, home=first.settings.home, reset_admin_token=True)
+    assert second.admin_token != old
+    with second.client() as client:
+        assert client.whoami().name == "admin"
+
+
+def test_the_sdk_is_the_typed_client() -> None:
+    assert gpupool.Client is Client

@@ -1,0 +1,138 @@
+"""Bad input of every kind gets a clear 4xx with a JSON error body, and changes nothing.
+
+One server per database for the whole module: every request here is refused, so tests cannot affect each
+other (each checks that the number of workloads, projects or users did not change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.support.databases import temporary_postgres_database
+from tests.support.servers import TestServer, server_settings, start_server
+
+from gpupool.client.http import Client
+from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    tmp: Path = tmp_path_factory.mktemp("robustness")
+    if request.param == "sqlite":
+        yield from _serve(tmp, f"sqlite:///{tmp / 'gpupool.db'}")
+    else:
+        with temporary_postgres_database() as url:
+            yield from _serve(tmp, url)
+
+
+def _serve(tmp: Path, url: str) -> Iterator[TestServer]:
+    running = start_server(server_settings(tmp / "home", url, gpus="4xA100-80GB"), FakeExecutor(default=RUN_FOREVER))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def admin(server: TestServer) -> Iterator[Client]:
+    with server.client() as client:
+        yield client
+
+
+def count(admin: Client) -> int:
+    return admin.list_workloads(status=[]).total
+
+
+def post(server: TestServer, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {server.admin_token}", **kwargs.pop("headers", {})}
+    return httpx.post(f"{server.url}/api/v1{path}", json=body, headers=headers, timeout=30, **kwargs)
+
+
+BAD_SPECS = [
+    ("command: [unclosed\n", 422, "YAML cannot be read at line"),
+    ("a: &x [1]\nb: *x\n", 422, "aliases"),
+    ("- just\n- a list\n", 422, "must be a mapping"),
+    ("", 422, "must be a mapping"),
+    ("command: x\ncomand: y\n", 422, 'did you mean "command"'),
+    ("command: x\nresources: {memory: 16 gigs}\n", 422, "unknown unit"),
+    ("command: x\nreplicas: 1000000000\n", 422, "out of range"),
+    ("command: x\nresources: {memory: 99999999PiB}\n", 422, "more memory than any machine"),
+    ("command: x\nresources: {cpu: 1e300}\n", 422, "CPU"),
+    ("command: x\nresources: {gpu: .nan}\n", 422, "finite"),
+    ("command: x\npriority: 10000000000000000000000\n", 422, "out of range"),
+    ("command: x\nname: ../../etc/passwd\n", 422, "not a valid name"),
+    ("command: x\nproject: ../other\n", 422, "not a valid name"),
+    ("command: x\nproject: nosuch\n", 422, "unknown project"),
+    ("command: x\nworkdir: relative/dir\n", 422, "absolute"),
+    ("command: x\nworkdir: /tmp/../etc\n", 422, "without '..'"),
+    ("command: x\nworkdir: /no/such/dir/anywhere\n", 422, "not a directory"),
+    ("command: x\nenv: {CUDA_VISIBLE_DEVICES: '0'}\n", 422, "gpupool sets this variable"),
+    ("command: x\nqueue: other\n", 422, "submits to queue default"),
+    ("command: x\nkind: notebook\n", 422, "not available in this version"),
+    ("command: x\nmax_runtime: 2024-01-01\n", 422, "duration"),
+    ("command: !!python/object:os.system x\n", 422, "YAML cannot be read"),
+    ("command: x\n" + "  " * 5000 + "y: 1\n", 422, "YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "status", "message"), BAD_SPECS, ids=[m for _, _, m in BAD_SPECS])
+def test_bad_specs_are_refused_with_a_clear_message(server: TestServer, admin: Client, text: str, status: int,
+                                                   message: str) -> None:
+    before = count(admin)
+    response = post(server, "/workloads", {"spec_yaml": text})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert message in error["message"] or message in str(error.get("field")), error
+    assert "Traceback" not in response.text
+    assert count(admin) == before
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({}, "exactly one of"),
+    ({"spec": {"command": "x"}, "spec_yaml": "command: x"}, "exactly one of"),
+    ({"spec_yaml": "command: x", "extra": 1}, "Extra inputs"),
+    ({"spec_yaml": 5}, "string"),
+    ({"spec_yaml": "command: x", "idempotency_key": "../../x"}, "pattern"),
+    ({"spec": {"command": "x", "env": {"A": [1, 2]}}}, "expected a string"),
+    ({"spec_yaml": "command: x\n" + "#" * 1_100_000}, "at most 1048576 characters"),
+])
+def test_malformed_submit_bodies(server: TestServer, admin: Client, body: dict[str, Any], message: str) -> None:
+    response = post(server, "/workloads", body)
+    assert 400 <= response.status_code < 500, response.text
+    assert message in response.text
+    assert count(admin) == 0
+
+
+def test_non_json_and_oversized_bodies(server: TestServer, admin: Client) -> None:
+    r = post(server, "/workloads", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "validation_error"
+    r = post(server, "/workloads", content=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+    assert count(admin) == 0
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "/workloads/0"), ("GET", "/workloads/-1"), ("GET", "/workloads/abc"), ("GET", "/workloads/99999999999"),
+    ("GET", "/workloads/1/logs?replica=-1"), ("GET", "/workloads?limit=0"), ("GET", "/workloads?status=bogus"),
+    ("GET", "/workloads?project=../x"), ("PUT", "/queues/..%2F..%2Fetc"), ("PUT", "/projects/../members"),
+    ("DELETE", "/tokens/0"), ("GET", "/nope"), ("POST", "/projects"), ("POST", "/users"),
+])
+def test_bad_paths_and_parameters_are_4xx(server: TestServer, method: str, path: str) -> None:
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    body = {"weight": 1} if method == "PUT" else ({"name": "../x"} if method == "POST" else None)
+    r = httpx.request(method, f"{server.url}/api/v1{path}", headers=headers, json=body, timeout=30)
+    assert 400 <= r.status_code < 500, (path, r.status_code, r.text)
+    assert set(r.json()) == {"error"} and r.json()["error"]["message"]
+
+
+def test_names_that_would_be_paths_are_refused_everywhere(admin: Client, server: TestServer) -> None:
+    for name in ("..", "../x", "a/b", "A", "x" * 64, "-x"):
+        for body in ({"name": name}, {"name": name, "project": "default"}):
+            r = post(server, "/users", body)
+            assert r.status_code == 422, (name, r.text)
+        assert post(server, "/projects", {"name": name}).status_code == 422
+        assert post(server, "/tokens", {"name": name}).status_code == 422
+    assert [p.name for p in admin.projects()] == ["default"]
+    assert [u.name for u in admin.users()] == ["admin"]

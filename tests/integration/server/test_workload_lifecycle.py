@@ -1,0 +1,165 @@
+"""Submitting, running, waiting, cancelling, retrying and losing workloads over HTTP (fake executor)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from tests.integration.server.conftest import ServerFactory
+from tests.support.servers import ManualClock, TestServer, wait_until
+
+from gpupool.client.http import Client
+from gpupool.domain.errors import ConflictError, UnsatisfiableError
+from gpupool.executors.fake import SUCCEED, FakeExecutor, ScriptedOutcome, fail
+
+JOB = "kind: job\nname: {name}\ncommand: python train.py\nresources: {{cpu: 1, memory: 1GiB, gpu: {gpu}}}\n"
+
+
+def job(name: str = "train", gpu: float = 1, **extra: object) -> str:
+    text = JOB.format(name=name, gpu=gpu)
+    return text + "".join(f"{k}: {v}\n" for k, v in extra.items())
+
+
+def status_of(client: Client, workload_id: int) -> str:
+    return client.get_workload(workload_id).status
+
+
+def test_a_job_runs_to_success_and_its_history_says_how(admin: Client, fake: FakeExecutor) -> None:
+    submitted = admin.submit(job())
+    assert submitted.created and submitted.workload.status == "pending"
+    wid = submitted.workload.id
+    fake.script(str(wid), SUCCEED)  # not started yet: the scheduler runs in the background
+    wait_until(lambda: fake.launches, what="launch")
+    done = admin.wait(wid, timeout_s=10)
+    assert done.status == "succeeded"
+    changes = [(e.from_status, e.to_status) for e in done.events if e.to_status]
+    assert changes == [("pending", "scheduled"), ("scheduled", "starting"), ("starting", "running"),
+                       ("running", "succeeded")]
+    assert done.replica_list[0].exit_code == 0 and done.replica_list[0].gpus[0].milli == 1000
+    assert [w.id for w in admin.list_workloads(status=["succeeded"]).items] == [wid]
+
+
+def test_pending_workloads_show_their_reason_and_position(admin: Client, fake: FakeExecutor) -> None:
+    big = admin.submit(job("big", 4)).workload.id
+    wait_until(lambda: status_of(admin, big) == "running", what="big running")
+    first = admin.submit(job("first", 1)).workload.id
+    second = admin.submit(job("second", 1)).workload.id
+    wait_until(lambda: len({w.id for w in admin.list_workloads(status=["pending"]).items
+                            if w.pending_reason}) == 2, what="two reasons")
+    by_id = {w.id: w for w in admin.list_workloads(status=["pending"]).items}
+    assert (by_id[first].queue_position, by_id[second].queue_position) == (1, 2)
+    assert "gpu" in (by_id[first].pending_reason or "").lower()
+    assert admin.get_workload(second).pending_reason == by_id[second].pending_reason
+    admin.cancel(big)
+    for wid in (first, second):
+        wait_until(lambda wid=wid: status_of(admin, wid) == "running", what=f"{wid} running")
+    assert admin.get_workload(first).pending_reason is None
+
+
+def test_cancel_stops_running_replicas_and_a_second_cancel_conflicts(admin: Client, fake: FakeExecutor) -> None:
+    wid = admin.submit(job(replicas=2)).workload.id
+    wait_until(lambda: status_of(admin, wid) == "running", what="running")
+    cancelled = admin.cancel(wid)
+    assert cancelled.status == "cancelled"
+    wait_until(lambda: len(fake.stops) == 2, what="both replicas stopped")
+    wait_until(lambda: all(r.state == "stopped" for r in admin.get_workload(wid).replica_list), what="stopped")
+    with pytest.raises(ConflictError, match="already ended"):
+        admin.cancel(wid)
+
+
+def test_a_pending_workload_is_cancelled_without_starting(admin: Client, fake: FakeExecutor) -> None:
+    blocker = admin.submit(job("blocker", 4)).workload.id
+    wait_until(lambda: status_of(admin, blocker) == "running", what="blocker running")
+    wid = admin.submit(job("waits", 1)).workload.id
+    assert admin.cancel(wid).status == "cancelled"
+    admin.cancel(blocker)
+    assert [launch.workload_id for launch in fake.launches] == [str(blocker)]
+
+
+def test_failed_replicas_are_retried_then_the_job_fails(admin: Client, fake: FakeExecutor) -> None:
+    wid = admin.submit(job(retries=1)).workload.id
+    fake.script(str(wid), fail(exit_code=3))
+    done = admin.wait(wid, timeout_s=15)
+    assert done.status == "failed" and done.retries_used == 1 and done.attempt == 2
+    assert "exit code 3" in done.message and "no retries left" in done.message
+    assert any("retry 1 of 1" in e.reason for e in done.events)
+    assert sorted((launch.replica, launch.attempt) for launch in fake.launches) == [(0, 0), (0, 1)]
+
+
+def test_a_retry_that_succeeds_ends_the_job_succeeded(admin: Client, fake: FakeExecutor) -> None:
+    wid = admin.submit(job(retries=2)).workload.id
+    fake.script(str(wid), fail(exit_code=1))
+    wait_until(lambda: admin.get_workload(wid).retries_used == 1, what="first retry")
+    fake.script(str(wid), SUCCEED)
+    done = admin.wait(wid, timeout_s=15)
+    assert done.status == "succeeded" and done.retries_used in (1, 2)
+
+
+def test_a_lost_replica_makes_the_workload_lost(admin: Client, fake: FakeExecutor) -> None:
+    wid = admin.submit(job()).workload.id
+    wait_until(lambda: status_of(admin, wid) == "running", what="running")
+    fake.lose(str(wid), 0)
+    done = admin.wait(wid, timeout_s=10)
+    assert done.status == "lost" and "vanished" in done.message
+
+
+def test_max_runtime_is_enforced(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    clock = ManualClock()
+    server = server_factory(executor=fake, clock=clock)
+    with server.client() as client:
+        wid = client.submit(job(gpu=0, max_runtime="1h")).workload.id
+        wait_until(lambda: status_of(client, wid) == "running", what="running")
+        clock.advance(3599)
+        assert status_of(client, wid) == "running"
+        clock.advance(2)
+        done = client.wait(wid, timeout_s=10)
+    assert done.status == "failed" and "max_runtime" in done.message
+    wait_until(lambda: fake.stops, what="stop")
+
+
+def test_a_request_no_node_can_ever_hold_is_refused(admin: Client) -> None:
+    with pytest.raises(UnsatisfiableError, match="largest node has 4"):
+        admin.submit(job(gpu=8))
+    with pytest.raises(UnsatisfiableError, match="CPU"):
+        admin.submit("command: x\nresources: {cpu: 64}\n")
+    assert admin.list_workloads(status=[]).total == 0
+
+
+def test_idempotent_submission(admin: Client) -> None:
+    first = admin.submit(job(), idempotency_key="run-42")
+    again = admin.submit(job(), idempotency_key="run-42")
+    assert first.created and not again.created and again.workload.id == first.workload.id
+    with pytest.raises(ConflictError, match="different spec"):
+        admin.submit(job("other"), idempotency_key="run-42")
+    assert admin.list_workloads(status=[]).total == 1
+
+
+def test_concurrent_submissions_with_one_key_create_one_workload(server: TestServer) -> None:
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def submit() -> None:
+        with server.client() as client:
+            result = client.submit(job("same"), idempotency_key="same-key")
+        with lock:
+            ids.append(result.workload.id)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+
+
+def test_logs_of_a_replica(admin: Client, fake: FakeExecutor) -> None:
+    blocker = admin.submit(job("blocker", 4)).workload.id
+    wait_until(lambda: status_of(admin, blocker) == "running", what="blocker running")
+    waiting = admin.submit(job("waiting", 1)).workload.id
+    with pytest.raises(ConflictError, match="has not started yet"):
+        list(admin.logs(waiting))
+    admin.cancel(blocker)
+    fake.script(str(waiting), ScriptedOutcome(logs=("epoch 1", "epoch 2", "done")))
+    admin.wait(waiting, timeout_s=10)
+    assert list(admin.logs(waiting)) == ["epoch 1", "epoch 2", "done"]
+    assert list(admin.logs(waiting, tail=1)) == ["done"]

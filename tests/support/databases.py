@@ -1,0 +1,70 @@
+"""Real databases for tests: a SQLite file per test, and a throw-away PostgreSQL database per test session.
+
+PostgreSQL is found at GPUPOOL_TEST_POSTGRES_URL (default: the `gpupool` role on 127.0.0.1:5432 that
+`.ci/run` creates). Without a reachable server the PostgreSQL cases are skipped with the reason, except
+in CI (CI=true), where they fail: CI must exercise PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://gpupool:gpupool@127.0.0.1:5432/postgres"
+
+
+def postgres_admin_url() -> str:
+    """The URL of a PostgreSQL database the tests may create databases from."""
+    return os.environ.get("GPUPOOL_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+
+
+def require_postgres() -> None:
+    """Skip (or fail in CI) when no PostgreSQL server is reachable."""
+    url = postgres_admin_url()
+    try:
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except SQLAlchemyError as exc:
+        message = (f"no PostgreSQL reachable at {make_url(url).render_as_string(hide_password=True)} "
+                   f"({type(exc.orig or exc).__name__}); install and start it (see .ci/run) or set "
+                   "GPUPOOL_TEST_POSTGRES_URL")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@contextmanager
+def temporary_postgres_database() -> Iterator[str]:
+    """Create an empty database, yield its URL, drop it afterwards."""
+    require_postgres()
+    admin_url = make_url(postgres_admin_url())
+    name = f"gpupool_test_{secrets.token_hex(6)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def truncate_all(url: str) -> None:
+    """Empty every gpupool table of a PostgreSQL database (keeping the schema and its migration version)."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        tables = [row[0] for row in conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"))]
+        if tables:
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    engine.dispose()

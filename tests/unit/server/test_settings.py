@@ -1,0 +1,43 @@
+"""Settings come from GPUPOOL_* variables and explicit values; the database defaults to SQLite in the home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gpupool.server.settings import ClientSettings, Settings
+
+
+def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GPUPOOL_HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.host == "127.0.0.1" and settings.port == 8700
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'gpupool.db'}"
+    assert settings.token_file == tmp_path / "token"
+
+
+def test_environment_and_explicit_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUPOOL_DATABASE_URL", "postgresql://u:p@db/gpupool")
+    monkeypatch.setenv("GPUPOOL_GPUS", "2xH100")
+    settings = Settings(port=9000)
+    assert settings.resolved_database_url == "postgresql://u:p@db/gpupool"
+    assert settings.gpus == "2xH100" and settings.port == 9000
+
+
+def test_invalid_values_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings(port=70000)
+    with pytest.raises(ValidationError):
+        Settings(executor="docker")
+
+
+def test_the_client_reads_the_token_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("GPUPOOL_TOKEN", raising=False)
+    monkeypatch.setenv("GPUPOOL_HOME", str(tmp_path))
+    assert ClientSettings().resolved_token() is None
+    (tmp_path / "token").write_text("gpp_abc\n")
+    assert ClientSettings().resolved_token() == "gpp_abc"
+    monkeypatch.setenv("GPUPOOL_TOKEN", "gpp_env")
+    assert ClientSettings().resolved_token() == "gpp_env"
