@@ -25,6 +25,7 @@ from gpupool.domain.queues import QueueSpec
 from gpupool.scheduler.backfill import Reservation, reserve
 from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
 from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.nominations import StoppingCapacity
 from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placer import Placer
@@ -72,6 +73,7 @@ class _Cycle:
                  never_fits: NeverFitsChecker | None) -> None:
         self.snap, self.profile, self.now = snap, profile, now
         self.running = running
+        self.stopping = StoppingCapacity(w for w in running if w.terminating)
         self.book = QuotaBook(queues, running, snap.total_capacity())
         self.placer = Placer(policy or make_policy(profile.policy), profile.gang_topology,
                              profile.cpu_avoids_gpu_nodes)
@@ -110,7 +112,7 @@ class _Cycle:
                 self._bind(w, placements)
                 handled.add(w.id)
             elif self._victims_still_stopping(placements):
-                self.snap.assume_all(placements, force=True)  # hold the capacity its victims free
+                self.snap.assume_all(self.stopping.claim(placements), force=True)  # hold what its victims free
                 self.book.add(w.queue, placements_usage(placements))
                 self.nominations[w.id] = placements
                 self.reasons[w.id] = "waiting for the workloads it preempted to stop"
@@ -239,8 +241,9 @@ class _Cycle:
         for victim in plan.victims:
             self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim)))
             self.book.remove(victim.queue, victim.usage)
+            self.stopping.add(victim)
         self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]
-        self.snap.assume_all(plan.nominated, force=True)  # hold the nominated capacity for w
+        self.snap.assume_all(self.stopping.claim(plan.nominated), force=True)  # hold the part victims do not
         self.book.add(w.queue, placements_usage(plan.nominated))
         self.nominations[w.id] = plan.nominated
         nodes = ", ".join(sorted({p.node for p in plan.nominated}))

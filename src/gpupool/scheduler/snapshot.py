@@ -79,10 +79,16 @@ class ClusterSnapshot:
 
     def _refresh(self, rows: IntArray | list[int]) -> None:
         free = self.free_milli[rows]
-        self.full_free[rows] = ((free == MILLI_PER_GPU) & self.whole_ok[rows]).sum(axis=1)
+        self.full_free[rows] = self.whole_free_cards(rows).sum(axis=1)
         self.share_max_free[rows] = np.where(self.share_ok[rows], free, 0).max(axis=1)
         self.free_gpu_total[rows] = free.sum(axis=1)
         self.version[rows] = next(_STAMPS)
+
+    def whole_free_cards(self, rows: IntArray | list[int] | int | slice = slice(None)) -> BoolArray:
+        """Per card of `rows`: healthy, not MIG, with all of its compute and memory free."""
+        mask: BoolArray = ((self.free_milli[rows] == MILLI_PER_GPU) & (self.free_gmem[rows] >= self.gpu_mem_total[rows])
+                           & self.whole_ok[rows])
+        return mask
 
     # ----------------------------------------------------------------------------------------- lookups
     def __len__(self) -> int:

@@ -94,9 +94,6 @@ def test_a_learning_policy_observes_each_submitted_replica_once(manual: TestServ
     assert len(policy.seen) == 4 and policy.seen[-1].gpu.share_milli == 500
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler/cycle.py counts a preemptor's nominated placement on top of the "
-                   "victims that still hold it (force-assume at lines 112 and 224), so a second preemptor "
-                   "evicts one workload more than it needs")
 def test_reclaiming_preempts_no_more_than_needed(manual: TestServer) -> None:
     with manual.client() as client:
         for name in ("a", "b"):

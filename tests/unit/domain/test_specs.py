@@ -149,7 +149,7 @@ _resources = st.fixed_dictionaries({}, optional={
     "priority": st.one_of(st.sampled_from(["low", "normal", "high"]), st.integers(0, 1000)),
     "replicas": st.integers(1, 8),
     "resources": _resources,
-    "env": st.dictionaries(st.sampled_from(["A", "B_2", "NCCL_DEBUG"]), st.one_of(st.text(max_size=5),
+    "env": st.dictionaries(st.sampled_from(["A", "B_2", "NCCL_DEBUG"]), st.one_of(st.text(st.characters(exclude_characters="\x00"), max_size=5),
                            st.integers(), st.booleans())),
     "max_runtime": st.one_of(st.integers(1, 10**6), st.sampled_from(["6h", "1h30m", "90s"])),
     "retries": st.integers(0, 5),

@@ -20,7 +20,7 @@ def choose_whole_cards(snap: ClusterSnapshot, row: int, gpu: GpuRequest) -> tupl
     lowest indices.
     """
     node = snap.nodes[row]
-    usable = (snap.free_milli[row] == MILLI_PER_GPU) & snap.whole_ok[row] & gpu_model_mask(snap, gpu)[row]
+    usable = snap.whole_free_cards(row) & gpu_model_mask(snap, gpu)[row]
     free_cols = [j for j in range(len(node.gpus)) if usable[j]]
     if len(free_cols) < gpu.count:
         return None

@@ -92,7 +92,7 @@ def whole_free_counts(snap: ClusterSnapshot, gpu: GpuRequest) -> IntArray:
     """Per node: fully free cards usable for whole-GPU requests of this model/memory constraint."""
     if not gpu.models and not gpu.min_memory_mib:
         return snap.full_free
-    free = (snap.free_milli == MILLI_PER_GPU) & snap.whole_ok & gpu_model_mask(snap, gpu)
+    free = snap.whole_free_cards() & gpu_model_mask(snap, gpu)
     counts: IntArray = free.sum(axis=1).astype(np.int64)
     return counts
 
