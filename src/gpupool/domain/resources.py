@@ -329,6 +329,9 @@ def _parse_gpu_amount(value: Any, field_name: str) -> GpuRequest:
         return NO_GPU
     if amount < 1:
         milli = round(amount * MILLI_PER_GPU)
+        if milli == MILLI_PER_GPU:
+            raise ValidationError(f"a GPU share of {value!r} rounds to a whole card; write 1 for a whole GPU",
+                                  field_name)
         if milli == 0:
             raise ValidationError(f"a GPU share of {value!r} rounds to 0 milli-GPU; the smallest share is 0.001",
                                   field_name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.resources import ReplicaRequest, SharingMode, format_cpu, format_memory
@@ -18,7 +19,8 @@ class NeverFitsChecker:
     build a new checker when the nodes change."""
 
     def __init__(self, nodes: Iterable[Node]) -> None:
-        self._empty = ClusterSnapshot(nodes)
+        # cordoned nodes and unhealthy cards may come back: "never" looks at the hardware, not its state
+        self._empty = ClusterSnapshot(_restored(n) for n in nodes)
         self._placer = Placer(BestFitPolicy(), gang_topology=True, avoid_gpu_nodes=False)
         self._cache: dict[object, str | None] = {}
 
@@ -64,3 +66,8 @@ class NeverFitsChecker:
                     f"{format_memory(biggest_mem)}")
         detail = explain_no_fit(self._empty, request).split(": ", 1)[-1]
         return f"no node could hold one replica ({request.describe()}) even when empty: {detail}"
+
+
+def _restored(node: Node) -> Node:
+    gpus = tuple(replace(g, healthy=True) for g in node.gpus)
+    return replace(node, schedulable=True, gpus=gpus)

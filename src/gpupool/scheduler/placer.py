@@ -117,9 +117,11 @@ class Placer:
                         remaining: int) -> FloatArray | None:
         if not self.gang_topology:
             return None
-        if not used_rows:
+        if not used_rows:  # the first replica: where most of the group fits, then the rack holding most
             fit = np.minimum(_replicas_fitting(snap, request), remaining)
-            bonus: FloatArray = fit / max(remaining, 1)
+            # the rack term stays below one step of the node term (1 / remaining)
+            rack = np.minimum(_rack_totals(snap, fit), remaining)
+            bonus: FloatArray = fit / max(remaining, 1) + rack / (max(remaining, 1) * (remaining + 1))
             return bonus
         bonus = np.zeros(len(snap))
         racks = _racks(snap)
@@ -161,6 +163,17 @@ def _replicas_fitting(snap: ClusterSnapshot, request: ReplicaRequest) -> IntArra
     elif gpu.kind == "mig":
         fit = np.minimum(fit, 1)
     return np.maximum(fit, 0)
+
+
+def _rack_totals(snap: ClusterSnapshot, fit: IntArray) -> IntArray:
+    """Per node: `fit` summed over the nodes of its rack (its own `fit` when it has no rack label)."""
+    racks = _racks(snap)
+    totals: dict[str, int] = {}
+    for rack, value in zip(racks, fit.tolist(), strict=True):
+        if rack is not None:
+            totals[rack] = totals.get(rack, 0) + value
+    return np.array([totals[r] if r is not None else f for r, f in zip(racks, fit.tolist(), strict=True)],
+                    dtype=np.int64)
 
 
 def _racks(snap: ClusterSnapshot) -> list[str | None]:

@@ -159,6 +159,7 @@ def test_gpu_request_kind_and_nominal_milli(value: Any, kind: str, nominal: int)
     (1.5, "gpu", "a fraction must be below 1 (a share of one card) or a whole number of cards"),
     ("1.5", "gpu", "a whole number of cards"),
     (0.0001, "gpu", "rounds to 0 milli-GPU; the smallest share is 0.001"),
+    (0.9999, "gpu", "rounds to a whole card; write 1 for a whole GPU"),
     ({"share": 0}, "gpu.share", "a zero-size share asks for nothing"),
     ({"share": 0.0001}, "gpu.share", "rounds to 0 milli-GPU"),
     ({"share": 1.5}, "gpu.share", "a fraction must be below 1"),

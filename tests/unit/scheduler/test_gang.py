@@ -86,3 +86,12 @@ def test_min_available_not_reached_binds_nothing() -> None:
     decisions = cycle(pool, [gang], [full])
     assert not decisions.binds
     assert decisions.pending[0].reason.startswith("gang of 6: only 2 replicas fit together; worker 2 of 6")
+
+
+def test_first_replica_prefers_the_rack_that_holds_the_whole_gang() -> None:
+    # racks: r1 = {a}, r2 = {b, c}; each node holds one 8-GPU replica. The node term ties (1 replica of 2 each);
+    # the rack term is min(rack total, 2) / (2 * 3): a -> 1/6, b and c -> 2/6, so the gang goes to b and c.
+    nodes = [node("a").gpus(8).rack("r1").build(), node("b").gpus(8).rack("r2").build(),
+             node("c").gpus(8).rack("r2").build()]
+    decisions = cycle(nodes, [job("g").replicas(2, gpu=8).build()])
+    assert sorted(p.node for p in decisions.binds[0].placements) == ["b", "c"]

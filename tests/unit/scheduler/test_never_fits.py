@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from tests.builders import JobBuilder, cycle, job, node, on, running
 
@@ -85,3 +87,13 @@ def test_a_busy_pool_is_not_never() -> None:
     assert "0 of 3 nodes can take a replica" in pending.reason
     # ...and it gets a reservation for when "big" frees up, at 0 + 600
     assert [(r.workload_id, r.start_time) for r in decisions.reservations] == [("eight", 600)]
+
+
+def test_cordoned_nodes_and_unhealthy_cards_may_come_back_so_they_are_not_never() -> None:
+    big = node("big").gpus(8).build()
+    cordoned = replace(big, schedulable=False)
+    sick = replace(big, gpus=tuple(replace(g, healthy=False) for g in big.gpus))
+    eight = job("e").gpu(8).build()
+    for pool in ([node("small").gpus(2).build(), cordoned], [node("small").gpus(2).build(), sick]):
+        assert NeverFitsChecker(pool).reason(eight) is None
+    assert "largest node has 2" in (NeverFitsChecker([node("small").gpus(2).build()]).reason(eight) or "")
