@@ -108,6 +108,33 @@ class NodeRow(Base):
     address: Mapped[str] = mapped_column(String(255), default="127.0.0.1")
     registered_at: Mapped[float]
     heartbeat_at: Mapped[float]
+    # The GPU layer: what discovery found (GpuInventory.to_dict), which backend found it ("nvml", "fake" or ""
+    # for none), whether its cards are simulated, and a counter bumped whenever `gpus` is recomputed (the
+    # scheduling loop drops binds planned on an older version).
+    gpu_inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    gpu_backend: Mapped[str] = mapped_column(String(16), default="")
+    gpu_simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpus_version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GpuSettingRow(Base):
+    """What an administrator (or the GPU monitor) decided for one GPU of a node: its sharing mode, the MIG
+    layout applied, an unhealthy mark (sticky until an admin clears it), a MIG change in progress, and the
+    last known state of its MPS control daemon."""
+
+    __tablename__ = "gpu_settings"
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name", ondelete="CASCADE"), primary_key=True)
+    gpu_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sharing_mode: Mapped[str] = mapped_column(String(16))
+    mig_layout: Mapped[str | None] = mapped_column(Text)
+    unhealthy_reason: Mapped[str | None] = mapped_column(Text)
+    unhealthy_at: Mapped[float | None]
+    reconfiguring: Mapped[bool] = mapped_column(Boolean, default=False)
+    mps_state: Mapped[str | None] = mapped_column(String(16))
+    mps_message: Mapped[str] = mapped_column(Text, default="")
+    mps_pid: Mapped[int | None] = mapped_column(Integer)
+    mps_checked_at: Mapped[float | None]
+    updated_at: Mapped[float]
 
 
 class WorkloadRow(Base):

@@ -16,7 +16,8 @@ from gpupool.domain.errors import ValidationError
 from gpupool.store.db import Database, alembic_config, normalise_url
 from gpupool.store.orm import Base
 
-TABLES = {"users", "projects", "memberships", "tokens", "queues", "nodes", "workloads", "replicas", "events"}
+TABLES = {"users", "projects", "memberships", "tokens", "queues", "nodes", "workloads", "replicas", "events",
+          "gpu_settings"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
