@@ -25,6 +25,7 @@ class Capability(StrEnum):
     REATTACH = "reattach"  # replicas keep running across a server restart and are found again
     MULTI_NODE = "multi_node"  # replicas may run on several hosts
     READ_ONLY_PATHS = "read_only_paths"  # ReplicaLaunch.read_only_paths is enforced by the kernel
+    SESSION_IDS = "session_ids"  # session_id(handle) names the replica's processes on this machine
 
 
 class ReplicaState(StrEnum):
@@ -108,6 +109,13 @@ class Executor(ABC):
         """Lines of the replica's combined output (the last `tail` lines when given). With `follow` (only
         when FOLLOW_LOGS is a capability) the iterator blocks for new lines until the replica ends.
         An unknown replica yields nothing."""
+
+    def session_id(self, handle: Handle) -> int | None:
+        """The session id every process of the replica shares on this machine (the GPU monitor maps the
+        pids NVML reports to replicas with it), or None when it is not known: the replica has not started
+        its command yet, has ended, or runs elsewhere. Never blocks. Only executors with the SESSION_IDS
+        capability return anything; the default returns None."""
+        return None
 
     def close(self) -> None:  # noqa: B027  (optional hook)
         """Release executor resources (threads, connections); replicas keep running. Idempotent."""

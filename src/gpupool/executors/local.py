@@ -167,7 +167,7 @@ class LocalExecutor(Executor):
         if read_only and not possible:
             raise ExecutorError("read-only paths need the server to run as root with `unshare` and `mount`")
         self._read_only = possible if read_only is None else read_only
-        self.capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH}
+        self.capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.SESSION_IDS}
                                       | ({Capability.READ_ONLY_PATHS} if self._read_only else set()))
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
@@ -291,6 +291,16 @@ class LocalExecutor(Executor):
         command = ref.command()
         if time.time() > deadline and command is not None and procfs.is_running(command):
             procfs.signal_group(command.pid, signal.SIGKILL)
+
+    def session_id(self, handle: Handle) -> int | None:
+        """The command's pid while it runs: the supervisor starts it as the leader of a new session, so
+        every process the replica spawns (unless it calls setsid itself) has this session id. None before
+        the command started, after it ended, and for an unknown handle."""
+        ref = _parse(handle)
+        command = ref.command() if ref is not None else None
+        if command is None or not procfs.is_running(command):
+            return None
+        return command.pid
 
     # -- stop --------------------------------------------------------------------------------------------
 

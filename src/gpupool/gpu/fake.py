@@ -4,6 +4,7 @@ The description is a mapping (or a YAML file) such as:
 
 ```yaml
 node: demo                       # seeds the GPU UUIDs (stable across runs)
+simulated: false                 # true: replicas are told no device is real (CUDA_VISIBLE_DEVICES="")
 driver_version: "550.54.15"
 cuda_version: "12.4"
 repeat: 10m                      # optional: traces and events loop with this period
@@ -23,7 +24,12 @@ gpus:
 processes:
   - {pid: 4242, gpu: 0, memory: [[0, 1GiB], [20s, 12GiB]]}
   - {pid: 4343, gpu: 1, mig: 0, memory: 4GiB}
+  - {env: DEMO_GPU_TAG=hog, memory: [[0, 2GiB], [5s, 14GiB]]}   # real processes with this variable
 ```
+
+An `env:` entry gives every real process whose environment has that variable (one per session) the
+memory trace, from when it is first seen, on the card its own CUDA_VISIBLE_DEVICES / GPUPOOL_GPU_INDICES
+names (see `gpu/fake_processes.py`): how tests and demos script the GPU use of replicas gpupool starts.
 
 Underneath, `FakeNvml` answers pynvml's calls from this script and the real `NvmlBackend` reads it, so the
 fake exercises the same discovery and sampling code as real hardware. `FakeBackend.mig()` applies MIG
@@ -52,14 +58,16 @@ from gpupool.gpu.fake_nvml import (
     constant,
     fake_uuid,
 )
+from gpupool.gpu.fake_processes import ProcessMatcher, Scanner, default_scanner, parse_env_match, refresh_matched
 from gpupool.gpu.mig import catalog_for, validate_layout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.types import MIB, GpuInventory, NodeSample
 
-_TOP_KEYS = ("node", "driver_version", "cuda_version", "repeat", "gpus", "processes")
+_TOP_KEYS = ("node", "driver_version", "cuda_version", "repeat", "simulated", "gpus", "processes")
 _GPU_KEYS = ("model", "memory", "count", "uuid", "sm_count", "compute_capability", "nvlink", "mig",
              "mig_needs_reset", "utilization", "power", "temperature", "events", "lost")
 _PROCESS_KEYS = ("pid", "gpu", "memory", "mig", "start", "end")
+_MATCH_KEYS = ("env", "gpu", "memory", "mig")
 
 
 def read_description(path: Path) -> dict[str, Any]:
@@ -95,8 +103,36 @@ def load_description(data: Mapping[str, Any]) -> FakeGpuState:
     if "repeat" in data:
         state.repeat = float(parse_duration(data["repeat"], "fake.repeat"))
     for k, item in enumerate(data.get("processes", []) or []):
-        state.processes.append(_process(item, len(cards), f"fake.processes[{k}]"))
+        if not (isinstance(item, dict) and "env" in item):
+            state.processes.append(_process(item, len(cards), f"fake.processes[{k}]"))
     return state
+
+
+def load_matchers(data: Mapping[str, Any], gpu_count: int) -> list[ProcessMatcher]:
+    """The `env:` entries of a description's processes (see the module docstring)."""
+    processes = data.get("processes", []) or []
+    if not isinstance(processes, list):
+        raise ValidationError("expected a list of processes", "fake.processes")
+    matchers = []
+    for k, item in enumerate(processes):
+        if isinstance(item, dict) and "env" in item:
+            matchers.append(_matcher(item, gpu_count, f"fake.processes[{k}]"))
+    return matchers
+
+
+def _matcher(item: dict[str, Any], gpu_count: int, where: str) -> ProcessMatcher:
+    reject_unknown_keys(item, _MATCH_KEYS, where)
+    try:
+        variable, value = parse_env_match(str(item["env"]))
+    except ValueError as error:
+        raise ValidationError(str(error), f"{where}.env") from None
+    if "memory" not in item:
+        raise ValidationError("a process needs memory (a size or a trace)", where)
+    gpu = item.get("gpu")
+    if gpu is not None and (not isinstance(gpu, int) or not 0 <= gpu < gpu_count):
+        raise ValidationError(f"gpu must be an index below {gpu_count}", f"{where}.gpu")
+    return ProcessMatcher(variable, value, _trace(item["memory"], f"{where}.memory", memory=True), gpu,
+                          item.get("mig"))
 
 
 def _cuda_version(value: Any) -> int:
@@ -202,14 +238,23 @@ def _process(item: Any, gpu_count: int, where: str) -> FakeProcess:
 
 class FakeBackend:
     """GpuBackend over a scripted description. Fake time is `now - epoch`; without an epoch, the first
-    `sample(now)` sets it. Processes can be added while running (e.g. a real child's pid)."""
+    `sample(now)` sets it. Processes can be added while running (e.g. a real child's pid), and `env:`
+    entries of the description follow real processes found by `scan` (default: this machine's /proc).
+    `simulated` is the description's flag: its cards stand for no real device."""
 
     name = "fake"
 
-    def __init__(self, description: Mapping[str, Any] | FakeGpuState, epoch: float | None = None) -> None:
-        self.state = description if isinstance(description, FakeGpuState) else load_description(description)
+    def __init__(self, description: Mapping[str, Any] | FakeGpuState, epoch: float | None = None,
+                 scan: Scanner | None = None) -> None:
+        if isinstance(description, FakeGpuState):
+            self.state, self.matchers, self.simulated = description, [], False
+        else:
+            self.state = load_description(description)
+            self.matchers = load_matchers(description, len(self.state.cards))
+            self.simulated = bool(description.get("simulated", False))
         self.nvml = FakeNvml(self.state)
         self.epoch = epoch
+        self.scan = scan or default_scanner()
         self._backend = NvmlBackend(load=lambda: self.nvml)
 
     def discover(self) -> GpuInventory:
@@ -217,8 +262,9 @@ class FakeBackend:
         return self._backend.discover()
 
     def sample(self, now: float) -> NodeSample:
-        """Readings at fake time `now - epoch`."""
+        """Readings at fake time `now - epoch` (after looking for the real processes `env:` entries follow)."""
         self.set_clock(now)
+        refresh_matched(self.state, self.matchers, self.scan)
         return self._backend.sample(now)
 
     def close(self) -> None:

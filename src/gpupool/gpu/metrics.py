@@ -12,22 +12,24 @@ Metric names (units in the name, ratios between 0 and 1, as Prometheus conventio
 | gpupool_gpu_healthy | node, gpu, uuid, model | 1, or 0 after an XID / ECC error |
 | gpupool_workload_gpu_memory_used_bytes | workload, project | GPU memory held by a workload's processes |
 | gpupool_gpu_idle_allocated | node, gpu, workload | 1 for each allocation idle past the threshold |
+| gpupool_gpu_overuse_events_total | node, gpu, workload, project | over-use events (more GPU memory than asked) |
 | gpupool_queue_depth | queue | pending workloads |
 | gpupool_gpu_allocation_ratio | (none) | allocated GPU capacity / schedulable GPU capacity |
 | gpupool_node_gpu_allocation_ratio | node | the same per node |
 
 Each `update_*` replaces the values of its metrics (series of GPUs, workloads or queues that are gone
-disappear), so the caller passes the full current state every time.
+disappear), so the caller passes the full current state every time. The over-use counter only grows;
+`forget_workloads` drops the series of workloads that ended.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from gpupool.domain.nodes import Gpu
-from gpupool.gpu.monitor import IdleAllocation, MonitorReport
+from gpupool.gpu.monitor import IdleAllocation, MonitorReport, OveruseEvent
 from gpupool.scheduler.snapshot import ClusterSnapshot
 
 GPU_LABELS = ("node", "gpu", "uuid", "model")
@@ -41,6 +43,7 @@ class GpuMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._idle_labels: dict[str, set[tuple[str, str, str]]] = {}
+        self._overuse_labels: set[tuple[str, str, str, str]] = set()
 
         def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
             return Gauge(name, doc, labels, registry=self.registry)
@@ -59,6 +62,9 @@ class GpuMetrics:
         self.allocation = gauge("gpupool_gpu_allocation_ratio", "Allocated / schedulable GPU capacity")
         self.node_allocation = gauge("gpupool_node_gpu_allocation_ratio", "Allocated / schedulable GPU capacity",
                                      ("node",))
+        self.overuse_events = Counter("gpupool_gpu_overuse_events", "Replicas caught holding more GPU memory "
+                                      "than they asked for", ("node", "gpu", "workload", "project"),
+                                      registry=self.registry)
 
     def update_gpus(self, reports: Iterable[MonitorReport], gpus: Mapping[str, Sequence[Gpu]]) -> None:
         """GPU gauges and per-workload memory from the latest report of every node; `gpus` gives each
@@ -93,6 +99,21 @@ class GpuMetrics:
         for labels in sorted(current):
             self.idle_allocated.labels(*labels).set(1)
         self._idle_labels[node] = current
+
+    def record_overuse(self, node: str, events: Iterable[OveruseEvent]) -> None:
+        """Count over-use events of one node."""
+        for event in events:
+            labels = (node, str(event.gpu_index), event.replica.workload_id, event.replica.project)
+            self.overuse_events.labels(*labels).inc()
+            self._overuse_labels.add(labels)
+
+    def forget_workloads(self, keep: Iterable[str]) -> None:
+        """Drop the over-use series of every workload not in `keep` (those that ended)."""
+        kept = set(keep)
+        for labels in sorted(self._overuse_labels):
+            if labels[2] not in kept:
+                self.overuse_events.remove(*labels)
+                self._overuse_labels.discard(labels)
 
     def update_scheduler(self, snapshot: ClusterSnapshot, queue_depth: Mapping[str, int]) -> None:
         """Queue depth per queue and GPU allocation ratios from the scheduler's snapshot (healthy cards of

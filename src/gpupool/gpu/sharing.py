@@ -203,3 +203,28 @@ def _mig(pairs: list[tuple[GpuAssignment, Gpu]]) -> GpuEnvironment:
 def _percent(milli: int) -> int:
     """A share in milli-GPU as a whole percentage, rounded up, between 1 and 100."""
     return max(1, min(100, math.ceil(milli * 100 / MILLI_PER_GPU)))
+
+
+def mode_change_conflict(card: Gpu, new: SharingMode, running: Sequence[GpuAssignment]) -> str | None:
+    """Why `card` cannot switch to sharing mode `new` now, or None when it can.
+
+    A card without running work may switch to any mode (a card whose MIG instances exist leaves `mig` only
+    through `set-mig ... none`). With running work only changes that leave every running replica's set-up
+    valid are allowed: exclusive -> shared (whole cards stay whole), shared -> exclusive when only whole
+    cards run. Anything to or from `mps` (running replicas are, or are not, MPS clients of a daemon) and
+    to or from `mig` (a re-partition) needs the card idle.
+    """
+    if card.mode == SharingMode.MIG and card.mig_instances and new != SharingMode.MIG:
+        return (f"GPU {card.index} is partitioned into {len(card.mig_instances)} MIG instance(s); remove them "
+                "first with `gpupool nodes set-mig NODE GPU none`")
+    if new == card.mode or not running:
+        return None
+    busy = f"GPU {card.index} has {len(running)} running replica(s)"
+    if SharingMode.MIG in (card.mode, new):
+        return f"{busy}; changing to or from mig mode needs the card idle (stop the work or wait for it to end)"
+    if SharingMode.MPS in (card.mode, new):
+        return (f"{busy}; they are {'' if card.mode == SharingMode.MPS else 'not '}MPS clients, so switching to "
+                f"{new.value} needs the card idle (stop the work or wait for it to end)")
+    if new == SharingMode.EXCLUSIVE and any(_is_share(a, card) for a in running):
+        return f"{busy} holding shares of it; exclusive mode takes whole cards only (wait for the shares to end)"
+    return None
