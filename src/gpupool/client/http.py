@@ -26,7 +26,7 @@ from gpupool.domain.errors import (
     ValidationError,
 )
 from gpupool.domain.status import TERMINAL_STATUSES
-from gpupool.server.api import schemas
+from gpupool.server.api import gpu_schemas, schemas
 from gpupool.server.settings import ClientSettings
 
 T = TypeVar("T")
@@ -186,6 +186,50 @@ class Client:
     def nodes(self) -> list[schemas.NodeInfo]:
         """Every node of the pool."""
         return self._get(f"{API}/nodes", list[schemas.NodeInfo])
+
+    def node(self, name: str) -> schemas.NodeInfo:
+        """One node with its GPUs' modes, health, MIG instances and MPS daemons."""
+        return self._get(f"{API}/nodes/{name}", schemas.NodeInfo)
+
+    def set_sharing(self, node: str, gpu: int, mode: str) -> gpu_schemas.GpuChange:
+        """Set a GPU's sharing mode: exclusive, shared, mps or mig (administrators)."""
+        return self._send("PUT", f"{API}/nodes/{node}/gpus/{int(gpu)}/sharing", gpu_schemas.GpuChange,
+                          {"mode": mode})
+
+    def set_mig(self, node: str, gpu: int, layout: str) -> gpu_schemas.GpuChange:
+        """Apply a MIG layout such as "3g.40gb,2g.20gb,1g.10gb,1g.10gb" ("none": MIG off; administrators)."""
+        return self._send("PUT", f"{API}/nodes/{node}/gpus/{int(gpu)}/mig", gpu_schemas.GpuChange,
+                          {"layout": layout})
+
+    def clear_unhealthy(self, node: str, gpu: int) -> gpu_schemas.GpuChange:
+        """Declare a GPU healthy again after an XID/ECC error (administrators)."""
+        return self._send("POST", f"{API}/nodes/{node}/gpus/{int(gpu)}/clear-unhealthy", gpu_schemas.GpuChange,
+                          None)
+
+    def gpus_now(self) -> list[gpu_schemas.GpuNow]:
+        """Every GPU's latest reading and the replicas using it (what `gpupool top` shows)."""
+        return self._get(f"{API}/metrics/gpus", list[gpu_schemas.GpuNow])
+
+    def gpu_series(self, *, node: str | None = None, gpu: int | None = None, metric: str | None = None,
+                   since: float | None = None, until: float | None = None,
+                   max_points: int | None = None) -> gpu_schemas.SeriesPage:
+        """GPU time series (utilization_pct, memory_used_bytes, power_w, temperature_c), filtered."""
+        return self._get(f"{API}/metrics/gpus/series", gpu_schemas.SeriesPage, node=node, gpu=gpu, metric=metric,
+                         since=since, until=until, max_points=max_points)
+
+    def workload_series(self, workload_id: int, *, since: float | None = None, until: float | None = None,
+                        max_points: int | None = None) -> gpu_schemas.SeriesPage:
+        """The GPU memory of a workload's processes over time, per node."""
+        return self._get(f"{API}/metrics/workloads/{int(workload_id)}", gpu_schemas.SeriesPage, since=since,
+                         until=until, max_points=max_points)
+
+    def idle_report(self) -> gpu_schemas.IdleReport:
+        """Wasted GPUs: allocations idle past the threshold (administrators)."""
+        return self._get(f"{API}/reports/idle", gpu_schemas.IdleReport)
+
+    def prometheus_metrics(self) -> str:
+        """The Prometheus exposition text of /metrics (an administrator's or the scrape token)."""
+        return self._request("GET", "/metrics").text
 
     def queues(self) -> list[schemas.Queue]:
         """Every queue with quota and usage."""

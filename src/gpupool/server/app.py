@@ -1,5 +1,6 @@
 """create_app(settings): the FastAPI application, its lifespan (database, first-start bootstrap, local
-nodes, background workers) and its routes under /api/v1, with /healthz and the OpenAPI docs at /docs."""
+nodes and their GPUs, background workers) and its routes under /api/v1, with /healthz, the Prometheus
+exposition at /metrics and the OpenAPI docs at /docs."""
 
 from __future__ import annotations
 
@@ -14,19 +15,23 @@ from gpupool import __version__
 from gpupool.executors.base import Executor
 from gpupool.executors.local import pick_free_ports
 from gpupool.executors.storage import StorageLayout
-from gpupool.gpu.sharing import SharingConfig, install_sitecustomize
+from gpupool.gpu.nvml import NvmlBackend
+from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.errors import error_response, install_error_handlers
-from gpupool.server.api.routes import accounts, pool, system, workloads
+from gpupool.server.api.routes import accounts, gpus, metrics, pool, system, workloads
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
-from gpupool.server.local_node import GpuDiscovery, local_nodes, nvml_gpus
+from gpupool.server.gpu_runtime import GpuRuntime
+from gpupool.server.local_node import BackendFactory, local_nodes
 from gpupool.server.services.bootstrap import ensure_admin
+from gpupool.server.services.gpu_admin import restore_mig_layouts
 from gpupool.server.services.pool import register_local_nodes
 from gpupool.server.settings import Settings
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
+from gpupool.server.workers.sampler import GpuSampler
 from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.store.db import Database
 
@@ -38,51 +43,65 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     """The shared services of one server (database opened, workers built but not started)."""
     db = Database(settings.resolved_database_url)
     services = Services(settings, db, clock, executor or make_executor(settings))
+    services.gpus = runtime = GpuRuntime(settings)
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
                                min_runtime_s=settings.min_runtime_s)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, pick_free_ports, on_change=services.wake_reconciler)
-    launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), SharingConfig(settings.home))
+    launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), runtime.sharing)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_scheduler)
+    sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
+                         mps_check_interval_s=settings.mps_check_interval_s)
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
     services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
+    services.sampler = IntervalWorker("sampler", sampler.step, settings.sample_interval_s)
     return services
 
 
-def start_services(services: Services, discover_gpus: GpuDiscovery) -> None:
-    """Migrate the database, bootstrap the first administrator, register this host's nodes, start workers."""
-    settings = services.settings
+def start_services(services: Services, nvml_backend: BackendFactory) -> None:
+    """Migrate the database, bootstrap the first administrator, register this host's nodes with their GPUs,
+    start the workers (scheduling loop, reconciler, GPU sampler)."""
+    settings, runtime = services.settings, services.gpu_runtime()
     services.db.migrate()
-    install_sitecustomize(SharingConfig(settings.home))  # the memory cap of replicas on time-sliced GPUs
+    install_sitecustomize(runtime.sharing)  # the memory cap of replicas on time-sliced GPUs
     ensure_admin(services.db, settings.admin_name, settings.token_file, services.clock(), settings.reset_admin_token)
+    declared = local_nodes(settings, nvml_backend)
     with services.db.session() as session:
-        for change in register_local_nodes(session, local_nodes(settings, discover_gpus), services.clock()):
+        for change in register_local_nodes(session, declared, services.clock()):
             log.info(change)
-    if settings.workers and services.scheduler and services.reconciler:
-        services.reconciler.start()
-        services.scheduler.start()
+    for local in declared:
+        runtime.add(local)
+        for change in restore_mig_layouts(services.db, runtime, local.node.name, services.clock):
+            log.info(change)
+    if settings.workers:
+        for worker in (services.reconciler, services.scheduler, services.sampler):
+            if worker is not None:
+                worker.start()
 
 
 def stop_services(services: Services) -> None:
-    """Stop the workers (replicas keep running), release the executor and the database."""
-    for worker in (services.scheduler, services.reconciler):
+    """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
+    for worker in (services.sampler, services.scheduler, services.reconciler):
         if worker is not None:
             worker.stop()
+    if services.gpus is not None:
+        services.gpus.close()
     services.executor.close()
     services.db.dispose()
 
 
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
-               discover_gpus: GpuDiscovery = nvml_gpus) -> FastAPI:
-    """The gpupool server application. `executor`, `clock` and `discover_gpus` may be injected (tests);
-    by default the executor is the one `settings.executor` names and GPUs are discovered through NVML
-    (none when NVML is absent), unless `settings.gpus` declares simulated ones."""
+               nvml_backend: BackendFactory = NvmlBackend) -> FastAPI:
+    """The gpupool server application. `executor`, `clock` and `nvml_backend` (the GPU backend of real
+    hardware) may be injected (tests); by default the executor is the one `settings.executor` names and
+    GPUs are discovered through NVML (none when NVML is absent), unless `settings.gpus` declares simulated
+    ones or `settings.gpu_description` scripts fake ones."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, executor, clock)
-        start_services(services, discover_gpus)
+        start_services(services, nvml_backend)
         app.state.services = services
         log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
                  services.db.describe())
@@ -104,6 +123,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         return await call_next(request)
 
     app.include_router(system.router)
-    for module in (workloads, pool, accounts):
+    app.include_router(metrics.exposition)
+    for module in (workloads, pool, gpus, metrics, accounts):
         app.include_router(module.router, prefix="/api/v1")
     return app

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpupool.executors.base import Executor
+from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.server.settings import Settings
 from gpupool.server.workers.loop import IntervalWorker
@@ -29,6 +30,14 @@ class Services:
     reconciler: IntervalWorker | None = None
     scheduling_loop: SchedulingLoop | None = None
     reconciler_loop: Reconciler | None = None
+    gpus: GpuRuntime | None = None
+    sampler: IntervalWorker | None = None
+
+    def gpu_runtime(self) -> GpuRuntime:
+        """The GPU layer of this server (built with the services; RuntimeError before)."""
+        if self.gpus is None:
+            raise RuntimeError("the GPU runtime is not set up yet")
+        return self.gpus
 
     def wake_scheduler(self) -> None:
         """Run a scheduling cycle soon (after a submit, a cancel, a queue change, freed capacity)."""

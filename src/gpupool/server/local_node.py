@@ -1,21 +1,29 @@
-"""The machine the server runs on, as nodes of the pool: real CPU and memory, GPUs from NVML when present,
-and declared (simulated) GPUs such as `--gpus 4xA100-80GB` so GPU scheduling can be tried anywhere."""
+"""The machine the server runs on, as nodes of the pool: real CPU and memory, and GPUs from a GPU backend —
+NVML on real hardware, or the scripted fake (`gpu/fake.py`) for declared simulated GPUs such as
+`--gpus 4xA100-80GB` and for `--gpu-description FILE` demos — so GPU scheduling can be tried anywhere."""
 
 from __future__ import annotations
 
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.nodes import Gpu, Node
 from gpupool.domain.resources import SharingMode, parse_cpu, parse_memory
+from gpupool.gpu.fake import FakeBackend, read_description
 from gpupool.gpu.inventory import to_domain_gpus
-from gpupool.gpu.nvml import NvmlBackend
+from gpupool.gpu.mig import MigNvml
+from gpupool.gpu.nvml import NvmlBackend, PynvmlMig
+from gpupool.gpu.types import GpuBackend, GpuInventory
 from gpupool.server.settings import Settings
 
-GpuDiscovery = Callable[[], Sequence[Gpu]]
+BackendFactory = Callable[[], GpuBackend]
+MigAccess = Callable[[], AbstractContextManager[MigNvml]]
 SIMULATED_LABEL = "gpupool.io/simulated-gpus"
 _DECLARED_RE = re.compile(r"^(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9]*)(?:-(\d+(?:\.\d+)?)\s*(GB|G|GIB))?$",
                           re.IGNORECASE)
@@ -24,19 +32,31 @@ _DEFAULT_MEMORY_GB = {"A100": 40, "H100": 80, "H200": 141, "V100": 16, "T4": 16,
 MAX_DECLARED_GPUS = 64
 
 
-def no_gpus() -> Sequence[Gpu]:
-    """GPU discovery that finds none (tests, CPU-only demos)."""
-    return ()
+@dataclass
+class LocalGpus:
+    """The GPUs of one local node: the backend that discovers and samples them, what it found, which kind
+    of backend it is ("nvml" or "fake"), whether its cards are simulated (no real device behind them), the
+    sharing mode of cards the admin has not set, and how to reach the NVML calls that apply MIG layouts."""
+
+    backend: GpuBackend
+    inventory: GpuInventory
+    kind: str
+    simulated: bool
+    default_mode: SharingMode
+    mig: MigAccess
+
+    def domain_gpus(self) -> tuple[Gpu, ...]:
+        """The cards in their default mode (before the admin's settings are applied)."""
+        modes = dict.fromkeys((g.index for g in self.inventory.gpus), self.default_mode)
+        return to_domain_gpus(self.inventory, modes, simulated=self.simulated)
 
 
-def nvml_gpus() -> Sequence[Gpu]:
-    """This machine's GPUs through NVML (whole cards in exclusive mode, MIG instances where MIG is on);
-    none, and one log line saying why, when NVML, its driver or the GPUs are missing."""
-    backend = NvmlBackend()
-    try:
-        return to_domain_gpus(backend.discover())
-    finally:
-        backend.close()
+@dataclass
+class LocalNode:
+    """One node this server declares: capacity and labels (`node.gpus` in their default modes), and its GPUs."""
+
+    node: Node
+    gpus: LocalGpus
 
 
 def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:
@@ -88,14 +108,56 @@ def host_node_name() -> str:
     return name or "local"
 
 
-def local_nodes(settings: Settings, discover_gpus: GpuDiscovery = no_gpus) -> list[Node]:
+def declared_description(text: str, seed: str) -> dict[str, Any]:
+    """A fake-GPU description of declared GPUs ("4xA100-80GB,1xT4"); `seed` makes their UUIDs stable."""
+    cards = [{"model": g.model, "memory": f"{g.memory_mib}MiB"} for g in parse_declared_gpus(text)]
+    return {"node": seed, "simulated": True, "gpus": cards}
+
+
+def _fake_mig(backend: FakeBackend) -> MigAccess:
+    return lambda: nullcontext(backend.mig())
+
+
+@contextmanager
+def _pynvml_mig() -> Iterator[MigNvml]:
+    """The NVML calls that apply MIG layouts on real hardware (NVML initialised for the duration)."""
+    applier = PynvmlMig()
+    try:
+        yield applier
+    finally:
+        applier.close()
+
+
+def local_gpus(settings: Settings, node_name: str, nvml_backend: BackendFactory = NvmlBackend) -> LocalGpus:
+    """The GPUs of one local node: declared simulated ones (`settings.gpus`), a scripted description
+    (`settings.gpu_description`), else whatever NVML finds (none, with one log line, without NVML)."""
+    if settings.gpus.strip():
+        fake = FakeBackend(declared_description(settings.gpus, node_name))
+        mode = SharingMode(settings.gpu_mode or SharingMode.SHARED.value)
+        return LocalGpus(fake, fake.discover(), "fake", True, mode, _fake_mig(fake))
+    if settings.gpu_description is not None:
+        data = read_description(settings.gpu_description)
+        if settings.nodes > 1:  # distinct UUIDs on every node
+            data = {**data, "node": f"{data.get('node', 'fake')}/{node_name}"}
+        fake = FakeBackend(data)
+        mode = SharingMode(settings.gpu_mode or SharingMode.EXCLUSIVE.value)
+        return LocalGpus(fake, fake.discover(), "fake", fake.simulated, mode, _fake_mig(fake))
+    backend = nvml_backend()
+    mode = SharingMode(settings.gpu_mode or SharingMode.EXCLUSIVE.value)
+    return LocalGpus(backend, backend.discover(), backend.name, False, mode, _pynvml_mig)
+
+
+def local_nodes(settings: Settings, nvml_backend: BackendFactory = NvmlBackend) -> list[LocalNode]:
     """The nodes this server declares for its host: `settings.nodes` of them, each with the machine's CPU and
-    memory (or the configured amounts), the declared simulated GPUs if any, else the discovered ones."""
+    memory (or the configured amounts) and its GPUs (see local_gpus; one backend per node)."""
     cpu = parse_cpu(settings.node_cpus, "node_cpus") if settings.node_cpus else machine_cpu_milli()
     memory = parse_memory(settings.node_memory, "node_memory") if settings.node_memory else machine_memory_mib()
-    declared = parse_declared_gpus(settings.gpus, settings.gpu_mode) if settings.gpus.strip() else ()
-    gpus = declared or tuple(discover_gpus())
     base = settings.node_name or host_node_name()
     names = [base] if settings.nodes == 1 else [f"{base}-{k}" for k in range(settings.nodes)]
-    labels = {SIMULATED_LABEL: "true"} if declared else {}
-    return [Node(name=name, cpu_milli=cpu, memory_mib=memory, gpus=gpus, labels=labels) for name in names]
+    labels = {SIMULATED_LABEL: "true"} if settings.gpus.strip() else {}
+    found = []
+    for name in names:
+        gpus = local_gpus(settings, name, nvml_backend)
+        node = Node(name=name, cpu_milli=cpu, memory_mib=memory, gpus=gpus.domain_gpus(), labels=labels)
+        found.append(LocalNode(node, gpus))
+    return found

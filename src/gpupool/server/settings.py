@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.gpupool")
@@ -31,7 +31,24 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     gpus: str = Field("", description="Simulated GPUs per local node, e.g. 4xA100-80GB or 2xA100-80GB,1xT4-16GB")
-    gpu_mode: Literal["exclusive", "shared", "mps"] = Field("shared", description="Sharing mode of simulated GPUs")
+    gpu_description: Path | None = Field(None, description="A scripted fake GPU description (YAML) per local "
+                                         "node, for demos and tests (see gpu/fake.py)")
+    gpu_mode: Literal["exclusive", "shared", "mps"] | None = Field(
+        None, description="Sharing mode of GPUs the admin has not set: default shared for --gpus, else exclusive")
+    sample_interval_s: float = Field(5.0, gt=0, description="How often the GPU sampler reads every GPU")
+    overuse_kill: bool = Field(False, description="Stop a workload whose replica uses more GPU memory than asked")
+    overuse_tolerance_mib: int = Field(512, ge=0, description="GPU memory over the request that is not over-use")
+    overuse_grace_s: float = Field(10.0, ge=0, description="How long over-use must last before it is reported")
+    idle_after_s: float = Field(1800.0, gt=0, description="An allocated GPU this long idle is wasted")
+    idle_max_pct: float = Field(5.0, ge=0, le=100, description="Utilisation at or below which a GPU is idle")
+    mps_control: str = Field("nvidia-cuda-mps-control", description="The MPS control program")
+    mps_set_compute_mode: bool = Field(False, description="Switch MPS cards to EXCLUSIVE_PROCESS (needs root)")
+    mps_check_interval_s: float = Field(30.0, gt=0, description="How often MPS daemons are checked and restarted")
+    hami_library: Path | None = Field(None, description="HAMi-core libvgpu.so: hard memory and SM limits on "
+                                      "time-sliced GPUs")
+    metrics_public: bool = Field(False, description="Serve /metrics without a token")
+    metrics_token: SecretStr | None = Field(None, description="A bearer token that may read /metrics (besides "
+                                            "administrators' tokens), e.g. for Prometheus")
     nodes: int = Field(1, ge=1, le=64, description="How many nodes this host declares (demos and tests)")
     node_name: str | None = Field(None, description="Name of the local node (default: the host name)")
     node_cpus: float | None = Field(None, gt=0, description="CPU cores per local node (default: this machine's)")

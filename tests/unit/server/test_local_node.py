@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.resources import SharingMode
+from gpupool.gpu.fake import FakeBackend
 from gpupool.server.local_node import (
     SIMULATED_LABEL,
     local_nodes,
@@ -37,14 +40,30 @@ def test_bad_declarations(text: str, message: str) -> None:
 
 def test_several_nodes_on_one_host(tmp_path: object) -> None:
     settings = Settings(home="/tmp/x", nodes=3, node_name="box", gpus="2xA100-80GB", node_cpus=8, node_memory="32GiB")
-    nodes = local_nodes(settings)
+    nodes = [local.node for local in local_nodes(settings)]
     assert [n.name for n in nodes] == ["box-0", "box-1", "box-2"]
     assert all(n.cpu_milli == 8000 and n.memory_mib == 32768 and len(n.gpus) == 2 for n in nodes)
     assert all(n.labels[SIMULATED_LABEL] == "true" for n in nodes)
+    # declared GPUs are fake cards behind a fake NVML: simulated, shared by default, distinct UUIDs per node
+    assert all(g.simulated and g.mode == SharingMode.SHARED and g.model == "A100-80GB" for n in nodes for g in n.gpus)
+    assert len({g.uuid for n in nodes for g in n.gpus}) == 6
 
 
 def test_the_real_machine_without_gpus() -> None:
-    (node,) = local_nodes(Settings(home="/tmp/x", node_name="real"), discover_gpus=lambda: ())
+    (local,) = local_nodes(Settings(home="/tmp/x", node_name="real"), nvml_backend=lambda: FakeBackend({"gpus": []}))
+    node = local.node
     assert node.cpu_milli == machine_cpu_milli() >= 1000
     assert node.memory_mib == machine_memory_mib() > 0
     assert node.gpus == () and SIMULATED_LABEL not in node.labels
+
+
+def test_a_scripted_description_gives_cards_that_act_like_real_ones(tmp_path: Path) -> None:
+    description = tmp_path / "gpus.yaml"
+    description.write_text("node: demo\ngpus:\n  - {model: NVIDIA A100-SXM4-80GB, memory: 80GiB, count: 2, "
+                           "nvlink: b}\n")
+    (local,) = local_nodes(Settings(home="/tmp/x", node_name="demo", gpu_description=description))
+    assert local.gpus.kind == "fake" and not local.gpus.simulated
+    # exclusive unless the admin says otherwise; NVLink peers form one group named by the lowest index
+    assert [(g.index, g.mode, g.nvlink_group, g.simulated) for g in local.node.gpus] == [
+        (0, SharingMode.EXCLUSIVE, 0, False), (1, SharingMode.EXCLUSIVE, 0, False)]
+    assert local.gpus.inventory.driver_version == "550.54.15"

@@ -149,8 +149,30 @@ class MemberSet(Model):
 
 
 # ---------------------------------------------------------------------------------- pool state
+class MigInstanceInfo(Model):
+    """One MIG instance of a GPU: its position (what a placement's `mig_instance` names), profile, UUID and
+    whether a replica holds it."""
+
+    position: int
+    profile: str
+    uuid: str = ""
+    allocated: bool = False
+
+
+class MpsInfo(Model):
+    """The MPS control daemon of a GPU in mps mode: running, stopped or failed (with why), as last checked."""
+
+    state: str
+    message: str = ""
+    pid: int | None = None
+    checked_at: float | None = None
+
+
 class GpuInfo(Model):
-    """One GPU of a node and how much of it is allocated."""
+    """One GPU of a node: model, sharing mode, health, MIG instances, MPS daemon, and what is allocated.
+
+    `health` says why an unhealthy card is (an XID or ECC error, sticky until an admin clears it) or that a
+    MIG change is in progress; nothing new is placed on it meanwhile."""
 
     index: int
     model: str
@@ -159,10 +181,16 @@ class GpuInfo(Model):
     simulated: bool
     healthy: bool
     allocated_milli: int = 0
+    uuid: str = ""
+    health: str | None = None
+    mig_layout: str | None = None
+    mig_instances: list[MigInstanceInfo] = []
+    mps: MpsInfo | None = None
 
 
 class NodeInfo(Model):
-    """A node: capacity, what is allocated, its GPUs."""
+    """A node: capacity, what is allocated, its GPUs, and how they were found (`gpu_backend` "nvml" or "fake";
+    `gpu_unavailable` says why a node has none when NVML could not be used)."""
 
     name: str
     source: str
@@ -172,6 +200,10 @@ class NodeInfo(Model):
     gpus: list[GpuInfo] = []
     labels: dict[str, str] = {}
     simulated_gpus: bool = False
+    gpu_backend: str = ""
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    gpu_unavailable: str | None = None
 
 
 class Queue(Model):

@@ -10,23 +10,26 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import NotFoundError, ValidationError, reject_unknown_keys
-from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec, parse_amounts
 from gpupool.domain.resources import ResourceVector
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
+from gpupool.server.local_node import LocalNode
+from gpupool.server.services import gpus as gpu_services
 from gpupool.server.services.auth import Principal
-from gpupool.store.convert import gpu_to_json, queue_from_row
+from gpupool.store.convert import queue_from_row
 from gpupool.store.orm import NodeRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes, queues, workloads
+from gpupool.store.repos import gpus as gpu_repo
 
 
 # ---------------------------------------------------------------------------------------- nodes
-def register_local_nodes(session: Session, declared: Sequence[Node], now: float) -> list[str]:
-    """Make the stored local nodes match `declared`: insert or update them; local nodes no longer declared
-    are removed, or made unschedulable while replicas still run on them. Returns what changed, in words."""
+def register_local_nodes(session: Session, declared: Sequence[LocalNode], now: float) -> list[str]:
+    """Make the stored local nodes match `declared`: insert or update them with their GPU inventory (the
+    cards then follow the stored per-GPU settings); local nodes no longer declared are removed, or made
+    unschedulable while replicas still run on them. Returns what changed, in words."""
     changes: list[str] = []
-    wanted = {n.name: n for n in declared}
+    wanted = {n.node.name: n for n in declared}
     busy = {r.node for r in workloads.live_replicas(session)}
     for row in nodes.list_nodes(session):
         if row.source == "local" and row.name not in wanted:
@@ -36,32 +39,35 @@ def register_local_nodes(session: Session, declared: Sequence[Node], now: float)
             else:
                 session.delete(row)
                 changes.append(f"node {row.name} removed")
-    for node in declared:
+    session.flush()
+    for local in declared:
+        node = local.node
         row = nodes.node_by_name(session, node.name)
-        values = {"cpu_milli": node.cpu_milli, "memory_mib": node.memory_mib,
-                  "gpus": [gpu_to_json(g) for g in node.gpus], "labels": dict(node.labels),
+        values = {"cpu_milli": node.cpu_milli, "memory_mib": node.memory_mib, "labels": dict(node.labels),
                   "taints": [{"key": t.key, "value": t.value} for t in node.taints], "schedulable": True,
-                  "source": "local", "heartbeat_at": now}
+                  "source": "local", "heartbeat_at": now, "gpu_inventory": local.gpus.inventory.to_dict(),
+                  "gpu_backend": local.gpus.kind, "gpu_simulated": local.gpus.simulated}
         if row is None:
-            session.add(NodeRow(name=node.name, registered_at=now, **values))
+            row = NodeRow(name=node.name, registered_at=now, gpus=[], gpus_version=0, **values)
+            session.add(row)
             changes.append(f"node {node.name} registered")
         else:
             for key, value in values.items():
                 setattr(row, key, value)
+        session.flush()
+        settings = gpu_services.sync_settings(session, node.name, local.gpus.inventory, local.gpus.default_mode, now)
+        gpu_services.refresh_node_gpus(session, row, settings)
     session.flush()
     return changes
 
 
-def _allocations(session: Session) -> tuple[dict[str, ResourceVector], dict[tuple[str, int], int]]:
+def _allocations(session: Session) -> dict[str, ResourceVector]:
     per_node: dict[str, ResourceVector] = defaultdict(ResourceVector)
-    per_gpu: dict[tuple[str, int], int] = defaultdict(int)
     for replica in workloads.live_replicas(session):
         p = replica.placement
         gpu = sum(int(g["milli"]) for g in p.get("gpus", []))
         per_node[replica.node] += ResourceVector(int(p["cpu_milli"]), int(p["memory_mib"]), gpu)
-        for g in p.get("gpus", []):
-            per_gpu[(replica.node, int(g["index"]))] += int(g["milli"])
-    return per_node, per_gpu
+    return per_node
 
 
 def _resources(v: ResourceVector) -> schemas.Resources:
@@ -69,19 +75,28 @@ def _resources(v: ResourceVector) -> schemas.Resources:
 
 
 def list_nodes(session: Session) -> list[schemas.NodeInfo]:
-    """Every node with its capacity, what is allocated on it and on each GPU."""
-    per_node, per_gpu = _allocations(session)
+    """Every node with its capacity, what is allocated on it, and each GPU (mode, health, MIG, MPS)."""
+    per_node = _allocations(session)
+    milli, held = gpu_services.allocations_by_gpu(session)
+    settings = gpu_repo.all_settings(session)
     out = []
     for row in nodes.list_nodes(session):
-        gpus = [schemas.GpuInfo(index=g["index"], model=g["model"], memory_mib=g["memory_mib"], mode=g["mode"],
-                                simulated=g.get("simulated", False), healthy=g.get("healthy", True),
-                                allocated_milli=per_gpu.get((row.name, g["index"]), 0)) for g in row.gpus]
+        own = settings.get(row.name, {})
+        gpus = [gpu_services.gpu_view(row.name, g, own.get(int(g["index"])), milli.get((row.name, int(g["index"])), 0),
+                                      held) for g in row.gpus]
         capacity = ResourceVector(row.cpu_milli, row.memory_mib, 1000 * len(row.gpus))
         out.append(schemas.NodeInfo(
             name=row.name, source=row.source, schedulable=row.schedulable, capacity=_resources(capacity),
             allocated=_resources(per_node.get(row.name, ResourceVector())), gpus=gpus,
-            labels={str(k): str(v) for k, v in row.labels.items()}, simulated_gpus=any(g.simulated for g in gpus)))
+            labels={str(k): str(v) for k, v in row.labels.items()}, simulated_gpus=any(g.simulated for g in gpus),
+            **gpu_services.inventory_facts(row)))
     return out
+
+
+def node_info(session: Session, name: str) -> schemas.NodeInfo:
+    """One node, as list_nodes shows it; NotFoundError when there is none of that name."""
+    gpu_services.node_or_404(session, name)
+    return next(n for n in list_nodes(session) if n.name == name)
 
 
 # --------------------------------------------------------------------------------------- queues

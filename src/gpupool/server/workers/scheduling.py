@@ -42,6 +42,7 @@ from gpupool.server.services.workloads import request_stop
 from gpupool.store.convert import node_from_row, placement_from_json, placement_to_json
 from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.repos import gpus as gpu_repo
 from gpupool.store.repos import nodes as node_repo
 from gpupool.store.repos import workloads as repo
 
@@ -59,6 +60,7 @@ class ClusterState:
     pending: list[PendingWorkload]
     running: list[RunningWorkload]
     specs: dict[int, WorkloadSpec] = field(default_factory=dict)
+    gpu_versions: dict[str, int] = field(default_factory=dict)
 
 
 class SchedulingLoop:
@@ -126,7 +128,8 @@ class SchedulingLoop:
         self._spec_cache = {k: v for k, v in self._spec_cache.items() if k in specs}
         running = self._running(session)
         return ClusterState([node_from_row(r) for r in node_rows], nodes_fingerprint(node_rows),
-                            queue_specs(session), pending, running, specs)
+                            queue_specs(session), pending, running, specs,
+                            {r.name: r.gpus_version for r in node_rows})
 
     def _running(self, session: Session) -> list[RunningWorkload]:
         by_workload: dict[int, list[ReplicaRow]] = defaultdict(list)
@@ -160,7 +163,10 @@ class SchedulingLoop:
     # ------------------------------------------------------------------------------------ applying
     def _apply(self, session: Session, decisions: Decisions, state: ClusterState, now: float) -> bool:
         changed = False
+        stale = self._stale_gpu_nodes(session, decisions, state)
         for bind in decisions.binds:
+            if any(p.node in stale for p in bind.placements):
+                continue  # its cards changed since the snapshot (a sharing mode, MIG layout or health mark)
             changed |= self._bind(session, bind, state.specs.get(int(bind.workload_id)), now)
         for preempt in decisions.preemptions:
             changed |= self._preempt(session, preempt, now)
@@ -176,6 +182,14 @@ class SchedulingLoop:
                 row.queue_position = decision.position
                 row.nominated = [placement_to_json(p) for p in decision.nominated] if decision.nominated else None
         return changed
+
+    @staticmethod
+    def _stale_gpu_nodes(session: Session, decisions: Decisions, state: ClusterState) -> set[str]:
+        """Nodes of the binds whose GPUs changed since the snapshot was read; the node rows stay locked until
+        the binds are written, so a GPU change and a bind on one node happen one after the other."""
+        names = sorted({p.node for bind in decisions.binds for p in bind.placements})
+        rows = gpu_repo.lock_nodes(session, names)
+        return {name for name in names if name not in rows or rows[name].gpus_version != state.gpu_versions.get(name)}
 
     def _bind(self, session: Session, bind: Bind, spec: WorkloadSpec | None, now: float) -> bool:
         row = repo.workload_by_id(session, int(bind.workload_id), for_update=True)
