@@ -1,4 +1,4 @@
-"""Pool and account commands: nodes, queues, projects, users, tokens."""
+"""Pool and account commands: queues, projects, users, tokens."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from gpupool.cli.common import (
     print_json,
     table,
 )
-from gpupool.domain.resources import format_gpu
 
 JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 queues_app = typer.Typer(help="Queues (one per project): quotas, weights, lending. Without a command: list them.",
@@ -26,27 +25,6 @@ projects_app = typer.Typer(help="Projects and their members. Without a command: 
                            invoke_without_command=True)
 users_app = typer.Typer(help="Users (administrators). Without a command: list users.", invoke_without_command=True)
 tokens_app = typer.Typer(help="Your API tokens. Without a command: list them.", invoke_without_command=True)
-
-
-@handle_errors
-def nodes(as_json: JsonOption = False) -> None:
-    """List the nodes of the pool: capacity, what is allocated, GPUs (simulated ones are marked)."""
-    with make_client() as client:
-        found = client.nodes()
-    if as_json:
-        print_json(found)
-        return
-    out = table("NODE", "SOURCE", "SCHEDULABLE", "CPU (used/total)", "MEMORY (used/total)", "GPUS")
-    for n in found:
-        models = sorted({g.model for g in n.gpus})
-        gpus = f"{format_gpu(n.allocated.gpu_milli)}/{len(n.gpus)} {'|'.join(models)}" if n.gpus else "-"
-        if n.simulated_gpus:
-            gpus += " (simulated)"
-        out.add_row(n.name, n.source, "yes" if n.schedulable else "no",
-                    f"{amounts(n.allocated.cpu_milli, None, None)} / {amounts(n.capacity.cpu_milli, None, None)}",
-                    f"{amounts(None, n.allocated.memory_mib, None)} / {amounts(None, n.capacity.memory_mib, None)}",
-                    gpus)
-    console.print(out)
 
 
 @queues_app.callback()
@@ -232,7 +210,6 @@ def revoke_token(token_id: Annotated[int, typer.Argument(help="The token id (fro
 
 def register(app: typer.Typer) -> None:
     """Add the pool and account commands to the root app."""
-    app.command()(nodes)
     app.add_typer(queues_app, name="queues")
     app.add_typer(projects_app, name="projects")
     app.add_typer(users_app, name="users")

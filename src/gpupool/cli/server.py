@@ -12,6 +12,7 @@ from pydantic import ValidationError as SettingsError
 
 from gpupool.cli.common import err_console
 from gpupool.domain.errors import GpupoolError
+from gpupool.gpu.fake import FakeBackend, read_description
 from gpupool.server.local_node import parse_declared_gpus
 from gpupool.server.settings import Settings
 
@@ -35,7 +36,10 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        database_url: Annotated[str | None, typer.Option(help="postgresql://... [default: SQLite in the home "
                                                         "directory].")] = None,
        gpus: Annotated[str | None, typer.Option(help="Declare simulated GPUs per node, e.g. 4xA100-80GB.")] = None,
-       gpu_mode: Annotated[str | None, typer.Option(help="Sharing mode of simulated GPUs: exclusive, shared, mps.")]
+       gpu_description: Annotated[str | None, typer.Option(help="Scripted fake GPUs from a YAML description "
+                                                           "(demos and tests; see docs/gpu.md).")] = None,
+       gpu_mode: Annotated[str | None, typer.Option(help="Sharing mode of GPUs no admin has set: exclusive, "
+                                                    "shared, mps [default: shared for --gpus, else exclusive].")]
        = None,
        nodes: Annotated[int | None, typer.Option(help="Declare this many nodes on this host (demos).", min=1)]
        = None,
@@ -52,6 +56,7 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
     on this machine uses. Settings also come from GPUPOOL_* environment variables; options win."""
     overrides: dict[str, Any] = {
         "host": host, "port": port, "home": home, "database_url": database_url, "gpus": gpus, "gpu_mode": gpu_mode,
+        "gpu_description": gpu_description,
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
         "log_level": log_level, "reset_admin_token": reset_admin_token or None}
     try:
@@ -82,7 +87,9 @@ def _preflight(settings: Settings) -> None:
     from gpupool.store.db import Database  # noqa: PLC0415
 
     try:
-        parse_declared_gpus(settings.gpus, settings.gpu_mode)
+        parse_declared_gpus(settings.gpus)
+        if settings.gpu_description is not None:
+            FakeBackend(read_description(settings.gpu_description)).close()  # validates the description
         db = Database(settings.resolved_database_url)
         try:
             db.migrate()
