@@ -13,11 +13,12 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start `gpupool up` with extra arguments; every server and its replicas are stopped at the end."""
+    """Start `gpupool up` with extra arguments (and GPUPOOL_* settings in `env`); every server and its
+    replicas are stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(tmp_path / f"home{len(started)}", list(args))
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(tmp_path / f"home{len(started)}", list(args), extra_env=dict(env or {}))
         started.append(server)
         return server.start()
 

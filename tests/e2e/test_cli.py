@@ -18,7 +18,9 @@ from gpupool.cli.main import app
 
 COMMANDS = [["up"], ["submit"], ["ls"], ["show"], ["logs"], ["cancel"], ["nodes"], ["queues"], ["queues", "set"],
             ["projects"], ["projects", "create"], ["projects", "add-member"], ["projects", "remove-member"],
-            ["users"], ["users", "create"], ["tokens"], ["tokens", "create"], ["tokens", "revoke"]]
+            ["users"], ["users", "create"], ["tokens"], ["tokens", "create"], ["tokens", "revoke"], ["nodes", "show"],
+            ["nodes", "set-sharing"], ["nodes", "set-mig"], ["nodes", "clear-unhealthy"], ["top"], ["report"],
+            ["report", "idle"]]
 
 
 def test_every_command_has_help() -> None:
@@ -91,6 +93,26 @@ def test_pool_and_account_commands(start_server: StartServer) -> None:
     run_cli(["tokens", "revoke", str(created["info"]["id"])], alice_env)
     revoked = run_cli(["ls"], {**env, "GPUPOOL_TOKEN": created["token"]}, check=False)
     assert revoked.returncode == 1 and "not valid" in revoked.stderr
+    _gpu_admin_commands(env, alice_env)
+
+
+def _gpu_admin_commands(env: dict[str, str], member_env: dict[str, str]) -> None:
+    """The GPU commands on the simulated node of test_pool_and_account_commands (two A100-80GB)."""
+    wide = {**env, "COLUMNS": "200"}
+    assert "now holds 3g.40gb,3g.40gb" in run_cli(["nodes", "set-mig", "node", "1", "3g.40gb,3g.40gb"], wide).stdout
+    shown = run_cli(["nodes", "show", "node"], wide).stdout
+    assert "mig (2 instances)" in shown and "0:3g.40gb, 1:3g.40gb" in shown and "backend fake" in shown
+    mps: Any = run_json(["nodes", "set-sharing", "node", "0", "mps"], env)
+    assert mps["gpu"]["mode"] == "mps" and mps["mps"]["state"] == "simulated"  # no daemon for simulated cards
+    assert "was not marked unhealthy" in run_cli(["nodes", "clear-unhealthy", "node", "0"], env).stdout
+    bad = run_cli(["nodes", "set-mig", "node", "0", "4g.40gb,4g.40gb"], env, check=False)
+    assert bad.returncode == 1 and "holds at most 1 x 4g.40gb" in bad.stderr and "Traceback" not in bad.stderr
+    denied = run_cli(["nodes", "set-sharing", "node", "0", "shared"], member_env, check=False)
+    assert denied.returncode == 1 and "only administrators" in denied.stderr
+    listed = run_cli(["nodes"], wide).stdout
+    assert "mps" in listed and "simulated" in listed
+    top = run_cli(["top", "--once"], wide).stdout
+    assert "A100-80GB (simulated)" in top and "0%" in top
 
 
 def json_of(result: subprocess.CompletedProcess[str]) -> object:

@@ -57,6 +57,7 @@ class ServerProcess:
     home: Path
     args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -66,7 +67,7 @@ class ServerProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        return cli_env(self.home, self.port, **FAST_ENV)
+        return cli_env(self.home, self.port, **FAST_ENV, **self.extra_env)
 
     def start(self) -> ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@ variable, on the card their own environment points at.
 A description entry `{env: "DEMO_GPU_TAG=hog", memory: [[0, 2GiB], [5s, 14GiB]]}` (no `pid`) makes the fake
 report, for every session in which some process has `DEMO_GPU_TAG=hog` in its environment, one process
 holding that memory, the trace starting when the process is first seen: the lowest pid of the session
-among the matching processes that have no matching child (the program itself, not the shell or the
-supervisor that started it with the same environment). Its card is the one `gpu:` names, else the one
+among the matching processes that have no matching child (the program itself, not the shell that runs
+it), leaving out launchers — processes that started a matching process in another session, such as the
+executor's supervisor, which has the replica's environment too. Its card is the one `gpu:` names, else the one
 the process would open: the first entry of its `CUDA_VISIBLE_DEVICES` when it is a GPU or MIG UUID of
 this node, else the first of `GPUPOOL_GPU_INDICES` (MPS clients see device 0; simulated cards show none),
 else a plain index in `CUDA_VISIBLE_DEVICES`.
@@ -70,6 +71,7 @@ class ProcessMatcher:
     gpu: int | None = None
     mig: int | None = None
     tracked: dict[int, FakeProcess] = field(default_factory=dict)
+    launchers: set[int] = field(default_factory=set)
 
 
 def parse_env_match(text: str) -> tuple[str, str]:
@@ -107,11 +109,14 @@ def refresh_matched(state: FakeGpuState, matchers: list[ProcessMatcher], scan: S
     known = {card.index for card in state.cards}
     for matcher in matchers:
         matching = [p for p in seen if p.env.get(matcher.variable) == matcher.value]
-        parents = {p.ppid for p in matching}
+        by_pid = {p.pid: p for p in matching}
+        matcher.launchers &= set(by_pid)
+        matcher.launchers |= {p.ppid for p in matching if p.ppid in by_pid and by_pid[p.ppid].sid != p.sid}
+        parents = {p.ppid for p in matching} | matcher.launchers
         leaders: dict[int, SeenProcess] = {}
         for proc in matching:
             if proc.pid in parents:
-                continue  # a shell or supervisor of a matching process, not the program itself
+                continue  # a shell or a launcher of a matching process, not the program itself
             current = leaders.get(proc.sid)
             if current is None or proc.pid < current.pid:
                 leaders[proc.sid] = proc

@@ -123,8 +123,17 @@ class IdleAllocation:
     @property
     def message(self) -> str:
         """Human text."""
-        return (f"{self.replica.workload_id} (replica {self.replica.replica}) holds GPU {self.gpu_index} "
-                f"({self.milli / 1000:g} GPU) but it has been idle for {self.idle_for_s / 60:.0f} min")
+        return (f"workload {self.replica.workload_id} (replica {self.replica.replica}) holds GPU {self.gpu_index} "
+                f"({self.milli / 1000:g} GPU) but it has been idle for {_duration(self.idle_for_s)}")
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '15 min', '2.5 h'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,3 +250,18 @@ def test_an_unbounded_grace_period_is_capped_and_sigterm_still_sent(local: Local
     local.executor.stop(handle, grace_s=float("inf"))
     status = local.wait(handle)
     assert (status.state, status.exit_code) == (ReplicaState.STOPPED, 143)
+
+
+def test_the_session_id_names_every_process_of_a_running_replica(local: LocalHarness) -> None:
+    assert Capability.SESSION_IDS in local.executor.capabilities
+    pid_file = local.tmp / "work" / "child"
+    handle = local.start(f"sleep 300 & echo $! > {pid_file}; wait")
+    local.until(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    session = local.executor.session_id(handle)
+    command = local.command_of(handle)
+    # the command leads its own session, and what it spawns stays in it (the GPU monitor relies on this)
+    assert command is not None and session == command.pid == os.getsid(int(pid_file.read_text()))
+    local.executor.stop(handle, grace_s=0)
+    local.wait(handle)
+    assert local.executor.session_id(handle) is None  # ended
+    assert local.executor.session_id({"executor": "other"}) is None

@@ -7,7 +7,7 @@ from tests.builders import node, on
 
 from gpupool.domain.nodes import Gpu
 from gpupool.gpu.metrics import GpuMetrics
-from gpupool.gpu.monitor import IdleAllocation, MonitorReport, ReplicaGpuUsage, ReplicaKey
+from gpupool.gpu.monitor import IdleAllocation, MonitorReport, OveruseEvent, ReplicaGpuUsage, ReplicaKey
 from gpupool.gpu.types import GpuReading
 from gpupool.scheduler.snapshot import ClusterSnapshot
 
@@ -85,3 +85,16 @@ def test_two_apps_keep_separate_registries() -> None:
     first.update_scheduler(ClusterSnapshot([node("a").gpus(1).build()]), {"q": 5})
     assert ("gpupool_queue_depth", (("queue", "q"),)) not in _values(second)
     assert first.content_type.startswith("text/plain")
+
+
+def test_overuse_events_are_counted_and_forgotten_when_their_workload_ended() -> None:
+    metrics = GpuMetrics()
+    event = OveruseEvent(5.0, TRAIN, 0, 14336, 10240, 0.0, False)
+    metrics.record_overuse("n1", [event, event])
+    key = ("gpupool_gpu_overuse_events_total", (("gpu", "0"), ("node", "n1"), ("project", "vision"),
+                                                ("workload", "train-1")))
+    assert _values(metrics)[key] == 2
+    metrics.forget_workloads({"train-1"})
+    assert _values(metrics)[key] == 2
+    metrics.forget_workloads(set())
+    assert key not in _values(metrics)

@@ -105,7 +105,7 @@ def _reading(gpu: GpuNow, report: MonitorReport | None) -> GpuNow:
 
 def _window(now: float, since: float | None, until: float | None, max_points: int | None) -> tuple[float, float]:
     start = since if since is not None else now - DEFAULT_WINDOW_S
-    end = until if until is not None else now
+    end = until if until is not None else max(now, start)
     if end < start:
         raise ValidationError("until must not be before since", "until")
     if max_points is not None and not 1 <= max_points <= MAX_POINTS:
