@@ -3,12 +3,16 @@ which card, from when, and until when."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
+import yaml
 
 from gpupool.domain.errors import ValidationError
-from gpupool.gpu.fake import FakeBackend, load_description
+from gpupool.domain.specs import parse_spec
+from gpupool.gpu.fake import FakeBackend, load_description, read_description
 from gpupool.gpu.fake_processes import SeenProcess, scan_proc
 
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -96,7 +100,17 @@ def test_descriptions_say_whether_their_cards_are_simulated_and_check_env_entrie
 
 
 def test_the_real_scan_finds_this_process_and_its_environment() -> None:
-    import os  # noqa: PLC0415
-
     me = next(p for p in scan_proc() if p.pid == os.getpid())
     assert me.sid == os.getsid(0) and me.ppid == os.getppid() and me.env.get("PATH") == os.environ["PATH"]
+
+
+def test_the_demo_node_and_its_example_specs_load() -> None:
+    examples = Path(__file__).resolve().parents[3] / "examples" / "gpus"
+    demo = FakeBackend(read_description(examples / "demo.yaml"), scan=Machine())
+    cards = demo.discover().gpus
+    assert len(cards) == 4 and not demo.simulated and len(cards[3].mig_devices) == 4
+    assert sorted((m.variable, m.value) for m in demo.matchers) == [("DEMO_GPU_USE", "greedy"),
+                                                                    ("DEMO_GPU_USE", "modest")]
+    specs = {p.stem: parse_spec(yaml.safe_load(p.read_text())) for p in examples.glob("*.yaml") if p.stem != "demo"}
+    assert sorted(specs) == ["infer-mig", "notebook", "train"]
+    assert specs["notebook"].roles[0].resources.gpu is not None
