@@ -120,6 +120,7 @@ def json_of(result: subprocess.CompletedProcess[str]) -> object:
 
 
 @pytest.mark.parametrize("args", [["--port", "99999"], ["--gpus", "lots"], ["--database-url", "mysql://x/y"],
+                                  ["--gpu-description", "/nonexistent/gpus.yaml"],
                                   ["--database-url", "postgresql://nobody:x@127.0.0.1:1/none"]])
 def test_up_refuses_bad_options_clearly(tmp_path: Path, args: list[str]) -> None:
     args = args if "--port" in args else [*args, "--port", str(free_port())]

@@ -150,6 +150,8 @@ def test_a_mig_change_that_needs_a_reset_says_so(server_factory: ServerFactory, 
         assert (change.gpu.mode, change.gpu.mig_instances) == ("mig", [])  # nothing placed until it is reset
         with pytest.raises(ValidationError, match=r"\(T4\) does not support MIG"):
             client.set_mig(NODE, 1, "1g.10gb")
+        with pytest.raises(ValidationError, match=r"\(T4\) does not support MIG"):
+            client.set_sharing(NODE, 1, "mig")
 
 
 def test_an_xid_marks_a_gpu_unhealthy_until_an_admin_clears_it(server_factory: ServerFactory, fake: FakeExecutor,

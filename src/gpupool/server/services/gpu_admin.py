@@ -65,7 +65,11 @@ def set_sharing(db: Database, runtime: GpuRuntime, principal: Principal, node: s
     with db.session() as session:
         row = gpus.node_or_404(session, node, lock=True)
         card = gpus.card_of(row, index)
-        if _inventory_card(row, index).mig_enabled and wanted != SharingMode.MIG:
+        info = _inventory_card(row, index)
+        if wanted == SharingMode.MIG and catalog_for(info.name, info.memory_mib) is None:
+            raise ValidationError(f"GPU {index} of {node} ({card.model}) does not support MIG; MIG GPUs are the "
+                                  "A100, A30, H100 80GB and H200", "mode")
+        if info.mig_enabled and wanted != SharingMode.MIG:
             raise ConflictError(f"MIG mode is enabled on GPU {index} of {node}; turn it off first with "
                                 f"`gpupool nodes set-mig {node} {index} none`")
         conflict = mode_change_conflict(card, wanted, gpus.running_assignments(session, node, index))
