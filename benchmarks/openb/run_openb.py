@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from gpupool.cli.sim import parse_seeds
+from gpupool.cli.sim_run import parse_seeds
 from gpupool.sim.inflation import InflationResult, run_inflation
 from gpupool.sim.plots import plot_inflation
 from gpupool.sim.sweep import median_curve, summary_table

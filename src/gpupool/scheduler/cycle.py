@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from gpupool.domain.queues import QueueSpec
+from gpupool.domain.resources import ResourceVector
 from gpupool.scheduler.backfill import Reservation, reserve
 from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
 from gpupool.scheduler.feasibility import NeverFitsChecker
@@ -86,6 +87,7 @@ class _Cycle:
         self.nominations: dict[str, tuple[ReplicaPlacement, ...]] = {}
         self.bound: set[str] = set()
         self.failed_shapes: dict[object, str] = {}
+        self._demands: dict[str, ResourceVector] = {}
         self.unpreemptable_shapes: set[object] = set()
 
     @property
@@ -154,8 +156,14 @@ class _Cycle:
             if cursor[q] < len(items):
                 heapq.heappush(heap, (self._queue_key(q, items[cursor[q]]), q))
 
+    def _demand(self, w: PendingWorkload) -> ResourceVector:
+        demand = self._demands.get(w.id)
+        if demand is None:
+            demand = self._demands[w.id] = w.nominal()
+        return demand
+
     def _queue_key(self, queue: str, head: PendingWorkload) -> tuple[int, float, str]:
-        borrowing = 0 if self.book.within_guarantee(queue, head.nominal()) else 1
+        borrowing = 0 if self.book.within_guarantee(queue, self._demand(head)) else 1
         return (borrowing, self.book.share(queue), queue)
 
     def _try(self, w: PendingWorkload) -> bool:
@@ -163,7 +171,7 @@ class _Cycle:
         if never is not None:
             self.reasons[w.id] = never
             return False
-        quota = self.book.blocked_by_quota(w.queue, w.nominal())
+        quota = self.book.blocked_by_quota(w.queue, self._demand(w))
         if quota is not None:
             if not self._preempt_for(w):
                 self.reasons[w.id] = quota
@@ -188,7 +196,7 @@ class _Cycle:
 
     def _admission_blocked(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> str | None:
         usage = placements_usage(placements)
-        if usage != w.nominal():  # shares sized by memory: check the quota again with the exact milli
+        if usage != self._demand(w):  # shares sized by memory: check the quota again with the exact milli
             quota = self.book.blocked_by_quota(w.queue, usage)
             if quota is not None:
                 return quota

@@ -48,14 +48,17 @@ class Placer:
         if rows.size == 0:
             return None
         scored = self.policy.score(snap, request, rows)
-        scores = scored.scores
-        if bonus is not None:
-            scores = _normalised(scores) + TOPOLOGY_WEIGHT * bonus[rows]
-        best = int(np.argmax(scores))
+        if bonus is None:
+            best = scored.top()
+        else:
+            scores = _normalised(scored.all_scores()) + TOPOLOGY_WEIGHT * bonus[rows]
+            best = int(np.argmax(scores))
         column = None if scored.share_columns is None else int(scored.share_columns[best])
         placement = self._build(snap, int(rows[best]), request, role, ordinal, column)
         if placement is not None:
             return placement
+        if bonus is None:
+            scores = scored.all_scores()
         for k in np.argsort(-scores, kind="stable")[1:]:  # rare: a node passed the filter but its cards do not
             column = None if scored.share_columns is None else int(scored.share_columns[k])
             placement = self._build(snap, int(rows[k]), request, role, ordinal, column)

@@ -65,7 +65,8 @@ def test_fgd_with_a_whole_gpu_target_breaks_equal_growth_by_leftover() -> None:
     # b: 3 -> 2 copies; c: 4 -> 3), and the bestfit leftover decides: b (-0.28125) > a (-0.3125) > c (-0.8125)
     policy = make_policy("fgd", target=[TargetShape(1000, 1024, 1, 1000, (), 1.0)])
     scored = policy.score(three_nodes(), ONE_GPU, np.arange(3))
-    np.testing.assert_array_equal(scored.scores, [1, 2, 0])  # ranks, higher is better
+    np.testing.assert_array_equal(scored.all_scores(), [1, 2, 0])  # ranks, higher is better
+    assert scored.top() == 1  # the fast path agrees with the full ranking
 
 
 def two_shared_nodes() -> ClusterSnapshot:

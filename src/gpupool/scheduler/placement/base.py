@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,10 +18,28 @@ from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 @dataclass(frozen=True, slots=True)
 class Scored:
     """Scores of candidate rows (higher is better) and, when the policy chose them while scoring, the
-    card column each row would give a GPU share (None: let `choose_share_card` decide)."""
+    card column each row would give a GPU share (None: let `choose_share_card` decide).
 
-    scores: FloatArray
+    A policy whose full ranking is costly may give `best` (the index of the top row) and `ranking`
+    (computes the scores on demand) instead of `scores`.
+    """
+
+    scores: FloatArray | None = None
     share_columns: IntArray | None = None
+    best: int | None = None
+    ranking: Callable[[], FloatArray] | None = None
+
+    def all_scores(self) -> FloatArray:
+        """The score of every row (computed now when the policy deferred it)."""
+        if self.scores is not None:
+            return self.scores
+        if self.ranking is None:
+            raise ValueError("a Scored needs scores or a ranking")
+        return self.ranking()
+
+    def top(self) -> int:
+        """Index of the best row (ties: the first)."""
+        return self.best if self.best is not None else int(np.argmax(self.all_scores()))
 
 
 class PlacementPolicy(ABC):

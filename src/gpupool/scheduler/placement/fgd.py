@@ -16,6 +16,7 @@ identical states are scored once.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,12 @@ LEARN_EVERY = 200
 _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored once
 DEFAULT_RESOLUTION = 25.0
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| << scale)
+
+
+@functools.cache
+def _hash_weights(width: int) -> IntArray:
+    weights: IntArray = np.random.default_rng(20231121).integers(1, 2**62, size=width, dtype=np.int64)
+    return weights
 
 
 @dataclass
@@ -116,16 +123,30 @@ class FgdPolicy(PlacementPolicy):
             cache.growth_bin[stale] = np.round(growth.paper / self.resolution)
             cache.capacity[stale] = np.round(growth.capacity, 6)
             cache.column[stale], cache.version[stale] = growth.column, snap.version[stale]
-        keys: tuple[npt.NDArray[np.generic], ...]
-        if self.tie_break:
-            keys = (-np.arange(len(rows)), negative_leftover(snap, request, rows), -cache.capacity[rows],
-                    -cache.growth_bin[rows])
-        else:
-            keys = (-np.arange(len(rows)), -cache.growth_bin[rows])
-        order = np.lexsort(keys)
-        ranks = np.empty(len(rows))
-        ranks[order] = np.arange(len(rows))
-        return Scored(ranks, cache.column[rows] if request.gpu.kind == "share" else None)
+        growth_bin, capacity = cache.growth_bin[rows], cache.capacity[rows]
+        columns = cache.column[rows] if request.gpu.kind == "share" else None
+
+        def ranking() -> FloatArray:
+            keys: tuple[npt.NDArray[np.generic], ...] = (-np.arange(len(rows)), -growth_bin)
+            if self.tie_break:
+                keys = (-np.arange(len(rows)), negative_leftover(snap, request, rows), -capacity, -growth_bin)
+            ranks = np.empty(len(rows))
+            ranks[np.lexsort(keys)] = np.arange(len(rows))
+            return ranks
+
+        return Scored(share_columns=columns, best=self._best(snap, request, rows, growth_bin, capacity),
+                      ranking=ranking)
+
+    def _best(self, snap: ClusterSnapshot, request: ReplicaRequest, rows: IntArray, growth_bin: FloatArray,
+              capacity: FloatArray) -> int:
+        """The top row by (least growth bin, least capacity growth, bestfit, first) without a full sort."""
+        tied = np.flatnonzero(growth_bin == growth_bin.min())
+        if tied.size == 1 or not self.tie_break:
+            return int(tied[0])
+        tied = tied[capacity[tied] == capacity[tied].min()]
+        if tied.size == 1:
+            return int(tied[0])
+        return int(tied[np.argmax(negative_leftover(snap, request, rows[tied]))])
 
     def _shape_cache(self, request: ReplicaRequest, n: int) -> _ShapeCache:
         cache = self._cache.get(request)
@@ -162,11 +183,18 @@ class FgdPolicy(PlacementPolicy):
         if rows.size <= _DEDUPE_ABOVE:
             return self._growths_exact(snap, target, request, rows)
         state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], usable_free(snap, rows),
-                                 target.model_ok[rows], snap.free_gmem[rows]])
-        _, first, inverse = np.unique(state, axis=0, return_index=True, return_inverse=True)
-        unique = self._growths_exact(snap, target, request, rows[first])
+                                 target.model_ok[rows], snap.free_gmem[rows]]).astype(np.int64)
+        hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         back = inverse.ravel()
-        return _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
+        unique = self._growths_exact(snap, target, request, rows[first])
+        growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
+        collided = np.flatnonzero((state != state[first][back]).any(axis=1))
+        if collided.size:  # two different states with one hash: score those rows on their own
+            exact = self._growths_exact(snap, target, request, rows[collided])
+            growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
+            growth.column[collided] = exact.column
+        return growth
 
     def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
                        rows: IntArray) -> _Growth:

@@ -9,6 +9,7 @@ from gpupool.domain.errors import ValidationError, did_you_mean
 from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.fgd import FgdPolicy
 from gpupool.scheduler.placement.fragmentation import TargetShape
+from gpupool.scheduler.placement.names import POLICY_NAMES
 from gpupool.scheduler.placement.resource_fit import BestFitPolicy, BinpackPolicy, RandomPolicy, SpreadPolicy
 
 PolicyFactory = Callable[[random.Random, Sequence[TargetShape] | None], PlacementPolicy]
@@ -21,6 +22,10 @@ POLICIES: dict[str, PolicyFactory] = {
     "fgd": lambda rng, target: FgdPolicy(target=target, rng=rng),
     "fgd-plain": lambda rng, target: FgdPolicy(target=target, resolution=1e-6, tie_break=False, rng=rng),
 }
+
+
+if set(POLICIES) != set(POLICY_NAMES):  # pragma: no cover  (a new policy must be named in names.py too)
+    raise RuntimeError("placement/names.py and the registry list different policies")
 
 
 def policy_names() -> list[str]:
