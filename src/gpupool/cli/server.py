@@ -12,8 +12,6 @@ from pydantic import ValidationError as SettingsError
 
 from gpupool.cli.common import err_console
 from gpupool.domain.errors import GpupoolError
-from gpupool.gpu.fake import FakeBackend, read_description
-from gpupool.server.local_node import parse_declared_gpus
 from gpupool.server.settings import Settings
 
 
@@ -84,6 +82,8 @@ def _preflight(settings: Settings) -> None:
     """Check what start-up needs (GPU declaration, database reachable and migrated) with clear errors."""
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415  (keeps the other commands fast to start)
 
+    from gpupool.gpu.fake import FakeBackend, read_description  # noqa: PLC0415
+    from gpupool.server.local_node import parse_declared_gpus  # noqa: PLC0415
     from gpupool.store.db import Database  # noqa: PLC0415
 
     try:
