@@ -87,12 +87,13 @@ def test_failed_replicas_are_retried_then_the_job_fails(admin: Client, fake: Fak
 
 
 def test_a_retry_that_succeeds_ends_the_job_succeeded(admin: Client, fake: FakeExecutor) -> None:
-    wid = admin.submit(job(retries=2)).workload.id
+    # attempts already started when the script switches to success may still fail: leave room for them
+    wid = admin.submit(job(retries=3)).workload.id
     fake.script(str(wid), fail(exit_code=1))
     wait_until(lambda: admin.get_workload(wid).retries_used == 1, what="first retry")
     fake.script(str(wid), SUCCEED)
     done = admin.wait(wid, timeout_s=15)
-    assert done.status == "succeeded" and done.retries_used in (1, 2)
+    assert done.status == "succeeded" and done.retries_used in (1, 2, 3)
 
 
 def test_a_lost_replica_makes_the_workload_lost(admin: Client, fake: FakeExecutor) -> None:
