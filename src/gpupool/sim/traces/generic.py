@@ -21,7 +21,6 @@ Errors name the file, the line and the field, and say what was expected.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from collections.abc import Iterator, Mapping
@@ -30,7 +29,7 @@ from typing import Any
 
 from gpupool.domain.errors import ValidationError, reject_unknown_keys
 from gpupool.domain.resources import ReplicaRequest, parse_cpu, parse_duration, parse_gpu, parse_memory
-from gpupool.sim.traces.openb import TraceError
+from gpupool.sim.traces.openb import TraceError, csv_rows
 from gpupool.sim.workloads import SimWorkload
 
 FIELDS = ("name", "arrival", "duration", "queue", "priority", "replicas", "cpu", "memory", "gpu", "gpu_model",
@@ -57,14 +56,8 @@ def load_workloads(path: Path | str) -> list[SimWorkload]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        handle = path.open(newline="")
-    except OSError as exc:
-        raise TraceError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+    for line, row in csv_rows(path):
+        yield line, {k: v for k, v in row.items() if k is not None and v not in (None, "")}
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -61,7 +61,9 @@ class TracePod:
         return ReplicaRequest(self.cpu_milli, self.memory_mib, gpu)
 
 
-def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+def csv_rows(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV file with a header; TraceError when it cannot be read or lacks a
+    `required` column."""
     try:
         handle = path.open(newline="")
     except OSError as exc:
@@ -100,7 +102,7 @@ def load_nodes(path: Path | str, gpu_mode: SharingMode = SharingMode.SHARED) -> 
     requests alike, as in the trace's cluster). The trace gives no GPU memory: cards carry 0 MiB."""
     path = Path(path)
     nodes = []
-    for line, row in _rows(path, NODE_COLUMNS):
+    for line, row in csv_rows(path, NODE_COLUMNS):
         name = (row.get("sn") or "").strip()
         if not name:
             raise TraceError(f"{path}: line {line}, column sn: expected a node name, got an empty value")
@@ -121,7 +123,7 @@ def load_pods(path: Path | str) -> list[TracePod]:
     """Pods of an openb pod list (5 to 11 columns), validated row by row."""
     path = Path(path)
     pods = []
-    for line, row in _rows(path, POD_COLUMNS):
+    for line, row in csv_rows(path, POD_COLUMNS):
         num_gpu = _field(path, line, row, "num_gpu", _non_negative_int, "a non-negative integer")
         gpu_milli = _field(path, line, row, "gpu_milli", _non_negative_int, "an integer 0..1000")
         if gpu_milli > MILLI_PER_GPU or (num_gpu and not gpu_milli) or (num_gpu > 1 and gpu_milli != MILLI_PER_GPU):
