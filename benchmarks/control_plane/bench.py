@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import socket
 import statistics
@@ -28,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from gpupool.client.http import Client
 from gpupool.domain.status import WorkloadStatus, transition
@@ -37,6 +34,7 @@ from gpupool.executors.local import LocalExecutor
 from gpupool.store.db import Database
 from gpupool.store.orm import WorkloadRow
 from gpupool.store.repos import accounts
+from gpupool.store.scratch import scratch_postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"GPUPOOL_SCHEDULE_INTERVAL_S": "1", "GPUPOOL_RECONCILE_INTERVAL_S": "1", "GPUPOOL_LOG_LEVEL": "warning"}
@@ -63,17 +61,8 @@ def fresh_database(postgres_url: str | None, home: Path) -> Iterator[str]:
     if not postgres_url:
         yield f"sqlite:///{home / 'gpupool.db'}"
         return
-    admin_url = make_url(postgres_url)
-    name = f"gpupool_bench_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(postgres_url, "gpupool_bench") as url:
+        yield url
 
 
 @contextmanager

@@ -8,7 +8,6 @@ in CI (CI=true), where they fail: CI must exercise PostgreSQL.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,6 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+
+from gpupool.store.scratch import scratch_postgres_database
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://gpupool:gpupool@127.0.0.1:5432/postgres"
 
@@ -46,17 +47,8 @@ def require_postgres() -> None:
 def temporary_postgres_database() -> Iterator[str]:
     """Create an empty database, yield its URL, drop it afterwards."""
     require_postgres()
-    admin_url = make_url(postgres_admin_url())
-    name = f"gpupool_test_{secrets.token_hex(6)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(postgres_admin_url(), "gpupool_test") as url:
+        yield url
 
 
 def truncate_all(url: str) -> None:

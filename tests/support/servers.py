@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,11 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from tests.support.databases import temporary_postgres_database
 
 from gpupool.client.http import Client
 from gpupool.executors.base import Executor
+from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.server.app import create_app
 from gpupool.server.context import Services
 from gpupool.server.settings import Settings
@@ -119,3 +121,19 @@ def start_server(settings: Settings, executor: Executor | None = None,
 
     wait_until(healthy, 30, 0.05, "server start")
     return TestServer(settings, url, server, thread, app)
+
+
+def refusing_server(database: str, tmp: Path) -> Iterator[TestServer]:
+    """A server on `database` ("sqlite" or "postgresql", a throw-away one) with 4 declared A100s and a fake
+    executor whose replicas run forever; for module-scoped fixtures whose requests must change nothing."""
+    def serve(url: str) -> Iterator[TestServer]:
+        running = start_server(server_settings(tmp / "home", url, gpus="4xA100-80GB"),
+                               FakeExecutor(default=RUN_FOREVER))
+        yield running
+        running.stop()
+
+    if database == "sqlite":
+        yield from serve(f"sqlite:///{tmp / 'gpupool.db'}")
+    else:
+        with temporary_postgres_database() as url:
+            yield from serve(url)

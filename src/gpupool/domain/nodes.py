@@ -16,7 +16,6 @@ from gpupool.domain.resources import (
 )
 
 RACK_LABEL = "topology.gpupool.io/rack"
-ZONE_LABEL = "topology.gpupool.io/zone"
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,10 +84,6 @@ class ResourceVector:
         """This vector with negative components replaced by zero."""
         return ResourceVector(*(max(0, v) for v in self.as_tuple()))
 
-    def is_zero(self) -> bool:
-        """True when every component is zero."""
-        return self.as_tuple() == (0, 0, 0)
-
     def dominant_share(self, total: ResourceVector) -> float:
         """max over resources of self/total (resources with zero total are ignored): the DRF share."""
         shares = [a / b for a, b in zip(self.as_tuple(), total.as_tuple(), strict=True) if b > 0]

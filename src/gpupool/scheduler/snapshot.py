@@ -98,14 +98,6 @@ class ClusterSnapshot:
         """Row of the node called `name`; KeyError if unknown."""
         return self._index[name]
 
-    def has_node(self, name: str) -> bool:
-        """True when a node of that name is in the snapshot."""
-        return name in self._index
-
-    def column_of(self, row: int, gpu_index: int) -> int:
-        """Column of the GPU whose node-local index is `gpu_index` on node `row`."""
-        return self._columns[row][gpu_index]
-
     def total_capacity(self) -> ResourceVector:
         """CPU, memory and healthy GPU milli of all schedulable nodes."""
         s = self.schedulable

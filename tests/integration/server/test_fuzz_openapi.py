@@ -7,35 +7,20 @@ Revoking tokens is left out so that the fuzzer keeps its administrator token.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from tests.support.databases import temporary_postgres_database
-from tests.support.servers import TestServer, server_settings, start_server
-
-from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
+from tests.support.servers import TestServer, refusing_server
 
 MAX_EXAMPLES = 12
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
-    tmp: Path = tmp_path_factory.mktemp("fuzz")
-    if request.param == "sqlite":
-        yield from _serve(tmp, f"sqlite:///{tmp / 'gpupool.db'}")
-    else:
-        with temporary_postgres_database() as url:
-            yield from _serve(tmp, url)
-
-
-def _serve(tmp: Path, url: str) -> Iterator[TestServer]:
-    running = start_server(server_settings(tmp / "home", url, gpus="4xA100-80GB"), FakeExecutor(default=RUN_FOREVER))
-    yield running
-    running.stop()
+    yield from refusing_server(request.param, tmp_path_factory.mktemp("fuzz"))
 
 
 def _operations(server: TestServer) -> list[schemathesis.APIOperation]:

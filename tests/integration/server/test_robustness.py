@@ -7,32 +7,18 @@ other (each checks that the number of workloads, projects or users did not chang
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.support.databases import temporary_postgres_database
-from tests.support.servers import TestServer, server_settings, start_server
+from tests.support.servers import TestServer, refusing_server
 
 from gpupool.client.http import Client
-from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
-    tmp: Path = tmp_path_factory.mktemp("robustness")
-    if request.param == "sqlite":
-        yield from _serve(tmp, f"sqlite:///{tmp / 'gpupool.db'}")
-    else:
-        with temporary_postgres_database() as url:
-            yield from _serve(tmp, url)
-
-
-def _serve(tmp: Path, url: str) -> Iterator[TestServer]:
-    running = start_server(server_settings(tmp / "home", url, gpus="4xA100-80GB"), FakeExecutor(default=RUN_FOREVER))
-    yield running
-    running.stop()
+    yield from refusing_server(request.param, tmp_path_factory.mktemp("robustness"))
 
 
 @pytest.fixture
