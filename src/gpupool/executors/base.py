@@ -15,7 +15,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from gpupool.domain.replicas import ReplicaState
+
 Handle = dict[str, Any]
+__all__ = ["Capability", "Executor", "ExecutorError", "Handle", "ReplicaLaunch", "ReplicaState", "ReplicaStatus"]
 
 
 class Capability(StrEnum):
@@ -26,22 +29,6 @@ class Capability(StrEnum):
     MULTI_NODE = "multi_node"  # replicas may run on several hosts
     READ_ONLY_PATHS = "read_only_paths"  # ReplicaLaunch.read_only_paths is enforced by the kernel
     SESSION_IDS = "session_ids"  # session_id(handle) names the replica's processes on this machine
-
-
-class ReplicaState(StrEnum):
-    """What an executor knows of one replica."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"  # ended because stop() was called
-    LOST = "lost"  # the executor can no longer find it
-
-    @property
-    def is_terminal(self) -> bool:
-        """True for states a replica never leaves."""
-        return self in (ReplicaState.SUCCEEDED, ReplicaState.FAILED, ReplicaState.STOPPED, ReplicaState.LOST)
 
 
 @dataclass(frozen=True, slots=True)

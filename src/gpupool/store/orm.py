@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, object_session, relationship
 
+from gpupool.domain.replicas import TERMINAL_REPLICA_STATES as _TERMINAL
+from gpupool.domain.replicas import ReplicaState, check_replica_transition
 from gpupool.domain.status import StatusEvent, WorkloadStatus
 
 NAME_LEN = 63
@@ -198,7 +200,7 @@ class WorkloadRow(Base):
 class ReplicaRow(Base):
     """One replica of one run (attempt) of a workload: where it runs, its executor handle and state.
 
-    `state` is "pending" until the executor starts it, then a ReplicaState value. A replica holds its
+    `state` is a ReplicaState value ("pending" until the executor starts it). A replica holds its
     placement's resources until its state is terminal.
     """
 
@@ -224,20 +226,27 @@ class ReplicaRow(Base):
 
     workload: Mapped[WorkloadRow] = relationship(back_populates="replicas", lazy="raise_on_sql")
 
-    def set_state(self, state: str, at: float, message: str = "", exit_code: int | None = None) -> None:
-        """Record what the executor reports for this replica (the only writer of `state`)."""
-        self.state = state
+    @property
+    def current_state(self) -> ReplicaState:
+        """The state as a ReplicaState."""
+        return ReplicaState(self.state)
+
+    def set_state(self, state: ReplicaState, at: float, message: str = "", exit_code: int | None = None) -> None:
+        """Record what the executor reports for this replica (the only writer of `state`). InvalidTransitionError
+        (nothing changed) when the replica life cycle (`gpupool.domain.replicas`) does not allow it."""
+        check_replica_transition(self.current_state, state)
+        self.state = state.value
         if message:
             self.message = message
         if exit_code is not None:
             self.exit_code = exit_code
-        if state == "running" and self.started_at is None:
+        if state == ReplicaState.RUNNING and self.started_at is None:
             self.started_at = at
-        if state in TERMINAL_REPLICA_STATES and self.ended_at is None:
+        if state.is_terminal and self.ended_at is None:
             self.ended_at = at
 
 
-TERMINAL_REPLICA_STATES = frozenset({"succeeded", "failed", "stopped", "lost"})
+TERMINAL_REPLICA_STATES = frozenset(s.value for s in _TERMINAL)  # as stored in the `state` column
 
 
 class EventRow(Base):

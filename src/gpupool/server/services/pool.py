@@ -18,7 +18,7 @@ from gpupool.server.local_node import LocalNode
 from gpupool.server.services import gpus as gpu_services
 from gpupool.server.services.auth import Principal
 from gpupool.store.convert import queue_from_row
-from gpupool.store.orm import NodeRow, ReplicaRow, WorkloadRow
+from gpupool.store.orm import TERMINAL_REPLICA_STATES, NodeRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes, queues, workloads
 from gpupool.store.repos import gpus as gpu_repo
 
@@ -103,7 +103,7 @@ def node_info(session: Session, name: str) -> schemas.NodeInfo:
 def _queue_usage(session: Session) -> dict[str, ResourceVector]:
     usage: dict[str, ResourceVector] = defaultdict(ResourceVector)
     query = select(WorkloadRow.queue, ReplicaRow.placement).join(WorkloadRow, WorkloadRow.id == ReplicaRow.workload_id)
-    live = ReplicaRow.state.not_in(["succeeded", "failed", "stopped", "lost"])
+    live = ReplicaRow.state.not_in(sorted(TERMINAL_REPLICA_STATES))
     for queue, p in session.execute(query.where(live)):
         gpu = sum(int(g["milli"]) for g in p.get("gpus", []))
         usage[queue] += ResourceVector(int(p["cpu_milli"]), int(p["memory_mib"]), gpu)

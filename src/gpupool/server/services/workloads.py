@@ -215,7 +215,7 @@ def request_stop(session: Session, row: WorkloadRow, now: float) -> int:
     """Mark every live replica of the workload for stopping; returns how many were marked."""
     marked = 0
     for replica in repo.replicas_of(session, row.id, row.attempt) if row.attempt else ():
-        if replica.state not in ("succeeded", "failed", "stopped", "lost") and replica.stop_requested_at is None:
+        if not replica.current_state.is_terminal and replica.stop_requested_at is None:
             replica.stop_requested_at = now
             marked += 1
     return marked

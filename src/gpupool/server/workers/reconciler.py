@@ -5,10 +5,9 @@ Each step, with executor calls kept outside database transactions:
    recording the handle is harmless), then scheduled -> starting;
 2. stop: send stop to every live replica marked for stopping (again after the grace period if it still
    lives, e.g. after a server restart); replicas that never started are marked stopped;
-3. poll: record each live replica's state and exit code, then advance its workload: starting -> running
-   when every replica runs; succeeded when all exited with 0; on a failed or lost replica, stop the gang
-   and either requeue it (a retry is left) or end it failed/lost; failed when it runs past max_runtime;
-   preempted -> pending (requeued, same id) once its replicas are gone.
+3. poll: record each live replica's state and exit code, then advance each workload: its kind's lifecycle
+   (`gpupool.domain.lifecycle`, e.g. a job: running, succeeded, retried, failed) says what the replicas'
+   states mean, and the reconciler applies the step it returns (status changes through `transition`).
 """
 
 from __future__ import annotations
@@ -19,20 +18,23 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from gpupool.domain.errors import GpupoolError
+from gpupool.domain.errors import GpupoolError, InvalidTransitionError
+from gpupool.domain.lifecycle import ReplicaView, Step, WorkloadView, exit_text, lifecycle_for
+from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.resources import parse_duration
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.executors.base import Executor, ExecutorError, Handle, ReplicaLaunch, ReplicaStatus
 from gpupool.server.services.workloads import request_stop
 from gpupool.server.workers.launch import LaunchSettings, build_launches
 from gpupool.store.db import Database
-from gpupool.store.orm import TERMINAL_REPLICA_STATES, ReplicaRow, WorkloadRow
+from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.reconciler")
 STOP_RESEND_SLACK_S = 5.0
 FOLLOW_UP_S = 0.05  # how soon to look again while replicas are starting or stopping
 _S = WorkloadStatus
+_R = ReplicaState
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Reconciler:
 
     def _plan(self, session: Session, row: WorkloadRow) -> _LaunchPlan:
         replicas = repo.replicas_of(session, row.id, row.attempt)
-        todo = {r.id for r in replicas if r.handle is None and r.stop_requested_at is None and r.state == "pending"}
+        todo = {r.id for r in replicas if r.handle is None and r.stop_requested_at is None and r.state == _R.PENDING}
         try:
             launches = build_launches(session, row, replicas, self.launch_settings)
         except GpupoolError as exc:
@@ -106,9 +108,9 @@ class Reconciler:
         for replica in replicas:
             if replica.id in handles and replica.handle is None:
                 replica.handle = handles[replica.id]
-                replica.set_state("starting", now)
+                replica.set_state(_R.STARTING, now)
             elif replica.id in errors or (plan.error and replica.handle is None):
-                replica.set_state("failed", now, errors.get(replica.id) or plan.error or "could not start")
+                replica.set_state(_R.FAILED, now, errors.get(replica.id) or plan.error or "could not start")
                 repo.add_event(session, row.id, now, f"replica {replica.number} could not start: "
                                f"{replica.message}", replica.number)
         if row.current_status != _S.SCHEDULED:
@@ -139,7 +141,7 @@ class Reconciler:
                 if replica is None:
                     continue
                 if handle is None and replica.handle is None:
-                    replica.set_state("stopped", now, "stopped before it started")
+                    replica.set_state(_R.STOPPED, now, "stopped before it started")
                 else:
                     replica.stop_sent_at = now
 
@@ -152,7 +154,7 @@ class Reconciler:
             live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
         now = self.clock()
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
-        self._in_flux = any(r.state in ("pending", "starting") or (r.stop_requested_at is not None and (
+        self._in_flux = any(r.state in (_R.PENDING, _R.STARTING) or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
         with self.db.session() as session:
@@ -175,72 +177,48 @@ class Reconciler:
         now = self.clock()
         for replica_id, status in sorted(statuses.items()):
             replica = session.get(ReplicaRow, replica_id)
-            if status is None or replica is None or replica.state in TERMINAL_REPLICA_STATES:
+            if status is None or replica is None or replica.current_state.is_terminal:
                 continue
-            if replica.state == status.state.value and replica.exit_code == status.exit_code:
+            if replica.state == status.state and replica.exit_code == status.exit_code:
                 continue
-            replica.set_state(status.state.value, now, status.message, status.exit_code)
+            try:
+                replica.set_state(status.state, now, status.message, status.exit_code)
+            except InvalidTransitionError as exc:  # an executor reporting backwards; the next poll tells more
+                log.warning("replica %s of workload %s: %s", replica.number, replica.workload_id, exc)
+                continue
             if status.state.is_terminal:
                 ended = True
                 repo.add_event(session, replica.workload_id, now,
                                f"replica {replica.number} ({replica.role}) {status.state.value}: "
-                               f"{status.message or _exit_text(status.exit_code)}", replica.number)
+                               f"{status.message or exit_text(status.exit_code)}", replica.number)
         return ended
 
     def _advance(self, session: Session, row: WorkloadRow, now: float) -> bool:
-        """Move one workload along from its replicas' states; True when its status changed."""
-        status = row.current_status
+        """Move one workload along as its kind's lifecycle says; True when its status changed."""
         replicas = repo.replicas_of(session, row.id, row.attempt) if row.attempt else []
-        live = [r for r in replicas if r.state not in TERMINAL_REPLICA_STATES]
-        if status == _S.PREEMPTED:
-            if live:
-                return False
-            transition(row, _S.PENDING, "requeued after preemption; waiting to be scheduled again", now)
-            row.started_at = None
-            return True
-        if not status.is_active():
-            return False
-        failed = [r for r in replicas if r.state in ("failed", "lost")
-                  or (r.state == "stopped" and r.stop_requested_at is None)]
-        if failed:
-            return self._handle_failure(session, row, failed, live, now)
-        if replicas and all(r.state == "succeeded" for r in replicas):
-            transition(row, _S.SUCCEEDED, f"all {len(replicas)} replica(s) exited with code 0", now)
-            return True
-        if status == _S.STARTING and replicas and all(r.state in ("running", "succeeded") for r in replicas):
-            transition(row, _S.RUNNING, f"all {len(replicas)} replica(s) running", now)
-            row.started_at = now
-            return True
-        return self._enforce_max_runtime(session, row, now)
+        step = lifecycle_for(row.kind).advance(_view(row, replicas), now)
+        return self._apply(session, row, step, now) if step is not None else False
 
-    def _handle_failure(self, session: Session, row: WorkloadRow, failed: Sequence[ReplicaRow],
-                        live: Sequence[ReplicaRow], now: float) -> bool:
-        first = min(failed, key=lambda r: (r.ended_at or now, r.number))
-        what = f"replica {first.number} ({first.role}) {first.state}: {first.message or _exit_text(first.exit_code)}"
-        retries = int(row.spec.get("retries", 0))
-        if row.retries_used < retries:
-            request_stop(session, row, now)
-            if live:
-                return False  # requeue once the rest of the gang has stopped
+    @staticmethod
+    def _apply(session: Session, row: WorkloadRow, step: Step, now: float) -> bool:
+        if step.count_retry:
             row.retries_used += 1
-            transition(row, _S.PENDING, f"retry {row.retries_used} of {retries} after {what}", now)
+        if step.target is not None:
+            transition(row, step.target, step.reason, now)
+        if step.started:
+            row.started_at = now
+        if step.reset_start:
             row.started_at = None
-            return True
-        final = _S.LOST if all(r.state == "lost" for r in failed) else _S.FAILED
-        suffix = "; no retries left" if retries else ""
-        transition(row, final, what + suffix, now)
-        request_stop(session, row, now)
-        return True
-
-    def _enforce_max_runtime(self, session: Session, row: WorkloadRow, now: float) -> bool:
-        limit = row.spec.get("max_runtime")
-        started = row.started_at
-        if limit is None or started is None or now - started <= parse_duration(limit, "max_runtime"):
-            return False
-        transition(row, _S.FAILED, f"ran longer than its max_runtime ({limit}s); stopped", now)
-        request_stop(session, row, now)
-        return True
+        if step.stop:
+            request_stop(session, row, now)
+        return step.target is not None
 
 
-def _exit_text(code: int | None) -> str:
-    return "no exit code" if code is None else f"exit code {code}"
+def _view(row: WorkloadRow, replicas: Sequence[ReplicaRow]) -> WorkloadView:
+    """What the lifecycle sees of a workload (retries and max_runtime from its canonical spec)."""
+    limit = row.spec.get("max_runtime")
+    return WorkloadView(
+        status=row.current_status, retries=int(row.spec.get("retries", 0)), retries_used=row.retries_used,
+        started_at=row.started_at, max_runtime_s=None if limit is None else int(parse_duration(limit, "max_runtime")),
+        replicas=tuple(ReplicaView(r.number, r.role, r.current_state, r.exit_code, r.message, r.ended_at,
+                                   r.stop_requested_at is not None) for r in replicas))
