@@ -16,27 +16,13 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from gpupool.domain.errors import (
-    AuthenticationError,
-    ConflictError,
-    GpupoolError,
-    NotFoundError,
-    PermissionDeniedError,
-    UnsatisfiableError,
-    ValidationError,
-)
+from gpupool.api import gpu_schemas, schemas
+from gpupool.api.client_settings import ClientSettings
+from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
-from gpupool.server.api import gpu_schemas, schemas
-from gpupool.server.settings import ClientSettings
 
 T = TypeVar("T")
 API = "/api/v1"
-_ERRORS: dict[str, type[GpupoolError]] = {
-    "authentication_error": AuthenticationError,
-    "permission_denied": PermissionDeniedError,
-    "not_found": NotFoundError,
-    "conflict": ConflictError,
-}
 
 
 class ServerUnavailableError(GpupoolError):
@@ -61,12 +47,8 @@ def _error_from(response: httpx.Response) -> GpupoolError:
         kind, message, field = str(detail["type"]), str(detail["message"]), detail.get("field")
     except (ValueError, KeyError, TypeError):
         return ApiError(f"HTTP {response.status_code}: {response.text[:500]}", response.status_code)
-    if kind == "unsatisfiable":
-        return UnsatisfiableError(message, field)
-    if kind == "validation_error":
-        return ValidationError(message, field)
-    cls = _ERRORS.get(kind)
-    return cls(message) if cls else ApiError(message, response.status_code)
+    found = error_from_kind(kind, message, field)
+    return found if found is not None else ApiError(message, response.status_code)
 
 
 class Client:

@@ -47,6 +47,34 @@ class InvalidTransitionError(ConflictError):
     """A status change that the workload life cycle does not allow."""
 
 
+# The one mapping between error classes and the `type` of an API error body (most specific first); the server
+# maps each kind to an HTTP status, the client maps the kind back to the class.
+ERROR_KINDS: tuple[tuple[type[GpupoolError], str], ...] = (
+    (UnsatisfiableError, "unsatisfiable"),
+    (ValidationError, "validation_error"),
+    (AuthenticationError, "authentication_error"),
+    (PermissionDeniedError, "permission_denied"),
+    (NotFoundError, "not_found"),
+    (ConflictError, "conflict"),
+)
+
+
+def error_kind(exc: GpupoolError) -> str | None:
+    """The API error kind of `exc` (see ERROR_KINDS), or None for a GpupoolError without one."""
+    return next((kind for cls, kind in ERROR_KINDS if isinstance(exc, cls)), None)
+
+
+def error_from_kind(kind: str, message: str, field: str | None = None) -> GpupoolError | None:
+    """The domain error an API error body of `kind` stands for (the field kept for validation errors), or
+    None for a kind without a class."""
+    cls = next((c for c, k in ERROR_KINDS if k == kind), None)
+    if cls is None:
+        return None
+    if issubclass(cls, ValidationError):
+        return cls(message, field)
+    return cls(message)
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean "x"?)' for the closest of `choices` to `word`, or '' when none is close."""
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.nodes import Gpu
+from gpupool.domain.placement import GpuAssignment
 from gpupool.domain.resources import MILLI_PER_GPU
-from gpupool.scheduler.types import GpuAssignment
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_ENV_NAMES = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")

@@ -33,7 +33,7 @@ TF_OUTSIDE_CLUSTER = ("evaluator",)
 
 
 class PlacedReplica(Protocol):
-    """What rendezvous needs of a replica placement (gpupool.scheduler.types.ReplicaPlacement has it)."""
+    """What rendezvous needs of a replica placement (gpupool.domain.placement.ReplicaPlacement has it)."""
 
     @property
     def node(self) -> str: ...

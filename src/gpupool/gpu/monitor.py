@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpupool.domain.nodes import Gpu
+from gpupool.domain.placement import GpuAssignment
 from gpupool.gpu.timeseries import SeriesStore
 from gpupool.gpu.types import MIB, GpuErrorEvent, GpuReading, NodeSample, ProcessReading
-from gpupool.scheduler.types import GpuAssignment
 
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 Resolver = Callable[[int], tuple[int | None, int | None]]

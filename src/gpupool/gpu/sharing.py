@@ -34,10 +34,10 @@ from pathlib import Path
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.nodes import Gpu
+from gpupool.domain.placement import GpuAssignment
 from gpupool.domain.resources import MILLI_PER_GPU, SharingMode
 from gpupool.gpu import _sitecustomize
 from gpupool.gpu.mps import mps_paths
-from gpupool.scheduler.types import GpuAssignment
 
 PATH_LIKE = {"PYTHONPATH": os.pathsep, "LD_PRELOAD": ":"}
 

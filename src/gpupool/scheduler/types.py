@@ -1,45 +1,17 @@
-"""What the scheduler reads: pending and running workloads, and the placements it hands out."""
+"""What the scheduler reads: pending and running workloads, and the placements it hands out.
+
+The placement types live in `gpupool.domain.placement` (the GPU layer, executors and store use them too);
+they are re-exported here so the scheduler's imports stay as they are."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gpupool.domain.placement import GpuAssignment, ReplicaPlacement, placements_usage
 from gpupool.domain.resources import ZERO, ReplicaRequest, ResourceVector
 
-
-@dataclass(frozen=True, slots=True)
-class GpuAssignment:
-    """One GPU (or MIG instance) given to a replica: the node-local card `index`, the milli and GPU memory
-    taken from it, and for MIG the position of the instance in the card's `mig_instances`."""
-
-    index: int
-    milli: int
-    memory_mib: int = 0
-    mig_instance: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaPlacement:
-    """Where one replica runs: a node, the CPU and memory it takes there, and its GPUs."""
-
-    node: str
-    cpu_milli: int
-    memory_mib: int
-    gpus: tuple[GpuAssignment, ...] = ()
-    role: str = "worker"
-    ordinal: int = 0
-
-    def usage(self) -> ResourceVector:
-        """CPU, memory and GPU milli this replica takes."""
-        return ResourceVector(self.cpu_milli, self.memory_mib, sum(g.milli for g in self.gpus))
-
-
-def placements_usage(placements: tuple[ReplicaPlacement, ...]) -> ResourceVector:
-    """Sum of the usage of several replica placements."""
-    total = ResourceVector()
-    for p in placements:
-        total = total + p.usage()
-    return total
+__all__ = ["GpuAssignment", "PendingWorkload", "ReplicaGroup", "ReplicaPlacement", "RunningWorkload",
+           "placements_usage"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,24 +1,22 @@
 """Configuration: the one place that reads environment variables (prefix GPUPOOL_).
 
-`Settings` configures the server (`gpupool up` passes its flags as overrides); `ClientSettings` tells the
-CLI and SDK where the server is and which token to use. Everything else receives these objects.
+`Settings` configures the server (`gpupool up` passes its flags as overrides); `ClientSettings` (defined in
+`gpupool.api.client_settings`, so the client loads without the server) tells the CLI and SDK where the
+server is and which token to use. Everything else receives these objects.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_HOME = Path("~/.gpupool")
-DEFAULT_PORT = 8700
+from gpupool.api.client_settings import DEFAULT_HOME, DEFAULT_PORT, ClientSettings, expand_path
 
-
-def _expand(path: Path) -> Path:
-    return Path(os.path.expanduser(str(path))).resolve()
+__all__ = ["DEFAULT_HOME", "DEFAULT_PORT", "ClientSettings", "Settings"]
+_expand = expand_path
 
 
 class Settings(BaseSettings):
@@ -95,29 +93,3 @@ class Settings(BaseSettings):
     def executor_dir(self) -> Path:
         """The executor's own state (pid files, exit codes)."""
         return self.home / "executor"
-
-
-class ClientSettings(BaseSettings):
-    """Where the CLI and SDK find the server: GPUPOOL_URL, GPUPOOL_TOKEN (else the token file in GPUPOOL_HOME)."""
-
-    model_config = SettingsConfigDict(env_prefix="GPUPOOL_", extra="ignore")
-
-    url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
-    token: str | None = None
-    home: Path = DEFAULT_HOME
-    timeout_s: float = 30.0
-
-    @field_validator("home", mode="after")
-    @classmethod
-    def _home_is_absolute(cls, value: Path) -> Path:
-        return _expand(value)
-
-    def resolved_token(self) -> str | None:
-        """GPUPOOL_TOKEN, else the first line of $GPUPOOL_HOME/token, else None."""
-        if self.token:
-            return self.token.strip()
-        path = self.home / "token"
-        try:
-            return path.read_text().strip() or None
-        except OSError:
-            return None

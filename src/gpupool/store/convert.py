@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from gpupool.domain.nodes import Gpu, MigInstance, Node, Taint
+from gpupool.domain.placement import GpuAssignment, ReplicaPlacement
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import ResourceVector, SharingMode
-from gpupool.scheduler.types import GpuAssignment, ReplicaPlacement
 from gpupool.store.orm import NodeRow, QueueRow
 
 

@@ -10,28 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpupool.domain.errors import (
-    AuthenticationError,
-    ConflictError,
-    GpupoolError,
-    NotFoundError,
-    PermissionDeniedError,
-    UnsatisfiableError,
-    ValidationError,
-)
+from gpupool.domain.errors import GpupoolError, ValidationError, error_kind
 from gpupool.server.api.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger("gpupool.api")
 
-# most specific first
-STATUS_CODES: tuple[tuple[type[GpupoolError], int, str], ...] = (
-    (UnsatisfiableError, 422, "unsatisfiable"),
-    (ValidationError, 422, "validation_error"),
-    (AuthenticationError, 401, "authentication_error"),
-    (PermissionDeniedError, 403, "permission_denied"),
-    (NotFoundError, 404, "not_found"),
-    (ConflictError, 409, "conflict"),
-)
+# HTTP status of each error kind of gpupool.domain.errors.ERROR_KINDS
+HTTP_STATUS: dict[str, int] = {"unsatisfiable": 422, "validation_error": 422, "authentication_error": 401,
+                               "permission_denied": 403, "not_found": 404, "conflict": 409}
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None) -> JSONResponse:
@@ -43,12 +29,12 @@ def error_response(status: int, kind: str, message: str, field: str | None = Non
 
 def domain_error_response(exc: GpupoolError) -> JSONResponse:
     """The response for a domain error."""
-    for cls, status, kind in STATUS_CODES:
-        if isinstance(exc, cls):
-            field = exc.field if isinstance(exc, ValidationError) else None
-            message = exc.detail if isinstance(exc, ValidationError) and exc.field else exc.message
-            return error_response(status, kind, message, field)
-    return error_response(400, "error", exc.message)
+    kind = error_kind(exc)
+    if kind is None:
+        return error_response(400, "error", exc.message)
+    field = exc.field if isinstance(exc, ValidationError) else None
+    message = exc.detail if isinstance(exc, ValidationError) and exc.field else exc.message
+    return error_response(HTTP_STATUS[kind], kind, message, field)
 
 
 def _request_validation(exc: RequestValidationError) -> JSONResponse:

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import NotFoundError
 from gpupool.domain.nodes import Gpu
+from gpupool.domain.placement import GpuAssignment
 from gpupool.domain.resources import SharingMode
 from gpupool.gpu.inventory import to_domain_gpus
 from gpupool.gpu.types import GpuInventory
-from gpupool.scheduler.types import GpuAssignment
 from gpupool.server.api import schemas
 from gpupool.store.convert import gpu_from_json, gpu_to_json, placement_from_json
 from gpupool.store.orm import GpuSettingRow, NodeRow

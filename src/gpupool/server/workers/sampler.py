@@ -25,11 +25,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.nodes import Gpu, Node
+from gpupool.domain.placement import ReplicaPlacement
 from gpupool.domain.status import WorkloadStatus
 from gpupool.executors.base import Capability, Executor, Handle
 from gpupool.gpu.monitor import MonitorReport, ReplicaKey, allocations_for
 from gpupool.scheduler.snapshot import ClusterSnapshot
-from gpupool.scheduler.types import ReplicaPlacement
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.services.gpu_admin import reconcile_mps
 from gpupool.server.services.gpu_events import record_report
