@@ -274,6 +274,17 @@ class GpuAllocation(Model):
     mig_instance: int | None = None
 
 
+class ReplicaEndpoint(Model):
+    """A port a replica's spec names: where it listens on its node, whether it accepts connections yet, and the
+    server path that proxies to it."""
+
+    port: int
+    host: str | None = None
+    node_port: int
+    ready: bool = False
+    proxy_path: str
+
+
 class Replica(Model):
     """One replica of the current (or a past) run."""
 
@@ -289,6 +300,7 @@ class Replica(Model):
     gpus: list[GpuAllocation] = []
     started_at: float | None = None
     ended_at: float | None = None
+    endpoints: list[ReplicaEndpoint] = []
 
 
 class Event(Model):

@@ -48,6 +48,7 @@ MAX_RUNTIME_S = 365 * 86400
 MAX_COMMAND_CHARS = 65_536
 MAX_ENV_ENTRIES = 256
 MAX_ENV_VALUE_CHARS = 32_768
+MAX_PORTS = 16  # a replica serves a handful of ports (web UI, API, metrics); 16 bounds its env and port use
 ROLE_ORDER = ("chief", "worker", "ps")  # replica numbering follows this order
 DEFAULT_RESOURCES: Mapping[str, Any] = MappingProxyType({"cpu": 1, "memory": "1GiB"})
 
@@ -103,6 +104,7 @@ class WorkloadSpec:
     preemptible: bool = True
     min_available: int | None = None
     workdir: str | None = None  # absolute directory the command starts in (default: the user's storage dir)
+    ports: tuple[int, ...] = ()  # ports each replica listens on, as the user names them (see parse_ports)
     uses_roles: bool = False  # written with roles: rather than replicas:
 
     @property
@@ -155,6 +157,8 @@ class WorkloadSpec:
             out["min_available"] = self.min_available
         if self.workdir is not None:
             out["workdir"] = self.workdir
+        if self.ports:
+            out["ports"] = list(self.ports)
         return out
 
 
@@ -176,7 +180,7 @@ class JobSpec(WorkloadSpec):
 
 # ------------------------------------------------------------------------------------------ parsing
 _COMMON_KEYS = ("kind", "name", "project", "queue", "priority", "replicas", "roles", "resources", "command",
-                "env", "max_runtime", "preemptible", "min_available", "workdir")
+                "env", "max_runtime", "preemptible", "min_available", "workdir", "ports")
 _JOB_KEYS = (*_COMMON_KEYS, "distributed", "retries")
 _ROLE_KEYS = ("replicas", "resources", "command", "env")
 
@@ -239,8 +243,24 @@ def _parse_common(data: dict[str, Any], kind: WorkloadKind) -> dict[str, Any]:
         "preemptible": _parse_bool(data.get("preemptible", True), "preemptible"),
         "min_available": min_available,
         "workdir": _parse_workdir(data.get("workdir")),
+        "ports": parse_ports(data.get("ports")),
         "uses_roles": uses_roles,
     }
+
+
+def parse_ports(value: Any) -> tuple[int, ...]:
+    """`ports: [8888, 6006]`: the ports a replica listens on, as named in the spec. The executor gives each a
+    free port on the replica's node, passed as GPUPOOL_PORT_<name> (and GPUPOOL_PORT for the first); the
+    server proxies /workloads/<id>/ports/<name>/ to it."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list | tuple) or len(items) > MAX_PORTS:
+        raise ValidationError(f"expected a list of at most {MAX_PORTS} port numbers, e.g. ports: [8888]", "ports")
+    ports = tuple(_parse_int(item, f"ports[{i}]", 1, 65535) for i, item in enumerate(items))
+    if len(set(ports)) != len(ports):
+        raise ValidationError(f"a port is listed twice in {list(ports)}", "ports")
+    return ports
 
 
 def _parse_roles(data: dict[str, Any]) -> tuple[tuple[RoleSpec, ...], bool]:

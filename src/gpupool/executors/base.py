@@ -18,7 +18,8 @@ from typing import Any
 from gpupool.domain.replicas import ReplicaState
 
 Handle = dict[str, Any]
-__all__ = ["Capability", "Executor", "ExecutorError", "Handle", "ReplicaLaunch", "ReplicaState", "ReplicaStatus"]
+__all__ = ["Capability", "Endpoint", "Executor", "ExecutorError", "Handle", "ReplicaLaunch", "ReplicaState",
+           "ReplicaStatus"]
 
 
 class Capability(StrEnum):
@@ -40,6 +41,9 @@ class ReplicaLaunch:
     scheduler chose; `gpu_indices` the node-local GPU indices it was given (for information; the GPU
     environment itself is already in `env`).
 
+    `ports` maps each port the spec names to the free port chosen for it on the node (`free_ports`); the
+    replica gets them as GPUPOOL_PORT_<name> in `env` and listens there (`endpoints` says where to reach it).
+
     `attempt` counts runs of the same replica (0 first, then 1, 2, ... for retries and requeues after
     preemption): start is idempotent per (workload_id, replica, attempt), so a new attempt starts a new
     process. `read_only_paths` are directories the replica may read but not write (the shared storage scope
@@ -58,6 +62,16 @@ class ReplicaLaunch:
     labels: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 0
     read_only_paths: tuple[Path, ...] = ()
+    ports: Mapping[int, int] = field(default_factory=dict)  # port named in the spec -> port chosen on the node
+    node_address: str = "127.0.0.1"  # the node's registered network address
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the server reaches a port of a replica."""
+
+    host: str
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +110,18 @@ class Executor(ABC):
         """Lines of the replica's combined output (the last `tail` lines when given). With `follow` (only
         when FOLLOW_LOGS is a capability) the iterator blocks for new lines until the replica ends.
         An unknown replica yields nothing."""
+
+    def free_ports(self, node: str, count: int) -> list[int]:
+        """`count` distinct TCP ports free now on `node` (rendezvous ports on the node of rank 0, the ports a
+        spec names on each replica's node). Blocks briefly; not idempotent (each call may give other ports).
+        The default raises ExecutorError: an executor that can choose ports overrides it."""
+        raise ExecutorError(f"the {self.name} executor cannot choose ports on node {node}")
+
+    def endpoints(self, launch: ReplicaLaunch) -> dict[int, Endpoint]:
+        """Where the replica started from `launch` can be reached, per port its spec names. Pure (no I/O).
+        The default: the node's address and the chosen port; an executor whose replicas are reached another
+        way (loopback, a tunnel) overrides it."""
+        return {name: Endpoint(launch.node_address, port) for name, port in sorted(launch.ports.items())}
 
     def session_id(self, handle: Handle) -> int | None:
         """The session id every process of the replica shares on this machine (the GPU monitor maps the

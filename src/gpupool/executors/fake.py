@@ -69,6 +69,10 @@ class FakeCluster:
 
     replicas: dict[str, FakeReplica] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    next_port: dict[str, int] = field(default_factory=dict)  # node -> the next port free_ports hands out
+    port_requests: list[tuple[str, int]] = field(default_factory=list)  # (node, count) per free_ports call
+
+    FIRST_PORT = 20000  # an arbitrary, recognisable start for fake ports (nothing listens on them)
 
 
 def replica_key(workload_id: str, replica: int, attempt: int = 0) -> str:
@@ -95,6 +99,15 @@ class FakeExecutor(Executor):
     def script(self, workload_id: str, outcome: ScriptedOutcome, replica: int | None = None) -> None:
         """Use `outcome` for the replicas of `workload_id` started from now on (only `replica` when given)."""
         self._scripts[(workload_id, replica)] = outcome
+
+    def free_ports(self, node: str, count: int) -> list[int]:
+        """Distinct ports per node, counting up from FakeCluster.FIRST_PORT (nothing is bound); each call is
+        recorded in `cluster.port_requests`."""
+        with self.cluster.lock:
+            first = self.cluster.next_port.get(node, FakeCluster.FIRST_PORT)
+            self.cluster.next_port[node] = first + count
+            self.cluster.port_requests.append((node, count))
+        return list(range(first, first + count))
 
     def fail_next_start(self, message: str = "no capacity left on the fake node") -> None:
         """Make the next start raise ExecutorError(message)."""

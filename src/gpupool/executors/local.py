@@ -46,6 +46,7 @@ from gpupool.executors import _supervisor as supervisor
 from gpupool.executors import logfiles, procfs
 from gpupool.executors.base import (
     Capability,
+    Endpoint,
     Executor,
     ExecutorError,
     Handle,
@@ -88,7 +89,10 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+LOOPBACK = "127.0.0.1"
+
+
+def pick_free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     """`count` distinct TCP ports free on `host` right now (the kernel picks them). Another process may
     take one before the replica binds it; the window is short and a clash fails the rendezvous loudly."""
     sockets = []
@@ -184,6 +188,14 @@ class LocalExecutor(Executor):
         if replica < 0 or attempt < 0:
             raise ExecutorError(f"replica and attempt must not be negative, got {replica} and {attempt}")
         return self.root / "replicas" / workload_id / f"{replica}.{attempt}"
+
+    def free_ports(self, node: str, count: int) -> list[int]:
+        """Free ports on this host, which runs every replica of this executor whatever its node is called."""
+        return pick_free_ports(count)
+
+    def endpoints(self, launch: ReplicaLaunch) -> dict[int, Endpoint]:
+        """Replicas run on this host: reached on the loopback address."""
+        return {name: Endpoint(LOOPBACK, port) for name, port in sorted(launch.ports.items())}
 
     def start(self, launch: ReplicaLaunch) -> Handle:
         """Launch the replica's supervisor and return the handle at once (the command starts within

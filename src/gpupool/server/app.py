@@ -13,13 +13,12 @@ from fastapi import FastAPI, Request, Response
 
 from gpupool import __version__
 from gpupool.executors.base import Executor
-from gpupool.executors.local import pick_free_ports
 from gpupool.executors.storage import StorageLayout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.errors import error_response, install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, pool, system, workloads
+from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
@@ -46,7 +45,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     services.gpus = runtime = GpuRuntime(settings)
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
                                min_runtime_s=settings.min_runtime_s)
-    services.scheduling_loop = SchedulingLoop(db, clock, profile, pick_free_ports, on_change=services.wake_reconciler)
+    services.scheduling_loop = SchedulingLoop(db, clock, profile, services.executor.free_ports,
+                                              on_change=services.wake_reconciler)
     launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), runtime.sharing)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_scheduler)
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         try:
             yield
         finally:
+            await services.aclose_proxy_client()
             stop_services(services)
 
     app = FastAPI(title="gpupool", version=__version__, lifespan=lifespan, docs_url="/docs",
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
+    app.include_router(proxy.router)
     for module in (workloads, pool, gpus, metrics, accounts):
         app.include_router(module.router, prefix="/api/v1")
     return app

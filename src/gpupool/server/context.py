@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
+
 from gpupool.executors.base import Executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.services.feasibility import FeasibilityCache
@@ -32,6 +34,21 @@ class Services:
     reconciler_loop: Reconciler | None = None
     gpus: GpuRuntime | None = None
     sampler: IntervalWorker | None = None
+    _proxy_client: httpx.AsyncClient | None = None
+
+    def proxy_client(self) -> httpx.AsyncClient:
+        """The HTTP client the proxy shares (created on first use, inside the server's event loop)."""
+        if self._proxy_client is None:
+            from gpupool.server.proxy import new_http_client  # noqa: PLC0415  (the proxy loads on first use)
+
+            self._proxy_client = new_http_client()
+        return self._proxy_client
+
+    async def aclose_proxy_client(self) -> None:
+        """Close the proxy's client (at shutdown). Idempotent."""
+        if self._proxy_client is not None:
+            await self._proxy_client.aclose()
+            self._proxy_client = None
 
     def gpu_runtime(self) -> GpuRuntime:
         """The GPU layer of this server (built with the services; RuntimeError before)."""

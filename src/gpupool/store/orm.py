@@ -223,6 +223,8 @@ class ReplicaRow(Base):
     ended_at: Mapped[float | None]
     stop_requested_at: Mapped[float | None]
     stop_sent_at: Mapped[float | None]
+    # the ports the spec names -> {"port": chosen at bind time on the node; "host", "ready": set by the reconciler}
+    endpoints: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     workload: Mapped[WorkloadRow] = relationship(back_populates="replicas", lazy="raise_on_sql")
 

@@ -200,7 +200,8 @@ def test_a_bind_planned_on_cards_that_changed_meanwhile_is_dropped(server_factor
                     client.set_sharing(NODE, 0, "mig")
             return state
 
-    loop = ChangeAfterReading(services.db, services.clock, SchedulerProfile(min_runtime_s=0), pick_free_ports)
+    loop = ChangeAfterReading(services.db, services.clock, SchedulerProfile(min_runtime_s=0),
+                              lambda _node, n: pick_free_ports(n))
     with server.client() as client:
         wid = client.submit(job("train", 1)).workload.id
         decisions = loop.step()

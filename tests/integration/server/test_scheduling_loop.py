@@ -83,7 +83,7 @@ def test_a_learning_policy_observes_each_submitted_replica_once(manual: TestServ
     policy = Recording()
     services = manual.services
     loop = SchedulingLoop(services.db, services.clock, SchedulerProfile(policy="binpack", min_runtime_s=0),
-                          lambda n: list(range(40000, 40000 + n)), policy=policy)
+                          lambda _node, n: list(range(40000, 40000 + n)), policy=policy)
     with manual.client() as client:
         client.submit("command: x\nreplicas: 3\nresources: {gpu: 1}\n")
         loop.step()

@@ -21,6 +21,7 @@ from gpupool.domain.specs import WorkloadSpec, parse_spec, validate_name
 from gpupool.domain.status import WorkloadStatus, parse_status, transition
 from gpupool.executors.base import Capability, Executor
 from gpupool.server.api import schemas
+from gpupool.server.endpoints import stored_endpoints
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.store.orm import ReplicaRow, WorkloadRow
@@ -69,13 +70,23 @@ def summary_view(row: WorkloadRow, project: str, user: str) -> schemas.WorkloadS
         queue_position=row.queue_position, attempt=row.attempt)
 
 
+def proxy_path(workload_id: int, port: int, replica: int = 0) -> str:
+    """The server path that proxies to a port of a replica (the short form for replica 0)."""
+    if replica == 0:
+        return f"/workloads/{workload_id}/ports/{port}/"
+    return f"/workloads/{workload_id}/replicas/{replica}/ports/{port}/"
+
+
 def replica_view(r: ReplicaRow) -> schemas.Replica:
     """A replica as the API shows it."""
     p = r.placement
     return schemas.Replica(
         number=r.number, role=r.role, attempt=r.attempt, node=r.node, state=r.state, exit_code=r.exit_code,
         message=r.message, cpu_milli=int(p.get("cpu_milli", 0)), memory_mib=int(p.get("memory_mib", 0)),
-        gpus=[schemas.GpuAllocation(**g) for g in p.get("gpus", [])], started_at=r.started_at, ended_at=r.ended_at)
+        gpus=[schemas.GpuAllocation(**g) for g in p.get("gpus", [])], started_at=r.started_at, ended_at=r.ended_at,
+        endpoints=[schemas.ReplicaEndpoint(port=e.name, host=e.host, node_port=e.port, ready=e.ready,
+                                           proxy_path=proxy_path(r.workload_id, e.name, r.number))
+                   for e in stored_endpoints(r.endpoints)])
 
 
 def detail_view(session: Session, row: WorkloadRow) -> schemas.WorkloadDetail:

@@ -2,7 +2,8 @@
 
 The environment of a replica is, later entries winning: the spec's env (workload, then role), the identity
 variables (GPUPOOL_WORKLOAD_ID, GPUPOOL_REPLICA, ...), the rendezvous variables of a distributed job, its
-storage scopes (GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR, GPUPOOL_SHARED_DIR), and the GPU environment of its
+storage scopes (GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR, GPUPOOL_SHARED_DIR), the ports chosen for the ports its
+spec names (GPUPOOL_PORT_<name>, and GPUPOOL_PORT for the first), and the GPU environment of its
 allocation by sharing mode (`gpupool.gpu.sharing.gpu_environment`: device list, MPS, memory caps). The
 command starts in the spec's `workdir`, else in the user's storage directory.
 """
@@ -68,12 +69,27 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         role = roles[replica.role]
         node_row = node_rows[replica.node]
         cards = [gpu_from_json(g) for g in node_row.gpus] if node_row else []
+        ports = chosen_ports(replica)
         env = gpu_environment(placement.gpus, cards, settings.sharing).merged_into(merge_env(
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
-            rdv, scopes.env()))
+            rdv, scopes.env(), port_env(spec.ports, ports)))
         launches.append(ReplicaLaunch(
             workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
             gpu_indices=tuple(g.index for g in placement.gpus), labels={"project": project, "user": user.name},
-            attempt=row.attempt - 1, read_only_paths=scopes.read_only_paths()))
+            attempt=row.attempt - 1, read_only_paths=scopes.read_only_paths(), ports=ports,
+            node_address=addresses[replica.node]))
     return launches
+
+
+def chosen_ports(replica: ReplicaRow) -> dict[int, int]:
+    """Port named in the spec -> port chosen for it on the replica's node (at bind time)."""
+    return {int(name): int(e["port"]) for name, e in (replica.endpoints or {}).items()}
+
+
+def port_env(named: Sequence[int], chosen: dict[int, int]) -> dict[str, str]:
+    """GPUPOOL_PORT_<name> for each port the spec names, and GPUPOOL_PORT for the first one."""
+    env = {f"GPUPOOL_PORT_{name}": str(chosen[name]) for name in named if name in chosen}
+    if named and named[0] in chosen:
+        env["GPUPOOL_PORT"] = str(chosen[named[0]])
+    return env

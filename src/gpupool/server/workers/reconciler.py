@@ -5,7 +5,9 @@ Each step, with executor calls kept outside database transactions:
    recording the handle is harmless), then scheduled -> starting;
 2. stop: send stop to every live replica marked for stopping (again after the grace period if it still
    lives, e.g. after a server restart); replicas that never started are marked stopped;
-3. poll: record each live replica's state and exit code, then advance each workload: its kind's lifecycle
+3. probe: a running replica's endpoints (the ports its spec names) become ready once they accept
+   connections (`gpupool.server.endpoints`);
+4. poll: record each live replica's state and exit code, then advance each workload: its kind's lifecycle
    (`gpupool.domain.lifecycle`, e.g. a job: running, succeeded, retried, failed) says what the replicas'
    states mean, and the reconciler applies the step it returns (status changes through `transition`).
 """
@@ -23,7 +25,8 @@ from gpupool.domain.lifecycle import ReplicaView, Step, WorkloadView, exit_text,
 from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.resources import parse_duration
 from gpupool.domain.status import WorkloadStatus, transition
-from gpupool.executors.base import Executor, ExecutorError, Handle, ReplicaLaunch, ReplicaStatus
+from gpupool.executors.base import Endpoint, Executor, ExecutorError, Handle, ReplicaLaunch, ReplicaStatus
+from gpupool.server import endpoints as ep
 from gpupool.server.services.workloads import request_stop
 from gpupool.server.workers.launch import LaunchSettings, build_launches
 from gpupool.store.db import Database
@@ -63,6 +66,7 @@ class Reconciler:
         stopping (the worker then looks again soon), else None."""
         changed = self.launch_scheduled()
         self.send_stops()
+        self.probe_endpoints()
         changed = self.poll_and_advance() or changed
         if changed:
             self.on_change()
@@ -77,14 +81,17 @@ class Reconciler:
             return False
         handles: dict[int, Handle] = {}
         errors: dict[int, str] = {}
+        reported: dict[int, dict[int, Endpoint]] = {}
         for plan in plans:
             for replica_id, launch in plan.launches:
                 try:
                     handles[replica_id] = self.executor.start(launch)
+                    reported[replica_id] = self.executor.endpoints(launch)
                 except ExecutorError as exc:
                     errors[replica_id] = str(exc)
         with self.db.session() as session:
-            results = [self._record_launch(session, plan, handles, errors) for plan in plans]  # all, no short-cut
+            results = [self._record_launch(session, plan, handles, errors, reported)
+                       for plan in plans]  # all, no short-cut
         return any(results)
 
     def _plan(self, session: Session, row: WorkloadRow) -> _LaunchPlan:
@@ -99,7 +106,7 @@ class Reconciler:
                                                  if r.id in todo])
 
     def _record_launch(self, session: Session, plan: _LaunchPlan, handles: dict[int, Handle],
-                       errors: dict[int, str]) -> bool:
+                       errors: dict[int, str], reported: dict[int, dict[int, Endpoint]]) -> bool:
         row = repo.workload_by_id(session, plan.workload_id, for_update=True)
         if row is None or row.attempt != plan.attempt:
             return False
@@ -109,6 +116,8 @@ class Reconciler:
             if replica.id in handles and replica.handle is None:
                 replica.handle = handles[replica.id]
                 replica.set_state(_R.STARTING, now)
+                if reported.get(replica.id):
+                    replica.endpoints = ep.launched_endpoints(reported[replica.id])
             elif replica.id in errors or (plan.error and replica.handle is None):
                 replica.set_state(_R.FAILED, now, errors.get(replica.id) or plan.error or "could not start")
                 repo.add_event(session, row.id, now, f"replica {replica.number} could not start: "
@@ -144,6 +153,29 @@ class Reconciler:
                     replica.set_state(_R.STOPPED, now, "stopped before it started")
                 else:
                     replica.stop_sent_at = now
+
+    # -------------------------------------------------------------------------------------- probe
+    def probe_endpoints(self) -> None:
+        """Mark the endpoints of running replicas ready once they accept connections (probed outside any
+        transaction); records an event per endpoint that became ready."""
+        with self.db.session(write=False) as session:
+            todo = [(r.id, e) for r in repo.live_replicas(session) if r.state == _R.RUNNING
+                    for e in ep.stored_endpoints(r.endpoints) if not e.ready and e.host]
+        ready: dict[int, set[int]] = {}
+        for replica_id, endpoint in todo:
+            if endpoint.host and ep.probe(endpoint.host, endpoint.port):
+                ready.setdefault(replica_id, set()).add(endpoint.name)
+        if not ready:
+            return
+        now = self.clock()
+        with self.db.session() as session:
+            for replica_id, names in sorted(ready.items()):
+                replica = session.get(ReplicaRow, replica_id)
+                if replica is None or replica.endpoints is None or replica.current_state.is_terminal:
+                    continue
+                replica.endpoints = ep.with_ready(replica.endpoints, names)
+                repo.add_event(session, replica.workload_id, now, f"replica {replica.number} is ready on port(s) "
+                               f"{', '.join(str(n) for n in sorted(names))}", replica.number)
 
     # ------------------------------------------------------------------------------- poll, advance
     def poll_and_advance(self) -> bool:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from gpupool.domain.errors import GpupoolError
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
+from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.specs import JobSpec, WorkloadSpec, parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.executors.rendezvous import ports_needed
@@ -47,7 +48,7 @@ from gpupool.store.repos import nodes as node_repo
 from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.scheduler")
-PortPicker = Callable[[int], list[int]]
+PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on that node (Executor.free_ports)
 
 
 @dataclass
@@ -200,13 +201,23 @@ class SchedulingLoop:
         for p in bind.placements:
             session.add(ReplicaRow(workload_id=row.id, attempt=row.attempt, number=numbers[(p.role, p.ordinal)],
                                    role=p.role, ordinal=p.ordinal, node=p.node, placement=placement_to_json(p),
-                                   state="pending", created_at=now, message=""))
+                                   state=ReplicaState.PENDING.value, created_at=now, message="",
+                                   endpoints=self._endpoints(p.node, spec.ports)))
         row.nominated = None
         kind = spec.distributed.value if isinstance(spec, JobSpec) and spec.distributed else None
         needed = ports_needed(kind, len(bind.placements))
-        row.rendezvous_ports = self.pick_ports(needed) if needed else None
+        rank0 = next(p.node for p in bind.placements if numbers[(p.role, p.ordinal)] == 0)
+        row.rendezvous_ports = self.pick_ports(rank0, needed) if needed else None  # chosen on the node of rank 0
         transition(row, WorkloadStatus.SCHEDULED, f"placed {_describe(bind.placements)}", now)
         return True
+
+    def _endpoints(self, node: str, ports: tuple[int, ...]) -> dict[str, Any] | None:
+        """The ports a replica's spec names, each given a free port on its node (host and readiness follow
+        at launch)."""
+        if not ports:
+            return None
+        chosen = self.pick_ports(node, len(ports))
+        return {str(name): {"port": port} for name, port in zip(ports, chosen, strict=True)}
 
     def _preempt(self, session: Session, preempt: Preempt, now: float) -> bool:
         row = repo.workload_by_id(session, int(preempt.victim_id), for_update=True)
