@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from gpupool.executors.base import Executor
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.server.app import create_app
 from gpupool.server.context import Services
+from gpupool.server.node_providers import NodeProvider
 from gpupool.server.settings import Settings
 
 
@@ -101,9 +102,9 @@ def server_settings(home: Path, database_url: str, **overrides: Any) -> Settings
 
 
 def start_server(settings: Settings, executor: Executor | None = None,
-                 clock: Callable[[], float] = time.time) -> TestServer:
+                 clock: Callable[[], float] = time.time, node_providers: Sequence[NodeProvider] = ()) -> TestServer:
     """Serve create_app(settings) in a thread and wait until /healthz answers."""
-    app = create_app(settings, executor=executor, clock=clock)
+    app = create_app(settings, executor=executor, clock=clock, node_providers=node_providers)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             lifespan="on")
     server = uvicorn.Server(config)

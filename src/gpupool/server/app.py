@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -22,10 +22,9 @@ from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, syst
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
-from gpupool.server.local_node import BackendFactory, local_nodes
+from gpupool.server.local_node import BackendFactory
+from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
 from gpupool.server.services.bootstrap import ensure_admin
-from gpupool.server.services.gpu_admin import restore_mig_layouts
-from gpupool.server.services.pool import register_local_nodes
 from gpupool.server.settings import Settings
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
@@ -38,8 +37,10 @@ log = logging.getLogger("gpupool.server")
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
-def build_services(settings: Settings, executor: Executor | None = None, clock: Clock = time.time) -> Services:
-    """The shared services of one server (database opened, workers built but not started)."""
+def build_services(settings: Settings, executor: Executor | None = None, clock: Clock = time.time,
+                   providers: Sequence[NodeProvider] = ()) -> Services:
+    """The shared services of one server (database opened, workers built but not started); `providers` are
+    the sources of nodes (see start_services)."""
     db = Database(settings.resolved_database_url)
     services = Services(settings, db, clock, executor or make_executor(settings))
     services.gpus = runtime = GpuRuntime(settings)
@@ -55,33 +56,30 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
     services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
     services.sampler = IntervalWorker("sampler", sampler.step, settings.sample_interval_s)
+    node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,
+                                              on_change=services.wake_workers)
+    services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
     return services
 
 
-def start_services(services: Services, nvml_backend: BackendFactory) -> None:
-    """Migrate the database, bootstrap the first administrator, register this host's nodes with their GPUs,
-    start the workers (scheduling loop, reconciler, GPU sampler)."""
+def start_services(services: Services) -> None:
+    """Migrate the database, bootstrap the first administrator, register the providers' nodes with their
+    GPUs (one pass of the node worker), start the workers (scheduling loop, reconciler, GPU sampler, nodes)."""
     settings, runtime = services.settings, services.gpu_runtime()
     services.db.migrate()
     install_sitecustomize(runtime.sharing)  # the memory cap of replicas on time-sliced GPUs
     ensure_admin(services.db, settings.admin_name, settings.token_file, services.clock(), settings.reset_admin_token)
-    declared = local_nodes(settings, nvml_backend)
-    with services.db.session() as session:
-        for change in register_local_nodes(session, declared, services.clock()):
-            log.info(change)
-    for local in declared:
-        runtime.add(local)
-        for change in restore_mig_layouts(services.db, runtime, local.node.name, services.clock):
-            log.info(change)
+    if services.node_sync is not None:
+        services.node_sync.step()
     if settings.workers:
-        for worker in (services.reconciler, services.scheduler, services.sampler):
+        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.sampler, services.scheduler, services.reconciler):
+    for worker in (services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
         if worker is not None:
             worker.stop()
     if services.gpus is not None:
@@ -91,17 +89,19 @@ def stop_services(services: Services) -> None:
 
 
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
-               nvml_backend: BackendFactory = NvmlBackend) -> FastAPI:
+               nvml_backend: BackendFactory = NvmlBackend, node_providers: Sequence[NodeProvider] = ()) -> FastAPI:
     """The gpupool server application. `executor`, `clock` and `nvml_backend` (the GPU backend of real
     hardware) may be injected (tests); by default the executor is the one `settings.executor` names and
     GPUs are discovered through NVML (none when NVML is absent), unless `settings.gpus` declares simulated
-    ones or `settings.gpu_description` scripts fake ones."""
+    ones or `settings.gpu_description` scripts fake ones. Nodes come from this host (LocalHostProvider) and
+    from `node_providers` (e.g. a SimulatedNodeProvider whose nodes join and leave at run time)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings, executor, clock)
-        start_services(services, nvml_backend)
+        providers = [LocalHostProvider(settings, nvml_backend), *node_providers]
+        services = build_services(settings, executor, clock, providers)
+        start_services(services)
         app.state.services = services
         log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
                  services.db.describe())

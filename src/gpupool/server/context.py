@@ -9,6 +9,7 @@ import httpx
 
 from gpupool.executors.base import Executor
 from gpupool.server.gpu_runtime import GpuRuntime
+from gpupool.server.node_providers import NodeSync
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.server.settings import Settings
 from gpupool.server.workers.loop import IntervalWorker
@@ -34,6 +35,8 @@ class Services:
     reconciler_loop: Reconciler | None = None
     gpus: GpuRuntime | None = None
     sampler: IntervalWorker | None = None
+    node_sync: NodeSync | None = None
+    nodes_worker: IntervalWorker | None = None
     _proxy_client: httpx.AsyncClient | None = None
 
     def proxy_client(self) -> httpx.AsyncClient:
@@ -60,6 +63,11 @@ class Services:
         """Run a scheduling cycle soon (after a submit, a cancel, a queue change, freed capacity)."""
         if self.scheduler is not None:
             self.scheduler.wake()
+
+    def wake_workers(self) -> None:
+        """Run a scheduling cycle and a reconciler pass soon (after nodes joined or left)."""
+        self.wake_scheduler()
+        self.wake_reconciler()
 
     def wake_reconciler(self) -> None:
         """Run a reconciler pass soon (after binds, preemptions, cancels)."""

@@ -90,6 +90,13 @@ class GpuRuntime:
             previous.local.backend.close()
         return node
 
+    def remove(self, name: str) -> None:
+        """Stop watching the GPUs of a node that left the pool (nothing for an unknown name)."""
+        with self.lock:
+            previous = self.nodes.pop(name, None)
+        if previous is not None:
+            previous.local.backend.close()
+
     def node(self, name: str) -> NodeGpus:
         """The GPUs of local node `name`; NotFoundError when this server does not run that node."""
         found = self.nodes.get(name)

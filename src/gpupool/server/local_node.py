@@ -53,10 +53,12 @@ class LocalGpus:
 
 @dataclass
 class LocalNode:
-    """One node this server declares: capacity and labels (`node.gpus` in their default modes), and its GPUs."""
+    """One node a node provider offers: capacity and labels (`node.gpus` in their default modes), its GPUs,
+    and the network address other nodes and the server reach it at."""
 
     node: Node
     gpus: LocalGpus
+    address: str = "127.0.0.1"
 
 
 def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:
@@ -114,7 +116,8 @@ def declared_description(text: str, seed: str) -> dict[str, Any]:
     return {"node": seed, "simulated": True, "gpus": cards}
 
 
-def _fake_mig(backend: FakeBackend) -> MigAccess:
+def fake_mig(backend: FakeBackend) -> MigAccess:
+    """MIG access of a fake backend (its own simulated NVML)."""
     return lambda: nullcontext(backend.mig())
 
 
@@ -134,14 +137,14 @@ def local_gpus(settings: Settings, node_name: str, nvml_backend: BackendFactory 
     if settings.gpus.strip():
         fake = FakeBackend(declared_description(settings.gpus, node_name))
         mode = SharingMode(settings.gpu_mode or SharingMode.SHARED.value)
-        return LocalGpus(fake, fake.discover(), "fake", True, mode, _fake_mig(fake))
+        return LocalGpus(fake, fake.discover(), "fake", True, mode, fake_mig(fake))
     if settings.gpu_description is not None:
         data = read_description(settings.gpu_description)
         if settings.nodes > 1:  # distinct UUIDs on every node
             data = {**data, "node": f"{data.get('node', 'fake')}/{node_name}"}
         fake = FakeBackend(data)
         mode = SharingMode(settings.gpu_mode or SharingMode.EXCLUSIVE.value)
-        return LocalGpus(fake, fake.discover(), "fake", fake.simulated, mode, _fake_mig(fake))
+        return LocalGpus(fake, fake.discover(), "fake", fake.simulated, mode, fake_mig(fake))
     backend = nvml_backend()
     mode = SharingMode(settings.gpu_mode or SharingMode.EXCLUSIVE.value)
     return LocalGpus(backend, backend.discover(), backend.name, False, mode, _pynvml_mig)

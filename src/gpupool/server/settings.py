@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     gpu_mode: Literal["exclusive", "shared", "mps"] | None = Field(
         None, description="Sharing mode of GPUs the admin has not set: default shared for --gpus, else exclusive")
     sample_interval_s: float = Field(5.0, gt=0, description="How often the GPU sampler reads every GPU")
+    # nodes join and leave rarely; 5 s is prompt for a person watching and a negligible cost for one short pass
+    node_sync_interval_s: float = Field(5.0, gt=0, description="How often node providers are asked which nodes exist")
     overuse_kill: bool = Field(False, description="Stop a workload whose replica uses more GPU memory than asked")
     overuse_tolerance_mib: int = Field(512, ge=0, description="GPU memory over the request that is not over-use")
     overuse_grace_s: float = Field(10.0, ge=0, description="How long over-use must last before it is reported")

@@ -24,15 +24,16 @@ from gpupool.store.repos import gpus as gpu_repo
 
 
 # ---------------------------------------------------------------------------------------- nodes
-def register_local_nodes(session: Session, declared: Sequence[LocalNode], now: float) -> list[str]:
-    """Make the stored local nodes match `declared`: insert or update them with their GPU inventory (the
-    cards then follow the stored per-GPU settings); local nodes no longer declared are removed, or made
-    unschedulable while replicas still run on them. Returns what changed, in words."""
+def register_local_nodes(session: Session, declared: Sequence[LocalNode], now: float,
+                         source: str = "local") -> list[str]:
+    """Make the stored nodes of `source` match `declared` at start-up: insert or update them with their GPU
+    inventory (the cards then follow the stored per-GPU settings); nodes of that source no longer declared
+    are removed, or made unschedulable while replicas still run on them. Returns what changed, in words."""
     changes: list[str] = []
     wanted = {n.node.name: n for n in declared}
     busy = {r.node for r in workloads.live_replicas(session)}
     for row in nodes.list_nodes(session):
-        if row.source == "local" and row.name not in wanted:
+        if row.source == source and row.name not in wanted:
             if row.name in busy:
                 row.schedulable = False
                 changes.append(f"node {row.name} is no longer declared; unschedulable until its replicas end")
@@ -41,24 +42,32 @@ def register_local_nodes(session: Session, declared: Sequence[LocalNode], now: f
                 changes.append(f"node {row.name} removed")
     session.flush()
     for local in declared:
-        node = local.node
-        row = nodes.node_by_name(session, node.name)
-        values = {"cpu_milli": node.cpu_milli, "memory_mib": node.memory_mib, "labels": dict(node.labels),
-                  "taints": [{"key": t.key, "value": t.value} for t in node.taints], "schedulable": True,
-                  "source": "local", "heartbeat_at": now, "gpu_inventory": local.gpus.inventory.to_dict(),
-                  "gpu_backend": local.gpus.kind, "gpu_simulated": local.gpus.simulated}
-        if row is None:
-            row = NodeRow(name=node.name, registered_at=now, gpus=[], gpus_version=0, **values)
-            session.add(row)
-            changes.append(f"node {node.name} registered")
-        else:
-            for key, value in values.items():
-                setattr(row, key, value)
-        session.flush()
-        settings = gpu_services.sync_settings(session, node.name, local.gpus.inventory, local.gpus.default_mode, now)
-        gpu_services.refresh_node_gpus(session, row, settings)
+        if upsert_node(session, local, source, now):
+            changes.append(f"node {local.node.name} registered")
     session.flush()
     return changes
+
+
+def upsert_node(session: Session, local: LocalNode, source: str, now: float) -> bool:
+    """Insert or update one node with its GPU inventory and cards; True when it was new."""
+    node = local.node
+    row = nodes.node_by_name(session, node.name)
+    values = {"cpu_milli": node.cpu_milli, "memory_mib": node.memory_mib, "labels": dict(node.labels),
+              "taints": [{"key": t.key, "value": t.value} for t in node.taints], "schedulable": True,
+              "source": source, "address": local.address, "heartbeat_at": now,
+              "gpu_inventory": local.gpus.inventory.to_dict(), "gpu_backend": local.gpus.kind,
+              "gpu_simulated": local.gpus.simulated}
+    new = row is None
+    if row is None:
+        row = NodeRow(name=node.name, registered_at=now, gpus=[], gpus_version=0, **values)
+        session.add(row)
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+    session.flush()
+    settings = gpu_services.sync_settings(session, node.name, local.gpus.inventory, local.gpus.default_mode, now)
+    gpu_services.refresh_node_gpus(session, row, settings)
+    return new
 
 
 def _allocations(session: Session) -> dict[str, ResourceVector]:
