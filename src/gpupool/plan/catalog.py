@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from gpupool.domain.errors import ValidationError
+from gpupool.domain.gpu_specs import parse_gpu_count
 from gpupool.plan.errors import PlanInputError
 from gpupool.plan.models import ModelShape, validate_shape
 from gpupool.plan.precision import PEAK_FIELDS, Precision
@@ -23,7 +25,6 @@ from gpupool.plan.units import GIB, parse_count
 PEAK_KEYS = ("bf16_tflops", "fp16_tflops", "fp8_tflops", "int8_tops", "tf32_tflops", "fp32_tflops")
 _PROFILE_NAME = re.compile(r"(?P<slices>\d+)g\.(?P<gb>\d+)gb")
 _T = TypeVar("_T")
-_GPU_SPEC = re.compile(r"\s*(?:(?P<count>\d+)\s*[xX*]\s*)?(?P<name>\S.*?)\s*")
 
 
 def normalize(name: str) -> str:
@@ -137,18 +138,17 @@ class GpuCount:
 
 
 def parse_gpu_spec(text: str, catalog: Catalog, what: str = "--gpus") -> GpuCount:
-    """Read ``8xA100-80GB``, ``8 x H100`` or ``H100`` (one GPU); raises PlanInputError naming ``what``."""
-    match = _GPU_SPEC.fullmatch(text or "")
-    if match is None or not match["name"]:
-        raise PlanInputError(f"{what}: cannot read {text!r}; write COUNTxGPU, e.g. 8xA100-80GB")
-    count = int(match["count"]) if match["count"] else 1
-    if count < 1:
-        raise PlanInputError(f"{what}: the GPU count in {text!r} must be at least 1")
+    """Read ``8xA100-80GB``, ``8 x H100`` or ``H100`` (one GPU; the grammar of `gpupool.domain.gpu_specs`);
+    raises PlanInputError naming ``what``."""
     try:
-        gpu = catalog.gpu(match["name"])
+        spec = parse_gpu_count(text, what)
+    except ValidationError as exc:
+        raise PlanInputError(str(exc)) from None
+    try:
+        gpu = catalog.gpu(spec.name)
     except PlanInputError as exc:
         raise PlanInputError(f"{what}: {exc}") from None
-    return GpuCount(count=count, gpu=gpu, count_given=match["count"] is not None)
+    return GpuCount(count=spec.count, gpu=gpu, count_given=spec.count_given)
 
 
 def _profile_match(name: str) -> re.Match[str]:

@@ -4,6 +4,7 @@ NVML on real hardware, or the scripted fake (`gpu/fake.py`) for declared simulat
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpupool.domain.errors import ValidationError
+from gpupool.domain.gpu_specs import memory_in_name, parse_gpu_count
 from gpupool.domain.nodes import Gpu, Node
 from gpupool.domain.resources import SharingMode, parse_cpu, parse_memory
 from gpupool.gpu.fake import FakeBackend, read_description
@@ -20,15 +22,13 @@ from gpupool.gpu.inventory import to_domain_gpus
 from gpupool.gpu.mig import MigNvml
 from gpupool.gpu.nvml import NvmlBackend, PynvmlMig
 from gpupool.gpu.types import GpuBackend, GpuInventory
+from gpupool.plan.catalog import Catalog, load_catalog
+from gpupool.plan.errors import PlanInputError
 from gpupool.server.settings import Settings
 
 BackendFactory = Callable[[], GpuBackend]
 MigAccess = Callable[[], AbstractContextManager[MigNvml]]
 SIMULATED_LABEL = "gpupool.io/simulated-gpus"
-_DECLARED_RE = re.compile(r"^(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9]*)(?:-(\d+(?:\.\d+)?)\s*(GB|G|GIB))?$",
-                          re.IGNORECASE)
-_DEFAULT_MEMORY_GB = {"A100": 40, "H100": 80, "H200": 141, "V100": 16, "T4": 16, "L4": 24, "A10": 24,
-                      "L40S": 48, "A40": 48, "B200": 180}
 MAX_DECLARED_GPUS = 64
 
 
@@ -62,8 +62,8 @@ class LocalNode:
 
 
 def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:
-    """Parse declared GPUs: "4xA100-80GB", "2xH100", "2xA100-80GB,1xT4-16GB" (count required; memory
-    defaults by model).
+    """Parse declared GPUs: "4xA100-80GB", "2xH100", "2xA100-80GB,1xT4-16GB" (the grammar of
+    `gpupool.domain.gpu_specs`, count required; a model without its memory takes the catalog's).
 
     The cards are marked simulated; `mode` is their sharing mode (exclusive, shared or mps).
     """
@@ -72,19 +72,32 @@ def parse_declared_gpus(text: str, mode: str = "shared") -> tuple[Gpu, ...]:
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
-        match = _DECLARED_RE.match(part)
-        if not match:
-            raise ValidationError(f"cannot read {part!r}; write COUNTxMODEL[-MEMORYGB], e.g. 4xA100-80GB", "gpus")
-        count = int(match.group(1))
-        model = match.group(2).upper()
-        memory_gb = float(match.group(3)) if match.group(3) else _DEFAULT_MEMORY_GB.get(model, 16)
-        name = f"{model}-{match.group(3)}GB" if match.group(3) else model
-        for _ in range(count):
+        spec = parse_gpu_count(part, "gpus", count_required=True)
+        name, memory_gb = _model_and_memory(part, spec.name)
+        for _ in range(min(spec.count, MAX_DECLARED_GPUS + 1)):
             gpus.append(Gpu(index=len(gpus), model=name, memory_mib=round(memory_gb * 1024), mode=sharing,
                             uuid=f"SIM-{len(gpus)}", simulated=True))
     if len(gpus) > MAX_DECLARED_GPUS:
         raise ValidationError(f"{len(gpus)} GPUs on one node; at most {MAX_DECLARED_GPUS}", "gpus")
     return tuple(gpus)
+
+
+@functools.cache
+def _catalog() -> Catalog:
+    return load_catalog()
+
+
+def _model_and_memory(part: str, name: str) -> tuple[str, float]:
+    """The model name to record and its memory in GiB: from the name (`A100-80GB`), else the planner's GPU
+    catalog (`H100` -> 80); ValidationError for a model the catalog does not know, saying how to write it."""
+    sized = memory_in_name(name)
+    if sized is not None:
+        return f"{sized[0].upper()}-{sized[1]:g}GB", sized[1]
+    try:
+        return name.upper(), _catalog().gpu(name).memory_gib
+    except PlanInputError:
+        raise ValidationError(f"cannot read {part!r}: unknown GPU model {name!r}; give its memory, e.g. "
+                              f"{part}-24GB, or use a known model (gpupool plan gpus)", "gpus") from None
 
 
 def machine_cpu_milli() -> int:
