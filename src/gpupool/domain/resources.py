@@ -16,13 +16,10 @@ from enum import StrEnum
 from typing import Any
 
 from gpupool.domain.errors import ValidationError, reject_unknown_keys
+from gpupool.domain.units import bytes_per, duration_seconds, split_quantity
 
 MILLI_PER_GPU = 1000
 MIB = 1
-_BINARY_UNITS = {"ki": 1 / 1024, "mi": 1, "gi": 1024, "ti": 1024**2, "pi": 1024**3}
-_DECIMAL_UNITS = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}  # bytes
-_MEMORY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
 _MIG_PROFILE_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
 MAX_CPU_MILLI = 10_000_000  # 10,000 cores: anything above is a typo
 MAX_MEMORY_MIB = 1024**3  # 1 PiB
@@ -130,7 +127,8 @@ def parse_memory(value: Any, field_name: str = "memory") -> int:
     """Parse a memory size into MiB, rounding up: "16GiB" -> 16384, "512Mi" -> 512, "1G" -> 954.
 
     Binary units (Ki, Mi, Gi, Ti, Pi, with or without a trailing B) and decimal units (K, M, G, T, P, KB, MB,
-    GB...) are accepted; a bare number is refused because its unit would be a guess.
+    GB...) are accepted (the grammar of `gpupool.domain.units`); a bare number is refused because its unit
+    would be a guess.
     """
     if isinstance(value, int | float) and not isinstance(value, bool):
         if value == 0:
@@ -142,38 +140,33 @@ def parse_memory(value: Any, field_name: str = "memory") -> int:
         raise ValidationError(f"expected a size such as 16GiB, got {value!r}", field_name)
     if value.strip().startswith("-"):
         raise ValidationError(f"memory cannot be negative (got {value!r})", field_name)
-    match = _MEMORY_RE.match(value)
-    if not match:
+    quantity = split_quantity(value)
+    if quantity is None:
         raise ValidationError(f"cannot read {value!r} as a size; write e.g. 16GiB, 512MiB or 1.5TB", field_name)
-    amount, unit = float(match.group(1)), match.group(2).lower().removesuffix("b")
-    if unit in _BINARY_UNITS:
-        mib = amount * _BINARY_UNITS[unit]
-    elif unit in _DECIMAL_UNITS:
-        mib = amount * _DECIMAL_UNITS[unit] / 2**20
-    elif unit == "":
-        mib = amount / 2**20  # "B" alone: bytes
-        if not match.group(2):
-            raise ValidationError(f"memory {value!r} needs a unit, e.g. {value}GiB", field_name)
-    else:
-        raise ValidationError(f"unknown unit {match.group(2)!r} in {value!r}; use KiB, MiB, GiB, TiB or KB, MB, "
+    amount, unit = quantity
+    if not unit:
+        raise ValidationError(f"memory {value!r} needs a unit, e.g. {value}GiB", field_name)
+    factor = bytes_per(unit)
+    if factor is None:
+        raise ValidationError(f"unknown unit {unit!r} in {value!r}; use KiB, MiB, GiB, TiB or KB, MB, "
                               "GB, TB", field_name)
+    mib = amount * factor / 2**20
     if mib > MAX_MEMORY_MIB:
         raise ValidationError(f"{value!r} is more memory than any machine has; check the unit", field_name)
     return math.ceil(mib - 1e-9)
 
 
 def parse_duration(value: Any, field_name: str = "duration") -> int:
-    """Parse a duration into whole seconds: 90 -> 90, "90s", "30m", "6h", "1h30m", "2d"."""
+    """Parse a duration into whole seconds: 90 -> 90, "90s", "30m", "6h", "1h30m", "2d" (the grammar of
+    `gpupool.domain.units`; a number in a string needs its unit)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        parts = _DURATION_RE.findall(text)
-        if not parts or "".join(n + u for n, u in parts) != text:
+        found = duration_seconds(value, bare_unit="")
+        if found is None:
             raise ValidationError(f"cannot read {value!r} as a duration; write e.g. 90s, 30m, 6h or 1h30m",
                                   field_name)
-        scale = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-        seconds = sum(float(n) * scale[u] for n, u in parts)
+        seconds = found
     else:
         raise ValidationError(f"expected a duration such as 6h, got {value!r}", field_name)
     if seconds <= 0:

@@ -2,7 +2,8 @@
 
 Counts use decimal suffixes (``7B`` = 7e9 parameters, ``300B`` tokens, ``1.5T``); bytes accept both
 decimal (``KB``, ``MB``, ``GB``, ``TB`` = powers of 1000) and binary units (``KiB``, ``MiB``, ``GiB``,
-``TiB`` = powers of 1024); durations accept ``s``, ``m``/``min``, ``h``, ``d`` and ``w``.
+``TiB`` = powers of 1024); durations accept ``s``, ``m``/``min``, ``h``, ``d`` and ``w``, chained as in
+``1h30m``. Units and durations follow the one grammar of :mod:`gpupool.domain.units`.
 Every parser raises :class:`PlanInputError` naming the option it was parsing.
 """
 
@@ -11,20 +12,12 @@ from __future__ import annotations
 import math
 import re
 
+from gpupool.domain.units import bytes_per, duration_seconds
 from gpupool.plan.errors import PlanInputError
 
 GIB = 1024**3
 _NUMBER = r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)"
 _COUNT_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-_BYTE_UNITS = {
-    "": 1.0, "b": 1.0,
-    "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-    "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3, "tib": 1024.0**4,
-}
-_SECONDS = {
-    "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0,
-    "d": 86400.0, "day": 86400.0, "days": 86400.0, "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
-}
 
 
 def _split(text: str, what: str) -> tuple[float, str]:
@@ -64,7 +57,7 @@ def parse_bytes(text: str | float, what: str = "memory") -> float:
     if isinstance(text, int | float):
         return _positive(float(text), str(text), what)
     number, unit = _split(text, what)
-    factor = _BYTE_UNITS.get(unit.lower())
+    factor = bytes_per(unit)
     if factor is None:
         raise PlanInputError(f"{what}: unknown unit {unit!r} in {text!r} (use GB, GiB, MB, MiB, TB, TiB)")
     return _positive(number * factor, text, what)
@@ -80,11 +73,11 @@ def parse_bandwidth(text: str, what: str = "--bandwidth") -> float:
 
 def parse_duration(text: str, what: str = "--deadline") -> float:
     """Read a duration such as ``90d``, ``12h``, ``2w`` or ``3600s``; returns seconds."""
-    number, unit = _split(text, what)
-    factor = _SECONDS.get(unit.lower() or "s")
-    if factor is None:
-        raise PlanInputError(f"{what}: unknown unit {unit!r} in {text!r} (use s, min, h, d or w)")
-    return _positive(number * factor, text, what)
+    seconds = duration_seconds(text)
+    if seconds is None:
+        _split(text, what)  # says when it is not even a number
+        raise PlanInputError(f"{what}: unknown unit in {text!r} (use s, min, h, d or w, e.g. 90d or 1h30m)")
+    return _positive(seconds, text, what)
 
 
 def format_count(value: float) -> str:
