@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from gpupool import __version__
-from gpupool.cli import admin, monitor, nodes, server, workloads
+from gpupool.cli import admin, monitor, nodes, schema, server, workloads
 from gpupool.cli.plan import plan_app
 from gpupool.cli.sim import sim_app
 
@@ -38,3 +38,4 @@ workloads.register(app)
 nodes.register(app)
 admin.register(app)
 monitor.register(app)
+schema.register(app)
