@@ -125,6 +125,10 @@ class WorkloadSpec:
                 out.append((len(out), role, k))
         return out
 
+    def rendezvous(self) -> str | None:
+        """The rendezvous environment its replicas get ("torch", "tensorflow"), or None; only jobs have one."""
+        return None
+
     def command_for(self, role: RoleSpec) -> str:
         """The command a replica of `role` runs."""
         command = role.command or self.command
@@ -168,6 +172,10 @@ class JobSpec(WorkloadSpec):
 
     distributed: Distributed | None = None
     retries: int = 0
+
+    def rendezvous(self) -> str | None:
+        """`distributed:` as text, or None."""
+        return self.distributed.value if self.distributed is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical plain-data form; `parse_spec(spec.to_dict()) == spec`."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import ValidationError
-from gpupool.domain.specs import JobSpec, parse_spec
+from gpupool.domain.specs import parse_spec
 from gpupool.executors.base import ReplicaLaunch
 from gpupool.executors.environment import identity_env, merge_env
 from gpupool.executors.rendezvous import rendezvous_env
@@ -59,7 +59,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
     if missing:
         raise ValidationError(f"node {', '.join(missing)} is no longer part of the pool")
     addresses = {name: found.address for name, found in node_rows.items() if found is not None}
-    kind = spec.distributed.value if isinstance(spec, JobSpec) and spec.distributed else None
+    kind = spec.rendezvous()
     rendezvous = rendezvous_env(kind, placements, addresses, [int(p) for p in row.rendezvous_ports or []])
     cwd = Path(spec.workdir) if spec.workdir else scopes.user_dir
     roles = {r.role: r for r in spec.roles}

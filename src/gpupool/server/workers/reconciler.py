@@ -194,7 +194,8 @@ class Reconciler:
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
                                                _S.PREEMPTED.value], for_update=True)
             now = self.clock()
-            advanced = [self._advance(session, row, now) for row in rows]
+            runs = repo.current_replicas(session, rows)  # one query for all, not one per workload
+            advanced = [self._advance(session, row, now, runs[row.id]) for row in rows]
         return ended or any(advanced)
 
     def _poll(self, handle: Handle) -> ReplicaStatus | None:
@@ -225,9 +226,12 @@ class Reconciler:
                                f"{status.message or exit_text(status.exit_code)}", replica.number)
         return ended
 
-    def _advance(self, session: Session, row: WorkloadRow, now: float) -> bool:
-        """Move one workload along as its kind's lifecycle says; True when its status changed."""
-        replicas = repo.replicas_of(session, row.id, row.attempt) if row.attempt else []
+    def _advance(self, session: Session, row: WorkloadRow, now: float,
+                 replicas: Sequence[ReplicaRow] | None = None) -> bool:
+        """Move one workload along as its kind's lifecycle says (`replicas`: those of its current run, read
+        here when not given); True when its status changed."""
+        if replicas is None:
+            replicas = repo.replicas_of(session, row.id, row.attempt) if row.attempt else []
         step = lifecycle_for(row.kind).advance(_view(row, replicas), now)
         return self._apply(session, row, step, now) if step is not None else False
 

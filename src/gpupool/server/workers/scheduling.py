@@ -26,7 +26,7 @@ from gpupool.domain.errors import GpupoolError
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.replicas import ReplicaState
-from gpupool.domain.specs import JobSpec, WorkloadSpec, parse_spec
+from gpupool.domain.specs import WorkloadSpec, parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.executors.rendezvous import ports_needed
 from gpupool.scheduler.cycle import run_cycle
@@ -204,7 +204,7 @@ class SchedulingLoop:
                                    state=ReplicaState.PENDING.value, created_at=now, message="",
                                    endpoints=self._endpoints(p.node, spec.ports)))
         row.nominated = None
-        kind = spec.distributed.value if isinstance(spec, JobSpec) and spec.distributed else None
+        kind = spec.rendezvous()
         needed = ports_needed(kind, len(bind.placements))
         rank0 = next(p.node for p in bind.placements if numbers[(p.role, p.ordinal)] == 0)
         row.rendezvous_ports = self.pick_ports(rank0, needed) if needed else None  # chosen on the node of rank 0

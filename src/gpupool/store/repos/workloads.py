@@ -82,6 +82,19 @@ def replicas_of(session: Session, workload_id: int, attempt: int | None = None) 
     return session.scalars(query.order_by(ReplicaRow.attempt, ReplicaRow.number)).all()
 
 
+def current_replicas(session: Session, rows: Sequence[WorkloadRow]) -> dict[int, list[ReplicaRow]]:
+    """The replicas of each workload's current run (its `attempt`), by workload id, in one query."""
+    wanted = {row.id: row.attempt for row in rows if row.attempt}
+    found: dict[int, list[ReplicaRow]] = {row.id: [] for row in rows}
+    if not wanted:
+        return found
+    query = select(ReplicaRow).where(ReplicaRow.workload_id.in_(sorted(wanted)))
+    for replica in session.scalars(query.order_by(ReplicaRow.workload_id, ReplicaRow.attempt, ReplicaRow.number)):
+        if replica.attempt == wanted[replica.workload_id]:
+            found[replica.workload_id].append(replica)
+    return found
+
+
 def events_of(session: Session, workload_id: int, limit: int = 200) -> Sequence[EventRow]:
     """A workload's most recent events (at most `limit`), oldest first."""
     query = select(EventRow).where(EventRow.workload_id == workload_id).order_by(EventRow.id.desc()).limit(limit)
