@@ -4,6 +4,7 @@ front, same-origin checks, no redirects followed and hop-by-hop headers dropped.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from tests.support.servers import TestServer, wait_until
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from gpupool.executors.local import LocalExecutor
+
 ECHO_APP = Path(__file__).resolve().parents[2] / "support" / "echo_app.py"
 
 
@@ -25,8 +28,13 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def running(server_factory: ServerFactory) -> Iterator[tuple[TestServer, int]]:
-    server = server_factory()  # the local executor: real processes
+def running(server_factory: ServerFactory, tmp_path: Path) -> Iterator[tuple[TestServer, int]]:
+    # the local executor (real processes) with a fresh HOME, so no login files of this machine slow the start
+    home = tmp_path / "replica-home"
+    home.mkdir()
+    executor = LocalExecutor(tmp_path / "executor", base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                                              "HOME": str(home), "LANG": "C.UTF-8"})
+    server = server_factory(executor)
     with server.client() as admin:
         wid = admin.submit(f"name: echo\nports: [8080]\nresources: {{cpu: 0.5, memory: 256MiB}}\n"
                            f"command: {sys.executable} {ECHO_APP}\n").workload.id
@@ -35,9 +43,11 @@ def running(server_factory: ServerFactory) -> Iterator[tuple[TestServer, int]]:
             replicas = admin.get_workload(wid).replica_list
             return bool(replicas and replicas[0].endpoints and replicas[0].endpoints[0].ready)
 
-        wait_until(ready, 30, 0.1, "the echo workload listening")
-        yield server, wid
-        admin.cancel(wid)
+        try:
+            wait_until(ready, 60, 0.1, "the echo workload listening")  # Python and uvicorn start in ~1 s unloaded
+            yield server, wid
+        finally:
+            admin.cancel(wid)
 
 
 def auth(server: TestServer) -> dict[str, str]:

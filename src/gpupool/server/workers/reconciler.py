@@ -232,7 +232,12 @@ class Reconciler:
         here when not given); True when its status changed."""
         if replicas is None:
             replicas = repo.replicas_of(session, row.id, row.attempt) if row.attempt else []
-        step = lifecycle_for(row.kind).advance(_view(row, replicas), now)
+        try:
+            lifecycle = lifecycle_for(row.kind)
+        except GpupoolError as exc:  # a kind this version cannot run: leave it, keep advancing the others
+            log.error("workload %s: %s", row.id, exc)
+            return False
+        step = lifecycle.advance(_view(row, replicas), now)
         return self._apply(session, row, step, now) if step is not None else False
 
     @staticmethod
