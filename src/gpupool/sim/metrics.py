@@ -59,7 +59,8 @@ def contended_usage(result: ReplayResult) -> tuple[float, dict[str, float], set[
                     + [(t, 1, i) for i, (t, _) in enumerate(result.waiting)])
     usage: dict[str, int] = {}
     waiting: frozenset[str] = frozenset()
-    length, used, contending = 0.0, dict.fromkeys(sorted(ever), 0.0), set()
+    length, used = 0.0, dict.fromkeys(sorted(ever), 0.0)
+    contending: set[str] = set()
     for (t, kind, i), following in zip(events, [*events[1:], (result.end_time, 0, -1)], strict=True):
         if kind == 0:
             usage = result.queue_usage[i][1]

@@ -160,7 +160,7 @@ class FgdPolicy(PlacementPolicy):
             self._reset()
             self._target = TargetArrays(self._shapes, snap)
             self._snap_nodes = snap.nodes
-            n, m = len(snap), len(self._shapes)
+            n, m = len(snap), len(self._target.cpu)
             self._node_version = np.full(n, -1, dtype=np.int64)
             self._terms = CardTerms(*(np.zeros((n, m), dtype=np.int64) for _ in range(3)))
             self._paper, self._capacity = np.zeros(n), np.zeros(n)
@@ -174,7 +174,7 @@ class FgdPolicy(PlacementPolicy):
         terms = card_terms(free, target)
         self._terms.count[stale], self._terms.frag[stale], self._terms.slots[stale] = (
             terms.count, terms.frag, terms.slots)
-        args = (target, snap.free_cpu[stale], snap.free_mem[stale], target.model_ok[stale], terms, free.sum(axis=1))
+        args = (target, snap.free_cpu[stale], snap.free_mem[stale], target.weight[stale], terms, free.sum(axis=1))
         self._paper[stale], self._capacity[stale] = paper_fragment(*args), capacity_fragment(*args)
         self._node_version[stale] = snap.version[stale]
 
@@ -183,7 +183,7 @@ class FgdPolicy(PlacementPolicy):
         if rows.size <= _DEDUPE_ABOVE:
             return self._growths_exact(snap, target, request, rows)
         state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], usable_free(snap, rows),
-                                 target.model_ok[rows], snap.free_gmem[rows]]).astype(np.int64)
+                                 target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
         hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         back = inverse.ravel()
@@ -203,20 +203,20 @@ class FgdPolicy(PlacementPolicy):
         free = usable_free(snap, rows)
         total = free.sum(axis=1)
         terms = CardTerms(self._terms.count[rows], self._terms.frag[rows], self._terms.slots[rows])
-        model_ok = target.model_ok[rows]
+        weight = target.weight[rows]
         before_paper, before_capacity = self._paper[rows], self._capacity[rows]
         gpu = request.gpu
         if gpu.kind != "share":
             taken = gpu.count if gpu.kind == "whole" else 0
             after = terms.whole_taken(taken, target)
-            args = (target, cpu, mem, model_ok, after, total - taken * MILLI_PER_GPU)
+            args = (target, cpu, mem, weight, after, total - taken * MILLI_PER_GPU)
             return _Growth(paper_fragment(*args) - before_paper, capacity_fragment(*args) - before_capacity,
                            np.zeros(len(rows), np.int64))
         share = share_terms(snap, gpu, rows)
         a = free[:, :, None]
         expanded = CardTerms(terms.count[:, None, :], terms.frag[:, None, :], terms.slots[:, None, :])
         after = expanded.changed(a, a - share.milli[:, :, None], target.need)
-        args = (target, cpu[:, None], mem[:, None], model_ok[:, None, :], after, total[:, None] - share.milli)
+        args = (target, cpu[:, None], mem[:, None], weight[:, None, :], after, total[:, None] - share.milli)
         paper = paper_fragment(*args) - before_paper[:, None]
         capacity = capacity_fragment(*args) - before_capacity[:, None]
         tie = capacity if self.tie_break else 0.0
