@@ -39,7 +39,7 @@ from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest, model_matche
 from gpupool.scheduler.placement.filters import FloatArray
 from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 
-DEFAULT_COVERAGE = 0.95
+DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
 
 
