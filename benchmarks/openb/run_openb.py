@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/openb/run_openb.py                  # all traces, 10 seeds, all policies
     .venv/bin/python benchmarks/openb/run_openb.py --traces default --seeds 42-44
+    .venv/bin/python benchmarks/openb/run_openb.py --traces variants --seeds 42-44   # generated variants
+
+Trace names are the published pod lists (`default`, `gpushare40`, ...) and the generated variants of
+make_variants.py (`spec10`, `spec20`, `spec33`, `cpu-half`, `cpu-x1.5`, `cpu-redraw`; `variants` names them
+all, `published` the published ones); variants are written to --out/variants/ first.
 
 Writes `results.json`, `results.md` (the README tables) and one PNG of median curves per trace into
 --out (default benchmarks/openb/out/). Published figures come from published_results_fgd_atc23.csv.
@@ -18,6 +23,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import make_variants
+
 from gpupool.cli.sim_run import parse_seeds
 from gpupool.sim.inflation import InflationResult, run_inflation
 from gpupool.sim.plots import plot_inflation
@@ -27,15 +34,28 @@ from gpupool.sim.traces.openb import load_nodes, load_pods
 TRACES_DIR = Path(__file__).resolve().parents[1] / "traces" / "alibaba-openb-2023"
 TRACES = ("default", "gpushare40", "gpushare60", "gpushare80", "gpushare100", "multigpu20", "multigpu30",
           "multigpu40", "multigpu50")
+VARIANTS = (*make_variants.SPEC_FRACTIONS, "cpu-half", "cpu-x1.5", "cpu-redraw")
 POLICIES = ("random", "spread", "binpack", "bestfit", "fgd-plain", "fgd")
 PUBLISHED = {"01-Random": "random", "04-GpuPacking": "packing", "05-BestFit": "bestfit", "06-FGD": "fgd",
              "02-DotProd": "dotprod", "03-GpuClustering": "clustering"}
 
 
-def _run(args: tuple[str, str, int]) -> InflationResult:
-    trace, policy, seed = args
+def _run(args: tuple[str, str, int, Path]) -> InflationResult:
+    _trace, policy, seed, pod_file = args
     nodes = load_nodes(TRACES_DIR / "openb_node_list_gpu_node.csv")
-    return run_inflation(nodes, load_pods(TRACES_DIR / f"openb_pod_list_{trace}.csv"), policy, seed)
+    return run_inflation(nodes, load_pods(pod_file), policy, seed)
+
+
+def pod_files(traces: list[str], out: Path) -> dict[str, Path]:
+    """The pod list of each trace name; generated variants are written under out/variants first."""
+    unknown = [t for t in traces if t not in TRACES and t not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown trace(s) {', '.join(unknown)}; choose from {', '.join(TRACES + VARIANTS)}")
+    files = {t: TRACES_DIR / f"openb_pod_list_{t}.csv" for t in traces if t in TRACES}
+    if any(t in VARIANTS for t in traces):
+        make_variants.write_all(out / "variants", make_variants.DEFAULT_SEED)
+        files |= {t: out / "variants" / f"openb_pod_list_{t}.csv" for t in traces if t in VARIANTS}
+    return files
 
 
 def published() -> dict[str, dict[str, float]]:
@@ -50,15 +70,18 @@ def published() -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", default=",".join(TRACES))
+    parser.add_argument("--traces", default="published")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--seeds", default="42-51")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
     args = parser.parse_args()
-    traces, policies = args.traces.split(","), args.policies.split(",")
-    tasks = [(t, p, s) for t in traces for p in policies for s in parse_seeds(args.seeds)]
+    names = {"published": ",".join(TRACES), "variants": ",".join(VARIANTS)}
+    traces = ",".join(names.get(t, t) for t in args.traces.split(",")).split(",")
+    policies = args.policies.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
+    files = pod_files(traces, args.out)
+    tasks = [(t, p, s, files[t]) for t in traces for p in policies for s in parse_seeds(args.seeds)]
     started, results = time.perf_counter(), []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(_run, task): task for task in tasks}

@@ -139,19 +139,20 @@ def _print_replay(summary: dict[str, Any], policy: str) -> None:
     table = Table(title=f"replay with {policy}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("workloads", "completed", "rejected", "never_started", "gpu_allocation_pct_mean",
-                "gpu_allocation_pct_mean_while_arriving", "gpu_allocation_pct_max", "preemptions", "jain_fairness",
-                "cycles", "decisions_per_s"):
+    for key in ("workloads", "completed", "stopped_at_max_runtime", "rejected", "never_started",
+                "gpu_allocation_pct_mean", "gpu_allocation_pct_mean_while_arriving", "gpu_allocation_pct_max",
+                "preemptions", "contended_s", "jain_fairness", "cycles", "decisions_per_s"):
         table.add_row(key, _fmt(summary[key]))
     for key in ("queueing_delay_s", "completion_time_s"):
         d = summary[key]
         table.add_row(key, f"mean {_fmt(d['mean'])}  p50 {_fmt(d['p50'])}  p95 {_fmt(d['p95'])}  p99 {_fmt(d['p99'])}")
     out.print(table)
-    queues = Table(title="queues: time-averaged GPU share vs guarantee")
-    for column in ("queue", "share %", "guaranteed %", "weight"):
+    queues = Table(title="queues: share of the GPU in use while queues contend; pool share over the whole run")
+    for column in ("queue", "share %", "pool share %", "guaranteed %", "weight"):
         queues.add_column(column, justify="left" if column == "queue" else "right")
     for name, q in summary["queues"].items():
-        queues.add_row(name, _fmt(100 * q["share"]), _fmt(100 * q["guaranteed"]), _fmt(q["weight"]))
+        queues.add_row(name, _fmt(100 * q["share"]), _fmt(100 * q["pool_share"]), _fmt(100 * q["guaranteed"]),
+                       _fmt(q["weight"]))
     out.print(queues)
 
 

@@ -2,11 +2,17 @@
 
 Events, in time order (at equal times: completions, then arrivals, then a scheduling cycle):
 - arrival: the workload becomes pending (and a learning policy observes its request);
-- completion: a running workload ends and frees its placements;
+- completion: a running workload ends and frees its placements; a workload that declares `max_runtime_s`
+  and would run longer is stopped when that much time has passed since its start and ends failed (as the
+  server's reconciler does: `failed`, "ran longer than its max_runtime", no retry);
 - cycle: `run_cycle` over everything pending; binds start at once and complete `duration` later; victims
   of a preemption stop at once and are requeued with their original submit time (they restart from the
   beginning); the preemptor is bound to its nominated placement in a cycle at the same instant. Workloads
   that can never run are rejected. Cycles run at every event time, or on a grid of `cycle_interval_s`.
+
+`duration_scale` divides both the true duration and the declared max_runtime of every workload, so the
+scheduler's reservations and the enforced limit stay consistent. The engine records, besides each
+queue's GPU usage, the set of queues with waiting workloads over time (for the fairness metrics).
 
 The engine never reads the wall clock; pass `timer` (e.g. time.perf_counter) to measure how long the
 scheduler itself took, for decisions per second.
@@ -17,7 +23,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
@@ -43,6 +49,7 @@ class WorkloadOutcome:
     end: float | None = None
     preemptions: int = 0
     rejected: str | None = None
+    failed: str | None = None  # set when it was stopped at its max_runtime
     reasons: list[str] = field(default_factory=list)  # each pending reason, in order, without repeats
 
     @property
@@ -59,6 +66,7 @@ class ReplayResult:
     outcomes: dict[str, WorkloadOutcome]
     allocation: list[tuple[float, int]] = field(default_factory=list)  # (time, GPU milli allocated)
     queue_usage: list[tuple[float, dict[str, int]]] = field(default_factory=list)  # (time, GPU milli per queue)
+    waiting: list[tuple[float, frozenset[str]]] = field(default_factory=list)  # (time, queues with work waiting)
     cycles: int = 0
     decisions: int = 0
     preemptions: int = 0
@@ -89,7 +97,10 @@ class ReplayEngine:
         self.snap = ClusterSnapshot(nodes)
         self.never_fits = NeverFitsChecker(nodes)
         self.policy = make_policy(config.profile.policy, random.Random(config.seed))
+        if config.duration_scale != 1.0:
+            workloads = [_scaled(w, config.duration_scale) for w in workloads]
         self.workloads = {w.name: w for w in workloads}
+        self.waiting_count: dict[str, int] = {}
         self.pending: dict[str, tuple[ReplicaPlacement, ...] | None] = {}
         self.running: dict[str, RunningWorkload] = {}
         self.run_ids: dict[str, int] = {}
@@ -132,9 +143,32 @@ class ReplayEngine:
             self.result.end_time = now
         return self.result
 
+    def _wait(self, now: float, name: str, nominated: tuple[ReplicaPlacement, ...] | None) -> None:
+        if name not in self.pending:
+            queue = self.workloads[name].queue
+            self.waiting_count[queue] = self.waiting_count.get(queue, 0) + 1
+            if self.waiting_count[queue] == 1:
+                self._record_waiting(now)
+        self.pending[name] = nominated
+
+    def _unwait(self, now: float, name: str) -> None:
+        del self.pending[name]
+        queue = self.workloads[name].queue
+        self.waiting_count[queue] -= 1
+        if not self.waiting_count[queue]:
+            del self.waiting_count[queue]
+            self._record_waiting(now)
+
+    def _record_waiting(self, now: float) -> None:
+        queues = frozenset(self.waiting_count)
+        if self.result.waiting and self.result.waiting[-1][0] == now:
+            self.result.waiting[-1] = (now, queues)
+        else:
+            self.result.waiting.append((now, queues))
+
     def _arrive(self, now: float, name: str) -> None:
         workload = self.workloads[name]
-        self.pending[name] = None
+        self._wait(now, name, None)
         if self.policy.learns_target:
             self.policy.observe(workload.request)
         self._schedule_cycle(now)
@@ -145,7 +179,11 @@ class ReplayEngine:
         if current is None or self.run_ids.get(name) != int(run_id):
             return  # that run was preempted earlier
         self._stop(now, current)
-        self.result.outcomes[name].end = now
+        outcome = self.result.outcomes[name]
+        outcome.end = now
+        limit = self.workloads[name].max_runtime_s
+        if limit is not None and self.workloads[name].duration_s > limit:
+            outcome.failed = f"ran longer than its max_runtime ({limit:g}s); stopped"
         if self.pending:
             self._schedule_cycle(now)
 
@@ -173,7 +211,7 @@ class ReplayEngine:
             victim = self.running.get(preempt.victim_id)
             if victim is not None:
                 self._stop(now, victim)
-                self.pending[victim.id] = None
+                self._wait(now, victim.id, None)
                 self.result.outcomes[victim.id].preemptions += 1
                 self.result.preemptions += 1
         for bind in decisions.binds:
@@ -184,9 +222,9 @@ class ReplayEngine:
                 outcome.reasons.append(waiting.reason)
             if waiting.reason.startswith("can never run"):
                 outcome.rejected = waiting.reason
-                del self.pending[waiting.workload_id]
+                self._unwait(now, waiting.workload_id)
             else:
-                self.pending[waiting.workload_id] = waiting.nominated
+                self._wait(now, waiting.workload_id, waiting.nominated)
         if decisions.preemptions:
             self._push(now, _CYCLE, "")  # victims stopped at once: bind the preemptors now
 
@@ -195,12 +233,15 @@ class ReplayEngine:
         self.snap.assume_all(placements)
         self.running[name] = RunningWorkload(name, workload.queue, placements, workload.priority, now,
                                              workload.preemptible, workload.max_runtime_s)
-        del self.pending[name]
+        self._unwait(now, name)
         self.run_ids[name] = self.run_ids.get(name, 0) + 1
         outcome = self.result.outcomes[name]
         if outcome.first_start is None:
             outcome.first_start = now
-        self._push(now + workload.duration_s / self.config.duration_scale, _COMPLETE, f"{name}#{self.run_ids[name]}")
+        runs_for = workload.duration_s
+        if workload.max_runtime_s is not None:
+            runs_for = min(runs_for, workload.max_runtime_s)
+        self._push(now + runs_for, _COMPLETE, f"{name}#{self.run_ids[name]}")
         self._record_usage(now, workload.queue, self.running[name].usage.gpu_milli)
 
     def _record_usage(self, now: float, queue: str, change: int) -> None:
@@ -213,3 +254,9 @@ class ReplayEngine:
         else:
             self.result.allocation.append((now, total))
             self.result.queue_usage.append((now, per_queue))
+
+
+def _scaled(workload: SimWorkload, scale: float) -> SimWorkload:
+    limit = workload.max_runtime_s
+    return replace(workload, duration_s=workload.duration_s / scale,
+                   max_runtime_s=None if limit is None else limit / scale)

@@ -49,24 +49,59 @@ def jain_index(values: Sequence[float]) -> float | None:
     return sum(values) ** 2 / (len(values) * squares)
 
 
+def contended_usage(result: ReplayResult) -> tuple[float, dict[str, float], set[str]]:
+    """GPU usage integrated over the contended window: the intervals in which at least two queues have work
+    waiting (one queue, when only one queue ever waits). Returns the window's length in seconds, each
+    queue's GPU milli-seconds in it, and the queues that had work waiting in it."""
+    ever = {q for _, queues in result.waiting for q in queues}
+    needed = min(2, len(ever)) or 1
+    events = sorted([(t, 0, i) for i, (t, _) in enumerate(result.queue_usage)]
+                    + [(t, 1, i) for i, (t, _) in enumerate(result.waiting)])
+    usage: dict[str, int] = {}
+    waiting: frozenset[str] = frozenset()
+    length, used = 0.0, dict.fromkeys(sorted(ever), 0.0)
+    contending: set[str] = set()
+    for (t, kind, i), following in zip(events, [*events[1:], (result.end_time, 0, -1)], strict=True):
+        if kind == 0:
+            usage = result.queue_usage[i][1]
+        else:
+            waiting = result.waiting[i][1]
+        span = max(following[0], t) - t
+        if span <= 0 or len(waiting) < needed:
+            continue
+        length += span
+        contending |= waiting
+        for queue, milli in usage.items():
+            used[queue] = used.get(queue, 0.0) + milli * span
+    return length, used, contending
+
+
 def queue_shares(result: ReplayResult, queues: Mapping[str, QueueSpec]) -> dict[str, dict[str, float]]:
-    """Per queue: time-averaged GPU share of the pool, and its guaranteed share (0 when none)."""
-    names = sorted({q for _, usage in result.queue_usage for q in usage} | set(queues))
+    """Per queue: `share`, its part of the GPU in use over the contended window (see `contended_usage`;
+    a finite trace's tail, when one queue is left, says nothing about fairness); `pool_share`, its
+    time-averaged GPU share of the whole pool over the whole replay; `guaranteed`, its guaranteed share of
+    the pool (0 when none); `weight`; and `contended` (1.0 when it had work waiting in that window)."""
+    length, used, contending = contended_usage(result)
+    in_use = sum(used.values())
+    names = sorted({q for _, usage in result.queue_usage for q in usage} | set(queues) | set(used))
     capacity = max(result.capacity_gpu_milli, 1)
     shares = {}
     for name in names:
         series = [(t, usage.get(name, 0) / capacity) for t, usage in result.queue_usage]
         guarantee = queues[name].guaranteed.gpu_milli / capacity if name in queues else 0.0
         weight = queues[name].weight if name in queues else 1.0
-        shares[name] = {"share": time_weighted_mean(series, result.end_time), "guaranteed": guarantee,
-                        "weight": weight}
+        shares[name] = {"share": used.get(name, 0.0) / in_use if in_use else 0.0,
+                        "pool_share": time_weighted_mean(series, result.end_time), "guaranteed": guarantee,
+                        "weight": weight, "contended": 1.0 if name in contending and length > 0 else 0.0}
     return shares
 
 
 def fairness(shares: Mapping[str, Mapping[str, float]]) -> float | None:
-    """Jain's index of each queue's share over its entitlement (its guarantee when any queue has one,
-    else its weight), over queues that used the pool."""
-    active = {q: s for q, s in shares.items() if s["share"] > 0}
+    """Jain's index of each contending queue's share of the GPU in use over its entitlement (its guarantee
+    when any of them has one, else its weight); None when no two queues ever waited at once."""
+    active = {q: s for q, s in shares.items() if s.get("contended", 1.0) > 0}
+    if len(active) < 2:
+        return None
     by_guarantee = any(s["guaranteed"] > 0 for s in active.values())
     ratios = [s["share"] / (s["guaranteed"] if by_guarantee else s["weight"])
               for s in active.values() if (s["guaranteed"] if by_guarantee else s["weight"]) > 0]
@@ -85,7 +120,8 @@ def summarise(result: ReplayResult, queues: Mapping[str, QueueSpec]) -> dict[str
     window = [(t, v) for t, v in allocation if t <= last_arrival]
     return {
         "workloads": len(outcomes),
-        "completed": sum(o.end is not None for o in outcomes),
+        "completed": sum(o.end is not None and o.failed is None for o in outcomes),
+        "stopped_at_max_runtime": sum(o.failed is not None for o in outcomes),
         "never_started": sum(o.first_start is None and o.rejected is None for o in outcomes),
         "rejected": sum(o.rejected is not None for o in outcomes),
         "gpu_allocation_pct_mean": time_weighted_mean(allocation, result.end_time),
@@ -95,6 +131,7 @@ def summarise(result: ReplayResult, queues: Mapping[str, QueueSpec]) -> dict[str
         "completion_time_s": _dist(jcts),
         "preemptions": result.preemptions,
         "queues": shares,
+        "contended_s": contended_usage(result)[0],
         "jain_fairness": fairness(shares),
         "cycles": result.cycles,
         "decisions": result.decisions,

@@ -9,9 +9,17 @@ shape m *runs* on the node when C >= c_m, R >= r_m, a card model is allowed and 
 f_g >= u_m. F(n, m) = sum of f_g over the cards with f_g < u_m when m runs, else T (every idle milli);
 CPU-only shapes count T. F(n) = sum_m p_m F(n, m).
 
+**Model constraints.** Requests of one shape may name different GPU models (a trace's `gpu_spec`). The
+target keeps, per shape, every model list its requests named with its probability, and evaluates each
+shape once per node: the part w_nm of p_m whose model lists accept node n's models runs (or not) as
+above; the rest, p_m - w_nm, cannot run there and counts T. So a node only protects room for the requests
+that may use it, and coverage (which shapes are typical) is decided per shape, not per model list, so
+that a shape named with many model lists is not dropped as a tail of rare pairs.
+
 **Capacity measure** (ours): how much of T the shape could actually use if the node were filled with
 copies of it. k_m = min(floor(sum_g floor(f_g / u_m) / n_m), floor(C / c_m), floor(R / r_m)) copies fit,
-using k_m n_m u_m milli; F_cap(n, m) = T - k_m n_m u_m (T for CPU-only shapes and disallowed models).
+using k_m n_m u_m milli; F_cap(n) = sum_m (p_m T - w_nm k_m n_m u_m) (k_m counts only for the requests
+that accept the node's models; CPU-only shapes count T).
 It also sees GPUs stranded by CPU or memory that the node can no longer feed, which the paper measure
 only notices once a shape cannot run at all.
 
@@ -23,15 +31,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest, model_matches
 from gpupool.scheduler.placement.filters import FloatArray
-from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
+from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 
-DEFAULT_COVERAGE = 0.95
+DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
 
 
@@ -58,20 +66,28 @@ def shape_of(request: ReplicaRequest) -> TargetShape | None:
 
 
 def target_from_requests(requests: Iterable[ReplicaRequest], coverage: float = DEFAULT_COVERAGE) -> list[TargetShape]:
-    """The most frequent shapes of `requests` that together cover `coverage` of them, renormalised.
-    Ties in frequency are broken by the shape itself, so the result is deterministic."""
-    counts = Counter(s for s in map(shape_of, requests) if s is not None)
-    total = sum(counts.values())
+    """The target workload of `requests`: the most frequent shapes (CPU, memory, GPU count, milli per GPU)
+    that together cover `coverage` of them, each split into the model lists its requests named, with
+    probabilities renormalised over the covered requests. Coverage is counted per shape, not per (shape,
+    models): a shape whose requests name many different model lists stays in the target with all of them,
+    so the model constraints of the workload are represented as a whole. Ties in frequency are broken by
+    the shape itself, so the result is deterministic."""
+    by_shape: dict[TargetShape, Counter[tuple[str, ...]]] = {}
+    for s in map(shape_of, requests):
+        if s is not None:
+            by_shape.setdefault(replace(s, models=()), Counter())[s.models] += 1
+    total = sum(sum(c.values()) for c in by_shape.values())
     if not total:
         return []
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], _shape_key(kv[0])))
+    ranked = sorted(by_shape.items(), key=lambda kv: (-sum(kv[1].values()), _shape_key(kv[0])))
     chosen, covered = [], 0
-    for shape, count in ranked:
-        chosen.append((shape, count))
-        covered += count
+    for shape, models in ranked:
+        chosen.append((shape, models))
+        covered += sum(models.values())
         if covered >= coverage * total:
             break
-    return [TargetShape(s.cpu_milli, s.memory_mib, s.num_gpu, s.gpu_milli, s.models, c / covered) for s, c in chosen]
+    return [replace(shape, models=m, probability=c / covered)
+            for shape, models in chosen for m, c in sorted(models.items(), key=lambda mc: (-mc[1], mc[0]))]
 
 
 def _shape_key(s: TargetShape) -> tuple[int, int, int, int, tuple[str, ...]]:
@@ -79,21 +95,47 @@ def _shape_key(s: TargetShape) -> tuple[int, int, int, int, tuple[str, ...]]:
 
 
 class TargetArrays:
-    """The target workload as arrays (one entry per shape), with per-node model compatibility."""
+    """The target workload as arrays, one entry per shape (CPU, memory, GPU count, milli per GPU; target
+    shapes that differ only in their models are one entry), and per node and shape the probability of a
+    request of that shape that accepts the node's GPU models (`weight`; 0 for CPU-only shapes and nodes
+    without GPUs). `klass` numbers the distinct rows of `weight`: nodes of one class accept the same
+    requests."""
 
     def __init__(self, shapes: Sequence[TargetShape], snap: ClusterSnapshot) -> None:
-        self.cpu = np.array([s.cpu_milli for s in shapes], dtype=np.int64)
-        self.mem = np.array([s.memory_mib for s in shapes], dtype=np.int64)
-        self.num = np.array([s.num_gpu for s in shapes], dtype=np.int64)
-        self.need = np.array([max(s.gpu_milli, 1) for s in shapes], dtype=np.int64)
-        self.prob = np.array([s.probability for s in shapes], dtype=np.float64)
+        index: dict[tuple[int, int, int, int], int] = {}
+        for s in shapes:
+            index.setdefault((s.cpu_milli, s.memory_mib, s.num_gpu, s.gpu_milli), len(index))
+        bases = list(index)
+        self.cpu = np.array([b[0] for b in bases], dtype=np.int64)
+        self.mem = np.array([b[1] for b in bases], dtype=np.int64)
+        self.num = np.array([b[2] for b in bases], dtype=np.int64)
+        self.need = np.array([max(b[3], 1) for b in bases], dtype=np.int64)
+        self.prob = np.zeros(len(bases), dtype=np.float64)
+        for s in shapes:
+            self.prob[index[(s.cpu_milli, s.memory_mib, s.num_gpu, s.gpu_milli)]] += s.probability
+        self.total_prob = float(self.prob.sum())
         self.whole_slots = MILLI_PER_GPU // self.need  # slots one fully free card holds per shape
-        self.model_ok = np.zeros((len(snap), len(shapes)), dtype=np.bool_)
+        # float divisors for the copy counts (float division of integers below 2**53 floors exactly, and is
+        # several times faster than numpy's integer floor division); None when a shape asks 0 CPU or memory
+        self.divisors = (self.cpu.astype(np.float64), self.mem.astype(np.float64),
+                         np.maximum(self.num, 1).astype(np.float64)) if (self.cpu > 0).all() and (self.mem > 0).all() \
+            else None
+        self.gpu_per_copy = (self.num * self.need).astype(np.float64)
+        by_models: dict[frozenset[str], FloatArray] = {}
+        self.weight = np.zeros((len(snap), len(bases)), dtype=np.float64)
         for i, node in enumerate(snap.nodes):
-            models = {g.model for g in node.gpus}
-            for k, shape in enumerate(shapes):
-                self.model_ok[i, k] = shape.num_gpu > 0 and bool(models) and (
-                    not shape.models or any(model_matches(m, g) for m in shape.models for g in models))
+            models = frozenset(g.model for g in node.gpus)
+            row = by_models.get(models)
+            if row is None:
+                row = np.zeros(len(bases), dtype=np.float64)
+                for s in shapes:
+                    if s.num_gpu > 0 and models and (
+                            not s.models or any(model_matches(m, g) for m in s.models for g in models)):
+                        row[index[(s.cpu_milli, s.memory_mib, s.num_gpu, s.gpu_milli)]] += s.probability
+                by_models[models] = row
+            self.weight[i] = row
+        _, klass = np.unique(self.weight, axis=0, return_inverse=True) if len(snap) else (None, np.zeros(0))
+        self.klass: IntArray = np.asarray(klass, dtype=np.int64).ravel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,23 +178,31 @@ def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     )
 
 
-def paper_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, model_ok: BoolArray, terms: CardTerms,
+def paper_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight: FloatArray, terms: CardTerms,
                    total: IntArray) -> FloatArray:
-    """The paper measure F(n) = sum_m p_m F(n, m) (any leading axes; shapes on the last)."""
-    runs = ((cpu[..., None] >= target.cpu) & (mem[..., None] >= target.mem) & model_ok
-            & (terms.count >= target.num))
-    result: FloatArray = np.where(runs, terms.frag, total[..., None]) @ target.prob
+    """The paper measure F(n) = sum_m p_m F(n, m) (any leading axes; shapes on the last). `weight` is
+    the nodes' rows of `TargetArrays.weight`: the part of each shape whose requests accept the node's
+    models; the rest of the shape cannot run there and counts T."""
+    runs = (cpu[..., None] >= target.cpu) & (mem[..., None] >= target.mem) & (terms.count >= target.num)
+    saved = np.where(runs, total[..., None] - terms.frag, 0) * weight
+    result: FloatArray = total * target.total_prob - saved.sum(axis=-1)
     return result
 
 
-def capacity_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, model_ok: BoolArray, terms: CardTerms,
+def capacity_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight: FloatArray, terms: CardTerms,
                       total: IntArray) -> FloatArray:
-    """The capacity measure F_cap(n) = sum_m p_m (T - k_m n_m u_m) (see the module docstring)."""
-    by_cpu = np.where(target.cpu > 0, cpu[..., None] // np.maximum(target.cpu, 1), _NO_LIMIT)
-    by_mem = np.where(target.mem > 0, mem[..., None] // np.maximum(target.mem, 1), _NO_LIMIT)
-    copies = np.minimum(np.minimum(by_cpu, by_mem), terms.slots // np.maximum(target.num, 1))
-    copies = np.where(model_ok, np.maximum(copies, 0), 0)
-    result: FloatArray = (total[..., None] - copies * target.num * target.need) @ target.prob
+    """The capacity measure F_cap(n) = sum_m p_m (T - k_m n_m u_m) (see the module docstring), with k_m
+    counted only for the part of shape m whose requests accept the node's models (`weight`)."""
+    if target.divisors is not None:
+        by_cpu, by_mem, by_num = target.divisors
+        copies: FloatArray = np.floor(np.minimum(np.minimum(cpu[..., None] / by_cpu, mem[..., None] / by_mem),
+                                                 terms.slots / by_num))
+    else:
+        by_cpu = np.where(target.cpu > 0, cpu[..., None] // np.maximum(target.cpu, 1), _NO_LIMIT)
+        by_mem = np.where(target.mem > 0, mem[..., None] // np.maximum(target.mem, 1), _NO_LIMIT)
+        copies = np.minimum(np.minimum(by_cpu, by_mem), terms.slots // np.maximum(target.num, 1))
+    used = np.maximum(copies, 0) * target.gpu_per_copy * weight
+    result: FloatArray = total * target.total_prob - used.sum(axis=-1)
     return result
 
 
@@ -163,6 +213,6 @@ def cluster_fragmentation(snap: ClusterSnapshot, shapes: Sequence[TargetShape]) 
     target = TargetArrays(shapes, snap)
     rows = np.flatnonzero(snap.schedulable)
     free = usable_free(snap, rows)
-    f = paper_fragment(target, snap.free_cpu[rows], snap.free_mem[rows], target.model_ok[rows],
+    f = paper_fragment(target, snap.free_cpu[rows], snap.free_mem[rows], target.weight[rows],
                        card_terms(free, target), free.sum(axis=1))
     return float(f.sum())
