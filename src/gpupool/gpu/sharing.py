@@ -167,7 +167,7 @@ def _shared(a: GpuAssignment, card: Gpu, config: SharingConfig) -> GpuEnvironmen
 
 
 def _mps(a: GpuAssignment, card: Gpu, config: SharingConfig) -> GpuEnvironment:
-    paths = mps_paths(config.home, card.index)
+    paths = mps_paths(config.home, _uuid(card))
     limit = a.memory_mib or card.memory_mib
     percent = _percent(a.milli)
     variables = {
