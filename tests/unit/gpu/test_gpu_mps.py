@@ -204,8 +204,9 @@ def _reap(pid: int) -> None:
 
 
 def test_directories_are_keyed_by_gpu_uuid_and_stay_short(tmp_path: Path) -> None:
-    a, b = mps_paths(Path("/home/u/.gpupool"), "GPU-aaaa"), mps_paths(Path("/home/u/.gpupool"), "GPU-bbbb")
-    assert (a.pipe_dir, b.log_dir) == (Path("/home/u/.gpupool/mps/GPU-aaaa/pipe"), Path("/home/u/.gpupool/mps/GPU-bbbb/log"))
+    home = Path("/home/u/.gpupool")
+    a, b = mps_paths(home, "GPU-aaaa"), mps_paths(home, "GPU-bbbb")  # two nodes' GPU 0: apart
+    assert (a.pipe_dir, b.log_dir) == (home / "mps/GPU-aaaa/pipe", home / "mps/GPU-bbbb/log")
     deep = tmp_path / ("x" * 60)
     long_uuid = "GPU-0b7e8d1c-1111-2222-3333-444455556666"
     paths = mps_paths(deep, long_uuid)
