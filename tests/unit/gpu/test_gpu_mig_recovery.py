@@ -42,7 +42,7 @@ def test_after_a_step_fails_half_way_applying_again_completes_the_layout() -> No
     fake = FakeBackend({"gpus": [{"model": A100, "memory": "80GiB"}]}, epoch=0.0)
     mig = fake.mig()
     mig.fail_next["nvmlGpuInstanceCreateComputeInstance"] = pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES
-    with pytest.raises(MigApplyError, match="could not create the compute instance of 3g.40gb"):
+    with pytest.raises(MigApplyError, match=r"could not create the compute instance of 3g\.40gb"):
         apply_layout(mig, 0, CATALOG["A100-80GB"], LAYOUT, busy=False)
     assert _profiles(fake) == []  # the first GPU instance exists, without its compute instance
     assert [gi.compute for gi in fake.state.cards[0].instances] == [[]]
@@ -77,7 +77,7 @@ def test_the_activation_status_of_pynvml_is_passed_on() -> None:
         def nvmlDeviceSetMigMode(self, device: str, mode: int) -> int:
             return pynvml.NVML_ERROR_IN_USE  # what pynvml returns: c_activationStatus.value
 
-    assert PynvmlMig(lambda: Nvml()).set_mig_mode(0, True) == pynvml.NVML_ERROR_IN_USE
+    assert PynvmlMig(Nvml).set_mig_mode(0, True) == pynvml.NVML_ERROR_IN_USE
 
 
 def test_h200_profiles_match_nvidias_mig_configurations() -> None:
