@@ -29,6 +29,11 @@ from gpupool.gpu.timeseries import SeriesStore
 from gpupool.gpu.types import MIB, GpuErrorEvent, GpuReading, NodeSample, ProcessReading
 from gpupool.scheduler.types import GpuAssignment
 
+__all__ = [  # ReplicaKey lives in gpu/attribution.py and is part of this module's interface too
+    "APPLICATION_XIDS", "GpuAllocation", "GpuMonitor", "HealthEvent", "IdleAllocation", "MonitorPolicy",
+    "MonitorReport", "OveruseEvent", "ReplicaGpuUsage", "ReplicaKey", "Resolver", "allocations_for",
+    "process_groups",
+]
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 Resolver = Callable[[int], tuple[int | None, int | None]]
 
