@@ -104,7 +104,8 @@ def start_server(settings: Settings, executor: Executor | None = None,
                  clock: Callable[[], float] = time.time, nvml_backend: Callable[[], Any] | None = None) -> TestServer:
     """Serve create_app(settings) in a thread and wait until /healthz answers. `nvml_backend` replaces the
     GPU backend of a node without declared or scripted GPUs (default: the real NVML)."""
-    app = create_app(settings, executor=executor, clock=clock, **({"nvml_backend": nvml_backend} if nvml_backend else {}))
+    backend = {"nvml_backend": nvml_backend} if nvml_backend else {}
+    app = create_app(settings, executor=executor, clock=clock, **backend)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             lifespan="on")
     server = uvicorn.Server(config)
