@@ -272,8 +272,14 @@ class GpuMonitor:
         memory: dict[tuple[ReplicaKey, int], int] = {}
         pids: dict[tuple[ReplicaKey, int], list[int]] = {}
         unowned = []
+        mps_cards = {p.gpu_index for p in processes if p.kind == "mps_client"}
         for proc in processes:
-            owner = by_card.get(proc.gpu_index) if by_card is not None else self._owner(proc.pid, owners)
+            if by_card is None:
+                owner = self._owner(proc.pid, owners)
+            elif proc.kind == "compute" and proc.gpu_index in mps_cards:
+                owner = None  # by card, an MPS server would count as its clients' replica: it is reported apart
+            else:
+                owner = by_card.get(proc.gpu_index)
             if owner is None:
                 unowned.append(proc)
                 continue

@@ -78,6 +78,15 @@ def test_untranslated_pids_are_attributed_by_card_and_marker() -> None:
     assert "container" in report.attribution_note and report.unowned == ()
 
 
+def test_by_card_an_mps_server_is_still_not_counted_as_its_clients_replica() -> None:
+    monitor = GpuMonitor("n", resolve=lambda pid: (None, None), view=FakeView())
+    report = monitor.observe(_sample(ProcessReading(0, 9_000_500, 300 * MIB, kind="compute"),
+                                     ProcessReading(0, 9_000_601, 4 * GIB, kind="mps_client")),
+                             [GpuAllocation(A, 0, 500, 8192)], {})
+    assert [(u.replica, u.memory_bytes) for u in report.usage] == [(A, 4 * GIB)]
+    assert [p.pid for p in report.mps_servers] == [9_000_500]
+
+
 def test_a_card_shared_by_several_live_replicas_stays_unattributed_and_says_so() -> None:
     found = owners_by_marker({1: [B, C]}, [Marker(1, "12", 0, (1,)), Marker(2, "13", 1, (1,))], nested=False)
     assert found.owners == {} and "GPU 1 hold several replicas" in found.note
