@@ -3,8 +3,11 @@
 - startup:  `python -c pass` with and without the injected sitecustomize directory on PYTHONPATH (every
             Python process of a replica on a time-sliced GPU pays the difference);
 - torch:    `python -c "import torch"` with and without it (the hook wraps torch's import);
-- sample:   one sampling pass of a scripted node (the fake NVML read by the real NvmlBackend) and one
-            GpuMonitor.observe of it, for a node of G GPUs with P processes attributed to R replicas.
+- sample:   one sampling pass of a scripted node (the fake NVML read by the real NvmlBackend: both process
+            lists per GPU) and one GpuMonitor.observe of it, for a node of G GPUs with P processes
+            attributed to R replicas;
+- marker:   the same observe when NVML's pids are of another PID namespace: the monitor scans this
+            machine's /proc for replica markers (its cost grows with the number of processes here).
 
     .venv/bin/python benchmarks/gpu/bench_gpu_layer.py [--runs 30] [--gpus 8] [--processes 64]
 """
@@ -19,9 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from gpupool.gpu.attribution import ProcView
 from gpupool.gpu.fake import FakeBackend
+from gpupool.gpu.fake_nvml import HOST_PID_OFFSET
 from gpupool.gpu.monitor import GpuAllocation, GpuMonitor, ReplicaKey
 from gpupool.gpu.sharing import SharingConfig, install_sitecustomize
 
@@ -45,8 +51,8 @@ def time_process(code: str, env: dict[str, str], runs: int) -> list[float]:
     return samples
 
 
-def time_sampling(gpus: int, processes: int, runs: int) -> tuple[list[float], list[float]]:
-    """(sample ms, observe ms) per pass for a scripted node."""
+def time_sampling(gpus: int, processes: int, runs: int) -> tuple[list[float], list[float], list[float]]:
+    """(sample ms, observe ms, observe ms with host pids) per pass for a scripted node."""
     backend = FakeBackend({"gpus": [{"model": "NVIDIA A100-SXM4-80GB", "memory": "80GiB", "count": gpus,
                                      "nvlink": "board", "utilization": 50}]}, epoch=0.0)
     backend.discover()
@@ -57,7 +63,8 @@ def time_sampling(gpus: int, processes: int, runs: int) -> tuple[list[float], li
         backend.add_process(10_000 + k, k % gpus, "1GiB")
         allocations.append(GpuAllocation(key, k % gpus, 125, 10240))
     monitor = GpuMonitor("bench", resolve=lambda pid: (None, None))
-    sample_ms, observe_ms = [], []
+    foreign = GpuMonitor("bench", resolve=lambda pid: (None, None), view=ProcView())
+    sample_ms, observe_ms, marker_ms = [], [], []
     for k in range(runs):
         began = time.perf_counter()
         sample = backend.sample(float(k * 5))
@@ -65,7 +72,11 @@ def time_sampling(gpus: int, processes: int, runs: int) -> tuple[list[float], li
         monitor.observe(sample, allocations, owners)
         sample_ms.append((middle - began) * 1000)
         observe_ms.append((time.perf_counter() - middle) * 1000)
-    return sample_ms, observe_ms
+        hidden = replace(sample, processes=tuple(replace(p, pid=p.pid + HOST_PID_OFFSET) for p in sample.processes))
+        began = time.perf_counter()
+        foreign.observe(hidden, allocations, owners)
+        marker_ms.append((time.perf_counter() - began) * 1000)
+    return sample_ms, observe_ms, marker_ms
 
 
 def row(name: str, samples: list[float]) -> str:
@@ -90,10 +101,13 @@ def main() -> None:
             row("import torch", time_process("import torch", plain, max(5, args.runs // 3))),
             row("import torch, with the hook", time_process("import torch", hooked, max(5, args.runs // 3))),
         ]
-    sample_ms, observe_ms = time_sampling(args.gpus, args.processes, args.runs * 10)
+    sample_ms, observe_ms, marker_ms = time_sampling(args.gpus, args.processes, args.runs * 10)
     rows += [row(f"sample ({args.gpus} GPUs, {args.processes} processes)", sample_ms),
-             row("observe (same)", observe_ms)]
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+             row("observe (same)", observe_ms),
+             row("observe, pids of another namespace (/proc marker scan)", marker_ms)]
+    processes_here = sum(1 for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{processes_here} processes in /proc")
     print("| measure | p50 (ms) | p95 (ms) | mean (ms) |\n|---|---:|---:|---:|")
     print("\n".join(rows))
 

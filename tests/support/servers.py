@@ -102,9 +102,12 @@ def server_settings(home: Path, database_url: str, **overrides: Any) -> Settings
 
 
 def start_server(settings: Settings, executor: Executor | None = None,
-                 clock: Callable[[], float] = time.time, node_providers: Sequence[NodeProvider] = ()) -> TestServer:
-    """Serve create_app(settings) in a thread and wait until /healthz answers."""
-    app = create_app(settings, executor=executor, clock=clock, node_providers=node_providers)
+                 clock: Callable[[], float] = time.time, node_providers: Sequence[NodeProvider] = (),
+                 nvml_backend: Callable[[], Any] | None = None) -> TestServer:
+    """Serve create_app(settings) in a thread and wait until /healthz answers. `nvml_backend` replaces the
+    GPU backend of a node without declared or scripted GPUs (default: the real NVML)."""
+    backend = {"nvml_backend": nvml_backend} if nvml_backend else {}
+    app = create_app(settings, executor=executor, clock=clock, node_providers=node_providers, **backend)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             lifespan="on")
     server = uvicorn.Server(config)

@@ -73,6 +73,8 @@ class GpuNow(Model):
     allocated_milli: int = 0
     users: list[GpuUser] = Field(default_factory=list)
     unowned_memory_bytes: int = 0
+    mps_server_memory_bytes: int = 0
+    attribution_note: str | None = None
 
 
 class SeriesPoint(Model):

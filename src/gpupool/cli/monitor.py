@@ -42,6 +42,8 @@ def _users(g: gpu_schemas.GpuNow) -> str:
         allowed = f"/{format_memory(u.memory_mib)}" if used is not None and u.memory_mib else ""
         over = " [red]over[/red]" if used is not None and u.memory_mib and used // MIB > u.memory_mib else ""
         parts.append(f"{who} r{u.replica}{share}{memory}{allowed}{over}")
+    if g.mps_server_memory_bytes:
+        parts.append(f"[dim]MPS server {format_memory(g.mps_server_memory_bytes // MIB)}[/dim]")
     if g.unowned_memory_bytes:
         parts.append(f"[dim]other {format_memory(g.unowned_memory_bytes // MIB)}[/dim]")
     return ", ".join(parts) or "-"
@@ -60,6 +62,9 @@ def top_table(gpus: list[gpu_schemas.GpuNow]) -> Table:
                     "-" if g.temperature_c is None else f"{g.temperature_c:.0f} C", health, _users(g))
     if not gpus:
         out.add_row("-", "-", "no GPUs in the pool", "", "", "", "", "", "", "")
+    notes = sorted({f"{g.node}: {g.attribution_note}" for g in gpus if g.attribution_note})
+    if notes:
+        out.caption = "[yellow]" + "\n".join(notes) + "[/yellow]"
     return out
 
 

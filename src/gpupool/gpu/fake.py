@@ -42,16 +42,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pynvml
 import yaml
 
 from gpupool.domain.errors import ValidationError, reject_unknown_keys
 from gpupool.domain.resources import parse_duration, parse_memory
+from gpupool.gpu.fake_mig import FakeMig
 from gpupool.gpu.fake_nvml import (
     FakeCard,
     FakeEvent,
     FakeGpuInstance,
     FakeGpuState,
-    FakeMig,
     FakeNvml,
     FakeProcess,
     Trace,
@@ -63,10 +64,13 @@ from gpupool.gpu.mig import catalog_for, validate_layout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.types import MIB, GpuInventory, NodeSample
 
-_TOP_KEYS = ("node", "driver_version", "cuda_version", "repeat", "simulated", "gpus", "processes")
+_TOP_KEYS = ("node", "driver_version", "cuda_version", "repeat", "simulated", "gpus", "processes", "old_driver",
+             "host_pids", "privileged")
 _GPU_KEYS = ("model", "memory", "count", "uuid", "sm_count", "compute_capability", "nvlink", "mig",
-             "mig_needs_reset", "utilization", "power", "temperature", "events", "lost")
-_PROCESS_KEYS = ("pid", "gpu", "memory", "mig", "start", "end")
+             "mig_needs_reset", "mig_activation", "reserved", "utilization", "power", "temperature", "events", "lost")
+_PROCESS_KEYS = ("pid", "gpu", "memory", "mig", "start", "end", "mps_client", "host_pid")
+_ACTIVATION = {"ok": pynvml.NVML_SUCCESS, "in_use": pynvml.NVML_ERROR_IN_USE,
+               "reset_required": pynvml.NVML_ERROR_RESET_REQUIRED, "no_permission": pynvml.NVML_ERROR_NO_PERMISSION}
 _MATCH_KEYS = ("env", "gpu", "memory", "mig")
 
 
@@ -99,7 +103,10 @@ def load_description(data: Mapping[str, Any]) -> FakeGpuState:
     for k, item in enumerate(gpus):
         cards += _cards(item, len(cards), seed, f"fake.gpus[{k}]")
     state = FakeGpuState(cards, driver_version=str(data.get("driver_version", "550.54.15")),
-                         cuda_version=_cuda_version(data.get("cuda_version", "12.4")))
+                         cuda_version=_cuda_version(data.get("cuda_version", "12.4")),
+                         old_driver=_flag(data, "old_driver", False, "fake"),
+                         host_pids=_flag(data, "host_pids", False, "fake"),
+                         privileged=_flag(data, "privileged", True, "fake"))
     if "repeat" in data:
         state.repeat = float(parse_duration(data["repeat"], "fake.repeat"))
     for k, item in enumerate(data.get("processes", []) or []):
@@ -135,6 +142,19 @@ def _matcher(item: dict[str, Any], gpu_count: int, where: str) -> ProcessMatcher
                           item.get("mig"))
 
 
+def _flag(data: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ValidationError(f"{key} must be true or false, not {value!r}", f"{where}.{key}")
+    return value
+
+
+def _activation(value: Any, where: str) -> int:
+    if value in _ACTIVATION:
+        return int(_ACTIVATION[value])
+    raise ValidationError(f"mig_activation must be one of {', '.join(_ACTIVATION)}, not {value!r}", where)
+
+
 def _cuda_version(value: Any) -> int:
     if isinstance(value, int):
         return value
@@ -165,6 +185,8 @@ def _cards(item: Any, first_index: int, seed: str, where: str) -> list[FakeCard]
             nvlink_group=str(item["nvlink"]) if item.get("nvlink") is not None else None,
             mig_model=catalog_for(str(item["model"]), memory_bytes // MIB),
             mig_needs_reset=bool(item.get("mig_needs_reset", False)),
+            mig_activation=_activation(item.get("mig_activation", "ok"), f"{where}.mig_activation"),
+            reserved_bytes=parse_memory(item.get("reserved", 0), f"{where}.reserved") * MIB,
             utilization=_trace(item.get("utilization", 0), f"{where}.utilization"),
             power_w=_trace(item.get("power", 60), f"{where}.power"),
             temperature_c=_trace(item.get("temperature", 35), f"{where}.temperature"),
@@ -183,9 +205,22 @@ def _partition(card: FakeCard, layout: Any, where: str) -> None:
     if not isinstance(layout, list):
         raise ValidationError("expected a list of MIG profiles such as [3g.40gb, 1g.10gb]", where)
     card.mig_enabled = card.mig_pending = True
-    for planned in validate_layout(card.mig_model, [str(p) for p in layout]):
+    names, bare_profiles = [], []
+    for k, entry in enumerate(layout):
+        if isinstance(entry, dict):  # {profile: 1g.10gb, compute_instance: false}: a half-applied layout
+            reject_unknown_keys(entry, ("profile", "compute_instance"), f"{where}[{k}]")
+            names.append(str(entry.get("profile", "")))
+            if entry.get("compute_instance", True) is False:
+                bare_profiles.append(card.mig_model.profile(names[-1]).name)
+        else:
+            names.append(str(entry))
+    for instance in validate_layout(card.mig_model, names):
         gi_id = len(card.instances) + 1
-        card.instances.append(FakeGpuInstance(gi_id, planned.profile, planned.start, [0], card.new_mig_uuid(gi_id)))
+        bare = instance.profile.name in bare_profiles
+        if bare:
+            bare_profiles.remove(instance.profile.name)  # the GPU instance exists, its compute instance not
+        card.instances.append(FakeGpuInstance(gi_id, instance.profile, instance.start, [] if bare else [0],
+                                              "" if bare else card.new_mig_uuid(gi_id)))
 
 
 def _time(value: Any, where: str) -> float:
@@ -233,6 +268,8 @@ def _process(item: Any, gpu_count: int, where: str) -> FakeProcess:
         pid=int(item["pid"]), gpu=item["gpu"], memory=_trace(item["memory"], f"{where}.memory", memory=True),
         mig=item.get("mig"), start=_time(item.get("start", 0), f"{where}.start"),
         end=_time(item["end"], f"{where}.end") if "end" in item else None,
+        mps_client=bool(item.get("mps_client", False)),
+        host_pid=int(item["host_pid"]) if item.get("host_pid") is not None else None,
     )
 
 

@@ -2,8 +2,18 @@
 a `FakeGpuState` (cards, MIG instances, processes, traces, error events) at the state's clock.
 
 `FakeNvml` has pynvml's names and error semantics (it raises pynvml's own `NVMLError` classes), so the
-real `NvmlBackend` runs unchanged on top of it; `FakeMig` implements `gpu.mig.MigNvml` on the same state
-and records the NVML calls it receives. Build states with `gpu.fake.load_description`.
+real `NvmlBackend` runs unchanged on top of it; `FakeMig` (`gpu/fake_mig.py`) implements `gpu.mig.MigNvml`
+on the same state and records the NVML calls it receives. Build states with `gpu.fake.load_description`.
+
+Driver behaviours the state can script, as real drivers show them:
+- MPS: a process with `mps_client` is listed by nvmlDeviceGetMPSComputeRunningProcesses only; every other
+  process (an MPS server among them) by nvmlDeviceGetComputeRunningProcesses.
+- `old_driver`: the _v3 process calls and nvmlDeviceGetMemoryInfo_v2 are missing; pynvml's unversioned
+  process calls then raise NVMLLibraryMismatchError, exactly as pynvml does.
+- `host_pids`: the driver does not translate pids into the caller's PID namespace: a process is reported
+  with its `host_pid`, else with its pid + HOST_PID_OFFSET (beyond any Linux pid, so never visible here).
+- `privileged` False: the aggregate memory of a card in MIG mode is refused (NVML_ERROR_NO_PERMISSION).
+- per card `reserved_bytes`: memory the driver reserves; memory info v1 counts it as used, v2 does not.
 """
 
 from __future__ import annotations
@@ -15,9 +25,10 @@ from typing import Any
 
 import pynvml
 
-from gpupool.gpu.mig import GpuInstanceRef, MigModel, MigProfile
+from gpupool.gpu.mig import MigModel, MigProfile
 
 _NS = uuidlib.UUID("6f1c2d1e-8a59-4f6e-9b59-6d2a4f3c0a11")
+HOST_PID_OFFSET = 10_000_000  # above PID_MAX_LIMIT (4,194,304 on 64-bit Linux): no pid of this namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +55,8 @@ def constant(value: float) -> Trace:
 @dataclass(slots=True)
 class FakeProcess:
     """A process using `memory` bytes (a trace) on GPU `gpu` (MIG device position `mig` when set) between
-    `start` and `end` (seconds of fake time)."""
+    `start` and `end` (seconds of fake time); `mps_client` when it reaches the GPU through an MPS server;
+    `host_pid` is what an untranslating driver reports for it (see the module docstring)."""
 
     pid: int
     gpu: int
@@ -52,6 +64,8 @@ class FakeProcess:
     mig: int | None = None
     start: float = 0.0
     end: float | None = None
+    mps_client: bool = False
+    host_pid: int | None = None
 
     def alive(self, t: float) -> bool:
         """True while the process exists at time `t`."""
@@ -93,6 +107,8 @@ class FakeCard:
     mig_enabled: bool = False
     mig_pending: bool = False
     mig_needs_reset: bool = False
+    mig_activation: int = 0
+    reserved_bytes: int = 0
     instances: list[FakeGpuInstance] = field(default_factory=list)
     utilization: Trace = field(default_factory=lambda: constant(0))
     power_w: Trace = field(default_factory=lambda: constant(60))
@@ -124,6 +140,9 @@ class FakeGpuState:
     clock: float = 0.0
     repeat: float | None = None
     delivered: set[tuple[int, int, int]] = field(default_factory=set)
+    old_driver: bool = False
+    host_pids: bool = False
+    privileged: bool = True
 
     @property
     def t(self) -> float:
@@ -179,6 +198,9 @@ class FakeNvml:
     NVML_ERROR_LIBRARY_NOT_FOUND = pynvml.NVML_ERROR_LIBRARY_NOT_FOUND
     NVML_ERROR_DRIVER_NOT_LOADED = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
     NVML_ERROR_NO_PERMISSION = pynvml.NVML_ERROR_NO_PERMISSION
+    NVML_ERROR_FUNCTION_NOT_FOUND = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
+    NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
+    nvmlMemory_v2 = pynvml.nvmlMemory_v2
     nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
     nvmlEventTypeDoubleBitEccError = pynvml.nvmlEventTypeDoubleBitEccError
     NVLINKS_PER_GROUP_MEMBER = 12
@@ -227,11 +249,19 @@ class FakeNvml:
         card = self._card(handle)
         return f"{card.name} MIG {handle.instance.profile.name}" if isinstance(handle, _MigHandle) else card.name
 
-    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> SimpleNamespace:
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> SimpleNamespace:
         card = self._card(handle)
+        if version is not None and self.state.old_driver:
+            raise _error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)  # no nvmlDeviceGetMemoryInfo_v2
+        if card.mig_enabled and not isinstance(handle, _MigHandle) and not self.state.privileged:
+            raise _error(pynvml.NVML_ERROR_NO_PERMISSION)
         used = sum(int(p.memory.at(self.state.t)) for p in self._running(card.index, None))
-        used = min(used, card.memory_bytes)
-        return SimpleNamespace(total=card.memory_bytes, used=used, free=card.memory_bytes - used)
+        reserved = card.reserved_bytes
+        used = min(used + (0 if version is not None else reserved), card.memory_bytes)
+        if version is None:
+            return SimpleNamespace(total=card.memory_bytes, used=used, free=card.memory_bytes - used)
+        return SimpleNamespace(version=version, total=card.memory_bytes, reserved=reserved, used=used,
+                               free=card.memory_bytes - used - reserved)
 
     def nvmlDeviceGetCudaComputeCapability(self, handle: Any) -> tuple[int, int]:
         return self._card(handle).compute_capability
@@ -242,10 +272,7 @@ class FakeNvml:
     def nvmlDeviceGetAttributes(self, handle: Any) -> SimpleNamespace:
         card = self._card(handle)
         if not isinstance(handle, _MigHandle):
-            if card.sm_count is None:
-                raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-            return SimpleNamespace(multiprocessorCount=card.sm_count, memorySizeMB=card.memory_bytes >> 20,
-                                   gpuInstanceSliceCount=7)
+            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)  # answered for MIG device handles only
         profile, model = handle.instance.profile, card.mig_model
         slices = model.compute_slices if model else 7
         return SimpleNamespace(
@@ -316,7 +343,7 @@ class FakeNvml:
         t = self.state.t
         return [p for p in self.state.processes if p.gpu == gpu and p.alive(t) and (mig is None or p.mig == mig)]
 
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[SimpleNamespace]:
+    def _listed(self, handle: Any, mps: bool) -> list[SimpleNamespace]:
         card = self._card(handle)
         if isinstance(handle, _MigHandle):
             position = [gi for gi in card.instances if gi.compute].index(handle.instance)
@@ -324,8 +351,32 @@ class FakeNvml:
         else:
             procs = [] if card.mig_enabled else self._running(card.index, None)
         t = self.state.t
-        return [SimpleNamespace(pid=p.pid, usedGpuMemory=int(p.memory.at(t)), gpuInstanceId=0, computeInstanceId=0)
-                for p in procs]
+        return [SimpleNamespace(pid=self._reported_pid(p), usedGpuMemory=int(p.memory.at(t)), gpuInstanceId=0,
+                                computeInstanceId=0) for p in procs if p.mps_client == mps]
+
+    def _reported_pid(self, process: FakeProcess) -> int:
+        if not self.state.host_pids:
+            return process.pid
+        return process.host_pid if process.host_pid is not None else process.pid + HOST_PID_OFFSET
+
+    def _v3(self, name: str) -> None:
+        if self.state.old_driver:
+            raise pynvml.NVMLLibraryMismatchError(f"Unversioned function called and the pyNVML version does not "
+                                                  f"match the NVML lib version ({name})")
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[SimpleNamespace]:
+        self._v3("nvmlDeviceGetComputeRunningProcesses")
+        return self._listed(handle, mps=False)
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: Any) -> list[SimpleNamespace]:
+        return self._listed(handle, mps=False)
+
+    def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: Any) -> list[SimpleNamespace]:
+        self._v3("nvmlDeviceGetMPSComputeRunningProcesses")
+        return self._listed(handle, mps=True)
+
+    def nvmlDeviceGetMPSComputeRunningProcesses_v2(self, handle: Any) -> list[SimpleNamespace]:
+        return self._listed(handle, mps=True)
 
     # ------------------------------------------------------------------------------------ events
     def nvmlEventSetCreate(self) -> object:
@@ -348,105 +399,3 @@ class FakeNvml:
                     self.state.delivered.add(key)
                     return SimpleNamespace(device=card, eventType=kind, eventData=event.code)
         raise _error(pynvml.NVML_ERROR_TIMEOUT)
-
-
-class FakeMig:
-    """`gpu.mig.MigNvml` on a FakeGpuState. `calls` records (NVML function, arguments) in order;
-    placements are checked like the hardware does (allowed start, no overlap, enough slices)."""
-
-    def __init__(self, state: FakeGpuState) -> None:
-        self.state = state
-        self.calls: list[tuple[Any, ...]] = []
-
-    def _card(self, gpu: int) -> FakeCard:
-        card = self.state.cards[gpu]
-        if card.mig_model is None:
-            raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return card
-
-    def _model(self, gpu: int) -> MigModel:
-        model = self._card(gpu).mig_model
-        assert model is not None  # _card refused cards without MIG
-        return model
-
-    def get_mig_mode(self, gpu: int) -> tuple[bool, bool]:
-        self.calls.append(("nvmlDeviceGetMigMode", gpu))
-        card = self._card(gpu)
-        return card.mig_enabled, card.mig_pending
-
-    def set_mig_mode(self, gpu: int, enabled: bool) -> None:
-        self.calls.append(("nvmlDeviceSetMigMode", gpu, int(enabled)))
-        card = self._card(gpu)
-        card.mig_pending = enabled
-        if not card.mig_needs_reset:
-            card.mig_enabled = enabled
-
-    def gpu_instance_profile(self, gpu: int, nvml_profile: int) -> tuple[int, int]:
-        self.calls.append(("nvmlDeviceGetGpuInstanceProfileInfo", gpu, nvml_profile))
-        model = self._card(gpu).mig_model
-        for p in model.profiles if model else ():
-            if p.nvml_profile == nvml_profile:
-                return p.profile_id, p.compute_slices
-        raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-
-    def gpu_instances(self, gpu: int) -> list[GpuInstanceRef]:
-        self.calls.append(("nvmlDeviceGetGpuInstances", gpu))
-        return [GpuInstanceRef(_GiHandle(gpu, gi.id), gi.id, gi.profile.profile_id, gi.start, gi.profile.memory_slices)
-                for gi in self._card(gpu).instances]
-
-    def _instance(self, ref: GpuInstanceRef) -> tuple[FakeCard, FakeGpuInstance]:
-        handle = ref.handle
-        if not isinstance(handle, _GiHandle):
-            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        card = self._card(handle.gpu)
-        for gi in card.instances:
-            if gi.id == handle.gi_id:
-                return card, gi
-        raise _error(pynvml.NVML_ERROR_NOT_FOUND)
-
-    def compute_instances(self, gi: GpuInstanceRef) -> list[object]:
-        self.calls.append(("nvmlGpuInstanceGetComputeInstances", gi.id))
-        card, instance = self._instance(gi)
-        return [_CiHandle(_GiHandle(card.index, gi.id), ci) for ci in instance.compute]
-
-    def destroy_compute_instance(self, ci: object) -> None:
-        if not isinstance(ci, _CiHandle):
-            raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        self.calls.append(("nvmlComputeInstanceDestroy", ci.gi.gi_id, ci.ci_id))
-        _, instance = self._instance(GpuInstanceRef(ci.gi, ci.gi.gi_id, 0, 0, 0))
-        instance.compute.remove(ci.ci_id)
-
-    def destroy_gpu_instance(self, gi: GpuInstanceRef) -> None:
-        self.calls.append(("nvmlGpuInstanceDestroy", gi.id))
-        card, instance = self._instance(gi)
-        if instance.compute:
-            raise _error(pynvml.NVML_ERROR_IN_USE)
-        card.instances.remove(instance)
-
-    def create_gpu_instance(self, gpu: int, profile_id: int, start: int, size: int) -> GpuInstanceRef:
-        self.calls.append(("nvmlDeviceCreateGpuInstanceWithPlacement", gpu, profile_id, start, size))
-        card = self._card(gpu)
-        model = self._model(gpu)
-        profile = next((p for p in model.profiles if p.profile_id == profile_id), None)
-        taken = {i for gi in card.instances for i in range(gi.start, gi.start + gi.profile.memory_slices)}
-        compute = sum(gi.profile.compute_slices for gi in card.instances)
-        if (not card.mig_enabled or profile is None or start not in profile.placements
-                or size != profile.memory_slices or taken & set(range(start, start + size))
-                or compute + profile.compute_slices > model.compute_slices):
-            raise _error(pynvml.NVML_ERROR_INSUFFICIENT_RESOURCES)
-        gi_id = max((gi.id for gi in card.instances), default=0) + 1
-        card.instances.append(FakeGpuInstance(gi_id, profile, start))
-        card.instances.sort(key=lambda gi: gi.id)
-        return GpuInstanceRef(_GiHandle(gpu, gi_id), gi_id, profile_id, start, size)
-
-    def compute_instance_profile_id(self, gi: GpuInstanceRef, nvml_profile: int) -> int:
-        self.calls.append(("nvmlGpuInstanceGetComputeInstanceProfileInfo", gi.id, nvml_profile))
-        return nvml_profile
-
-    def create_compute_instance(self, gi: GpuInstanceRef, profile_id: int) -> object:
-        self.calls.append(("nvmlGpuInstanceCreateComputeInstance", gi.id, profile_id))
-        card, instance = self._instance(gi)
-        instance.compute.append(0)
-        instance.uuid = card.new_mig_uuid(instance.id)
-        return _CiHandle(_GiHandle(card.index, instance.id), 0)
-

@@ -10,7 +10,8 @@ executor's supervisor, which has the replica's environment too. Its card is the 
 the process would open: the first entry of its `CUDA_VISIBLE_DEVICES` when it is a GPU or MIG UUID of
 this node, else the first of `GPUPOOL_GPU_INDICES` (MPS clients see device 0; simulated cards show none),
 else a plain index in `CUDA_VISIBLE_DEVICES`.
-Processes that see no card of this node use no GPU memory, as with a real driver.
+Processes that see no card of this node use no GPU memory, as with a real driver. A process whose environment
+names an MPS pipe directory is an MPS client (listed by the MPS process call, as with a real MPS server).
 
 This is how tests and demos give a real replica (started by the executor with the environment of its
 allocation) a scripted GPU footprint without knowing its pid in advance. Processes are found through
@@ -130,7 +131,8 @@ def refresh_matched(state: FakeGpuState, matchers: list[ProcessMatcher], scan: S
             if where is None or where[0] not in known:
                 continue
             shifted = Trace(tuple((when + t, value) for when, value in matcher.memory.points))
-            process = FakeProcess(pid, where[0], shifted, where[1], start=t)
+            process = FakeProcess(pid, where[0], shifted, where[1], start=t,
+                                  mps_client="CUDA_MPS_PIPE_DIRECTORY" in proc.env)
             matcher.tracked[pid] = process
             state.processes.append(process)
 

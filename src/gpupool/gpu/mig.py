@@ -8,6 +8,13 @@ Started" section (A100/H100/H200: 1g {0..6}:1, 1g double-memory {0,2,4,6}:2, 2g 
 4g {0}:4, 7g {0}:8; A30: 1g {0..3}:1, 2g {0,2}:2, 4g {0}:4). Media-extension profiles (`+me`) are left
 out: they have the same compute and memory as their base profile.
 
+H200 (141 GB): the profile names and the most instances of each (1g.18gb x7, 1g.35gb x4, 2g.35gb x3,
+3g.71gb x2, 4g.71gb x1, 7g.141gb x1) are checked against NVIDIA's own MIG configurations in
+NVIDIA/mig-parted, deployments/systemd/config-default.yaml ("H200-141GB" entries, and "all-balanced" for
+device ids 0x233510DE / 0x233B10DE = H200 141GB, H200 NVL). The H200 table of the user guide page above
+could not be read here; the profile ids and placements of the H200 row assume the A100/H100 geometry
+(7 compute, 8 memory slices) and are unchecked until `nvidia-smi mig -lgip` / `-lgipp` run on an H200.
+
 Applying a layout follows the NVML "Multi Instance GPU Management" API
 (https://docs.nvidia.com/deploy/nvml-api/group__nvmlMultiInstanceGPU.html): nvmlDeviceSetMigMode to
 enable MIG (a GPU reset may be pending), nvmlComputeInstanceDestroy then nvmlGpuInstanceDestroy for the
@@ -195,8 +202,9 @@ class MigNvml(Protocol):
     def get_mig_mode(self, gpu: int) -> tuple[bool, bool]:
         """nvmlDeviceGetMigMode: (current, pending) MIG enabled."""
 
-    def set_mig_mode(self, gpu: int, enabled: bool) -> None:
-        """nvmlDeviceSetMigMode."""
+    def set_mig_mode(self, gpu: int, enabled: bool) -> int:
+        """nvmlDeviceSetMigMode: its activation status, an NVML return code (0: the mode is active now;
+        NVML_ERROR_IN_USE, NVML_ERROR_RESET_REQUIRED, ...: it is pending, and why)."""
 
     def gpu_instance_profile(self, gpu: int, nvml_profile: int) -> tuple[int, int]:
         """nvmlDeviceGetGpuInstanceProfileInfo: (profile id, slice count) of an NVML profile constant."""
@@ -229,13 +237,32 @@ class MigApplyError(GpupoolError):
 
 @dataclass(frozen=True, slots=True)
 class MigApplyResult:
-    """What apply_layout did: `status` is "applied", "unchanged", "disabled" or "pending_reset"."""
+    """What apply_layout did: `status` is "applied", "unchanged", "disabled" or "pending_reset" (the MIG mode
+    change is pending: `cause` says why, from nvmlDeviceSetMigMode's activation status)."""
 
     gpu: int
     status: str
     layout: tuple[str, ...]
     destroyed: int = 0
     message: str = ""
+    cause: str = ""
+
+
+# nvmlDeviceSetMigMode's activation status (NVML return codes, nvml.h) -> (cause, what to do)
+_ACTIVATION = {
+    19: ("in_use", "processes are using the GPU: stop them (nvidia-smi shows them), then apply the layout again"),
+    16: ("reset_required", "a GPU reset is required (nvidia-smi -r -i {gpu} with no process on the card, or a "
+                           "reboot; in a VM with pass-through, a VM reboot); then apply the layout again"),
+    4: ("no_permission", "changing the MIG mode needs root: run the server as root or enable MIG with "
+                         "nvidia-smi -i {gpu} -mig 1"),
+}
+
+
+def activation_cause(status: int, gpu: int) -> tuple[str, str]:
+    """(cause, advice) for a non-zero activation status of nvmlDeviceSetMigMode."""
+    cause, advice = _ACTIVATION.get(status, (f"nvml_error_{status}", f"NVML return code {status}; see the "
+                                             "NVML reference, nvmlDeviceSetMigMode"))
+    return cause, advice.format(gpu=gpu)
 
 
 def apply_layout(nvml: MigNvml, gpu: int, model: MigModel, layout: Sequence[str], busy: bool) -> MigApplyResult:
@@ -256,16 +283,16 @@ def apply_layout(nvml: MigNvml, gpu: int, model: MigModel, layout: Sequence[str]
     plan = validate_layout(model, layout)
     current, _ = _step("read the MIG mode", nvml.get_mig_mode, gpu)
     if not current:
-        _step("enable MIG mode", nvml.set_mig_mode, gpu, True)
+        status = _step("enable MIG mode", nvml.set_mig_mode, gpu, True)
         current, _ = _step("read the MIG mode", nvml.get_mig_mode, gpu)
-        if not current:
-            return MigApplyResult(gpu, "pending_reset", layout, message=(
-                f"MIG mode on GPU {gpu} is enabled but takes effect after a GPU reset "
-                f"(nvidia-smi -r -i {gpu}, with no process on the card) or a reboot; then apply the layout again"))
+        if not current or status:
+            cause, advice = activation_cause(int(status or 16), gpu)
+            return MigApplyResult(gpu, "pending_reset", layout, cause=cause, message=(
+                f"MIG mode on GPU {gpu} is enabled but not active yet: {advice}"))
     ids = [_step(f"look up profile {p.profile.name}",
                  nvml.gpu_instance_profile, gpu, p.profile.nvml_profile)[0] for p in plan]
     existing = _step("list GPU instances", nvml.gpu_instances, gpu)
-    if sorted(gi.profile_id for gi in existing) == sorted(ids):
+    if _matches(nvml, existing, [(profile_id, p.start) for p, profile_id in zip(plan, ids, strict=True)]):
         return MigApplyResult(gpu, "unchanged", layout, message=f"GPU {gpu} already has this layout")
     destroyed = _destroy_all(nvml, existing)
     for planned, profile_id in zip(plan, ids, strict=True):
@@ -273,10 +300,24 @@ def apply_layout(nvml: MigNvml, gpu: int, model: MigModel, layout: Sequence[str]
     return MigApplyResult(gpu, "applied", layout, destroyed, f"GPU {gpu} now holds {','.join(layout)}")
 
 
+def _matches(nvml: MigNvml, existing: list[GpuInstanceRef], wanted: list[tuple[int, int]]) -> bool:
+    """True when the GPU instances are exactly `wanted` ((profile id, start) pairs) and each has a compute
+    instance; after a half-failed apply (an instance missing, or one without its compute instance) it is
+    False, so the layout is rebuilt rather than reported unchanged."""
+    if sorted((gi.profile_id, gi.start) for gi in existing) != sorted(wanted):
+        return False
+    return all(_step(f"list compute instances of GPU instance {gi.id}", nvml.compute_instances, gi)
+               for gi in existing)
+
+
 def _disable(nvml: MigNvml, gpu: int) -> MigApplyResult:
     current, _ = _step("read the MIG mode", nvml.get_mig_mode, gpu)
     destroyed = _destroy_all(nvml, _step("list GPU instances", nvml.gpu_instances, gpu)) if current else 0
-    _step("disable MIG mode", nvml.set_mig_mode, gpu, False)
+    status = _step("disable MIG mode", nvml.set_mig_mode, gpu, False)
+    if status:
+        cause, advice = activation_cause(int(status), gpu)
+        return MigApplyResult(gpu, "pending_reset", (), destroyed, cause=cause, message=(
+            f"MIG mode on GPU {gpu} is disabled but still active: {advice}"))
     return MigApplyResult(gpu, "disabled", (), destroyed, f"MIG mode disabled on GPU {gpu}")
 
 

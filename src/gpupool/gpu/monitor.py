@@ -2,8 +2,13 @@
 
 `GpuMonitor.observe` takes one `NodeSample`, the GPU allocations of the replicas running on the node and
 the process-group / session ids those replicas own (the local executor starts each replica in its own
-session), and returns a `MonitorReport`. Time comes from the sample; the only outside call is the injected
-`resolve` (pid -> process group and session), which by default asks the operating system.
+session), and returns a `MonitorReport`. Time comes from the sample; the outside calls are the injected
+`resolve` (pid -> process group and session), which by default asks the operating system, and the
+optional `view` of our PID namespace (`gpu/attribution.py`): with it, pids NVML reports from another
+namespace are detected and processes are matched to replicas by card and marker instead.
+
+MPS clients (NVML's MPS process list) are attributed like any process; the MPS server (in the plain
+compute list of a card with MPS clients, owned by no replica) is reported apart, not as foreign GPU use.
 
 XIDs that are caused by applications rather than hardware (13 graphics engine exception, 31 MMU fault,
 43 GPU stopped processing, 45 preemptive cleanup, 68 video processor exception, 109 context switch timeout;
@@ -19,9 +24,16 @@ from dataclasses import dataclass, field
 
 from gpupool.domain.nodes import Gpu
 from gpupool.domain.placement import GpuAssignment
+from gpupool.domain.resources import model_matches, normalise_model
+from gpupool.gpu.attribution import ProcessView, ReplicaKey, owners_by_marker, pids_untranslated
 from gpupool.gpu.timeseries import SeriesStore
 from gpupool.gpu.types import MIB, GpuErrorEvent, GpuReading, NodeSample, ProcessReading
 
+__all__ = [  # ReplicaKey lives in gpu/attribution.py and is part of this module's interface too
+    "APPLICATION_XIDS", "GpuAllocation", "GpuMonitor", "HealthEvent", "IdleAllocation", "MonitorPolicy",
+    "MonitorReport", "OveruseEvent", "ReplicaGpuUsage", "ReplicaKey", "Resolver", "allocations_for",
+    "process_groups",
+]
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
 Resolver = Callable[[int], tuple[int | None, int | None]]
 
@@ -34,23 +46,16 @@ def process_groups(pid: int) -> tuple[int | None, int | None]:
         return None, None
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ReplicaKey:
-    """One replica of one workload (and its project, for metrics labels)."""
-
-    workload_id: str
-    replica: int = 0
-    project: str = ""
-
-
 @dataclass(frozen=True, slots=True)
 class GpuAllocation:
-    """What one replica was given on one card: compute milli and memory (MiB) it may use."""
+    """What one replica was given on one card: compute milli and memory (MiB) it may use; `model` is the
+    card's model (it selects the over-use tolerance)."""
 
     replica: ReplicaKey
     gpu_index: int
     milli: int
     memory_mib: int
+    model: str = ""
 
 
 def allocations_for(replica: ReplicaKey, assignments: Sequence[GpuAssignment],
@@ -61,15 +66,22 @@ def allocations_for(replica: ReplicaKey, assignments: Sequence[GpuAssignment],
     for a in assignments:
         card = by_index.get(a.index)
         memory = a.memory_mib or (card.memory_mib if card else 0)
-        result.append(GpuAllocation(replica, a.index, a.milli, memory))
+        result.append(GpuAllocation(replica, a.index, a.milli, memory, card.model if card else ""))
     return result
 
 
 @dataclass(frozen=True, slots=True)
 class MonitorPolicy:
-    """Thresholds. Over-use: memory above the allocation plus `overuse_tolerance_mib` (CUDA contexts
-    take a few hundred MiB no request counts) for `overuse_grace_s`; `overuse_kill` asks the caller to
-    stop the replica. Idle: utilisation at most `idle_max_pct` for `idle_after_s`."""
+    """Thresholds. Over-use: memory above the allocation plus the tolerance of the card's model for
+    `overuse_grace_s`; `overuse_kill` asks the caller to stop the replica. Idle: utilisation at most
+    `idle_max_pct` for `idle_after_s`.
+
+    The tolerance exists because NVML's per-process memory counts everything a process holds, the CUDA
+    context and libraries' workspaces included, while a request (and the PyTorch cap of shared mode, which
+    bounds only the caching allocator) does not: a replica exactly at its cap shows its request plus its
+    context. `overuse_tolerance_by_model` maps a model or family name ("H100", "A100-SXM4-80GB") to MiB;
+    other models get `overuse_tolerance_mib`. Default 512 MiB: the CUDA context of a CUDA 12 process with
+    lazy module loading is a few hundred MiB; `benchmarks/gpu/check_gpu.py` measures it per model."""
 
     overuse_tolerance_mib: int = 512
     overuse_grace_s: float = 10.0
@@ -77,6 +89,17 @@ class MonitorPolicy:
     idle_max_pct: float = 5.0
     idle_after_s: float = 1800.0
     ignored_xids: frozenset[int] = APPLICATION_XIDS
+    overuse_tolerance_by_model: Mapping[str, int] = field(default_factory=dict)
+
+    def tolerance_for(self, model: str) -> int:
+        """The tolerance (MiB) of a card model: the entry of its exact name, else of the longest family name
+        that matches it, else `overuse_tolerance_mib`."""
+        if not model:
+            return self.overuse_tolerance_mib
+        name = normalise_model(model)
+        matching = [(len(normalise_model(k)), v) for k, v in self.overuse_tolerance_by_model.items()
+                    if normalise_model(k) == name or model_matches(k, name)]
+        return max(matching)[1] if matching else self.overuse_tolerance_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +182,9 @@ class MonitorReport:
     newly_idle: tuple[IdleAllocation, ...] = ()
     health: tuple[HealthEvent, ...] = ()
     unhealthy: Mapping[int, str] = field(default_factory=dict)
+    mps_servers: tuple[ProcessReading, ...] = ()
+    attribution: str = "pid"
+    attribution_note: str = ""
 
     def workload_memory_bytes(self) -> dict[ReplicaKey, int]:
         """GPU memory per replica, over all its cards."""
@@ -172,11 +198,12 @@ class GpuMonitor:
     """Keeps the state across samples of one node (over-use and idle timers, unhealthy GPUs, series)."""
 
     def __init__(self, node: str, policy: MonitorPolicy | None = None, series: SeriesStore | None = None,
-                 resolve: Resolver = process_groups) -> None:
+                 resolve: Resolver = process_groups, view: ProcessView | None = None) -> None:
         self.node = node
         self.policy = policy or MonitorPolicy()
         self.series = series if series is not None else SeriesStore()
         self.resolve = resolve
+        self.view = view
         self._over_since: dict[tuple[ReplicaKey, int], float] = {}
         self._over_reported: set[tuple[ReplicaKey, int]] = set()
         self._idle_since: dict[tuple[ReplicaKey, int], float] = {}
@@ -199,13 +226,18 @@ class GpuMonitor:
         """Digest one sample. `owners` maps a process-group id, session id or pid to the replica owning it."""
         now = sample.time
         self._allocations = {(a.replica, a.gpu_index): a for a in allocations}
-        usage, unowned = self._attribute(sample.processes, owners)
+        by_card, note = self._card_owners(sample.processes)
+        usage, unowned = self._attribute(sample.processes, owners, by_card)
+        mps_cards = {p.gpu_index for p in sample.processes if p.kind == "mps_client"}
+        servers = [p for p in unowned if p.kind == "compute" and p.gpu_index in mps_cards]
+        unowned = [p for p in unowned if p not in servers]
         self._record_series(sample, usage)
         overuse = self._check_overuse(now, usage)
         idle = self._check_idle(now, sample.gpus)
         health = self._check_health(now, sample.gpus, sample.errors)
         return MonitorReport(now, self.node, sample.gpus, tuple(usage), tuple(unowned), tuple(overuse),
-                             tuple(idle), tuple(health), dict(self._unhealthy))
+                             tuple(idle), tuple(health), dict(self._unhealthy), tuple(servers),
+                             "pid" if by_card is None else "marker", note)
 
     def wasted(self, now: float) -> list[IdleAllocation]:
         """Every allocation idle longer than the policy allows, longest first."""
@@ -225,13 +257,29 @@ class GpuMonitor:
                 return owners[group]
         return None
 
-    def _attribute(self, processes: Sequence[ProcessReading], owners: Mapping[int, ReplicaKey]) \
-            -> tuple[list[ReplicaGpuUsage], list[ProcessReading]]:
+    def _card_owners(self, processes: Sequence[ProcessReading]) -> tuple[dict[int, ReplicaKey] | None, str]:
+        """None when pids can be resolved here; else card -> its one replica (by marker) and why."""
+        if self.view is None or not pids_untranslated(processes, self.view):
+            return None, ""
+        holders: dict[int, list[ReplicaKey]] = {}
+        for replica, index in sorted(self._allocations):
+            holders.setdefault(index, []).append(replica)
+        found = owners_by_marker(holders, self.view.markers(), self.view.nested())
+        return dict(found.owners), found.note
+
+    def _attribute(self, processes: Sequence[ProcessReading], owners: Mapping[int, ReplicaKey],
+                   by_card: Mapping[int, ReplicaKey] | None) -> tuple[list[ReplicaGpuUsage], list[ProcessReading]]:
         memory: dict[tuple[ReplicaKey, int], int] = {}
         pids: dict[tuple[ReplicaKey, int], list[int]] = {}
         unowned = []
+        mps_cards = {p.gpu_index for p in processes if p.kind == "mps_client"}
         for proc in processes:
-            owner = self._owner(proc.pid, owners)
+            if by_card is None:
+                owner = self._owner(proc.pid, owners)
+            elif proc.kind == "compute" and proc.gpu_index in mps_cards:
+                owner = None  # by card, an MPS server would count as its clients' replica: it is reported apart
+            else:
+                owner = by_card.get(proc.gpu_index)
             if owner is None:
                 unowned.append(proc)
                 continue
@@ -264,7 +312,8 @@ class GpuMonitor:
         for u in usage:
             key = (u.replica, u.gpu_index)
             used_mib = u.memory_bytes // MIB
-            if key not in self._allocations or used_mib <= u.allowed_mib + self.policy.overuse_tolerance_mib:
+            allocation = self._allocations.get(key)
+            if allocation is None or used_mib <= u.allowed_mib + self.policy.tolerance_for(allocation.model):
                 continue
             over_now.add(key)
             since = self._over_since.setdefault(key, now)

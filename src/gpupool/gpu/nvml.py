@@ -7,14 +7,18 @@ Every NVML call used here is documented in the NVML API reference (https://docs.
   nvmlDeviceGetName, nvmlDeviceGetMemoryInfo (bytes), nvmlDeviceGetCudaComputeCapability, nvmlDeviceGetPciInfo
   (busId), nvmlDeviceGetUtilizationRates (percent over the last sample period), nvmlDeviceGetPowerUsage
   (milliwatts), nvmlDeviceGetTemperature (NVML_TEMPERATURE_GPU, degrees C), nvmlDeviceGetTotalEccErrors
-  (NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC), nvmlDeviceGetComputeRunningProcesses (pid and
-  usedGpuMemory in bytes), nvmlDeviceGetP2PStatus (NVML_P2P_CAPS_INDEX_NVLINK: NVLink peers, direct or
-  through NVSwitch).
+  (NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC), nvmlDeviceGetComputeRunningProcesses and
+  nvmlDeviceGetMPSComputeRunningProcesses (pid and usedGpuMemory in bytes; pynvml's unversioned names call
+  the _v3 functions and raise NVMLLibraryMismatchError, a plain Exception, on drivers without them: the _v2
+  functions are used then), nvmlDeviceGetMemoryInfo_v2 (`used` without the memory the driver reserves; v1,
+  whose `used` includes it, where v2 is missing), nvmlDeviceGetP2PStatus (NVML_P2P_CAPS_INDEX_NVLINK: NVLink
+  peers, direct or through NVSwitch).
 - NvLink methods: nvmlDeviceGetNvLinkState (active links, for information).
 - Multi Instance GPU management: nvmlDeviceGetMigMode, nvmlDeviceGetMaxMigDeviceCount,
   nvmlDeviceGetMigDeviceHandleByIndex, nvmlDeviceGetGpuInstanceId, nvmlDeviceGetComputeInstanceId,
-  nvmlDeviceGetAttributes (multiprocessorCount, memorySizeMB; documented for MIG device handles, tried on
-  full GPUs too: the SM count is reported "where available"), and for applying layouts (`PynvmlMig`):
+  nvmlDeviceGetAttributes (multiprocessorCount, memorySizeMB; it answers only for MIG device handles, so
+  whole cards take their SM count from the GPU catalog, `gpu/models.py`), and for applying layouts
+  (`PynvmlMig`, `gpu/nvml_mig.py`):
   nvmlDeviceSetMigMode, nvmlDeviceGetGpuInstanceProfileInfo, nvmlDeviceGetGpuInstances,
   nvmlDeviceCreateGpuInstanceWithPlacement, nvmlGpuInstanceGetInfo, nvmlGpuInstanceDestroy,
   nvmlGpuInstanceGetComputeInstanceProfileInfo, nvmlGpuInstanceGetComputeInstances,
@@ -23,17 +27,24 @@ Every NVML call used here is documented in the NVML API reference (https://docs.
   nvmlEventTypeDoubleBitEccError), nvmlEventSetWait_v2 (timeout 0: drain without blocking).
 
 Without NVML (library not installed, no driver, no GPU) the node simply has no GPUs: discovery returns an
-empty inventory whose `unavailable` says why, logged once; nothing raises.
+empty inventory whose `unavailable` says why, logged once; nothing raises. A failed `nvmlInit` (driver not
+loaded yet, devices not readable) is tried again after INIT_RETRY_FIRST_S, doubling up to INIT_RETRY_MAX_S;
+a missing nvidia-ml-py package is not (installing it needs a restart anyway).
+
+The aggregate memory of a card in MIG mode needs privileges (NVML reference, nvmlDeviceGetMemoryInfo: "In
+MIG mode, if device handle is provided, the API returns aggregate information, only if the caller has
+appropriate privileges"): without them the card is described from its MIG devices, never marked broken.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
-from gpupool.gpu.mig import GpuInstanceRef
+from gpupool.gpu.mig import catalog_for
+from gpupool.gpu.models import sm_count_for
 from gpupool.gpu.types import (
     MIB,
     GpuErrorEvent,
@@ -47,6 +58,10 @@ from gpupool.gpu.types import (
 
 log = logging.getLogger(__name__)
 MAX_EVENTS_PER_SAMPLE = 64
+# After a failed nvmlInit: first retry after 10 s (a driver that is still loading at boot), doubling up to
+# 10 minutes (a node without a working driver costs one attempt per 10 minutes, not one per sample).
+INIT_RETRY_FIRST_S = 10.0
+INIT_RETRY_MAX_S = 600.0
 
 
 def load_pynvml() -> Any:
@@ -69,34 +84,48 @@ class NvmlBackend:
 
     name = "nvml"
 
-    def __init__(self, load: Callable[[], Any] = load_pynvml) -> None:
+    def __init__(self, load: Callable[[], Any] = load_pynvml, clock: Callable[[], float] = time.monotonic) -> None:
         self._load = load
+        self._clock = clock
         self._nvml: Any = None
         self._unavailable: str | None = None
+        self._permanent = False
+        self._retry_at = 0.0
+        self._retry_after = INIT_RETRY_FIRST_S
         self._handles: list[Any] = []
         self._mig_handles: dict[int, list[tuple[str, Any]]] = {}
         self._events: Any = None
         self._registered: set[int] = set()
         self._discovered = False
+        self._memory_v2 = True
+        self._process_calls: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------ lifecycle
     def _ready(self) -> Any:
-        if self._nvml is not None or self._unavailable is not None:
+        if self._nvml is not None:
             return self._nvml
+        if self._unavailable is not None and (self._permanent or self._clock() < self._retry_at):
+            return None
         try:
             nvml = self._load()
         except ImportError as error:
+            self._permanent = True
             return self._give_up(f"nvidia-ml-py is not installed ({error})")
         try:
             nvml.nvmlInit()
         except Exception as error:  # NVMLError, or anything a broken installation throws
+            self._retry_at = self._clock() + self._retry_after
+            self._retry_after = min(self._retry_after * 2, INIT_RETRY_MAX_S)
             return self._give_up(_explain_init_error(nvml, error))
-        self._nvml = nvml
+        if self._unavailable is not None:
+            log.info("NVML works again on this node (it was unavailable: %s)", self._unavailable)
+        self._nvml, self._unavailable, self._retry_after = nvml, None, INIT_RETRY_FIRST_S
         return nvml
 
     def _give_up(self, reason: str) -> None:
+        if reason != self._unavailable:
+            log.info("no GPUs on this node: %s", reason)
         self._unavailable = reason
-        log.info("no GPUs on this node: %s", reason)
 
     def close(self) -> None:
         """Free the event set and shut NVML down; idempotent."""
@@ -110,11 +139,12 @@ class NvmlBackend:
         self._handles, self._mig_handles, self._discovered = [], {}, False
         self._optional(nvml.nvmlShutdown, nvml=nvml)
 
-    def _optional(self, fn: Callable[..., Any], *args: Any, nvml: Any = None) -> Any:
-        """fn(*args), or None when NVML reports an error (not supported, no permission, GPU lost)."""
+    def _optional(self, fn: Callable[..., Any], *args: Any, nvml: Any = None, **kwargs: Any) -> Any:
+        """fn(*args), or None when NVML reports an error (not supported, no permission, GPU lost) or pynvml
+        finds the function missing from the driver's library (NVMLLibraryMismatchError)."""
         try:
-            return fn(*args)
-        except (nvml or self._nvml).NVMLError:
+            return fn(*args, **kwargs)
+        except _errors(nvml or self._nvml):
             return None
 
     # ------------------------------------------------------------------------------------ discovery
@@ -143,19 +173,25 @@ class NvmlBackend:
         try:
             uuid = _text(nvml.nvmlDeviceGetUUID(handle))
             name = _text(nvml.nvmlDeviceGetName(handle))
-            memory_mib = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // MIB
         except nvml.NVMLError as error:
             log.warning("GPU %d does not answer NVML (%s); it is reported unhealthy", index, error)
             return GpuInfo(index, f"unknown-{index}", "unknown", 0, error=str(error))
         mig = self._optional(nvml.nvmlDeviceGetMigMode, handle)
         mig_enabled = bool(mig and mig[0] == nvml.NVML_DEVICE_MIG_ENABLE)
-        attributes = self._optional(nvml.nvmlDeviceGetAttributes, handle)
+        devices = self._mig_devices(index, handle) if mig_enabled else ()
+        try:
+            memory_mib = int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // MIB
+        except nvml.NVMLError as error:
+            if not mig_enabled:
+                log.warning("GPU %d does not answer NVML (%s); it is reported unhealthy", index, error)
+                return GpuInfo(index, uuid, name, 0, error=str(error))
+            memory_mib = _mig_card_memory_mib(name, devices)  # a MIG parent without privileges
+        attributes = self._optional(nvml.nvmlDeviceGetAttributes, handle)  # MIG devices only, so far
         cc = self._optional(nvml.nvmlDeviceGetCudaComputeCapability, handle)
         pci = self._optional(nvml.nvmlDeviceGetPciInfo, handle)
-        devices = self._mig_devices(index, handle) if mig_enabled else ()
         return GpuInfo(
             index=index, uuid=uuid, name=name, memory_mib=memory_mib,
-            sm_count=int(attributes.multiprocessorCount) if attributes else None,
+            sm_count=int(attributes.multiprocessorCount) if attributes else sm_count_for(name),
             compute_capability=(int(cc[0]), int(cc[1])) if cc else None,
             mig_enabled=mig_enabled,
             mig_pending=bool(mig and mig[1] == nvml.NVML_DEVICE_MIG_ENABLE),
@@ -244,7 +280,7 @@ class NvmlBackend:
         nvml = self._nvml
         uuid = _text(self._optional(nvml.nvmlDeviceGetUUID, handle) or f"unknown-{index}")
         util = self._optional(nvml.nvmlDeviceGetUtilizationRates, handle)
-        memory = self._optional(nvml.nvmlDeviceGetMemoryInfo, handle)
+        memory = self._memory(handle)
         power = self._optional(nvml.nvmlDeviceGetPowerUsage, handle)
         temperature = self._optional(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
         ecc = self._optional(nvml.nvmlDeviceGetTotalEccErrors, handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
@@ -259,15 +295,56 @@ class NvmlBackend:
             ecc_uncorrected=int(ecc) if ecc is not None else None,
         )
 
-    def _processes(self, index: int, handle: Any) -> list[ProcessReading]:
+    def _memory(self, handle: Any) -> Any:
+        """nvmlDeviceGetMemoryInfo_v2 (used memory without the driver's reservation); v1 where the driver or
+        pynvml lack v2 (then never tried again)."""
         nvml = self._nvml
+        version = getattr(nvml, "nvmlMemory_v2", None)
+        if self._memory_v2 and version is not None:
+            try:
+                return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+            except _errors(nvml) as error:
+                if not _missing_function(nvml, error):
+                    return None  # e.g. a MIG parent without privileges: v1 would fail alike
+                self._memory_v2 = False
+                log.info("NVML has no nvmlDeviceGetMemoryInfo_v2 here; used memory includes the driver's reserve")
+        return self._optional(nvml.nvmlDeviceGetMemoryInfo, handle)
+
+    def _process_list(self, name: str, source: Any) -> list[Any]:
+        """The processes of one NVML process call (`name` without version), through pynvml's unversioned
+        function (the _v3 call), falling back to the _v2 call on drivers without _v3 (remembered)."""
+        nvml = self._nvml
+        chosen = self._process_calls.get(name)
+        for candidate in ([chosen] if chosen else [name, f"{name}_v2"]):
+            fn = getattr(nvml, candidate, None)
+            if fn is None:
+                continue
+            try:
+                found = list(fn(source) or ())
+            except _errors(nvml) as error:
+                if chosen is None and _missing_function(nvml, error):
+                    continue  # old driver: try the older version
+                return []
+            self._process_calls[name] = candidate
+            return found
+        return []
+
+    def _processes(self, index: int, handle: Any) -> list[ProcessReading]:
+        """Every process with a CUDA context on the card (per MIG device in MIG mode): the plain compute list
+        (on an MPS card it holds the MPS server) and the MPS list (the MPS clients). A pid in both counts
+        once, as an MPS client."""
         mig = self._mig_handles.get(index)
-        sources = mig if mig else [(None, handle)]  # in MIG mode, per-process memory is per MIG device
-        found = []
+        sources = mig if mig else [(None, handle)]
+        found: list[ProcessReading] = []
         for mig_uuid, source in sources:
-            for proc in self._optional(nvml.nvmlDeviceGetComputeRunningProcesses, source) or ():
-                used = proc.usedGpuMemory
-                found.append(ProcessReading(index, int(proc.pid), int(used) if used is not None else None, mig_uuid))
+            seen: dict[int, ProcessReading] = {}
+            for call, kind in (("nvmlDeviceGetComputeRunningProcesses", "compute"),
+                               ("nvmlDeviceGetMPSComputeRunningProcesses", "mps_client")):
+                for proc in self._process_list(call, source):
+                    used = proc.usedGpuMemory
+                    seen[int(proc.pid)] = ProcessReading(index, int(proc.pid), int(used) if used is not None else None,
+                                                         mig_uuid, kind)
+            found += [seen[pid] for pid in sorted(seen)]
         return found
 
     def _drain_events(self) -> tuple[GpuErrorEvent, ...]:
@@ -294,6 +371,32 @@ def _with_peers(info: GpuInfo, peers: tuple[int, ...]) -> GpuInfo:
     if info.mig_enabled or not peers:
         return info
     return GpuInfo(**{**{f: getattr(info, f) for f in GpuInfo.__slots__}, "nvlink_peers": peers})
+
+
+def _errors(nvml: Any) -> tuple[type[BaseException], ...]:
+    """The exceptions a pynvml call raises for a refusal of the driver: NVMLError and, for the unversioned
+    names of newer functions on older drivers, NVMLLibraryMismatchError (which is not an NVMLError)."""
+    mismatch = getattr(nvml, "NVMLLibraryMismatchError", None)
+    return (nvml.NVMLError, mismatch) if isinstance(mismatch, type) else (nvml.NVMLError,)
+
+
+def _missing_function(nvml: Any, error: BaseException) -> bool:
+    """True when `error` says the driver's NVML library lacks the function (an older driver)."""
+    mismatch = getattr(nvml, "NVMLLibraryMismatchError", None)
+    if isinstance(mismatch, type) and isinstance(error, mismatch):
+        return True
+    return getattr(error, "value", None) == getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", 13)
+
+
+def _mig_card_memory_mib(name: str, devices: tuple[MigDevice, ...]) -> int:
+    """The memory of a MIG-enabled card NVML will not report to us: the nominal size of the model's whole-card
+    profile ("7g.80gb" -> 80 GiB, as NVIDIA names sizes) where the catalog knows the model, else what its MIG
+    devices hold."""
+    model = catalog_for(name)
+    if model is not None:
+        full = max(model.profiles, key=lambda p: p.memory_slices)
+        return int(full.name.split(".")[1].removesuffix("gb")) * 1024
+    return sum(d.memory_mib for d in devices)
 
 
 def _profile_from(name: str, attributes: Any) -> str:
@@ -326,110 +429,3 @@ def _explain_init_error(nvml: Any, error: Exception) -> str:
         getattr(nvml, "NVML_ERROR_NO_PERMISSION", -1): "no permission to open the NVIDIA devices",
     }
     return f"NVML unavailable: {reasons.get(code, str(error) or type(error).__name__)}"
-
-
-class PynvmlMig:
-    """`gpu.mig.MigNvml` over pynvml, for applying MIG layouts on real hardware (needs root).
-
-    Instance lists are read with the ctypes arrays pynvml expects (nvmlDeviceGetGpuInstances and
-    nvmlGpuInstanceGetComputeInstances fill a caller-sized array), one NVML profile constant at a time;
-    profiles a GPU does not support raise NVML_ERROR_NOT_SUPPORTED and are skipped.
-    """
-
-    def __init__(self, load: Callable[[], Any] = load_pynvml) -> None:
-        self._nvml = load()
-        self._nvml.nvmlInit()
-
-    def close(self) -> None:
-        """Shut NVML down (once per instance)."""
-        self._nvml.nvmlShutdown()
-
-    def _device(self, gpu: int) -> Any:
-        return self._nvml.nvmlDeviceGetHandleByIndex(gpu)
-
-    def get_mig_mode(self, gpu: int) -> tuple[bool, bool]:
-        """nvmlDeviceGetMigMode."""
-        current, pending = self._nvml.nvmlDeviceGetMigMode(self._device(gpu))
-        enabled = self._nvml.NVML_DEVICE_MIG_ENABLE
-        return current == enabled, pending == enabled
-
-    def set_mig_mode(self, gpu: int, enabled: bool) -> None:
-        """nvmlDeviceSetMigMode."""
-        nvml = self._nvml
-        nvml.nvmlDeviceSetMigMode(self._device(gpu), nvml.NVML_DEVICE_MIG_ENABLE if enabled
-                                  else nvml.NVML_DEVICE_MIG_DISABLE)
-
-    def gpu_instance_profile(self, gpu: int, nvml_profile: int) -> tuple[int, int]:
-        """nvmlDeviceGetGpuInstanceProfileInfo: (profile id, slice count)."""
-        info = self._nvml.nvmlDeviceGetGpuInstanceProfileInfo(self._device(gpu), nvml_profile)
-        return int(info.id), int(info.sliceCount)
-
-    def gpu_instances(self, gpu: int) -> list[GpuInstanceRef]:
-        """nvmlDeviceGetGpuInstances for every supported profile, with nvmlGpuInstanceGetInfo."""
-        nvml, device = self._nvml, self._device(gpu)
-        found: dict[int, GpuInstanceRef] = {}
-        for profile in range(nvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
-            try:
-                info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(device, profile)
-            except nvml.NVMLError:
-                continue
-            if info.instanceCount == 0:
-                continue
-            array = (nvml.c_nvmlGpuInstance_t * info.instanceCount)()
-            count = ctypes.c_uint(0)
-            nvml.nvmlDeviceGetGpuInstances(device, info.id, array, ctypes.byref(count))
-            for k in range(count.value):
-                ref = self._gpu_instance_ref(array[k])
-                found[ref.id] = ref
-        return [found[k] for k in sorted(found)]
-
-    def _gpu_instance_ref(self, handle: Any) -> GpuInstanceRef:
-        info = self._nvml.nvmlGpuInstanceGetInfo(handle)
-        return GpuInstanceRef(handle, int(info.id), int(info.profileId), int(info.placement.start),
-                              int(info.placement.size))
-
-    def compute_instances(self, gi: GpuInstanceRef) -> list[object]:
-        """nvmlGpuInstanceGetComputeInstances for every supported compute profile."""
-        nvml = self._nvml
-        found: list[object] = []
-        for profile in range(nvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
-            try:
-                info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    gi.handle, profile, nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-            except nvml.NVMLError:
-                continue
-            if info.instanceCount == 0:
-                continue
-            array = (nvml.c_nvmlComputeInstance_t * info.instanceCount)()
-            count = ctypes.c_uint(0)
-            nvml.nvmlGpuInstanceGetComputeInstances(gi.handle, info.id, array, ctypes.byref(count))
-            found += [array[k] for k in range(count.value)]
-        return found
-
-    def destroy_compute_instance(self, ci: object) -> None:
-        """nvmlComputeInstanceDestroy."""
-        self._nvml.nvmlComputeInstanceDestroy(ci)
-
-    def destroy_gpu_instance(self, gi: GpuInstanceRef) -> None:
-        """nvmlGpuInstanceDestroy."""
-        self._nvml.nvmlGpuInstanceDestroy(gi.handle)
-
-    def create_gpu_instance(self, gpu: int, profile_id: int, start: int, size: int) -> GpuInstanceRef:
-        """nvmlDeviceCreateGpuInstanceWithPlacement."""
-        nvml = self._nvml
-        placement = nvml.c_nvmlGpuInstancePlacement_t()
-        placement.start, placement.size = start, size
-        handle = nvml.nvmlDeviceCreateGpuInstanceWithPlacement(self._device(gpu), profile_id,
-                                                              ctypes.byref(placement))
-        return self._gpu_instance_ref(handle)
-
-    def compute_instance_profile_id(self, gi: GpuInstanceRef, nvml_profile: int) -> int:
-        """nvmlGpuInstanceGetComputeInstanceProfileInfo with shared engines."""
-        nvml = self._nvml
-        info = nvml.nvmlGpuInstanceGetComputeInstanceProfileInfo(gi.handle, nvml_profile,
-                                                                 nvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED)
-        return int(info.id)
-
-    def create_compute_instance(self, gi: GpuInstanceRef, profile_id: int) -> object:
-        """nvmlGpuInstanceCreateComputeInstance."""
-        return self._nvml.nvmlGpuInstanceCreateComputeInstance(gi.handle, profile_id)

@@ -6,7 +6,15 @@
   allocator with `torch.cuda.set_per_process_memory_fraction` once CUDA initialises), or, when the admin
   configured a HAMi-core `libvgpu.so`, `LD_PRELOAD` of it with its documented `CUDA_DEVICE_MEMORY_LIMIT`
   (e.g. "10240m") and `CUDA_DEVICE_SM_LIMIT` (percent) variables (https://github.com/Project-HAMi/HAMi-core,
-  README "Usage") for a hard limit.
+  README "Usage") for a hard limit, and `CUDA_DEVICE_MEMORY_SHARED_CACHE` naming a file of the replica's
+  own: HAMi-core keeps limits and usage in that shared file (default `/tmp/cudevshr.cache`, one for every
+  process of the host), so without it the first replica's limit would apply to all and their usage would
+  be pooled. The files are `$GPUPOOL_HOME/gpu/hami/<replica id>.<random>.cache`, in a directory of mode
+  1733 (replicas of any user create their file, nobody lists or removes another's; the random part keeps
+  others from creating it first), and `sweep_hami_caches` removes those of replicas that ended.
+  HAMi-core's lock directory (`/tmp/vgpulock`, README "Usage") is compiled into the library, not set by
+  an environment variable, so it stays one per host; `install_sitecustomize` creates it (mode 1777) when
+  HAMi-core is configured.
 - mps: `CUDA_MPS_PIPE_DIRECTORY` / `CUDA_MPS_LOG_DIRECTORY` of the card's MPS control daemon,
   `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` = the share in percent (rounded up), and
   `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=<MiB>M` from the memory request (NVIDIA MPS documentation, "Appendix:
@@ -27,6 +35,8 @@ from __future__ import annotations
 import math
 import os
 import py_compile
+import secrets
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,11 +59,23 @@ class SharingConfig:
 
     home: Path
     hami_library: Path | None = None
+    hami_lock_dir: Path = Path("/tmp/vgpulock")
 
     @property
     def sitecustomize_dir(self) -> Path:
         """The directory put first on PYTHONPATH for replicas on shared GPUs."""
         return self.home / "gpu" / "pythonpath"
+
+    @property
+    def hami_cache_root(self) -> Path:
+        """Where each replica's HAMi-core shared cache file lives."""
+        return self.home / "gpu" / "hami"
+
+    def hami_cache_file(self, replica_id: int) -> Path:
+        """A new HAMi-core shared cache file name for one replica (its id in the store, then 16 random hex
+        digits), in `hami_cache_root` (created, mode 1733)."""
+        _shared_dir(self.hami_cache_root, 0o1733)
+        return self.hami_cache_root / f"{replica_id}.{secrets.token_hex(8)}.cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,22 +110,51 @@ def install_sitecustomize(config: SharingConfig) -> Path:
             handle.write(source)
         Path(handle.name).replace(target)
         py_compile.compile(str(target), doraise=False)
+    if config.hami_library is not None:
+        _shared_dir(config.hami_lock_dir, 0o1777)  # HAMi-core's README: create it before running
+        _shared_dir(config.hami_cache_root, 0o1733)
     return folder
 
 
-def gpu_environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], config: SharingConfig) -> GpuEnvironment:
-    """The GPU environment of a replica given `assignments` on a node whose cards are `gpus`.
+def _shared_dir(folder: Path, mode: int) -> None:
+    """Create `folder` with `mode` (sticky and writable by all: replicas of every user write there)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if stat.S_IMODE(folder.stat().st_mode) != mode:
+        folder.chmod(mode)
+
+
+def sweep_hami_caches(config: SharingConfig, live_replica_ids: set[int]) -> list[Path]:
+    """Remove the HAMi-core cache files of replicas that are no longer live; returns what was removed.
+    Level-triggered: safe to call on every sampler pass, and after a restart."""
+    removed = []
+    try:
+        entries = sorted(config.hami_cache_root.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        replica = entry.name.split(".", 1)[0]
+        if entry.name.endswith(".cache") and replica.isdigit() and int(replica) not in live_replica_ids:
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def gpu_environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], config: SharingConfig,
+                    replica_id: int | None = None) -> GpuEnvironment:
+    """The GPU environment of a replica given `assignments` on a node whose cards are `gpus`. `replica_id`
+    (the replica's id in the store) names its own HAMi-core cache file (a new name on every call).
 
     Raises ValidationError when an assignment names a card (or MIG instance) the node does not have.
     """
     if not assignments:
         return GpuEnvironment({"CUDA_VISIBLE_DEVICES": ""}, notes=("no GPU assigned",))
-    env = _environment(assignments, gpus, config)
+    env = _environment(assignments, gpus, config, replica_id)
     indices = {"GPUPOOL_GPU_INDICES": ",".join(str(a.index) for a in assignments)}
     return GpuEnvironment({**env.variables, **indices}, env.prepend, env.mode, env.notes)
 
 
-def _environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], config: SharingConfig) -> GpuEnvironment:
+def _environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], config: SharingConfig,
+                 replica_id: int | None) -> GpuEnvironment:
     by_index = {g.index: g for g in gpus}
     pairs = []
     for a in assignments:
@@ -120,7 +171,7 @@ def _environment(assignments: Sequence[GpuAssignment], gpus: Sequence[Gpu], conf
         if card.mode == SharingMode.MPS:
             return _mps(a, card, config)
         if card.mode == SharingMode.SHARED and _is_share(a, card):
-            return _shared(a, card, config)
+            return _shared(a, card, config, replica_id)
     return _whole(pairs)
 
 
@@ -149,7 +200,7 @@ def _whole(pairs: list[tuple[GpuAssignment, Gpu]]) -> GpuEnvironment:
         mode=SharingMode.EXCLUSIVE, notes=("whole GPUs: exclusive use enforced by the scheduler",))
 
 
-def _shared(a: GpuAssignment, card: Gpu, config: SharingConfig) -> GpuEnvironment:
+def _shared(a: GpuAssignment, card: Gpu, config: SharingConfig, replica_id: int | None) -> GpuEnvironment:
     limit = a.memory_mib or card.memory_mib
     variables = {
         "CUDA_VISIBLE_DEVICES": _uuid(card), "GPUPOOL_GPU_UUIDS": _uuid(card),
@@ -159,6 +210,8 @@ def _shared(a: GpuAssignment, card: Gpu, config: SharingConfig) -> GpuEnvironmen
     if config.hami_library is not None:
         variables["CUDA_DEVICE_MEMORY_LIMIT"] = f"{limit}m"
         variables["CUDA_DEVICE_SM_LIMIT"] = str(_percent(a.milli))
+        if replica_id is not None:
+            variables["CUDA_DEVICE_MEMORY_SHARED_CACHE"] = str(config.hami_cache_file(replica_id))
         return GpuEnvironment(variables, {"LD_PRELOAD": str(config.hami_library)}, SharingMode.SHARED, (
             f"time-sliced GPU: HAMi-core enforces {limit} MiB and {_percent(a.milli)}% of the SMs",))
     return GpuEnvironment(variables, {"PYTHONPATH": str(config.sitecustomize_dir)}, SharingMode.SHARED, (
@@ -167,7 +220,7 @@ def _shared(a: GpuAssignment, card: Gpu, config: SharingConfig) -> GpuEnvironmen
 
 
 def _mps(a: GpuAssignment, card: Gpu, config: SharingConfig) -> GpuEnvironment:
-    paths = mps_paths(config.home, card.index)
+    paths = mps_paths(config.home, _uuid(card))
     limit = a.memory_mib or card.memory_mib
     percent = _percent(a.milli)
     variables = {

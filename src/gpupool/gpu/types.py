@@ -96,12 +96,15 @@ class GpuReading:
 @dataclass(frozen=True, slots=True)
 class ProcessReading:
     """GPU memory held by one process on one GPU (`mig_uuid` set when it runs in a MIG device).
-    `memory_bytes` is None when the driver does not say (e.g. without privileges)."""
+    `memory_bytes` is None when the driver does not say (e.g. without privileges). `kind` is "compute" (from
+    NVML's compute process list; on an MPS card that is the MPS server) or "mps_client" (from the MPS list).
+    `pid` is as NVML reports it: in the caller's PID namespace on drivers that translate, else the host's."""
 
     gpu_index: int
     pid: int
     memory_bytes: int | None
     mig_uuid: str | None = None
+    kind: str = "compute"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from gpupool.domain.errors import NotFoundError
+from gpupool.gpu.attribution import ProcView
 from gpupool.gpu.metrics import GpuMetrics
 from gpupool.gpu.monitor import GpuMonitor, MonitorPolicy, MonitorReport
 from gpupool.gpu.mps import MpsManager
@@ -77,12 +78,14 @@ class GpuRuntime:
         s = self.settings
         return MonitorPolicy(overuse_tolerance_mib=s.overuse_tolerance_mib, overuse_grace_s=s.overuse_grace_s,
                              overuse_kill=s.overuse_kill, idle_max_pct=s.idle_max_pct,
-                             idle_after_s=math.inf if simulated else s.idle_after_s)
+                             idle_after_s=math.inf if simulated else s.idle_after_s,
+                             overuse_tolerance_by_model=dict(s.overuse_tolerance_by_model))
 
     def add(self, local: LocalNode) -> NodeGpus:
         """Start watching the GPUs of a local node (replaces an earlier entry of the same name)."""
+        view = None if local.gpus.simulated else ProcView()  # detects pids of another PID namespace
         node = NodeGpus(local.node.name, local.gpus,
-                        GpuMonitor(local.node.name, self.policy(local.gpus.simulated), self.series))
+                        GpuMonitor(local.node.name, self.policy(local.gpus.simulated), self.series, view=view))
         with self.lock:
             previous = self.nodes.get(node.name)
             self.nodes[node.name] = node

@@ -20,7 +20,8 @@ from gpupool.domain.resources import SharingMode, parse_cpu, parse_memory
 from gpupool.gpu.fake import FakeBackend, read_description
 from gpupool.gpu.inventory import to_domain_gpus
 from gpupool.gpu.mig import MigNvml
-from gpupool.gpu.nvml import NvmlBackend, PynvmlMig
+from gpupool.gpu.nvml import NvmlBackend
+from gpupool.gpu.nvml_mig import PynvmlMig
 from gpupool.gpu.types import GpuBackend, GpuInventory
 from gpupool.plan.catalog import Catalog, load_catalog
 from gpupool.plan.errors import PlanInputError

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     node_sync_interval_s: float = Field(5.0, gt=0, description="How often node providers are asked which nodes exist")
     overuse_kill: bool = Field(False, description="Stop a workload whose replica uses more GPU memory than asked")
     overuse_tolerance_mib: int = Field(512, ge=0, description="GPU memory over the request that is not over-use")
+    overuse_tolerance_by_model: dict[str, int] = Field(
+        default_factory=dict, description='The same per GPU model or family, JSON: {"H100": 1024} (a CUDA '
+        "context's size depends on the model; benchmarks/gpu/check_gpu.py measures it)")
     overuse_grace_s: float = Field(10.0, ge=0, description="How long over-use must last before it is reported")
     idle_after_s: float = Field(1800.0, gt=0, description="An allocated GPU this long idle is wasted")
     idle_max_pct: float = Field(5.0, ge=0, le=100, description="Utilisation at or below which a GPU is idle")

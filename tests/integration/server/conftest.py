@@ -47,10 +47,10 @@ def server_factory(tmp_path: Path, database_url: str) -> Iterator[ServerFactory]
     started: list[TestServer] = []
 
     def make(executor: Executor | None = None, clock: Callable[[], float] | None = None,
-             **settings: Any) -> TestServer:
+             nvml_backend: Callable[[], Any] | None = None, **settings: Any) -> TestServer:
         home = tmp_path / f"home{len(started)}" if "home" not in settings else settings.pop("home")
         server = start_server(server_settings(home, database_url, **settings), executor,
-                              **({"clock": clock} if clock else {}))
+                              **({"clock": clock} if clock else {}), nvml_backend=nvml_backend)
         started.append(server)
         return server
 

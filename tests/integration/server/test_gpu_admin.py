@@ -18,6 +18,7 @@ from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDenied
 from gpupool.executors.base import ReplicaLaunch
 from gpupool.executors.fake import FakeExecutor
 from gpupool.executors.local import pick_free_ports
+from gpupool.gpu.mps import mps_paths
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.schemas import GpuInfo
 from gpupool.server.workers.scheduling import ClusterState, SchedulingLoop
@@ -103,11 +104,11 @@ def test_gpu_changes_are_for_administrators_and_name_real_cards(admin: Client, g
 def test_mps_daemons_start_and_stop_with_the_mode(admin: Client, fake: FakeExecutor, gpu_server: TestServer) -> None:
     change = admin.set_sharing(NODE, 1, "mps")
     assert change.mps is not None and change.mps.state == "running" and change.mps.pid
-    log = gpu_server.settings.home / "mps" / "1" / "log" / "control.log"
-    assert log.read_text() == f"started for {card(admin, 1).uuid}\n"  # the daemon sees only its card
+    paths = mps_paths(gpu_server.settings.home, card(admin, 1).uuid)  # keyed by the card's UUID
+    assert (paths.log_dir / "control.log").read_text() == f"started for {card(admin, 1).uuid}\n"  # only its card
     wid = admin.submit(job("client", "{share: 0.5, memory: 20GiB}")).workload.id
     env = launch_of(fake, wid).env
-    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(gpu_server.settings.home / "mps" / "1" / "pipe")
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(paths.pipe_dir)
     assert (env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"]) == ("50", "0=20480M")
     admin.cancel(wid)
     wait_until(lambda: card(admin, 1).allocated_milli == 0, what="client gone")

@@ -95,6 +95,27 @@ def test_the_kill_policy_stops_an_overusing_workload(server_factory: ServerFacto
         assert replica.exit_code in (143, 137)
 
 
+def test_a_driver_reporting_host_pids_still_attributes_by_replica_marker(
+        server_factory: ServerFactory, local_servers: list[TestServer], tmp_path: Path) -> None:
+    # the fake driver reports every process by a pid of another PID namespace (as an old driver does for a
+    # server in a container): no session lookup can work, the replica's marker variables must
+    description = write_description(tmp_path, {"node": "m", "host_pids": True, "gpus": [a100s(1, utilization=70)],
+                                               "processes": [{"env": "GPU_TEST_TAG=hog", "memory": "14GiB"}]})
+    server = start_local(server_factory, local_servers, description,
+                         overuse_tolerance_by_model={"A100-SXM4-80GB": 4096})
+    with server.client() as admin:
+        admin.set_sharing(NODE, 0, "shared")
+        wid = admin.submit(HOG).workload.id
+        gpu = wait_until(lambda: (g := admin.gpus_now()[0]).users and g.users[0].memory_used_bytes and g,
+                         timeout_s=20, what="attributed memory")
+        assert (gpu.users[0].workload_id, gpu.users[0].memory_used_bytes) == (wid, 14 * GIB)
+        assert gpu.unowned_memory_bytes == 0
+        assert gpu.attribution_note and "another PID namespace" in gpu.attribution_note
+        # 14336 MiB against 10240 MiB + this model's 4096 MiB tolerance: not over-use, however long it lasts
+        wait_until(lambda: len(admin.workload_series(wid).series[0].points) >= 10, what="10 samples (> grace)")
+        assert not [e for e in admin.get_workload(wid).events if "over-use" in e.reason]
+
+
 def test_gpu_series_by_node_gpu_metric_and_time(server_factory: ServerFactory, fake: FakeExecutor,
                                                 hog_node: Path) -> None:
     server = server_factory(executor=fake, gpu_description=hog_node, sample_interval_s=0.05)

@@ -29,9 +29,12 @@ class FakeRunner:
     calls: list[tuple[tuple[str, ...], dict[str, str], str | None]] = field(default_factory=list)
     next_pid: int = 4000
 
+    outputs: list[Path | None] = field(default_factory=list)
+
     def __call__(self, argv: Sequence[str], env: Mapping[str, str], stdin: str | None = None,
-                 timeout_s: float = 30.0) -> CommandResult:
+                 timeout_s: float = 30.0, output: Path | None = None) -> CommandResult:
         self.calls.append((tuple(argv), dict(env), stdin))
+        self.outputs.append(output)
         key = " ".join(argv[1:]) or (stdin or "").strip()
         if key in self.fail:
             return self.fail[key]
@@ -63,7 +66,8 @@ def test_start_runs_the_daemon_with_its_own_directories(tmp_path: Path, runner: 
     status = _manager(tmp_path, runner).start(2, UUID, now=5.0)
     assert (status.state, status.pid, status.gpu_index, status.checked_at) == (MpsState.RUNNING, 4001, 2, 5.0)
     assert runner.commands() == [("nvidia-cuda-mps-control", "-d")]
-    paths = mps_paths(tmp_path, 2)
+    paths = mps_paths(tmp_path, UUID)
+    assert runner.outputs == [paths.log_dir / "start.log"]  # detached, its output to a file
     assert runner.calls[0][1] == {"CUDA_VISIBLE_DEVICES": UUID, "CUDA_MPS_PIPE_DIRECTORY": str(paths.pipe_dir),
                                   "CUDA_MPS_LOG_DIRECTORY": str(paths.log_dir)}
     assert paths.pipe_dir.is_dir() and paths.log_dir.is_dir()
@@ -88,7 +92,7 @@ def test_with_compute_mode_the_card_is_made_exclusive_then_restored(tmp_path: Pa
         ("nvidia-cuda-mps-control", "<<quit"),
         ("nvidia-smi", "-i", UUID, "-c", "DEFAULT"),
     ]
-    assert not mps_paths(tmp_path, 1).pid_file.exists()
+    assert not mps_paths(tmp_path, UUID).pid_file.exists()
 
 
 def test_stopping_without_a_daemon_does_nothing(tmp_path: Path, runner: FakeRunner) -> None:
@@ -99,12 +103,12 @@ def test_stopping_without_a_daemon_does_nothing(tmp_path: Path, runner: FakeRunn
 def test_a_daemon_that_dies_is_reported_with_its_log(tmp_path: Path, runner: FakeRunner) -> None:
     manager = _manager(tmp_path, runner)
     started = manager.start(0, UUID, 0.0)
-    (mps_paths(tmp_path, 0).log_dir / "control.log").write_text(
+    (mps_paths(tmp_path, UUID).log_dir / "control.log").write_text(
         "[2024-05-01 10:00:00.000 Control 4001] Starting control daemon\n"
         "[2024-05-01 10:05:00.000 Control 4001] Server 4100 exited with status 1\n")
     assert started.pid is not None
     runner.alive.discard(started.pid)
-    status = manager.check(0, 60.0)
+    status = manager.check(0, UUID, 60.0)
     assert status.state == MpsState.FAILED and status.checked_at == 60.0
     assert "daemon 4001 for GPU 0 died" in status.message and "Server 4100 exited with status 1" in status.message
     restarted = manager.start(0, UUID, 61.0)  # the reconciler starts it again
@@ -180,15 +184,15 @@ def test_a_real_daemon_process_is_started_watched_and_stopped(tmp_path: Path, st
     manager = MpsManager(tmp_path / "home", SubprocessRunner(), control=str(stand_in))
     started = manager.start(0, UUID, 0.0)
     assert started.state == MpsState.RUNNING and started.pid is not None
-    assert (mps_paths(tmp_path / "home", 0).log_dir / "control.log").read_text() == f"started for {UUID}\n"
+    assert (mps_paths(tmp_path / "home", UUID).log_dir / "control.log").read_text() == f"started for {UUID}\n"
     os.kill(started.pid, signal.SIGKILL)
     _reap(started.pid)
-    failed = manager.check(0, 1.0)
+    failed = manager.check(0, UUID, 1.0)
     assert failed.state == MpsState.FAILED and f"started for {UUID}" in failed.message
     again = manager.start(0, UUID, 2.0)
     assert again.state == MpsState.RUNNING and again.pid != started.pid
     assert manager.stop(0, UUID, 3.0).state == MpsState.STOPPED
-    assert manager.check(0, 4.0).state == MpsState.STOPPED
+    assert manager.check(0, UUID, 4.0).state == MpsState.STOPPED
 
 
 def _reap(pid: int) -> None:
@@ -197,3 +201,47 @@ def _reap(pid: int) -> None:
         if not pid_alive(pid):
             return
         time.sleep(0.01)
+
+
+def test_directories_are_keyed_by_gpu_uuid_and_stay_short(tmp_path: Path) -> None:
+    home = Path("/home/u/.gpupool")
+    a, b = mps_paths(home, "GPU-aaaa"), mps_paths(home, "GPU-bbbb")  # two nodes' GPU 0: apart
+    assert (a.pipe_dir, b.log_dir) == (home / "mps/GPU-aaaa/pipe", home / "mps/GPU-bbbb/log")
+    deep = tmp_path / ("x" * 60)
+    long_uuid = "GPU-0b7e8d1c-1111-2222-3333-444455556666"
+    paths = mps_paths(deep, long_uuid)
+    # 60 + the tmp path + 40 characters of UUID would pass 88: a digest of the UUID keeps it short and stable
+    assert paths.pipe_dir.parent.name.startswith("gpu-") and len(paths.pipe_dir.parent.name) == 20
+    assert paths == mps_paths(deep, long_uuid) != mps_paths(deep, long_uuid + "7")
+
+
+CHATTY = """#!/bin/sh
+# a daemon that keeps the stdout/stderr it inherited, as a forked daemon may
+pidfile="$CUDA_MPS_PIPE_DIRECTORY/nvidia-cuda-mps-control.pid"
+if [ "$1" = "-d" ]; then
+  echo "starting"
+  (sleep 300; echo never) &
+  echo $! > "$pidfile"
+  exit 0
+fi
+read command
+if [ "$command" = "quit" ]; then kill "$(cat "$pidfile")"; fi
+"""
+
+
+def test_a_daemon_that_keeps_its_output_open_does_not_hold_the_start(tmp_path: Path) -> None:
+    program = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    program.parent.mkdir()
+    program.write_text(CHATTY)
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    manager = MpsManager(tmp_path / "home", SubprocessRunner(), control=str(program))
+    began = time.monotonic()
+    started = manager.start(0, UUID, 0.0)
+    try:
+        # with its output on pipes, the start would wait for the runner's 30 s timeout and report a failure
+        assert started.state == MpsState.RUNNING and time.monotonic() - began < 10
+        assert (mps_paths(tmp_path / "home", UUID).log_dir / "start.log").read_text() == "starting\n"
+    finally:
+        if started.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(started.pid, signal.SIGKILL)

@@ -128,7 +128,7 @@ def test_old_pynvml_bytes_and_cuda_versions_are_decoded() -> None:
     inventory = NvmlBackend(lambda: OldPynvml(state)).discover()
     assert (inventory.gpus[0].name, inventory.driver_version, inventory.cuda_version) == ("Tesla T4", "470.82.01",
                                                                                           "11.8")
-    assert inventory.gpus[0].sm_count is None  # not reported for this card: left unknown
+    assert inventory.gpus[0].sm_count == 40  # NVML gives no SM count for a whole card: the catalog's T4 entry
 
 
 def test_close_shuts_nvml_down_once(backend: FakeBackend) -> None:

@@ -17,6 +17,7 @@ from gpupool.domain.nodes import Gpu, MigInstance
 from gpupool.domain.resources import SharingMode
 from gpupool.executors.environment import gpu_env
 from gpupool.gpu import _sitecustomize
+from gpupool.gpu.mps import mps_paths
 from gpupool.gpu.sharing import SharingConfig, gpu_environment, install_sitecustomize
 from gpupool.scheduler.types import GpuAssignment
 
@@ -72,8 +73,8 @@ def test_hami_core_replaces_the_soft_cap_when_configured(tmp_path: Path) -> None
 def test_an_mps_client_gets_its_daemon_and_limits(config: SharingConfig) -> None:
     env = gpu_environment([GpuAssignment(3, 250, 20 * GIB)], _cards(), config)
     assert env.mode == SharingMode.MPS
-    assert env.variables["CUDA_MPS_PIPE_DIRECTORY"] == str(config.home / "mps" / "3" / "pipe")
-    assert env.variables["CUDA_MPS_LOG_DIRECTORY"] == str(config.home / "mps" / "3" / "log")
+    assert env.variables["CUDA_MPS_PIPE_DIRECTORY"] == str(mps_paths(config.home, "GPU-ddd").pipe_dir)
+    assert env.variables["CUDA_MPS_LOG_DIRECTORY"] == str(mps_paths(config.home, "GPU-ddd").log_dir)
     assert env.variables["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
     assert env.variables["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=20480M"
     # the daemon sees only this card, and MPS renumbers it 0 for its clients

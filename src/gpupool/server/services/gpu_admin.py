@@ -226,6 +226,20 @@ def _end_mig_change(db: Database, node: str, index: int, inventory: GpuInventory
         gpus.refresh_node_gpus(session, row, settings)
 
 
+def adopt_discovered_gpus(db: Database, runtime: GpuRuntime, node: str, now: float) -> str:
+    """Discover a local node's GPUs again and store them (inventory, settings, cards): for a node whose NVML
+    was unavailable at start-up and works now (the backend retries nvmlInit). Returns what was found."""
+    inventory = runtime.node(node).discover()
+    with db.session() as session:
+        row = gpus.node_or_404(session, node, lock=True)
+        row.gpu_inventory = inventory.to_dict()
+        settings = gpus.sync_settings(session, node, inventory, runtime.node(node).local.default_mode, now)
+        gpus.refresh_node_gpus(session, row, settings)
+    found = f"node {node}: NVML works now; {len(inventory.gpus)} GPU(s) found"
+    log.info(found)
+    return found
+
+
 # ------------------------------------------------------------------------------------------ health
 def clear_unhealthy(db: Database, runtime: GpuRuntime, principal: Principal, node: str, index: int,
                     now: float) -> GpuChange:

@@ -95,7 +95,10 @@ def _reading(gpu: GpuNow, report: MonitorReport | None) -> GpuNow:
     users = [u.model_copy(update={"memory_used_bytes": used.get((str(u.workload_id), u.replica))})
              if u.workload_id is not None else u for u in gpu.users]
     unowned = sum(p.memory_bytes or 0 for p in report.unowned if p.gpu_index == gpu.index)
-    update: dict[str, object] = {"sampled_at": report.time, "users": users, "unowned_memory_bytes": unowned}
+    servers = sum(p.memory_bytes or 0 for p in report.mps_servers if p.gpu_index == gpu.index)
+    update: dict[str, object] = {"sampled_at": report.time, "users": users, "unowned_memory_bytes": unowned,
+                                 "mps_server_memory_bytes": servers,
+                                 "attribution_note": report.attribution_note or None}
     if reading is not None:
         update |= {"utilization_pct": reading.utilization_pct, "memory_used_bytes": reading.memory_used_bytes,
                    "memory_total_bytes": reading.memory_total_bytes, "power_w": reading.power_w,

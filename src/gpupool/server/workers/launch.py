@@ -70,7 +70,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         node_row = node_rows[replica.node]
         cards = [gpu_from_json(g) for g in node_row.gpus] if node_row else []
         ports = chosen_ports(replica)
-        env = gpu_environment(placement.gpus, cards, settings.sharing).merged_into(merge_env(
+        env = gpu_environment(placement.gpus, cards, settings.sharing, replica.id).merged_into(merge_env(
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
             rdv, scopes.env(), port_env(spec.ports, ports)))
         launches.append(ReplicaLaunch(

@@ -9,7 +9,10 @@ Each step:
    policy a failed workload whose replicas are stopped; idle allocations; unhealthy marks);
 4. updates the Prometheus metrics (GPU readings, workload memory, idle allocations, over-use counts, queue
    depth and allocation ratios);
-5. every `mps_check_interval_s`, checks the MPS daemons of cards in mps mode and restarts failed ones.
+5. every `mps_check_interval_s`, checks the MPS daemons of cards in mps mode and restarts failed ones;
+6. with HAMi-core configured, removes the shared cache files of replicas that are no longer live;
+7. a node whose NVML was unavailable at start-up and now samples GPUs (the backend retries nvmlInit) is
+   discovered again and its cards stored.
 
 All state that matters lives in the store or is rebuilt from the next sample, so the worker is safe to
 restart; a failing node is logged and skipped, the others are still sampled.
@@ -29,9 +32,10 @@ from gpupool.domain.placement import ReplicaPlacement
 from gpupool.domain.status import WorkloadStatus
 from gpupool.executors.base import Capability, Executor, Handle
 from gpupool.gpu.monitor import MonitorReport, ReplicaKey, allocations_for
+from gpupool.gpu.sharing import sweep_hami_caches
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.server.gpu_runtime import GpuRuntime
-from gpupool.server.services.gpu_admin import reconcile_mps
+from gpupool.server.services.gpu_admin import adopt_discovered_gpus, reconcile_mps
 from gpupool.server.services.gpu_events import record_report
 from gpupool.store.convert import gpu_from_json, node_from_row, placement_from_json
 from gpupool.store.db import Database
@@ -117,6 +121,12 @@ class GpuSampler:
             self._next_mps_check = now + self.mps_check_interval_s
             for name in sorted(self.runtime.nodes):
                 reconcile_mps(self.db, self.runtime, name, now)
+        if self.runtime.sharing.hami_library is not None:
+            sweep_hami_caches(self.runtime.sharing, {r.id for r in view.replicas})
+        for name, report in sorted(reports.items()):
+            node = self.runtime.nodes.get(name)
+            if node is not None and report.gpus and node.local.inventory.unavailable is not None:
+                adopt_discovered_gpus(self.db, self.runtime, name, now)
 
     def _owners(self, replicas: list[_Replica]) -> dict[int, ReplicaKey]:
         """Session id -> replica, for started replicas whose executor can say (cached per replica)."""
