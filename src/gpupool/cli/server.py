@@ -68,9 +68,11 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
                           "running? (`gpupool nodes` talks to it) Otherwise choose another --port.")
         raise typer.Exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "debug":  # one INFO line per migration step is noise at every start
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     _preflight(settings)
-    err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs); state in "
-                      f"{settings.home}; admin token in {settings.token_file}")
+    err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs)\n  state in "
+                      f"{settings.home}\n  admin token in {settings.token_file}", soft_wrap=True, markup=False)
     import uvicorn  # noqa: PLC0415  (heavy: only `up` needs the server)
 
     from gpupool.server.app import create_app  # noqa: PLC0415
