@@ -146,8 +146,10 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except (GpupoolError, TimeoutError) as exc:
             kind, code = classify(exc)
+            as_json = bool(kwargs.get("as_json"))
             field = exc.field if isinstance(exc, ValidationError) else None
-            raise fail(str(exc), kind, code, as_json=bool(kwargs.get("as_json")), field=field) from None
+            message = exc.detail if as_json and isinstance(exc, ValidationError) and field else str(exc)
+            raise fail(message, kind, code, as_json=as_json, field=field) from None
 
     return wrapper
 
