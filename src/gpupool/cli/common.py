@@ -104,6 +104,13 @@ err_console: Any = _Consoles(stderr=True)
 
 def make_client() -> Client:
     """A client configured from GPUPOOL_URL / GPUPOOL_TOKEN / $GPUPOOL_HOME/token."""
+    if "httpx" not in sys.modules:
+        # `import httpx` also imports httpx's own command-line tool (click, rich, pygments) whenever those are
+        # installed, as they are here: about a third of its import time (benchmarks/cli). An empty
+        # httpx._main makes httpx fall back to its stub `main`, which this process never calls.
+        import types  # noqa: PLC0415
+
+        sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
     from gpupool.client.http import Client  # noqa: PLC0415  (lazy: start-up time)
 
     return Client()

@@ -26,7 +26,6 @@ from gpupool.cli.common import (
     table,
 )
 from gpupool.domain.errors import NotFoundError
-from gpupool.domain.specs import priority_name
 
 if TYPE_CHECKING:
     from gpupool.client.http import Client
@@ -141,6 +140,8 @@ def _print_page(page: schemas.WorkloadPage, as_json: bool, filtered: bool) -> No
     if as_json:
         print_json(page)
         return
+    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+
     now = time.time()
     out = table("ID", "NAME", "PROJECT", "USER", "STATUS", "PRIORITY", "REPLICAS", "AGE", "WHY / POSITION")
     for w in page.items:
@@ -165,6 +166,8 @@ def show(workload: WorkloadArg,
     if as_json:
         print_json(w)
         return
+    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+
     lines = [f"status      {status_text(w.status)}  ({w.message})" if w.message else f"status  {w.status}",
              f"kind        {w.kind}    project {w.project}    queue {w.queue}    user {w.user}",
              f"priority    {priority_name(w.priority)}    replicas {w.replicas}    run {w.attempt}    "

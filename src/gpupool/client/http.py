@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import (
     AuthenticationError,
     ConflictError,
@@ -27,7 +28,6 @@ from gpupool.domain.errors import (
 )
 from gpupool.domain.status import TERMINAL_STATUSES
 from gpupool.server.api import gpu_schemas, schemas
-from gpupool.server.settings import ClientSettings
 
 T = TypeVar("T")
 API = "/api/v1"

@@ -1,7 +1,7 @@
 """Configuration: the one place that reads environment variables (prefix GPUPOOL_).
 
-`Settings` configures the server (`gpupool up` passes its flags as overrides); `ClientSettings` tells the
-CLI and SDK where the server is and which token to use. Everything else receives these objects.
+`Settings` configures the server (`gpupool up` passes its flags as overrides); `client/settings.py` holds
+what the CLI and SDK read (where the server is, which token). Everything else receives these objects.
 """
 
 from __future__ import annotations
@@ -95,29 +95,3 @@ class Settings(BaseSettings):
     def executor_dir(self) -> Path:
         """The executor's own state (pid files, exit codes)."""
         return self.home / "executor"
-
-
-class ClientSettings(BaseSettings):
-    """Where the CLI and SDK find the server: GPUPOOL_URL, GPUPOOL_TOKEN (else the token file in GPUPOOL_HOME)."""
-
-    model_config = SettingsConfigDict(env_prefix="GPUPOOL_", extra="ignore")
-
-    url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
-    token: str | None = None
-    home: Path = DEFAULT_HOME
-    timeout_s: float = 30.0
-
-    @field_validator("home", mode="after")
-    @classmethod
-    def _home_is_absolute(cls, value: Path) -> Path:
-        return _expand(value)
-
-    def resolved_token(self) -> str | None:
-        """GPUPOOL_TOKEN, else the first line of $GPUPOOL_HOME/token, else None."""
-        if self.token:
-            return self.token.strip()
-        path = self.home / "token"
-        try:
-            return path.read_text().strip() or None
-        except OSError:
-            return None

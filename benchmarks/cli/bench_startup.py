@@ -1,0 +1,105 @@
+"""Start-up time of `gpupool` commands: Python's import time (`python -X importtime`) and wall time.
+
+Starts a throw-away server (`gpupool up` on a free port, its own GPUPOOL_HOME), submits one workload so
+that `show` and `logs` have something to print, then runs each command `--runs` times and prints a Markdown
+table of the medians. `--src DIR` measures another checkout's `src/` instead (e.g. the previous commit,
+exported with `git archive`), with the same Python environment.
+
+    .venv/bin/python benchmarks/cli/bench_startup.py --runs 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+COMMANDS = [["version"], ["whoami"], ["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"],
+            ["submit", "examples/hello.yaml"], ["top", "--once"], ["plan", "gpus"],
+            ["plan", "mig", "A100-40GB", "--sm", "28"], ["sim", "--help"], ["up", "--help"]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def import_ms(stderr: str) -> float:
+    """Total import time in ms: the sum of the cumulative times of the top-level imports."""
+    total_us = 0
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            _, cumulative, name = line.split("|", 2)
+            if not name.startswith("  ") and cumulative.strip().isdigit():  # nested ones are inside these
+                total_us += int(cumulative)
+    return total_us / 1000
+
+
+def measure(args: list[str], env: dict[str, str], runs: int) -> tuple[float, float] | None:
+    """Median import time and median wall time (ms) of `python -X importtime -m gpupool ARGS`; None when the
+    command does not exist (an older checkout)."""
+    imports, walls = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "gpupool", *args], env=env, cwd=REPO,
+                                capture_output=True, text=True, check=False)
+        walls.append((time.perf_counter() - start) * 1000)
+        if "No such command" in result.stderr:
+            return None
+        if result.returncode != 0:
+            raise SystemExit(f"gpupool {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+        imports.append(import_ms(result.stderr))
+    return statistics.median(imports), statistics.median(walls)
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per command (the median is reported)")
+    parser.add_argument("--src", type=Path, help="a src/ directory to measure instead of this checkout's")
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPOOL_")}
+        env.update({"GPUPOOL_HOME": tmp, "GPUPOOL_URL": f"http://127.0.0.1:{port}", "COLUMNS": "200"})
+        if options.src is not None:
+            env["PYTHONPATH"] = str(options.src.resolve())
+        server = subprocess.Popen([sys.executable, "-m", "gpupool", "up", "--port", str(port)], env=env, cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_healthy(port)
+            subprocess.run([sys.executable, "-m", "gpupool", "submit", "examples/hello.yaml", "--wait"], env=env,
+                           cwd=REPO, check=True, capture_output=True)
+            print("| command | imports (ms) | wall (ms) |\n|---|---:|---:|")
+            for args in COMMANDS:
+                found = measure(args, env, options.runs)
+                figures = f"{found[0]:.0f} | {found[1]:.0f}" if found else "- | -"
+                print(f"| `gpupool {' '.join(args)}` | {figures} |", flush=True)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+
+def _wait_healthy(port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not start within 60 s")
+
+
+if __name__ == "__main__":
+    main()
