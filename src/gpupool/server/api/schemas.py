@@ -17,10 +17,9 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 
 
 class Model(BaseModel):
-    """Base: unknown fields are refused, so a typo in a request is an error rather than ignored. Validators
-    are built on first use (defer_build), so that a CLI command pays only for the few types it uses."""
+    """Base: unknown fields are refused, so a typo in a request is an error rather than ignored."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class ErrorDetail(Model):
