@@ -2,10 +2,12 @@
 
 Starts a throw-away server (`gpupool up` on a free port, its own GPUPOOL_HOME), submits one workload so
 that `show` and `logs` have something to print, then runs each command `--runs` times and prints a Markdown
-table of the medians. `--src DIR` measures another checkout's `src/` instead (e.g. the previous commit,
-exported with `git archive`), with the same Python environment.
+table of the medians. `--compare DIR` also measures another checkout's `src/` (e.g. an older commit,
+exported with `git archive`) with the same Python environment and server, each of its runs right after
+one of this checkout's, so that both see the same machine load.
 
     .venv/bin/python benchmarks/cli/bench_startup.py --runs 7
+    git archive OLD src | tar -x -C /tmp/old && .venv/bin/python benchmarks/cli/bench_startup.py --compare /tmp/old/src
 """
 
 from __future__ import annotations
@@ -44,46 +46,57 @@ def import_ms(stderr: str) -> float:
     return total_us / 1000
 
 
-def measure(args: list[str], env: dict[str, str], runs: int) -> tuple[float, float] | None:
-    """Median import time and median wall time (ms) of `python -X importtime -m gpupool ARGS`; None when the
-    command does not exist (an older checkout)."""
-    imports, walls = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "gpupool", *args], env=env, cwd=REPO,
-                                capture_output=True, text=True, check=False)
-        walls.append((time.perf_counter() - start) * 1000)
-        if "No such command" in result.stderr:
-            return None
-        if result.returncode != 0:
-            raise SystemExit(f"gpupool {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-        imports.append(import_ms(result.stderr))
-    return statistics.median(imports), statistics.median(walls)
+def run_once(args: list[str], env: dict[str, str]) -> tuple[float, float] | None:
+    """Import time and wall time (ms) of one `python -X importtime -m gpupool ARGS`; None when the command
+    does not exist (an older checkout)."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "gpupool", *args], env=env, cwd=REPO,
+                            capture_output=True, text=True, check=False)
+    wall = (time.perf_counter() - start) * 1000
+    if "No such command" in result.stderr:
+        return None
+    if result.returncode != 0:
+        raise SystemExit(f"gpupool {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
+    return import_ms(result.stderr), wall
+
+
+def _median(samples: list[tuple[float, float] | None]) -> str:
+    found = [s for s in samples if s is not None]
+    if not found:
+        return "- | -"
+    return f"{statistics.median(s[0] for s in found):.0f} | {statistics.median(s[1] for s in found):.0f}"
 
 
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per command (the median is reported)")
-    parser.add_argument("--src", type=Path, help="a src/ directory to measure instead of this checkout's")
+    parser.add_argument("--compare", type=Path, help="another checkout's src/ directory to measure as well")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPOOL_")}
         env.update({"GPUPOOL_HOME": tmp, "GPUPOOL_URL": f"http://127.0.0.1:{port}", "COLUMNS": "200"})
-        if options.src is not None:
-            env["PYTHONPATH"] = str(options.src.resolve())
+        other = {**env, "PYTHONPATH": str(options.compare.resolve())} if options.compare else None
         server = subprocess.Popen([sys.executable, "-m", "gpupool", "up", "--port", str(port)], env=env, cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_healthy(port)
             subprocess.run([sys.executable, "-m", "gpupool", "submit", "examples/hello.yaml", "--wait"], env=env,
                            cwd=REPO, check=True, capture_output=True)
-            print("| command | imports (ms) | wall (ms) |\n|---|---:|---:|")
+            header = "| command | imports (ms) | wall (ms) |"
+            if other is not None:
+                header += " imports, compared (ms) | wall, compared (ms) |"
+            print(header + "\n|---|" + "---:|" * (header.count("|") - 2))
             for args in COMMANDS:
-                found = measure(args, env, options.runs)
-                figures = f"{found[0]:.0f} | {found[1]:.0f}" if found else "- | -"
-                print(f"| `gpupool {' '.join(args)}` | {figures} |", flush=True)
+                ours: list[tuple[float, float] | None] = []
+                theirs: list[tuple[float, float] | None] = []
+                for _ in range(options.runs):
+                    ours.append(run_once(args, env))
+                    if other is not None:
+                        theirs.append(run_once(args, other))
+                row = f"| `gpupool {' '.join(args)}` | {_median(ours)} |"
+                print(row + (f" {_median(theirs)} |" if other is not None else ""), flush=True)
         finally:
             server.terminate()
             server.wait(30)

@@ -75,6 +75,17 @@ _ERROR_KINDS: tuple[tuple[type[GpupoolError], str, ExitCode], ...] = (
 )
 
 
+def make_console(stderr: bool = False) -> Console:
+    """A Rich console on stdout (or stderr) that lays tables out PIPED_WIDTH wide when it is not a terminal."""
+    import os  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415  (lazy: start-up time)
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
 class _Consoles:
     """Rich consoles, created on first use (importing Rich costs start-up time commands that print no table
     do not need)."""
@@ -84,14 +95,9 @@ class _Consoles:
         self._console: Console | None = None
 
     def get(self) -> Console:
+        """The console, made on first use."""
         if self._console is None:
-            import os  # noqa: PLC0415
-
-            from rich.console import Console  # noqa: PLC0415  (lazy: start-up time)
-
-            stream = sys.stderr if self._stderr else sys.stdout
-            width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
-            self._console = Console(stderr=self._stderr, highlight=False, width=width)
+            self._console = make_console(stderr=self._stderr)
         return self._console
 
     def __getattr__(self, name: str) -> Any:

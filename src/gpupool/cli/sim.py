@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from gpupool.cli.common import err_console
 from gpupool.domain.errors import GpupoolError
 from gpupool.scheduler.placement.names import POLICY_NAMES
 
 sim_app = typer.Typer(help="Simulate the scheduler on traces: policies, what-ifs, and the FGD benchmark.",
                       no_args_is_help=True)
-err = Console(stderr=True)
+err = err_console
 
 NodesOpt = Annotated[Path, typer.Option("--nodes", help="Node list CSV (openb format: sn,cpu_milli,memory_mib,gpu,"
                                         "model).", exists=True, dir_okay=False)]
