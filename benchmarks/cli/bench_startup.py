@@ -1,4 +1,7 @@
-"""Start-up time of `gpupool` commands: Python's import time (`python -X importtime`) and wall time.
+"""Start-up time of `gpupool` commands: Python's import time (`python -X importtime`), CPU time and wall time.
+
+CPU time (user + system of the command's process) is the figure to compare on a shared machine: wall time
+and import time also count the time the process waited for a CPU.
 
 Starts a throw-away server (`gpupool up` on a free port, its own GPUPOOL_HOME), submits one workload so
 that `show` and `logs` have something to print, then runs each command `--runs` times and prints a Markdown
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -46,25 +50,33 @@ def import_ms(stderr: str) -> float:
     return total_us / 1000
 
 
-def run_once(args: list[str], env: dict[str, str]) -> tuple[float, float] | None:
-    """Import time and wall time (ms) of one `python -X importtime -m gpupool ARGS`; None when the command
-    does not exist (an older checkout)."""
-    start = time.perf_counter()
+Sample = tuple[float, float, float]  # import ms, CPU ms, wall ms
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(args: list[str], env: dict[str, str]) -> Sample | None:
+    """Import time, CPU time and wall time (ms) of one `python -X importtime -m gpupool ARGS`; None when the
+    command does not exist (an older checkout)."""
+    cpu, start = _cpu_s(), time.perf_counter()
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "gpupool", *args], env=env, cwd=REPO,
                             capture_output=True, text=True, check=False)
-    wall = (time.perf_counter() - start) * 1000
+    wall, cpu = (time.perf_counter() - start) * 1000, (_cpu_s() - cpu) * 1000
     if "No such command" in result.stderr:
         return None
     if result.returncode != 0:
         raise SystemExit(f"gpupool {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-2000:]}")
-    return import_ms(result.stderr), wall
+    return import_ms(result.stderr), cpu, wall
 
 
-def _median(samples: list[tuple[float, float] | None]) -> str:
+def _median(samples: list[Sample | None]) -> str:
     found = [s for s in samples if s is not None]
     if not found:
-        return "- | -"
-    return f"{statistics.median(s[0] for s in found):.0f} | {statistics.median(s[1] for s in found):.0f}"
+        return "- | - | -"
+    return " | ".join(f"{statistics.median(s[i] for s in found):.0f}" for i in range(3))
 
 
 def main() -> None:
@@ -84,13 +96,13 @@ def main() -> None:
             _wait_healthy(port)
             subprocess.run([sys.executable, "-m", "gpupool", "submit", "examples/hello.yaml", "--wait"], env=env,
                            cwd=REPO, check=True, capture_output=True)
-            header = "| command | imports (ms) | wall (ms) |"
+            header = "| command | imports (ms) | CPU (ms) | wall (ms) |"
             if other is not None:
-                header += " imports, compared (ms) | wall, compared (ms) |"
+                header += " imports, compared | CPU, compared | wall, compared |"
             print(header + "\n|---|" + "---:|" * (header.count("|") - 2))
             for args in COMMANDS:
-                ours: list[tuple[float, float] | None] = []
-                theirs: list[tuple[float, float] | None] = []
+                ours: list[Sample | None] = []
+                theirs: list[Sample | None] = []
                 for _ in range(options.runs):
                     ours.append(run_once(args, env))
                     if other is not None:

@@ -8,7 +8,7 @@ import typer
 
 from gpupool.cli.common import JSON_HELP, ExitCode, console, handle_errors, make_client, print_json, status_text
 from gpupool.cli.workloads import WorkloadArg, resolve
-from gpupool.domain.status import TERMINAL_STATUSES
+from gpupool.domain.status import TERMINAL_STATUSES, WorkloadStatus
 
 FOREVER_S = 7 * 86400  # "no timeout": a week, longer than any max_runtime a pool is likely to allow
 _ENDED = {s.value for s in TERMINAL_STATUSES}
@@ -37,9 +37,13 @@ def wait(workload: WorkloadArg,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Wait until a workload ends (or reaches a --for status). Exit 0 when it succeeded or reached the status
     asked for, 1 when it ended otherwise, 6 on --timeout."""
+    wanted = set(status or ())
+    unknown = sorted(wanted - {s.value for s in WorkloadStatus})
+    if unknown:
+        raise typer.BadParameter(f"unknown status {unknown[0]!r}; one of "
+                                 f"{', '.join(s.value for s in WorkloadStatus)}", param_hint="--for")
     with make_client() as client:
         wid = resolve(client, workload)
-        wanted = set(status or ())
         done = client.wait(wid, statuses=sorted(wanted | _ENDED) if wanted else None,
                            timeout_s=FOREVER_S if timeout is None else timeout)
     if as_json:
