@@ -22,6 +22,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run ## Create the environment and start the server on 127.0.0.1 (SQLite, this machine as the node pool)
+	@echo "gpupool is installed in $(VENV): in another terminal, run 'source $(VENV)/bin/activate' to put"
+	@echo "'gpupool' on your PATH (or call $(BIN)/gpupool), then try: gpupool submit examples/hello.yaml"
 	$(BIN)/gpupool up
 
 lint: $(VENV)/.installed-test ## ruff and the purity contract of the core

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from gpupool.cli.main import app
 
-COMMANDS = [["up"], ["submit"], ["ls"], ["show"], ["logs"], ["cancel"], ["nodes"], ["queues"], ["queues", "set"],
+COMMANDS = [["up"], ["submit"], ["ls"], ["show"], ["logs"], ["cancel"], ["wait"], ["resubmit"], ["whoami"],
+            ["nodes"], ["queues"], ["queues", "set"],
             ["projects"], ["projects", "create"], ["projects", "add-member"], ["projects", "remove-member"],
             ["users"], ["users", "create"], ["tokens"], ["tokens", "create"], ["tokens", "revoke"], ["nodes", "show"],
             ["nodes", "set-sharing"], ["nodes", "set-mig"], ["nodes", "clear-unhealthy"], ["top"], ["report"],
@@ -34,7 +35,7 @@ def test_a_helpful_message_when_the_server_is_not_running(tmp_path: Path) -> Non
     env = cli_env(tmp_path, free_port())
     for command in (["ls"], ["nodes"], ["show", "1"], ["submit", "examples/hello.yaml"], ["queues"]):
         result = run_cli(command, env, check=False)
-        assert result.returncode == 1, command
+        assert result.returncode == 5, command  # 5: the server cannot be reached
         assert "cannot reach the gpupool server" in result.stderr and "gpupool up" in result.stderr
         assert "Traceback" not in result.stderr
 
@@ -56,14 +57,14 @@ def test_workload_commands(start_server: StartServer, tmp_path: Path) -> None:
     bad = subprocess.run(
         [sys.executable, "-m", "gpupool", "submit", "-"], input="comand: x\n", env=env, cwd=REPO,
         capture_output=True, text=True, check=False)
-    assert bad.returncode == 1 and 'did you mean "command"' in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and 'did you mean "command"' in bad.stderr and "Traceback" not in bad.stderr
     sleeper: Any = json_of(subprocess.run([sys.executable, "-m", "gpupool", "submit", "-", "--json"],
                                           input="command: sleep 60\n", env=env, cwd=REPO, capture_output=True,
                                           text=True, check=True))
     cancelled: Any = run_json(["cancel", str(sleeper["workload"]["id"])], env)
     assert cancelled["status"] == "cancelled"
     again = run_cli(["cancel", str(sleeper["workload"]["id"])], env, check=False)
-    assert again.returncode == 1 and "already ended" in again.stderr
+    assert again.returncode == 4 and "already ended" in again.stderr  # 4: refused
 
 
 def test_pool_and_account_commands(start_server: StartServer) -> None:
@@ -83,7 +84,7 @@ def test_pool_and_account_commands(start_server: StartServer) -> None:
     me: Any = run_json(["users"], alice_env)
     assert [u["name"] for u in me] == ["alice"]
     denied = run_cli(["queues", "set", "vision", "--weight", "5"], alice_env, check=False)
-    assert denied.returncode == 1 and "only administrators" in denied.stderr
+    assert denied.returncode == 4 and "only administrators" in denied.stderr
     run_cli(["projects", "add-member", "vision", "admin", "--role", "viewer"], env)
     projects: Any = run_json(["projects"], alice_env)
     assert {m["user"] for m in projects[0]["members"]} == {"admin", "alice"}
@@ -92,7 +93,7 @@ def test_pool_and_account_commands(start_server: StartServer) -> None:
     assert {t["name"] for t in tokens} == {"initial", "ci"}
     run_cli(["tokens", "revoke", str(created["info"]["id"])], alice_env)
     revoked = run_cli(["ls"], {**env, "GPUPOOL_TOKEN": created["token"]}, check=False)
-    assert revoked.returncode == 1 and "not valid" in revoked.stderr
+    assert revoked.returncode == 4 and "not valid" in revoked.stderr
     _gpu_admin_commands(env, alice_env)
 
 
@@ -106,9 +107,9 @@ def _gpu_admin_commands(env: dict[str, str], member_env: dict[str, str]) -> None
     assert mps["gpu"]["mode"] == "mps" and mps["mps"]["state"] == "simulated"  # no daemon for simulated cards
     assert "was not marked unhealthy" in run_cli(["nodes", "clear-unhealthy", "node", "0"], env).stdout
     bad = run_cli(["nodes", "set-mig", "node", "0", "4g.40gb,4g.40gb"], env, check=False)
-    assert bad.returncode == 1 and "holds at most 1 x 4g.40gb" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "holds at most 1 x 4g.40gb" in bad.stderr and "Traceback" not in bad.stderr
     denied = run_cli(["nodes", "set-sharing", "node", "0", "shared"], member_env, check=False)
-    assert denied.returncode == 1 and "only administrators" in denied.stderr
+    assert denied.returncode == 4 and "only administrators" in denied.stderr
     listed = run_cli(["nodes"], wide).stdout
     assert "mps" in listed and "simulated" in listed
     top = run_cli(["top", "--once"], wide).stdout

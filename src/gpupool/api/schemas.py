@@ -219,11 +219,13 @@ class Queue(Model):
     usage: Resources
     running: int = 0
     pending: int = 0
+    warnings: list[str] = []  # filled by a change: a guarantee, or all together, larger than the pool
 
 
 class QueueUpdate(Model):
-    """PUT /queues/{name}: fields to change. Amounts use the spec's units, e.g. {gpu: 2, memory: 64GiB};
-    a resource missing from `limit` has no ceiling; `limit: {}` removes every ceiling."""
+    """PUT /queues/{name}: fields to change. Amounts use the spec's units, e.g. {gpu: 2, memory: 64GiB}, and
+    are merged into the queue's: a resource left out keeps its guarantee or ceiling, "-" or null removes it;
+    `limit: {}` removes every ceiling."""
 
     guaranteed: dict[str, Any] | None = None
     limit: dict[str, Any] | None = None
@@ -324,10 +326,12 @@ class WorkloadDetail(WorkloadSummary):
 
 
 class WorkloadSubmitted(Model):
-    """The answer to a submit: the workload, and whether this call created it (False: idempotent replay)."""
+    """The answer to a submit: the workload, whether this call created it (False: idempotent replay), and
+    warnings (e.g. it asks for more than its queue's limit, so it waits until the limit is raised)."""
 
     workload: WorkloadDetail
     created: bool
+    warnings: list[str] = []
 
 
 class WorkloadPage(Model):

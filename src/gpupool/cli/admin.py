@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,12 +11,16 @@ from gpupool.cli.common import (
     ago,
     amounts,
     console,
+    err_console,
     handle_errors,
     make_client,
     parse_pairs,
     print_json,
     table,
 )
+
+if TYPE_CHECKING:
+    from gpupool.server.api import schemas
 
 JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 queues_app = typer.Typer(help="Queues (one per project): quotas, weights, lending. Without a command: list them.",
@@ -40,20 +44,32 @@ def queues(ctx: typer.Context, as_json: JsonOption = False) -> None:
         return
     out = table("QUEUE", "GUARANTEED", "LIMIT", "WEIGHT", "LEND", "USING", "RUNNING", "PENDING")
     for q in found:
-        g, lim, u = q.guaranteed, q.limit, q.usage
-        limit = amounts(lim.cpu_milli, lim.memory_mib, lim.gpu_milli) if any(
-            v is not None for v in (lim.cpu_milli, lim.memory_mib, lim.gpu_milli)) else "none"
-        out.add_row(q.name, amounts(g.cpu_milli, g.memory_mib, g.gpu_milli), limit, f"{q.weight:g}",
-                    "yes" if q.lend else "no", amounts(u.cpu_milli, u.memory_mib, u.gpu_milli), str(q.running),
-                    str(q.pending))
+        u = q.usage
+        out.add_row(q.name, _guaranteed(q), _limit(q), f"{q.weight:g}", "yes" if q.lend else "no",
+                    amounts(u.cpu_milli, u.memory_mib, u.gpu_milli), str(q.running), str(q.pending))
     console.print(out)
+
+
+def _guaranteed(q: schemas.Queue) -> str:
+    g = q.guaranteed
+    return amounts(g.cpu_milli, g.memory_mib, g.gpu_milli)
+
+
+def _limit(q: schemas.Queue) -> str:
+    lim = q.limit
+    if all(v is None for v in (lim.cpu_milli, lim.memory_mib, lim.gpu_milli)):
+        return "none"
+    return amounts(lim.cpu_milli, lim.memory_mib, lim.gpu_milli)
 
 
 @queues_app.command("set")
 @handle_errors
 def set_queue(name: Annotated[str, typer.Argument(help="The queue (its project's name).")],
-              guaranteed: Annotated[str | None, typer.Option(help="e.g. gpu=2,cpu=16,memory=64GiB")] = None,
+              guaranteed: Annotated[str | None, typer.Option(help="e.g. gpu=2,cpu=16,memory=64GiB; merged into "
+                                                             "the queue's (cpu=- removes the CPU guarantee).")]
+              = None,
               limit: Annotated[str | None, typer.Option(help="Most it may use, borrowing included, e.g. gpu=4; "
+                                                        "merged like --guaranteed (gpu=- removes that ceiling); "
                                                         "'none' removes every ceiling.")] = None,
               weight: Annotated[float | None, typer.Option(help="Share of idle capacity (default 1).", min=0.001)]
               = None,
@@ -62,17 +78,20 @@ def set_queue(name: Annotated[str, typer.Argument(help="The queue (its project's
               strict_fifo: Annotated[bool | None, typer.Option("--strict-fifo/--no-strict-fifo", help="A blocked "
                                                                "head blocks the rest of the queue.")] = None,
               as_json: JsonOption = False) -> None:
-    """Change a queue's quota (administrators)."""
+    """Change a queue's quota (administrators); prints the whole queue after the change, and warns when a
+    guarantee, or all queues' together, exceed the pool."""
     limit_pairs = {} if limit is not None and limit.strip().lower() == "none" else parse_pairs(limit, "--limit")
     with make_client() as client:
         q = client.update_queue(name, guaranteed=parse_pairs(guaranteed, "--guaranteed"), limit=limit_pairs,
                                 weight=weight, lend=lend, strict_fifo=strict_fifo)
+    for warning in q.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if as_json:
         print_json(q)
     else:
-        g = q.guaranteed
-        console.print(f"queue {q.name}: guaranteed {amounts(g.cpu_milli, g.memory_mib, g.gpu_milli)}, "
-                      f"weight {q.weight:g}, lend {'yes' if q.lend else 'no'}")
+        console.print(f"queue {q.name}: guaranteed {_guaranteed(q)}; limit {_limit(q)}; weight {q.weight:g}; "
+                      f"lend {'yes' if q.lend else 'no'}; strict FIFO {'yes' if q.strict_fifo else 'no'}",
+                      soft_wrap=True)
 
 
 @projects_app.callback()

@@ -1,57 +1,176 @@
-"""What every CLI command shares: the client, error display, --json output, and human formatting."""
+"""What every CLI command shares: the client, error display and exit codes, --json output, human formatting.
+
+Exit codes (documented in docs/cli.md): 0 success; 1 the command ran but the answer is "no" (a workload that
+did not succeed, a plan that does not fit) or the server failed; 2 usage error (a bad option or argument, an
+invalid spec or amount); 3 not found; 4 refused (not signed in, not allowed, contradicts the current state, or
+can never run); 5 the server cannot be reached; 6 timed out waiting. With --json, errors are printed on stdout
+as {"error": {"kind", "message", "field", "exit_code"}}.
+
+The heavy modules (the HTTP client, pydantic models, Rich tables) are imported when a command first needs them,
+so that `gpupool` starts fast (see benchmarks/cli).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeVar
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
-from pydantic import BaseModel
-from rich.console import Console
-from rich.table import Table
 
-from gpupool.client.http import Client
-from gpupool.domain.errors import GpupoolError
+from gpupool.domain.errors import (
+    AuthenticationError,
+    ConflictError,
+    GpupoolError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsatisfiableError,
+    ValidationError,
+)
 from gpupool.domain.resources import format_cpu, format_gpu, format_memory
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpupool.client.http import Client
 
 P = ParamSpec("P")
 R = TypeVar("R")
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 JSON_HELP = "Print JSON instead of a table (for scripts)."
 STATUS_STYLES = {"pending": "yellow", "scheduled": "cyan", "starting": "cyan", "running": "green",
                  "succeeded": "bold green", "failed": "bold red", "cancelled": "dim", "preempted": "magenta",
                  "lost": "red"}
+# Rich wraps tables to 80 columns when stdout is not a terminal; piped output is read by grep and scripts,
+# so it gets this width instead (wide enough for every table gpupool prints; COLUMNS still wins).
+PIPED_WIDTH = 200
+
+
+class ExitCode(IntEnum):
+    """The exit status of a `gpupool` command."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    NOT_FOUND = 3
+    REFUSED = 4
+    UNREACHABLE = 5
+    TIMEOUT = 6
+
+
+# most specific first: (error class, kind shown with --json, exit code)
+_ERROR_KINDS: tuple[tuple[type[GpupoolError], str, ExitCode], ...] = (
+    (UnsatisfiableError, "unsatisfiable", ExitCode.REFUSED),
+    (ValidationError, "validation_error", ExitCode.USAGE),
+    (AuthenticationError, "authentication_error", ExitCode.REFUSED),
+    (PermissionDeniedError, "permission_denied", ExitCode.REFUSED),
+    (NotFoundError, "not_found", ExitCode.NOT_FOUND),
+    (ConflictError, "conflict", ExitCode.REFUSED),
+)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A Rich console on stdout (or stderr) that lays tables out PIPED_WIDTH wide when it is not a terminal."""
+    import os  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415  (lazy: start-up time)
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+class _Consoles:
+    """Rich consoles, created on first use (importing Rich costs start-up time commands that print no table
+    do not need)."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        """The console, made on first use."""
+        if self._console is None:
+            self._console = make_console(stderr=self._stderr)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+console: Any = _Consoles(stderr=False)
+err_console: Any = _Consoles(stderr=True)
 
 
 def make_client() -> Client:
     """A client configured from GPUPOOL_URL / GPUPOOL_TOKEN / $GPUPOOL_HOME/token."""
+    if "httpx" not in sys.modules:
+        # `import httpx` also imports httpx's own command-line tool (click, rich, pygments) whenever those are
+        # installed, as they are here: about a third of its import time (benchmarks/cli). An empty
+        # httpx._main makes httpx fall back to its stub `main`, which this process never calls.
+        import types  # noqa: PLC0415
+
+        sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
+    from gpupool.client.http import Client  # noqa: PLC0415  (lazy: start-up time)
+
     return Client()
 
 
+def classify(exc: BaseException) -> tuple[str, ExitCode]:
+    """The kind (as --json shows it) and exit code of an error a command raised."""
+    if isinstance(exc, TimeoutError):
+        return "timeout", ExitCode.TIMEOUT
+    http = sys.modules.get("gpupool.client.http")  # only loaded when a command talked to a server
+    if http is not None and isinstance(exc, http.ServerUnavailableError):
+        return "server_unreachable", ExitCode.UNREACHABLE
+    if http is not None and isinstance(exc, http.ApiError):
+        return "server_error", ExitCode.FAILED
+    for cls, kind, code in _ERROR_KINDS:
+        if isinstance(exc, cls):
+            return kind, code
+    return "error", ExitCode.FAILED
+
+
+def fail(message: str, kind: str, code: ExitCode, *, as_json: bool = False, field: str | None = None) -> typer.Exit:
+    """Print an error (one red line, or a JSON object on stdout with --json) and return the Exit to raise."""
+    if as_json:
+        typer.echo(json.dumps({"error": {"kind": kind, "message": message, "field": field,
+                                         "exit_code": int(code)}}, indent=2))
+    else:
+        from rich.text import Text  # noqa: PLC0415
+
+        err_console.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+    return typer.Exit(int(code))
+
+
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Show gpupool errors as one red line and exit with status 1 (never a traceback)."""
+    """Show gpupool errors as one red line (a JSON object when the command has --json) and exit with the
+    error's documented code; never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except GpupoolError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except TimeoutError as exc:
-            err_console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
+        except (GpupoolError, TimeoutError) as exc:
+            kind, code = classify(exc)
+            as_json = bool(kwargs.get("as_json"))
+            field = exc.field if isinstance(exc, ValidationError) else None
+            message = exc.detail if as_json and isinstance(exc, ValidationError) and field else str(exc)
+            raise fail(message, kind, code, as_json=as_json, field=field) from None
 
     return wrapper
 
 
 def print_json(data: BaseModel | Iterable[BaseModel] | dict[str, Any]) -> None:
     """Print a model, a list of models or a dict as indented JSON on stdout."""
+    from pydantic import BaseModel  # noqa: PLC0415  (lazy: start-up time)
+
     if isinstance(data, BaseModel):
         value: Any = data.model_dump(mode="json")
     elif isinstance(data, dict):
@@ -63,6 +182,8 @@ def print_json(data: BaseModel | Iterable[BaseModel] | dict[str, Any]) -> None:
 
 def table(*columns: str, title: str | None = None) -> Table:
     """A Rich table with these column headers."""
+    from rich.table import Table  # noqa: PLC0415  (lazy: start-up time)
+
     result = Table(title=title, header_style="bold", box=None, pad_edge=False)
     for column in columns:
         result.add_column(column, overflow="fold")

@@ -79,7 +79,7 @@ def top(once: Annotated[bool, typer.Option("--once", help="Print one frame and e
             gpus = client.gpus_now()
             print_json(gpus) if as_json else console.print(top_table(gpus))
             return
-        with Live(top_table(client.gpus_now()), console=console, refresh_per_second=4) as live:
+        with Live(top_table(client.gpus_now()), console=console.get(), refresh_per_second=4) as live:
             try:
                 while True:
                     time.sleep(interval)

@@ -1,7 +1,9 @@
 """`gpupool plan ...`: the capacity planner on the command line (works offline, without a server).
 
 Every command prints a table of terms (value, formula in words, numbered sources) or, with ``--json``,
-the same answer as JSON. Missing or inconsistent inputs end with ``error: ...`` and exit status 2.
+the same answer as JSON. Exit status: 0 when the answer fits, 1 when it does not (the workload does not fit
+these GPUs, no MIG profile holds the request), 2 for missing or inconsistent inputs, which end with
+``error: ...`` (with ``--json``: a JSON error object on stdout).
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from gpupool.cli.common import ExitCode, console, fail
 from gpupool.plan.catalog import Catalog, load_catalog, parse_gpu_spec
 from gpupool.plan.errors import PlanInputError
 from gpupool.plan.inference import ServeRequest, plan_serving
@@ -27,6 +29,9 @@ from gpupool.plan.precision import parse_precision
 from gpupool.plan.report import Report
 from gpupool.plan.train import TrainRequest, plan_training
 from gpupool.plan.units import parse_bandwidth, parse_bytes, parse_count, parse_duration
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 plan_app = typer.Typer(
     name="plan",
@@ -58,21 +63,23 @@ FractionOpt = Annotated[
 ]
 
 
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(Text(f"error: {message}"), soft_wrap=True)
-    return typer.Exit(code=2)
+def _fail(message: str, as_json: bool = False) -> typer.Exit:
+    return fail(message, "plan_input_error", ExitCode.USAGE, as_json=as_json)
 
 
 def _run(answer: Callable[[], Report], as_json: bool) -> None:
-    """Build the report, print it as a table or JSON; PlanInputError becomes ``error: ...``, exit 2."""
+    """Build the report, print it as a table or JSON; PlanInputError becomes ``error: ...``, exit 2; an
+    answer that does not fit exits 1."""
     try:
         report = answer()
     except PlanInputError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), as_json) from None
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        render(report, Console(highlight=False))
+        render(report, console.get())
+    if report.summary.get("fits") is False:
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def render(report: Report, console: Console) -> None:
@@ -275,7 +282,7 @@ def gpus(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
     try:
         cat = load_catalog(catalog)
     except PlanInputError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), as_json) from None
     if as_json:
         rows = [
             {
@@ -289,7 +296,6 @@ def gpus(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
         ]
         typer.echo(json.dumps(rows, indent=2))
         return
-    console = Console(highlight=False)
     console.print(_gpu_table(cat))
     console.print(Text("Sources: `gpupool plan gpus --json` lists the datasheet of each entry."))
 
@@ -300,7 +306,7 @@ def models(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
     try:
         cat = load_catalog(catalog)
     except PlanInputError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), as_json) from None
     rows = [
         {"name": m.name, "params": m.params, "active_params": m.active_params, "layers": m.layers,
          "hidden": m.hidden, "heads": m.heads, "kv_heads": m.kv_heads, "vocab": m.vocab, "source": m.source}
@@ -317,4 +323,4 @@ def models(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
             m.name, f"{m.params / 1e9:g}B", f"{m.active / 1e9:g}B", str(m.layers), str(m.hidden),
             str(m.heads), str(m.kv_heads), str(m.vocab),
         )))
-    Console(highlight=False).print(table)
+    console.print(table)

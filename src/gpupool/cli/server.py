@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import shutil
 import socket
+import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +29,18 @@ def _port_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
+
+
+def path_hint(path: str | None = None) -> str:
+    """A banner line saying how to get the `gpupool` command when the directory it is installed in (that of
+    this Python, e.g. .venv/bin after `make run`) is not on PATH; '' when it is."""
+    bin_dir = Path(sys.executable).parent
+    found = shutil.which("gpupool", path=path if path is not None else os.environ.get("PATH", ""))
+    if found and Path(found).resolve().parent == bin_dir.resolve():
+        return ""
+    activate = bin_dir / "activate"
+    how = f"`source {activate}`" if activate.exists() else f"add {bin_dir} to PATH"
+    return f"\n  `gpupool` is not on your PATH: {how} in your shell, or run {bin_dir / 'gpupool'}"
 
 
 def up(host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
@@ -68,9 +84,12 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
                           "running? (`gpupool nodes` talks to it) Otherwise choose another --port.")
         raise typer.Exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "debug":  # one INFO line per migration step is noise at every start
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     _preflight(settings)
-    err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs); state in "
-                      f"{settings.home}; admin token in {settings.token_file}")
+    err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs)\n  state in "
+                      f"{settings.home}\n  admin token in {settings.token_file}{path_hint()}", soft_wrap=True,
+                      markup=False)
     import uvicorn  # noqa: PLC0415  (heavy: only `up` needs the server)
 
     from gpupool.server.app import create_app  # noqa: PLC0415

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from gpupool.cli.common import ExitCode, fail
 from gpupool.domain.errors import GpupoolError
 from gpupool.scheduler.placement.names import POLICY_NAMES
 
 sim_app = typer.Typer(help="Simulate the scheduler on traces: policies, what-ifs, and the FGD benchmark.",
                       no_args_is_help=True)
-err = Console(stderr=True)
 
 NodesOpt = Annotated[Path, typer.Option("--nodes", help="Node list CSV (openb format: sn,cpu_milli,memory_mib,gpu,"
                                         "model).", exists=True, dir_okay=False)]
@@ -28,12 +27,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(as_json: bool = False) -> Iterator[None]:
+    """Bad input (a trace, a policy, a file) ends as one `error: ...` line (JSON with --json), exit 2."""
     try:
         yield
     except (GpupoolError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(str(exc), "usage_error", ExitCode.USAGE, as_json=as_json) from None
 
 
 @sim_app.command("openb")
@@ -50,7 +49,7 @@ def openb(
     """Run the FGD paper's inflation experiment once: sample, shuffle, place one pod at a time."""
     from gpupool.cli.sim_run import run_openb  # noqa: PLC0415  (the simulator only when this command runs)
 
-    with _user_errors():
+    with _user_errors(as_json):
         run_openb(nodes, pods, policy, seed, inflation, placements_out, as_json)
 
 
@@ -69,7 +68,7 @@ def sweep(
     """Run the inflation experiment for several policies and seeds; print the medians per policy."""
     from gpupool.cli.sim_run import run_sweep  # noqa: PLC0415  (the simulator only when this command runs)
 
-    with _user_errors():
+    with _user_errors(as_json):
         run_sweep(nodes, pods, policies, seeds, inflation, plot, jobs, as_json)
 
 
@@ -90,7 +89,7 @@ def replay(
     """Replay a trace through the full scheduling cycle with a virtual clock."""
     from gpupool.cli.sim_run import run_replay  # noqa: PLC0415  (the simulator only when this command runs)
 
-    with _user_errors():
+    with _user_errors(as_json):
         run_replay(nodes, pods, workloads, policy, queues, time_scale, duration_scale, cycle_interval,
                    exact_runtime, plot, as_json)
 
@@ -105,5 +104,5 @@ def verify(
     """Re-check a placements file independently of the scheduler: feasibility and the allocation curve."""
     from gpupool.cli.sim_run import run_verify  # noqa: PLC0415  (the simulator only when this command runs)
 
-    with _user_errors():
+    with _user_errors(as_json):
         run_verify(nodes, pods, placements, as_json)

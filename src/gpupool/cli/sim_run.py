@@ -12,10 +12,10 @@ from typing import Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gpupool.cli.common import make_console
 from gpupool.domain.queues import QueueSpec, parse_queue
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
@@ -28,8 +28,8 @@ from gpupool.sim.traces.generic import load_workloads
 from gpupool.sim.traces.openb import load_nodes, load_pods
 from gpupool.sim.workloads import SimWorkload, from_openb
 
-out = Console()
-err = Console(stderr=True)
+out = make_console()
+err = make_console(stderr=True)
 
 def _check_policy(name: str) -> str:
     make_policy(name)  # raises a ValidationError with a suggestion for unknown names

@@ -1,4 +1,6 @@
-"""Workload commands: submit, ls, show, logs, cancel."""
+"""Workload commands: submit, ls, show, logs, cancel (and, from cli/workflow.py, wait, resubmit, whoami).
+
+Commands that take a workload accept its id or its name (the newest workload of that name you can see)."""
 
 from __future__ import annotations
 
@@ -6,31 +8,49 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlparse
 
 import typer
-from rich.panel import Panel
 
 from gpupool.cli.common import (
     JSON_HELP,
     ago,
     amounts,
     console,
+    err_console,
     handle_errors,
     make_client,
     print_json,
     status_text,
     table,
 )
-from gpupool.domain.specs import priority_name
-from gpupool.server.api import schemas
+from gpupool.domain.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from gpupool.client.http import Client
+    from gpupool.server.api import schemas
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+HISTORY_SHOWN = 15  # events `show` prints without --all: a screenful with the panel and replicas
+ACTIVE = ["pending", "scheduled", "starting", "running", "preempted"]
+WorkloadArg = Annotated[str, typer.Argument(help="The workload's id, or its name (the newest of that name).")]
 
 
 def _is_local(url: str) -> bool:
     return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
+
+
+def resolve(client: Client, ref: str, *, active: bool = False) -> int:
+    """The id of workload `ref`: an id as is, else the newest workload of that name the caller can see (with
+    `active`, the newest that has not ended, so that `cancel NAME` never aims at an old run)."""
+    if ref.isdigit():
+        return int(ref)
+    page = client.list_workloads(name=ref, status=ACTIVE if active else None, limit=1)
+    if not page.items:
+        which = "running or waiting " if active else ""
+        raise NotFoundError(f"no {which}workload named {ref!r}; `gpupool ls --all` lists them")
+    return page.items[0].id
 
 
 @handle_errors
@@ -41,12 +61,15 @@ def submit(file: Annotated[str, typer.Argument(help="A YAML workload spec, or - 
            = False,
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Submit a workload from a YAML spec (kind: job, ...). On a server on this machine, a spec without
-    `workdir:` runs in the directory you submit from."""
+    `workdir:` runs in the spec file's directory, so paths in its command are relative to the spec file
+    (for a spec read from stdin: the directory you submit from)."""
     text = sys.stdin.read() if file == "-" else _read(file)
     with make_client() as client:
-        workdir = Path.cwd() if _is_local(client.url) else None
-        result = client.submit(text, idempotency_key=key, workdir=workdir)
+        here = Path.cwd() if file == "-" else Path(file).resolve().parent
+        result = client.submit(text, idempotency_key=key, workdir=here if _is_local(client.url) else None)
         workload = result.workload
+        for warning in result.warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
         if wait:
             workload = client.wait(workload.id, timeout_s=7 * 86400)
     if as_json:
@@ -86,14 +109,39 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
                                                          "(repeatable), e.g. -s pending -s running.")] = None,
        show_all: Annotated[bool, typer.Option("--all", "-a", help="Include ended workloads.")] = False,
        limit: Annotated[int, typer.Option(help="At most this many (newest first).", min=1, max=1000)] = 50,
+       watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every --interval seconds until Ctrl-C "
+                                           "(with --json: one JSON page per line).")] = False,
+       interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.", min=0.2)] = 2.0,
        as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """List workloads: status, and for pending ones their position in the queue and why they wait."""
-    statuses = status or (None if show_all else ["pending", "scheduled", "starting", "running", "preempted"])
+    statuses = status or (None if show_all else ACTIVE)
     with make_client() as client:
-        page = client.list_workloads(project=project, status=statuses, limit=limit)
+        if not watch:
+            _print_page(client.list_workloads(project=project, status=statuses, limit=limit), as_json,
+                        show_all or bool(status))
+            return
+        try:
+            while True:
+                page = client.list_workloads(project=project, status=statuses, limit=limit)
+                if as_json:
+                    typer.echo(page.model_dump_json())
+                else:
+                    if sys.stdout.isatty():
+                        console.clear()
+                    console.print(f"[dim]every {interval:g} s; Ctrl-C to stop[/dim]")
+                    _print_page(page, False, show_all or bool(status))
+                sys.stdout.flush()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return
+
+
+def _print_page(page: schemas.WorkloadPage, as_json: bool, filtered: bool) -> None:
     if as_json:
         print_json(page)
         return
+    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+
     now = time.time()
     out = table("ID", "NAME", "PROJECT", "USER", "STATUS", "PRIORITY", "REPLICAS", "AGE", "WHY / POSITION")
     for w in page.items:
@@ -103,19 +151,23 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
     if page.total > len(page.items):
         console.print(f"[dim]{len(page.items)} of {page.total} shown; use --limit or --status[/dim]")
     elif not page.items:
-        console.print("[dim]no workloads" + ("" if show_all or status else " running or waiting; --all shows "
-                                               "ended ones") + "[/dim]")
+        console.print("[dim]no workloads" + ("" if filtered else " running or waiting; --all shows ended ones")
+                      + "[/dim]")
 
 
 @handle_errors
-def show(workload_id: Annotated[int, typer.Argument(help="The workload id (from `gpupool ls`).")],
+def show(workload: WorkloadArg,
+         all_events: Annotated[bool, typer.Option("--all", "-a", help="The whole history (default: the last "
+                                                  f"{HISTORY_SHOWN} events).")] = False,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Show one workload: status, why it waits, its replicas and its history."""
     with make_client() as client:
-        w = client.get_workload(workload_id)
+        w = client.get_workload(resolve(client, workload))
     if as_json:
         print_json(w)
         return
+    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+
     lines = [f"status      {status_text(w.status)}  ({w.message})" if w.message else f"status  {w.status}",
              f"kind        {w.kind}    project {w.project}    queue {w.queue}    user {w.user}",
              f"priority    {priority_name(w.priority)}    replicas {w.replicas}    run {w.attempt}    "
@@ -124,6 +176,8 @@ def show(workload_id: Annotated[int, typer.Argument(help="The workload id (from 
     if w.status == "pending":
         lines.append(f"waiting     #{w.queue_position or '?'} in queue {w.queue}: "
                      f"{w.pending_reason or 'waiting for the scheduler'}")
+    from rich.panel import Panel  # noqa: PLC0415  (lazy: start-up time)
+
     console.print(Panel("\n".join(lines), title=f"workload {w.id}: {w.name}", expand=False))
     if w.replica_list:
         replicas = table("REPLICA", "ROLE", "NODE", "STATE", "EXIT", "RESOURCES", "GPUS", title="replicas")
@@ -132,35 +186,43 @@ def show(workload_id: Annotated[int, typer.Argument(help="The workload id (from 
             replicas.add_row(str(r.number), r.role, r.node, status_text(r.state), "-" if r.exit_code is None else
                              str(r.exit_code), amounts(r.cpu_milli, r.memory_mib, None), gpus or "-")
         console.print(replicas)
+    hidden = 0 if all_events else max(0, len(w.events) - HISTORY_SHOWN)
     events = table("AGO", "CHANGE", "REASON", title="history")
-    for e in w.events[-15:]:
+    for e in w.events[hidden:]:
         change = f"{e.from_status} -> {e.to_status}" if e.to_status else (f"replica {e.replica}" if e.replica is not
                                                                            None else "")
         events.add_row(ago(e.at), change, e.reason)
     console.print(events)
+    if hidden:
+        console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w.id} --all` shows them[/dim]")
 
 
 @handle_errors
-def logs(workload_id: Annotated[int, typer.Argument(help="The workload id.")],
+def logs(workload: WorkloadArg,
          follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the replica ends.")]
          = False,
          replica: Annotated[int, typer.Option("--replica", "-r", help="Which replica (0 is the first).", min=0)]
          = 0,
          tail: Annotated[int | None, typer.Option("--tail", "-n", help="Only the last N lines.", min=0)] = None,
+         attempt: Annotated[int | None, typer.Option("--attempt", help="Which run of a retried or preempted "
+                                                     "workload (1 is the first; default the current one).",
+                                                     min=1)] = None,
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: {replica, line}.")]
          = False) -> None:
-    """Print a replica's output (stdout and stderr) of the workload's current run."""
+    """Print a replica's output (stdout and stderr) of the workload's current run, or of an earlier one."""
     with make_client() as client:
-        for line in client.logs(workload_id, replica=replica, tail=tail, follow=follow):
+        for line in client.logs(resolve(client, workload), replica=replica, tail=tail, follow=follow,
+                                attempt=attempt):
             typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
 
 
 @handle_errors
-def cancel(workload_id: Annotated[int, typer.Argument(help="The workload id.")],
+def cancel(workload: Annotated[str, typer.Argument(help="The workload's id, or its name (the newest of that "
+                                                    "name that has not ended).")],
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Cancel a workload: pending ones end at once, running replicas are stopped (SIGTERM, then SIGKILL)."""
     with make_client() as client:
-        w = client.cancel(workload_id)
+        w = client.cancel(resolve(client, workload, active=True))
     if as_json:
         print_json(w)
     else:

@@ -17,7 +17,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from gpupool.api import gpu_schemas, schemas
-from gpupool.api.client_settings import ClientSettings
+from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
 
@@ -136,9 +136,10 @@ class Client:
         return self._send("POST", f"{API}/workloads/{int(workload_id)}/cancel", schemas.WorkloadDetail, None)
 
     def logs(self, workload_id: int, *, replica: int = 0, tail: int | None = None,
-             follow: bool = False) -> Iterator[str]:
-        """Lines of a replica's output (without newlines); `follow` streams until the replica ends."""
-        params = _drop_none({"replica": replica, "tail": tail, "follow": follow})
+             follow: bool = False, attempt: int | None = None) -> Iterator[str]:
+        """Lines of a replica's output (without newlines) of the current run, or of run `attempt` (1 is the
+        first); `follow` streams until the replica ends."""
+        params = _drop_none({"replica": replica, "tail": tail, "follow": follow, "attempt": attempt})
         try:
             with self._http.stream("GET", f"{API}/workloads/{int(workload_id)}/logs", params=params,
                                    timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as response:

@@ -36,7 +36,7 @@ class Capability(StrEnum):
 class ReplicaLaunch:
     """Everything needed to start one replica.
 
-    `command` runs under `bash -lc` (or the executor's equivalent) in `cwd` with exactly `env` added to a
+    `command` runs under `bash -c` (or the executor's equivalent) in `cwd` with exactly `env` added to a
     minimal base environment; stdout and stderr go to files under `log_dir`. `node` is the node the
     scheduler chose; `gpu_indices` the node-local GPU indices it was given (for information; the GPU
     environment itself is already in `env`).

@@ -3,9 +3,9 @@ server crash and its exit code is never lost.
 
 Per replica, `start` creates a state directory `root/replicas/<workload_id>/<replica>.<attempt>/` and
 launches a supervisor (`_supervisor.py`, run as `python -I -S`) in a session of its own; the supervisor
-starts `bash -lc COMMAND` as the leader of a new session and process group, with cwd = launch.cwd, env =
-base env + launch.env, stdout and stderr appended to `launch.log_dir/replica-<n>.log`. Files of the state
-directory:
+starts `bash -c COMMAND` (not a login shell: no profile is read) as the leader of a new session and process
+group, with cwd = launch.cwd, env = base env + launch.env, stdout and stderr appended to
+`launch.log_dir/replica-<n>.log`. Files of the state directory:
 
     handle.json    the handle start returned (start is idempotent: a second start returns it)
     command.json   pid and start time of the command (written by the supervisor once it runs)
@@ -214,14 +214,11 @@ class LocalExecutor(Executor):
         return handle
 
     def command_argv(self, launch: ReplicaLaunch, env: Mapping[str, str]) -> list[str]:
-        """The argv the supervisor runs: `bash -lc` with a first line that puts the replica's PATH before
-        whatever the login files set (Debian's /etc/profile replaces PATH), wrapped in a private mount
-        namespace with read-only bind mounts when the launch has read_only_paths and this executor
-        enforces them."""
-        script = launch.command
-        if env.get("PATH"):
-            script = f'PATH={shlex.quote(env["PATH"])}"${{PATH:+:$PATH}}"; export PATH\n{script}'
-        argv = [self.shell, "-lc", script]
+        """The argv the supervisor runs: `bash -c COMMAND`, a non-login shell that reads no profile (a
+        user's profile can take seconds, e.g. pyenv's, and the replica's environment is already complete),
+        wrapped in a private mount namespace with read-only bind mounts when the launch has read_only_paths
+        and this executor enforces them."""
+        argv = [self.shell, "-c", launch.command]
         if launch.read_only_paths and self._read_only:
             mount = shutil.which("mount") or "mount"
             unshare = shutil.which("unshare") or "unshare"

@@ -98,6 +98,9 @@ def plan_mig(gpu: GpuSpec, request: MigRequest) -> Report:
         raise PlanInputError("give the instance size: --sm or --slices, and/or --memory")
     if request.memory_bytes is not None and not 0 < request.memory_bytes < math.inf:
         raise PlanInputError(f"--memory must be positive, got {request.memory_bytes}")
+    if request.sms is not None and gpu.sm_count is not None and request.sms > gpu.sm_count:
+        raise PlanInputError(f"the {gpu.name} has {gpu.sm_count} SMs; --sm {request.sms} is more than the whole "
+                             "GPU, and a MIG instance is a part of one")
     compute, compute_words = compute_slices_needed(geometry, request, gpu.name)
     memory = memory_slices_needed(geometry, request.memory_bytes)
     slice_bytes = gpu.memory_bytes / geometry.memory_slices

@@ -30,7 +30,7 @@ from gpupool.scheduler.nominations import StoppingCapacity
 from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placer import Placer
-from gpupool.scheduler.preemption import plan_preemption, victim_reason
+from gpupool.scheduler.preemption import deferred_preemption, plan_preemption, victim_reason
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot
@@ -89,6 +89,7 @@ class _Cycle:
         self.failed_shapes: dict[object, str] = {}
         self._demands: dict[str, ResourceVector] = {}
         self.unpreemptable_shapes: set[object] = set()
+        self.deferred: dict[object, str] = {}  # shape -> "will preempt ... when its minimum run time ends"
 
     @property
     def never_fits(self) -> NeverFitsChecker:
@@ -174,7 +175,7 @@ class _Cycle:
         quota = self.book.blocked_by_quota(w.queue, self._demand(w))
         if quota is not None:
             if not self._preempt_for(w):
-                self.reasons[w.id] = quota
+                self.reasons[w.id] = self._deferred_or(w, quota)
             return False
         shape = w.shape_key()
         failure = self.failed_shapes.get(shape)
@@ -225,6 +226,7 @@ class _Cycle:
     def _handle_no_fit(self, w: PendingWorkload, failure: str) -> None:
         if self._preempt_for(w):
             return
+        failure = self._deferred_or(w, failure)
         if not self.reservation_tried and self.profile.backfill:
             self.reservation_tried = True  # one reservation per cycle: the first blocked head's
             self.reservation = reserve(self.snap, self.placer, w, self.running + self.started, self.now)
@@ -244,6 +246,10 @@ class _Cycle:
                                self.profile.min_runtime_s)
         if plan is None:
             self.unpreemptable_shapes.add(shape)
+            deferred = deferred_preemption(self.snap, self.placer, w, self.running, self.book, self.now,
+                                           self.profile.min_runtime_s)
+            if deferred is not None:
+                self.deferred[shape] = deferred
             return False
         victim_ids = {v.id for v in plan.victims}
         for victim in plan.victims:
@@ -258,6 +264,10 @@ class _Cycle:
         self.reasons[w.id] = (f"preempting {len(plan.victims)} workload(s) ({', '.join(sorted(victim_ids))}); "
                               f"will start on {nodes} when they stop")
         return True
+
+    def _deferred_or(self, w: PendingWorkload, reason: str) -> str:
+        """The words of a preemption that waits for its victims' minimum run time, else `reason`."""
+        return self.deferred.get((w.queue, w.priority, w.shape_key()), reason)
 
     def _bind(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> None:
         self.decisions.binds.append(Bind(w.id, placements))

@@ -47,6 +47,8 @@ class NeverFitsChecker:
     def _why_not(self, request: ReplicaRequest) -> str:
         gpu = request.gpu
         nodes = self._empty.nodes
+        if gpu.kind != "none" and not any(n.gpus for n in nodes):
+            return "this pool has no GPUs"
         if gpu.kind == "whole":  # cards that can be given whole: healthy, not MIG-partitioned, an allowed model
             cards = [sum(1 for g in n.gpus if g.healthy and g.mode != SharingMode.MIG and gpu.allows_model(g.model))
                      for n in nodes]

@@ -15,6 +15,7 @@ what-if proves the preemptor fits afterwards; its placement on that snapshot is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,6 +85,33 @@ def plan_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWor
     finally:
         for victim in reversed(removed):
             _add(snap, book, victim)
+
+
+def deferred_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload,
+                        running: Sequence[RunningWorkload], book: QuotaBook, now: float,
+                        min_runtime_s: float) -> str | None:
+    """When `preemptor` could preempt its way in but for victims that have not run their minimum run time yet:
+    which workloads it will preempt and in how many seconds (rounded up), in words; else None. The snapshot
+    and book are left unchanged."""
+    if min_runtime_s <= 0 or not any(now - w.start_time < min_runtime_s
+                                     for w in candidates(preemptor, running, book, now, 0.0)):
+        return None  # no candidate is held back by its minimum run time: nothing to wait for
+    plan = plan_preemption(snap, placer, preemptor, running, book, now, 0.0)
+    young = [v for v in plan.victims if now - v.start_time < min_runtime_s] if plan is not None else []
+    if plan is None or not young:
+        return None
+    wait_s = math.ceil(max(v.start_time + min_runtime_s - now for v in young))
+    ids = sorted(v.id for v in plan.victims)
+    if len(ids) == 1:
+        return f"will preempt workload {ids[0]} when its minimum run time ends in {wait_s} s"
+    young_ids = sorted(v.id for v in young)
+    if len(young_ids) == len(ids):
+        when = "their minimum run times end"
+    elif len(young_ids) == 1:
+        when = f"the minimum run time of {young_ids[0]} ends"
+    else:
+        when = f"the minimum run times of {', '.join(young_ids)} end"
+    return f"will preempt workloads {', '.join(ids)} when {when} in {wait_s} s"
 
 
 def _reprieve(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload, book: QuotaBook,

@@ -30,6 +30,18 @@ def _component(vector: ResourceVector, name: str) -> int:
     return {"cpu": vector.cpu_milli, "memory": vector.memory_mib, "gpu": vector.gpu_milli}[name]
 
 
+def beyond_limit(queue: QueueSpec, demand: ResourceVector) -> str | None:
+    """None when `demand` alone fits the queue's limit, else why it can never start while the limit stays."""
+    if queue.limit is None:
+        return None
+    over = demand.exceeding(queue.limit)
+    if not over:
+        return None
+    parts = ", ".join(f"{n} {_FORMATS[n](_component(demand, n))} > limit {_FORMATS[n](_component(queue.limit, n))}"
+                      for n in over)
+    return f"can never start under the current limit of queue {queue.name} ({parts}) unless the limit is raised"
+
+
 class QuotaBook:
     """Per-queue usage with the quota rules above. Queues that running work names but that are not
     configured count as queues with no guarantee that lend."""
@@ -96,6 +108,9 @@ class QuotaBook:
         """None when `demand` may be admitted to `queue` by the quota rules, else the human reason."""
         spec = self.spec(queue)
         after = self.used(queue) + demand
+        never = beyond_limit(spec, demand)
+        if never is not None:
+            return never
         if spec.limit is not None:
             over = after.exceeding(spec.limit)
             if over:

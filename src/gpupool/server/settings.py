@@ -1,22 +1,24 @@
 """Configuration: the one place that reads environment variables (prefix GPUPOOL_).
 
-`Settings` configures the server (`gpupool up` passes its flags as overrides); `ClientSettings` (defined in
-`gpupool.api.client_settings`, so the client loads without the server) tells the CLI and SDK where the
-server is and which token to use. Everything else receives these objects.
+`Settings` configures the server (`gpupool up` passes its flags as overrides); `client/settings.py` holds
+what the CLI and SDK read (where the server is, which token). Everything else receives these objects.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gpupool.api.client_settings import DEFAULT_HOME, DEFAULT_PORT, ClientSettings, expand_path
+DEFAULT_HOME = Path("~/.gpupool")
+DEFAULT_PORT = 8700
 
-__all__ = ["DEFAULT_HOME", "DEFAULT_PORT", "ClientSettings", "Settings"]
-_expand = expand_path
+
+def _expand(path: Path) -> Path:
+    return Path(os.path.expanduser(str(path))).resolve()
 
 
 class Settings(BaseSettings):

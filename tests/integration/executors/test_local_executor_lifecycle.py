@@ -41,16 +41,22 @@ def test_replica_sees_base_env_plus_launch_env_only_and_runs_in_cwd(local: Local
     assert handle["log_path"] == str(local.tmp / "logs" / "w1" / "replica-0.log")
 
 
-def test_path_of_the_replica_comes_before_what_login_files_set(local: LocalHarness, tmp_path: Path) -> None:
-    # Debian's /etc/profile replaces PATH in a login shell; the replica's own PATH must still come first.
+def test_the_shell_is_not_a_login_shell_and_reads_no_profile(local: LocalHarness, tmp_path: Path) -> None:
+    # a login shell would read these (and a slow one, like pyenv's, delays every start); the replica's own
+    # environment, its PATH included, is used as it is
+    home = local.tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    for profile in (".profile", ".bash_profile", ".bash_login"):
+        (home / profile).write_text("echo profile was read\nexport PATH=/nowhere\n")
     tool_dir = tmp_path / "tools"
     tool_dir.mkdir()
     tool = tool_dir / "gpupool-test-tool"
     tool.write_text("#!/bin/sh\necho tool ran\n")
     tool.chmod(0o755)
-    handle = local.start("gpupool-test-tool", env={"PATH": f"{tool_dir}:/usr/bin:/bin"})
+    handle = local.start("shopt -q login_shell && echo login || echo not login; gpupool-test-tool",
+                         env={"PATH": f"{tool_dir}:/usr/bin:/bin"})
     assert local.wait(handle).state == ReplicaState.SUCCEEDED
-    assert _log(local, handle) == ["tool ran"]
+    assert _log(local, handle) == ["not login", "tool ran"]
 
 
 @pytest.mark.parametrize(("command", "state", "exit_code", "message"), [

@@ -57,7 +57,8 @@ def test_serve_table_and_json() -> None:
 def test_serve_decode_bound_for_a_moe_on_one_h20_and_on_a_cpu() -> None:
     code, out, _ = _run("serve", "--model", "deepseek-v3", "--gpu", "1xH20", "--precision", "fp8",
                         "--context", "4096", "--json")
-    assert code == 0
+    # 671B parameters at fp8 are ~625 GiB: they do not fit one 96 GB H20, so the answer comes with exit 1
+    assert code == 1 and json.loads(out)["summary"]["fits"] is False
     assert json.loads(out)["summary"]["decode_latency"] == pytest.approx(9.25e-3)
     code, out, _ = _run("serve", "--model", "deepseek-v3", "--gpu", "1xH20", "--precision", "fp8",
                         "--context", "4096", "--bandwidth", "64GB/s", "--json")
@@ -131,6 +132,25 @@ def test_errors_are_one_clear_line_without_a_traceback(args: tuple[str, ...], me
     assert message in err
     assert "Traceback" not in out + err
     assert out == ""
+
+
+def test_an_answer_that_does_not_fit_exits_1_not_like_a_usage_error() -> None:
+    # 175B parameters: 2 B x 175e9 = 326 GiB of weights alone, more than one 80 GiB card
+    code, out, err = _run("train", "--params", "175B", "--seq", "2048", "--gpus", "1xA100-80GB")
+    assert code == 1 and "Training 175B params" in out and err == ""
+    # no MIG profile has 120 SMs (the largest H100 instance, 7g, has 7 x 16 = 112): an answer, exit 1
+    code, out, _ = _run("mig", "H100", "--sm", "120", "--json")
+    assert code == 1 and json.loads(out)["summary"]["fits"] is False
+
+
+def test_more_sms_than_the_gpu_has_is_an_input_error() -> None:
+    code, out, err = _run("mig", "H100", "--sm", "200")
+    assert code == 2 and out == ""
+    assert "error: the H100-SXM has 132 SMs; --sm 200 is more than the whole GPU" in err
+    code, out, _ = _run("mig", "H100", "--sm", "200", "--json")
+    assert code == 2
+    assert json.loads(out)["error"] == {"kind": "plan_input_error", "field": None, "exit_code": 2, "message": (
+        "the H100-SXM has 132 SMs; --sm 200 is more than the whole GPU, and a MIG instance is a part of one")}
 
 
 def test_a_missing_required_option_is_a_usage_error() -> None:

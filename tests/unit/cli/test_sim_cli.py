@@ -40,6 +40,15 @@ def test_verify_exits_1_on_an_infeasible_file(tmp_path: Path) -> None:
     assert "GPU 0 has 0 milli free" in result.output
 
 
+def test_bad_input_is_a_json_error_with_json(tmp_path: Path) -> None:
+    nodes = tmp_path / "garbled.csv"
+    nodes.write_text("this is not,a node list\n1,2\n")
+    result = runner.invoke(app, ["sim", "openb", "--nodes", str(nodes), "--pods", PODS, "--json"])
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert (error["kind"], error["exit_code"]) == ("usage_error", 2) and error["message"]
+
+
 def test_sweep_table_and_plot(tmp_path: Path) -> None:
     plot = tmp_path / "curves.png"
     result = runner.invoke(app, ["sim", "sweep", "--nodes", NODES, "--pods", PODS, "--policies", "bestfit,fgd",

@@ -55,7 +55,8 @@ NO_WHOLE_GPU = "no node has a GPU that can be given whole (not MIG-partitioned)"
 
 
 @pytest.mark.parametrize(("pool", "cards", "words"), [
-    ([node("c").cpu(8).build()], 1, NO_WHOLE_GPU),
+    ([node("c").cpu(8).build()], 1, "this pool has no GPUs"),
+    ([node("c").cpu(8).build(), node("d").cpu(8).build()], 1, "this pool has no GPUs"),
     ([node("m").mig("A100", ["7g.80gb"]).build()], 1, NO_WHOLE_GPU),
     # 2 cards, one of them MIG-partitioned: only 1 can be given whole
     ([node("m").gpus(1).mig("A100", ["7g.80gb"]).build()], 2,
@@ -63,6 +64,12 @@ NO_WHOLE_GPU = "no node has a GPU that can be given whole (not MIG-partitioned)"
 ])
 def test_whole_gpus_count_only_cards_that_can_be_given_whole(pool: list[Node], cards: int, words: str) -> None:
     assert NeverFitsChecker(pool).reason(job("w").gpu(cards).build()) == f"can never run: {words}"
+
+
+@pytest.mark.parametrize("gpu", [0.5, {"memory": "10GiB"}, {"mig": "1g.10gb"}])
+def test_any_gpu_request_on_a_pool_without_gpus_says_so(gpu: object) -> None:
+    reason = NeverFitsChecker([node("c").cpu(8).build()]).reason(job("w").replicas(1, gpu=gpu).build())
+    assert reason == "can never run: this pool has no GPUs"
 
 
 def test_an_empty_pool_can_run_nothing() -> None:

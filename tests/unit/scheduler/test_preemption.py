@@ -59,6 +59,30 @@ def test_the_minimum_run_time_is_a_profile_setting() -> None:
     assert victims(decisions) == []
 
 
+@pytest.mark.parametrize(("cards", "priority", "expected"), [
+    # priority 1 may take only r3 (prio 0), which has run 10 s of its 60: it waits 60 - 10 = 50 s more
+    (1, 1, "will preempt workload r3 when its minimum run time ends in 50 s"),
+    # 4 cards need all four; r3 is the only young one, its 50 s are the wait
+    (4, 5, "will preempt workloads r0, r1, r2, r3 when the minimum run time of r3 ends in 50 s"),
+])
+def test_a_preemption_held_back_by_the_minimum_run_time_says_whom_and_when(cards: int, priority: int,
+                                                                             expected: str) -> None:
+    decisions = cycle(FOUR_GPUS, [job("p").priority(priority).gpu(cards).build()], one_card_each(), now=NOW)
+    assert victims(decisions) == []
+    assert [p.reason for p in decisions.pending] == [expected]
+
+
+def test_two_young_victims_give_the_later_end() -> None:
+    # both 1-card workloads are prio 0: y1 started at 995 (55 s left of 60), y2 at 970 (30 s left); p needs both
+    runs = [running("y1", [on("n1", gpus={0: 1000, 1: 1000})], priority=0, start=995),
+            running("y2", [on("n1", gpus={2: 1000, 3: 1000})], priority=0, start=970)]
+    decisions = cycle(FOUR_GPUS, [job("p").priority(5).gpu(4).build()], runs, now=NOW)
+    assert [p.reason for p in decisions.pending] == [
+        "will preempt workloads y1, y2 when their minimum run times end in 55 s"]
+    # without a minimum run time they are preempted now
+    assert victims(cycle(FOUR_GPUS, [job("p").priority(5).gpu(4).build()], runs, now=NOW, min_runtime_s=0))
+
+
 def test_non_preemptible_and_terminating_work_is_never_chosen() -> None:
     runs = [replace(r, preemptible=False) if r.id == "r1" else r for r in one_card_each()]
     runs = [replace(r, terminating=True) if r.id == "r0" else r for r in runs]

@@ -112,7 +112,8 @@ def test_a_queue_with_pending_work_still_lends() -> None:
     bound, preempted, reasons = outcome(cycle(FOUR_GPUS, pending, [], [queue("a", 2),
                                                                       queue("b", 2, limit_gpu=2, strict_fifo=True)]))
     assert bound == ["a0", "a1", "a2", "a3"] and not preempted
-    assert reasons == {"b-head": "queue b would exceed its limit: gpu 3 > limit 2",
+    assert reasons == {"b-head": "can never start under the current limit of queue b (gpu 3 > limit 2) unless the "
+                                 "limit is raised",
                        "b-next": "behind b-head, the head of strict-FIFO queue b"}
 
 

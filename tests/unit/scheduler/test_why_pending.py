@@ -42,6 +42,17 @@ def test_which_quota(queues: list[QueueSpec], expected: str) -> None:
     assert reasons(cycle(pool, [job("w").queue("a").gpu(cards).build()], runs, queues))["w"] == expected
 
 
+def test_more_than_the_limit_alone_can_never_start_under_it() -> None:
+    # 6 GPUs asked, limit 4: even an idle queue could not start it; 3 GPUs fit once a's 4 running ones end
+    pool = [node("n1").gpus(8).build()]
+    runs = [running("r", [on("n1", gpus=dict.fromkeys(range(4), 1000))], queue="a")]
+    decisions = cycle(pool, [job("six").queue("a").gpu(6).build(), job("three").queue("a").at(1).gpu(3).build()],
+                      runs, [queue("a", limit_gpu=4)])
+    assert reasons(decisions) == {
+        "six": "can never start under the current limit of queue a (gpu 6 > limit 4) unless the limit is raised",
+        "three": "queue a would exceed its limit: gpu 7 > limit 4"}
+
+
 def test_which_gang_member() -> None:
     pool = [node("n1").gpus(2).build(), node("n2").gpus(2).build()]
     runs = [running("r", [on("n2", gpus={0: 1000})])]

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gpupool.server.settings import ClientSettings, Settings
+from gpupool.client.settings import DEFAULT_PORT, ClientSettings
+from gpupool.domain.errors import ValidationError as GpupoolValidationError
+from gpupool.server.settings import DEFAULT_PORT as SERVER_PORT
+from gpupool.server.settings import Settings
 
 
 def test_defaults_and_derived_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -41,3 +44,20 @@ def test_the_client_reads_the_token_file(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert ClientSettings().resolved_token() == "gpp_abc"
     monkeypatch.setenv("GPUPOOL_TOKEN", "gpp_env")
     assert ClientSettings().resolved_token() == "gpp_env"
+
+
+def test_the_client_finds_the_server_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("URL", "TOKEN", "TIMEOUT_S"):
+        monkeypatch.delenv(f"GPUPOOL_{name}", raising=False)
+    monkeypatch.setenv("GPUPOOL_HOME", str(tmp_path / "." / "home"))
+    default = ClientSettings()
+    assert (default.url, default.timeout_s, default.home) == (f"http://127.0.0.1:{SERVER_PORT}", 30.0,
+                                                               tmp_path / "home")
+    assert DEFAULT_PORT == SERVER_PORT
+    monkeypatch.setenv("GPUPOOL_URL", "http://pool.example:9000")
+    monkeypatch.setenv("GPUPOOL_TIMEOUT_S", "2.5")
+    assert (ClientSettings().url, ClientSettings().timeout_s) == ("http://pool.example:9000", 2.5)
+    assert ClientSettings(url="http://other:1").url == "http://other:1"
+    monkeypatch.setenv("GPUPOOL_TIMEOUT_S", "soon")
+    with pytest.raises(GpupoolValidationError, match="GPUPOOL_TIMEOUT_S: expected a number of seconds"):
+        ClientSettings()

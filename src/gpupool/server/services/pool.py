@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import NotFoundError, ValidationError, reject_unknown_keys
 from gpupool.domain.queues import QueueSpec, parse_amounts
-from gpupool.domain.resources import ResourceVector
+from gpupool.domain.resources import ResourceVector, format_cpu, format_gpu, format_memory
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
 from gpupool.server.local_node import LocalNode
@@ -152,18 +152,41 @@ def queue_specs(session: Session) -> dict[str, QueueSpec]:
     return {row.name: queue_from_row(row) for row in queues.list_queues(session)}
 
 
+UNSET = "-"  # `--guaranteed cpu=-` (or null in the API): remove that resource's guarantee or ceiling
+_RESOURCES = ("cpu", "memory", "gpu")
+
+
+def _given(data: Mapping[str, Any], where: str) -> tuple[dict[str, Any], set[str]]:
+    """The amounts a change sets, and the resources it unsets ("-" or null)."""
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+        raise ValidationError("expected a mapping such as {gpu: 2, memory: 64GiB}", where)
+    reject_unknown_keys(dict(data), _RESOURCES, where)
+    unset = {k for k, v in data.items() if v is None or v == UNSET}
+    return {k: v for k, v in data.items() if k not in unset}, unset
+
+
 def update_queue(session: Session, principal: Principal, name: str, body: schemas.QueueUpdate,
                  now: float) -> schemas.Queue:
-    """Change a queue's guarantee, limit, weight or flags (administrators only)."""
+    """Change a queue (administrators only). `guaranteed` and `limit` are merged into the queue's: a resource
+    they name changes, "-" (or null) removes its guarantee or ceiling, the others stay; `limit: {}` removes
+    every ceiling. The answer carries warnings when a guarantee, or all queues' together, exceed the pool."""
     principal.require_admin("change queues")
     row = queues.queue_by_name(session, name)
     if row is None:
         raise NotFoundError(f"queue {name!r} does not exist; every project has a queue of its name")
     if body.guaranteed is not None:
-        g = parse_amounts(body.guaranteed, "guaranteed")
-        row.guaranteed_cpu_milli, row.guaranteed_memory_mib, row.guaranteed_gpu_milli = g.as_tuple()
+        values, unset = _given(body.guaranteed, "guaranteed")
+        parsed = parse_amounts(values, "guaranteed").as_tuple()
+        current = [row.guaranteed_cpu_milli, row.guaranteed_memory_mib, row.guaranteed_gpu_milli]
+        merged = [0 if r in unset else parsed[i] if r in values else current[i] for i, r in enumerate(_RESOURCES)]
+        row.guaranteed_cpu_milli, row.guaranteed_memory_mib, row.guaranteed_gpu_milli = merged
     if body.limit is not None:
-        row.limit_cpu_milli, row.limit_memory_mib, row.limit_gpu_milli = parse_limit(body.limit)
+        values, unset = _given(body.limit, "limit")
+        parsed_limit = parse_limit(values)
+        current_limit = [row.limit_cpu_milli, row.limit_memory_mib, row.limit_gpu_milli]
+        merged_limit = [None if not body.limit or r in unset else parsed_limit[i] if r in values
+                        else current_limit[i] for i, r in enumerate(_RESOURCES)]
+        row.limit_cpu_milli, row.limit_memory_mib, row.limit_gpu_milli = merged_limit
     for key in ("weight", "lend", "strict_fifo"):
         value = getattr(body, key)
         if value is not None:
@@ -171,7 +194,34 @@ def update_queue(session: Session, principal: Principal, name: str, body: schema
     queue_from_row(row)  # validates the combination (guarantee within limit, weight > 0)
     row.updated_at = now
     session.flush()
-    return next(q for q in list_queues(session) if q.name == name)
+    result = next(q for q in list_queues(session) if q.name == name)
+    result.warnings = guarantee_warnings(session, name)
+    return result
+
+
+def guarantee_warnings(session: Session, name: str) -> list[str]:
+    """Warnings when queue `name`'s guarantee, or the sum of every queue's, is more than the pool holds."""
+    rows = nodes.list_nodes(session)
+    pool = ResourceVector(sum(r.cpu_milli for r in rows), sum(r.memory_mib for r in rows),
+                          1000 * sum(len(r.gpus) for r in rows))
+    specs = queue_specs(session)
+    total = sum((q.guaranteed for q in specs.values()), ResourceVector())
+    warnings = []
+    for what, amount in ((f"the guarantee of queue {name} is", specs[name].guaranteed),
+                         (f"the guarantees of all {len(specs)} queues add up to", total)):
+        over = amount.exceeding(pool)
+        if over:
+            parts = ", ".join(f"{_describe(amount, r)} > {_describe(pool, r)}" for r in over)
+            warnings.append(f"{what} more than the pool holds ({parts}); it cannot all be given at once")
+        if len(specs) == 1:
+            break  # one queue: its guarantee is the sum
+    return warnings
+
+
+def _describe(amount: ResourceVector, resource: str) -> str:
+    value = {"cpu": amount.cpu_milli, "memory": amount.memory_mib, "gpu": amount.gpu_milli}[resource]
+    text = {"cpu": format_cpu, "memory": format_memory, "gpu": format_gpu}[resource](value)
+    return f"{resource} {text}"
 
 
 def parse_limit(data: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:

@@ -20,10 +20,12 @@ from gpupool.domain.errors import (
 from gpupool.domain.specs import WorkloadSpec, parse_spec, validate_name
 from gpupool.domain.status import WorkloadStatus, parse_status, transition
 from gpupool.executors.base import Capability, Executor
+from gpupool.scheduler.queues import beyond_limit
 from gpupool.server.api import schemas
 from gpupool.server.endpoints import stored_endpoints
 from gpupool.server.services.auth import Principal
-from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.server.services.feasibility import FeasibilityCache, pending_from_spec
+from gpupool.store.convert import queue_from_row
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, queues
 from gpupool.store.repos import workloads as repo
@@ -145,6 +147,17 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     return row, True
 
 
+def submission_warnings(session: Session, row: WorkloadRow) -> list[str]:
+    """What the submitter should know although the workload was accepted: it asks for more than its queue's
+    limit, so it waits until an administrator raises the limit (a warning, not a refusal)."""
+    queue = queues.queue_by_name(session, row.queue)
+    if queue is None:
+        return []
+    demand = pending_from_spec(str(row.id), row.queue, parse_spec(row.spec), row.submitted_at).nominal()
+    never = beyond_limit(queue_from_row(queue), demand)
+    return [f"workload {row.id} {never}; it stays pending until then"] if never else []
+
+
 def _replay(existing: WorkloadRow, canonical: dict[str, Any], key: str) -> WorkloadRow:
     if existing.spec != canonical:
         raise ConflictError(f"idempotency key {key!r} was already used for a different spec (workload "
@@ -234,15 +247,22 @@ def request_stop(session: Session, row: WorkloadRow, now: float) -> int:
 
 # ------------------------------------------------------------------------------------------ logs
 def log_lines(session: Session, principal: Principal, workload_id: int, replica: int, tail: int | None,
-              follow: bool, executor: Executor) -> Iterator[str]:
-    """The replica's output (current run) through the executor; `follow` streams until it ends."""
+              follow: bool, executor: Executor, attempt: int | None = None) -> Iterator[str]:
+    """The replica's output through the executor: of the current run, or of run `attempt` (1 is the first; a
+    retried or preempted workload keeps the output of its earlier runs). `follow` streams until it ends."""
     row = visible_workload(session, principal, workload_id)
     if tail is not None and not 0 <= tail <= MAX_TAIL:
         raise ValidationError(f"tail must be 0..{MAX_TAIL}", "tail")
     if not 0 <= replica < row.replica_count:
         raise ValidationError(f"workload {workload_id} has replicas 0..{row.replica_count - 1}", "replica")
-    found = [r for r in repo.replicas_of(session, row.id, row.attempt) if r.number == replica] if row.attempt else []
+    if attempt is not None and not 1 <= attempt <= max(row.attempt, 1):
+        runs = f"runs 1..{row.attempt}" if row.attempt else "no run yet"
+        raise ValidationError(f"workload {workload_id} has {runs}; choose one of them", "attempt")
+    run = attempt or row.attempt
+    found = [r for r in repo.replicas_of(session, row.id, run) if r.number == replica] if run else []
     if not found or found[0].handle is None:
+        if attempt is not None and attempt != row.attempt:
+            raise ConflictError(f"replica {replica} did not start in run {attempt} of workload {workload_id}")
         why = f": {row.pending_reason}" if row.pending_reason else ""
         raise ConflictError(f"replica {replica} of workload {workload_id} has not started yet ({row.status}{why})")
     follow = follow and Capability.FOLLOW_LOGS in executor.capabilities

@@ -27,11 +27,12 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
     with services.db.session() as session:
         row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility)
         detail = workloads.detail_view(session, row)
+        warnings = workloads.submission_warnings(session, row)
     if created:
         services.wake_scheduler()
     else:
         response.status_code = 200
-    return schemas.WorkloadSubmitted(workload=detail, created=created)
+    return schemas.WorkloadSubmitted(workload=detail, created=created, warnings=warnings)
 
 
 @router.get("", response_model=schemas.WorkloadPage, responses=ERRORS)
@@ -69,10 +70,13 @@ def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalD
 def logs(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep,
          replica: Annotated[int, Query(ge=0, le=100_000)] = 0,
          tail: Annotated[int | None, Query(ge=0, le=workloads.MAX_TAIL)] = None,
-         follow: bool = False) -> StreamingResponse:
-    """A replica's output (current run); `follow` streams until the replica ends."""
+         follow: bool = False,
+         attempt: Annotated[int | None, Query(ge=1, le=100_000, description="Which run (1 is the first); "
+                                              "default the current one")] = None) -> StreamingResponse:
+    """A replica's output (of the current run, or of run `attempt`); `follow` streams until the replica ends."""
     with services.db.session(write=False) as session:
-        lines = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor)
+        lines = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor,
+                                    attempt)
 
     def body() -> Iterator[str]:
         for line in lines:
