@@ -77,8 +77,31 @@ class QuotaBook:
         return tuple(r for r in over if r in self.governed)
 
     def within_guarantee(self, queue: str, demand: ResourceVector) -> bool:
-        """True when the queue's usage plus `demand` stays inside its guarantee (governed resources only)."""
-        return not self._over_guarantee(queue, self.used(queue) + demand)
+        """True when the queue's usage plus `demand` stays inside its guarantee. GPU always counts; CPU and
+        memory count only where this queue guarantees some (an unset guarantee means "not guaranteed on that
+        resource", not a guarantee of 0 that no demand can stay inside)."""
+        spec = self.spec(queue).guaranteed
+        over = self._over_guarantee(queue, self.used(queue) + demand)
+        return not any(r == "gpu" or _component(spec, r) > 0 for r in over)
+
+    def share_with(self, queue: str, delta: ResourceVector) -> float:
+        """Weighted dominant share the queue would have with `delta` added to its usage."""
+        return (self.used(queue) + delta).dominant_share(self.total) / self.spec(queue).weight
+
+    def over_guarantee_share(self, queue: str, resources: tuple[str, ...]) -> float:
+        """How far the queue is above its guarantee, as the largest fraction of the pool over `resources`
+        (governed ones only); 0 when it is inside its guarantee on all of them."""
+        used, guaranteed = self.used(queue), self.spec(queue).guaranteed
+        fractions = [(_component(used, r) - _component(guaranteed, r)) / max(_component(self.total, r), 1)
+                     for r in resources if r in self.governed]
+        return max([0.0, *fractions])
+
+    def keeps_guarantee_without(self, queue: str, amount: ResourceVector, resources: tuple[str, ...]) -> bool:
+        """True when giving back `amount` leaves the queue at or above its guarantee on every governed
+        resource of `resources` that it guarantees (reclaim never pushes a queue below its own guarantee)."""
+        after, guaranteed = self.used(queue) - amount, self.spec(queue).guaranteed
+        return all(_component(after, r) >= _component(guaranteed, r) for r in resources
+                   if r in self.governed and _component(guaranteed, r) > 0 and _component(amount, r) > 0)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
         """True when the queue uses more than its guarantee of any of `resources` (governed ones only)."""
