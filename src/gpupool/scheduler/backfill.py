@@ -14,11 +14,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gpupool.domain.resources import ResourceVector
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.snapshot import ClusterSnapshot, OverCommitError
-from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload
+from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
+
+
+class Claim(Protocol):
+    """Capacity promised to a head: its placements, taken until `end_time` (None: for good)."""
+
+    @property
+    def workload_id(self) -> str: ...
+
+    @property
+    def placements(self) -> tuple[ReplicaPlacement, ...]: ...
+
+    @property
+    def end_time(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeldClaim:
+    """A reservation handed back from an earlier cycle, as a Claim (before it is checked again)."""
+
+    workload_id: str
+    placements: tuple[ReplicaPlacement, ...]
+    end_time: float | None
 
 
 @dataclass(slots=True)
@@ -30,6 +53,7 @@ class Reservation:
     placements: tuple[ReplicaPlacement, ...]
     future: ClusterSnapshot
     end_time: float | None = None  # start_time + the head's max_runtime (None: unbounded)
+    queue: str = ""  # the head's queue
 
     def forget(self, placements: Sequence[ReplicaPlacement]) -> None:
         """Undo what a successful `admits` took from the future snapshot."""
@@ -70,7 +94,7 @@ def admitted_by_all(reservations: Sequence[Reservation], placements: Sequence[Re
 
 
 def reserve(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, running: Sequence[RunningWorkload],
-            now: float, held: Sequence[Reservation] = ()) -> Reservation | None:
+            now: float, held: Sequence[Claim] = ()) -> Reservation | None:
     """The earliest reservation for `head`, or None when it would not fit even after every bounded
     workload ended. `held`: reservations made before it, whose placements its future keeps taken."""
     # what ends when: running work at its max_runtime, earlier reservations at their own end (they are taken
@@ -96,8 +120,34 @@ def reserve(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, runnin
         if result.restore is not None:
             start = max(end, now)
             end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
-            return Reservation(head.id, start, result.placements, future, end_time)
+            return Reservation(head.id, start, result.placements, future, end_time, head.queue)
     return None
+
+
+def keep(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation, running: Sequence[RunningWorkload],
+         now: float, earlier: Sequence[Reservation] = ()) -> Reservation | None:
+    """The reservation an earlier cycle made for `head`, kept as it was when its placements are still free at
+    its start time (running work ended by then at its max_runtime, reservations in `earlier` honoured);
+    None when they are not (then a new one must be computed)."""
+    start = max(held.start_time, now)
+    future = snap.clone()
+    for res in earlier:
+        future.assume_all(res.placements, force=True)
+    for workload in running:
+        end = _end(workload, now)
+        if end is not None and end <= start:
+            for p in workload.placements:
+                future.forget(p)
+    for res in earlier:
+        if res.end_time is not None and res.end_time <= start:
+            for p in res.placements:
+                future.forget(p)
+    try:
+        future.trial(held.placements)
+    except OverCommitError:
+        return None
+    end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
+    return Reservation(head.id, start, held.placements, future, end_time, head.queue)
 
 
 def _end(workload: RunningWorkload, now: float) -> float | None:

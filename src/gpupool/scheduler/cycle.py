@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import ResourceVector
-from gpupool.scheduler.backfill import Reservation, admitted_by_all, reserve
+from gpupool.scheduler.backfill import Claim, HeldClaim, Reservation, admitted_by_all, keep, reserve
 from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
 from gpupool.scheduler.demand import workload_demand
 from gpupool.scheduler.feasibility import NeverFitsChecker
@@ -90,9 +90,11 @@ class _Cycle:
         self._never_fits = never_fits
         self.decisions = Decisions()
         self.reservations: list[Reservation] = []
+        self._queue_ending: dict[str, ResourceVector] = {}  # per reservation: its queue's usage ended by then
         self.reservation_tries = 0
         self.unreservable: set[object] = set()
         self.preempted = 0
+        self._candidates: dict[object, list[RunningWorkload]] = {}  # ordered preemption candidates
         self.started: list[RunningWorkload] = []  # bound this cycle (never preempted in it)
         self.reasons: dict[str, str] = {}
         self.nominations: dict[str, tuple[ReplicaPlacement, ...]] = {}
@@ -121,12 +123,13 @@ class _Cycle:
         handled: set[str] = set()
         for w in sorted(nominated, key=lambda w: (-w.priority, w.submit_time, w.id)):
             placements = w.nominated or ()
-            if self._fits_jointly(placements) and self.book.blocked_by_quota(w.queue, placements_usage(placements)) \
-                    is None:
+            fits = self._fits_jointly(placements)
+            quota = self.book.blocked_by_quota(w.queue, placements_usage(placements))
+            if fits and quota is None:
                 self.snap.assume_all(placements)
                 self._bind(w, placements)
                 handled.add(w.id)
-            elif self._victims_still_stopping(w, placements):
+            elif self._victims_still_stopping(placements, quota is not None):
                 self.snap.assume_all(self.stopping.claim(placements), force=True)  # hold what its victims free
                 self.book.add(w.queue, placements_usage(placements))
                 self.nominations[w.id] = placements
@@ -147,36 +150,80 @@ class _Cycle:
             self.snap.forget(p)
         return ok
 
-    def _victims_still_stopping(self, nominee: PendingWorkload, placements: Sequence[ReplicaPlacement]) -> bool:
-        """Work is still stopping on the nominated nodes (capacity victims) or in the nominee's own queue
-        (victims that make room under its queue's limit, wherever they run)."""
+    def _victims_still_stopping(self, placements: Sequence[ReplicaPlacement], quota_blocked: bool) -> bool:
+        """Work is still stopping on the nominated nodes (victims that free capacity) or, when quota holds the
+        nominee back, anywhere (victims that free quota: its own queue's, or room owed to other queues)."""
         nodes = {p.node for p in placements}
-        return any(w.terminating and (w.queue == nominee.queue or any(p.node in nodes for p in w.placements))
+        return any(w.terminating and (quota_blocked or any(p.node in nodes for p in w.placements))
                    for w in self.running)
 
     def _reserved_first(self, reserved: Iterable[PendingWorkload]) -> set[str]:
-        """Workloads holding a reservation from an earlier cycle, before any other work: start now if they
-        fit, else renew the reservation (kept, protected and shown) while the reasons stay the same."""
+        """Workloads holding a reservation from an earlier cycle, before any other work, earliest promise
+        first: start now if they can without delaying another reservation, else keep the reservation
+        (moved earlier when capacity frees sooner; protected and shown) while the reasons stay the same."""
         handled: set[str] = set()
-        for w in sorted(reserved, key=lambda w: (-w.priority, w.submit_time, w.id)):
+        order = sorted(reserved, key=_promise_order)
+        for k, w in enumerate(order):
             if self.never_fits.reason(w) is not None:
                 continue
-            result = self._place(w)
-            if result.restore is not None:
-                usage = placements_usage(result.placements)
-                if (self.book.blocked_by_quota(w.queue, usage) is None
-                        and self._admission_blocked(w, result.placements) is None):
-                    self._bind(w, result.placements)
-                    handled.add(w.id)
-                    continue
-                result.restore()
-                continue  # its reason is now quota or another reservation: the ordered pass says which
-            res = self._try_reserve(w)
-            if res is None:
+            later = order[k + 1:]
+            started, failure = self._start_reserved(w, later)
+            if started:
+                handled.add(w.id)
                 continue
-            self.reasons[w.id] = self._reservation_reason(w, res, result.reason)
+            res = self._keep_reservation(w, later) or self._try_reserve(w)
+            if res is None:
+                continue  # its reason has changed: the ordered pass says which
+            self.reasons[w.id] = self._reservation_reason(w, res, failure)
             handled.add(w.id)
         return handled
+
+    def _start_reserved(self, w: PendingWorkload, later: Sequence[PendingWorkload]) -> tuple[bool, str]:
+        """Bind a reserved head now, on its reserved placement when that is free, else where the policy puts
+        it; never on capacity promised to another held reservation. (started?, why not)."""
+        held = w.reserved.placements if w.reserved is not None else ()
+        if held and self._fits_jointly(held) and self._admits_reserved(w, held, later):
+            self.snap.assume_all(held)
+            self._bind(w, held)
+            return True, ""
+        result = self._place(w)
+        if result.restore is None:
+            return False, result.reason
+        if self._admits_reserved(w, result.placements, later):
+            self._bind(w, result.placements)
+            return True, ""
+        result.restore()
+        return False, "the capacity it could take now is promised to other reservations or its queue is full"
+
+    def _admits_reserved(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...],
+                         later: Sequence[PendingWorkload]) -> bool:
+        end = None if w.max_runtime_s is None else self.now + w.max_runtime_s
+        mine = _cards(placements)
+        for other in later:  # held reservations not yet checked: keep off their cards unless done by then
+            if other.reserved is None or (end is not None and end <= other.reserved.start_time):
+                continue
+            if mine & _cards(other.reserved.placements):
+                return False
+        usage = placements_usage(placements)
+        return (self.book.blocked_by_quota(w.queue, usage) is None
+                and self._admission_blocked(w, placements) is None)
+
+    def _keep_reservation(self, w: PendingWorkload, later: Sequence[PendingWorkload]) -> Reservation | None:
+        """The held reservation of `w`, moved earlier when capacity frees sooner (without touching what is
+        promised to any other held head), else kept as it was when it still holds."""
+        if (w.reserved is None or not self.profile.backfill
+                or len(self.reservations) >= self.profile.reservation_depth):
+            return None
+        others: list[Claim] = list(self.reservations)
+        others += [HeldClaim(o.id, o.reserved.placements, _held_end(o)) for o in later if o.reserved is not None]
+        running = self.running + self.started
+        res = reserve(self.snap, self.placer, w, running, self.now, others)
+        if res is None or res.start_time >= w.reserved.start_time:
+            res = keep(self.snap, w, w.reserved, running, self.now, self.reservations)
+        if res is not None:
+            self.reservations.append(res)
+            self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
+        return res
 
     def _reservation_reason(self, w: PendingWorkload, res: Reservation, failure: str) -> str:
         nodes = ", ".join(sorted({p.node for p in res.placements}))
@@ -252,10 +299,33 @@ class _Cycle:
             quota = self.book.blocked_by_quota(w.queue, usage)
             if quota is not None:
                 return quota
-        res = admitted_by_all(self.reservations, placements, self.now, w.max_runtime_s)
+        res = self._limit_kept_for(w, usage) or admitted_by_all(self.reservations, placements, self.now,
+                                                                 w.max_runtime_s)
         if res is not None:
             return (f"starting now would delay {res.workload_id}, which holds a reservation to start by "
                     f"t={res.start_time:g}")
+        return None
+
+    def _limit_kept_for(self, w: PendingWorkload, usage: ResourceVector) -> Reservation | None:
+        """The first reservation of `w`'s own queue that `w` would delay by taking the room under the queue's
+        limit that the reserved head needs at its start (work of the queue ending by then gives room back)."""
+        limit = self.book.spec(w.queue).limit
+        if limit is None:
+            return None
+        for res in self.reservations:
+            if res.queue != w.queue or (w.max_runtime_s is not None and self.now + w.max_runtime_s <= res.start_time):
+                continue
+            ending = self._queue_ending.get(res.workload_id)
+            if ending is None:  # work started in this cycle is left out: it is counted as still running then
+                ending = ResourceVector()
+                for r in self.running:
+                    end = self.now if r.terminating else r.expected_end()
+                    if r.queue == w.queue and end is not None and end <= res.start_time:
+                        ending = ending + r.usage
+                self._queue_ending[res.workload_id] = ending
+            at_start = self.book.used(w.queue) - ending + usage + placements_usage(res.placements)
+            if at_start.exceeding(limit):
+                return res
         return None
 
     def _place(self, w: PendingWorkload) -> GangResult:
@@ -320,7 +390,8 @@ class _Cycle:
         reclaim = self.book.within_guarantee(w.queue, demand)
         plan = plan_preemption(self.snap, self.placer, w, self.running, self.book, self.now,
                                self.profile.min_runtime_s, demand=demand,
-                               fair_share=self.profile.fair_share_preemption, max_victims=budget)
+                               fair_share=self.profile.fair_share_preemption, max_victims=budget,
+                               cache=self._candidates)
         if plan is None:
             self.unpreemptable_shapes.add(shape)
             return False
@@ -329,6 +400,7 @@ class _Cycle:
         for victim in plan.victims:
             # the victim's usage stays in the quota book until it has stopped (it still holds the capacity)
             self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim, reclaim)))
+            self.book.mark_stopping(victim.queue, victim.usage)
             self.stopping.add(victim)
         self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]
         self.snap.assume_all(self.stopping.claim(plan.nominated), force=True)  # hold the part victims do not
@@ -357,3 +429,19 @@ class _Cycle:
                 reason = self.reasons.get(w.id, "not considered this cycle")
                 self.decisions.pending.append(Pending(w.id, reason, position, self.nominations.get(w.id)))
 
+
+def _promise_order(w: PendingWorkload) -> tuple[float, int, float, str]:
+    """Held reservations are checked earliest promise first (then priority, submit time, id)."""
+    start = w.reserved.start_time if w.reserved is not None else float("inf")
+    return (start, -w.priority, w.submit_time, w.id)
+
+
+def _held_end(w: PendingWorkload) -> float | None:
+    if w.reserved is None or w.max_runtime_s is None:
+        return None
+    return w.reserved.start_time + w.max_runtime_s
+
+
+def _cards(placements: Sequence[ReplicaPlacement]) -> set[tuple[str, int]]:
+    """(node, card) of every GPU the placements use; (node, -1) for a replica without GPUs."""
+    return {(p.node, g.index) for p in placements for g in p.gpus} | {(p.node, -1) for p in placements if not p.gpus}

@@ -7,9 +7,9 @@ the profile's minimum run time):
   of queues that are borrowing (using more than their guarantee of a resource the preemptor needs), for as
   long as their queue is still borrowing and never so far that their queue drops below its own guarantee;
 - across queues, with fair-share preemption switched on: workloads of a queue whose weighted dominant share
-  stays strictly above the preemptor queue's share (with the preemptor counted) once the victim is gone, and
-  not below its own guarantee. The strict inequality is what rules out loops: the victim's queue cannot then
-  be below the preemptor's queue and preempt back.
+  is above the preemptor queue's share now and stays at or above it (with the preemptor counted) once the
+  victim is gone, and not below its own guarantee. That rules out loops: preempting back would need the
+  victim's queue to be strictly below the preemptor's, which the second condition excludes.
 
 Victim order: first the workloads of the queue most above its guarantee (borrowers before owners); among
 other queues' workloads the smallest first (then priority, shortest run time, id), inside the preemptor's
@@ -53,12 +53,16 @@ class _Rules:
         """May `victim` be taken now (with the book as it stands after earlier removals)?"""
         if victim.queue == self.preemptor.queue:
             return victim.priority < self.preemptor.priority
-        if not book.keeps_guarantee_without(victim.queue, victim.usage, self.needed):
+        if not book.keeps_guarantee_without(victim.queue, victim.usage):
             return False
         if self.reclaim and book.is_borrowing(victim.queue, self.needed):
             return True
-        return self.fair_share and (book.share_with(victim.queue, ResourceVector() - victim.usage)
-                                    > book.share_with(self.preemptor.queue, self.demand))
+        if not self.fair_share:
+            return False
+        zero = ResourceVector()
+        return (book.share_with(self.preemptor.queue, zero) < book.share_with(victim.queue, zero)
+                and book.share_with(victim.queue, zero - victim.usage)
+                >= book.share_with(self.preemptor.queue, self.demand))
 
 
 def _needed_resources(demand: ResourceVector) -> tuple[str, ...]:
@@ -100,11 +104,21 @@ def _candidates(rules: _Rules, running: Sequence[RunningWorkload], book: QuotaBo
 def plan_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload,
                     running: Sequence[RunningWorkload], book: QuotaBook, now: float,
                     min_runtime_s: float, *, demand: ResourceVector | None = None, fair_share: bool = False,
-                    max_victims: int | None = None) -> PreemptionPlan | None:
+                    max_victims: int | None = None,
+                    cache: dict[object, list[RunningWorkload]] | None = None) -> PreemptionPlan | None:
     """The victims whose removal lets `preemptor` run, or None (also when more than `max_victims` would be
-    needed). The snapshot and book are left unchanged."""
+    needed). The snapshot and book are left unchanged. `cache` (one per cycle) keeps the ordered candidates
+    per preemptor queue, priority and needed resources: later plans skip those since asked to stop, and
+    every cross-queue candidate is checked against the rules again when it is reached."""
     rules = _rules(preemptor, demand, book, fair_share)
-    pool = _candidates(rules, running, book, now, min_runtime_s)
+    key = (preemptor.queue, preemptor.priority, rules.needed, rules.reclaim)
+    pool = cache.get(key) if cache is not None else None
+    if pool is None:
+        pool = _candidates(rules, running, book, now, min_runtime_s)
+        if cache is not None:
+            cache[key] = pool
+    stopping = {w.id for w in running if w.terminating}
+    pool = [w for w in pool if w.id not in stopping] if stopping else pool
     if not pool:
         return None
     trial = _Trial(snap, placer, preemptor, book)

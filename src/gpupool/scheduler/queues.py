@@ -37,18 +37,36 @@ class QuotaBook:
     def __init__(self, queues: Mapping[str, QueueSpec], running: Iterable[RunningWorkload],
                  total: ResourceVector) -> None:
         self.queues = dict(queues)
+        self._defaults: dict[str, QueueSpec] = {}
         self.total = total
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
         self.used_total = ResourceVector()
         self.reserved_total = sum((self._reserved(name) for name in self.queues), ResourceVector())
         self.governed = ("gpu", *(r for r in ("cpu", "memory")
                                   if any(_component(q.guaranteed, r) > 0 for q in self.queues.values())))
+        self.stopping: dict[str, ResourceVector] = {}
         for workload in running:
             self.add(workload.queue, workload.usage)
+            if workload.terminating:
+                self.mark_stopping(workload.queue, workload.usage)
+
+    def mark_stopping(self, queue: str, amount: ResourceVector) -> None:
+        """Record that `amount` of the queue's usage has been asked to stop. It still counts against the
+        queue's limit until it has stopped, but no longer as capacity the queue keeps (reclaim, fair share)."""
+        self.stopping[queue] = self.stopping.get(queue, ResourceVector()) + amount
+
+    def settled(self, queue: str) -> ResourceVector:
+        """What the queue will hold once its stopping work has stopped."""
+        return self.used(queue) - self.stopping.get(queue, ResourceVector())
 
     def spec(self, queue: str) -> QueueSpec:
         """The queue's spec (a default, lending, unguaranteed spec for unknown names)."""
-        return self.queues.get(queue) or QueueSpec(name=queue)
+        spec = self.queues.get(queue)
+        if spec is None:
+            spec = self._defaults.get(queue)
+            if spec is None:
+                spec = self._defaults[queue] = QueueSpec(name=queue)
+        return spec
 
     def add(self, queue: str, amount: ResourceVector) -> None:
         """Record that `queue` now also uses `amount`."""
@@ -85,27 +103,29 @@ class QuotaBook:
         return not any(r == "gpu" or _component(spec, r) > 0 for r in over)
 
     def share_with(self, queue: str, delta: ResourceVector) -> float:
-        """Weighted dominant share the queue would have with `delta` added to its usage."""
-        return (self.used(queue) + delta).dominant_share(self.total) / self.spec(queue).weight
+        """Weighted dominant share the queue would have with `delta` added to its settled usage."""
+        return (self.settled(queue) + delta).dominant_share(self.total) / self.spec(queue).weight
 
     def over_guarantee_share(self, queue: str, resources: tuple[str, ...]) -> float:
         """How far the queue is above its guarantee, as the largest fraction of the pool over `resources`
         (governed ones only); 0 when it is inside its guarantee on all of them."""
-        used, guaranteed = self.used(queue), self.spec(queue).guaranteed
+        used, guaranteed = self.settled(queue), self.spec(queue).guaranteed
         fractions = [(_component(used, r) - _component(guaranteed, r)) / max(_component(self.total, r), 1)
                      for r in resources if r in self.governed]
         return max([0.0, *fractions])
 
-    def keeps_guarantee_without(self, queue: str, amount: ResourceVector, resources: tuple[str, ...]) -> bool:
-        """True when giving back `amount` leaves the queue at or above its guarantee on every governed
-        resource of `resources` that it guarantees (reclaim never pushes a queue below its own guarantee)."""
-        after, guaranteed = self.used(queue) - amount, self.spec(queue).guaranteed
-        return all(_component(after, r) >= _component(guaranteed, r) for r in resources
-                   if r in self.governed and _component(guaranteed, r) > 0 and _component(amount, r) > 0)
+    def keeps_guarantee_without(self, queue: str, amount: ResourceVector) -> bool:
+        """True when giving back `amount` leaves the queue's settled usage at or above its guarantee on every
+        governed resource that it guarantees and `amount` takes (reclaim never pushes a queue below its own
+        guarantee)."""
+        after, guaranteed = self.settled(queue) - amount, self.spec(queue).guaranteed
+        return all(_component(after, r) >= _component(guaranteed, r) for r in self.governed
+                   if _component(guaranteed, r) > 0 and _component(amount, r) > 0)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
-        """True when the queue uses more than its guarantee of any of `resources` (governed ones only)."""
-        return any(r in resources for r in self._over_guarantee(queue, self.used(queue)))
+        """True when the queue's settled usage is above its guarantee of any of `resources` (governed ones
+        only)."""
+        return any(r in resources for r in self._over_guarantee(queue, self.settled(queue)))
 
     def _reserved(self, queue: str) -> ResourceVector:
         spec, used = self.spec(queue), self.used(queue)

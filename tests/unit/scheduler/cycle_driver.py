@@ -46,6 +46,9 @@ class Record:
     starts: dict[str, list[float]] = field(default_factory=dict)
     finished: dict[str, float] = field(default_factory=dict)
     preemptions: Counter[str] = field(default_factory=Counter)
+    between: Counter[frozenset[str]] = field(default_factory=Counter)  # preemptions between two workloads
+    preempted_by: dict[str, set[str]] = field(default_factory=dict)
+    waiting_preemptors: set[str] = field(default_factory=set)  # preempted for, not started since
     first_promise: dict[str, float] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
@@ -169,13 +172,25 @@ class CycleDriver:
                 duration = min(duration, w.max_runtime_s)
             self.ends[w.id] = self.now + duration
             self.record.starts.setdefault(w.id, []).append(self.now)
+            self.record.waiting_preemptors.discard(w.id)
+        for preemptor in sorted({p.preemptor_id for p in decisions.preemptions}):
+            if preemptor in self.record.waiting_preemptors:
+                self.record.violations.append(f"t={self.now:g}: {preemptor} preempts again before it has started")
+            self.record.waiting_preemptors.add(preemptor)
         for p in decisions.preemptions:
+            pair = frozenset((p.victim_id, p.preemptor_id))
+            self.record.between[pair] += 1
+            if p.victim_id in self.record.preempted_by.get(p.preemptor_id, set()) and self.record.between[pair] > 2:
+                self.record.violations.append(f"t={self.now:g}: {p.victim_id} and {p.preemptor_id} keep preempting "
+                                              "each other")
+            self.record.preempted_by.setdefault(p.victim_id, set()).add(p.preemptor_id)
             if p.victim_id in self.stopping or p.victim_id not in self.running:
                 self.record.violations.append(f"t={self.now:g}: {p.victim_id} preempted while not running")
                 continue
             self.running[p.victim_id] = replace(self.running[p.victim_id], terminating=True)
             self.stopping[p.victim_id] = self.stop_cycles
             self.record.preemptions[p.victim_id] += 1
+        self._check_reclaim(decisions)
         reserved = {r.workload_id: r for r in decisions.reservations}
         for r in decisions.reservations:
             self.record.first_promise.setdefault(r.workload_id, r.start_time)
@@ -185,6 +200,23 @@ class CycleDriver:
             carried = HeldReservation(held.start_time, held.placements) if held and self.carry_reservations else None
             self.pending[d.workload_id] = replace(self.pending[d.workload_id], nominated=d.nominated,
                                                   reserved=carried)
+
+    def _check_reclaim(self, decisions: Decisions) -> None:
+        """A queue that lost GPU work to another queue keeps at least its GPU guarantee (once stops settle)."""
+        losers = {self.running[p.victim_id].queue for p in decisions.preemptions
+                  if p.victim_id in self.running and self.running[p.victim_id].usage.gpu_milli
+                  and self.templates.get(p.preemptor_id, self.pending.get(p.preemptor_id)) is not None
+                  and self._queue_of(p.preemptor_id) != self.running[p.victim_id].queue}
+        for name in sorted(losers):
+            spec = self.queues.get(name)
+            kept = sum(w.usage.gpu_milli for w in self.running.values() if w.queue == name and not w.terminating)
+            if spec is not None and kept < spec.guaranteed.gpu_milli:
+                self.record.violations.append(f"t={self.now:g}: queue {name} reclaimed down to {kept} milli GPU, "
+                                              f"below its guarantee of {spec.guaranteed.gpu_milli}")
+
+    def _queue_of(self, workload_id: str) -> str:
+        w = self.pending.get(workload_id) or self.templates[workload_id]
+        return w.queue
 
     def _check(self) -> None:
         self._snapshot()  # records any over-commit

@@ -41,12 +41,12 @@ def test_a_reservation_is_kept_until_the_gang_starts() -> None:
         driver.submit(job(f"s{k:03}").queue("small").at(10.0 * k).gpu(1).max_runtime(600).build(), 600,
                       at=10.0 * k)
     record = driver.run(120)
-    # the first cycle reserves for small's head first (t=450 on n2, until 1,050), then for the gang: 1,050 at the
-    # latest; n1 and n2 are both free of the first 16 jobs at t=600, and nothing may take them meanwhile
+    # the first cycle reserves for small's head first (1 GPU at t=450 on n2, held until 450 + 600 = 1,050), then
+    # for the gang: t=1,050, when n1 and n2 are both free. Nothing else may take them meanwhile
     promise = record.first_promise["gang"]
-    assert promise <= 1050
+    assert promise == 1050
     start = record.start("gang")
-    assert start is not None and start <= min(promise, 600) + driver.cycle_s, (promise, start, record.reasons["gang"])
+    assert start is not None and start <= promise + driver.cycle_s, (promise, start, record.reasons["gang"])
     assert not record.violations
 
 
@@ -220,3 +220,37 @@ def test_fair_share_preemption_is_off_by_default() -> None:
     driver.submit(job("a0").queue("a").gpu(1).build(), 3600)
     record = driver.run(30)
     assert not record.preemptions and record.start("a0") is None
+
+
+# ----------------------------------------------------------------------------------- preemption cost
+def test_preemptions_per_cycle_are_capped() -> None:
+    # 4 nodes x 8 cards full of priority-0 jobs; 20 priority-5 one-GPU jobs arrive. With a cap of 3, the first
+    # cycle chooses 3 victims; the rest of the preemptors wait for later cycles
+    pool = [node(f"n{i}").gpus(8).build() for i in range(4)]
+    driver = CycleDriver(pool, [], SchedulerProfile(policy="bestfit", max_preemptions_per_cycle=3))
+    for i in range(32):
+        driver.add_running(running(f"r{i:02}", [on(f"n{i // 8}", gpus={i % 8: 1000})], start=-1000.0))
+    for k in range(20):
+        driver.submit(job(f"p{k:02}").priority(5).at(k).gpu(1).build(), 600)
+    first = driver.step()
+    assert len(first.preemptions) == 3
+    assert all(p.reason for p in first.pending)
+    driver.run(20)
+    assert sum(driver.record.preemptions.values()) == 20 and not driver.record.violations
+
+
+def test_a_promise_that_slips_says_why() -> None:
+    # "late" declares 300 s but is still running at t=300 (the executor has not stopped it yet): the 8-GPU
+    # head promised t=300 is told its new time and that "late" ran past its max_runtime
+    pool = [node("n1").gpus(8).build()]
+    driver = CycleDriver(pool, [queue("a")], BESTFIT)
+    driver.add_running(running("late", [on("n1", gpus=dict.fromkeys(range(8), 1000))], "a", start=0,
+                               max_runtime=300), ends_at=400)
+    driver.submit(job("head").queue("a").gpu(8).max_runtime(600).build(), 600)
+    record = driver.run(33)  # up to t=320
+    assert record.first_promise["head"] == 300
+    # each cycle from t=310 renews the promise to "now" (late should end any moment) and says why it moved
+    assert "reserved to start by t=320 on n1 (later than the t=310 promised: late ran past its max_runtime)" \
+        in record.reasons["head"]
+    record = driver.run(10)
+    assert record.start("head") == 400
