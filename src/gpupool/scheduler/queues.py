@@ -115,12 +115,13 @@ class QuotaBook:
         return max([0.0, *fractions])
 
     def keeps_guarantee_without(self, queue: str, amount: ResourceVector) -> bool:
-        """True when giving back `amount` leaves the queue's settled usage at or above its guarantee on every
-        governed resource that it guarantees and `amount` takes (reclaim never pushes a queue below its own
-        guarantee)."""
-        after, guaranteed = self.settled(queue) - amount, self.spec(queue).guaranteed
-        return all(_component(after, r) >= _component(guaranteed, r) for r in self.governed
-                   if _component(guaranteed, r) > 0 and _component(amount, r) > 0)
+        """True when giving back `amount` does not take the queue's settled usage from at or above its
+        guarantee to below it, on any governed resource it guarantees (reclaim never pushes a queue below its
+        own guarantee; a resource it already uses less of than guaranteed is not what is reclaimed)."""
+        before, guaranteed = self.settled(queue), self.spec(queue).guaranteed
+        after = before - amount
+        return not any(_component(after, r) < _component(guaranteed, r) <= _component(before, r)
+                       for r in self.governed if _component(amount, r) > 0)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
         """True when the queue's settled usage is above its guarantee of any of `resources` (governed ones
