@@ -13,6 +13,7 @@ from gpupool.domain.resources import (
     ResourceVector,
     SharingMode,
     mig_profile_slices,
+    mig_slice_milli,
 )
 
 RACK_LABEL = "topology.gpupool.io/rack"
@@ -59,7 +60,7 @@ class Gpu:
 
     def mig_milli(self, instance: MigInstance) -> int:
         """GPU milli one MIG instance of this card counts as (its share of the compute slices)."""
-        return round(instance.slices * MILLI_PER_GPU / self.compute_slices)
+        return mig_slice_milli(instance.slices, self.compute_slices)
 
 
 @dataclass(frozen=True, slots=True)

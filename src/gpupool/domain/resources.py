@@ -246,14 +246,18 @@ class GpuRequest:
         """True for CPU-only work."""
         return self.kind == "none"
 
-    def nominal_milli(self) -> int:
-        """GPU milli this request counts against quotas before placement (a memory-only share counts 0 here;
-        its exact milli is known once a card is chosen)."""
+    def nominal_milli(self, card_memory_mib: int | None = None) -> int:
+        """GPU milli this request counts against quotas. A share sized by memory alone takes
+        `memory_share_milli(memory, card memory)` of the card it lands on: pass the memory of the card (or,
+        before placement, of the largest card it may use, its smallest possible milli); without a card it
+        counts 0. MIG instances count `mig_instance_milli` each."""
         kind = self.kind
         if kind == "whole":
             return self.count * MILLI_PER_GPU
         if kind == "share":
-            return self.share_milli
+            if self.share_milli or card_memory_mib is None:
+                return self.share_milli
+            return memory_share_milli(self.share_memory_mib, card_memory_mib)
         if kind == "mig" and self.mig_profile:
             return self.count * mig_instance_milli(self.mig_profile)
         return 0
@@ -281,10 +285,24 @@ class GpuRequest:
 NO_GPU = GpuRequest()
 
 
+def memory_share_milli(memory_mib: int, card_memory_mib: int) -> int:
+    """The one conversion of a share sized by GPU memory into milli-GPU: ceil(memory / card memory * 1000),
+    at most one card (placement, quotas, preemption and reclaim all use it)."""
+    return min(MILLI_PER_GPU, -(-memory_mib * MILLI_PER_GPU // max(card_memory_mib, 1)))
+
+
+def mig_slice_milli(slices: int, compute_slices_per_gpu: int = 7) -> int:
+    """GPU milli of a MIG instance of `slices` compute slices: floor(slices * 1000 / slices per card).
+    Rounded down so that the instances of one card never add up to more than the card (7 x 1g = 994 milli,
+    a full 7g = 1000): a queue limit of 1 GPU admits all seven 1g instances of a card."""
+    return slices * MILLI_PER_GPU // compute_slices_per_gpu
+
+
 def mig_instance_milli(profile: str, compute_slices_per_gpu: int = 7) -> int:
-    """GPU milli one MIG instance of `profile` counts as: its compute slices over the card's (7 on A100/H100)."""
+    """GPU milli one MIG instance of `profile` counts as (`mig_slice_milli` of its compute slices; 7 per card
+    on A100/H100)."""
     slices, _ = mig_profile_slices(profile)
-    return round(slices * MILLI_PER_GPU / compute_slices_per_gpu)
+    return mig_slice_milli(slices, compute_slices_per_gpu)
 
 
 _GPU_KEYS = ("count", "share", "memory", "model", "mig")
@@ -398,9 +416,9 @@ class ReplicaRequest:
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[str, ...] = field(default=())
 
-    def nominal(self) -> ResourceVector:
-        """The request as a ResourceVector (GPU at its nominal milli)."""
-        return ResourceVector(self.cpu_milli, self.memory_mib, self.gpu.nominal_milli())
+    def nominal(self, card_memory_mib: int | None = None) -> ResourceVector:
+        """The request as a ResourceVector (GPU at its nominal milli; see GpuRequest.nominal_milli)."""
+        return ResourceVector(self.cpu_milli, self.memory_mib, self.gpu.nominal_milli(card_memory_mib))
 
     def describe(self) -> str:
         """Human form, e.g. '4 CPU, 16 GiB, 1 GPU (A100)'."""

@@ -1,22 +1,47 @@
-"""Backfill: a reservation for the blocked head, and the rule that later work must not delay it.
+"""Backfill: reservations for blocked heads, and the rule that later work must not delay them.
 
 The reservation's start is the earliest time at which the head fits if running workloads end at their
 max_runtime (start_time + max_runtime_s; workloads already terminating end now; workloads without a
 max_runtime are assumed never to end). The reservation
 keeps a *future* snapshot: the pool at that time with the head placed. A later workload may start now only
 if it will have ended by the reservation's start, or if its placement also fits the future snapshot
-(so it takes nothing the head will need).
+(so it takes nothing the head will need). Several heads may hold reservations (up to the profile's
+`reservation_depth`); a later reservation is computed on a future that already holds the earlier ones, and a
+workload starts now only if every reservation admits it (`admitted_by_all`, all or nothing).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gpupool.domain.resources import ResourceVector
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.snapshot import ClusterSnapshot, OverCommitError
-from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload
+from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
+
+
+class Claim(Protocol):
+    """Capacity promised to a head: its placements, taken until `end_time` (None: for good)."""
+
+    @property
+    def workload_id(self) -> str: ...
+
+    @property
+    def placements(self) -> tuple[ReplicaPlacement, ...]: ...
+
+    @property
+    def end_time(self) -> float | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeldClaim:
+    """A reservation handed back from an earlier cycle, as a Claim (before it is checked again)."""
+
+    workload_id: str
+    placements: tuple[ReplicaPlacement, ...]
+    end_time: float | None
 
 
 @dataclass(slots=True)
@@ -27,6 +52,13 @@ class Reservation:
     start_time: float
     placements: tuple[ReplicaPlacement, ...]
     future: ClusterSnapshot
+    end_time: float | None = None  # start_time + the head's max_runtime (None: unbounded)
+    queue: str = ""  # the head's queue
+
+    def forget(self, placements: Sequence[ReplicaPlacement]) -> None:
+        """Undo what a successful `admits` took from the future snapshot."""
+        for p in reversed(placements):
+            self.future.forget(p)
 
     def admits(self, placements: Sequence[ReplicaPlacement], now: float, max_runtime_s: float | None) -> bool:
         """True when a workload starting now with `placements` does not delay the reservation; when it
@@ -45,28 +77,77 @@ class Reservation:
         return True
 
 
+def admitted_by_all(reservations: Sequence[Reservation], placements: Sequence[ReplicaPlacement], now: float,
+                    max_runtime_s: float | None) -> Reservation | None:
+    """None when every reservation admits a workload starting now with `placements` (each then holds its
+    capacity in its future), else the first reservation it would delay (and nothing is taken)."""
+    taken: list[tuple[Reservation, bool]] = []
+    for res in reservations:
+        ends_before = max_runtime_s is not None and now + max_runtime_s <= res.start_time
+        if not res.admits(placements, now, max_runtime_s):
+            for earlier, held in reversed(taken):
+                if held:
+                    earlier.forget(placements)
+            return res
+        taken.append((res, not ends_before))
+    return None
+
+
 def reserve(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, running: Sequence[RunningWorkload],
-            now: float) -> Reservation | None:
+            now: float, held: Sequence[Claim] = ()) -> Reservation | None:
     """The earliest reservation for `head`, or None when it would not fit even after every bounded
-    workload ended."""
-    ending = sorted(((end, w.id, w) for w in running if (end := _end(w, now)) is not None),
+    workload ended. `held`: reservations made before it, whose placements its future keeps taken."""
+    # what ends when: running work at its max_runtime, earlier reservations at their own end (they are taken
+    # from now on: a conservative view that never lets this head count on capacity they were promised)
+    ending = sorted([(end, w.id, w.placements) for w in running if (end := _end(w, now)) is not None]
+                    + [(res.end_time, res.workload_id, res.placements) for res in held if res.end_time is not None],
                     key=lambda item: (item[0], item[1]))
     if not ending:
         return None
     future = snap.clone()
+    for res in held:
+        future.assume_all(res.placements, force=True)
     need = head.nominal()
     freed = ResourceVector()
     free_now = _free_total(future)
-    for end, _, workload in ending:
-        for p in workload.placements:
+    for end, _, placements in ending:
+        for p in placements:
             future.forget(p)
-        freed = freed + workload.usage
+            freed = freed + p.usage()
         if not need.fits_within(free_now + freed):
             continue  # cheap test first: not even the totals suffice yet
-        result = placer.place_gang(future, head)
+        result = placer.place_gang(future, head, explain=False)
         if result.restore is not None:
-            return Reservation(head.id, max(end, now), result.placements, future)
+            start = max(end, now)
+            end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
+            return Reservation(head.id, start, result.placements, future, end_time, head.queue)
     return None
+
+
+def keep(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation, running: Sequence[RunningWorkload],
+         now: float, earlier: Sequence[Reservation] = ()) -> Reservation | None:
+    """The reservation an earlier cycle made for `head`, kept as it was when its placements are still free at
+    its start time (running work ended by then at its max_runtime, reservations in `earlier` honoured);
+    None when they are not (then a new one must be computed)."""
+    start = max(held.start_time, now)
+    future = snap.clone()
+    for res in earlier:
+        future.assume_all(res.placements, force=True)
+    for workload in running:
+        end = _end(workload, now)
+        if end is not None and end <= start:
+            for p in workload.placements:
+                future.forget(p)
+    for res in earlier:
+        if res.end_time is not None and res.end_time <= start:
+            for p in res.placements:
+                future.forget(p)
+    try:
+        future.trial(held.placements)
+    except OverCommitError:
+        return None
+    end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
+    return Reservation(head.id, start, held.placements, future, end_time, head.queue)
 
 
 def _end(workload: RunningWorkload, now: float) -> float | None:

@@ -3,15 +3,18 @@
 The cycle, step by step:
 1. Copy the snapshot; build the quota book from the running workloads.
 2. Nominated workloads first: a workload that preempted others in an earlier cycle binds to its nominated
-   placement when it fits; while its victims are still stopping, that placement is held for it.
+   placement when it fits; while its victims are still stopping, that placement is held for it. Then the
+   workloads that hold a reservation from an earlier cycle: each starts now if it fits, else its reservation
+   is renewed (and protected) before any other work is placed; a start later than promised says why.
 3. Take queue heads in fair order: queues whose head stays inside their guarantee first, then by weighted
    dominant share (lowest first); inside a queue by priority (highest first), then submit time, then id.
 4. For each head: quota (limit, borrowing), then gang placement (all or nothing, with the profile's
-   policy). A head that fits binds, unless it would delay the reservation of a blocked workload; then it is
+   policy). A head that fits binds, unless it would delay a reservation of a blocked workload; then it is
    placed once more away from the reserved capacity, and binds there if it can.
 5. A head that does not fit: "can never run" if it would not fit an empty pool; else preemption (within its
-   queue by priority, or reclaiming its guarantee from borrowers) when that provably makes it fit; else the
-   first such head gets a backfill reservation.
+   queue by priority, reclaiming its guarantee from borrowers, or for fair share when switched on) when that
+   provably makes it fit and the cycle's preemption budget allows; else a backfill reservation, for up to
+   `reservation_depth` blocked heads.
 6. Everything not bound gets a human reason and its position in its queue.
 """
 
@@ -23,18 +26,24 @@ from dataclasses import replace
 
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import ResourceVector
-from gpupool.scheduler.backfill import Reservation, reserve
+from gpupool.scheduler.backfill import Claim, HeldClaim, Reservation, admitted_by_all, keep, reserve
 from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
+from gpupool.scheduler.demand import workload_demand
 from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.gang import largest_first
 from gpupool.scheduler.nominations import StoppingCapacity
 from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.registry import make_policy
-from gpupool.scheduler.placer import Placer
+from gpupool.scheduler.placer import GangResult, Placer
 from gpupool.scheduler.preemption import deferred_preemption, plan_preemption, victim_reason
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload, placements_usage
+
+# a blocked head whose reservation cannot be made (it waits on work without a max_runtime) costs one walk over
+# the running work; four such tries per reservation slot bound that cost in a cycle with thousands pending
+RESERVATION_TRIES_PER_SLOT = 4
 
 
 def run_cycle(
@@ -80,8 +89,12 @@ class _Cycle:
                              profile.cpu_avoids_gpu_nodes)
         self._never_fits = never_fits
         self.decisions = Decisions()
-        self.reservation: Reservation | None = None
-        self.reservation_tried = False
+        self.reservations: list[Reservation] = []
+        self._queue_ending: dict[str, ResourceVector] = {}  # per reservation: its queue's usage ended by then
+        self.reservation_tries = 0
+        self.unreservable: set[object] = set()
+        self.preempted = 0
+        self._candidates: dict[object, list[RunningWorkload]] = {}  # ordered preemption candidates
         self.started: list[RunningWorkload] = []  # bound this cycle (never preempted in it)
         self.reasons: dict[str, str] = {}
         self.nominations: dict[str, tuple[ReplicaPlacement, ...]] = {}
@@ -100,6 +113,8 @@ class _Cycle:
     def run(self, pending: list[PendingWorkload]) -> Decisions:
         by_queue = queue_order(pending)
         handled = self._nominated_first(w for items in by_queue.values() for w in items if w.nominated)
+        handled |= self._reserved_first(w for items in by_queue.values() for w in items
+                                        if w.reserved and w.id not in handled)
         self._admit_in_order(by_queue, handled)
         self._record_pending(by_queue)
         return self.decisions
@@ -109,12 +124,13 @@ class _Cycle:
         handled: set[str] = set()
         for w in sorted(nominated, key=lambda w: (-w.priority, w.submit_time, w.id)):
             placements = w.nominated or ()
-            if self._fits_jointly(placements) and self.book.blocked_by_quota(w.queue, placements_usage(placements)) \
-                    is None:
+            fits = self._fits_jointly(placements)
+            quota = self.book.blocked_by_quota(w.queue, placements_usage(placements))
+            if fits and quota is None:
                 self.snap.assume_all(placements)
                 self._bind(w, placements)
                 handled.add(w.id)
-            elif self._victims_still_stopping(placements):
+            elif self._victims_still_stopping(placements, quota is not None):
                 self.snap.assume_all(self.stopping.claim(placements), force=True)  # hold what its victims free
                 self.book.add(w.queue, placements_usage(placements))
                 self.nominations[w.id] = placements
@@ -135,9 +151,92 @@ class _Cycle:
             self.snap.forget(p)
         return ok
 
-    def _victims_still_stopping(self, placements: Sequence[ReplicaPlacement]) -> bool:
+    def _victims_still_stopping(self, placements: Sequence[ReplicaPlacement], quota_blocked: bool) -> bool:
+        """Work is still stopping on the nominated nodes (victims that free capacity) or, when quota holds the
+        nominee back, anywhere (victims that free quota: its own queue's, or room owed to other queues)."""
         nodes = {p.node for p in placements}
-        return any(w.terminating and any(p.node in nodes for p in w.placements) for w in self.running)
+        return any(w.terminating and (quota_blocked or any(p.node in nodes for p in w.placements))
+                   for w in self.running)
+
+    def _reserved_first(self, reserved: Iterable[PendingWorkload]) -> set[str]:
+        """Workloads holding a reservation from an earlier cycle, before any other work, earliest promise
+        first: start now if they can without delaying another reservation, else keep the reservation
+        (moved earlier when capacity frees sooner; protected and shown) while the reasons stay the same."""
+        handled: set[str] = set()
+        order = sorted(reserved, key=_promise_order)
+        for k, w in enumerate(order):
+            if self.never_fits.reason(w) is not None:
+                continue
+            later = order[k + 1:]
+            started, failure = self._start_reserved(w, later)
+            if started:
+                handled.add(w.id)
+                continue
+            res = self._keep_reservation(w, later) or self._try_reserve(w)
+            if res is None:
+                continue  # its reason has changed: the ordered pass says which
+            self.reasons[w.id] = self._reservation_reason(w, res, failure)
+            handled.add(w.id)
+        return handled
+
+    def _start_reserved(self, w: PendingWorkload, later: Sequence[PendingWorkload]) -> tuple[bool, str]:
+        """Bind a reserved head now, on its reserved placement when that is free, else where the policy puts
+        it; never on capacity promised to another held reservation. (started?, why not)."""
+        held = w.reserved.placements if w.reserved is not None else ()
+        if held and self._fits_jointly(held) and self._admits_reserved(w, held, later):
+            self.snap.assume_all(held)
+            self._bind(w, held)
+            return True, ""
+        result = self._place(w)
+        if result.restore is None:
+            return False, result.reason
+        if self._admits_reserved(w, result.placements, later):
+            self._bind(w, result.placements)
+            return True, ""
+        result.restore()
+        return False, "the capacity it could take now is promised to other reservations or its queue is full"
+
+    def _admits_reserved(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...],
+                         later: Sequence[PendingWorkload]) -> bool:
+        end = None if w.max_runtime_s is None else self.now + w.max_runtime_s
+        mine = _cards(placements)
+        for other in later:  # held reservations not yet checked: keep off their cards unless done by then
+            if other.reserved is None or (end is not None and end <= other.reserved.start_time):
+                continue
+            if mine & _cards(other.reserved.placements):
+                return False
+        usage = placements_usage(placements)
+        return (self.book.blocked_by_quota(w.queue, usage) is None
+                and self._admission_blocked(w, placements) is None)
+
+    def _keep_reservation(self, w: PendingWorkload, later: Sequence[PendingWorkload]) -> Reservation | None:
+        """The held reservation of `w`, moved earlier when capacity frees sooner (without touching what is
+        promised to any other held head), else kept as it was when it still holds."""
+        if (w.reserved is None or not self.profile.backfill
+                or len(self.reservations) >= self.profile.reservation_depth):
+            return None
+        others: list[Claim] = list(self.reservations)
+        others += [HeldClaim(o.id, o.reserved.placements, _held_end(o)) for o in later if o.reserved is not None]
+        running = self.running + self.started
+        res = reserve(self.snap, self.placer, w, running, self.now, others)
+        if res is None or res.start_time >= w.reserved.start_time:
+            res = keep(self.snap, w, w.reserved, running, self.now, self.reservations)
+        if res is not None:
+            self.reservations.append(res)
+            self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
+        return res
+
+    def _reservation_reason(self, w: PendingWorkload, res: Reservation, failure: str) -> str:
+        nodes = ", ".join(sorted({p.node for p in res.placements}))
+        reason = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
+        promised = w.reserved.start_time if w.reserved is not None else res.start_time
+        if res.start_time <= promised + 1e-6:
+            return reason
+        overran = sorted(r.id for r in self.running
+                         if (end := r.expected_end()) is not None and end < self.now and not r.terminating)
+        why = (f"{', '.join(overran[:3])} ran past its max_runtime" if overran
+               else "the capacity it was promised went to higher-priority work or left the pool")
+        return f"{reason} (later than the t={promised:g} promised: {why})"
 
     # ------------------------------------------------------------------------- steps 3-5: fair ordering
     def _admit_in_order(self, by_queue: dict[str, list[PendingWorkload]], handled: set[str]) -> None:
@@ -160,7 +259,7 @@ class _Cycle:
     def _demand(self, w: PendingWorkload) -> ResourceVector:
         demand = self._demands.get(w.id)
         if demand is None:
-            demand = self._demands[w.id] = w.nominal()
+            demand = self._demands[w.id] = workload_demand(w, self.snap)
         return demand
 
     def _queue_key(self, queue: str, head: PendingWorkload) -> tuple[int, float, str]:
@@ -180,14 +279,14 @@ class _Cycle:
         shape = w.shape_key()
         failure = self.failed_shapes.get(shape)
         if failure is None:
-            result = self.placer.place_gang(self.snap, w)
+            result = self._place(w)
             if result.restore is not None:
                 blocked = self._admission_blocked(w, result.placements)
                 if blocked is None:
                     self._bind(w, result.placements)
                     return True
                 result.restore()
-                if self.reservation is not None and self._bind_around_reservation(w):
+                if self.reservations and self._bind_around_reservation(w):
                     return True
                 self.reasons[w.id] = blocked
                 return False
@@ -201,16 +300,49 @@ class _Cycle:
             quota = self.book.blocked_by_quota(w.queue, usage)
             if quota is not None:
                 return quota
-        res = self.reservation
-        if res is not None and not res.admits(placements, self.now, w.max_runtime_s):
+        res = self._limit_kept_for(w, usage) or admitted_by_all(self.reservations, placements, self.now,
+                                                                 w.max_runtime_s)
+        if res is not None:
             return (f"starting now would delay {res.workload_id}, which holds a reservation to start by "
                     f"t={res.start_time:g}")
         return None
 
+    def _limit_kept_for(self, w: PendingWorkload, usage: ResourceVector) -> Reservation | None:
+        """The first reservation of `w`'s own queue that `w` would delay by taking the room under the queue's
+        limit that the reserved head needs at its start (work of the queue ending by then gives room back)."""
+        limit = self.book.spec(w.queue).limit
+        if limit is None:
+            return None
+        for res in self.reservations:
+            if res.queue != w.queue or (w.max_runtime_s is not None and self.now + w.max_runtime_s <= res.start_time):
+                continue
+            ending = self._queue_ending.get(res.workload_id)
+            if ending is None:  # work started in this cycle is left out: it is counted as still running then
+                ending = ResourceVector()
+                for r in self.running:
+                    end = self.now if r.terminating else r.expected_end()
+                    if r.queue == w.queue and end is not None and end <= res.start_time:
+                        ending = ending + r.usage
+                self._queue_ending[res.workload_id] = ending
+            at_start = self.book.used(w.queue) - ending + usage + placements_usage(res.placements)
+            if at_start.exceeding(limit):
+                return res
+        return None
+
+    def _place(self, w: PendingWorkload) -> GangResult:
+        """The policy's gang placement; a gang of several roles that does not fit in the order its groups
+        are listed is tried once more with the largest replicas first (greedy placement depends on order)."""
+        result = self.placer.place_gang(self.snap, w)
+        if result.restore is None and len(w.groups) > 1:
+            again = self.placer.place_gang(self.snap, largest_first(w), explain=False)
+            if again.restore is not None:
+                return again
+        return result
+
     def _bind_around_reservation(self, w: PendingWorkload) -> bool:
         """The policy's placement would delay the reservation: place once more with the reserved capacity held,
         so that `w` starts elsewhere when it can (capacity free now minus the head's is free then too)."""
-        held = self.reservation.placements if self.reservation is not None else ()
+        held = [p for res in self.reservations for p in res.placements]
         self.snap.assume_all(held, force=True)
         result = self.placer.place_gang(self.snap, w)
         if result.restore is not None:
@@ -227,34 +359,55 @@ class _Cycle:
         if self._preempt_for(w):
             return
         failure = self._deferred_or(w, failure)
-        if not self.reservation_tried and self.profile.backfill:
-            self.reservation_tried = True  # one reservation per cycle: the first blocked head's
-            self.reservation = reserve(self.snap, self.placer, w, self.running + self.started, self.now)
-            if self.reservation is not None:
-                res = self.reservation
-                self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
-                nodes = ", ".join(sorted({p.node for p in res.placements}))
-                self.reasons[w.id] = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
-                return
+        res = self._try_reserve(w)
+        if res is not None:
+            nodes = ", ".join(sorted({p.node for p in res.placements}))
+            self.reasons[w.id] = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
+            return
         self.reasons[w.id] = failure
+
+    def _try_reserve(self, w: PendingWorkload) -> Reservation | None:
+        depth = self.profile.reservation_depth
+        if (not self.profile.backfill or len(self.reservations) >= depth
+                or self.reservation_tries >= RESERVATION_TRIES_PER_SLOT * depth):
+            return None
+        key = (w.shape_key(), w.max_runtime_s)
+        if key in self.unreservable:
+            return None
+        self.reservation_tries += 1
+        res = reserve(self.snap, self.placer, w, self.running + self.started, self.now, self.reservations)
+        if res is None:
+            self.unreservable.add(key)
+            return None
+        self.reservations.append(res)
+        self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
+        return res
 
     def _preempt_for(self, w: PendingWorkload) -> bool:
         shape = (w.queue, w.priority, w.shape_key())
-        if not self.profile.preemption or shape in self.unpreemptable_shapes:
+        budget = self.profile.max_preemptions_per_cycle - self.preempted
+        if not self.profile.preemption or budget <= 0 or shape in self.unpreemptable_shapes:
             return False
+        demand = self._demand(w)
+        reclaim = self.book.within_guarantee(w.queue, demand)
         plan = plan_preemption(self.snap, self.placer, w, self.running, self.book, self.now,
-                               self.profile.min_runtime_s)
+                               self.profile.min_runtime_s, demand=demand,
+                               fair_share=self.profile.fair_share_preemption, max_victims=budget,
+                               cache=self._candidates)
         if plan is None:
             self.unpreemptable_shapes.add(shape)
             deferred = deferred_preemption(self.snap, self.placer, w, self.running, self.book, self.now,
-                                           self.profile.min_runtime_s)
+                                           self.profile.min_runtime_s, demand=demand,
+                                           fair_share=self.profile.fair_share_preemption)
             if deferred is not None:
                 self.deferred[shape] = deferred
             return False
         victim_ids = {v.id for v in plan.victims}
+        self.preempted += len(plan.victims)
         for victim in plan.victims:
-            self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim)))
-            self.book.remove(victim.queue, victim.usage)
+            # the victim's usage stays in the quota book until it has stopped (it still holds the capacity)
+            self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim, reclaim)))
+            self.book.mark_stopping(victim.queue, victim.usage)
             self.stopping.add(victim)
         self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]
         self.snap.assume_all(self.stopping.claim(plan.nominated), force=True)  # hold the part victims do not
@@ -286,3 +439,20 @@ class _Cycle:
                 position += 1
                 reason = self.reasons.get(w.id, "not considered this cycle")
                 self.decisions.pending.append(Pending(w.id, reason, position, self.nominations.get(w.id)))
+
+
+def _promise_order(w: PendingWorkload) -> tuple[float, int, float, str]:
+    """Held reservations are checked earliest promise first (then priority, submit time, id)."""
+    start = w.reserved.start_time if w.reserved is not None else float("inf")
+    return (start, -w.priority, w.submit_time, w.id)
+
+
+def _held_end(w: PendingWorkload) -> float | None:
+    if w.reserved is None or w.max_runtime_s is None:
+        return None
+    return w.reserved.start_time + w.max_runtime_s
+
+
+def _cards(placements: Sequence[ReplicaPlacement]) -> set[tuple[str, int]]:
+    """(node, card) of every GPU the placements use; (node, -1) for a replica without GPUs."""
+    return {(p.node, g.index) for p in placements for g in p.gpus} | {(p.node, -1) for p in placements if not p.gpus}

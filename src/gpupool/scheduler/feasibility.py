@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.resources import ReplicaRequest, SharingMode, format_cpu, format_memory
+from gpupool.scheduler.gang import largest_first
 from gpupool.scheduler.placement.filters import explain_no_fit
 from gpupool.scheduler.placement.resource_fit import BestFitPolicy
 from gpupool.scheduler.placer import Placer
@@ -37,12 +39,13 @@ class NeverFitsChecker:
         for group in workload.groups:
             if self._placer.place_replica(self._empty, group.request) is None:
                 return f"can never run: {self._why_not(group.request)}"
-        result = self._placer.place_gang(self._empty, workload)
-        if result.restore is None:
-            return (f"can never run: the gang of {workload.gang_size} replicas does not fit the whole pool even "
-                    "when it is empty")
-        result.restore()
-        return None
+        for order in _orders(workload):
+            result = self._placer.place_gang(self._empty, order, explain=False)
+            if result.restore is not None:
+                result.restore()
+                return None
+        return (f"can never run: the gang of {workload.gang_size} replicas does not fit the whole pool even "
+                "when it is empty")
 
     def _why_not(self, request: ReplicaRequest) -> str:
         gpu = request.gpu
@@ -73,3 +76,20 @@ class NeverFitsChecker:
 def _restored(node: Node) -> Node:
     gpus = tuple(replace(g, healthy=True) for g in node.gpus)
     return replace(node, schedulable=True, gpus=gpus)
+
+
+MAX_GROUP_ORDERS = 24  # every order of up to 4 roles; gangs with more roles are tried in the first 24 orders
+
+
+def _orders(workload: PendingWorkload) -> Iterator[PendingWorkload]:
+    """The workload with its groups in several orders: largest replicas first, as listed, then the other
+    permutations (greedy gang placement depends on the order; "never" holds only when no order fits)."""
+    first = largest_first(workload)
+    yield first
+    if len(workload.groups) < 2:
+        return
+    seen = {first.groups}
+    for groups in itertools.islice(itertools.permutations(workload.groups), MAX_GROUP_ORDERS):
+        if groups not in seen:
+            seen.add(groups)
+            yield replace(workload, groups=groups)

@@ -85,8 +85,10 @@ class Placer:
             return None
         return ReplicaPlacement(snap.nodes[row].name, request.cpu_milli, request.memory_mib, gpus, role, ordinal)
 
-    def place_gang(self, snap: ClusterSnapshot, workload: PendingWorkload) -> GangResult:
-        """Place the workload's replicas all-or-nothing (at least `gang_size` of them) and assume them."""
+    def place_gang(self, snap: ClusterSnapshot, workload: PendingWorkload, explain: bool = True) -> GangResult:
+        """Place the workload's replicas all-or-nothing (at least `gang_size` of them) and assume them.
+        With `explain=False` (what-if trials that only need yes or no) the failure reason is left empty:
+        building it costs more than the trial itself on a large pool."""
         placed: list[ReplicaPlacement] = []
         used_rows: set[int] = set()
         first_failure = ""
@@ -98,7 +100,8 @@ class Placer:
                 placement = self.place_replica(snap, group.request, group.role, ordinal, bonus)
                 if placement is None:
                     member = f"{group.role} {ordinal} of {total}: " if total > 1 else ""
-                    first_failure = first_failure or member + explain_no_fit(snap, group.request)
+                    if explain and not first_failure:
+                        first_failure = member + explain_no_fit(snap, group.request)
                     if workload.gang_size >= total:
                         return self._undo(snap, placed, first_failure, total)
                     continue

@@ -3,14 +3,21 @@
 Who may be a victim (never non-preemptible work, work already terminating, or work that has run less than
 the profile's minimum run time):
 - within the preemptor's queue: workloads of strictly lower priority;
-- across queues, only to reclaim a guarantee: when the preemptor stays inside its queue's guarantee,
-  workloads of queues that are borrowing (using more than their guarantee of a resource the preemptor
-  needs), for as long as their queue is still borrowing.
+- across queues, to reclaim a guarantee: when the preemptor stays inside its queue's guarantee, workloads
+  of queues that are borrowing (using more than their guarantee of a resource the preemptor needs), for as
+  long as their queue is still borrowing and never so far that their queue drops below its own guarantee;
+- across queues, with fair-share preemption switched on: workloads of a queue whose weighted dominant share
+  is above the preemptor queue's share now and stays at or above it (with the preemptor counted) once the
+  victim is gone, and not below its own guarantee. That rules out loops: preempting back would need the
+  victim's queue to be strictly below the preemptor's, which the second condition excludes.
 
-Candidates are taken in a fixed order (lowest priority, then shortest run time, then id) and removed on a
-what-if snapshot until the preemptor's gang fits and its quota allows it; then each victim is given back
-(most important first) if the preemptor still fits without removing it. No preemption happens unless the
-what-if proves the preemptor fits afterwards; its placement on that snapshot is returned as the nomination.
+Victim order: first the workloads of the queue most above its guarantee (borrowers before owners); among
+other queues' workloads the smallest first (then priority, shortest run time, id), inside the preemptor's
+own queue the lowest priority first (then shortest run time, id). Candidates are removed on a what-if
+snapshot until the preemptor's gang fits and its quota admits the exact usage of that placement (the same
+check as at bind time); then each victim is given back (the last removed first) if the preemptor still fits
+without it. No preemption happens unless the what-if proves the preemptor fits afterwards; its placement on
+that snapshot is returned as the nomination.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gpupool.domain.resources import ResourceVector
+from gpupool.scheduler.placement.filters import feasible_mask
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot
-from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload
+from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload, placements_usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,69 +42,122 @@ class PreemptionPlan:
     nominated: tuple[ReplicaPlacement, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    preemptor: PendingWorkload
+    demand: ResourceVector
+    needed: tuple[str, ...]
+    reclaim: bool
+    fair_share: bool
+
+    def allows(self, victim: RunningWorkload, book: QuotaBook) -> bool:
+        """May `victim` be taken now (with the book as it stands after earlier removals)?"""
+        if victim.queue == self.preemptor.queue:
+            return victim.priority < self.preemptor.priority
+        if not book.keeps_guarantee_without(victim.queue, victim.usage):
+            return False
+        if self.reclaim and book.is_borrowing(victim.queue, self.needed):
+            return True
+        if not self.fair_share:
+            return False
+        zero = ResourceVector()
+        return (book.share_with(self.preemptor.queue, zero) < book.share_with(victim.queue, zero)
+                and book.share_with(victim.queue, zero - victim.usage)
+                >= book.share_with(self.preemptor.queue, self.demand))
+
+
 def _needed_resources(demand: ResourceVector) -> tuple[str, ...]:
     return tuple(n for n, v in zip(ResourceVector.NAMES, demand.as_tuple(), strict=True) if v > 0)
 
 
+def _rules(preemptor: PendingWorkload, demand: ResourceVector | None, book: QuotaBook,
+           fair_share: bool) -> _Rules:
+    demand = preemptor.nominal() if demand is None else demand
+    return _Rules(preemptor, demand, _needed_resources(demand), book.within_guarantee(preemptor.queue, demand),
+                  fair_share)
+
+
 def candidates(preemptor: PendingWorkload, running: Sequence[RunningWorkload], book: QuotaBook, now: float,
-               min_runtime_s: float) -> list[RunningWorkload]:
-    """The running workloads that may be preempted for `preemptor`, in victim order."""
-    demand = preemptor.nominal()
-    reclaim = book.within_guarantee(preemptor.queue, demand)
-    needed = _needed_resources(demand)
-    eligible = []
-    for w in running:
-        if not w.preemptible or w.terminating or now - w.start_time < min_runtime_s:
-            continue
-        same_queue = w.queue == preemptor.queue and w.priority < preemptor.priority
-        borrower = reclaim and w.queue != preemptor.queue and book.is_borrowing(w.queue, needed)
-        if same_queue or borrower:
-            eligible.append(w)
-    eligible.sort(key=lambda w: (w.priority, -w.start_time, w.id))
+               min_runtime_s: float, *, demand: ResourceVector | None = None,
+               fair_share: bool = False) -> list[RunningWorkload]:
+    """The running workloads that may be preempted for `preemptor`, in victim order (module docstring).
+    `demand` is what the preemptor counts against quotas (default: its nominal request)."""
+    return _candidates(_rules(preemptor, demand, book, fair_share), running, book, now, min_runtime_s)
+
+
+def _candidates(rules: _Rules, running: Sequence[RunningWorkload], book: QuotaBook, now: float,
+                min_runtime_s: float) -> list[RunningWorkload]:
+    eligible = [w for w in running
+                if w.preemptible and not w.terminating and now - w.start_time >= min_runtime_s
+                and rules.allows(w, book)]
+    over = {q: book.over_guarantee_share(q, rules.needed) for q in sorted({w.queue for w in eligible})}
+
+    def order(w: RunningWorkload) -> tuple[float, int, float, float, float, str]:
+        if w.queue == rules.preemptor.queue:
+            return (-over[w.queue], 1, w.priority, -w.start_time, 0.0, w.id)
+        size = w.usage.gpu_milli if "gpu" in rules.needed else w.usage.cpu_milli
+        return (-over[w.queue], 0, size, w.priority, -w.start_time, w.id)
+
+    eligible.sort(key=order)
     return eligible
 
 
 def plan_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload,
                     running: Sequence[RunningWorkload], book: QuotaBook, now: float,
-                    min_runtime_s: float) -> PreemptionPlan | None:
-    """The victims whose removal lets `preemptor` run, or None. The snapshot and book are left unchanged."""
-    pool = candidates(preemptor, running, book, now, min_runtime_s)
+                    min_runtime_s: float, *, demand: ResourceVector | None = None, fair_share: bool = False,
+                    max_victims: int | None = None,
+                    cache: dict[object, list[RunningWorkload]] | None = None) -> PreemptionPlan | None:
+    """The victims whose removal lets `preemptor` run, or None (also when more than `max_victims` would be
+    needed). The snapshot and book are left unchanged. `cache` (one per cycle) keeps the ordered candidates
+    per preemptor queue, priority and needed resources: later plans skip those since asked to stop, and
+    every cross-queue candidate is checked against the rules again when it is reached."""
+    rules = _rules(preemptor, demand, book, fair_share)
+    key = (preemptor.queue, preemptor.priority, rules.needed, rules.reclaim)
+    pool = cache.get(key) if cache is not None else None
+    if pool is None:
+        pool = _candidates(rules, running, book, now, min_runtime_s)
+        if cache is not None:
+            cache[key] = pool
+    stopping = {w.id for w in running if w.terminating}
+    pool = [w for w in pool if w.id not in stopping] if stopping else pool
     if not pool:
         return None
-    demand = preemptor.nominal()
-    needed = _needed_resources(demand)
+    trial = _Trial(snap, placer, preemptor, book)
     removed: list[RunningWorkload] = []
     try:
+        fit = None
         for victim in pool:
-            if victim.queue != preemptor.queue and not book.is_borrowing(victim.queue, needed):
-                continue  # that queue is back inside its guarantee: nothing more to reclaim from it
-            _remove(snap, book, victim)
+            if victim.queue != preemptor.queue and not rules.allows(victim, book):
+                continue  # that queue is back inside its guarantee or its fair share: nothing more from it
+            trial.remove(victim)
             removed.append(victim)
-            if _fits(snap, placer, preemptor, book, demand):
-                break
-        else:
+            if trial.may_fit_after(victim):
+                fit = trial.fit()
+                if fit is not None:
+                    break
+        if fit is None:
             return None
-        removed = _reprieve(snap, placer, preemptor, book, demand, removed)
-        result = placer.place_gang(snap, preemptor)
-        if result.restore is None:  # cannot happen: _reprieve keeps a fitting set
+        removed, fit = trial.reprieve(removed, fit)
+        if max_victims is not None and len(removed) > max_victims:
             return None
-        result.restore()
-        return PreemptionPlan(tuple(removed), result.placements)
+        return PreemptionPlan(tuple(removed), trial.nomination(fit))
     finally:
         for victim in reversed(removed):
-            _add(snap, book, victim)
+            trial.add(victim)
 
 
 def deferred_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload,
                         running: Sequence[RunningWorkload], book: QuotaBook, now: float,
-                        min_runtime_s: float) -> str | None:
+                        min_runtime_s: float, *, demand: ResourceVector | None = None,
+                        fair_share: bool = False) -> str | None:
     """When `preemptor` could preempt its way in but for victims that have not run their minimum run time yet:
     which workloads it will preempt and in how many seconds (rounded up), in words; else None. The snapshot
     and book are left unchanged."""
+    rules = _rules(preemptor, demand, book, fair_share)
     if min_runtime_s <= 0 or not any(now - w.start_time < min_runtime_s
-                                     for w in candidates(preemptor, running, book, now, 0.0)):
+                                     for w in _candidates(rules, running, book, now, 0.0)):
         return None  # no candidate is held back by its minimum run time: nothing to wait for
-    plan = plan_preemption(snap, placer, preemptor, running, book, now, 0.0)
+    plan = plan_preemption(snap, placer, preemptor, running, book, now, 0.0, demand=demand, fair_share=fair_share)
     young = [v for v in plan.victims if now - v.start_time < min_runtime_s] if plan is not None else []
     if plan is None or not young:
         return None
@@ -114,44 +175,86 @@ def deferred_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: Pendin
     return f"will preempt workloads {', '.join(ids)} when {when} in {wait_s} s"
 
 
-def _reprieve(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload, book: QuotaBook,
-              demand: ResourceVector, removed: list[RunningWorkload]) -> list[RunningWorkload]:
-    kept = list(removed)
-    for victim in reversed(removed):
-        _add(snap, book, victim)
-        if _fits(snap, placer, preemptor, book, demand):
-            kept.remove(victim)
-        else:
-            _remove(snap, book, victim)
-    return kept
+class _Trial:
+    """The what-if: victims removed from (and given back to) the snapshot and the book."""
+
+    def __init__(self, snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload, book: QuotaBook) -> None:
+        self.snap, self.placer, self.preemptor, self.book = snap, placer, preemptor, book
+        self.quota_blocked = False
+        self.requests = tuple({g.request: None for g in preemptor.groups})
+
+    def remove(self, victim: RunningWorkload) -> None:
+        for p in victim.placements:
+            self.snap.forget(p)
+        self.book.remove(victim.queue, victim.usage)
+
+    def add(self, victim: RunningWorkload) -> None:
+        self.snap.assume_all(victim.placements, force=True)
+        self.book.add(victim.queue, victim.usage)
+
+    def may_fit_after(self, victim: RunningWorkload) -> bool:
+        """Cheap necessary condition: the preemptor can only newly fit if the victim's nodes can now host one
+        of its replicas, or if it was held back by its own queue's quota and the victim is of that queue."""
+        if self.quota_blocked and victim.queue == self.preemptor.queue:
+            return True
+        rows = [self.snap.index_of(p.node) for p in victim.placements]
+        return any(bool(feasible_mask(self.snap, r, self.placer.avoid_gpu_nodes)[rows].any())
+                   for r in self.requests)
+
+    def fit(self) -> tuple[ReplicaPlacement, ...] | None:
+        """A placement of the whole gang on the what-if snapshot that its quota admits, or None."""
+        result = self.placer.place_gang(self.snap, self.preemptor, explain=False)
+        if result.restore is None:
+            return None
+        result.restore()
+        self.quota_blocked = self.book.blocked_by_quota(self.preemptor.queue,
+                                                        placements_usage(result.placements)) is not None
+        return None if self.quota_blocked else result.placements
+
+    def reprieve(self, removed: list[RunningWorkload],
+                 fit: tuple[ReplicaPlacement, ...]) -> tuple[list[RunningWorkload], tuple[ReplicaPlacement, ...]]:
+        """Give back every victim the preemptor does not need (the last removed first)."""
+        kept = list(removed)
+        for victim in reversed(removed):
+            self.add(victim)
+            again = self._still_fits(victim, fit)
+            if again is not None:
+                kept.remove(victim)
+                fit = again
+            else:
+                self.remove(victim)
+        return kept, fit
+
+    def _still_fits(self, victim: RunningWorkload,
+                    fit: tuple[ReplicaPlacement, ...]) -> tuple[ReplicaPlacement, ...] | None:
+        # `fit` was found on nodes that nothing has touched since (a victim given back on them triggers a new
+        # search): when this victim's nodes are others, the same placement still holds and only quota may differ
+        if not {p.node for p in victim.placements} & {p.node for p in fit}:
+            if self.book.blocked_by_quota(self.preemptor.queue, placements_usage(fit)) is None:
+                return fit
+            return None
+        return self.fit()
+
+    def nomination(self, fit: tuple[ReplicaPlacement, ...]) -> tuple[ReplicaPlacement, ...]:
+        """The policy's placement on the final what-if snapshot (else the fitting one found on the way)."""
+        result = self.placer.place_gang(self.snap, self.preemptor, explain=False)
+        if result.restore is None:
+            return fit
+        result.restore()
+        if self.book.blocked_by_quota(self.preemptor.queue, placements_usage(result.placements)) is not None:
+            return fit
+        return result.placements
 
 
-def _fits(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWorkload, book: QuotaBook,
-          demand: ResourceVector) -> bool:
-    if book.blocked_by_quota(preemptor.queue, demand) is not None:
-        return False
-    result = placer.place_gang(snap, preemptor)
-    if result.restore is None:
-        return False
-    result.restore()
-    return True
-
-
-def _remove(snap: ClusterSnapshot, book: QuotaBook, victim: RunningWorkload) -> None:
-    for p in victim.placements:
-        snap.forget(p)
-    book.remove(victim.queue, victim.usage)
-
-
-def _add(snap: ClusterSnapshot, book: QuotaBook, victim: RunningWorkload) -> None:
-    snap.assume_all(victim.placements, force=True)
-    book.add(victim.queue, victim.usage)
-
-
-def victim_reason(preemptor: PendingWorkload, victim: RunningWorkload) -> str:
-    """Why `victim` is stopped, in words recorded on it."""
+def victim_reason(preemptor: PendingWorkload, victim: RunningWorkload, reclaim: bool = True) -> str:
+    """Why `victim` is stopped, in words recorded on it (`reclaim`: across queues, to reclaim a guarantee;
+    otherwise for fair share)."""
     if victim.queue == preemptor.queue:
         return (f"preempted by higher-priority {preemptor.id} (priority {preemptor.priority} > {victim.priority}) "
                 f"in queue {preemptor.queue}")
+    if not reclaim:
+        return (f"preempted: queue {victim.queue} was above its fair share and queue {preemptor.queue}, below "
+                f"its own, needed the capacity for {preemptor.id}")
     return (f"preempted: queue {victim.queue} was borrowing capacity that queue {preemptor.queue} reclaimed "
             f"for {preemptor.id}")
+

@@ -49,18 +49,36 @@ class QuotaBook:
     def __init__(self, queues: Mapping[str, QueueSpec], running: Iterable[RunningWorkload],
                  total: ResourceVector) -> None:
         self.queues = dict(queues)
+        self._defaults: dict[str, QueueSpec] = {}
         self.total = total
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
         self.used_total = ResourceVector()
         self.reserved_total = sum((self._reserved(name) for name in self.queues), ResourceVector())
         self.governed = ("gpu", *(r for r in ("cpu", "memory")
                                   if any(_component(q.guaranteed, r) > 0 for q in self.queues.values())))
+        self.stopping: dict[str, ResourceVector] = {}
         for workload in running:
             self.add(workload.queue, workload.usage)
+            if workload.terminating:
+                self.mark_stopping(workload.queue, workload.usage)
+
+    def mark_stopping(self, queue: str, amount: ResourceVector) -> None:
+        """Record that `amount` of the queue's usage has been asked to stop. It still counts against the
+        queue's limit until it has stopped, but no longer as capacity the queue keeps (reclaim, fair share)."""
+        self.stopping[queue] = self.stopping.get(queue, ResourceVector()) + amount
+
+    def settled(self, queue: str) -> ResourceVector:
+        """What the queue will hold once its stopping work has stopped."""
+        return self.used(queue) - self.stopping.get(queue, ResourceVector())
 
     def spec(self, queue: str) -> QueueSpec:
         """The queue's spec (a default, lending, unguaranteed spec for unknown names)."""
-        return self.queues.get(queue) or QueueSpec(name=queue)
+        spec = self.queues.get(queue)
+        if spec is None:
+            spec = self._defaults.get(queue)
+            if spec is None:
+                spec = self._defaults[queue] = QueueSpec(name=queue)
+        return spec
 
     def add(self, queue: str, amount: ResourceVector) -> None:
         """Record that `queue` now also uses `amount`."""
@@ -89,12 +107,38 @@ class QuotaBook:
         return tuple(r for r in over if r in self.governed)
 
     def within_guarantee(self, queue: str, demand: ResourceVector) -> bool:
-        """True when the queue's usage plus `demand` stays inside its guarantee (governed resources only)."""
-        return not self._over_guarantee(queue, self.used(queue) + demand)
+        """True when the queue's usage plus `demand` stays inside its guarantee. GPU always counts; CPU and
+        memory count only where this queue guarantees some (an unset guarantee means "not guaranteed on that
+        resource", not a guarantee of 0 that no demand can stay inside)."""
+        spec = self.spec(queue).guaranteed
+        over = self._over_guarantee(queue, self.used(queue) + demand)
+        return not any(r == "gpu" or _component(spec, r) > 0 for r in over)
+
+    def share_with(self, queue: str, delta: ResourceVector) -> float:
+        """Weighted dominant share the queue would have with `delta` added to its settled usage."""
+        return (self.settled(queue) + delta).dominant_share(self.total) / self.spec(queue).weight
+
+    def over_guarantee_share(self, queue: str, resources: tuple[str, ...]) -> float:
+        """How far the queue is above its guarantee, as the largest fraction of the pool over `resources`
+        (governed ones only); 0 when it is inside its guarantee on all of them."""
+        used, guaranteed = self.settled(queue), self.spec(queue).guaranteed
+        fractions = [(_component(used, r) - _component(guaranteed, r)) / max(_component(self.total, r), 1)
+                     for r in resources if r in self.governed]
+        return max([0.0, *fractions])
+
+    def keeps_guarantee_without(self, queue: str, amount: ResourceVector) -> bool:
+        """True when giving back `amount` does not take the queue's settled usage from at or above its
+        guarantee to below it, on any governed resource it guarantees (reclaim never pushes a queue below its
+        own guarantee; a resource it already uses less of than guaranteed is not what is reclaimed)."""
+        before, guaranteed = self.settled(queue), self.spec(queue).guaranteed
+        after = before - amount
+        return not any(_component(after, r) < _component(guaranteed, r) <= _component(before, r)
+                       for r in self.governed if _component(amount, r) > 0)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
-        """True when the queue uses more than its guarantee of any of `resources` (governed ones only)."""
-        return any(r in resources for r in self._over_guarantee(queue, self.used(queue)))
+        """True when the queue's settled usage is above its guarantee of any of `resources` (governed ones
+        only)."""
+        return any(r in resources for r in self._over_guarantee(queue, self.settled(queue)))
 
     def _reserved(self, queue: str) -> ResourceVector:
         spec, used = self.spec(queue), self.used(queue)

@@ -24,12 +24,22 @@ class ReplicaGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldReservation:
+    """A reservation a previous cycle promised: start by `start_time` on `placements`. Pass it back on the
+    PendingWorkload (from that cycle's `Reserve`) so that the next cycle keeps the promise."""
+
+    start_time: float
+    placements: tuple[ReplicaPlacement, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PendingWorkload:
     """A workload waiting to be scheduled.
 
     All replicas of all groups form one gang: at least `min_available` of them (default: all) are bound
     in one cycle or none. `nominated` is the placement a previous cycle preempted for (tried first).
-    `max_runtime_s` (None: unbounded) lets backfill reason about when it would end.
+    `max_runtime_s` (None: unbounded) lets backfill reason about when it would end. `reserved` is the
+    reservation an earlier cycle made for it (kept, and served before other work, until it starts).
     """
 
     id: str
@@ -41,6 +51,7 @@ class PendingWorkload:
     preemptible: bool = True
     max_runtime_s: float | None = None
     nominated: tuple[ReplicaPlacement, ...] | None = None
+    reserved: HeldReservation | None = None
 
     @property
     def replica_count(self) -> int:
@@ -52,11 +63,12 @@ class PendingWorkload:
         """How many replicas must be placed together (min_available, else all)."""
         return self.min_available if self.min_available is not None else self.replica_count
 
-    def nominal(self) -> ResourceVector:
-        """What the whole workload asks for (GPU shares sized by memory count at 0 until placed)."""
+    def nominal(self, card_memory_mib: int | None = None) -> ResourceVector:
+        """What the whole workload asks for. GPU shares sized by memory count `memory_share_milli` of a card
+        of `card_memory_mib` (0 when not given: the scheduler passes the largest card they may use)."""
         total = ResourceVector()
         for g in self.groups:
-            total = total + g.request.nominal().scaled(g.count)
+            total = total + g.request.nominal(card_memory_mib).scaled(g.count)
         return total
 
     def shape_key(self) -> tuple[object, ...]:

@@ -45,7 +45,9 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     services = Services(settings, db, clock, executor or make_executor(settings))
     services.gpus = runtime = GpuRuntime(settings)
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
-                               min_runtime_s=settings.min_runtime_s)
+                               min_runtime_s=settings.min_runtime_s,
+                               fair_share_preemption=settings.fair_share_preemption,
+                               max_preemptions_per_cycle=settings.max_preemptions_per_cycle)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, services.executor.free_ports,
                                               on_change=services.wake_reconciler)
     launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), runtime.sharing)

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     preemption: bool = True
     backfill: bool = True
     min_runtime_s: float = Field(60.0, ge=0, description="A workload runs this long before it may be preempted")
+    fair_share_preemption: bool = Field(False, description="A queue below its weighted fair share may preempt "
+                                        "work of a queue above it (after min_runtime_s)")
+    max_preemptions_per_cycle: int = Field(64, ge=0, description="At most this many victims per scheduling cycle")
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)

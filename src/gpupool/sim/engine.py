@@ -33,7 +33,7 @@ from gpupool.scheduler.feasibility import NeverFitsChecker
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
-from gpupool.scheduler.types import ReplicaPlacement, RunningWorkload
+from gpupool.scheduler.types import HeldReservation, ReplicaPlacement, RunningWorkload
 from gpupool.sim.workloads import SimWorkload
 
 _COMPLETE, _ARRIVE, _CYCLE = 0, 1, 2
@@ -102,6 +102,7 @@ class ReplayEngine:
         self.workloads = {w.name: w for w in workloads}
         self.waiting_count: dict[str, int] = {}
         self.pending: dict[str, tuple[ReplicaPlacement, ...] | None] = {}
+        self.held: dict[str, HeldReservation] = {}  # reservations handed back to the next cycle
         self.running: dict[str, RunningWorkload] = {}
         self.run_ids: dict[str, int] = {}
         self.events: list[tuple[float, int, int, str]] = []
@@ -196,7 +197,8 @@ class ReplayEngine:
     def _cycle(self, now: float) -> None:
         if not self.pending:
             return
-        pending = [self.workloads[n].pending(nominated) for n, nominated in sorted(self.pending.items())]
+        pending = [replace(self.workloads[n].pending(nominated), reserved=self.held.get(n))
+                   for n, nominated in sorted(self.pending.items())]
         started = self.timer() if self.timer else 0.0
         decisions = run_cycle(self.snap, pending, list(self.running.values()), self.config.queues,
                               self.config.profile, now, policy=self.policy, never_fits=self.never_fits)
@@ -204,6 +206,7 @@ class ReplayEngine:
             self.result.scheduler_seconds += self.timer() - started
         self.result.cycles += 1
         self.result.decisions += len(pending)
+        self.held = {r.workload_id: HeldReservation(r.start_time, r.placements) for r in decisions.reservations}
         self._apply(now, decisions)
 
     def _apply(self, now: float, decisions: Decisions) -> None:

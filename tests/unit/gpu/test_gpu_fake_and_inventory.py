@@ -30,8 +30,8 @@ def test_to_domain_gpus_carries_mode_topology_mig_and_health(backend: FakeBacken
     mig = gpus[3]
     assert [(i.profile, i.uuid) for i in mig.mig_instances] == [
         (d.profile, d.uuid) for d in inventory.gpus[3].mig_devices]
-    # 3 of 7 compute slices: 429 milli; the scheduler's accounting of the instances works on the result
-    assert mig.mig_milli(mig.mig_instances[3]) == 429
+    # 3 of 7 compute slices: floor(3000 / 7) = 428 milli; the scheduler's accounting works on the result
+    assert mig.mig_milli(mig.mig_instances[3]) == 428
 
 
 def test_a_card_set_to_mig_by_the_admin_but_not_partitioned_offers_nothing() -> None:

@@ -158,12 +158,12 @@ def test_mig_instances_are_placed_by_profile() -> None:
         job("medium-2").at(3).replicas(1, gpu={"mig": "2g.20gb"}).build(),
     ]
     decisions = cycle(pool, pending)
-    # 1g.10gb = round(1/7 * 1000) = 143 milli and 10 GiB; 2g.20gb = 286 milli and 20 GiB.
+    # 1g.10gb = floor(1/7 * 1000) = 142 milli and 10 GiB; 2g.20gb = floor(2/7 * 1000) = 285 milli and 20 GiB.
     # two-small: cards with the fewest free 1g instances first: card 1 (one: #0), then card 0 (#1)
     assert where(decisions) == {
-        "two-small": [("m", [(1, 143, 10 * GiB, 0), (0, 143, 10 * GiB, 1)])],
-        "one-small": [("m", [(0, 143, 10 * GiB, 2)])],
-        "medium": [("m", [(1, 286, 20 * GiB, 1)])],
+        "two-small": [("m", [(1, 142, 10 * GiB, 0), (0, 142, 10 * GiB, 1)])],
+        "one-small": [("m", [(0, 142, 10 * GiB, 2)])],
+        "medium": [("m", [(1, 285, 20 * GiB, 1)])],
     }
     (waiting,) = decisions.pending
     assert waiting.workload_id == "medium-2"

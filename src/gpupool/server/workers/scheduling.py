@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -36,7 +36,7 @@ from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
-from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload
+from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
 from gpupool.server.services.workloads import request_stop
@@ -81,6 +81,7 @@ class SchedulingLoop:
         self._observed_up_to = 0
         self._spec_cache: dict[int, WorkloadSpec] = {}
         self.last_decisions: Decisions | None = None
+        self._held: dict[str, HeldReservation] = {}
 
     def step(self) -> Decisions:
         """Run one cycle and apply it; returns the decisions."""
@@ -95,8 +96,11 @@ class SchedulingLoop:
         known = {n.name for n in state.nodes}
         for running in state.running:
             snapshot.assume_all([p for p in running.placements if p.node in known], force=True)
-        decisions = run_cycle(snapshot, state.pending, state.running, state.queues, self.profile, now,
+        pending = [replace(w, reserved=self._held[w.id]) if w.id in self._held else w for w in state.pending]
+        decisions = run_cycle(snapshot, pending, state.running, state.queues, self.profile, now,
                               policy=self.policy, never_fits=self._checker)
+        # reservations are kept in memory between cycles (after a restart they are simply made again)
+        self._held = {r.workload_id: HeldReservation(r.start_time, r.placements) for r in decisions.reservations}
         changed = False
         if decisions.binds or decisions.preemptions or decisions.pending:
             with self.db.session() as session:
