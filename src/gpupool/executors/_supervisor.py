@@ -1,22 +1,33 @@
 """The replica supervisor: a tiny process that runs one replica's command and records how it ended.
 
 The local executor starts one supervisor per replica, in a session of its own, as
-`python -I -S _supervisor.py STATE_DIR -- ARGV...`. It uses the standard library only (it runs with `-S`,
-without site-packages) and outlives the server that started it, so a replica keeps running, and its exit
-code is still recorded, when the server crashes or restarts.
+`python -I -S _supervisor.py STATE_DIR [OPTIONS] -- ARGV...`. It uses the standard library only (it runs
+with `-S`, without site-packages) and outlives the server that started it, so a replica keeps running, and
+its exit code is still recorded, when the server crashes or restarts.
+
+Options: `--lock-fd N` (an open file description of STATE_DIR/supervisor.lock, flock-ed by the executor
+before it spawned this process, held here for the supervisor's whole life), `--run-as UID:GID:G1,G2` (the
+identity the command runs as; needs root), `--read-only PATH` (repeatable: PATH is bind-mounted read-only
+in a private mount namespace of the command; needs root).
 
 What it does:
-1. starts ARGV in a new session (so the command and everything it spawns form one process group whose id
-   is the command's pid) and writes `command.json` ({pid, start_time}) into STATE_DIR;
-2. on SIGTERM, SIGINT or SIGHUP (a stop request): sends SIGTERM to the command's process group, and SIGKILL
+1. holds the lock (taking it itself when no `--lock-fd` is given, and exiting at once when another process
+   holds it: one supervisor per state directory, ever), and writes `supervisor.json` ({pid, start_time});
+2. forks the command: in the child, a new session (so the command and everything it spawns form one
+   process group whose id is the command's pid), the read-only mounts, the drop to `--run-as`, and
+   PR_SET_PDEATHSIG=SIGKILL (the command dies with its supervisor, even by kill -9), then exec; writes
+   `command.json` ({pid, start_time}) into STATE_DIR;
+3. on SIGTERM, SIGINT or SIGHUP (a stop request): sends SIGTERM to the command's process group, and SIGKILL
    to the group when the grace period (read from `stop.json`, written by the executor before it signals)
    has passed and the command still runs;
-3. when the command ends: sends SIGKILL to whatever is left in its process group, writes `exit.json`
+4. when the command ends: sends SIGKILL to whatever is left in its process group, writes `exit.json`
    ({exit_code, signal, stop_requested, killed, ended_at}) atomically, and exits.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import signal
@@ -26,10 +37,45 @@ import time
 COMMAND_FILE = "command.json"
 EXIT_FILE = "exit.json"
 STOP_FILE = "stop.json"
+SUPERVISOR_FILE = "supervisor.json"
+SUPERVISOR_LOCK = "supervisor.lock"
 DEFAULT_GRACE_S = 10.0
 MAX_GRACE_S = 7 * 24 * 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SPAWN_FAILED_EXIT_CODE = 127
+# Linux constants (<sys/prctl.h>, <sched.h>, <sys/mount.h>)
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+
+
+class RunAs:
+    """The OS identity the command runs as: uid, primary gid and supplementary groups."""
+
+    def __init__(self, uid: int, gid: int, groups: list[int]) -> None:
+        self.uid, self.gid, self.groups = uid, gid, groups
+
+    @classmethod
+    def parse(cls, text: str) -> RunAs:
+        """From `UID:GID:G1,G2` (the groups may be empty)."""
+        uid, gid, groups = text.split(":")
+        return cls(int(uid), int(gid), [int(g) for g in groups.split(",") if g])
+
+
+def _libc_call(libc: ctypes.CDLL, name: str, *args: object) -> None:
+    if getattr(libc, name)(*args) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{name}: {os.strerror(error)}")
+
+
+def make_read_only(libc: ctypes.CDLL, paths: list[str]) -> None:
+    """In a new private mount namespace, bind-mount each path over itself read-only."""
+    _libc_call(libc, "unshare", CLONE_NEWNS)
+    _libc_call(libc, "mount", b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+    for path in paths:
+        raw = os.fsencode(path)
+        _libc_call(libc, "mount", raw, raw, None, MS_BIND | MS_REC, None)
+        _libc_call(libc, "mount", b"none", raw, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
 
 
 def write_json_atomic(path: str, data: dict[str, object]) -> None:
@@ -53,9 +99,13 @@ def process_start_time(pid: int) -> int | None:
 class Supervisor:
     """Runs one command, forwards stop requests to its process group and records its exit."""
 
-    def __init__(self, state_dir: str, argv: list[str]) -> None:
+    def __init__(self, state_dir: str, argv: list[str], run_as: RunAs | None = None,
+                 read_only: list[str] | None = None, lock_fd: int | None = None) -> None:
         self.state_dir = state_dir
         self.argv = argv
+        self.run_as = run_as
+        self.read_only = read_only or []
+        self.lock_fd = lock_fd
         self.child_pid: int | None = None
         self.stop_requested = False
         self.term_sent = False
@@ -103,13 +153,64 @@ class Supervisor:
         self.killed = True
         self._signal_group(signal.SIGKILL)
 
+    def hold_lock(self) -> bool:
+        """Hold STATE_DIR/supervisor.lock for this process's life; False when another process holds it."""
+        if self.lock_fd is not None:
+            os.set_inheritable(self.lock_fd, False)  # the command must not keep it after we are gone
+            return True
+        fd = os.open(self._path(SUPERVISOR_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.lock_fd = fd
+        return True
+
     def _spawn(self) -> int:
-        reset = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGALRM, *STOP_SIGNALS)
-        return os.posix_spawn(self.argv[0], self.argv, dict(os.environ), setsid=True, setsigmask=(),
-                              setsigdef=reset)
+        """Fork and exec the command (see the module docstring); OSError when it could not be executed."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getpid()
+        env = dict(os.environ)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)  # reports an error of the child before exec
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  (the child; only async-signal-safe work until exec)
+            try:
+                os.close(read_end)
+                os.setsid()
+                if self.read_only:
+                    make_read_only(libc, self.read_only)
+                if self.run_as is not None:
+                    os.setgroups(self.run_as.groups)
+                    os.setresgid(self.run_as.gid, self.run_as.gid, self.run_as.gid)
+                    os.setresuid(self.run_as.uid, self.run_as.uid, self.run_as.uid)
+                _libc_call(libc, "prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # after setuid: it resets
+                if os.getppid() != parent:
+                    os._exit(SPAWN_FAILED_EXIT_CODE)  # the supervisor died meanwhile
+                for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGALRM, *STOP_SIGNALS):
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                os.execve(self.argv[0], self.argv, env)
+            except BaseException as error:
+                try:
+                    os.write(write_end, f"{getattr(error, 'strerror', None) or error}".encode()[:4000])
+                finally:
+                    os._exit(SPAWN_FAILED_EXIT_CODE)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as report:
+            failure = report.read()
+        if failure:
+            os.waitpid(pid, 0)
+            raise OSError(0, failure.decode(errors="replace"))
+        return pid
 
     def run(self) -> int:
         """Start the command, wait for it, record the exit; returns the supervisor's own exit status."""
+        if not self.hold_lock():
+            print("gpupool: another supervisor runs this replica already", file=sys.stderr, flush=True)
+            return 3
+        write_json_atomic(self._path(SUPERVISOR_FILE), {"pid": os.getpid(),
+                                                        "start_time": process_start_time(os.getpid())})
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_stop_signal)
         signal.signal(signal.SIGALRM, self.on_deadline)
@@ -150,12 +251,35 @@ class Supervisor:
         })
 
 
+USAGE = "usage: _supervisor.py STATE_DIR [--lock-fd N] [--run-as UID:GID:GROUPS] [--read-only PATH]... -- ARGV..."
+
+
 def main(args: list[str]) -> int:
-    """Entry point: `STATE_DIR -- ARGV...`."""
-    if len(args) < 3 or args[1] != "--":
-        print("usage: _supervisor.py STATE_DIR -- COMMAND [ARGS...]", file=sys.stderr)
+    """Entry point: `STATE_DIR [OPTIONS] -- ARGV...` (see the module docstring)."""
+    if "--" not in args[1:] or len(args) < 3:
+        print(USAGE, file=sys.stderr)
         return 2
-    return Supervisor(args[0], args[2:]).run()
+    split = args.index("--", 1)
+    options, argv = args[1:split], args[split + 1:]
+    run_as, read_only, lock_fd = None, [], None
+    try:
+        while options:
+            name, value, options = options[0], options[1], options[2:]
+            if name == "--run-as":
+                run_as = RunAs.parse(value)
+            elif name == "--read-only":
+                read_only.append(value)
+            elif name == "--lock-fd":
+                lock_fd = int(value)
+            else:
+                raise ValueError(name)
+    except (IndexError, ValueError):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return Supervisor(args[0], argv, run_as, read_only, lock_fd).run()
 
 
 if __name__ == "__main__":

@@ -45,6 +45,18 @@ class ReplicaState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RunAs:
+    """The OS identity a replica runs as (multi-user pools): user name, uid, primary gid (the project's
+    group), supplementary groups, and the HOME it gets."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    home: str = "/"
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaLaunch:
     """Everything needed to start one replica.
 
@@ -57,6 +69,8 @@ class ReplicaLaunch:
     preemption): start is idempotent per (workload_id, replica, attempt), so a new attempt starts a new
     process. `read_only_paths` are directories the replica may read but not write (the shared storage scope
     of a non-admin); an executor with the READ_ONLY_PATHS capability enforces it, others only pass it on.
+    `run_as`: the OS identity the command must run as (None: the executor's own); an executor that cannot
+    switch identity refuses such a launch with ExecutorError.
     """
 
     workload_id: str
@@ -71,6 +85,7 @@ class ReplicaLaunch:
     labels: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 0
     read_only_paths: tuple[Path, ...] = ()
+    run_as: RunAs | None = None
 
 
 @dataclass(frozen=True, slots=True)

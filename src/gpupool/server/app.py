@@ -5,6 +5,7 @@ exposition at /metrics and the OpenAPI docs at /docs."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -12,8 +13,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from gpupool import __version__
+from gpupool.domain.errors import ConflictError
 from gpupool.executors.base import Executor
 from gpupool.executors.local import pick_free_ports
+from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.storage import StorageLayout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
@@ -28,6 +31,7 @@ from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.gpu_admin import restore_mig_layouts
 from gpupool.server.services.pool import register_local_nodes
 from gpupool.server.settings import Settings
+from gpupool.server.state_files import ServerLock, secure_files, secure_home
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
@@ -47,7 +51,10 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
                                min_runtime_s=settings.min_runtime_s)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, pick_free_ports, on_change=services.wake_reconciler)
-    launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), runtime.sharing)
+    storage = StorageLayout(settings.home)
+    accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
+                          lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
+    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_scheduler)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
@@ -65,6 +72,7 @@ def start_services(services: Services, nvml_backend: BackendFactory) -> None:
     services.db.migrate()
     install_sitecustomize(runtime.sharing)  # the memory cap of replicas on time-sliced GPUs
     ensure_admin(services.db, settings.admin_name, settings.token_file, services.clock(), settings.reset_admin_token)
+    secure_files(settings)
     declared = local_nodes(settings, nvml_backend)
     with services.db.session() as session:
         for change in register_local_nodes(session, declared, services.clock()):
@@ -90,6 +98,16 @@ def stop_services(services: Services) -> None:
     services.db.dispose()
 
 
+def describe_user_mode(settings: Settings) -> str:
+    """One line saying whether workloads are isolated from each other and from the server."""
+    if settings.is_multi_user:
+        return ("multi-user pool: each workload runs as its user's OS identity (projects are OS groups); the "
+                "server's state is private to it")
+    trust = " (--trust-users: users of several projects allowed)" if settings.trust_users else ""
+    return ("single-user pool: every workload runs as this server's OS user and can read the server's files, "
+            "the admin token included, and every other workload's; run the server as root for isolation" + trust)
+
+
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
                nvml_backend: BackendFactory = NvmlBackend) -> FastAPI:
     """The gpupool server application. `executor`, `clock` and `nvml_backend` (the GPU backend of real
@@ -100,15 +118,28 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.multi_user and os.geteuid() != 0:
+            raise ConflictError("a multi-user pool needs the server to run as root (workloads switch to their "
+                                "users' OS identities); run it as root or set GPUPOOL_MULTI_USER=false")
+        secure_home(settings)
         services = build_services(settings, executor, clock)
-        start_services(services, nvml_backend)
-        app.state.services = services
-        log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
-                 services.db.describe())
+        lock = ServerLock(settings, services.db)
         try:
+            lock.acquire()
+        except ConflictError as error:
+            log.error("%s", error)
+            services.db.dispose()
+            raise
+        try:
+            start_services(services, nvml_backend)
+            app.state.services = services
+            log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
+                     services.db.describe())
+            log.info("%s", describe_user_mode(settings))
             yield
         finally:
             stop_services(services)
+            lock.release()
 
     app = FastAPI(title="gpupool", version=__version__, lifespan=lifespan, docs_url="/docs",
                   description="One shared, fairly scheduled pool of GPU servers. Every /api/v1 call needs "

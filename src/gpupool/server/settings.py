@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)
+    multi_user: bool | None = Field(None, description="Run each workload as its user's OS identity (needs "
+                                    "root); default: when the server runs as root")
+    trust_users: bool = Field(False, description="In a single-user pool (not root), allow users of several "
+                              "projects although their workloads can read each other's files")
+    os_user_prefix: str = Field("gp-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$",
+                                description="Prefix of the OS accounts gpupool creates for its users")
+    os_group_prefix: str = Field("gpp-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$",
+                                 description="Prefix of the OS groups gpupool creates for its projects")
+    os_user_map: dict[str, str] = Field(default_factory=dict, description="gpupool user -> existing OS account, "
+                                        "as JSON (GPUPOOL_OS_USER_MAP='{\"alice\": \"asmith\"}')")
     admin_name: str = "admin"
     reset_admin_token: bool = Field(False, description="Issue a new admin token into the token file at start")
     workers: bool = Field(True, description="Run the scheduling loop and the reconciler")
@@ -70,6 +80,11 @@ class Settings(BaseSettings):
     @classmethod
     def _home_is_absolute(cls, value: Path) -> Path:
         return _expand(value)
+
+    @property
+    def is_multi_user(self) -> bool:
+        """True when workloads run as their users' OS identities: `multi_user`, by default when root."""
+        return self.multi_user if self.multi_user is not None else os.geteuid() == 0
 
     @property
     def resolved_database_url(self) -> str:

@@ -96,19 +96,74 @@ def test_a_reused_pid_is_not_taken_for_the_replica(local: LocalHarness, tmp_path
     assert local.executor.poll({**base, "start_time": me.start_time}).state == ReplicaState.STARTING
 
 
-def test_supervisor_killed_without_exit_record_is_lost_and_stop_still_ends_the_command(
-        local: LocalHarness) -> None:
-    handle = local.start("echo ready; sleep 300")
+def _pids_with(needle: str) -> list[int]:
+    """Pids of processes whose command line contains `needle` (the test's own unique marker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_supervisor_takes_its_command_and_every_child_with_it(local: LocalHarness) -> None:
+    # `sleep 301 & sleep 302 & setsid sleep 303`: a background child, a second one, and one in a session of
+    # its own; none may outlive the replica once its supervisor is SIGKILLed (the GPU would be handed out again)
+    handle = local.start("sleep 301 & sleep 302 & setsid sleep 303 & echo ready; wait")
     local.until(lambda: list(local.executor.logs(handle)) == ["ready"])
+    local.until(lambda: len(_pids_with("sleep\x00" + "30")) >= 3)
     command = local.command_of(handle)
     assert command is not None
     os.kill(int(handle["pid"]), signal.SIGKILL)  # the supervisor dies, e.g. by the OOM killer
-    local.until(lambda: local.executor.poll(handle).state == ReplicaState.LOST)
-    assert "gone without recording an exit code" in local.executor.poll(handle).message
-    assert procfs.is_running(command)  # the orphaned command still runs ...
-    local.executor.stop(handle, grace_s=1)
-    local.until(lambda: not procfs.is_running(command))  # ... until stop ends it without the supervisor
-    assert local.executor.poll(handle).state == ReplicaState.STOPPED
+    local.until(lambda: not procfs.is_running(command))  # PR_SET_PDEATHSIG: the command dies with it
+    status = local.executor.poll(handle)
+    assert status.state == ReplicaState.LOST
+    assert "gone without recording an exit code" in status.message
+    local.until(lambda: not any(procfs.read_stat(p) and procfs.read_stat(p).state not in "ZXx"  # type: ignore[union-attr]
+                                for p in _pids_with("sleep\x00" + "30")))
+    local.executor.stop(handle, grace_s=1)  # stopping a lost replica is harmless
+    assert local.executor.poll(handle).state in (ReplicaState.STOPPED, ReplicaState.LOST)
+
+
+CRASH_DURING_START = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from gpupool.executors.base import ReplicaLaunch
+    from gpupool.executors import local as local_module
+    from gpupool.executors.local import LocalExecutor
+
+    root, work, logs, home, command = sys.argv[1:6]
+    executor = LocalExecutor(Path(root), base_env={"PATH": "/usr/bin:/bin", "HOME": home})
+
+    def crash(*_args):  # the server dies between the spawn and the handle file
+        os._exit(9)
+
+    local_module.supervisor.write_json_atomic = crash
+    executor.start(ReplicaLaunch("crash2", 0, "worker", command, {}, Path(work), Path(logs)))
+""")
+
+
+def test_a_start_interrupted_after_the_spawn_adopts_the_supervisor_instead_of_a_second_one(
+        local: LocalHarness) -> None:
+    counter = local.tmp / "work" / "runs"
+    command = f"echo run >> {counter}; sleep 300"
+    result = subprocess.run([sys.executable, "-c", CRASH_DURING_START, str(local.root), str(local.tmp / "work"),
+                             str(local.tmp / "logs" / "crash2"), str(local.tmp / "home"), command], timeout=60,
+                            check=False)
+    assert result.returncode == 9  # crashed after Popen, before handle.json
+    state_dir = local.executor.state_dir("crash2", 0)
+    assert not (state_dir / "handle.json").exists()
+    local.until(counter.exists)
+    handle = local.start(command, workload_id="crash2")  # the replay after the restart
+    local.until(lambda: local.executor.poll(handle).state == ReplicaState.RUNNING)
+    time.sleep(0.5)  # a second command, if one were started, would have written its line by now
+    assert counter.read_text() == "run\n"
+    local.executor.stop(handle, grace_s=0)
+    status = local.wait(handle)
+    assert status.state == ReplicaState.STOPPED  # cancel stops the one and only command
+    assert _pids_with(str(counter)) == []
 
 
 def test_the_sigkill_escalation_happens_without_the_server(local: LocalHarness) -> None:
