@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from gpupool import __version__
 from gpupool.domain.errors import ConflictError
@@ -21,12 +22,14 @@ from gpupool.executors.storage import StorageLayout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
-from gpupool.server.api.errors import error_response, install_error_handlers
+from gpupool.server.api.body_limit import BodyLimit
+from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import accounts, gpus, metrics, pool, system, workloads
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory, local_nodes
+from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.gpu_admin import restore_mig_layouts
 from gpupool.server.services.pool import register_local_nodes
@@ -40,7 +43,7 @@ from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.store.db import Database
 
 log = logging.getLogger("gpupool.server")
-MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_BODY_BYTES = 2 * 1024 * 1024  # 2 MiB: a thousand times the largest spec in examples/, far below RAM
 
 
 def build_services(settings: Settings, executor: Executor | None = None, clock: Clock = time.time) -> Services:
@@ -98,6 +101,13 @@ def stop_services(services: Services) -> None:
     services.db.dispose()
 
 
+def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
+    """AuthenticationError unless `authorization` holds a valid token (BodyLimit calls it before a body)."""
+    services: Services = scope["app"].state.services
+    with services.db.session(write=False) as session:
+        authenticate(session, authorization, services.clock())
+
+
 def describe_user_mode(settings: Settings) -> str:
     """One line saying whether workloads are isolated from each other and from the server."""
     if settings.is_multi_user:
@@ -146,12 +156,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                               "'Authorization: Bearer <token>'.")
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, authenticate=_authenticate_body_sender)
 
     app.include_router(system.router)
     app.include_router(metrics.exposition)

@@ -39,7 +39,8 @@ try write_user sh -c "echo mine > $GPUPOOL_USER_DIR/mine"
 try write_project sh -c "echo ours > $GPUPOOL_PROJECT_DIR/ours"
 try read_shared cat $GPUPOOL_SHARED_DIR/readme
 try write_shared sh -c "echo x > $GPUPOOL_SHARED_DIR/x"
-echo "uid=$(id -u) gid=$(id -g) owner=$(stat -c %U $GPUPOOL_USER_DIR/mine) group=$(stat -c %G $GPUPOOL_PROJECT_DIR/ours)"
+echo "uid=$(id -u) gid=$(id -g) owner=$(stat -c %U $GPUPOOL_USER_DIR/mine)" \
+     "group=$(stat -c %G $GPUPOOL_PROJECT_DIR/ours)"
 echo "gpus=$GPUPOOL_GPU_INDICES"
 """
 

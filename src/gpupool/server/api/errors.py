@@ -19,6 +19,7 @@ from gpupool.domain.errors import (
     UnsatisfiableError,
     ValidationError,
 )
+from gpupool.executors.base import ExecutorError
 from gpupool.server.api.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger("gpupool.api")
@@ -67,6 +68,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GpupoolError)
     async def _domain(_request: Request, exc: GpupoolError) -> JSONResponse:
         return domain_error_response(exc)
+
+    @app.exception_handler(ExecutorError)
+    async def _executor(request: Request, exc: ExecutorError) -> JSONResponse:
+        log.warning("executor error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "executor_error", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
