@@ -69,8 +69,9 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         raise typer.Exit(1)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _preflight(settings)
+    token = f"; admin token in {settings.token_file}" if settings.token_file.exists() else ""
     err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs); state in "
-                      f"{settings.home}; admin token in {settings.token_file}")
+                      f"{settings.home}{token}")
     import uvicorn  # noqa: PLC0415  (heavy: only `up` needs the server)
 
     from gpupool.server.app import create_app  # noqa: PLC0415
@@ -84,6 +85,7 @@ def _preflight(settings: Settings) -> None:
 
     from gpupool.gpu.fake import FakeBackend, read_description  # noqa: PLC0415
     from gpupool.server.local_node import parse_declared_gpus  # noqa: PLC0415
+    from gpupool.server.state_files import ServerLock  # noqa: PLC0415
     from gpupool.store.db import Database  # noqa: PLC0415
 
     try:
@@ -92,7 +94,12 @@ def _preflight(settings: Settings) -> None:
             FakeBackend(read_description(settings.gpu_description)).close()  # validates the description
         db = Database(settings.resolved_database_url)
         try:
-            db.migrate()
+            lock = ServerLock(settings, db)  # a clear message now; the server itself holds it for good
+            lock.acquire()
+            try:
+                db.migrate()
+            finally:
+                lock.release()
         finally:
             db.dispose()
     except GpupoolError as exc:

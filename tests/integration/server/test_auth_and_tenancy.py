@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import httpx
 import pytest
@@ -35,6 +36,16 @@ def test_the_first_start_writes_an_admin_token_readable_only_by_its_owner(server
     me = admin.whoami()
     assert me.name == "admin" and me.is_admin
     assert [(m.project, m.role) for m in me.projects] == [("default", "admin")]
+
+
+def test_the_servers_state_is_private_to_its_os_user(server: TestServer) -> None:
+    settings = server.settings
+    assert stat.S_IMODE(settings.home.stat().st_mode) == 0o700  # a single-user pool: nothing to traverse
+    for directory in (settings.logs_dir, settings.executor_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    if settings.resolved_database_url.startswith("sqlite:///"):
+        database = Path(settings.resolved_database_url.removeprefix("sqlite:///"))
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600  # it holds every spec's env values
 
 
 def test_calls_without_a_valid_token_are_refused(server: TestServer) -> None:

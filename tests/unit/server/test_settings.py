@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from gpupool.domain.errors import ValidationError as GpupoolValidationError
 from gpupool.server.settings import ClientSettings, Settings
 
 
@@ -41,3 +42,16 @@ def test_the_client_reads_the_token_file(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert ClientSettings().resolved_token() == "gpp_abc"
     monkeypatch.setenv("GPUPOOL_TOKEN", "gpp_env")
     assert ClientSettings().resolved_token() == "gpp_env"
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\n", "tökén\n".encode(), b"two words\n", b"a\x07b\n"])
+def test_a_corrupt_token_file_is_a_clear_error_not_a_traceback(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "token").write_bytes(content)
+    with pytest.raises(GpupoolValidationError, match=r"does not hold a gpupool token.*--reset-admin-token"):
+        ClientSettings(home=tmp_path, token=None).resolved_token()
+
+
+def test_a_token_file_gives_its_first_line_and_a_missing_one_none(tmp_path: Path) -> None:
+    assert ClientSettings(home=tmp_path, token=None).resolved_token() is None
+    (tmp_path / "token").write_text("gpp_abc\nignored\n")
+    assert ClientSettings(home=tmp_path, token=None).resolved_token() == "gpp_abc"
