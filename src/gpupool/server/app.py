@@ -59,7 +59,7 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                           lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
     launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
-                                          on_change=services.wake_scheduler)
+                                          on_change=services.wake_scheduler, start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)
+    start_timeout_s: float = Field(600.0, gt=0, le=7 * 86400, description="A workload still scheduled or "
+                                   "starting after this long fails (its replicas never began to run)")
     multi_user: bool | None = Field(None, description="Run each workload as its user's OS identity (needs "
                                     "root); default: when the server runs as root")
     trust_users: bool = Field(False, description="In a single-user pool (not root), allow users of several "

@@ -7,8 +7,14 @@ Each step, with executor calls kept outside database transactions:
    lives, e.g. after a server restart); replicas that never started are marked stopped;
 3. poll: record each live replica's state and exit code, then advance its workload: starting -> running
    when every replica runs; succeeded when all exited with 0; on a failed or lost replica, stop the gang
-   and either requeue it (a retry is left) or end it failed/lost; failed when it runs past max_runtime;
-   preempted -> pending (requeued, same id) once its replicas are gone.
+   and either requeue it (a retry is left) or end it failed/lost; failed when it runs past max_runtime
+   (counted from when it started, or while starting from when it began to start) or stays scheduled or
+   starting longer than the start timeout; preempted -> pending (requeued, same id) once its replicas are
+   gone. A replica of an active workload that ended stopped (nobody here asked: another server, a person
+   with kill) counts as failed.
+
+Locks are taken in one order everywhere: the workload row, then its replicas (as cancel does); the write
+transaction of step 3 runs again when PostgreSQL picks it as a deadlock victim (`Database.transaction`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from gpupool.store.repos import workloads as repo
 log = logging.getLogger("gpupool.reconciler")
 STOP_RESEND_SLACK_S = 5.0
 FOLLOW_UP_S = 0.05  # how soon to look again while replicas are starting or stopping
+DEFAULT_START_TIMEOUT_S = 600.0  # the command starts within milliseconds of its supervisor; 10 min is a hang
 _S = WorkloadStatus
 
 
@@ -47,8 +54,10 @@ class Reconciler:
     """Drives replicas through the executor (see the module docstring); `step()` does one pass."""
 
     def __init__(self, db: Database, clock: Callable[[], float], executor: Executor, launch: LaunchSettings,
-                 stop_grace_s: float = 10.0, on_change: Callable[[], None] = lambda: None) -> None:
+                 stop_grace_s: float = 10.0, on_change: Callable[[], None] = lambda: None,
+                 start_timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
         self.db = db
+        self.start_timeout_s = start_timeout_s
         self.clock = clock
         self.executor = executor
         self.launch_settings = launch
@@ -155,13 +164,16 @@ class Reconciler:
         self._in_flux = any(r.state in ("pending", "starting") or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
-        with self.db.session() as session:
-            ended = self._record_polls(session, statuses)
+
+        def record_and_advance(session: Session) -> bool:
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
-                                               _S.PREEMPTED.value], for_update=True)
+                                               _S.PREEMPTED.value], for_update=True)  # workloads first
+            ended = self._record_polls(session, statuses)  # then replicas
             now = self.clock()
             advanced = [self._advance(session, row, now) for row in rows]
-        return ended or any(advanced)
+            return ended or any(advanced)
+
+        return self.db.transaction(record_and_advance)
 
     def _poll(self, handle: Handle) -> ReplicaStatus | None:
         try:
@@ -200,8 +212,7 @@ class Reconciler:
             return True
         if not status.is_active():
             return False
-        failed = [r for r in replicas if r.state in ("failed", "lost")
-                  or (r.state == "stopped" and r.stop_requested_at is None)]
+        failed = [r for r in replicas if r.state in ("failed", "lost", "stopped")]
         if failed:
             return self._handle_failure(session, row, failed, live, now)
         if replicas and all(r.state == "succeeded" for r in replicas):
@@ -233,8 +244,14 @@ class Reconciler:
         return True
 
     def _enforce_max_runtime(self, session: Session, row: WorkloadRow, now: float) -> bool:
+        starting = row.current_status in (_S.SCHEDULED, _S.STARTING)
+        if starting and now - row.updated_at > self.start_timeout_s:
+            transition(row, _S.FAILED, f"did not start within {self.start_timeout_s:g}s (the start timeout); "
+                       "stopped", now)
+            request_stop(session, row, now)
+            return True
         limit = row.spec.get("max_runtime")
-        started = row.started_at
+        started = row.started_at if row.started_at is not None else row.updated_at if starting else None
         if limit is None or started is None or now - started <= parse_duration(limit, "max_runtime"):
             return False
         transition(row, _S.FAILED, f"ran longer than its max_runtime ({limit}s); stopped", now)

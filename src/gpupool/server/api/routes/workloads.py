@@ -56,9 +56,8 @@ def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep
 @router.post("/{workload_id}/cancel", response_model=schemas.WorkloadDetail, responses=ERRORS)
 def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
-    with services.db.session() as session:
-        row = workloads.cancel(session, principal, workload_id, services.clock())
-        detail = workloads.detail_view(session, row)
+    detail = services.db.transaction(lambda session: workloads.detail_view(
+        session, workloads.cancel(session, principal, workload_id, services.clock())))
     services.wake_reconciler()
     services.wake_scheduler()
     return detail
