@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 Handle = dict[str, Any]
+LOG_CHUNK_LINES = 1000  # ~100 KB of typical log lines per write: few writes, small memory
 
 
 class Capability(StrEnum):
@@ -124,6 +125,19 @@ class Executor(ABC):
         """Lines of the replica's combined output (the last `tail` lines when given). With `follow` (only
         when FOLLOW_LOGS is a capability) the iterator blocks for new lines until the replica ends.
         An unknown replica yields nothing."""
+
+    def log_text(self, handle: Handle, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """The same output as `logs`, as text chunks of whole lines, each line ending with a newline (fewer,
+        larger writes for a response). Blocks like `logs`. The default joins the lines of `logs` in chunks
+        of up to LOG_CHUNK_LINES when not following, and passes them one by one when following."""
+        batch: list[str] = []
+        for line in self.logs(handle, tail=tail, follow=follow):
+            batch.append(line)
+            if follow or len(batch) >= LOG_CHUNK_LINES:
+                yield "\n".join(batch) + "\n"
+                batch = []
+        if batch:
+            yield "\n".join(batch) + "\n"
 
     def session_id(self, handle: Handle) -> int | None:
         """The session id every process of the replica shares on this machine (the GPU monitor maps the

@@ -421,12 +421,22 @@ class LocalExecutor(Executor):
         ref = _parse(handle)
         if ref is None:
             return
+        for lines in self._log_blocks(ref, handle, tail, follow):
+            yield from lines
+
+    def log_text(self, handle: Handle, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """`logs` as text, one chunk of whole lines per block read from the file (see Executor.log_text)."""
+        ref = _parse(handle)
+        if ref is not None:
+            yield from logfiles.as_text(self._log_blocks(ref, handle, tail, follow))
+
+    def _log_blocks(self, ref: _Ref, handle: Handle, tail: int | None, follow: bool) -> Iterator[list[str]]:
         end = logfiles.file_size(ref.log_path)
         start = 0 if tail is None else logfiles.tail_start(ref.log_path, tail, end)
-        yield from logfiles.read_lines(ref.log_path, start, end)
+        yield from logfiles.read_blocks(ref.log_path, start, end)
         if follow:
-            yield from logfiles.follow_lines(ref.log_path, end, lambda: self.poll(handle).state.is_terminal,
-                                             self.follow_interval_s)
+            yield from logfiles.follow_blocks(ref.log_path, end, lambda: self.poll(handle).state.is_terminal,
+                                              self.follow_interval_s)
 
     def close(self) -> None:
         """Forget this instance's child objects and cancel its timers; replicas keep running. Idempotent."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -71,10 +70,5 @@ def logs(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep
          follow: bool = False) -> StreamingResponse:
     """A replica's output (current run); `follow` streams until the replica ends."""
     with services.db.session(write=False) as session:
-        lines = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor)
-
-    def body() -> Iterator[str]:
-        for line in lines:
-            yield line + "\n"
-
-    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        chunks = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor)
+    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
