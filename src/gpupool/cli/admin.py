@@ -11,6 +11,7 @@ from gpupool.cli.common import (
     ago,
     amounts,
     console,
+    err_console,
     handle_errors,
     make_client,
     parse_pairs,
@@ -161,6 +162,8 @@ def create_user(name: Annotated[str, typer.Argument(help="Lower-case letters, di
     if as_json:
         print_json(created)
         return
+    if created.warning:
+        err_console.print(f"[yellow]note:[/yellow] {created.warning}")
     console.print(f"user {created.user.name} created. Their token (shown once; give it to them):")
     typer.echo(created.token)
 

@@ -108,16 +108,6 @@ def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
         authenticate(session, authorization, services.clock())
 
 
-def describe_user_mode(settings: Settings) -> str:
-    """One line saying whether workloads are isolated from each other and from the server."""
-    if settings.is_multi_user:
-        return ("multi-user pool: each workload runs as its user's OS identity (projects are OS groups); the "
-                "server's state is private to it")
-    trust = " (--trust-users: users of several projects allowed)" if settings.trust_users else ""
-    return ("single-user pool: every workload runs as this server's OS user and can read the server's files, "
-            "the admin token included, and every other workload's; run the server as root for isolation" + trust)
-
-
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
                nvml_backend: BackendFactory = NvmlBackend) -> FastAPI:
     """The gpupool server application. `executor`, `clock` and `nvml_backend` (the GPU backend of real
@@ -145,7 +135,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
             app.state.services = services
             log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
                      services.db.describe())
-            log.info("%s", describe_user_mode(settings))
+            log.info("%s", settings.user_mode_text())
             yield
         finally:
             stop_services(services)

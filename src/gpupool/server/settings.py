@@ -91,6 +91,22 @@ class Settings(BaseSettings):
         return self.multi_user if self.multi_user is not None else os.geteuid() == 0
 
     @property
+    def trusts_users(self) -> bool:
+        """True when users of several projects may share the pool: multi-user isolation, or `trust_users`."""
+        return self.is_multi_user or self.trust_users
+
+    def user_mode_text(self) -> str:
+        """One line saying whether workloads are isolated from each other and from the server."""
+        if self.is_multi_user:
+            return ("multi-user pool: each workload runs as its user's OS identity (projects are OS groups); the "
+                    "server's state is private to it")
+        trust = (" (--trust-users: users of several projects allowed)" if self.trust_users else
+                 "; users of more than one project are refused unless the server runs with --trust-users")
+        return ("single-user pool: every workload runs as the server's OS user and can read the server's files, "
+                "the admin token included, and every other workload's; run the server as root for isolation"
+                + trust)
+
+    @property
     def resolved_database_url(self) -> str:
         """The database URL (SQLite in `home` unless `database_url` is set)."""
         return self.database_url or f"sqlite:///{self.home / 'gpupool.db'}"

@@ -147,3 +147,24 @@ def test_a_new_admin_token_can_be_issued_at_start(server_factory: ServerFactory,
 
 def test_the_sdk_is_the_typed_client() -> None:
     assert gpupool.Client is Client
+
+
+def test_a_single_user_pool_refuses_users_of_a_second_project_unless_trusted(server_factory: ServerFactory) -> None:
+    server = server_factory(FakeExecutor(), trust_users=False)  # not multi-user: one OS identity for all
+    with server.client() as admin:
+        admin.create_project("vision")
+        admin.create_project("nlp")
+        alice = admin.create_user("alice", project="vision")
+        assert alice.warning is not None and "single-user pool" in alice.warning
+        admin.create_user("carol", project="vision")  # the same project: one team, fine
+        with pytest.raises(ConflictError, match=r"single-user pool.*--trust-users"):
+            admin.create_user("bob", project="nlp")
+        admin.create_user("dave")
+        with pytest.raises(ConflictError, match="single-user pool"):
+            admin.set_member("nlp", "dave")
+        admin.create_user("root2", admin=True, project="nlp")  # administrators see everything anyway
+        assert {u.name for u in admin.users()} == {"admin", "alice", "carol", "dave", "root2"}
+    server.stop()
+    trusting = server_factory(FakeExecutor(), trust_users=True, home=server.settings.home)
+    with trusting.client() as admin:
+        admin.create_user("bob", project="nlp")
