@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +24,7 @@ from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import accounts, gpus, metrics, pool, system, workloads
+from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
@@ -46,8 +46,10 @@ log = logging.getLogger("gpupool.server")
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 2 MiB: a thousand times the largest spec in examples/, far below RAM
 
 
-def build_services(settings: Settings, executor: Executor | None = None, clock: Clock = time.time) -> Services:
-    """The shared services of one server (database opened, workers built but not started)."""
+def build_services(settings: Settings, executor: Executor | None = None, clock: Clock | None = None) -> Services:
+    """The shared services of one server (database opened, workers built but not started). The clock is a
+    SteadyClock unless one is given (tests)."""
+    clock = clock or SteadyClock()
     db = Database(settings.resolved_database_url)
     services = Services(settings, db, clock, executor or make_executor(settings))
     services.gpus = runtime = GpuRuntime(settings)
@@ -108,7 +110,7 @@ def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
         authenticate(session, authorization, services.clock())
 
 
-def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
+def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock | None = None,
                nvml_backend: BackendFactory = NvmlBackend) -> FastAPI:
     """The gpupool server application. `executor`, `clock` and `nvml_backend` (the GPU backend of real
     hardware) may be injected (tests); by default the executor is the one `settings.executor` names and
