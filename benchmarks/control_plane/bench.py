@@ -37,7 +37,8 @@ from gpupool.store.repos import accounts
 from gpupool.store.scratch import scratch_postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = {"GPUPOOL_SCHEDULE_INTERVAL_S": "1", "GPUPOOL_RECONCILE_INTERVAL_S": "1", "GPUPOOL_LOG_LEVEL": "warning"}
+FAST = {"GPUPOOL_SCHEDULE_INTERVAL_S": "1", "GPUPOOL_RECONCILE_INTERVAL_S": "1", "GPUPOOL_LOG_LEVEL": "warning",
+        "GPUPOOL_MULTI_USER": "false"}  # a control-plane benchmark: one OS identity, also when run as root
 
 
 def percentile(values: list[float], q: float) -> float:

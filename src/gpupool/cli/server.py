@@ -87,11 +87,12 @@ def _preflight(settings: Settings) -> None:
 
     from gpupool.gpu.fake import FakeBackend, read_description  # noqa: PLC0415
     from gpupool.server.local_node import parse_declared_gpus  # noqa: PLC0415
-    from gpupool.server.state_files import ServerLock  # noqa: PLC0415
+    from gpupool.server.state_files import ServerLock, check_user_mode  # noqa: PLC0415
     from gpupool.store.db import Database  # noqa: PLC0415
 
     try:
         parse_declared_gpus(settings.gpus)
+        check_user_mode(settings)
         if settings.gpu_description is not None:
             FakeBackend(read_description(settings.gpu_description)).close()  # validates the description
         db = Database(settings.resolved_database_url)

@@ -5,7 +5,6 @@ exposition at /metrics and the OpenAPI docs at /docs."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -120,9 +119,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.multi_user and os.geteuid() != 0:
-            raise ConflictError("a multi-user pool needs the server to run as root (workloads switch to their "
-                                "users' OS identities); run it as root or set GPUPOOL_MULTI_USER=false")
         secure_home(settings)
         services = build_services(settings, executor, clock)
         lock = ServerLock(settings, services.db)

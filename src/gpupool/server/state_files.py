@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import stat
 from pathlib import Path
 
 from sqlalchemy import Connection, text
@@ -34,8 +35,21 @@ LOCK_FILE = "server.lock"
 ADVISORY_LOCK_KEY = 0x677075706F6F6C
 
 
+def check_user_mode(settings: Settings) -> None:
+    """ConflictError when the settings ask for a multi-user pool that cannot work: the server is not root, or
+    the home is out of reach for other OS users (see `check_traversable`)."""
+    if not settings.is_multi_user:
+        return
+    if os.geteuid() != 0:
+        raise ConflictError("a multi-user pool needs the server to run as root (workloads switch to their "
+                            "users' OS identities); run it as root or set GPUPOOL_MULTI_USER=false")
+    check_traversable(settings.home)
+
+
 def secure_home(settings: Settings) -> None:
-    """Create the home, logs and executor directories and set the modes of the module docstring."""
+    """Check the user mode (`check_user_mode`), create the home, logs and executor directories and set the
+    modes of the module docstring."""
+    check_user_mode(settings)
     home = settings.home
     for directory in (home, settings.logs_dir, settings.executor_dir):
         directory.mkdir(parents=True, exist_ok=True)
@@ -43,6 +57,16 @@ def secure_home(settings: Settings) -> None:
     if settings.is_multi_user:
         home.chmod(TRAVERSE_ONLY_MODE)
     secure_files(settings)
+
+
+def check_traversable(home: Path) -> None:
+    """ConflictError unless every directory above `home` lets other OS users through (o+x): replicas that
+    run as their users must reach their storage under it. /root, or a 0700 temporary directory, does not."""
+    for directory in home.resolve().parents:
+        if directory.exists() and not directory.stat().st_mode & stat.S_IXOTH:
+            raise ConflictError(f"in a multi-user pool, replicas run as their users and must reach their storage "
+                                f"under {home}, but {directory} is closed to other users; choose a home such as "
+                                "/var/lib/gpupool (--home), or open the directory with chmod o+x")
 
 
 def secure_files(settings: Settings) -> None:

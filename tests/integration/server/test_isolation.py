@@ -21,6 +21,8 @@ import pytest
 from tests.support.servers import TestServer, server_settings, start_server
 
 from gpupool.client.http import Client
+from gpupool.domain.errors import ConflictError
+from gpupool.server.state_files import secure_home
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None,
                                 reason="multi-user isolation needs root and useradd")
@@ -133,3 +135,11 @@ def test_a_gpupool_user_named_after_a_system_account_never_runs_as_it(multi_user
     assert status == "succeeded", lines
     assert lines == [str(pwd.getpwnam(f"{multi_user_server.settings.os_user_prefix}root").pw_uid),
                      f"{multi_user_server.settings.os_user_prefix}root"]
+
+
+def test_a_multi_user_home_that_replicas_cannot_reach_is_refused(tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    settings = server_settings(closed / "home", f"sqlite:///{closed / 'home' / 'gpupool.db'}", multi_user=True)
+    with pytest.raises(ConflictError, match=f"{closed} is closed to other users; choose a home such as"):
+        secure_home(settings)
