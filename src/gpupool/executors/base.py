@@ -8,8 +8,9 @@ so an executor can find its replicas again after the server restarts. Optional f
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -138,6 +139,14 @@ class Executor(ABC):
                 batch = []
         if batch:
             yield "\n".join(batch) + "\n"
+
+    async def log_stream(self, handle: Handle, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        """`log_text` for an event loop. The default runs `log_text` in a worker thread (one per stream
+        while it follows); executors that can wait without a thread override it."""
+        iterator = self.log_text(handle, tail=tail, follow=follow)
+        end = object()
+        while (chunk := await asyncio.to_thread(next, iterator, end)) is not end:
+            yield str(chunk)
 
     def session_id(self, handle: Handle) -> int | None:
         """The session id every process of the replica shares on this machine (the GPU monitor maps the

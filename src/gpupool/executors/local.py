@@ -33,6 +33,7 @@ a lost replica never keeps a GPU that the scheduler hands out again.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -45,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -429,6 +430,22 @@ class LocalExecutor(Executor):
         ref = _parse(handle)
         if ref is not None:
             yield from logfiles.as_text(self._log_blocks(ref, handle, tail, follow))
+
+    async def log_stream(self, handle: Handle, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        """`log_text` without a thread per follower: what is in the file now is read in a worker thread,
+        block by block; following then waits on the event loop (`logfiles.follow_text`)."""
+        ref = _parse(handle)
+        if ref is None:
+            return
+        end = logfiles.file_size(ref.log_path)
+        start = 0 if tail is None else await asyncio.to_thread(logfiles.tail_start, ref.log_path, tail, end)
+        blocks = logfiles.as_text(logfiles.read_blocks(ref.log_path, start, end))
+        done = object()
+        while (chunk := await asyncio.to_thread(next, blocks, done)) is not done:
+            yield str(chunk)
+        if follow:
+            async for chunk in logfiles.follow_text(ref.log_path, end, lambda: self.poll(handle).state.is_terminal):
+                yield chunk
 
     def _log_blocks(self, ref: _Ref, handle: Handle, tail: int | None, follow: bool) -> Iterator[list[str]]:
         end = logfiles.file_size(ref.log_path)
