@@ -8,7 +8,8 @@ its exit code is still recorded, when the server crashes or restarts.
 Options: `--lock-fd N` (an open file description of STATE_DIR/supervisor.lock, flock-ed by the executor
 before it spawned this process, held here for the supervisor's whole life), `--run-as UID:GID:G1,G2` (the
 identity the command runs as; needs root), `--read-only PATH` (repeatable: PATH is bind-mounted read-only
-in a private mount namespace of the command; needs root).
+in a private mount namespace of the command; needs root), `--log-cap BYTES` (the most the log file may
+hold; default 1 GiB).
 
 What it does:
 1. holds the lock (taking it itself when no `--lock-fd` is given, and exiting at once when another process
@@ -16,7 +17,9 @@ What it does:
 2. forks the command: in the child, a new session (so the command and everything it spawns form one
    process group whose id is the command's pid), the read-only mounts, the drop to `--run-as`, and
    PR_SET_PDEATHSIG=SIGKILL (the command dies with its supervisor, even by kill -9), then exec; writes
-   `command.json` ({pid, start_time}) into STATE_DIR;
+   `command.json` ({pid, start_time}) into STATE_DIR; the command's stdout and stderr are a pipe that the
+   supervisor copies to its own stdout (the log file) until the log holds `--log-cap` bytes, then writes
+   one line saying so and discards the rest (still reading, so the command never blocks on a full pipe);
 3. on SIGTERM, SIGINT or SIGHUP (a stop request): sends SIGTERM to the command's process group, and SIGKILL
    to the group when the grace period (read from `stop.json`, written by the executor before it signals)
    has passed and the command still runs;
@@ -30,6 +33,7 @@ import ctypes
 import fcntl
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -43,6 +47,8 @@ DEFAULT_GRACE_S = 10.0
 MAX_GRACE_S = 7 * 24 * 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SPAWN_FAILED_EXIT_CODE = 127
+DEFAULT_LOG_CAP = 1024**3  # 1 GiB of output per replica run: far more than anyone reads, far less than a disk
+PIPE_READ = 64 * 1024
 # Linux constants (<sys/prctl.h>, <sched.h>, <sys/mount.h>)
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
@@ -100,13 +106,17 @@ class Supervisor:
     """Runs one command, forwards stop requests to its process group and records its exit."""
 
     def __init__(self, state_dir: str, argv: list[str], run_as: RunAs | None = None,
-                 read_only: list[str] | None = None, lock_fd: int | None = None) -> None:
+                 read_only: list[str] | None = None, lock_fd: int | None = None,
+                 log_cap: int = DEFAULT_LOG_CAP) -> None:
         self.state_dir = state_dir
+        self.log_cap = log_cap
+        self.log_capped = False
         self.argv = argv
         self.run_as = run_as
         self.read_only = read_only or []
         self.lock_fd = lock_fd
         self.child_pid: int | None = None
+        self.output_fd = -1
         self.stop_requested = False
         self.term_sent = False
         self.killed = False
@@ -173,10 +183,13 @@ class Supervisor:
         parent = os.getpid()
         env = dict(os.environ)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)  # reports an error of the child before exec
+        self.output_fd, output_in = os.pipe2(os.O_CLOEXEC)  # the command's stdout and stderr
         pid = os.fork()
         if pid == 0:  # pragma: no cover  (the child; only async-signal-safe work until exec)
             try:
                 os.close(read_end)
+                os.dup2(output_in, 1)
+                os.dup2(output_in, 2)
                 os.setsid()
                 if self.read_only:
                     make_read_only(libc, self.read_only)
@@ -197,6 +210,7 @@ class Supervisor:
                 finally:
                     os._exit(SPAWN_FAILED_EXIT_CODE)
         os.close(write_end)
+        os.close(output_in)
         with os.fdopen(read_end, "rb") as report:
             failure = report.read()
         if failure:
@@ -226,12 +240,55 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if self.stop_requested:
             self.on_stop_signal(signal.SIGTERM, None)
-        status = self._wait(pid)
+        status = self._pump(pid)
         signal.setitimer(signal.ITIMER_REAL, 0)
         self._signal_group(signal.SIGKILL)  # leftovers of the group (background children) end with it
         code = os.waitstatus_to_exitcode(status) if status is not None else SPAWN_FAILED_EXIT_CODE
         self._record(128 - code if code < 0 else code, -code if code < 0 else None)
         return 0
+
+    def _pump(self, pid: int) -> int | None:
+        """Copy the command's output to the log until the command has ended and its output is drained (or
+        nothing more came for a second after its end and the SIGKILL of its leftovers); returns the wait
+        status, None when it cannot be known."""
+        status: int | None = None
+        ended = False
+        while True:
+            ready = select.select([self.output_fd], [], [], 0.2 if not ended else 1.0)[0]
+            if ready:
+                data = os.read(self.output_fd, PIPE_READ)
+                if not data:
+                    break  # every writer is gone
+                self._write_log(data)
+            if not ended:
+                try:
+                    got, raw = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    got, raw, status = pid, 0, None
+                    ended = True
+                    continue
+                if got == pid:
+                    ended, status = True, raw
+                    self._signal_group(signal.SIGKILL)  # background leftovers hold the pipe: end them
+            elif not ready:
+                break
+        os.close(self.output_fd)
+        return status if ended else self._wait(pid)
+
+    def _write_log(self, data: bytes) -> None:
+        if self.log_capped:
+            return
+        try:
+            size = os.fstat(1).st_size
+            room = self.log_cap - size
+            if len(data) > room:
+                self.log_capped = True
+                data = data[:max(room, 0)] + (f"\n[gpupool: this log reached its limit of {self.log_cap} bytes; "
+                                              "later output is discarded]\n").encode()
+            while data:
+                data = data[os.write(1, data):]
+        except OSError:
+            pass  # a full disk must not stop the replica
 
     @staticmethod
     def _wait(pid: int) -> int | None:
@@ -251,7 +308,8 @@ class Supervisor:
         })
 
 
-USAGE = "usage: _supervisor.py STATE_DIR [--lock-fd N] [--run-as UID:GID:GROUPS] [--read-only PATH]... -- ARGV..."
+USAGE = ("usage: _supervisor.py STATE_DIR [--lock-fd N] [--run-as UID:GID:GROUPS] [--read-only PATH]... "
+         "[--log-cap BYTES] -- ARGV...")
 
 
 def main(args: list[str]) -> int:
@@ -261,7 +319,7 @@ def main(args: list[str]) -> int:
         return 2
     split = args.index("--", 1)
     options, argv = args[1:split], args[split + 1:]
-    run_as, read_only, lock_fd = None, [], None
+    run_as, read_only, lock_fd, log_cap = None, [], None, DEFAULT_LOG_CAP
     try:
         while options:
             name, value, options = options[0], options[1], options[2:]
@@ -271,6 +329,8 @@ def main(args: list[str]) -> int:
                 read_only.append(value)
             elif name == "--lock-fd":
                 lock_fd = int(value)
+            elif name == "--log-cap":
+                log_cap = int(value)
             else:
                 raise ValueError(name)
     except (IndexError, ValueError):
@@ -279,7 +339,7 @@ def main(args: list[str]) -> int:
     if not argv:
         print(USAGE, file=sys.stderr)
         return 2
-    return Supervisor(args[0], argv, run_as, read_only, lock_fd).run()
+    return Supervisor(args[0], argv, run_as, read_only, lock_fd, log_cap).run()
 
 
 if __name__ == "__main__":

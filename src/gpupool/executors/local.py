@@ -4,10 +4,10 @@ server crash and its exit code is never lost.
 Per replica, `start` creates a state directory `root/replicas/<workload_id>/<replica>.<attempt>/` (mode
 0700: a replica never reads another's state) and launches a supervisor (`_supervisor.py`, run as
 `python -I -S`) in a session of its own; the supervisor starts `bash -lc COMMAND` as the leader of a new
-session and process group, with cwd = launch.cwd, env = base env + launch.env, stdout and stderr appended
-to `launch.log_dir/replica-<n>.log`, as the OS identity `launch.run_as` when given (the server must be
-root), with the read-only bind mounts of `launch.read_only_paths`, and with PR_SET_PDEATHSIG so that it
-dies with its supervisor. Files of the state directory:
+session and process group, with cwd = launch.cwd, env = base env + launch.env, stdout and stderr copied
+by the supervisor to `launch.log_dir/replica-<n>.log` (up to `log_cap_bytes`), as the OS identity
+`launch.run_as` when given (the server must be root), with the read-only bind mounts of
+`launch.read_only_paths`, and with PR_SET_PDEATHSIG so that it dies with its supervisor. Files of the state directory:
 
     supervisor.lock  flock-ed by the executor before it spawns the supervisor and held by the supervisor
                    for its whole life (the locked file description is inherited): while it is locked, a
@@ -175,13 +175,14 @@ class LocalExecutor(Executor):
     replica starts from (default: `default_base_env` of the server's environment, with the server's Python
     first on PATH). `read_only`: enforce ReplicaLaunch.read_only_paths with read-only bind mounts (None:
     when possible, see `can_enforce_read_only`; True: required, ExecutorError when not possible).
+    `log_cap_bytes`: the most a replica's log file holds; then one line says so and the rest is discarded.
     """
 
     name = "local"
 
     def __init__(self, root: Path, *, base_env: Mapping[str, str] | None = None, read_only: bool | None = None,
                  python: str | None = None, shell: str = "bash", follow_interval_s: float = 0.1,
-                 kill_slack_s: float = 5.0) -> None:
+                 kill_slack_s: float = 5.0, log_cap_bytes: int = supervisor.DEFAULT_LOG_CAP) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(PRIVATE_DIR_MODE)
@@ -191,6 +192,7 @@ class LocalExecutor(Executor):
         self.shell = shutil.which(shell) or shell
         self.follow_interval_s = follow_interval_s
         self.kill_slack_s = kill_slack_s
+        self.log_cap_bytes = log_cap_bytes
         possible = can_enforce_read_only()
         if read_only and not possible:
             raise ExecutorError("read-only paths need the server to run as root")
@@ -270,7 +272,7 @@ class LocalExecutor(Executor):
 
     def supervisor_options(self, launch: ReplicaLaunch) -> list[str]:
         """`--run-as` and `--read-only` options of the supervisor for `launch` (see _supervisor.py)."""
-        options = []
+        options = ["--log-cap", str(self.log_cap_bytes)]
         if launch.run_as is not None:
             who = launch.run_as
             options += ["--run-as", f"{who.uid}:{who.gid}:{','.join(str(g) for g in who.groups)}"]

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)
+    log_max_bytes: int = Field(1024**3, ge=4096, description="The most one replica's log file holds (default 1 GiB); "
+                               "later output is discarded after a line that says so")
     start_timeout_s: float = Field(600.0, gt=0, le=7 * 86400, description="A workload still scheduled or "
                                    "starting after this long fails (its replicas never began to run)")
     multi_user: bool | None = Field(None, description="Run each workload as its user's OS identity (needs "

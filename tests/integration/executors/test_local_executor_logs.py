@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conftest import quick_base_env
+
 from gpupool.executors.base import ReplicaState
+from gpupool.executors.local import LocalExecutor
 from gpupool.executors.logfiles import MAX_LINE_BYTES, cut_marker
 
 if TYPE_CHECKING:
@@ -37,3 +41,16 @@ def test_many_lines_come_in_few_chunks(local: LocalHarness) -> None:
     assert "".join(chunks).splitlines() == [str(n) for n in range(1, 200001)]
     assert len(chunks) < 30  # 1.3 MB of output in 64 KiB blocks: 21 chunks, not 200,000 writes
     assert elapsed < 5, elapsed
+
+
+def test_a_log_stops_growing_at_its_cap_and_says_so(local: LocalHarness) -> None:
+    local.executor = LocalExecutor(local.root, base_env=quick_base_env(local.tmp / "home"), log_cap_bytes=100_000)
+    # 1,000,000 lines (6.9 MB) into a 100 kB cap; the command is never blocked and ends normally
+    handle = local.start("seq 1 1000000; echo done >&2; exit 3")
+    status = local.wait(handle, timeout_s=60)
+    assert (status.state, status.exit_code) == (ReplicaState.FAILED, 3)
+    log = Path(handle["log_path"])
+    lines = list(local.executor.logs(handle))
+    assert lines[-1] == "[gpupool: this log reached its limit of 100000 bytes; later output is discarded]"
+    assert lines[0] == "1" and "done" not in lines
+    assert 100_000 <= log.stat().st_size < 100_200
