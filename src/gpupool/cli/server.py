@@ -29,7 +29,8 @@ def _port_free(host: str, port: int) -> bool:
 
 def up(host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
        port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8700].")] = None,
-       home: Annotated[str | None, typer.Option(help="State directory [default: $GPUPOOL_HOME or ~/.gpupool].")]
+       home: Annotated[str | None, typer.Option(help="State directory [default: $GPUPOOL_HOME, else ~/.gpupool, or "
+                                                           "/var/lib/gpupool for root].")]
        = None,
        database_url: Annotated[str | None, typer.Option(help="postgresql://... [default: SQLite in the home "
                                                         "directory].")] = None,

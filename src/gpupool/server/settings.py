@@ -15,7 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpupool.domain.errors import ValidationError
 
-DEFAULT_HOME = Path("~/.gpupool")
+# root runs a multi-user pool, whose home replicas of other OS users must traverse: not /root (0700)
+DEFAULT_HOME = Path("/var/lib/gpupool") if os.geteuid() == 0 else Path("~/.gpupool")
 DEFAULT_PORT = 8700
 
 
