@@ -20,6 +20,7 @@ transaction of step 3 runs again when PostgreSQL picks it as a deadlock victim (
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,10 @@ from gpupool.store.repos import workloads as repo
 log = logging.getLogger("gpupool.reconciler")
 STOP_RESEND_SLACK_S = 5.0
 FOLLOW_UP_S = 0.05  # how soon to look again while replicas are starting or stopping
+# Without a replica change, the write pass (time-based transitions: max_runtime, the start timeout, requeue
+# after preemption) runs at most this often: 1 s delays those by at most a second, and spares the database a
+# write transaction per 50 ms follow-up pass while replicas start (the writers' queue under load on SQLite).
+FULL_PASS_EVERY_S = 1.0
 DEFAULT_START_TIMEOUT_S = 600.0  # the command starts within milliseconds of its supervisor; 10 min is a hang
 _S = WorkloadStatus
 
@@ -64,6 +69,7 @@ class Reconciler:
         self.stop_grace_s = stop_grace_s
         self.on_change = on_change
         self._in_flux = False
+        self._full_pass_at = float("-inf")
 
     def step(self) -> float | None:
         """One pass: launch, stop, poll and advance. Returns FOLLOW_UP_S while replicas are starting or
@@ -159,11 +165,17 @@ class Reconciler:
         with self.db.session(write=False) as session:
             replicas = repo.live_replicas(session)
             live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
+            recorded = {r.id: (r.state, r.exit_code) for r in replicas}
         now = self.clock()
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
         self._in_flux = any(r.state in ("pending", "starting") or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
+        changed = any(status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)
+                      for replica_id, status in statuses.items())
+        if not changed and time.monotonic() - self._full_pass_at < FULL_PASS_EVERY_S:
+            return False  # nothing to record: no write transaction (on SQLite it would queue every writer)
+        self._full_pass_at = time.monotonic()
 
         def record_and_advance(session: Session) -> bool:
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
