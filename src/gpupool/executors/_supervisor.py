@@ -197,6 +197,7 @@ class Supervisor:
                     os.setgroups(self.run_as.groups)
                     os.setresgid(self.run_as.gid, self.run_as.gid, self.run_as.gid)
                     os.setresuid(self.run_as.uid, self.run_as.uid, self.run_as.uid)
+                    os.chdir(os.getcwd())  # the user must be able to reach the working directory themselves
                 _libc_call(libc, "prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # after setuid: it resets
                 if os.getppid() != parent:
                     os._exit(SPAWN_FAILED_EXIT_CODE)  # the supervisor died meanwhile

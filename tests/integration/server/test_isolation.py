@@ -128,6 +128,18 @@ def test_a_members_job_runs_as_its_os_user_and_reads_nothing_of_the_server_or_of
     assert oct(settings.logs_dir.stat().st_mode & 0o777) == "0o700"
 
 
+def test_a_working_directory_the_user_cannot_reach_is_refused(multi_user_server: TestServer) -> None:
+    admin = multi_user_server.client()
+    admin.create_project("alpha")
+    alice = multi_user_server.client(admin.create_user("alice", project="alpha", role="member").token)
+    private = multi_user_server.settings.executor_dir  # root's, 0700: the server chdirs there, alice may not
+    workload = alice.submit({"kind": "job", "project": "alpha", "command": "ls", "workdir": str(private),
+                             "resources": {"cpu": 0.1, "memory": "64MiB"}}).workload
+    done = alice.wait(workload.id, timeout_s=60)
+    assert done.status == "failed" and done.replica_list[0].exit_code == 127
+    assert any("Permission denied" in line for line in alice.logs(workload.id))
+
+
 def test_a_gpupool_user_named_after_a_system_account_never_runs_as_it(multi_user_server: TestServer) -> None:
     admin = multi_user_server.client()
     root = multi_user_server.client(admin.create_user("root", project="default", role="member").token)
