@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -109,11 +110,15 @@ def _pids_with(needle: str) -> list[int]:
 
 
 def test_a_killed_supervisor_takes_its_command_and_every_child_with_it(local: LocalHarness) -> None:
-    # `sleep 301 & sleep 302 & setsid sleep 303`: a background child, a second one, and one in a session of
-    # its own; none may outlive the replica once its supervisor is SIGKILLed (the GPU would be handed out again)
-    handle = local.start("sleep 301 & sleep 302 & setsid sleep 303 & echo ready; wait")
+    # A background child, a second one, and one in a session of its own; none may outlive the replica once
+    # its supervisor is SIGKILLed (the GPU would be handed out again). Durations unique to this run, so
+    # that other sleeps on the machine are not counted.
+    durations = [f"{random.randrange(10**6, 10**7)}.{k}" for k in range(3)]
+    needles = ["sleep\x00" + d for d in durations]
+    handle = local.start(f"sleep {durations[0]} & sleep {durations[1]} & setsid sleep {durations[2]} & "
+                         "echo ready; wait")
     local.until(lambda: list(local.executor.logs(handle)) == ["ready"])
-    local.until(lambda: len(_pids_with("sleep\x00" + "30")) >= 3)
+    local.until(lambda: all(_pids_with(n) for n in needles))
     command = local.command_of(handle)
     assert command is not None
     os.kill(int(handle["pid"]), signal.SIGKILL)  # the supervisor dies, e.g. by the OOM killer
@@ -121,8 +126,12 @@ def test_a_killed_supervisor_takes_its_command_and_every_child_with_it(local: Lo
     status = local.executor.poll(handle)
     assert status.state == ReplicaState.LOST
     assert "gone without recording an exit code" in status.message
-    local.until(lambda: not any(procfs.read_stat(p) and procfs.read_stat(p).state not in "ZXx"  # type: ignore[union-attr]
-                                for p in _pids_with("sleep\x00" + "30")))
+
+    def alive(pid: int) -> bool:
+        stat = procfs.read_stat(pid)
+        return stat is not None and stat.state not in "ZXx"
+
+    local.until(lambda: not any(alive(p) for n in needles for p in _pids_with(n)))
     local.executor.stop(handle, grace_s=1)  # stopping a lost replica is harmless
     assert local.executor.poll(handle).state in (ReplicaState.STOPPED, ReplicaState.LOST)
 
@@ -163,7 +172,7 @@ def test_a_start_interrupted_after_the_spawn_adopts_the_supervisor_instead_of_a_
     local.executor.stop(handle, grace_s=0)
     status = local.wait(handle)
     assert status.state == ReplicaState.STOPPED  # cancel stops the one and only command
-    assert _pids_with(str(counter)) == []
+    local.until(lambda: _pids_with(str(counter)) == [])  # nothing of it is left (once the kernel reaped it)
 
 
 def test_the_sigkill_escalation_happens_without_the_server(local: LocalHarness) -> None:
