@@ -6,8 +6,9 @@ and shared-memory files and the token file are 0600; the logs and executor direc
 belongs to the server's OS user, so a replica running as another user reads none of it.
 
 One server per home and per database: `ServerLock` holds an flock on `home/server.lock` (which names the
-holder's pid and host) and, on PostgreSQL, a session advisory lock on a connection of its own, for the
-server's life. A second server is refused with a message naming the first (two servers would stop each
+holder's pid and host) and, on SQLite, on `<database>.server-lock` beside the database file (the same file
+may be named from another home), or on PostgreSQL a session advisory lock on a connection of its own, for
+the server's life. A second server is refused with a message naming the first (two servers would stop each
 other's replicas). A lease for several servers behind one database (high availability) would replace the
 advisory lock.
 """
@@ -80,6 +81,22 @@ def secure_files(settings: Settings) -> None:
             path.chmod(PRIVATE_FILE_MODE)
 
 
+def _lock_file(path: Path, what: str) -> int:
+    """An fd holding an flock on `path` with this server's pid and host in it; ConflictError naming the
+    holder when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ConflictError(f"another gpupool server ({holder}) uses {what}; stop it first, or give this one "
+                            "another --home and database") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return fd
+
+
 class ServerLock:
     """Refuses a second server on the same home or the same PostgreSQL database (see the module docstring).
     `acquire` raises ConflictError naming the running server; `release` is idempotent."""
@@ -87,25 +104,23 @@ class ServerLock:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self._fd: int | None = None
+        self._fds: list[int] = []
         self._connection: Connection | None = None
 
     def acquire(self) -> None:
         """Take both locks or raise ConflictError (holding none)."""
         path = self.settings.home / LOCK_FILE
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ConflictError(f"another gpupool server ({holder}) uses the home {self.settings.home}; stop it "
-                                "first, or give this one another --home") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self._fd = fd
-        if not self.db.is_sqlite:
+        self._fds.append(_lock_file(path, f"the home {self.settings.home}"))
+        if self.db.is_sqlite:  # the same database file may be named from another home
+            database = Path(str(self.db.url.database)).expanduser().resolve()
+            try:
+                self._fds.append(_lock_file(database.with_name(database.name + ".server-lock"),
+                                            f"the database {database}"))
+            except BaseException:
+                self.release()
+                raise
+        else:
             try:
                 self._lock_database()
             except BaseException:
@@ -132,6 +147,6 @@ class ServerLock:
             self._connection.invalidate()  # ends the database session, and its advisory lock with it
             self._connection.close()
             self._connection = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
