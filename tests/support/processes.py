@@ -22,7 +22,8 @@ from gpupool.executors.local import LocalExecutor
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_ENV = {"GPUPOOL_SCHEDULE_INTERVAL_S": "0.1", "GPUPOOL_RECONCILE_INTERVAL_S": "0.1", "GPUPOOL_MIN_RUNTIME_S": "0",
-            "GPUPOOL_STOP_GRACE_S": "3", "GPUPOOL_NODE_NAME": "node"}
+            "GPUPOOL_STOP_GRACE_S": "3", "GPUPOOL_NODE_NAME": "node", "GPUPOOL_MULTI_USER": "false",
+            "GPUPOOL_TRUST_USERS": "true"}
 
 
 def cli_env(home: Path, port: int, **extra: str) -> dict[str, str]:

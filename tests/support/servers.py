@@ -92,11 +92,13 @@ class TestServer:
 
 
 def server_settings(home: Path, database_url: str, **overrides: Any) -> Settings:
-    """Settings for a fast test server: short intervals, no minimum run time, a 4-CPU 16 GiB node."""
+    """Settings for a fast test server: short intervals, no minimum run time, a 4-CPU 16 GiB node, a
+    single-user pool that trusts its users (the isolation tests turn multi_user on)."""
     values: dict[str, Any] = {
         "home": home, "database_url": database_url, "host": "127.0.0.1", "port": free_port(),
         "node_name": "node", "node_cpus": 4, "node_memory": "16GiB", "schedule_interval_s": 0.05,
-        "reconcile_interval_s": 0.05, "stop_grace_s": 1.0, "min_runtime_s": 0.0, "log_level": "warning"}
+        "reconcile_interval_s": 0.05, "stop_grace_s": 1.0, "min_runtime_s": 0.0, "log_level": "warning",
+        "multi_user": False, "trust_users": True}
     values.update(overrides)
     return Settings(**values)
 

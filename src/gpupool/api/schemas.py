@@ -113,10 +113,11 @@ class TokenCreated(Model):
 
 
 class UserCreated(Model):
-    """A new user and their first token (shown this once)."""
+    """A new user and their first token (shown this once), and what the pool's user mode means for them."""
 
     user: User
     token: str
+    warning: str | None = None
 
 
 class Member(Model):

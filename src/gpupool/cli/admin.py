@@ -180,6 +180,8 @@ def create_user(name: Annotated[str, typer.Argument(help="Lower-case letters, di
     if as_json:
         print_json(created)
         return
+    if created.warning:
+        err_console.print(f"[yellow]note:[/yellow] {created.warning}")
     console.print(f"user {created.user.name} created. Their token (shown once; give it to them):")
     typer.echo(created.token)
 

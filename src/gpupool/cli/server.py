@@ -45,7 +45,8 @@ def path_hint(path: str | None = None) -> str:
 
 def up(host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
        port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8700].")] = None,
-       home: Annotated[str | None, typer.Option(help="State directory [default: $GPUPOOL_HOME or ~/.gpupool].")]
+       home: Annotated[str | None, typer.Option(help="State directory [default: $GPUPOOL_HOME, else ~/.gpupool, or "
+                                                           "/var/lib/gpupool for root].")]
        = None,
        database_url: Annotated[str | None, typer.Option(help="postgresql://... [default: SQLite in the home "
                                                         "directory].")] = None,
@@ -63,6 +64,8 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        = None,
        policy: Annotated[str | None, typer.Option(help="Placement policy: fgd, binpack, spread, bestfit.")] = None,
        reset_admin_token: Annotated[bool, typer.Option(help="Write a new admin token to the token file.")] = False,
+       trust_users: Annotated[bool, typer.Option(help="Single-user pool (not root): allow users of several "
+                                                 "projects although they can read each other's files.")] = False,
        log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None) -> None:
     """Start the gpupool server: API on http://127.0.0.1:8700 (docs at /docs), this machine as the pool.
 
@@ -72,7 +75,7 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         "host": host, "port": port, "home": home, "database_url": database_url, "gpus": gpus, "gpu_mode": gpu_mode,
         "gpu_description": gpu_description,
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
-        "log_level": log_level, "reset_admin_token": reset_admin_token or None}
+        "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
@@ -87,9 +90,9 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
     if settings.log_level != "debug":  # one INFO line per migration step is noise at every start
         logging.getLogger("alembic").setLevel(logging.WARNING)
     _preflight(settings)
+    token = f"\n  admin token in {settings.token_file}" if settings.token_file.exists() else ""
     err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs)\n  state in "
-                      f"{settings.home}\n  admin token in {settings.token_file}{path_hint()}", soft_wrap=True,
-                      markup=False)
+                      f"{settings.home}{token}{path_hint()}", soft_wrap=True, markup=False)
     import uvicorn  # noqa: PLC0415  (heavy: only `up` needs the server)
 
     from gpupool.server.app import create_app  # noqa: PLC0415
@@ -103,15 +106,22 @@ def _preflight(settings: Settings) -> None:
 
     from gpupool.gpu.fake import FakeBackend, read_description  # noqa: PLC0415
     from gpupool.server.local_node import parse_declared_gpus  # noqa: PLC0415
+    from gpupool.server.state_files import ServerLock, check_user_mode  # noqa: PLC0415
     from gpupool.store.db import Database  # noqa: PLC0415
 
     try:
         parse_declared_gpus(settings.gpus)
+        check_user_mode(settings)
         if settings.gpu_description is not None:
             FakeBackend(read_description(settings.gpu_description)).close()  # validates the description
         db = Database(settings.resolved_database_url)
         try:
-            db.migrate()
+            lock = ServerLock(settings, db)  # a clear message now; the server itself holds it for good
+            lock.acquire()
+            try:
+                db.migrate()
+            finally:
+                lock.release()
         finally:
             db.dispose()
     except GpupoolError as exc:

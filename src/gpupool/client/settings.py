@@ -49,11 +49,23 @@ class ClientSettings:
         object.__setattr__(self, "home", Path(os.path.expanduser(str(self.home))).resolve())
 
     def resolved_token(self) -> str | None:
-        """GPUPOOL_TOKEN, else the first line of $GPUPOOL_HOME/token, else None."""
+        """GPUPOOL_TOKEN, else the first line of $GPUPOOL_HOME/token, else None (no token set up, or a token
+        file this user may not read). ValidationError, saying how to mend it, for a token that is not
+        printable ASCII (a corrupt or foreign file)."""
         if self.token:
-            return self.token.strip()
+            return _checked_token(self.token.strip(), "GPUPOOL_TOKEN")
         path = self.home / "token"
         try:
-            return path.read_text().strip() or None
+            raw = path.read_bytes()[:4096]
         except OSError:
             return None
+        lines = raw.strip().splitlines()
+        return _checked_token(lines[0].strip().decode("latin-1"), str(path)) if lines else None
+
+
+def _checked_token(token: str, source: str) -> str:
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ValidationError(f"{source} does not hold a gpupool token (it must be one line of printable ASCII); "
+                              "set GPUPOOL_TOKEN, or issue a new admin token with `gpupool up --reset-admin-token`",
+                              "token")
+    return token

@@ -47,6 +47,8 @@ class WorkloadView:
     retries_used: int = 0
     started_at: float | None = None
     max_runtime_s: int | None = None
+    status_since: float | None = None  # when the workload entered its current status
+    start_timeout_s: float | None = None  # the most a workload may stay scheduled or starting
 
     @property
     def live(self) -> list[ReplicaView]:
@@ -93,7 +95,9 @@ class JobLifecycle:
     starting -> running once every replica runs (or already succeeded); succeeded when every replica exited
     with 0; a replica that failed, was lost, or stopped without being asked stops the whole gang, which is
     then requeued (a retry is left, once the rest has stopped) or ends failed (lost when every failed
-    replica was lost); failed when it runs past max_runtime; preempted -> pending once its replicas are gone.
+    replica was lost); failed when it stays scheduled or starting longer than the start timeout, or runs
+    past max_runtime (counted from its start, or while starting from when it began to start); preempted ->
+    pending once its replicas are gone.
     """
 
     def advance(self, view: WorkloadView, now: float) -> Step | None:
@@ -111,7 +115,17 @@ class JobLifecycle:
             return Step(_S.SUCCEEDED, f"all {len(replicas)} replica(s) exited with code 0")
         if view.status == _S.STARTING and replicas and all(r.state in (_R.RUNNING, _R.SUCCEEDED) for r in replicas):
             return Step(_S.RUNNING, f"all {len(replicas)} replica(s) running", started=True)
-        limit, started = view.max_runtime_s, view.started_at
+        return self._overdue(view, now)
+
+    @staticmethod
+    def _overdue(view: WorkloadView, now: float) -> Step | None:
+        starting = view.status in (_S.SCHEDULED, _S.STARTING)
+        if (starting and view.start_timeout_s is not None and view.status_since is not None
+                and now - view.status_since > view.start_timeout_s):
+            return Step(_S.FAILED, f"did not start within {view.start_timeout_s:g}s (the start timeout); stopped",
+                        stop=True)
+        limit = view.max_runtime_s
+        started = view.started_at if view.started_at is not None else view.status_since if starting else None
         if limit is not None and started is not None and now - started > limit:
             return Step(_S.FAILED, f"ran longer than its max_runtime ({limit}s); stopped", stop=True)
         return None

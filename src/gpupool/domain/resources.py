@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -24,6 +25,7 @@ _MIG_PROFILE_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
 MAX_CPU_MILLI = 10_000_000  # 10,000 cores: anything above is a typo
 MAX_MEMORY_MIB = 1024**3  # 1 PiB
 MAX_GPUS_PER_REPLICA = 64
+MAX_DURATION_S = 100 * 365 * 86400  # a century: longer than any run, small enough for exact integer arithmetic
 
 
 class SharingMode(StrEnum):
@@ -106,17 +108,20 @@ def parse_number(value: Any, field_name: str) -> float:
 
 
 def parse_cpu(value: Any, field_name: str = "cpu") -> int:
-    """Parse CPU cores into milli-cores: 4 -> 4000, 0.5 -> 500, "500m" -> 500, "2" -> 2000."""
+    """Parse CPU cores into milli-cores, exactly (decimal arithmetic, rounding up a fraction of a milli-core):
+    4 -> 4000, 0.5 -> 500, "2.007" -> 2007, "500m" -> 500, "2" -> 2000."""
     if isinstance(value, str):
         text = value.strip()
         try:
-            milli = float(text[:-1]) if text.endswith("m") else float(text) * 1000
-        except ValueError:
+            milli = Decimal(text[:-1]) if text.endswith("m") else Decimal(text) * 1000
+        except InvalidOperation:
             raise ValidationError(f"cannot read {value!r} as CPU; write cores (4, 0.5) or milli-cores (500m)",
                                   field_name) from None
     else:
-        milli = parse_number(value, field_name) * 1000
-    if milli < 0 or math.isnan(milli):
+        milli = Decimal(repr(parse_number(value, field_name))) * 1000  # repr: the shortest exact decimal form
+    if not milli.is_finite():
+        raise ValidationError(f"CPU must be a finite number (got {value!r})", field_name)
+    if milli < 0:
         raise ValidationError(f"CPU cannot be negative (got {value!r})", field_name)
     if milli > MAX_CPU_MILLI:
         raise ValidationError(f"{value!r} CPU is more than any machine has; check the unit", field_name)
@@ -158,7 +163,8 @@ def parse_memory(value: Any, field_name: str = "memory") -> int:
 
 def parse_duration(value: Any, field_name: str = "duration") -> int:
     """Parse a duration into whole seconds: 90 -> 90, "90s", "30m", "6h", "1h30m", "2d" (the grammar of
-    `gpupool.domain.units`; a number in a string needs its unit)."""
+    `gpupool.domain.units`; a number in a string needs its unit). ValidationError for anything else, for NaN
+    and infinity, and beyond MAX_DURATION_S."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
@@ -169,6 +175,9 @@ def parse_duration(value: Any, field_name: str = "duration") -> int:
         seconds = found
     else:
         raise ValidationError(f"expected a duration such as 6h, got {value!r}", field_name)
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValidationError(f"a duration must be finite and at most {MAX_DURATION_S // (365 * 86400)} years "
+                              f"(got {value!r})", field_name)
     if seconds <= 0:
         raise ValidationError(f"a duration must be positive (got {value!r})", field_name)
     return math.ceil(seconds)

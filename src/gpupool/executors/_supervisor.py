@@ -1,24 +1,39 @@
 """The replica supervisor: a tiny process that runs one replica's command and records how it ended.
 
 The local executor starts one supervisor per replica, in a session of its own, as
-`python -I -S _supervisor.py STATE_DIR -- ARGV...`. It uses the standard library only (it runs with `-S`,
-without site-packages) and outlives the server that started it, so a replica keeps running, and its exit
-code is still recorded, when the server crashes or restarts.
+`python -I -S _supervisor.py STATE_DIR [OPTIONS] -- ARGV...`. It uses the standard library only (it runs
+with `-S`, without site-packages) and outlives the server that started it, so a replica keeps running, and
+its exit code is still recorded, when the server crashes or restarts.
+
+Options: `--lock-fd N` (an open file description of STATE_DIR/supervisor.lock, flock-ed by the executor
+before it spawned this process, held here for the supervisor's whole life), `--run-as UID:GID:G1,G2` (the
+identity the command runs as; needs root), `--read-only PATH` (repeatable: PATH is bind-mounted read-only
+in a private mount namespace of the command; needs root), `--log-cap BYTES` (the most the log file may
+hold; default 1 GiB).
 
 What it does:
-1. starts ARGV in a new session (so the command and everything it spawns form one process group whose id
-   is the command's pid) and writes `command.json` ({pid, start_time}) into STATE_DIR;
-2. on SIGTERM, SIGINT or SIGHUP (a stop request): sends SIGTERM to the command's process group, and SIGKILL
+1. holds the lock (taking it itself when no `--lock-fd` is given, and exiting at once when another process
+   holds it: one supervisor per state directory, ever), and writes `supervisor.json` ({pid, start_time});
+2. forks the command: in the child, a new session (so the command and everything it spawns form one
+   process group whose id is the command's pid), the read-only mounts, the drop to `--run-as`, and
+   PR_SET_PDEATHSIG=SIGKILL (the command dies with its supervisor, even by kill -9), then exec; writes
+   `command.json` ({pid, start_time}) into STATE_DIR; the command's stdout and stderr are a pipe that the
+   supervisor copies to its own stdout (the log file) until the log holds `--log-cap` bytes, then writes
+   one line saying so and discards the rest (still reading, so the command never blocks on a full pipe);
+3. on SIGTERM, SIGINT or SIGHUP (a stop request): sends SIGTERM to the command's process group, and SIGKILL
    to the group when the grace period (read from `stop.json`, written by the executor before it signals)
    has passed and the command still runs;
-3. when the command ends: sends SIGKILL to whatever is left in its process group, writes `exit.json`
+4. when the command ends: sends SIGKILL to whatever is left in its process group, writes `exit.json`
    ({exit_code, signal, stop_requested, killed, ended_at}) atomically, and exits.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
+import select
 import signal
 import sys
 import time
@@ -26,10 +41,47 @@ import time
 COMMAND_FILE = "command.json"
 EXIT_FILE = "exit.json"
 STOP_FILE = "stop.json"
+SUPERVISOR_FILE = "supervisor.json"
+SUPERVISOR_LOCK = "supervisor.lock"
 DEFAULT_GRACE_S = 10.0
 MAX_GRACE_S = 7 * 24 * 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SPAWN_FAILED_EXIT_CODE = 127
+DEFAULT_LOG_CAP = 1024**3  # 1 GiB of output per replica run: far more than anyone reads, far less than a disk
+PIPE_READ = 64 * 1024
+# Linux constants (<sys/prctl.h>, <sched.h>, <sys/mount.h>)
+PR_SET_PDEATHSIG = 1
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+
+
+class RunAs:
+    """The OS identity the command runs as: uid, primary gid and supplementary groups."""
+
+    def __init__(self, uid: int, gid: int, groups: list[int]) -> None:
+        self.uid, self.gid, self.groups = uid, gid, groups
+
+    @classmethod
+    def parse(cls, text: str) -> RunAs:
+        """From `UID:GID:G1,G2` (the groups may be empty)."""
+        uid, gid, groups = text.split(":")
+        return cls(int(uid), int(gid), [int(g) for g in groups.split(",") if g])
+
+
+def _libc_call(libc: ctypes.CDLL, name: str, *args: object) -> None:
+    if getattr(libc, name)(*args) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{name}: {os.strerror(error)}")
+
+
+def make_read_only(libc: ctypes.CDLL, paths: list[str]) -> None:
+    """In a new private mount namespace, bind-mount each path over itself read-only."""
+    _libc_call(libc, "unshare", CLONE_NEWNS)
+    _libc_call(libc, "mount", b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+    for path in paths:
+        raw = os.fsencode(path)
+        _libc_call(libc, "mount", raw, raw, None, MS_BIND | MS_REC, None)
+        _libc_call(libc, "mount", b"none", raw, None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
 
 
 def write_json_atomic(path: str, data: dict[str, object]) -> None:
@@ -53,10 +105,18 @@ def process_start_time(pid: int) -> int | None:
 class Supervisor:
     """Runs one command, forwards stop requests to its process group and records its exit."""
 
-    def __init__(self, state_dir: str, argv: list[str]) -> None:
+    def __init__(self, state_dir: str, argv: list[str], run_as: RunAs | None = None,
+                 read_only: list[str] | None = None, lock_fd: int | None = None,
+                 log_cap: int = DEFAULT_LOG_CAP) -> None:
         self.state_dir = state_dir
+        self.log_cap = log_cap
+        self.log_capped = False
         self.argv = argv
+        self.run_as = run_as
+        self.read_only = read_only or []
+        self.lock_fd = lock_fd
         self.child_pid: int | None = None
+        self.output_fd = -1
         self.stop_requested = False
         self.term_sent = False
         self.killed = False
@@ -103,13 +163,69 @@ class Supervisor:
         self.killed = True
         self._signal_group(signal.SIGKILL)
 
+    def hold_lock(self) -> bool:
+        """Hold STATE_DIR/supervisor.lock for this process's life; False when another process holds it."""
+        if self.lock_fd is not None:
+            os.set_inheritable(self.lock_fd, False)  # the command must not keep it after we are gone
+            return True
+        fd = os.open(self._path(SUPERVISOR_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.lock_fd = fd
+        return True
+
     def _spawn(self) -> int:
-        reset = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGALRM, *STOP_SIGNALS)
-        return os.posix_spawn(self.argv[0], self.argv, dict(os.environ), setsid=True, setsigmask=(),
-                              setsigdef=reset)
+        """Fork and exec the command (see the module docstring); OSError when it could not be executed."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getpid()
+        env = dict(os.environ)
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)  # reports an error of the child before exec
+        self.output_fd, output_in = os.pipe2(os.O_CLOEXEC)  # the command's stdout and stderr
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  (the child; only async-signal-safe work until exec)
+            try:
+                os.close(read_end)
+                os.dup2(output_in, 1)
+                os.dup2(output_in, 2)
+                os.setsid()
+                if self.read_only:
+                    make_read_only(libc, self.read_only)
+                if self.run_as is not None:
+                    os.setgroups(self.run_as.groups)
+                    os.setresgid(self.run_as.gid, self.run_as.gid, self.run_as.gid)
+                    os.setresuid(self.run_as.uid, self.run_as.uid, self.run_as.uid)
+                    os.chdir(os.getcwd())  # the user must be able to reach the working directory themselves
+                _libc_call(libc, "prctl", PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # after setuid: it resets
+                if os.getppid() != parent:
+                    os._exit(SPAWN_FAILED_EXIT_CODE)  # the supervisor died meanwhile
+                for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGALRM, *STOP_SIGNALS):
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                os.execve(self.argv[0], self.argv, env)
+            except BaseException as error:
+                try:
+                    os.write(write_end, f"{getattr(error, 'strerror', None) or error}".encode()[:4000])
+                finally:
+                    os._exit(SPAWN_FAILED_EXIT_CODE)
+        os.close(write_end)
+        os.close(output_in)
+        with os.fdopen(read_end, "rb") as report:
+            failure = report.read()
+        if failure:
+            os.waitpid(pid, 0)
+            raise OSError(0, failure.decode(errors="replace"))
+        return pid
 
     def run(self) -> int:
         """Start the command, wait for it, record the exit; returns the supervisor's own exit status."""
+        if not self.hold_lock():
+            print("gpupool: another supervisor runs this replica already", file=sys.stderr, flush=True)
+            return 3
+        write_json_atomic(self._path(SUPERVISOR_FILE), {"pid": os.getpid(),
+                                                        "start_time": process_start_time(os.getpid())})
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_stop_signal)
         signal.signal(signal.SIGALRM, self.on_deadline)
@@ -125,12 +241,55 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if self.stop_requested:
             self.on_stop_signal(signal.SIGTERM, None)
-        status = self._wait(pid)
+        status = self._pump(pid)
         signal.setitimer(signal.ITIMER_REAL, 0)
         self._signal_group(signal.SIGKILL)  # leftovers of the group (background children) end with it
         code = os.waitstatus_to_exitcode(status) if status is not None else SPAWN_FAILED_EXIT_CODE
         self._record(128 - code if code < 0 else code, -code if code < 0 else None)
         return 0
+
+    def _pump(self, pid: int) -> int | None:
+        """Copy the command's output to the log until the command has ended and its output is drained (or
+        nothing more came for a second after its end and the SIGKILL of its leftovers); returns the wait
+        status, None when it cannot be known."""
+        status: int | None = None
+        ended = False
+        while True:
+            ready = select.select([self.output_fd], [], [], 0.2 if not ended else 1.0)[0]
+            if ready:
+                data = os.read(self.output_fd, PIPE_READ)
+                if not data:
+                    break  # every writer is gone
+                self._write_log(data)
+            if not ended:
+                try:
+                    got, raw = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    got, raw, status = pid, 0, None
+                    ended = True
+                    continue
+                if got == pid:
+                    ended, status = True, raw
+                    self._signal_group(signal.SIGKILL)  # background leftovers hold the pipe: end them
+            elif not ready:
+                break
+        os.close(self.output_fd)
+        return status if ended else self._wait(pid)
+
+    def _write_log(self, data: bytes) -> None:
+        if self.log_capped:
+            return
+        try:
+            size = os.fstat(1).st_size
+            room = self.log_cap - size
+            if len(data) > room:
+                self.log_capped = True
+                data = data[:max(room, 0)] + (f"\n[gpupool: this log reached its limit of {self.log_cap} bytes; "
+                                              "later output is discarded]\n").encode()
+            while data:
+                data = data[os.write(1, data):]
+        except OSError:
+            pass  # a full disk must not stop the replica
 
     @staticmethod
     def _wait(pid: int) -> int | None:
@@ -150,12 +309,38 @@ class Supervisor:
         })
 
 
+USAGE = ("usage: _supervisor.py STATE_DIR [--lock-fd N] [--run-as UID:GID:GROUPS] [--read-only PATH]... "
+         "[--log-cap BYTES] -- ARGV...")
+
+
 def main(args: list[str]) -> int:
-    """Entry point: `STATE_DIR -- ARGV...`."""
-    if len(args) < 3 or args[1] != "--":
-        print("usage: _supervisor.py STATE_DIR -- COMMAND [ARGS...]", file=sys.stderr)
+    """Entry point: `STATE_DIR [OPTIONS] -- ARGV...` (see the module docstring)."""
+    if "--" not in args[1:] or len(args) < 3:
+        print(USAGE, file=sys.stderr)
         return 2
-    return Supervisor(args[0], args[2:]).run()
+    split = args.index("--", 1)
+    options, argv = args[1:split], args[split + 1:]
+    run_as, read_only, lock_fd, log_cap = None, [], None, DEFAULT_LOG_CAP
+    try:
+        while options:
+            name, value, options = options[0], options[1], options[2:]
+            if name == "--run-as":
+                run_as = RunAs.parse(value)
+            elif name == "--read-only":
+                read_only.append(value)
+            elif name == "--lock-fd":
+                lock_fd = int(value)
+            elif name == "--log-cap":
+                log_cap = int(value)
+            else:
+                raise ValueError(name)
+    except (IndexError, ValueError):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    return Supervisor(args[0], argv, run_as, read_only, lock_fd, log_cap).run()
 
 
 if __name__ == "__main__":

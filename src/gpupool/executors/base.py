@@ -8,8 +8,9 @@ so an executor can find its replicas again after the server restarts. Optional f
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -20,6 +21,7 @@ from gpupool.domain.replicas import ReplicaState
 Handle = dict[str, Any]
 __all__ = ["Capability", "Endpoint", "Executor", "ExecutorError", "Handle", "ReplicaLaunch", "ReplicaState",
            "ReplicaStatus"]
+LOG_CHUNK_LINES = 1000  # ~100 KB of typical log lines per write: few writes, small memory
 
 
 class Capability(StrEnum):
@@ -30,6 +32,18 @@ class Capability(StrEnum):
     MULTI_NODE = "multi_node"  # replicas may run on several hosts
     READ_ONLY_PATHS = "read_only_paths"  # ReplicaLaunch.read_only_paths is enforced by the kernel
     SESSION_IDS = "session_ids"  # session_id(handle) names the replica's processes on this machine
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The OS identity a replica runs as (multi-user pools): user name, uid, primary gid (the project's
+    group), supplementary groups, and the HOME it gets."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    home: str = "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +62,8 @@ class ReplicaLaunch:
     preemption): start is idempotent per (workload_id, replica, attempt), so a new attempt starts a new
     process. `read_only_paths` are directories the replica may read but not write (the shared storage scope
     of a non-admin); an executor with the READ_ONLY_PATHS capability enforces it, others only pass it on.
+    `run_as`: the OS identity the command must run as (None: the executor's own); an executor that cannot
+    switch identity refuses such a launch with ExecutorError.
     """
 
     workload_id: str
@@ -62,6 +78,7 @@ class ReplicaLaunch:
     labels: Mapping[str, str] = field(default_factory=dict)
     attempt: int = 0
     read_only_paths: tuple[Path, ...] = ()
+    run_as: RunAs | None = None
     ports: Mapping[int, int] = field(default_factory=dict)  # port named in the spec -> port chosen on the node
     node_address: str = "127.0.0.1"  # the node's registered network address
 
@@ -122,6 +139,27 @@ class Executor(ABC):
         The default: the node's address and the chosen port; an executor whose replicas are reached another
         way (loopback, a tunnel) overrides it."""
         return {name: Endpoint(launch.node_address, port) for name, port in sorted(launch.ports.items())}
+
+    def log_text(self, handle: Handle, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """The same output as `logs`, as text chunks of whole lines, each line ending with a newline (fewer,
+        larger writes for a response). Blocks like `logs`. The default joins the lines of `logs` in chunks
+        of up to LOG_CHUNK_LINES when not following, and passes them one by one when following."""
+        batch: list[str] = []
+        for line in self.logs(handle, tail=tail, follow=follow):
+            batch.append(line)
+            if follow or len(batch) >= LOG_CHUNK_LINES:
+                yield "\n".join(batch) + "\n"
+                batch = []
+        if batch:
+            yield "\n".join(batch) + "\n"
+
+    async def log_stream(self, handle: Handle, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        """`log_text` for an event loop. The default runs `log_text` in a worker thread (one per stream
+        while it follows); executors that can wait without a thread override it."""
+        iterator = self.log_text(handle, tail=tail, follow=follow)
+        end = object()
+        while (chunk := await asyncio.to_thread(next, iterator, end)) is not end:
+            yield str(chunk)
 
     def session_id(self, handle: Handle) -> int | None:
         """The session id every process of the replica shares on this machine (the GPU monitor maps the

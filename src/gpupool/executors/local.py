@@ -1,12 +1,19 @@
 """The local executor: each replica is a real process on this machine, supervised so that it survives a
 server crash and its exit code is never lost.
 
-Per replica, `start` creates a state directory `root/replicas/<workload_id>/<replica>.<attempt>/` and
-launches a supervisor (`_supervisor.py`, run as `python -I -S`) in a session of its own; the supervisor
-starts `bash -c COMMAND` (not a login shell: no profile is read) as the leader of a new session and process
-group, with cwd = launch.cwd, env = base env + launch.env, stdout and stderr appended to
-`launch.log_dir/replica-<n>.log`. Files of the state directory:
+Per replica, `start` creates a state directory `root/replicas/<workload_id>/<replica>.<attempt>/` (mode
+0700: a replica never reads another's state) and launches a supervisor (`_supervisor.py`, run as
+`python -I -S`) in a session of its own; the supervisor starts `bash -c COMMAND` (not a login shell: no
+profile is read) as the leader of a new session and process group, with cwd = launch.cwd, env = base env +
+launch.env, stdout and stderr copied by the supervisor to `launch.log_dir/replica-<n>.log` (up to
+`log_cap_bytes`), as the OS identity `launch.run_as` when given (the server must be root), with the read-only
+bind mounts of `launch.read_only_paths`, and with PR_SET_PDEATHSIG so that it dies with its supervisor. Files
+of the state directory:
 
+    supervisor.lock  flock-ed by the executor before it spawns the supervisor and held by the supervisor
+                   for its whole life (the locked file description is inherited): while it is locked, a
+                   supervisor runs this replica, so a start after a crash adopts it instead of a second one
+    supervisor.json  pid and start time of the supervisor (written by the supervisor before the command)
     handle.json    the handle start returned (start is idempotent: a second start returns it)
     command.json   pid and start time of the command (written by the supervisor once it runs)
     stop.json      a stop request: grace period and when it was asked (written by stop)
@@ -20,15 +27,18 @@ Stop writes stop.json and sends SIGTERM to the supervisor, which sends SIGTERM t
 group and SIGKILL to it when the grace period ends — so the escalation happens even when the server dies
 in between. As a safeguard, `poll` SIGKILLs the group itself when the command outlives its deadline by
 more than `kill_slack_s`, and `stop` signals the group directly (with a timer thread for the SIGKILL) when
-the supervisor is already gone.
+the supervisor is already gone. When `poll` declares a replica lost, it SIGKILLs every process left of it
+(found by the GPUPOOL_REPLICA_MARKER entry of their environment, and by session while the leader runs), so
+a lost replica never keeps a GPU that the scheduler hands out again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -36,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +63,7 @@ from gpupool.executors.base import (
     ReplicaLaunch,
     ReplicaState,
     ReplicaStatus,
+    RunAs,
 )
 from gpupool.executors.environment import default_base_env
 from gpupool.executors.storage import validate_scope_name
@@ -62,12 +73,11 @@ LOCK_FILE = "lock"
 HANDLE_KIND = "local"
 HANDLE_VERSION = 1
 SUPERVISOR_SCRIPT = Path(supervisor.__file__).resolve()
-# Mounts each read-only path over itself read-only, then runs the command; runs inside `unshare --mount`.
-_READ_ONLY_SCRIPT = (
-    'while [ "$1" != "--" ]; do '
-    '{mount} --bind "$1" "$1" && {mount} -o remount,bind,ro "$1" "$1" '
-    '|| {{ echo "gpupool: cannot make $1 read-only" >&2; exit 125; }}; shift; done; shift; exec "$@"'
-)
+MARKER_VAR = "GPUPOOL_REPLICA_MARKER"
+PRIVATE_DIR_MODE = 0o700
+# How long start waits for a supervisor that holds the lock to write supervisor.json: it does so within
+# milliseconds of starting; 10 s covers a machine under heavy load.
+ADOPT_WAIT_S = 10.0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -108,8 +118,25 @@ def pick_free_ports(count: int, host: str = LOOPBACK) -> list[int]:
 
 
 def can_enforce_read_only() -> bool:
-    """True when this process may give replicas read-only bind mounts (root, with unshare and mount)."""
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("mount") is not None
+    """True when this process may give replicas read-only bind mounts (root: the supervisor mounts them)."""
+    return os.geteuid() == 0
+
+
+def replica_marker(state_dir: Path) -> str:
+    """The value of GPUPOOL_REPLICA_MARKER for the replica of `state_dir` (a digest of its path: the same
+    after a server restart, different for every replica attempt)."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:24]
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def log_file_name(replica: int, attempt: int) -> str:
@@ -152,24 +179,27 @@ class LocalExecutor(Executor):
     replica starts from (default: `default_base_env` of the server's environment, with the server's Python
     first on PATH). `read_only`: enforce ReplicaLaunch.read_only_paths with read-only bind mounts (None:
     when possible, see `can_enforce_read_only`; True: required, ExecutorError when not possible).
+    `log_cap_bytes`: the most a replica's log file holds; then one line says so and the rest is discarded.
     """
 
     name = "local"
 
     def __init__(self, root: Path, *, base_env: Mapping[str, str] | None = None, read_only: bool | None = None,
                  python: str | None = None, shell: str = "bash", follow_interval_s: float = 0.1,
-                 kill_slack_s: float = 5.0) -> None:
+                 kill_slack_s: float = 5.0, log_cap_bytes: int = supervisor.DEFAULT_LOG_CAP) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(PRIVATE_DIR_MODE)
         self.base_env = dict(base_env) if base_env is not None else default_base_env(
             os.environ, str(Path(sys.executable).parent))
         self.python = python or sys.executable
         self.shell = shutil.which(shell) or shell
         self.follow_interval_s = follow_interval_s
         self.kill_slack_s = kill_slack_s
+        self.log_cap_bytes = log_cap_bytes
         possible = can_enforce_read_only()
         if read_only and not possible:
-            raise ExecutorError("read-only paths need the server to run as root with `unshare` and `mount`")
+            raise ExecutorError("read-only paths need the server to run as root")
         self._read_only = possible if read_only is None else read_only
         self.capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.SESSION_IDS}
                                       | ({Capability.READ_ONLY_PATHS} if self._read_only else set()))
@@ -204,60 +234,96 @@ class LocalExecutor(Executor):
         ExecutorError when the working directory is missing or the process cannot be created."""
         state_dir = self.state_dir(launch.workload_id, launch.replica, launch.attempt)
         self._reap()
-        state_dir.mkdir(parents=True, exist_ok=True)
+        for directory in (self.root / "replicas", state_dir.parent, state_dir):
+            directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         with _locked(state_dir / LOCK_FILE):
             existing = _read_json(state_dir / HANDLE_FILE)
             if existing is not None:
                 return existing
-            handle = self._launch(launch, state_dir)
+            handle = self._adopt(launch, state_dir) or self._launch(launch, state_dir)
             supervisor.write_json_atomic(str(state_dir / HANDLE_FILE), handle)
         return handle
 
+    def _handle(self, launch: ReplicaLaunch, state_dir: Path, pid: int, start_time: int) -> Handle:
+        return {
+            "executor": HANDLE_KIND, "version": HANDLE_VERSION, "workload_id": launch.workload_id,
+            "replica": launch.replica, "attempt": launch.attempt, "node": launch.node,
+            "state_dir": str(state_dir), "log_path": str(Path(launch.log_dir) / log_file_name(launch.replica,
+                                                                                                launch.attempt)),
+            "pid": pid, "start_time": start_time, "boot_id": procfs.boot_id(),
+            "marker": replica_marker(state_dir),
+        }
+
+    def _adopt(self, launch: ReplicaLaunch, state_dir: Path) -> Handle | None:
+        """The handle of a supervisor that a start interrupted by a crash (after the spawn, before the handle
+        was written) left behind: running (it holds supervisor.lock), or ended or killed (supervisor.json
+        without the lock). None when no supervisor ever ran for this state directory."""
+        lock = state_dir / supervisor.SUPERVISOR_LOCK
+        fd = _try_lock(lock)
+        if fd is not None:
+            os.close(fd)
+            known = _read_json(state_dir / supervisor.SUPERVISOR_FILE)
+        else:  # a supervisor holds it: it writes supervisor.json within milliseconds of starting
+            deadline = time.monotonic() + ADOPT_WAIT_S
+            while (known := _read_json(state_dir / supervisor.SUPERVISOR_FILE)) is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if known is None:
+                raise ExecutorError(f"a supervisor holds {lock} but has not identified itself; try again")
+        if known is None or not isinstance(known.get("pid"), int):
+            return None
+        return self._handle(launch, state_dir, known["pid"], int(known.get("start_time") or -1))
+
     def command_argv(self, launch: ReplicaLaunch, env: Mapping[str, str]) -> list[str]:
         """The argv the supervisor runs: `bash -c COMMAND`, a non-login shell that reads no profile (a
-        user's profile can take seconds, e.g. pyenv's, and the replica's environment is already complete),
-        wrapped in a private mount namespace with read-only bind mounts when the launch has read_only_paths
-        and this executor enforces them."""
-        argv = [self.shell, "-c", launch.command]
+        user's profile can take seconds, e.g. pyenv's, and the replica's environment is already complete).
+        The read-only bind mounts are made by the supervisor itself (`supervisor_options`)."""
+        return [self.shell, "-c", launch.command]
+
+    def supervisor_options(self, launch: ReplicaLaunch) -> list[str]:
+        """`--run-as` and `--read-only` options of the supervisor for `launch` (see _supervisor.py)."""
+        options = ["--log-cap", str(self.log_cap_bytes)]
+        if launch.run_as is not None:
+            who = launch.run_as
+            options += ["--run-as", f"{who.uid}:{who.gid}:{','.join(str(g) for g in who.groups)}"]
         if launch.read_only_paths and self._read_only:
-            mount = shutil.which("mount") or "mount"
-            unshare = shutil.which("unshare") or "unshare"
-            wrapper = _READ_ONLY_SCRIPT.format(mount=shlex.quote(mount))
-            paths = [str(Path(p).resolve()) for p in launch.read_only_paths]
-            argv = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", wrapper, "gpupool-ro",
-                    *paths, "--", *argv]
-        return argv
+            for path in launch.read_only_paths:
+                options += ["--read-only", str(Path(path).resolve())]
+        return options
 
     def _launch(self, launch: ReplicaLaunch, state_dir: Path) -> Handle:
         if not launch.cwd.is_dir():
             raise ExecutorError(f"the working directory {launch.cwd} does not exist")
+        if launch.run_as is not None and os.geteuid() != 0:
+            raise ExecutorError(f"cannot run a replica as {launch.run_as.user}: the server is not root")
         for name in (supervisor.COMMAND_FILE, supervisor.EXIT_FILE, supervisor.STOP_FILE):
-            (state_dir / name).unlink(missing_ok=True)  # leftovers of a start that crashed before its handle
-        env = {**self.base_env, **launch.env}
+            (state_dir / name).unlink(missing_ok=True)  # leftovers of a start that crashed before its spawn
+        env = _replica_env(self.base_env, launch.env, launch.run_as, replica_marker(state_dir))
         log_path = Path(launch.log_dir) / log_file_name(launch.replica, launch.attempt)
-        argv = [self.python, "-I", "-S", str(SUPERVISOR_SCRIPT), str(state_dir), "--",
-                *self.command_argv(launch, env)]
+        lock_fd = _try_lock(state_dir / supervisor.SUPERVISOR_LOCK)
+        if lock_fd is None:
+            raise ExecutorError(f"another supervisor started replica {launch.replica} of {launch.workload_id} "
+                                "meanwhile; try again")
+        argv = [self.python, "-I", "-S", str(SUPERVISOR_SCRIPT), str(state_dir), "--lock-fd", str(lock_fd),
+                *self.supervisor_options(launch), "--", *self.command_argv(launch, env)]
         try:
             log_fd = logfiles.open_for_append(log_path)
         except OSError as error:
+            os.close(lock_fd)
             raise ExecutorError(f"cannot open the log file {log_path}: {error.strerror}") from None
         try:
             child = subprocess.Popen(argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd,
-                                     stderr=log_fd, start_new_session=True, close_fds=True)
+                                     stderr=log_fd, start_new_session=True, close_fds=True, pass_fds=(lock_fd,))
         except (OSError, ValueError) as error:  # ValueError: a NUL byte in the environment or command
             raise ExecutorError(f"cannot start replica {launch.replica} of {launch.workload_id}: "
                                 f"{getattr(error, 'strerror', None) or error}") from None
         finally:
             os.close(log_fd)
+            os.close(lock_fd)  # the supervisor holds the lock through its inherited copy
         with self._children_lock:
             self._children[child.pid] = child
         identity = procfs.identify(child.pid)
-        return {
-            "executor": HANDLE_KIND, "version": HANDLE_VERSION, "workload_id": launch.workload_id,
-            "replica": launch.replica, "attempt": launch.attempt, "node": launch.node,
-            "state_dir": str(state_dir), "log_path": str(log_path), "pid": child.pid,
-            "start_time": identity.start_time if identity else -1, "boot_id": procfs.boot_id(),
-        }
+        return self._handle(launch, state_dir, child.pid, identity.start_time if identity else -1)
 
     # -- poll --------------------------------------------------------------------------------------------
 
@@ -286,10 +352,20 @@ class LocalExecutor(Executor):
         ended = ended or _read_json(ref.file(supervisor.EXIT_FILE))  # it may have ended just now
         if ended is not None:
             return _ended_status(ended)
+        killed = self._kill_leftovers(ref, handle)
+        leftovers = f"; killed {killed} process(es) left of it" if killed else ""
         if ref.file(supervisor.STOP_FILE).exists():
-            return ReplicaStatus(ReplicaState.STOPPED, message="stopped; its exit code was not recorded")
+            return ReplicaStatus(ReplicaState.STOPPED, message="stopped; its exit code was not recorded" + leftovers)
         return ReplicaStatus(ReplicaState.LOST, message="the replica's supervisor process is gone without "
-                             "recording an exit code (it was killed, or the machine restarted)")
+                             "recording an exit code (it was killed, or the machine restarted)" + leftovers)
+
+    @staticmethod
+    def _kill_leftovers(ref: _Ref, handle: Handle) -> int:
+        """SIGKILL every process left of a replica whose supervisor is gone; how many were signalled."""
+        marker = str(handle.get("marker") or replica_marker(ref.state_dir))
+        if ref.supervisor.boot_id and ref.supervisor.boot_id != procfs.boot_id():
+            return 0  # another boot: nothing of it can be left
+        return procfs.kill_all(procfs.replica_processes(f"{MARKER_VAR}={marker}".encode(), ref.command()))
 
     def _enforce_deadline(self, ref: _Ref) -> None:
         """SIGKILL the command's group when a stop's grace period is long over and it still runs."""
@@ -358,12 +434,38 @@ class LocalExecutor(Executor):
         ref = _parse(handle)
         if ref is None:
             return
+        for lines in self._log_blocks(ref, handle, tail, follow):
+            yield from lines
+
+    def log_text(self, handle: Handle, tail: int | None = None, follow: bool = False) -> Iterator[str]:
+        """`logs` as text, one chunk of whole lines per block read from the file (see Executor.log_text)."""
+        ref = _parse(handle)
+        if ref is not None:
+            yield from logfiles.as_text(self._log_blocks(ref, handle, tail, follow))
+
+    async def log_stream(self, handle: Handle, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
+        """`log_text` without a thread per follower: what is in the file now is read in a worker thread,
+        block by block; following then waits on the event loop (`logfiles.follow_text`)."""
+        ref = _parse(handle)
+        if ref is None:
+            return
+        end = logfiles.file_size(ref.log_path)
+        start = 0 if tail is None else await asyncio.to_thread(logfiles.tail_start, ref.log_path, tail, end)
+        blocks = logfiles.as_text(logfiles.read_blocks(ref.log_path, start, end))
+        done = object()
+        while (chunk := await asyncio.to_thread(next, blocks, done)) is not done:
+            yield str(chunk)
+        if follow:
+            async for chunk in logfiles.follow_text(ref.log_path, end, lambda: self.poll(handle).state.is_terminal):
+                yield chunk
+
+    def _log_blocks(self, ref: _Ref, handle: Handle, tail: int | None, follow: bool) -> Iterator[list[str]]:
         end = logfiles.file_size(ref.log_path)
         start = 0 if tail is None else logfiles.tail_start(ref.log_path, tail, end)
-        yield from logfiles.read_lines(ref.log_path, start, end)
+        yield from logfiles.read_blocks(ref.log_path, start, end)
         if follow:
-            yield from logfiles.follow_lines(ref.log_path, end, lambda: self.poll(handle).state.is_terminal,
-                                             self.follow_interval_s)
+            yield from logfiles.follow_blocks(ref.log_path, end, lambda: self.poll(handle).state.is_terminal,
+                                              self.follow_interval_s)
 
     def close(self) -> None:
         """Forget this instance's child objects and cancel its timers; replicas keep running. Idempotent."""
@@ -371,6 +473,17 @@ class LocalExecutor(Executor):
             timer.cancel()
         self._timers.clear()
         self._reap()
+
+
+def _replica_env(base: Mapping[str, str], env: Mapping[str, str], run_as: RunAs | None,
+                 marker: str) -> dict[str, str]:
+    """The command's environment: base, the launch's variables, the identity of `run_as` (HOME, USER,
+    LOGNAME) and the replica marker."""
+    merged = {**base, **env}
+    if run_as is not None:
+        merged.update(HOME=run_as.home, USER=run_as.user, LOGNAME=run_as.user)
+    merged[MARKER_VAR] = marker
+    return merged
 
 
 def _ended_status(ended: Mapping[str, Any]) -> ReplicaStatus:

@@ -6,16 +6,65 @@ missing file reads as empty.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 _BLOCK = 64 * 1024
+# The longest line returned: 64 KiB is far beyond any progress bar or JSON log record, and small enough
+# that one pathological line (a 300 MB dump without newlines) costs a reader a few blocks, not the file.
+MAX_LINE_BYTES = 64 * 1024
 
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
+
+
+def cut_marker(cut: int) -> str:
+    """What replaces the end of a line longer than MAX_LINE_BYTES."""
+    return f" [... {cut} more bytes of this line not shown]"
+
+
+class _LineSplitter:
+    """Splits a byte stream into lines, keeping at most MAX_LINE_BYTES of a line (the rest is counted, not
+    stored): linear in the input, however long a line is."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.cut = 0
+
+    def _keep(self, piece: bytes) -> None:
+        room = self.max_line - self.kept
+        if len(piece) > room:
+            self.cut += len(piece) - max(room, 0)
+            piece = piece[:max(room, 0)]
+        if piece:
+            self.parts.append(piece)
+            self.kept += len(piece)
+
+    def _line(self) -> str:
+        text = _decode(b"".join(self.parts)) + (cut_marker(self.cut) if self.cut else "")
+        self.parts, self.kept, self.cut = [], 0, 0
+        return text
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines `chunk` completes (without their newlines)."""
+        lines = []
+        start = 0
+        while (newline := chunk.find(b"\n", start)) >= 0:
+            self._keep(chunk[start:newline])
+            lines.append(self._line())
+            start = newline + 1
+        self._keep(chunk[start:])
+        return lines
+
+    def flush(self) -> list[str]:
+        """The partial last line, if any."""
+        return [self._line()] if self.parts or self.cut else []
 
 
 def file_size(path: Path) -> int:
@@ -28,7 +77,21 @@ def file_size(path: Path) -> int:
 
 def read_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
     """Lines of `path` from byte offset `start` up to `end` (default: the size now). A last line without
-    a newline is yielded too."""
+    a newline is yielded too; a line longer than MAX_LINE_BYTES is cut (see `cut_marker`)."""
+    for lines in read_blocks(path, start, end):
+        yield from lines
+
+
+def as_text(blocks: Iterator[list[str]]) -> Iterator[str]:
+    """Each non-empty block of lines as one string, every line ending with a newline (what a response
+    streams: one write per block read, not one per line)."""
+    for lines in blocks:
+        if lines:
+            yield "\n".join(lines) + "\n"
+
+
+def read_blocks(path: Path, start: int = 0, end: int | None = None) -> Iterator[list[str]]:
+    """`read_lines`, as the list of lines each block read completes."""
     stop = file_size(path) if end is None else end
     try:
         handle = path.open("rb")
@@ -37,20 +100,19 @@ def read_lines(path: Path, start: int = 0, end: int | None = None) -> Iterator[s
     with handle:
         handle.seek(start)
         remaining = stop - start
-        pending = b""
+        splitter = _LineSplitter()
         while remaining > 0:
             chunk = handle.read(min(_BLOCK, remaining))
             if not chunk:
                 break
             remaining -= len(chunk)
-            *complete, pending = (pending + chunk).split(b"\n")
-            yield from (_decode(line) for line in complete)
-        if pending:
-            yield _decode(pending)
+            yield splitter.feed(chunk)
+        yield splitter.flush()
 
 
 def tail_start(path: Path, count: int, end: int) -> int:
-    """Byte offset where the last `count` lines before `end` begin (a final line without newline counts)."""
+    """Byte offset where the last `count` lines before `end` begin (a final line without newline counts).
+    Reads backwards from `end` in blocks, so its cost is that of the lines wanted, not of the file."""
     if count <= 0:
         return end
     try:
@@ -58,21 +120,19 @@ def tail_start(path: Path, count: int, end: int) -> int:
     except OSError:
         return end
     with handle:
-        position = end
-        newlines = 0
         handle.seek(max(0, end - 1))
-        skip_last = handle.read(1) == b"\n"  # the newline that ends the last line opens no new line
+        last = end - 1 if handle.read(1) == b"\n" else end  # the newline ending the last line opens none
+        position = last
+        newlines = 0
         while position > 0:
             size = min(_BLOCK, position)
             handle.seek(position - size)
             block = handle.read(size)
-            if skip_last and position == end:
-                block = block[:-1]
-            for index in range(len(block) - 1, -1, -1):
-                if block[index] == 0x0A:
-                    newlines += 1
-                    if newlines == count:
-                        return position - size + index + 1
+            index = len(block)
+            while (index := block.rfind(b"\n", 0, index)) >= 0:
+                newlines += 1
+                if newlines == count:
+                    return position - size + index + 1
             position -= size
     return 0
 
@@ -80,27 +140,69 @@ def tail_start(path: Path, count: int, end: int) -> int:
 def follow_lines(path: Path, start: int, finished: Callable[[], bool], interval_s: float = 0.1,
                  sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
     """Lines written to `path` from offset `start` on, as they arrive; blocks between lines. Ends once
-    `finished()` is true and everything written up to then has been yielded (a partial last line too)."""
+    `finished()` is true and everything written up to then has been yielded (a partial last line too).
+    Reads at most one block at a time; long lines are cut as in `read_lines`."""
+    for lines in follow_blocks(path, start, finished, interval_s, sleep):
+        yield from lines
+
+
+def follow_blocks(path: Path, start: int, finished: Callable[[], bool], interval_s: float = 0.1,
+                  sleep: Callable[[float], None] = time.sleep) -> Iterator[list[str]]:
+    """`follow_lines`, as the list of lines each block read completes."""
     position = start
-    pending = b""
+    splitter = _LineSplitter()
     while True:
         done = finished()  # asked before reading, so output written before the end is never missed
         size = file_size(path)
         if size < position:  # truncated or replaced: start again from its beginning
-            position, pending = 0, b""
+            position, splitter = 0, _LineSplitter()
         if size > position:
             with path.open("rb") as handle:
                 handle.seek(position)
-                chunk = handle.read(size - position)
+                chunk = handle.read(min(_BLOCK, size - position))
             position += len(chunk)
-            *complete, pending = (pending + chunk).split(b"\n")
-            yield from (_decode(line) for line in complete)
+            yield splitter.feed(chunk)
             continue
         if done:
-            if pending:
-                yield _decode(pending)
+            yield splitter.flush()
             return
         sleep(interval_s)
+
+
+async def follow_text(path: Path, start: int, finished: Callable[[], bool], interval_s: float = 0.25,
+                      finished_every_s: float = 1.0) -> AsyncIterator[str]:
+    """`follow_blocks` for an event loop, as text (see `as_text`): waits with asyncio.sleep, never in a
+    thread, so a thousand followers cost a thousand small coroutines, not a thousand worker threads. It
+    stats the file every `interval_s` (0.25 s: fast enough to read along, 4 cheap stats a second per
+    follower) and asks `finished()` (which polls the replica) at most every `finished_every_s` (1 s: the
+    end of a replica shows within a second). Reads are one block (64 KiB) at a time, done inline."""
+    position = start
+    splitter = _LineSplitter()
+    loop = asyncio.get_running_loop()
+    checked_at = -finished_every_s
+    while True:
+        now = loop.time()
+        done = False
+        if now - checked_at >= finished_every_s:
+            done, checked_at = finished(), now  # asked before reading, so no output written before is missed
+        size = file_size(path)
+        if size < position:
+            position, splitter = 0, _LineSplitter()
+        if size > position:
+            with path.open("rb") as handle:
+                handle.seek(position)
+                chunk = handle.read(min(_BLOCK, size - position))
+            position += len(chunk)
+            lines = splitter.feed(chunk)
+            if lines:
+                yield "\n".join(lines) + "\n"
+            continue
+        if done:
+            lines = splitter.flush()
+            if lines:
+                yield "\n".join(lines) + "\n"
+            return
+        await asyncio.sleep(interval_s)
 
 
 def open_for_append(path: Path) -> int:

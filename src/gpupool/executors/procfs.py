@@ -97,3 +97,49 @@ def signal_process(identity: ProcessIdentity, signum: int = signal.SIGTERM) -> b
     except ProcessLookupError:
         return False
     return True
+
+
+def _session_of(pid: str) -> tuple[int, int] | None:
+    """(session id, start time) of `pid`, None when gone or unreadable."""
+    try:
+        fields = (PROC / pid / "stat").read_text(encoding="utf-8", errors="replace").rsplit(")", 1)[1].split()
+        return int(fields[3]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _has_marker(pid: str, marker: bytes) -> bool:
+    try:
+        return marker in (PROC / pid / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def replica_processes(marker: bytes, session: ProcessIdentity | None = None) -> list[int]:
+    """Pids of the processes that belong to one replica: those whose environment holds the `marker` entry
+    (`NAME=value`), and, while its leader `session` still runs (so its session id cannot have been reused),
+    those in that session (which catches a process that cleared its environment). Sorted; this process is
+    never listed. Reads every /proc/<pid>, so it is for rare events (a replica declared lost), not polls."""
+    session_id = session.pid if session is not None and session.pid > 1 and is_running(session) else None
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        info = _session_of(entry.name)
+        if info is None:
+            continue
+        if (session_id is not None and info[0] == session_id) or _has_marker(entry.name, marker):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def kill_all(pids: list[int]) -> int:
+    """SIGKILL each pid (gone ones are skipped); returns how many were signalled."""
+    killed = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except ProcessLookupError:
+            pass
+    return killed

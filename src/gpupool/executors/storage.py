@@ -12,21 +12,21 @@ are validated strictly (`validate_scope_name`): letters, digits, '.', '_' and '-
 or digit, at most 64 characters, no '..' anywhere. Every directory is checked, after creation, to resolve
 inside the storage root (a symlink planted in its place is refused).
 
-What is enforced (all replicas of a local pool run as the server's OS user):
-- the shared directory is read-only for non-admin replicas when the executor declares the READ_ONLY_PATHS
-  capability: the local executor then runs the replica in a private mount namespace where the directory is
-  a read-only bind mount (writes fail with EROFS). That needs the server to run as root; otherwise the
-  directory is passed on writable and the capability is absent, which the server can report;
-- directories are created with mode 0700 (users), 0770 (projects), 0755 (shared): other OS users of the
-  machine cannot read a user's files.
+Multi-user pools (the server runs as root, each replica as its user's OS identity, see os_accounts.py):
+`prepare` is given the owners (`ScopeOwners`) and sets, every time, user dir 0700 owned by the user's
+uid, project dir 2770 owned by root and the project's group (new files inherit the group), shared dir 2775
+owned by root and the admins' group (read-only for everyone else), and the directories above them 0711
+(traversable, not listable). The kernel then refuses another user's or project's files.
 
-What is not enforced: with one OS user for every replica, a replica that knows the path of another user's
-or project's directory can open it (the environment only leaves it out). Real isolation between gpupool
-users needs one OS user per gpupool user, or containers.
+Single-user pools (every replica runs as the server's OS user): directories are created with mode 0700
+(users), 0770 (projects), 0755 (shared), and the shared directory is read-only for non-admin replicas when
+the executor declares the READ_ONLY_PATHS capability (a read-only bind mount, root only). A replica that
+knows the path of another user's or project's directory can open it: the environment only leaves it out.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 USER_DIR_MODE = 0o700
 PROJECT_DIR_MODE = 0o770
 SHARED_DIR_MODE = 0o755
+MULTI_USER_PROJECT_MODE = 0o2770
+MULTI_USER_SHARED_MODE = 0o2775
+TRAVERSE_ONLY_MODE = 0o711
 
 
 def validate_scope_name(name: object, what: str = "name") -> str:
@@ -56,6 +59,16 @@ def validate_scope_name(name: object, what: str = "name") -> str:
         raise ValidationError(f"{name!r} may hold only letters, digits, '.', '_' and '-', and must start with "
                               "a letter or digit", what)
     return name
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeOwners:
+    """Who owns the scopes of one replica in a multi-user pool: the user's uid, the project's gid and the
+    admins' gid (the group that may write the shared directory)."""
+
+    user_uid: int
+    project_gid: int
+    admins_gid: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +124,29 @@ class StorageLayout:
             raise ValidationError(f"storage directory {path} resolves outside {self.root}; remove the link")
         return resolved
 
-    def prepare(self, user: str, project: str, *, admin: bool = False) -> StorageScopes:
+    def prepare(self, user: str, project: str, *, admin: bool = False,
+                owners: ScopeOwners | None = None) -> StorageScopes:
         """Create (if needed) and return the scopes of a replica run by `user` in `project`. The shared
-        directory is writable only for an admin."""
+        directory is writable only for an admin. With `owners` (a multi-user pool) the ownership and modes
+        of the module docstring are applied, to new and existing directories alike."""
         user_path = self.user_dir(user)
         project_path = self.project_dir(project)
         self.root.mkdir(parents=True, exist_ok=True)
-        return StorageScopes(
+        scopes = StorageScopes(
             user_dir=self._ensure(user_path, USER_DIR_MODE),
             project_dir=self._ensure(project_path, PROJECT_DIR_MODE),
             shared_dir=self._ensure(self.shared_dir, SHARED_DIR_MODE),
             shared_writable=admin,
         )
+        if owners is not None:
+            for directory in (self.root, self.root / "users", self.root / "projects"):
+                _own(directory, 0, 0, TRAVERSE_ONLY_MODE)
+            _own(scopes.user_dir, owners.user_uid, 0, USER_DIR_MODE)
+            _own(scopes.project_dir, 0, owners.project_gid, MULTI_USER_PROJECT_MODE)
+            _own(scopes.shared_dir, 0, owners.admins_gid, MULTI_USER_SHARED_MODE)
+        return scopes
+
+
+def _own(path: Path, uid: int, gid: int, mode: int) -> None:
+    os.chown(path, uid, gid, follow_symlinks=False)
+    path.chmod(mode)

@@ -5,27 +5,33 @@ exposition at /metrics and the OpenAPI docs at /docs."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from gpupool import __version__
+from gpupool.domain.errors import ConflictError
 from gpupool.executors.base import Executor
+from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.storage import StorageLayout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
-from gpupool.server.api.errors import error_response, install_error_handlers
+from gpupool.server.api.body_limit import BodyLimit
+from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory
 from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
+from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.settings import Settings
+from gpupool.server.state_files import ServerLock, secure_files, secure_home
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
@@ -34,13 +40,14 @@ from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.store.db import Database
 
 log = logging.getLogger("gpupool.server")
-MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_BODY_BYTES = 2 * 1024 * 1024  # 2 MiB: a thousand times the largest spec in examples/, far below RAM
 
 
-def build_services(settings: Settings, executor: Executor | None = None, clock: Clock = time.time,
+def build_services(settings: Settings, executor: Executor | None = None, clock: Clock | None = None,
                    providers: Sequence[NodeProvider] = ()) -> Services:
     """The shared services of one server (database opened, workers built but not started); `providers` are
-    the sources of nodes (see start_services)."""
+    the sources of nodes (see start_services). The clock is a SteadyClock unless one is given (tests)."""
+    clock = clock or SteadyClock()
     db = Database(settings.resolved_database_url)
     services = Services(settings, db, clock, executor or make_executor(settings))
     services.gpus = runtime = GpuRuntime(settings)
@@ -50,9 +57,12 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                max_preemptions_per_cycle=settings.max_preemptions_per_cycle)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, services.executor.free_ports,
                                               on_change=services.wake_reconciler)
-    launch = LaunchSettings(settings.logs_dir, StorageLayout(settings.home), runtime.sharing)
+    storage = StorageLayout(settings.home)
+    accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
+                          lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
+    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
-                                          on_change=services.wake_scheduler)
+                                          on_change=services.wake_scheduler, start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
@@ -71,6 +81,7 @@ def start_services(services: Services) -> None:
     services.db.migrate()
     install_sitecustomize(runtime.sharing)  # the memory cap of replicas on time-sliced GPUs
     ensure_admin(services.db, settings.admin_name, settings.token_file, services.clock(), settings.reset_admin_token)
+    secure_files(settings)
     if services.node_sync is not None:
         services.node_sync.step()
     if settings.workers:
@@ -90,7 +101,14 @@ def stop_services(services: Services) -> None:
     services.db.dispose()
 
 
-def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock = time.time,
+def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
+    """AuthenticationError unless `authorization` holds a valid token (BodyLimit calls it before a body)."""
+    services: Services = scope["app"].state.services
+    with services.db.session(write=False) as session:
+        authenticate(session, authorization, services.clock())
+
+
+def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock | None = None,
                nvml_backend: BackendFactory = NvmlBackend, node_providers: Sequence[NodeProvider] = ()) -> FastAPI:
     """The gpupool server application. `executor`, `clock` and `nvml_backend` (the GPU backend of real
     hardware) may be injected (tests); by default the executor is the one `settings.executor` names and
@@ -101,29 +119,34 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secure_home(settings)
         providers = [LocalHostProvider(settings, nvml_backend), *node_providers]
         services = build_services(settings, executor, clock, providers)
-        start_services(services)
-        app.state.services = services
-        log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
-                 services.db.describe())
+        lock = ServerLock(settings, services.db)
         try:
+            lock.acquire()
+        except ConflictError as error:
+            log.error("%s", error)
+            services.db.dispose()
+            raise
+        try:
+            start_services(services)
+            app.state.services = services
+            log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
+                     services.db.describe())
+            log.info("%s", settings.user_mode_text())
             yield
         finally:
             await services.aclose_proxy_client()
             stop_services(services)
+            lock.release()
 
     app = FastAPI(title="gpupool", version=__version__, lifespan=lifespan, docs_url="/docs",
                   description="One shared, fairly scheduled pool of GPU servers. Every /api/v1 call needs "
                               "'Authorization: Bearer <token>'.")
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, "too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, authenticate=_authenticate_body_sender)
 
     app.include_router(system.router)
     app.include_router(metrics.exposition)

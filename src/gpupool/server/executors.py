@@ -10,7 +10,7 @@ from gpupool.executors.local import LocalExecutor
 from gpupool.server.settings import Settings
 
 EXECUTORS: dict[str, Callable[[Settings], Executor]] = {
-    "local": lambda settings: LocalExecutor(settings.executor_dir),
+    "local": lambda settings: LocalExecutor(settings.executor_dir, log_cap_bytes=settings.log_max_bytes),
     "fake": lambda _settings: FakeExecutor(),
 }
 

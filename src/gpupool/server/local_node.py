@@ -166,7 +166,12 @@ def local_gpus(settings: Settings, node_name: str, nvml_backend: BackendFactory 
 
 def local_nodes(settings: Settings, nvml_backend: BackendFactory = NvmlBackend) -> list[LocalNode]:
     """The nodes this server declares for its host: `settings.nodes` of them, each with the machine's CPU and
-    memory (or the configured amounts) and its GPUs (see local_gpus; one backend per node)."""
+    memory (or the configured amounts) and its GPUs (see local_gpus; one backend per node). Several nodes
+    on one host are for demos and tests: ValidationError unless each node's CPU and memory are given and its
+    GPUs are simulated or absent (real cards declared N times would be handed out N times)."""
+    if settings.nodes > 1 and not (settings.node_cpus and settings.node_memory):
+        raise ValidationError(f"{settings.nodes} nodes on one host would each declare all of its CPUs and memory; "
+                              "give each node's size (--cpus and --memory, GPUPOOL_NODE_CPUS/_MEMORY)", "nodes")
     cpu = parse_cpu(settings.node_cpus, "node_cpus") if settings.node_cpus else machine_cpu_milli()
     memory = parse_memory(settings.node_memory, "node_memory") if settings.node_memory else machine_memory_mib()
     base = settings.node_name or host_node_name()
@@ -175,6 +180,10 @@ def local_nodes(settings: Settings, nvml_backend: BackendFactory = NvmlBackend) 
     found = []
     for name in names:
         gpus = local_gpus(settings, name, nvml_backend)
+        if settings.nodes > 1 and not gpus.simulated and gpus.domain_gpus():
+            gpus.backend.close()
+            raise ValidationError(f"this host has real GPUs: declaring it as {settings.nodes} nodes would hand out "
+                                  "each card several times; use one node, or simulated GPUs (--gpus)", "nodes")
         node = Node(name=name, cpu_milli=cpu, memory_mib=memory, gpus=gpus.domain_gpus(), labels=labels)
         found.append(LocalNode(node, gpus))
     return found

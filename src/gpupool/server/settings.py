@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_HOME = Path("~/.gpupool")
+# root runs a multi-user pool, whose home replicas of other OS users must traverse: not /root (0700)
+DEFAULT_HOME = Path("/var/lib/gpupool") if os.geteuid() == 0 else Path("~/.gpupool")
 DEFAULT_PORT = 8700
 
 
@@ -69,6 +70,20 @@ class Settings(BaseSettings):
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)
+    log_max_bytes: int = Field(1024**3, ge=4096, description="The most one replica's log file holds (default 1 GiB); "
+                               "later output is discarded after a line that says so")
+    start_timeout_s: float = Field(600.0, gt=0, le=7 * 86400, description="A workload still scheduled or "
+                                   "starting after this long fails (its replicas never began to run)")
+    multi_user: bool | None = Field(None, description="Run each workload as its user's OS identity (needs "
+                                    "root); default: when the server runs as root")
+    trust_users: bool = Field(False, description="In a single-user pool (not root), allow users of several "
+                              "projects although their workloads can read each other's files")
+    os_user_prefix: str = Field("gp-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$",
+                                description="Prefix of the OS accounts gpupool creates for its users")
+    os_group_prefix: str = Field("gpp-", pattern=r"^[a-z_][a-z0-9_-]{0,15}$",
+                                 description="Prefix of the OS groups gpupool creates for its projects")
+    os_user_map: dict[str, str] = Field(default_factory=dict, description="gpupool user -> existing OS account, "
+                                        "as JSON (GPUPOOL_OS_USER_MAP='{\"alice\": \"asmith\"}')")
     admin_name: str = "admin"
     reset_admin_token: bool = Field(False, description="Issue a new admin token into the token file at start")
     workers: bool = Field(True, description="Run the scheduling loop and the reconciler")
@@ -78,6 +93,27 @@ class Settings(BaseSettings):
     @classmethod
     def _home_is_absolute(cls, value: Path) -> Path:
         return _expand(value)
+
+    @property
+    def is_multi_user(self) -> bool:
+        """True when workloads run as their users' OS identities: `multi_user`, by default when root."""
+        return self.multi_user if self.multi_user is not None else os.geteuid() == 0
+
+    @property
+    def trusts_users(self) -> bool:
+        """True when users of several projects may share the pool: multi-user isolation, or `trust_users`."""
+        return self.is_multi_user or self.trust_users
+
+    def user_mode_text(self) -> str:
+        """One line saying whether workloads are isolated from each other and from the server."""
+        if self.is_multi_user:
+            return ("multi-user pool: each workload runs as its user's OS identity (projects are OS groups); the "
+                    "server's state is private to it")
+        trust = (" (--trust-users: users of several projects allowed)" if self.trust_users else
+                 "; users of more than one project are refused unless the server runs with --trust-users")
+        return ("single-user pool: every workload runs as the server's OS user and can read the server's files, "
+                "the admin token included, and every other workload's; run the server as root for isolation"
+                + trust)
 
     @property
     def resolved_database_url(self) -> str:

@@ -7,21 +7,34 @@ timeout instead of failing. PostgreSQL (psycopg 3) is for production and several
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpupool.domain.errors import ValidationError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # PostgreSQL: serialization failure, deadlock detected
+TRANSACTION_ATTEMPTS = 3  # a deadlock victim retried at once nearly always wins the second time
+RETRY_PAUSE_S = 0.05
+T = TypeVar("T")
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for a database error that a new attempt of the same transaction may not meet again (PostgreSQL
+    deadlock or serialization failure)."""
+    orig = getattr(error, "orig", None)
+    return isinstance(error, DBAPIError) and getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 def normalise_url(url: str) -> URL:
@@ -75,6 +88,21 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def transaction(self, work: Callable[[Session], T], write: bool = True,
+                    attempts: int = TRANSACTION_ATTEMPTS) -> T:
+        """Run `work(session)` in one transaction (as `session`), running it again in a new transaction,
+        up to `attempts` times in all, when the database aborted it as a deadlock victim or for a
+        serialization failure. `work` must have no effect outside the database."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session(write) as session:
+                    return work(session)
+            except DBAPIError as error:
+                if attempt == attempts or not is_retryable(error):
+                    raise
+                time.sleep(RETRY_PAUSE_S * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (creates every table on an empty database)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -96,19 +97,82 @@ def test_a_reused_pid_is_not_taken_for_the_replica(local: LocalHarness, tmp_path
     assert local.executor.poll({**base, "start_time": me.start_time}).state == ReplicaState.STARTING
 
 
-def test_supervisor_killed_without_exit_record_is_lost_and_stop_still_ends_the_command(
-        local: LocalHarness) -> None:
-    handle = local.start("echo ready; sleep 300")
+def _pids_with(needle: str) -> list[int]:
+    """Pids of processes whose command line contains `needle` (the test's own unique marker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_supervisor_takes_its_command_and_every_child_with_it(local: LocalHarness) -> None:
+    # A background child, a second one, and one in a session of its own; none may outlive the replica once
+    # its supervisor is SIGKILLed (the GPU would be handed out again). Durations unique to this run, so
+    # that other sleeps on the machine are not counted.
+    durations = [f"{random.randrange(10**6, 10**7)}.{k}" for k in range(3)]
+    needles = ["sleep\x00" + d for d in durations]
+    handle = local.start(f"sleep {durations[0]} & sleep {durations[1]} & setsid sleep {durations[2]} & "
+                         "echo ready; wait")
     local.until(lambda: list(local.executor.logs(handle)) == ["ready"])
+    local.until(lambda: all(_pids_with(n) for n in needles))
     command = local.command_of(handle)
     assert command is not None
     os.kill(int(handle["pid"]), signal.SIGKILL)  # the supervisor dies, e.g. by the OOM killer
-    local.until(lambda: local.executor.poll(handle).state == ReplicaState.LOST)
-    assert "gone without recording an exit code" in local.executor.poll(handle).message
-    assert procfs.is_running(command)  # the orphaned command still runs ...
-    local.executor.stop(handle, grace_s=1)
-    local.until(lambda: not procfs.is_running(command))  # ... until stop ends it without the supervisor
-    assert local.executor.poll(handle).state == ReplicaState.STOPPED
+    local.until(lambda: not procfs.is_running(command))  # PR_SET_PDEATHSIG: the command dies with it
+    status = local.executor.poll(handle)
+    assert status.state == ReplicaState.LOST
+    assert "gone without recording an exit code" in status.message
+
+    def alive(pid: int) -> bool:
+        stat = procfs.read_stat(pid)
+        return stat is not None and stat.state not in "ZXx"
+
+    local.until(lambda: not any(alive(p) for n in needles for p in _pids_with(n)))
+    local.executor.stop(handle, grace_s=1)  # stopping a lost replica is harmless
+    assert local.executor.poll(handle).state in (ReplicaState.STOPPED, ReplicaState.LOST)
+
+
+CRASH_DURING_START = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from gpupool.executors.base import ReplicaLaunch
+    from gpupool.executors import local as local_module
+    from gpupool.executors.local import LocalExecutor
+
+    root, work, logs, home, command = sys.argv[1:6]
+    executor = LocalExecutor(Path(root), base_env={"PATH": "/usr/bin:/bin", "HOME": home})
+
+    def crash(*_args):  # the server dies between the spawn and the handle file
+        os._exit(9)
+
+    local_module.supervisor.write_json_atomic = crash
+    executor.start(ReplicaLaunch("crash2", 0, "worker", command, {}, Path(work), Path(logs)))
+""")
+
+
+def test_a_start_interrupted_after_the_spawn_adopts_the_supervisor_instead_of_a_second_one(
+        local: LocalHarness) -> None:
+    counter = local.tmp / "work" / "runs"
+    command = f"echo run >> {counter}; sleep 300"
+    result = subprocess.run([sys.executable, "-c", CRASH_DURING_START, str(local.root), str(local.tmp / "work"),
+                             str(local.tmp / "logs" / "crash2"), str(local.tmp / "home"), command], timeout=60,
+                            check=False)
+    assert result.returncode == 9  # crashed after Popen, before handle.json
+    state_dir = local.executor.state_dir("crash2", 0)
+    assert not (state_dir / "handle.json").exists()
+    local.until(counter.exists)
+    handle = local.start(command, workload_id="crash2")  # the replay after the restart
+    local.until(lambda: local.executor.poll(handle).state == ReplicaState.RUNNING)
+    time.sleep(0.5)  # a second command, if one were started, would have written its line by now
+    assert counter.read_text() == "run\n"
+    local.executor.stop(handle, grace_s=0)
+    status = local.wait(handle)
+    assert status.state == ReplicaState.STOPPED  # cancel stops the one and only command
+    local.until(lambda: _pids_with(str(counter)) == [])  # nothing of it is left (once the kernel reaped it)
 
 
 def test_the_sigkill_escalation_happens_without_the_server(local: LocalHarness) -> None:

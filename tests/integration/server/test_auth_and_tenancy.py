@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 
 import httpx
 import pytest
@@ -35,6 +36,16 @@ def test_the_first_start_writes_an_admin_token_readable_only_by_its_owner(server
     me = admin.whoami()
     assert me.name == "admin" and me.is_admin
     assert [(m.project, m.role) for m in me.projects] == [("default", "admin")]
+
+
+def test_the_servers_state_is_private_to_its_os_user(server: TestServer) -> None:
+    settings = server.settings
+    assert stat.S_IMODE(settings.home.stat().st_mode) == 0o700  # a single-user pool: nothing to traverse
+    for directory in (settings.logs_dir, settings.executor_dir):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    if settings.resolved_database_url.startswith("sqlite:///"):
+        database = Path(settings.resolved_database_url.removeprefix("sqlite:///"))
+        assert stat.S_IMODE(database.stat().st_mode) == 0o600  # it holds every spec's env values
 
 
 def test_calls_without_a_valid_token_are_refused(server: TestServer) -> None:
@@ -136,3 +147,24 @@ def test_a_new_admin_token_can_be_issued_at_start(server_factory: ServerFactory,
 
 def test_the_sdk_is_the_typed_client() -> None:
     assert gpupool.Client is Client
+
+
+def test_a_single_user_pool_refuses_users_of_a_second_project_unless_trusted(server_factory: ServerFactory) -> None:
+    server = server_factory(FakeExecutor(), trust_users=False)  # not multi-user: one OS identity for all
+    with server.client() as admin:
+        admin.create_project("vision")
+        admin.create_project("nlp")
+        alice = admin.create_user("alice", project="vision")
+        assert alice.warning is not None and "single-user pool" in alice.warning
+        admin.create_user("carol", project="vision")  # the same project: one team, fine
+        with pytest.raises(ConflictError, match=r"single-user pool.*--trust-users"):
+            admin.create_user("bob", project="nlp")
+        admin.create_user("dave")
+        with pytest.raises(ConflictError, match="single-user pool"):
+            admin.set_member("nlp", "dave")
+        admin.create_user("root2", admin=True, project="nlp")  # administrators see everything anyway
+        assert {u.name for u in admin.users()} == {"admin", "alice", "carol", "dave", "root2"}
+    server.stop()
+    trusting = server_factory(FakeExecutor(), trust_users=True, home=server.settings.home)
+    with trusting.client() as admin:
+        admin.create_user("bob", project="nlp")

@@ -170,5 +170,6 @@ def test_who_may_read_prometheus_metrics(server_factory: ServerFactory, fake: Fa
         assert "gpupool_gpu_allocation_ratio" in scraper.prometheus_metrics()
         with pytest.raises(AuthenticationError):
             scraper.whoami()  # the scrape token opens /metrics only
+    server.stop()  # one server per database
     public = server_factory(executor=FakeExecutor(), metrics_public=True)
     assert httpx.get(public.url + "/metrics").status_code == 200

@@ -6,6 +6,8 @@ other (each checks that the number of workloads, projects or users did not chang
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +60,10 @@ BAD_SPECS = [
     ("command: x\nqueue: other\n", 422, "submits to queue default"),
     ("command: x\nkind: notebook\n", 422, "not available in this version"),
     ("command: x\nmax_runtime: 2024-01-01\n", 422, "duration"),
+    ("command: x\nmax_runtime: .nan\n", 422, "must be finite"),
+    ("command: x\nmax_runtime: .inf\n", 422, "must be finite"),
+    ("command: x\nmax_runtime: 1.0e+400\n", 422, "must be finite"),
+    ("command: x\nresources: {cpu: .nan}\n", 422, "finite"),
     ("command: !!python/object:os.system x\n", 422, "YAML cannot be read"),
     ("command: x\n" + "  " * 5000 + "y: 1\n", 422, "YAML"),
 ]
@@ -96,6 +102,63 @@ def test_non_json_and_oversized_bodies(server: TestServer, admin: Client) -> Non
     assert r.status_code == 422 and r.json()["error"]["type"] == "validation_error"
     r = post(server, "/workloads", content=b"x" * (3 * 1024 * 1024), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "too_large"
+    assert count(admin) == 0
+
+
+def _send_chunked(server: TestServer, token: str | None, total: int) -> tuple[int, str]:
+    """POST a chunked body of up to `total` bytes to /api/v1/workloads over a raw socket; returns how many
+    body bytes the server took before it answered or closed, and the status line it answered."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    host, port = server.url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /api/v1/workloads HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"x" * (1024 * 1024)
+        sock.settimeout(0.2)
+        try:
+            while sent < total:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                try:
+                    if sock.recv(1, socket.MSG_PEEK):
+                        break  # the server answered already
+                except TimeoutError:
+                    pass
+            else:
+                sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the server closed the connection without reading the rest
+        sock.settimeout(30)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n" not in answer and (part := sock.recv(4096)):
+                answer += part
+    return sent, answer.split(b"\r\n", 1)[0].decode()
+
+
+def test_a_chunked_body_without_a_token_is_refused_before_it_is_read(server: TestServer, admin: Client) -> None:
+    sent, status = _send_chunked(server, None, 300 * 1024 * 1024)
+    assert status.startswith("HTTP/1.1 401"), status
+    assert sent < 32 * 1024 * 1024  # socket buffers hold a few MiB; the server read none of the 300 MiB
+    assert count(admin) == 0
+
+
+def test_a_chunked_body_is_counted_as_it_streams(server: TestServer, admin: Client) -> None:
+    sent, status = _send_chunked(server, server.admin_token, 64 * 1024 * 1024)
+    assert status.startswith("HTTP/1.1 413"), status
+    assert sent < 40 * 1024 * 1024  # refused at 2 MiB, not after the whole 64 MiB
+    assert count(admin) == 0
+
+
+def test_nan_durations_leave_the_keep_alive_connection_usable(server: TestServer, admin: Client) -> None:
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=f"{server.url}/api/v1", headers=headers, timeout=30) as http:
+        for value in ("NaN", "Infinity", "1e400"):
+            body = '{"spec": {"command": "x", "max_runtime": VALUE}}'.replace("VALUE", value)
+            r = http.post("/workloads", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, r.text
+        assert http.get("/workloads").status_code == 200  # the same connection still answers
     assert count(admin) == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from tests.integration.server.conftest import ServerFactory
@@ -10,7 +11,7 @@ from tests.support.servers import ManualClock, TestServer, wait_until
 
 from gpupool.client.http import Client
 from gpupool.domain.errors import ConflictError, UnsatisfiableError
-from gpupool.executors.fake import SUCCEED, FakeExecutor, ScriptedOutcome, fail
+from gpupool.executors.fake import SUCCEED, FakeExecutor, ScriptedOutcome, fail, replica_key
 
 JOB = "kind: job\nname: {name}\ncommand: python train.py\nresources: {{cpu: 1, memory: 1GiB, gpu: {gpu}}}\n"
 
@@ -116,6 +117,48 @@ def test_max_runtime_is_enforced(server_factory: ServerFactory, fake: FakeExecut
         done = client.wait(wid, timeout_s=10)
     assert done.status == "failed" and "max_runtime" in done.message
     wait_until(lambda: fake.stops, what="stop")
+
+
+STUCK_STARTING = ScriptedOutcome(starting_polls=10**9)  # the command never begins to run
+
+
+def test_a_workload_stuck_starting_fails_after_the_start_timeout(server_factory: ServerFactory,
+                                                                 fake: FakeExecutor) -> None:
+    clock = ManualClock()
+    fake.default = STUCK_STARTING
+    server = server_factory(executor=fake, clock=clock, start_timeout_s=300)
+    with server.client() as client:
+        wid = client.submit(job(gpu=0)).workload.id
+        wait_until(lambda: status_of(client, wid) == "starting", what="starting")
+        clock.advance(299)  # 299 s <= 300 s: still starting
+        time.sleep(0.3)
+        assert status_of(client, wid) == "starting"
+        clock.advance(2)  # 301 s > 300 s
+        done = client.wait(wid, timeout_s=10)
+    assert done.status == "failed" and "did not start within 300s" in done.message
+    wait_until(lambda: fake.stops, what="stop")
+
+
+def test_max_runtime_covers_a_replica_stuck_starting(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    clock = ManualClock()
+    fake.default = STUCK_STARTING
+    server = server_factory(executor=fake, clock=clock)  # start timeout 600 s, max_runtime 60 s
+    with server.client() as client:
+        wid = client.submit(job(gpu=0, max_runtime="1m")).workload.id
+        wait_until(lambda: status_of(client, wid) == "starting", what="starting")
+        clock.advance(61)
+        done = client.wait(wid, timeout_s=10)
+    assert done.status == "failed" and "max_runtime" in done.message
+
+
+def test_a_replica_stopped_behind_the_workloads_back_ends_it(admin: Client, fake: FakeExecutor) -> None:
+    # e.g. a second server on the same database stopped it: the workload must not wait in starting forever
+    fake.default = STUCK_STARTING
+    wid = admin.submit(job()).workload.id
+    wait_until(lambda: status_of(admin, wid) == "starting", what="starting")
+    fake.stop({"executor": "fake", "id": replica_key(str(wid), 0)}, grace_s=0)
+    done = admin.wait(wid, timeout_s=10)
+    assert done.status == "failed" and "stopped" in done.message
 
 
 def test_a_request_no_node_can_ever_hold_is_refused(admin: Client) -> None:

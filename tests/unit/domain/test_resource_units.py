@@ -33,6 +33,10 @@ from gpupool.domain.resources import (
     ("4000m", 4000),
     ("1.5m", 2),        # 1.5 milli rounds up to 2: never less than asked
     (0, 0),
+    ("2.007", 2007),    # exact decimal: 2.007 * 1000 in binary floating point is 2007.0000000000002
+    (2.007, 2007),
+    (0.1, 100),
+    ("0.0015", 2),      # 1.5 milli rounds up
 ])
 def test_cpu_is_counted_in_milli_cores(value: Any, milli: int) -> None:
     assert parse_cpu(value) == milli
@@ -45,6 +49,9 @@ def test_cpu_is_counted_in_milli_cores(value: Any, milli: int) -> None:
     (True, "got a boolean"),
     (None, "expected a number"),
     (float("inf"), "finite"),
+    (float("nan"), "finite"),
+    ("nan", "finite"),
+    ("1e400", "more than any machine has"),
     (10**8, "more than any machine has"),   # 100 million cores: a unit typo
 ])
 def test_cpu_nonsense_is_refused_with_a_hint(value: Any, words: str) -> None:
@@ -111,6 +118,11 @@ def test_durations_are_whole_seconds(value: Any, seconds: int) -> None:
     ("6hours", "write e.g. 90s, 30m, 6h or 1h30m"),
     ("30mh", "cannot read"),
     (True, "expected a duration"),
+    (float("nan"), "must be finite"),
+    (float("inf"), "must be finite"),
+    (1e400, "must be finite"),                # JSON 1e400 arrives as infinity
+    (10**12, "at most 100 years"),
+    ("99999999999999999999d", "at most 100 years"),
 ])
 def test_duration_nonsense_is_refused(value: Any, words: str) -> None:
     with pytest.raises(ValidationError, match=r"^max_runtime: ") as caught:
@@ -247,3 +259,9 @@ def test_resource_vector_arithmetic_and_dominant_share() -> None:
     # resources the pool has none of are ignored: max(1/2) = 0.5
     assert b.dominant_share(ResourceVector(2000, 0, 0)) == 0.5
     assert ResourceVector(4000, 16384, 1500).describe() == "4 CPU, 16 GiB, 1.5 GPU"
+
+
+def test_every_cpu_value_with_three_decimals_is_exact() -> None:
+    # n / 1000 cores written with three decimals is exactly n milli-cores, for every n below 100 cores
+    wrong = [n for n in range(100_000) if parse_cpu(f"{n // 1000}.{n % 1000:03d}") != n]
+    assert wrong == []

@@ -67,3 +67,18 @@ def test_a_scripted_description_gives_cards_that_act_like_real_ones(tmp_path: Pa
     assert [(g.index, g.mode, g.nvlink_group, g.simulated) for g in local.node.gpus] == [
         (0, SharingMode.EXCLUSIVE, 0, False), (1, SharingMode.EXCLUSIVE, 0, False)]
     assert local.gpus.inventory.driver_version == "550.54.15"
+
+
+def test_several_nodes_need_their_size_and_simulated_gpus() -> None:
+    unsized = Settings(home="/tmp/x", nodes=2, gpus="1xA100-80GB")
+    with pytest.raises(ValidationError, match="give each node's size"):
+        local_nodes(unsized)
+    sized = {"home": "/tmp/x", "nodes": 2, "node_cpus": 8, "node_memory": "32GiB"}
+
+    def real_cards() -> FakeBackend:  # what NVML finds on a real machine: cards that are not simulated
+        return FakeBackend({"node": "real", "simulated": False, "gpus": [{"model": "A100-80GB", "memory": "80GiB"}]})
+
+    with pytest.raises(ValidationError, match="hand out each card several times"):
+        local_nodes(Settings(**sized), nvml_backend=real_cards)
+    assert len(local_nodes(Settings(**sized, gpus="1xA100-80GB"), nvml_backend=real_cards)) == 2
+    assert len(local_nodes(Settings(**{**sized, "nodes": 1}), nvml_backend=real_cards)) == 1

@@ -61,3 +61,16 @@ def test_the_client_finds_the_server_from_the_environment(monkeypatch: pytest.Mo
     monkeypatch.setenv("GPUPOOL_TIMEOUT_S", "soon")
     with pytest.raises(GpupoolValidationError, match="GPUPOOL_TIMEOUT_S: expected a number of seconds"):
         ClientSettings()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\n", "tökén\n".encode(), b"two words\n", b"a\x07b\n"])
+def test_a_corrupt_token_file_is_a_clear_error_not_a_traceback(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "token").write_bytes(content)
+    with pytest.raises(GpupoolValidationError, match=r"does not hold a gpupool token.*--reset-admin-token"):
+        ClientSettings(home=tmp_path, token=None).resolved_token()
+
+
+def test_a_token_file_gives_its_first_line_and_a_missing_one_none(tmp_path: Path) -> None:
+    assert ClientSettings(home=tmp_path, token=None).resolved_token() is None
+    (tmp_path / "token").write_text("gpp_abc\nignored\n")
+    assert ClientSettings(home=tmp_path, token=None).resolved_token() == "gpp_abc"

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpupool.domain.errors import GpupoolError, ValidationError, error_kind
+from gpupool.executors.base import ExecutorError
 from gpupool.server.api.schemas import ErrorBody, ErrorDetail
 
 log = logging.getLogger("gpupool.api")
@@ -53,6 +54,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GpupoolError)
     async def _domain(_request: Request, exc: GpupoolError) -> JSONResponse:
         return domain_error_response(exc)
+
+    @app.exception_handler(ExecutorError)
+    async def _executor(request: Request, exc: ExecutorError) -> JSONResponse:
+        log.warning("executor error on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "executor_error", str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

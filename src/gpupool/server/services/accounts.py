@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.accounts import ProjectRole, parse_role
@@ -39,8 +40,29 @@ def list_users(session: Session, principal: Principal) -> list[schemas.User]:
     return [user_view(session, u) for u in accounts.list_users(session)]
 
 
-def create_user(session: Session, principal: Principal, body: schemas.UserCreate, now: float) -> schemas.UserCreated:
-    """Create a user (administrators only), optionally as a member of a project, with a first token."""
+SINGLE_USER_REFUSAL = (
+    "this is a single-user pool (the server does not run as root): every workload runs as the server's OS user "
+    "and can read the admin token and every other workload's files, so users of several projects would see "
+    "each other's data. Run the server as root for per-user isolation, or start it with --trust-users "
+    "(GPUPOOL_TRUST_USERS=true) if all users may see everything")
+
+
+def check_trusted_membership(session: Session, user: UserRow, project_id: int, trusted: bool) -> None:
+    """In an untrusted single-user pool, ConflictError when making `user` a member of `project_id` would give
+    non-admin users in more than one project (administrators see everything anyway)."""
+    if trusted or user.is_admin:
+        return
+    projects = set(session.scalars(select(MembershipRow.project_id).join(UserRow, UserRow.id == MembershipRow.user_id)
+                                   .where(UserRow.is_admin.is_(False))).all())
+    if projects - {project_id}:
+        raise ConflictError(SINGLE_USER_REFUSAL)
+
+
+def create_user(session: Session, principal: Principal, body: schemas.UserCreate, now: float, *,
+                trusted: bool = True, warning: str | None = None) -> schemas.UserCreated:
+    """Create a user (administrators only), optionally as a member of a project, with a first token. With
+    `trusted` False (an untrusted single-user pool), see `check_trusted_membership`; `warning` is passed on
+    to the caller (what the pool's user mode means for the new user)."""
     principal.require_admin("create users")
     name = validate_name(body.name, "name")
     if accounts.user_by_name(session, name) is not None:
@@ -49,10 +71,11 @@ def create_user(session: Session, principal: Principal, body: schemas.UserCreate
     project = _project(session, body.project) if body.project else None
     user = create_user_row(session, name, body.admin, now)
     if project is not None:
+        check_trusted_membership(session, user, project.id, trusted)
         session.add(MembershipRow(user_id=user.id, project_id=project.id, role=role.value))
         session.flush()
     _, token = issue_token(session, user, "initial", now)
-    return schemas.UserCreated(user=user_view(session, user), token=token)
+    return schemas.UserCreated(user=user_view(session, user), token=token, warning=warning)
 
 
 def create_user_row(session: Session, name: str, is_admin: bool, now: float) -> UserRow:
@@ -110,8 +133,10 @@ def create_project_row(session: Session, name: str, now: float) -> ProjectRow:
     return project
 
 
-def set_member(session: Session, principal: Principal, project_name: str, body: schemas.MemberSet) -> schemas.Project:
-    """Give a user a role in a project (administrators and the project's admins)."""
+def set_member(session: Session, principal: Principal, project_name: str, body: schemas.MemberSet, *,
+               trusted: bool = True) -> schemas.Project:
+    """Give a user a role in a project (administrators and the project's admins); `trusted` as in
+    `create_user`."""
     project = _project(session, project_name)
     if not principal.can_manage(project.id):
         raise PermissionDeniedError(f"only administrators and admins of project {project.name} may change its "
@@ -122,6 +147,7 @@ def set_member(session: Session, principal: Principal, project_name: str, body: 
     role = parse_role(body.role)
     existing = accounts.membership(session, user.id, project.id)
     if existing is None:
+        check_trusted_membership(session, user, project.id, trusted)
         session.add(MembershipRow(user_id=user.id, project_id=project.id, role=role.value))
     else:
         existing.role = role.value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,9 +247,10 @@ def request_stop(session: Session, row: WorkloadRow, now: float) -> int:
 
 # ------------------------------------------------------------------------------------------ logs
 def log_lines(session: Session, principal: Principal, workload_id: int, replica: int, tail: int | None,
-              follow: bool, executor: Executor, attempt: int | None = None) -> Iterator[str]:
-    """The replica's output through the executor: of the current run, or of run `attempt` (1 is the first; a
-    retried or preempted workload keeps the output of its earlier runs). `follow` streams until it ends."""
+              follow: bool, executor: Executor, attempt: int | None = None) -> AsyncIterator[str]:
+    """The replica's output through the executor, as text chunks of whole lines (each line ending with a
+    newline), for an event loop: of the current run, or of run `attempt` (1 is the first; a retried or
+    preempted workload keeps the output of its earlier runs). `follow` streams until it ends."""
     row = visible_workload(session, principal, workload_id)
     if tail is not None and not 0 <= tail <= MAX_TAIL:
         raise ValidationError(f"tail must be 0..{MAX_TAIL}", "tail")
@@ -266,4 +267,4 @@ def log_lines(session: Session, principal: Principal, workload_id: int, replica:
         why = f": {row.pending_reason}" if row.pending_reason else ""
         raise ConflictError(f"replica {replica} of workload {workload_id} has not started yet ({row.status}{why})")
     follow = follow and Capability.FOLLOW_LOGS in executor.capabilities
-    return executor.logs(dict(found[0].handle), tail=tail, follow=follow)
+    return executor.log_stream(dict(found[0].handle), tail=tail, follow=follow)

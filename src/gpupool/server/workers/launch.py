@@ -5,7 +5,9 @@ variables (GPUPOOL_WORKLOAD_ID, GPUPOOL_REPLICA, ...), the rendezvous variables 
 storage scopes (GPUPOOL_USER_DIR, GPUPOOL_PROJECT_DIR, GPUPOOL_SHARED_DIR), the ports chosen for the ports its
 spec names (GPUPOOL_PORT_<name>, and GPUPOOL_PORT for the first), and the GPU environment of its
 allocation by sharing mode (`gpupool.gpu.sharing.gpu_environment`: device list, MPS, memory caps). The
-command starts in the spec's `workdir`, else in the user's storage directory.
+command starts in the spec's `workdir`, else in the user's storage directory. In a multi-user pool the
+replica runs as its user's OS identity (`LaunchSettings.accounts`) and its storage scopes are owned
+accordingly.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.specs import parse_spec
-from gpupool.executors.base import ReplicaLaunch
+from gpupool.executors.base import ExecutorError, ReplicaLaunch, RunAs
 from gpupool.executors.environment import identity_env, merge_env
+from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.rendezvous import rendezvous_env
-from gpupool.executors.storage import StorageLayout
+from gpupool.executors.storage import ScopeOwners, StorageLayout
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
 from gpupool.store.convert import gpu_from_json, placement_from_json
 from gpupool.store.orm import ReplicaRow, WorkloadRow
@@ -30,11 +33,13 @@ from gpupool.store.repos import accounts, nodes
 
 @dataclass(frozen=True, slots=True)
 class LaunchSettings:
-    """Where logs go, the storage tree replicas get their scopes from, and the GPU sharing set-up."""
+    """Where logs go, the storage tree replicas get their scopes from, the GPU sharing set-up, and in a
+    multi-user pool the OS accounts replicas run as (None: as the server's own user)."""
 
     logs_dir: Path
     storage: StorageLayout
     sharing: SharingConfig
+    accounts: OsAccounts | None = None
 
 
 def executor_workload_id(row: WorkloadRow) -> str:
@@ -51,7 +56,15 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
     project = accounts.project_names(session).get(row.project_id)
     if user is None or project is None:
         raise ValidationError("the workload's user or project no longer exists")
-    scopes = settings.storage.prepare(user.name, project, admin=user.is_admin)
+    run_as: RunAs | None = None
+    owners = None
+    if settings.accounts is not None:
+        try:
+            run_as = settings.accounts.run_as(user.name, project, user.is_admin)
+            owners = ScopeOwners(run_as.uid, run_as.gid, settings.accounts.admins_gid())
+        except ExecutorError as error:
+            raise ValidationError(f"cannot give user {user.name!r} an OS identity: {error}") from None
+    scopes = settings.storage.prepare(user.name, project, admin=user.is_admin, owners=owners)
     ordered = sorted(replicas, key=lambda r: r.number)
     placements = [placement_from_json(r.placement) for r in ordered]
     node_rows = {n: nodes.node_by_name(session, n) for n in {r.node for r in ordered}}
@@ -78,7 +91,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
             gpu_indices=tuple(g.index for g in placement.gpus), labels={"project": project, "user": user.name},
             attempt=row.attempt - 1, read_only_paths=scopes.read_only_paths(), ports=ports,
-            node_address=addresses[replica.node]))
+            node_address=addresses[replica.node], run_as=run_as))
     return launches
 
 

@@ -8,13 +8,18 @@ Each step, with executor calls kept outside database transactions:
 3. probe: a running replica's endpoints (the ports its spec names) become ready once they accept
    connections (`gpupool.server.endpoints`);
 4. poll: record each live replica's state and exit code, then advance each workload: its kind's lifecycle
-   (`gpupool.domain.lifecycle`, e.g. a job: running, succeeded, retried, failed) says what the replicas'
-   states mean, and the reconciler applies the step it returns (status changes through `transition`).
+   (`gpupool.domain.lifecycle`, e.g. a job: running, succeeded, retried, failed, failed past max_runtime or
+   the start timeout) says what the replicas' states mean, and the reconciler applies the step it returns
+   (status changes through `transition`).
+
+Locks are taken in one order everywhere: the workload row, then its replicas (as cancel does); the write
+transaction of step 4 runs again when PostgreSQL picks it as a deadlock victim (`Database.transaction`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,6 +41,11 @@ from gpupool.store.repos import workloads as repo
 log = logging.getLogger("gpupool.reconciler")
 STOP_RESEND_SLACK_S = 5.0
 FOLLOW_UP_S = 0.05  # how soon to look again while replicas are starting or stopping
+# Without a replica change, the write pass (time-based transitions: max_runtime, the start timeout, requeue
+# after preemption) runs at most this often: 1 s delays those by at most a second, and spares the database a
+# write transaction per 50 ms follow-up pass while replicas start (the writers' queue under load on SQLite).
+FULL_PASS_EVERY_S = 1.0
+DEFAULT_START_TIMEOUT_S = 600.0  # the command starts within milliseconds of its supervisor; 10 min is a hang
 _S = WorkloadStatus
 _R = ReplicaState
 
@@ -52,14 +62,17 @@ class Reconciler:
     """Drives replicas through the executor (see the module docstring); `step()` does one pass."""
 
     def __init__(self, db: Database, clock: Callable[[], float], executor: Executor, launch: LaunchSettings,
-                 stop_grace_s: float = 10.0, on_change: Callable[[], None] = lambda: None) -> None:
+                 stop_grace_s: float = 10.0, on_change: Callable[[], None] = lambda: None,
+                 start_timeout_s: float = DEFAULT_START_TIMEOUT_S) -> None:
         self.db = db
+        self.start_timeout_s = start_timeout_s
         self.clock = clock
         self.executor = executor
         self.launch_settings = launch
         self.stop_grace_s = stop_grace_s
         self.on_change = on_change
         self._in_flux = False
+        self._full_pass_at = float("-inf")
 
     def step(self) -> float | None:
         """One pass: launch, stop, poll and advance. Returns FOLLOW_UP_S while replicas are starting or
@@ -184,19 +197,28 @@ class Reconciler:
         with self.db.session(write=False) as session:
             replicas = repo.live_replicas(session)
             live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
+            recorded = {r.id: (r.state, r.exit_code) for r in replicas}
         now = self.clock()
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
         self._in_flux = any(r.state in (_R.PENDING, _R.STARTING) or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
-        with self.db.session() as session:
-            ended = self._record_polls(session, statuses)
+        changed = any(status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)
+                      for replica_id, status in statuses.items())
+        if not changed and time.monotonic() - self._full_pass_at < FULL_PASS_EVERY_S:
+            return False  # nothing to record: no write transaction (on SQLite it would queue every writer)
+        self._full_pass_at = time.monotonic()
+
+        def record_and_advance(session: Session) -> bool:
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
-                                               _S.PREEMPTED.value], for_update=True)
+                                               _S.PREEMPTED.value], for_update=True)  # workloads first
+            ended = self._record_polls(session, statuses)  # then replicas
             now = self.clock()
             runs = repo.current_replicas(session, rows)  # one query for all, not one per workload
             advanced = [self._advance(session, row, now, runs[row.id]) for row in rows]
-        return ended or any(advanced)
+            return ended or any(advanced)
+
+        return self.db.transaction(record_and_advance)
 
     def _poll(self, handle: Handle) -> ReplicaStatus | None:
         try:
@@ -237,7 +259,7 @@ class Reconciler:
         except GpupoolError as exc:  # a kind this version cannot run: leave it, keep advancing the others
             log.error("workload %s: %s", row.id, exc)
             return False
-        step = lifecycle.advance(_view(row, replicas), now)
+        step = lifecycle.advance(_view(row, replicas, self.start_timeout_s), now)
         return self._apply(session, row, step, now) if step is not None else False
 
     @staticmethod
@@ -255,11 +277,12 @@ class Reconciler:
         return step.target is not None
 
 
-def _view(row: WorkloadRow, replicas: Sequence[ReplicaRow]) -> WorkloadView:
+def _view(row: WorkloadRow, replicas: Sequence[ReplicaRow], start_timeout_s: float | None = None) -> WorkloadView:
     """What the lifecycle sees of a workload (retries and max_runtime from its canonical spec)."""
     limit = row.spec.get("max_runtime")
     return WorkloadView(
         status=row.current_status, retries=int(row.spec.get("retries", 0)), retries_used=row.retries_used,
-        started_at=row.started_at, max_runtime_s=None if limit is None else int(parse_duration(limit, "max_runtime")),
+        started_at=row.started_at, status_since=row.updated_at, start_timeout_s=start_timeout_s,
+        max_runtime_s=None if limit is None else int(parse_duration(limit, "max_runtime")),
         replicas=tuple(ReplicaView(r.number, r.role, r.current_state, r.exit_code, r.message, r.ended_at,
                                    r.stop_requested_at is not None) for r in replicas))

@@ -26,7 +26,9 @@ def list_users(services: ServicesDep, principal: PrincipalDep) -> list[schemas.U
 def create_user(body: schemas.UserCreate, services: ServicesDep, principal: PrincipalDep) -> schemas.UserCreated:
     """Create a user (administrators); the response holds their first token, shown once."""
     with services.db.session() as session:
-        return accounts.create_user(session, principal, body, services.clock())
+        settings = services.settings
+        return accounts.create_user(session, principal, body, services.clock(), trusted=settings.trusts_users,
+                                    warning=None if settings.is_multi_user else settings.user_mode_text())
 
 
 @router.get("/projects", response_model=list[schemas.Project], responses=ERRORS)
@@ -48,7 +50,7 @@ def set_member(name: Name, body: schemas.MemberSet, services: ServicesDep,
                principal: PrincipalDep) -> schemas.Project:
     """Give a user a role in the project (administrators and the project's admins)."""
     with services.db.session() as session:
-        return accounts.set_member(session, principal, name, body)
+        return accounts.set_member(session, principal, name, body, trusted=services.settings.trusts_users)
 
 
 @router.delete("/projects/{name}/members/{user}", response_model=schemas.Project, responses=ERRORS)

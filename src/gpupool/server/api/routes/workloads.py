@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
@@ -57,9 +56,8 @@ def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep
 @router.post("/{workload_id}/cancel", response_model=schemas.WorkloadDetail, responses=ERRORS)
 def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
-    with services.db.session() as session:
-        row = workloads.cancel(session, principal, workload_id, services.clock())
-        detail = workloads.detail_view(session, row)
+    detail = services.db.transaction(lambda session: workloads.detail_view(
+        session, workloads.cancel(session, principal, workload_id, services.clock())))
     services.wake_reconciler()
     services.wake_scheduler()
     return detail
@@ -75,11 +73,6 @@ def logs(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep
                                               "default the current one")] = None) -> StreamingResponse:
     """A replica's output (of the current run, or of run `attempt`); `follow` streams until the replica ends."""
     with services.db.session(write=False) as session:
-        lines = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor,
-                                    attempt)
-
-    def body() -> Iterator[str]:
-        for line in lines:
-            yield line + "\n"
-
-    return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        chunks = workloads.log_lines(session, principal, workload_id, replica, tail, follow, services.executor,
+                                     attempt)
+    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
