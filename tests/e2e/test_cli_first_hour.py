@@ -182,7 +182,7 @@ def test_examples_work_for_a_member_of_another_project_from_another_directory(st
 
 def test_up_prints_a_short_banner_without_migration_noise(tmp_path: Path) -> None:
     port = free_port()
-    env = cli_env(tmp_path, port)
+    env = cli_env(tmp_path, port, GPUPOOL_MULTI_USER="false")  # a pytest tmp dir is closed to other users
     env["PATH"] = "/usr/bin:/bin"  # the environment's bin directory is not on PATH, as after `make run`
     log_path = tmp_path / "up.log"
     with log_path.open("w") as log:

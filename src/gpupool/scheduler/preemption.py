@@ -54,11 +54,13 @@ class _Rules:
         """May `victim` be taken now (with the book as it stands after earlier removals)?"""
         if victim.queue == self.preemptor.queue:
             return victim.priority < self.preemptor.priority
-        if not book.keeps_guarantee_without(victim.queue, victim.usage):
-            return False
-        if self.reclaim and book.is_borrowing(victim.queue, self.needed):
+        # reclaim is for the resources the preemptor needs that the victim's queue borrows: only those must
+        # not fall below the victim queue's guarantee (freeing CPU it holds at its guarantee as a side effect
+        # of giving back a borrowed GPU takes nothing it is owed: it can use that CPU again at once)
+        reclaimed = tuple(r for r in self.needed if book.is_borrowing(victim.queue, (r,)))
+        if self.reclaim and reclaimed and book.keeps_guarantee_without(victim.queue, victim.usage, reclaimed):
             return True
-        if not self.fair_share:
+        if not self.fair_share or not book.keeps_guarantee_without(victim.queue, victim.usage):
             return False
         zero = ResourceVector()
         return (book.share_with(self.preemptor.queue, zero) < book.share_with(victim.queue, zero)

@@ -126,14 +126,17 @@ class QuotaBook:
                      for r in resources if r in self.governed]
         return max([0.0, *fractions])
 
-    def keeps_guarantee_without(self, queue: str, amount: ResourceVector) -> bool:
+    def keeps_guarantee_without(self, queue: str, amount: ResourceVector,
+                                resources: tuple[str, ...] | None = None) -> bool:
         """True when giving back `amount` does not take the queue's settled usage from at or above its
-        guarantee to below it, on any governed resource it guarantees (reclaim never pushes a queue below its
-        own guarantee; a resource it already uses less of than guaranteed is not what is reclaimed)."""
+        guarantee to below it, on any governed resource it guarantees among `resources` (default: all). Reclaim
+        never pushes a queue below its own guarantee of what is reclaimed; a resource it already uses less of
+        than guaranteed is not what is reclaimed."""
         before, guaranteed = self.settled(queue), self.spec(queue).guaranteed
         after = before - amount
+        checked = self.governed if resources is None else [r for r in self.governed if r in resources]
         return not any(_component(after, r) < _component(guaranteed, r) <= _component(before, r)
-                       for r in self.governed if _component(amount, r) > 0)
+                       for r in checked if _component(amount, r) > 0)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:
         """True when the queue's settled usage is above its guarantee of any of `resources` (governed ones

@@ -149,6 +149,22 @@ def test_reclaim_never_pushes_a_queue_below_its_guarantee() -> None:
     assert sum(record.preemptions.values()) == 0
 
 
+def test_reclaim_of_a_borrowed_gpu_may_free_cpu_held_at_its_guarantee() -> None:
+    # 8 CPU, 32 GiB, 4 GPUs; a and b each guarantee 2 GPUs, 4 CPUs, 16 GiB. a runs four 1-GPU, 1-CPU jobs:
+    # 4 GPUs (2 borrowed) and exactly its 4-CPU guarantee. b's two 1-GPU jobs reclaim two of a's: a goes to
+    # 2 GPUs (its guarantee, not below) and 2 CPUs, which nobody takes from it (CPU is not what is reclaimed)
+    pool = [node("n1").cpu(8).memory("32GiB").gpus(4).build()]
+    guarantee = ResourceVector(4000, 16 * 1024, 2 * MILLI_PER_GPU)
+    driver = CycleDriver(pool, [QueueSpec("a", guarantee), QueueSpec("b", guarantee)], BESTFIT)
+    for i in range(4):
+        driver.add_running(running(f"a{i}", [on("n1", gpus={i: 1000})], "a", start=-500.0 + i))
+    for i in range(2):
+        driver.submit(job(f"b{i}").queue("b").gpu(1, cpu=1, memory="1GiB").build(), 600)
+    record = driver.run(10)
+    assert sum(record.preemptions.values()) == 2
+    assert record.start("b0") is not None and record.start("b1") is not None
+
+
 # ------------------------------------------------------------------------------------------ limits
 def test_a_queue_limit_holds_while_its_victims_stop() -> None:
     # q (limit 5 GPUs) holds 4 (low) + 1 (high) on n1; n2 has 4 free cards. p (priority 10, 2 GPUs) preempts
