@@ -43,9 +43,10 @@ from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
 # Bound on the typical shapes (speed: an FGD placement costs about linearly in shapes). 128 is about 2.4x the
-# 53 shapes of the openb default list and above the count of every published openb trace and the variants
-# with a shared CPU demand per shape, so none of those is rounded; only work whose CPU demand varies per
-# request (1,032 shapes for `cpu-redraw-pod`) is, which keeps FGD within ~2.5x of its usual cost there.
+# 53 shapes of the openb default list and above the count of every published openb trace (29 to 60) and of
+# the variants with a shared CPU demand per shape (53), so none of those is rounded; only work whose CPU
+# demand varies per request (1,032 shapes for `cpu-redraw-pod`) is, which keeps FGD within ~2.5x of its
+# usual cost there.
 MAX_SHAPES = 128
 # Grids tried in order, finest first: 8, 4, 2, 1 steps per doubling of CPU demand (a rounding error of at
 # most 4.4 %, 9 %, 19 %, 41 %); halving is the simplest sequence that ends at one step per doubling.
