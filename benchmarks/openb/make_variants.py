@@ -15,7 +15,7 @@ Variants (each a full pod list in the trace's own 11-column format, same pods in
   changes differently from shape to shape.
 - `cpu-redraw-pod`: that per-pod redraw: every pod's CPU demand multiplied by its own factor, log-uniform in
   [1/2, 2], rounded to 500 milli (at least 500), so pods of one shape no longer share a CPU demand: 95 %
-  coverage then needs 1,032 shapes where the list has 53, which FGD's shape cap (fragmentation.py) bounds.
+  coverage then needs 1,032 shapes where the list has 53, and FGD places many times slower.
 
 The seed (DEFAULT_SEED, 2023) and the rules above fully determine the files; the README of this folder
 reports the inflation experiment on them. These knobs were set once from the task's description ("10 %, 20 %, 33 % of

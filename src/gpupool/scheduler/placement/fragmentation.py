@@ -29,7 +29,6 @@ when one card's free milli changes from a to b — the basis of the cheap increm
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -42,15 +41,6 @@ from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 
 DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
-# Bound on the typical shapes (speed: an FGD placement costs about linearly in shapes). 128 is about 2.4x the
-# 53 shapes of the openb default list and above the count of every published openb trace (29 to 60) and of
-# the variants with a shared CPU demand per shape (53), so none of those is rounded; only work whose CPU
-# demand varies per request (1,032 shapes for `cpu-redraw-pod`) is, which keeps FGD within ~2.5x of its
-# usual cost there.
-MAX_SHAPES = 128
-# Grids tried in order, finest first: 8, 4, 2, 1 steps per doubling of CPU demand (a rounding error of at
-# most 4.4 %, 9 %, 19 %, 41 %); halving is the simplest sequence that ends at one step per doubling.
-CPU_GRID_STEPS = (8, 4, 2, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,30 +71,11 @@ def target_from_requests(requests: Iterable[ReplicaRequest], coverage: float = D
     probabilities renormalised over the covered requests. Coverage is counted per shape, not per (shape,
     models): a shape whose requests name many different model lists stays in the target with all of them,
     so the model constraints of the workload are represented as a whole. Ties in frequency are broken by
-    the shape itself, so the result is deterministic.
-
-    When more than MAX_SHAPES shapes are needed for that coverage (CPU demand that varies from request to
-    request makes every request its own shape), CPU demands are rounded to the finest geometric grid of
-    CPU_GRID_STEPS steps per doubling that brings the count to MAX_SHAPES or below (the coarsest, one step
-    per doubling, when none does), and the target is built from the rounded requests."""
-    shapes = [s for s in map(shape_of, requests) if s is not None]
-    target = _covering(shapes, coverage)
-    for steps in CPU_GRID_STEPS:
-        if len({replace(s, models=(), probability=0.0) for s in target}) <= MAX_SHAPES:
-            break
-        target = _covering([replace(s, cpu_milli=_on_grid(s.cpu_milli, steps)) for s in shapes], coverage)
-    return target
-
-
-def _on_grid(cpu_milli: int, steps: int) -> int:
-    """`cpu_milli` rounded to the nearest point of 2**(k / steps) milli (in log scale); 0 stays 0."""
-    return cpu_milli if cpu_milli <= 0 else round(2 ** (round(math.log2(cpu_milli) * steps) / steps))
-
-
-def _covering(shapes: Sequence[TargetShape], coverage: float) -> list[TargetShape]:
+    the shape itself, so the result is deterministic."""
     by_shape: dict[TargetShape, Counter[tuple[str, ...]]] = {}
-    for s in shapes:
-        by_shape.setdefault(replace(s, models=()), Counter())[s.models] += 1
+    for s in map(shape_of, requests):
+        if s is not None:
+            by_shape.setdefault(replace(s, models=()), Counter())[s.models] += 1
     total = sum(sum(c.values()) for c in by_shape.values())
     if not total:
         return []
