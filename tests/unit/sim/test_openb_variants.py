@@ -68,3 +68,18 @@ def test_specs_are_seeded_and_weighted_by_gpu_count() -> None:
     singles = [s for s in (make_variants.draw_spec(rng, weights) for _ in range(300)) if "|" not in s]
     # a one-model spec names "big" about 1000 times in 1001
     assert singles.count("big") >= len(singles) - 3
+
+
+def test_the_per_pod_redraw_gives_pods_of_one_demand_different_cpu(written: dict[str, Path]) -> None:
+    default = load_pods(_script().TRACES_DIR / "openb_pod_list_default.csv")
+    per_pod = load_pods(written["cpu-redraw-pod"])
+    # each pod's own factor in [1/2, 2], then a multiple of 500 (rounding aside, as above)
+    assert all(r.cpu_milli % 500 == 0 and d.cpu_milli / 2 - 250 <= r.cpu_milli <= d.cpu_milli * 2 + 250
+               for r, d in zip(per_pod, default, strict=True))
+    # unlike cpu-redraw, pods that asked the same CPU now ask different amounts: the most common demand
+    # of the list (hundreds of pods) is spread over several values
+    by_demand: dict[int, set[int]] = {}
+    for r, d in zip(per_pod, default, strict=True):
+        by_demand.setdefault(d.cpu_milli, set()).add(r.cpu_milli)
+    assert max(len(v) for v in by_demand.values()) > 3
+    assert [p.gpu_total_milli for p in per_pod] == [p.gpu_total_milli for p in default]

@@ -124,8 +124,9 @@ class FgdPolicy(PlacementPolicy):
         cache = self._shape_cache(request, len(snap))
         stale = rows[cache.version[rows] != snap.version[rows]]
         if stale.size:
-            self._refresh_nodes(snap, target, stale)
-            growth = self._growths(snap, target, request, stale)
+            free = usable_free(snap, stale)  # computed once for the refresh and the growths
+            self._refresh_nodes(snap, target, stale, free)
+            growth = self._growths(snap, target, request, stale, free)
             cache.growth_bin[stale] = np.round(growth.paper / self.resolution)
             cache.capacity[stale] = np.round(growth.capacity, 6)
             cache.column[stale], cache.version[stale] = growth.column, snap.version[stale]
@@ -172,11 +173,13 @@ class FgdPolicy(PlacementPolicy):
             self._paper, self._capacity = np.zeros(n), np.zeros(n)
         return self._target
 
-    def _refresh_nodes(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray) -> None:
-        stale = rows[self._node_version[rows] != snap.version[rows]]
+    def _refresh_nodes(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray,
+                       rows_free: IntArray) -> None:
+        outdated = self._node_version[rows] != snap.version[rows]
+        stale = rows[outdated]
         if stale.size == 0:
             return
-        free = usable_free(snap, stale)
+        free = rows_free[outdated]
         terms = card_terms(free, target)
         self._terms.count[stale], self._terms.frag[stale], self._terms.slots[stale] = (
             terms.count, terms.frag, terms.slots)
@@ -185,28 +188,28 @@ class FgdPolicy(PlacementPolicy):
         self._node_version[stale] = snap.version[stale]
 
     def _growths(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                 rows: IntArray) -> _Growth:
+                 rows: IntArray, free: IntArray) -> _Growth:
         if rows.size <= _DEDUPE_ABOVE:
-            return self._growths_exact(snap, target, request, rows)
-        state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], usable_free(snap, rows),
+            return self._growths_exact(snap, target, request, rows, free)
+        state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], free,
                                  target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
         hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         back = inverse.ravel()
-        unique = self._growths_exact(snap, target, request, rows[first])
+        unique = self._growths_exact(snap, target, request, rows[first], free[first])
         growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
         collided = np.flatnonzero((state != state[first][back]).any(axis=1))
         if collided.size:  # two different states with one hash: score those rows on their own
-            exact = self._growths_exact(snap, target, request, rows[collided])
+            exact = self._growths_exact(snap, target, request, rows[collided], free[collided])
             growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
             growth.column[collided] = exact.column
         return growth
 
     def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                       rows: IntArray) -> _Growth:
+                       rows: IntArray, free: IntArray) -> _Growth:
+        """Growths of both measures on `rows` (whose usable free milli per card is `free`)."""
         cpu = snap.free_cpu[rows] - request.cpu_milli
         mem = snap.free_mem[rows] - request.memory_mib
-        free = usable_free(snap, rows)
         total = free.sum(axis=1)
         terms = CardTerms(self._terms.count[rows], self._terms.frag[rows], self._terms.slots[rows])
         weight = target.weight[rows]
