@@ -30,7 +30,7 @@ from gpupool.domain.resources import ResourceVector
 from gpupool.scheduler.placement.filters import feasible_mask
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.queues import QuotaBook
-from gpupool.scheduler.snapshot import ClusterSnapshot
+from gpupool.scheduler.snapshot import ClusterSnapshot, Restore
 from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload, placements_usage
 
 
@@ -184,14 +184,16 @@ class _Trial:
         self.snap, self.placer, self.preemptor, self.book = snap, placer, preemptor, book
         self.quota_blocked = False
         self.requests = tuple({g.request: None for g in preemptor.groups})
+        self.restores: dict[str, Restore] = {}
 
     def remove(self, victim: RunningWorkload) -> None:
-        for p in victim.placements:
-            self.snap.forget(p)
+        """Take `victim` out of the snapshot and the book (`add` puts it back)."""
+        self.restores[victim.id] = self.snap.what_if_removed(victim.placements)
         self.book.remove(victim.queue, victim.usage)
 
     def add(self, victim: RunningWorkload) -> None:
-        self.snap.assume_all(victim.placements, force=True)
+        """Put back a victim taken out by `remove`."""
+        self.restores.pop(victim.id)()
         self.book.add(victim.queue, victim.usage)
 
     def may_fit_after(self, victim: RunningWorkload) -> bool:
