@@ -157,9 +157,7 @@ def follow_blocks(path: Path, start: int, finished: Callable[[], bool], interval
         if size < position:  # truncated or replaced: start again from its beginning
             position, splitter = 0, _LineSplitter()
         if size > position:
-            with path.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read(min(_BLOCK, size - position))
+            chunk = _read_block(path, position, size)
             position += len(chunk)
             yield splitter.feed(chunk)
             continue
@@ -167,6 +165,13 @@ def follow_blocks(path: Path, start: int, finished: Callable[[], bool], interval
             yield splitter.flush()
             return
         sleep(interval_s)
+
+
+def _read_block(path: Path, position: int, size: int) -> bytes:
+    """At most one block (64 KiB) of `path` from `position`, the file being `size` bytes long."""
+    with path.open("rb") as handle:
+        handle.seek(position)
+        return handle.read(min(_BLOCK, size - position))
 
 
 async def follow_text(path: Path, start: int, finished: Callable[[], bool], interval_s: float = 0.25,
@@ -189,9 +194,7 @@ async def follow_text(path: Path, start: int, finished: Callable[[], bool], inte
         if size < position:
             position, splitter = 0, _LineSplitter()
         if size > position:
-            with path.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read(min(_BLOCK, size - position))
+            chunk = _read_block(path, position, size)
             position += len(chunk)
             lines = splitter.feed(chunk)
             if lines:
