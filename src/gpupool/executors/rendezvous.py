@@ -3,7 +3,7 @@
 The server calls these once per gang start with the replicas in replica order (replica number = position
 in the sequence), the address of each node and the port(s) it chose; each function returns one mapping per
 replica, in the same order. Nothing here opens a socket: choosing free ports is the caller's job
-(`gpupool.executors.local.pick_free_ports` on this machine).
+(`Executor.free_ports` on the node of replica 0).
 
 - `torch`: the variables `torch.distributed` reads with `init_method="env://"` and that torchrun sets:
   MASTER_ADDR / MASTER_PORT (the node of replica 0), WORLD_SIZE, RANK (the replica's position), LOCAL_RANK

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # root runs a multi-user pool, whose home replicas of other OS users must traverse: not /root (0700)
 DEFAULT_HOME = Path("/var/lib/gpupool") if os.geteuid() == 0 else Path("~/.gpupool")
 DEFAULT_PORT = 8700
+DEFAULT_START_TIMEOUT_S = 600.0  # the command starts within milliseconds of its supervisor; 10 min is a hang
 
 
 def _expand(path: Path) -> Path:
@@ -72,8 +73,9 @@ class Settings(BaseSettings):
     stop_grace_s: float = Field(10.0, ge=0)
     log_max_bytes: int = Field(1024**3, ge=4096, description="The most one replica's log file holds (default 1 GiB); "
                                "later output is discarded after a line that says so")
-    start_timeout_s: float = Field(600.0, gt=0, le=7 * 86400, description="A workload still scheduled or "
-                                   "starting after this long fails (its replicas never began to run)")
+    start_timeout_s: float = Field(DEFAULT_START_TIMEOUT_S, gt=0, le=7 * 86400,
+                                   description="A workload still scheduled or starting after this long fails "
+                                   "(its replicas never began to run)")
     multi_user: bool | None = Field(None, description="Run each workload as its user's OS identity (needs "
                                     "root); default: when the server runs as root")
     trust_users: bool = Field(False, description="In a single-user pool (not root), allow users of several "

@@ -33,6 +33,7 @@ from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.executors.base import Endpoint, Executor, ExecutorError, Handle, ReplicaLaunch, ReplicaStatus
 from gpupool.server import endpoints as ep
 from gpupool.server.services.workloads import request_stop
+from gpupool.server.settings import DEFAULT_START_TIMEOUT_S
 from gpupool.server.workers.launch import LaunchSettings, build_launches
 from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow, WorkloadRow
@@ -45,7 +46,6 @@ FOLLOW_UP_S = 0.05  # how soon to look again while replicas are starting or stop
 # after preemption) runs at most this often: 1 s delays those by at most a second, and spares the database a
 # write transaction per 50 ms follow-up pass while replicas start (the writers' queue under load on SQLite).
 FULL_PASS_EVERY_S = 1.0
-DEFAULT_START_TIMEOUT_S = 600.0  # the command starts within milliseconds of its supervisor; 10 min is a hang
 _S = WorkloadStatus
 _R = ReplicaState
 
