@@ -146,6 +146,10 @@ class JobLifecycle:
 
 LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({"job": JobLifecycle()})
 
+# Kinds whose workload row is a controller: it owns child workloads (`workloads.parent_id`) and has no
+# replicas of its own, so the scheduler never places it; its children are ordinary workloads in the queue.
+CONTROLLER_KINDS: frozenset[str] = frozenset({"pipeline", "sweep", "service"})
+
 
 def lifecycle_for(kind: str) -> Lifecycle:
     """The registered lifecycle of `kind`; ValidationError naming the registered kinds otherwise."""

@@ -147,6 +147,7 @@ class WorkloadRow(Base):
         UniqueConstraint("user_id", "idempotency_key", name="uq_workloads_user_idempotency_key"),
         Index("ix_workloads_project_id_id", "project_id", "id"),
         Index("ix_workloads_status", "status"),
+        Index("ix_workloads_parent_id", "parent_id"),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -172,6 +173,8 @@ class WorkloadRow(Base):
     nominated: Mapped[list[Any] | None] = mapped_column(JSON)
     rendezvous_ports: Mapped[list[Any] | None] = mapped_column(JSON)  # chosen per run for distributed jobs
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    # the controller workload (pipeline run, sweep, service) this one was created for; None for top-level ones
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("workloads.id"), default=None)
 
     events: Mapped[list[EventRow]] = relationship(back_populates="workload", order_by="EventRow.id",
                                                   cascade="all, delete-orphan", lazy="raise_on_sql")

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import GpupoolError
+from gpupool.domain.lifecycle import CONTROLLER_KINDS
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.replicas import ReplicaState
@@ -123,6 +124,8 @@ class SchedulingLoop:
         pending: list[PendingWorkload] = []
         specs: dict[int, WorkloadSpec] = {}
         for row in pending_rows:
+            if row.kind in CONTROLLER_KINDS:
+                continue  # a controller owns children; it is never placed itself
             try:
                 spec = specs[row.id] = self._spec(row)
             except GpupoolError:
