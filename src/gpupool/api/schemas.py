@@ -266,6 +266,7 @@ class WorkloadSummary(Model):
     pending_reason: str | None = None
     queue_position: int | None = None
     attempt: int = 0
+    parent_id: int | None = None  # the controller workload (pipeline run, sweep, service) it belongs to
 
 
 class GpuAllocation(Model):

@@ -69,7 +69,7 @@ def summary_view(row: WorkloadRow, project: str, user: str) -> schemas.WorkloadS
         id=row.id, name=row.name, kind=row.kind, project=project, queue=row.queue, user=user, status=row.status,
         priority=row.priority, replicas=row.replica_count, submitted_at=row.submitted_at, started_at=row.started_at,
         finished_at=row.finished_at, message=row.message, pending_reason=row.pending_reason,
-        queue_position=row.queue_position, attempt=row.attempt)
+        queue_position=row.queue_position, attempt=row.attempt, parent_id=row.parent_id)
 
 
 def proxy_path(workload_id: int, port: int, replica: int = 0) -> str:
@@ -105,9 +105,10 @@ def detail_view(session: Session, row: WorkloadRow) -> schemas.WorkloadDetail:
 
 # --------------------------------------------------------------------------------------- submit
 def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
-           feasibility: FeasibilityCache) -> tuple[WorkloadRow, bool]:
+           feasibility: FeasibilityCache, parent_id: int | None = None) -> tuple[WorkloadRow, bool]:
     """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
-    second submit of the same spec returns the first workload (created False); a different spec is a conflict."""
+    second submit of the same spec returns the first workload (created False); a different spec is a conflict.
+    `parent_id` names the controller workload (pipeline run, sweep, service) a child is created for."""
     data = load_spec_input(body)
     if body.workdir is not None and isinstance(data, dict) and data.get("workdir") is None:
         data = {**data, "workdir": body.workdir}
@@ -133,7 +134,7 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     row = WorkloadRow(name=spec.name, kind=spec.kind.value, project_id=project_id, queue=queue.name,
                       user_id=principal.user_id, spec=canonical, priority=spec.priority,
                       replica_count=spec.replica_count, submitted_at=now, updated_at=now, idempotency_key=key,
-                      message="submitted", attempt=0, retries_used=0, preemptions=0)
+                      message="submitted", attempt=0, retries_used=0, preemptions=0, parent_id=parent_id)
     try:
         with session.begin_nested():
             session.add(row)
