@@ -19,7 +19,7 @@ MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 class Model(BaseModel):
     """Base: unknown fields are refused, so a typo in a request is an error rather than ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: a CLI command needs few
 
 
 class ErrorDetail(Model):
