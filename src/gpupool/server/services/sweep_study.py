@@ -1,0 +1,166 @@
+"""The Optuna side of sweeps: where studies live, and a sweep spec's sampler, pruner and distributions.
+
+Studies are stored with Optuna's RDB storage beside gpupool's own tables, never in the same table namespace:
+Optuna keeps its schema revision in a table named `alembic_version`, the very table gpupool's migrations use, so
+sharing one namespace would make each refuse the other's revision. With PostgreSQL the studies live in the same
+database, in the schema `gpupool_sweeps`; with SQLite in the file `<database>-sweeps.db` next to gpupool's file
+(a separate file also keeps Optuna's writes from queueing behind the server's own SQLite writer lock).
+
+A study is named `sweep-<workload id>` and remembers a random secret (a study system attribute) from which
+each trial's report token is derived (`trial_token`): a trial can report only to its own trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine, text
+
+from gpupool.domain.errors import ValidationError
+from gpupool.domain.sweeps import Param, SweepSpec
+from gpupool.store.db import normalise_url
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("gpupool.sweeps")
+PG_SCHEMA = "gpupool_sweeps"
+SQLITE_SUFFIX = "-sweeps.db"
+SQLITE_TIMEOUT_S = 30.0  # as long as gpupool's own SQLite busy timeout allows a writer to wait
+SECRET_ATTR = "gpupool_secret"
+PRUNE_ATTR = "gpupool_prune"  # set on a trial the pruner stopped (the step it was pruned at)
+MESSAGE_ATTR = "gpupool_message"  # why a trial was told failed
+
+
+def study_name(sweep_id: int) -> str:
+    """The Optuna study of sweep `sweep_id`."""
+    return f"sweep-{sweep_id}"
+
+
+def trial_key(sweep_id: int, number: int) -> str:
+    """The idempotency key of the child job of trial `number`: a replayed submit returns the same job."""
+    return f"sweep-{sweep_id}-trial-{number}"
+
+
+def trial_number(sweep_id: int, key: str | None) -> int | None:
+    """The trial number in a child's idempotency key, or None when the key is not one of this sweep's."""
+    prefix = f"sweep-{sweep_id}-trial-"
+    if key is None or not key.startswith(prefix) or not key[len(prefix):].isdigit():
+        return None
+    return int(key[len(prefix):])
+
+
+def trial_token(secret: str, workload_id: int) -> str:
+    """The report token of the trial that runs as workload `workload_id` (HMAC-SHA256 of the id)."""
+    return hmac.new(secret.encode(), f"trial:{workload_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _optuna() -> Any:
+    try:
+        import optuna  # noqa: PLC0415  (sweeps are optional: Optuna loads on first use)
+    except ImportError:
+        raise ValidationError("sweeps need Optuna on the server: pip install 'gpupool[sweeps]'", "kind") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def distributions(spec: SweepSpec) -> dict[str, Any]:
+    """Optuna distributions of the sweep's search space, by parameter name."""
+    return {p.name: distribution(p) for p in spec.search}
+
+
+def distribution(param: Param) -> Any:
+    """The Optuna distribution of one parameter."""
+    dist = _optuna().distributions
+    if param.kind == "choice":
+        return dist.CategoricalDistribution(list(param.choices))
+    if param.kind in ("int", "log_int"):
+        return dist.IntDistribution(int(param.low), int(param.high), log=param.kind == "log_int")
+    return dist.FloatDistribution(param.low, param.high, log=param.kind == "log_uniform")
+
+
+def sampler(spec: SweepSpec, asked: int) -> Any:
+    """A fresh sampler for the next ask. Seeded sweeps reseed with (seed, trials asked so far), so a restarted
+    server does not draw the same random points again and the same history gives the same next point."""
+    samplers = _optuna().samplers
+    a = spec.algorithm
+    seed = None if a.seed is None else (a.seed * 1_000_003 + asked) % 2**32
+    if a.sampler == "random":
+        return samplers.RandomSampler(seed=seed)
+    if a.sampler == "grid":
+        return samplers.GridSampler({p.name: p.grid_values() for p in spec.search}, seed=seed)
+    if a.sampler == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return samplers.TPESampler(seed=seed)
+
+
+def pruner(spec: SweepSpec) -> Any:
+    """The spec's pruner: median (after `startup_trials` finished, past `warmup_steps`), hyperband or none."""
+    pruners = _optuna().pruners
+    a = spec.algorithm
+    if a.pruner == "median":
+        return pruners.MedianPruner(n_startup_trials=a.startup_trials, n_warmup_steps=a.warmup_steps)
+    if a.pruner == "hyperband":
+        return pruners.HyperbandPruner()
+    return pruners.NopPruner()
+
+
+class SweepStudies:
+    """Opens the Optuna storage on first use (see the module docstring) and the study of each sweep."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._storage: Any = None
+        self._lock = threading.Lock()
+
+    def storage(self) -> optuna.storages.RDBStorage:
+        """The shared RDBStorage (created, with its tables, on first use; thread-safe)."""
+        with self._lock:
+            if self._storage is None:
+                self._storage = self._open()
+            return self._storage
+
+    def _open(self) -> Any:
+        optuna = _optuna()
+        url = normalise_url(self.database_url)
+        if url.get_backend_name() == "sqlite":
+            path = Path(str(url.database)).expanduser()
+            target = url.set(database=str(path.with_name(path.stem + SQLITE_SUFFIX)))
+            kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_S, "check_same_thread": False}}
+        else:
+            engine = create_engine(url)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}"))
+            finally:
+                engine.dispose()
+            target = url
+            kwargs = {"connect_args": {"options": f"-csearch_path={PG_SCHEMA}"}, "pool_pre_ping": True}
+        return optuna.storages.RDBStorage(target.render_as_string(hide_password=False), engine_kwargs=kwargs)
+
+    def study(self, sweep_id: int, spec: SweepSpec, asked: int = 0) -> optuna.Study:
+        """The study of the sweep (created with its secret when missing), with a sampler for the next ask."""
+        optuna = _optuna()
+        storage = self.storage()
+        study = optuna.create_study(storage=storage, study_name=study_name(sweep_id), load_if_exists=True,
+                                    direction=spec.direction, sampler=sampler(spec, asked), pruner=pruner(spec))
+        if SECRET_ATTR not in storage.get_study_system_attrs(study._study_id):
+            storage.set_study_system_attr(study._study_id, SECRET_ATTR, secrets.token_hex(32))
+        return study
+
+    def secret(self, study: optuna.Study) -> str:
+        """The study's secret (set by `study`)."""
+        return str(self.storage().get_study_system_attrs(study._study_id)[SECRET_ATTR])
+
+    def close(self) -> None:
+        """Release the storage's connections (idempotent)."""
+        with self._lock:
+            if self._storage is not None:
+                self._storage.engine.dispose()
+                self._storage = None
