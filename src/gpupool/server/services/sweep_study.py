@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, text
 
-from gpupool.domain.errors import ValidationError
-from gpupool.domain.sweeps import Param, SweepSpec
+from gpupool.domain.sweeps import SweepSpec
+from gpupool.optuna_space import load_optuna, pruner, sampler
 from gpupool.store.db import normalise_url
 
 if TYPE_CHECKING:
@@ -61,56 +61,6 @@ def trial_token(secret: str, workload_id: int) -> str:
     return hmac.new(secret.encode(), f"trial:{workload_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def _optuna() -> Any:
-    try:
-        import optuna  # noqa: PLC0415  (sweeps are optional: Optuna loads on first use)
-    except ImportError:
-        raise ValidationError("sweeps need Optuna on the server: pip install 'gpupool[sweeps]'", "kind") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def distributions(spec: SweepSpec) -> dict[str, Any]:
-    """Optuna distributions of the sweep's search space, by parameter name."""
-    return {p.name: distribution(p) for p in spec.search}
-
-
-def distribution(param: Param) -> Any:
-    """The Optuna distribution of one parameter."""
-    dist = _optuna().distributions
-    if param.kind == "choice":
-        return dist.CategoricalDistribution(list(param.choices))
-    if param.kind in ("int", "log_int"):
-        return dist.IntDistribution(int(param.low), int(param.high), log=param.kind == "log_int")
-    return dist.FloatDistribution(param.low, param.high, log=param.kind == "log_uniform")
-
-
-def sampler(spec: SweepSpec, asked: int) -> Any:
-    """A fresh sampler for the next ask. Seeded sweeps reseed with (seed, trials asked so far), so a restarted
-    server does not draw the same random points again and the same history gives the same next point."""
-    samplers = _optuna().samplers
-    a = spec.algorithm
-    seed = None if a.seed is None else (a.seed * 1_000_003 + asked) % 2**32
-    if a.sampler == "random":
-        return samplers.RandomSampler(seed=seed)
-    if a.sampler == "grid":
-        return samplers.GridSampler({p.name: p.grid_values() for p in spec.search}, seed=seed)
-    if a.sampler == "cmaes":
-        return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return samplers.TPESampler(seed=seed)
-
-
-def pruner(spec: SweepSpec) -> Any:
-    """The spec's pruner: median (after `startup_trials` finished, past `warmup_steps`), hyperband or none."""
-    pruners = _optuna().pruners
-    a = spec.algorithm
-    if a.pruner == "median":
-        return pruners.MedianPruner(n_startup_trials=a.startup_trials, n_warmup_steps=a.warmup_steps)
-    if a.pruner == "hyperband":
-        return pruners.HyperbandPruner()
-    return pruners.NopPruner()
-
-
 class SweepStudies:
     """Opens the Optuna storage on first use (see the module docstring) and the study of each sweep."""
 
@@ -127,7 +77,7 @@ class SweepStudies:
             return self._storage
 
     def _open(self) -> Any:
-        optuna = _optuna()
+        optuna = load_optuna()
         url = normalise_url(self.database_url)
         if url.get_backend_name() == "sqlite":
             path = Path(str(url.database)).expanduser()
@@ -146,7 +96,7 @@ class SweepStudies:
 
     def study(self, sweep_id: int, spec: SweepSpec, asked: int = 0) -> optuna.Study:
         """The study of the sweep (created with its secret when missing), with a sampler for the next ask."""
-        optuna = _optuna()
+        optuna = load_optuna()
         storage = self.storage()
         study = optuna.create_study(storage=storage, study_name=study_name(sweep_id), load_if_exists=True,
                                     direction=spec.direction, sampler=sampler(spec, asked), pruner=pruner(spec))

@@ -29,6 +29,7 @@ from gpupool.domain.errors import GpupoolError
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.domain.sweeps import SweepSpec
+from gpupool.optuna_space import distributions
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads as workload_service
 from gpupool.server.services.auth import principal_for
@@ -107,7 +108,7 @@ class SweepController:
         asked = len(trials)
         while len(running) < spec.parallel and asked < spec.trials:
             study = self.studies.study(sweep_id, spec, asked)
-            new = study.ask(_distributions(spec))
+            new = study.ask(distributions(spec))
             asked += 1
             running.append(_Trial(new.number, "RUNNING", dict(new.params), None, None, None))
             changed = self._submit(sweep_id, spec, new.number, dict(new.params)) or changed
@@ -200,12 +201,6 @@ def _trial_state() -> Any:
     from optuna.trial import TrialState  # noqa: PLC0415  (Optuna loads on first use)
 
     return TrialState
-
-
-def _distributions(spec: SweepSpec) -> dict[str, Any]:
-    from gpupool.server.services.sweep_study import distributions  # noqa: PLC0415
-
-    return distributions(spec)
 
 
 def _trial_id(study: Any, number: int) -> int:
