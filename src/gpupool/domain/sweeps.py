@@ -150,14 +150,14 @@ def param_text(value: Scalar) -> str:
     return str(value)
 
 
-def render(template: str, params: Mapping[str, Scalar], quote: bool) -> str:
+def render(template: str, params: Mapping[str, Scalar], quote: bool, field: str = "trial") -> str:
     """`template` with every {{params.X}} replaced by X's value (shell-quoted when `quote`); ValidationError
-    for a name that is not a parameter."""
+    naming `field` for a name that is not a parameter."""
     def one(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in params:
             raise ValidationError(f"{{{{params.{name}}}}} names no parameter{did_you_mean(name, params)}; "
-                                  f"parameters: {', '.join(sorted(params))}", "trial")
+                                  f"parameters: {', '.join(sorted(params))}", field)
         text = param_text(params[name])
         return shlex.quote(text) if quote else text
     return PLACEHOLDER_RE.sub(one, template)
@@ -282,9 +282,9 @@ def _parse_trial(value: Any, search: tuple[Param, ...], workdir: Any) -> tuple[d
     sample = {p.name: p.choices[0] if p.choices else p.low for p in search}
     probe = dict(data)
     if "command" in probe:
-        probe["command"] = render(str(probe["command"]), sample, quote=True)
+        probe["command"] = render(str(probe["command"]), sample, quote=True, field="trial.command")
     if isinstance(probe.get("env"), Mapping):
-        probe["env"] = {k: render(str(v), sample, quote=False) for k, v in probe["env"].items()}
+        probe["env"] = {k: render(str(v), sample, quote=False, field=f"trial.env.{k}") for k, v in probe["env"].items()}
     try:
         job = parse_spec({**probe, "kind": "job"})
     except ValidationError as exc:
