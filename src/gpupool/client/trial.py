@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import httpx
 
 REPORT_TIMEOUT_S = 30.0  # a report is one small write; 30 s rides out a busy server without hanging a trial
+UNREACHABLE_WAIT_S = 300.0  # how long a trial waits for its server to come back (a restart takes seconds)
+RETRY_EVERY_S = 0.5
 _state = {"prune": False}
 
 
@@ -24,8 +27,9 @@ def in_trial() -> bool:
 def report(step: int, **metrics: float) -> bool:
     """Report the trial's metrics at `step` (e.g. the epoch); the sweep's objective metric is what Optuna
     sees. Returns whether the trial should stop now (the pruner stopped it; its job is then stopped by the
-    server shortly). Outside a trial it does nothing and returns False. Raises httpx errors and ValueError
-    for a metric that is not a finite number."""
+    server shortly). While the server is unreachable (a restart) it retries for up to UNREACHABLE_WAIT_S.
+    Outside a trial it does nothing and returns False. Raises httpx errors (an HTTP error answer, or no server
+    after that wait) and ValueError for a metric that is not a finite number."""
     if not in_trial():
         return False
     pairs = []
@@ -36,8 +40,17 @@ def report(step: int, **metrics: float) -> bool:
         pairs.append(("metric", f"{name}={number!r}"))
     url = f"{os.environ.get('GPUPOOL_URL', '').rstrip('/')}/api/v1/sweeps/trials/" \
           f"{os.environ['GPUPOOL_WORKLOAD_ID']}/report"
-    response = httpx.post(url, params=[("step", str(int(step))), *pairs], timeout=REPORT_TIMEOUT_S,
-                          headers={"X-Gpupool-Trial-Token": os.environ["GPUPOOL_TRIAL_TOKEN"]})
+    params = [("step", str(int(step))), *pairs]
+    headers = {"X-Gpupool-Trial-Token": os.environ["GPUPOOL_TRIAL_TOKEN"]}
+    deadline = time.monotonic() + UNREACHABLE_WAIT_S
+    while True:
+        try:
+            response = httpx.post(url, params=params, headers=headers, timeout=REPORT_TIMEOUT_S)
+            break
+        except httpx.TransportError:  # the server restarts: the trial waits for it rather than failing
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(RETRY_EVERY_S)
     response.raise_for_status()
     _state["prune"] = bool(response.json().get("should_prune"))
     return _state["prune"]
