@@ -35,6 +35,8 @@ TRIAL = textwrap.dedent("""
     base = 0.0 if os.environ.get("FLAT") else (x - 1.5) ** 2
     with open(f"{out}/{n}.start", "a") as f:
         f.write(f"{time.time()} {os.getpid()}\\n")
+    if n in bad:
+        pause = 1.0  # long enough that only the server's stop can end it before its last step
     for step in range(steps):
         gpupool.report(step, loss=base + (100.0 if n in bad else 0.0), other=step)
         time.sleep(pause)
@@ -45,9 +47,10 @@ TRIAL = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One CPU-only server for the module (8 CPUs: room for more trials than any sweep here runs at once)."""
+    """One server for the module: 8 CPUs (room for more trials than any sweep here runs at once) and two
+    simulated GPUs, shared (fractions of a GPU)."""
     home = tmp_path_factory.mktemp("sweeps") / "home"
-    process = ServerProcess(home, ["--cpus", "8", "--memory", "16GiB"])
+    process = ServerProcess(home, ["--cpus", "8", "--memory", "16GiB", "--gpus", "2xA100-80GB"])
     process.start()
     yield process
     process.stop()
@@ -150,12 +153,12 @@ def test_a_quadratic_sweep_finds_the_optimum_with_exactly_30_trials_across_a_ser
 
 def test_trials_with_clearly_worse_curves_are_pruned_and_their_processes_stopped(
         server: ServerProcess, tmp_path: Path) -> None:
-    """One trial at a time; trials 2 and 4 report a loss of 100, the others 0, at every step. The median pruner
-    (2 start-up trials; it prunes a value strictly above the median) stops them at their first report; the
-    others complete."""
+    """Three trials at a time; trials 2 and 4 report a loss of 100 every second, the others 0 at once. The
+    median pruner (2 start-up trials; it prunes a value strictly above the median) stops the bad ones at their
+    first report after two trials completed; the others complete."""
     _script(tmp_path)
     with server.client() as admin:
-        sweep_id = admin.submit(_spec("prune", tmp_path, trials=5, parallel=1, steps=10, pause=0.3,
+        sweep_id = admin.submit(_spec("prune", tmp_path, trials=5, parallel=3, steps=10, pause=0.02,
                                       algorithm="{sampler: random, seed: 3, pruner: median, startup_trials: 2}",
                                       env="{BAD: '2,4', FLAT: '1'}")).workload.id
         done = admin.wait(sweep_id, timeout_s=180)
@@ -265,3 +268,25 @@ def test_a_trial_token_opens_its_own_trial_only(server: ServerProcess, tmp_path:
             """)).workload.id
         assert admin.wait(sweep_id, timeout_s=60).status == "succeeded"
     assert json.loads((tmp_path / "out" / "0").read_text()) == [200, 401]
+
+
+def test_trials_asking_for_gpu_shares_wait_in_their_queue_at_its_limit(server: ServerProcess, tmp_path: Path) -> None:
+    """Half-GPU trials, 4 allowed at once by the sweep, in a queue limited to 1 GPU: 2 run at once, the others
+    wait in the queue saying why."""
+    _script(tmp_path)
+    with server.client() as admin:
+        admin.create_project("gpuq")
+        admin.update_queue("gpuq", limit={"gpu": 1})
+        text = _spec("shares", tmp_path, trials=4, parallel=4, steps=4, pause=0.4,
+                     algorithm="{sampler: random, pruner: none}", resources="{cpu: 0.5, memory: 128MiB, gpu: 0.5}")
+        sweep_id = admin.submit(text.replace("kind: sweep", "kind: sweep\nproject: gpuq")).workload.id
+        reasons: set[str] = set()
+
+        def ended() -> bool:
+            page = admin.list_workloads(project="gpuq", status=["pending"])
+            reasons.update(w.pending_reason or "" for w in page.items if w.kind == "job")
+            return admin.get_workload(sweep_id).status == "succeeded"
+
+        wait_until(ended, 120, 0.1, "the sweep succeeded")
+    assert _most_at_once(_intervals(tmp_path / "out")) <= 2
+    assert any("limit" in reason for reason in reasons), reasons
