@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.api import sweep_schemas as ss
+from gpupool.api.schemas import MAX_ID
 from gpupool.domain.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
 from gpupool.domain.specs import parse_spec, validate_name
 from gpupool.domain.sweeps import SweepSpec, param_env
@@ -41,6 +42,8 @@ def find_sweep(session: Session, principal: Principal, ref: str) -> WorkloadRow:
     """The sweep `ref` names (its id, or its name: the newest visible sweep of that name); NotFoundError when
     the caller may not see it or it is not a sweep."""
     if ref.isdigit():
+        if int(ref) > MAX_ID:
+            raise NotFoundError(f"workload {ref} not found")
         row = visible_workload(session, principal, int(ref))
     else:
         name = validate_name(ref, "sweep")

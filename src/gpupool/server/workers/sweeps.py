@@ -59,6 +59,7 @@ class _Trial:
     last: tuple[int, float] | None  # last (step, value) reported
     prune_step: int | None
     child: WorkloadRow | None
+    told: bool = False  # told to Optuna during this pass
 
 
 class SweepController:
@@ -101,7 +102,7 @@ class SweepController:
         if status.is_terminal():
             return self._wind_down(sweep_id, study, trials)
         changed = self._tell_and_prune(sweep_id, study, trials)
-        running = [t for t in trials if t.state == "RUNNING" and not _told(t)]
+        running = [t for t in trials if t.state == "RUNNING" and not t.told]
         for trial in running:
             if trial.child is None:
                 changed = self._submit(sweep_id, spec, trial.number, trial.params) or changed
@@ -207,10 +208,6 @@ def _trial_id(study: Any, number: int) -> int:
     return int(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
 
 
-def _told(trial: _Trial) -> bool:
-    return trial.state != "RUNNING"
-
-
 def _tell(study: Any, trial: _Trial, child_status: WorkloadStatus) -> None:
     """Tell Optuna how the trial's job ended (see the module docstring)."""
     state = _trial_state()
@@ -224,7 +221,7 @@ def _tell(study: Any, trial: _Trial, child_status: WorkloadStatus) -> None:
             else f"its job ended {child_status.value}"
         storage.set_trial_system_attr(tid, MESSAGE_ATTR, why)
         study.tell(trial.number, state=state.FAIL)
-    trial.state = "TOLD"
+    trial.told = True
 
 
 def _trials(study: Any, sweep_id: int, children: dict[int, WorkloadRow], metric: str) -> list[_Trial]:
