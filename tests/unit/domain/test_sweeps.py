@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.lifecycle import CONTROLLER_KINDS, WorkloadView, lifecycle_for
@@ -111,3 +113,11 @@ def test_a_grid_sweep_has_at_most_as_many_trials_as_grid_points() -> None:
 def test_a_sweep_is_a_controller_with_a_lifecycle_that_leaves_it_to_its_controller() -> None:
     assert "sweep" in CONTROLLER_KINDS
     assert lifecycle_for("sweep").advance(WorkloadView(WorkloadStatus.RUNNING, ()), 0.0) is None
+
+
+def test_the_mnist_example_sweep_searches_the_learning_rate() -> None:
+    path = Path(__file__).resolve().parents[3] / "examples" / "mnist_ddp" / "sweep.yaml"
+    spec = parse_spec(yaml.safe_load(path.read_text()))
+    assert isinstance(spec, SweepSpec) and [p.name for p in spec.search] == ["lr"]
+    job = parse_spec(spec.trial_spec(0, {"lr": 0.1}))
+    assert job.command == "python train.py --steps 30 --lr 0.1" and job.replica_count == 2
