@@ -42,7 +42,9 @@ def sampler(spec: SweepSpec, asked: int) -> Any:
     if a.sampler == "random":
         return samplers.RandomSampler(seed=seed)
     if a.sampler == "grid":
-        return samplers.GridSampler({p.name: p.grid_values() for p in spec.search}, seed=seed)
+        # The grid sampler shuffles its grid with its seed and names points by their index in that order, so
+        # every instance (one per ask, and after a restart) must shuffle alike: always the spec's seed, else 0.
+        return _grid_sampler_class()({p.name: p.grid_values() for p in spec.search}, seed=a.seed or 0)
     if a.sampler == "cmaes":
         return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return samplers.TPESampler(seed=seed)
@@ -57,3 +59,21 @@ def pruner(spec: SweepSpec) -> Any:
     if a.pruner == "hyperband":
         return pruners.HyperbandPruner()
     return pruners.NopPruner()
+
+
+_GRID: list[Any] = []
+
+
+def _grid_sampler_class() -> Any:
+    """Optuna's GridSampler without its `study.stop()` once the grid is walked: that call is only allowed
+    inside `study.optimize`, and a sweep asks and tells instead (the spec's `trials` is at most the grid's size,
+    so the controller stops asking by itself)."""
+    if not _GRID:
+        base = load_optuna().samplers.GridSampler
+
+        class AskTellGridSampler(base):  # type: ignore[misc,valid-type]
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None
+
+        _GRID.append(AskTellGridSampler)
+    return _GRID[0]
