@@ -124,8 +124,8 @@ def test_a_quadratic_sweep_finds_the_optimum_with_exactly_30_trials_across_a_ser
     assert isinstance(submitted, dict)
     sweep_id = submitted["workload"]["id"]
     with server.client() as admin:
-        wait_until(lambda: sum(t.state == "complete" for t in admin.sweep(sweep_id).trials) >= 8, 120, 0.2,
-                   "8 trials completed")
+        wait_until(lambda: sum(t.state == "complete" for t in admin.sweep(sweep_id).trials) >= 8, 120, 0.5,
+                   "8 trials completed")  # polled every 0.5 s: each look reads the study
     server.kill()  # kill -9 mid-sweep; the trials' processes live on and wait for the server to come back
     server.start()
     with server.client() as admin:

@@ -68,7 +68,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts,
                             extra_env=lambda session, row: trial_env(session, studies, url, row))
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
-                                          on_change=services.wake_scheduler, start_timeout_s=settings.start_timeout_s)
+                                          on_change=services.wake_after_replicas_change,
+                                          start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
@@ -78,7 +79,7 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                               on_change=services.wake_workers)
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
     controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
-    services.sweeps = IntervalWorker("sweeps", controller.step, min(SWEEP_INTERVAL_S, settings.reconcile_interval_s))
+    services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
     return services
 
 

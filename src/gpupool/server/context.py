@@ -78,6 +78,11 @@ class Services:
             raise RuntimeError("sweeps are not set up yet")
         return self.studies
 
+    def wake_after_replicas_change(self) -> None:
+        """The reconciler changed a workload's status or freed capacity: schedule, and drive sweeps, soon."""
+        self.wake_scheduler()
+        self.wake_sweeps()
+
     def wake_sweeps(self) -> None:
         """Run a sweep controller pass soon (a trial was pruned)."""
         if self.sweeps is not None:

@@ -68,6 +68,7 @@ class SweepStudies:
         self.database_url = database_url
         self._storage: Any = None
         self._lock = threading.Lock()
+        self._secrets: dict[str, str] = {}  # study name -> its secret (set once, never changed)
 
     def storage(self) -> optuna.storages.RDBStorage:
         """The shared RDBStorage (created, with its tables, on first use; thread-safe)."""
@@ -98,15 +99,21 @@ class SweepStudies:
         """The study of the sweep (created with its secret when missing), with a sampler for the next ask."""
         optuna = load_optuna()
         storage = self.storage()
-        study = optuna.create_study(storage=storage, study_name=study_name(sweep_id), load_if_exists=True,
-                                    direction=spec.direction, sampler=sampler(spec, asked), pruner=pruner(spec))
-        if SECRET_ATTR not in storage.get_study_system_attrs(study._study_id):
-            storage.set_study_system_attr(study._study_id, SECRET_ATTR, secrets.token_hex(32))
-        return study
+        name = study_name(sweep_id)
+        if name not in self._secrets:  # first use in this process: create (or find) the study and its secret
+            study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                        direction=spec.direction)
+            attrs = storage.get_study_system_attrs(study._study_id)
+            if SECRET_ATTR not in attrs:
+                storage.set_study_system_attr(study._study_id, SECRET_ATTR, secrets.token_hex(32))
+                attrs = storage.get_study_system_attrs(study._study_id)
+            with self._lock:
+                self._secrets[name] = str(attrs[SECRET_ATTR])
+        return optuna.Study(name, storage, sampler=sampler(spec, asked), pruner=pruner(spec))
 
     def secret(self, study: optuna.Study) -> str:
-        """The study's secret (set by `study`)."""
-        return str(self.storage().get_study_system_attrs(study._study_id)[SECRET_ATTR])
+        """The study's secret (set by `study`, which every caller has used first)."""
+        return self._secrets[study.study_name]
 
     def close(self) -> None:
         """Release the storage's connections (idempotent)."""

@@ -48,7 +48,9 @@ from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.sweeps")
 _S = WorkloadStatus
-SWEEP_INTERVAL_S = 0.5  # trials run for seconds to hours; half a second adds little to each trial's start
+# A pass reads each active study; trials run for seconds to hours, so a pass every half second adds little to
+# a trial's start, and the reconciler wakes the controller as soon as a job ends or changes status.
+SWEEP_INTERVAL_S = 0.5
 
 
 @dataclass
