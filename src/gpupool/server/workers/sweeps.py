@@ -85,6 +85,8 @@ class SweepController:
                 changed = self.drive(sweep_id) or changed
             except GpupoolError as exc:
                 log.error("sweep %s: %s", sweep_id, exc)
+            except Exception:  # one sweep's trouble (e.g. its study's database) must not stall the others
+                log.exception("sweep %s: the controller pass failed; it runs again next pass", sweep_id)
         if changed:
             self.on_change()
 
