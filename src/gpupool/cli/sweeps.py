@@ -27,9 +27,9 @@ def submit(file: Annotated[str, typer.Argument(help="A YAML sweep spec (kind: sw
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Submit a sweep. On a server on this machine its trials run in the spec file's directory (unless the
     spec says `workdir:`)."""
-    from gpupool.cli.workloads import _is_local  # noqa: PLC0415  (lazy: start-up time)
+    from gpupool.cli.workloads import _is_local, _read  # noqa: PLC0415  (lazy: start-up time)
 
-    text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    text = sys.stdin.read() if file == "-" else _read(file)
     with make_client() as client:
         here = Path.cwd() if file == "-" else Path(file).resolve().parent
         result = client.submit(text, workdir=here if _is_local(client.url) else None)
