@@ -8,6 +8,9 @@ bit-identical parameters although each saw other data. Each rank prints one JSON
 writes it to OUT/rank-<rank>.json: its rank, the world size, its last loss, the mean loss over ranks, a
 checksum of its data and a SHA-256 of its parameters (equal on every rank when all-reduce happened).
 
+In a sweep (sweep.yaml), rank 0 reports its loss every --report-every steps with `gpupool.report`, which
+does nothing outside a sweep; a trial the pruner stops is stopped by the server.
+
 Run it alone for a quick check (one process, world size 1):
     MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 WORLD_SIZE=1 RANK=0 python train.py --steps 5
 """
@@ -21,6 +24,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import gpupool
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -37,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
     parser.add_argument("--out", type=Path, default=None, help="directory for rank-<n>.json results")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the other ranks")
+    parser.add_argument("--report-every", type=int, default=5, help="steps between sweep reports (default 5)")
     return parser.parse_args()
 
 
@@ -69,7 +74,7 @@ def train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, obj
     generator = torch.Generator().manual_seed(1000 + rank)  # different data per rank
     data_digest = hashlib.sha256()
     losses: list[float] = []
-    for _ in range(args.steps):
+    for step in range(1, args.steps + 1):
         images, labels = synthetic_batch(generator, args.batch_size)
         data_digest.update(images.numpy().tobytes())
         optimizer.zero_grad()
@@ -77,6 +82,8 @@ def train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, obj
         loss.backward()  # DDP all-reduces the gradients here
         optimizer.step()
         losses.append(loss.item())
+        if rank == 0 and step % args.report_every == 0:
+            gpupool.report(step, loss=loss.item())  # the sweep's objective; a no-op outside a sweep
     mean_loss = torch.tensor(losses[-1] if losses else 0.0)
     dist.all_reduce(mean_loss)
     return {

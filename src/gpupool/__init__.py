@@ -1,6 +1,7 @@
 """gpupool: one shared, self-service, fairly scheduled pool of GPU servers.
 
-`from gpupool import Client` gives the typed SDK (loaded on first use, so importing the pure core stays light).
+`from gpupool import Client` gives the typed SDK (loaded on first use, so importing the pure core stays light);
+inside a sweep trial, `gpupool.report(step, val_loss=...)` and `gpupool.should_prune()` talk to its sweep.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "__version__"]
+__all__ = ["Client", "__version__", "report", "should_prune"]
 
 if TYPE_CHECKING:
     from gpupool.client.http import Client
@@ -19,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from gpupool.client.http import Client  # noqa: PLC0415  (lazy on purpose)
 
         return Client
+    if name in ("report", "should_prune"):
+        from gpupool.client import trial  # noqa: PLC0415  (lazy on purpose)
+
+        return getattr(trial, name)
     raise AttributeError(f"module 'gpupool' has no attribute {name!r}")

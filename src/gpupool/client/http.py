@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from gpupool.api import gpu_schemas, schemas
+from gpupool.api import gpu_schemas, schemas, sweep_schemas
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -130,6 +130,10 @@ class Client:
     def get_workload(self, workload_id: int) -> schemas.WorkloadDetail:
         """One workload with its replicas and history."""
         return self._get(f"{API}/workloads/{int(workload_id)}", schemas.WorkloadDetail)
+
+    def sweep(self, ref: int | str) -> sweep_schemas.SweepDetail:
+        """A sweep (by id, or name: the newest of that name) with its trials and best trial."""
+        return self._get(f"{API}/sweeps/{ref}", sweep_schemas.SweepDetail)
 
     def cancel(self, workload_id: int) -> schemas.WorkloadDetail:
         """Cancel a workload (ConflictError when it already ended)."""

@@ -144,7 +144,16 @@ class JobLifecycle:
         return Step(final, what + suffix, stop=True)
 
 
-LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({"job": JobLifecycle()})
+class ControllerLifecycle:
+    """A controller kind's own row (a sweep): it has no replicas, so the reconciler has nothing to do for it;
+    its controller (e.g. the sweep worker) changes its status as its children progress."""
+
+    def advance(self, view: WorkloadView, now: float) -> Step | None:
+        """Always None: a controller's status is changed by its controller, not by replicas."""
+        return None
+
+
+LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({"job": JobLifecycle(), "sweep": ControllerLifecycle()})
 
 # Kinds whose workload row is a controller: it owns child workloads (`workloads.parent_id`) and has no
 # replicas of its own, so the scheduler never places it; its children are ordinary workloads in the queue.

@@ -490,4 +490,11 @@ def _role_to_dict(role: RoleSpec) -> dict[str, Any]:
     return out
 
 
-_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job}
+def _parse_sweep(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.sweeps import parse_sweep  # noqa: PLC0415  (sweeps.py builds on this module)
+
+    return parse_sweep(data)
+
+
+_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job,
+                                                                           WorkloadKind.SWEEP: _parse_sweep}

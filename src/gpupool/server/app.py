@@ -21,7 +21,7 @@ from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, sweeps, system, workloads
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -30,6 +30,8 @@ from gpupool.server.local_node import BackendFactory
 from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
 from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
+from gpupool.server.services.sweep_study import SweepStudies
+from gpupool.server.services.sweeps import trial_env
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
 from gpupool.server.workers.launch import LaunchSettings
@@ -37,6 +39,7 @@ from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.server.workers.sampler import GpuSampler
 from gpupool.server.workers.scheduling import SchedulingLoop
+from gpupool.server.workers.sweeps import SWEEP_INTERVAL_S, SweepController
 from gpupool.store.db import Database
 
 log = logging.getLogger("gpupool.server")
@@ -60,9 +63,13 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     storage = StorageLayout(settings.home)
     accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
                           lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
-    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts)
+    studies = services.studies = SweepStudies(settings.resolved_database_url)
+    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::', '') else settings.host}:{settings.port}"
+    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts,
+                            extra_env=lambda session, row: trial_env(session, studies, url, row))
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
-                                          on_change=services.wake_scheduler, start_timeout_s=settings.start_timeout_s)
+                                          on_change=services.wake_after_replicas_change,
+                                          start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
     services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
@@ -71,6 +78,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,
                                               on_change=services.wake_workers)
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
+    controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
+    services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
     return services
 
 
@@ -85,16 +94,19 @@ def start_services(services: Services) -> None:
     if services.node_sync is not None:
         services.node_sync.step()
     if settings.workers:
-        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker):
+        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker,
+                       services.sweeps):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
+    for worker in (services.sweeps, services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
         if worker is not None:
             worker.stop()
+    if services.studies is not None:
+        services.studies.close()
     if services.gpus is not None:
         services.gpus.close()
     services.executor.close()
@@ -151,6 +163,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
-    for module in (workloads, pool, gpus, metrics, accounts):
+    for module in (workloads, pool, gpus, metrics, accounts, sweeps):
         app.include_router(module.router, prefix="/api/v1")
     return app

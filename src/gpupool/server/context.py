@@ -11,6 +11,7 @@ from gpupool.executors.base import Executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.node_providers import NodeSync
 from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.server.services.sweep_study import SweepStudies
 from gpupool.server.settings import Settings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
@@ -38,6 +39,8 @@ class Services:
     node_sync: NodeSync | None = None
     nodes_worker: IntervalWorker | None = None
     _proxy_client: httpx.AsyncClient | None = None
+    studies: SweepStudies | None = None
+    sweeps: IntervalWorker | None = None
 
     def proxy_client(self) -> httpx.AsyncClient:
         """The HTTP client the proxy shares (created on first use, inside the server's event loop)."""
@@ -68,6 +71,22 @@ class Services:
         """Run a scheduling cycle and a reconciler pass soon (after nodes joined or left)."""
         self.wake_scheduler()
         self.wake_reconciler()
+
+    def sweep_studies(self) -> SweepStudies:
+        """The Optuna studies of sweeps (RuntimeError before the services are built)."""
+        if self.studies is None:
+            raise RuntimeError("sweeps are not set up yet")
+        return self.studies
+
+    def wake_after_replicas_change(self) -> None:
+        """The reconciler changed a workload's status or freed capacity: schedule, and drive sweeps, soon."""
+        self.wake_scheduler()
+        self.wake_sweeps()
+
+    def wake_sweeps(self) -> None:
+        """Run a sweep controller pass soon (a trial was pruned)."""
+        if self.sweeps is not None:
+            self.sweeps.wake()
 
     def wake_reconciler(self) -> None:
         """Run a reconciler pass soon (after binds, preemptions, cancels)."""

@@ -12,7 +12,7 @@ accordingly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ class LaunchSettings:
     storage: StorageLayout
     sharing: SharingConfig
     accounts: OsAccounts | None = None
+    extra_env: Callable[[Session, WorkloadRow], Mapping[str, str]] | None = None  # e.g. a sweep trial's variables
 
 
 def executor_workload_id(row: WorkloadRow) -> str:
@@ -77,6 +78,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
     cwd = Path(spec.workdir) if spec.workdir else scopes.user_dir
     roles = {r.role: r for r in spec.roles}
     workload_id = executor_workload_id(row)
+    extra = settings.extra_env(session, row) if settings.extra_env is not None else {}
     launches = []
     for replica, placement, rdv in zip(ordered, placements, rendezvous, strict=True):
         role = roles[replica.role]
@@ -85,7 +87,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         ports = chosen_ports(replica)
         env = gpu_environment(placement.gpus, cards, settings.sharing, replica.id).merged_into(merge_env(
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
-            rdv, scopes.env(), port_env(spec.ports, ports)))
+            rdv, scopes.env(), port_env(spec.ports, ports), extra))
         launches.append(ReplicaLaunch(
             workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
