@@ -490,4 +490,11 @@ def _role_to_dict(role: RoleSpec) -> dict[str, Any]:
     return out
 
 
-_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job}
+def _parse_pipeline(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.pipelines import parse_pipeline  # noqa: PLC0415  (it imports this module)
+
+    return parse_pipeline(data)
+
+
+_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job,
+                                                                          WorkloadKind.PIPELINE: _parse_pipeline}
