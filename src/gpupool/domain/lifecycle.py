@@ -144,7 +144,13 @@ class JobLifecycle:
         return Step(final, what + suffix, stop=True)
 
 
-LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({"job": JobLifecycle()})
+def _pipeline_lifecycle() -> Lifecycle:
+    from gpupool.domain.pipeline_runs import PipelineRunLifecycle  # noqa: PLC0415  (keeps this module light)
+
+    return PipelineRunLifecycle()
+
+
+LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({"job": JobLifecycle(), "pipeline": _pipeline_lifecycle()})
 
 # Kinds whose workload row is a controller: it owns child workloads (`workloads.parent_id`) and has no
 # replicas of its own, so the scheduler never places it; its children are ordinary workloads in the queue.

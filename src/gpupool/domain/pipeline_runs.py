@@ -261,3 +261,12 @@ def parse_outputs(text: str) -> dict[str, Value]:
 def with_state(record: StepRecord, state: StepState, reason: str) -> StepRecord:
     """`record` with a new state and reason (outputs kept)."""
     return replace(record, state=state, reason=reason)
+
+
+class PipelineRunLifecycle:
+    """`kind: pipeline`: a run has no replicas; the pipeline worker moves it along from its steps (see
+    `gpupool.server.workers.pipelines`), so the reconciler has nothing to do for it."""
+
+    def advance(self, view: object, now: float) -> None:
+        """Nothing: a run's status follows its steps, not replicas."""
+        return None

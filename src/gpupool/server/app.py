@@ -21,7 +21,7 @@ from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.api.routes import accounts, gpus, metrics, pipelines, pool, proxy, system, workloads
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -34,6 +34,7 @@ from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.pipelines import pipeline_worker
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.server.workers.sampler import GpuSampler
 from gpupool.server.workers.scheduling import SchedulingLoop
@@ -71,6 +72,7 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,
                                               on_change=services.wake_workers)
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
+    services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
     return services
 
 
@@ -85,14 +87,16 @@ def start_services(services: Services) -> None:
     if services.node_sync is not None:
         services.node_sync.step()
     if settings.workers:
-        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker):
+        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker,
+                       services.pipelines):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
+    for worker in (services.pipelines, services.nodes_worker, services.sampler, services.scheduler,
+                   services.reconciler):
         if worker is not None:
             worker.stop()
     if services.gpus is not None:
@@ -151,6 +155,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
-    for module in (workloads, pool, gpus, metrics, accounts):
+    for module in (workloads, pool, gpus, metrics, accounts, pipelines):
         app.include_router(module.router, prefix="/api/v1")
     return app

@@ -37,6 +37,7 @@ class Services:
     sampler: IntervalWorker | None = None
     node_sync: NodeSync | None = None
     nodes_worker: IntervalWorker | None = None
+    pipelines: IntervalWorker | None = None  # pipeline runs and schedules (gpupool.server.workers.pipelines)
     _proxy_client: httpx.AsyncClient | None = None
 
     def proxy_client(self) -> httpx.AsyncClient:

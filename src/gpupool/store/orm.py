@@ -296,14 +296,16 @@ class PipelineRow(Base):
 
 
 class PipelineRunRow(Base):
-    """What a pipeline run (a workload of kind pipeline) was started with: its pipeline, params, and the
-    schedule fire that started it (None for a manual run)."""
+    """What a pipeline run (a workload of kind pipeline) was started with: its pipeline, params, the
+    schedule fire that started it (None for a manual run), the run it retries."""
 
     __tablename__ = "pipeline_runs"
     run_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"), primary_key=True)
     pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     fire_at: Mapped[float | None]
+    retry_of: Mapped[int | None] = mapped_column(ForeignKey("workloads.id"))  # the run this one retries
+    dir_run_id: Mapped[int | None] = mapped_column(Integer)  # whose run directory it uses (a retry: the first's)
 
 
 class PipelineStepRow(Base):

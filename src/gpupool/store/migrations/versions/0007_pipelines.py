@@ -38,8 +38,11 @@ def upgrade() -> None:
         sa.Column("pipeline_id", sa.Integer(), nullable=False),
         sa.Column("params", sa.JSON(), nullable=False),
         sa.Column("fire_at", sa.Double(), nullable=True),
+        sa.Column("retry_of", sa.Integer(), nullable=True),
+        sa.Column("dir_run_id", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(["run_id"], ["workloads.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["pipeline_id"], ["pipelines.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["retry_of"], ["workloads.id"]),
         sa.PrimaryKeyConstraint("run_id"),
     )
     op.create_index("ix_pipeline_runs_pipeline_id", "pipeline_runs", ["pipeline_id"], unique=False)
