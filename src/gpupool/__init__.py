@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "__version__"]
+__all__ = ["Client", "__version__", "outputs"]
 
 if TYPE_CHECKING:
     from gpupool.client.http import Client
@@ -19,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from gpupool.client.http import Client  # noqa: PLC0415  (lazy on purpose)
 
         return Client
+    if name == "outputs":  # a pipeline step's outputs (gpupool/outputs.py)
+        from gpupool.outputs import outputs  # noqa: PLC0415
+
+        return outputs
     raise AttributeError(f"module 'gpupool' has no attribute {name!r}")
