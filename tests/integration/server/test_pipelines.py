@@ -4,17 +4,17 @@ only what failed; cancel stops every step; bad specs are 4xx naming the field; t
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
 from gpupool.api import pipeline_schemas as ps
+from gpupool.cli.pipelines import render_tree
 from gpupool.client.http import Client
 from gpupool.client.pipelines import PipelineClient
 from gpupool.domain.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ValidationError
@@ -239,17 +239,19 @@ def test_members_viewers_and_strangers(server: TestServer, admin: Client, pipes:
 
 
 def test_show_draws_the_dag_as_a_tree(pipes: PipelineClient) -> None:
-    from rich.console import Console
-
-    from gpupool.cli.pipelines import render_tree
-
-    run = pipes.runs("nightly").items[-1]  # the first run of the first test
+    spec = {"kind": "pipeline", "name": "diamond", "steps": {
+        "a": {"command": "true"}, "b": {"command": "true", "needs": ["a"]},
+        "c": {"command": "true", "needs": ["a"], "when": "1 > 2"}, "d": {"command": "true", "needs": ["b", "c"]}}}
+    submitted = pipes.submit(spec, run=True).run
+    assert submitted is not None
+    run = finished(pipes, submitted.id, 60)
     console = Console(width=200, record=True)
     console.print(render_tree(run))
-    text = console.export_text()
-    lines = text.splitlines()
-    assert lines[0] == f"nightly #{run.id}"
-    prepare = next(i for i, line in enumerate(lines) if "prepare succeeded" in line)
-    assert any("train succeeded" in line for line in lines[prepare + 1:])
-    assert any("publish" in line and "skipped" not in line for line in lines)
-    assert time.time() >= run.submitted_at and json.dumps(run.params)
+    lines = console.export_text().splitlines()
+    assert lines[0] == f"diamond #{run.id}"
+    # a at the root, b and c under it, d under each of b and c
+    depth = {line.strip("│├└─ ").split()[0]: len(line) - len(line.lstrip("│├└─ ")) for line in lines[1:]}
+    assert depth["a"] < depth["b"] == depth["c"] < depth["d"]
+    assert sum(1 for line in lines if line.strip("│├└─ ").startswith("d ")) == 2
+    assert any(line.strip("│├└─ ").startswith("c skipped") for line in lines)
+    assert any(line.strip("│├└─ ").startswith("d succeeded") for line in lines)
