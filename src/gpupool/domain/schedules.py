@@ -25,6 +25,8 @@ from croniter import croniter  # type: ignore[import-untyped]  # (no type stubs)
 # The most missed fires one pass looks back over: a day of minutely fires, 10 days of 15-minute ones,
 # years of nightly ones. Older missed fires are summed up in one reason rather than listed one by one.
 MAX_MISSED_SCANNED = 1440
+# The most a DST change moves the wall clock (one hour almost everywhere; two in a few historical cases).
+MAX_DST_SHIFT = timedelta(hours=3)
 # A fire is "on time" when the worker sees it within this many seconds (it looks every few seconds); an older
 # one was missed (the server was down), which is what `catch_up` is about.
 ON_TIME_S = 60.0
@@ -65,17 +67,22 @@ def next_fire_after(cron: str, timezone: str, after: float) -> float:
 
 def fires_between(cron: str, timezone: str, first: float, now: float) -> tuple[list[float], bool]:
     """The fires in [first, now] in ascending order: at most MAX_MISSED_SCANNED of the latest, and whether
-    older ones were left out. Walks back from `now`, so the work is bounded however long the downtime."""
+    older ones were left out. Walks back over wall times from `now`, so the work is bounded however long
+    the downtime. Wall times are not in the order of instants around a DST change (02:10 of the repeated
+    hour comes after 02:30 of the first), so the walk starts and ends MAX_DST_SHIFT beyond the window."""
     tz = ZoneInfo(timezone)
-    walls = croniter(cron, _wall(now, tz).replace(microsecond=0) + timedelta(seconds=1))
-    found: list[float] = []
+    walls = croniter(cron, _wall(now, tz).replace(microsecond=0) + MAX_DST_SHIFT)
+    stop = _wall(first, tz) - MAX_DST_SHIFT
+    found: set[float] = set()
     while len(found) < MAX_MISSED_SCANNED:
-        instant = to_instant(walls.get_prev(datetime), tz)
-        if instant < first:
+        wall = walls.get_prev(datetime)
+        if wall < stop:
             return sorted(found), False
-        if instant <= now and instant not in found[-2:]:  # two skipped wall times may map to one instant
-            found.append(instant)
-    return sorted(found), to_instant(walls.get_prev(datetime), tz) >= first
+        instant = to_instant(wall, tz)
+        if first <= instant <= now:
+            found.add(instant)  # a set: two skipped wall times may map to one instant
+    older = walls.get_prev(datetime)
+    return sorted(found), to_instant(older, tz) >= first
 
 
 @dataclass(frozen=True, slots=True)
