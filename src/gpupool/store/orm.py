@@ -325,6 +325,13 @@ class PipelineStepRow(Base):
     started_at: Mapped[float | None]
     finished_at: Mapped[float | None]
 
+    def set_state(self, state: str, reason: str, finished_at: float | None = None) -> None:
+        """The one writer of a step's state (decided by the pipeline worker's pure planner): the state, why,
+        and when it finished (kept when None)."""
+        self.state, self.reason = state, reason
+        if finished_at is not None:
+            self.finished_at = finished_at
+
 
 class ScheduleFireRow(Base):
     """One cron fire of a pipeline's schedule, stored before its run is submitted: `outcome` is pending

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpupool.domain.conditions import ConditionError, compare, parse_condition
@@ -145,6 +145,7 @@ def test_values_of_different_types_do_not_compare() -> None:
         compare(True, ">", False)
 
 
+@settings(deadline=None)  # a shared machine can be slow; no timing is tested
 @given(st.floats(allow_nan=False, allow_infinity=False, width=32), st.floats(allow_nan=False, allow_infinity=False,
                                                                              width=32))
 def test_numeric_comparisons_agree_with_python(a: float, b: float) -> None:

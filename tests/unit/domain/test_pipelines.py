@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpupool.domain.errors import ValidationError
@@ -114,6 +114,7 @@ def dags(draw: st.DrawFn) -> dict[str, tuple[str, ...]]:
     return {order[i]: tuple(sorted(draw(st.sets(st.sampled_from(order[:i]))) if i else ())) for i in range(n)}
 
 
+@settings(deadline=None)  # a shared machine can be slow; no timing is tested
 @given(dags())
 def test_topological_order_puts_every_step_after_its_needs(needs: dict[str, tuple[str, ...]]) -> None:
     order = topological_order(needs)
@@ -123,6 +124,7 @@ def test_topological_order_puts_every_step_after_its_needs(needs: dict[str, tupl
     assert topological_order(dict(reversed(list(needs.items())))) == order  # stable, whatever the dict order
 
 
+@settings(deadline=None)  # a shared machine can be slow; no timing is tested
 @given(dags(), st.data())
 def test_adding_a_back_edge_is_always_reported_as_a_cycle(needs: dict[str, tuple[str, ...]],
                                                            data: st.DataObject) -> None:

@@ -199,6 +199,4 @@ def read_outputs(path: Path) -> dict[str, object]:
 
 
 def _set(step: PipelineStepRow, state: StepState, reason: str, now: float, finished: bool = True) -> None:
-    step.state, step.reason = state.value, reason
-    if finished and state.is_done:
-        step.finished_at = now
+    step.set_state(state.value, reason, now if finished and state.is_done else None)
