@@ -4,6 +4,7 @@ only what failed; cancel stops every step; bad specs are 4xx naming the field; t
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
+from typer.testing import CliRunner
 
 from gpupool.api import pipeline_schemas as ps
+from gpupool.cli.main import app
 from gpupool.cli.pipelines import render_tree
 from gpupool.client.http import Client
 from gpupool.client.pipelines import PipelineClient
@@ -255,3 +258,26 @@ def test_show_draws_the_dag_as_a_tree(pipes: PipelineClient) -> None:
     assert sum(1 for line in lines if line.strip("│├└─ ").startswith("d ")) == 2
     assert any(line.strip("│├└─ ").startswith("c skipped") for line in lines)
     assert any(line.strip("│├└─ ").startswith("d succeeded") for line in lines)
+
+
+def test_the_cli_submits_runs_shows_and_lists(server: TestServer, tmp_path: Path) -> None:
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "GPUPOOL_URL": server.url,
+                            "GPUPOOL_TOKEN": server.admin_token})
+    spec = tmp_path / "cli.yaml"
+    spec.write_text("kind: pipeline\nname: cli\nparams: {n: 1}\nsteps:\n  a:\n    command: echo {{params.n}}\n")
+    stored = runner.invoke(app, ["pipeline", "submit", str(spec), "--no-run"])
+    assert stored.exit_code == 0 and "pipeline cli stored in project default" in stored.stdout
+    started = runner.invoke(app, ["pipeline", "run", "cli", "-p", "n=2", "--json"])
+    assert started.exit_code == 0, started.output
+    run_id = json.loads(started.stdout)["id"]
+    assert json.loads(started.stdout)["params"] == {"n": 2}
+    wait_until(lambda: "succeeded" in runner.invoke(app, ["pipeline", "show", str(run_id)]).stdout, 60, 0.3,
+               "the cli run ends")
+    shown = runner.invoke(app, ["pipeline", "show", str(run_id)]).stdout
+    assert f"cli #{run_id}" in shown and "a succeeded" in shown
+    listed = runner.invoke(app, ["pipeline", "runs", "cli"]).stdout
+    assert str(run_id) in listed and "1/1" in listed
+    bad = runner.invoke(app, ["pipeline", "run", "cli", "-p", "m=1", "--json"])
+    assert bad.exit_code != 0 and json.loads(bad.stdout)["error"]["field"] == "params.m"
+    retry = runner.invoke(app, ["pipeline", "retry", str(run_id)])
+    assert retry.exit_code != 0 and "only failed or cancelled runs can be retried" in retry.output

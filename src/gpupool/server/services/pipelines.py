@@ -217,6 +217,9 @@ def retry_run(session: Session, principal: Principal, run_id: int, now: float) -
     if existing is not None:
         return existing, False
     old_steps = steps_of(session, old.id)
+    busy = [s.step for s in old_steps if s.state in (StepState.WAITING.value, StepState.SUBMITTED.value)]
+    if busy:
+        raise ConflictError(f"run {run_id} is still cancelling step(s) {', '.join(busy)}; retry in a moment")
     from gpupool.server.workers.pipelines import records_of  # noqa: PLC0415  (the worker imports this module)
 
     reset = retry_states(records_of(old_steps))
