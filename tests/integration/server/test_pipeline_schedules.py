@@ -192,8 +192,8 @@ while True:
 def test_a_kill_9_during_a_fire_neither_loses_nor_doubles_it(tmp_path: Path) -> None:
     h = Harness(tmp_path, at("2026-06-01 00:10"))
     pid = h.submit({"cron": "*/10 * * * *", "timezone": "UTC", "catch_up": "all", "max_catch_up": 100,
-                    "concurrency": "allow"})
-    now = h.clock() + 8 * HOUR  # 48 fires due at once: a pass takes long enough to be killed inside it
+                    "concurrency": "allow"}, runs_end=False)  # each run submits its step: a child workload
+    now = h.clock() + 4 * HOUR  # 24 fires due at once: a pass takes long enough to be killed inside it
     url = f"sqlite:///{tmp_path / 'gpupool.db'}"
     command = [sys.executable, "-c", KILLED_PASS, url, str(now), str(tmp_path)]
     for delay in (0.1, 0.4):
@@ -207,11 +207,16 @@ def test_a_kill_9_during_a_fire_neither_loses_nor_doubles_it(tmp_path: Path) -> 
     h.clock.now = now
     h.worker.step()  # the restarted worker finishes what the killed ones left
     fires = h.fires(pid)
-    expected = [at("2026-06-01 00:20") + 600 * k for k in range(48)]
+    expected = [at("2026-06-01 00:20") + 600 * k for k in range(24)]
     assert [f for f, _, _, _ in fires] == expected  # every fire once
     assert all(o == "ran" for _, o, _, _ in fires)
     runs = h.runs(pid)
     assert sorted(r[2] or 0 for r in runs) == expected  # one run per fire, none twice
     assert sorted(r for _, _, _, r in fires) == [r[0] for r in runs]
+    with h.db.session(write=False) as session:  # and each run's step went to the queue exactly once
+        for run_id, _, _ in runs:
+            children = session.scalars(select(WorkloadRow.id).where(WorkloadRow.parent_id == run_id)).all()
+            (step,) = service.steps_of(session, run_id)
+            assert len(children) == 1 and step.workload_id == children[0] and step.state == "submitted"
     with h.db.session(write=False) as session:
-        assert session.get(PipelineRow, pid).next_fire_at == at("2026-06-01 08:20")  # type: ignore[union-attr]
+        assert session.get(PipelineRow, pid).next_fire_at == at("2026-06-01 04:20")  # type: ignore[union-attr]
