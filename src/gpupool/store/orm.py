@@ -313,7 +313,8 @@ class PipelineStepRow(Base):
     the run starts a new generation), why it is where it is, and the outputs it wrote."""
 
     __tablename__ = "pipeline_steps"
-    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_pipeline_steps_run_step"),)
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_pipeline_steps_run_step"),
+                      Index("ix_pipeline_steps_state", "state"))  # the worker looks for open steps every pass
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"))
     step: Mapped[str] = mapped_column(String(NAME_LEN))

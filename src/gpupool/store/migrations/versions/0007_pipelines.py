@@ -63,6 +63,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("run_id", "step", name="uq_pipeline_steps_run_step"),
     )
+    op.create_index("ix_pipeline_steps_state", "pipeline_steps", ["state"], unique=False)
     op.create_table(
         "schedule_fires",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -81,6 +82,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("schedule_fires")
+    op.drop_index("ix_pipeline_steps_state", table_name="pipeline_steps")
     op.drop_table("pipeline_steps")
     op.drop_index("ix_pipeline_runs_pipeline_id", table_name="pipeline_runs")
     op.drop_table("pipeline_runs")
