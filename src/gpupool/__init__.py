@@ -19,8 +19,8 @@ def __getattr__(name: str) -> Any:
         from gpupool.client.http import Client  # noqa: PLC0415  (lazy on purpose)
 
         return Client
-    if name == "outputs":  # a pipeline step's outputs (gpupool/outputs.py)
-        from gpupool.outputs import outputs  # noqa: PLC0415
+    if name == "outputs":  # a pipeline step's outputs (gpupool/step_outputs.py)
+        from gpupool.step_outputs import outputs  # noqa: PLC0415
 
         return outputs
     raise AttributeError(f"module 'gpupool' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""`gpupool.outputs(accuracy=0.93)`: record outputs of a pipeline step, for later steps' `{{steps.S.outputs.Y}}`.
+"""`gpupool.outputs(accuracy=0.93)` (this module's `outputs`): record outputs of a pipeline step, for later
+steps' `{{steps.S.outputs.Y}}`.
 
 Stdlib only, so a step's script can call it without loading anything else. Values are strings, numbers or
 booleans; each call merges into the step's outputs.json ($GPUPOOL_OUTPUTS), written atomically (a new file
