@@ -38,7 +38,8 @@ if what == "prepare":
 elif what == "stats":
     assert (run / "data" / "ready").exists()
     time.sleep(float(sys.argv[2]))
-    gpupool.outputs(accuracy=0.93, samples=128)
+    gpupool.outputs(accuracy=0.93)
+    gpupool.outputs(samples=128)  # merged with the first
 elif what == "publish":
     ranks = [json.loads((run / "train" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
