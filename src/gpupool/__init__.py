@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Client", "__version__", "report", "should_prune"]
+__all__ = ["Client", "__version__", "outputs", "report", "should_prune"]
 
 if TYPE_CHECKING:
     from gpupool.client.http import Client
@@ -24,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from gpupool.client import trial  # noqa: PLC0415  (lazy on purpose)
 
         return getattr(trial, name)
+    if name == "outputs":  # a pipeline step's outputs (gpupool/step_outputs.py)
+        from gpupool.step_outputs import outputs  # noqa: PLC0415
+
+        return outputs
     raise AttributeError(f"module 'gpupool' has no attribute {name!r}")

@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "tokens": ("admin", None), "top": ("monitor", None), "report": ("monitor", None),
     "schema": ("schema", None), "plan": ("plan", "plan_app"), "sim": ("sim", "sim_app"),
     "sweep": ("sweeps", "sweep_app"),
+    "pipeline": ("pipelines", "pipeline_app"),
 }
 
 

@@ -153,7 +153,17 @@ class ControllerLifecycle:
         return None
 
 
-LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({"job": JobLifecycle(), "sweep": ControllerLifecycle()})
+def _pipeline_lifecycle() -> Lifecycle:
+    from gpupool.domain.pipeline_runs import PipelineRunLifecycle  # noqa: PLC0415  (keeps this module light)
+
+    return PipelineRunLifecycle()
+
+
+LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({
+    "job": JobLifecycle(),
+    "sweep": ControllerLifecycle(),
+    "pipeline": _pipeline_lifecycle(),
+})
 
 # Kinds whose workload row is a controller: it owns child workloads (`workloads.parent_id`) and has no
 # replicas of its own, so the scheduler never places it; its children are ordinary workloads in the queue.

@@ -496,5 +496,14 @@ def _parse_sweep(data: dict[str, Any]) -> WorkloadSpec:
     return parse_sweep(data)
 
 
-_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job,
-                                                                           WorkloadKind.SWEEP: _parse_sweep}
+def _parse_pipeline(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.pipelines import parse_pipeline  # noqa: PLC0415  (it imports this module)
+
+    return parse_pipeline(data)
+
+
+_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {
+    WorkloadKind.JOB: _parse_job,
+    WorkloadKind.SWEEP: _parse_sweep,
+    WorkloadKind.PIPELINE: _parse_pipeline,
+}

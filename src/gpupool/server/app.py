@@ -21,7 +21,7 @@ from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, sweeps, system, workloads
+from gpupool.server.api.routes import accounts, gpus, metrics, pipelines, pool, proxy, sweeps, system, workloads
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -36,6 +36,7 @@ from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.pipelines import pipeline_worker
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.server.workers.sampler import GpuSampler
 from gpupool.server.workers.scheduling import SchedulingLoop
@@ -80,6 +81,7 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
     controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
     services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
+    services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
     return services
 
 
@@ -95,14 +97,15 @@ def start_services(services: Services) -> None:
         services.node_sync.step()
     if settings.workers:
         for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker,
-                       services.sweeps):
+                       services.sweeps, services.pipelines):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.sweeps, services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
+    for worker in (services.sweeps, services.pipelines, services.nodes_worker, services.sampler, services.scheduler,
+                   services.reconciler):
         if worker is not None:
             worker.stop()
     if services.studies is not None:
@@ -163,6 +166,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
-    for module in (workloads, pool, gpus, metrics, accounts, sweeps):
+    for module in (workloads, pool, gpus, metrics, accounts, sweeps, pipelines):
         app.include_router(module.router, prefix="/api/v1")
     return app

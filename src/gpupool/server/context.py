@@ -38,6 +38,7 @@ class Services:
     sampler: IntervalWorker | None = None
     node_sync: NodeSync | None = None
     nodes_worker: IntervalWorker | None = None
+    pipelines: IntervalWorker | None = None  # pipeline runs and schedules (gpupool.server.workers.pipelines)
     _proxy_client: httpx.AsyncClient | None = None
     studies: SweepStudies | None = None
     sweeps: IntervalWorker | None = None

@@ -275,3 +275,75 @@ def object_session_add(row: Base, other: Base) -> None:
     if session is None:
         raise RuntimeError("a status change was applied to a row that is not in a session")
     session.add(other)
+
+
+class PipelineRow(Base):
+    """A pipeline definition (`kind: pipeline`, submitted with `gpupool pipeline submit`), one per name and
+    project; its runs are workloads of kind pipeline. `next_fire_at` is the next cron fire not yet handled
+    (None without a schedule); `paused` stops its schedule."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_pipelines_project_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))  # who submitted it last; runs run as them
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float]
+    updated_at: Mapped[float]
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_fire_at: Mapped[float | None]
+
+
+class PipelineRunRow(Base):
+    """What a pipeline run (a workload of kind pipeline) was started with: its pipeline, params, the
+    schedule fire that started it (None for a manual run), the run it retries."""
+
+    __tablename__ = "pipeline_runs"
+    run_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"), primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fire_at: Mapped[float | None]
+    retry_of: Mapped[int | None] = mapped_column(ForeignKey("workloads.id"))  # the run this one retries
+    dir_run_id: Mapped[int | None] = mapped_column(Integer)  # whose run directory it uses (a retry: the first's)
+
+
+class PipelineStepRow(Base):
+    """One step of a pipeline run: its state, the child workload of its current generation (a retry of
+    the run starts a new generation), why it is where it is, and the outputs it wrote."""
+
+    __tablename__ = "pipeline_steps"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_pipeline_steps_run_step"),
+                      Index("ix_pipeline_steps_state", "state"))  # the worker looks for open steps every pass
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"))
+    step: Mapped[str] = mapped_column(String(NAME_LEN))
+    state: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    workload_id: Mapped[int | None] = mapped_column(ForeignKey("workloads.id"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    outputs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    started_at: Mapped[float | None]
+    finished_at: Mapped[float | None]
+
+    def set_state(self, state: str, reason: str, finished_at: float | None = None) -> None:
+        """The one writer of a step's state (decided by the pipeline worker's pure planner): the state, why,
+        and when it finished (kept when None)."""
+        self.state, self.reason = state, reason
+        if finished_at is not None:
+            self.finished_at = finished_at
+
+
+class ScheduleFireRow(Base):
+    """One cron fire of a pipeline's schedule, stored before its run is submitted: `outcome` is pending
+    (decided, not yet acted on), ran (with `run_id`) or skipped (with the reason)."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (UniqueConstraint("pipeline_id", "fire_at", name="uq_schedule_fires_pipeline_fire"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
+    fire_at: Mapped[float]
+    recorded_at: Mapped[float]
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("workloads.id", ondelete="SET NULL"))

@@ -54,8 +54,8 @@ def test_replicas_move_forward_only() -> None:
 # -------------------------------------------------------------------------------------- registry
 def test_registry_is_explicit_and_refuses_unregistered_kinds() -> None:
     assert isinstance(lifecycle_for("job"), JobLifecycle)
-    assert sorted(LIFECYCLES) == ["job", "sweep"]
-    with pytest.raises(ValidationError, match="kind 'notebook' cannot run yet; kinds that can: job, sweep"):
+    assert sorted(LIFECYCLES) == ["job", "pipeline", "sweep"]
+    with pytest.raises(ValidationError, match="kind 'notebook' cannot run yet; kinds that can: job, pipeline, sweep"):
         lifecycle_for("notebook")
 
 

@@ -17,7 +17,7 @@ from gpupool.domain.errors import (
     UnsatisfiableError,
     ValidationError,
 )
-from gpupool.domain.specs import WorkloadSpec, parse_spec, validate_name
+from gpupool.domain.specs import WorkloadKind, WorkloadSpec, parse_spec, validate_name
 from gpupool.domain.status import WorkloadStatus, parse_status, transition
 from gpupool.executors.base import Capability, Executor
 from gpupool.scheduler.queues import beyond_limit
@@ -113,6 +113,9 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     if body.workdir is not None and isinstance(data, dict) and data.get("workdir") is None:
         data = {**data, "workdir": body.workdir}
     spec = parse_spec(data)
+    if spec.kind == WorkloadKind.PIPELINE:
+        raise ValidationError("pipelines are submitted with `gpupool pipeline submit FILE` (POST /api/v1/pipelines)",
+                              "kind")
     if spec.workdir is not None and not Path(spec.workdir).is_dir():
         raise ValidationError(f"{spec.workdir} is not a directory on the server's machine", "workdir")
     project_id, project_name = _resolve_project(session, principal, spec)

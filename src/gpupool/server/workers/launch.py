@@ -7,7 +7,8 @@ spec names (GPUPOOL_PORT_<name>, and GPUPOOL_PORT for the first), and the GPU en
 allocation by sharing mode (`gpupool.gpu.sharing.gpu_environment`: device list, MPS, memory caps). The
 command starts in the spec's `workdir`, else in the user's storage directory. In a multi-user pool the
 replica runs as its user's OS identity (`LaunchSettings.accounts`) and its storage scopes are owned
-accordingly.
+accordingly. A pipeline step also gets its run's directory (GPUPOOL_RUN_DIR, GPUPOOL_STEP_DIR, GPUPOOL_OUTPUTS;
+see `gpupool.server.services.pipelines.step_environment`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.rendezvous import rendezvous_env
 from gpupool.executors.storage import ScopeOwners, StorageLayout
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
+from gpupool.server.services.pipelines import step_environment
 from gpupool.store.convert import gpu_from_json, placement_from_json
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes
@@ -66,6 +68,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         except ExecutorError as error:
             raise ValidationError(f"cannot give user {user.name!r} an OS identity: {error}") from None
     scopes = settings.storage.prepare(user.name, project, admin=user.is_admin, owners=owners)
+    step_env = step_environment(session, row, settings.storage, project, owners)  # pipeline steps only
     ordered = sorted(replicas, key=lambda r: r.number)
     placements = [placement_from_json(r.placement) for r in ordered]
     node_rows = {n: nodes.node_by_name(session, n) for n in {r.node for r in ordered}}
@@ -87,7 +90,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         ports = chosen_ports(replica)
         env = gpu_environment(placement.gpus, cards, settings.sharing, replica.id).merged_into(merge_env(
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
-            rdv, scopes.env(), port_env(spec.ports, ports), extra))
+            rdv, scopes.env(), step_env, port_env(spec.ports, ports), extra))
         launches.append(ReplicaLaunch(
             workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
