@@ -26,9 +26,9 @@ def build_model(directory: Path) -> Path:
     return directory
 
 
-def server_command(model_dir: Path, port: str = "$PORT") -> str:
-    """The shell command that serves the model on `port` (a service spec's command)."""
-    return f"{sys.executable} {SERVER} {model_dir} --model-name {MODEL_NAME} --port {port}"
+def server_command(model_dir: Path, model: str = MODEL_NAME, port: str = "$PORT") -> str:
+    """The shell command that serves the model as `model` on `port` (a service spec's command)."""
+    return f"{sys.executable} {SERVER} {model_dir} --model-name {model} --port {port}"
 
 
 @dataclass

@@ -490,4 +490,11 @@ def _role_to_dict(role: RoleSpec) -> dict[str, Any]:
     return out
 
 
-_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job}
+def _parse_service(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.services import parse_service  # noqa: PLC0415  (services.py builds on this module)
+
+    return parse_service(data)
+
+
+_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job,
+                                                                          WorkloadKind.SERVICE: _parse_service}
