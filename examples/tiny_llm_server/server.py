@@ -158,6 +158,8 @@ def load(directory: Path, name: str, token_delay_s: float) -> Engine:
 
     torch.set_num_threads(1)  # one core per replica: several replicas share a small machine
     model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    with torch.no_grad():  # warm up: torch's first forward pass is slow, so pay for it before listening
+        model(input_ids=torch.tensor([[0]]))
     return Engine(model, AutoTokenizer.from_pretrained(directory), name, token_delay_s)
 
 

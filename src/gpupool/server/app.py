@@ -22,6 +22,7 @@ from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import accounts, gateway, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.api.routes import services as service_routes
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -158,6 +159,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
     app.include_router(gateway.router)
-    for module in (workloads, pool, gpus, metrics, accounts):
+    for module in (workloads, pool, gpus, metrics, accounts, service_routes):
         app.include_router(module.router, prefix="/api/v1")
     return app

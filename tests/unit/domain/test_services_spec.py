@@ -34,7 +34,8 @@ def test_the_example_parses_and_round_trips() -> None:
 
 
 @pytest.mark.parametrize(("changes", "field"), [
-    ({"models": []}, "models"), ({"models": ["a b"]}, "models[0]"), ({"replicas": {"min": 3, "max": 2}}, "replicas.min"),
+    ({"models": []}, "models"), ({"models": ["a b"]}, "models[0]"),
+    ({"replicas": {"min": 3, "max": 2}}, "replicas.min"),
     ({"scaling": {"target_inflight": 0}}, "scaling.target_inflight"), ({"scaling": {"burst": 1}}, "scaling.burst"),
     ({"readiness": {"path": "health"}}, "readiness.path"), ({"port": 0}, "port"), ({"command": None}, "command"),
     ({"max_runtime": "1h"}, "max_runtime")])
