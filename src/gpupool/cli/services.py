@@ -1,4 +1,4 @@
-"""`gpupool service ls|show|scale|logs`: services (`kind: service`) and their replicas.
+"""`gpupool service ls|show|scale|update|rollback|logs`: services (`kind: service`) and their replicas.
 
 A service is submitted like any workload (`gpupool submit service.yaml`); these commands show it by name,
 change its replica bounds and print its replicas' output."""
@@ -6,14 +6,19 @@ change its replica bounds and print its replicas' output."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpupool.cli.common import JSON_HELP, ago, console, handle_errors, make_client, print_json, table
 from gpupool.domain.errors import ConflictError
 
-service_app = typer.Typer(help="Inference services: list, show, scale, logs (submit one with `gpupool submit`).",
+if TYPE_CHECKING:
+    from gpupool.api.service_schemas import ServiceDetail
+
+service_app = typer.Typer(help="Inference services: list, show, scale, update, roll back, logs (submit one "
+                               "with `gpupool submit`).",
                           no_args_is_help=True)
 NameArg = Annotated[str, typer.Argument(help="The service's name.")]
 
@@ -81,6 +86,38 @@ def scale(name: NameArg,
         print_json(s)
     else:
         console.print(f"service {s.name}: replicas {s.min_replicas}..{s.max_replicas}")
+
+
+@service_app.command()
+@handle_errors
+def update(name: NameArg, file: Annotated[Path, typer.Argument(help="The new spec (YAML, kind: service, same "
+                                                                    "name).", exists=True, dir_okay=False)],
+           as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
+    """Roll out a new spec: new replicas start, take the traffic once ready, the old ones drain and stop."""
+    from gpupool.client.services import update_service  # noqa: PLC0415
+
+    with make_client() as client:
+        s = update_service(client, name, file.read_text())
+    _changed(s, as_json)
+
+
+@service_app.command()
+@handle_errors
+def rollback(name: NameArg, as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
+    """Roll back to the spec before the current one (rolled out like an update)."""
+    from gpupool.client.services import rollback_service  # noqa: PLC0415
+
+    with make_client() as client:
+        s = rollback_service(client, name)
+    _changed(s, as_json)
+
+
+def _changed(s: ServiceDetail, as_json: bool) -> None:
+    if as_json:
+        print_json(s)
+    else:
+        last = s.events[-1].reason if s.events else ""
+        console.print(f"service {s.name}: {last}", soft_wrap=True)
 
 
 @service_app.command()

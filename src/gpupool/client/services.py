@@ -24,3 +24,13 @@ def scale_service(client: Client, name: str, low: int | None, high: int | None) 
     """Set the service's replica bounds (None keeps a bound)."""
     return client._send("POST", f"{API}/{quote(name, safe='')}/scale", api.ServiceDetail,
                         api.ScaleRequest(min=low, max=high))
+
+
+def update_service(client: Client, name: str, spec_yaml: str) -> api.ServiceDetail:
+    """Roll out a new spec (YAML text of a kind: service spec with the same name)."""
+    return client._send("POST", f"{API}/{quote(name, safe='')}/update", api.ServiceDetail, {"spec_yaml": spec_yaml})
+
+
+def rollback_service(client: Client, name: str) -> api.ServiceDetail:
+    """Roll back to the spec before the current one."""
+    return client._send("POST", f"{API}/{quote(name, safe='')}/rollback", api.ServiceDetail, None)

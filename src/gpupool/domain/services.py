@@ -160,11 +160,17 @@ def _parse_scaling(value: Any) -> Scaling:
         max_queue=_parse_int(value.get("max_queue", d.max_queue), "scaling.max_queue", 0, 100_000))
 
 
+def child_name(service: str, revision: int) -> str:
+    """The name of the replica workloads of revision `revision` (the service's name cut to 50 characters, so
+    the suffix always fits the 63 of a name and tells revisions apart)."""
+    return f"{service[:50].rstrip('-_')}-r{revision}"
+
+
 def child_spec(spec: ServiceSpec, revision: int) -> dict[str, Any]:
     """The spec of one replica of revision `revision`: a job of one replica that serves until stopped, with
     `PORT` set to the port the executor chose (GPUPOOL_PORT)."""
     out: dict[str, Any] = {
-        "kind": "job", "name": f"{spec.name}-r{revision}"[:63].rstrip("-_"), "priority": spec.priority,
+        "kind": "job", "name": child_name(spec.name, revision), "priority": spec.priority,
         "replicas": 1, "resources": WorkloadSpec.to_dict(spec)["resources"], "ports": [spec.port],
         "command": f'export PORT="$GPUPOOL_PORT"; {spec.command}', "preemptible": spec.preemptible,
         "env": dict(spec.env)}

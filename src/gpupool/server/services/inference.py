@@ -1,19 +1,21 @@
-"""Services (`kind: service`) as users see them: list, show, scale. The controller and autoscaler are in
-`gpupool.server.workers.autoscaler`; the gateway's live state (ready replicas, load) in
-`gpupool.server.gateway`."""
+"""Services (`kind: service`) as users see them: list, show, scale, update and rollback (revisions). The
+controller and autoscaler are in `gpupool.server.workers.autoscaler`; the gateway's live state (ready
+replicas, load) in `gpupool.server.gateway`."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from gpupool.api import service_schemas as api
-from gpupool.domain.errors import NotFoundError, PermissionDeniedError, ValidationError
+from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from gpupool.domain.services import ServiceSpec
 from gpupool.domain.specs import parse_spec, validate_name
 from gpupool.server.api import schemas
 from gpupool.server.gateway import Gateway
 from gpupool.server.services.auth import Principal
-from gpupool.store.orm import WorkloadRow
+from gpupool.store.orm import ServiceRevisionRow, WorkloadRow
 from gpupool.store.repos import accounts
 from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
@@ -91,3 +93,46 @@ def scale(session: Session, principal: Principal, name: str, body: api.ScaleRequ
     row.updated_at = now
     repo.add_event(session, row.id, now, f"scaled by {principal.name}: replicas min {low}, max {high}")
     return row
+
+
+def update(session: Session, principal: Principal, name: str, data: Any, now: float,
+           reason: str = "") -> tuple[WorkloadRow, int]:
+    """Give a service a new spec (`data`, plain data of a `kind: service` spec with the same name): a new
+    revision, rolled out by the autoscaler (new replicas start, take the traffic once ready, the old ones
+    drain and stop). Returns the row and the new revision number. A member of its project only."""
+    row = find(session, principal, name)
+    if not principal.can_write(row.project_id):
+        raise PermissionDeniedError("viewers cannot update services; ask a project admin for the member role")
+    new = parse_spec(data)
+    if not isinstance(new, ServiceSpec):
+        raise ValidationError(f"an update of service {name} must be a kind: service spec", "kind")
+    if new.name != row.name:
+        raise ValidationError(f"the spec names {new.name!r}, not {row.name!r}; a service keeps its name", "name")
+    if new.project not in (None, row.spec.get("project")):
+        raise ValidationError(f"service {name} is in project {row.spec.get('project')}; it cannot move", "project")
+    canonical = new.to_dict() | {"project": row.spec.get("project"), "queue": row.spec.get("queue")}
+    return row, _add_revision(session, row, canonical, now, reason or f"updated by {principal.name}")
+
+
+def rollback(session: Session, principal: Principal, name: str, now: float) -> tuple[WorkloadRow, int]:
+    """Go back to the spec before the current one, as a new revision (rolled out like an update)."""
+    row = find(session, principal, name)
+    revisions = services_repo.revisions_of(session, row.id)
+    if len(revisions) < 2:
+        raise ConflictError(f"service {name} has no earlier revision to roll back to")
+    previous = revisions[-2]
+    return update(session, principal, name, previous.spec, now,
+                  f"rolled back by {principal.name} to the spec of revision {previous.revision}")
+
+
+def _add_revision(session: Session, row: WorkloadRow, spec: dict[str, Any], now: float, reason: str) -> int:
+    revisions = services_repo.revisions_of(session, row.id)
+    if not revisions:  # the submitted spec becomes revision 1 on the first update
+        session.add(ServiceRevisionRow(service_id=row.id, revision=1, spec=row.spec, created_at=row.submitted_at,
+                                       reason="submitted"))
+    number = (revisions[-1].revision if revisions else 1) + 1
+    session.add(ServiceRevisionRow(service_id=row.id, revision=number, spec=spec, created_at=now, reason=reason))
+    row.spec = spec
+    row.updated_at = now
+    repo.add_event(session, row.id, now, f"revision {number}: {reason}")
+    return number

@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import GpupoolError
-from gpupool.domain.services import ScaleInput, ServiceSpec, child_spec, desired_replicas, wanted
+from gpupool.domain.services import ScaleInput, ServiceSpec, child_name, child_spec, desired_replicas, wanted
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.server.api import schemas
@@ -53,6 +53,7 @@ class Child:
     """One live replica workload of a service, as read from the store."""
 
     id: int
+    name: str  # <service>-r<revision>: which revision it runs
     status: str
     reason: str
     endpoint: tuple[str, int] | None  # where it listens, once its port accepts connections
@@ -65,7 +66,9 @@ class _Service:
     project_id: int
     user_id: int
     spec: ServiceSpec
+    revision: int
     children: list[Child] = field(default_factory=list)
+    ready: set[int] = field(default_factory=set)  # children the gateway routes to
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Autoscaler:
         self._healthy: set[tuple[int, str, int]] = set()
         self._busy_at: dict[int, float] = {}
         self._last_event: dict[int, str] = {}
+        self._submit_error: dict[int, str] = {}  # why the last replica could not be submitted, by service
 
     def step(self) -> float | None:
         """One pass (see the module docstring); FOLLOW_UP_S while replicas start, drain or requests wait."""
@@ -129,6 +133,7 @@ class Autoscaler:
             rows = services_repo.live_services(session)
             children = services_repo.live_children(session)
             replicas = repo.current_replicas(session, children)
+            revisions = services_repo.current_revisions(session, [row.id for row in rows])
         services: dict[int, _Service] = {}
         for row in rows:
             try:
@@ -137,7 +142,7 @@ class Autoscaler:
                 log.error("service %s: %s", row.id, exc)
                 continue
             if isinstance(spec, ServiceSpec):
-                services[row.id] = _Service(row.id, row.name, row.project_id, row.user_id, spec)
+                services[row.id] = _Service(row.id, row.name, row.project_id, row.user_id, spec, revisions[row.id])
         orphans = []
         for child in children:
             owner = services.get(child.parent_id or 0)
@@ -147,7 +152,8 @@ class Autoscaler:
             found = [e for r in replicas[child.id] if not r.current_state.is_terminal
                      for e in stored_endpoints(r.endpoints) if e.ready and e.host]
             endpoint = (found[0].host or "", found[0].port) if found else None
-            owner.children.append(Child(child.id, child.status, child.pending_reason or child.message, endpoint))
+            owner.children.append(Child(child.id, child.name, child.status, child.pending_reason or child.message,
+                                        endpoint))
         return list(services.values()), orphans
 
     def _view(self, service: _Service) -> ServiceView:
@@ -161,33 +167,49 @@ class Autoscaler:
                 self._healthy.add(key)
             if key in self._healthy:
                 backends.append(Backend(child.id, *child.endpoint))
-        return ServiceView(service.row_id, service.name, service.project_id, service.spec, tuple(backends),
-                           _waiting_reason(service.children, backends))
+                service.ready.add(child.id)
+        reason = _waiting_reason(service.children, backends)
+        if not service.children and self._submit_error.get(service.row_id):
+            reason = self._submit_error[service.row_id]
+        return ServiceView(service.row_id, service.name, service.project_id, service.spec, tuple(backends), reason)
 
     # ----------------------------------------------------------------------------------- decide
     def _decide(self, service: _Service, now: float, plan: _Plan) -> None:
         draining = self.gateway.draining()
         for child in service.children:
             if child.id in draining and self.gateway.inflight_of(child.id) == 0:
-                plan.stop[child.id] = "drained after scaling down"
-        live = [c for c in service.children if c.id not in draining]
+                plan.stop[child.id] = "drained"
+        name = child_name(service.name, service.revision)
+        live = [c for c in service.children if c.id not in draining and c.name == name]
+        old = [c for c in service.children if c.id not in draining and c.name != name]
         inflight, held = self.gateway.load({service.row_id: [c.id for c in service.children]})[service.row_id]
         busy_at = self._busy_at.setdefault(service.row_id, now)
-        if wanted(service.spec, inflight, held) >= len(live):
+        if wanted(service.spec, inflight, held) >= len(live) + len(old):
             busy_at = self._busy_at[service.row_id] = now
         desired, reason = desired_replicas(service.spec, ScaleInput(inflight, held, len(live), busy_at, now))
+        if old:  # a rolling update: as many new replicas as old ones, then the old ones drain
+            desired = max(desired, min(len(old), service.spec.max_replicas))
+            if sum(c.id in service.ready for c in live) >= desired:
+                reason = f"revision {service.revision} ready on {desired} replica(s): old replicas drain"
+                self._retire(old, reason, plan)
+            else:
+                reason = f"rolling out revision {service.revision}: {len(live)} of {desired} new replica(s)"
         if desired > len(live):
             plan.submit[service.row_id] = desired - len(live)
         elif desired < len(live):
             self._busy_at[service.row_id] = now  # the next step down waits a whole delay again
-            victims = sorted(live, key=lambda c: (c.endpoint is not None, self.gateway.inflight_of(c.id), -c.id))
-            for child in victims[:len(live) - desired]:
-                if child.endpoint is None or self.gateway.inflight_of(child.id) == 0:
-                    plan.stop[child.id] = reason
-                else:
-                    self.gateway.drain(child.id)
+            victims = sorted(live, key=lambda c: (c.id in service.ready, self.gateway.inflight_of(c.id), -c.id))
+            self._retire(victims[:len(live) - desired], reason, plan)
         if reason:
             plan.events.append((service.row_id, reason))
+
+    def _retire(self, children: Sequence[Child], reason: str, plan: _Plan) -> None:
+        """Stop replicas that take no requests now; drain the others (stopped once their requests finished)."""
+        for child in children:
+            if child.endpoint is None or self.gateway.inflight_of(child.id) == 0:
+                plan.stop[child.id] = reason
+            else:
+                self.gateway.drain(child.id)
 
     # ------------------------------------------------------------------------------------ apply
     def _apply(self, services: Sequence[_Service], plan: _Plan, now: float) -> None:
@@ -210,17 +232,18 @@ class Autoscaler:
         principal = principal_for(session, user)
         first = services_repo.children_count(session, service.row_id)
         for n in range(first + 1, first + count + 1):
-            body = schemas.SubmitRequest(spec=child_spec(service.spec, 1), idempotency_key=f"service-{service.row_id}"
-                                         f"-{n}")
+            body = schemas.SubmitRequest(spec=child_spec(service.spec, service.revision),
+                                         idempotency_key=f"service-{service.row_id}-{n}")
             try:
                 with session.begin_nested():
                     row, _ = submit(session, principal, body, now, self.feasibility, parent_id=service.row_id)
             except GpupoolError as exc:
-                reason = f"cannot start a replica: {exc.message}"
+                reason = self._submit_error[service.row_id] = f"cannot start a replica: {exc.message}"
                 if self._last_event.get(service.row_id) != reason:
                     repo.add_event(session, service.row_id, now, reason)
                     self._last_event[service.row_id] = reason
                 return
+            self._submit_error.pop(service.row_id, None)
             repo.add_event(session, service.row_id, now, f"replica workload {row.id} submitted")
 
     @staticmethod

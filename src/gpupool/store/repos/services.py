@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.status import TERMINAL_STATUSES
-from gpupool.store.orm import WorkloadRow
+from gpupool.store.orm import ServiceRevisionRow, WorkloadRow
 
 SERVICE_KIND = "service"
 _TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
@@ -42,3 +42,20 @@ def service_by_name(session: Session, name: str, project_ids: frozenset[int] | N
     if project_ids is not None:
         query = query.where(WorkloadRow.project_id.in_(sorted(project_ids)))
     return session.scalars(query.order_by(WorkloadRow.id.desc()).limit(1)).first()
+
+
+def current_revisions(session: Session, service_ids: Sequence[int]) -> dict[int, int]:
+    """The newest revision number of each service (1 for a service never updated)."""
+    if not service_ids:
+        return {}
+    rows = session.execute(select(ServiceRevisionRow.service_id, func.max(ServiceRevisionRow.revision))
+                           .where(ServiceRevisionRow.service_id.in_(sorted(service_ids)))
+                           .group_by(ServiceRevisionRow.service_id)).all()
+    found = {int(sid): int(rev) for sid, rev in rows}
+    return {sid: found.get(sid, 1) for sid in service_ids}
+
+
+def revisions_of(session: Session, service_id: int) -> Sequence[ServiceRevisionRow]:
+    """A service's stored revisions, oldest first (none until its first update)."""
+    return session.scalars(select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == service_id)
+                           .order_by(ServiceRevisionRow.revision)).all()
