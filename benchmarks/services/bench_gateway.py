@@ -48,6 +48,11 @@ def ms(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 50) * 1000, 2), "p99": round(percentile(values, 99) * 1000, 2)}
 
 
+def cpu_milli() -> str:
+    """Half the CPUs of this machine for each replica (two replicas run at once)."""
+    return f"{max(100, (os.cpu_count() or 2) * 1000 // 2 - 100)}m"
+
+
 @contextmanager
 def gpupool_server(home: Path) -> Iterator[Client]:
     """`gpupool up` on a free port; stopped (and its replicas with it) afterwards."""
@@ -92,7 +97,7 @@ def wait(check: Callable[[], object], timeout_s: float, what: str) -> None:
 
 def service(name: str, model_dir: Path, **fields: Any) -> dict[str, Any]:
     """A service spec serving the tiny model as `name`."""
-    return {"kind": "service", "name": name, "models": [name], "resources": {"cpu": 1, "memory": "1GiB"},
+    return {"kind": "service", "name": name, "models": [name], "resources": {"cpu": cpu_milli(), "memory": "1GiB"},
             "command": f"{sys.executable} {EXAMPLE / 'server.py'} {model_dir} --model-name {name} --port $PORT",
             "scaling": {"cold_start_timeout": 300}} | fields
 
@@ -134,10 +139,12 @@ def first_token(url: str, headers: dict[str, str], model: str) -> float:
     started = time.perf_counter()
     with httpx.stream("POST", url + "/v1/completions", headers=headers, timeout=300,
                       json={"model": model, "prompt": "x", "max_tokens": 4, "stream": True}) as response:
+        lines = []
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 return time.perf_counter() - started
-    raise RuntimeError("no token streamed")
+            lines.append(line)
+        raise RuntimeError(f"no token streamed: {response.status_code} {lines[:5]}")
 
 
 def main() -> None:
@@ -175,6 +182,7 @@ def main() -> None:
                                                  * 1000, 3),
             "requests_per_s_direct": throughput(direct, {}, one, args.clients, args.seconds),
             "requests_per_s_gateway": throughput(gateway, headers, one, args.clients, args.seconds)}
+        print(json.dumps(figures), flush=True)
         cold = []
         for _ in range(args.cold):
             wait(lambda: not any(s.name == "cold" and s.replicas for s in list_services(client)), 120, "zero")
