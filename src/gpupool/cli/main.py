@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "schema": ("schema", None), "plan": ("plan", "plan_app"), "sim": ("sim", "sim_app"),
     "sweep": ("sweeps", "sweep_app"),
     "pipeline": ("pipelines", "pipeline_app"),
+    "service": ("services", "service_app"),
 }
 
 

@@ -502,8 +502,15 @@ def _parse_pipeline(data: dict[str, Any]) -> WorkloadSpec:
     return parse_pipeline(data)
 
 
+def _parse_service(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.services import parse_service  # noqa: PLC0415  (services.py builds on this module)
+
+    return parse_service(data)
+
+
 _PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {
     WorkloadKind.JOB: _parse_job,
     WorkloadKind.SWEEP: _parse_sweep,
     WorkloadKind.PIPELINE: _parse_pipeline,
+    WorkloadKind.SERVICE: _parse_service,
 }

@@ -21,7 +21,19 @@ from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, pipelines, pool, proxy, sweeps, system, workloads
+from gpupool.server.api.routes import (
+    accounts,
+    gateway,
+    gpus,
+    metrics,
+    pipelines,
+    pool,
+    proxy,
+    sweeps,
+    system,
+    workloads,
+)
+from gpupool.server.api.routes import services as service_routes
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -34,6 +46,7 @@ from gpupool.server.services.sweep_study import SweepStudies
 from gpupool.server.services.sweeps import trial_env
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
+from gpupool.server.workers.autoscaler import start_gateway
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.pipelines import pipeline_worker
@@ -144,14 +157,19 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
             log.error("%s", error)
             services.db.dispose()
             raise
+        autoscaler: IntervalWorker | None = None
         try:
             start_services(services)
             app.state.services = services
+            app.state.gateway, autoscaler = start_gateway(services.db, services.clock, services.feasibility,
+                                                          services.wake_workers, settings.workers)
             log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
                      services.db.describe())
             log.info("%s", settings.user_mode_text())
             yield
         finally:
+            if autoscaler is not None:
+                autoscaler.stop()
             await services.aclose_proxy_client()
             stop_services(services)
             lock.release()
@@ -166,6 +184,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
-    for module in (workloads, pool, gpus, metrics, accounts, sweeps, pipelines):
+    app.include_router(gateway.router)
+    for module in (workloads, pool, gpus, metrics, accounts, sweeps, pipelines, service_routes):
         app.include_router(module.router, prefix="/api/v1")
     return app

@@ -347,3 +347,15 @@ class ScheduleFireRow(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text, default="")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("workloads.id", ondelete="SET NULL"))
+class ServiceRevisionRow(Base):
+    """One spec a service has had: revision 1 is the submitted one; `service update` and `rollback` add the
+    next (a rollback copies an earlier spec into a new revision). The service row's spec is the newest."""
+
+    __tablename__ = "service_revisions"
+    __table_args__ = (UniqueConstraint("service_id", "revision", name="uq_service_revisions_service_revision"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[float]
+    reason: Mapped[str] = mapped_column(Text)

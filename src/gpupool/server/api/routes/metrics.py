@@ -12,6 +12,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from gpupool.domain.errors import AuthenticationError
@@ -73,6 +74,9 @@ def prometheus(request: Request, services: ServicesDep) -> Response:
     runtime = services.gpu_runtime()
     with runtime.reading():
         body = runtime.metrics.render()
+    gateway = getattr(request.app.state, "gateway", None)  # the services' request metrics
+    if gateway is not None:
+        body += generate_latest(gateway.metrics.registry)
     return Response(body, media_type=runtime.metrics.content_type)
 
 

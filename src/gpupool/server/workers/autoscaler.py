@@ -1,0 +1,281 @@
+"""The service controller and autoscaler: one worker that keeps each service's replicas what its load needs.
+
+Each pass (level-triggered: it reads the store and converges, so a restart mid-way is harmless):
+1. read the live services and their live replica workloads (children, `workloads.parent_id`);
+2. readiness: a replica whose port accepts connections (the reconciler's probe) is ready once its spec's
+   readiness path answers 2xx; the gateway gets the new snapshot (`Gateway.publish`);
+3. decide per service (`gpupool.domain.services.desired_replicas`): up at once when requests in flight or
+   held need more replicas; down, after `scale_down_delay` of lower load, by draining a replica (no new
+   requests; it is stopped once its requests finished); replicas not ready yet are stopped first;
+4. act in one write transaction: submit replica workloads (ordinary queued workloads: quotas, sharing and
+   preemption apply; idempotency keys `service-<id>-<n>` make a replayed submit harmless), stop drained
+   replicas (cancelled through the one status door), stop the replicas of services that ended; each
+   decision is an event of the service with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.orm import Session
+
+from gpupool.domain.errors import GpupoolError
+from gpupool.domain.services import ScaleInput, ServiceSpec, child_name, child_spec, desired_replicas, wanted
+from gpupool.domain.specs import parse_spec
+from gpupool.domain.status import WorkloadStatus, transition
+from gpupool.server.api import schemas
+from gpupool.server.endpoints import stored_endpoints
+from gpupool.server.gateway import Backend, Gateway, ServiceView
+from gpupool.server.services.auth import principal_for
+from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.server.services.workloads import request_stop, submit
+from gpupool.server.workers.loop import IntervalWorker
+from gpupool.store.db import Database
+from gpupool.store.repos import accounts
+from gpupool.store.repos import services as services_repo
+from gpupool.store.repos import workloads as repo
+
+log = logging.getLogger("gpupool.autoscaler")
+# A pass reads a few rows; every 0.5 s bounds how late a load change is seen without a wake-up (a held
+# request wakes the worker at once). While replicas start or drain it looks again after 0.1 s, so a ready
+# replica gets its held requests within about 0.1 s of answering its readiness path.
+INTERVAL_S = 0.5
+FOLLOW_UP_S = 0.1
+# A readiness path answers at once when the server is up; 1 s leaves room for a loaded machine.
+READINESS_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """One live replica workload of a service, as read from the store."""
+
+    id: int
+    name: str  # <service>-r<revision>: which revision it runs
+    status: str
+    reason: str
+    endpoint: tuple[str, int] | None  # where it listens, once its port accepts connections
+
+
+@dataclass
+class _Service:
+    row_id: int
+    name: str
+    project_id: int
+    user_id: int
+    spec: ServiceSpec
+    revision: int
+    children: list[Child] = field(default_factory=list)
+    ready: set[int] = field(default_factory=set)  # children the gateway routes to
+
+
+@dataclass
+class _Plan:
+    submit: dict[int, int] = field(default_factory=dict)  # service id -> replicas to add
+    stop: dict[int, str] = field(default_factory=dict)  # child id -> reason
+    events: list[tuple[int, str]] = field(default_factory=list)  # (service id, reason)
+
+
+class HttpReadiness:
+    """The readiness probe: True when GET path answers 2xx within READINESS_TIMEOUT_S (blocks at most that
+    long). One client for all probes: building one per probe costs tens of milliseconds (its TLS context)."""
+
+    def __init__(self) -> None:
+        self._client = httpx.Client(timeout=READINESS_TIMEOUT_S, trust_env=False)
+
+    def __call__(self, host: str, port: int, path: str) -> bool:
+        """See the class docstring."""
+        try:
+            return self._client.get(f"http://{host}:{port}{path}").is_success
+        except httpx.HTTPError:
+            return False
+
+
+class Autoscaler:
+    """See the module docstring; `step()` is one pass."""
+
+    def __init__(self, db: Database, clock: Callable[[], float], gateway: Gateway, feasibility: FeasibilityCache,
+                 on_change: Callable[[], None] = lambda: None,
+                 probe: Callable[[str, int, str], bool] | None = None) -> None:
+        self.db = db
+        self.clock = clock
+        self.gateway = gateway
+        self.feasibility = feasibility
+        self.on_change = on_change
+        self.probe = probe or HttpReadiness()
+        self._healthy: set[tuple[int, str, int]] = set()
+        self._busy_at: dict[int, float] = {}
+        self._last_event: dict[int, str] = {}
+        self._submit_error: dict[int, str] = {}  # why the last replica could not be submitted, by service
+
+    def step(self) -> float | None:
+        """One pass (see the module docstring); FOLLOW_UP_S while replicas start, drain or requests wait."""
+        services, orphans = self._read()
+        views = [self._view(s) for s in services]
+        live = {c.id for s in services for c in s.children}
+        self._healthy = {k for k in self._healthy if k[0] in live}
+        self.gateway.publish(views)
+        now = self.clock()
+        plan = _Plan(stop=dict.fromkeys(orphans, "its service ended"))
+        for service in services:
+            self._decide(service, now, plan)
+        if plan.submit or plan.stop or plan.events:
+            self._apply(services, plan, now)
+        busy = any(not v.backends and self.gateway.load({v.id: []})[v.id][1] for v in views)
+        changing = any(len(v.backends) != len(s.children) for v, s in zip(views, services, strict=True))
+        return FOLLOW_UP_S if busy or changing or self.gateway.draining() or plan.submit else None
+
+    # ------------------------------------------------------------------------------------- read
+    def _read(self) -> tuple[list[_Service], list[int]]:
+        with self.db.session(write=False) as session:
+            rows = services_repo.live_services(session)
+            children = services_repo.live_children(session)
+            replicas = repo.current_replicas(session, children)
+            revisions = services_repo.current_revisions(session, [row.id for row in rows])
+        services: dict[int, _Service] = {}
+        for row in rows:
+            try:
+                spec = parse_spec(row.spec)
+            except GpupoolError as exc:  # a spec an older version stored; leave it, serve the others
+                log.error("service %s: %s", row.id, exc)
+                continue
+            if isinstance(spec, ServiceSpec):
+                services[row.id] = _Service(row.id, row.name, row.project_id, row.user_id, spec, revisions[row.id])
+        orphans = []
+        for child in children:
+            owner = services.get(child.parent_id or 0)
+            if owner is None:
+                orphans.append(child.id)
+                continue
+            found = [e for r in replicas[child.id] if not r.current_state.is_terminal
+                     for e in stored_endpoints(r.endpoints) if e.ready and e.host]
+            endpoint = (found[0].host or "", found[0].port) if found else None
+            owner.children.append(Child(child.id, child.name, child.status, child.pending_reason or child.message,
+                                        endpoint))
+        return list(services.values()), orphans
+
+    def _view(self, service: _Service) -> ServiceView:
+        backends = []
+        for child in service.children:
+            if child.endpoint is None:
+                continue
+            key = (child.id, *child.endpoint)
+            if key not in self._healthy and self.probe(child.endpoint[0], child.endpoint[1],
+                                                       service.spec.readiness_path):
+                self._healthy.add(key)
+            if key in self._healthy:
+                backends.append(Backend(child.id, *child.endpoint))
+                service.ready.add(child.id)
+        reason = _waiting_reason(service.children, backends)
+        if not service.children and self._submit_error.get(service.row_id):
+            reason = self._submit_error[service.row_id]
+        return ServiceView(service.row_id, service.name, service.project_id, service.spec, tuple(backends), reason)
+
+    # ----------------------------------------------------------------------------------- decide
+    def _decide(self, service: _Service, now: float, plan: _Plan) -> None:
+        draining = self.gateway.draining()
+        for child in service.children:
+            if child.id in draining and self.gateway.inflight_of(child.id) == 0:
+                plan.stop[child.id] = "drained"
+        name = child_name(service.name, service.revision)
+        live = [c for c in service.children if c.id not in draining and c.name == name]
+        old = [c for c in service.children if c.id not in draining and c.name != name]
+        inflight, held = self.gateway.load({service.row_id: [c.id for c in service.children]})[service.row_id]
+        busy_at = self._busy_at.setdefault(service.row_id, now)
+        if wanted(service.spec, inflight, held) >= len(live) + len(old):
+            busy_at = self._busy_at[service.row_id] = now
+        desired, reason = desired_replicas(service.spec, ScaleInput(inflight, held, len(live), busy_at, now))
+        if old:  # a rolling update: as many new replicas as old ones, then the old ones drain
+            desired = max(desired, min(len(old), service.spec.max_replicas))
+            if sum(c.id in service.ready for c in live) >= desired:
+                reason = f"revision {service.revision} ready on {desired} replica(s): old replicas drain"
+                self._retire(old, reason, plan)
+            else:
+                reason = f"rolling out revision {service.revision}: {len(live)} of {desired} new replica(s)"
+        if desired > len(live):
+            plan.submit[service.row_id] = desired - len(live)
+        elif desired < len(live):
+            self._busy_at[service.row_id] = now  # the next step down waits a whole delay again
+            victims = sorted(live, key=lambda c: (c.id in service.ready, self.gateway.inflight_of(c.id), -c.id))
+            self._retire(victims[:len(live) - desired], reason, plan)
+        if reason:
+            plan.events.append((service.row_id, reason))
+
+    def _retire(self, children: Sequence[Child], reason: str, plan: _Plan) -> None:
+        """Stop replicas that take no requests now; drain the others (stopped once their requests finished)."""
+        for child in children:
+            if child.endpoint is None or self.gateway.inflight_of(child.id) == 0:
+                plan.stop[child.id] = reason
+            else:
+                self.gateway.drain(child.id)
+
+    # ------------------------------------------------------------------------------------ apply
+    def _apply(self, services: Sequence[_Service], plan: _Plan, now: float) -> None:
+        by_id = {s.row_id: s for s in services}
+        with self.db.session() as session:
+            for service_id, reason in plan.events:
+                if self._last_event.get(service_id) != reason:
+                    repo.add_event(session, service_id, now, reason)
+                    self._last_event[service_id] = reason
+            for service_id, count in sorted(plan.submit.items()):
+                self._submit(session, by_id[service_id], count, now)
+            for child_id, reason in sorted(plan.stop.items()):
+                self._stop(session, child_id, reason, now)
+        self.on_change()
+
+    def _submit(self, session: Session, service: _Service, count: int, now: float) -> None:
+        user = accounts.user_by_id(session, service.user_id)
+        if user is None:
+            return
+        principal = principal_for(session, user)
+        first = services_repo.children_count(session, service.row_id)
+        for n in range(first + 1, first + count + 1):
+            body = schemas.SubmitRequest(spec=child_spec(service.spec, service.revision),
+                                         idempotency_key=f"service-{service.row_id}-{n}")
+            try:
+                with session.begin_nested():
+                    row, _ = submit(session, principal, body, now, self.feasibility, parent_id=service.row_id)
+            except GpupoolError as exc:
+                reason = self._submit_error[service.row_id] = f"cannot start a replica: {exc.message}"
+                if self._last_event.get(service.row_id) != reason:
+                    repo.add_event(session, service.row_id, now, reason)
+                    self._last_event[service.row_id] = reason
+                return
+            self._submit_error.pop(service.row_id, None)
+            repo.add_event(session, service.row_id, now, f"replica workload {row.id} submitted")
+
+    @staticmethod
+    def _stop(session: Session, child_id: int, reason: str, now: float) -> None:
+        row = repo.workload_by_id(session, child_id, for_update=True)
+        if row is None or row.current_status.is_terminal():
+            return
+        transition(row, WorkloadStatus.CANCELLED, f"stopped by its service: {reason}", now)
+        request_stop(session, row, now)
+        if row.parent_id is not None:
+            repo.add_event(session, row.parent_id, now, f"replica workload {row.id} stopped: {reason}")
+
+
+def start_gateway(db: Database, clock: Callable[[], float], feasibility: FeasibilityCache,
+                  on_change: Callable[[], None], run: bool = True) -> tuple[Gateway, IntervalWorker]:
+    """The gateway's state and its autoscaler worker (started unless `run` is False); stop the worker at
+    shutdown."""
+    gateway = Gateway()
+    scaler = Autoscaler(db, clock, gateway, feasibility, on_change)
+    worker = IntervalWorker("autoscaler", scaler.step, INTERVAL_S)
+    gateway.wake_autoscaler = worker.wake
+    if run:
+        worker.start()
+    return gateway, worker
+
+
+def _waiting_reason(children: Sequence[Child], backends: Sequence[Backend]) -> str:
+    if backends:
+        return ""
+    if not children:
+        return "no replica has been started yet"
+    first = children[0]
+    if first.status == WorkloadStatus.PENDING.value:
+        return f"replica workload {first.id} is pending: {first.reason or 'waiting to be scheduled'}"
+    return f"replica workload {first.id} is {first.status} and not ready yet"

@@ -1,0 +1,61 @@
+"""Queries of the service controller: live services and their replica workloads (children)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gpupool.domain.status import TERMINAL_STATUSES
+from gpupool.store.orm import ServiceRevisionRow, WorkloadRow
+
+SERVICE_KIND = "service"
+_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
+
+
+def live_services(session: Session) -> Sequence[WorkloadRow]:
+    """Service controller workloads that have not ended, oldest first."""
+    return session.scalars(select(WorkloadRow).where(WorkloadRow.kind == SERVICE_KIND,
+                                                     WorkloadRow.status.not_in(_TERMINAL))
+                           .order_by(WorkloadRow.id)).all()
+
+
+def live_children(session: Session) -> Sequence[WorkloadRow]:
+    """Live workloads whose parent is a service (ended or not), by id."""
+    parents = select(WorkloadRow.id).where(WorkloadRow.kind == SERVICE_KIND)
+    return session.scalars(select(WorkloadRow).where(WorkloadRow.parent_id.in_(parents),
+                                                     WorkloadRow.status.not_in(_TERMINAL))
+                           .order_by(WorkloadRow.id)).all()
+
+
+def children_count(session: Session, service_id: int) -> int:
+    """How many replica workloads the service ever created (numbers the next one)."""
+    return int(session.scalar(select(func.count()).select_from(WorkloadRow)
+                              .where(WorkloadRow.parent_id == service_id)) or 0)
+
+
+def service_by_name(session: Session, name: str, project_ids: frozenset[int] | None) -> WorkloadRow | None:
+    """The newest live service called `name` in one of `project_ids` (None: any project)."""
+    query = select(WorkloadRow).where(WorkloadRow.kind == SERVICE_KIND, WorkloadRow.name == name,
+                                      WorkloadRow.status.not_in(_TERMINAL))
+    if project_ids is not None:
+        query = query.where(WorkloadRow.project_id.in_(sorted(project_ids)))
+    return session.scalars(query.order_by(WorkloadRow.id.desc()).limit(1)).first()
+
+
+def current_revisions(session: Session, service_ids: Sequence[int]) -> dict[int, int]:
+    """The newest revision number of each service (1 for a service never updated)."""
+    if not service_ids:
+        return {}
+    rows = session.execute(select(ServiceRevisionRow.service_id, func.max(ServiceRevisionRow.revision))
+                           .where(ServiceRevisionRow.service_id.in_(sorted(service_ids)))
+                           .group_by(ServiceRevisionRow.service_id)).all()
+    found = {int(sid): int(rev) for sid, rev in rows}
+    return {sid: found.get(sid, 1) for sid in service_ids}
+
+
+def revisions_of(session: Session, service_id: int) -> Sequence[ServiceRevisionRow]:
+    """A service's stored revisions, oldest first (none until its first update)."""
+    return session.scalars(select(ServiceRevisionRow).where(ServiceRevisionRow.service_id == service_id)
+                           .order_by(ServiceRevisionRow.revision)).all()
