@@ -118,7 +118,7 @@ def test_a_quadratic_sweep_finds_the_optimum_with_exactly_30_trials_across_a_ser
     concentrates its draws near the optimum after its 10 random start-up trials."""
     _script(tmp_path)
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(_spec("quad", tmp_path, trials=30, parallel=3, steps=2, pause=0.05,
+    spec.write_text(_spec("quad", tmp_path, trials=30, parallel=3, steps=1, pause=0.05,
                           algorithm="{sampler: tpe, seed: 7, pruner: none}"))
     submitted = run_json(["sweep", "submit", str(spec)], server.env)
     assert isinstance(submitted, dict)
