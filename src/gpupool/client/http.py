@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from gpupool.api import gpu_schemas, schemas
+from gpupool.api import gpu_schemas, schemas, usage_schemas
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -209,6 +209,15 @@ class Client:
     def idle_report(self) -> gpu_schemas.IdleReport:
         """Wasted GPUs: allocations idle past the threshold (administrators)."""
         return self._get(f"{API}/reports/idle", gpu_schemas.IdleReport)
+
+    def usage(self, *, by: str = "project", period: str = "day", since: str = "30d") -> usage_schemas.UsageReport:
+        """GPU-hours allocated, busy and idle per project or user per day/week/month over the last `since`."""
+        return self._get(f"{API}/usage", usage_schemas.UsageReport, by=by, period=period, since=since)
+
+    def usage_csv(self, *, by: str = "project", period: str = "day", since: str = "30d") -> str:
+        """The same report's lines as CSV text."""
+        return self._request("GET", f"{API}/usage", params={"by": by, "period": period, "since": since,
+                                                            "format": "csv"}).text
 
     def prometheus_metrics(self) -> str:
         """The Prometheus exposition text of /metrics (an administrator's or the scrape token)."""

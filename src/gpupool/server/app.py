@@ -22,6 +22,7 @@ from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.api.routes import usage as usage_routes
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -153,4 +154,5 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(proxy.router)
     for module in (workloads, pool, gpus, metrics, accounts):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(usage_routes.router, prefix="/api/v1")
     return app
