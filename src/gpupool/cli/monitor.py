@@ -16,7 +16,8 @@ from gpupool.domain.resources import format_gpu, format_memory
 from gpupool.server.api import gpu_schemas
 
 MIB = 1024 * 1024
-report_app = typer.Typer(help="Reports: `gpupool report idle` (wasted GPUs), `gpupool report usage` (GPU-hours).", no_args_is_help=True)
+report_app = typer.Typer(help="Reports: `gpupool report idle` (wasted GPUs), `gpupool report usage` (GPU-hours).",
+                         no_args_is_help=True)
 
 
 def _pct(value: float | None) -> str:

@@ -21,7 +21,7 @@ Since = Annotated[str, Query(max_length=16, description="How far back: e.g. 30d,
     **ERRORS})
 def usage_report(services: ServicesDep, principal: PrincipalDep, by: UsageGrouping = "project",
                  period: UsagePeriod = "day", since: Since = "30d",
-                 format: Literal["json", "csv"] = "json") -> UsageReport | PlainTextResponse:  # noqa: A002
+                 format: Literal["json", "csv"] = "json") -> UsageReport | PlainTextResponse:
     """GPU-hours allocated, busy and allocated-but-idle per project or user per day, week or month over the
     last `since`; only the projects you may read (administrators: every project)."""
     with services.db.session(write=False) as session:
