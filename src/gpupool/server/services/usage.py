@@ -8,11 +8,12 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Hashable
+from typing import cast
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from gpupool.api.usage_schemas import UsageLine, UsageReport
+from gpupool.api.usage_schemas import UsageGrouping, UsageLine, UsagePeriod, UsageReport
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.resources import parse_duration
 from gpupool.domain.usage import GROUPINGS, PERIODS, Allocation, CardShare, UtilPoint, account
@@ -83,7 +84,7 @@ def usage_report(session: Session, runtime: GpuRuntime, principal: Principal, no
                        allocated_gpu_h=round(r.allocated_gpu_h, 4), busy_gpu_h=round(r.busy_gpu_h, 4),
                        idle_gpu_h=round(r.idle_gpu_h, 4), observed_gpu_h=round(r.observed_gpu_h, 4),
                        workloads=len(r.workloads)) for r in rows]
-    return UsageReport(by=by, period=period, since=start, until=now, idle_max_pct=idle_max_pct, lines=lines,
+    return UsageReport(by=cast(UsageGrouping, by), period=cast(UsagePeriod, period), since=start, until=now, idle_max_pct=idle_max_pct, lines=lines,
                        total_allocated_gpu_h=round(sum(r.allocated_gpu_h for r in rows), 4),
                        total_busy_gpu_h=round(sum(r.busy_gpu_h for r in rows), 4),
                        total_idle_gpu_h=round(sum(r.idle_gpu_h for r in rows), 4))
