@@ -84,7 +84,8 @@ def usage_report(session: Session, runtime: GpuRuntime, principal: Principal, no
                        allocated_gpu_h=round(r.allocated_gpu_h, 4), busy_gpu_h=round(r.busy_gpu_h, 4),
                        idle_gpu_h=round(r.idle_gpu_h, 4), observed_gpu_h=round(r.observed_gpu_h, 4),
                        workloads=len(r.workloads)) for r in rows]
-    return UsageReport(by=cast(UsageGrouping, by), period=cast(UsagePeriod, period), since=start, until=now, idle_max_pct=idle_max_pct, lines=lines,
+    return UsageReport(by=cast(UsageGrouping, by), period=cast(UsagePeriod, period), since=start, until=now,
+                       idle_max_pct=idle_max_pct, lines=lines,
                        total_allocated_gpu_h=round(sum(r.allocated_gpu_h for r in rows), 4),
                        total_busy_gpu_h=round(sum(r.busy_gpu_h for r in rows), 4),
                        total_idle_gpu_h=round(sum(r.idle_gpu_h for r in rows), 4))
