@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gpupool import __version__
+from gpupool.console import install as install_console
 from gpupool.domain.errors import ConflictError
 from gpupool.executors.base import Executor
 from gpupool.executors.os_accounts import OsAccounts
@@ -155,4 +156,5 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     for module in (workloads, pool, gpus, metrics, accounts):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(usage_routes.router, prefix="/api/v1")
+    install_console(app)
     return app

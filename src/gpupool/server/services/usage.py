@@ -27,31 +27,32 @@ CSV_COLUMNS = ("period_start", "period", "group", "allocated_gpu_h", "busy_gpu_h
                "observed_gpu_h", "workloads")
 
 
-def _allocations(session: Session, principal: Principal, since: float, until: float,
-                 now: float) -> tuple[list[Allocation], list[int]]:
-    """The GPU-holding replica runs overlapping [since, until] in the projects the caller may read."""
+def allocations(session: Session, readable: frozenset[int] | None, since: float, until: float,
+                now: float) -> tuple[list[Allocation], list[int]]:
+    """The GPU-holding replica runs overlapping [since, until] (a run still going ends `now`) in the projects
+    `readable` (None: every project), with the workload id of each."""
     query = (select(ReplicaRow, WorkloadRow.project_id, WorkloadRow.user_id)
              .join(WorkloadRow, ReplicaRow.workload_id == WorkloadRow.id)
              .where(ReplicaRow.started_at.is_not(None), ReplicaRow.started_at <= until,
                     or_(ReplicaRow.ended_at.is_(None), ReplicaRow.ended_at >= since))
              .order_by(ReplicaRow.id))
-    readable = principal.readable_projects()
     if readable is not None:
         query = query.where(WorkloadRow.project_id.in_(sorted(readable)))
     found = session.execute(query).all()
     projects = accounts.project_names(session)
     users = accounts.user_names(session, {user_id for _, _, user_id in found})
-    allocations, ids = [], []
+    found_allocations: list[Allocation] = []
+    ids: list[int] = []
     for replica, project_id, user_id in found:
         placement = placement_from_json(replica.placement)
         cards = tuple(CardShare(placement.node, g.index, g.milli) for g in placement.gpus if g.milli > 0)
         if not cards or replica.started_at is None:
             continue
         end = replica.ended_at if replica.ended_at is not None else now
-        allocations.append(Allocation(projects.get(project_id, "?"), users.get(user_id, "?"),
+        found_allocations.append(Allocation(projects.get(project_id, "?"), users.get(user_id, "?"),
                                       replica.started_at, end, cards))
         ids.append(replica.workload_id)
-    return allocations, ids
+    return found_allocations, ids
 
 
 def _utilisation(runtime: GpuRuntime, cards: set[tuple[str, int]], since: float,
@@ -74,11 +75,11 @@ def usage_report(session: Session, runtime: GpuRuntime, principal: Principal, no
     if period not in PERIODS:
         raise ValidationError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}", "period")
     start = now - parse_duration(since, "since")
-    allocations, ids = _allocations(session, principal, start, now, now)
-    cards = {(c.node, c.index) for a in allocations for c in a.cards}
+    held, ids = allocations(session, principal.readable_projects(), start, now, now)
+    cards = {(c.node, c.index) for a in held for c in a.cards}
     utilisation = _utilisation(runtime, cards, start, now)
     idle_max_pct = runtime.settings.idle_max_pct
-    rows = account(allocations, utilisation, ids, by=by, period=period, since=start, until=now,
+    rows = account(held, utilisation, ids, by=by, period=period, since=start, until=now,
                    idle_max_pct=idle_max_pct)
     lines = [UsageLine(period_start=r.period_start, period=period, group=r.group,
                        allocated_gpu_h=round(r.allocated_gpu_h, 4), busy_gpu_h=round(r.busy_gpu_h, 4),
