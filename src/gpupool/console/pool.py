@@ -14,6 +14,7 @@ from gpupool.console.overview import gpu_totals, pending_reasons, queue_bars
 from gpupool.console.web import Caller, page, services_of
 from gpupool.server.api import schemas
 from gpupool.server.services import gpu_admin, monitoring, pool, usage
+from gpupool.server.services.pool import UNSET
 
 router = APIRouter(include_in_schema=False)
 DAY_S = 86_400.0
@@ -88,9 +89,9 @@ async def update_queue(request: Request, name: NodeName) -> Response:
     validation: a bad amount or a guarantee above the limit is shown, nothing changes)."""
     def build(who: Caller, fields: dict[str, str]) -> Response:
         services = services_of(request)
-        guaranteed = {r: fields[f"guaranteed_{r}"].strip() or "-" for r in ("cpu", "memory", "gpu")
+        guaranteed = {r: _amount(fields[f"guaranteed_{r}"]) for r in ("cpu", "memory", "gpu")
                       if f"guaranteed_{r}" in fields}
-        limit = {r: fields[f"limit_{r}"].strip() or "-" for r in ("cpu", "memory", "gpu") if f"limit_{r}" in fields}
+        limit = {r: _amount(fields[f"limit_{r}"]) for r in ("cpu", "memory", "gpu") if f"limit_{r}" in fields}
         weight = float(fields["weight"]) if fields.get("weight", "").strip() else None
         body = schemas.QueueUpdate(guaranteed=guaranteed or None, limit=limit or None, weight=weight,
                                    lend=fields.get("lend") == "on" if "lend_present" in fields else None)
@@ -99,6 +100,18 @@ async def update_queue(request: Request, name: NodeName) -> Response:
         services.wake_scheduler()
         return RedirectResponse("/queues", status_code=303)
     return await guard_form(request, build)
+
+
+def _amount(text: str) -> str | int | float:
+    """A form's amount as the API takes it: a number as a number, "16GiB" as text, empty as "-" (none)."""
+    text = text.strip()
+    if not text:
+        return UNSET
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() else value
 
 
 @router.get("/usage")

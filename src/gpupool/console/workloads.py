@@ -13,13 +13,14 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from gpupool.console.guard import guard, guard_form
 from gpupool.console.web import Caller, page, services_of
-from gpupool.domain.errors import GpupoolError, ValidationError
+from gpupool.domain.errors import ConflictError, ValidationError
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads
 
 router = APIRouter(include_in_schema=False)
 LIST_LIMIT = 200  # newest workloads a list page shows: a screenful many times over, one query
+LOG_TAIL = 2000  # lines of earlier output a page shows before following: a few screens, a bounded response
 KINDS = ("job", "notebook", "service", "pipeline", "sweep")
 WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 Filter = Annotated[str, Query(max_length=63)]
@@ -91,18 +92,19 @@ def _submit(request: Request, who: Caller, body: schemas.SubmitRequest) -> int:
 @router.get("/workloads/{workload_id}/logs/stream")
 def log_stream(request: Request, workload_id: WorkloadId,
                replica: Annotated[int, Query(ge=0, le=100_000)] = 0) -> Response:
-    """The replica's output as Server-Sent Events (one `data:` per line), following it until it ends; an
-    `event: end` closes the stream (with the reason when there is no output yet)."""
+    """The replica's output as Server-Sent Events (one `data:` per line), following it until it ends, then
+    `event: end`. Before the replica starts: one `event: wait` with the reason (the page asks again shortly);
+    a workload that ended without starting it: `event: end` with the reason."""
     def build(who: Caller) -> Response:
         services = services_of(request)
-        try:
-            with services.db.session(write=False) as session:
-                chunks = workloads.log_lines(session, who.principal, workload_id, replica, 2000, True,
+        with services.db.session(write=False) as session:
+            try:
+                chunks = workloads.log_lines(session, who.principal, workload_id, replica, LOG_TAIL, True,
                                              services.executor)
-        except GpupoolError as error:
-            if isinstance(error, ValidationError) or "not started" not in error.message:
-                raise
-            return StreamingResponse(_ended(error.message), media_type="text/event-stream")
+            except ConflictError as error:
+                row = workloads.visible_workload(session, who.principal, workload_id)
+                event = "end" if row.current_status.is_terminal() else "wait"
+                return StreamingResponse(_single(event, error.message), media_type="text/event-stream")
         return StreamingResponse(_events(chunks), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
     return guard(request, build)
@@ -115,8 +117,8 @@ async def _events(chunks: AsyncIterator[str]) -> AsyncIterator[str]:
     yield "event: end\ndata: \"\"\n\n"
 
 
-async def _ended(reason: str) -> AsyncIterator[str]:
-    yield f"event: end\ndata: {json.dumps(reason)}\n\n"
+async def _single(event: str, reason: str) -> AsyncIterator[str]:
+    yield f"event: {event}\ndata: {json.dumps(reason)}\n\n"
 
 
 NEW_EXAMPLE = "kind: job\nname: my-job\ncommand: python train.py\nresources: {cpu: 1, memory: 2GiB, gpu: 1}\n"

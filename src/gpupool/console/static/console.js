@@ -2,6 +2,8 @@
 // Server-Sent Events. No framework, no build step.
 "use strict";
 
+const RETRY_MS = 1000;  // how soon to ask again for the output of a replica that has not started yet
+
 function followLogs(pre) {
   const state = document.getElementById("logs-state");
   const source = new EventSource(pre.dataset.src);
@@ -11,6 +13,11 @@ function followLogs(pre) {
     lines += 1;
     pre.scrollTop = pre.scrollHeight;
   };
+  source.addEventListener("wait", (event) => {
+    if (state) state.textContent = JSON.parse(event.data);
+    source.close();
+    setTimeout(() => followLogs(pre), RETRY_MS);
+  });
   source.addEventListener("end", (event) => {
     const reason = JSON.parse(event.data);
     if (state) state.textContent = reason || (lines ? "The replica ended." : "No output.");
