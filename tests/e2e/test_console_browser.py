@@ -72,7 +72,8 @@ def sign_in(context: BrowserContext, url: str, token: str) -> Page:
 
 
 def job(name: str, command: str, project: str = "default", gpu: int = 1) -> str:
-    return f"name: {name}\nproject: {project}\ncommand: {command!r}\nresources: {{cpu: 0.2, memory: 64MiB, gpu: {gpu}}}\n"
+    return (f"name: {name}\nproject: {project}\ncommand: {command!r}\n"
+            f"resources: {{cpu: 0.2, memory: 64MiB, gpu: {gpu}}}\n")
 
 
 def test_sign_in_submit_from_the_form_and_follow_its_logs(server: ServerProcess, context: BrowserContext,

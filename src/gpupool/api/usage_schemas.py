@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from gpupool.api.schemas import Model
 
 UsageGrouping = Literal["project", "user"]
@@ -37,3 +39,26 @@ class UsageReport(Model):
     total_allocated_gpu_h: float
     total_busy_gpu_h: float
     total_idle_gpu_h: float
+
+
+class DryRunPlacement(Model):
+    """Where one replica would run: node and GPU cards (index, milli)."""
+
+    node: str
+    gpus: list[dict[str, int]]
+
+
+class DryRunResult(Model):
+    """POST /workloads/dry-run: what the scheduler would do with this spec now, without submitting it.
+    `verdict` is "now" (it would start at once, on `placements`), "preempting" (it would start after
+    stopping `preempts` workloads), "waits" (it would stay pending: `reason`, `position` in its queue,
+    `expected_start` when a reservation gives one) or "never" (it can never run as asked: `reason`)."""
+
+    verdict: Literal["now", "preempting", "waits", "never"]
+    project: str
+    queue: str
+    reason: str | None = None
+    position: int | None = None
+    expected_start: float | None = None
+    preempts: int = 0
+    placements: list[DryRunPlacement] = Field(default_factory=list)

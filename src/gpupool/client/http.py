@@ -210,6 +210,12 @@ class Client:
         """Wasted GPUs: allocations idle past the threshold (administrators)."""
         return self._get(f"{API}/reports/idle", gpu_schemas.IdleReport)
 
+    def dry_run(self, spec: Mapping[str, Any] | str) -> usage_schemas.DryRunResult:
+        """What the scheduler would do with this spec now (start it where, preempt, wait why, never); nothing
+        is submitted."""
+        body = {"spec_yaml": spec} if isinstance(spec, str) else {"spec": dict(spec)}
+        return self._send("POST", f"{API}/workloads/dry-run", usage_schemas.DryRunResult, body)
+
     def usage(self, *, by: str = "project", period: str = "day", since: str = "30d") -> usage_schemas.UsageReport:
         """GPU-hours allocated, busy and idle per project or user per day/week/month over the last `since`."""
         return self._get(f"{API}/usage", usage_schemas.UsageReport, by=by, period=period, since=since)

@@ -118,7 +118,7 @@ def _amount(text: str) -> str | int | float:
 def usage_page(request: Request, by: Literal["project", "user"] = "project",
                period: Literal["day", "week", "month"] = "day",
                since: Annotated[str, Query(max_length=16)] = "30d",
-               format: Literal["html", "csv"] = "html") -> Response:  # noqa: A002
+               format: Literal["html", "csv"] = "html") -> Response:
     """GPU-hours allocated, busy and idle per project or user per period; `format=csv` downloads them."""
     def build(who: Caller) -> Response:
         services = services_of(request)

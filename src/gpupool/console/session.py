@@ -77,7 +77,7 @@ def _signed_in(request: Request, token: str, target: str) -> Response:
 
 
 @router.get("/signin")
-def signin_form(request: Request, next: Annotated[str, Query(max_length=2000)] = "/") -> Response:  # noqa: A002
+def signin_form(request: Request, next: Annotated[str, Query(max_length=2000)] = "/") -> Response:
     """The sign-in page: paste an API token."""
     return page(request, "signin.html", None, next=_safe_next(next))
 

@@ -9,14 +9,14 @@ from typing import Annotated
 
 import yaml
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from gpupool.console.guard import guard, guard_form
 from gpupool.console.web import Caller, page, services_of
 from gpupool.domain.errors import ConflictError, ValidationError
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
-from gpupool.server.services import workloads
+from gpupool.server.services import dry_run, workloads
 
 router = APIRouter(include_in_schema=False)
 LIST_LIMIT = 200  # newest workloads a list page shows: a screenful many times over, one query
@@ -146,13 +146,38 @@ async def new_submit(request: Request) -> Response:
     """Submit from the form (mode=form) or the YAML editor (mode=yaml); errors shown inline, the form kept."""
     def build(who: Caller, fields: dict[str, str]) -> Response:
         try:
-            body = schemas.SubmitRequest(spec_yaml=fields.get("spec_yaml", "")) if fields.get("mode") == "yaml" \
-                else schemas.SubmitRequest(spec=spec_from_form(fields))
+            body = _request_of(fields)
             new_id = _submit(request, who, body)
         except ValidationError as error:
             return _new_page(request, who, 422, error.detail if error.field else error.message, error.field, fields)
         return RedirectResponse(f"/workloads/{new_id}", status_code=303)
     return await guard_form(request, build)
+
+
+@router.post("/new/check")
+async def new_check(request: Request) -> Response:
+    """The dry run of the form or the YAML (same fields as /new): JSON with the scheduler's verdict, or the
+    validation error and its field; the page shows it before anything is submitted."""
+    def build(who: Caller, fields: dict[str, str]) -> Response:
+        services = services_of(request)
+        loop = services.scheduling_loop
+        try:
+            body = _request_of(fields)
+            if loop is None:
+                raise ValidationError("the scheduler is not running on this server", "spec")
+            with services.db.session(write=False) as session:
+                result = dry_run.dry_run(session, who.principal, body, loop, services.feasibility, services.clock())
+        except ValidationError as error:
+            return JSONResponse({"error": error.detail if error.field else error.message, "field": error.field},
+                                status_code=422)
+        return JSONResponse(result.model_dump(mode="json"))
+    return await guard_form(request, build)
+
+
+def _request_of(fields: dict[str, str]) -> schemas.SubmitRequest:
+    if fields.get("mode") == "yaml":
+        return schemas.SubmitRequest(spec_yaml=fields.get("spec_yaml", ""))
+    return schemas.SubmitRequest(spec=spec_from_form(fields))
 
 
 def spec_from_form(fields: dict[str, str]) -> dict[str, object]:

@@ -29,7 +29,32 @@ function followLogs(pre) {
   };
 }
 
+function describe(result) {
+  const where = (result.placements || []).map((p) =>
+    p.node + (p.gpus.length ? " (" + p.gpus.map((g) => "GPU " + g.index + (g.milli < 1000 ? " " + g.milli / 1000 : "")).join(", ") + ")" : ""));
+  if (result.verdict === "now") return "Can run now on " + (where.join("; ") || "a node") + ".";
+  if (result.verdict === "preempting") return "Can run now after preempting " + result.preempts + " workload(s).";
+  if (result.verdict === "never") return "Can never run as asked: " + result.reason;
+  let text = "Would wait: " + result.reason;
+  if (result.position) text += " (position " + result.position + " in queue " + result.queue + ")";
+  if (result.expected_start) text += "; expected to start by " + new Date(result.expected_start * 1000).toISOString();
+  return text + ".";
+}
+
+async function check(form) {
+  const out = document.getElementById("check-result");
+  out.textContent = "Checking…";
+  const body = new URLSearchParams(new FormData(form));
+  const response = await fetch("/new/check", {method: "POST", body: body, credentials: "same-origin"});
+  const result = await response.json().catch(() => ({error: "the server answered " + response.status}));
+  out.className = "check-result " + (result.error || result.verdict === "never" ? "bad" : result.verdict === "waits" ? "warn" : "ok");
+  out.textContent = result.error ? (result.field ? result.field + ": " : "") + result.error : describe(result);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  for (const button of document.querySelectorAll("button[data-check]")) {
+    button.addEventListener("click", () => check(document.getElementById(button.dataset.check)));
+  }
   const pre = document.getElementById("logs");
   if (pre && pre.dataset.src && window.EventSource) followLogs(pre);
 });
