@@ -62,3 +62,11 @@ class DryRunResult(Model):
     expected_start: float | None = None
     preempts: int = 0
     placements: list[DryRunPlacement] = Field(default_factory=list)
+
+
+class ConsoleLink(Model):
+    """POST /console/links: a one-time sign-in link for the web console (a path on the server), valid once
+    for `expires_in_s` seconds."""
+
+    path: str
+    expires_in_s: float

@@ -216,6 +216,10 @@ class Client:
         body = {"spec_yaml": spec} if isinstance(spec, str) else {"spec": dict(spec)}
         return self._send("POST", f"{API}/workloads/dry-run", usage_schemas.DryRunResult, body)
 
+    def console_link(self) -> usage_schemas.ConsoleLink:
+        """A one-time link (a path on the server) that signs a browser in to the console as this client's user."""
+        return self._send("POST", f"{API}/console/links", usage_schemas.ConsoleLink, None)
+
     def usage(self, *, by: str = "project", period: str = "day", since: str = "30d") -> usage_schemas.UsageReport:
         """GPU-hours allocated, busy and idle per project or user per day/week/month over the last `since`."""
         return self._get(f"{API}/usage", usage_schemas.UsageReport, by=by, period=period, since=since)

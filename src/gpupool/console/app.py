@@ -6,20 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
-from gpupool.api.schemas import Model
+from gpupool.api.usage_schemas import ConsoleLink
 from gpupool.console import pool, session, workloads
 from gpupool.console.web import HERE
 from gpupool.server.api.deps import PrincipalDep
 from gpupool.server.api.routes.workloads import ERRORS
 
 api = APIRouter(tags=["console"])
-
-
-class ConsoleLink(Model):
-    """A one-time sign-in link for the console (valid for `expires_in_s` seconds, once)."""
-
-    path: str
-    expires_in_s: float
 
 
 @api.post("/console/links", response_model=ConsoleLink, responses=ERRORS)

@@ -63,7 +63,7 @@ async def change_gpu(request: Request, node: NodeName, index: GpuIndex) -> Respo
         runtime = services.gpu_runtime()
         if fields.get("mig_layout", "").strip():
             gpu_admin.set_mig(services.db, runtime, who.principal, node, index, fields["mig_layout"].strip(),
-                              services.clock())
+                              services.clock)
         else:
             gpu_admin.set_sharing(services.db, runtime, who.principal, node, index, fields.get("mode", ""),
                                   services.clock())
