@@ -84,6 +84,8 @@ def test_sign_in_submit_from_the_form_and_follow_its_logs(server: ServerProcess,
     page.get_by_label("Name").fill("hello")
     page.get_by_label("Command").fill("for i in 1 2 3; do echo line-$i; sleep 0.5; done")
     page.get_by_label("GPUs (a count such as 2, or a share such as 0.5)").fill("1")
+    page.get_by_role("button", name="Check before submitting").click()
+    expect(page.get_by_role("status")).to_contain_text("Can run now on node (GPU 0)")  # the dry run
     page.screenshot(path=shots / "new.png", full_page=True)
     page.get_by_role("button", name="Submit", exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("hello")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -137,8 +138,9 @@ def _new_page(request: Request, who: Caller, status: int = 200, error: str | Non
 
     with services.db.session(write=False) as session:
         projects = [p.name for p in accounts.list_projects(session, who.principal)]
+    # a fresh idempotency key per rendered form: a double click or a resent form creates one workload
     return page(request, "new.html", who, status=status, error=error, field=field, values=values or {},
-                projects=projects, example=NEW_EXAMPLE)
+                projects=projects, example=NEW_EXAMPLE, submit_key=secrets.token_urlsafe(16))
 
 
 @router.post("/new")
@@ -150,6 +152,8 @@ async def new_submit(request: Request) -> Response:
             new_id = _submit(request, who, body)
         except ValidationError as error:
             return _new_page(request, who, 422, error.detail if error.field else error.message, error.field, fields)
+        except ConflictError as error:
+            return _new_page(request, who, 409, error.message, None, fields)
         return RedirectResponse(f"/workloads/{new_id}", status_code=303)
     return await guard_form(request, build)
 
@@ -175,9 +179,10 @@ async def new_check(request: Request) -> Response:
 
 
 def _request_of(fields: dict[str, str]) -> schemas.SubmitRequest:
+    key = fields.get("submit_key") or None
     if fields.get("mode") == "yaml":
-        return schemas.SubmitRequest(spec_yaml=fields.get("spec_yaml", ""))
-    return schemas.SubmitRequest(spec=spec_from_form(fields))
+        return schemas.SubmitRequest(spec_yaml=fields.get("spec_yaml", ""), idempotency_key=key)
+    return schemas.SubmitRequest(spec=spec_from_form(fields), idempotency_key=key)
 
 
 def spec_from_form(fields: dict[str, str]) -> dict[str, object]:
