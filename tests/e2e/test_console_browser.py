@@ -22,7 +22,7 @@ from gpupool.domain.errors import NotFoundError
 CHROMIUM = "/usr/bin/chromium"
 PHONE = {"width": 390, "height": 844}  # a common phone screen in CSS pixels
 DESKTOP = {"width": 1280, "height": 900}
-PAGES = ("/", "/workloads", "/new", "/nodes", "/queues", "/usage")
+PAGES = ("/", "/workloads", "/new", "/nodes", "/queues", "/usage", "/admin")
 INJECTED = "<script>window.injected=1</script><img src=x onerror=window.injected=2>"
 
 

@@ -144,3 +144,31 @@ def test_one_time_links_sign_in_once(server: TestServer) -> None:
     url = printed.stdout.strip()
     assert url.startswith(server.url + "/signin/link?code=")
     assert httpx.get(url, follow_redirects=False).status_code == 303
+
+
+def test_admin_page_projects_members_and_tokens(server: TestServer, people: dict[str, str]) -> None:
+    page = browser_for(server, server.admin_token)
+    csrf = csrf_of(page.get("/admin").text)
+    assert page.post("/admin/projects", data={"csrf_token": csrf, "name": "audio"}).status_code == 303
+    bad = page.post("/admin/projects", data={"csrf_token": csrf, "name": "Not A Name"})
+    assert bad.status_code == 422 and "name" in bad.text
+    answer = page.post("/admin/projects/audio/members", data={"csrf_token": csrf, "user": "max", "role": "viewer"})
+    assert answer.status_code == 303
+    with server.client() as admin:
+        audio = next(p for p in admin.projects() if p.name == "audio")
+        assert [(m.user, m.role) for m in audio.members if m.user == "max"] == [("max", "viewer")]
+    created = page.post("/admin/tokens", data={"csrf_token": csrf, "name": "laptop"})
+    token = re.search(r'<code id="new-token">([^<]+)</code>', created.text)
+    assert created.status_code == 200 and token
+    with Client(server.url, token.group(1)) as fresh:
+        info = next(t for t in fresh.tokens() if t.name == "laptop")
+        assert fresh.whoami().name == "admin"
+    assert page.post(f"/admin/tokens/{info.id}/revoke", data={"csrf_token": csrf}).status_code == 303
+    with Client(server.url, token.group(1)) as revoked, pytest.raises(AuthenticationError):
+        revoked.whoami()
+    member = browser_for(server, people["max"])
+    mine = csrf_of(member.get("/admin").text)
+    refused = member.post("/admin/projects", data={"csrf_token": mine, "name": "sneaky"})
+    assert refused.status_code == 403 and "administrators" in refused.text
+    refused = member.post("/admin/projects/lab/members", data={"csrf_token": mine, "user": "max", "role": "admin"})
+    assert refused.status_code in (403, 404)
