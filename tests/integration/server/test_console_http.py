@@ -172,3 +172,26 @@ def test_admin_page_projects_members_and_tokens(server: TestServer, people: dict
     assert refused.status_code == 403 and "administrators" in refused.text
     refused = member.post("/admin/projects/lab/members", data={"csrf_token": mine, "user": "max", "role": "admin"})
     assert refused.status_code in (403, 404)
+
+
+def test_queue_form_validation_and_usage_csv(server: TestServer) -> None:
+    page = browser_for(server, server.admin_token)
+    csrf = csrf_of(page.get("/queues").text)
+    form = {"csrf_token": csrf, "lend_present": "1", "lend": "on", "guaranteed_gpu": "1", "guaranteed_cpu": "2",
+            "guaranteed_memory": "8 GiB", "limit_gpu": "2", "limit_cpu": "", "limit_memory": "", "weight": "2"}
+    assert page.post("/queues/default", data=form).status_code == 303
+    with server.client() as admin:
+        queue = next(q for q in admin.queues() if q.name == "default")
+    assert (queue.guaranteed.gpu_milli, queue.guaranteed.cpu_milli, queue.guaranteed.memory_mib) == (1000, 2000, 8192)
+    assert (queue.limit.gpu_milli, queue.limit.cpu_milli, queue.weight, queue.lend) == (2000, None, 2.0, True)
+    bad = page.post("/queues/default", data={**form, "guaranteed_gpu": "3"})  # a guarantee above the limit
+    assert bad.status_code == 422 and "limit" in bad.text
+    bad = page.post("/queues/default", data={**form, "guaranteed_memory": "lots"})
+    assert bad.status_code == 422 and "memory" in bad.text
+    with server.client() as admin:
+        assert next(q for q in admin.queues() if q.name == "default").guaranteed.gpu_milli == 1000  # unchanged
+        admin.update_queue("default", guaranteed={"gpu": "-", "cpu": "-", "memory": "-"}, limit={}, weight=1.0)
+    csv_text = page.get("/usage?by=user&period=week&since=7d&format=csv")
+    assert csv_text.status_code == 200 and csv_text.headers["content-type"].startswith("text/csv")
+    assert csv_text.text.splitlines()[0].startswith("period_start,period,group,allocated_gpu_h")
+    assert page.get("/usage?since=yesterday").status_code == 422
