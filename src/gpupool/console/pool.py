@@ -13,7 +13,7 @@ from gpupool.console.guard import guard, guard_form
 from gpupool.console.overview import gpu_totals, pending_reasons, queue_bars
 from gpupool.console.web import Caller, page, services_of
 from gpupool.server.api import schemas
-from gpupool.server.services import gpu_admin, monitoring, pool, usage
+from gpupool.server.services import cordon, gpu_admin, monitoring, pool, usage
 from gpupool.server.services.pool import UNSET
 
 router = APIRouter(include_in_schema=False)
@@ -46,8 +46,10 @@ def nodes(request: Request) -> Response:
         with services.db.session(write=False) as session:
             node_list = pool.list_nodes(session)
             gpus = monitoring.gpu_table(session, services.gpu_runtime(), who.principal)
+            cordoned = {name: (row.reason, row.by_user, row.since) for name, row in cordon.cordons(session).items()}
         now = {(g.node, g.index): g for g in gpus}
-        return page(request, "nodes.html", who, nodes=node_list, now=now, modes=("exclusive", "shared", "mps", "mig"))
+        return page(request, "nodes.html", who, nodes=node_list, now=now, modes=("exclusive", "shared", "mps", "mig"),
+                    cordoned=cordoned)
     return guard(request, build)
 
 
@@ -67,6 +69,24 @@ async def change_gpu(request: Request, node: NodeName, index: GpuIndex) -> Respo
         else:
             gpu_admin.set_sharing(services.db, runtime, who.principal, node, index, fields.get("mode", ""),
                                   services.clock())
+        services.wake_scheduler()
+        return RedirectResponse("/nodes", status_code=303)
+    return await guard_form(request, build)
+
+
+@router.post("/nodes/{node}/{action}")
+async def node_action(request: Request, node: NodeName, action: Literal["cordon", "uncordon", "drain"]) -> Response:
+    """Cordon, uncordon or drain a node (administrators)."""
+    def build(who: Caller, fields: dict[str, str]) -> Response:
+        services = services_of(request)
+        with services.db.session() as session:
+            if action == "cordon":
+                cordon.cordon(session, who.principal, node, fields.get("reason", ""), services.clock())
+            elif action == "uncordon":
+                cordon.uncordon(session, who.principal, node)
+            else:
+                cordon.drain(session, who.principal, node, services.clock())
+        services.wake_reconciler()
         services.wake_scheduler()
         return RedirectResponse("/nodes", status_code=303)
     return await guard_form(request, build)

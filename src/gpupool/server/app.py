@@ -23,6 +23,7 @@ from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.api.routes import cordon as cordon_routes
 from gpupool.server.api.routes import usage as usage_routes
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
@@ -156,5 +157,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     for module in (workloads, pool, gpus, metrics, accounts):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(usage_routes.router, prefix="/api/v1")
+    app.include_router(cordon_routes.router, prefix="/api/v1")
     install_console(app)
     return app

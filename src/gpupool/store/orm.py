@@ -275,3 +275,14 @@ def object_session_add(row: Base, other: Base) -> None:
     if session is None:
         raise RuntimeError("a status change was applied to a row that is not in a session")
     session.add(other)
+
+
+class NodeCordonRow(Base):
+    """An administrator's cordon of a node: no new work is placed on it until it is lifted (a row of its own,
+    so that node registration, which rewrites the nodes row, keeps it)."""
+
+    __tablename__ = "node_cordons"
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    by_user: Mapped[str] = mapped_column(String(NAME_LEN))
+    since: Mapped[float]

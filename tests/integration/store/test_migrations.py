@@ -17,7 +17,7 @@ from gpupool.store.db import Database, alembic_config, normalise_url
 from gpupool.store.orm import Base
 
 TABLES = {"users", "projects", "memberships", "tokens", "queues", "nodes", "workloads", "replicas", "events",
-          "gpu_settings"}
+          "gpu_settings", "node_cordons"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
