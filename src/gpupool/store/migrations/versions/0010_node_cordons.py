@@ -22,7 +22,7 @@ def upgrade() -> None:
         sa.Column("node", sa.String(length=63), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("by_user", sa.String(length=63), nullable=False),
-        sa.Column("since", sa.Float(), nullable=False),
+        sa.Column("since", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("node"),
     )
 
