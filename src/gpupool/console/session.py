@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -85,8 +85,6 @@ def signin_form(request: Request, next: Annotated[str, Query(max_length=2000)] =
 @router.post("/signin")
 async def signin(request: Request) -> Response:
     """Check the pasted token through the API's authentication and keep it in the session cookie."""
-    from urllib.parse import parse_qs  # noqa: PLC0415
-
     body = await request.body()
     fields = {k: v[-1] for k, v in parse_qs(body[:MAX_FORM_BYTES].decode("utf-8", "replace")).items()}
     target = _safe_next(fields.get("next"))

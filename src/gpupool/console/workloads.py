@@ -17,7 +17,7 @@ from gpupool.console.web import Caller, page, services_of
 from gpupool.domain.errors import ConflictError, ValidationError
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
-from gpupool.server.services import dry_run, workloads
+from gpupool.server.services import accounts, dry_run, workloads
 
 router = APIRouter(include_in_schema=False)
 LIST_LIMIT = 200  # newest workloads a list page shows: a screenful many times over, one query
@@ -134,8 +134,6 @@ def new_form(request: Request) -> Response:
 def _new_page(request: Request, who: Caller, status: int = 200, error: str | None = None, field: str | None = None,
               values: dict[str, str] | None = None) -> Response:
     services = services_of(request)
-    from gpupool.server.services import accounts  # noqa: PLC0415
-
     with services.db.session(write=False) as session:
         projects = [p.name for p in accounts.list_projects(session, who.principal)]
     # a fresh idempotency key per rendered form: a double click or a resent form creates one workload
