@@ -12,7 +12,7 @@ from gpupool.api.schemas import Queue
 from gpupool.server.services import workloads
 from gpupool.server.services.auth import Principal
 
-TOP_REASONS = 5  # the reasons the overview lists; the rest are summed up as "other"
+TOP_REASONS = 5  # reasons the overview lists (a glance, not a report); the rest are summed up as "other reasons"
 
 
 @dataclass(frozen=True, slots=True)

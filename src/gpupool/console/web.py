@@ -32,7 +32,7 @@ COOKIE = "gpupool_session"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 MAX_FORM_BYTES = 256 * 1024  # a form holds at most one spec; 256 KiB is far above any example's few hundred bytes
-COOKIE_MAX_AGE_S = 7 * 86400  # a week; the token itself stays valid until revoked
+COOKIE_MAX_AGE_S = 7 * 86400  # a week: sign in about once a week; the token itself stays valid until revoked
 HERE = Path(__file__).parent
 
 
