@@ -29,6 +29,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "sweep": ("sweeps", "sweep_app"),
     "pipeline": ("pipelines", "pipeline_app"),
     "service": ("services", "service_app"),
+    "console": ("console", None),
 }
 
 

@@ -11,11 +11,13 @@ from rich.live import Live
 from rich.table import Table
 
 from gpupool.cli.common import JSON_HELP, console, handle_errors, make_client, print_json, table
+from gpupool.cli.usage import usage_report
 from gpupool.domain.resources import format_gpu, format_memory
 from gpupool.server.api import gpu_schemas
 
 MIB = 1024 * 1024
-report_app = typer.Typer(help="Reports for administrators (e.g. `gpupool report idle`).", no_args_is_help=True)
+report_app = typer.Typer(help="Reports: `gpupool report idle` (wasted GPUs), `gpupool report usage` (GPU-hours).",
+                         no_args_is_help=True)
 
 
 def _pct(value: float | None) -> str:
@@ -114,6 +116,9 @@ def idle(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = Fals
         console.print(f"{format_gpu(report.wasted_gpu_milli)} GPU held by idle allocations")
     else:
         console.print("[dim]no idle allocations[/dim]")
+
+
+report_app.command("usage")(usage_report)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from gpupool.api import gpu_schemas, schemas, sweep_schemas
+from gpupool.api import gpu_schemas, schemas, sweep_schemas, usage_schemas
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -213,6 +213,25 @@ class Client:
     def idle_report(self) -> gpu_schemas.IdleReport:
         """Wasted GPUs: allocations idle past the threshold (administrators)."""
         return self._get(f"{API}/reports/idle", gpu_schemas.IdleReport)
+
+    def dry_run(self, spec: Mapping[str, Any] | str) -> usage_schemas.DryRunResult:
+        """What the scheduler would do with this spec now (start it where, preempt, wait why, never); nothing
+        is submitted."""
+        body = {"spec_yaml": spec} if isinstance(spec, str) else {"spec": dict(spec)}
+        return self._send("POST", f"{API}/workloads/dry-run", usage_schemas.DryRunResult, body)
+
+    def console_link(self) -> usage_schemas.ConsoleLink:
+        """A one-time link (a path on the server) that signs a browser in to the console as this client's user."""
+        return self._send("POST", f"{API}/console/links", usage_schemas.ConsoleLink, None)
+
+    def usage(self, *, by: str = "project", period: str = "day", since: str = "30d") -> usage_schemas.UsageReport:
+        """GPU-hours allocated, busy and idle per project or user per day/week/month over the last `since`."""
+        return self._get(f"{API}/usage", usage_schemas.UsageReport, by=by, period=period, since=since)
+
+    def usage_csv(self, *, by: str = "project", period: str = "day", since: str = "30d") -> str:
+        """The same report's lines as CSV text."""
+        return self._request("GET", f"{API}/usage", params={"by": by, "period": period, "since": since,
+                                                            "format": "csv"}).text
 
     def prometheus_metrics(self) -> str:
         """The Prometheus exposition text of /metrics (an administrator's or the scrape token)."""

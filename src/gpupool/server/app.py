@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gpupool import __version__
+from gpupool.console import install as install_console
 from gpupool.domain.errors import ConflictError
 from gpupool.executors.base import Executor
 from gpupool.executors.os_accounts import OsAccounts
@@ -33,7 +34,9 @@ from gpupool.server.api.routes import (
     system,
     workloads,
 )
+from gpupool.server.api.routes import cordon as cordon_routes
 from gpupool.server.api.routes import services as service_routes
+from gpupool.server.api.routes import usage as usage_routes
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
@@ -187,4 +190,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(gateway.router)
     for module in (workloads, pool, gpus, metrics, accounts, sweeps, pipelines, service_routes):
         app.include_router(module.router, prefix="/api/v1")
+    app.include_router(usage_routes.router, prefix="/api/v1")
+    app.include_router(cordon_routes.router, prefix="/api/v1")
+    install_console(app)
     return app

@@ -359,3 +359,12 @@ class ServiceRevisionRow(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float]
     reason: Mapped[str] = mapped_column(Text)
+class NodeCordonRow(Base):
+    """An administrator's cordon of a node: no new work is placed on it until it is lifted (a row of its own,
+    so that node registration, which rewrites the nodes row, keeps it)."""
+
+    __tablename__ = "node_cordons"
+    node: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    by_user: Mapped[str] = mapped_column(String(NAME_LEN))
+    since: Mapped[float]

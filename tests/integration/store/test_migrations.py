@@ -17,7 +17,8 @@ from gpupool.store.db import Database, alembic_config, normalise_url
 from gpupool.store.orm import Base
 
 TABLES = {"users", "projects", "memberships", "tokens", "queues", "nodes", "workloads", "replicas", "events",
-          "gpu_settings", "pipelines", "pipeline_runs", "pipeline_steps", "schedule_fires", "service_revisions"}
+          "gpu_settings", "pipelines", "pipeline_runs", "pipeline_steps", "schedule_fires", "service_revisions",
+          "node_cordons"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -18,7 +18,7 @@ from gpupool.server.local_node import LocalNode
 from gpupool.server.services import gpus as gpu_services
 from gpupool.server.services.auth import Principal
 from gpupool.store.convert import queue_from_row
-from gpupool.store.orm import TERMINAL_REPLICA_STATES, NodeRow, ReplicaRow, WorkloadRow
+from gpupool.store.orm import TERMINAL_REPLICA_STATES, NodeCordonRow, NodeRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes, queues, workloads
 from gpupool.store.repos import gpus as gpu_repo
 
@@ -53,7 +53,8 @@ def upsert_node(session: Session, local: LocalNode, source: str, now: float) -> 
     node = local.node
     row = nodes.node_by_name(session, node.name)
     values = {"cpu_milli": node.cpu_milli, "memory_mib": node.memory_mib, "labels": dict(node.labels),
-              "taints": [{"key": t.key, "value": t.value} for t in node.taints], "schedulable": True,
+              "taints": [{"key": t.key, "value": t.value} for t in node.taints],
+              "schedulable": session.get(NodeCordonRow, node.name) is None,  # an admin's cordon stays
               "source": source, "address": local.address, "heartbeat_at": now,
               "gpu_inventory": local.gpus.inventory.to_dict(), "gpu_backend": local.gpus.kind,
               "gpu_simulated": local.gpus.simulated}

@@ -111,6 +111,22 @@ class SchedulingLoop:
             self.on_change()
         return decisions
 
+    def what_if(self, candidate: PendingWorkload) -> Decisions:
+        """The decisions one cycle would make now with `candidate` added to the pending workloads (a dry run):
+        nothing is applied or remembered, and a fresh placement policy is used so no cache or learned target
+        changes. Read-only; safe to call from request threads while the loop runs."""
+        now = self.clock()
+        with self.db.session(write=False) as session:
+            state = self._load(session)
+        snapshot = ClusterSnapshot(state.nodes)
+        known = {n.name for n in state.nodes}
+        for running in state.running:
+            snapshot.assume_all([p for p in running.placements if p.node in known], force=True)
+        held = dict(self._held)
+        pending = [replace(w, reserved=held[w.id]) if w.id in held else w for w in state.pending]
+        return run_cycle(snapshot, [*pending, candidate], state.running, state.queues, self.profile, now,
+                         policy=make_policy(self.profile.policy), never_fits=NeverFitsChecker(state.nodes))
+
     # ------------------------------------------------------------------------------------- reading
     def _spec(self, row: WorkloadRow) -> WorkloadSpec:
         spec = self._spec_cache.get(row.id)

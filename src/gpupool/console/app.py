@@ -1,0 +1,30 @@
+"""Wiring the console into the server: its page routers, its static files under /console/static, and the
+API call behind `gpupool console` (a one-time sign-in link for the caller's token)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+
+from gpupool.api.usage_schemas import ConsoleLink
+from gpupool.console import admin, pool, session, workloads
+from gpupool.console.web import HERE
+from gpupool.server.api.deps import PrincipalDep
+from gpupool.server.api.routes.workloads import ERRORS
+
+api = APIRouter(tags=["console"])
+
+
+@api.post("/console/links", response_model=ConsoleLink, responses=ERRORS)
+def create_link(request: Request, _principal: PrincipalDep) -> ConsoleLink:
+    """A one-time link that signs the browser that opens it in as the caller (with the caller's token)."""
+    token = request.headers["authorization"].partition(" ")[2].strip()
+    return ConsoleLink(path=f"/signin/link?code={session.LINKS.create(token)}", expires_in_s=session.LINK_TTL_S)
+
+
+def install(app: FastAPI) -> None:
+    """Add the console's pages at `/`, its static files and its API call to `app`."""
+    app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    for module in (session, workloads, pool, admin):
+        app.include_router(module.router)
+    app.include_router(api, prefix="/api/v1")
