@@ -40,6 +40,8 @@ elif what == "stats":
     time.sleep(float(sys.argv[2]))
     gpupool.outputs(accuracy=0.93)
     gpupool.outputs(samples=128)  # merged with the first
+elif what == "measure":
+    gpupool.outputs(accuracy=0.93)
 elif what == "publish":
     ranks = [json.loads((run / "train" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["param_checksum"] == ranks[1]["param_checksum"]
@@ -134,8 +136,19 @@ def test_a_dag_with_a_ddp_step_runs_in_order_with_overlapping_branches_and_outpu
 
 
 def test_a_false_condition_skips_the_step_and_says_why(pipes: PipelineClient, steps_py: str) -> None:
-    pipes.submit(nightly(steps_py), run=False)
-    run = pipes.run("nightly", {"threshold": "0.95", "tag": "v2"})
+    spec = f"""
+kind: pipeline
+name: gate
+params: {{threshold: 0.9}}
+steps:
+  stats: {{command: {PY} {steps_py} measure, resources: {{cpu: 0.5}}}}
+  publish:
+    needs: [stats]
+    when: "{{{{steps.stats.outputs.accuracy}}}} > {{{{params.threshold}}}}"
+    command: {PY} {steps_py} prepare
+"""
+    pipes.submit(spec, run=False)
+    run = pipes.run("gate", {"threshold": "0.95"})
     info = finished(pipes, run.id)
     publish = next(s for s in info.steps if s.name == "publish")
     assert info.status == "succeeded" and publish.state == "skipped"
