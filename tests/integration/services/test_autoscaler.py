@@ -5,10 +5,12 @@ held request waking a service, a cancelled service taking its replicas with it."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.databases import temporary_postgres_database
 from tests.support.servers import ManualClock, TestServer, server_settings, start_server
 
 from gpupool.client.http import Client
@@ -19,14 +21,18 @@ from gpupool.server.workers.autoscaler import Autoscaler
 LIVE = ("pending", "scheduled", "starting", "running")
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[TestServer, Client, ManualClock]]:
-    clock = ManualClock()
-    server = start_server(server_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}", workers=False),
-                          FakeExecutor(default=RUN_FOREVER), clock=clock)
-    with server.client() as admin:
-        yield server, admin, clock
-    server.stop()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestServer, Client, ManualClock]]:
+    """A server with its workers off on a fresh database (SQLite, or a throw-away PostgreSQL database)."""
+    with ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'gpupool.db'}" if request.param == "sqlite" \
+            else stack.enter_context(temporary_postgres_database())
+        clock = ManualClock()
+        server = start_server(server_settings(tmp_path / "home", url, workers=False),
+                              FakeExecutor(default=RUN_FOREVER), clock=clock)
+        stack.callback(server.stop)
+        with server.client() as admin:
+            yield server, admin, clock
 
 
 def scaler(server: TestServer, clock: ManualClock, gateway: Gateway | None = None) -> Autoscaler:
