@@ -57,6 +57,7 @@ class Child:
     status: str
     reason: str
     endpoint: tuple[str, int] | None  # where it listens, once its port accepts connections
+    started_at: float | None = None  # when it began to run
 
 
 @dataclass
@@ -153,7 +154,7 @@ class Autoscaler:
                      for e in stored_endpoints(r.endpoints) if e.ready and e.host]
             endpoint = (found[0].host or "", found[0].port) if found else None
             owner.children.append(Child(child.id, child.name, child.status, child.pending_reason or child.message,
-                                        endpoint))
+                                        endpoint, child.started_at))
         return list(services.values()), orphans
 
     def _view(self, service: _Service) -> ServiceView:
@@ -180,7 +181,11 @@ class Autoscaler:
             if child.id in draining and self.gateway.inflight_of(child.id) == 0:
                 plan.stop[child.id] = "drained"
         name = child_name(service.name, service.revision)
-        live = [c for c in service.children if c.id not in draining and c.name == name]
+        limit = service.spec.readiness_timeout_s
+        for child in service.children:
+            if child.started_at is not None and child.id not in service.ready and now - child.started_at > limit:
+                plan.stop[child.id] = f"replica workload {child.id} not ready within {limit}s (readiness timeout)"
+        live = [c for c in service.children if c.id not in draining and c.name == name and c.id not in plan.stop]
         old = [c for c in service.children if c.id not in draining and c.name != name]
         inflight, held = self.gateway.load({service.row_id: [c.id for c in service.children]})[service.row_id]
         busy_at = self._busy_at.setdefault(service.row_id, now)
