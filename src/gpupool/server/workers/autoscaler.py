@@ -122,6 +122,7 @@ class Autoscaler:
         plan = _Plan(stop=dict.fromkeys(orphans, "its service ended"))
         for service in services:
             self._decide(service, now, plan)
+        plan.events = [(sid, reason) for sid, reason in plan.events if self._last_event.get(sid) != reason]
         if plan.submit or plan.stop or plan.events:
             self._apply(services, plan, now)
         busy = any(not v.backends and self.gateway.load({v.id: []})[v.id][1] for v in views)
@@ -220,10 +221,9 @@ class Autoscaler:
     def _apply(self, services: Sequence[_Service], plan: _Plan, now: float) -> None:
         by_id = {s.row_id: s for s in services}
         with self.db.session() as session:
-            for service_id, reason in plan.events:
-                if self._last_event.get(service_id) != reason:
-                    repo.add_event(session, service_id, now, reason)
-                    self._last_event[service_id] = reason
+            for service_id, reason in plan.events:  # only reasons that changed since the last one recorded
+                repo.add_event(session, service_id, now, reason)
+                self._last_event[service_id] = reason
             for service_id, count in sorted(plan.submit.items()):
                 self._submit(session, by_id[service_id], count, now)
             for child_id, reason in sorted(plan.stop.items()):
