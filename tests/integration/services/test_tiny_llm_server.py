@@ -18,11 +18,6 @@ from tests.support.servers import wait_until
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_llm.build_model(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[tiny_llm.TinyServer]:
     running = tiny_llm.start(model_dir, {"TOKEN_DELAY_MS": "20"})  # 20 ms/token: a 16-token stream takes ~0.3 s
     yield running
