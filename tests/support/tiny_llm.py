@@ -48,8 +48,9 @@ class TinyServer:
             self.process.wait()
 
 
-def start(model_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float = 60) -> TinyServer:
-    """Start a server on a free port and wait until /health answers (imports take ~4 s on an idle core)."""
+def start(model_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float = 180) -> TinyServer:
+    """Start a server on a free port and wait until /health answers (imports take ~4 s on an idle core; more
+    than 50 s were seen on a 2-core machine shared by several test suites, hence the generous default)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, str(SERVER), str(model_dir), "--model-name", MODEL_NAME,
                                 "--port", str(port)], env={**os.environ, **(env or {})},

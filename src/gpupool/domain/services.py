@@ -7,7 +7,7 @@ project: nlp
 command: vllm serve Qwen/Qwen2.5-0.5B-Instruct --served-model-name qwen2.5-0.5b --port $PORT
 resources: {gpu: {share: 0.5}, cpu: 4, memory: 32GiB}
 port: 8000                  # the name of the port; the replica listens on $PORT
-readiness: {path: /health}  # a replica gets traffic once this answers 2xx
+readiness: {path: /health, timeout: 10m}  # traffic once this answers 2xx; replaced if not within timeout
 models: [qwen2.5-0.5b]      # names the OpenAI-compatible gateway routes to this service
 replicas: {min: 0, max: 4}
 scaling: {target_inflight: 8, scale_down_delay: 5m, cold_start_timeout: 10m, max_queue: 64}
@@ -44,6 +44,7 @@ DEFAULT_SCALE_DOWN_DELAY_S = 300
 DEFAULT_COLD_START_TIMEOUT_S = 600
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_READINESS_PATH = "/health"
+DEFAULT_READINESS_TIMEOUT_S = 600  # loading a multi-GB model from a cold disk takes minutes; 10 min covers it
 DEFAULT_PORT = 8000
 _SERVICE_KEYS = ("kind", "name", "project", "queue", "priority", "resources", "command", "env", "preemptible",
                  "workdir", "port", "readiness", "models", "replicas", "scaling")
@@ -69,6 +70,7 @@ class ServiceSpec(WorkloadSpec):
 
     port: int = DEFAULT_PORT
     readiness_path: str = DEFAULT_READINESS_PATH
+    readiness_timeout_s: int = DEFAULT_READINESS_TIMEOUT_S  # a running replica not ready by then is replaced
     models: tuple[str, ...] = ()
     min_replicas: int = 0
     max_replicas: int = 1
@@ -80,7 +82,8 @@ class ServiceSpec(WorkloadSpec):
         for key in ("ports", "max_runtime", "min_available"):
             out.pop(key, None)
         s = self.scaling
-        return out | {"port": self.port, "readiness": {"path": self.readiness_path}, "models": list(self.models),
+        return out | {"port": self.port, "models": list(self.models),
+                      "readiness": {"path": self.readiness_path, "timeout": self.readiness_timeout_s},
                       "replicas": {"min": self.min_replicas, "max": self.max_replicas},
                       "scaling": {"target_inflight": s.target_inflight, "scale_down_delay": s.scale_down_delay_s,
                                   "cold_start_timeout": s.cold_start_timeout_s, "max_queue": s.max_queue}}
@@ -88,6 +91,9 @@ class ServiceSpec(WorkloadSpec):
 
 def parse_service(data: dict[str, Any]) -> ServiceSpec:
     """Parse a `kind: service` spec (see the module docstring); ValidationError naming the field otherwise."""
+    if "environment" in data:
+        raise ValidationError("named Python environments are not available for services yet; install what the "
+                              "command needs where it runs, and remove environment:", "environment")
     reject_unknown_keys(data, _SERVICE_KEYS)
     if data.get("command") is None:
         raise ValidationError("a service needs a command that serves on $PORT, e.g. command: vllm serve MODEL "
@@ -96,7 +102,8 @@ def parse_service(data: dict[str, Any]) -> ServiceSpec:
     common_data = {k: v for k, v in data.items() if k not in ("port", "readiness", "models", "replicas", "scaling")}
     common = _parse_common(common_data | {"ports": [port]}, WorkloadKind.SERVICE)
     low, high = _parse_replicas(data.get("replicas", {"min": 0, "max": 1}))
-    return ServiceSpec(**common, port=port, readiness_path=_parse_readiness(data.get("readiness")),
+    path, timeout = _parse_readiness(data.get("readiness"))
+    return ServiceSpec(**common, port=port, readiness_path=path, readiness_timeout_s=timeout,
                        models=_parse_models(data.get("models")), min_replicas=low, max_replicas=high,
                        scaling=_parse_scaling(data.get("scaling")))
 
@@ -116,17 +123,18 @@ def _parse_replicas(value: Any) -> tuple[int, int]:
     return low, high
 
 
-def _parse_readiness(value: Any) -> str:
+def _parse_readiness(value: Any) -> tuple[str, int]:
     if value is None:
-        return DEFAULT_READINESS_PATH
+        return DEFAULT_READINESS_PATH, DEFAULT_READINESS_TIMEOUT_S
     if not isinstance(value, Mapping):
-        raise ValidationError("expected readiness: {path: /health}", "readiness")
+        raise ValidationError("expected readiness: {path: /health, timeout: 10m}", "readiness")
     value = dict(value)
-    reject_unknown_keys(value, ("path",), "readiness")
+    reject_unknown_keys(value, ("path", "timeout"), "readiness")
     path = value.get("path", DEFAULT_READINESS_PATH)
     if not isinstance(path, str) or not PATH_RE.match(path):
         raise ValidationError(f"expected an HTTP path such as /health, got {path!r}", "readiness.path")
-    return path
+    timeout = parse_duration(value.get("timeout", DEFAULT_READINESS_TIMEOUT_S), "readiness.timeout")
+    return path, max(1, timeout)
 
 
 def _parse_models(value: Any) -> tuple[str, ...]:

@@ -74,10 +74,12 @@ class Gateway:
     _inflight: dict[int, int] = field(default_factory=dict)  # by child workload id
     _held: dict[int, int] = field(default_factory=dict)  # by service id
     _draining: set[int] = field(default_factory=set)  # child workload ids taking no new requests
+    generation: int = 0  # how many snapshots were published (a waiter knows when a new pass has run)
 
     def publish(self, views: Iterable[ServiceView]) -> None:
         """Replace the snapshot of services (the autoscaler, after each pass)."""
         with self._lock:
+            self.generation += 1
             self._services = {v.id: v for v in views}
             live = {b.workload_id for v in self._services.values() for b in v.backends}
             self._draining &= live | set(self._inflight)

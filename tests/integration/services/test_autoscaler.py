@@ -5,11 +5,13 @@ held request waking a service, a cancelled service taking its replicas with it."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.servers import ManualClock, TestServer, server_settings, start_server
+from tests.support.databases import temporary_postgres_database
+from tests.support.servers import ManualClock, TestServer, server_settings, start_server, wait_until
 
 from gpupool.client.http import Client
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
@@ -19,14 +21,18 @@ from gpupool.server.workers.autoscaler import Autoscaler
 LIVE = ("pending", "scheduled", "starting", "running")
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[TestServer, Client, ManualClock]]:
-    clock = ManualClock()
-    server = start_server(server_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}", workers=False),
-                          FakeExecutor(default=RUN_FOREVER), clock=clock)
-    with server.client() as admin:
-        yield server, admin, clock
-    server.stop()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TestServer, Client, ManualClock]]:
+    """A server with its workers off on a fresh database (SQLite, or a throw-away PostgreSQL database)."""
+    with ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'gpupool.db'}" if request.param == "sqlite" \
+            else stack.enter_context(temporary_postgres_database())
+        clock = ManualClock()
+        server = start_server(server_settings(tmp_path / "home", url, workers=False),
+                              FakeExecutor(default=RUN_FOREVER), clock=clock)
+        stack.callback(server.stop)
+        with server.client() as admin:
+            yield server, admin, clock
 
 
 def scaler(server: TestServer, clock: ManualClock, gateway: Gateway | None = None) -> Autoscaler:
@@ -77,3 +83,23 @@ def test_a_held_request_starts_a_replica_and_idle_scales_to_zero_after_the_delay
     reasons = [e.reason for e in admin.get_workload(sid).events]
     assert any(r.startswith("scale up 0 -> 1") for r in reasons)
     assert any(r.startswith("scale to zero") and "scale_down_delay 60s" in r for r in reasons)
+
+
+def test_a_replica_not_ready_within_the_readiness_timeout_is_replaced(tmp_path: Path) -> None:
+    clock = ManualClock()
+    server = start_server(server_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}"),
+                          FakeExecutor(default=RUN_FOREVER), clock=clock)  # workers on: replicas run, never listen
+    try:
+        with server.client() as admin:
+            sid = admin.submit(spec(replicas={"min": 1, "max": 1},
+                                    readiness={"path": "/health", "timeout": 30})).workload.id
+            first = wait_until(lambda: [c for c in live_children(admin, sid) if c.status == "running"], 30, 0.05,
+                               "a running replica")[0]
+            clock.advance(31)  # running 31 s > readiness timeout 30 s, never ready
+            wait_until(lambda: admin.get_workload(first.id).status == "cancelled", 30, 0.05, "replaced")
+            wait_until(lambda: [c for c in live_children(admin, sid) if c.id != first.id], 30, 0.05, "a new one")
+            assert any("not ready within 30s (readiness timeout)" in e.reason
+                       for e in admin.get_workload(sid).events)
+            admin.cancel(sid)
+    finally:
+        server.stop()

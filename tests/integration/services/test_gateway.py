@@ -31,11 +31,6 @@ START_S = 180
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_llm.build_model(tmp_path_factory.mktemp("tiny-model"))
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
     """One server for the module: SQLite, one simulated A100 (shared mode), the local executor."""
     tmp = tmp_path_factory.mktemp("gateway")

@@ -14,11 +14,7 @@ import httpx
 import openai
 import pytest
 from tests.support import tiny_llm
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_llm.build_model(tmp_path_factory.mktemp("tiny-model"))
+from tests.support.servers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +73,16 @@ def test_openai_client_streams_both_endpoints(server: tiny_llm.TinyServer) -> No
 def test_token_delay_keeps_requests_in_flight(server: tiny_llm.TinyServer) -> None:
     def long_request() -> None:
         httpx.post(server.url + "/v1/completions", json={"model": tiny_llm.MODEL_NAME, "prompt": "x",
-                                                          "max_tokens": 40}, timeout=30)
+                                                          "max_tokens": 200}, timeout=60)
 
     threads = [threading.Thread(target=long_request) for _ in range(3)]
     started = time.monotonic()
     for t in threads:
         t.start()
-    time.sleep(0.3)  # 40 tokens x 20 ms = 0.8 s each: all three still generating
-    inflight = httpx.get(server.url + "/metrics").text
+    # 200 tokens x 20 ms = 4 s each: all three are generating at once well before the first ends
+    seen = wait_until(lambda: "tiny_llm_inflight 3" in httpx.get(server.url + "/metrics").text, 4, 0.02,
+                      "three requests in flight")
     for t in threads:
         t.join()
-    assert "tiny_llm_inflight 3" in inflight
-    assert time.monotonic() - started >= 0.8
+    assert seen and time.monotonic() - started >= 4
     assert "tiny_llm_inflight 0" in httpx.get(server.url + "/metrics").text

@@ -14,7 +14,7 @@ ISSUE_EXAMPLE: dict[str, Any] = {
     "kind": "service", "name": "qwen-chat", "project": "nlp",
     "command": "vllm serve Qwen/Qwen2.5-0.5B-Instruct --served-model-name qwen2.5-0.5b --port $PORT",
     "resources": {"gpu": {"share": 0.5, "memory": "40GiB"}, "cpu": 4, "memory": "32GiB"}, "port": 8000,
-    "readiness": {"path": "/health"}, "models": ["qwen2.5-0.5b"], "replicas": {"min": 0, "max": 4},
+    "readiness": {"path": "/health", "timeout": "10m"}, "models": ["qwen2.5-0.5b"], "replicas": {"min": 0, "max": 4},
     "scaling": {"target_inflight": 8, "scale_down_delay": "5m", "cold_start_timeout": "10m"}, "priority": "high"}
 
 
@@ -29,6 +29,7 @@ def test_the_example_parses_and_round_trips() -> None:
     assert (s.models, s.min_replicas, s.max_replicas, s.port, s.readiness_path) == (("qwen2.5-0.5b",), 0, 4, 8000,
                                                                                   "/health")
     assert (s.scaling.scale_down_delay_s, s.scaling.cold_start_timeout_s, s.priority) == (300, 600, 900)
+    assert s.readiness_timeout_s == 600
     assert s.roles[0].resources.gpu is not None and s.roles[0].resources.gpu.share_milli == 500
     assert parse_spec(s.to_dict()) == s
 
@@ -38,7 +39,8 @@ def test_the_example_parses_and_round_trips() -> None:
     ({"replicas": {"min": 3, "max": 2}}, "replicas.min"),
     ({"scaling": {"target_inflight": 0}}, "scaling.target_inflight"), ({"scaling": {"burst": 1}}, "scaling.burst"),
     ({"readiness": {"path": "health"}}, "readiness.path"), ({"port": 0}, "port"), ({"command": None}, "command"),
-    ({"max_runtime": "1h"}, "max_runtime")])
+    ({"max_runtime": "1h"}, "max_runtime"), ({"environment": "vllm"}, "environment"),
+    ({"readiness": {"timeout": "soon"}}, "readiness.timeout")])
 def test_bad_fields_are_named(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as error:
         spec(**changes)

@@ -57,6 +57,7 @@ class Child:
     status: str
     reason: str
     endpoint: tuple[str, int] | None  # where it listens, once its port accepts connections
+    started_at: float | None = None  # when it began to run
 
 
 @dataclass
@@ -121,6 +122,7 @@ class Autoscaler:
         plan = _Plan(stop=dict.fromkeys(orphans, "its service ended"))
         for service in services:
             self._decide(service, now, plan)
+        plan.events = [(sid, reason) for sid, reason in plan.events if self._last_event.get(sid) != reason]
         if plan.submit or plan.stop or plan.events:
             self._apply(services, plan, now)
         busy = any(not v.backends and self.gateway.load({v.id: []})[v.id][1] for v in views)
@@ -153,7 +155,7 @@ class Autoscaler:
                      for e in stored_endpoints(r.endpoints) if e.ready and e.host]
             endpoint = (found[0].host or "", found[0].port) if found else None
             owner.children.append(Child(child.id, child.name, child.status, child.pending_reason or child.message,
-                                        endpoint))
+                                        endpoint, child.started_at))
         return list(services.values()), orphans
 
     def _view(self, service: _Service) -> ServiceView:
@@ -180,7 +182,11 @@ class Autoscaler:
             if child.id in draining and self.gateway.inflight_of(child.id) == 0:
                 plan.stop[child.id] = "drained"
         name = child_name(service.name, service.revision)
-        live = [c for c in service.children if c.id not in draining and c.name == name]
+        limit = service.spec.readiness_timeout_s
+        for child in service.children:
+            if child.started_at is not None and child.id not in service.ready and now - child.started_at > limit:
+                plan.stop[child.id] = f"replica workload {child.id} not ready within {limit}s (readiness timeout)"
+        live = [c for c in service.children if c.id not in draining and c.name == name and c.id not in plan.stop]
         old = [c for c in service.children if c.id not in draining and c.name != name]
         inflight, held = self.gateway.load({service.row_id: [c.id for c in service.children]})[service.row_id]
         busy_at = self._busy_at.setdefault(service.row_id, now)
@@ -215,10 +221,9 @@ class Autoscaler:
     def _apply(self, services: Sequence[_Service], plan: _Plan, now: float) -> None:
         by_id = {s.row_id: s for s in services}
         with self.db.session() as session:
-            for service_id, reason in plan.events:
-                if self._last_event.get(service_id) != reason:
-                    repo.add_event(session, service_id, now, reason)
-                    self._last_event[service_id] = reason
+            for service_id, reason in plan.events:  # only reasons that changed since the last one recorded
+                repo.add_event(session, service_id, now, reason)
+                self._last_event[service_id] = reason
             for service_id, count in sorted(plan.submit.items()):
                 self._submit(session, by_id[service_id], count, now)
             for child_id, reason in sorted(plan.stop.items()):

@@ -37,6 +37,19 @@ OPENAI_PATHS = ("completions", "chat/completions", "embeddings")
 # few lock acquisitions per second per held request.
 HOLD_POLL_S = 0.02
 ServiceName = Annotated[str, Path(max_length=63)]
+# A service submitted a moment ago is routable after the autoscaler's next pass (woken at once; a pass reads a
+# few rows): a request that names no known service waits at most this long for two passes before its 404.
+REFRESH_WAIT_S = 2.0
+
+
+async def _refreshed(gateway: Gateway) -> None:
+    """Wake the autoscaler and wait until it published twice (a pass under way may have read the store before
+    the service was submitted), at most REFRESH_WAIT_S."""
+    start = gateway.generation
+    gateway.wake_autoscaler()
+    deadline = time.monotonic() + REFRESH_WAIT_S
+    while gateway.generation < start + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(HOLD_POLL_S)
 
 
 def _principal(services: Services, request: Request) -> Principal:
@@ -88,7 +101,11 @@ async def openai_call(request: Request, endpoint: str) -> Response:
         model = json.loads(body or b"{}").get("model") if body else None
         if not isinstance(model, str):
             return error_response(400, "validation", "the JSON body needs a model name in 'model'", "model")
-        view = _by_model(_gateway(request), principal, model)
+        try:
+            view = _by_model(_gateway(request), principal, model)
+        except NotFoundError:
+            await _refreshed(_gateway(request))
+            view = _by_model(_gateway(request), principal, model)
     except (ValueError, AttributeError):
         return error_response(400, "validation", "the body must be a JSON object", "body")
     except GpupoolError as exc:
@@ -105,6 +122,9 @@ async def service_path(request: Request, name: ServiceName, path: str) -> Respon
         proxy.check_same_origin(request.method, request.headers, request.url.scheme)
         principal = await run_in_threadpool(_principal, services, request)
         found = [v for v in _gateway(request).services() if v.name == name and principal.can_read(v.project_id)]
+        if not found:
+            await _refreshed(_gateway(request))
+            found = [v for v in _gateway(request).services() if v.name == name and principal.can_read(v.project_id)]
         if not found:
             raise NotFoundError(f"service {name!r} not found among your projects' services")
         view = max(found, key=lambda v: v.id)
