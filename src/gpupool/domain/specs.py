@@ -490,4 +490,11 @@ def _role_to_dict(role: RoleSpec) -> dict[str, Any]:
     return out
 
 
-_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job}
+def _parse_notebook(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.notebooks import parse_notebook  # noqa: PLC0415  (its own module builds on this one)
+
+    return parse_notebook(data)
+
+
+_PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {WorkloadKind.JOB: _parse_job,
+                                                                         WorkloadKind.NOTEBOOK: _parse_notebook}

@@ -21,17 +21,19 @@ from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, pool, proxy, system, workloads
+from gpupool.server.api.routes import accounts, gpus, metrics, notebooks, pool, proxy, system, workloads
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory
 from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
+from gpupool.server.notebook_keys import NotebookKeys
 from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
+from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
@@ -60,7 +62,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     storage = StorageLayout(settings.home)
     accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
                           lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
-    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts)
+    keys = services.notebook_keys = NotebookKeys.from_file(settings.home / "notebook.key")
+    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_scheduler, start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
@@ -71,6 +74,9 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,
                                               on_change=services.wake_workers)
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
+    culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
+                                                       on_change=services.wake_workers)
+    services.culler = IntervalWorker("culler", culler.step, settings.notebook_cull_interval_s)
     return services
 
 
@@ -85,14 +91,15 @@ def start_services(services: Services) -> None:
     if services.node_sync is not None:
         services.node_sync.step()
     if settings.workers:
-        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker):
+        for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker,
+                       services.culler):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
+    for worker in (services.culler, services.nodes_worker, services.sampler, services.scheduler, services.reconciler):
         if worker is not None:
             worker.stop()
     if services.gpus is not None:
@@ -151,6 +158,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
-    for module in (workloads, pool, gpus, metrics, accounts):
+    for module in (workloads, pool, gpus, metrics, accounts, notebooks):
         app.include_router(module.router, prefix="/api/v1")
     return app

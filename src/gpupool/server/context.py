@@ -10,8 +10,10 @@ import httpx
 from gpupool.executors.base import Executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.node_providers import NodeSync
+from gpupool.server.notebook_keys import NotebookKeys
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.server.settings import Settings
+from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.server.workers.scheduling import SchedulingLoop
@@ -37,6 +39,9 @@ class Services:
     sampler: IntervalWorker | None = None
     node_sync: NodeSync | None = None
     nodes_worker: IntervalWorker | None = None
+    notebook_keys: NotebookKeys | None = None
+    notebook_culler: NotebookCuller | None = None
+    culler: IntervalWorker | None = None
     _proxy_client: httpx.AsyncClient | None = None
 
     def proxy_client(self) -> httpx.AsyncClient:

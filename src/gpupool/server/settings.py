@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     fair_share_preemption: bool = Field(False, description="A queue below its weighted fair share may preempt "
                                         "work of a queue above it (after min_runtime_s)")
     max_preemptions_per_cycle: int = Field(64, ge=0, description="At most this many victims per scheduling cycle")
+    # Notebooks: the idle timeout of a notebook whose spec names none (2 h: a lunch break survives, a forgotten
+    # tab does not hold a GPU overnight), and how often the culler asks each Jupyter (30 s: culling is 30 s late
+    # at most, two cheap requests per notebook per pass).
+    notebook_idle_timeout: str = Field("2h", description="Default idle timeout of notebooks (e.g. 2h, or off)")
+    notebook_cull_interval_s: float = Field(30.0, gt=0, description="How often idle notebooks are looked for")
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)

@@ -1,0 +1,133 @@
+"""Notebooks end to end: a real server with the local executor runs real JupyterLab servers as `kind: notebook`
+workloads, reached through /notebooks/<id>/ with gpupool auth in front. One server and one long-lived notebook
+for the module (JupyterLab starts in 2-4 s unloaded); the culling test adds one more."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.support.jupyter import execute, start_kernel
+from tests.support.servers import TestServer, server_settings, start_server, wait_until
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from gpupool.client.http import Client
+from gpupool.domain.errors import ConflictError
+from gpupool.executors.local import LocalExecutor
+
+pytestmark = pytest.mark.slow
+READY_S = 120  # JupyterLab takes 2-4 s to start unloaded, 10-20 s on a busy 2-core CI machine
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    tmp = tmp_path_factory.mktemp("notebooks")
+    home = tmp / "replica-home"
+    home.mkdir()
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"  # `python` = this venv's
+    executor = LocalExecutor(tmp / "executor", base_env={"PATH": path, "HOME": str(home), "LANG": "C.UTF-8"})
+    running = start_server(server_settings(tmp / "home", f"sqlite:///{tmp / 'gpupool.db'}", gpus="2xA100-80GB",
+                                           notebook_cull_interval_s=0.5), executor)
+    yield running
+    with running.client() as admin:
+        for notebook in admin.notebooks():
+            admin.cancel(notebook.id)
+        wait_until(lambda: not any(r.state in ("starting", "running") for n in admin.list_workloads(
+            status=["cancelled"]).items for r in admin.get_workload(n.id).replica_list), 60, 0.2, "notebooks stopped")
+    running.stop()
+
+
+def ready(client: Client, notebook_id: int) -> bool:
+    workload = client.get_workload(notebook_id)
+    return workload.status == "running" and any(e.ready for r in workload.replica_list for e in r.endpoints)
+
+
+@pytest.fixture(scope="module")
+def notebook(server: TestServer) -> int:
+    with server.client() as admin:
+        nid = admin.submit({"kind": "notebook", "name": "main", "idle_timeout": "off",
+                            "resources": {"cpu": 0.5, "memory": "1GiB", "gpu": 0.25}}).workload.id
+        wait_until(lambda: ready(admin, nid), READY_S, 0.2, "the notebook ready")
+    return nid
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_lab_page_and_kernel_through_the_proxy(server: TestServer, notebook: int) -> None:
+    base = f"{server.url}/notebooks/{notebook}/"
+    lab = httpx.get(f"{base}lab", headers=bearer(server.admin_token), timeout=60)
+    assert lab.status_code == 200 and "JupyterLab" in lab.text
+    kernel = start_kernel(base, bearer(server.admin_token))
+    ws_url = f"ws://127.0.0.1:{server.settings.port}/notebooks/{notebook}/api/kernels/{kernel}/channels"
+    assert execute(ws_url, bearer(server.admin_token), "1+1") == ("2", None)
+    # JupyterLab 4's binary protocol is negotiated through the proxy; the notebook has its GPU share's env
+    result, protocol = execute(ws_url, bearer(server.admin_token),
+                               "import os; (os.environ['GPUPOOL_GPU_MILLI'], os.getcwd() == "
+                               "os.environ['GPUPOOL_USER_DIR'], 'JUPYTER_TOKEN' in os.environ)", binary=True)
+    assert (result, protocol) == ("('250', True, True)", "v1.kernel.websocket.jupyter.org")
+
+
+def test_one_time_link_becomes_a_cookie_for_this_notebook_only(server: TestServer, notebook: int) -> None:
+    with server.client() as admin:
+        link = admin.open_notebook(notebook)
+    assert link.ready and "ptoken=" in link.path
+    with httpx.Client(base_url=server.url, timeout=60) as browser:
+        swap = browser.get(link.path)
+        assert swap.status_code == 302 and swap.headers["location"] == f"/notebooks/{notebook}/lab"
+        cookie = swap.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie and f"path=/notebooks/{notebook}/" in cookie
+        assert browser.get(f"/notebooks/{notebook}/lab").status_code == 200  # the cookie alone opens it
+        assert browser.get("/api/v1/workloads").status_code == 401  # ... and nothing else
+    assert httpx.get(server.url + link.path).status_code == 401  # used once
+
+
+def test_refusals(server: TestServer, notebook: int) -> None:
+    base = f"{server.url}/notebooks/{notebook}"
+    assert httpx.get(f"{base}/lab").status_code == 401
+    with server.client() as admin:
+        other = admin.create_user("olga", project="default", role="member").token
+    refused = httpx.get(f"{base}/lab", headers=bearer(other))
+    assert refused.status_code == 403 and "another user" in refused.json()["error"]["message"]
+    evil = httpx.post(f"{base}/api/kernels", headers={**bearer(server.admin_token), "Origin": "https://evil.example"})
+    assert evil.status_code == 403
+    ws = f"ws://127.0.0.1:{server.settings.port}/notebooks/{notebook}/api/events/subscribe"
+    for headers in ({}, bearer(other), {**bearer(server.admin_token), "Origin": "https://evil.example"}):
+        with pytest.raises(InvalidStatus), connect(ws, additional_headers=headers):
+            pass
+    with connect(ws, additional_headers=bearer(server.admin_token)):
+        pass  # the same handshake with the owner's token is accepted
+
+
+def test_culled_when_idle_frees_its_gpu_and_starts_again_with_its_files(server: TestServer, notebook: int) -> None:
+    with server.client() as admin:
+        nid = admin.submit({"kind": "notebook", "name": "short", "idle_timeout": "6s",
+                            "resources": {"cpu": 0.5, "memory": "1GiB", "gpu": 1}}).workload.id
+        wait_until(lambda: ready(admin, nid), READY_S, 0.2, "the notebook ready")
+        put = httpx.put(f"{server.url}/notebooks/{nid}/api/contents/kept.txt", headers=bearer(server.admin_token),
+                        json={"type": "file", "format": "text", "content": "still here"})
+        assert put.status_code == 201
+        # the other card holds the main notebook's share: a job asking for a whole GPU waits for this one
+        job = admin.submit({"name": "waits", "command": "sleep 60", "resources": {"cpu": 0.5, "gpu": 1}}).workload.id
+        assert admin.get_workload(job).status == "pending"
+        culled = admin.wait(nid, ["stopped"], timeout_s=60)
+        assert culled.message.split(" idle")[0] in ("culled after 6s", "culled after 7s")
+        assert any("culled in" in e.reason for e in culled.events)  # the warning came first
+        admin.wait(job, ["running", "starting"], timeout_s=30)  # its GPU went to the waiting job
+        assert admin.get_workload(notebook).status == "running"  # idle_timeout: off is never culled
+        with pytest.raises(ConflictError):
+            admin.stop_notebook(nid)
+        admin.cancel(job)
+        admin.start_notebook(nid)
+        wait_until(lambda: ready(admin, nid), READY_S, 0.2, "the notebook ready again")
+        kept = httpx.get(f"{server.url}/notebooks/{nid}/api/contents/kept.txt", headers=bearer(server.admin_token))
+        assert kept.json()["content"] == "still here"
+        stopped = admin.stop_notebook(nid)
+        assert stopped.status == "stopped" and "stopped by admin" in stopped.message
+        assert httpx.get(f"{server.url}/notebooks/{nid}/lab", headers=bearer(server.admin_token)).status_code == 409
