@@ -65,6 +65,10 @@ class NotebookSpec(WorkloadSpec):
 def parse_notebook(data: dict[str, Any]) -> NotebookSpec:
     """Parse a `kind: notebook` spec; ValidationError naming the field (a notebook has no command, ports or
     replicas of its own: gpupool runs JupyterLab as one replica)."""
+    for generated in ("command", "ports", "replicas", "roles"):
+        if generated in data:
+            raise ValidationError("a notebook is one JupyterLab replica whose command and port gpupool writes; "
+                                  f"remove {generated} (kind: job runs a command of your own)", generated)
     reject_unknown_keys(data, NOTEBOOK_KEYS)
     common = _parse_common({**data, "command": JUPYTER_COMMAND, "ports": [JUPYTER_PORT], "replicas": 1},
                            WorkloadKind.NOTEBOOK)

@@ -35,9 +35,10 @@ def test_a_notebook_spec_is_one_jupyter_replica_on_its_port_and_round_trips() ->
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"command": "python x.py"}, "command: unknown field"),
-    ({"ports": [80]}, "ports: unknown field"),
-    ({"replicas": 2}, "replicas: unknown field"),
+    ({"command": "python x.py"}, "command: a notebook is one JupyterLab replica"),
+    ({"ports": [80]}, "ports: a notebook"),
+    ({"replicas": 2}, "replicas: a notebook"),
+    ({"gpus": 1}, "gpus: unknown field"),
     ({"idle_timeout": "soon"}, "idle_timeout"),
     ({"idle_timeout": "90d"}, "idle_timeout: '90d' is out of range"),
     ({"environment": "Bad Name"}, "environment: 'Bad Name' is not an environment name"),
