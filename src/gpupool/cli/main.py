@@ -26,7 +26,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "nodes": ("nodes", None), "queues": ("admin", None), "projects": ("admin", None), "users": ("admin", None),
     "tokens": ("admin", None), "top": ("monitor", None), "report": ("monitor", None),
     "schema": ("schema", None), "plan": ("plan", "plan_app"), "sim": ("sim", "sim_app"),
-    "notebook": ("notebooks", "notebook_app"),
+    "notebook": ("notebooks", "notebook_app"), "port-forward": ("port_forward", None),
 }
 
 

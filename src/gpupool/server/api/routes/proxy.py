@@ -7,6 +7,8 @@ JupyterLab (owner and project admins only; `?ptoken=` opens it in a browser).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -240,3 +242,57 @@ async def notebook_ws(websocket: WebSocket, workload_id: WorkloadId, path: str) 
     headers = proxy.upstream_request_headers(websocket.headers.items(), client_host, websocket.url.scheme, target)
     headers.append(("authorization", f"token {token}"))
     await _relay_websocket(websocket, target, _upstream_path(workload_id, path), headers)
+
+
+# ------------------------------------------------------------------------------------------ tunnel
+# `/workloads/<id>/tunnel/<port>`: a WebSocket that carries the raw bytes of one TCP connection to the port
+# replica 0 listens on (`gpupool port-forward` opens one per local connection), for tools that need a plain
+# port rather than HTTP under a path. Same auth and same-origin rule as the HTTP proxy.
+TUNNEL_CHUNK = 64 * 1024  # bytes read from the replica per message: a socket buffer's worth
+
+
+@router.websocket("/workloads/{workload_id}/tunnel/{port}")
+async def tunnel(websocket: WebSocket, workload_id: WorkloadId, port: Port) -> None:
+    """Relay one TCP connection to the replica's port over this WebSocket (binary messages both ways)."""
+    services: Services = websocket.app.state.services
+    try:
+        proxy.check_same_origin("GET", websocket.headers, websocket.url.scheme, websocket=True)
+        target = await run_in_threadpool(proxy.resolve_target, services.db, services.clock(),
+                                         proxy.request_token(websocket.headers), workload_id, 0, port,
+                                         f"/workloads/{workload_id}/tunnel/{port}")
+    except proxy.NotReadyError as exc:
+        await websocket.close(WS_TRY_LATER, exc.message[:120])
+        return
+    except GpupoolError as exc:
+        await websocket.close(WS_POLICY, exc.message[:120])
+        return
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port),
+                                                proxy.CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        await websocket.close(WS_UNREACHABLE, f"the replica refused the connection ({exc})"[:120])
+        return
+    await websocket.accept()
+    await _pump(websocket, reader, writer)
+
+
+async def _pump(websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def down() -> None:
+        while chunk := await reader.read(TUNNEL_CHUNK):
+            await websocket.send_bytes(chunk)
+
+    async def up() -> None:
+        browser = _Browser(websocket)
+        while (message := await browser.receive_any()) is not None:
+            writer.write(message.encode() if isinstance(message, str) else message)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()
