@@ -134,8 +134,12 @@ def cookie_value(headers: Mapping[str, str], name: str) -> str | None:
 
 def _notebook_principal(session: Session, headers: Mapping[str, str], keys: NotebookKeys, workload_id: int,
                         now: float) -> Principal:
-    authorization = request_token(headers)
-    if authorization is not None:
+    # JupyterLab sends its own `Authorization: token <Jupyter token>` on API calls: only Bearer is gpupool's
+    authorization = headers.get("authorization", "")
+    if not authorization.lower().startswith("bearer "):
+        gpupool_cookie = cookie_value(headers, TOKEN_COOKIE)
+        authorization = f"Bearer {gpupool_cookie}" if gpupool_cookie else ""
+    if authorization:
         return authenticate(session, authorization, now).principal
     value = cookie_value(headers, cookie_name(workload_id))
     grant = keys.check_session(value, workload_id, now) if value else None

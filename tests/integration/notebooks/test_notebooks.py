@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 from tests.support.jupyter import execute, start_kernel
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 from websockets.exceptions import InvalidStatus
@@ -131,3 +132,47 @@ def test_culled_when_idle_frees_its_gpu_and_starts_again_with_its_files(server: 
         stopped = admin.stop_notebook(nid)
         assert stopped.status == "stopped" and "stopped by admin" in stopped.message
         assert httpx.get(f"{server.url}/notebooks/{nid}/lab", headers=bearer(server.admin_token)).status_code == 409
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# screenshots are kept here for CI to collect (build/ is ignored by git)
+ARTIFACTS = Path(os.environ.get("GPUPOOL_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parents[3] / "build" / "test-artifacts"))
+
+
+def test_a_browser_opens_the_link_runs_a_cell_and_sees_its_output(server: TestServer, notebook: int) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
+        pytest.skip("no /usr/bin/chromium on this machine (apt-get install chromium)")
+    with server.client() as admin:
+        link = admin.open_notebook(notebook)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless=new"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+            page.goto(server.url + link.path, timeout=90_000)
+            try:
+                page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=90_000)
+            except Exception as exc:
+                page.screenshot(path=str(ARTIFACTS / "notebook-lab-failed.png"))
+                raise AssertionError(f"no launcher; failed requests: {errors}") from exc
+            expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=90_000)  # kernel up
+            assert page.get_by_text("official Jupyter news").count() == 0  # no news pop-up
+            editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+            editor.click(timeout=60_000)
+            page.keyboard.type("21 * 2")
+            page.keyboard.press("Shift+Enter")
+            output = page.locator(".jp-OutputArea-output").first
+            try:
+                expect(output).to_have_text("42", timeout=90_000)
+            except AssertionError:
+                page.screenshot(path=str(ARTIFACTS / "notebook-lab-failed.png"))
+                raise
+            page.screenshot(path=str(ARTIFACTS / "notebook-lab.png"))
+            assert errors == []
+        finally:
+            browser.close()
