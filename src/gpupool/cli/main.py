@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "tokens": ("admin", None), "top": ("monitor", None), "report": ("monitor", None),
     "schema": ("schema", None), "plan": ("plan", "plan_app"), "sim": ("sim", "sim_app"),
     "notebook": ("notebooks", "notebook_app"), "port-forward": ("port_forward", None),
+    "envs": ("environments", "envs_app"),
 }
 
 

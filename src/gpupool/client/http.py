@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from gpupool.api import gpu_schemas, notebook_schemas, schemas
+from gpupool.api import environment_schemas, gpu_schemas, notebook_schemas, schemas
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -181,6 +181,27 @@ class Client:
     def start_notebook(self, workload_id: int) -> schemas.WorkloadDetail:
         """Start a stopped notebook again; ConflictError unless it is stopped."""
         return self._send("POST", f"{API}/notebooks/{int(workload_id)}/start", schemas.WorkloadDetail, None)
+
+    # ------------------------------------------------------------------------------- environments
+    def create_environment(self, name: str, *, python: str = "3.11", packages: str = "",
+                           requirements: str = "", timeout_s: float = 3600.0) -> environment_schemas.EnvironmentInfo:
+        """Build (or find in the cache) a Python environment and name it; blocks while it builds."""
+        body = environment_schemas.EnvironmentCreate(name=name, python=python, packages=packages,
+                                                     requirements=requirements)
+        response = self._request("POST", f"{API}/environments", json=body.model_dump(), timeout=timeout_s)
+        return environment_schemas.EnvironmentInfo.model_validate(response.json())
+
+    def environments(self) -> list[environment_schemas.EnvironmentInfo]:
+        """Every environment."""
+        return self._get(f"{API}/environments", list[environment_schemas.EnvironmentInfo])
+
+    def environment(self, name: str) -> environment_schemas.EnvironmentDetail:
+        """One environment with its build log."""
+        return self._get(f"{API}/environments/{name}", environment_schemas.EnvironmentDetail)
+
+    def remove_environment(self, name: str) -> environment_schemas.EnvironmentInfo:
+        """Remove an environment (its owner or an administrator)."""
+        return self._send("DELETE", f"{API}/environments/{name}", environment_schemas.EnvironmentInfo, None)
 
     # ------------------------------------------------------------------------------ nodes, queues
     def nodes(self) -> list[schemas.NodeInfo]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from gpupool.domain.errors import ValidationError, reject_unknown_keys
 from gpupool.domain.resources import parse_duration
-from gpupool.domain.specs import NAME_RE, WorkloadKind, WorkloadSpec, _parse_common
+from gpupool.domain.specs import WorkloadKind, WorkloadSpec, _parse_common
 
 # The port Jupyter listens on as the spec names it (the executor picks the real one on the node): Jupyter's
 # own default, so `/workloads/<id>/ports/8888/` reads naturally too.
@@ -51,10 +51,9 @@ JUPYTER_COMMAND = (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NotebookSpec(WorkloadSpec):
     """A notebook: one JupyterLab replica. `idle_timeout_s` None means the pool's default, IDLE_OFF never culls;
-    `environment` names a Python environment (None: the interpreter gpupool runs on)."""
+    `environment` (every kind has it) names a Python environment, which must hold jupyterlab."""
 
     idle_timeout_s: int | None = None
-    environment: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical plain-data form (without the command and port gpupool writes); parses back equal."""
@@ -63,8 +62,6 @@ class NotebookSpec(WorkloadSpec):
             out.pop(generated, None)
         if self.idle_timeout_s is not None:
             out["idle_timeout"] = "off" if self.idle_timeout_s == IDLE_OFF else self.idle_timeout_s
-        if self.environment is not None:
-            out["environment"] = self.environment
         return out
 
 
@@ -78,8 +75,7 @@ def parse_notebook(data: dict[str, Any]) -> NotebookSpec:
     reject_unknown_keys(data, NOTEBOOK_KEYS)
     common = _parse_common({**data, "command": JUPYTER_COMMAND, "ports": [JUPYTER_PORT], "replicas": 1},
                            WorkloadKind.NOTEBOOK)
-    return NotebookSpec(idle_timeout_s=parse_idle_timeout(data.get("idle_timeout")),
-                        environment=_parse_environment(data.get("environment")), **common)
+    return NotebookSpec(idle_timeout_s=parse_idle_timeout(data.get("idle_timeout")), **common)
 
 
 def parse_idle_timeout(value: Any, field_name: str = "idle_timeout") -> int | None:
@@ -92,14 +88,6 @@ def parse_idle_timeout(value: Any, field_name: str = "idle_timeout") -> int | No
     if not 1 <= seconds <= MAX_IDLE_TIMEOUT_S:
         raise ValidationError(f"{value!r} is out of range; use 1s..30d, or off to never cull", field_name)
     return seconds
-
-
-def _parse_environment(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValidationError(f"{value!r} is not an environment name (see `gpupool envs ls`)", "environment")
-    return value
 
 
 # ------------------------------------------------------------------------------------------ culling

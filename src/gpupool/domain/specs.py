@@ -105,6 +105,7 @@ class WorkloadSpec:
     min_available: int | None = None
     workdir: str | None = None  # absolute directory the command starts in (default: the user's storage dir)
     ports: tuple[int, ...] = ()  # ports each replica listens on, as the user names them (see parse_ports)
+    environment: str | None = None  # a Python environment built by `gpupool envs create` (its bin first on PATH)
     uses_roles: bool = False  # written with roles: rather than replicas:
 
     @property
@@ -163,6 +164,8 @@ class WorkloadSpec:
             out["workdir"] = self.workdir
         if self.ports:
             out["ports"] = list(self.ports)
+        if self.environment is not None:
+            out["environment"] = self.environment
         return out
 
 
@@ -188,7 +191,7 @@ class JobSpec(WorkloadSpec):
 
 # ------------------------------------------------------------------------------------------ parsing
 _COMMON_KEYS = ("kind", "name", "project", "queue", "priority", "replicas", "roles", "resources", "command",
-                "env", "max_runtime", "preemptible", "min_available", "workdir", "ports")
+                "env", "max_runtime", "preemptible", "min_available", "workdir", "ports", "environment")
 _JOB_KEYS = (*_COMMON_KEYS, "distributed", "retries")
 _ROLE_KEYS = ("replicas", "resources", "command", "env")
 
@@ -252,6 +255,7 @@ def _parse_common(data: dict[str, Any], kind: WorkloadKind) -> dict[str, Any]:
         "min_available": min_available,
         "workdir": _parse_workdir(data.get("workdir")),
         "ports": parse_ports(data.get("ports")),
+        "environment": _parse_environment_name(data.get("environment")),
         "uses_roles": uses_roles,
     }
 
@@ -390,6 +394,14 @@ def _parse_command(value: Any, field_name: str) -> str:
     if len(value) > MAX_COMMAND_CHARS or "\x00" in value:
         raise ValidationError(f"the command is longer than {MAX_COMMAND_CHARS} characters or has a NUL; put it "
                               "in a script", field_name)
+    return value
+
+
+def _parse_environment_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValidationError(f"{value!r} is not an environment name (see `gpupool envs ls`)", "environment")
     return value
 
 

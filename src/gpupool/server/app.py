@@ -21,9 +21,20 @@ from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
-from gpupool.server.api.routes import accounts, gpus, metrics, notebooks, pool, proxy, system, workloads
+from gpupool.server.api.routes import (
+    accounts,
+    environments,
+    gpus,
+    metrics,
+    notebooks,
+    pool,
+    proxy,
+    system,
+    workloads,
+)
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
+from gpupool.server.environments import EnvironmentStore, uv_settings
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory
@@ -63,7 +74,9 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
                           lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
     keys = services.notebook_keys = NotebookKeys.from_file(settings.home / "notebook.key")
-    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys)
+    envs = services.environments = EnvironmentStore(settings.home / "environments", uv_settings(settings))
+    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys,
+                            environments=envs)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_scheduler, start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
@@ -158,6 +171,6 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(system.router)
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
-    for module in (workloads, pool, gpus, metrics, accounts, notebooks):
+    for module in (workloads, pool, gpus, metrics, accounts, notebooks, environments):
         app.include_router(module.router, prefix="/api/v1")
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from gpupool.executors.base import Executor
+from gpupool.server.environments import EnvironmentStore
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.node_providers import NodeSync
 from gpupool.server.notebook_keys import NotebookKeys
@@ -40,6 +41,7 @@ class Services:
     node_sync: NodeSync | None = None
     nodes_worker: IntervalWorker | None = None
     notebook_keys: NotebookKeys | None = None
+    environments: EnvironmentStore | None = None
     notebook_culler: NotebookCuller | None = None
     culler: IntervalWorker | None = None
     _proxy_client: httpx.AsyncClient | None = None
