@@ -17,6 +17,8 @@ notebook_app = typer.Typer(help="JupyterLab notebooks on the pool: create, open,
 # Cold JupyterLab starts in 2-4 s here; the scheduler may first have to wait for capacity. Five minutes is
 # long enough to wait for a busy pool yet ends a script that would otherwise wait forever.
 READY_TIMEOUT_S = 300.0
+# A stopping Jupyter ends within the server's stop grace period (10 s by default); a minute covers a slow one.
+STOPPING_WAIT_S = 60.0
 NotebookArg = Annotated[int, typer.Argument(help="The notebook's id (see `gpupool notebook ls`).", min=1)]
 
 
@@ -133,13 +135,27 @@ def stop(notebook_id: NotebookArg) -> None:
     console.print(f"notebook {notebook_id}: {status_text(workload.status)} ({workload.message})", soft_wrap=True)
 
 
+def _start_when_stopped(client: Client, notebook_id: int) -> None:
+    from gpupool.domain.errors import ConflictError  # noqa: PLC0415
+
+    deadline = time.monotonic() + STOPPING_WAIT_S
+    while True:
+        try:
+            client.start_notebook(notebook_id)
+            return
+        except ConflictError as exc:
+            if "still stopping" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @notebook_app.command()
 @handle_errors
 def start(notebook_id: NotebookArg,
           wait: Annotated[bool, typer.Option(help="Wait until it is ready and print its link.")] = True) -> None:
     """Start a stopped (or culled) notebook again: same id, same files."""
     with make_client() as client:
-        client.start_notebook(notebook_id)
+        _start_when_stopped(client, notebook_id)
         if not wait:
             console.print(f"notebook {notebook_id} is waiting to be scheduled")
             return

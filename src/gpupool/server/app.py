@@ -88,7 +88,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                               on_change=services.wake_workers)
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
     culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
-                                                       on_change=services.wake_workers)
+                                                       on_change=services.wake_workers,
+                                                       interval_s=settings.notebook_cull_interval_s)
     services.culler = IntervalWorker("culler", culler.step, settings.notebook_cull_interval_s)
     return services
 

@@ -4,7 +4,10 @@ for the module (JupyterLab starts in 2-4 s unloaded); the culling test adds one 
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +58,15 @@ def notebook(server: TestServer) -> int:
                             "resources": {"cpu": 0.5, "memory": "1GiB", "gpu": 0.25}}).workload.id
         wait_until(lambda: ready(admin, nid), READY_S, 0.2, "the notebook ready")
     return nid
+
+
+def start_when_stopped(client: Client, notebook_id: int) -> bool:
+    try:
+        client.start_notebook(notebook_id)
+    except ConflictError as exc:
+        assert "still stopping" in str(exc)
+        return False
+    return True
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -118,14 +130,16 @@ def test_culled_when_idle_frees_its_gpu_and_starts_again_with_its_files(server: 
         job = admin.submit({"name": "waits", "command": "sleep 60", "resources": {"cpu": 0.5, "gpu": 1}}).workload.id
         assert admin.get_workload(job).status == "pending"
         culled = admin.wait(nid, ["stopped"], timeout_s=60)
-        assert culled.message.split(" idle")[0] in ("culled after 6s", "culled after 7s")
-        assert any("culled in" in e.reason for e in culled.events)  # the warning came first
+        idle = re.match(r"culled after (\d+)s idle; files kept", culled.message)
+        assert idle is not None and 6 <= int(idle.group(1)) <= 30, culled.message
+        warned = [e.at for e in culled.events if "culled in" in e.reason]
+        assert len(warned) == 1 and warned[0] < culled.events[-1].at  # the warning came first, once
         admin.wait(job, ["running", "starting"], timeout_s=30)  # its GPU went to the waiting job
         assert admin.get_workload(notebook).status == "running"  # idle_timeout: off is never culled
         with pytest.raises(ConflictError):
             admin.stop_notebook(nid)
         admin.cancel(job)
-        admin.start_notebook(nid)
+        wait_until(lambda: start_when_stopped(admin, nid), 60, 0.2, "the culled notebook's Jupyter stopped")
         wait_until(lambda: ready(admin, nid), READY_S, 0.2, "the notebook ready again")
         kept = httpx.get(f"{server.url}/notebooks/{nid}/api/contents/kept.txt", headers=bearer(server.admin_token))
         assert kept.json()["content"] == "still here"
@@ -176,3 +190,21 @@ def test_a_browser_opens_the_link_runs_a_cell_and_sees_its_output(server: TestSe
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_cli_lists_and_opens_notebooks(server: TestServer, notebook: int) -> None:
+    env = {**os.environ, "GPUPOOL_URL": server.url, "GPUPOOL_TOKEN": server.admin_token, "COLUMNS": "200"}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "gpupool", "notebook", *args], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = {n["id"]: n for n in json.loads(cli("ls", "--json"))}
+    assert (listed[notebook]["status"], listed[notebook]["gpu_milli"], listed[notebook]["idle_timeout_s"]) == (
+        "running", 250, 0)
+    assert "main" in cli("ls") and "never" in cli("ls")
+    url = cli("open", str(notebook), "--print").strip()
+    assert url.startswith(f"{server.url}/notebooks/{notebook}/lab?ptoken=")
+    assert httpx.get(url).status_code == 302  # a working one-time link

@@ -69,10 +69,13 @@ def stop(session: Session, principal: Principal, workload_id: int, now: float) -
 
 def start(session: Session, principal: Principal, workload_id: int, now: float) -> WorkloadRow:
     """Start a stopped (or culled) notebook again: it waits in its queue like a new one, same id, same files.
-    ConflictError unless it is stopped."""
+    ConflictError unless it is stopped, and while its last run's replica is still stopping (so two runs never
+    hold resources at once)."""
     row = notebook_row(session, principal, workload_id, for_update=True)
     if row.current_status != WorkloadStatus.STOPPED:
         raise ConflictError(f"notebook {workload_id} is {row.status}; only a stopped notebook can be started")
+    if row.attempt and any(not r.current_state.is_terminal for r in repo.replicas_of(session, row.id, row.attempt)):
+        raise ConflictError(f"notebook {workload_id} is still stopping; try again in a few seconds")
     transition(row, WorkloadStatus.PENDING, f"started again by {principal.name}", now)
     return row
 

@@ -3,7 +3,8 @@
 Each pass (every `notebook_cull_interval_s`) reads the running notebooks whose Jupyter is ready, asks each
 Jupyter for `/api/status` and `/api/kernels` (two reads that do not count as activity), and applies the pure
 rule of `gpupool.domain.notebooks.cull_decision`: a warning event once per run when culling is near, then
-`stopped` with "culled after <t> idle". Level-triggered: Jupyter keeps the activity times, so a restarted
+`stopped` with "culled after <t> idle" (only a run already warned about: a pass that comes late warns and
+culls on the next one). Level-triggered: Jupyter keeps the activity times, so a restarted
 server reaches the same decision; a notebook that changed run or status meanwhile is left alone
 (`services.notebooks.cull` checks under the row lock). The latest figures per notebook are kept for
 `gpupool notebook ls` (idle for, culls in).
@@ -49,8 +50,9 @@ class NotebookCuller:
 
     def __init__(self, db: Database, clock: Callable[[], float], keys: NotebookKeys, default_timeout: str,
                  on_change: Callable[[], None] = lambda: None,
-                 http: Callable[[str, dict[str, str]], Any] | None = None) -> None:
+                 http: Callable[[str, dict[str, str]], Any] | None = None, interval_s: float = 30.0) -> None:
         self.db = db
+        self.interval_s = interval_s
         self.clock = clock
         self.keys = keys
         self.default_timeout = default_timeout
@@ -106,20 +108,24 @@ class NotebookCuller:
         return cull_decision(activity, notebook.running_since, notebook.timeout_s, self.clock())
 
     def _act(self, notebook: _Running, decision: CullDecision) -> bool:
+        """Warn once per run when culling is near, and cull only a run already warned about (a culler that
+        looked late warns now and culls on its next pass), so the warning always comes first."""
         key = (notebook.workload_id, notebook.attempt)
         now = self.clock()
-        if decision.cull and decision.idle_for_s is not None:
-            idle_for = decision.idle_for_s
-            with self.db.session() as session:
-                return notebooks.cull(session, notebook.workload_id, notebook.attempt, idle_for, now)
-        if decision.warn and key not in self._warned and decision.culls_in_s is not None:
+        if not (decision.warn or decision.cull) or decision.idle_for_s is None or decision.culls_in_s is None:
+            return False
+        if key not in self._warned:
             self._warned.add(key)
             with self.db.session() as session:
                 repo.add_event(session, notebook.workload_id, now,
-                               f"idle for {duration_text(decision.idle_for_s or 0)}; culled in "
-                               f"{duration_text(decision.culls_in_s)} unless used (idle_timeout "
-                               f"{duration_text(notebook.timeout_s)})")
-        return False
+                               f"idle for {duration_text(decision.idle_for_s)}; culled in "
+                               f"{duration_text(max(decision.culls_in_s, self.interval_s))} unless used "
+                               f"(idle_timeout {duration_text(notebook.timeout_s)})")
+            return False
+        if not decision.cull:
+            return False
+        with self.db.session() as session:
+            return notebooks.cull(session, notebook.workload_id, notebook.attempt, decision.idle_for_s, now)
 
 
 def _get_json(url: str, headers: dict[str, str]) -> Any:
