@@ -35,12 +35,14 @@ IDLE_OFF = 0  # idle_timeout_s value of `idle_timeout: off`
 MAX_IDLE_TIMEOUT_S = 30 * 86400  # a month: longer is `off` in practice; say so
 NOTEBOOK_KEYS = ("kind", "name", "project", "queue", "priority", "resources", "env", "max_runtime", "preemptible",
                  "workdir", "idle_timeout", "environment")
-# JupyterLab asks every new user whether to fetch news; `overrides.json` in a private settings directory (made
-# with mktemp, so no other user can plant one) answers "no" and turns the update check off for everyone.
+# JupyterLab asks every new user whether to fetch news; `overrides.json` in a settings directory under the
+# user's own HOME (no other user can plant one; rewritten at each start, nothing left in /tmp) answers "no"
+# and turns the update check off.
 LAB_OVERRIDES = ('{"@jupyterlab/apputils-extension:notification": '
                  '{"fetchNews": "false", "checkForUpdates": false}}')
 JUPYTER_COMMAND = (
-    f"settings=$(mktemp -d) && printf '%s' '{LAB_OVERRIDES}' > \"$settings/overrides.json\" && "
+    'settings="${HOME:-.}/.cache/gpupool/lab-settings" && mkdir -p "$settings" && '
+    f"printf '%s' '{LAB_OVERRIDES}' > \"$settings/overrides.json\" && "
     'exec python -m jupyterlab --LabApp.app_settings_dir="$settings"'
     ' --no-browser --allow-root --ServerApp.ip="$GPUPOOL_NOTEBOOK_IP" '
     '--ServerApp.port="$GPUPOOL_PORT" --ServerApp.port_retries=0 '
