@@ -24,7 +24,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,7 +214,7 @@ def environment_env(store: EnvironmentStore | None, name: str | None, default_pa
     return {"PATH": f"{bin_dir}:{default_path}", "VIRTUAL_ENV": str(bin_dir.parent)}
 
 
-def split_urls(text: str | None) -> Sequence[str]:
+def split_urls(text: str | None) -> tuple[str, ...]:
     """Space-separated URLs or paths as a tuple ('' or None: none)."""
     return tuple((text or "").split())
 
