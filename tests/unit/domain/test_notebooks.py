@@ -103,3 +103,11 @@ def test_parse_activity_reads_jupyters_json_and_refuses_garbage() -> None:
 
 def test_duration_text() -> None:
     assert [duration_text(s) for s in (0, 45, 90, 3600, 5400, 7260)] == ["0s", "45s", "1m30s", "1h", "1h30m", "2h1m"]
+
+
+def test_stopped_is_left_only_by_start_or_cancel() -> None:
+    from gpupool.domain.status import can_transition  # noqa: PLC0415
+
+    assert all(can_transition(s, S.STOPPED) for s in (S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING))
+    assert [t for t in S if can_transition(S.STOPPED, t)] == [S.PENDING, S.CANCELLED]
+    assert not S.STOPPED.is_terminal() and not S.STOPPED.is_active()
