@@ -30,6 +30,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str | None]] = {
     "pipeline": ("pipelines", "pipeline_app"),
     "service": ("services", "service_app"),
     "console": ("console", None),
+    "notebook": ("notebooks", "notebook_app"), "port-forward": ("port_forward", None),
+    "envs": ("environments", "envs_app"),
 }
 
 

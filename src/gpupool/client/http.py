@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from gpupool.api import gpu_schemas, schemas, sweep_schemas, usage_schemas
+from gpupool.api import environment_schemas, gpu_schemas, notebook_schemas, schemas, sweep_schemas, usage_schemas
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError, error_from_kind
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -168,6 +168,44 @@ class Client:
                 raise TimeoutError(f"workload {workload_id} is {workload.status} after {timeout_s:g}s, not "
                                    f"{' or '.join(sorted(wanted))}")
             time.sleep(interval_s)
+
+    # ---------------------------------------------------------------------------------- notebooks
+    def notebooks(self, *, include_ended: bool = False) -> list[notebook_schemas.NotebookInfo]:
+        """Notebooks you may see, newest first, with idle for / culls in."""
+        return self._get(f"{API}/notebooks", list[notebook_schemas.NotebookInfo], all=include_ended or None)
+
+    def open_notebook(self, workload_id: int) -> notebook_schemas.NotebookOpen:
+        """A one-time link (a path on this server) that opens the notebook in a browser."""
+        return self._send("POST", f"{API}/notebooks/{int(workload_id)}/open", notebook_schemas.NotebookOpen, None)
+
+    def stop_notebook(self, workload_id: int) -> schemas.WorkloadDetail:
+        """Stop a notebook (GPU freed, files kept); ConflictError when already stopped or ended."""
+        return self._send("POST", f"{API}/notebooks/{int(workload_id)}/stop", schemas.WorkloadDetail, None)
+
+    def start_notebook(self, workload_id: int) -> schemas.WorkloadDetail:
+        """Start a stopped notebook again; ConflictError unless it is stopped."""
+        return self._send("POST", f"{API}/notebooks/{int(workload_id)}/start", schemas.WorkloadDetail, None)
+
+    # ------------------------------------------------------------------------------- environments
+    def create_environment(self, name: str, *, python: str = "3.11", packages: str = "",
+                           requirements: str = "", timeout_s: float = 3600.0) -> environment_schemas.EnvironmentInfo:
+        """Build (or find in the cache) a Python environment and name it; blocks while it builds."""
+        body = environment_schemas.EnvironmentCreate(name=name, python=python, packages=packages,
+                                                     requirements=requirements)
+        response = self._request("POST", f"{API}/environments", json=body.model_dump(), timeout=timeout_s)
+        return environment_schemas.EnvironmentInfo.model_validate(response.json())
+
+    def environments(self) -> list[environment_schemas.EnvironmentInfo]:
+        """Every environment."""
+        return self._get(f"{API}/environments", list[environment_schemas.EnvironmentInfo])
+
+    def environment(self, name: str) -> environment_schemas.EnvironmentDetail:
+        """One environment with its build log."""
+        return self._get(f"{API}/environments/{name}", environment_schemas.EnvironmentDetail)
+
+    def remove_environment(self, name: str) -> environment_schemas.EnvironmentInfo:
+        """Remove an environment (its owner or an administrator)."""
+        return self._send("DELETE", f"{API}/environments/{name}", environment_schemas.EnvironmentInfo, None)
 
     # ------------------------------------------------------------------------------ nodes, queues
     def nodes(self) -> list[schemas.NodeInfo]:

@@ -159,8 +159,30 @@ def _pipeline_lifecycle() -> Lifecycle:
     return PipelineRunLifecycle()
 
 
+class NotebookLifecycle:
+    """`kind: notebook`: runs until stopped or culled, and can start again.
+
+    As a job while it starts and runs (running once its replica runs; a failed or lost replica, the start
+    timeout or max_runtime end it failed or lost; preempted -> pending once stopped). JupyterLab shutting down
+    by itself with exit code 0 (File > Shut Down) stops the notebook (-> stopped), so `start` brings it back.
+    A stopped notebook is left alone (its user's `start` requeues it; stopping or culling is a service's act).
+    """
+
+    def advance(self, view: WorkloadView, now: float) -> Step | None:
+        """See the class docstring."""
+        if view.status == _S.STOPPED:
+            return None
+        replicas = view.replicas
+        if view.status.is_active() and replicas and all(r.state == _R.SUCCEEDED for r in replicas):
+            return Step(_S.STOPPED, "JupyterLab shut down; `gpupool notebook start` starts it again",
+                        reset_start=True)
+        return JobLifecycle().advance(view, now)
+
+
+
 LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({
     "job": JobLifecycle(),
+    "notebook": NotebookLifecycle(),
     "sweep": ControllerLifecycle(),
     "pipeline": _pipeline_lifecycle(),
 })

@@ -65,6 +65,10 @@ _JOB_FIELDS: dict[str, Any] = {
               "description": "Ports each replica listens on (GPUPOOL_PORT_<port> says where)"},
     "distributed": {"enum": [d.value for d in specs.Distributed]},
     "retries": {"type": "integer", "minimum": 0, "maximum": specs.MAX_RETRIES},
+    "environment": {"type": "string", "pattern": specs.NAME_RE.pattern,
+                    "description": "A Python environment (`gpupool envs ls`); its bin comes first on PATH"},
+    "idle_timeout": {"anyOf": [_DURATION, {"const": "off"}],
+                     "description": "kind: notebook only: stopped after this long idle (off: never)"},
 }
 
 
@@ -74,7 +78,8 @@ def workload_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "gpupool workload spec",
         "type": "object",
-        "properties": {key: _JOB_FIELDS[key] for key in specs._JOB_KEYS},
+        "properties": {key: _JOB_FIELDS[key] for key in (*specs._JOB_KEYS, "idle_timeout")},
         "additionalProperties": False,
-        "anyOf": [{"required": ["command"]}, {"required": ["roles"]}],
+        "anyOf": [{"required": ["command"]}, {"required": ["roles"]},
+                  {"required": ["kind"], "properties": {"kind": {"const": "notebook"}}}],
     }

@@ -105,6 +105,7 @@ class WorkloadSpec:
     min_available: int | None = None
     workdir: str | None = None  # absolute directory the command starts in (default: the user's storage dir)
     ports: tuple[int, ...] = ()  # ports each replica listens on, as the user names them (see parse_ports)
+    environment: str | None = None  # a Python environment built by `gpupool envs create` (its bin first on PATH)
     uses_roles: bool = False  # written with roles: rather than replicas:
 
     @property
@@ -163,6 +164,8 @@ class WorkloadSpec:
             out["workdir"] = self.workdir
         if self.ports:
             out["ports"] = list(self.ports)
+        if self.environment is not None:
+            out["environment"] = self.environment
         return out
 
 
@@ -188,7 +191,7 @@ class JobSpec(WorkloadSpec):
 
 # ------------------------------------------------------------------------------------------ parsing
 _COMMON_KEYS = ("kind", "name", "project", "queue", "priority", "replicas", "roles", "resources", "command",
-                "env", "max_runtime", "preemptible", "min_available", "workdir", "ports")
+                "env", "max_runtime", "preemptible", "min_available", "workdir", "ports", "environment")
 _JOB_KEYS = (*_COMMON_KEYS, "distributed", "retries")
 _ROLE_KEYS = ("replicas", "resources", "command", "env")
 
@@ -252,6 +255,7 @@ def _parse_common(data: dict[str, Any], kind: WorkloadKind) -> dict[str, Any]:
         "min_available": min_available,
         "workdir": _parse_workdir(data.get("workdir")),
         "ports": parse_ports(data.get("ports")),
+        "environment": _parse_environment_name(data.get("environment")),
         "uses_roles": uses_roles,
     }
 
@@ -393,6 +397,14 @@ def _parse_command(value: Any, field_name: str) -> str:
     return value
 
 
+def _parse_environment_name(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValidationError(f"{value!r} is not an environment name (see `gpupool envs ls`)", "environment")
+    return value
+
+
 def _parse_workdir(value: Any) -> str | None:
     if value is None:
         return None
@@ -508,8 +520,16 @@ def _parse_service(data: dict[str, Any]) -> WorkloadSpec:
     return parse_service(data)
 
 
+def _parse_notebook(data: dict[str, Any]) -> WorkloadSpec:
+    from gpupool.domain.notebooks import parse_notebook  # noqa: PLC0415  (its own module builds on this one)
+
+    return parse_notebook(data)
+
+
+
 _PARSERS: dict[WorkloadKind, Callable[[dict[str, Any]], WorkloadSpec]] = {
     WorkloadKind.JOB: _parse_job,
+    WorkloadKind.NOTEBOOK: _parse_notebook,
     WorkloadKind.SWEEP: _parse_sweep,
     WorkloadKind.PIPELINE: _parse_pipeline,
     WorkloadKind.SERVICE: _parse_service,

@@ -5,6 +5,7 @@ Life cycle of a workload:
     pending -> scheduled -> starting -> running -> succeeded | failed | cancelled | lost
                                            \\-> preempted -> pending (requeued, same id)
                                            \\-> pending (a retry after a failed replica)
+                                           \\-> stopped -> pending (a notebook stopped or culled, started again)
 
 `transition` is the only function that changes a status: it refuses what the life cycle does not allow
 (and anything that leaves a terminal state), and hands the holder a `StatusEvent` with the reason, which
@@ -32,6 +33,7 @@ class WorkloadStatus(StrEnum):
     CANCELLED = "cancelled"  # a user cancelled it
     PREEMPTED = "preempted"  # stopped to make room for other work; goes back to pending once stopped
     LOST = "lost"  # the executor lost track of a replica and no retry is left
+    STOPPED = "stopped"  # a notebook stopped by its user or culled when idle: no resources held; can start again
 
     def is_terminal(self) -> bool:
         """True for statuses a workload never leaves."""
@@ -48,10 +50,13 @@ TERMINAL_STATUSES = frozenset(
 
 _S = WorkloadStatus
 ALLOWED_TRANSITIONS: dict[WorkloadStatus, frozenset[WorkloadStatus]] = {
-    _S.PENDING: frozenset({_S.SCHEDULED, _S.CANCELLED, _S.FAILED}),
-    _S.SCHEDULED: frozenset({_S.STARTING, _S.RUNNING, _S.PENDING, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.LOST}),
-    _S.STARTING: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.LOST, _S.PENDING}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.LOST, _S.PENDING}),
+    _S.PENDING: frozenset({_S.SCHEDULED, _S.CANCELLED, _S.FAILED, _S.STOPPED}),
+    _S.SCHEDULED: frozenset({_S.STARTING, _S.RUNNING, _S.PENDING, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.LOST,
+                             _S.STOPPED}),
+    _S.STARTING: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.LOST, _S.PENDING,
+                            _S.STOPPED}),
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PREEMPTED, _S.LOST, _S.PENDING, _S.STOPPED}),
+    _S.STOPPED: frozenset({_S.PENDING, _S.CANCELLED}),
     _S.PREEMPTED: frozenset({_S.PENDING, _S.CANCELLED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),

@@ -24,9 +24,11 @@ from gpupool.server.api.body_limit import BodyLimit
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import (
     accounts,
+    environments,
     gateway,
     gpus,
     metrics,
+    notebooks,
     pipelines,
     pool,
     proxy,
@@ -39,10 +41,12 @@ from gpupool.server.api.routes import services as service_routes
 from gpupool.server.api.routes import usage as usage_routes
 from gpupool.server.clock import SteadyClock
 from gpupool.server.context import Clock, Services
+from gpupool.server.environments import EnvironmentStore, uv_settings
 from gpupool.server.executors import make_executor
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory
 from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
+from gpupool.server.notebook_keys import NotebookKeys
 from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.sweep_study import SweepStudies
@@ -50,6 +54,7 @@ from gpupool.server.services.sweeps import trial_env
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
 from gpupool.server.workers.autoscaler import start_gateway
+from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.launch import LaunchSettings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.pipelines import pipeline_worker
@@ -82,7 +87,10 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                           lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
     studies = services.studies = SweepStudies(settings.resolved_database_url)
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::', '') else settings.host}:{settings.port}"
-    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts,
+    keys = services.notebook_keys = NotebookKeys.from_file(settings.home / "notebook.key")
+    envs = services.environments = EnvironmentStore(settings.home / "environments", uv_settings(settings))
+    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys,
+                            environments=envs,
                             extra_env=lambda session, row: trial_env(session, studies, url, row))
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_after_replicas_change,
@@ -98,6 +106,10 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
     services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
     services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
+    culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
+                                                       on_change=services.wake_workers,
+                                                       interval_s=settings.notebook_cull_interval_s)
+    services.culler = IntervalWorker("culler", culler.step, settings.notebook_cull_interval_s)
     return services
 
 
@@ -113,15 +125,15 @@ def start_services(services: Services) -> None:
         services.node_sync.step()
     if settings.workers:
         for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker,
-                       services.sweeps, services.pipelines):
+                       services.sweeps, services.pipelines, services.culler):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.sweeps, services.pipelines, services.nodes_worker, services.sampler, services.scheduler,
-                   services.reconciler):
+    for worker in (services.culler, services.sweeps, services.pipelines, services.nodes_worker, services.sampler,
+                   services.scheduler, services.reconciler):
         if worker is not None:
             worker.stop()
     if services.studies is not None:
@@ -188,7 +200,8 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     app.include_router(metrics.exposition)
     app.include_router(proxy.router)
     app.include_router(gateway.router)
-    for module in (workloads, pool, gpus, metrics, accounts, sweeps, pipelines, service_routes):
+    for module in (workloads, pool, gpus, metrics, accounts, sweeps, pipelines, service_routes, notebooks,
+                   environments):
         app.include_router(module.router, prefix="/api/v1")
     app.include_router(usage_routes.router, prefix="/api/v1")
     app.include_router(cordon_routes.router, prefix="/api/v1")

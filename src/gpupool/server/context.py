@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 import httpx
 
 from gpupool.executors.base import Executor
+from gpupool.server.environments import EnvironmentStore
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.node_providers import NodeSync
+from gpupool.server.notebook_keys import NotebookKeys
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.server.services.sweep_study import SweepStudies
 from gpupool.server.settings import Settings
+from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.server.workers.scheduling import SchedulingLoop
@@ -39,6 +42,10 @@ class Services:
     node_sync: NodeSync | None = None
     nodes_worker: IntervalWorker | None = None
     pipelines: IntervalWorker | None = None  # pipeline runs and schedules (gpupool.server.workers.pipelines)
+    notebook_keys: NotebookKeys | None = None
+    environments: EnvironmentStore | None = None
+    notebook_culler: NotebookCuller | None = None
+    culler: IntervalWorker | None = None
     _proxy_client: httpx.AsyncClient | None = None
     studies: SweepStudies | None = None
     sweeps: IntervalWorker | None = None

@@ -24,16 +24,22 @@ from http.cookies import SimpleCookie
 from typing import Protocol
 
 import httpx
+from sqlalchemy.orm import Session
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from gpupool.domain.errors import ConflictError, PermissionDeniedError
+from gpupool.domain.errors import AuthenticationError, ConflictError, PermissionDeniedError
+from gpupool.domain.notebooks import JUPYTER_PORT
+from gpupool.domain.status import WorkloadStatus
 from gpupool.server.endpoints import stored_endpoints
-from gpupool.server.services.auth import authenticate
+from gpupool.server.notebook_keys import COOKIE_PREFIX, NotebookKeys, cookie_name
+from gpupool.server.services import notebooks
+from gpupool.server.services.auth import Principal, authenticate, principal_for
 from gpupool.server.services.workloads import visible_workload
 from gpupool.store.db import Database
+from gpupool.store.repos import accounts
 from gpupool.store.repos import workloads as repo
 
 TOKEN_COOKIE = "gpupool_token"
@@ -117,6 +123,54 @@ def resolve_target(db: Database, now: float, authorization: str | None, workload
     return Target(endpoint.host, endpoint.port, prefix)
 
 
+def cookie_value(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of cookie `name` in the request's Cookie header, or None."""
+    cookie = SimpleCookie()
+    with contextlib.suppress(Exception):
+        cookie.load(headers.get("cookie", ""))
+    morsel = cookie.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def _notebook_principal(session: Session, headers: Mapping[str, str], keys: NotebookKeys, workload_id: int,
+                        now: float) -> Principal:
+    # JupyterLab sends its own `Authorization: token <Jupyter token>` on API calls: only Bearer is gpupool's
+    authorization = headers.get("authorization", "")
+    if not authorization.lower().startswith("bearer "):
+        gpupool_cookie = cookie_value(headers, TOKEN_COOKIE)
+        authorization = f"Bearer {gpupool_cookie}" if gpupool_cookie else ""
+    if authorization:
+        return authenticate(session, authorization, now).principal
+    value = cookie_value(headers, cookie_name(workload_id))
+    grant = keys.check_session(value, workload_id, now) if value else None
+    user = accounts.user_by_id(session, grant.user_id) if grant else None
+    if user is None:
+        raise AuthenticationError("open the notebook with `gpupool notebook open ID` (a one-time link), or send "
+                                  "'Authorization: Bearer <token>'")
+    return principal_for(session, user)
+
+
+def resolve_notebook(db: Database, now: float, headers: Mapping[str, str], keys: NotebookKeys,
+                     workload_id: int) -> tuple[Target, str]:
+    """Authenticate the caller (bearer token, gpupool cookie, or this notebook's session cookie), check that
+    they may open the notebook (its owner or a project admin) and find its Jupyter: (target, Jupyter token).
+    Errors as resolve_target's. Blocks on the database."""
+    with db.session(write=False) as session:
+        principal = _notebook_principal(session, headers, keys, workload_id, now)
+        row = notebooks.notebook_row(session, principal, workload_id)
+        if row.current_status != WorkloadStatus.RUNNING or not row.attempt:
+            raise ConflictError(f"notebook {workload_id} is {row.status}"
+                                + (f"; `gpupool notebook start {workload_id}` starts it" if row.status == "stopped"
+                                   else ""))
+        found = [r for r in repo.replicas_of(session, row.id, row.attempt) if r.number == 0]
+        endpoint = next((e for r in found for e in stored_endpoints(r.endpoints) if e.name == JUPYTER_PORT), None)
+        run = row.attempt
+    if endpoint is None or endpoint.host is None or not endpoint.ready:
+        raise NotReadyError(f"notebook {workload_id} is starting; try again in a moment")
+    return Target(endpoint.host, endpoint.port, notebooks.notebook_path(workload_id).rstrip("/")), \
+        keys.jupyter_token(workload_id, run)
+
+
 def _filtered(headers: Iterable[tuple[str, str]], drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     pairs = list(headers)
     named = {t.strip().lower() for k, v in pairs if k.lower() == "connection" for t in v.split(",")}
@@ -126,19 +180,23 @@ def _filtered(headers: Iterable[tuple[str, str]], drop: frozenset[str] = frozens
 def upstream_request_headers(headers: Iterable[tuple[str, str]], client_host: str, scheme: str,
                              target: Target, drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The request headers passed on: hop-by-hop, Host, Authorization and the gpupool cookie removed,
-    X-Forwarded-* added."""
+    X-Forwarded-* added. Notebook session cookies (`gpupool_nb_<id>`) are removed like the gpupool cookie."""
     pairs = list(headers)
     host = next((v for k, v in pairs if k.lower() == "host"), "")
     out = [(k, v) for k, v in _filtered(pairs, drop | {"host", "authorization", "cookie", "x-forwarded-for",
                                                         "x-forwarded-proto", "x-forwarded-host",
                                                         "x-forwarded-prefix"})]
     cookies = [c for k, v in pairs if k.lower() == "cookie" for c in v.split(";")
-               if c.strip() and c.split("=", 1)[0].strip() != TOKEN_COOKIE]
+               if c.strip() and not _gpupool_cookie(c.split("=", 1)[0].strip())]
     if cookies:
         out.append(("cookie", "; ".join(c.strip() for c in cookies)))
     out += [("x-forwarded-for", client_host), ("x-forwarded-proto", _ws_to_http(scheme)),
             ("x-forwarded-host", host), ("x-forwarded-prefix", target.prefix)]
     return out
+
+
+def _gpupool_cookie(name: str) -> bool:
+    return name == TOKEN_COOKIE or name.startswith(COOKIE_PREFIX)
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

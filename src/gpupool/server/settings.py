@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     fair_share_preemption: bool = Field(False, description="A queue below its weighted fair share may preempt "
                                         "work of a queue above it (after min_runtime_s)")
     max_preemptions_per_cycle: int = Field(64, ge=0, description="At most this many victims per scheduling cycle")
+    # Notebooks: the idle timeout of a notebook whose spec names none (2 h: a lunch break survives, a forgotten
+    # tab does not hold a GPU overnight), and how often the culler asks each Jupyter (30 s: culling is 30 s late
+    # at most, two cheap requests per notebook per pass).
+    notebook_idle_timeout: str = Field("2h", description="Default idle timeout of notebooks (e.g. 2h, or off)")
+    notebook_cull_interval_s: float = Field(30.0, gt=0, description="How often idle notebooks are looked for")
+    # Python environments (`gpupool envs`): uv (default: the one beside the server's Python, else on PATH) and
+    # the package index it builds from (unset: uv's default, PyPI); an offline site names its mirror.
+    uv_path: str | None = Field(None, description="The uv executable that builds environments")
+    environments_index_url: str | None = Field(None, description="Package index URL environments are built from")
+    environments_extra_index_urls: str = Field("", description="More index URLs, space-separated")
+    environments_find_links: str = Field("", description="Directories or URLs of wheels, space-separated")
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)

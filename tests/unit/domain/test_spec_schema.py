@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gpupool.cli.main import app
-from gpupool.domain import resources, specs
+from gpupool.domain import notebooks, resources, specs
 from gpupool.domain.spec_schema import workload_schema
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
@@ -21,7 +21,8 @@ JOB_SPECS = [p for p in sorted(EXAMPLES.rglob("*.yaml")) if (yaml.safe_load(p.re
 
 def test_the_schema_names_every_field_the_parser_accepts() -> None:
     schema = workload_schema()
-    assert list(schema["properties"]) == list(specs._JOB_KEYS)
+    assert list(schema["properties"]) == [*specs._JOB_KEYS, "idle_timeout"]  # idle_timeout: notebooks'
+    assert set(notebooks.NOTEBOOK_KEYS) <= set(schema["properties"])
     assert list(schema["properties"]["resources"]["properties"]) == list(resources._REQUEST_KEYS)
     gpu_object = schema["properties"]["resources"]["properties"]["gpu"]["anyOf"][1]
     assert list(gpu_object["properties"]) == list(resources._GPU_KEYS)

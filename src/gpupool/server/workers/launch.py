@@ -22,12 +22,14 @@ from sqlalchemy.orm import Session
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.specs import parse_spec
 from gpupool.executors.base import ExecutorError, ReplicaLaunch, RunAs
-from gpupool.executors.environment import identity_env, merge_env
+from gpupool.executors.environment import DEFAULT_PATH, identity_env, merge_env
 from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.rendezvous import rendezvous_env
 from gpupool.executors.storage import ScopeOwners, StorageLayout
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
 from gpupool.server.services.pipelines import step_environment
+from gpupool.server.environments import EnvironmentStore, environment_env
+from gpupool.server.notebook_keys import NotebookKeys, notebook_launch_env
 from gpupool.store.convert import gpu_from_json, placement_from_json
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes
@@ -36,13 +38,16 @@ from gpupool.store.repos import accounts, nodes
 @dataclass(frozen=True, slots=True)
 class LaunchSettings:
     """Where logs go, the storage tree replicas get their scopes from, the GPU sharing set-up, and in a
-    multi-user pool the OS accounts replicas run as (None: as the server's own user)."""
+    multi-user pool the OS accounts replicas run as (None: as the server's own user); the notebook key signs
+    the Jupyter token of notebooks; `environments` holds the Python environments specs name."""
 
     logs_dir: Path
     storage: StorageLayout
     sharing: SharingConfig
     accounts: OsAccounts | None = None
     extra_env: Callable[[Session, WorkloadRow], Mapping[str, str]] | None = None  # e.g. a sweep trial's variables
+    notebook_keys: NotebookKeys | None = None
+    environments: EnvironmentStore | None = None
 
 
 def executor_workload_id(row: WorkloadRow) -> str:
@@ -90,7 +95,9 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
         ports = chosen_ports(replica)
         env = gpu_environment(placement.gpus, cards, settings.sharing, replica.id).merged_into(merge_env(
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
-            rdv, scopes.env(), step_env, port_env(spec.ports, ports), extra))
+            rdv, scopes.env(), step_env, port_env(spec.ports, ports), extra,
+            notebook_launch_env(spec.kind.value, row.id, row.attempt, addresses[replica.node], settings.notebook_keys),
+            environment_env(settings.environments, spec.environment, DEFAULT_PATH)))
         launches.append(ReplicaLaunch(
             workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,

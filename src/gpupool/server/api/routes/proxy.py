@@ -1,12 +1,16 @@
 """Proxy routes: HTTP and WebSocket to a port a replica listens on (`gpupool.server.proxy` does the work).
 
 `/workloads/<id>/ports/<port>/<path>` reaches replica 0; `/workloads/<id>/replicas/<n>/ports/<port>/<path>`
-any replica. The port is the one named in the spec's `ports:`.
+any replica. The port is the one named in the spec's `ports:`. `/notebooks/<id>/<path>` reaches a notebook's
+JupyterLab (owner and project admins only; `?ptoken=` opens it in a browser).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Annotated
+from urllib.parse import urlencode
 
 import httpx
 from fastapi import APIRouter, Path, Request, WebSocket
@@ -18,6 +22,7 @@ from gpupool.domain.errors import GpupoolError
 from gpupool.server import proxy
 from gpupool.server.api.errors import domain_error_response, error_response
 from gpupool.server.context import Services
+from gpupool.server.notebook_keys import SESSION_TTL_S, NotebookKeys
 
 router = APIRouter(include_in_schema=False)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -53,14 +58,14 @@ async def _http(request: Request, workload_id: int, replica: int, port: int, pat
     except httpx.TransportError as exc:
         return error_response(502, "bad_gateway", f"replica {replica} of workload {workload_id} could not be "
                                                   f"reached on port {port} ({type(exc).__name__})")
-    return StreamingResponse(upstream.body(), status_code=upstream.status, headers=dict(_merge(upstream.headers)))
+    return _streaming(upstream)
 
 
-def _merge(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    merged: dict[str, str] = {}
-    for key, value in pairs:
-        merged[key] = f"{merged[key]}, {value}" if key in merged and key.lower() != "set-cookie" else value
-    return list(merged.items())
+def _streaming(upstream: proxy.UpstreamResponse) -> StreamingResponse:
+    """The replica's response streamed back with its headers as they came (repeated Set-Cookie kept)."""
+    response = StreamingResponse(upstream.body(), status_code=upstream.status)
+    response.raw_headers[:] = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in upstream.headers]
+    return response
 
 
 @router.api_route("/workloads/{workload_id}/ports/{port}", methods=METHODS)
@@ -117,6 +122,12 @@ async def _ws(websocket: WebSocket, workload_id: int, replica: int, port: int, p
         return
     client_host = websocket.client.host if websocket.client else ""
     headers = proxy.upstream_request_headers(websocket.headers.items(), client_host, websocket.url.scheme, target)
+    await _relay_websocket(websocket, target, path, headers)
+
+
+async def _relay_websocket(websocket: WebSocket, target: proxy.Target, path: str,
+                           headers: list[tuple[str, str]]) -> None:
+    """Open the upstream WebSocket with the browser's subprotocols, accept with the one chosen, relay."""
     requested = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     try:
         upstream = await proxy.open_upstream_websocket(target, path, websocket.url.query, headers, requested)
@@ -143,3 +154,145 @@ async def ws_replica(websocket: WebSocket, workload_id: WorkloadId, replica: Rep
                      path: str) -> None:
     """WebSocket to any replica."""
     await _ws(websocket, workload_id, replica, port, path, short=False)
+
+
+# ---------------------------------------------------------------------------------------- notebooks
+# `/notebooks/<id>/...` reaches the notebook's JupyterLab (started with base_url=/notebooks/<id>/, so paths pass
+# unchanged). Only its owner and the project's admins get through; the proxy adds Jupyter's token, and since
+# Jupyter skips its own Origin and XSRF checks for token-authenticated requests, the same-origin check here is
+# the one that stops a page elsewhere from driving the notebook.
+PTOKEN = "ptoken"  # not `token`: Jupyter reads ?token= itself
+
+
+def _notebook_keys(services: Services) -> NotebookKeys:
+    if services.notebook_keys is None:
+        raise RuntimeError("the server was built without notebook keys")
+    return services.notebook_keys
+
+
+def _upstream_path(workload_id: int, path: str) -> str:
+    return f"notebooks/{workload_id}/{path}"
+
+
+def _redeem(request: Request, workload_id: int) -> Response:
+    """Swap a one-time ?ptoken= for the notebook's session cookie and redirect to the same URL without it."""
+    services: Services = request.app.state.services
+    keys, now = _notebook_keys(services), services.clock()
+    grant = keys.redeem_open_token(request.query_params[PTOKEN], workload_id, now)
+    if grant is None:
+        return error_response(401, "authentication", "this notebook link expired or was already used; run "
+                                                     f"`gpupool notebook open {workload_id}` for a new one")
+    name, value = keys.session_cookie(grant.user_id, workload_id, now)
+    rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != PTOKEN])
+    response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=302)
+    response.set_cookie(name, value, max_age=SESSION_TTL_S, path=f"/notebooks/{workload_id}/", httponly=True,
+                        samesite="lax", secure=request.url.scheme == "https")
+    return response
+
+
+@router.api_route("/notebooks/{workload_id}", methods=METHODS)
+async def notebook_root(request: Request, workload_id: WorkloadId) -> RedirectResponse:
+    """The notebook's mount point without its slash: redirect (query kept), so relative links resolve."""
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(f"/notebooks/{workload_id}/{query}", status_code=307)
+
+
+@router.api_route("/notebooks/{workload_id}/{path:path}", methods=METHODS)
+async def notebook_http(request: Request, workload_id: WorkloadId, path: str) -> Response:
+    """HTTP to the notebook's Jupyter (a `?ptoken=` is first swapped for the session cookie)."""
+    services: Services = request.app.state.services
+    if PTOKEN in request.query_params:
+        return _redeem(request, workload_id)
+    try:
+        proxy.check_same_origin(request.method, request.headers, request.url.scheme)
+        target, token = await run_in_threadpool(proxy.resolve_notebook, services.db, services.clock(),
+                                                request.headers, _notebook_keys(services), workload_id)
+    except proxy.NotReadyError as exc:
+        return error_response(503, "not_ready", exc.message)
+    except GpupoolError as exc:
+        return domain_error_response(exc)
+    client_host = request.client.host if request.client else ""
+    headers = proxy.upstream_request_headers(request.headers.items(), client_host, request.url.scheme, target)
+    headers.append(("authorization", f"token {token}"))
+    try:
+        upstream = await proxy.forward_http(services.proxy_client(), target, request.method,
+                                            _upstream_path(workload_id, path), request.url.query.encode(), headers,
+                                            request.stream())
+    except httpx.TransportError as exc:
+        return error_response(502, "bad_gateway", f"notebook {workload_id} could not be reached "
+                                                  f"({type(exc).__name__})")
+    return _streaming(upstream)
+
+
+@router.websocket("/notebooks/{workload_id}/{path:path}")
+async def notebook_ws(websocket: WebSocket, workload_id: WorkloadId, path: str) -> None:
+    """WebSocket to the notebook's Jupyter (kernels, terminals, events); subprotocols passed on."""
+    services: Services = websocket.app.state.services
+    try:
+        proxy.check_same_origin("GET", websocket.headers, websocket.url.scheme, websocket=True)
+        target, token = await run_in_threadpool(proxy.resolve_notebook, services.db, services.clock(),
+                                                websocket.headers, _notebook_keys(services), workload_id)
+    except proxy.NotReadyError as exc:
+        await websocket.close(WS_TRY_LATER, exc.message[:120])
+        return
+    except GpupoolError as exc:
+        await websocket.close(WS_POLICY, exc.message[:120])
+        return
+    client_host = websocket.client.host if websocket.client else ""
+    headers = proxy.upstream_request_headers(websocket.headers.items(), client_host, websocket.url.scheme, target)
+    headers.append(("authorization", f"token {token}"))
+    await _relay_websocket(websocket, target, _upstream_path(workload_id, path), headers)
+
+
+# ------------------------------------------------------------------------------------------ tunnel
+# `/workloads/<id>/tunnel/<port>`: a WebSocket that carries the raw bytes of one TCP connection to the port
+# replica 0 listens on (`gpupool port-forward` opens one per local connection), for tools that need a plain
+# port rather than HTTP under a path. Same auth and same-origin rule as the HTTP proxy.
+TUNNEL_CHUNK = 64 * 1024  # bytes read from the replica per message: a socket buffer's worth
+
+
+@router.websocket("/workloads/{workload_id}/tunnel/{port}")
+async def tunnel(websocket: WebSocket, workload_id: WorkloadId, port: Port) -> None:
+    """Relay one TCP connection to the replica's port over this WebSocket (binary messages both ways)."""
+    services: Services = websocket.app.state.services
+    try:
+        proxy.check_same_origin("GET", websocket.headers, websocket.url.scheme, websocket=True)
+        target = await run_in_threadpool(proxy.resolve_target, services.db, services.clock(),
+                                         proxy.request_token(websocket.headers), workload_id, 0, port,
+                                         f"/workloads/{workload_id}/tunnel/{port}")
+    except proxy.NotReadyError as exc:
+        await websocket.close(WS_TRY_LATER, exc.message[:120])
+        return
+    except GpupoolError as exc:
+        await websocket.close(WS_POLICY, exc.message[:120])
+        return
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port),
+                                                proxy.CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        await websocket.close(WS_UNREACHABLE, f"the replica refused the connection ({exc})"[:120])
+        return
+    await websocket.accept()
+    await _pump(websocket, reader, writer)
+
+
+async def _pump(websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def down() -> None:
+        while chunk := await reader.read(TUNNEL_CHUNK):
+            await websocket.send_bytes(chunk)
+
+    async def up() -> None:
+        browser = _Browser(websocket)
+        while (message := await browser.receive_any()) is not None:
+            writer.write(message.encode() if isinstance(message, str) else message)
+            await writer.drain()
+
+    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()

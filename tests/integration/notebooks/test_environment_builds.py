@@ -1,0 +1,105 @@
+"""Python environments built by real uv from a real package index: cached by spec hash, built once under
+concurrent requests, a failed build is an error with its log and leaves nothing usable, a job runs in one."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.servers import TestServer, server_settings, start_server
+
+from gpupool.domain.errors import NotFoundError, PermissionDeniedError, ValidationError
+from gpupool.executors.local import LocalExecutor
+
+pytestmark = pytest.mark.slow
+# This machine (and CI) has a local package index for offline installs; elsewhere uv uses PyPI.
+LOCAL_INDEX = Path("/opt/pypi/simple")
+
+
+def index_settings() -> dict[str, str]:
+    if os.environ.get("GPUPOOL_TEST_INDEX_URL"):
+        return {"environments_index_url": os.environ["GPUPOOL_TEST_INDEX_URL"]}
+    if not LOCAL_INDEX.exists():
+        return {}
+    more = [p for p in (Path("/opt/pypi-more/simple"),) if p.exists()]
+    wheels = [p for p in (Path("/opt/wheels"),) if p.exists()]
+    return {"environments_index_url": LOCAL_INDEX.as_uri(),
+            "environments_extra_index_urls": " ".join(p.as_uri() for p in more),
+            "environments_find_links": " ".join(str(p) for p in wheels)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    tmp = tmp_path_factory.mktemp("envs")
+    home = tmp / "replica-home"
+    home.mkdir()
+    executor = LocalExecutor(tmp / "executor", base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                                         "HOME": str(home), "LANG": "C.UTF-8"})
+    running = start_server(server_settings(tmp / "home", f"sqlite:///{tmp / 'gpupool.db'}", **index_settings()),
+                           executor)
+    yield running
+    running.stop()
+
+
+def test_built_once_cached_by_hash_and_used_by_a_job(server: TestServer) -> None:
+    with server.client() as admin:
+        first = admin.create_environment("small", packages="six")
+        assert (first.cached, first.requirements) == (False, ["six"])
+        again = admin.create_environment("small", packages="six")
+        other_name = admin.create_environment("also-small", packages="six  six")
+        assert again.cached and other_name.cached and other_name.hash == first.hash
+        assert "six" in admin.environment("small").log and [e.name for e in admin.environments()] == [
+            "also-small", "small"]
+        job = admin.submit({"name": "in-env", "environment": "small", "resources": {"cpu": 0.5},
+                            "command": "python -c 'import six, sys; print(sys.prefix)'"}).workload.id
+        done = admin.wait(job, timeout_s=60)
+        assert done.status == "succeeded", done.message
+        assert list(admin.logs(job)) == [first.path]
+
+
+def test_concurrent_requests_for_one_spec_build_once(server: TestServer) -> None:
+    results = []
+
+    def create(name: str) -> None:
+        with server.client() as admin:
+            results.append(admin.create_environment(name, packages="packaging six"))
+
+    threads = [threading.Thread(target=create, args=(f"twin-{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted(r.cached for r in results) == [False, True]  # one built, the other waited and found it
+    assert len({r.path for r in results}) == 1
+
+
+def test_a_failed_build_is_an_error_with_its_log_and_leaves_nothing(server: TestServer) -> None:
+    with server.client() as admin, pytest.raises(ValidationError) as error:
+        admin.create_environment("broken", packages="gpupool-no-such-package-anywhere==9.9")
+    assert "build log" in str(error.value) and "gpupool-no-such-package-anywhere" in str(error.value)
+    cache = server.settings.home / "environments" / "cache"
+    assert [p.name for p in cache.iterdir() if p.is_dir() and not (p / ".gpupool-complete").exists()] == []
+    with server.client() as admin:
+        with pytest.raises(NotFoundError):
+            admin.environment("broken")
+        with pytest.raises(ValidationError, match="not a requirement"):
+            admin.create_environment("bad", packages="https://example.com/x.whl")
+
+
+def test_only_its_owner_or_an_admin_removes_it_and_the_build_goes_with_its_last_name(server: TestServer) -> None:
+    with server.client() as admin:
+        env = admin.create_environment("mine", packages="packaging")
+        admin.create_environment("mine-too", packages="packaging")
+        token = admin.create_user("una", project="default", role="member").token
+    with server.client(token) as una:
+        assert "mine" in [e.name for e in una.environments()]
+        with pytest.raises(PermissionDeniedError):
+            una.remove_environment("mine")
+    with server.client() as admin:
+        admin.remove_environment("mine")
+        assert Path(env.path).exists()  # "mine-too" still uses the same build
+        admin.remove_environment("mine-too")
+        assert not Path(env.path).exists()
