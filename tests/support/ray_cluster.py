@@ -13,13 +13,15 @@ Needs root (CI runs as root): `require_root()` skips with that reason, and fails
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,10 +183,8 @@ class RayCluster:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def start_cluster(root: Path, nodes: Sequence[tuple[str, str]], *, started: int | None = None) -> RayCluster:
@@ -228,5 +228,28 @@ def wait_started(cluster: RayCluster, starts: Sequence[subprocess.Popen[bytes]])
         except subprocess.TimeoutExpired:
             code = None
         if code != 0:
-            logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(cluster.root.glob("ray-start-*.log")))
+            logs = "\n".join(p.read_text(errors="replace")[-3000:]
+                             for p in sorted(cluster.root.glob("ray-start-*.log")))
             raise RuntimeError(f"ray start exited {code}:\n{logs}")
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """Run the calling thread (and the processes it starts) in network namespace `netns`, then go back.
+    Tests enter the head node's namespace to reach the server and the cluster on 10.200.0.0/24."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot enter network namespace {netns}")
+        try:
+            yield
+        finally:
+            libc.setns(home, CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(home)

@@ -66,7 +66,10 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        reset_admin_token: Annotated[bool, typer.Option(help="Write a new admin token to the token file.")] = False,
        trust_users: Annotated[bool, typer.Option(help="Single-user pool (not root): allow users of several "
                                                  "projects although they can read each other's files.")] = False,
-       log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None) -> None:
+       log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+       ray: Annotated[str | None, typer.Option("--ray", help="Cluster mode: run on the Ray cluster at HOST:PORT (its "
+                                               "head), or `auto` on a node of the cluster (see docs/cluster.md).")]
+       = None) -> None:
     """Start the gpupool server: API on http://127.0.0.1:8700 (docs at /docs), this machine as the pool.
 
     The first start creates the administrator and writes their token to $GPUPOOL_HOME/token, which the CLI
@@ -75,7 +78,8 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         "host": host, "port": port, "home": home, "database_url": database_url, "gpus": gpus, "gpu_mode": gpu_mode,
         "gpu_description": gpu_description,
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
-        "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None}
+        "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None,
+        "ray_address": ray}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
