@@ -54,7 +54,7 @@ class ClusterServer(ServerProcess):
 def server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterServer]:
     with inside(cluster.head.netns):
         process = ClusterServer(tmp_path_factory.mktemp("server") / "home",
-                                ["--ray", cluster.address, "--host", "0.0.0.0"],
+                                ["--ray", cluster.address, "--host", "0.0.0.0", "--policy", "binpack"],
                                 extra_env={"GPUPOOL_NODE_SYNC_INTERVAL_S": "0.5"})
         try:
             yield process.start()
@@ -112,7 +112,7 @@ def test_a_ddp_gang_trains_across_two_machines(server: ClusterServer, tmp_path: 
     pytest.importorskip("torch", reason="the DDP example needs PyTorch (pip install torch==2.13.0)")
     spec = yaml.safe_load((REPO / "examples/mnist_ddp/job.yaml").read_text())
     spec.update(replicas=4, workdir=str(REPO / "examples/mnist_ddp"),
-                resources={"cpu": 1, "memory": "1GiB", "gpu": 1},  # 2 GPUs and 2 CPUs a node: 2 + 2
+                resources={"cpu": 1, "memory": "1GiB", "gpu": 1},  # 2 GPUs and 2 CPUs a node, binpack: 2 + 2
                 command='echo "master $MASTER_ADDR:$MASTER_PORT" && ' + spec["command"],
                 # the namespaces share one host name, which resolves to a loopback address: gloo must be told
                 # which interface carries the cluster's network (on real machines it finds it by itself)
