@@ -115,7 +115,7 @@ class RayExecutor(Executor):
     def cluster_nodes(self) -> list[tuple[str, NodeDescription]]:
         """(agent name, description) of every alive node whose agent answers, by node name. Nodes whose
         agent does not answer yet (still starting) are left out of this pass."""
-        alive = [n for n in ray.nodes() if n.get("Alive")]
+        alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         calls = [(name, agent.describe.remote()) for name, agent in map(self._ensure_agent, alive)]
         found = []
         for name, ref in calls:

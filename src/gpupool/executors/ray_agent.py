@@ -13,25 +13,20 @@ What the node declares comes from the environment the node's `ray start` ran wit
     GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
                               /var/lib/gpupool-agent)
 
-Fencing: a replica must not outlive a partition of its node for long, since the server retries it on
-another node once Ray declares this one dead. The agent checks every FENCE_CHECK_S that it can reach the
-cluster's head (a TCP connect to the GCS address); when it has not reached it for `fence_after_s`, it stops
-every replica it runs (SIGKILL: the retry may already write next to them). The server being down does not
-count: replicas keep running across a server restart.
+Fencing: the agent starts the node's fencing watchdog (`executors/ray_fence.py`), a process of its own that
+stops the node's replicas when the node's raylet is gone or the Ray head has been unreachable for
+`fence_after_s` (a partition), since the server retries their workloads elsewhere meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import socket
-import threading
-import time
-from collections.abc import Callable
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor, pick_free_ports
@@ -39,7 +34,6 @@ from gpupool.executors.local import LocalExecutor, pick_free_ports
 log = logging.getLogger("gpupool.agent")
 DEFAULT_AGENT_HOME = Path("/var/lib/gpupool-agent")
 LOG_READ_MAX_BYTES = 1024 * 1024  # one read of a log through the agent: 1 MiB, ~10k lines, a fraction of a second
-FENCE_CHECK_S = 0.5  # how often the agent checks it reaches the head; a tenth of the default fencing bound
 CONNECT_TIMEOUT_S = 1.0  # a TCP connect inside a healthy cluster takes milliseconds
 
 
@@ -63,6 +57,36 @@ def _memory_mib() -> int:
     return 0
 
 
+def raylet_pid() -> int:
+    """The pid of this node's raylet: the nearest ancestor of this process named `raylet` (a Ray worker's
+    parent), else the parent process."""
+    pid = os.getpid()
+    for _ in range(8):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
+                return pid
+        except OSError:
+            break
+    return os.getppid()
+
+
+def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float) -> subprocess.Popen[bytes]:
+    """Start the fencing watchdog of the node (in a session of its own: it outlives the agent; a second
+    one for the same home exits at once). Its output goes to `home/fence.log`."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "fence.log").open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "gpupool.executors.ray_fence", "--home", str(home),
+                                 "--head", head, "--raylet-pid", str(raylet), "--after", str(fence_after_s)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
 def reachable(address: str) -> bool:
     """True when a TCP connection to `address` (host:port) succeeds within CONNECT_TIMEOUT_S."""
     host, _, port = address.rpartition(":")
@@ -76,25 +100,20 @@ def reachable(address: str) -> bool:
 class NodeAgent:
     """Runs and watches the replicas of one node (see the module docstring). `address`: the node's IP in
     the cluster; `cpus` and `memory_mib`: what Ray says the node has; `head`: host:port of the GCS, whose
-    reachability keeps the replicas' lease; `fence_after_s`: how long unreachable before they are stopped
-    (0: never fence). `env` replaces os.environ (tests)."""
+    reachability the fencing watchdog checks; `fence_after_s`: how long unreachable before the replicas are
+    stopped (0 or no head: no watchdog). `env` replaces os.environ (tests)."""
 
     def __init__(self, address: str, cpus: float, memory_mib: int = 0, head: str = "", fence_after_s: float = 0.0,
-                 env: dict[str, str] | None = None, check: Callable[[str], bool] = reachable) -> None:
+                 env: dict[str, str] | None = None) -> None:
         environ = dict(os.environ if env is None else env)
         self.home = Path(environ.get("GPUPOOL_AGENT_HOME") or DEFAULT_AGENT_HOME)
         self.description = NodeDescription(
             name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
             memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
         self.executor = LocalExecutor(self.home / "executor")
-        self.head = head
-        self.fence_after_s = fence_after_s
-        self._check = check
-        self._last_contact = time.monotonic()
-        self.fenced: list[str] = []
-        self._stop = threading.Event()
+        self.watchdog: subprocess.Popen[bytes] | None = None
         if head and fence_after_s > 0:
-            threading.Thread(target=self._fence_loop, name="gpupool-fence", daemon=True).start()
+            self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s)
 
     def describe(self) -> NodeDescription:
         """The node's name, address, CPUs, memory, declared GPUs and labels."""
@@ -128,8 +147,8 @@ class NodeAgent:
         except OSError:
             return "", offset, ended
         cut = data.rfind(b"\n") + 1
-        if cut == 0 and ended and len(data) < max_bytes:
-            cut = len(data)  # the last line, without its newline
+        if ended and len(data) < max_bytes:
+            cut = len(data)  # all that is left, the last line even without its newline
         return data[:cut].decode("utf-8", errors="replace"), offset + cut, ended and cut == len(data)
 
     def free_ports(self, count: int) -> list[int]:
@@ -142,45 +161,6 @@ class NodeAgent:
         """The node's name (the server checks the agent answers)."""
         return self.description.name
 
-    def running_handles(self) -> list[Handle]:
-        """The handles of the replicas of this node that have not ended, from their state directories."""
-        handles = []
-        for path in sorted((self.home / "executor" / "replicas").glob("*/*/handle.json")):
-            try:
-                handle: dict[str, Any] = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if not self.executor.poll(handle).state.is_terminal:
-                handles.append(handle)
-        return handles
-
-    def fence_step(self) -> list[str]:
-        """One fencing check: stop every replica (no grace) when the head has been unreachable for
-        `fence_after_s`; returns the state directories of the replicas stopped now."""
-        now = time.monotonic()
-        if self._check(self.head):
-            self._last_contact = now
-            return []
-        if now - self._last_contact < self.fence_after_s:
-            return []
-        stopped = []
-        for handle in self.running_handles():
-            self.executor.stop(handle, 0)
-            stopped.append(str(handle.get("state_dir")))
-        if stopped:
-            log.warning("head %s unreachable for %.1f s: stopped %d replica(s)", self.head, now - self._last_contact,
-                        len(stopped))
-            self.fenced += stopped
-        return stopped
-
-    def _fence_loop(self) -> None:
-        while not self._stop.wait(FENCE_CHECK_S):
-            try:
-                self.fence_step()
-            except Exception:  # a fencing bug must not end the loop; the next check tries again
-                log.exception("fencing check failed")
-
     def close(self) -> None:
-        """Stop the fencing thread; replicas keep running."""
-        self._stop.set()
+        """Release the local executor; replicas and the watchdog keep running."""
         self.executor.close()
