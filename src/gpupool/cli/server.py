@@ -94,6 +94,7 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
     if settings.log_level != "debug":  # one INFO line per migration step is noise at every start
         logging.getLogger("alembic").setLevel(logging.WARNING)
     _preflight(settings)
+    _preflight_ray(settings)
     token = f"\n  admin token in {settings.token_file}" if settings.token_file.exists() else ""
     err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs)\n  state in "
                       f"{settings.home}{token}{path_hint()}", soft_wrap=True, markup=False)
@@ -102,6 +103,18 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
     from gpupool.server.app import create_app  # noqa: PLC0415
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _preflight_ray(settings: Settings) -> None:
+    """Cluster mode (--ray) needs Ray installed: say how to get it instead of a traceback."""
+    if not settings.ray_address:
+        return
+    try:
+        import ray  # noqa: F401, PLC0415  (cluster mode only)
+    except ImportError:
+        err_console.print("[red]error:[/red] --ray: cluster mode needs Ray on this machine and on every node: "
+                          "pip install 'gpupool[ray]'")
+        raise typer.Exit(2) from None
 
 
 def _preflight(settings: Settings) -> None:

@@ -45,7 +45,7 @@ NAMESPACE = "gpupool"
 AGENT_PREFIX = "gpupool-agent-"
 HANDLE_KIND = "ray"
 # A call to an agent answers in milliseconds; 30 s covers an agent that Ray is still starting (its worker
-# process imports gpupool: seconds on a loaded machine) without hanging a worker pass for long.
+# process imports gpupool: seconds, more on a loaded machine) without hanging a worker pass for long.
 CALL_TIMEOUT_S = 30.0
 FOLLOW_INTERVAL_S = 0.2  # how often `logs -f` asks the agent for new lines: 5 small calls a second
 # Fencing bound: a partitioned node stops its replicas after this long without reaching the head. Ray with
@@ -127,6 +127,13 @@ class RayExecutor(Executor):
                     self._agents.pop(name, None)
         return sorted(found, key=lambda item: item[1].name)
 
+    @staticmethod
+    def node_alive(agent: str) -> bool:
+        """Whether Ray counts the node of `agent` (named after its node id) as alive."""
+        prefix = agent.removeprefix(AGENT_PREFIX)
+        return any(str(n["NodeID"]).startswith(prefix) and n.get("Alive")
+                   for n in ray.nodes())  # type: ignore[no-untyped-call]
+
     def agent_of(self, node: str) -> str:
         """The agent name of the gpupool node `node` (ExecutorError when no alive node has that name)."""
         for name, description in self.cluster_nodes():
@@ -165,11 +172,12 @@ class RayExecutor(Executor):
         Once the replica has ended, its log is copied to the server first."""
         if handle.get("executor") != HANDLE_KIND:
             return ReplicaStatus(ReplicaState.LOST, message="unknown replica handle")
+        agent = str(handle["agent"])
         try:
-            status = _status(*self._call(str(handle["agent"]), "poll", handle["inner"]))
+            status = _status(*self._call(agent, "poll", handle["inner"]))
         except ExecutorError as error:
-            if "is gone" in str(error):
-                return ReplicaStatus(ReplicaState.LOST, message=f"{error} (node {handle.get('node')})")
+            if "is gone" in str(error) or not self.node_alive(agent):
+                return ReplicaStatus(ReplicaState.LOST, message=f"{error} (node {handle.get('node')} is gone)")
             raise
         if status.state.is_terminal:
             self._copy_log(handle)
