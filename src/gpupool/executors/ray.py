@@ -112,15 +112,24 @@ class RayExecutor(Executor):
             self._agents[name] = actor
         return name, actor
 
-    def cluster_nodes(self) -> list[tuple[str, NodeDescription]]:
+    def cluster_nodes(self, marker: tuple[str, str] | None = None) -> list[tuple[str, NodeDescription]]:
         """(agent name, description) of every alive node whose agent answers, by node name. Nodes whose
-        agent does not answer yet (still starting) are left out of this pass."""
+        agent does not answer yet (still starting) are left out of this pass. With `marker` (path, content),
+        a node whose agent does not read that content at that path is left out too, and logged: it does not
+        see the shared storage."""
         alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-        calls = [(name, agent.describe.remote()) for name, agent in map(self._ensure_agent, alive)]
+        calls = [(name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
+                 for name, agent in map(self._ensure_agent, alive)]
         found = []
-        for name, ref in calls:
+        for name, ref, sees in calls:
             try:
-                found.append((name, ray.get(ref, timeout=self.call_timeout_s)))
+                description = ray.get(ref, timeout=self.call_timeout_s)
+                if sees is not None and not ray.get(sees, timeout=self.call_timeout_s):
+                    log.warning("node %s refused: it does not see the shared storage (no marker %s there); mount the "
+                                "same shared filesystem at the same path on every node", description.name,
+                                marker[0] if marker else "")
+                    continue
+                found.append((name, description))
             except (RayError, GetTimeoutError) as error:
                 log.warning("node agent %s did not answer: %s", name, error)
                 with self._lock:

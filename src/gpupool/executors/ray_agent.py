@@ -157,6 +157,14 @@ class NodeAgent:
             raise ExecutorError(f"cannot choose {count} ports")
         return pick_free_ports(count, "0.0.0.0")
 
+    def sees(self, path: str, content: str) -> bool:
+        """Whether the file `path` exists on this node with exactly `content` (the shared-storage check:
+        the server writes a marker under its storage root, every node must read the same one)."""
+        try:
+            return Path(path).read_text(encoding="utf-8") == content
+        except (OSError, UnicodeDecodeError):
+            return False
+
     def ping(self) -> str:
         """The node's name (the server checks the agent answers)."""
         return self.description.name
