@@ -66,7 +66,10 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        reset_admin_token: Annotated[bool, typer.Option(help="Write a new admin token to the token file.")] = False,
        trust_users: Annotated[bool, typer.Option(help="Single-user pool (not root): allow users of several "
                                                  "projects although they can read each other's files.")] = False,
-       log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None) -> None:
+       log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+       ray: Annotated[str | None, typer.Option("--ray", help="Cluster mode: run on the Ray cluster at HOST:PORT (its "
+                                               "head), or `auto` on a node of the cluster (see docs/cluster.md).")]
+       = None) -> None:
     """Start the gpupool server: API on http://127.0.0.1:8700 (docs at /docs), this machine as the pool.
 
     The first start creates the administrator and writes their token to $GPUPOOL_HOME/token, which the CLI
@@ -75,7 +78,8 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         "host": host, "port": port, "home": home, "database_url": database_url, "gpus": gpus, "gpu_mode": gpu_mode,
         "gpu_description": gpu_description,
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
-        "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None}
+        "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None,
+        "ray_address": ray}
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:
@@ -90,6 +94,7 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
     if settings.log_level != "debug":  # one INFO line per migration step is noise at every start
         logging.getLogger("alembic").setLevel(logging.WARNING)
     _preflight(settings)
+    _preflight_ray(settings)
     token = f"\n  admin token in {settings.token_file}" if settings.token_file.exists() else ""
     err_console.print(f"gpupool on http://{settings.host}:{settings.port} (API docs at /docs)\n  state in "
                       f"{settings.home}{token}{path_hint()}", soft_wrap=True, markup=False)
@@ -98,6 +103,18 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
     from gpupool.server.app import create_app  # noqa: PLC0415
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _preflight_ray(settings: Settings) -> None:
+    """Cluster mode (--ray) needs Ray installed: say how to get it instead of a traceback."""
+    if not settings.ray_address:
+        return
+    try:
+        import ray  # noqa: F401, PLC0415  (cluster mode only)
+    except ImportError:
+        err_console.print("[red]error:[/red] --ray: cluster mode needs Ray on this machine and on every node: "
+                          "pip install 'gpupool[ray]'")
+        raise typer.Exit(2) from None
 
 
 def _preflight(settings: Settings) -> None:

@@ -144,6 +144,17 @@ def stop_services(services: Services) -> None:
     services.db.dispose()
 
 
+def _own_providers(settings: Settings, nvml_backend: BackendFactory, executor: Executor) -> list[NodeProvider]:
+    """The nodes of the pool: this host, or in cluster mode the Ray cluster's (imported only then)."""
+    if executor.name != "ray":
+        return [LocalHostProvider(settings, nvml_backend)]
+    from gpupool.executors.ray import RayExecutor  # noqa: PLC0415
+    from gpupool.server.ray_nodes import RayNodeProvider  # noqa: PLC0415
+
+    assert isinstance(executor, RayExecutor)  # the only executor named "ray"
+    return [RayNodeProvider(executor, settings.storage_dir)]
+
+
 def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
     """AuthenticationError unless `authorization` holds a valid token (BodyLimit calls it before a body)."""
     services: Services = scope["app"].state.services
@@ -163,8 +174,9 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         secure_home(settings)
-        providers = [LocalHostProvider(settings, nvml_backend), *node_providers]
-        services = build_services(settings, executor, clock, providers)
+        pool_executor = executor or make_executor(settings)
+        providers = [*_own_providers(settings, nvml_backend, pool_executor), *node_providers]
+        services = build_services(settings, pool_executor, clock, providers)
         lock = ServerLock(settings, services.db)
         try:
             lock.acquire()

@@ -60,7 +60,12 @@ class Settings(BaseSettings):
     node_name: str | None = Field(None, description="Name of the local node (default: the host name)")
     node_cpus: float | None = Field(None, gt=0, description="CPU cores per local node (default: this machine's)")
     node_memory: str | None = Field(None, description="Memory per local node, e.g. 64GiB (default: this machine's)")
-    executor: Literal["local", "fake"] = "local"
+    executor: Literal["local", "fake", "ray"] = "local"
+    ray_address: str | None = Field(None, description="Cluster mode: the Ray cluster to run on (head host:port, "
+                                    "or auto on a node of the cluster); sets the executor to ray")
+    # Ray declares a node dead in ~3 s with the health-check settings of docs/cluster.md; twice that as the bound
+    ray_fence_after_s: float = Field(6.0, ge=0, description="Cluster mode: a node agent that cannot reach the "
+                                     "Ray head this long stops its replicas (0: never)")
     policy: str = Field("fgd", description="Placement policy: binpack, spread, bestfit, fgd, random")
     preemption: bool = True
     backfill: bool = True

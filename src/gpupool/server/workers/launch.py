@@ -27,9 +27,9 @@ from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.rendezvous import rendezvous_env
 from gpupool.executors.storage import ScopeOwners, StorageLayout
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
-from gpupool.server.services.pipelines import step_environment
 from gpupool.server.environments import EnvironmentStore, environment_env
 from gpupool.server.notebook_keys import NotebookKeys, notebook_launch_env
+from gpupool.server.services.pipelines import step_environment
 from gpupool.store.convert import gpu_from_json, placement_from_json
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, nodes

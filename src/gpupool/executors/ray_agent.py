@@ -1,0 +1,174 @@
+"""The node agent of cluster mode: the server's hands on one Ray node.
+
+`NodeAgent` is a plain class; `executors/ray.py` runs it as a detached, named Ray actor pinned to its node
+(hard node affinity, num_cpus=0, num_gpus=0, restarted by Ray when it crashes). It reuses the local executor
+(`executors/local.py`): each replica is a supervised process on the agent's machine, with its state
+directory, exit file and log file under the agent's home, so a restarted agent (or a server that comes back)
+finds every replica again from those files alone. This module imports no Ray: the class is plain Python.
+
+What the node declares comes from the environment the node's `ray start` ran with (a Ray actor inherits it):
+    GPUPOOL_AGENT_NODE_NAME   the node's name in gpupool (default: the host name)
+    GPUPOOL_AGENT_GPUS        simulated GPUs, e.g. 2xA100-80GB (demos and tests; real GPUs: not yet, see
+                              docs/cluster.md)
+    GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
+                              /var/lib/gpupool-agent)
+
+Fencing: the agent starts the node's fencing watchdog (`executors/ray_fence.py`), a process of its own that
+stops the node's replicas when the node's raylet is gone or the Ray head has been unreachable for
+`fence_after_s` (a partition), since the server retries their workloads elsewhere meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
+from gpupool.executors.local import LocalExecutor, pick_free_ports
+
+log = logging.getLogger("gpupool.agent")
+DEFAULT_AGENT_HOME = Path("/var/lib/gpupool-agent")
+LOG_READ_MAX_BYTES = 1024 * 1024  # one read of a log through the agent: 1 MiB, ~10k lines, a fraction of a second
+CONNECT_TIMEOUT_S = 1.0  # a TCP connect inside a healthy cluster takes milliseconds
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeDescription:
+    """What an agent tells the server about its node."""
+
+    name: str
+    address: str
+    cpus: float
+    memory_mib: int
+    gpus: str
+    labels: dict[str, str]
+
+
+def _memory_mib() -> int:
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def raylet_pid() -> int:
+    """The pid of this node's raylet: the nearest ancestor of this process named `raylet` (a Ray worker's
+    parent), else the parent process."""
+    pid = os.getpid()
+    for _ in range(8):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        if pid <= 1:
+            break
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
+                return pid
+        except OSError:
+            break
+    return os.getppid()
+
+
+def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float) -> subprocess.Popen[bytes]:
+    """Start the fencing watchdog of the node (in a session of its own: it outlives the agent; a second
+    one for the same home exits at once). Its output goes to `home/fence.log`."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "fence.log").open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "gpupool.executors.ray_fence", "--home", str(home),
+                                 "--head", head, "--raylet-pid", str(raylet), "--after", str(fence_after_s)],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
+def reachable(address: str) -> bool:
+    """True when a TCP connection to `address` (host:port) succeeds within CONNECT_TIMEOUT_S."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class NodeAgent:
+    """Runs and watches the replicas of one node (see the module docstring). `address`: the node's IP in
+    the cluster; `cpus` and `memory_mib`: what Ray says the node has; `head`: host:port of the GCS, whose
+    reachability the fencing watchdog checks; `fence_after_s`: how long unreachable before the replicas are
+    stopped (0 or no head: no watchdog). `env` replaces os.environ (tests)."""
+
+    def __init__(self, address: str, cpus: float, memory_mib: int = 0, head: str = "", fence_after_s: float = 0.0,
+                 env: dict[str, str] | None = None) -> None:
+        environ = dict(os.environ if env is None else env)
+        self.home = Path(environ.get("GPUPOOL_AGENT_HOME") or DEFAULT_AGENT_HOME)
+        self.description = NodeDescription(
+            name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
+            memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
+        self.executor = LocalExecutor(self.home / "executor")
+        self.watchdog: subprocess.Popen[bytes] | None = None
+        if head and fence_after_s > 0:
+            self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s)
+
+    def describe(self) -> NodeDescription:
+        """The node's name, address, CPUs, memory, declared GPUs and labels."""
+        return self.description
+
+    def start(self, launch: ReplicaLaunch) -> Handle:
+        """Start the replica on this node (the local executor's start: idempotent per replica attempt). Its
+        log is kept on this node under the agent's home; the server copies it when the replica ends."""
+        local = dataclasses.replace(launch, log_dir=self.home / "logs" / launch.workload_id)
+        local.log_dir.mkdir(parents=True, exist_ok=True)
+        return self.executor.start(local)
+
+    def poll(self, handle: Handle) -> tuple[str, int | None, str]:
+        """(state, exit code, message) of the replica: the local executor's poll, as plain values."""
+        status = self.executor.poll(handle)
+        return status.state.value, status.exit_code, status.message
+
+    def stop(self, handle: Handle, grace_s: float) -> None:
+        """Stop the replica (the local executor's stop: returns at once, idempotent)."""
+        self.executor.stop(handle, grace_s)
+
+    def read_log(self, handle: Handle, offset: int, max_bytes: int = LOG_READ_MAX_BYTES) -> tuple[str, int, bool]:
+        """Whole lines of the replica's log from byte `offset` (at most `max_bytes`): (text, the offset after
+        them, whether the replica had ended before the read, so that no line can follow)."""
+        ended = ReplicaState(self.poll(handle)[0]).is_terminal
+        path = Path(str(handle.get("log_path", "")))
+        try:
+            with path.open("rb") as file:
+                file.seek(offset)
+                data = file.read(max_bytes)
+        except OSError:
+            return "", offset, ended
+        cut = data.rfind(b"\n") + 1
+        if ended and len(data) < max_bytes:
+            cut = len(data)  # all that is left, the last line even without its newline
+        return data[:cut].decode("utf-8", errors="replace"), offset + cut, ended and cut == len(data)
+
+    def free_ports(self, count: int) -> list[int]:
+        """`count` TCP ports free on this node now."""
+        if count < 0:
+            raise ExecutorError(f"cannot choose {count} ports")
+        return pick_free_ports(count, "0.0.0.0")
+
+    def sees(self, path: str, content: str) -> bool:
+        """Whether the file `path` exists on this node with exactly `content` (the shared-storage check:
+        the server writes a marker under its storage root, every node must read the same one)."""
+        try:
+            return Path(path).read_text(encoding="utf-8") == content
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def ping(self) -> str:
+        """The node's name (the server checks the agent answers)."""
+        return self.description.name
+
+    def close(self) -> None:
+        """Release the local executor; replicas and the watchdog keep running."""
+        self.executor.close()

@@ -1,0 +1,70 @@
+"""The Ray node provider of cluster mode: the nodes of a Ray cluster, as their agents describe them.
+
+Imported only in cluster mode (it imports Ray through `executors/ray.py`). Each alive Ray node whose agent
+answers is a node of the pool, named by its agent (GPUPOOL_AGENT_NODE_NAME on that node, else its host name)
+and reached at its Ray address; a node that joins the cluster appears on the next pass of the node worker,
+one that Ray declares dead is gone from the list, so the node worker takes its replicas to `lost`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from gpupool.domain.nodes import Node
+from gpupool.domain.resources import SharingMode
+from gpupool.executors.ray import RayExecutor
+from gpupool.executors.ray_agent import NodeDescription
+from gpupool.gpu.fake import FakeBackend
+from gpupool.server.local_node import LocalGpus, LocalNode, declared_description, fake_mig
+
+RAY_NODE_LABEL = "gpupool.io/ray-agent"  # the agent of the node, for operators reading `gpupool nodes --json`
+
+
+def node_from_description(description: NodeDescription, agent: str) -> LocalNode:
+    """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs."""
+    content = (declared_description(description.gpus, description.name) if description.gpus
+               else {"node": description.name, "simulated": True, "gpus": []})
+    fake = FakeBackend(content)
+    gpus = LocalGpus(fake, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
+    node = Node(name=description.name, cpu_milli=int(description.cpus * 1000), memory_mib=description.memory_mib,
+                gpus=gpus.domain_gpus(), labels={RAY_NODE_LABEL: agent, **description.labels})
+    return LocalNode(node, gpus, description.address)
+
+
+MARKER_FILE = ".gpupool-cluster-marker"
+
+
+def write_marker(storage_root: Path) -> tuple[str, str]:
+    """Write a fresh marker under `storage_root` (the shared storage): (its path, its content)."""
+    storage_root.mkdir(parents=True, exist_ok=True)
+    path, content = storage_root / MARKER_FILE, secrets.token_hex(16)
+    partial = path.with_name(MARKER_FILE + ".partial")
+    partial.write_text(content, encoding="utf-8")
+    os.replace(partial, path)
+    return str(path), content
+
+
+class RayNodeProvider:
+    """The nodes of the Ray cluster `executor` is connected to (see the module docstring). A node keeps
+    the same LocalNode object (and GPU backend) while it stays in the cluster. With `storage_root`, a marker
+    written there at start-up must be readable on a node for it to join: the storage scopes are a shared
+    filesystem mounted at the same path on every node, and a node that does not see it is refused (logged)."""
+
+    source = "ray"
+
+    def __init__(self, executor: RayExecutor, storage_root: Path | None = None) -> None:
+        self.executor = executor
+        self.marker = write_marker(storage_root) if storage_root is not None else None
+        self._known: dict[str, tuple[str, LocalNode]] = {}  # node name -> (agent, node)
+
+    def nodes(self) -> list[LocalNode]:
+        """The nodes present now, by name (one call to each agent; agents are created for new nodes)."""
+        present: dict[str, tuple[str, LocalNode]] = {}
+        for agent, description in self.executor.cluster_nodes(self.marker):
+            known = self._known.get(description.name)
+            present[description.name] = known if known and known[0] == agent else (
+                agent, node_from_description(description, agent))
+        self._known = present
+        return [node for _, node in (present[name] for name in sorted(present))]

@@ -1,0 +1,85 @@
+"""The node agent and the fencing watchdog of cluster mode, without Ray: they are plain Python over the
+local executor (the Ray tests in tests/integration/cluster run them inside a real cluster)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.servers import wait_until
+
+from gpupool.executors.base import ReplicaLaunch, ReplicaState
+from gpupool.executors.local import LocalExecutor
+from gpupool.executors.ray_agent import NodeAgent, reachable
+from gpupool.executors.ray_fence import running_handles, watch
+
+
+def _launch(tmp_path: Path, command: str, replica: int = 0) -> ReplicaLaunch:
+    return ReplicaLaunch(workload_id="w1", replica=replica, role="worker", command=command,
+                         env={"HOME": str(tmp_path)}, cwd=tmp_path, log_dir=tmp_path / "server-logs", node="n2")
+
+
+def test_the_agent_describes_its_node_runs_replicas_and_reads_their_logs(tmp_path: Path) -> None:
+    agent = NodeAgent("10.0.0.2", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent"),
+                                                   "GPUPOOL_AGENT_NODE_NAME": "n2", "GPUPOOL_AGENT_GPUS": "2xT4"})
+    described = agent.describe()
+    assert (described.name, described.address, described.cpus, described.memory_mib, described.gpus) == (
+        "n2", "10.0.0.2", 8.0, 4096, "2xT4")
+    handle = agent.start(_launch(tmp_path, "printf 'one\\ntwo\\nthree'"))
+    assert agent.start(_launch(tmp_path, "printf 'one\\ntwo\\nthree'")) == handle  # idempotent per attempt
+    assert str(handle["log_path"]).startswith(str(tmp_path / "agent" / "logs" / "w1"))  # kept on the node
+    wait_until(lambda: agent.poll(handle)[0] == "succeeded", 30, 0.05, "the replica ends")
+    assert agent.poll(handle) == ("succeeded", 0, "exit code 0")
+    text, offset, ended = agent.read_log(handle, 0, max_bytes=6)  # "one\ntw": whole lines only
+    assert (text, offset, ended) == ("one\n", 4, False)
+    text, offset, ended = agent.read_log(handle, offset)
+    assert (text, offset, ended) == ("two\nthree", 13, True)  # the last line has no newline
+    assert agent.read_log(handle, offset) == ("", 13, True)
+    assert len(agent.free_ports(3)) == 3
+    agent.close()
+
+
+def test_reachable_tells_a_listening_port_from_a_closed_one() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert reachable(f"127.0.0.1:{port}")
+    assert not reachable(f"127.0.0.1:{port}")
+    assert not reachable("not an address")
+
+
+def test_the_watchdog_fences_when_the_raylet_is_gone(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "executor")
+    handle = executor.start(_launch(tmp_path, "sleep 300"))
+    wait_until(lambda: executor.poll(handle).state is ReplicaState.RUNNING, 30, 0.05, "the replica runs")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        reason = watch(tmp_path, f"127.0.0.1:{head.getsockname()[1]}", gone.pid, after_s=60)
+    assert reason == f"the raylet (pid {gone.pid}) is gone: stopped 1 replica(s)"
+    wait_until(lambda: executor.poll(handle).state is ReplicaState.STOPPED, 30, 0.05, "the replica stops")
+    assert running_handles(executor) == []
+    executor.close()
+
+
+def test_the_watchdog_fences_after_the_bound_without_the_head(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "executor")
+    handles = [executor.start(_launch(tmp_path, "sleep 300", r)) for r in (0, 1)]
+    wait_until(lambda: all(executor.poll(h).state is ReplicaState.RUNNING for h in handles), 30, 0.05, "running")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        head = f"127.0.0.1:{closed.getsockname()[1]}"  # bound but not listening: connections are refused
+        began = time.monotonic()
+        reason = watch(tmp_path, head, os.getpid(), after_s=1.0)
+        waited = time.monotonic() - began
+    assert reason.startswith(f"the Ray head {head} has been unreachable for ")
+    assert reason.endswith(": stopped 2 replica(s)")
+    assert 1.0 <= waited < 10.0  # the bound, plus one check interval and a loaded machine's slack
+    wait_until(lambda: all(executor.poll(h).state is ReplicaState.STOPPED for h in handles), 30, 0.05, "stopped")
+    executor.close()
