@@ -174,3 +174,8 @@ class Executor(ABC):
 
 class ExecutorError(Exception):
     """An executor could not do what was asked (the message says what and why)."""
+
+
+class NodeGoneError(ExecutorError):
+    """The replica's node has left the pool, so nothing was started there: the work should be placed again,
+    not counted as a failure of the workload."""

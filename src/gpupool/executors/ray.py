@@ -34,6 +34,7 @@ from gpupool.executors.base import (
     Executor,
     ExecutorError,
     Handle,
+    NodeGoneError,
     ReplicaLaunch,
     ReplicaState,
     ReplicaStatus,
@@ -148,7 +149,7 @@ class RayExecutor(Executor):
         for name, description in self.cluster_nodes():
             if description.name == node:
                 return name
-        raise ExecutorError(f"node {node} is not part of the Ray cluster now")
+        raise NodeGoneError(f"node {node} is not part of the Ray cluster now")
 
     def _call(self, agent: str, method: str, *args: Any) -> Any:
         try:

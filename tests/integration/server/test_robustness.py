@@ -58,7 +58,7 @@ BAD_SPECS = [
     ("command: x\nworkdir: /no/such/dir/anywhere\n", 422, "not a directory"),
     ("command: x\nenv: {CUDA_VISIBLE_DEVICES: '0'}\n", 422, "gpupool sets this variable"),
     ("command: x\nqueue: other\n", 422, "submits to queue default"),
-    ("command: x\nkind: sweep\n", 422, "not available in this version"),
+    ("command: x\nkind: sweep\n", 422, "unknown field"),
     ("command: x\nkind: notebook\n", 422, "notebook is one JupyterLab replica"),
     ("command: x\nmax_runtime: 2024-01-01\n", 422, "duration"),
     ("command: x\nmax_runtime: .nan\n", 422, "must be finite"),

@@ -72,7 +72,7 @@ def test_command_as_a_list_is_quoted() -> None:
 @pytest.mark.parametrize(("fields", "message"), [
     ({"comand": "x"}, 'comand: unknown field (did you mean "command"?)'),
     ({"kind": "jbo"}, 'unknown kind \'jbo\' (did you mean "job"?)'),
-    ({"kind": "sweep"}, "not available in this version yet"),
+    ({"kind": "sweep"}, "command: unknown field; allowed: algorithm"),
     ({"kind": "notebook", "command": "x"}, "command: a notebook is one JupyterLab replica"),
     ({"resources": {"memory": "16GB!"}}, "resources.memory: cannot read"),
     ({"resources": {"memory": 16}}, "needs a unit"),

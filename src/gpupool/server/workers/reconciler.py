@@ -30,7 +30,15 @@ from gpupool.domain.lifecycle import ReplicaView, Step, WorkloadView, exit_text,
 from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.resources import parse_duration
 from gpupool.domain.status import WorkloadStatus, transition
-from gpupool.executors.base import Endpoint, Executor, ExecutorError, Handle, ReplicaLaunch, ReplicaStatus
+from gpupool.executors.base import (
+    Endpoint,
+    Executor,
+    ExecutorError,
+    Handle,
+    NodeGoneError,
+    ReplicaLaunch,
+    ReplicaStatus,
+)
 from gpupool.server import endpoints as ep
 from gpupool.server.services.workloads import request_stop
 from gpupool.server.settings import DEFAULT_START_TIMEOUT_S
@@ -95,15 +103,19 @@ class Reconciler:
         handles: dict[int, Handle] = {}
         errors: dict[int, str] = {}
         reported: dict[int, dict[int, Endpoint]] = {}
+        gone: set[int] = set()  # replicas whose node left the pool before they could start
         for plan in plans:
             for replica_id, launch in plan.launches:
                 try:
                     handles[replica_id] = self.executor.start(launch)
                     reported[replica_id] = self.executor.endpoints(launch)
+                except NodeGoneError as exc:
+                    errors[replica_id] = str(exc)
+                    gone.add(replica_id)
                 except ExecutorError as exc:
                     errors[replica_id] = str(exc)
         with self.db.session() as session:
-            results = [self._record_launch(session, plan, handles, errors, reported)
+            results = [self._record_launch(session, plan, handles, errors, reported, gone)
                        for plan in plans]  # all, no short-cut
         return any(results)
 
@@ -119,7 +131,7 @@ class Reconciler:
                                                  if r.id in todo])
 
     def _record_launch(self, session: Session, plan: _LaunchPlan, handles: dict[int, Handle],
-                       errors: dict[int, str], reported: dict[int, dict[int, Endpoint]]) -> bool:
+                       errors: dict[int, str], reported: dict[int, dict[int, Endpoint]], gone: set[int]) -> bool:
         row = repo.workload_by_id(session, plan.workload_id, for_update=True)
         if row is None or row.attempt != plan.attempt:
             return False
@@ -131,6 +143,9 @@ class Reconciler:
                 replica.set_state(_R.STARTING, now)
                 if reported.get(replica.id):
                     replica.endpoints = ep.launched_endpoints(reported[replica.id])
+            elif replica.id in gone:
+                replica.stop_requested_at = now
+                replica.set_state(_R.STOPPED, now, errors[replica.id])
             elif replica.id in errors or (plan.error and replica.handle is None):
                 replica.set_state(_R.FAILED, now, errors.get(replica.id) or plan.error or "could not start")
                 repo.add_event(session, row.id, now, f"replica {replica.number} could not start: "
@@ -138,6 +153,12 @@ class Reconciler:
         if row.current_status != _S.SCHEDULED:
             request_stop(session, row, now)  # cancelled or preempted meanwhile
             return False
+        lost_node = next((r for r in replicas if r.id in gone), None)
+        if lost_node is not None:  # the pool's fault, not the workload's: place it again, no retry used
+            request_stop(session, row, now)
+            transition(row, _S.PENDING, f"node {lost_node.node} left the pool before replica {lost_node.number} "
+                       "started; waiting to be placed again", now)
+            return True
         if all(r.handle is not None for r in replicas):
             nodes = ", ".join(sorted({r.node for r in replicas}))
             transition(row, _S.STARTING, f"started {len(replicas)} replica(s) on {nodes}", now)
