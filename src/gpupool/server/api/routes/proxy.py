@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -23,6 +24,8 @@ from gpupool.server import proxy
 from gpupool.server.api.errors import domain_error_response, error_response
 from gpupool.server.context import Services
 from gpupool.server.notebook_keys import SESSION_TTL_S, NotebookKeys
+
+_T = TypeVar("_T")
 
 router = APIRouter(include_in_schema=False)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -110,15 +113,9 @@ class _Browser:
 async def _ws(websocket: WebSocket, workload_id: int, replica: int, port: int, path: str, short: bool) -> None:
     services: Services = websocket.app.state.services
     prefix = _prefix(workload_id, replica, port, short)
-    try:
-        proxy.check_same_origin("GET", websocket.headers, websocket.url.scheme, websocket=True)
-        target = await run_in_threadpool(proxy.resolve_target, services.db, services.clock(),
-                                         proxy.request_token(websocket.headers), workload_id, replica, port, prefix)
-    except proxy.NotReadyError as exc:
-        await websocket.close(WS_TRY_LATER, exc.message[:120])
-        return
-    except GpupoolError as exc:
-        await websocket.close(WS_POLICY, exc.message[:120])
+    target = await _resolve_or_close(websocket, proxy.resolve_target, services.db, services.clock(),
+                                     proxy.request_token(websocket.headers), workload_id, replica, port, prefix)
+    if target is None:
         return
     client_host = websocket.client.host if websocket.client else ""
     headers = proxy.upstream_request_headers(websocket.headers.items(), client_host, websocket.url.scheme, target)
@@ -228,16 +225,11 @@ async def notebook_http(request: Request, workload_id: WorkloadId, path: str) ->
 async def notebook_ws(websocket: WebSocket, workload_id: WorkloadId, path: str) -> None:
     """WebSocket to the notebook's Jupyter (kernels, terminals, events); subprotocols passed on."""
     services: Services = websocket.app.state.services
-    try:
-        proxy.check_same_origin("GET", websocket.headers, websocket.url.scheme, websocket=True)
-        target, token = await run_in_threadpool(proxy.resolve_notebook, services.db, services.clock(),
-                                                websocket.headers, _notebook_keys(services), workload_id)
-    except proxy.NotReadyError as exc:
-        await websocket.close(WS_TRY_LATER, exc.message[:120])
+    resolved = await _resolve_or_close(websocket, proxy.resolve_notebook, services.db, services.clock(),
+                                       websocket.headers, _notebook_keys(services), workload_id)
+    if resolved is None:
         return
-    except GpupoolError as exc:
-        await websocket.close(WS_POLICY, exc.message[:120])
-        return
+    target, token = resolved
     client_host = websocket.client.host if websocket.client else ""
     headers = proxy.upstream_request_headers(websocket.headers.items(), client_host, websocket.url.scheme, target)
     headers.append(("authorization", f"token {token}"))
@@ -296,3 +288,16 @@ async def _pump(websocket: WebSocket, reader: asyncio.StreamReader, writer: asyn
         writer.close()
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+async def _resolve_or_close(websocket: WebSocket, resolve: Callable[..., _T], *args: Any) -> _T | None:
+    """Check the handshake's origin and run `resolve(*args)` off the event loop; on refusal close the
+    WebSocket (try-later when the replica is not ready, policy otherwise) and return None."""
+    try:
+        proxy.check_same_origin("GET", websocket.headers, websocket.url.scheme, websocket=True)
+        return await run_in_threadpool(resolve, *args)
+    except proxy.NotReadyError as exc:
+        await websocket.close(WS_TRY_LATER, exc.message[:120])
+    except GpupoolError as exc:
+        await websocket.close(WS_POLICY, exc.message[:120])
+    return None
