@@ -16,6 +16,7 @@ Only cluster mode imports this module (and Ray): `server/executors.py` imports i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gpupool.executors import logfiles
@@ -40,6 +41,7 @@ from gpupool.executors.base import (
     ReplicaStatus,
 )
 from gpupool.executors.ray_agent import NodeAgent, NodeDescription
+from gpupool.executors.ray_health import AgentHealth, short_cause
 
 log = logging.getLogger("gpupool.ray")
 NAMESPACE = "gpupool"
@@ -53,6 +55,23 @@ FOLLOW_INTERVAL_S = 0.2  # how often `logs -f` asks the agent for new lines: 5 s
 # the health-check settings of docs/cluster.md declares a node dead in ~3 s; twice that leaves no overlap.
 DEFAULT_FENCE_AFTER_S = 6.0
 AGENT_CONCURRENCY = 16  # parallel calls one agent serves (followers of logs, polls, starts)
+# One node pass waits this long in all for the agents' descriptions: an agent answers in milliseconds, 5 s
+# allows a loaded machine, and bounds how long a silent agent delays the pass (and the handling of a dead
+# node). An agent still starting just joins on a later pass.
+SURVEY_TIMEOUT_S = 5.0
+# Ray's core worker kills its child processes when it exits (ray.kill included); the agent's replica
+# supervisors are its children and must outlive it (a new agent re-attaches to them), so the agent's worker
+# runs without that clean-up.
+AGENT_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "0"}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSurvey:
+    """One pass over the alive nodes of the Ray cluster: (agent, description) of the nodes whose agents
+    answered, by node name, and the agents of alive nodes that did not answer in time."""
+
+    answered: list[tuple[str, NodeDescription]]
+    silent: frozenset[str]
 
 
 def _status(state: str, exit_code: int | None, message: str) -> ReplicaStatus:
@@ -67,99 +86,196 @@ class RayExecutor(Executor):
     name = "ray"
     capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.MULTI_NODE})
 
-    def __init__(self, address: str, *, fence_after_s: float = DEFAULT_FENCE_AFTER_S,
-                 call_timeout_s: float = CALL_TIMEOUT_S) -> None:
-        if not ray.is_initialized():
+    def __init__(
+        self,
+        address: str,
+        *,
+        fence_after_s: float = DEFAULT_FENCE_AFTER_S,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        survey_timeout_s: float = SURVEY_TIMEOUT_S,
+        api: Any = None,
+    ) -> None:
+        self.ray = ray if api is None else api  # `api`: an object with Ray's calls (tests pass a fake)
+        if not self.ray.is_initialized():
             try:
-                ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=False)
+                self.ray.init(
+                    address=address,
+                    namespace=NAMESPACE,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    configure_logging=False,
+                )
             except (ConnectionError, RuntimeError, ValueError) as error:
                 raise ExecutorError(f"cannot connect to the Ray cluster at {address}: {error}") from None
-        self.gcs_address = ray.get_runtime_context().gcs_address
+        self.gcs_address = self.ray.get_runtime_context().gcs_address
         self.fence_after_s = fence_after_s
         self.call_timeout_s = call_timeout_s
-        self._agents: dict[str, Any] = {}  # agent name -> actor handle
+        self.survey_timeout_s = survey_timeout_s
+        self.health = AgentHealth()
+        self._agents: dict[str, Any] = {}  # agent name -> actor handle, while calls to it succeed
+        self._names: dict[str, str] = {}  # agent name -> the gpupool name of its node (from its description)
         self._lock = threading.Lock()
 
     # -- agents and nodes ------------------------------------------------------------------------------
 
+    def _node_name(self, agent: str) -> str | None:
+        """The gpupool name of `agent`'s node, once it has described it."""
+        with self._lock:
+            return self._names.get(agent)
+
+    def _forget_handle(self, agent: str) -> None:
+        """Drop the cached handle of `agent` (a call failed with an actor error): the next call looks the
+        agent up again by name, and finds it restarted, or recreated by the next node pass."""
+        with self._lock:
+            self._agents.pop(agent, None)
+
     def _agent(self, name: str) -> Any:
+        """The handle of agent `name`: cached, else looked up by name (ExecutorError when none exists now)."""
         with self._lock:
             agent = self._agents.get(name)
         if agent is None:
             try:
-                agent = ray.get_actor(name, namespace=NAMESPACE)
+                agent = self.ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
-                raise ExecutorError(f"node agent {name} is gone (its node left the cluster)") from None
+                self.health.failed(name, self._node_name(name), "no agent of that name (being created again)")
+                raise ExecutorError(
+                    f"node agent {name} does not exist now (its node left the cluster, or the "
+                    "agent is being created again)"
+                ) from None
             with self._lock:
                 self._agents[name] = agent
         return agent
 
     def _ensure_agent(self, node: dict[str, Any]) -> tuple[str, Any]:
-        """The agent of a Ray node (from ray.nodes()), created when it does not exist yet."""
+        """The agent of a Ray node (from ray.nodes()): its cached handle, else the agent of that name (Ray's
+        get_if_exists), created when it does not exist (a new node, or an agent that was killed)."""
         name = AGENT_PREFIX + str(node["NodeID"])[:16]
         with self._lock:
             known = self._agents.get(name)
         if known is not None:
             return name, known
         resources = node.get("Resources", {})
-        actor = ray.remote(NodeAgent).options(
-            name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0, num_gpus=0,
-            max_restarts=-1, max_concurrency=AGENT_CONCURRENCY,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(str(node["NodeManagerAddress"]), float(resources.get("CPU", 0)),
-                 int(resources.get("memory", 0) // (1024 * 1024)), self.gcs_address, self.fence_after_s)
+        actor = (
+            self.ray.remote(NodeAgent)
+            .options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+                num_gpus=0,
+                max_restarts=-1,
+                max_concurrency=AGENT_CONCURRENCY,
+                runtime_env=AGENT_RUNTIME_ENV,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            )
+            .remote(
+                str(node["NodeManagerAddress"]),
+                float(resources.get("CPU", 0)),
+                int(resources.get("memory", 0) // (1024 * 1024)),
+                self.gcs_address,
+                self.fence_after_s,
+            )
+        )
         with self._lock:
             self._agents[name] = actor
         return name, actor
 
-    def cluster_nodes(self, marker: tuple[str, str] | None = None) -> list[tuple[str, NodeDescription]]:
-        """(agent name, description) of every alive node whose agent answers, by node name. Nodes whose
-        agent does not answer yet (still starting) are left out of this pass. With `marker` (path, content),
-        a node whose agent does not read that content at that path is left out too, and logged: it does not
-        see the shared storage."""
-        alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-        calls = [(name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
-                 for name, agent in map(self._ensure_agent, alive)]
-        found = []
+    def _alive_nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.ray.nodes() if n.get("Alive")]
+
+    def survey(self, marker: tuple[str, str] | None = None) -> ClusterSurvey:
+        """Ask the agent of every alive Ray node to describe its node (agents are created for new nodes),
+        waiting at most `survey_timeout_s` in all. Agents that answer are `answered`, by node name; those
+        that do not (still starting, restarting, busy) are `silent`: their nodes are alive, which is not the
+        same as gone. With `marker` (path, content), a node whose agent does not read that content at that
+        path is left out, and logged: it does not see the shared storage."""
+        alive = self._alive_nodes()
+        calls = [
+            (name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
+            for name, agent in (self._ensure_agent(n) for n in alive)
+        ]
+        deadline = time.monotonic() + self.survey_timeout_s
+        answered: list[tuple[str, NodeDescription]] = []
+        silent: set[str] = set()
         for name, ref, sees in calls:
             try:
-                description = ray.get(ref, timeout=self.call_timeout_s)
-                if sees is not None and not ray.get(sees, timeout=self.call_timeout_s):
-                    log.warning("node %s refused: it does not see the shared storage (no marker %s there); mount the "
-                                "same shared filesystem at the same path on every node", description.name,
-                                marker[0] if marker else "")
-                    continue
-                found.append((name, description))
-            except (RayError, GetTimeoutError) as error:
-                log.warning("node agent %s did not answer: %s", name, error)
-                with self._lock:
-                    self._agents.pop(name, None)
-        return sorted(found, key=lambda item: item[1].name)
+                description = self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+                seen = sees is None or self.ray.get(sees, timeout=max(0.0, deadline - time.monotonic()))
+            except RayError as error:
+                self._no_answer(name, error, self.survey_timeout_s)
+                silent.add(name)
+                continue
+            with self._lock:
+                self._names[name] = description.name
+            self.health.answered(name, description.name)
+            if seen:
+                answered.append((name, description))
+            else:
+                log.warning(
+                    "node %s refused: it does not see the shared storage (no marker %s there); mount the "
+                    "same shared filesystem at the same path on every node",
+                    description.name,
+                    marker[0] if marker else "",
+                )
+        self._drop_departed({name for name, _, _ in calls})
+        return ClusterSurvey(sorted(answered, key=lambda item: item[1].name), frozenset(silent))
 
-    @staticmethod
-    def node_alive(agent: str) -> bool:
+    def _no_answer(self, agent: str, error: RayError, timeout_s: float) -> None:
+        """Record that `agent` did not answer: its handle is dropped after an actor error (a timeout keeps
+        it: the actor is the same, only slow), and its episode of silence is logged once."""
+        if isinstance(error, RayActorError):
+            self._forget_handle(agent)
+        cause = f"no answer within {timeout_s:g} s" if isinstance(error, GetTimeoutError) else short_cause(error)
+        self.health.failed(agent, self._node_name(agent), cause)
+
+    def _drop_departed(self, alive_agents: set[str]) -> None:
+        """Forget the handles, names and silences of agents whose nodes Ray no longer reports alive."""
+        with self._lock:
+            departed = (set(self._agents) | set(self._names)) - alive_agents
+            for agent in departed:
+                self._agents.pop(agent, None)
+                self._names.pop(agent, None)
+        for agent in departed:
+            self.health.forget(agent)
+
+    def cluster_nodes(self, marker: tuple[str, str] | None = None) -> list[tuple[str, NodeDescription]]:
+        """(agent name, description) of every alive node whose agent answers, by node name (see `survey`)."""
+        return self.survey(marker).answered
+
+    def node_alive(self, agent: str) -> bool:
         """Whether Ray counts the node of `agent` (named after its node id) as alive."""
         prefix = agent.removeprefix(AGENT_PREFIX)
-        return any(str(n["NodeID"]).startswith(prefix) and n.get("Alive")
-                   for n in ray.nodes())  # type: ignore[no-untyped-call]
+        return any(str(n["NodeID"]).startswith(prefix) for n in self._alive_nodes())
 
     def agent_of(self, node: str) -> str:
-        """The agent name of the gpupool node `node` (ExecutorError when no alive node has that name)."""
+        """The agent name of the gpupool node `node`: the agent that last described a node of that name,
+        while Ray reports its node alive, else found by a survey (NodeGoneError when no alive node has that
+        name)."""
+        with self._lock:
+            candidates = [agent for agent, name in self._names.items() if name == node]
+        alive = {str(n["NodeID"]) for n in self._alive_nodes()}
+        for agent in candidates:
+            if any(node_id.startswith(agent.removeprefix(AGENT_PREFIX)) for node_id in alive):
+                return agent
         for name, description in self.cluster_nodes():
             if description.name == node:
                 return name
         raise NodeGoneError(f"node {node} is not part of the Ray cluster now")
 
     def _call(self, agent: str, method: str, *args: Any) -> Any:
+        """Call `method` of `agent` and wait for its answer (at most call_timeout_s). ExecutorError when the
+        agent does not answer (logged once per episode) or the method failed there (with its message)."""
         try:
-            return ray.get(getattr(self._agent(agent), method).remote(*args), timeout=self.call_timeout_s)
-        except ActorDiedError as error:
-            with self._lock:
-                self._agents.pop(agent, None)
-            raise ExecutorError(f"node agent {agent} is gone: {error}") from None
-        except (RayError, GetTimeoutError) as error:
-            raise ExecutorError(f"node agent {agent} did not answer: {type(error).__name__}") from None
+            result = self.ray.get(getattr(self._agent(agent), method).remote(*args), timeout=self.call_timeout_s)
+        except RayTaskError as error:  # the agent answered: the method itself raised
+            cause = error.cause if isinstance(error.cause, Exception) else error
+            raise ExecutorError(f"node {self._node_name(agent) or agent}: {short_cause(cause)}") from None
+        except RayError as error:
+            self._no_answer(agent, error, self.call_timeout_s)
+            raise ExecutorError(f"node agent {agent} did not answer: {short_cause(error)}") from None
+        self.health.answered(agent, self._node_name(agent) or agent)
+        return result
 
     # -- the Executor interface ------------------------------------------------------------------------
 
@@ -173,21 +289,21 @@ class RayExecutor(Executor):
         agent = self.agent_of(launch.node)
         inner = self._call(agent, "start", launch)
         server_log = str(Path(launch.log_dir) / Path(str(inner["log_path"])).name)
-        return {"executor": HANDLE_KIND, "agent": agent, "node": launch.node, "inner": inner,
-                "server_log": server_log}
+        return {"executor": HANDLE_KIND, "agent": agent, "node": launch.node, "inner": inner, "server_log": server_log}
 
     def poll(self, handle: Handle) -> ReplicaStatus:
-        """The replica's status from its agent (one call). LOST when the agent is gone (its node left) or
-        for an unknown handle; ExecutorError when the agent does not answer now (the next poll asks again).
-        Once the replica has ended, its log is copied to the server first."""
+        """The replica's status from its agent (one call). LOST when Ray no longer reports the replica's
+        node alive, or for an unknown handle. While the node is alive, an agent that does not answer (killed
+        and being created again, restarting, busy) raises ExecutorError: the replica is not lost, the next
+        poll asks again. Once the replica has ended, its log is copied to the server first."""
         if handle.get("executor") != HANDLE_KIND:
             return ReplicaStatus(ReplicaState.LOST, message="unknown replica handle")
         agent = str(handle["agent"])
         try:
             status = _status(*self._call(agent, "poll", handle["inner"]))
         except ExecutorError as error:
-            if "is gone" in str(error) or not self.node_alive(agent):
-                return ReplicaStatus(ReplicaState.LOST, message=f"{error} (node {handle.get('node')} is gone)")
+            if not self.node_alive(agent):
+                return ReplicaStatus(ReplicaState.LOST, message=f"node {handle.get('node')} is gone: {error}")
             raise
         if status.state.is_terminal:
             self._copy_log(handle)

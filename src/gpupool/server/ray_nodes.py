@@ -3,7 +3,8 @@
 Imported only in cluster mode (it imports Ray through `executors/ray.py`). Each alive Ray node whose agent
 answers is a node of the pool, named by its agent (GPUPOOL_AGENT_NODE_NAME on that node, else its host name)
 and reached at its Ray address; a node that joins the cluster appears on the next pass of the node worker,
-one that Ray declares dead is gone from the list, so the node worker takes its replicas to `lost`.
+one that Ray declares dead is gone from the list, so the node worker takes its replicas to `lost`. A node
+whose agent stops answering (restarted, killed and created again, busy) stays while Ray reports it alive.
 """
 
 from __future__ import annotations
@@ -24,12 +25,20 @@ RAY_NODE_LABEL = "gpupool.io/ray-agent"  # the agent of the node, for operators 
 
 def node_from_description(description: NodeDescription, agent: str) -> LocalNode:
     """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs."""
-    content = (declared_description(description.gpus, description.name) if description.gpus
-               else {"node": description.name, "simulated": True, "gpus": []})
+    content = (
+        declared_description(description.gpus, description.name)
+        if description.gpus
+        else {"node": description.name, "simulated": True, "gpus": []}
+    )
     fake = FakeBackend(content)
     gpus = LocalGpus(fake, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
-    node = Node(name=description.name, cpu_milli=int(description.cpus * 1000), memory_mib=description.memory_mib,
-                gpus=gpus.domain_gpus(), labels={RAY_NODE_LABEL: agent, **description.labels})
+    node = Node(
+        name=description.name,
+        cpu_milli=int(description.cpus * 1000),
+        memory_mib=description.memory_mib,
+        gpus=gpus.domain_gpus(),
+        labels={RAY_NODE_LABEL: agent, **description.labels},
+    )
     return LocalNode(node, gpus, description.address)
 
 
@@ -60,11 +69,19 @@ class RayNodeProvider:
         self._known: dict[str, tuple[str, LocalNode]] = {}  # node name -> (agent, node)
 
     def nodes(self) -> list[LocalNode]:
-        """The nodes present now, by name (one call to each agent; agents are created for new nodes)."""
+        """The nodes present now, by name (one call to each agent; agents are created for new nodes). A
+        node whose agent does not answer this pass stays while Ray reports it alive: an agent restarted,
+        recreated or busy is not a lost machine, so its replicas are not reported lost. A node whose agent
+        never answered has not joined yet."""
+        survey = self.executor.survey(self.marker)
         present: dict[str, tuple[str, LocalNode]] = {}
-        for agent, description in self.executor.cluster_nodes(self.marker):
+        for agent, description in survey.answered:
             known = self._known.get(description.name)
-            present[description.name] = known if known and known[0] == agent else (
-                agent, node_from_description(description, agent))
+            present[description.name] = (
+                known if known and known[0] == agent else (agent, node_from_description(description, agent))
+            )
+        for name, (agent, node) in self._known.items():
+            if name not in present and agent in survey.silent:
+                present[name] = (agent, node)
         self._known = present
         return [node for _, node in (present[name] for name in sorted(present))]

@@ -244,6 +244,9 @@ class Reconciler:
     def _poll(self, handle: Handle) -> ReplicaStatus | None:
         try:
             return self.executor.poll(handle)
+        except ExecutorError as exc:  # the replica's node does not answer now: the executor logs that once
+            log.debug("polling a replica: %s", exc)  # per episode; the next pass polls again
+            return None
         except Exception:  # an executor bug must not stop the reconciler; the next pass polls again
             log.exception("polling a replica failed")
             return None
