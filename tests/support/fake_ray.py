@@ -78,6 +78,7 @@ class FakeRay:
     def __init__(self) -> None:
         self.node_states: dict[str, dict[str, Any]] = {}
         self.names: dict[str, str] = {}  # node id -> gpupool node name its agents declare
+        self.gpus: dict[str, str] = {}  # node id -> the simulated GPUs its agents declare
         self.actors: dict[str, FakeAgent] = {}  # agent name -> live actor
         self.created: list[str] = []  # agent names, one entry per actor created
         self.lookups: list[str] = []  # agent names looked up with get_actor
@@ -85,8 +86,9 @@ class FakeRay:
 
     # -- what tests steer ---------------------------------------------------------------------------
 
-    def add_node(self, node_id: str, name: str) -> None:
-        """Ray reports a new alive node `node_id`; its agent will declare the gpupool name `name`."""
+    def add_node(self, node_id: str, name: str, gpus: str = "") -> None:
+        """Ray reports a new alive node `node_id`; its agent will declare the gpupool name `name` and the
+        simulated GPUs `gpus` (e.g. "1xA100-80GB")."""
         self.node_states[node_id] = {
             "NodeID": node_id,
             "Alive": True,
@@ -94,6 +96,7 @@ class FakeRay:
             "Resources": {"CPU": 2.0, "memory": 4 * 1024**3},
         }
         self.names[node_id] = name
+        self.gpus[node_id] = gpus
 
     def declare_dead(self, node_id: str) -> None:
         """Ray's health check declared the node dead; its agent dies with it."""
@@ -127,7 +130,9 @@ class FakeRay:
                 assert kwargs.get("get_if_exists") and kwargs.get("lifetime") == "detached"
                 if name not in self.actors:
                     node_id = kwargs["scheduling_strategy"].node_id
-                    description = NodeDescription(self.names[node_id], address, cpus, memory_mib, "", {})
+                    description = NodeDescription(
+                        self.names[node_id], address, cpus, memory_mib, self.gpus[node_id], {}
+                    )
                     self.actors[name] = FakeAgent(name, node_id, description)
                     self.created.append(name)
                 return self.actors[name]

@@ -184,18 +184,19 @@ class RayExecutor(Executor):
     def _alive_nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.ray.nodes() if n.get("Alive")]
 
-    def survey(self, marker: tuple[str, str] | None = None) -> ClusterSurvey:
+    def survey(self, marker: tuple[str, str] | None = None, timeout_s: float | None = None) -> ClusterSurvey:
         """Ask the agent of every alive Ray node to describe its node (agents are created for new nodes),
-        waiting at most `survey_timeout_s` in all. Agents that answer are `answered`, by node name; those
-        that do not (still starting, restarting, busy) are `silent`: their nodes are alive, which is not the
-        same as gone. With `marker` (path, content), a node whose agent does not read that content at that
-        path is left out, and logged: it does not see the shared storage."""
+        waiting at most `timeout_s` (default `survey_timeout_s`) in all. Agents that answer are `answered`,
+        by node name; those that do not (still starting, restarting, busy) are `silent`: their nodes are
+        alive, which is not the same as gone. With `marker` (path, content), a node whose agent does not read
+        that content at that path is left out, and logged: it does not see the shared storage."""
         alive = self._alive_nodes()
         calls = [
             (name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
             for name, agent in (self._ensure_agent(n) for n in alive)
         ]
-        deadline = time.monotonic() + self.survey_timeout_s
+        wait_s = self.survey_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         answered: list[tuple[str, NodeDescription]] = []
         silent: set[str] = set()
         for name, ref, sees in calls:
@@ -203,7 +204,7 @@ class RayExecutor(Executor):
                 description = self.ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
                 seen = sees is None or self.ray.get(sees, timeout=max(0.0, deadline - time.monotonic()))
             except RayError as error:
-                self._no_answer(name, error, self.survey_timeout_s)
+                self._no_answer(name, error, wait_s)
                 silent.add(name)
                 continue
             with self._lock:

@@ -7,10 +7,11 @@ A provider says which nodes exist now (`nodes()`); each stored node remembers it
   tests), each with simulated GPUs; their replicas run on this host through the executor.
 - A Ray cluster provider comes with cluster mode.
 
-`NodeSync.step()` registers nodes that joined, and handles nodes that left: each live replica on a departed
-node becomes `lost` (its workload's lifecycle then retries or ends it), the executor is asked to stop it (in
-case it still runs), and the node is removed. A node the executor cannot reach is refused: without
-Capability.MULTI_NODE every replica runs on the server's host, so only loopback-addressed nodes are taken.
+`NodeSync.step()` registers nodes that joined, and handles nodes that left (not offered, and not kept by
+their provider's `keeps`, see `keeps_unoffered`): each live replica on a departed node becomes `lost` (its
+workload's lifecycle then retries or ends it), the executor is asked to stop it (in case it still runs), and
+the node is removed. A node the executor cannot reach is refused: without Capability.MULTI_NODE every replica
+runs on the server's host, so only loopback-addressed nodes are taken.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ class NodeProvider(Protocol):
     def nodes(self) -> list[LocalNode]:
         """The nodes this provider offers now, by name."""
         ...
+
+
+def keeps_unoffered(provider: NodeProvider, labels: dict[str, str]) -> bool:
+    """Whether a stored node of `provider` (with these labels) that the last `nodes()` did not offer still
+    exists: a provider may say so with a `keeps(labels)` method (the Ray provider does, for a node whose
+    agent did not answer while Ray reports the node alive). Without the method, an unoffered node left."""
+    keeps = getattr(provider, "keeps", None)
+    return bool(keeps(labels)) if keeps is not None else False
 
 
 class LocalHostProvider:
@@ -131,7 +140,7 @@ class NodeSync:
             refused = [n for n in offered if not self.reachable(n)]
             changes += [f"node {n.node.name} at {n.address} refused: the {self.executor.name} executor runs "
                         "replicas on this host only (it lacks the multi_node capability)" for n in refused]
-            changes += self._sync(provider.source, [n for n in offered if self.reachable(n)])
+            changes += self._sync(provider, [n for n in offered if self.reachable(n)])
         self._started = True
         for change in changes:
             log.info(change)
@@ -139,8 +148,8 @@ class NodeSync:
             self.on_change()
         return changes
 
-    def _sync(self, source: str, declared: list[LocalNode]) -> list[str]:
-        now = self.clock()
+    def _sync(self, provider: NodeProvider, declared: list[LocalNode]) -> list[str]:
+        source, now = provider.source, self.clock()
         lost: list[Handle] = []
         with self.db.session() as session:
             if not self._started and source == LocalHostProvider.source:
@@ -155,6 +164,8 @@ class NodeSync:
                     if name in wanted:
                         row.heartbeat_at = now
                         continue
+                    if keeps_unoffered(provider, dict(row.labels or {})):
+                        continue  # not described this pass, yet it still exists
                     lost += self._leave(session, name, now)
                     session.delete(row)
                     changes.append(f"node {name} left the pool")

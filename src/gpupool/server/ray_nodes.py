@@ -67,13 +67,18 @@ class RayNodeProvider:
         self.executor = executor
         self.marker = write_marker(storage_root) if storage_root is not None else None
         self._known: dict[str, tuple[str, LocalNode]] = {}  # node name -> (agent, node)
+        self._silent: frozenset[str] | None = None  # agents of alive nodes that did not answer the last pass
 
     def nodes(self) -> list[LocalNode]:
         """The nodes present now, by name (one call to each agent; agents are created for new nodes). A
         node whose agent does not answer this pass stays while Ray reports it alive: an agent restarted,
         recreated or busy is not a lost machine, so its replicas are not reported lost. A node whose agent
         never answered has not joined yet."""
-        survey = self.executor.survey(self.marker)
+        # the first pass waits as long as one agent call may (agents created now, or a server that restarted
+        # while one is slow); later passes wait survey_timeout_s, and a node whose agent is late joins later
+        first = self._silent is None
+        survey = self.executor.survey(self.marker, self.executor.call_timeout_s if first else None)
+        self._silent = survey.silent
         present: dict[str, tuple[str, LocalNode]] = {}
         for agent, description in survey.answered:
             known = self._known.get(description.name)
@@ -85,3 +90,9 @@ class RayNodeProvider:
                 present[name] = (agent, node)
         self._known = present
         return [node for _, node in (present[name] for name in sorted(present))]
+
+    def keeps(self, labels: dict[str, str]) -> bool:
+        """Whether a stored node that the last pass did not offer still exists: its agent (the node's
+        RAY_NODE_LABEL) is on a node Ray reports alive but did not answer (e.g. a server restarted while the
+        agent was busy, restarting or being created again), so its replicas are not lost."""
+        return self._silent is not None and labels.get(RAY_NODE_LABEL) in self._silent

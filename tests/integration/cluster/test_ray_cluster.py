@@ -29,6 +29,7 @@ from gpupool.client.http import Client
 NODES = [("node-1", ""), ("node-2", "2xA100-80GB"), ("node-3", "2xA100-80GB"), ("node-4", "2xT4-16GB")]
 FENCE_AFTER_S = 6.0  # the server's default fencing bound (settings.ray_fence_after_s)
 DETECTION_SLACK_S = 30.0  # ten times the detection measured on an idle machine: a shared one is slower
+AGENT_RECREATE_S = 20.0  # watched after an agent is killed: Ray starts a new agent in ~2 s on an idle machine
 SERVER_START_S = 180.0  # Ray driver, three agents started on three nodes: ~5 s idle, much more on a shared machine
 
 
@@ -189,6 +190,50 @@ def test_a_killed_server_reattaches_its_remote_replicas(server: ClusterServer, t
     assert seven.replica_list[0].exit_code == 7
     assert sorted(p.name.split("-")[-1] for p in marks.iterdir()) == ["0", "0", "1"]
     assert {p.read_text() for p in marks.iterdir()} == {"started\n"}  # each replica started once
+
+
+KILL_AGENT = """
+import sys, ray
+ray.init(address=sys.argv[1], namespace="gpupool", log_to_driver=False, logging_level="ERROR")
+ray.kill(ray.get_actor(sys.argv[2]))  # no restart: the name is free until the server creates the agent again
+"""
+
+
+def test_a_killed_agent_is_created_again_and_its_replica_runs_on(cluster: RayCluster, server: ClusterServer,
+                                                               tmp_path: Path) -> None:
+    wait_until(lambda: len(_nodes(server)) >= 3, 120, 0.5, "the cluster's nodes")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    command = f'echo started >> {marks}/started; while [ ! -e {marks}/go ]; do sleep 0.2; done; echo done'
+    with _client(server) as client:
+        wid = _submit(server, {"kind": "job", "name": "survivor", "retries": 2, "command": command,
+                               "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": 1}}, tmp_path)
+        running = client.wait(wid, ["running"], timeout_s=120)
+        name = running.replica_list[0].node
+        node = next(n for n in cluster.nodes if n.name == name)
+        agent = _nodes(server)[name]["labels"]["gpupool.io/ray-agent"]
+        wait_until((marks / "started").exists, 30, 0.2, "the replica's process started")
+        subprocess.run([sys.executable, "-c", KILL_AGENT, cluster.address, agent], check=True, timeout=120)
+        # the server notices (node passes every 0.5 s), creates the agent again on the same node, and keeps
+        # the node and its replica throughout: not lost, not retried
+        deadline = time.monotonic() + AGENT_RECREATE_S
+        while time.monotonic() < deadline:
+            assert name in _nodes(server)
+            now = client.get_workload(wid)
+            assert (now.status, now.attempt) == ("running", running.attempt), now.message
+            time.sleep(1)
+        assert any(f"{marks}/go" in p for p in node.processes())  # the replica's own process, still there
+        (marks / "go").touch()
+        done = client.wait(wid, timeout_s=120, interval_s=0.5)  # an exit only the new agent can report
+        assert done.status == "succeeded", done.message
+        assert done.attempt == running.attempt and done.replica_list[0].exit_code == 0
+        assert list(client.logs(wid)) == ["done"]
+    assert (marks / "started").read_text() == "started\n"  # started once: the replica was never restarted
+    shown: Any = run_json(["show", str(wid)], server.env)
+    assert "left the pool" not in json.dumps(shown)
+    log = "".join(p.read_text(errors="replace") for p in server.home.glob("server-*.log"))
+    assert f"node {name} does not answer" in log and f"node {name} answers again" in log, log[-3000:]
+    assert log.count(f"node {name} does not answer") == 1  # one warning for the episode
 
 
 def _sleepers(node: RayNode, token: str) -> list[str]:
