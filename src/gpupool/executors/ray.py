@@ -286,8 +286,13 @@ class RayExecutor(Executor):
 
     def start(self, launch: ReplicaLaunch) -> Handle:
         """Start the replica through the agent of `launch.node` (idempotent per replica attempt, like the
-        local executor the agent runs). Blocks for one call; ExecutorError when the node or its agent is gone."""
+        local executor the agent runs). Blocks for one call; ExecutorError when the call fails. NodeGoneError
+        (nothing started, the work is placed again) when the node is gone, or when its agent is known not to
+        answer now: no call is made then, so a silent agent neither holds up the launch nor fails the work."""
         agent = self.agent_of(launch.node)
+        silence = self.health.silence(agent)
+        if silence is not None:
+            raise NodeGoneError(f"node {launch.node} does not answer now ({silence.cause}); nothing was started")
         inner = self._call(agent, "start", launch)
         server_log = str(Path(launch.log_dir) / Path(str(inner["log_path"])).name)
         return {"executor": HANDLE_KIND, "agent": agent, "node": launch.node, "inner": inner, "server_log": server_log}

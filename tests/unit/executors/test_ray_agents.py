@@ -7,12 +7,13 @@ reconciler do."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.support.fake_ray import ANSWER, TIMEOUT, FakeRay
 
-from gpupool.executors.base import ExecutorError, ReplicaState
+from gpupool.executors.base import ExecutorError, NodeGoneError, ReplicaLaunch, ReplicaState
 from gpupool.executors.ray import AGENT_PREFIX, RayExecutor
 from gpupool.server.ray_nodes import RayNodeProvider
 
@@ -148,3 +149,18 @@ def test_a_method_that_fails_on_the_agent_is_an_answer_with_its_message(fake: Fa
     with pytest.raises(ExecutorError, match="cannot choose -1 ports"):
         executor.free_ports("node-a", -1)
     assert executor.health.silence(_agent(NODE_A)) is None  # it answered: not a silent agent
+
+
+def test_a_start_on_a_node_whose_agent_is_silent_is_refused_at_once_for_another_placement(
+    fake: FakeRay, tmp_path: Path
+) -> None:
+    executor = RayExecutor("fake", api=fake)
+    provider = RayNodeProvider(executor)
+    provider.nodes()
+    fake.agent_on(NODE_B).mode = TIMEOUT
+    provider.nodes()  # the node pass finds the agent silent
+    launch = ReplicaLaunch("w1", 0, "worker", "sleep 1", {}, tmp_path, tmp_path, node="node-b")
+    calls = len(fake.agent_on(NODE_B).calls)
+    with pytest.raises(NodeGoneError, match="node-b does not answer now"):
+        executor.start(launch)  # the reconciler places it again without using a retry
+    assert len(fake.agent_on(NODE_B).calls) == calls  # no call made: the launch is not held up
