@@ -331,10 +331,12 @@ class RayExecutor(Executor):
         is gone: its node left, and its processes with it (or its agent fences them)."""
         if handle.get("executor") != HANDLE_KIND:
             return
+        agent = str(handle["agent"])
         try:
-            self._call(str(handle["agent"]), "stop", handle["inner"], grace_s)
-        except ExecutorError as error:
-            log.warning("could not stop a replica on node %s: %s", handle.get("node"), error)
+            self._call(agent, "stop", handle["inner"], grace_s)
+        except ExecutorError as error:  # a silent agent is logged once per episode; the stop is sent again
+            quiet = self.health.silence(agent) is not None
+            (log.debug if quiet else log.warning)("could not stop a replica on node %s: %s", handle.get("node"), error)
 
     def _remote_chunks(self, handle: Handle, offset: int, follow: bool) -> Iterator[tuple[str, int]]:
         """(whole lines, offset after them) of the replica's log read through its agent from `offset`, until

@@ -129,6 +129,7 @@ def test_a_silent_node_logs_one_warning_per_episode_and_one_line_when_it_answers
             provider.nodes()
             with pytest.raises(ExecutorError):
                 executor.poll(handle)
+            executor.stop(handle, 1.0)  # the reconciler sends a stop again while it is not confirmed
         warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         text = warnings[0].getMessage()
