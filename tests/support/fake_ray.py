@@ -60,6 +60,11 @@ class FakeAgent:
     def _sees(self, path: str, content: str) -> bool:
         return True
 
+    def _start(self, launch: Any) -> dict[str, Any]:
+        replica_id = f"{launch.workload_id}-{launch.replica}-{launch.attempt}"
+        self.states.setdefault(replica_id, ("running", None, ""))
+        return {"id": replica_id, "log_path": f"/nonexistent/{replica_id}.log"}
+
     def _poll(self, inner: dict[str, Any]) -> tuple[str, int | None, str]:
         return self.states.get(str(inner["id"]), ("running", None, ""))
 

@@ -59,7 +59,10 @@ class AgentHealth:
             log.debug("node %s still does not answer (agent %s): %s", node or "(new)", agent, cause)
         elif node is None:
             log.warning(
-                "the agent %s of a new Ray node does not answer yet: %s; the node joins once it does", agent, cause
+                "node agent %s does not answer (it has not described its node to this server yet): %s; a new "
+                "node joins once it answers, a registered one stays while Ray reports it alive",
+                agent,
+                cause,
             )
         else:
             log.warning(

@@ -1,16 +1,19 @@
 """A server restarted while a node agent does not answer keeps the node and its replica: the Ray node provider
-(over a fake Ray, tests/support/fake_ray.py) vouches for a stored node whose agent is silent on a node Ray
-reports alive, and the node worker keeps it; only Ray declaring the node dead loses the replica."""
+(over a fake Ray, tests/support/fake_ray.py, which the Ray executor also runs replicas through) vouches for a
+stored node whose agent is silent on a node Ray reports alive, the node worker keeps it, and the reconciler's
+polls wait for the agent quietly (one warning in the log); only Ray declaring the node dead loses the
+replica."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+import pytest
 from tests.support.fake_ray import ANSWER, TIMEOUT, FakeRay
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
-from gpupool.executors.fake import RUN_FOREVER, FakeCluster, FakeExecutor
 from gpupool.executors.ray import RayExecutor
 from gpupool.server.ray_nodes import RayNodeProvider
 
@@ -19,12 +22,12 @@ SYNC_INTERVAL_S = 0.05
 SILENT_WATCH_S = 2.0  # forty node passes at SYNC_INTERVAL_S while the agent is silent
 
 
-def _serve(tmp_path: Path, fake: FakeRay, replicas: FakeCluster) -> TestServer:
+def _serve(tmp_path: Path, fake: FakeRay) -> TestServer:
     settings = server_settings(
         tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}", node_sync_interval_s=SYNC_INTERVAL_S
     )
-    provider = RayNodeProvider(RayExecutor("fake", api=fake))
-    return start_server(settings, FakeExecutor(replicas, default=RUN_FOREVER), node_providers=[provider])
+    executor = RayExecutor("fake", api=fake)  # replicas run through the fake agents too
+    return start_server(settings, executor, node_providers=[RayNodeProvider(executor)])
 
 
 def _names(server: TestServer) -> list[str]:
@@ -32,11 +35,13 @@ def _names(server: TestServer) -> list[str]:
         return sorted(n.name for n in client.nodes())
 
 
-def test_a_server_restarted_while_an_agent_is_silent_keeps_its_node_and_replica(tmp_path: Path) -> None:
-    fake, replicas = FakeRay(), FakeCluster()
+def test_a_server_restarted_while_an_agent_is_silent_keeps_its_node_and_replica(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeRay()
     fake.add_node(NODE_A, "node-a")
     fake.add_node(NODE_B, "node-b", gpus="1xA100-80GB")
-    server = _serve(tmp_path, fake, replicas)
+    server = _serve(tmp_path, fake)
     try:
         wait_until(lambda: {"node-a", "node-b"} <= set(_names(server)), what="both Ray nodes registered")
         with server.client() as client:
@@ -46,7 +51,8 @@ def test_a_server_restarted_while_an_agent_is_silent_keeps_its_node_and_replica(
     finally:
         server.stop()
     fake.agent_on(NODE_B).mode = TIMEOUT  # busy or restarting while the server is down and comes back
-    server = _serve(tmp_path, fake, replicas)
+    caplog.clear()
+    server = _serve(tmp_path, fake)
     try:
         with server.client() as client:
             deadline = time.monotonic() + SILENT_WATCH_S
@@ -55,6 +61,8 @@ def test_a_server_restarted_while_an_agent_is_silent_keeps_its_node_and_replica(
                 detail = client.get_workload(wid)
                 assert (detail.status, detail.retries_used) == ("running", 0), detail.message
                 time.sleep(SYNC_INTERVAL_S)
+            noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("gpupool")]
+            assert len(noisy) == 1 and "does not answer" in noisy[0].getMessage(), [r.getMessage() for r in noisy]
             fake.agent_on(NODE_B).mode = ANSWER
             time.sleep(10 * SYNC_INTERVAL_S)
             assert client.get_workload(wid).status == "running"
