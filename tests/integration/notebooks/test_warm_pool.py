@@ -5,11 +5,18 @@ is refilled. Then through a real server and its proxy."""
 
 from __future__ import annotations
 
+import grp
+import json
 import os
+import pwd
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,15 +52,15 @@ def ready_tokens(root: Path) -> list[Path]:
 
 @pytest.fixture
 def executors(tmp_path: Path) -> Iterator[list[LocalExecutor]]:
-    """Executors on tmp/executor; every process under it is stopped at the end."""
+    """The executors a test makes; every warm slot under their roots is stopped at the end."""
     made: list[LocalExecutor] = []
     yield made
     for executor in made:
         executor.close()
-    for slot in (tmp_path / "executor" / "warm" / "slots").glob("*"):
-        handle = made[0].warm.slot_handle(slot) if made else None
-        if handle:
-            made[0].stop({**handle, "state_dir": str(slot), "log_path": str(slot / "replica-0.log")}, 1)
+        for slot in (executor.root / "warm" / "slots").glob("*"):
+            handle = executor.warm.slot_handle(slot)
+            if handle:
+                executor.stop({**handle, "state_dir": str(slot), "log_path": str(slot / "replica-0.log")}, 1)
 
 
 def new_executor(tmp: Path, made: list[LocalExecutor], size: int = 1) -> LocalExecutor:
@@ -179,9 +186,12 @@ def test_slots_survive_a_restart_and_an_interrupted_start_keeps_its_claim(tmp_pa
 
 
 def test_a_warm_notebook_through_the_server_and_its_proxy(tmp_path: Path, executors: list[LocalExecutor]) -> None:
-    executor = new_executor(tmp_path, executors)
+    server = start_server(server_settings(tmp_path / "server", f"sqlite:///{tmp_path / 'gpupool.db'}",
+                                          notebook_warm_pool=1))
+    executor = server.services.executor
+    assert isinstance(executor, LocalExecutor)
+    executors.append(executor)
     wait_until(lambda: len(ready_tokens(executor.root)) == 1, READY_S, 0.1, "a parked slot")
-    server = start_server(server_settings(tmp_path / "server", f"sqlite:///{tmp_path / 'gpupool.db'}"), executor)
     try:
         with server.client() as admin:
             nid = admin.submit({"kind": "notebook", "name": "warm", "idle_timeout": "off",
@@ -201,3 +211,53 @@ def test_a_warm_notebook_through_the_server_and_its_proxy(tmp_path: Path, execut
             wait_until(lambda: admin.get_workload(nid).status == "cancelled", 60, 0.2, "cancelled")
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None, reason="needs root and useradd")
+def test_in_a_multi_user_pool_a_warm_notebook_runs_as_its_user(executors: list[LocalExecutor]) -> None:
+    tag = uuid.uuid4().hex[:6]
+    base = Path(tempfile.mkdtemp(prefix="gpupool-warm-", dir="/tmp"))
+    base.chmod(0o711)  # every OS user traverses it (pytest's tmp is 0700)
+    home = base / "home"
+    server = start_server(server_settings(home, f"sqlite:///{home / 'gpupool.db'}", multi_user=True,
+                                          os_user_prefix=f"w{tag}u-", os_group_prefix=f"w{tag}g-",
+                                          notebook_warm_pool=1, stop_grace_s=0.5))
+    executor = server.services.executor
+    assert isinstance(executor, LocalExecutor)
+    executors.append(executor)
+    try:
+        wait_until(lambda: len(ready_tokens(executor.root)) == 1, READY_S, 0.1, "a parked slot")
+        admin = server.client()
+        admin.create_project("alpha")
+        alice = server.client(admin.create_user("alice", project="alpha", role="member").token)
+        nid = alice.submit({"kind": "notebook", "project": "alpha", "idle_timeout": "off",
+                            "resources": {"cpu": 0.5, "memory": "512MiB"}}).workload.id
+        auth = {"Authorization": f"Bearer {alice.token}"}
+        lab = f"{server.url}/notebooks/{nid}/"
+        wait_until(lambda: httpx.get(f"{lab}api/status", headers=auth, timeout=10).status_code == 200, READY_S,
+                   0.05, "the notebook ready through the proxy")
+        (slot,) = [p for p in (executor.root / "warm" / "slots").iterdir() if (p / "assign.json").exists()]
+        # it writes files as alice, in her directory, and its process is hers alone (kernels are not tried: on
+        # this machine the interpreter lives under /root, which other users cannot execute, warm or cold)
+        put = httpx.put(f"{lab}api/contents/probe.txt", headers=auth, timeout=30,
+                        json={"type": "file", "format": "text", "content": "hello"})
+        assert put.status_code == 201, put.text
+        alice_os = pwd.getpwnam(f"w{tag}u-alice")
+        alice_dir = server.settings.storage_dir / "users" / "alice"
+        assert (alice_dir / "probe.txt").stat().st_uid == alice_os.pw_uid
+        pid = json.loads((slot / "command.json").read_text())["pid"]
+        ids = {line.split(":")[0]: line.split()[1:] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith(("Uid:", "Gid:"))}
+        assert ids["Uid"] == [str(alice_os.pw_uid)] * 4
+        assert ids["Gid"] == [str(grp.getgrnam(f"w{tag}g-alpha").gr_gid)] * 4
+        assert os.readlink(f"/proc/{pid}/cwd") == str(alice_dir)
+        alice.cancel(nid)
+    finally:
+        server.stop()
+        for entry in pwd.getpwall():
+            if entry.pw_name.startswith(f"w{tag}u-"):
+                subprocess.run(["userdel", entry.pw_name], check=False, capture_output=True)
+        for group in grp.getgrall():
+            if group.gr_name.startswith(f"w{tag}g-"):
+                subprocess.run(["groupdel", group.gr_name], check=False, capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
