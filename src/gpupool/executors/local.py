@@ -529,6 +529,7 @@ class LocalExecutor(Executor):
         """Forget this instance's child objects and cancel its timers; replicas keep running. Idempotent."""
         self._closed = True
         self._refill.set()
+        self.warm.close()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

@@ -88,6 +88,26 @@ class WarmPool:
         self.pythons = pythons
         self._start_slot = start_slot
         self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Start no more slots (waits for a fill in progress); the parked ones keep running for the next
+        server on this root."""
+        with self._lock:
+            self._closed = True
+
+    def stop_unclaimed(self, grace_s: float = 1.0) -> int:
+        """Stop every parked slot that no notebook has claimed (SIGTERM); how many. The pool is closed."""
+        self.close()
+        stopped = 0
+        for slot in sorted((self.root / "slots").glob("*")):
+            handle = self.slot_handle(slot)
+            if handle and not (slot / ASSIGN_FILE).exists():
+                key = str((_read_json(slot / SLOT_FILE) or {}).get("key", ""))
+                (self.root / "ready" / key / slot.name).unlink(missing_ok=True)
+                stopped += procfs.signal_process(procfs.ProcessIdentity(
+                    int(handle["pid"]), int(handle["start_time"]), str(handle.get("boot_id", ""))), signal.SIGTERM)
+        return stopped
 
     def _ready_dir(self, python: str) -> Path:
         return self.root / "ready" / python_key(python)
@@ -169,6 +189,8 @@ class WarmPool:
         if self.size <= 0:
             return 0
         with self._lock:
+            if self._closed:
+                return 0
             (self.root / "slots").mkdir(parents=True, exist_ok=True, mode=0o700)
             unclaimed = self._sweep()
             started = 0

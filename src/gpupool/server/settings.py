@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     notebook_idle_timeout: str = Field("2h", description="Default idle timeout of notebooks (e.g. 2h, or off)")
     notebook_cull_interval_s: float = Field(30.0, gt=0, description="How often idle notebooks are looked for")
     # The warm pool (local executor): K parked JupyterLab interpreters per Python, so a notebook starts in about
-    # a second instead of three or more. 0 by default: each parked interpreter holds ~85 MiB of memory (measured)
+    # a second instead of three or more. 0 by default: each parked interpreter holds ~80 MiB resident (82 MiB measured)
     # outside the scheduler's accounting, which a laptop or a pool that rarely opens notebooks should not pay;
     # a shared pool where people open notebooks all day sets 1-2 (more only for bursts of simultaneous opens).
     notebook_warm_pool: int = Field(0, ge=0, le=64, description="Parked JupyterLab servers kept per Python "

@@ -57,10 +57,7 @@ def executors(tmp_path: Path) -> Iterator[list[LocalExecutor]]:
     yield made
     for executor in made:
         executor.close()
-        for slot in (executor.root / "warm" / "slots").glob("*"):
-            handle = executor.warm.slot_handle(slot)
-            if handle:
-                executor.stop({**handle, "state_dir": str(slot), "log_path": str(slot / "replica-0.log")}, 1)
+        executor.warm.stop_unclaimed()
 
 
 def new_executor(tmp: Path, made: list[LocalExecutor], size: int = 1) -> LocalExecutor:
@@ -254,6 +251,7 @@ def test_in_a_multi_user_pool_a_warm_notebook_runs_as_its_user(executors: list[L
         alice.cancel(nid)
     finally:
         server.stop()
+        executor.warm.stop_unclaimed()
         for entry in pwd.getpwall():
             if entry.pw_name.startswith(f"w{tag}u-"):
                 subprocess.run(["userdel", entry.pw_name], check=False, capture_output=True)
