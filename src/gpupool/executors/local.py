@@ -35,7 +35,6 @@ a lost replica never keeps a GPU that the scheduler hands out again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -54,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from gpupool.domain.errors import ValidationError
-from gpupool.domain.notebooks import LAB_OVERRIDES, jupyter_arguments
 from gpupool.executors import _supervisor as supervisor
 from gpupool.executors import logfiles, procfs
 from gpupool.executors.base import (
@@ -70,7 +68,7 @@ from gpupool.executors.base import (
 )
 from gpupool.executors.environment import default_base_env
 from gpupool.executors.storage import validate_scope_name
-from gpupool.executors.warm_pool import REFILL_INTERVAL_S, Assignment, WarmPool
+from gpupool.executors.warm_pool import WarmPool, notebook_assignment, warm_candidate
 
 HANDLE_FILE = "handle.json"
 LOCK_FILE = "lock"
@@ -214,10 +212,7 @@ class LocalExecutor(Executor):
         self._children_lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self.warm = WarmPool(self.root, warm_notebooks, warm_pythons or self._default_pythons, self._start_slot)
-        self._refill = threading.Event()
-        self._closed = False
-        if warm_notebooks > 0:
-            threading.Thread(target=self._refill_loop, name="gpupool-warm-pool", daemon=True).start()
+        self.warm.start_refilling()
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -350,36 +345,20 @@ class LocalExecutor(Executor):
                                env={"CUDA_VISIBLE_DEVICES": ""}, cwd=slot, log_dir=slot)
         return self._launch(launch, slot)
 
-    def _refill_loop(self) -> None:
-        while not self._closed:
-            with contextlib.suppress(OSError, ExecutorError):  # a full disk or a failed start: next round
-                self.warm.fill()
-            self._refill.wait(REFILL_INTERVAL_S)
-            self._refill.clear()
-
     def _warm_start(self, launch: ReplicaLaunch, state_dir: Path) -> Handle | None:
         """Start a notebook in a warm slot: the one this replica claimed before a crash, else a newly claimed
         one; None (a cold start) when the launch is no notebook or no slot of its Python is ready."""
-        env = launch.env
-        needed = ("GPUPOOL_NOTEBOOK_IP", "GPUPOOL_PORT", "GPUPOOL_WORKLOAD_ID")
-        if not launch.notebook or self.warm.size <= 0 or not all(env.get(n) for n in needed):
-            return None
-        if not launch.cwd.is_dir() or (launch.run_as is not None and os.geteuid() != 0):
-            return None  # the cold start reports the error
-        python = shutil.which("python", path=env.get("PATH") or self.base_env.get("PATH"))
+        if not warm_candidate(launch, self.warm.size) or (launch.run_as is not None and os.geteuid() != 0):
+            return None  # not a notebook, or one whose cold start reports the error
+        python = shutil.which("python", path=launch.env.get("PATH") or self.base_env.get("PATH"))
         slot = self.warm.claimed_slot(state_dir) or (self.warm.claim(python, state_dir) if python else None)
         if slot is None:
             return None
-        self._refill.set()
-        Path(launch.log_dir).mkdir(parents=True, exist_ok=True)
-        who = launch.run_as
-        self.warm.assign(slot, Assignment(
-            args=jupyter_arguments(env["GPUPOOL_NOTEBOOK_IP"], env["GPUPOOL_PORT"], env["GPUPOOL_WORKLOAD_ID"]),
-            env=_replica_env(self.base_env, env, who, replica_marker(slot)), cwd=launch.cwd,
-            log_path=Path(launch.log_dir) / log_file_name(launch.replica, launch.attempt),
-            run_as=(who.uid, who.gid, tuple(who.groups)) if who else None,
-            read_only=[Path(p).resolve() for p in launch.read_only_paths] if self._read_only else [],
-            lab_overrides=LAB_OVERRIDES))
+        self.warm.wake()  # refill
+        log_path = Path(launch.log_dir) / log_file_name(launch.replica, launch.attempt)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = _replica_env(self.base_env, launch.env, launch.run_as, replica_marker(slot))
+        self.warm.assign(slot, notebook_assignment(launch, env, log_path, self._read_only))
         started = self.warm.slot_handle(slot) or {}
         return {**self._handle(launch, slot, int(started["pid"]), int(started["start_time"])), "warm": True}
 
@@ -527,8 +506,6 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         """Forget this instance's child objects and cancel its timers; replicas keep running. Idempotent."""
-        self._closed = True
-        self._refill.set()
         self.warm.close()
         for timer in self._timers:
             timer.cancel()

@@ -28,6 +28,7 @@ crashed between its claim and `assign.json`, whose replica went away). K = 0 tur
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -41,9 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpupool.domain.notebooks import LAB_OVERRIDES, jupyter_arguments
 from gpupool.executors import _supervisor as supervisor
 from gpupool.executors import procfs
 from gpupool.executors._warm_jupyter import ASSIGN_FILE
+from gpupool.executors.base import ExecutorError, ReplicaLaunch
 
 WARM_SCRIPT = Path(__file__).resolve().with_name("_warm_jupyter.py")
 SLOT_FILE = "slot.json"
@@ -89,12 +92,31 @@ class WarmPool:
         self._start_slot = start_slot
         self._lock = threading.Lock()
         self._closed = False
+        self._wake = threading.Event()
+
+    def start_refilling(self) -> None:
+        """Fill in a background thread now, after each `wake()` and every REFILL_INTERVAL_S, until `close()`;
+        nothing when the size is 0."""
+        if self.size > 0:
+            threading.Thread(target=self._refill_loop, name="gpupool-warm-pool", daemon=True).start()
+
+    def _refill_loop(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(OSError, ExecutorError):  # a full disk or a failed start: next round
+                self.fill()
+            self._wake.wait(REFILL_INTERVAL_S)
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Ask the refill thread for a fill now (after a claim)."""
+        self._wake.set()
 
     def close(self) -> None:
         """Start no more slots (waits for a fill in progress); the parked ones keep running for the next
         server on this root."""
         with self._lock:
             self._closed = True
+        self._wake.set()
 
     def stop_unclaimed(self, grace_s: float = 1.0) -> int:
         """Stop every parked slot that no notebook has claimed (SIGTERM); how many. The pool is closed."""
@@ -236,6 +258,25 @@ class WarmPool:
         supervisor.write_json_atomic(str(slot / SLOT_FILE), info)
         handle = self._start_slot(slot, argv)
         supervisor.write_json_atomic(str(slot / SLOT_FILE), {**info, "handle": handle})
+
+
+def warm_candidate(launch: ReplicaLaunch, size: int) -> bool:
+    """True when `launch` may start in a warm slot: a notebook with its address, port and id, an existing
+    working directory, and a pool that keeps slots."""
+    needed = ("GPUPOOL_NOTEBOOK_IP", "GPUPOOL_PORT", "GPUPOOL_WORKLOAD_ID")
+    return launch.notebook and size > 0 and all(launch.env.get(n) for n in needed) and launch.cwd.is_dir()
+
+
+def notebook_assignment(launch: ReplicaLaunch, env: dict[str, str], log_path: Path, read_only: bool) -> Assignment:
+    """The assignment of a warm slot for notebook `launch` with its full environment `env`: the same Jupyter
+    arguments as the cold command, its directory, identity and (when the executor enforces them) read-only
+    paths."""
+    who = launch.run_as
+    return Assignment(
+        args=jupyter_arguments(env["GPUPOOL_NOTEBOOK_IP"], env["GPUPOOL_PORT"], env["GPUPOOL_WORKLOAD_ID"]),
+        env=env, cwd=launch.cwd, log_path=log_path, run_as=(who.uid, who.gid, tuple(who.groups)) if who else None,
+        read_only=[Path(p).resolve() for p in launch.read_only_paths] if read_only else [],
+        lab_overrides=LAB_OVERRIDES)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
