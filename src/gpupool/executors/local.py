@@ -348,12 +348,14 @@ class LocalExecutor(Executor):
     def _warm_start(self, launch: ReplicaLaunch, state_dir: Path) -> Handle | None:
         """Start a notebook in a warm slot: the one this replica claimed before a crash, else a newly claimed
         one; None (a cold start) when the launch is no notebook or no slot of its Python is ready."""
-        if not warm_candidate(launch, self.warm.size) or (launch.run_as is not None and os.geteuid() != 0):
-            return None  # not a notebook, or one whose cold start reports the error
-        python = shutil.which("python", path=launch.env.get("PATH") or self.base_env.get("PATH"))
-        slot = self.warm.claimed_slot(state_dir) or (self.warm.claim(python, state_dir) if python else None)
+        slot = self.warm.claimed_slot(state_dir) if launch.notebook else None  # also when the pool is off now
         if slot is None:
-            return None
+            if not warm_candidate(launch, self.warm.size) or (launch.run_as is not None and os.geteuid() != 0):
+                return None  # not a notebook, or one whose cold start reports the error
+            python = shutil.which("python", path=launch.env.get("PATH") or self.base_env.get("PATH"))
+            slot = self.warm.claim(python, state_dir) if python else None
+            if slot is None:
+                return None
         self.warm.wake()  # refill
         log_path = Path(launch.log_dir) / log_file_name(launch.replica, launch.attempt)
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -158,15 +158,16 @@ class WarmPool:
         return None
 
     def claimed_slot(self, replica_dir: Path) -> Path | None:
-        """The live slot this replica claimed earlier (a start interrupted by a crash); None when it claimed
-        none, or the slot has died (its claim is then dropped: the replica starts cold)."""
+        """The slot this replica claimed earlier (a start interrupted by a crash): once assigned it is the
+        replica's whatever became of it (poll then reports how it ended); before, only while it lives. None
+        when it claimed none, or the slot died before its assignment (the claim is dropped: a cold start)."""
         claim = replica_dir / CLAIM_FILE
         try:
             name = claim.read_text().strip()
         except FileNotFoundError:
             return None
         slot = self.root / "slots" / name
-        if name and "/" not in name and self._alive(slot):
+        if name and "/" not in name and ((slot / ASSIGN_FILE).exists() or self._alive(slot)):
             return slot
         claim.unlink(missing_ok=True)
         return None

@@ -98,3 +98,16 @@ def test_fill_replaces_dead_and_claimed_slots_per_python(tmp_path: Path,
     assert slot.exists() and (slot / SLOT_FILE).exists()  # a claimed slot belongs to its replica: kept
     pool.close()
     assert pool.fill() == 0  # a closed pool starts nothing
+
+
+def test_an_assigned_slot_stays_its_replicas_after_it_ended(tmp_path: Path,
+                                                            sleepers: list[subprocess.Popen[bytes]]) -> None:
+    pool = make_pool(tmp_path, sleepers)
+    pool.fill()
+    replica = replica_dir(tmp_path, "a")
+    slot = pool.claim(PYTHON, replica)
+    assert slot is not None
+    (slot / "assign.json").write_text("{}")
+    sleepers[0].kill()
+    sleepers[0].wait()
+    assert pool.claimed_slot(replica) == slot  # a resumed start adopts the run that ended, never starts a second
