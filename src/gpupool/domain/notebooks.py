@@ -40,14 +40,22 @@ NOTEBOOK_KEYS = ("kind", "name", "project", "queue", "priority", "resources", "e
 # and turns the update check off.
 LAB_OVERRIDES = ('{"@jupyterlab/apputils-extension:notification": '
                  '{"fetchNews": "false", "checkForUpdates": false}}')
+
+
+def jupyter_arguments(ip: str, port: str, workload_id: str) -> list[str]:
+    """JupyterLab's arguments for notebook `workload_id` listening on ip:port (after `python -m jupyterlab`
+    and the settings directory): used by the command below and by a warm slot that becomes the notebook."""
+    return ["--no-browser", "--allow-root", f"--ServerApp.ip={ip}", f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0", f"--ServerApp.base_url=/notebooks/{workload_id}/",
+            "--ServerApp.root_dir=.", "--LabApp.news_url=None",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+
+
 JUPYTER_COMMAND = (
     'settings="${HOME:-.}/.cache/gpupool/lab-settings" && mkdir -p "$settings" && '
     f"printf '%s' '{LAB_OVERRIDES}' > \"$settings/overrides.json\" && "
-    'exec python -m jupyterlab --LabApp.app_settings_dir="$settings"'
-    ' --no-browser --allow-root --ServerApp.ip="$GPUPOOL_NOTEBOOK_IP" '
-    '--ServerApp.port="$GPUPOOL_PORT" --ServerApp.port_retries=0 '
-    '--ServerApp.base_url="/notebooks/$GPUPOOL_WORKLOAD_ID/" --ServerApp.root_dir=. '
-    '--LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate')
+    'exec python -m jupyterlab --LabApp.app_settings_dir="$settings" '
+    + " ".join(jupyter_arguments('"$GPUPOOL_NOTEBOOK_IP"', '"$GPUPOOL_PORT"', "$GPUPOOL_WORKLOAD_ID")))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

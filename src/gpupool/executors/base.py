@@ -63,7 +63,9 @@ class ReplicaLaunch:
     process. `read_only_paths` are directories the replica may read but not write (the shared storage scope
     of a non-admin); an executor with the READ_ONLY_PATHS capability enforces it, others only pass it on.
     `run_as`: the OS identity the command must run as (None: the executor's own); an executor that cannot
-    switch identity refuses such a launch with ExecutorError.
+    switch identity refuses such a launch with ExecutorError. `notebook`: the replica is a notebook's
+    JupyterLab (`command` is `gpupool.domain.notebooks.JUPYTER_COMMAND`), which an executor with a warm pool may
+    run in a pre-started interpreter instead, with the same arguments, environment, directory and identity.
     """
 
     workload_id: str
@@ -81,6 +83,7 @@ class ReplicaLaunch:
     run_as: RunAs | None = None
     ports: Mapping[int, int] = field(default_factory=dict)  # port named in the spec -> port chosen on the node
     node_address: str = "127.0.0.1"  # the node's registered network address
+    notebook: bool = False  # a notebook's JupyterLab: an executor with a warm pool may start it in a parked slot
 
 
 @dataclass(frozen=True, slots=True)

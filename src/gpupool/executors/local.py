@@ -39,6 +39,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -46,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ from gpupool.executors.base import (
 )
 from gpupool.executors.environment import default_base_env
 from gpupool.executors.storage import validate_scope_name
+from gpupool.executors.warm_pool import WarmPool, notebook_assignment, warm_candidate
 
 HANDLE_FILE = "handle.json"
 LOCK_FILE = "lock"
@@ -180,13 +182,16 @@ class LocalExecutor(Executor):
     first on PATH). `read_only`: enforce ReplicaLaunch.read_only_paths with read-only bind mounts (None:
     when possible, see `can_enforce_read_only`; True: required, ExecutorError when not possible).
     `log_cap_bytes`: the most a replica's log file holds; then one line says so and the rest is discarded.
+    `warm_notebooks`: K parked JupyterLab slots kept per Python that `warm_pythons()` names (default: the
+    `python` of `base_env`'s PATH), handed to notebook launches (`warm_pool.py`); 0 keeps none.
     """
 
     name = "local"
 
     def __init__(self, root: Path, *, base_env: Mapping[str, str] | None = None, read_only: bool | None = None,
                  python: str | None = None, shell: str = "bash", follow_interval_s: float = 0.1,
-                 kill_slack_s: float = 5.0, log_cap_bytes: int = supervisor.DEFAULT_LOG_CAP) -> None:
+                 kill_slack_s: float = 5.0, log_cap_bytes: int = supervisor.DEFAULT_LOG_CAP,
+                 warm_notebooks: int = 0, warm_pythons: Callable[[], Sequence[str]] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(PRIVATE_DIR_MODE)
@@ -206,6 +211,8 @@ class LocalExecutor(Executor):
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
         self._timers: list[threading.Timer] = []
+        self.warm = WarmPool(self.root, warm_notebooks, warm_pythons or self._default_pythons, self._start_slot)
+        self.warm.start_refilling()
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -240,7 +247,8 @@ class LocalExecutor(Executor):
             existing = _read_json(state_dir / HANDLE_FILE)
             if existing is not None:
                 return existing
-            handle = self._adopt(launch, state_dir) or self._launch(launch, state_dir)
+            handle = self._adopt(launch, state_dir) or self._warm_start(launch, state_dir) \
+                or self._launch(launch, state_dir)
             supervisor.write_json_atomic(str(state_dir / HANDLE_FILE), handle)
         return handle
 
@@ -324,6 +332,37 @@ class LocalExecutor(Executor):
             self._children[child.pid] = child
         identity = procfs.identify(child.pid)
         return self._handle(launch, state_dir, child.pid, identity.start_time if identity else -1)
+
+    # -- the notebook warm pool (warm_pool.py) -------------------------------------------------------------
+
+    def _default_pythons(self) -> list[str]:
+        found = shutil.which("python", path=self.base_env.get("PATH"))
+        return [found] if found else []
+
+    def _start_slot(self, slot: Path, argv: list[str]) -> Handle:
+        """Start a parked slot's supervisor in `slot`: the server's identity, no GPU, output to the slot."""
+        launch = ReplicaLaunch(workload_id="warm", replica=0, role="warm", command=shlex.join(["exec", *argv]),
+                               env={"CUDA_VISIBLE_DEVICES": ""}, cwd=slot, log_dir=slot)
+        return self._launch(launch, slot)
+
+    def _warm_start(self, launch: ReplicaLaunch, state_dir: Path) -> Handle | None:
+        """Start a notebook in a warm slot: the one this replica claimed before a crash, else a newly claimed
+        one; None (a cold start) when the launch is no notebook or no slot of its Python is ready."""
+        slot = self.warm.claimed_slot(state_dir) if launch.notebook else None  # also when the pool is off now
+        if slot is None:
+            if not warm_candidate(launch, self.warm.size) or (launch.run_as is not None and os.geteuid() != 0):
+                return None  # not a notebook, or one whose cold start reports the error
+            python = shutil.which("python", path=launch.env.get("PATH") or self.base_env.get("PATH"))
+            slot = self.warm.claim(python, state_dir) if python else None
+            if slot is None:
+                return None
+        self.warm.wake()  # refill
+        log_path = Path(launch.log_dir) / log_file_name(launch.replica, launch.attempt)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = _replica_env(self.base_env, launch.env, launch.run_as, replica_marker(slot))
+        self.warm.assign(slot, notebook_assignment(launch, env, log_path, self._read_only))
+        started = self.warm.slot_handle(slot) or {}
+        return {**self._handle(launch, slot, int(started["pid"]), int(started["start_time"])), "warm": True}
 
     # -- poll --------------------------------------------------------------------------------------------
 
@@ -469,6 +508,7 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         """Forget this instance's child objects and cancel its timers; replicas keep running. Idempotent."""
+        self.warm.close()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

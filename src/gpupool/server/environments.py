@@ -174,7 +174,8 @@ class EnvironmentStore:
         """The `bin` directory of a built, named environment (NotFoundError / ValidationError otherwise)."""
         found = self.get(name)
         if not (found.path / COMPLETE).exists():
-            raise ValidationError(f"environment {name!r} is not built; create it again", "environment")
+            raise ValidationError(f"environment {name!r} is not built (its build failed or was removed); create it "
+                                  f"again with `gpupool envs create {name} ...`", "environment")
         return found.path / "bin"
 
     def _read(self, name: str) -> Environment | None:
@@ -201,6 +202,19 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def environment_problem(store: EnvironmentStore, name: str | None) -> None:
+    """Refuse a spec naming environment `name` unless it exists and is built: ValidationError (field
+    `environment`) naming the environments there are and how to make one. Nothing when `name` is None."""
+    if name is None:
+        return
+    try:
+        store.bin_dir(name)
+    except NotFoundError as missing:
+        raise ValidationError(str(missing), "environment") from None
+    except ValidationError as unbuilt:
+        raise ValidationError(unbuilt.detail, "environment") from None
 
 
 def environment_env(store: EnvironmentStore | None, name: str | None, default_path: str) -> dict[str, str]:

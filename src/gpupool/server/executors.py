@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from gpupool.domain.errors import GpupoolError
 from gpupool.executors.base import Executor
 from gpupool.executors.fake import FakeExecutor
 from gpupool.executors.local import LocalExecutor
+from gpupool.server.environments import EnvironmentStore, uv_settings
 from gpupool.server.settings import Settings
 
 EXECUTORS: dict[str, Callable[[Settings], Executor]] = {
-    "local": lambda settings: LocalExecutor(settings.executor_dir, log_cap_bytes=settings.log_max_bytes),
+    "local": lambda settings: _local_executor(settings),  # noqa: PLW0108  (defined below)
     "fake": lambda _settings: FakeExecutor(),
     "ray": lambda settings: _ray_executor(settings),  # noqa: PLW0108  (defined below)
 }
+
+
+def _local_executor(settings: Settings) -> LocalExecutor:
+    """The local executor, with the notebook warm pool of `notebook_warm_pool` slots per Python."""
+    return LocalExecutor(settings.executor_dir, log_cap_bytes=settings.log_max_bytes,
+                         warm_notebooks=settings.notebook_warm_pool, warm_pythons=lambda: warm_pythons(settings))
+
+
+def warm_pythons(settings: Settings) -> list[str]:
+    """The Pythons whose notebooks get warm slots: the interpreter notebooks run on without an environment
+    (`python` beside the server's), and `bin/python` of each built environment in
+    `notebook_warm_environments` (a missing or unbuilt one is skipped until it exists)."""
+    default = Path(sys.executable).parent / "python"
+    found = [str(default) if default.exists() else shutil.which("python") or sys.executable]
+    store = EnvironmentStore(settings.home / "environments", uv_settings(settings))
+    for name in settings.notebook_warm_environments.split():
+        try:
+            found.append(str(store.bin_dir(name) / "python"))
+        except GpupoolError:
+            continue
+    return found
 
 
 def _ray_executor(settings: Settings) -> Executor:

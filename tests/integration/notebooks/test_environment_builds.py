@@ -103,3 +103,19 @@ def test_only_its_owner_or_an_admin_removes_it_and_the_build_goes_with_its_last_
         assert Path(env.path).exists()  # "mine-too" still uses the same build
         admin.remove_environment("mine-too")
         assert not Path(env.path).exists()
+
+
+def test_a_spec_naming_a_missing_or_unbuilt_environment_is_refused_at_submit(server: TestServer) -> None:
+    with server.client() as admin:
+        before = len(admin.list_workloads().items)
+        for spec in ({"name": "job", "environment": "nowhere", "command": "true", "resources": {"cpu": 0.5}},
+                     {"kind": "notebook", "name": "nb", "environment": "nowhere", "resources": {"cpu": 0.5}}):
+            with pytest.raises(ValidationError) as missing:
+                admin.submit(spec)
+            assert "environment: no environment 'nowhere'" in str(missing.value)
+            assert "gpupool envs create" in str(missing.value)
+        built = admin.create_environment("soon-broken", packages="six")
+        (Path(built.path) / ".gpupool-complete").unlink()  # a build that is no longer usable
+        with pytest.raises(ValidationError, match="environment 'soon-broken' is not built"):
+            admin.submit({"name": "job", "environment": "soon-broken", "command": "true", "resources": {"cpu": 0.5}})
+        assert len(admin.list_workloads().items) == before  # nothing was stored

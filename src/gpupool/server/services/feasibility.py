@@ -1,4 +1,5 @@
-"""Turning specs into the scheduler's PendingWorkload, and the "can never run" check at submission."""
+"""Turning specs into the scheduler's PendingWorkload, and the "can never run" checks at submission: resources no
+node can ever offer, and an `environment:` that does not exist or is not built."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from gpupool.domain.specs import WorkloadSpec
 from gpupool.scheduler.feasibility import NeverFitsChecker
 from gpupool.scheduler.types import PendingWorkload, ReplicaGroup, ReplicaPlacement
+from gpupool.server.environments import EnvironmentStore, environment_problem
 from gpupool.store.convert import node_from_row
 from gpupool.store.orm import NodeRow
 from gpupool.store.repos import nodes
@@ -32,12 +34,21 @@ def nodes_fingerprint(rows: Sequence[NodeRow]) -> str:
 
 
 class FeasibilityCache:
-    """A NeverFitsChecker kept while the nodes stay the same; safe to share between request threads."""
+    """A NeverFitsChecker kept while the nodes stay the same, and the server's environments (set once the
+    environment store exists; None: `environment:` is not checked at submission); safe to share between
+    request threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, environments: EnvironmentStore | None = None) -> None:
         self._lock = threading.Lock()
         self._key: str | None = None
         self._checker: NeverFitsChecker | None = None
+        self.environments = environments
+
+    def check_environment(self, spec: WorkloadSpec) -> None:
+        """ValidationError (field `environment`) when the spec names an environment that does not exist or is
+        not built (its build failed or was removed); nothing when it names none or no store is set."""
+        if self.environments is not None:
+            environment_problem(self.environments, spec.environment)
 
     def never_fits_reason(self, session: Session, spec: WorkloadSpec, queue: str) -> str | None:
         """None when the spec fits the pool when it is empty; else why it never can."""

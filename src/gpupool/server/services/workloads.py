@@ -131,6 +131,7 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
         existing = repo.workload_by_key(session, principal.user_id, key)
         if existing is not None:
             return _replay(existing, canonical, key), False
+    feasibility.check_environment(spec)
     reason = feasibility.never_fits_reason(session, spec, queue.name)
     if reason is not None:
         raise UnsatisfiableError(reason, "resources")

@@ -103,7 +103,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,
             gpu_indices=tuple(g.index for g in placement.gpus), labels={"project": project, "user": user.name},
             attempt=row.attempt - 1, read_only_paths=scopes.read_only_paths(), ports=ports,
-            node_address=addresses[replica.node], run_as=run_as))
+            node_address=addresses[replica.node], run_as=run_as, notebook=spec.kind.value == "notebook"))
     return launches
 
 
