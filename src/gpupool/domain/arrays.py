@@ -16,7 +16,7 @@ environment. Pure: no I/O; the server stores the tasks (`server/services/arrays.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,10 +166,7 @@ def describe_counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{counts[s.value]} {s.value}" for s in _S if counts.get(s.value))
 
 
-def tasks_to_offer(pending: Sequence[int], active: int, limit: int | None) -> list[int]:
-    """Which pending tasks (given by index, any order) the scheduler may see: all without a cap, else the
-    lowest indices that fit in `limit` minus the `active` tasks (scheduled, starting, running, preempted)."""
-    ordered = sorted(pending)
-    if limit is None:
-        return ordered
-    return ordered[: max(0, limit - active)]
+def task_slots(limit: int | None, holding: int) -> int | None:
+    """How many more of an array's pending tasks the scheduler may see: None (all) without a cap, else the
+    cap less the tasks that hold resources (scheduled, starting, running, preempted), at least 0."""
+    return None if limit is None else max(0, limit - holding)

@@ -12,8 +12,8 @@ from gpupool.domain.arrays import (
     array_status,
     describe_counts,
     parse_array,
+    task_slots,
     task_spec,
-    tasks_to_offer,
 )
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.specs import JobSpec, parse_spec
@@ -118,16 +118,15 @@ def test_counts_read_in_life_cycle_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pending", "active", "limit", "offered"),
+    ("limit", "holding", "slots"),
     [
-        ([5, 1, 3], 0, None, [1, 3, 5]),
-        ([5, 1, 3], 0, 2, [1, 3]),
-        ([5, 1, 3], 1, 2, [1]),
-        ([5, 1, 3], 2, 2, []),
-        ([5, 1, 3], 3, 2, []),  # more active than the cap (it was lowered): nothing more
+        (None, 0, None),
+        (None, 50, None),
+        (3, 0, 3),
+        (3, 2, 1),
+        (3, 3, 0),
+        (3, 5, 0),  # more hold resources than the cap (it was lowered): nothing more
     ],
 )
-def test_only_the_lowest_indices_within_the_cap_are_offered(
-    pending: list[int], active: int, limit: int | None, offered: list[int]
-) -> None:
-    assert tasks_to_offer(pending, active, limit) == offered
+def test_slots_are_the_cap_less_the_tasks_holding_resources(limit: int | None, holding: int, slots: int | None) -> None:
+    assert task_slots(limit, holding) == slots
