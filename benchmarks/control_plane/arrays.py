@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import fresh_database, server, summary_ms  # noqa: E402  (the script's own directory)
+from bench import fresh_database, server, summary_ms  # the script's own directory (on sys.path above)
 
 SPEC = "name: frames\narray: 0-{last}%1\ncommand: sleep 600 # frame {{{{array.index}}}}\nresources: {{cpu: 0.1}}\n"
 

@@ -95,8 +95,9 @@ def replica_view(r: ReplicaRow) -> schemas.Replica:
                    for e in stored_endpoints(r.endpoints)])
 
 
-def detail_view(session: Session, row: WorkloadRow) -> schemas.WorkloadDetail:
-    """`show`: summary, spec, the current run's replicas, counters, history (and a job array's tasks)."""
+def detail_view(session: Session, row: WorkloadRow, tasks: bool = True) -> schemas.WorkloadDetail:
+    """`show`: summary, spec, the current run's replicas, counters, history (and, with `tasks`, a job array's
+    tasks; the answers to submit and cancel leave them out: the counts say enough)."""
     names = accounts.project_names(session)
     users = accounts.user_names(session, {row.user_id})
     is_array = row.kind == ARRAY_KIND
@@ -107,7 +108,7 @@ def detail_view(session: Session, row: WorkloadRow) -> schemas.WorkloadDetail:
                             reason=e.reason) for e in repo.events_of(session, row.id)]
     return schemas.WorkloadDetail(**summary.model_dump(), spec=row.spec, retries_used=row.retries_used,
                                   preemptions=row.preemptions, replica_list=replicas, events=events,
-                                  tasks=arrays.task_list(session, row.id) if is_array else [])
+                                  tasks=arrays.task_list(session, row.id) if is_array and tasks else [])
 
 
 # --------------------------------------------------------------------------------------- submit

@@ -26,7 +26,7 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
     returned the workload an earlier submit created."""
     with services.db.session() as session:
         row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility)
-        detail = workloads.detail_view(session, row)
+        detail = workloads.detail_view(session, row, tasks=False)
         warnings = workloads.submission_warnings(session, row)
     if created:
         services.wake_scheduler()
@@ -68,7 +68,7 @@ def array_task(workload_id: WorkloadId, index: Annotated[int, Path(ge=0, le=MAX_
 def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
     detail = services.db.transaction(lambda session: workloads.detail_view(
-        session, workloads.cancel(session, principal, workload_id, services.clock())))
+        session, workloads.cancel(session, principal, workload_id, services.clock()), tasks=False))
     services.wake_reconciler()
     services.wake_scheduler()
     return detail
