@@ -42,8 +42,13 @@ def bench_arrays(args: argparse.Namespace) -> dict[str, Any]:
             shown = [_timed(lambda: client.get_workload(array_id)) for _ in range(args.repeat)]
             for workload in client.list_workloads(limit=1000).items:
                 client.cancel(workload.id)
-    return {"database": "postgresql" if args.postgres_url else "sqlite", "tasks": args.tasks,
-            "accept": summary_ms(accept), "ls": summary_ms(listed), "show": summary_ms(shown)}
+    return {
+        "database": "postgresql" if args.postgres_url else "sqlite",
+        "tasks": args.tasks,
+        "accept": summary_ms(accept),
+        "ls": summary_ms(listed),
+        "show": summary_ms(shown),
+    }
 
 
 def _timed(call: Any) -> float:
