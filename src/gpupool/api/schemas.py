@@ -266,7 +266,27 @@ class WorkloadSummary(Model):
     pending_reason: str | None = None
     queue_position: int | None = None
     attempt: int = 0
-    parent_id: int | None = None  # the controller workload (pipeline run, sweep, service) it belongs to
+    parent_id: int | None = None  # the controller workload (pipeline run, sweep, service, array) it belongs to
+    array_index: int | None = None  # a task of a job array: its index (its array is parent_id)
+    array: ArraySummary | None = None  # a job array (kind array): its tasks by status
+
+
+class ArraySummary(Model):
+    """A job array at a glance: the indices as written, the cap on tasks at once, tasks by status."""
+
+    indices: str
+    limit: int | None = None
+    tasks: int
+    by_status: dict[str, int] = {}
+
+
+class ArrayTask(Model):
+    """One task of a job array in `show`: its index, its own workload id, status and last message."""
+
+    index: int
+    id: int
+    status: str
+    message: str = ""
 
 
 class GpuAllocation(Model):
@@ -325,6 +345,7 @@ class WorkloadDetail(WorkloadSummary):
     preemptions: int = 0
     replica_list: list[Replica] = []
     events: list[Event] = []
+    tasks: list[ArrayTask] = []  # a job array's tasks, in index order
 
 
 class WorkloadSubmitted(Model):

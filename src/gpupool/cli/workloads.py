@@ -1,6 +1,7 @@
 """Workload commands: submit, ls, show, logs, cancel (and, from cli/workflow.py, wait, resubmit, whoami).
 
-Commands that take a workload accept its id or its name (the newest workload of that name you can see)."""
+Commands that take a workload accept its id or its name (the newest workload of that name you can see), and
+for a task of a job array ID.INDEX (or NAME.INDEX), e.g. `gpupool logs 12.7`."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ if TYPE_CHECKING:
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 HISTORY_SHOWN = 15  # events `show` prints without --all: a screenful with the panel and replicas
+TASKS_SHOWN = 50  # a job array's tasks `show` prints without --all: a few screens; the counts cover the rest
 ACTIVE = ["pending", "scheduled", "starting", "running", "preempted"]
-WorkloadArg = Annotated[str, typer.Argument(help="The workload's id, or its name (the newest of that name).")]
+WorkloadArg = Annotated[str, typer.Argument(help="The workload's id, or its name (the newest of that name); "
+                                            "ID.INDEX for a task of a job array.")]
 
 
 def _is_local(url: str) -> bool:
@@ -43,7 +46,11 @@ def _is_local(url: str) -> bool:
 
 def resolve(client: Client, ref: str, *, active: bool = False) -> int:
     """The id of workload `ref`: an id as is, else the newest workload of that name the caller can see (with
-    `active`, the newest that has not ended, so that `cancel NAME` never aims at an old run)."""
+    `active`, the newest that has not ended, so that `cancel NAME` never aims at an old run). `REF.INDEX` is
+    task INDEX of the job array REF names."""
+    base, dot, index = ref.rpartition(".")
+    if dot and base and index.isdigit():
+        return client.array_task(resolve(client, base, active=active), int(index)).id
     if ref.isdigit():
         return int(ref)
     page = client.list_workloads(name=ref, status=ACTIVE if active else None, limit=1)
@@ -97,10 +104,19 @@ def _ago(timestamp: float | None) -> str:
 
 
 def _why(w: schemas.WorkloadSummary) -> str:
+    if w.array is not None:
+        return _array_counts(w.array)
     if w.status == "pending":
         position = f"#{w.queue_position} in queue; " if w.queue_position else ""
         return position + (w.pending_reason or "waiting for the scheduler")
     return w.message
+
+
+def _array_counts(array: schemas.ArraySummary) -> str:
+    """'array 0-19%3, 20 tasks: 3 running, 17 pending' (statuses in life-cycle order)."""
+    from gpupool.domain.arrays import describe_counts  # noqa: PLC0415  (lazy: start-up time)
+
+    return f"array {array.indices}, {array.tasks} tasks: {describe_counts(array.by_status) or 'none'}"
 
 
 @handle_errors
@@ -158,9 +174,10 @@ def _print_page(page: schemas.WorkloadPage, as_json: bool, filtered: bool) -> No
 @handle_errors
 def show(workload: WorkloadArg,
          all_events: Annotated[bool, typer.Option("--all", "-a", help="The whole history (default: the last "
-                                                  f"{HISTORY_SHOWN} events).")] = False,
+                                                  f"{HISTORY_SHOWN} events) and every task of a job array "
+                                                  f"(default: the first {TASKS_SHOWN}).")] = False,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """Show one workload: status, why it waits, its replicas and its history."""
+    """Show one workload: status, why it waits, its replicas and its history; a job array's tasks."""
     with make_client() as client:
         w = client.get_workload(resolve(client, workload))
     if as_json:
@@ -173,7 +190,11 @@ def show(workload: WorkloadArg,
              f"priority    {priority_name(w.priority)}    replicas {w.replicas}    run {w.attempt}    "
              f"retries used {w.retries_used}    preempted {w.preemptions}x",
              f"submitted   {_ago(w.submitted_at)}    started {_ago(w.started_at)}    ended {_ago(w.finished_at)}"]
-    if w.status == "pending":
+    if w.array is not None:
+        lines.append(f"tasks       {_array_counts(w.array)}")
+    if w.array_index is not None:
+        lines.append(f"array task  {w.array_index} of array {w.parent_id} (`gpupool show {w.parent_id}`)")
+    if w.status == "pending" and w.array is None:
         lines.append(f"waiting     #{w.queue_position or '?'} in queue {w.queue}: "
                      f"{w.pending_reason or 'waiting for the scheduler'}")
     from rich.panel import Panel  # noqa: PLC0415  (lazy: start-up time)
@@ -186,6 +207,8 @@ def show(workload: WorkloadArg,
             replicas.add_row(str(r.number), r.role, r.node, status_text(r.state), "-" if r.exit_code is None else
                              str(r.exit_code), amounts(r.cpu_milli, r.memory_mib, None), gpus or "-")
         console.print(replicas)
+    if w.tasks:
+        _print_tasks(w, all_events)
     hidden = 0 if all_events else max(0, len(w.events) - HISTORY_SHOWN)
     events = table("AGO", "CHANGE", "REASON", title="history")
     for e in w.events[hidden:]:
@@ -195,6 +218,17 @@ def show(workload: WorkloadArg,
     console.print(events)
     if hidden:
         console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w.id} --all` shows them[/dim]")
+
+
+def _print_tasks(w: schemas.WorkloadDetail, everything: bool) -> None:
+    shown = w.tasks if everything else w.tasks[:TASKS_SHOWN]
+    tasks = table("INDEX", "ID", "STATUS", "MESSAGE", title="tasks")
+    for t in shown:
+        tasks.add_row(str(t.index), str(t.id), status_text(t.status), t.message)
+    console.print(tasks)
+    if len(shown) < len(w.tasks):
+        console.print(f"[dim]{len(w.tasks) - len(shown)} more task(s); `gpupool show {w.id} --all` lists them, "
+                      f"`gpupool show {w.id}.INDEX` shows one[/dim]")
 
 
 @handle_errors
@@ -218,9 +252,11 @@ def logs(workload: WorkloadArg,
 
 @handle_errors
 def cancel(workload: Annotated[str, typer.Argument(help="The workload's id, or its name (the newest of that "
-                                                    "name that has not ended).")],
+                                                    "name that has not ended); ID.INDEX for one task of a job "
+                                                    "array.")],
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """Cancel a workload: pending ones end at once, running replicas are stopped (SIGTERM, then SIGKILL)."""
+    """Cancel a workload: pending ones end at once, running replicas are stopped (SIGTERM, then SIGKILL). A job
+    array is cancelled with all its tasks; ID.INDEX cancels one task."""
     with make_client() as client:
         w = client.cancel(resolve(client, workload, active=True))
     if as_json:

@@ -135,6 +135,10 @@ class Client:
         """A sweep (by id, or name: the newest of that name) with its trials and best trial."""
         return self._get(f"{API}/sweeps/{ref}", sweep_schemas.SweepDetail)
 
+    def array_task(self, workload_id: int, index: int) -> schemas.WorkloadDetail:
+        """Task `index` of job array `workload_id` (NotFoundError when it has no such task)."""
+        return self._get(f"{API}/workloads/{int(workload_id)}/tasks/{int(index)}", schemas.WorkloadDetail)
+
     def cancel(self, workload_id: int) -> schemas.WorkloadDetail:
         """Cancel a workload (ConflictError when it already ended)."""
         return self._send("POST", f"{API}/workloads/{int(workload_id)}/cancel", schemas.WorkloadDetail, None)

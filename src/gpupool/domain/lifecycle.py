@@ -145,8 +145,8 @@ class JobLifecycle:
 
 
 class ControllerLifecycle:
-    """A controller kind's own row (a sweep): it has no replicas, so the reconciler has nothing to do for it;
-    its controller (e.g. the sweep worker) changes its status as its children progress."""
+    """A controller kind's own row (a sweep, a job array): it has no replicas, so the reconciler has nothing
+    to do for it; its controller (e.g. the sweep worker) changes its status as its children progress."""
 
     def advance(self, view: WorkloadView, now: float) -> Step | None:
         """Always None: a controller's status is changed by its controller, not by replicas."""
@@ -184,12 +184,13 @@ LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({
     "job": JobLifecycle(),
     "notebook": NotebookLifecycle(),
     "sweep": ControllerLifecycle(),
+    "array": ControllerLifecycle(),
     "pipeline": _pipeline_lifecycle(),
 })
 
 # Kinds whose workload row is a controller: it owns child workloads (`workloads.parent_id`) and has no
 # replicas of its own, so the scheduler never places it; its children are ordinary workloads in the queue.
-CONTROLLER_KINDS: frozenset[str] = frozenset({"pipeline", "sweep", "service"})
+CONTROLLER_KINDS: frozenset[str] = frozenset({"pipeline", "sweep", "service", "array"})
 
 
 def lifecycle_for(kind: str) -> Lifecycle:

@@ -65,6 +65,9 @@ _JOB_FIELDS: dict[str, Any] = {
               "description": "Ports each replica listens on (GPUPOOL_PORT_<port> says where)"},
     "distributed": {"enum": [d.value for d in specs.Distributed]},
     "retries": {"type": "integer", "minimum": 0, "maximum": specs.MAX_RETRIES},
+    "array": {"type": "string", "pattern": r"^[0-9,:%\s-]+$",
+              "description": "A job array: one task per index, e.g. 0-999, 0-999:10, 1,5,9; %N caps tasks at "
+                             "once; each task gets GPUPOOL_ARRAY_INDEX and {{array.index}} in its command"},
     "environment": {"type": "string", "pattern": specs.NAME_RE.pattern,
                     "description": "A Python environment (`gpupool envs ls`); its bin comes first on PATH"},
     "idle_timeout": {"anyOf": [_DURATION, {"const": "off"}],

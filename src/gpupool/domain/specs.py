@@ -30,6 +30,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from gpupool.domain.arrays import ArraySpec, parse_array
 from gpupool.domain.errors import ValidationError, did_you_mean, reject_unknown_keys
 from gpupool.domain.resources import GpuRequest, ReplicaRequest, parse_duration, parse_request
 
@@ -175,6 +176,7 @@ class JobSpec(WorkloadSpec):
 
     distributed: Distributed | None = None
     retries: int = 0
+    array: ArraySpec | None = None  # a job array: one task per index (see gpupool.domain.arrays)
 
     def rendezvous(self) -> str | None:
         """`distributed:` as text, or None."""
@@ -186,13 +188,15 @@ class JobSpec(WorkloadSpec):
         if self.distributed is not None:
             out["distributed"] = self.distributed.value
         out["retries"] = self.retries
+        if self.array is not None:
+            out["array"] = self.array.text
         return out
 
 
 # ------------------------------------------------------------------------------------------ parsing
 _COMMON_KEYS = ("kind", "name", "project", "queue", "priority", "replicas", "roles", "resources", "command",
                 "env", "max_runtime", "preemptible", "min_available", "workdir", "ports", "environment")
-_JOB_KEYS = (*_COMMON_KEYS, "distributed", "retries")
+_JOB_KEYS = (*_COMMON_KEYS, "distributed", "retries", "array")
 _ROLE_KEYS = ("replicas", "resources", "command", "env")
 
 
@@ -227,7 +231,8 @@ def _parse_job(data: dict[str, Any]) -> JobSpec:
     common = _parse_common(data, WorkloadKind.JOB)
     distributed = _parse_distributed(data.get("distributed"))
     retries = _parse_int(data.get("retries", 0), "retries", 0, MAX_RETRIES)
-    spec = JobSpec(distributed=distributed, retries=retries, **common)
+    array = parse_array(data["array"]) if data.get("array") is not None else None
+    spec = JobSpec(distributed=distributed, retries=retries, array=array, **common)
     _check_job(spec)
     return spec
 

@@ -47,12 +47,14 @@ from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory
 from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
 from gpupool.server.notebook_keys import NotebookKeys
+from gpupool.server.services.arrays import array_env
 from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.sweep_study import SweepStudies
 from gpupool.server.services.sweeps import trial_env
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
+from gpupool.server.workers.arrays import ARRAY_INTERVAL_S, ArrayWorker
 from gpupool.server.workers.autoscaler import start_gateway
 from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.launch import LaunchSettings
@@ -92,7 +94,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     services.feasibility.environments = envs  # `environment:` is checked at submission
     launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys,
                             environments=envs,
-                            extra_env=lambda session, row: trial_env(session, studies, url, row))
+                            extra_env=lambda session, row: trial_env(session, studies, url, row)
+                            | array_env(session, row))
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_after_replicas_change,
                                           start_timeout_s=settings.start_timeout_s)
@@ -106,6 +109,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
     controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
     services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
+    array_worker = services.array_worker = ArrayWorker(db, clock)
+    services.arrays = IntervalWorker("arrays", lambda: array_worker.step() and None, ARRAY_INTERVAL_S)
     services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
     culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
                                                        on_change=services.wake_workers,
@@ -126,15 +131,15 @@ def start_services(services: Services) -> None:
         services.node_sync.step()
     if settings.workers:
         for worker in (services.reconciler, services.scheduler, services.sampler, services.nodes_worker,
-                       services.sweeps, services.pipelines, services.culler):
+                       services.sweeps, services.arrays, services.pipelines, services.culler):
             if worker is not None:
                 worker.start()
 
 
 def stop_services(services: Services) -> None:
     """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
-    for worker in (services.culler, services.sweeps, services.pipelines, services.nodes_worker, services.sampler,
-                   services.scheduler, services.reconciler):
+    for worker in (services.culler, services.sweeps, services.arrays, services.pipelines, services.nodes_worker,
+                   services.sampler, services.scheduler, services.reconciler):
         if worker is not None:
             worker.stop()
     if services.studies is not None:

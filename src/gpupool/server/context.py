@@ -15,6 +15,7 @@ from gpupool.server.notebook_keys import NotebookKeys
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.server.services.sweep_study import SweepStudies
 from gpupool.server.settings import Settings
+from gpupool.server.workers.arrays import ArrayWorker
 from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
@@ -49,6 +50,8 @@ class Services:
     _proxy_client: httpx.AsyncClient | None = None
     studies: SweepStudies | None = None
     sweeps: IntervalWorker | None = None
+    array_worker: ArrayWorker | None = None  # job arrays' statuses (gpupool.server.workers.arrays)
+    arrays: IntervalWorker | None = None
 
     def proxy_client(self) -> httpx.AsyncClient:
         """The HTTP client the proxy shares (created on first use, inside the server's event loop)."""
@@ -87,9 +90,12 @@ class Services:
         return self.studies
 
     def wake_after_replicas_change(self) -> None:
-        """The reconciler changed a workload's status or freed capacity: schedule, and drive sweeps, soon."""
+        """The reconciler changed a workload's status or freed capacity: schedule, drive sweeps, and bring job
+        arrays' statuses up to date, soon."""
         self.wake_scheduler()
         self.wake_sweeps()
+        if self.arrays is not None:
+            self.arrays.wake()
 
     def wake_sweeps(self) -> None:
         """Run a sweep controller pass soon (a trial was pruned)."""

@@ -148,6 +148,7 @@ class WorkloadRow(Base):
         Index("ix_workloads_project_id_id", "project_id", "id"),
         Index("ix_workloads_status", "status"),
         Index("ix_workloads_parent_id", "parent_id"),
+        UniqueConstraint("parent_id", "array_index", name="uq_workloads_parent_array_index"),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -175,6 +176,8 @@ class WorkloadRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     # the controller workload (pipeline run, sweep, service) this one was created for; None for top-level ones
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("workloads.id"), default=None)
+    # a task of a job array (its parent): the task's index, GPUPOOL_ARRAY_INDEX; None for other workloads
+    array_index: Mapped[int | None] = mapped_column(Integer, default=None)
 
     events: Mapped[list[EventRow]] = relationship(back_populates="workload", order_by="EventRow.id",
                                                   cascade="all, delete-orphan", lazy="raise_on_sql")

@@ -54,9 +54,9 @@ def test_replicas_move_forward_only() -> None:
 # -------------------------------------------------------------------------------------- registry
 def test_registry_is_explicit_and_refuses_unregistered_kinds() -> None:
     assert isinstance(lifecycle_for("job"), JobLifecycle)
-    assert sorted(LIFECYCLES) == ["job", "notebook", "pipeline", "sweep"]
+    assert sorted(LIFECYCLES) == ["array", "job", "notebook", "pipeline", "sweep"]
     with pytest.raises(ValidationError,
-                       match="kind 'service' cannot run yet; kinds that can: job, notebook, pipeline, sweep"):
+                       match="kind 'service' cannot run yet; kinds that can: array, job, notebook, pipeline, sweep"):
         lifecycle_for("service")
 
 

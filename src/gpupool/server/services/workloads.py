@@ -10,6 +10,7 @@ import yaml
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gpupool.domain.arrays import ARRAY_KIND
 from gpupool.domain.errors import (
     ConflictError,
     NotFoundError,
@@ -17,12 +18,13 @@ from gpupool.domain.errors import (
     UnsatisfiableError,
     ValidationError,
 )
-from gpupool.domain.specs import WorkloadKind, WorkloadSpec, parse_spec, validate_name
+from gpupool.domain.specs import JobSpec, WorkloadKind, WorkloadSpec, parse_spec, validate_name
 from gpupool.domain.status import WorkloadStatus, parse_status, transition
 from gpupool.executors.base import Capability, Executor
 from gpupool.scheduler.queues import beyond_limit
 from gpupool.server.api import schemas
 from gpupool.server.endpoints import stored_endpoints
+from gpupool.server.services import arrays
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache, pending_from_spec
 from gpupool.store.convert import queue_from_row
@@ -63,13 +65,15 @@ def load_spec_input(body: schemas.SubmitRequest) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- views
-def summary_view(row: WorkloadRow, project: str, user: str) -> schemas.WorkloadSummary:
-    """One line of `ls`."""
+def summary_view(row: WorkloadRow, project: str, user: str,
+                 array: schemas.ArraySummary | None = None) -> schemas.WorkloadSummary:
+    """One line of `ls` (`array`: a job array's tasks by status)."""
     return schemas.WorkloadSummary(
         id=row.id, name=row.name, kind=row.kind, project=project, queue=row.queue, user=user, status=row.status,
         priority=row.priority, replicas=row.replica_count, submitted_at=row.submitted_at, started_at=row.started_at,
         finished_at=row.finished_at, message=row.message, pending_reason=row.pending_reason,
-        queue_position=row.queue_position, attempt=row.attempt, parent_id=row.parent_id)
+        queue_position=row.queue_position, attempt=row.attempt, parent_id=row.parent_id,
+        array_index=row.array_index, array=array)
 
 
 def proxy_path(workload_id: int, port: int, replica: int = 0) -> str:
@@ -91,16 +95,20 @@ def replica_view(r: ReplicaRow) -> schemas.Replica:
                    for e in stored_endpoints(r.endpoints)])
 
 
-def detail_view(session: Session, row: WorkloadRow) -> schemas.WorkloadDetail:
-    """`show`: summary, spec, the current run's replicas, counters, history."""
+def detail_view(session: Session, row: WorkloadRow, tasks: bool = True) -> schemas.WorkloadDetail:
+    """`show`: summary, spec, the current run's replicas, counters, history (and, with `tasks`, a job array's
+    tasks; the answers to submit and cancel leave them out: the counts say enough)."""
     names = accounts.project_names(session)
     users = accounts.user_names(session, {row.user_id})
-    summary = summary_view(row, names.get(row.project_id, "?"), users.get(row.user_id, "?"))
+    is_array = row.kind == ARRAY_KIND
+    array = arrays.array_summary(row, arrays.task_counts(session, [row.id]).get(row.id, {})) if is_array else None
+    summary = summary_view(row, names.get(row.project_id, "?"), users.get(row.user_id, "?"), array)
     replicas = [replica_view(r) for r in repo.replicas_of(session, row.id, row.attempt)] if row.attempt else []
     events = [schemas.Event(at=e.at, from_status=e.from_status, to_status=e.to_status, replica=e.replica,
                             reason=e.reason) for e in repo.events_of(session, row.id)]
     return schemas.WorkloadDetail(**summary.model_dump(), spec=row.spec, retries_used=row.retries_used,
-                                  preemptions=row.preemptions, replica_list=replicas, events=events)
+                                  preemptions=row.preemptions, replica_list=replicas, events=events,
+                                  tasks=arrays.task_list(session, row.id) if is_array and tasks else [])
 
 
 # --------------------------------------------------------------------------------------- submit
@@ -135,8 +143,9 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     reason = feasibility.never_fits_reason(session, spec, queue.name)
     if reason is not None:
         raise UnsatisfiableError(reason, "resources")
-    row = WorkloadRow(name=spec.name, kind=spec.kind.value, project_id=project_id, queue=queue.name,
-                      user_id=principal.user_id, spec=canonical, priority=spec.priority,
+    array = spec.array if isinstance(spec, JobSpec) else None
+    row = WorkloadRow(name=spec.name, kind=ARRAY_KIND if array else spec.kind.value, project_id=project_id,
+                      queue=queue.name, user_id=principal.user_id, spec=canonical, priority=spec.priority,
                       replica_count=spec.replica_count, submitted_at=now, updated_at=now, idempotency_key=key,
                       message="submitted", attempt=0, retries_used=0, preemptions=0, parent_id=parent_id)
     try:
@@ -149,6 +158,8 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
             raise
         return _replay(existing, canonical, key or ""), False
     repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {queue.name}")
+    if array is not None:
+        arrays.add_tasks(session, row, array, now)
     return row, True
 
 
@@ -219,7 +230,10 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
     f = repo.WorkloadFilter(visible, wanted, validate_name(name) if name else None, limit, before_id)
     rows = repo.list_workloads(session, f)
     users = accounts.user_names(session, {r.user_id for r in rows})
-    items = [summary_view(r, names.get(r.project_id, "?"), users.get(r.user_id, "?")) for r in rows]
+    counts = arrays.task_counts(session, [r.id for r in rows if r.kind == ARRAY_KIND])
+    items = [summary_view(r, names.get(r.project_id, "?"), users.get(r.user_id, "?"),
+                          arrays.array_summary(r, counts.get(r.id, {})) if r.kind == ARRAY_KIND else None)
+             for r in rows]
     total = repo.count_workloads(session, f)
     more = len(rows) == limit and total > limit
     return schemas.WorkloadPage(items=items, total=total, next_before_id=rows[-1].id if more and rows else None)
@@ -228,7 +242,7 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
 # ---------------------------------------------------------------------------------------- cancel
 def cancel(session: Session, principal: Principal, workload_id: int, now: float) -> WorkloadRow:
     """Cancel a workload: pending work ends at once; running replicas are asked to stop (the reconciler stops
-    them). ConflictError when it already ended."""
+    them); a job array's tasks that have not ended are cancelled with it. ConflictError when it already ended."""
     row = visible_workload(session, principal, workload_id, for_update=True)
     if not principal.can_write(row.project_id):
         raise PermissionDeniedError("viewers cannot cancel workloads; ask a project admin for the member role")
@@ -237,6 +251,8 @@ def cancel(session: Session, principal: Principal, workload_id: int, now: float)
         raise ConflictError(f"workload {workload_id} already ended ({status}); nothing to cancel")
     transition(row, WorkloadStatus.CANCELLED, f"cancelled by {principal.name}", now)
     request_stop(session, row, now)
+    if row.kind == ARRAY_KIND:
+        arrays.cancel_tasks(session, row, f"its array was cancelled by {principal.name}", now)
     return row
 
 
@@ -257,6 +273,9 @@ def log_lines(session: Session, principal: Principal, workload_id: int, replica:
     newline), for an event loop: of the current run, or of run `attempt` (1 is the first; a retried or
     preempted workload keeps the output of its earlier runs). `follow` streams until it ends."""
     row = visible_workload(session, principal, workload_id)
+    if row.kind == ARRAY_KIND:
+        raise ValidationError(f"workload {workload_id} is a job array; name one of its tasks, e.g. "
+                              f"`gpupool logs {workload_id}.7` (`gpupool show {workload_id}` lists them)", "workload")
     if tail is not None and not 0 <= tail <= MAX_TAIL:
         raise ValidationError(f"tail must be 0..{MAX_TAIL}", "tail")
     if not 0 <= replica < row.replica_count:

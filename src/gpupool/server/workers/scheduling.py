@@ -38,6 +38,7 @@ from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
+from gpupool.server.services.arrays import pending_to_offer
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
 from gpupool.server.services.workloads import request_stop
@@ -136,7 +137,8 @@ class SchedulingLoop:
 
     def _load(self, session: Session) -> ClusterState:
         node_rows = node_repo.list_nodes(session)
-        pending_rows = repo.workloads_in(session, [WorkloadStatus.PENDING.value])
+        # a job array's tasks beyond its cap of tasks at once are not offered (see services.arrays)
+        pending_rows = pending_to_offer(session)
         pending: list[PendingWorkload] = []
         specs: dict[int, WorkloadSpec] = {}
         for row in pending_rows:

@@ -20,6 +20,7 @@ class WorkloadFilter:
     name: str | None = None
     limit: int = 50
     before_id: int | None = None  # page: only workloads with a smaller id
+    array_tasks: bool = False  # include the tasks of job arrays (listed folded into their array otherwise)
 
 
 def workload_by_id(session: Session, workload_id: int, for_update: bool = False) -> WorkloadRow | None:
@@ -43,6 +44,8 @@ def _filtered(query: Select[tuple[WorkloadRow]], f: WorkloadFilter) -> Select[tu
         query = query.where(WorkloadRow.status.in_(f.statuses))
     if f.name:
         query = query.where(WorkloadRow.name == f.name)
+    if not f.array_tasks:
+        query = query.where(WorkloadRow.array_index.is_(None))
     return query
 
 

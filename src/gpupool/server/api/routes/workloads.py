@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
+from gpupool.domain.arrays import MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep
-from gpupool.server.services import workloads
+from gpupool.server.services import arrays, workloads
 
 router = APIRouter(prefix="/workloads", tags=["workloads"])
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -25,7 +26,7 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
     returned the workload an earlier submit created."""
     with services.db.session() as session:
         row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility)
-        detail = workloads.detail_view(session, row)
+        detail = workloads.detail_view(session, row, tasks=False)
         warnings = workloads.submission_warnings(session, row)
     if created:
         services.wake_scheduler()
@@ -53,11 +54,21 @@ def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep
         return workloads.detail_view(session, workloads.visible_workload(session, principal, workload_id))
 
 
+@router.get("/{workload_id}/tasks/{index}", response_model=schemas.WorkloadDetail, responses=ERRORS)
+def array_task(workload_id: WorkloadId, index: Annotated[int, Path(ge=0, le=MAX_ARRAY_INDEX)],
+               services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
+    """Task `index` of job array `workload_id` (an ordinary workload of its own: cancel it or read its logs by
+    its id)."""
+    with services.db.session(write=False) as session:
+        array = workloads.visible_workload(session, principal, workload_id)
+        return workloads.detail_view(session, arrays.task_row(session, array, index))
+
+
 @router.post("/{workload_id}/cancel", response_model=schemas.WorkloadDetail, responses=ERRORS)
 def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
     detail = services.db.transaction(lambda session: workloads.detail_view(
-        session, workloads.cancel(session, principal, workload_id, services.clock())))
+        session, workloads.cancel(session, principal, workload_id, services.clock()), tasks=False))
     services.wake_reconciler()
     services.wake_scheduler()
     return detail

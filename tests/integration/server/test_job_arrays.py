@@ -1,0 +1,160 @@
+"""Job arrays on a real server and database: one submit makes N tasks; the cap holds over many cycles; the
+array's status follows its tasks; cancel of the array and of one task; a task's logs, index and command."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from tests.integration.server.conftest import ServerFactory
+from tests.support.gpus import stop_local_replicas
+from tests.support.servers import TestServer, wait_until
+
+from gpupool.client.http import Client
+from gpupool.domain.errors import NotFoundError, ValidationError
+from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, ScriptedOutcome
+
+HOLDING = ("scheduled", "starting", "running")
+ARRAY = "name: frames\narray: {array}\ncommand: render --frame {{{{array.index}}}}\nresources: {{gpu: 1}}\n"
+
+
+def cycle(server: TestServer) -> None:
+    """One scheduling cycle, one reconciler pass, one array pass."""
+    services = server.services
+    assert services.scheduling_loop and services.reconciler_loop and services.array_worker
+    services.scheduling_loop.step()
+    services.reconciler_loop.step()
+    services.array_worker.step()
+
+
+def statuses(client: Client, array_id: int) -> Counter[str]:
+    return Counter(t.status for t in client.get_workload(array_id).tasks)
+
+
+def test_a_capped_array_never_runs_more_than_its_cap_and_succeeds(server_factory: ServerFactory) -> None:
+    fake = FakeExecutor(default=ScriptedOutcome(running_polls=2))  # each task runs for two reconciler passes
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)  # room for 4 tasks at once
+    with server.client() as client:
+        submitted = client.submit(ARRAY.format(array="0-19%3"))
+        array = submitted.workload
+        assert submitted.created and array.kind == "array" and array.array is not None
+        assert (array.array.tasks, array.array.limit, array.array.by_status) == (20, 3, {"pending": 20})
+        assert array.tasks == []  # the answer to a submit has the counts; show lists the tasks
+        assert [t.index for t in client.get_workload(array.id).tasks] == list(range(20))
+        most, seen_at_cap = 0, 0
+        for _ in range(60):
+            cycle(server)
+            holding = sum(n for s, n in statuses(client, array.id).items() if s in HOLDING)
+            live = len(fake.running())
+            assert holding <= 3 and live <= 3, f"{holding} tasks hold resources, {live} processes run"
+            most = max(most, holding)
+            seen_at_cap += holding == 3
+            if client.get_workload(array.id).status == "succeeded":
+                break
+        done = client.get_workload(array.id)
+        assert done.status == "succeeded" and done.message == "all 20 tasks succeeded"
+        assert most == 3 and seen_at_cap >= 3  # the cap was reached, again and again, never passed
+        assert sorted(int(x.env["GPUPOOL_ARRAY_INDEX"]) for x in fake.launches) == list(range(20))
+        assert {x.command for x in fake.launches} == {f"render --frame {i}" for i in range(20)}
+        history = [(e.from_status, e.to_status) for e in done.events if e.to_status]
+        assert history == [("pending", "scheduled"), ("scheduled", "running"), ("running", "succeeded")]
+        started = sorted((x.env["GPUPOOL_ARRAY_INDEX"], x) for x in fake.launches)
+        assert started[0][1].env["GPUPOOL_ARRAY_ID"] == str(array.id)
+
+
+def test_the_list_folds_an_array_into_one_line(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    with server.client() as client:
+        array = client.submit(ARRAY.format(array="1,5,9")).workload
+        single = client.submit("command: x\n").workload
+        page = client.list_workloads()
+        assert [w.id for w in page.items] == [single.id, array.id] and page.total == 2
+        assert page.items[1].array is not None and page.items[1].array.by_status == {"pending": 3}
+        task = client.array_task(array.id, 5)
+        assert (task.array_index, task.parent_id, task.kind, task.spec["command"]) == (
+            5,
+            array.id,
+            "job",
+            "render --frame 5",
+        )
+        with pytest.raises(NotFoundError, match=f"array {array.id} has no task 4; its indices are 1,5,9"):
+            client.array_task(array.id, 4)
+        with pytest.raises(ValidationError, match="not an array"):
+            client.array_task(single.id, 0)
+        with pytest.raises(
+            ValidationError, match=f"is a job array; name one of its tasks, e.g. `gpupool logs {array.id}.7`"
+        ):
+            list(client.logs(array.id))
+
+
+def test_cancel_one_task_then_the_array(server_factory: ServerFactory) -> None:
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    with server.client() as client:
+        array = client.submit(ARRAY.format(array="0-5")).workload
+        for _ in range(3):
+            cycle(server)
+        assert statuses(client, array.id) == {"running": 4, "pending": 2}
+        assert client.get_workload(array.id).status == "running"
+        seven = client.array_task(array.id, 2)
+        assert client.cancel(seven.id).status == "cancelled"
+        cycle(server)
+        cycle(server)  # its replica is stopped, a waiting task takes its GPU
+        assert statuses(client, array.id) == {"running": 4, "pending": 1, "cancelled": 1}
+        assert client.get_workload(array.id).status == "running"
+        cancelled = client.cancel(array.id)
+        assert cancelled.status == "cancelled" and cancelled.array and cancelled.array.by_status == {"cancelled": 6}
+        cycle(server)
+        cycle(server)
+        assert fake.running() == []  # every task's process was stopped
+        assert client.get_workload(array.id).status == "cancelled"
+
+
+def test_an_array_fails_when_a_task_fails_after_all_ended(server_factory: ServerFactory) -> None:
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    with server.client() as client:
+        array = client.submit(ARRAY.format(array="0-2")).workload
+        cycle(server)
+        cycle(server)
+        ids = {t.index: t.id for t in client.get_workload(array.id).tasks}
+        fake.finish(str(ids[0]), 0, exit_code=3)
+        cycle(server)
+        assert client.get_workload(array.id).status == "running"  # tasks 1 and 2 still run
+        fake.finish(str(ids[1]), 0)
+        fake.finish(str(ids[2]), 0)
+        cycle(server)
+        done = client.get_workload(array.id)
+        assert done.status == "failed" and "1 of 3 tasks failed" in done.message
+
+
+def test_a_real_task_gets_its_index_in_env_and_command_and_its_logs_are_read(server_factory: ServerFactory) -> None:
+    server = server_factory()  # the local executor: real processes
+    try:
+        with server.client() as client:
+            spec = (
+                "name: echo\narray: 3-5\ncommand: 'echo index=$GPUPOOL_ARRAY_INDEX arg={{array.index}}'\n"
+                "resources: {cpu: 0.5, memory: 64MiB}\n"
+            )
+            array = client.submit(spec).workload
+            done = wait_until(
+                lambda: (w := client.get_workload(array.id)).status == "succeeded" and w,
+                timeout_s=60,
+                what="array succeeded",
+            )
+            assert done.array is not None and done.array.by_status == {"succeeded": 3}
+            four = client.array_task(array.id, 4)
+            assert list(client.logs(four.id)) == ["index=4 arg=4"]
+    finally:
+        stop_local_replicas(server.settings.home)
+
+
+def test_a_large_array_is_accepted_whole(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)  # accept time: benchmarks/
+    with server.client() as client:
+        array = client.submit(ARRAY.format(array="0-2999")).workload
+        assert array.array is not None and array.array.tasks == 3000
+        tasks = client.get_workload(array.id).tasks
+        assert [t.index for t in tasks] == list(range(3000))
+        assert len(client.get_workload(tasks[-1].id).events) == 1  # each task has its submitted event
+        assert client.array_task(array.id, 2999).spec["command"] == "render --frame 2999"
