@@ -6,6 +6,8 @@ fresh database (SQLite by default, or PostgreSQL with --postgres-url), and print
     python benchmarks/control_plane/bench.py latency    [--jobs 100]
     python benchmarks/control_plane/bench.py ls         [--workloads 10000] [--postgres-url URL]
     python benchmarks/control_plane/bench.py concurrent [--clients 50 --jobs 1000] [--postgres-url URL]
+    python benchmarks/control_plane/bench.py throughput [--clients 1,8 --jobs 1000] [--batch K] [--profile DIR]
+                                                        (see throughput.py)
 """
 
 from __future__ import annotations
@@ -67,13 +69,14 @@ def fresh_database(postgres_url: str | None, home: Path) -> Iterator[str]:
 
 
 @contextmanager
-def server(database_url: str, home: Path, *args: str) -> Iterator[Client]:
-    """A `gpupool up` process on a free port; stops it and every replica it started afterwards."""
+def server(database_url: str, home: Path, *args: str, env_extra: dict[str, str] | None = None) -> Iterator[Client]:
+    """A `gpupool up` process on a free port; stops it and every replica it started afterwards. The client
+    has the server's process id as `server_pid` (for a profiler)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPOOL_")}
-    env.update(FAST, GPUPOOL_HOME=str(home), GPUPOOL_DATABASE_URL=database_url, HOME=str(home))
+    env.update(FAST, GPUPOOL_HOME=str(home), GPUPOOL_DATABASE_URL=database_url, HOME=str(home), **(env_extra or {}))
     log = (home / "server.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "gpupool", "up", "--port", str(port), "--node-name", "bench",
                                 *args], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -90,6 +93,7 @@ def server(database_url: str, home: Path, *args: str) -> Iterator[Client]:
                 raise RuntimeError(f"the server did not start; see {home / 'server.log'}")
             time.sleep(0.1)
         with Client(url, (home / "token").read_text().strip(), timeout_s=60) as client:
+            client.server_pid = process.pid  # type: ignore[attr-defined]
             yield client
     finally:
         process.send_signal(signal.SIGTERM)
@@ -252,16 +256,27 @@ def list_all_ids(client: Client) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["latency", "ls", "concurrent"])
+    parser.add_argument("benchmark", choices=["latency", "ls", "concurrent", "throughput"])
     parser.add_argument("--postgres-url", help="run on a new database of this PostgreSQL server")
     parser.add_argument("--jobs", type=int, default=None)
-    parser.add_argument("--workloads", type=int, default=10_000)
-    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--workloads", type=int, default=None, help="stored before the run (ls, throughput)")
+    parser.add_argument("--clients", default=None, help="concurrent: a number; throughput: a list, e.g. 1,8")
     parser.add_argument("--drain-timeout", type=float, default=900)
+    parser.add_argument("--batch", type=int, default=0, help="throughput: jobs per batch request (0: one by one)")
+    parser.add_argument("--profile", help="throughput: record the server with py-spy into this directory")
     args = parser.parse_args()
+    from throughput import SEEDED, bench_throughput  # noqa: PLC0415  (it imports this module as `bench`)
+
     if args.jobs is None:
         args.jobs = 100 if args.benchmark == "latency" else 1000
-    run = {"latency": bench_latency, "ls": bench_ls, "concurrent": bench_concurrent}[args.benchmark]
+    if args.workloads is None:
+        args.workloads = SEEDED if args.benchmark == "throughput" else 10_000
+    if args.clients is None:
+        args.clients = "1,8" if args.benchmark == "throughput" else "50"
+    if args.benchmark == "concurrent":
+        args.clients = int(args.clients)
+    run = {"latency": bench_latency, "ls": bench_ls, "concurrent": bench_concurrent,
+           "throughput": bench_throughput}[args.benchmark]
     print(json.dumps(run(args), indent=2))
 
 

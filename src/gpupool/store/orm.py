@@ -113,7 +113,9 @@ class NodeRow(Base):
     # The GPU layer: what discovery found (GpuInventory.to_dict), which backend found it ("nvml", "fake" or ""
     # for none), whether its cards are simulated, and a counter bumped whenever `gpus` is recomputed (the
     # scheduling loop drops binds planned on an older version).
-    gpu_inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # deferred: the largest column of the row, read only by the GPU views and the GPU admin; the scheduler, the
+    # sampler and every submission's feasibility check load nodes without it (see repos.nodes.list_nodes)
+    gpu_inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON, deferred=True)
     gpu_backend: Mapped[str] = mapped_column(String(16), default="")
     gpu_simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     gpus_version: Mapped[int] = mapped_column(Integer, default=0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -40,7 +41,7 @@ class FeasibilityCache:
 
     def __init__(self, environments: EnvironmentStore | None = None) -> None:
         self._lock = threading.Lock()
-        self._key: str | None = None
+        self._key: tuple[Any, ...] | None = None
         self._checker: NeverFitsChecker | None = None
         self.environments = environments
 
@@ -51,11 +52,11 @@ class FeasibilityCache:
             environment_problem(self.environments, spec.environment)
 
     def never_fits_reason(self, session: Session, spec: WorkloadSpec, queue: str) -> str | None:
-        """None when the spec fits the pool when it is empty; else why it never can."""
-        rows = nodes.list_nodes(session)
-        key = nodes_fingerprint(rows)
+        """None when the spec fits the pool when it is empty; else why it never can. Each call compares the
+        nodes' stored capacity text with the cached checker's (cheap); nodes are loaded only when it changed."""
+        key = nodes.capacity_fingerprint(session)
         with self._lock:
             if self._checker is None or key != self._key:
-                self._checker = NeverFitsChecker([node_from_row(r) for r in rows])
+                self._checker = NeverFitsChecker([node_from_row(r) for r in nodes.list_nodes(session)])
                 self._key = key
             return self._checker.reason(pending_from_spec("submission", queue, spec, 0.0))

@@ -90,7 +90,7 @@ def list_nodes(session: Session) -> list[schemas.NodeInfo]:
     milli, held = gpu_services.allocations_by_gpu(session)
     settings = gpu_repo.all_settings(session)
     out = []
-    for row in nodes.list_nodes(session):
+    for row in nodes.list_nodes(session, with_inventory=True):
         own = settings.get(row.name, {})
         gpus = [gpu_services.gpu_view(row.name, g, own.get(int(g["index"])), milli.get((row.name, int(g["index"])), 0),
                                       held) for g in row.gpus]

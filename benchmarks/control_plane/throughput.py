@@ -1,0 +1,143 @@
+"""Submission throughput: 64 simulated nodes x 8 GPUs, 5,000 workloads already stored, 1..N SDK clients.
+
+    python benchmarks/control_plane/bench.py throughput [--clients 1,8] [--jobs 1000] [--batch 0]
+                                                        [--postgres-url URL] [--profile DIR]
+
+The server runs the fake executor (nothing is started: a replica runs for one reconcile poll, then
+succeeds), so what is measured is the control plane alone: the API, the store and the workers. For each
+client count, that many threads share `--jobs` one-replica jobs (`gpu: 0.1`), each submitted with an
+idempotency key (or `--batch K` jobs per request through the batch endpoint). Reported: submissions per
+second, submit latency p50/p99 (per request), bind latency p95 (the `scheduled` event's time minus the
+submit time; every job fits, so all are bound, and any that is not is counted), and the check that nothing
+was lost or doubled (every returned id is stored once, and 100 resubmissions with known keys create
+nothing). `--profile DIR` records every server thread with py-spy during each phase and writes the
+collapsed stacks there (see profile_top.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import fresh_database, list_all_ids, percentile, seed, server
+
+from gpupool.client.http import Client
+
+NODES, GPUS = 64, "8xA100-80GB"  # the setup of the throughput issue: 512 simulated cards
+SEEDED = 5_000  # workloads (ended) in the store before the first submit
+SPEC = "name: t{key}\ncommand: 'true'\nresources: {{gpu: 0.1}}\n"
+PROFILE_RATE = 100  # py-spy samples per second per thread: py-spy's default
+
+
+def _submitter(url: str, token: str, keys: list[str], batch: int,
+               out: dict[str, Any]) -> None:
+    """Submit `keys` (one job each) one request at a time, or `batch` per request; records latencies."""
+    with Client(url, token, timeout_s=120) as client:
+        for start in range(0, len(keys), max(batch, 1)):
+            chunk = keys[start:start + max(batch, 1)]
+            specs = [SPEC.format(key=key) for key in chunk]
+            began = time.perf_counter()
+            try:
+                if batch:
+                    answers = client.submit_batch(specs, idempotency_keys=chunk).items
+                else:
+                    answers = [client.submit(specs[0], idempotency_key=chunk[0])]
+            except Exception as exc:  # a benchmark counts every failure rather than stopping
+                with out["lock"]:
+                    out["errors"].append(f"{type(exc).__name__}: {exc}")
+                continue
+            elapsed = time.perf_counter() - began
+            with out["lock"]:
+                out["latencies"].append(elapsed)
+                for key, answer in zip(chunk, answers, strict=True):
+                    out["ids"][key] = answer.workload.id
+
+
+def _bind_latencies(client: Client, ids: list[int]) -> tuple[list[float], int]:
+    """Per workload, seconds from submit to its `scheduled` event; those never scheduled are counted."""
+    def one(wid: int) -> float | None:
+        w = client.get_workload(wid)
+        return next((e.at - w.submitted_at for e in w.events if e.to_status == "scheduled"), None)
+
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(one, ids))
+    return [f for f in found if f is not None], sum(1 for f in found if f is None)
+
+
+def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy recording every thread of `pid` into `out` (collapsed stacks), or None without py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen([spy, "record", "--threads", "--nonblocking", "--format", "raw", "--rate",
+                             str(PROFILE_RATE), "--pid", str(pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One measured phase with `clients` submitters; returns its figures."""
+    phase = f"p{clients}"
+    keys = [f"{phase}-{t}-{k}" for t in range(clients) for k in range(args.jobs // clients)]
+    out: dict[str, Any] = {"lock": threading.Lock(), "errors": [], "latencies": [], "ids": {}}
+    spy = _start_profile(admin.server_pid, Path(args.profile) / f"{phase}.txt") if args.profile else None  # type: ignore[attr-defined]
+    time.sleep(1 if spy else 0)  # py-spy attaches
+    started = time.perf_counter()
+    threads = [threading.Thread(target=_submitter, args=(admin.url, admin.token, keys[t::clients], args.batch, out))
+               for t in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    time.sleep(3)  # the last submissions get scheduled
+    ids = out["ids"]
+    replays = sorted(ids)[:100]
+    doubled = sum(1 for key in replays if (r := admin.submit(
+        SPEC.format(key=key), idempotency_key=key)).created
+        or r.workload.id != ids[key])
+    binds, unbound = _bind_latencies(admin, list(ids.values()))
+    lat = out["latencies"]
+    return {"clients": clients, "batch": args.batch, "submitted": len(ids), "errors": len(out["errors"]),
+            "error_samples": out["errors"][:3], "seconds": round(elapsed, 2),
+            "submits_per_second": round(len(ids) / elapsed, 1),
+            "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
+                                   "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
+            "bind_latency_ms": {"p50": round(percentile(binds, 50) * 1000, 1),
+                                "p95": round(percentile(binds, 95) * 1000, 1)} if binds else {},
+            "never_scheduled": unbound, "doubled_on_retry": doubled, "ids": ids}
+
+
+def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """Seed 5,000 workloads, then one phase per client count on the same server; checks lost/doubled."""
+    counts = [int(c) for c in str(args.clients).split(",")]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    up = ("--gpus", GPUS, "--nodes", str(NODES), "--cpus", "64", "--memory", "512GiB")
+    with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url:
+        home = Path(tmp)
+        env = {"GPUPOOL_EXECUTOR": "fake"}
+        with server(url, home, *up, env_extra=env):
+            pass  # first start: schema and administrator
+        seed(url, args.workloads, pending=0)
+        phases = []
+        with server(url, home, *up, env_extra=env) as admin:
+            for clients in counts:
+                phases.append(_phase(admin, clients, args))
+            stored = list_all_ids(admin)
+    returned = [wid for p in phases for wid in p.pop("ids").values()]
+    return {"benchmark": "throughput", "database": "postgresql" if args.postgres_url else "sqlite",
+            "nodes": NODES, "gpus_per_node": GPUS, "seeded": args.workloads, "phases": phases,
+            "stored": len(stored), "lost": len(set(returned) - set(stored)),
+            "stored_twice_or_extra": len(stored) - len(set(stored)) + (len(stored) - args.workloads - len(returned))}
