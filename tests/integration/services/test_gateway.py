@@ -186,6 +186,7 @@ def test_a_held_request_wakes_the_service_from_zero(server: TestServer, admin: C
     wait_until(lambda: any(m["id"] == "cold-model" for m in httpx.get(
         f"{server.url}/v1/models", headers=auth(server)).json()["data"]), 10, 0.05, "service published")
     assert children(admin, sid) == []  # min 0: nothing runs before the first request
+    assert admin.get_workload(sid).status == "pending"
     sent = time.time()
     with httpx.stream("POST", f"{server.url}/v1/completions", headers=auth(server), timeout=START_S,
                       json={"model": "cold-model", "prompt": "x", "max_tokens": 4, "stream": True}) as response:
@@ -199,9 +200,13 @@ def test_a_held_request_wakes_the_service_from_zero(server: TestServer, admin: C
     assert first_at - sent >= 3  # the replica's cold start was held through
     history = [(round(e.at - sent, 2), e.reason) for w in (sid, child.id) for e in admin.get_workload(w).events]
     assert first_at - ready_at <= 0.5, f"first token {first_at - sent:.2f} s after sending: {history}"
-    # idle for scale_down_delay: back to zero, the replica stopped
+    moves = [(e.from_status, e.to_status, e.reason) for e in admin.get_workload(sid).events if e.to_status]
+    assert ("scheduled", "running", "1 replica(s) serving") in moves, moves  # the service ran while it served
+    # idle for scale_down_delay: back to zero, the replica stopped, the service pending again
     wait_until(lambda: admin.get_workload(child.id).status == "cancelled", 30, 0.1, "scaled to zero")
     assert any(r.startswith("scale to zero") for r in events(admin, sid))
+    final = wait_until(lambda: (w := admin.get_workload(sid)).status == "pending" and w, 10, 0.1, "service pending")
+    assert final.message == "scaled to zero: the next request starts a replica"
 
 
 def test_a_service_waiting_for_a_gpu_answers_503_with_the_reason(server: TestServer, admin: Client,

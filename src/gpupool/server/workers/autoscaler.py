@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import GpupoolError
+from gpupool.domain.lifecycle import set_controller_status
 from gpupool.domain.services import ScaleInput, ServiceSpec, child_name, child_spec, desired_replicas, wanted
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
@@ -68,6 +69,7 @@ class _Service:
     user_id: int
     spec: ServiceSpec
     revision: int
+    status: WorkloadStatus = WorkloadStatus.PENDING  # the controller row's own status
     children: list[Child] = field(default_factory=list)
     ready: set[int] = field(default_factory=set)  # children the gateway routes to
 
@@ -77,6 +79,7 @@ class _Plan:
     submit: dict[int, int] = field(default_factory=dict)  # service id -> replicas to add
     stop: dict[int, str] = field(default_factory=dict)  # child id -> reason
     events: list[tuple[int, str]] = field(default_factory=list)  # (service id, reason)
+    status: dict[int, tuple[WorkloadStatus, str]] = field(default_factory=dict)  # service id -> (status, reason)
 
 
 class HttpReadiness:
@@ -120,10 +123,11 @@ class Autoscaler:
         self.gateway.publish(views)
         now = self.clock()
         plan = _Plan(stop=dict.fromkeys(orphans, "its service ended"))
-        for service in services:
+        for service, view in zip(services, views, strict=True):
             self._decide(service, now, plan)
+            _plan_status(service, view, plan)
         plan.events = [(sid, reason) for sid, reason in plan.events if self._last_event.get(sid) != reason]
-        if plan.submit or plan.stop or plan.events:
+        if plan.submit or plan.stop or plan.events or plan.status:
             self._apply(services, plan, now)
         busy = any(not v.backends and self.gateway.load({v.id: []})[v.id][1] for v in views)
         changing = any(len(v.backends) != len(s.children) for v, s in zip(views, services, strict=True))
@@ -144,7 +148,8 @@ class Autoscaler:
                 log.error("service %s: %s", row.id, exc)
                 continue
             if isinstance(spec, ServiceSpec):
-                services[row.id] = _Service(row.id, row.name, row.project_id, row.user_id, spec, revisions[row.id])
+                services[row.id] = _Service(row.id, row.name, row.project_id, row.user_id, spec, revisions[row.id],
+                                            row.current_status)
         orphans = []
         for child in children:
             owner = services.get(child.parent_id or 0)
@@ -228,6 +233,11 @@ class Autoscaler:
                 self._submit(session, by_id[service_id], count, now)
             for child_id, reason in sorted(plan.stop.items()):
                 self._stop(session, child_id, reason, now)
+            for service_id, (status, reason) in sorted(plan.status.items()):
+                row = repo.workload_by_id(session, service_id, for_update=True)
+                if row is not None:
+                    set_controller_status(row, status, reason, now, start_reason="a replica answers its readiness "
+                                          "path")
         self.on_change()
 
     def _submit(self, session: Session, service: _Service, count: int, now: float) -> None:
@@ -273,6 +283,18 @@ def start_gateway(db: Database, clock: Callable[[], float], feasibility: Feasibi
     if run:
         worker.start()
     return gateway, worker
+
+
+def _plan_status(service: _Service, view: ServiceView, plan: _Plan) -> None:
+    """The service's own status: running while a replica serves, pending (with why) while none does."""
+    if view.backends:
+        target, reason = WorkloadStatus.RUNNING, f"{len(view.backends)} replica(s) serving"
+    elif not service.children:
+        target, reason = WorkloadStatus.PENDING, "scaled to zero: the next request starts a replica"
+    else:
+        target, reason = WorkloadStatus.PENDING, f"no replica serving: {view.waiting_reason}"
+    if target != service.status:
+        plan.status[service.row_id] = (target, reason)
 
 
 def _waiting_reason(children: Sequence[Child], backends: Sequence[Backend]) -> str:
