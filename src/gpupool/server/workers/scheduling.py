@@ -46,6 +46,7 @@ from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import gpus as gpu_repo
 from gpupool.store.repos import nodes as node_repo
+from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.scheduler")
@@ -248,7 +249,11 @@ class SchedulingLoop:
             return False
         transition(row, WorkloadStatus.PREEMPTED, preempt.reason, now)
         row.preemptions += 1
-        request_stop(session, row, now)
+        if services_repo.is_service_replica(session, row):  # its service's autoscaler drains it, then stops it
+            repo.add_event(session, row.id, now, "draining before it stops: the gateway sends it no new request; "
+                           "it stops once those in flight finish (at most service_drain_timeout_s)")
+        else:
+            request_stop(session, row, now)
         return True
 
 
