@@ -3,7 +3,8 @@ reconciler and autoscaler pass driven here with a manual clock, the fake executo
 
 A preempted replica takes no new request, keeps its requests in flight, and is stopped once they finished
 (or after the drain timeout); then the preemptor starts. A restart between the preemption and the stop
-stops it at once (nothing is in flight through a fresh gateway). A rolling update's drain has the same bound.
+stops it at once (nothing is in flight through a fresh gateway). An administrator's node drain drains it the
+same way; a rolling update's drain has the same bound.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from sqlalchemy import select
@@ -181,3 +183,18 @@ def test_a_rolling_update_drains_the_old_replica_within_the_timeout(setup: Any) 
     assert admin.get_workload(old.id).status == "cancelled"
     assert any("1 request(s) still in flight after 30s (drain timeout)" in r for r in reasons(admin, sid))
     assert [c.name for c in live_children(admin, sid)] == ["svc-r2"]
+
+
+def test_a_node_drain_drains_a_service_replica_before_stopping_it(setup: Any) -> None:
+    server, admin, clock, executor = setup
+    driver = Driver(server, clock)
+    sid, replica, backend = serving_with_a_request_in_flight(admin, driver)
+    answer = httpx.post(f"{server.url}/api/v1/nodes/node/drain", timeout=30,
+                        headers={"authorization": f"Bearer {server.admin_token}"})
+    assert answer.status_code == 200 and answer.json()["preempted"] == [replica]
+    driver.passes(2)
+    assert admin.get_workload(replica).status == "preempted" and executor.stops == []
+    assert driver.gateway.acquire(sid) is None
+    driver.gateway.release(sid, backend)
+    driver.passes(2)
+    assert len(executor.stops) == 1 and "stopping: drained after preemption" in reasons(admin, replica)

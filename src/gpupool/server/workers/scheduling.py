@@ -40,13 +40,12 @@ from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
-from gpupool.server.services.workloads import request_stop
+from gpupool.server.services.workloads import preempt as preempt_workload
 from gpupool.store.convert import node_from_row, placement_from_json, placement_to_json
 from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import gpus as gpu_repo
 from gpupool.store.repos import nodes as node_repo
-from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.scheduler")
@@ -247,13 +246,7 @@ class SchedulingLoop:
         row = repo.workload_by_id(session, int(preempt.victim_id), for_update=True)
         if row is None or not row.current_status.is_active():
             return False
-        transition(row, WorkloadStatus.PREEMPTED, preempt.reason, now)
-        row.preemptions += 1
-        if services_repo.is_service_replica(session, row):  # its service's autoscaler drains it, then stops it
-            repo.add_event(session, row.id, now, "draining before it stops: the gateway sends it no new request; "
-                           "it stops once those in flight finish (at most service_drain_timeout_s)")
-        else:
-            request_stop(session, row, now)
+        preempt_workload(session, row, preempt.reason, now)  # a service replica drains first
         return True
 
 
