@@ -18,7 +18,7 @@ from typing import Protocol
 
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.replicas import ReplicaState
-from gpupool.domain.status import WorkloadStatus
+from gpupool.domain.status import StatusEvent, StatusHolder, WorkloadStatus, transition
 
 _S = WorkloadStatus
 _R = ReplicaState
@@ -145,8 +145,9 @@ class JobLifecycle:
 
 
 class ControllerLifecycle:
-    """A controller kind's own row (a sweep, a job array): it has no replicas, so the reconciler has nothing
-    to do for it; its controller (e.g. the sweep worker) changes its status as its children progress."""
+    """A controller kind's own row (a sweep, a service, a job array): it has no replicas, so the reconciler has
+    nothing to do for it; its controller (the sweep worker, the autoscaler, the array's tasks) changes its
+    status with `set_controller_status` as its children progress."""
 
     def advance(self, view: WorkloadView, now: float) -> Step | None:
         """Always None: a controller's status is changed by its controller, not by replicas."""
@@ -185,6 +186,7 @@ LIFECYCLES: Mapping[str, Lifecycle] = MappingProxyType({
     "notebook": NotebookLifecycle(),
     "sweep": ControllerLifecycle(),
     "array": ControllerLifecycle(),
+    "service": ControllerLifecycle(),
     "pipeline": _pipeline_lifecycle(),
 })
 
@@ -200,3 +202,39 @@ def lifecycle_for(kind: str) -> Lifecycle:
         raise ValidationError(f"workloads of kind {kind!r} cannot run yet; kinds that can: "
                               f"{', '.join(sorted(LIFECYCLES))}", "kind")
     return found
+
+
+class ControllerHolder(StatusHolder, Protocol):
+    """A controller's own workload row: a status holder that also records when its current run started."""
+
+    started_at: float | None
+
+
+def set_controller_status(holder: ControllerHolder, target: WorkloadStatus, reason: str, now: float,
+                          start_reason: str = "its first child workloads were submitted") -> list[StatusEvent]:
+    """Move a controller's own row (a pipeline run, a sweep, a service: never placed itself) to `target`
+    through the one door (`transition`), passing the statuses its life cycle requires; returns the events.
+
+    - at `target` already, or ended: nothing changes ([]), so a level-triggered controller may call it every
+      pass;
+    - `pending` and `cancelled` are taken directly (a service whose last replica went is pending again);
+    - any other target makes the controller run first: stopped or preempted go back to pending, pending goes
+      to scheduled (reason `start_reason`), then running (`started_at` = now; reason `reason` when running is
+      the target, else `start_reason`), then to `target` (e.g. succeeded) if it is not running.
+    """
+    current = holder.current_status
+    if current == target or current.is_terminal():
+        return []
+    if target in (_S.PENDING, _S.CANCELLED):
+        return [transition(holder, target, reason, now)]
+    events = []
+    if holder.current_status in (_S.STOPPED, _S.PREEMPTED):
+        events.append(transition(holder, _S.PENDING, start_reason, now))
+    if holder.current_status == _S.PENDING:
+        events.append(transition(holder, _S.SCHEDULED, start_reason, now))
+    if holder.current_status in (_S.SCHEDULED, _S.STARTING):
+        events.append(transition(holder, _S.RUNNING, reason if target == _S.RUNNING else start_reason, now))
+        holder.started_at = now
+    if target != holder.current_status:
+        events.append(transition(holder, target, reason, now))
+    return events

@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_HOME = Path("/var/lib/gpupool") if os.geteuid() == 0 else Path("~/.gpupool")
 DEFAULT_PORT = 8700
 DEFAULT_START_TIMEOUT_S = 600.0  # the command starts within milliseconds of its supervisor; 10 min is a hang
+# A service replica chosen to go (preempted, scaled down, replaced by an update) takes no new request and is
+# stopped once its requests in flight finish, or after this long: 60 s lets a long streamed answer finish
+# (2,000 tokens at ~40 tokens/s on a shared GPU), while a preemptor waits at most a minute more.
+DEFAULT_SERVICE_DRAIN_TIMEOUT_S = 60.0
 
 
 def _expand(path: Path) -> Path:
@@ -92,6 +96,9 @@ class Settings(BaseSettings):
     environments_index_url: str | None = Field(None, description="Package index URL environments are built from")
     environments_extra_index_urls: str = Field("", description="More index URLs, space-separated")
     environments_find_links: str = Field("", description="Directories or URLs of wheels, space-separated")
+    service_drain_timeout_s: float = Field(DEFAULT_SERVICE_DRAIN_TIMEOUT_S, ge=0, description="The most a "
+                                           "service replica that is preempted, scaled down or replaced waits for "
+                                           "its requests in flight before it is stopped")
     schedule_interval_s: float = Field(1.0, gt=0)
     reconcile_interval_s: float = Field(1.0, gt=0)
     stop_grace_s: float = Field(10.0, ge=0)

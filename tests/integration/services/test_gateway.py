@@ -1,7 +1,8 @@
 """Services end to end: a real server with the local executor runs the tiny LLM server as service replicas
 (real processes) behind the gateway. The official openai client streams byte for byte what the replica
 sends; a held request wakes a service from zero; a service that cannot get a GPU answers 503 with the reason;
-a load ramp scales 1 -> 3 and back to 0 without a failed request, and the GPU share is free again at 0."""
+a load ramp scales 1 -> 3 and back to 0 without a failed request, and the GPU share is free again at 0; a
+replica preempted in the middle of a long stream finishes it before the preemptor starts."""
 
 from __future__ import annotations
 
@@ -186,6 +187,7 @@ def test_a_held_request_wakes_the_service_from_zero(server: TestServer, admin: C
     wait_until(lambda: any(m["id"] == "cold-model" for m in httpx.get(
         f"{server.url}/v1/models", headers=auth(server)).json()["data"]), 10, 0.05, "service published")
     assert children(admin, sid) == []  # min 0: nothing runs before the first request
+    assert admin.get_workload(sid).status == "pending"
     sent = time.time()
     with httpx.stream("POST", f"{server.url}/v1/completions", headers=auth(server), timeout=START_S,
                       json={"model": "cold-model", "prompt": "x", "max_tokens": 4, "stream": True}) as response:
@@ -199,9 +201,13 @@ def test_a_held_request_wakes_the_service_from_zero(server: TestServer, admin: C
     assert first_at - sent >= 3  # the replica's cold start was held through
     history = [(round(e.at - sent, 2), e.reason) for w in (sid, child.id) for e in admin.get_workload(w).events]
     assert first_at - ready_at <= 0.5, f"first token {first_at - sent:.2f} s after sending: {history}"
-    # idle for scale_down_delay: back to zero, the replica stopped
+    moves = [(e.from_status, e.to_status, e.reason) for e in admin.get_workload(sid).events if e.to_status]
+    assert ("scheduled", "running", "1 replica(s) serving") in moves, moves  # the service ran while it served
+    # idle for scale_down_delay: back to zero, the replica stopped, the service pending again
     wait_until(lambda: admin.get_workload(child.id).status == "cancelled", 30, 0.1, "scaled to zero")
     assert any(r.startswith("scale to zero") for r in events(admin, sid))
+    final = wait_until(lambda: (w := admin.get_workload(sid)).status == "pending" and w, 10, 0.1, "service pending")
+    assert final.message == "scaled to zero: the next request starts a replica"
 
 
 def test_a_service_waiting_for_a_gpu_answers_503_with_the_reason(server: TestServer, admin: Client,
@@ -267,3 +273,49 @@ def test_load_ramp_scales_up_and_back_to_zero_without_a_failed_request(server: T
                                                                                "gpu": 1}}).workload.id
     admin.wait(job, ["running"], timeout_s=30)  # the whole GPU is free again
     admin.cancel(job)
+
+
+def test_a_preempted_replica_finishes_its_stream_before_the_preemptor_starts(server: TestServer, admin: Client,
+                                                                             model_dir: Path) -> None:
+    sid = admin.submit(service(model_dir, "victim", "victim-model", env={"TOKEN_DELAY_MS": "100"}, priority="low",
+                               replicas={"min": 1, "max": 1}, resources={"cpu": 0.5, "memory": "1GiB", "gpu": 1},
+                               scaling={"cold_start_timeout": START_S})).workload.id
+    wait_until(lambda: admin.get_workload(sid).status == "running", START_S, 0.2, "the service serving")
+    (replica,) = [c for c in children(admin, sid) if c.status == "running"]
+    lines: list[str] = []
+    streaming = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def long_stream() -> None:  # 80 tokens x 100 ms: about 8 s of streaming
+        try:
+            with httpx.stream("POST", f"{server.url}/v1/completions", headers=auth(server), timeout=START_S,
+                              json={"model": "victim-model", "prompt": "x", "max_tokens": 80,
+                                    "stream": True}) as response:
+                for line in response.iter_lines():
+                    lines.append(line)
+                    streaming.set()
+                outcome["status"] = response.status_code
+        except httpx.HTTPError as exc:
+            outcome["error"] = repr(exc)
+        outcome["ended_at"] = time.time()
+
+    reader = threading.Thread(target=long_stream)
+    reader.start()
+    try:
+        assert streaming.wait(START_S), "the stream did not begin"
+        urgent = admin.submit({"name": "urgent", "command": "sleep 60", "priority": "high",
+                               "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": 1}}).workload.id
+        wait_until(lambda: admin.get_workload(replica.id).status == "preempted", 30, 0.05, "replica preempted")
+        assert "ended_at" not in outcome  # preempted in the middle of the stream
+    finally:
+        reader.join(START_S)
+    assert outcome.get("status") == 200 and "error" not in outcome, outcome
+    chunks = [line for line in lines if line.startswith("data: {")]
+    # all 80 tokens and the finish chunk, then the end: the preemption cut nothing
+    assert len(chunks) == 81 and [line for line in lines if line][-1] == "data: [DONE]"
+    job = admin.wait(urgent, ["running"], timeout_s=60)
+    assert job.started_at is not None and job.started_at >= outcome["ended_at"] - 0.5  # only after the stream
+    assert any(r.startswith("stopping: drained after preemption") for r in events(admin, replica.id))
+    admin.cancel(urgent)
+    admin.cancel(sid)
+    wait_until(lambda: all(c.status == "cancelled" for c in children(admin, sid)), 30, 0.1, "replica cancelled")

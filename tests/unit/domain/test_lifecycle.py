@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from gpupool.domain.errors import InvalidTransitionError, ValidationError
-from gpupool.domain.lifecycle import LIFECYCLES, JobLifecycle, ReplicaView, Step, WorkloadView, lifecycle_for
+from gpupool.domain.lifecycle import (
+    LIFECYCLES,
+    JobLifecycle,
+    ReplicaView,
+    Step,
+    WorkloadView,
+    lifecycle_for,
+    set_controller_status,
+)
 from gpupool.domain.replicas import (
     REPLICA_TRANSITIONS,
     TERMINAL_REPLICA_STATES,
@@ -13,7 +23,7 @@ from gpupool.domain.replicas import (
     can_replica_transition,
     check_replica_transition,
 )
-from gpupool.domain.status import WorkloadStatus
+from gpupool.domain.status import StatusEvent, WorkloadStatus
 
 S = WorkloadStatus
 R = ReplicaState
@@ -54,10 +64,11 @@ def test_replicas_move_forward_only() -> None:
 # -------------------------------------------------------------------------------------- registry
 def test_registry_is_explicit_and_refuses_unregistered_kinds() -> None:
     assert isinstance(lifecycle_for("job"), JobLifecycle)
-    assert sorted(LIFECYCLES) == ["array", "job", "notebook", "pipeline", "sweep"]
+    assert sorted(LIFECYCLES) == ["array", "job", "notebook", "pipeline", "service", "sweep"]
+    assert lifecycle_for("service").advance(view(S.RUNNING), 0.0) is None  # its autoscaler sets its status
     with pytest.raises(ValidationError,
-                       match="kind 'service' cannot run yet; kinds that can: array, job, notebook, pipeline, sweep"):
-        lifecycle_for("service")
+                       match="kind 'volume' cannot run yet; kinds that can: array, job, notebook, pipeline, service, sweep"):
+        lifecycle_for("volume")
 
 
 # ---------------------------------------------------------------------------------- job lifecycle
@@ -110,3 +121,65 @@ def test_preempted_job_is_requeued_only_once_its_replicas_are_gone() -> None:
 @pytest.mark.parametrize("status", [S.PENDING, S.SUCCEEDED, S.CANCELLED])
 def test_inactive_jobs_do_not_move(status: WorkloadStatus) -> None:
     assert JOB.advance(view(status, replica(0, R.FAILED, 1)), now=1) is None
+
+
+# --------------------------------------------------------------------------- controller statuses
+@dataclass
+class Controller:
+    """A controller's row as `set_controller_status` sees it."""
+
+    status: WorkloadStatus = S.PENDING
+    started_at: float | None = None
+    events: list[StatusEvent] = field(default_factory=list)
+
+    @property
+    def current_status(self) -> WorkloadStatus:
+        return self.status
+
+    def record_status_event(self, event: StatusEvent) -> None:
+        self.status = event.to_status
+        self.events.append(event)
+
+    def path(self) -> list[tuple[str, str, str]]:
+        return [(e.from_status.value, e.to_status.value, e.reason) for e in self.events]
+
+
+def test_a_pending_controller_passes_scheduled_to_run_and_records_its_start() -> None:
+    row = Controller()
+    events = set_controller_status(row, S.RUNNING, "1 replica serving", 5.0, start_reason="replica submitted")
+    assert row.path() == [("pending", "scheduled", "replica submitted"), ("scheduled", "running", "1 replica serving")]
+    assert events == row.events and row.started_at == 5.0
+    assert set_controller_status(row, S.RUNNING, "2 replicas serving", 6.0) == []  # already running: no event
+    assert row.started_at == 5.0
+
+
+def test_a_controller_that_ends_from_pending_has_run_first() -> None:
+    row = Controller()
+    set_controller_status(row, S.FAILED, "step a failed", 3.0, start_reason="steps are being submitted")
+    assert row.path() == [("pending", "scheduled", "steps are being submitted"),
+                          ("scheduled", "running", "steps are being submitted"), ("running", "failed", "step a failed")]
+    assert row.started_at == 3.0
+
+
+def test_pending_and_cancelled_are_taken_directly() -> None:
+    row = Controller(S.RUNNING, started_at=1.0)
+    set_controller_status(row, S.PENDING, "scaled to zero", 2.0)  # a service whose last replica went
+    assert row.path() == [("running", "pending", "scaled to zero")]
+    set_controller_status(row, S.RUNNING, "1 replica serving", 3.0)  # woken again: a new start
+    assert row.status == S.RUNNING and row.started_at == 3.0
+    fresh = Controller()
+    set_controller_status(fresh, S.CANCELLED, "cancelled by alice", 4.0)
+    assert fresh.path() == [("pending", "cancelled", "cancelled by alice")] and fresh.started_at is None
+
+
+def test_an_ended_controller_is_left_alone_and_stopped_ones_requeue_first() -> None:
+    ended = Controller(S.SUCCEEDED)
+    assert set_controller_status(ended, S.RUNNING, "late", 1.0) == [] and ended.status == S.SUCCEEDED
+    stopped = Controller(S.STOPPED)
+    set_controller_status(stopped, S.RUNNING, "serving", 2.0, start_reason="woken")
+    assert [e[1] for e in stopped.path()] == ["pending", "scheduled", "running"]
+
+
+def test_a_controller_status_change_still_needs_a_reason() -> None:
+    with pytest.raises(ValidationError, match="needs a reason"):
+        set_controller_status(Controller(), S.CANCELLED, " ", 1.0)

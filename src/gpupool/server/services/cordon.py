@@ -2,17 +2,17 @@
 rewrites the nodes row but keeps `schedulable` False while the cordon exists), so it survives restarts; the
 scheduler places nothing new on an unschedulable node. Draining cordons the node first (stored intent), then
 preempts every active workload with a replica on it, as the scheduler's preemption does: the workload goes
-back to the queue (preempted) and its replicas are stopped, so it runs again elsewhere. Both are idempotent."""
+back to the queue (preempted) and its replicas are stopped (a service replica's once drained), so it runs
+again elsewhere. Both are idempotent."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.gpus import node_or_404
-from gpupool.server.services.workloads import request_stop
+from gpupool.server.services.workloads import preempt
 from gpupool.store.orm import TERMINAL_REPLICA_STATES, NodeCordonRow, ReplicaRow
 from gpupool.store.repos import workloads as repo
 
@@ -56,9 +56,7 @@ def drain(session: Session, principal: Principal, node: str, now: float) -> list
         row = repo.workload_by_id(session, workload_id, for_update=True)
         if row is None or not row.current_status.is_active():
             continue
-        transition(row, WorkloadStatus.PREEMPTED, f"node {node} is being drained by {principal.name}", now)
-        row.preemptions += 1
-        request_stop(session, row, now)
+        preempt(session, row, f"node {node} is being drained by {principal.name}", now)  # services drain first
         moved.append(workload_id)
     return moved
 

@@ -19,10 +19,11 @@ from sqlalchemy.orm import Session
 from gpupool.api import pipeline_schemas as ps
 from gpupool.api import schemas
 from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from gpupool.domain.lifecycle import set_controller_status
 from gpupool.domain.pipeline_runs import StepState, retry_states, run_params
 from gpupool.domain.pipelines import PipelineSpec
 from gpupool.domain.specs import parse_spec, validate_name
-from gpupool.domain.status import WorkloadStatus, transition
+from gpupool.domain.status import WorkloadStatus
 from gpupool.executors.storage import ScopeOwners, StorageLayout
 from gpupool.server.services import workloads
 from gpupool.server.services.auth import Principal
@@ -262,14 +263,9 @@ def require_write(principal: Principal, project_id: int, action: str) -> None:
 
 
 def transition_run(run: WorkloadRow, target: WorkloadStatus, reason: str, now: float) -> None:
-    """Move a run towards `target` through the one door: a pending run passes scheduled and running (a
-    controller is never placed, so its steps being submitted is its start)."""
-    if run.current_status == WorkloadStatus.PENDING and target != WorkloadStatus.CANCELLED:
-        transition(run, WorkloadStatus.SCHEDULED, "steps are being submitted", now)
-        transition(run, WorkloadStatus.RUNNING, "steps submitted", now)
-        run.started_at = now
-    if target != run.current_status:
-        transition(run, target, reason, now)
+    """Move a run towards `target` through the one door (`set_controller_status`): a pending run passes
+    scheduled and running (a controller is never placed, so its steps being submitted is its start)."""
+    set_controller_status(run, target, reason, now, start_reason="steps are being submitted")
 
 
 def runs_needing_work(session: Session) -> Sequence[int]:

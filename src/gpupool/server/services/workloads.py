@@ -30,6 +30,7 @@ from gpupool.server.services.feasibility import FeasibilityCache, pending_from_s
 from gpupool.store.convert import queue_from_row
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, queues
+from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
 
 MAX_LIST = 1000
@@ -254,6 +255,19 @@ def cancel(session: Session, principal: Principal, workload_id: int, now: float)
     if row.kind == ARRAY_KIND:
         arrays.cancel_tasks(session, row, f"its array was cancelled by {principal.name}", now)
     return row
+
+
+def preempt(session: Session, row: WorkloadRow, reason: str, now: float) -> None:
+    """Mark an active workload preempted (it is requeued once its replicas are gone) and ask its replicas to
+    stop; a service replica is not stopped here: its service's autoscaler drains it first (no new request;
+    stopped once those in flight finished, or after service_drain_timeout_s)."""
+    transition(row, WorkloadStatus.PREEMPTED, reason, now)
+    row.preemptions += 1
+    if services_repo.is_service_replica(session, row):
+        repo.add_event(session, row.id, now, "draining before it stops: the gateway sends it no new request; "
+                       "it stops once those in flight finish (at most service_drain_timeout_s)")
+    else:
+        request_stop(session, row, now)
 
 
 def request_stop(session: Session, row: WorkloadRow, now: float) -> int:

@@ -41,7 +41,7 @@ from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPla
 from gpupool.server.services.arrays import pending_to_offer
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
-from gpupool.server.services.workloads import request_stop
+from gpupool.server.services.workloads import preempt as preempt_workload
 from gpupool.store.convert import node_from_row, placement_from_json, placement_to_json
 from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow, WorkloadRow
@@ -248,9 +248,7 @@ class SchedulingLoop:
         row = repo.workload_by_id(session, int(preempt.victim_id), for_update=True)
         if row is None or not row.current_status.is_active():
             return False
-        transition(row, WorkloadStatus.PREEMPTED, preempt.reason, now)
-        row.preemptions += 1
-        request_stop(session, row, now)
+        preempt_workload(session, row, preempt.reason, now)  # a service replica drains first
         return True
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import GpupoolError
+from gpupool.domain.lifecycle import set_controller_status
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.domain.sweeps import SweepSpec
@@ -187,18 +188,19 @@ class SweepController:
             row = repo.workload_by_id(session, sweep_id, for_update=True)
             if row is None or row.current_status.is_terminal():
                 return
-            if row.current_status == _S.PENDING and asked:
-                transition(row, _S.SCHEDULED, "the sweep's first trial was submitted", now)
-            if row.current_status == _S.SCHEDULED:
-                transition(row, _S.RUNNING, f"running up to {spec.parallel} trial(s) at once", now, )
-                row.started_at = now
+            first = "the sweep's first trial was submitted"
+            if asked:
+                set_controller_status(row, _S.RUNNING, f"running up to {spec.parallel} trial(s) at once", now,
+                                      start_reason=first)
             if asked >= spec.trials and not running:
                 states = [t.state.name for t in study.get_trials(deepcopy=False)]
                 done = states.count("COMPLETE")
                 if done and all(s != "RUNNING" for s in states):
-                    transition(row, _S.SUCCEEDED, f"{len(states)} trials ended, {done} completed", now)
+                    set_controller_status(row, _S.SUCCEEDED, f"{len(states)} trials ended, {done} completed", now,
+                                          start_reason=first)
                 elif all(s != "RUNNING" for s in states):
-                    transition(row, _S.FAILED, f"none of the {len(states)} trials completed", now)
+                    set_controller_status(row, _S.FAILED, f"none of the {len(states)} trials completed", now,
+                                          start_reason=first)
 
 
 # ------------------------------------------------------------------------------------- helpers

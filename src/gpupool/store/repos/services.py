@@ -35,6 +35,13 @@ def children_count(session: Session, service_id: int) -> int:
                               .where(WorkloadRow.parent_id == service_id)) or 0)
 
 
+def is_service_replica(session: Session, row: WorkloadRow) -> bool:
+    """True when `row` is a replica workload of a service (its parent is a service)."""
+    if row.parent_id is None:
+        return False
+    return session.scalar(select(WorkloadRow.kind).where(WorkloadRow.id == row.parent_id)) == SERVICE_KIND
+
+
 def service_by_name(session: Session, name: str, project_ids: frozenset[int] | None) -> WorkloadRow | None:
     """The newest live service called `name` in one of `project_ids` (None: any project)."""
     query = select(WorkloadRow).where(WorkloadRow.kind == SERVICE_KIND, WorkloadRow.name == name,
