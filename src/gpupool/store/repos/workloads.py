@@ -20,6 +20,8 @@ class WorkloadFilter:
     name: str | None = None
     limit: int = 50
     before_id: int | None = None  # page: only workloads with a smaller id
+    kinds: tuple[str, ...] = ()  # empty: every kind
+    user_ids: frozenset[int] | None = None  # None: every user
 
 
 def workload_by_id(session: Session, workload_id: int, for_update: bool = False) -> WorkloadRow | None:
@@ -43,6 +45,10 @@ def _filtered(query: Select[tuple[WorkloadRow]], f: WorkloadFilter) -> Select[tu
         query = query.where(WorkloadRow.status.in_(f.statuses))
     if f.name:
         query = query.where(WorkloadRow.name == f.name)
+    if f.kinds:
+        query = query.where(WorkloadRow.kind.in_(f.kinds))
+    if f.user_ids is not None:
+        query = query.where(WorkloadRow.user_id.in_(sorted(f.user_ids)))
     return query
 
 
