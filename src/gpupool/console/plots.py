@@ -26,8 +26,9 @@ class Series:
     joined: bool = False
 
 
-def nice_ticks(low: float, high: float, count: int = TICKS) -> list[float]:
-    """About `count` round values (1, 2, 2.5 or 5 times a power of ten apart) covering low..high."""
+def nice_ticks(low: float, high: float, count: int = TICKS, whole: bool = False) -> list[float]:
+    """About `count` round values (1, 2, 2.5 or 5 times a power of ten apart) covering low..high; with
+    `whole`, only whole numbers (for counts such as trial numbers and steps)."""
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("ticks need finite bounds")
     if high < low:
@@ -37,6 +38,8 @@ def nice_ticks(low: float, high: float, count: int = TICKS) -> list[float]:
     raw = (high - low) / max(count - 1, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    if whole:
+        step = max(1.0, math.ceil(step))
     first = math.floor(low / step) * step
     ticks = []
     value = first
@@ -52,9 +55,12 @@ def _tick_text(value: float) -> str:
     return f"{value:.4g}"
 
 
-def xy_plot(series: Sequence[Series], x_label: str, y_label: str, title: str, plot_id: str) -> Markup:
+def xy_plot(
+    series: Sequence[Series], x_label: str, y_label: str, title: str, plot_id: str, whole_x: bool = False
+) -> Markup:
     """The series on one pair of axes (ranges covering every point), with gridlines, tick values, the axis
-    labels and a title (the SVG's accessible name). An empty plot says there is nothing to draw yet."""
+    labels and a title (the SVG's accessible name); `whole_x`: the x values are counts (whole-number ticks).
+    An empty plot says there is nothing to draw yet."""
     points = [p for s in series for p in s.points if math.isfinite(p[0]) and math.isfinite(p[1])]
     head = (
         f'<svg class="chart plot" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="{plot_id}" '
@@ -65,7 +71,7 @@ def xy_plot(series: Sequence[Series], x_label: str, y_label: str, title: str, pl
             head + f'<text class="axis" x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">'
             "no values reported yet</text></svg>"
         )
-    xs = nice_ticks(min(p[0] for p in points), max(p[0] for p in points))
+    xs = nice_ticks(min(p[0] for p in points), max(p[0] for p in points), whole=whole_x)
     ys = nice_ticks(min(p[1] for p in points), max(p[1] for p in points))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 

@@ -14,15 +14,16 @@ from gpupool.api.sweep_schemas import SweepDetail
 from gpupool.console.graphs import dag_svg, layout
 from gpupool.console.guard import guard, guard_form
 from gpupool.console.plots import Series, xy_plot
-from gpupool.console.web import Caller, NavItem, page, register_page, services_of
+from gpupool.console.web import Caller, NavItem, page, register_page, services_of, templates
 from gpupool.executors.storage import StorageLayout
 from gpupool.server.api import schemas
 from gpupool.server.services import pipelines, sweeps
 from gpupool.server.services import workloads as workload_service
 
 router = APIRouter(include_in_schema=False)
-register_page(NavItem("/pipelines", "Pipelines"))
-register_page(NavItem("/sweeps", "Sweeps"))
+register_page(NavItem("/pipelines", "Pipelines"), after="/services")
+register_page(NavItem("/sweeps", "Sweeps"), after="/pipelines")
+templates.filters["num"] = lambda value: f"{value:.4g}" if isinstance(value, float) else value
 PAGE = 50  # runs or sweeps a list page shows: a few screens, one query
 RunId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 Before = Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)]
@@ -184,6 +185,7 @@ def objective_plot(detail: SweepDetail) -> Markup:
         f"{detail.metric} (as reported; {detail.direction})",
         f"{detail.metric} of each trial of sweep {detail.name}, and the best so far",
         "objective-title",
+        whole_x=True,
     )
 
 
@@ -197,4 +199,5 @@ def best_curve_plot(detail: SweepDetail) -> Markup:
         f"{detail.metric} (as reported)",
         f"{detail.metric} of the best trial by step ({name})",
         "curve-title",
+        whole_x=True,
     )

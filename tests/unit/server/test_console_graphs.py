@@ -102,6 +102,13 @@ def test_ticks_are_round_and_cover_the_range(low: float, high: float, expected: 
     assert ticks[0] <= min(low, high) and ticks[-1] >= max(low, high)
 
 
+def test_whole_ticks_for_counts() -> None:
+    assert nice_ticks(0, 1, whole=True) == [0, 1]
+    assert nice_ticks(1, 3, whole=True) == [1, 2, 3]
+    assert nice_ticks(0, 37, whole=True) == [0, 10, 20, 30, 40]
+    assert nice_ticks(4, 4, whole=True) == [3, 4, 5]
+
+
 def test_ticks_refuse_infinite_bounds() -> None:
     with pytest.raises(ValueError, match="finite"):
         nice_ticks(0, math.inf)
