@@ -7,6 +7,8 @@ pytest temp folder (`console-screenshots*`)."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +19,14 @@ from tests.support.processes import ServerProcess
 from tests.support.servers import wait_until
 
 from gpupool.client.http import Client
+from gpupool.client.pipelines import PipelineClient
 from gpupool.domain.errors import NotFoundError
 
 CHROMIUM = "/usr/bin/chromium"
 PHONE = {"width": 390, "height": 844}  # a common phone screen in CSS pixels
 DESKTOP = {"width": 1280, "height": 900}
-PAGES = ("/", "/workloads", "/new", "/nodes", "/queues", "/usage", "/admin")
+PAGES = ("/", "/workloads", "/new", "/nodes", "/queues", "/usage", "/admin", "/notebooks", "/services", "/pipelines",
+         "/sweeps")
 INJECTED = "<script>window.injected=1</script><img src=x onerror=window.injected=2>"
 
 
@@ -173,6 +177,54 @@ def test_csrf_and_injected_markup_are_inert(server: ServerProcess, context: Brow
     with server.client() as admin:
         assert admin.get_workload(wid).status == "running"
         admin.cancel(wid)
+
+
+def test_a_pipeline_run_as_a_graph_reachable_by_keyboard_and_at_phone_width(
+        server: ServerProcess, context: BrowserContext, shots: Path) -> None:
+    steps = {"fetch": {"command": "true", "resources": {"cpu": 0.2, "memory": "64MiB"}},
+             "train": {"needs": ["fetch"], "command": "true", "resources": {"cpu": 0.2, "memory": "64MiB"}},
+             "report": {"needs": ["train"], "command": "true", "resources": {"cpu": 0.2, "memory": "64MiB"}}}
+    with server.client() as admin:
+        pipes = PipelineClient(admin)
+        run = pipes.submit({"kind": "pipeline", "name": "tiny", "steps": steps}, run=True).run
+        assert run is not None
+        wait_until(lambda: pipes.show(run.id).status == "succeeded", 60, 0.2, "the pipeline run succeeded")
+    page = sign_in(context, server.url, (server.home / "token").read_text().strip())
+    page.get_by_role("link", name="Pipelines").click()
+    page.get_by_role("row", name="tiny").get_by_role("link", name=str(run.id)).click()
+    graph = page.get_by_role("img", name=f"Steps of pipeline run {run.id} (tiny) and what each needs")
+    expect(graph.locator("g.step-succeeded")).to_have_count(3)
+    page.screenshot(path=shots / "pipeline-run.png", full_page=True)
+    page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 1
+    page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+    first_step = graph.locator("a").first
+    first_step.focus()  # a step's box is a link the keyboard reaches
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("fetch")
+
+
+def test_a_sweep_shows_its_best_trial_and_plots(server: ServerProcess, context: BrowserContext, shots: Path) -> None:
+    report = ("import gpupool, os; lr = float(os.environ['GPUPOOL_PARAM_LR']); "
+              "[gpupool.report(s, loss=lr / s) for s in (1, 2, 3)]")
+    spec = {"kind": "sweep", "name": "lr-search", "objective": {"metric": "loss"},
+            "search": {"lr": {"uniform": [0.1, 0.9]}}, "algorithm": {"sampler": "random", "seed": 7},
+            "trials": 2, "parallel": 2,
+            "trial": {"command": f"{shlex.quote(sys.executable)} -c {shlex.quote(report)}",
+                      "resources": {"cpu": 0.2, "memory": "256MiB"}}}
+    with server.client() as admin:
+        sweep_id = admin.submit(spec).workload.id
+        best = wait_until(lambda: admin.get_workload(sweep_id).status == "succeeded" and admin.sweep(sweep_id).best,
+                          90, 0.3, "the sweep done with a best trial")
+    page = sign_in(context, server.url, (server.home / "token").read_text().strip())
+    page.get_by_role("link", name="Sweeps").click()
+    page.get_by_role("row", name="lr-search").get_by_role("link", name=str(sweep_id)).click()
+    expect(page.locator("#best")).to_contain_text(f"{best.value:g}")
+    expect(page.get_by_role("img", name="loss of each trial of sweep lr-search, and the best so far")).to_be_visible()
+    curve = page.get_by_role("img", name=f"loss of the best trial by step (trial {best.number})")
+    expect(curve.locator("circle")).to_have_count(3)
+    expect(page.locator("#trials tbody tr")).to_have_count(2)
+    page.screenshot(path=shots / "sweep.png", full_page=True)
 
 
 def test_labels_phone_width_and_screenshots(server: ServerProcess, browser: Browser, shots: Path) -> None:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 
 from gpupool.api.usage_schemas import ConsoleLink
-from gpupool.console import admin, pool, session, workloads
+from gpupool.console import admin, apps, pool, runs, session, workloads
 from gpupool.console.web import HERE
 from gpupool.server.api.deps import PrincipalDep
 from gpupool.server.api.routes.workloads import ERRORS
@@ -25,6 +25,6 @@ def create_link(request: Request, _principal: PrincipalDep) -> ConsoleLink:
 def install(app: FastAPI) -> None:
     """Add the console's pages at `/`, its static files and its API call to `app`."""
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    for module in (session, workloads, pool, admin):
+    for module in (session, workloads, pool, admin, apps, runs):
         app.include_router(module.router)
     app.include_router(api, prefix="/api/v1")

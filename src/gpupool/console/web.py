@@ -51,10 +51,13 @@ NAV: list[NavItem] = [NavItem("/", "Overview"), NavItem("/workloads", "Workloads
                       NavItem("/nodes", "Nodes and GPUs"), NavItem("/queues", "Queues"), NavItem("/usage", "Usage")]
 
 
-def register_page(item: NavItem) -> None:
-    """Add a page to the navigation (idempotent for the same path)."""
-    if all(existing.path != item.path for existing in NAV):
-        NAV.append(item)
+def register_page(item: NavItem, after: str | None = None) -> None:
+    """Add a page to the navigation, at the end or just after the entry of path `after` (idempotent for the
+    same path)."""
+    if any(existing.path == item.path for existing in NAV):
+        return
+    index = next((i + 1 for i, existing in enumerate(NAV) if existing.path == after), len(NAV))
+    NAV.insert(index, item)
 
 
 def _when(epoch: float | None) -> str:

@@ -7,6 +7,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated
+from urllib.parse import urlencode
 
 import yaml
 from fastapi import APIRouter, Path, Query, Request
@@ -20,7 +21,8 @@ from gpupool.server.api import schemas
 from gpupool.server.services import accounts, dry_run, workloads
 
 router = APIRouter(include_in_schema=False)
-LIST_LIMIT = 200  # newest workloads a list page shows: a screenful many times over, one query
+PAGE = 50  # workloads a list page shows: a few screens, one query; `?limit=` asks for up to MAX_PAGE
+MAX_PAGE = 500  # a bound on one page (the API allows 1000): still one quick query and a page a browser renders fast
 LOG_TAIL = 2000  # lines of earlier output a page shows before following: a few screens, a bounded response
 KINDS = ("job", "notebook", "service", "pipeline", "sweep")
 WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
@@ -29,17 +31,21 @@ Filter = Annotated[str, Query(max_length=63)]
 
 @router.get("/workloads")
 def workload_list(request: Request, project: Filter = "", user: Filter = "", kind: Filter = "",
-                  status: Filter = "") -> Response:
-    """Workloads the caller may see, newest first, filtered by project, user, kind and status."""
+                  status: Filter = "", before: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = PAGE) -> Response:
+    """Workloads the caller may see, newest first, filtered by project, user, kind and state, a page at a time
+    (`before`: only workloads older than this id)."""
     def build(who: Caller) -> Response:
         services = services_of(request)
         with services.db.session(write=False) as session:
             listed = workloads.list_workloads(session, who.principal, project or None, [status] if status else [],
-                                              None, LIST_LIMIT, None)
-        items = [w for w in listed.items if (not user or w.user == user) and (not kind or w.kind == kind)]
-        return page(request, "workloads.html", who, items=items, total=listed.total,
-                    filters={"project": project, "user": user, "kind": kind, "status": status},
-                    statuses=[s.value for s in WorkloadStatus], kinds=KINDS)
+                                              None, limit, before, kind or None, user or None)
+        filters = {"project": project, "user": user, "kind": kind, "status": status}
+        query = {k: v for k, v in filters.items() if v} | ({"limit": str(limit)} if limit != PAGE else {})
+        older = urlencode(query | {"before": str(listed.next_before_id)}) if listed.next_before_id else None
+        return page(request, "workloads.html", who, items=listed.items, total=listed.total, filters=filters,
+                    statuses=[s.value for s in WorkloadStatus], kinds=KINDS, older=older,
+                    first=urlencode(query) if before else None)
     return guard(request, build)
 
 
@@ -136,9 +142,10 @@ def _new_page(request: Request, who: Caller, status: int = 200, error: str | Non
     services = services_of(request)
     with services.db.session(write=False) as session:
         projects = [p.name for p in accounts.list_projects(session, who.principal)]
+    environments = [e.name for e in services.environments.list()] if services.environments else []
     # a fresh idempotency key per rendered form: a double click or a resent form creates one workload
     return page(request, "new.html", who, status=status, error=error, field=field, values=values or {},
-                projects=projects, example=NEW_EXAMPLE, submit_key=secrets.token_urlsafe(16))
+                projects=projects, environments=environments, example=NEW_EXAMPLE, submit_key=secrets.token_urlsafe(16))
 
 
 @router.post("/new")
@@ -184,10 +191,11 @@ def _request_of(fields: dict[str, str]) -> schemas.SubmitRequest:
 
 
 def spec_from_form(fields: dict[str, str]) -> dict[str, object]:
-    """The spec the simple form describes: name, project, command, replicas and resources (GPU as a count or
-    a share, an optional model and memory); empty fields are left out so the spec's defaults apply."""
+    """The spec the simple form describes: name, project, command, environment (from `gpupool envs`), replicas
+    and resources (GPU as a count or a share, an optional model and memory); empty fields are left out so
+    the spec's defaults apply."""
     spec: dict[str, object] = {"kind": fields.get("kind") or "job"}
-    for key in ("name", "project", "command"):
+    for key in ("name", "project", "command", "environment"):
         if fields.get(key, "").strip():
             spec[key] = fields[key].strip()
     if fields.get("replicas", "").strip():

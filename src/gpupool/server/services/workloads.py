@@ -216,8 +216,10 @@ def visible_workload(session: Session, principal: Principal, workload_id: int,
 
 
 def list_workloads(session: Session, principal: Principal, project: str | None, statuses: Sequence[str],
-                   name: str | None, limit: int, before_id: int | None) -> schemas.WorkloadPage:
-    """Workloads the caller may see, newest first, filtered by project, status and name."""
+                   name: str | None, limit: int, before_id: int | None, kind: str | None = None,
+                   user: str | None = None) -> schemas.WorkloadPage:
+    """Workloads the caller may see, newest first, filtered by project, status, name, kind and user (a user
+    name that does not exist matches nothing)."""
     names = accounts.project_names(session)
     visible = principal.readable_projects()
     if project is not None:
@@ -228,7 +230,13 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
     wanted = tuple(sorted({parse_status(s).value for s in statuses}))
     if not 1 <= limit <= MAX_LIST:
         raise ValidationError(f"limit must be 1..{MAX_LIST}", "limit")
-    f = repo.WorkloadFilter(visible, wanted, validate_name(name) if name else None, limit, before_id)
+    user_ids = None
+    if user:
+        found = accounts.user_by_name(session, user)
+        user_ids = frozenset({found.id} if found else set())
+    kinds = (_kind(kind),) if kind else ()
+    f = repo.WorkloadFilter(visible, wanted, validate_name(name) if name else None, limit, before_id, kinds,
+                            user_ids)
     rows = repo.list_workloads(session, f)
     users = accounts.user_names(session, {r.user_id for r in rows})
     counts = arrays.task_counts(session, [r.id for r in rows if r.kind == ARRAY_KIND])
@@ -238,6 +246,14 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
     total = repo.count_workloads(session, f)
     more = len(rows) == limit and total > limit
     return schemas.WorkloadPage(items=items, total=total, next_before_id=rows[-1].id if more and rows else None)
+
+
+def _kind(text: str) -> str:
+    try:
+        return WorkloadKind(text).value
+    except ValueError:
+        kinds = ", ".join(k.value for k in WorkloadKind)
+        raise ValidationError(f"kind must be one of {kinds} (got {text!r})", "kind") from None
 
 
 # ---------------------------------------------------------------------------------------- cancel

@@ -21,6 +21,8 @@ class WorkloadFilter:
     limit: int = 50
     before_id: int | None = None  # page: only workloads with a smaller id
     array_tasks: bool = False  # include the tasks of job arrays (listed folded into their array otherwise)
+    kinds: tuple[str, ...] = ()  # empty: every kind
+    user_ids: frozenset[int] | None = None  # None: every user
 
 
 def workload_by_id(session: Session, workload_id: int, for_update: bool = False) -> WorkloadRow | None:
@@ -46,6 +48,10 @@ def _filtered(query: Select[tuple[WorkloadRow]], f: WorkloadFilter) -> Select[tu
         query = query.where(WorkloadRow.name == f.name)
     if not f.array_tasks:
         query = query.where(WorkloadRow.array_index.is_(None))
+    if f.kinds:
+        query = query.where(WorkloadRow.kind.in_(f.kinds))
+    if f.user_ids is not None:
+        query = query.where(WorkloadRow.user_id.in_(sorted(f.user_ids)))
     return query
 
 

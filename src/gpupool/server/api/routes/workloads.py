@@ -41,10 +41,14 @@ def list_workloads(services: ServicesDep, principal: PrincipalDep,
                    status: Annotated[list[str] | None, Query(max_length=16)] = None,
                    name: Annotated[str | None, Query(max_length=63)] = None,
                    limit: Annotated[int, Query(ge=1, le=workloads.MAX_LIST)] = 50,
-                   before_id: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None) -> schemas.WorkloadPage:
-    """Workloads you may see, newest first, with each pending one's reason and queue position."""
+                   before_id: Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)] = None,
+                   kind: Annotated[str | None, Query(max_length=16)] = None,
+                   user: Annotated[str | None, Query(max_length=63)] = None) -> schemas.WorkloadPage:
+    """Workloads you may see, newest first (filtered by project, status, name, kind and user), with each pending
+    one's reason and queue position."""
     with services.db.session(write=False) as session:
-        return workloads.list_workloads(session, principal, project, status or [], name, limit, before_id)
+        return workloads.list_workloads(session, principal, project, status or [], name, limit, before_id,
+                                         kind, user)
 
 
 @router.get("/{workload_id}", response_model=schemas.WorkloadDetail, responses=ERRORS)

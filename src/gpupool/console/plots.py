@@ -1,0 +1,108 @@
+"""X-Y plots drawn on the server as SVG (a sweep's objective by trial, its best trial's reports by step):
+points and lines per series, both axes with round-number ticks and a label naming the quantity and unit.
+
+Only numbers and escaped text go into the SVG."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from markupsafe import Markup, escape
+
+# Pixels: wide enough for five x ticks and a y tick such as "-0.0125", readable when scaled to a phone.
+WIDTH, HEIGHT, LEFT, BOTTOM, TOP, RIGHT = 640, 260, 64, 44, 12, 16
+TICKS = 5  # ticks per axis: enough to read a value off, few enough not to crowd at phone width
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One set of points: its legend name, CSS class (colour), points (x, y) and whether they are joined."""
+
+    name: str
+    css: str
+    points: Sequence[tuple[float, float]]
+    joined: bool = False
+
+
+def nice_ticks(low: float, high: float, count: int = TICKS, whole: bool = False) -> list[float]:
+    """About `count` round values (1, 2, 2.5 or 5 times a power of ten apart) covering low..high; with
+    `whole`, only whole numbers (for counts such as trial numbers and steps)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("ticks need finite bounds")
+    if high < low:
+        low, high = high, low
+    if high == low:
+        low, high = low - 1, high + 1
+    raw = (high - low) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    if whole:
+        step = max(1.0, math.ceil(step))
+    first = math.floor(low / step) * step
+    ticks = []
+    value = first
+    while value < high + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < high:
+        ticks.append(round(value, 12))
+    return ticks
+
+
+def _tick_text(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def xy_plot(
+    series: Sequence[Series], x_label: str, y_label: str, title: str, plot_id: str, whole_x: bool = False
+) -> Markup:
+    """The series on one pair of axes (ranges covering every point), with gridlines, tick values, the axis
+    labels and a title (the SVG's accessible name); `whole_x`: the x values are counts (whole-number ticks).
+    An empty plot says there is nothing to draw yet."""
+    points = [p for s in series for p in s.points if math.isfinite(p[0]) and math.isfinite(p[1])]
+    head = (
+        f'<svg class="chart plot" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-labelledby="{plot_id}" '
+        f'xmlns="http://www.w3.org/2000/svg"><title id="{plot_id}">{escape(title)}</title>'
+    )
+    if not points:
+        return Markup(
+            head + f'<text class="axis" x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">'
+            "no values reported yet</text></svg>"
+        )
+    xs = nice_ticks(min(p[0] for p in points), max(p[0] for p in points), whole=whole_x)
+    ys = nice_ticks(min(p[1] for p in points), max(p[1] for p in points))
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x(v: float) -> float:
+        return LEFT + plot_w * (v - xs[0]) / (xs[-1] - xs[0])
+
+    def y(v: float) -> float:
+        return TOP + plot_h * (1 - (v - ys[0]) / (ys[-1] - ys[0]))
+
+    parts = [head]
+    for v in ys:
+        parts.append(
+            f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>'
+            f'<text class="tick" x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{_tick_text(v)}</text>'
+        )
+    for v in xs:
+        parts.append(
+            f'<text class="tick" x="{x(v):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{_tick_text(v)}</text>'
+        )
+    parts.append(
+        f'<text class="axis" x="{LEFT + plot_w / 2:.0f}" y="{HEIGHT - 6}" text-anchor="middle">{escape(x_label)}</text>'
+    )
+    parts.append(
+        f'<text class="axis" transform="translate(14 {TOP + plot_h / 2:.0f}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
+    for s in series:
+        shown = [(x(a), y(b)) for a, b in s.points if math.isfinite(a) and math.isfinite(b)]
+        if s.joined and len(shown) > 1:
+            coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in shown)
+            parts.append(f'<polyline class="{escape(s.css)}" points="{coords}"/>')
+        parts.extend(f'<circle class="{escape(s.css)}" cx="{a:.1f}" cy="{b:.1f}" r="3.5"/>' for a, b in shown)
+    parts.append("</svg>")
+    return Markup("".join(parts))

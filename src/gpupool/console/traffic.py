@@ -1,0 +1,94 @@
+"""A service's traffic as the gateway counted it (its Prometheus registry, `GatewayMetrics`): requests by HTTP
+status, streamed chunks (about one per token for SSE), and latency (mean, and the median and 95th percentile
+as the histogram bucket they fall in). Counts start when the server starts, as the registry does."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+REQUESTS = "gpupool_service_requests"
+CHUNKS = "gpupool_service_stream_chunks"
+FIRST_BYTE = "gpupool_service_time_to_first_byte_seconds"
+TOTAL = "gpupool_service_request_seconds"
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """One latency histogram of a service: how many requests, the mean, and the upper bounds of the buckets
+    holding the median and the 95th percentile (seconds; None without requests, inf beyond the last bucket)."""
+
+    count: int = 0
+    mean_s: float | None = None
+    p50_le_s: float | None = None
+    p95_le_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """What the gateway counted for one service since the server started."""
+
+    requests: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    chunks: int = 0
+    first_byte: Latency = Latency()
+    total: Latency = Latency()
+
+
+def _quantile_bound(buckets: list[tuple[float, float]], count: float, q: float) -> float | None:
+    """The upper bound of the first cumulative bucket holding the q-quantile."""
+    if count <= 0:
+        return None
+    return next((bound for bound, seen in sorted(buckets) if seen >= q * count), math.inf)
+
+
+def _latency(samples: Iterable[tuple[str, dict[str, str], float]], base: str) -> Latency:
+    buckets, count, total = [], 0.0, 0.0
+    for name, labels, value in samples:
+        if name == f"{base}_bucket":
+            buckets.append((float(labels["le"]), value))
+        elif name == f"{base}_count":
+            count = value
+        elif name == f"{base}_sum":
+            total = value
+    if count <= 0:
+        return Latency()
+    return Latency(
+        int(count), total / count, _quantile_bound(buckets, count, 0.5), _quantile_bound(buckets, count, 0.95)
+    )
+
+
+def traffic(registry: CollectorRegistry, service: str) -> Traffic:
+    """The counts of `service` (by name, as the gateway labels them) in `registry`."""
+    samples = [
+        (s.name, dict(s.labels), s.value)
+        for family in registry.collect()
+        for s in family.samples
+        if s.labels.get("service") == service
+    ]
+    by_status: dict[str, int] = {}
+    chunks = 0
+    for name, labels, value in samples:
+        if name == f"{REQUESTS}_total":
+            by_status[labels["code"]] = by_status.get(labels["code"], 0) + int(value)
+        elif name == f"{CHUNKS}_total":
+            chunks += int(value)
+    return Traffic(
+        sum(by_status.values()),
+        dict(sorted(by_status.items())),
+        chunks,
+        _latency(samples, FIRST_BYTE),
+        _latency(samples, TOTAL),
+    )
+
+
+def bound_text(seconds: float | None) -> str:
+    """A percentile's bucket bound as text: '≤ 0.25 s', 'above the largest bucket', or '-' without requests."""
+    if seconds is None:
+        return "-"
+    if math.isinf(seconds):
+        return "above the largest bucket"
+    return f"≤ {seconds:g} s"
