@@ -67,7 +67,8 @@ def test_registry_is_explicit_and_refuses_unregistered_kinds() -> None:
     assert sorted(LIFECYCLES) == ["array", "job", "notebook", "pipeline", "service", "sweep"]
     assert lifecycle_for("service").advance(view(S.RUNNING), 0.0) is None  # its autoscaler sets its status
     with pytest.raises(ValidationError,
-                       match="kind 'volume' cannot run yet; kinds that can: array, job, notebook, pipeline, service, sweep"):
+                       match="kind 'volume' cannot run yet; kinds that can: array, job, notebook, pipeline, "
+                             "service, sweep"):
         lifecycle_for("volume")
 
 
