@@ -68,12 +68,15 @@ def run_detail(request: Request, run_id: RunId) -> Response:
             may_act = who.principal.can_write(row.project_id)
         needs = {s.name: [n for n in s.needs if any(o.name == n for o in run.steps)] for s in run.steps}
         links = {s.name: f"/workloads/{s.workload_id}" for s in run.steps if s.workload_id is not None}
-        graph = dag_svg(
-            layout(needs),
-            {s.name: s.state for s in run.steps},
-            links,
-            f"Steps of pipeline run {run.id} ({run.pipeline}) and what each needs",
-        )
+        try:
+            graph = dag_svg(
+                layout(needs),
+                {s.name: s.state for s in run.steps},
+                links,
+                f"Steps of pipeline run {run.id} ({run.pipeline}) and what each needs",
+            )
+        except ValueError as error:  # a stored run whose needs no longer form a graph: the table still shows it
+            graph = Markup('<p class="error">The steps cannot be drawn: {}</p>').format(error)
         return page(
             request,
             "pipeline_run.html",
