@@ -156,6 +156,7 @@ def test_a_service_page_shows_replicas_traffic_and_scales_for_members(
     )
     text = detail.text
     assert "revision 1" in text and "min 1, max 2" in text and f"/workloads/{sid}" in text
+    assert '<a href="/services" aria-current="page">' in text  # the detail page belongs to Services
     assert "4 (200: 3, 503: 1)" in text and "57" in text and "mean 0.138 s" in text
     assert "median ≤ 0.05 s" in text and "95th percentile ≤ 0.5 s" in text
     csrf = csrf_of(text)
