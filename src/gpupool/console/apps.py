@@ -25,8 +25,8 @@ from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
 
 router = APIRouter(include_in_schema=False)
-register_page(NavItem("/notebooks", "Notebooks"), after="/workloads")
-register_page(NavItem("/services", "Services"), after="/notebooks")
+register_page(NavItem("/notebooks", "Notebooks", also=("/notebook/",)), after="/workloads")
+register_page(NavItem("/services", "Services", also=("/service/",)), after="/notebooks")
 templates.filters["bound"] = bound_text
 NotebookId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 ServiceName = Annotated[str, Path(min_length=1, max_length=63)]

@@ -21,7 +21,7 @@ from gpupool.server.services import pipelines, sweeps
 from gpupool.server.services import workloads as workload_service
 
 router = APIRouter(include_in_schema=False)
-register_page(NavItem("/pipelines", "Pipelines"), after="/services")
+register_page(NavItem("/pipelines", "Pipelines", also=("/pipeline-runs/",)), after="/services")
 register_page(NavItem("/sweeps", "Sweeps"), after="/pipelines")
 templates.filters["num"] = lambda value: f"{value:.4g}" if isinstance(value, float) else value
 PAGE = 50  # runs or sweeps a list page shows: a few screens, one query
@@ -68,12 +68,15 @@ def run_detail(request: Request, run_id: RunId) -> Response:
             may_act = who.principal.can_write(row.project_id)
         needs = {s.name: [n for n in s.needs if any(o.name == n for o in run.steps)] for s in run.steps}
         links = {s.name: f"/workloads/{s.workload_id}" for s in run.steps if s.workload_id is not None}
-        graph = dag_svg(
-            layout(needs),
-            {s.name: s.state for s in run.steps},
-            links,
-            f"Steps of pipeline run {run.id} ({run.pipeline}) and what each needs",
-        )
+        try:
+            graph = dag_svg(
+                layout(needs),
+                {s.name: s.state for s in run.steps},
+                links,
+                f"Steps of pipeline run {run.id} ({run.pipeline}) and what each needs",
+            )
+        except ValueError as error:  # a stored run whose needs no longer form a graph: the table still shows it
+            graph = Markup('<p class="error">The steps cannot be drawn: {}</p>').format(error)
         return page(
             request,
             "pipeline_run.html",

@@ -43,6 +43,7 @@ class NavItem:
     path: str
     label: str
     admin_only: bool = False
+    also: tuple[str, ...] = ()  # path prefixes of its other pages (e.g. a detail page under another path)
 
 
 # The pages in the navigation, in order; pages of later kinds (notebooks, services, pipelines, sweeps) add an
@@ -136,8 +137,11 @@ def page(request: Request, template: str, who: Caller | None, status: int = 200,
     """Render a page with the navigation, the caller and their CSRF token."""
     principal = who.principal if who else None
     nav = [n for n in NAV if not n.admin_only or (principal is not None and principal.is_admin)]
+    path = request.url.path
+    current = next((n.path for n in nav if path == n.path or (n.path != "/" and path.startswith(n.path))
+                    or any(path.startswith(prefix) for prefix in n.also)), None)
     html = templates.get_template(template).render(
-        request_path=request.url.path, nav=nav, me=principal, csrf=who.csrf if who else "",
+        request_path=path, current=current, nav=nav, me=principal, csrf=who.csrf if who else "",
         csrf_field=CSRF_FIELD, **context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import httpx
 import pytest
 from tests.integration.server.test_console_http import browser_for, csrf_of
+from tests.support.databases import temporary_postgres_database
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
 from gpupool.client.http import Client
@@ -25,25 +27,30 @@ INJECTED = "<script>window.injected=1</script>"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-@pytest.fixture(scope="module")
-def executor() -> FakeExecutor:
-    return FakeExecutor(default=RUN_FOREVER)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, executor: FakeExecutor) -> Iterator[TestServer]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    """One server per database for the module (two A100s in exclusive mode, 16 CPUs)."""
     tmp = tmp_path_factory.mktemp("console-kinds")
-    settings = server_settings(
-        tmp / "home",
-        f"sqlite:///{tmp / 'gpupool.db'}",
-        gpus="2xA100-80GB",
-        gpu_mode="exclusive",
-        node_cpus=16,
-        node_memory="64GiB",
-    )
-    running = start_server(settings, executor)
-    yield running
-    running.stop()
+    with ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp / 'gpupool.db'}"
+            if request.param == "sqlite"
+            else stack.enter_context(temporary_postgres_database())
+        )
+        settings = server_settings(
+            tmp / "home", url, gpus="2xA100-80GB", gpu_mode="exclusive", node_cpus=16, node_memory="64GiB"
+        )
+        running = start_server(settings, FakeExecutor(default=RUN_FOREVER))
+        yield running
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def executor(server: TestServer) -> FakeExecutor:
+    """The server's fake executor (a test ends a replica with `finish`)."""
+    fake = server.services.executor
+    assert isinstance(fake, FakeExecutor)
+    return fake
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +156,7 @@ def test_a_service_page_shows_replicas_traffic_and_scales_for_members(
     )
     text = detail.text
     assert "revision 1" in text and "min 1, max 2" in text and f"/workloads/{sid}" in text
+    assert '<a href="/services" aria-current="page">' in text  # the detail page belongs to Services
     assert "4 (200: 3, 503: 1)" in text and "57" in text and "mean 0.138 s" in text
     assert "median ≤ 0.05 s" in text and "95th percentile ≤ 0.5 s" in text
     csrf = csrf_of(text)
