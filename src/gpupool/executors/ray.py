@@ -190,7 +190,7 @@ class RayExecutor(Executor):
         by node name; those that do not (still starting, restarting, busy) are `silent`: their nodes are
         alive, which is not the same as gone. With `marker` (path, content), a node whose agent does not read
         that content at that path is left out, and logged: it does not see the shared storage."""
-        alive = self._alive_nodes()
+        asked_at, alive = self.health.now(), self._alive_nodes()
         calls = [
             (name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
             for name, agent in (self._ensure_agent(n) for n in alive)
@@ -209,7 +209,7 @@ class RayExecutor(Executor):
                 continue
             with self._lock:
                 self._names[name] = description.name
-            self.health.answered(name, description.name)
+            self.health.answered(name, description.name, asked_at)
             if seen:
                 answered.append((name, description))
             else:
@@ -267,6 +267,7 @@ class RayExecutor(Executor):
     def _call(self, agent: str, method: str, *args: Any) -> Any:
         """Call `method` of `agent` and wait for its answer (at most call_timeout_s). ExecutorError when the
         agent does not answer (logged once per episode) or the method failed there (with its message)."""
+        asked_at = self.health.now()
         try:
             result = self.ray.get(getattr(self._agent(agent), method).remote(*args), timeout=self.call_timeout_s)
         except RayTaskError as error:  # the agent answered: the method itself raised
@@ -275,7 +276,7 @@ class RayExecutor(Executor):
         except RayError as error:
             self._no_answer(agent, error, self.call_timeout_s)
             raise ExecutorError(f"node agent {agent} did not answer: {short_cause(error)}") from None
-        self.health.answered(agent, self._node_name(agent) or agent)
+        self.health.answered(agent, self._node_name(agent) or agent, asked_at)
         return result
 
     # -- the Executor interface ------------------------------------------------------------------------
