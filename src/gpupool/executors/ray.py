@@ -137,7 +137,8 @@ class RayExecutor(Executor):
             try:
                 agent = self.ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
-                self.health.failed(name, self._node_name(name), "no agent of that name (being created again)")
+                if self.node_alive(name):  # else its node left: no silence
+                    self.health.failed(name, self._node_name(name), "no agent of that name (being created again)")
                 raise ExecutorError(
                     f"node agent {name} does not exist now (its node left the cluster, or the "
                     "agent is being created again)"
@@ -224,10 +225,14 @@ class RayExecutor(Executor):
 
     def _no_answer(self, agent: str, error: RayError, timeout_s: float) -> None:
         """Record that `agent` did not answer: its handle is dropped after an actor error (a timeout keeps
-        it: the actor is the same, only slow), and its episode of silence is logged once."""
+        it: the actor is the same, only slow), and its episode of silence is logged once. An actor error on a
+        node Ray no longer reports alive is no silence: the node left (the node worker says so)."""
+        cause = f"no answer within {timeout_s:g} s" if isinstance(error, GetTimeoutError) else short_cause(error)
         if isinstance(error, RayActorError):
             self._forget_handle(agent)
-        cause = f"no answer within {timeout_s:g} s" if isinstance(error, GetTimeoutError) else short_cause(error)
+            if not self.node_alive(agent):
+                log.debug("node agent %s is gone with its node: %s", agent, cause)
+                return
         self.health.failed(agent, self._node_name(agent), cause)
 
     def _drop_departed(self, alive_agents: set[str]) -> None:
