@@ -137,7 +137,8 @@ class RayExecutor(Executor):
             try:
                 agent = self.ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
-                self.health.failed(name, self._node_name(name), "no agent of that name (being created again)")
+                if self.node_alive(name):  # else its node left: no silence
+                    self.health.failed(name, self._node_name(name), "no agent of that name (being created again)")
                 raise ExecutorError(
                     f"node agent {name} does not exist now (its node left the cluster, or the "
                     "agent is being created again)"
@@ -190,7 +191,7 @@ class RayExecutor(Executor):
         by node name; those that do not (still starting, restarting, busy) are `silent`: their nodes are
         alive, which is not the same as gone. With `marker` (path, content), a node whose agent does not read
         that content at that path is left out, and logged: it does not see the shared storage."""
-        alive = self._alive_nodes()
+        asked_at, alive = self.health.now(), self._alive_nodes()
         calls = [
             (name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
             for name, agent in (self._ensure_agent(n) for n in alive)
@@ -209,7 +210,7 @@ class RayExecutor(Executor):
                 continue
             with self._lock:
                 self._names[name] = description.name
-            self.health.answered(name, description.name)
+            self.health.answered(name, description.name, asked_at)
             if seen:
                 answered.append((name, description))
             else:
@@ -224,10 +225,14 @@ class RayExecutor(Executor):
 
     def _no_answer(self, agent: str, error: RayError, timeout_s: float) -> None:
         """Record that `agent` did not answer: its handle is dropped after an actor error (a timeout keeps
-        it: the actor is the same, only slow), and its episode of silence is logged once."""
+        it: the actor is the same, only slow), and its episode of silence is logged once. An actor error on a
+        node Ray no longer reports alive is no silence: the node left (the node worker says so)."""
+        cause = f"no answer within {timeout_s:g} s" if isinstance(error, GetTimeoutError) else short_cause(error)
         if isinstance(error, RayActorError):
             self._forget_handle(agent)
-        cause = f"no answer within {timeout_s:g} s" if isinstance(error, GetTimeoutError) else short_cause(error)
+            if not self.node_alive(agent):
+                log.debug("node agent %s is gone with its node: %s", agent, cause)
+                return
         self.health.failed(agent, self._node_name(agent), cause)
 
     def _drop_departed(self, alive_agents: set[str]) -> None:
@@ -267,6 +272,7 @@ class RayExecutor(Executor):
     def _call(self, agent: str, method: str, *args: Any) -> Any:
         """Call `method` of `agent` and wait for its answer (at most call_timeout_s). ExecutorError when the
         agent does not answer (logged once per episode) or the method failed there (with its message)."""
+        asked_at = self.health.now()
         try:
             result = self.ray.get(getattr(self._agent(agent), method).remote(*args), timeout=self.call_timeout_s)
         except RayTaskError as error:  # the agent answered: the method itself raised
@@ -275,7 +281,7 @@ class RayExecutor(Executor):
         except RayError as error:
             self._no_answer(agent, error, self.call_timeout_s)
             raise ExecutorError(f"node agent {agent} did not answer: {short_cause(error)}") from None
-        self.health.answered(agent, self._node_name(agent) or agent)
+        self.health.answered(agent, self._node_name(agent) or agent, asked_at)
         return result
 
     # -- the Executor interface ------------------------------------------------------------------------

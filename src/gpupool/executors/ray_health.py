@@ -73,18 +73,26 @@ class AgentHealth:
                 cause,
             )
 
-    def answered(self, agent: str, node: str) -> None:
-        """A call to `agent` was answered: ends its episode of silence, if any, with one line."""
+    def now(self) -> float:
+        """The health clock's time: take it before a call, and give it to `answered` after."""
+        return self._clock()
+
+    def answered(self, agent: str, node: str, asked_at: float | None = None) -> None:
+        """A call to `agent` made at `asked_at` (default: now) was answered: ends its episode of silence, if
+        any, with one line. An answer to a call made before the episode began ends nothing (a call made
+        just before the agent died may answer just after another call found it dead)."""
         with self._lock:
-            episode = self._silent.pop(agent, None)
-        if episode is not None:
-            log.info(
-                "node %s answers again (agent %s) after %.1f s without answer (%d calls failed)",
-                node,
-                agent,
-                self._clock() - episode.since,
-                episode.failures,
-            )
+            episode = self._silent.get(agent)
+            if episode is None or (asked_at is not None and asked_at < episode.since):
+                return
+            del self._silent[agent]
+        log.info(
+            "node %s answers again (agent %s) after %.1f s without answer (%d calls failed)",
+            node,
+            agent,
+            self._clock() - episode.since,
+            episode.failures,
+        )
 
     def forget(self, agent: str) -> None:
         """End `agent`'s episode without a line (its node left the cluster)."""

@@ -56,11 +56,11 @@ def test_a_node_whose_agent_times_out_stays_until_ray_declares_it_dead(fake: Fak
             executor.poll(handle)  # not LOST: the node is alive, the next poll asks again
     fake.agent_on(NODE_B).mode = ANSWER
     assert executor.poll(handle).state is ReplicaState.RUNNING
-    fake.agent_on(NODE_B).mode = TIMEOUT
     fake.declare_dead(NODE_B)  # Ray's health check: only now is the node gone
     assert _names(provider) == ["node-a"]
     lost = executor.poll(handle)
     assert lost.state is ReplicaState.LOST and "node-b is gone" in lost.message
+    assert executor.health.silence(_agent(NODE_B)) is None  # a node that left is not a silent one
 
 
 def test_a_killed_agent_is_recreated_and_its_node_never_leaves(fake: FakeRay) -> None:

@@ -138,6 +138,10 @@ class Reconciler:
         now = self.clock()
         replicas = repo.replicas_of(session, row.id, row.attempt)
         for replica in replicas:
+            if replica.current_state.is_terminal:  # ended meanwhile: its node left the pool during the start
+                if replica.id in handles and replica.handle is None:
+                    replica.handle = handles[replica.id]  # what was started there, on record
+                continue
             if replica.id in handles and replica.handle is None:
                 replica.handle = handles[replica.id]
                 replica.set_state(_R.STARTING, now)
