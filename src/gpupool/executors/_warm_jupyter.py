@@ -35,6 +35,17 @@ SETUP_FAILED_EXIT_CODE = 126
 # long; one stat per second per parked process is nothing.
 RECHECK_S = 1.0
 PR_SET_PDEATHSIG = 1
+# What JupyterLab's start imports after `jupyterlab.labapp` (its server extensions and the request handlers,
+# recorded with sys.modules around LabApp.initialize_server): importing them while parked cut the time from
+# assignment to listening by a third (0.61 -> 0.41 s, measured on a loaded machine). A module missing in
+# another version of Jupyter is skipped.
+PREIMPORTS = (
+    "jupyter_server.serverapp", "jupyter_lsp", "jupyter_lsp.serverextension", "jupyter_server_terminals",
+    "notebook_shim", "notebook_shim.nbserver", "terminado", "jinja2.ext", "httpx", "IPython",
+    "tornado.platform.asyncio", "jupyter_server.kernelspecs.handlers", "jupyter_server.nbconvert.handlers",
+    "jupyter_server.view.handlers", "jupyter_server.services.shutdown",
+    *(f"jupyter_server.services.{name}.handlers" for name in (
+        "api", "config", "contents", "events", "kernels", "kernelspecs", "nbconvert", "security", "sessions")))
 SETTINGS_DIR = (".cache", "gpupool", "lab-settings")
 
 
@@ -49,6 +60,12 @@ def park(slot_dir: str, ready_token: str) -> dict[str, object]:
     """Import JupyterLab, say so, and wait for the assignment; returns it."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     import jupyterlab.labapp  # noqa: F401, PLC0415  (the point of parking: the imports are done once here)
+
+    for name in PREIMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
 
     _write_atomic(ready_token, os.path.basename(slot_dir))
     path = os.path.join(slot_dir, ASSIGN_FILE)
