@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+from typing import Any
 
 ASSIGN_FILE = "assign.json"
 SETUP_FAILED_EXIT_CODE = 126
@@ -35,6 +36,17 @@ SETUP_FAILED_EXIT_CODE = 126
 # long; one stat per second per parked process is nothing.
 RECHECK_S = 1.0
 PR_SET_PDEATHSIG = 1
+# What JupyterLab's start imports after `jupyterlab.labapp` (its server extensions and the request handlers,
+# recorded with sys.modules around LabApp.initialize_server): importing them while parked cut the time from
+# assignment to listening by a third (0.61 -> 0.41 s, measured on a loaded machine). A module missing in
+# another version of Jupyter is skipped.
+PREIMPORTS = (
+    "jupyter_server.serverapp", "jupyter_lsp", "jupyter_lsp.serverextension", "jupyter_server_terminals",
+    "notebook_shim", "notebook_shim.nbserver", "terminado", "jinja2.ext", "httpx", "IPython",
+    "tornado.platform.asyncio", "jupyter_server.kernelspecs.handlers", "jupyter_server.nbconvert.handlers",
+    "jupyter_server.view.handlers", "jupyter_server.services.shutdown",
+    *(f"jupyter_server.services.{name}.handlers" for name in (
+        "api", "config", "contents", "events", "kernels", "kernelspecs", "nbconvert", "security", "sessions")))
 SETTINGS_DIR = (".cache", "gpupool", "lab-settings")
 
 
@@ -45,21 +57,27 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def park(slot_dir: str, ready_token: str) -> dict[str, object]:
+def park(slot_dir: str, ready_token: str) -> dict[str, Any]:
     """Import JupyterLab, say so, and wait for the assignment; returns it."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     import jupyterlab.labapp  # noqa: F401, PLC0415  (the point of parking: the imports are done once here)
+
+    for name in PREIMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
 
     _write_atomic(ready_token, os.path.basename(slot_dir))
     path = os.path.join(slot_dir, ASSIGN_FILE)
     while not os.path.exists(path):
         signal.sigtimedwait({signal.SIGUSR1}, RECHECK_S)
     with open(path, encoding="utf-8") as data:
-        assignment: dict[str, object] = json.load(data)
+        assignment: dict[str, Any] = json.load(data)
     return assignment
 
 
-def _supervisor_module() -> object:
+def _supervisor_module() -> Any:
     """The replica supervisor's module (its read-only mount code), loaded from beside this file."""
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_supervisor.py")
     spec = importlib.util.spec_from_file_location("gpupool_supervisor", here)
@@ -69,19 +87,19 @@ def _supervisor_module() -> object:
     return module
 
 
-def become(assignment: dict[str, object]) -> list[str]:
+def become(assignment: dict[str, Any]) -> list[str]:
     """Apply the assignment to this process (see the module docstring, step 3); Jupyter's argv."""
     log = os.open(str(assignment["log_path"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
     libc = ctypes.CDLL(None, use_errno=True)
-    read_only = [str(p) for p in assignment.get("read_only") or []]  # type: ignore[attr-defined]
+    read_only = [str(p) for p in assignment.get("read_only") or []]
     if read_only:
-        _supervisor_module().make_read_only(libc, read_only)  # type: ignore[attr-defined]
+        _supervisor_module().make_read_only(libc, read_only)
     run_as = assignment.get("run_as")
     if run_as:
-        uid, gid, groups = run_as  # type: ignore[misc]
+        uid, gid, groups = run_as
         os.setgroups([int(g) for g in groups])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
@@ -89,14 +107,14 @@ def become(assignment: dict[str, object]) -> list[str]:
     if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0 or os.getppid() != parent:
         raise OSError("the supervisor is gone")
     os.environ.clear()
-    os.environ.update({str(k): str(v) for k, v in dict(assignment["env"]).items()})  # type: ignore[call-overload]
+    os.environ.update({str(k): str(v) for k, v in dict(assignment["env"]).items()})
     os.chdir(str(assignment["cwd"]))
     settings = os.path.join(os.environ.get("HOME") or ".", *SETTINGS_DIR)
     os.makedirs(settings, exist_ok=True)
     with open(os.path.join(settings, "overrides.json"), "w", encoding="utf-8") as out:
         out.write(str(assignment.get("lab_overrides") or "{}"))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # kernels must not inherit the block
-    return ["jupyter-lab", f"--LabApp.app_settings_dir={settings}", *[str(a) for a in assignment["args"]]]  # type: ignore[attr-defined]
+    return ["jupyter-lab", f"--LabApp.app_settings_dir={settings}", *[str(a) for a in assignment["args"]]]
 
 
 def main(args: list[str]) -> int:

@@ -114,6 +114,8 @@ def test_a_spec_naming_a_missing_or_unbuilt_environment_is_refused_at_submit(ser
                 admin.submit(spec)
             assert "environment: no environment 'nowhere'" in str(missing.value)
             assert "gpupool envs create" in str(missing.value)
+            with pytest.raises(ValidationError, match="no environment 'nowhere'"):
+                admin.dry_run(spec)  # a dry run says the same
         built = admin.create_environment("soon-broken", packages="six")
         (Path(built.path) / ".gpupool-complete").unlink()  # a build that is no longer usable
         with pytest.raises(ValidationError, match="environment 'soon-broken' is not built"):

@@ -74,3 +74,21 @@ def test_a_token_file_gives_its_first_line_and_a_missing_one_none(tmp_path: Path
     assert ClientSettings(home=tmp_path, token=None).resolved_token() is None
     (tmp_path / "token").write_text("gpp_abc\nignored\n")
     assert ClientSettings(home=tmp_path, token=None).resolved_token() == "gpp_abc"
+
+
+def test_the_notebook_warm_pool_is_off_by_default_and_set_per_python(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    from gpupool.server.executors import make_executor, warm_pythons  # noqa: PLC0415
+
+    monkeypatch.setenv("GPUPOOL_HOME", str(tmp_path))
+    assert Settings().notebook_warm_pool == 0
+    monkeypatch.setenv("GPUPOOL_NOTEBOOK_WARM_POOL", "2")
+    monkeypatch.setenv("GPUPOOL_NOTEBOOK_WARM_ENVIRONMENTS", "torch lab")
+    settings = Settings()
+    assert (settings.notebook_warm_pool, settings.notebook_warm_environments) == (2, "torch lab")
+    assert len(warm_pythons(settings)) == 1  # neither environment is built: only the default interpreter
+    executor = make_executor(Settings(notebook_warm_pool=0))
+    assert executor.warm.size == 0  # type: ignore[attr-defined]
+    executor.close()
+    with pytest.raises(ValidationError):
+        Settings(notebook_warm_pool=-1)

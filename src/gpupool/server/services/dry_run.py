@@ -37,6 +37,7 @@ def dry_run(session: Session, principal: Principal, body: schemas.SubmitRequest,
     if queue_row is None:
         raise ConflictError(f"project {project} has no queue; ask an administrator to recreate it")
     queue = queue_row.name
+    feasibility.check_environment(spec)  # as submit
     never = feasibility.never_fits_reason(session, spec, queue)
     candidate = pending_from_spec(CANDIDATE, queue, spec, now)
     over_limit = beyond_limit(queue_from_row(queue_row), candidate.nominal())
