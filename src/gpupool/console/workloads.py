@@ -22,7 +22,7 @@ from gpupool.server.services import accounts, dry_run, workloads
 router = APIRouter(include_in_schema=False)
 LIST_LIMIT = 200  # newest workloads a list page shows: a screenful many times over, one query
 LOG_TAIL = 2000  # lines of earlier output a page shows before following: a few screens, a bounded response
-KINDS = ("job", "notebook", "service", "pipeline", "sweep")
+KINDS = ("job", "array", "notebook", "service", "pipeline", "sweep")
 WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 Filter = Annotated[str, Query(max_length=63)]
 
