@@ -58,8 +58,8 @@ def parse_array(value: Any, field_name: str = "array") -> ArraySpec:
         raise ValidationError(f"expected indices as text, {_EXAMPLE}", field_name)
     if isinstance(value, int):
         raise ValidationError(
-            f"array: {value} names the single task {value}; write array: 0-{max(value - 1, 0)} "
-            f"for {value} tasks, or array: '{value}' for task {value} alone",
+            f"a bare number names one task; write 0-{max(value - 1, 0)} for {value} tasks, or '{value}' (quoted) "
+            f"for task {value} alone",
             field_name,
         )
     text = "".join(value.split())

@@ -59,7 +59,7 @@ def test_the_grammar(text: str, indices: tuple[int, ...], limit: int | None) -> 
         ("-3", "'-3' is not an index"),
         ("", "no indices given"),
         ("%4", "no indices given"),
-        (10, "array: 10 names the single task 10; write array: 0-9 for 10 tasks"),
+        (10, "a bare number names one task; write 0-9 for 10 tasks, or '10' (quoted) for task 10 alone"),
         ([1, 2], "expected indices as text"),
         (True, "expected indices as text"),
     ],
