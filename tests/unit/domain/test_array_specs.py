@@ -96,6 +96,7 @@ def test_a_task_spec_has_its_index_in_the_commands_and_no_array() -> None:
     ("counts", "status", "reason"),
     [
         ({"pending": 5}, S.PENDING, "5 tasks waiting"),
+        ({"pending": 4, "cancelled": 1}, S.PENDING, "4 tasks waiting"),  # nothing started yet
         ({"pending": 4, "scheduled": 1}, S.RUNNING, "4 pending, 1 scheduled"),
         ({"pending": 4, "succeeded": 1}, S.RUNNING, "tasks running"),
         ({"pending": 4, "preempted": 1}, S.RUNNING, "tasks running"),

@@ -207,12 +207,18 @@ def array_env(session: Session, row: WorkloadRow) -> dict[str, str]:
     return {ARRAY_ENV: str(row.array_index), "GPUPOOL_ARRAY_ID": str(row.parent_id)}
 
 
+def status_moves(current: WorkloadStatus, target: WorkloadStatus) -> bool:
+    """Whether an array in `current` moves towards `target`: not once it ended, and never back to pending (an
+    array that started stays running while requeued tasks wait again)."""
+    return not current.is_terminal() and target not in (current, _S.PENDING)
+
+
 def sync_status(row: WorkloadRow, target: WorkloadStatus, reason: str, now: float) -> bool:
     """Move the array's row towards `target` through the one status door (pending -> scheduled -> running
     on the way, as its tasks start); True when its status changed. A terminal array is left alone."""
     current = row.current_status
-    if current.is_terminal() or target in (current, _S.PENDING):
-        return False  # an array that started stays running while requeued tasks wait again
+    if not status_moves(current, target):
+        return False
     if current == _S.PENDING and target not in (_S.CANCELLED, _S.FAILED):
         transition(row, _S.SCHEDULED, "its first task was placed", now)
         current = row.current_status
