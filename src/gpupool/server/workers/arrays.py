@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -48,12 +49,12 @@ class ArrayWorker:
             ]
         changed = 0
         for array_id in due:
-            changed += self.db.transaction(lambda session, array_id=array_id: self._sync(session, array_id))
+            changed += self.db.transaction(partial(self._sync, array_id=array_id))
         if changed:
             log.info("%d array(s) changed status", changed)
         return changed
 
-    def _sync(self, session: Session, array_id: int) -> int:
+    def _sync(self, session: Session, *, array_id: int) -> int:
         row = repo.workload_by_id(session, array_id, for_update=True)
         counts = task_counts(session, [array_id]).get(array_id, {})
         if row is None or not counts:
