@@ -24,7 +24,7 @@ router = APIRouter(include_in_schema=False)
 PAGE = 50  # workloads a list page shows: a few screens, one query; `?limit=` asks for up to MAX_PAGE
 MAX_PAGE = 500  # a bound on one page (the API allows 1000): still one quick query and a page a browser renders fast
 LOG_TAIL = 2000  # lines of earlier output a page shows before following: a few screens, a bounded response
-KINDS = ("job", "notebook", "service", "pipeline", "sweep")
+KINDS = ("job", "array", "notebook", "service", "pipeline", "sweep")
 WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 Filter = Annotated[str, Query(max_length=63)]
 

@@ -58,8 +58,8 @@ def parse_array(value: Any, field_name: str = "array") -> ArraySpec:
         raise ValidationError(f"expected indices as text, {_EXAMPLE}", field_name)
     if isinstance(value, int):
         raise ValidationError(
-            f"array: {value} names the single task {value}; write array: 0-{max(value - 1, 0)} "
-            f"for {value} tasks, or array: '{value}' for task {value} alone",
+            f"a bare number names one task; write 0-{max(value - 1, 0)} for {value} tasks, or '{value}' (quoted) "
+            f"for task {value} alone",
             field_name,
         )
     text = "".join(value.split())
@@ -143,7 +143,8 @@ _ACTIVE = (_S.SCHEDULED, _S.STARTING, _S.RUNNING, _S.PREEMPTED)
 
 def array_status(counts: Mapping[str, int]) -> tuple[WorkloadStatus, str]:
     """The status an array should have given how many of its tasks are in each status, and why: pending
-    while no task started; running while any task runs or waits after one started; once all ended,
+    while no task started (cancelled ones aside); running while any task runs or waits after one started
+    (the array does not go back to pending, see `server/services/arrays.status_moves`); once all ended,
     succeeded when all succeeded, failed when any failed or was lost, else cancelled."""
     total = sum(counts.values())
     ended = sum(n for s, n in counts.items() if _S(s).is_terminal())
@@ -156,9 +157,9 @@ def array_status(counts: Mapping[str, int]) -> tuple[WorkloadStatus, str]:
         if bad:
             return _S.FAILED, f"{bad} of {total} tasks failed or were lost ({summary})"
         return _S.CANCELLED, f"all tasks ended, some cancelled ({summary})"
-    if ended or any(counts.get(s.value, 0) for s in _ACTIVE):
+    if any(counts.get(s.value, 0) for s in (*_ACTIVE, _S.SUCCEEDED, _S.FAILED, _S.LOST)):
         return _S.RUNNING, f"tasks running ({describe_counts(counts)})"
-    return _S.PENDING, f"{total} tasks waiting to be scheduled"
+    return _S.PENDING, f"{counts.get(_S.PENDING.value, 0)} tasks waiting to be scheduled"
 
 
 def describe_counts(counts: Mapping[str, int]) -> str:

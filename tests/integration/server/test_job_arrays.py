@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import httpx
 import pytest
 from tests.integration.server.conftest import ServerFactory
 from tests.support.gpus import stop_local_replicas
 from tests.support.servers import TestServer, wait_until
 
 from gpupool.client.http import Client
-from gpupool.domain.errors import NotFoundError, ValidationError
+from gpupool.domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, ScriptedOutcome
 
 HOLDING = ("scheduled", "starting", "running")
@@ -158,3 +159,47 @@ def test_a_large_array_is_accepted_whole(server_factory: ServerFactory, fake: Fa
         assert [t.index for t in tasks] == list(range(3000))
         assert len(client.get_workload(tasks[-1].id).events) == 1  # each task has its submitted event
         assert client.array_task(array.id, 2999).spec["command"] == "render --frame 2999"
+
+
+def test_only_members_of_the_project_see_or_cancel_an_array_and_its_tasks(
+    server_factory: ServerFactory, fake: FakeExecutor
+) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    with server.client() as admin:
+        admin.create_project("lab")
+        admin.create_project("other")
+        viewer = admin.create_user("vic", project="lab", role="viewer").token
+        outsider = admin.create_user("max", project="other").token
+        array = admin.submit(ARRAY.format(array="0-2") + "project: lab\n").workload
+        task = admin.array_task(array.id, 1)
+    with server.client(outsider) as other:
+        for look in (
+            lambda: other.get_workload(array.id),
+            lambda: other.array_task(array.id, 1),
+            lambda: other.cancel(task.id),
+            lambda: other.cancel(array.id),
+        ):
+            with pytest.raises(NotFoundError):
+                look()
+        assert other.list_workloads().items == []
+    with server.client(viewer) as vic:
+        assert vic.array_task(array.id, 1).id == task.id
+        for act in (lambda: vic.cancel(task.id), lambda: vic.cancel(array.id)):
+            with pytest.raises(PermissionDeniedError):
+                act()
+    with server.client() as admin:
+        assert {t.status for t in admin.get_workload(array.id).tasks} == {"pending"}
+
+
+def test_the_console_shows_an_array_with_its_tasks(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    with server.client() as admin:
+        array = admin.submit(ARRAY.format(array="0-2")).workload
+        first = admin.array_task(array.id, 0)
+    with httpx.Client(base_url=server.url, follow_redirects=False, timeout=30) as browser:
+        assert browser.post("/signin", data={"token": server.admin_token, "next": "/workloads"}).status_code == 303
+        page = browser.get(f"/workloads/{array.id}").text
+        listing = browser.get("/workloads?kind=array").text
+    assert "<h2>Tasks</h2>" in page and f'href="/workloads/{first.id}"' in page and "Indices 0-2: 3 pending" in page
+    assert 'id="logs"' not in page  # an array has no output of its own; each task's page follows its logs
+    assert f"/workloads/{array.id}" in listing and f'/workloads/{first.id}"' not in listing

@@ -59,7 +59,7 @@ def test_the_grammar(text: str, indices: tuple[int, ...], limit: int | None) -> 
         ("-3", "'-3' is not an index"),
         ("", "no indices given"),
         ("%4", "no indices given"),
-        (10, "array: 10 names the single task 10; write array: 0-9 for 10 tasks"),
+        (10, "a bare number names one task; write 0-9 for 10 tasks, or '10' (quoted) for task 10 alone"),
         ([1, 2], "expected indices as text"),
         (True, "expected indices as text"),
     ],
@@ -96,6 +96,7 @@ def test_a_task_spec_has_its_index_in_the_commands_and_no_array() -> None:
     ("counts", "status", "reason"),
     [
         ({"pending": 5}, S.PENDING, "5 tasks waiting"),
+        ({"pending": 4, "cancelled": 1}, S.PENDING, "4 tasks waiting"),  # nothing started yet
         ({"pending": 4, "scheduled": 1}, S.RUNNING, "4 pending, 1 scheduled"),
         ({"pending": 4, "succeeded": 1}, S.RUNNING, "tasks running"),
         ({"pending": 4, "preempted": 1}, S.RUNNING, "tasks running"),

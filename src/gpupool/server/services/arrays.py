@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, literal, select
+from sqlalchemy import Table, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.arrays import ARRAY_ENV, ARRAY_KIND, ArraySpec, parse_array, task_slots, task_spec
@@ -54,7 +54,7 @@ def add_tasks(session: Session, array: WorkloadRow, spec: ArraySpec, now: float)
         }
         for index in spec.indices
     ]
-    session.execute(insert(WorkloadRow.__table__), rows)  # Core: the ORM's per-row bookkeeping costs 10x
+    session.execute(insert(cast(Table, WorkloadRow.__table__)), rows)  # Core: the ORM's per-row bookkeeping costs 10x
     events = select(WorkloadRow.id, literal(now), literal(f"task of array {array.id}, submitted with it")).where(
         WorkloadRow.parent_id == array.id
     )
@@ -80,7 +80,8 @@ def task_counts(session: Session, array_ids: Sequence[int]) -> dict[int, dict[st
     )
     out: dict[int, dict[str, int]] = defaultdict(dict)
     for parent_id, status, count in session.execute(query).all():
-        out[int(parent_id)][str(status)] = int(count)
+        if parent_id is not None:  # always set: the query selects tasks
+            out[parent_id][str(status)] = int(count)
     return dict(out)
 
 
@@ -105,6 +106,7 @@ def task_list(session: Session, array_id: int) -> list[schemas.ArrayTask]:
     return [
         schemas.ArrayTask(index=index, id=wid, status=status, message=message or "")
         for index, wid, status, message in session.execute(query).all()
+        if index is not None  # always set: the query selects tasks
     ]
 
 
@@ -196,7 +198,7 @@ def _holding_counts(session: Session, array_ids: list[int]) -> dict[int, int]:
         .where(WorkloadRow.parent_id.in_(array_ids), WorkloadRow.status.in_(_HOLDING))
         .group_by(WorkloadRow.parent_id)
     )
-    return {int(p): int(n) for p, n in session.execute(query).all()}
+    return {p: int(n) for p, n in session.execute(query).all() if p is not None}
 
 
 def array_env(session: Session, row: WorkloadRow) -> dict[str, str]:
@@ -207,12 +209,18 @@ def array_env(session: Session, row: WorkloadRow) -> dict[str, str]:
     return {ARRAY_ENV: str(row.array_index), "GPUPOOL_ARRAY_ID": str(row.parent_id)}
 
 
+def status_moves(current: WorkloadStatus, target: WorkloadStatus) -> bool:
+    """Whether an array in `current` moves towards `target`: not once it ended, and never back to pending (an
+    array that started stays running while requeued tasks wait again)."""
+    return not current.is_terminal() and target not in (current, _S.PENDING)
+
+
 def sync_status(row: WorkloadRow, target: WorkloadStatus, reason: str, now: float) -> bool:
     """Move the array's row towards `target` through the one status door (pending -> scheduled -> running
     on the way, as its tasks start); True when its status changed. A terminal array is left alone."""
     current = row.current_status
-    if current.is_terminal() or target in (current, _S.PENDING):
-        return False  # an array that started stays running while requeued tasks wait again
+    if not status_moves(current, target):
+        return False
     if current == _S.PENDING and target not in (_S.CANCELLED, _S.FAILED):
         transition(row, _S.SCHEDULED, "its first task was placed", now)
         current = row.current_status
