@@ -112,6 +112,31 @@ class TokenCreated(Model):
     info: Token
 
 
+class ServiceToken(Model):
+    """A service token's metadata: it may call the gateway for its project's services, nothing else."""
+
+    id: int
+    name: str
+    project: str
+    prefix: str
+    created_by: str
+    created_at: float
+    revoked: bool = False
+
+
+class ServiceTokenCreated(Model):
+    """A new service token: `token` is shown this once; store it now."""
+
+    token: str
+    info: ServiceToken
+
+
+class ServiceTokenCreate(Model):
+    """The name of a new service token (unique in its project), e.g. the application's."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=63)
+
+
 class UserCreated(Model):
     """A new user and their first token (shown this once), and what the pool's user mode means for them."""
 

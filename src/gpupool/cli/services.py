@@ -1,4 +1,4 @@
-"""`gpupool service ls|show|scale|update|rollback|logs`: services (`kind: service`) and their replicas.
+"""`gpupool service ls|show|scale|update|rollback|logs|tokens`: services (`kind: service`) and their replicas.
 
 A service is submitted like any workload (`gpupool submit service.yaml`); these commands show it by name,
 change its replica bounds and print its replicas' output."""
@@ -141,3 +141,55 @@ def logs(name: NameArg,
                                 f"{', '.join(map(str, ids)) or 'none (scaled to zero)'}")
         for line in client.logs(chosen, tail=tail, follow=follow):
             typer.echo(json.dumps({"workload": chosen, "line": line}) if as_json else line)
+
+
+tokens_app = typer.Typer(help="Service tokens: applications that are not users may call the gateway for one "
+                              "project's services, nothing else (administrators and project admins).",
+                         no_args_is_help=True)
+service_app.add_typer(tokens_app, name="tokens")
+ProjectOption = Annotated[str, typer.Option("--project", "-p", help="The project whose services it may call.")]
+
+
+@tokens_app.command("create")
+@handle_errors
+def create_token(name: Annotated[str, typer.Argument(help="A name to recognise it by (the application's).")],
+                 project: ProjectOption,
+                 as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
+    """Create a service token and print it (shown once; the application's OpenAI API key)."""
+    from gpupool.client.services import create_service_token  # noqa: PLC0415
+
+    with make_client() as client:
+        created = create_service_token(client, project, name)
+    print_json(created) if as_json else typer.echo(created.token)
+
+
+@tokens_app.command("ls")
+@handle_errors
+def list_tokens(project: ProjectOption,
+                as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
+    """The project's service tokens (never their secret)."""
+    from gpupool.client.services import list_service_tokens  # noqa: PLC0415
+
+    with make_client() as client:
+        found = list_service_tokens(client, project)
+    if as_json:
+        print_json(found)
+        return
+    out = table("ID", "NAME", "PROJECT", "PREFIX", "CREATED BY", "CREATED", "REVOKED")
+    for t in found:
+        out.add_row(str(t.id), t.name, t.project, t.prefix + "...", t.created_by, ago(t.created_at) + " ago",
+                    "yes" if t.revoked else "no")
+    console.print(out)
+
+
+@tokens_app.command("revoke")
+@handle_errors
+def revoke_token(token_id: Annotated[int, typer.Argument(help="The token id (from `service tokens ls`).")],
+                 project: ProjectOption,
+                 as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
+    """Revoke a service token; the gateway refuses it from now on."""
+    from gpupool.client.services import revoke_service_token  # noqa: PLC0415
+
+    with make_client() as client:
+        t = revoke_service_token(client, project, token_id)
+    print_json(t) if as_json else console.print(f"service token {t.id} ({t.name}) of project {t.project} revoked")

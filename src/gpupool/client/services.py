@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from gpupool.api import schemas
 from gpupool.api import service_schemas as api
 from gpupool.client.http import Client
 
@@ -34,3 +35,23 @@ def update_service(client: Client, name: str, spec_yaml: str) -> api.ServiceDeta
 def rollback_service(client: Client, name: str) -> api.ServiceDetail:
     """Roll back to the spec before the current one."""
     return client._send("POST", f"{API}/{quote(name, safe='')}/rollback", api.ServiceDetail, None)
+
+
+def _tokens_path(project: str) -> str:
+    return f"/api/v1/projects/{quote(project, safe='')}/service-tokens"
+
+
+def create_service_token(client: Client, project: str, name: str) -> schemas.ServiceTokenCreated:
+    """A token that may call the gateway for `project`'s services only (its text is in the result, once)."""
+    return client._send("POST", _tokens_path(project), schemas.ServiceTokenCreated,
+                        schemas.ServiceTokenCreate(name=name))
+
+
+def list_service_tokens(client: Client, project: str) -> list[schemas.ServiceToken]:
+    """The project's service tokens (never their secret)."""
+    return client._get(_tokens_path(project), list[schemas.ServiceToken])
+
+
+def revoke_service_token(client: Client, project: str, token_id: int) -> schemas.ServiceToken:
+    """Revoke one of the project's service tokens."""
+    return client._send("DELETE", f"{_tokens_path(project)}/{int(token_id)}", schemas.ServiceToken, None)

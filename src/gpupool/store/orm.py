@@ -373,3 +373,19 @@ class NodeCordonRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     by_user: Mapped[str] = mapped_column(String(NAME_LEN))
     since: Mapped[float]
+
+
+class ServiceTokenRow(Base):
+    """A service token: an application (not a user) that may call the gateway for one project's services and
+    nothing else; stored as its SHA-256 like user tokens (the token itself is shown once, at creation)."""
+
+    __tablename__ = "service_tokens"
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_service_tokens_project_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(NAME_LEN))
+    created_at: Mapped[float]
+    revoked_at: Mapped[float | None]

@@ -22,8 +22,14 @@ from tests.support.processes import cli_env, run_cli, run_json
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
 from gpupool.client.http import Client
-from gpupool.client.services import list_services, rollback_service, update_service
-from gpupool.domain.errors import ValidationError
+from gpupool.client.services import (
+    create_service_token,
+    list_services,
+    revoke_service_token,
+    rollback_service,
+    update_service,
+)
+from gpupool.domain.errors import NotFoundError, ValidationError
 from gpupool.executors.local import LocalExecutor
 
 # Starting a replica (Python, torch and transformers imports) takes ~4 s on an idle core, several times that
@@ -115,6 +121,46 @@ def test_gateway_auth_members_viewers_and_strangers(server: TestServer, admin: C
     member = httpx.post(f"{server.url}/v1/completions", json=body, headers=auth(server), timeout=60)
     assert member.status_code == 200 and member.json()["choices"][0]["text"]
     assert httpx.post(f"{server.url}/v1/completions", json={"prompt": "x"}, headers=auth(server)).status_code == 400
+
+
+def test_service_tokens_call_their_projects_gateway_and_nothing_else(server: TestServer, admin: Client,
+                                                                     model_dir: Path, tmp_path: Path) -> None:
+    admin.create_project("apps")
+    lead = admin.create_user("apps-lead", project="apps", role="admin").token
+    member = admin.create_user("apps-member", project="apps", role="member").token  # not its admin
+    admin.submit(service(model_dir, "apps-chat", "apps-model", project="apps", replicas={"min": 0, "max": 1}))
+    env = cli_env(tmp_path, server.settings.port, GPUPOOL_TOKEN=server.admin_token)
+    token = run_cli(["service", "tokens", "create", "chat-frontend", "--project", "default"], env).stdout.strip()
+    assert token.startswith("gps_")
+    body = {"model": "chat-model", "prompt": "x", "max_tokens": 2}
+    called = httpx.post(f"{server.url}/v1/completions", json=body, headers=auth(server, token), timeout=START_S)
+    assert called.status_code == 200 and called.json()["choices"][0]["text"]  # its project's service
+    models = [m["id"] for m in httpx.get(f"{server.url}/v1/models", headers=auth(server, token)).json()["data"]]
+    assert "chat-model" in models and "apps-model" not in models
+    other = httpx.post(f"{server.url}/v1/completions", json=body | {"model": "apps-model"},
+                       headers=auth(server, token))
+    assert other.status_code == 404  # another project's service is not there for it
+    assert httpx.get(f"{server.url}/services/apps-chat/health", headers=auth(server, token)).status_code == 404
+    for method, path in (("GET", "/api/v1/workloads"), ("GET", "/api/v1/projects"), ("GET", "/metrics"),
+                         ("POST", "/api/v1/workloads")):
+        refused = httpx.request(method, server.url + path, headers=auth(server, token),
+                                json={"spec": {"name": "x", "command": "true"}} if method == "POST" else None)
+        assert refused.status_code == 401, (path, refused.text)
+        assert "service token" in refused.text and "only the gateway" in refused.text, refused.text
+    # a project admin manages its own project's service tokens only; a member cannot
+    with Client(server.url, lead) as lead_client:
+        mine = create_service_token(lead_client, "apps", "batch")
+        with pytest.raises(NotFoundError, match="not found among your projects"):
+            create_service_token(lead_client, "default", "sneaky")  # not in default at all
+    refused = httpx.post(f"{server.url}/api/v1/projects/apps/service-tokens", json={"name": "n"},
+                         headers=auth(server, member))
+    assert refused.status_code == 403
+    listed: Any = run_json(["service", "tokens", "ls", "--project", "apps"], env)
+    assert [(t["name"], t["created_by"], t["revoked"]) for t in listed] == [("batch", "apps-lead", False)]
+    revoked = revoke_service_token(admin, "apps", mine.info.id)
+    assert revoked.revoked
+    gone = httpx.get(f"{server.url}/v1/models", headers=auth(server, mine.token))
+    assert gone.status_code == 401 and "revoked" in gone.text
 
 
 def test_cli_lists_shows_scales_and_prints_logs(server: TestServer, admin: Client, tmp_path: Path) -> None:

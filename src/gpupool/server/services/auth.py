@@ -83,6 +83,9 @@ def authenticate(session: Session, authorization: str | None, now: float) -> Aut
     missing or malformed, or the token unknown or revoked."""
     token = _bearer(authorization)
     row = accounts.token_by_hash(session, hash_token(token))
+    if row is None and accounts.service_token_exists(session, hash_token(token)):
+        raise AuthenticationError("this is a service token: it may call only the gateway (/v1/..., "
+                                  "/services/<name>/...) for its project's services; the API needs a user's token")
     if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)) or row.revoked_at is not None:
         raise AuthenticationError("the API token is not valid (unknown or revoked); create one with "
                                   "`gpupool tokens create` or use the token in $GPUPOOL_HOME/token")

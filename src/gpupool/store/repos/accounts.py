@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from gpupool.store.orm import MembershipRow, ProjectRow, TokenRow, UserRow
+from gpupool.store.orm import MembershipRow, ProjectRow, ServiceTokenRow, TokenRow, UserRow
 
 
 def count_users(session: Session) -> int:
@@ -33,6 +33,11 @@ def list_users(session: Session) -> Sequence[UserRow]:
 def token_by_hash(session: Session, token_hash: str) -> TokenRow | None:
     """The token row with this SHA-256, or None."""
     return session.scalar(select(TokenRow).where(TokenRow.token_hash == token_hash))
+
+
+def service_token_exists(session: Session, token_hash: str) -> bool:
+    """True when a service token (revoked or not) has this SHA-256."""
+    return session.scalar(select(ServiceTokenRow.id).where(ServiceTokenRow.token_hash == token_hash)) is not None
 
 
 def tokens_of(session: Session, user_id: int) -> Sequence[TokenRow]:

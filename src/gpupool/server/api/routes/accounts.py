@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from gpupool.server.api import schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep
 from gpupool.server.api.routes.workloads import ERRORS
-from gpupool.server.services import accounts
+from gpupool.server.services import accounts, service_tokens
 
 router = APIRouter(tags=["accounts"])
 Name = Annotated[str, Path(max_length=63)]
@@ -81,3 +81,28 @@ def revoke_token(token_id: Annotated[int, Path(ge=1, le=schemas.MAX_ID)], servic
     """Revoke a token (yours; administrators: anyone's)."""
     with services.db.session() as session:
         return accounts.revoke_token(session, principal, token_id, services.clock())
+
+
+@router.post("/projects/{name}/service-tokens", response_model=schemas.ServiceTokenCreated, status_code=201,
+             responses=ERRORS)
+def create_service_token(name: Name, body: schemas.ServiceTokenCreate, services: ServicesDep,
+                         principal: PrincipalDep) -> schemas.ServiceTokenCreated:
+    """A token for an application that is not a user: it may call the gateway for this project's services
+    and nothing else (administrators and the project's admins); the token is shown this once."""
+    with services.db.session() as session:
+        return service_tokens.create(session, principal, name, body.name, services.clock())
+
+
+@router.get("/projects/{name}/service-tokens", response_model=list[schemas.ServiceToken], responses=ERRORS)
+def list_service_tokens(name: Name, services: ServicesDep, principal: PrincipalDep) -> list[schemas.ServiceToken]:
+    """The project's service tokens (administrators and the project's admins)."""
+    with services.db.session(write=False) as session:
+        return service_tokens.list_tokens(session, principal, name)
+
+
+@router.delete("/projects/{name}/service-tokens/{token_id}", response_model=schemas.ServiceToken, responses=ERRORS)
+def revoke_service_token(name: Name, token_id: int, services: ServicesDep,
+                         principal: PrincipalDep) -> schemas.ServiceToken:
+    """Revoke a service token of the project: refused from now on (administrators and the project's admins)."""
+    with services.db.session() as session:
+        return service_tokens.revoke(session, principal, name, token_id, services.clock())

@@ -28,6 +28,7 @@ from gpupool.server import proxy
 from gpupool.server.api.errors import domain_error_response, error_response
 from gpupool.server.context import Services
 from gpupool.server.gateway import Backend, Gateway, ServiceView
+from gpupool.server.services import service_tokens
 from gpupool.server.services.auth import Principal, authenticate
 
 router = APIRouter(include_in_schema=False)
@@ -53,8 +54,13 @@ async def _refreshed(gateway: Gateway) -> None:
 
 
 def _principal(services: Services, request: Request) -> Principal:
+    """The caller: a service token's project member, or a user (AuthenticationError otherwise)."""
+    authorization = proxy.request_token(request.headers)
     with services.db.session(write=False) as session:
-        return authenticate(session, proxy.request_token(request.headers), services.clock()).principal
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip()
+        scoped = service_tokens.principal_of(session, token) if scheme.lower() == "bearer" and token else None
+        return scoped or authenticate(session, authorization, services.clock()).principal
 
 
 def _gateway(request: Request) -> Gateway:
