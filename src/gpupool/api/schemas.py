@@ -272,6 +272,16 @@ class SubmitRequest(Model):
     workdir: str | None = Field(None, max_length=4096)
 
 
+MAX_BATCH = 500  # items per batch submit: a few seconds of work for the store at most on a small server
+
+
+class SubmitBatchRequest(Model):
+    """POST /workloads/batch: up to MAX_BATCH submit requests, stored in one transaction: all of them, or none
+    when one is refused (the error names it: `items[3].resources`)."""
+
+    items: list[SubmitRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class WorkloadSummary(Model):
     """One line of `ls`: status, and for pending work its reason and position in its queue."""
 
@@ -380,6 +390,12 @@ class WorkloadSubmitted(Model):
     workload: WorkloadDetail
     created: bool
     warnings: list[str] = []
+
+
+class BatchSubmitted(Model):
+    """The answer to a batch submit: one WorkloadSubmitted per item, in the order of the request."""
+
+    items: list[WorkloadSubmitted]
 
 
 class WorkloadPage(Model):

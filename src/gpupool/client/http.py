@@ -111,15 +111,24 @@ class Client:
         """Submit a spec: a mapping, YAML text, or a Path to a YAML file. With `idempotency_key`, retrying the
         same submit returns the same workload (`created` False). `workdir` is where the command starts
         when the spec names none (an absolute directory on the server's machine)."""
-        if isinstance(spec, Path):
-            body = schemas.SubmitRequest(spec_yaml=spec.read_text(), idempotency_key=idempotency_key)
-        elif isinstance(spec, str):
-            body = schemas.SubmitRequest(spec_yaml=spec, idempotency_key=idempotency_key)
-        else:
-            body = schemas.SubmitRequest(spec=dict(spec), idempotency_key=idempotency_key)
-        if workdir is not None:
-            body.workdir = str(Path(workdir).resolve())
+        body = _submit_request(spec, idempotency_key, str(Path(workdir).resolve()) if workdir is not None else None)
         return self._send("POST", f"{API}/workloads", schemas.WorkloadSubmitted, body)
+
+    def submit_batch(self, specs: Sequence[Mapping[str, Any] | str | Path], *,
+                     idempotency_keys: Sequence[str | None] | None = None,
+                     workdir: str | Path | None = None) -> schemas.BatchSubmitted:
+        """Submit several specs (mappings, YAML texts or Paths) in one request: all are accepted, or none (the
+        error names the first refused item, e.g. `items[2].resources`). `idempotency_keys`, when given, has
+        one key (or None) per spec. The answer has one item per spec, in order."""
+        if not 1 <= len(specs) <= schemas.MAX_BATCH:
+            raise ValueError(f"a batch has 1 to {schemas.MAX_BATCH} specs, not {len(specs)}; split it")
+        keys = list(idempotency_keys) if idempotency_keys is not None else [None] * len(specs)
+        if len(keys) != len(specs):
+            raise ValueError(f"{len(specs)} specs but {len(keys)} idempotency keys; give one key (or None) per spec")
+        folder = str(Path(workdir).resolve()) if workdir is not None else None
+        items = [_submit_request(spec, key, folder) for spec, key in zip(specs, keys, strict=True)]
+        return self._send("POST", f"{API}/workloads/batch", schemas.BatchSubmitted,
+                          schemas.SubmitBatchRequest(items=items))
 
     def list_workloads(self, *, project: str | None = None, status: Sequence[str] | None = None,
                        name: str | None = None, limit: int = 50, before_id: int | None = None) -> schemas.WorkloadPage:
@@ -331,3 +340,13 @@ class Client:
     def revoke_token(self, token_id: int) -> schemas.Token:
         """Revoke a token."""
         return self._send("DELETE", f"{API}/tokens/{int(token_id)}", schemas.Token, None)
+
+
+def _submit_request(spec: Mapping[str, Any] | str | Path, key: str | None,
+                    workdir: str | None) -> schemas.SubmitRequest:
+    """The request body for one spec: a Path is read, a str is YAML text, a mapping is sent as an object."""
+    if isinstance(spec, Path):
+        return schemas.SubmitRequest(spec_yaml=spec.read_text(), idempotency_key=key, workdir=workdir)
+    if isinstance(spec, str):
+        return schemas.SubmitRequest(spec_yaml=spec, idempotency_key=key, workdir=workdir)
+    return schemas.SubmitRequest(spec=dict(spec), idempotency_key=key, workdir=workdir)

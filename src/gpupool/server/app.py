@@ -68,6 +68,9 @@ from gpupool.store.db import Database
 
 log = logging.getLogger("gpupool.server")
 MAX_BODY_BYTES = 2 * 1024 * 1024  # 2 MiB: a thousand times the largest spec in examples/, far below RAM
+# A scheduling cycle starts at most every 0.1 s: a burst of submissions is placed by one cycle (each reloads the
+# pool from the store), and 0.1 s is a tenth of the 1 s a submission may wait to be bound or told why not
+SCHEDULE_MIN_GAP_S = 0.1
 
 
 def build_services(settings: Settings, executor: Executor | None = None, clock: Clock | None = None,
@@ -101,7 +104,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                           start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
-    services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s)
+    services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s,
+                                        min_gap_s=SCHEDULE_MIN_GAP_S)
     services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
     services.sampler = IntervalWorker("sampler", sampler.step, settings.sample_interval_s)
     node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,

@@ -113,11 +113,9 @@ def detail_view(session: Session, row: WorkloadRow, tasks: bool = True) -> schem
 
 
 # --------------------------------------------------------------------------------------- submit
-def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
-           feasibility: FeasibilityCache, parent_id: int | None = None) -> tuple[WorkloadRow, bool]:
-    """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
-    second submit of the same spec returns the first workload (created False); a different spec is a conflict.
-    `parent_id` names the controller workload (pipeline run, sweep, service) a child is created for."""
+def prepare_submission(body: schemas.SubmitRequest) -> WorkloadSpec:
+    """The validated spec of a submit request, from the request alone (no database): a route calls it before
+    its transaction, so that parsing never holds the store's write lock. ValidationError when it is wrong."""
     data = load_spec_input(body)
     if body.workdir is not None and isinstance(data, dict) and data.get("workdir") is None:
         data = {**data, "workdir": body.workdir}
@@ -127,6 +125,17 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
                               "kind")
     if spec.workdir is not None and not Path(spec.workdir).is_dir():
         raise ValidationError(f"{spec.workdir} is not a directory on the server's machine", "workdir")
+    return spec
+
+
+def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
+           feasibility: FeasibilityCache, parent_id: int | None = None,
+           prepared: WorkloadSpec | None = None) -> tuple[WorkloadRow, bool]:
+    """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
+    second submit of the same spec returns the first workload (created False); a different spec is a conflict.
+    `parent_id` names the controller workload (pipeline run, sweep, service) a child is created for.
+    `prepared` is `prepare_submission(body)` when the caller already ran it."""
+    spec = prepared if prepared is not None else prepare_submission(body)
     project_id, project_name = _resolve_project(session, principal, spec)
     queue = queues.queue_of_project(session, project_id)
     if queue is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("gpupool.workers")
@@ -15,13 +16,16 @@ log = logging.getLogger("gpupool.workers")
 
 class IntervalWorker:
     """Calls `step` every `interval_s` seconds, and right away after `wake()`. A step that returns a number
-    asks for the next step sooner, after that many seconds (e.g. while replicas are starting). Start with
-    `start()`, end with `stop()` (which waits for the current step to finish)."""
+    asks for the next step sooner, after that many seconds (e.g. while replicas are starting). With
+    `min_gap_s`, a step starts no sooner than that after the previous one started: the wakes of a burst
+    (many submissions at once) are handled by one step rather than one each. Start with `start()`, end with
+    `stop()` (which waits for the current step to finish)."""
 
-    def __init__(self, name: str, step: Callable[[], object], interval_s: float) -> None:
+    def __init__(self, name: str, step: Callable[[], object], interval_s: float, min_gap_s: float = 0.0) -> None:
         self.name = name
         self.step = step
         self.interval_s = interval_s
+        self.min_gap_s = min_gap_s
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -48,9 +52,13 @@ class IntervalWorker:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wake.clear()
+            self._wake.clear()  # before the step: a wake during it is seen by the next one
+            began = time.monotonic()
             sooner = self.run_once()
             self._wake.wait(min(self.interval_s, sooner) if sooner is not None else self.interval_s)
+            rest = began + self.min_gap_s - time.monotonic()
+            if rest > 0:
+                self._stopping.wait(rest)
 
     def run_once(self) -> float | None:
         """One step, with failures logged rather than raised; returns the delay the step asked for, if any."""

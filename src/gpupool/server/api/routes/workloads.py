@@ -10,7 +10,9 @@ from fastapi.responses import StreamingResponse
 from gpupool.domain.arrays import MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep
-from gpupool.server.services import arrays, workloads
+from gpupool.server.context import Services
+from gpupool.server.services import arrays, workload_batch, workloads
+from gpupool.store.orm import WorkloadRow
 
 router = APIRouter(prefix="/workloads", tags=["workloads"])
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -24,15 +26,42 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
            principal: PrincipalDep) -> schemas.WorkloadSubmitted:
     """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
     returned the workload an earlier submit created."""
+    spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
     with services.db.session() as session:
-        row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility)
-        detail = workloads.detail_view(session, row, tasks=False)
-        warnings = workloads.submission_warnings(session, row)
+        row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
+                                        prepared=spec)
     if created:
         services.wake_scheduler()
     else:
         response.status_code = 200
-    return schemas.WorkloadSubmitted(workload=detail, created=created, warnings=warnings)
+    return _answers([(row, created)], services)[0]
+
+
+@router.post("/batch", response_model=schemas.BatchSubmitted, status_code=201, responses=ERRORS)
+def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services: ServicesDep,
+                 principal: PrincipalDep) -> schemas.BatchSubmitted:
+    """Submit several specs at once (each item as for a single submit), in one transaction: all are stored,
+    or none when one is refused (the error names the item, e.g. `items[3].resources`). 201 when any item
+    created a workload; 200 when every item was an idempotent replay."""
+    specs = workload_batch.prepare_batch(body.items)  # every item is checked before the transaction
+    with services.db.session() as session:
+        stored = workload_batch.submit_batch(session, principal, body.items, specs, services.clock(),
+                                             services.feasibility)
+    if any(created for _, created in stored):
+        services.wake_scheduler()
+    else:
+        response.status_code = 200
+    return schemas.BatchSubmitted(items=_answers(stored, services))
+
+
+def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services) -> list[schemas.WorkloadSubmitted]:
+    """The answer for each stored workload, read after the commit in a read-only transaction (the views
+    need a few queries each; on SQLite they no longer hold the write lock that other submits wait for)."""
+    with services.db.session(write=False) as session:
+        return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=False),
+                                          created=created,
+                                          warnings=workloads.submission_warnings(session, row))
+                for row, created in stored]
 
 
 @router.get("", response_model=schemas.WorkloadPage, responses=ERRORS)

@@ -1,0 +1,49 @@
+"""Batch submission: several workload specs in one request, accepted all together or not at all."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from gpupool.domain.errors import GpupoolError, ValidationError
+from gpupool.domain.specs import WorkloadSpec
+from gpupool.server.api import schemas
+from gpupool.server.services import workloads
+from gpupool.server.services.auth import Principal
+from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.store.orm import WorkloadRow
+
+
+def at_item(index: int, error: GpupoolError) -> GpupoolError:
+    """The same error naming the batch item it is about (`items[3].resources: ...`)."""
+    if isinstance(error, ValidationError):
+        where = f"items[{index}]" + (f".{error.field}" if error.field else "")
+        return type(error)(error.detail, where)
+    return type(error)(f"items[{index}]: {error.message}")
+
+
+def prepare_batch(items: list[schemas.SubmitRequest]) -> list[WorkloadSpec]:
+    """Every item's validated spec (no database; before the transaction); the first invalid item's error,
+    naming the item, otherwise."""
+    specs = []
+    for index, body in enumerate(items):
+        try:
+            specs.append(workloads.prepare_submission(body))
+        except GpupoolError as error:
+            raise at_item(index, error) from None
+    return specs
+
+
+def submit_batch(session: Session, principal: Principal, items: list[schemas.SubmitRequest],
+                 specs: list[WorkloadSpec], now: float,
+                 feasibility: FeasibilityCache) -> list[tuple[WorkloadRow, bool]]:
+    """Store every item as `workloads.submit` does, in the caller's one transaction, in order: (row, created)
+    per item. An item that is refused (permission, unknown project, never fits, a reused idempotency key
+    with another spec) raises its error naming the item, and the caller's rollback undoes the items before
+    it: nothing of a refused batch is stored. Items with the same idempotency key and spec are one workload."""
+    stored = []
+    for index, (body, spec) in enumerate(zip(items, specs, strict=True)):
+        try:
+            stored.append(workloads.submit(session, principal, body, now, feasibility, prepared=spec))
+        except GpupoolError as error:
+            raise at_item(index, error) from None
+    return stored
