@@ -327,9 +327,12 @@ def test_the_workload_list_filters_by_kind_and_user_and_pages(server: TestServer
 
 
 def test_the_new_form_offers_an_environment(server: TestServer) -> None:
+    with server.client() as admin:
+        admin.create_environment("torch-env", packages="six")  # a submission may name only a built one
     page = browser_for(server, server.admin_token)
     form = page.get("/new").text
     assert '<label for="environment">' in form and '<select id="environment" name="environment">' in form
+    assert '<option>torch-env</option>' in form
     made = page.post(
         "/new",
         data={

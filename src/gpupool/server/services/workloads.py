@@ -244,8 +244,8 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
         found = accounts.user_by_name(session, user)
         user_ids = frozenset({found.id} if found else set())
     kinds = (_kind(kind),) if kind else ()
-    f = repo.WorkloadFilter(visible, wanted, validate_name(name) if name else None, limit, before_id, kinds,
-                            user_ids)
+    f = repo.WorkloadFilter(project_ids=visible, statuses=wanted, name=validate_name(name) if name else None,
+                            limit=limit, before_id=before_id, kinds=kinds, user_ids=user_ids)
     rows = repo.list_workloads(session, f)
     users = accounts.user_names(session, {r.user_id for r in rows})
     counts = arrays.task_counts(session, [r.id for r in rows if r.kind == ARRAY_KIND])
@@ -258,10 +258,13 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
 
 
 def _kind(text: str) -> str:
+    """A stored kind named in a filter: a spec's kind, or `array` (the row a job array's spec creates)."""
+    if text == ARRAY_KIND:
+        return ARRAY_KIND
     try:
         return WorkloadKind(text).value
     except ValueError:
-        kinds = ", ".join(k.value for k in WorkloadKind)
+        kinds = ", ".join([k.value for k in WorkloadKind] + [ARRAY_KIND])
         raise ValidationError(f"kind must be one of {kinds} (got {text!r})", "kind") from None
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from gpupool.store.orm import TERMINAL_REPLICA_STATES, EventRow, ReplicaRow, WorkloadRow
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkloadFilter:
     """What `list_workloads` returns: project ids (None: all), statuses (empty: all), newest first."""
 

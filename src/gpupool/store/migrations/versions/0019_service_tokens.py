@@ -1,7 +1,7 @@
 """Service tokens: applications that are not users may call the gateway for one project's services.
 
 Revision ID: 0019
-Revises: 0010
+Revises: 0018
 """
 
 from __future__ import annotations
