@@ -20,7 +20,7 @@ from gpupool.cli.common import (
     console,
     err_console,
     handle_errors,
-    make_client,
+    make_light_client,
     print_json,
     status_text,
     table,
@@ -28,8 +28,7 @@ from gpupool.cli.common import (
 from gpupool.domain.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from gpupool.client.http import Client
-    from gpupool.server.api import schemas
+    from gpupool.client.light import JsonObject, LightClient
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 HISTORY_SHOWN = 15  # events `show` prints without --all: a screenful with the panel and replicas
@@ -41,16 +40,16 @@ def _is_local(url: str) -> bool:
     return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
 
 
-def resolve(client: Client, ref: str, *, active: bool = False) -> int:
+def resolve(client: LightClient, ref: str, *, active: bool = False) -> int:
     """The id of workload `ref`: an id as is, else the newest workload of that name the caller can see (with
     `active`, the newest that has not ended, so that `cancel NAME` never aims at an old run)."""
     if ref.isdigit():
         return int(ref)
     page = client.list_workloads(name=ref, status=ACTIVE if active else None, limit=1)
-    if not page.items:
+    if not page["items"]:
         which = "running or waiting " if active else ""
         raise NotFoundError(f"no {which}workload named {ref!r}; `gpupool ls --all` lists them")
-    return page.items[0].id
+    return int(page["items"][0]["id"])
 
 
 @handle_errors
@@ -64,23 +63,24 @@ def submit(file: Annotated[str, typer.Argument(help="A YAML workload spec, or - 
     `workdir:` runs in the spec file's directory, so paths in its command are relative to the spec file
     (for a spec read from stdin: the directory you submit from)."""
     text = sys.stdin.read() if file == "-" else _read(file)
-    with make_client() as client:
+    with make_light_client() as client:
         here = Path.cwd() if file == "-" else Path(file).resolve().parent
         result = client.submit(text, idempotency_key=key, workdir=here if _is_local(client.url) else None)
-        workload = result.workload
-        for warning in result.warnings:
+        workload = result["workload"]
+        for warning in result.get("warnings", ()):
             err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
         if wait:
-            workload = client.wait(workload.id, timeout_s=7 * 86400)
+            workload = client.wait(workload["id"], timeout_s=7 * 86400)
     if as_json:
         print_json(result if not wait else workload)
     else:
-        verb = "submitted" if result.created else "already submitted (same key)"
-        console.print(f"workload [bold]{workload.id}[/bold] ({workload.name}) {verb} to queue {workload.queue}: "
-                      f"{status_text(workload.status)}")
+        wid = workload["id"]
+        verb = "submitted" if result["created"] else "already submitted (same key)"
+        console.print(f"workload [bold]{wid}[/bold] ({workload['name']}) {verb} to queue {workload['queue']}: "
+                      f"{status_text(workload['status'])}")
         if not wait:
-            console.print(f"  follow it with `gpupool show {workload.id}` and `gpupool logs -f {workload.id}`")
-    if wait and workload.status != "succeeded":
+            console.print(f"  follow it with `gpupool show {wid}` and `gpupool logs -f {wid}`")
+    if wait and workload["status"] != "succeeded":
         raise typer.Exit(1)
 
 
@@ -96,11 +96,11 @@ def _ago(timestamp: float | None) -> str:
     return "-" if timestamp is None else f"{ago(timestamp)} ago"
 
 
-def _why(w: schemas.WorkloadSummary) -> str:
-    if w.status == "pending":
-        position = f"#{w.queue_position} in queue; " if w.queue_position else ""
-        return position + (w.pending_reason or "waiting for the scheduler")
-    return w.message
+def _why(w: JsonObject) -> str:
+    if w["status"] == "pending":
+        position = f"#{w['queue_position']} in queue; " if w.get("queue_position") else ""
+        return position + (w.get("pending_reason") or "waiting for the scheduler")
+    return str(w.get("message") or "")
 
 
 @handle_errors
@@ -115,7 +115,7 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
        as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """List workloads: status, and for pending ones their position in the queue and why they wait."""
     statuses = status or (None if show_all else ACTIVE)
-    with make_client() as client:
+    with make_light_client() as client:
         if not watch:
             _print_page(client.list_workloads(project=project, status=statuses, limit=limit), as_json,
                         show_all or bool(status))
@@ -124,7 +124,7 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
             while True:
                 page = client.list_workloads(project=project, status=statuses, limit=limit)
                 if as_json:
-                    typer.echo(page.model_dump_json())
+                    typer.echo(json.dumps(page, separators=(",", ":"), ensure_ascii=False))
                 else:
                     if sys.stdout.isatty():
                         console.clear()
@@ -136,21 +136,22 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
             return
 
 
-def _print_page(page: schemas.WorkloadPage, as_json: bool, filtered: bool) -> None:
+def _print_page(page: JsonObject, as_json: bool, filtered: bool) -> None:
     if as_json:
         print_json(page)
         return
-    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+    from gpupool.domain.display import priority_name  # noqa: PLC0415  (lazy: start-up time)
 
     now = time.time()
     out = table("ID", "NAME", "PROJECT", "USER", "STATUS", "PRIORITY", "REPLICAS", "AGE", "WHY / POSITION")
-    for w in page.items:
-        out.add_row(str(w.id), w.name, w.project, w.user, status_text(w.status), priority_name(w.priority),
-                    str(w.replicas), ago(w.submitted_at, now), _why(w))
+    items = page["items"]
+    for w in items:
+        out.add_row(str(w["id"]), w["name"], w["project"], w["user"], status_text(w["status"]),
+                    priority_name(w["priority"]), str(w["replicas"]), ago(w["submitted_at"], now), _why(w))
     console.print(out)
-    if page.total > len(page.items):
-        console.print(f"[dim]{len(page.items)} of {page.total} shown; use --limit or --status[/dim]")
-    elif not page.items:
+    if page["total"] > len(items):
+        console.print(f"[dim]{len(items)} of {page['total']} shown; use --limit or --status[/dim]")
+    elif not items:
         console.print("[dim]no workloads" + ("" if filtered else " running or waiting; --all shows ended ones")
                       + "[/dim]")
 
@@ -161,40 +162,54 @@ def show(workload: WorkloadArg,
                                                   f"{HISTORY_SHOWN} events).")] = False,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Show one workload: status, why it waits, its replicas and its history."""
-    with make_client() as client:
+    with make_light_client() as client:
         w = client.get_workload(resolve(client, workload))
     if as_json:
         print_json(w)
         return
-    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+    _print_workload(w, all_events)
 
-    lines = [f"status      {status_text(w.status)}  ({w.message})" if w.message else f"status  {w.status}",
-             f"kind        {w.kind}    project {w.project}    queue {w.queue}    user {w.user}",
-             f"priority    {priority_name(w.priority)}    replicas {w.replicas}    run {w.attempt}    "
-             f"retries used {w.retries_used}    preempted {w.preemptions}x",
-             f"submitted   {_ago(w.submitted_at)}    started {_ago(w.started_at)}    ended {_ago(w.finished_at)}"]
-    if w.status == "pending":
-        lines.append(f"waiting     #{w.queue_position or '?'} in queue {w.queue}: "
-                     f"{w.pending_reason or 'waiting for the scheduler'}")
+
+def _print_workload(w: JsonObject, all_events: bool) -> None:
+    from gpupool.domain.display import priority_name  # noqa: PLC0415  (lazy: start-up time)
+
+    status, message = w["status"], w.get("message")
+    lines = [f"status      {status_text(status)}  ({message})" if message else f"status  {status}",
+             f"kind        {w['kind']}    project {w['project']}    queue {w['queue']}    user {w['user']}",
+             f"priority    {priority_name(w['priority'])}    replicas {w['replicas']}    run {w.get('attempt', 0)}    "
+             f"retries used {w.get('retries_used', 0)}    preempted {w.get('preemptions', 0)}x",
+             f"submitted   {_ago(w['submitted_at'])}    started {_ago(w.get('started_at'))}    "
+             f"ended {_ago(w.get('finished_at'))}"]
+    if status == "pending":
+        lines.append(f"waiting     #{w.get('queue_position') or '?'} in queue {w['queue']}: "
+                     f"{w.get('pending_reason') or 'waiting for the scheduler'}")
     from rich.panel import Panel  # noqa: PLC0415  (lazy: start-up time)
 
-    console.print(Panel("\n".join(lines), title=f"workload {w.id}: {w.name}", expand=False))
-    if w.replica_list:
+    console.print(Panel("\n".join(lines), title=f"workload {w['id']}: {w['name']}", expand=False))
+    if w.get("replica_list"):
         replicas = table("REPLICA", "ROLE", "NODE", "STATE", "EXIT", "RESOURCES", "GPUS", title="replicas")
-        for r in w.replica_list:
-            gpus = ", ".join(f"{g.index}" + (f" ({g.milli / 1000:g})" if g.milli < 1000 else "") for g in r.gpus)
-            replicas.add_row(str(r.number), r.role, r.node, status_text(r.state), "-" if r.exit_code is None else
-                             str(r.exit_code), amounts(r.cpu_milli, r.memory_mib, None), gpus or "-")
+        for r in w["replica_list"]:
+            gpus = ", ".join(f"{g['index']}" + (f" ({g['milli'] / 1000:g})" if g["milli"] < 1000 else "")
+                             for g in r.get("gpus", ()))
+            code = r.get("exit_code")
+            replicas.add_row(str(r["number"]), r["role"], r["node"], status_text(r["state"]),
+                             "-" if code is None else str(code),
+                             amounts(r.get("cpu_milli", 0), r.get("memory_mib", 0), None), gpus or "-")
         console.print(replicas)
-    hidden = 0 if all_events else max(0, len(w.events) - HISTORY_SHOWN)
+    _print_events(w, all_events)
+
+
+def _print_events(w: JsonObject, all_events: bool) -> None:
+    hidden = 0 if all_events else max(0, len(w.get("events", ())) - HISTORY_SHOWN)
     events = table("AGO", "CHANGE", "REASON", title="history")
-    for e in w.events[hidden:]:
-        change = f"{e.from_status} -> {e.to_status}" if e.to_status else (f"replica {e.replica}" if e.replica is not
-                                                                           None else "")
-        events.add_row(ago(e.at), change, e.reason)
+    for e in w.get("events", [])[hidden:]:
+        replica = e.get("replica")
+        change = (f"{e.get('from_status')} -> {e['to_status']}" if e.get("to_status")
+                  else f"replica {replica}" if replica is not None else "")
+        events.add_row(ago(e["at"]), change, e["reason"])
     console.print(events)
     if hidden:
-        console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w.id} --all` shows them[/dim]")
+        console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w['id']} --all` shows them[/dim]")
 
 
 @handle_errors
@@ -210,7 +225,7 @@ def logs(workload: WorkloadArg,
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: {replica, line}.")]
          = False) -> None:
     """Print a replica's output (stdout and stderr) of the workload's current run, or of an earlier one."""
-    with make_client() as client:
+    with make_light_client() as client:
         for line in client.logs(resolve(client, workload), replica=replica, tail=tail, follow=follow,
                                 attempt=attempt):
             typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
@@ -221,12 +236,12 @@ def cancel(workload: Annotated[str, typer.Argument(help="The workload's id, or i
                                                     "name that has not ended).")],
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Cancel a workload: pending ones end at once, running replicas are stopped (SIGTERM, then SIGKILL)."""
-    with make_client() as client:
+    with make_light_client() as client:
         w = client.cancel(resolve(client, workload, active=True))
     if as_json:
         print_json(w)
     else:
-        console.print(f"workload {w.id} ({w.name}): {status_text(w.status)}")
+        console.print(f"workload {w['id']} ({w['name']}): {status_text(w['status'])}")
 
 
 def register(app: typer.Typer) -> None:
