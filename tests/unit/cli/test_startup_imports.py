@@ -56,3 +56,9 @@ def test_other_server_commands_load_the_typed_client_without_the_server_nor_http
     assert "gpupool.client.http" in modules and "httpx" in modules
     assert not _under(modules, HEAVY_EVERYWHERE)
     assert "httpx._main" not in modules and "pygments" not in modules and "click" not in modules
+
+
+def test_help_of_up_loads_neither_the_server_nor_its_settings(tmp_path: Path) -> None:
+    modules = imported(["up", "--help"], tmp_path)
+    assert "gpupool.cli.server" in modules
+    assert not _under(modules, (*HEAVY_EVERYWHERE, "pydantic", "gpupool.server"))
