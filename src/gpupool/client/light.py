@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from gpupool.client.errors import (
@@ -29,6 +30,9 @@ from gpupool.client.errors import (
 )
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.status import TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    import ssl
 
 API = "/api/v1"  # the same prefix as client/http.py's
 JsonObject = dict[str, Any]
@@ -50,6 +54,19 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return text or type(exc).__name__
+
+
+def _tls() -> ssl.SSLContext:
+    """The certificates the typed client (httpx) trusts: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's."""
+    import ssl  # noqa: PLC0415  (only for https)
+
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi  # noqa: PLC0415  (installed with httpx)
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 class LightClient:
@@ -78,8 +95,9 @@ class LightClient:
 
     # ----------------------------------------------------------------------------------- plumbing
     def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self.timeout_s)
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=_tls())
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
 
     def _open(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
               stream: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

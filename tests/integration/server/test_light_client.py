@@ -4,6 +4,10 @@ JSON, and the same errors with the same messages."""
 from __future__ import annotations
 
 import http.server
+import json
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -134,3 +138,50 @@ def test_an_answer_that_is_not_an_api_error_is_quoted(proxy_error_page: str, tmp
     typed = raised(Client(settings=settings).whoami)
     assert isinstance(error, ApiError) and error.http_status == 502
     assert str(error) == str(typed) == "HTTP 502: <html>bad gateway</html>"
+
+
+@pytest.fixture
+def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An https server with a self-signed certificate for 127.0.0.1 that answers every GET with a JSON user;
+    yields its URL and the certificate's file."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"id": 1, "name": "tls", "is_admin": False, "created_at": 0.0}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            """Quiet."""
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", cert
+    httpd.shutdown()
+    thread.join(10)
+
+
+def test_https_trusts_the_certificates_the_typed_client_trusts(https_server: tuple[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    url, cert = https_server
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    settings = ClientSettings(url=url, token=None, home=tmp_path)
+    error = raised(LightClient(settings).whoami)  # a self-signed certificate is trusted by neither
+    assert isinstance(error, ServerUnavailableError) and "certificate" in str(error)
+    assert isinstance(raised(Client(settings=settings).whoami), ServerUnavailableError)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    assert LightClient(settings).whoami()["name"] == "tls" == Client(settings=settings).whoami().name
