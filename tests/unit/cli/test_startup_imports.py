@@ -16,7 +16,7 @@ TYPED_CLIENT = ("gpupool.client.http", "httpx", "httpcore", "pydantic", "pydanti
                 "gpupool.server", "gpupool.domain.specs", "gpupool.domain.resources")
 EVERYDAY = [["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"], ["whoami"], ["top", "--once"],
             ["submit", "examples/hello.yaml"], ["cancel", "1"], ["wait", "1"], ["projects"], ["users"], ["tokens"],
-            ["report", "usage"], ["report", "idle"], ["nodes", "show", "n1"], ["ls", "--json"]]
+            ["report", "usage"], ["report", "idle"], ["nodes", "show", "n1"], ["ls", "--json"], ["console"]]
 
 
 def imported(args: list[str], tmp_path: Path) -> set[str]:
