@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -13,14 +14,15 @@ from gpupool.cli.common import (
     console,
     err_console,
     handle_errors,
-    make_client,
+    make_light_client,
     parse_pairs,
     print_json,
     table,
 )
+from gpupool.client.light import API
 
 if TYPE_CHECKING:
-    from gpupool.server.api import schemas
+    from gpupool.client.light import JsonObject
 
 JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 queues_app = typer.Typer(help="Queues (one per project): quotas, weights, lending. Without a command: list them.",
@@ -37,29 +39,30 @@ def queues(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List queues: guarantee, limit, weight, lending, usage, running and pending workloads."""
     if ctx.invoked_subcommand is not None:
         return
-    with make_client() as client:
-        found = client.queues()
+    with make_light_client() as client:
+        found = client.get(f"{API}/queues")
     if as_json:
         print_json(found)
         return
     out = table("QUEUE", "GUARANTEED", "LIMIT", "WEIGHT", "LEND", "USING", "RUNNING", "PENDING")
     for q in found:
-        u = q.usage
-        out.add_row(q.name, _guaranteed(q), _limit(q), f"{q.weight:g}", "yes" if q.lend else "no",
-                    amounts(u.cpu_milli, u.memory_mib, u.gpu_milli), str(q.running), str(q.pending))
+        u = q["usage"]
+        out.add_row(q["name"], _guaranteed(q), _limit(q), f"{q['weight']:g}", "yes" if q["lend"] else "no",
+                    amounts(u["cpu_milli"], u["memory_mib"], u["gpu_milli"]), str(q.get("running", 0)),
+                    str(q.get("pending", 0)))
     console.print(out)
 
 
-def _guaranteed(q: schemas.Queue) -> str:
-    g = q.guaranteed
-    return amounts(g.cpu_milli, g.memory_mib, g.gpu_milli)
+def _guaranteed(q: JsonObject) -> str:
+    g = q["guaranteed"]
+    return amounts(g["cpu_milli"], g["memory_mib"], g["gpu_milli"])
 
 
-def _limit(q: schemas.Queue) -> str:
-    lim = q.limit
-    if all(v is None for v in (lim.cpu_milli, lim.memory_mib, lim.gpu_milli)):
+def _limit(q: JsonObject) -> str:
+    lim = q["limit"]
+    if all(v is None for v in (lim["cpu_milli"], lim["memory_mib"], lim["gpu_milli"])):
         return "none"
-    return amounts(lim.cpu_milli, lim.memory_mib, lim.gpu_milli)
+    return amounts(lim["cpu_milli"], lim["memory_mib"], lim["gpu_milli"])
 
 
 @queues_app.command("set")
@@ -81,16 +84,17 @@ def set_queue(name: Annotated[str, typer.Argument(help="The queue (its project's
     """Change a queue's quota (administrators); prints the whole queue after the change, and warns when a
     guarantee, or all queues' together, exceed the pool."""
     limit_pairs = {} if limit is not None and limit.strip().lower() == "none" else parse_pairs(limit, "--limit")
-    with make_client() as client:
-        q = client.update_queue(name, guaranteed=parse_pairs(guaranteed, "--guaranteed"), limit=limit_pairs,
-                                weight=weight, lend=lend, strict_fifo=strict_fifo)
-    for warning in q.warnings:
+    with make_light_client() as client:
+        q = client.send("PUT", f"{API}/queues/{quote(name)}", {
+            "guaranteed": parse_pairs(guaranteed, "--guaranteed"), "limit": limit_pairs, "weight": weight,
+            "lend": lend, "strict_fifo": strict_fifo})
+    for warning in q.get("warnings", ()):
         err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if as_json:
         print_json(q)
     else:
-        console.print(f"queue {q.name}: guaranteed {_guaranteed(q)}; limit {_limit(q)}; weight {q.weight:g}; "
-                      f"lend {'yes' if q.lend else 'no'}; strict FIFO {'yes' if q.strict_fifo else 'no'}",
+        console.print(f"queue {q['name']}: guaranteed {_guaranteed(q)}; limit {_limit(q)}; weight {q['weight']:g}; "
+                      f"lend {'yes' if q['lend'] else 'no'}; strict FIFO {'yes' if q['strict_fifo'] else 'no'}",
                       soft_wrap=True)
 
 
@@ -100,15 +104,15 @@ def projects(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List your projects (all of them for administrators) with members and roles."""
     if ctx.invoked_subcommand is not None:
         return
-    with make_client() as client:
-        found = client.projects()
+    with make_light_client() as client:
+        found = client.get(f"{API}/projects")
     if as_json:
         print_json(found)
         return
     out = table("PROJECT", "YOUR ROLE", "MEMBERS", "CREATED")
     for p in found:
-        members = ", ".join(f"{m.user} ({m.role})" for m in p.members)
-        out.add_row(p.name, p.role or "-", members or "-", ago(p.created_at) + " ago")
+        members = ", ".join(f"{m['user']} ({m['role']})" for m in p.get("members", ()))
+        out.add_row(p["name"], p.get("role") or "-", members or "-", ago(p["created_at"]) + " ago")
     console.print(out)
 
 
@@ -117,13 +121,13 @@ def projects(ctx: typer.Context, as_json: JsonOption = False) -> None:
 def create_project(name: Annotated[str, typer.Argument(help="Lower-case letters, digits, '-' or '_'.")],
                    as_json: JsonOption = False) -> None:
     """Create a project and its queue (administrators); you become its admin."""
-    with make_client() as client:
-        p = client.create_project(name)
+    with make_light_client() as client:
+        p = client.send("POST", f"{API}/projects", {"name": name})
     if as_json:
         print_json(p)
     else:
-        console.print(f"project {p.name} created with queue {p.name}; set its quota with "
-                      f"`gpupool queues set {p.name} --guaranteed gpu=N`")
+        console.print(f"project {p['name']} created with queue {p['name']}; set its quota with "
+                      f"`gpupool queues set {p['name']} --guaranteed gpu=N`")
 
 
 @projects_app.command("add-member")
@@ -133,9 +137,10 @@ def add_member(project: Annotated[str, typer.Argument(help="The project.")],
                role: Annotated[str, typer.Option(help="admin, member or viewer.")] = "member",
                as_json: JsonOption = False) -> None:
     """Give a user a role in a project (administrators and the project's admins)."""
-    with make_client() as client:
-        p = client.set_member(project, user, role)
-    print_json(p) if as_json else console.print(f"{user} is now {role} of project {p.name}")
+    with make_light_client() as client:
+        p = client.send("PUT", f"{API}/projects/{quote(project)}/members",
+                        {"user": user, "role": role})
+    print_json(p) if as_json else console.print(f"{user} is now {role} of project {p['name']}")
 
 
 @projects_app.command("remove-member")
@@ -143,9 +148,9 @@ def add_member(project: Annotated[str, typer.Argument(help="The project.")],
 def remove_member(project: Annotated[str, typer.Argument(help="The project.")],
                   user: Annotated[str, typer.Argument(help="The user.")], as_json: JsonOption = False) -> None:
     """Remove a user from a project."""
-    with make_client() as client:
-        p = client.remove_member(project, user)
-    print_json(p) if as_json else console.print(f"{user} removed from project {p.name}")
+    with make_light_client() as client:
+        p = client.send("DELETE", f"{API}/projects/{quote(project)}/members/{quote(user)}")
+    print_json(p) if as_json else console.print(f"{user} removed from project {p['name']}")
 
 
 @users_app.callback()
@@ -154,15 +159,15 @@ def users(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List users (administrators see everyone, others themselves)."""
     if ctx.invoked_subcommand is not None:
         return
-    with make_client() as client:
-        found = client.users()
+    with make_light_client() as client:
+        found = client.get(f"{API}/users")
     if as_json:
         print_json(found)
         return
     out = table("USER", "ADMIN", "PROJECTS", "CREATED")
     for u in found:
-        out.add_row(u.name, "yes" if u.is_admin else "no", ", ".join(f"{m.project} ({m.role})" for m in u.projects)
-                    or "-", ago(u.created_at) + " ago")
+        memberships = ", ".join(f"{m['project']} ({m['role']})" for m in u.get("projects", ()))
+        out.add_row(u["name"], "yes" if u["is_admin"] else "no", memberships or "-", ago(u["created_at"]) + " ago")
     console.print(out)
 
 
@@ -175,15 +180,16 @@ def create_user(name: Annotated[str, typer.Argument(help="Lower-case letters, di
                 = "member",
                 as_json: JsonOption = False) -> None:
     """Create a user (administrators) and print their first API token (shown once)."""
-    with make_client() as client:
-        created = client.create_user(name, admin=admin, project=project, role=role)
+    with make_light_client() as client:
+        created = client.send("POST", f"{API}/users",
+                              {"name": name, "admin": admin, "project": project, "role": role})
     if as_json:
         print_json(created)
         return
-    if created.warning:
-        err_console.print(f"[yellow]note:[/yellow] {created.warning}")
-    console.print(f"user {created.user.name} created. Their token (shown once; give it to them):")
-    typer.echo(created.token)
+    if created.get("warning"):
+        err_console.print(f"[yellow]note:[/yellow] {created['warning']}")
+    console.print(f"user {created['user']['name']} created. Their token (shown once; give it to them):")
+    typer.echo(created["token"])
 
 
 @tokens_app.callback()
@@ -193,15 +199,16 @@ def tokens(ctx: typer.Context, user: Annotated[str | None, typer.Option(help="An
     """List your API tokens (never their secret)."""
     if ctx.invoked_subcommand is not None:
         return
-    with make_client() as client:
-        found = client.tokens(user)
+    with make_light_client() as client:
+        found = client.get(f"{API}/tokens", user=user)
     if as_json:
         print_json(found)
         return
     out = table("ID", "NAME", "USER", "PREFIX", "CREATED", "LAST USED", "REVOKED")
     for t in found:
-        out.add_row(str(t.id), t.name, t.user, t.prefix + "...", ago(t.created_at) + " ago",
-                    ago(t.last_used_at) + (" ago" if t.last_used_at else ""), "yes" if t.revoked else "no")
+        used = t.get("last_used_at")
+        out.add_row(str(t["id"]), t["name"], t["user"], t["prefix"] + "...", ago(t["created_at"]) + " ago",
+                    ago(used) + (" ago" if used else ""), "yes" if t["revoked"] else "no")
     console.print(out)
 
 
@@ -211,12 +218,12 @@ def create_token(name: Annotated[str, typer.Argument(help="A name to recognise i
                  user: Annotated[str | None, typer.Option(help="For another user (administrators).")] = None,
                  as_json: JsonOption = False) -> None:
     """Create an API token and print it (shown once; use it as GPUPOOL_TOKEN)."""
-    with make_client() as client:
-        created = client.create_token(name, user)
+    with make_light_client() as client:
+        created = client.send("POST", f"{API}/tokens", {"name": name, "user": user})
     if as_json:
         print_json(created)
     else:
-        typer.echo(created.token)
+        typer.echo(created["token"])
 
 
 @tokens_app.command("revoke")
@@ -224,9 +231,9 @@ def create_token(name: Annotated[str, typer.Argument(help="A name to recognise i
 def revoke_token(token_id: Annotated[int, typer.Argument(help="The token id (from `gpupool tokens`).")],
                  as_json: JsonOption = False) -> None:
     """Revoke an API token; calls with it fail from now on."""
-    with make_client() as client:
-        t = client.revoke_token(token_id)
-    print_json(t) if as_json else console.print(f"token {t.id} ({t.name}) revoked")
+    with make_light_client() as client:
+        t = client.send("DELETE", f"{API}/tokens/{token_id}")
+    print_json(t) if as_json else console.print(f"token {t['id']} ({t['name']}) revoked")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,14 +3,17 @@ layout, clearing an unhealthy mark)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import quote
 
 import typer
-from rich.panel import Panel
 
-from gpupool.cli.common import JSON_HELP, amounts, console, handle_errors, make_client, print_json, table
-from gpupool.domain.resources import format_gpu
-from gpupool.server.api import gpu_schemas, schemas
+from gpupool.cli.common import JSON_HELP, amounts, console, handle_errors, make_light_client, print_json, table
+from gpupool.client.light import API
+from gpupool.domain.display import format_gpu
+
+if TYPE_CHECKING:
+    from gpupool.client.light import JsonObject
 
 JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 NodeArg = Annotated[str, typer.Argument(help="The node (from `gpupool nodes`).")]
@@ -18,37 +21,41 @@ GpuArg = Annotated[int, typer.Argument(help="The GPU's index on the node.", min=
 nodes_app = typer.Typer(help="Nodes and their GPUs. Without a command: list them.", invoke_without_command=True)
 
 
-def _mode(g: schemas.GpuInfo) -> str:
-    if g.mode == "mig":
-        return f"mig ({len(g.mig_instances)} instance{'s' if len(g.mig_instances) != 1 else ''})"
-    return g.mode
+def _mode(g: JsonObject) -> str:
+    if g["mode"] == "mig":
+        return f"mig ({len(g['mig_instances'])} instance{'s' if len(g['mig_instances']) != 1 else ''})"
+    return g["mode"]
 
 
-def _health(g: schemas.GpuInfo) -> str:
-    return "[green]ok[/green]" if g.healthy else f"[red]{g.health or 'unhealthy'}[/red]"
+def _health(g: JsonObject) -> str:
+    return "[green]ok[/green]" if g["healthy"] else f"[red]{g['health'] or 'unhealthy'}[/red]"
 
 
-def _mps(g: schemas.GpuInfo) -> str:
-    if g.mps is None:
+def _mps(g: JsonObject) -> str:
+    if g["mps"] is None:
         return "-"
-    style = {"running": "green", "failed": "red"}.get(g.mps.state, "")
-    return f"[{style}]{g.mps.state}[/{style}]" if style else g.mps.state
+    style = {"running": "green", "failed": "red"}.get(g["mps"]["state"], "")
+    return f"[{style}]{g['mps']['state']}[/{style}]" if style else g["mps"]["state"]
 
 
-def _mig(g: schemas.GpuInfo) -> str:
-    if not g.mig_instances:
-        return g.mig_layout or "-"
-    return ", ".join(f"{m.position}:{m.profile}{'*' if m.allocated else ''}" for m in g.mig_instances)
+def _mig(g: JsonObject) -> str:
+    if not g["mig_instances"]:
+        return g["mig_layout"] or "-"
+    return ", ".join(f"{m['position']}:{m['profile']}{'*' if m['allocated'] else ''}" for m in g["mig_instances"])
 
 
-def gpu_table(node_list: list[schemas.NodeInfo], title: str | None = "GPUs") -> object:
+def _amounts(resources: JsonObject) -> str:
+    return amounts(resources["cpu_milli"], resources["memory_mib"], resources["gpu_milli"])
+
+
+def gpu_table(node_list: list[JsonObject], title: str | None = "GPUs") -> object:
     """One row per GPU: mode, allocation, health, MIG instances (* = in use), MPS daemon."""
     out = table("NODE", "GPU", "MODEL", "MEMORY", "MODE", "ALLOCATED", "HEALTH", "MIG INSTANCES", "MPS", title=title)
     for n in node_list:
-        for g in n.gpus:
-            model = g.model + (" (simulated)" if g.simulated else "")
-            out.add_row(n.name, str(g.index), model, amounts(None, g.memory_mib, None), _mode(g),
-                        format_gpu(g.allocated_milli), _health(g), _mig(g), _mps(g))
+        for g in n["gpus"]:
+            model = g["model"] + (" (simulated)" if g["simulated"] else "")
+            out.add_row(n["name"], str(g["index"]), model, amounts(None, g["memory_mib"], None), _mode(g),
+                        format_gpu(g["allocated_milli"]), _health(g), _mig(g), _mps(g))
     return out
 
 
@@ -59,23 +66,24 @@ def nodes(ctx: typer.Context, as_json: JsonOption = False) -> None:
     instances, MPS daemon; simulated ones are marked)."""
     if ctx.invoked_subcommand is not None:
         return
-    with make_client() as client:
+    with make_light_client() as client:
         found = client.nodes()
     if as_json:
         print_json(found)
         return
     out = table("NODE", "SOURCE", "SCHEDULABLE", "CPU (used/total)", "MEMORY (used/total)", "GPUS")
     for n in found:
-        models = sorted({g.model for g in n.gpus})
-        gpus = f"{format_gpu(n.allocated.gpu_milli)}/{len(n.gpus)} {'|'.join(models)}" if n.gpus else "-"
-        if n.simulated_gpus:
+        models = sorted({g["model"] for g in n["gpus"]})
+        gpus = f"{format_gpu(n['allocated']['gpu_milli'])}/{len(n['gpus'])} {'|'.join(models)}" if n["gpus"] else "-"
+        if n["simulated_gpus"]:
             gpus += " (simulated)"
-        out.add_row(n.name, n.source, "yes" if n.schedulable else "no",
-                    f"{amounts(n.allocated.cpu_milli, None, None)} / {amounts(n.capacity.cpu_milli, None, None)}",
-                    f"{amounts(None, n.allocated.memory_mib, None)} / {amounts(None, n.capacity.memory_mib, None)}",
+        used, total = n["allocated"], n["capacity"]
+        out.add_row(n["name"], n["source"], "yes" if n["schedulable"] else "no",
+                    f"{amounts(used['cpu_milli'], None, None)} / {amounts(total['cpu_milli'], None, None)}",
+                    f"{amounts(None, used['memory_mib'], None)} / {amounts(None, total['memory_mib'], None)}",
                     gpus)
     console.print(out)
-    if any(n.gpus for n in found):
+    if any(n["gpus"] for n in found):
         console.print(gpu_table(found))
 
 
@@ -83,38 +91,39 @@ def nodes(ctx: typer.Context, as_json: JsonOption = False) -> None:
 @handle_errors
 def show(node: NodeArg, as_json: JsonOption = False) -> None:
     """Show one node: capacity, GPU driver, and every GPU with its mode, health, MIG instances and MPS daemon."""
-    with make_client() as client:
+    with make_light_client() as client:
         n = client.node(node)
     if as_json:
         print_json(n)
         return
-    lines = [f"capacity    {amounts(n.capacity.cpu_milli, n.capacity.memory_mib, n.capacity.gpu_milli)}",
-             f"allocated   {amounts(n.allocated.cpu_milli, n.allocated.memory_mib, n.allocated.gpu_milli)}",
-             f"schedulable {'yes' if n.schedulable else 'no'}    source {n.source}",
-             f"GPUs        backend {n.gpu_backend or '-'}    driver {n.driver_version or '-'}    "
-             f"CUDA {n.cuda_version or '-'}" + ("    simulated" if n.simulated_gpus else "")]
-    if n.gpu_unavailable:
-        lines.append(f"no GPUs     {n.gpu_unavailable}")
-    console.print(Panel("\n".join(lines), title=f"node {n.name}", expand=False))
-    if n.gpus:
+    lines = [f"capacity    {_amounts(n['capacity'])}", f"allocated   {_amounts(n['allocated'])}",
+             f"schedulable {'yes' if n['schedulable'] else 'no'}    source {n['source']}",
+             f"GPUs        backend {n['gpu_backend'] or '-'}    driver {n['driver_version'] or '-'}    "
+             f"CUDA {n['cuda_version'] or '-'}" + ("    simulated" if n["simulated_gpus"] else "")]
+    if n["gpu_unavailable"]:
+        lines.append(f"no GPUs     {n['gpu_unavailable']}")
+    from rich.panel import Panel  # noqa: PLC0415  (lazy: start-up time)
+
+    console.print(Panel("\n".join(lines), title=f"node {n['name']}", expand=False))
+    if n["gpus"]:
         console.print(gpu_table([n], title=None))
-    for g in n.gpus:
-        for m in g.mig_instances:
-            console.print(f"  GPU {g.index} MIG {m.position}: {m.profile} {m.uuid}"
-                          + (" (in use)" if m.allocated else ""))
-        if g.mps is not None and g.mps.message:
-            console.print(f"  GPU {g.index} MPS: {g.mps.message}")
+    for g in n["gpus"]:
+        for m in g["mig_instances"]:
+            console.print(f"  GPU {g['index']} MIG {m['position']}: {m['profile']} {m['uuid']}"
+                          + (" (in use)" if m["allocated"] else ""))
+        if g["mps"] is not None and g["mps"]["message"]:
+            console.print(f"  GPU {g['index']} MPS: {g['mps']['message']}")
 
 
-def _print_change(change: gpu_schemas.GpuChange, as_json: bool) -> None:
+def _print_change(change: JsonObject, as_json: bool) -> None:
     if as_json:
         print_json(change)
         return
-    console.print(change.message)
-    if change.pending_reset:
+    console.print(change["message"])
+    if change["pending_reset"]:
         console.print("[yellow]a GPU reset is pending: run the command again once the card was reset[/yellow]")
-    g = change.gpu
-    console.print(f"GPU {g.index} of {change.node}: mode {_mode(g)}, health {_health(g)}, MIG {_mig(g)}, "
+    g = change["gpu"]
+    console.print(f"GPU {g['index']} of {change['node']}: mode {_mode(g)}, health {_health(g)}, MIG {_mig(g)}, "
                   f"MPS {_mps(g)}")
 
 
@@ -125,8 +134,9 @@ def set_sharing(node: NodeArg, gpu: GpuArg,
                 as_json: JsonOption = False) -> None:
     """Set a GPU's sharing mode (administrators). Refused while running work on the card would not stay
     valid; MPS daemons are started or stopped to match."""
-    with make_client() as client:
-        change = client.set_sharing(node, gpu, mode.strip().lower())
+    with make_light_client() as client:
+        change = client.send("PUT", f"{API}/nodes/{quote(node)}/gpus/{gpu}/sharing",
+                             {"mode": mode.strip().lower()})
     _print_change(change, as_json)
 
 
@@ -138,8 +148,8 @@ def set_mig(node: NodeArg, gpu: GpuArg,
             as_json: JsonOption = False) -> None:
     """Partition a GPU into MIG instances (administrators); checked against the model's profile catalog and
     refused while work runs on the card."""
-    with make_client() as client:
-        change = client.set_mig(node, gpu, layout)
+    with make_light_client() as client:
+        change = client.send("PUT", f"{API}/nodes/{quote(node)}/gpus/{gpu}/mig", {"layout": layout})
     _print_change(change, as_json)
 
 
@@ -147,8 +157,8 @@ def set_mig(node: NodeArg, gpu: GpuArg,
 @handle_errors
 def clear_unhealthy(node: NodeArg, gpu: GpuArg, as_json: JsonOption = False) -> None:
     """Declare a GPU healthy again after an XID or ECC error, e.g. after a GPU reset (administrators)."""
-    with make_client() as client:
-        change = client.clear_unhealthy(node, gpu)
+    with make_light_client() as client:
+        change = client.send("POST", f"{API}/nodes/{quote(node)}/gpus/{gpu}/clear-unhealthy")
     _print_change(change, as_json)
 
 

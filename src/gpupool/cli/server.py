@@ -9,14 +9,15 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError as SettingsError
 
 from gpupool.cli.common import err_console
 from gpupool.domain.errors import GpupoolError
-from gpupool.server.settings import Settings
+
+if TYPE_CHECKING:
+    from gpupool.server.settings import Settings
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -80,6 +81,10 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
         "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None,
         "ray_address": ray}
+    from pydantic import ValidationError as SettingsError  # noqa: PLC0415  (lazy: `up --help` needs neither)
+
+    from gpupool.server.settings import Settings  # noqa: PLC0415
+
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except SettingsError as exc:

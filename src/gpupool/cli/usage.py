@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from gpupool.cli.common import JSON_HELP, console, handle_errors, make_client, print_json, table
+from gpupool.cli.common import JSON_HELP, console, handle_errors, make_light_client, print_json, table
+from gpupool.client.light import API
 
 
 def _date(epoch: float) -> str:
@@ -24,20 +25,21 @@ def usage_report(
         as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """GPU-hours allocated, actually busy (from GPU utilisation) and allocated-but-idle, per project or user
     per day, week or month. Members see their own projects; administrators every project."""
-    with make_client() as client:
+    with make_light_client() as client:
         if as_csv:
-            typer.echo(client.usage_csv(by=by, period=period, since=since), nl=False)
+            typer.echo(client.get_text(f"{API}/usage", by=by, period=period, since=since, format="csv"), nl=False)
             return
-        report = client.usage(by=by, period=period, since=since)
+        report = client.get(f"{API}/usage", by=by, period=period, since=since)
     if as_json:
         print_json(report)
         return
+    idle_pct = report["idle_max_pct"]
     out = table(period.upper(), by.upper(), "ALLOCATED GPU-H", "BUSY GPU-H", "IDLE GPU-H", "SAMPLED GPU-H",
-                "WORKLOADS", title=f"GPU usage by {by} per {period}, last {since} (idle: <= {report.idle_max_pct:g}% "
-                                   "utilisation)")
-    for line in report.lines:
-        out.add_row(_date(line.period_start), line.group, f"{line.allocated_gpu_h:.2f}", f"{line.busy_gpu_h:.2f}",
-                    f"{line.idle_gpu_h:.2f}", f"{line.observed_gpu_h:.2f}", str(line.workloads))
+                "WORKLOADS", title=f"GPU usage by {by} per {period}, last {since} (idle: <= {idle_pct:g}% utilisation)")
+    for line in report["lines"]:
+        out.add_row(_date(line["period_start"]), line["group"], f"{line['allocated_gpu_h']:.2f}",
+                    f"{line['busy_gpu_h']:.2f}", f"{line['idle_gpu_h']:.2f}", f"{line['observed_gpu_h']:.2f}",
+                    str(line["workloads"]))
     console.print(out)
-    console.print(f"total: {report.total_allocated_gpu_h:.2f} GPU-h allocated, {report.total_busy_gpu_h:.2f} busy, "
-                  f"{report.total_idle_gpu_h:.2f} idle")
+    console.print(f"total: {report['total_allocated_gpu_h']:.2f} GPU-h allocated, "
+                  f"{report['total_busy_gpu_h']:.2f} busy, {report['total_idle_gpu_h']:.2f} idle")

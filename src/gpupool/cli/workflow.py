@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from gpupool.cli.common import JSON_HELP, ExitCode, console, handle_errors, make_client, print_json, status_text
+from gpupool.cli.common import JSON_HELP, ExitCode, console, handle_errors, make_light_client, print_json, status_text
 from gpupool.cli.workloads import WorkloadArg, resolve
 from gpupool.domain.status import TERMINAL_STATUSES, WorkloadStatus
 
@@ -17,14 +17,14 @@ _ENDED = {s.value for s in TERMINAL_STATUSES}
 @handle_errors
 def whoami(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Who this token is: your user, whether you administer the pool, your projects and roles, the server."""
-    with make_client() as client:
+    with make_light_client() as client:
         me = client.whoami()
         url = client.url
     if as_json:
         print_json(me)
         return
-    projects = ", ".join(f"{m.project} ({m.role})" for m in me.projects) or "none"
-    console.print(f"{me.name}{' (administrator)' if me.is_admin else ''} on {url}\nprojects: {projects}",
+    projects = ", ".join(f"{m['project']} ({m['role']})" for m in me.get("projects", ())) or "none"
+    console.print(f"{me['name']}{' (administrator)' if me.get('is_admin') else ''} on {url}\nprojects: {projects}",
                   soft_wrap=True)
 
 
@@ -42,16 +42,16 @@ def wait(workload: WorkloadArg,
     if unknown:
         raise typer.BadParameter(f"unknown status {unknown[0]!r}; one of "
                                  f"{', '.join(s.value for s in WorkloadStatus)}", param_hint="--for")
-    with make_client() as client:
+    with make_light_client() as client:
         wid = resolve(client, workload)
         done = client.wait(wid, statuses=sorted(wanted | _ENDED) if wanted else None,
                            timeout_s=FOREVER_S if timeout is None else timeout)
     if as_json:
         print_json(done)
     else:
-        console.print(f"workload {done.id} ({done.name}): {status_text(done.status)}"
-                      + (f" ({done.message})" if done.message else ""), soft_wrap=True)
-    if done.status not in (wanted or {"succeeded"}):
+        console.print(f"workload {done['id']} ({done['name']}): {status_text(done['status'])}"
+                      + (f" ({done['message']})" if done.get("message") else ""), soft_wrap=True)
+    if done["status"] not in (wanted or {"succeeded"}):
         raise typer.Exit(ExitCode.FAILED)
 
 
@@ -59,15 +59,15 @@ def wait(workload: WorkloadArg,
 def resubmit(workload: WorkloadArg,
              as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Submit a workload's spec again as a new workload (same project, queue, command and working directory)."""
-    with make_client() as client:
+    with make_light_client() as client:
         old = client.get_workload(resolve(client, workload))
-        result = client.submit(dict(old.spec))
+        result = client.submit(dict(old["spec"]))
     if as_json:
         print_json(result)
         return
-    new = result.workload
-    console.print(f"workload [bold]{new.id}[/bold] ({new.name}) submitted to queue {new.queue} as a copy of "
-                  f"{old.id}: {status_text(new.status)}")
+    new = result["workload"]
+    console.print(f"workload [bold]{new['id']}[/bold] ({new['name']}) submitted to queue {new['queue']} as a "
+                  f"copy of {old['id']}: {status_text(new['status'])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,7 +21,7 @@ from gpupool.cli.common import (
     console,
     err_console,
     handle_errors,
-    make_client,
+    make_light_client,
     print_json,
     status_text,
     table,
@@ -29,8 +29,7 @@ from gpupool.cli.common import (
 from gpupool.domain.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from gpupool.client.http import Client
-    from gpupool.server.api import schemas
+    from gpupool.client.light import JsonObject, LightClient
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 HISTORY_SHOWN = 15  # events `show` prints without --all: a screenful with the panel and replicas
@@ -44,20 +43,20 @@ def _is_local(url: str) -> bool:
     return (urlparse(url).hostname or "") in LOOPBACK_HOSTS
 
 
-def resolve(client: Client, ref: str, *, active: bool = False) -> int:
+def resolve(client: LightClient, ref: str, *, active: bool = False) -> int:
     """The id of workload `ref`: an id as is, else the newest workload of that name the caller can see (with
     `active`, the newest that has not ended, so that `cancel NAME` never aims at an old run). `REF.INDEX` is
     task INDEX of the job array REF names."""
     base, dot, index = ref.rpartition(".")
     if dot and base and index.isdigit():
-        return client.array_task(resolve(client, base, active=active), int(index)).id
+        return int(client.array_task(resolve(client, base, active=active), int(index))["id"])
     if ref.isdigit():
         return int(ref)
     page = client.list_workloads(name=ref, status=ACTIVE if active else None, limit=1)
-    if not page.items:
+    if not page["items"]:
         which = "running or waiting " if active else ""
         raise NotFoundError(f"no {which}workload named {ref!r}; `gpupool ls --all` lists them")
-    return page.items[0].id
+    return int(page["items"][0]["id"])
 
 
 @handle_errors
@@ -71,23 +70,24 @@ def submit(file: Annotated[str, typer.Argument(help="A YAML workload spec, or - 
     `workdir:` runs in the spec file's directory, so paths in its command are relative to the spec file
     (for a spec read from stdin: the directory you submit from)."""
     text = sys.stdin.read() if file == "-" else _read(file)
-    with make_client() as client:
+    with make_light_client() as client:
         here = Path.cwd() if file == "-" else Path(file).resolve().parent
         result = client.submit(text, idempotency_key=key, workdir=here if _is_local(client.url) else None)
-        workload = result.workload
-        for warning in result.warnings:
+        workload = result["workload"]
+        for warning in result.get("warnings", ()):
             err_console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
         if wait:
-            workload = client.wait(workload.id, timeout_s=7 * 86400)
+            workload = client.wait(workload["id"], timeout_s=7 * 86400)
     if as_json:
         print_json(result if not wait else workload)
     else:
-        verb = "submitted" if result.created else "already submitted (same key)"
-        console.print(f"workload [bold]{workload.id}[/bold] ({workload.name}) {verb} to queue {workload.queue}: "
-                      f"{status_text(workload.status)}")
+        wid = workload["id"]
+        verb = "submitted" if result["created"] else "already submitted (same key)"
+        console.print(f"workload [bold]{wid}[/bold] ({workload['name']}) {verb} to queue {workload['queue']}: "
+                      f"{status_text(workload['status'])}")
         if not wait:
-            console.print(f"  follow it with `gpupool show {workload.id}` and `gpupool logs -f {workload.id}`")
-    if wait and workload.status != "succeeded":
+            console.print(f"  follow it with `gpupool show {wid}` and `gpupool logs -f {wid}`")
+    if wait and workload["status"] != "succeeded":
         raise typer.Exit(1)
 
 
@@ -103,20 +103,21 @@ def _ago(timestamp: float | None) -> str:
     return "-" if timestamp is None else f"{ago(timestamp)} ago"
 
 
-def _why(w: schemas.WorkloadSummary) -> str:
-    if w.array is not None:
-        return _array_counts(w.array)
-    if w.status == "pending":
-        position = f"#{w.queue_position} in queue; " if w.queue_position else ""
-        return position + (w.pending_reason or "waiting for the scheduler")
-    return w.message
+def _why(w: JsonObject) -> str:
+    if w.get("array") is not None:
+        return _array_counts(w["array"])
+    if w["status"] == "pending":
+        position = f"#{w['queue_position']} in queue; " if w.get("queue_position") else ""
+        return position + (w.get("pending_reason") or "waiting for the scheduler")
+    return str(w.get("message") or "")
 
 
-def _array_counts(array: schemas.ArraySummary) -> str:
+def _array_counts(array: JsonObject) -> str:
     """'array 0-19%3, 20 tasks: 3 running, 17 pending' (statuses in life-cycle order)."""
     from gpupool.domain.arrays import describe_counts  # noqa: PLC0415  (lazy: start-up time)
 
-    return f"array {array.indices}, {array.tasks} tasks: {describe_counts(array.by_status) or 'none'}"
+    counts = describe_counts(array.get("by_status") or {})
+    return f"array {array['indices']}, {array['tasks']} tasks: {counts or 'none'}"
 
 
 @handle_errors
@@ -131,7 +132,7 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
        as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """List workloads: status, and for pending ones their position in the queue and why they wait."""
     statuses = status or (None if show_all else ACTIVE)
-    with make_client() as client:
+    with make_light_client() as client:
         if not watch:
             _print_page(client.list_workloads(project=project, status=statuses, limit=limit), as_json,
                         show_all or bool(status))
@@ -140,7 +141,7 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
             while True:
                 page = client.list_workloads(project=project, status=statuses, limit=limit)
                 if as_json:
-                    typer.echo(page.model_dump_json())
+                    typer.echo(json.dumps(page, separators=(",", ":"), ensure_ascii=False))
                 else:
                     if sys.stdout.isatty():
                         console.clear()
@@ -152,21 +153,22 @@ def ls(project: Annotated[str | None, typer.Option("--project", "-p", help="Only
             return
 
 
-def _print_page(page: schemas.WorkloadPage, as_json: bool, filtered: bool) -> None:
+def _print_page(page: JsonObject, as_json: bool, filtered: bool) -> None:
     if as_json:
         print_json(page)
         return
-    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+    from gpupool.domain.display import priority_name  # noqa: PLC0415  (lazy: start-up time)
 
     now = time.time()
     out = table("ID", "NAME", "PROJECT", "USER", "STATUS", "PRIORITY", "REPLICAS", "AGE", "WHY / POSITION")
-    for w in page.items:
-        out.add_row(str(w.id), w.name, w.project, w.user, status_text(w.status), priority_name(w.priority),
-                    str(w.replicas), ago(w.submitted_at, now), _why(w))
+    items = page["items"]
+    for w in items:
+        out.add_row(str(w["id"]), w["name"], w["project"], w["user"], status_text(w["status"]),
+                    priority_name(w["priority"]), str(w["replicas"]), ago(w["submitted_at"], now), _why(w))
     console.print(out)
-    if page.total > len(page.items):
-        console.print(f"[dim]{len(page.items)} of {page.total} shown; use --limit or --status[/dim]")
-    elif not page.items:
+    if page["total"] > len(items):
+        console.print(f"[dim]{len(items)} of {page['total']} shown; use --limit or --status[/dim]")
+    elif not items:
         console.print("[dim]no workloads" + ("" if filtered else " running or waiting; --all shows ended ones")
                       + "[/dim]")
 
@@ -178,57 +180,72 @@ def show(workload: WorkloadArg,
                                                   f"(default: the first {TASKS_SHOWN}).")] = False,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Show one workload: status, why it waits, its replicas and its history; a job array's tasks."""
-    with make_client() as client:
+    with make_light_client() as client:
         w = client.get_workload(resolve(client, workload))
     if as_json:
         print_json(w)
         return
-    from gpupool.domain.specs import priority_name  # noqa: PLC0415  (lazy: start-up time)
+    _print_workload(w, all_events)
 
-    lines = [f"status      {status_text(w.status)}  ({w.message})" if w.message else f"status  {w.status}",
-             f"kind        {w.kind}    project {w.project}    queue {w.queue}    user {w.user}",
-             f"priority    {priority_name(w.priority)}    replicas {w.replicas}    run {w.attempt}    "
-             f"retries used {w.retries_used}    preempted {w.preemptions}x",
-             f"submitted   {_ago(w.submitted_at)}    started {_ago(w.started_at)}    ended {_ago(w.finished_at)}"]
-    if w.array is not None:
-        lines.append(f"tasks       {_array_counts(w.array)}")
-    if w.array_index is not None:
-        lines.append(f"array task  {w.array_index} of array {w.parent_id} (`gpupool show {w.parent_id}`)")
-    if w.status == "pending" and w.array is None:
-        lines.append(f"waiting     #{w.queue_position or '?'} in queue {w.queue}: "
-                     f"{w.pending_reason or 'waiting for the scheduler'}")
+
+def _print_workload(w: JsonObject, all_events: bool) -> None:
+    from gpupool.domain.display import priority_name  # noqa: PLC0415  (lazy: start-up time)
+
+    status, message = w["status"], w.get("message")
+    lines = [f"status      {status_text(status)}  ({message})" if message else f"status  {status}",
+             f"kind        {w['kind']}    project {w['project']}    queue {w['queue']}    user {w['user']}",
+             f"priority    {priority_name(w['priority'])}    replicas {w['replicas']}    run {w.get('attempt', 0)}    "
+             f"retries used {w.get('retries_used', 0)}    preempted {w.get('preemptions', 0)}x",
+             f"submitted   {_ago(w['submitted_at'])}    started {_ago(w.get('started_at'))}    "
+             f"ended {_ago(w.get('finished_at'))}"]
+    if w.get("array") is not None:
+        lines.append(f"tasks       {_array_counts(w['array'])}")
+    if w.get("array_index") is not None:
+        lines.append(f"array task  {w['array_index']} of array {w['parent_id']} (`gpupool show {w['parent_id']}`)")
+    if status == "pending" and w.get("array") is None:
+        lines.append(f"waiting     #{w.get('queue_position') or '?'} in queue {w['queue']}: "
+                     f"{w.get('pending_reason') or 'waiting for the scheduler'}")
     from rich.panel import Panel  # noqa: PLC0415  (lazy: start-up time)
 
-    console.print(Panel("\n".join(lines), title=f"workload {w.id}: {w.name}", expand=False))
-    if w.replica_list:
+    console.print(Panel("\n".join(lines), title=f"workload {w['id']}: {w['name']}", expand=False))
+    if w.get("replica_list"):
         replicas = table("REPLICA", "ROLE", "NODE", "STATE", "EXIT", "RESOURCES", "GPUS", title="replicas")
-        for r in w.replica_list:
-            gpus = ", ".join(f"{g.index}" + (f" ({g.milli / 1000:g})" if g.milli < 1000 else "") for g in r.gpus)
-            replicas.add_row(str(r.number), r.role, r.node, status_text(r.state), "-" if r.exit_code is None else
-                             str(r.exit_code), amounts(r.cpu_milli, r.memory_mib, None), gpus or "-")
+        for r in w["replica_list"]:
+            gpus = ", ".join(f"{g['index']}" + (f" ({g['milli'] / 1000:g})" if g["milli"] < 1000 else "")
+                             for g in r.get("gpus", ()))
+            code = r.get("exit_code")
+            replicas.add_row(str(r["number"]), r["role"], r["node"], status_text(r["state"]),
+                             "-" if code is None else str(code),
+                             amounts(r.get("cpu_milli", 0), r.get("memory_mib", 0), None), gpus or "-")
         console.print(replicas)
-    if w.tasks:
+    if w.get("tasks"):
         _print_tasks(w, all_events)
-    hidden = 0 if all_events else max(0, len(w.events) - HISTORY_SHOWN)
+    _print_events(w, all_events)
+
+
+def _print_events(w: JsonObject, all_events: bool) -> None:
+    hidden = 0 if all_events else max(0, len(w.get("events", ())) - HISTORY_SHOWN)
     events = table("AGO", "CHANGE", "REASON", title="history")
-    for e in w.events[hidden:]:
-        change = f"{e.from_status} -> {e.to_status}" if e.to_status else (f"replica {e.replica}" if e.replica is not
-                                                                           None else "")
-        events.add_row(ago(e.at), change, e.reason)
+    for e in w.get("events", [])[hidden:]:
+        replica = e.get("replica")
+        change = (f"{e.get('from_status')} -> {e['to_status']}" if e.get("to_status")
+                  else f"replica {replica}" if replica is not None else "")
+        events.add_row(ago(e["at"]), change, e["reason"])
     console.print(events)
     if hidden:
-        console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w.id} --all` shows them[/dim]")
+        console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w['id']} --all` shows them[/dim]")
 
 
-def _print_tasks(w: schemas.WorkloadDetail, everything: bool) -> None:
-    shown = w.tasks if everything else w.tasks[:TASKS_SHOWN]
+def _print_tasks(w: JsonObject, everything: bool) -> None:
+    every = w["tasks"]
+    shown = every if everything else every[:TASKS_SHOWN]
     tasks = table("INDEX", "ID", "STATUS", "MESSAGE", title="tasks")
     for t in shown:
-        tasks.add_row(str(t.index), str(t.id), status_text(t.status), t.message)
+        tasks.add_row(str(t["index"]), str(t["id"]), status_text(t["status"]), str(t.get("message") or ""))
     console.print(tasks)
-    if len(shown) < len(w.tasks):
-        console.print(f"[dim]{len(w.tasks) - len(shown)} more task(s); `gpupool show {w.id} --all` lists them, "
-                      f"`gpupool show {w.id}.INDEX` shows one[/dim]")
+    if len(shown) < len(every):
+        console.print(f"[dim]{len(every) - len(shown)} more task(s); `gpupool show {w['id']} --all` lists them, "
+                      f"`gpupool show {w['id']}.INDEX` shows one[/dim]")
 
 
 @handle_errors
@@ -244,7 +261,7 @@ def logs(workload: WorkloadArg,
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: {replica, line}.")]
          = False) -> None:
     """Print a replica's output (stdout and stderr) of the workload's current run, or of an earlier one."""
-    with make_client() as client:
+    with make_light_client() as client:
         for line in client.logs(resolve(client, workload), replica=replica, tail=tail, follow=follow,
                                 attempt=attempt):
             typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
@@ -257,12 +274,12 @@ def cancel(workload: Annotated[str, typer.Argument(help="The workload's id, or i
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Cancel a workload: pending ones end at once, running replicas are stopped (SIGTERM, then SIGKILL). A job
     array is cancelled with all its tasks; ID.INDEX cancels one task."""
-    with make_client() as client:
+    with make_light_client() as client:
         w = client.cancel(resolve(client, workload, active=True))
     if as_json:
         print_json(w)
     else:
-        console.print(f"workload {w.id} ({w.name}): {status_text(w.status)}")
+        console.print(f"workload {w['id']} ({w['name']}): {status_text(w['status'])}")
 
 
 def register(app: typer.Typer) -> None:

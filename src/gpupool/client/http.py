@@ -17,24 +17,14 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from gpupool.api import environment_schemas, gpu_schemas, notebook_schemas, schemas, sweep_schemas, usage_schemas
+from gpupool.client.errors import ApiError, ServerUnavailableError, error_from_response, unreachable
 from gpupool.client.settings import ClientSettings
-from gpupool.domain.errors import GpupoolError, error_from_kind
+from gpupool.domain.errors import GpupoolError
 from gpupool.domain.status import TERMINAL_STATUSES
 
 T = TypeVar("T")
 API = "/api/v1"
-
-
-class ServerUnavailableError(GpupoolError):
-    """The server could not be reached."""
-
-
-class ApiError(GpupoolError):
-    """An error response the client has no more specific class for; `http_status` is the HTTP status code."""
-
-    def __init__(self, message: str, http_status: int) -> None:
-        super().__init__(message)
-        self.http_status = http_status
+__all__ = ["API", "ApiError", "Client", "ServerUnavailableError"]
 
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,13 +32,7 @@ def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _error_from(response: httpx.Response) -> GpupoolError:
-    try:
-        detail = response.json()["error"]
-        kind, message, field = str(detail["type"]), str(detail["message"]), detail.get("field")
-    except (ValueError, KeyError, TypeError):
-        return ApiError(f"HTTP {response.status_code}: {response.text[:500]}", response.status_code)
-    found = error_from_kind(kind, message, field)
-    return found if found is not None else ApiError(message, response.status_code)
+    return error_from_response(response.status_code, response.text)
 
 
 class Client:
@@ -80,9 +64,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ServerUnavailableError(
-                f"cannot reach the gpupool server at {self.url} ({type(exc).__name__}); start it with "
-                "`gpupool up` (or `make run`), or point GPUPOOL_URL at a running server") from None
+            raise unreachable(self.url, type(exc).__name__) from None
         if response.status_code >= 400:
             raise _error_from(response)
         return response

@@ -16,10 +16,14 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
+# defined in display (light enough for the CLI's start) and re-exported here, where the core imports them from
+from gpupool.domain.display import MILLI_PER_GPU as MILLI_PER_GPU  # noqa: PLC0414
+from gpupool.domain.display import format_cpu as format_cpu  # noqa: PLC0414
+from gpupool.domain.display import format_gpu as format_gpu  # noqa: PLC0414
+from gpupool.domain.display import format_memory as format_memory  # noqa: PLC0414
 from gpupool.domain.errors import ValidationError, reject_unknown_keys
 from gpupool.domain.units import bytes_per, duration_seconds, split_quantity
 
-MILLI_PER_GPU = 1000
 MIB = 1
 _MIG_PROFILE_RE = re.compile(r"^(\d+)g\.(\d+)gb$")
 MAX_CPU_MILLI = 10_000_000  # 10,000 cores: anything above is a typo
@@ -181,21 +185,6 @@ def parse_duration(value: Any, field_name: str = "duration") -> int:
     if seconds <= 0:
         raise ValidationError(f"a duration must be positive (got {value!r})", field_name)
     return math.ceil(seconds)
-
-
-def format_cpu(milli: int) -> str:
-    """Human CPU: 4000 -> '4', 500 -> '0.5'."""
-    return f"{milli / 1000:g}"
-
-
-def format_memory(mib: int) -> str:
-    """Human memory: 16384 -> '16 GiB', 512 -> '512 MiB'."""
-    return f"{mib / 1024:g} GiB" if mib >= 1024 else f"{mib} MiB"
-
-
-def format_gpu(milli: int) -> str:
-    """Human GPU amount: 1500 -> '1.5'."""
-    return f"{milli / MILLI_PER_GPU:g}"
 
 
 def mig_profile_slices(profile: str) -> tuple[int, int]:

@@ -31,6 +31,10 @@ from types import MappingProxyType
 from typing import Any
 
 from gpupool.domain.arrays import ArraySpec, parse_array
+# defined in display (light enough for the CLI's start) and re-exported here
+from gpupool.domain.display import MAX_PRIORITY as MAX_PRIORITY  # noqa: PLC0414
+from gpupool.domain.display import PRIORITY_NAMES as PRIORITY_NAMES  # noqa: PLC0414
+from gpupool.domain.display import priority_name as priority_name  # noqa: PLC0414
 from gpupool.domain.errors import ValidationError, did_you_mean, reject_unknown_keys
 from gpupool.domain.resources import GpuRequest, ReplicaRequest, parse_duration, parse_request
 
@@ -41,8 +45,6 @@ RESERVED_ENV_NAMES = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"
 MAX_WORKDIR_CHARS = 4096
 TORCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
 TENSORFLOW_ENV = ("TF_CONFIG",)
-PRIORITY_NAMES: Mapping[str, int] = MappingProxyType({"low": 100, "normal": 500, "high": 900})
-MAX_PRIORITY = 1000
 MAX_REPLICAS = 1024
 MAX_RETRIES = 100
 MAX_RUNTIME_S = 365 * 86400
@@ -354,12 +356,6 @@ def parse_priority(value: Any, field_name: str = "priority") -> int:
                                   f"{', '.join(PRIORITY_NAMES)} or a number 0..{MAX_PRIORITY}", field_name)
         value = int(key)
     return _parse_int(value, field_name, 0, MAX_PRIORITY)
-
-
-def priority_name(value: int) -> str:
-    """'high' for 900, '700' for a priority without a name."""
-    names = {v: k for k, v in PRIORITY_NAMES.items()}
-    return names.get(value, str(value))
 
 
 def parse_env(value: Any, field_name: str = "env") -> Mapping[str, str]:

@@ -11,6 +11,12 @@ import pytest
 
 HEAVY_EVERYWHERE = ("sqlalchemy", "fastapi", "uvicorn", "alembic", "pydantic_settings", "gpupool.server.settings",
                     "gpupool.sim", "gpupool.plan", "gpupool.scheduler", "gpupool.gpu", "gpupool.executors", "numpy")
+# what the everyday commands no longer need: the typed client and its stack, the API models, the spec parser
+TYPED_CLIENT = ("gpupool.client.http", "httpx", "httpcore", "pydantic", "pydantic_core", "gpupool.api",
+                "gpupool.server", "gpupool.domain.specs", "gpupool.domain.resources")
+EVERYDAY = [["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"], ["whoami"], ["top", "--once"],
+            ["submit", "examples/hello.yaml"], ["cancel", "1"], ["wait", "1"], ["projects"], ["users"], ["tokens"],
+            ["report", "usage"], ["report", "idle"], ["nodes", "show", "n1"], ["ls", "--json"], ["console"]]
 
 
 def imported(args: list[str], tmp_path: Path) -> set[str]:
@@ -18,20 +24,41 @@ def imported(args: list[str], tmp_path: Path) -> set[str]:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GPUPOOL_HOME": str(tmp_path),
            "GPUPOOL_URL": "http://127.0.0.1:1"}
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "gpupool", *args], env=env,
-                            capture_output=True, text=True, check=False, timeout=60)
+                            capture_output=True, text=True, check=False, timeout=60,
+                            cwd=Path(__file__).resolve().parents[3])
     return {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
 
 
-def test_version_loads_no_command_module_nor_the_client(tmp_path: Path) -> None:
+def _under(modules: set[str], prefixes: tuple[str, ...]) -> set[str]:
+    return {m for m in modules if m in prefixes or m.startswith(tuple(p + "." for p in prefixes))}
+
+
+def test_version_loads_no_command_module_nor_a_client(tmp_path: Path) -> None:
     modules = imported(["version"], tmp_path)
     assert "gpupool.cli.main" in modules  # the measurement works
-    assert not {m for m in modules if m.startswith(("gpupool.cli.", "gpupool.client", "httpx", *HEAVY_EVERYWHERE))
-                and m != "gpupool.cli.main"}
+    assert not {m for m in modules if m.startswith(("gpupool.cli.", "gpupool.client", "rich", *HEAVY_EVERYWHERE,
+                                                    *TYPED_CLIENT)) and m != "gpupool.cli.main"}
 
 
-@pytest.mark.parametrize("args", [["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"], ["whoami"]])
-def test_server_commands_load_the_client_but_not_the_server_nor_httpx_cli(args: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("args", EVERYDAY, ids=" ".join)
+def test_everyday_commands_use_the_light_client(args: list[str], tmp_path: Path) -> None:
+    modules = imported(args, tmp_path)
+    assert "gpupool.client.light" in modules  # the command ran as far as asking the server
+    assert not _under(modules, HEAVY_EVERYWHERE + TYPED_CLIENT)
+    # the error it prints (the server is not there) goes to a pipe here: no Rich either
+    assert not _under(modules, ("rich", "click", "pygments"))
+
+
+@pytest.mark.parametrize("args", [["notebook", "ls"], ["envs", "ls"]], ids=" ".join)
+def test_other_server_commands_load_the_typed_client_without_the_server_nor_httpx_cli(args: list[str],
+                                                                                       tmp_path: Path) -> None:
     modules = imported(args, tmp_path)
     assert "gpupool.client.http" in modules and "httpx" in modules
-    assert not {m for m in modules if m.startswith(HEAVY_EVERYWHERE)}
+    assert not _under(modules, HEAVY_EVERYWHERE)
     assert "httpx._main" not in modules and "pygments" not in modules and "click" not in modules
+
+
+def test_help_of_up_loads_neither_the_server_nor_its_settings(tmp_path: Path) -> None:
+    modules = imported(["up", "--help"], tmp_path)
+    assert "gpupool.cli.server" in modules
+    assert not _under(modules, (*HEAVY_EVERYWHERE, "pydantic", "gpupool.server"))

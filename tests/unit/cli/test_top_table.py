@@ -13,7 +13,7 @@ MIB = 1024 * 1024
 
 def _render(gpu: GpuNow) -> str:
     console = Console(record=True, width=240)
-    console.print(top_table([gpu]))
+    console.print(top_table([gpu.model_dump(mode="json")]))  # the JSON the server sends for it
     return console.export_text()
 
 
