@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gpupool.domain.arrays import ArraySpec, parse_array
+
 # defined in display (light enough for the CLI's start) and re-exported here
 from gpupool.domain.display import MAX_PRIORITY as MAX_PRIORITY  # noqa: PLC0414
 from gpupool.domain.display import PRIORITY_NAMES as PRIORITY_NAMES  # noqa: PLC0414
