@@ -54,7 +54,9 @@ def add_tasks(session: Session, array: WorkloadRow, spec: ArraySpec, now: float)
         }
         for index in spec.indices
     ]
-    session.execute(insert(cast(Table, WorkloadRow.__table__)), rows)  # Core: the ORM's per-row bookkeeping costs 10x
+    # Core executemany: the ORM's per-row bookkeeping cost several times more; RETURNING (multi-row VALUES)
+    # was slower still on PostgreSQL
+    session.execute(insert(cast(Table, WorkloadRow.__table__)), rows)
     events = select(WorkloadRow.id, literal(now), literal(f"task of array {array.id}, submitted with it")).where(
         WorkloadRow.parent_id == array.id
     )
