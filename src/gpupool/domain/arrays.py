@@ -105,9 +105,8 @@ def _parse_item(item: str, field_name: str, count_before: int) -> list[int]:
     count = (end - start) // step + 1
     if count_before + count > MAX_ARRAY_TASKS:
         raise ValidationError(
-            f"more than {MAX_ARRAY_TASKS} tasks; at most {MAX_ARRAY_TASKS} per array (the "
-            "largest the server accepts in well under 2 s); split the work into several "
-            "arrays or use a step",
+            f"more than {MAX_ARRAY_TASKS} tasks; at most {MAX_ARRAY_TASKS} per array (the server accepts that "
+            "many in under 2 s); split the work into several arrays or use a step",
             field_name,
         )
     return list(range(start, end + 1, step))
