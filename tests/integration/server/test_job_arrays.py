@@ -50,6 +50,9 @@ def test_a_capped_array_never_runs_more_than_its_cap_and_succeeds(server_factory
         assert (array.array.tasks, array.array.limit, array.array.by_status) == (20, 3, {"pending": 20})
         assert array.tasks == []  # the answer to a submit has the counts; show lists the tasks
         assert [t.index for t in client.get_workload(array.id).tasks] == list(range(20))
+        assert client.array_task(array.id, 19).pending_reason == (
+            f"array {array.id} runs at most 3 task(s) at once; waiting for a turn"
+        )
         most, seen_at_cap = 0, 0
         for _ in range(60):
             cycle(server)

@@ -32,6 +32,8 @@ def add_tasks(session: Session, array: WorkloadRow, spec: ArraySpec, now: float)
     """Insert one pending `job` row per index of `spec` under `array` (already flushed), each with a
     `submitted` event; returns how many."""
     canonical = array.spec
+    # what a task beyond the cap shows until the scheduler is offered it and gives its own reason
+    waiting = f"array {array.id} runs at most {spec.limit} task(s) at once; waiting for a turn" if spec.limit else None
     rows = [
         {
             "name": array.name,
@@ -51,6 +53,7 @@ def add_tasks(session: Session, array: WorkloadRow, spec: ArraySpec, now: float)
             "message": "submitted",
             "parent_id": array.id,
             "array_index": index,
+            "pending_reason": waiting,
         }
         for index in spec.indices
     ]
