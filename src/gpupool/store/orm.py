@@ -151,6 +151,9 @@ class WorkloadRow(Base):
         Index("ix_workloads_status", "status"),
         Index("ix_workloads_parent_id", "parent_id"),
         UniqueConstraint("parent_id", "array_index", name="uq_workloads_parent_array_index"),
+        # `ls` and the scheduler ask for workloads by status that are not array tasks (or are): with the index
+        # in this one, 10,000 pending tasks are skipped in the index rather than read row by row
+        Index("ix_workloads_status_array_index", "status", "array_index"),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -3,10 +3,13 @@ array's status follows its tasks; cancel of the array and of one task; a task's 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from tests.integration.server.conftest import ServerFactory
 from tests.support.gpus import stop_local_replicas
 from tests.support.servers import TestServer, wait_until
@@ -14,6 +17,11 @@ from tests.support.servers import TestServer, wait_until
 from gpupool.client.http import Client
 from gpupool.domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, ScriptedOutcome
+from gpupool.server.api import schemas
+from gpupool.server.services import workloads
+from gpupool.server.services.auth import principal_for
+from gpupool.store.orm import WorkloadRow
+from gpupool.store.repos import accounts
 
 HOLDING = ("scheduled", "starting", "running")
 ARRAY = "name: frames\narray: {array}\ncommand: render --frame {{{{array.index}}}}\nresources: {{gpu: 1}}\n"
@@ -42,6 +50,9 @@ def test_a_capped_array_never_runs_more_than_its_cap_and_succeeds(server_factory
         assert (array.array.tasks, array.array.limit, array.array.by_status) == (20, 3, {"pending": 20})
         assert array.tasks == []  # the answer to a submit has the counts; show lists the tasks
         assert [t.index for t in client.get_workload(array.id).tasks] == list(range(20))
+        assert client.array_task(array.id, 19).pending_reason == (
+            f"array {array.id} runs at most 3 task(s) at once; waiting for a turn"
+        )
         most, seen_at_cap = 0, 0
         for _ in range(60):
             cycle(server)
@@ -203,3 +214,48 @@ def test_the_console_shows_an_array_with_its_tasks(server_factory: ServerFactory
     assert "<h2>Tasks</h2>" in page and f'href="/workloads/{first.id}"' in page and "Indices 0-2: 3 pending" in page
     assert 'id="logs"' not in page  # an array has no output of its own; each task's page follows its logs
     assert f"/workloads/{array.id}" in listing and f'/workloads/{first.id}"' not in listing
+
+
+def test_an_array_is_stored_whole_or_not_at_all_and_once_per_key(
+    server_factory: ServerFactory, fake: FakeExecutor
+) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    services = server.services
+    body = schemas.SubmitRequest(spec_yaml=ARRAY.format(array="0-99"))
+    with pytest.raises(RuntimeError), services.db.session() as session:  # the server dies before the commit
+        principal = principal_for(session, accounts.user_by_id(session, 1))
+        workloads.submit(session, principal, body, time.time(), services.feasibility)
+        raise RuntimeError("killed")
+    with services.db.session(write=False) as session:
+        assert session.scalar(select(func.count(WorkloadRow.id))) == 0
+    with server.client() as client:
+        first = client.submit(ARRAY.format(array="0-2"), idempotency_key="frames-1")
+        again = client.submit(ARRAY.format(array="0-2"), idempotency_key="frames-1")
+        assert first.created and not again.created and again.workload.id == first.workload.id
+    with services.db.session() as session:
+        assert session.scalar(select(func.count(WorkloadRow.id))) == 4  # the array and its three tasks
+        task = session.scalars(select(WorkloadRow).where(WorkloadRow.array_index == 1)).one()
+        with pytest.raises(IntegrityError), session.begin_nested():  # a task index is unique in its array
+            session.add(WorkloadRow(**{c: getattr(task, c) for c in COPIED}))
+            session.flush()
+
+
+COPIED = (
+    "name",
+    "kind",
+    "project_id",
+    "queue",
+    "user_id",
+    "spec",
+    "status",
+    "priority",
+    "replica_count",
+    "submitted_at",
+    "updated_at",
+    "attempt",
+    "retries_used",
+    "preemptions",
+    "message",
+    "parent_id",
+    "array_index",
+)

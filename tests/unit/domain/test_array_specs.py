@@ -49,7 +49,7 @@ def test_the_grammar(text: str, indices: tuple[int, ...], limit: int | None) -> 
         ("0-9%0", "a cap of %0 would never run a task; write %1 or more"),
         ("0-9%x", "after % comes how many tasks may run at once"),
         ("0-9:0", "the step of 0-9:0 is 0"),
-        (f"0-{MAX_ARRAY_TASKS}", f"at most {MAX_ARRAY_TASKS} per array (the largest the server accepts"),
+        (f"0-{MAX_ARRAY_TASKS}", f"at most {MAX_ARRAY_TASKS} per array (the server accepts that many"),
         ("0-5000,6000-12000", f"more than {MAX_ARRAY_TASKS} tasks"),
         (f"0-{MAX_ARRAY_INDEX + 1}", f"indices are 0..{MAX_ARRAY_INDEX}"),
         ("1,2,1", "index 1 is listed twice"),
