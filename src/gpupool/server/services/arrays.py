@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from gpupool.domain.arrays import ARRAY_ENV, ARRAY_KIND, ArraySpec, parse_array, task_slots, task_spec
 from gpupool.domain.errors import NotFoundError, ValidationError
+from gpupool.domain.lifecycle import set_controller_status
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.server.api import schemas
 from gpupool.store.orm import EventRow, WorkloadRow
@@ -221,18 +222,9 @@ def status_moves(current: WorkloadStatus, target: WorkloadStatus) -> bool:
 
 
 def sync_status(row: WorkloadRow, target: WorkloadStatus, reason: str, now: float) -> bool:
-    """Move the array's row towards `target` through the one status door (pending -> scheduled -> running
-    on the way, as its tasks start); True when its status changed. A terminal array is left alone."""
-    current = row.current_status
-    if not status_moves(current, target):
+    """Move the array's row towards `target` with the controllers' one helper (`set_controller_status`:
+    pending -> scheduled -> running on the way, as its tasks start); True when its status changed. A terminal
+    array is left alone, and an array that started never goes back to pending."""
+    if not status_moves(row.current_status, target):
         return False
-    if current == _S.PENDING and target not in (_S.CANCELLED, _S.FAILED):
-        transition(row, _S.SCHEDULED, "its first task was placed", now)
-        current = row.current_status
-    if current == _S.SCHEDULED and target != _S.SCHEDULED:
-        transition(row, _S.RUNNING, reason if target == _S.RUNNING else "its tasks ran", now)
-        row.started_at = now
-        if target == _S.RUNNING:
-            return True
-    transition(row, target, reason, now)
-    return True
+    return bool(set_controller_status(row, target, reason, now, start_reason="its first task was placed"))
