@@ -169,7 +169,8 @@ class NodeSync:
                     lost += self._leave(session, name, now)
                     session.delete(row)
                     changes.append(f"node {name} left the pool")
-        for local in joined:
+        # joined nodes, and stored ones this server does not watch yet (registered before a restart)
+        for local in [n for n in declared if n in joined or n.node.name not in self.runtime.nodes]:
             self.runtime.add(local)
             changes += restore_mig_layouts(self.db, self.runtime, local.node.name, self.clock)
         for handle in lost:

@@ -66,6 +66,8 @@ def test_a_server_restarted_while_an_agent_is_silent_keeps_its_node_and_replica(
             fake.agent_on(NODE_B).mode = ANSWER
             time.sleep(10 * SYNC_INTERVAL_S)
             assert client.get_workload(wid).status == "running"
+            # registered before the restart, and watched again by this server (its GPUs, their metrics)
+            assert server.services.gpu_runtime().node("node-b").name == "node-b"
             fake.declare_dead(NODE_B)  # only now is the node gone, and its replica lost
             wait_until(lambda: "node-b" not in _names(server), what="node-b gone")
             wait_until(lambda: client.get_workload(wid).retries_used == 1, what="the replica lost and retried")
