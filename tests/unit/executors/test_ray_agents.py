@@ -170,3 +170,17 @@ def test_a_start_on_a_node_whose_agent_is_silent_is_refused_at_once_for_another_
     with pytest.raises(NodeGoneError, match="node-b does not answer now"):
         executor.start(launch)  # the reconciler places it again without using a retry
     assert len(fake.agent_on(NODE_B).calls) == calls  # no call made: the launch is not held up
+
+
+def test_a_node_that_does_not_see_the_shared_storage_is_refused_with_one_warning(
+    fake: FakeRay, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = RayExecutor("fake", api=fake)
+    provider = RayNodeProvider(executor, storage_root=tmp_path / "storage")
+    assert _names(provider) == ["node-a", "node-b"]
+    fake.agent_on(NODE_B).sees_storage = False  # its shared filesystem was unmounted
+    caplog.clear()
+    for _ in range(PASSES):
+        assert _names(provider) == ["node-a"]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "node-b refused: it does not see the shared storage" in refused[0]
