@@ -316,9 +316,11 @@ class RayExecutor(Executor):
         agent = str(handle["agent"])
         try:
             status = _status(*self._call(agent, "poll", handle["inner"]))
-        except ExecutorError as error:
+        except ExecutorError:
             if not self.node_alive(agent):
-                return ReplicaStatus(ReplicaState.LOST, message=f"node {handle.get('node')} is gone: {error}")
+                # the node worker's words for the same event, whichever of the two notices it first
+                gone = f"node {handle.get('node')} left the pool (Ray no longer reports it alive)"
+                return ReplicaStatus(ReplicaState.LOST, message=gone)
             raise
         if status.state.is_terminal:
             self._copy_log(handle)

@@ -63,7 +63,7 @@ def test_a_node_whose_agent_times_out_stays_until_ray_declares_it_dead(fake: Fak
     assert _names(provider) == ["node-a"]
     assert not provider.keeps(labels)
     lost = executor.poll(handle)
-    assert lost.state is ReplicaState.LOST and "node-b is gone" in lost.message
+    assert lost.state is ReplicaState.LOST and "node node-b left the pool" in lost.message
     assert executor.health.silence(_agent(NODE_B)) is None  # a node that left is not a silent one
 
 
