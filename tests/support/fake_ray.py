@@ -50,6 +50,7 @@ class FakeAgent:
     mode: str = ANSWER
     states: dict[str, tuple[str, int | None, str]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    sees_storage: bool = True  # whether the node reads the server's shared-storage marker
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, getattr(self, "_" + method))
@@ -58,7 +59,7 @@ class FakeAgent:
         return self.description
 
     def _sees(self, path: str, content: str) -> bool:
-        return True
+        return self.sees_storage
 
     def _start(self, launch: Any) -> dict[str, Any]:
         replica_id = f"{launch.workload_id}-{launch.replica}-{launch.attempt}"

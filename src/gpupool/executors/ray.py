@@ -114,6 +114,7 @@ class RayExecutor(Executor):
         self.health = AgentHealth()
         self._agents: dict[str, Any] = {}  # agent name -> actor handle, while calls to it succeed
         self._names: dict[str, str] = {}  # agent name -> the gpupool name of its node (from its description)
+        self._refused: set[str] = set()  # agents whose nodes do not see the shared storage (logged once)
         self._lock = threading.Lock()
 
     # -- agents and nodes ------------------------------------------------------------------------------
@@ -213,7 +214,9 @@ class RayExecutor(Executor):
             self.health.answered(name, description.name, asked_at)
             if seen:
                 answered.append((name, description))
-            else:
+                self._refused.discard(name)
+            elif name not in self._refused:  # logged once, not on every pass
+                self._refused.add(name)
                 log.warning(
                     "node %s refused: it does not see the shared storage (no marker %s there); mount the "
                     "same shared filesystem at the same path on every node",
@@ -313,9 +316,11 @@ class RayExecutor(Executor):
         agent = str(handle["agent"])
         try:
             status = _status(*self._call(agent, "poll", handle["inner"]))
-        except ExecutorError as error:
+        except ExecutorError:
             if not self.node_alive(agent):
-                return ReplicaStatus(ReplicaState.LOST, message=f"node {handle.get('node')} is gone: {error}")
+                # the node worker's words for the same event, whichever of the two notices it first
+                gone = f"node {handle.get('node')} left the pool (Ray no longer reports it alive)"
+                return ReplicaStatus(ReplicaState.LOST, message=gone)
             raise
         if status.state.is_terminal:
             self._copy_log(handle)

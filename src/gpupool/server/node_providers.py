@@ -34,6 +34,7 @@ from gpupool.server.services.gpu_admin import restore_mig_layouts
 from gpupool.server.services.pool import register_local_nodes, upsert_node
 from gpupool.server.settings import Settings
 from gpupool.store.db import Database
+from gpupool.store.orm import NodeCordonRow, NodeRow
 from gpupool.store.repos import nodes as node_repo
 from gpupool.store.repos import workloads as repo
 
@@ -114,6 +115,23 @@ class SimulatedNodeProvider:
             return [self._nodes[name] for name in sorted(self._nodes)]
 
 
+def _not_answering(row: NodeRow) -> list[str]:
+    """A kept node that does not answer takes no new work (its replicas stay): made unschedulable."""
+    if not row.schedulable:
+        return []
+    row.schedulable = False
+    return [f"node {row.name} does not answer: no new work is placed on it until it does"]
+
+
+def _answering_again(session: Session, row: NodeRow) -> list[str]:
+    """A node of a provider other than this host's that answers takes work again, unless an administrator
+    cordoned it (the only other reason such a node is unschedulable)."""
+    if row.schedulable or row.source == LocalHostProvider.source or session.get(NodeCordonRow, row.name):
+        return []
+    row.schedulable = True
+    return [f"node {row.name} answers again: it takes new work"]
+
+
 class NodeSync:
     """Keeps the stored nodes in step with the providers (see the module docstring); `step()` does one pass."""
 
@@ -163,13 +181,16 @@ class NodeSync:
                 for name, row in sorted(stored.items()):
                     if name in wanted:
                         row.heartbeat_at = now
+                        changes += _answering_again(session, row)
                         continue
                     if keeps_unoffered(provider, dict(row.labels or {})):
-                        continue  # not described this pass, yet it still exists
+                        changes += _not_answering(row)  # not described this pass, yet it still exists
+                        continue
                     lost += self._leave(session, name, now)
                     session.delete(row)
                     changes.append(f"node {name} left the pool")
-        for local in joined:
+        # joined nodes, and stored ones this server does not watch yet (registered before a restart)
+        for local in [n for n in declared if n in joined or n.node.name not in self.runtime.nodes]:
             self.runtime.add(local)
             changes += restore_mig_layouts(self.db, self.runtime, local.node.name, self.clock)
         for handle in lost:

@@ -70,10 +70,11 @@ class RayNodeProvider:
         self._silent: frozenset[str] | None = None  # agents of alive nodes that did not answer the last pass
 
     def nodes(self) -> list[LocalNode]:
-        """The nodes present now, by name (one call to each agent; agents are created for new nodes). A
-        node whose agent does not answer this pass stays while Ray reports it alive: an agent restarted,
-        recreated or busy is not a lost machine, so its replicas are not reported lost. A node whose agent
-        never answered has not joined yet."""
+        """The nodes whose agents answer now, by name (one call to each agent; agents are created for new
+        nodes). A node whose agent does not answer this pass is not offered but kept (`keeps`) while Ray
+        reports it alive: an agent restarted, recreated or busy is not a lost machine, so its replicas are
+        not reported lost; the node worker places no new work on it meanwhile. A node whose agent never
+        answered has not joined yet."""
         # the first pass waits as long as one agent call may (agents created now, or a server that restarted
         # while one is slow); later passes wait survey_timeout_s, and a node whose agent is late joins later
         first = self._silent is None
@@ -85,11 +86,12 @@ class RayNodeProvider:
             present[description.name] = (
                 known if known and known[0] == agent else (agent, node_from_description(description, agent))
             )
+        offered = sorted(present)
         for name, (agent, node) in self._known.items():
             if name not in present and agent in survey.silent:
-                present[name] = (agent, node)
+                present[name] = (agent, node)  # remembered, so that it comes back as the same node
         self._known = present
-        return [node for _, node in (present[name] for name in sorted(present))]
+        return [present[name][1] for name in offered]
 
     def keeps(self, labels: dict[str, str]) -> bool:
         """Whether a stored node that the last pass did not offer still exists: its agent (the node's

@@ -22,9 +22,12 @@ class NodeLeavesDuringStart(FakeExecutor):
 
     def start(self, launch: ReplicaLaunch) -> Handle:
         with self.db.engine.begin() as connection:
-            connection.execute(text("UPDATE replicas SET state = 'lost', message = :why WHERE workload_id = :id "
-                                    "AND state = 'pending'"),
-                               {"id": int(launch.workload_id), "why": f"node {launch.node} left the pool"})
+            connection.execute(
+                text(
+                    "UPDATE replicas SET state = 'lost', message = :why WHERE workload_id = :id AND state = 'pending'"
+                ),
+                {"id": int(launch.workload_id), "why": f"node {launch.node} left the pool"},
+            )
         raise NodeGoneError(f"node {launch.node} is not part of the cluster now")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.fake_ray import ANSWER, TIMEOUT, FakeRay
@@ -28,6 +29,11 @@ def _serve(tmp_path: Path, fake: FakeRay) -> TestServer:
     )
     executor = RayExecutor("fake", api=fake)  # replicas run through the fake agents too
     return start_server(settings, executor, node_providers=[RayNodeProvider(executor)])
+
+
+def _node(server: TestServer, name: str) -> Any:
+    with server.client() as client:
+        return next(n for n in client.nodes() if n.name == name)
 
 
 def _names(server: TestServer) -> list[str]:
@@ -61,11 +67,18 @@ def test_a_server_restarted_while_an_agent_is_silent_keeps_its_node_and_replica(
                 detail = client.get_workload(wid)
                 assert (detail.status, detail.retries_used) == ("running", 0), detail.message
                 time.sleep(SYNC_INTERVAL_S)
+            assert not _node(server, "node-b").schedulable  # kept, but no new work goes to a silent node
+            second = client.submit("name: s\ncommand: x\nresources: {cpu: 1, gpu: 1}\n").workload.id
+            time.sleep(10 * SYNC_INTERVAL_S)
+            assert client.get_workload(second).status == "pending"  # waits for it, not refused as never-fit
             noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("gpupool")]
             assert len(noisy) == 1 and "does not answer" in noisy[0].getMessage(), [r.getMessage() for r in noisy]
             fake.agent_on(NODE_B).mode = ANSWER
-            time.sleep(10 * SYNC_INTERVAL_S)
+            wait_until(lambda: _node(server, "node-b").schedulable, what="node-b takes work again")
             assert client.get_workload(wid).status == "running"
+            client.cancel(second)
+            # registered before the restart, and watched again by this server (its GPUs, their metrics)
+            assert server.services.gpu_runtime().node("node-b").name == "node-b"
             fake.declare_dead(NODE_B)  # only now is the node gone, and its replica lost
             wait_until(lambda: "node-b" not in _names(server), what="node-b gone")
             wait_until(lambda: client.get_workload(wid).retries_used == 1, what="the replica lost and retried")

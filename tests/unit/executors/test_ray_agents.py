@@ -15,7 +15,7 @@ from tests.support.fake_ray import ANSWER, TIMEOUT, FakeRay
 
 from gpupool.executors.base import ExecutorError, NodeGoneError, ReplicaLaunch, ReplicaState
 from gpupool.executors.ray import AGENT_PREFIX, RayExecutor
-from gpupool.server.ray_nodes import RayNodeProvider
+from gpupool.server.ray_nodes import RAY_NODE_LABEL, RayNodeProvider
 
 NODE_A, NODE_B, NODE_C = "aa" * 28, "bb" * 28, "cc" * 28  # Ray node ids: 28 bytes in hex
 PASSES = 5  # node passes (and polls) while an agent is silent: enough to see any per-pass repetition
@@ -48,18 +48,22 @@ def test_a_node_whose_agent_times_out_stays_until_ray_declares_it_dead(fake: Fak
     first = {n.node.name: n for n in provider.nodes()}
     assert sorted(first) == ["node-a", "node-b"]
     handle = _handle(executor, "node-b")
+    labels = dict(first["node-b"].node.labels)
     fake.agent_on(NODE_B).mode = TIMEOUT  # a busy or restarting agent: calls time out
     for _ in range(PASSES):
-        nodes = {n.node.name: n for n in provider.nodes()}
-        assert nodes["node-b"] is first["node-b"]  # the same node, GPUs and all: it never left
+        assert _names(provider) == ["node-a"]  # node-b is not offered (no new work goes there)...
+        assert provider.keeps(labels)  # ...but kept: the node worker does not take it away
         with pytest.raises(ExecutorError, match="did not answer"):
             executor.poll(handle)  # not LOST: the node is alive, the next poll asks again
     fake.agent_on(NODE_B).mode = ANSWER
     assert executor.poll(handle).state is ReplicaState.RUNNING
+    again = {n.node.name: n for n in provider.nodes()}
+    assert again["node-b"] is first["node-b"]  # the same node, GPUs and all: it never left
     fake.declare_dead(NODE_B)  # Ray's health check: only now is the node gone
     assert _names(provider) == ["node-a"]
+    assert not provider.keeps(labels)
     lost = executor.poll(handle)
-    assert lost.state is ReplicaState.LOST and "node-b is gone" in lost.message
+    assert lost.state is ReplicaState.LOST and "node node-b left the pool" in lost.message
     assert executor.health.silence(_agent(NODE_B)) is None  # a node that left is not a silent one
 
 
@@ -69,9 +73,10 @@ def test_a_killed_agent_is_recreated_and_its_node_never_leaves(fake: FakeRay) ->
     assert _names(provider) == ["node-a", "node-b"]
     handle = _handle(executor, "node-b")
     fake.kill_agent(_agent(NODE_B))  # ray.kill without restart: the name is free until recreated
+    assert _names(provider) == ["node-a"]  # the pass sees the dead handle...
+    assert provider.keeps({RAY_NODE_LABEL: _agent(NODE_B)})  # ...and keeps the node
     with pytest.raises(ExecutorError):
-        executor.poll(handle)  # between the kill and the next node pass: no agent, the node alive
-    assert _names(provider) == ["node-a", "node-b"]  # the pass sees the dead handle and keeps the node
+        executor.poll(handle)  # between this pass and the next: no agent, the node alive
     assert _names(provider) == ["node-a", "node-b"]  # the next creates the agent again, which answers
     assert fake.created.count(_agent(NODE_B)) == 2
     assert executor.poll(handle).state is ReplicaState.RUNNING  # the new agent answers for the replica
@@ -165,3 +170,17 @@ def test_a_start_on_a_node_whose_agent_is_silent_is_refused_at_once_for_another_
     with pytest.raises(NodeGoneError, match="node-b does not answer now"):
         executor.start(launch)  # the reconciler places it again without using a retry
     assert len(fake.agent_on(NODE_B).calls) == calls  # no call made: the launch is not held up
+
+
+def test_a_node_that_does_not_see_the_shared_storage_is_refused_with_one_warning(
+    fake: FakeRay, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = RayExecutor("fake", api=fake)
+    provider = RayNodeProvider(executor, storage_root=tmp_path / "storage")
+    assert _names(provider) == ["node-a", "node-b"]
+    fake.agent_on(NODE_B).sees_storage = False  # its shared filesystem was unmounted
+    caplog.clear()
+    for _ in range(PASSES):
+        assert _names(provider) == ["node-a"]
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1 and "node-b refused: it does not see the shared storage" in refused[0]
