@@ -60,8 +60,8 @@ def executors(tmp_path: Path) -> Iterator[list[LocalExecutor]]:
         executor.warm.stop_unclaimed()
 
 
-def new_executor(tmp: Path, made: list[LocalExecutor], size: int = 1) -> LocalExecutor:
-    executor = LocalExecutor(tmp / "executor", base_env=base_env(tmp), warm_notebooks=size)
+def new_executor(tmp: Path, made: list[LocalExecutor], size: int = 1, log_cap: int = 1024**3) -> LocalExecutor:
+    executor = LocalExecutor(tmp / "executor", base_env=base_env(tmp), warm_notebooks=size, log_cap_bytes=log_cap)
     made.append(executor)
     return executor
 
@@ -128,6 +128,7 @@ def test_a_warm_notebook_is_ready_its_own_and_the_slot_is_refilled(tmp_path: Pat
                                "os.environ.get('JUPYTER_TOKEN'), os.environ.get('HOME'))")
     assert said.split() == [str(tmp_path / "user-11"), "GPU-11", "4096", "m", "token-of-11", str(tmp_path / "home")]
     assert "Jupyter Server" in Path(handle["log_path"]).read_text()  # its output is the notebook's log
+    assert "Jupyter Server" not in (Path(handle["state_dir"]) / "replica-0.log").read_text()
     # the slot is refilled with a new one; the used one is never ready again
     wait_until(lambda: [t.name for t in ready_tokens(root)] not in ([], [parked]), READY_S, 0.1, "a refill")
     assert parked not in [t.name for t in ready_tokens(root)]
@@ -164,10 +165,10 @@ def test_two_concurrent_starts_share_no_slot(tmp_path: Path, executors: list[Loc
 
 def test_slots_survive_a_restart_and_an_interrupted_start_keeps_its_claim(tmp_path: Path,
                                                                           executors: list[LocalExecutor]) -> None:
-    first = new_executor(tmp_path, executors)
+    first = new_executor(tmp_path, executors, log_cap=1024)  # a slot keeps the cap it was started with
     wait_until(lambda: len(ready_tokens(first.root)) == 1, READY_S, 0.1, "a parked slot")
     first.close()  # the server stops; the parked process stays
-    restarted = new_executor(tmp_path, executors)
+    restarted = new_executor(tmp_path, executors, log_cap=1024)
     assert restarted.warm.fill() == 0  # it finds the live slot and starts no second one
     launch = notebook(tmp_path, "31")
     state_dir = restarted.state_dir("31", 0)
@@ -179,6 +180,9 @@ def test_slots_survive_a_restart_and_an_interrupted_start_keeps_its_claim(tmp_pa
     handle = restarted.start(launch)  # the retried start finishes the same claim
     assert handle["warm"] and handle["state_dir"] == str(slot)
     wait_ready(launch)
+    log = Path(handle["log_path"])  # Jupyter's start logs more than 1 KiB: the cap applies to a warm notebook
+    wait_until(lambda: "reached its limit of 1024 bytes" in log.read_text(), 60, 0.1, "the log capped")
+    assert log.stat().st_size < 1024 + 200
     stop(restarted, handle)
 
 
