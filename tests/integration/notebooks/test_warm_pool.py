@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.support.jupyter import execute, start_kernel
+from tests.support.processes import ServerProcess
 from tests.support.servers import server_settings, start_server, wait_until
 
 from gpupool.domain.notebooks import JUPYTER_COMMAND
@@ -263,3 +264,37 @@ def test_in_a_multi_user_pool_a_warm_notebook_runs_as_its_user(executors: list[L
             if group.gr_name.startswith(f"w{tag}g-"):
                 subprocess.run(["groupdel", group.gr_name], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_server_killed_after_a_warm_start_finds_the_notebook_again_and_refills(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home", extra_env={"GPUPOOL_NOTEBOOK_WARM_POOL": "1"}).start()
+    root = server.home / "executor"
+    try:
+        wait_until(lambda: len(ready_tokens(root)) == 1, READY_S, 0.1, "a parked slot")
+        with server.client() as client:
+            nid = client.submit({"kind": "notebook", "name": "k", "idle_timeout": "off",
+                                 "resources": {"cpu": 0.5, "memory": "512MiB"}}).workload.id
+            auth = {"Authorization": f"Bearer {client.token}"}
+        status_url = f"{server.url}/notebooks/{nid}/api/status"
+
+        def jupyter_started() -> str | None:
+            try:
+                response = httpx.get(status_url, headers=auth, timeout=10)
+            except httpx.TransportError:
+                return None
+            return str(response.json()["started"]) if response.status_code == 200 else None
+
+        started = wait_until(jupyter_started, READY_S, 0.05, "the notebook ready through the proxy")
+        (used,) = [p.name for p in (root / "warm" / "slots").iterdir() if (p / "assign.json").exists()]
+        server.kill()  # a crash: nothing of the shutdown runs
+        server.start()
+        assert wait_until(jupyter_started, 60, 0.1, "the notebook reached again") == started  # the same Jupyter
+        with server.client() as client:
+            assert client.get_workload(nid).status == "running"
+        wait_until(lambda: len(ready_tokens(root)) == 1, READY_S, 0.1, "a parked slot again")
+        assert used not in [t.name for t in ready_tokens(root)]  # the used slot is never ready again
+        assert [p.name for p in (root / "warm" / "slots").iterdir() if (p / "assign.json").exists()] == [used]
+    finally:
+        server.stop()
+        server.stop_replicas()
+        LocalExecutor(root).warm.stop_unclaimed()
