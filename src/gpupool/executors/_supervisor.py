@@ -22,7 +22,9 @@ What it does:
    one line saying so and discards the rest (still reading, so the command never blocks on a full pipe);
 3. on SIGTERM, SIGINT or SIGHUP (a stop request): sends SIGTERM to the command's process group, and SIGKILL
    to the group when the grace period (read from `stop.json`, written by the executor before it signals)
-   has passed and the command still runs;
+   has passed and the command still runs; on SIGUSR2, appends the command's output from then on to the file
+   `relog.json` names (a warm notebook slot handed to a notebook, whose log that is), with the same cap,
+   and writes `relogged.json`;
 4. when the command ends: sends SIGKILL to whatever is left in its process group, writes `exit.json`
    ({exit_code, signal, stop_requested, killed, ended_at}) atomically, and exits.
 """
@@ -43,6 +45,8 @@ EXIT_FILE = "exit.json"
 STOP_FILE = "stop.json"
 SUPERVISOR_FILE = "supervisor.json"
 SUPERVISOR_LOCK = "supervisor.lock"
+RELOG_FILE = "relog.json"  # {"log_path": ...}: where output goes from a SIGUSR2 on (a warm notebook slot)
+RELOGGED_FILE = "relogged.json"  # written once the output goes there
 DEFAULT_GRACE_S = 10.0
 MAX_GRACE_S = 7 * 24 * 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -163,6 +167,20 @@ class Supervisor:
         self.killed = True
         self._signal_group(signal.SIGKILL)
 
+    def on_relog(self, _signum: int, _frame: object) -> None:
+        """Send the output to the log file `relog.json` names from now on (with a fresh cap)."""
+        try:
+            with open(self._path(RELOG_FILE), encoding="utf-8") as relog:
+                path = str(json.load(relog)["log_path"])
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        self.log_capped = False
+        write_json_atomic(self._path(RELOGGED_FILE), {"log_path": path})
+
     def hold_lock(self) -> bool:
         """Hold STATE_DIR/supervisor.lock for this process's life; False when another process holds it."""
         if self.lock_fd is not None:
@@ -229,6 +247,7 @@ class Supervisor:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_stop_signal)
         signal.signal(signal.SIGALRM, self.on_deadline)
+        signal.signal(signal.SIGUSR2, self.on_relog)
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # no stop request while half started
         try:
             pid = self._spawn()

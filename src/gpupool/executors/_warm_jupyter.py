@@ -10,7 +10,8 @@ imports JupyterLab. It:
    executor may claim the slot, by renaming that token away, which only one claimant can do;
 2. waits (SIGUSR1, with a periodic re-check) until the executor has written `SLOT_DIR/assign.json`: the
    notebook's Jupyter arguments, environment, working directory, log file, OS identity and read-only paths;
-3. becomes the notebook: its output goes to the notebook's log file; the read-only bind mounts are made;
+3. becomes the notebook (its supervisor already copies its output to the notebook's log file, with the
+   log cap): the read-only bind mounts are made;
    it drops to the notebook's OS identity (groups, gid, uid; then PR_SET_PDEATHSIG again, which the drop
    resets); its environment is replaced by the notebook's (token, GPU variables, storage scopes), it moves
    to the working directory, writes JupyterLab's settings overrides under the user's HOME as the user, and
@@ -89,10 +90,6 @@ def _supervisor_module() -> Any:
 
 def become(assignment: dict[str, Any]) -> list[str]:
     """Apply the assignment to this process (see the module docstring, step 3); Jupyter's argv."""
-    log = os.open(str(assignment["log_path"]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
     libc = ctypes.CDLL(None, use_errno=True)
     read_only = [str(p) for p in assignment.get("read_only") or []]
     if read_only:

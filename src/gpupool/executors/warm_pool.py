@@ -57,6 +57,9 @@ STALE_SLOT_S = 300.0
 # How often the pool is topped up without a claim (a parked process that died, a new environment to warm):
 # a few cheap directory listings, so every 10 s costs nothing.
 REFILL_INTERVAL_S = 10.0
+# The supervisor switches its output file within milliseconds of the signal; 2 s covers a loaded machine, and
+# missing it only puts Jupyter's first lines in the slot's own log.
+RELOG_WAIT_S = 2.0
 
 
 def python_key(python: str) -> str:
@@ -194,6 +197,7 @@ class WarmPool:
         path = slot / ASSIGN_FILE
         if not path.exists():
             handle = self.slot_handle(slot) or {}
+            self._relog(slot, handle, assignment.log_path)
             supervisor.write_json_atomic(str(path), {
                 "args": list(assignment.args), "env": assignment.env, "cwd": str(assignment.cwd),
                 "log_path": str(assignment.log_path), "read_only": [str(p) for p in assignment.read_only],
@@ -203,6 +207,20 @@ class WarmPool:
         if command and command.get("start_time") is not None:
             procfs.signal_process(procfs.ProcessIdentity(int(command["pid"]), int(command["start_time"]),
                                                          procfs.boot_id()), signal.SIGUSR1)
+
+    @staticmethod
+    def _relog(slot: Path, handle: dict[str, Any], log_path: Path) -> None:
+        """Have the slot's supervisor copy the output to the notebook's log from now on (with the log cap),
+        waiting up to RELOG_WAIT_S for it to say so (else the first lines land in the slot's own log)."""
+        supervisor.write_json_atomic(str(slot / supervisor.RELOG_FILE), {"log_path": str(log_path)})
+        (slot / supervisor.RELOGGED_FILE).unlink(missing_ok=True)
+        identity = procfs.ProcessIdentity(int(handle.get("pid", 0)), int(handle.get("start_time", -1)),
+                                          str(handle.get("boot_id", "")))
+        if not procfs.signal_process(identity, signal.SIGUSR2):
+            return
+        deadline = time.monotonic() + RELOG_WAIT_S
+        while not (slot / supervisor.RELOGGED_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
 
     # -- fill --------------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.support.jupyter import execute, start_kernel
+from tests.support.processes import ServerProcess
 from tests.support.servers import server_settings, start_server, wait_until
 
 from gpupool.domain.notebooks import JUPYTER_COMMAND
@@ -60,8 +61,8 @@ def executors(tmp_path: Path) -> Iterator[list[LocalExecutor]]:
         executor.warm.stop_unclaimed()
 
 
-def new_executor(tmp: Path, made: list[LocalExecutor], size: int = 1) -> LocalExecutor:
-    executor = LocalExecutor(tmp / "executor", base_env=base_env(tmp), warm_notebooks=size)
+def new_executor(tmp: Path, made: list[LocalExecutor], size: int = 1, log_cap: int = 1024**3) -> LocalExecutor:
+    executor = LocalExecutor(tmp / "executor", base_env=base_env(tmp), warm_notebooks=size, log_cap_bytes=log_cap)
     made.append(executor)
     return executor
 
@@ -128,6 +129,7 @@ def test_a_warm_notebook_is_ready_its_own_and_the_slot_is_refilled(tmp_path: Pat
                                "os.environ.get('JUPYTER_TOKEN'), os.environ.get('HOME'))")
     assert said.split() == [str(tmp_path / "user-11"), "GPU-11", "4096", "m", "token-of-11", str(tmp_path / "home")]
     assert "Jupyter Server" in Path(handle["log_path"]).read_text()  # its output is the notebook's log
+    assert "Jupyter Server" not in (Path(handle["state_dir"]) / "replica-0.log").read_text()
     # the slot is refilled with a new one; the used one is never ready again
     wait_until(lambda: [t.name for t in ready_tokens(root)] not in ([], [parked]), READY_S, 0.1, "a refill")
     assert parked not in [t.name for t in ready_tokens(root)]
@@ -164,10 +166,10 @@ def test_two_concurrent_starts_share_no_slot(tmp_path: Path, executors: list[Loc
 
 def test_slots_survive_a_restart_and_an_interrupted_start_keeps_its_claim(tmp_path: Path,
                                                                           executors: list[LocalExecutor]) -> None:
-    first = new_executor(tmp_path, executors)
+    first = new_executor(tmp_path, executors, log_cap=1024)  # a slot keeps the cap it was started with
     wait_until(lambda: len(ready_tokens(first.root)) == 1, READY_S, 0.1, "a parked slot")
     first.close()  # the server stops; the parked process stays
-    restarted = new_executor(tmp_path, executors)
+    restarted = new_executor(tmp_path, executors, log_cap=1024)
     assert restarted.warm.fill() == 0  # it finds the live slot and starts no second one
     launch = notebook(tmp_path, "31")
     state_dir = restarted.state_dir("31", 0)
@@ -179,6 +181,9 @@ def test_slots_survive_a_restart_and_an_interrupted_start_keeps_its_claim(tmp_pa
     handle = restarted.start(launch)  # the retried start finishes the same claim
     assert handle["warm"] and handle["state_dir"] == str(slot)
     wait_ready(launch)
+    log = Path(handle["log_path"])  # Jupyter's start logs more than 1 KiB: the cap applies to a warm notebook
+    wait_until(lambda: "reached its limit of 1024 bytes" in log.read_text(), 60, 0.1, "the log capped")
+    assert log.stat().st_size < 1024 + 200
     stop(restarted, handle)
 
 
@@ -259,3 +264,37 @@ def test_in_a_multi_user_pool_a_warm_notebook_runs_as_its_user(executors: list[L
             if group.gr_name.startswith(f"w{tag}g-"):
                 subprocess.run(["groupdel", group.gr_name], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_server_killed_after_a_warm_start_finds_the_notebook_again_and_refills(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home", extra_env={"GPUPOOL_NOTEBOOK_WARM_POOL": "1"}).start()
+    root = server.home / "executor"
+    try:
+        wait_until(lambda: len(ready_tokens(root)) == 1, READY_S, 0.1, "a parked slot")
+        with server.client() as client:
+            nid = client.submit({"kind": "notebook", "name": "k", "idle_timeout": "off",
+                                 "resources": {"cpu": 0.5, "memory": "512MiB"}}).workload.id
+            auth = {"Authorization": f"Bearer {client.token}"}
+        status_url = f"{server.url}/notebooks/{nid}/api/status"
+
+        def jupyter_started() -> str | None:
+            try:
+                response = httpx.get(status_url, headers=auth, timeout=10)
+            except httpx.TransportError:
+                return None
+            return str(response.json()["started"]) if response.status_code == 200 else None
+
+        started = wait_until(jupyter_started, READY_S, 0.05, "the notebook ready through the proxy")
+        (used,) = [p.name for p in (root / "warm" / "slots").iterdir() if (p / "assign.json").exists()]
+        server.kill()  # a crash: nothing of the shutdown runs
+        server.start()
+        assert wait_until(jupyter_started, 60, 0.1, "the notebook reached again") == started  # the same Jupyter
+        with server.client() as client:
+            assert client.get_workload(nid).status == "running"
+        wait_until(lambda: len(ready_tokens(root)) == 1, READY_S, 0.1, "a parked slot again")
+        assert used not in [t.name for t in ready_tokens(root)]  # the used slot is never ready again
+        assert [p.name for p in (root / "warm" / "slots").iterdir() if (p / "assign.json").exists()] == [used]
+    finally:
+        server.stop()
+        server.stop_replicas()
+        LocalExecutor(root).warm.stop_unclaimed()
