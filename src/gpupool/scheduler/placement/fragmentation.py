@@ -37,7 +37,7 @@ import numpy as np
 
 from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest, model_matches
 from gpupool.scheduler.placement.filters import FloatArray
-from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
+from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
 
 DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
@@ -162,7 +162,10 @@ class CardTerms:
 
 def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
     """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0)."""
-    result: IntArray = np.where(snap.whole_ok[rows] | snap.share_ok[rows], snap.free_milli[rows], 0)
+    usable: BoolArray | None = snap.__dict__.get("_fragment_cards")
+    if usable is None:  # which cards count never changes while the snapshot lives: computed once
+        usable = snap.__dict__["_fragment_cards"] = snap.whole_ok | snap.share_ok
+    result: IntArray = np.where(usable[rows], snap.free_milli[rows], 0)
     return result
 
 
