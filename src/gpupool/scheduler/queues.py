@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from gpupool.domain.queues import QueueSpec
-from gpupool.domain.resources import ResourceVector, format_cpu, format_gpu, format_memory
+from gpupool.domain.resources import ZERO, ResourceVector, format_cpu, format_gpu, format_memory
 from gpupool.scheduler.types import RunningWorkload
 
 _FORMATS = {"cpu": format_cpu, "memory": format_memory, "gpu": format_gpu}
@@ -65,11 +65,11 @@ class QuotaBook:
     def mark_stopping(self, queue: str, amount: ResourceVector) -> None:
         """Record that `amount` of the queue's usage has been asked to stop. It still counts against the
         queue's limit until it has stopped, but no longer as capacity the queue keeps (reclaim, fair share)."""
-        self.stopping[queue] = self.stopping.get(queue, ResourceVector()) + amount
+        self.stopping[queue] = self.stopping.get(queue, ZERO) + amount
 
     def settled(self, queue: str) -> ResourceVector:
         """What the queue will hold once its stopping work has stopped."""
-        return self.used(queue) - self.stopping.get(queue, ResourceVector())
+        return self.used(queue) - self.stopping.get(queue, ZERO)
 
     def spec(self, queue: str) -> QueueSpec:
         """The queue's spec (a default, lending, unguaranteed spec for unknown names)."""
@@ -90,13 +90,13 @@ class QuotaBook:
 
     def _change(self, queue: str, delta: ResourceVector) -> None:
         before = self._reserved(queue)
-        self.usage[queue] = self.usage.get(queue, ResourceVector()) + delta
+        self.usage[queue] = self.usage.get(queue, ZERO) + delta
         self.used_total = self.used_total + delta
         self.reserved_total = self.reserved_total - before + self._reserved(queue)
 
     def used(self, queue: str) -> ResourceVector:
         """What the queue uses now."""
-        return self.usage.get(queue, ResourceVector())
+        return self.usage.get(queue, ZERO)
 
     def share(self, queue: str) -> float:
         """Weighted dominant share of the queue's usage."""

@@ -88,9 +88,9 @@ class ClusterSnapshot:
         """`_refresh` of one row, with the row's 1-D views (several times cheaper than fancy indexing)."""
         free = self.free_milli[row]
         whole = (free == MILLI_PER_GPU) & (self.free_gmem[row] >= self.gpu_mem_total[row]) & self.whole_ok[row]
-        self.full_free[row] = whole.sum()
-        self.share_max_free[row] = np.where(self.share_ok[row], free, 0).max()
-        self.free_gpu_total[row] = free.sum()
+        self.full_free[row] = np.add.reduce(whole)  # what .sum() calls, without its Python wrapper
+        self.share_max_free[row] = np.maximum.reduce(np.where(self.share_ok[row], free, 0))
+        self.free_gpu_total[row] = np.add.reduce(free)
         self.version[row] = next(_STAMPS)
 
     def whole_free_cards(self, rows: IntArray | list[int] | int | slice = slice(None)) -> BoolArray:

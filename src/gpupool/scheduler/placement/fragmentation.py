@@ -41,6 +41,8 @@ from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
 
 DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
+# np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
+_ADD = np.add.reduce
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +177,9 @@ def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     cards = free[:, None, :]
     enough = cards >= need
     return CardTerms(
-        enough.sum(axis=2).astype(np.int64),
-        np.where(enough, 0, cards).sum(axis=2).astype(np.int64),
-        (cards // need).sum(axis=2).astype(np.int64),
+        _ADD(enough, axis=2).astype(np.int64),
+        _ADD(np.where(enough, 0, cards), axis=2).astype(np.int64),
+        _ADD(cards // need, axis=2).astype(np.int64),
     )
 
 
@@ -188,7 +190,7 @@ def paper_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight: F
     models; the rest of the shape cannot run there and counts T."""
     runs = (cpu[..., None] >= target.cpu) & (mem[..., None] >= target.mem) & (terms.count >= target.num)
     saved = np.where(runs, total[..., None] - terms.frag, 0) * weight
-    result: FloatArray = total * target.total_prob - saved.sum(axis=-1)
+    result: FloatArray = total * target.total_prob - _ADD(saved, axis=-1)
     return result
 
 
@@ -205,7 +207,7 @@ def capacity_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight
         by_mem = np.where(target.mem > 0, mem[..., None] // np.maximum(target.mem, 1), _NO_LIMIT)
         copies = np.minimum(np.minimum(by_cpu, by_mem), terms.slots // np.maximum(target.num, 1))
     used = np.maximum(copies, 0) * target.gpu_per_copy * weight
-    result: FloatArray = total * target.total_prob - used.sum(axis=-1)
+    result: FloatArray = total * target.total_prob - _ADD(used, axis=-1)
     return result
 
 
