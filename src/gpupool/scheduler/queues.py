@@ -26,8 +26,12 @@ from gpupool.scheduler.types import RunningWorkload
 _FORMATS = {"cpu": format_cpu, "memory": format_memory, "gpu": format_gpu}
 
 
+_FIELDS = {"cpu": "cpu_milli", "memory": "memory_mib", "gpu": "gpu_milli"}
+
+
 def _component(vector: ResourceVector, name: str) -> int:
-    return {"cpu": vector.cpu_milli, "memory": vector.memory_mib, "gpu": vector.gpu_milli}[name]
+    value: int = getattr(vector, _FIELDS[name])  # no dict of all three built per call: asked per pending head
+    return value
 
 
 def beyond_limit(queue: QueueSpec, demand: ResourceVector) -> str | None:

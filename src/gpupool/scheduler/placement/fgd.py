@@ -129,8 +129,9 @@ class FgdPolicy(PlacementPolicy):
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
             self._refresh_nodes(snap, target, stale, free)
             growth = self._growths(snap, target, request, stale, free)
-            cache.growth_bin[stale] = np.round(growth.paper / self.resolution)
-            cache.capacity[stale] = np.round(growth.capacity, 6)
+            # ndarray.round is what np.round calls (without its dispatch wrapper): same values
+            cache.growth_bin[stale] = (growth.paper / self.resolution).round()
+            cache.capacity[stale] = growth.capacity.round(6)
             cache.column[stale], cache.version[stale] = growth.column, snap.version[stale]
         growth_bin, capacity = cache.growth_bin[rows], cache.capacity[rows]
         columns = cache.column[rows] if request.gpu.kind == "share" else None
@@ -231,7 +232,7 @@ class FgdPolicy(PlacementPolicy):
         paper = paper_fragment(*args) - before_paper[:, None]
         capacity = capacity_fragment(*args) - before_capacity[:, None]
         tie = capacity if self.tie_break else 0.0
-        key = np.where(share.fits, np.round(paper / self.resolution) * _BIN_SCALE + tie, np.inf)
-        column = np.argmin(key, axis=1)
+        key = np.where(share.fits, (paper / self.resolution).round() * _BIN_SCALE + tie, np.inf)
+        column = key.argmin(axis=1)
         pick = np.arange(len(rows))
         return _Growth(paper[pick, column], capacity[pick, column], column.astype(np.int64))
