@@ -114,9 +114,14 @@ class QuotaBook:
         """True when the queue's usage plus `demand` stays inside its guarantee. GPU always counts; CPU and
         memory count only where this queue guarantees some (an unset guarantee means "not guaranteed on that
         resource", not a guarantee of 0 that no demand can stay inside)."""
-        spec = self.spec(queue).guaranteed
-        over = self._over_guarantee(queue, self.used(queue) + demand)
-        return not any(r == "gpu" or _component(spec, r) > 0 for r in over)
+        # the rule above per component, without building the sum and the names (asked for every queue head)
+        g, used = self.spec(queue).guaranteed, self.used(queue)
+        if used.gpu_milli + demand.gpu_milli > g.gpu_milli:
+            return False
+        if g.cpu_milli > 0 and used.cpu_milli + demand.cpu_milli > g.cpu_milli and "cpu" in self.governed:
+            return False
+        return not (g.memory_mib > 0 and used.memory_mib + demand.memory_mib > g.memory_mib
+                    and "memory" in self.governed)
 
     def share_with(self, queue: str, delta: ResourceVector) -> float:
         """Weighted dominant share the queue would have with `delta` added to its settled usage."""

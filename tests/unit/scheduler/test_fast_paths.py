@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from tests.scheduler_strategies import pool_nodes, replica_requests
 
 from gpupool.domain.nodes import Node
+from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import MILLI_PER_GPU, GpuRequest, ReplicaRequest, ResourceVector
 from gpupool.scheduler.placement.filters import gpu_model_mask, share_terms
 from gpupool.scheduler.placement.fragmentation import usable_free
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placement.resource_fit import negative_leftover
 from gpupool.scheduler.placer import Placer
+from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
 from gpupool.scheduler.types import ReplicaPlacement
 
@@ -97,3 +99,19 @@ def test_fast_paths_match_plain_formulas_through_placements(nodes: list[Node], r
     for placement in placed[: len(placed) // 2]:
         snap.forget(placement)
         _check_derived(snap, requests)
+
+
+@given(st.builds(ResourceVector, st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)), vectors, vectors,
+       st.booleans())
+def test_within_guarantee_matches_its_rule(guarantee: ResourceVector, used: ResourceVector,
+                                           demand: ResourceVector, other_guarantees_cpu: bool) -> None:
+    queues = {"q": QueueSpec("q", guarantee)}
+    if other_guarantees_cpu:  # another queue's CPU guarantee makes CPU governed
+        queues["o"] = QueueSpec("o", ResourceVector(1, 0, 0))
+    book = QuotaBook(queues, [], ResourceVector(100, 100, 100))
+    book.add("q", used)
+    after = used + demand
+    plain = not any(r == "gpu" or getattr(guarantee, f) > 0
+                    for r, f in (("cpu", "cpu_milli"), ("memory", "memory_mib"), ("gpu", "gpu_milli"))
+                    if getattr(after, f) > getattr(guarantee, f) and r in book.governed)
+    assert book.within_guarantee("q", demand) == plain
