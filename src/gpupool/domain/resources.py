@@ -77,11 +77,20 @@ class ResourceVector:
 
     def fits_within(self, limit: ResourceVector) -> bool:
         """True when every component is at most the matching component of `limit`."""
-        return all(a <= b for a, b in zip(self.as_tuple(), limit.as_tuple(), strict=True))
+        return (self.cpu_milli <= limit.cpu_milli and self.memory_mib <= limit.memory_mib
+                and self.gpu_milli <= limit.gpu_milli)
 
     def exceeding(self, limit: ResourceVector) -> tuple[str, ...]:
         """Names of the components larger than `limit`'s ("cpu", "memory", "gpu")."""
-        return tuple(n for n, a, b in zip(self.NAMES, self.as_tuple(), limit.as_tuple(), strict=True) if a > b)
+        # written out per component: the scheduler asks this several times per pending workload
+        over: tuple[str, ...] = ()
+        if self.cpu_milli > limit.cpu_milli:
+            over += ("cpu",)
+        if self.memory_mib > limit.memory_mib:
+            over += ("memory",)
+        if self.gpu_milli > limit.gpu_milli:
+            over += ("gpu",)
+        return over
 
     def clamp_low(self) -> ResourceVector:
         """This vector with negative components replaced by zero."""
@@ -89,8 +98,15 @@ class ResourceVector:
 
     def dominant_share(self, total: ResourceVector) -> float:
         """max over resources of self/total (resources with zero total are ignored): the DRF share."""
-        shares = [a / b for a, b in zip(self.as_tuple(), total.as_tuple(), strict=True) if b > 0]
-        return max(shares, default=0.0)
+        share = 0.0  # the largest of the shares below; 0 when every total is zero, as max(..., default=0.0) was
+        first = True
+        for used, whole in ((self.cpu_milli, total.cpu_milli), (self.memory_mib, total.memory_mib),
+                            (self.gpu_milli, total.gpu_milli)):
+            if whole > 0:
+                ratio = used / whole
+                if first or ratio > share:
+                    share, first = ratio, False
+        return share
 
     def describe(self) -> str:
         """Human form, e.g. '4 CPU, 16 GiB, 1.5 GPU'."""

@@ -96,6 +96,7 @@ class _Cycle:
         self.preempted = 0
         self._candidates: dict[object, list[RunningWorkload]] = {}  # ordered preemption candidates
         self.started: list[RunningWorkload] = []  # bound this cycle (never preempted in it)
+        self._ending: list[RunningWorkload] | None = None  # running + started that end at a known time
         self.reasons: dict[str, str] = {}
         self.nominations: dict[str, tuple[ReplicaPlacement, ...]] = {}
         self.bound: set[str] = set()
@@ -267,7 +268,8 @@ class _Cycle:
         return (borrowing, self.book.share(queue), queue)
 
     def _try(self, w: PendingWorkload) -> bool:
-        never = self.never_fits.reason(w)
+        shape = w.shape_key()
+        never = self.never_fits.reason(w, shape)
         if never is not None:
             self.reasons[w.id] = never
             return False
@@ -276,7 +278,6 @@ class _Cycle:
             if not self._preempt_for(w):
                 self.reasons[w.id] = self._deferred_or(w, quota)
             return False
-        shape = w.shape_key()
         failure = self.failed_shapes.get(shape)
         if failure is None:
             result = self._place(w)
@@ -375,13 +376,22 @@ class _Cycle:
         if key in self.unreservable:
             return None
         self.reservation_tries += 1
-        res = reserve(self.snap, self.placer, w, self.running + self.started, self.now, self.reservations)
+        res = reserve(self.snap, self.placer, w, self._known_ends(), self.now, self.reservations)
         if res is None:
             self.unreservable.add(key)
             return None
         self.reservations.append(res)
         self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
         return res
+
+    def _known_ends(self) -> list[RunningWorkload]:
+        """The running and started work that ends at a known time (terminating, or with a max_runtime), in the
+        order of `running + started`: all that `reserve` looks at, without walking thousands of unbounded
+        workloads for every blocked head."""
+        if self._ending is None:
+            self._ending = [r for r in self.running + self.started
+                            if r.terminating or r.max_runtime_s is not None]
+        return self._ending
 
     def _preempt_for(self, w: PendingWorkload) -> bool:
         shape = (w.queue, w.priority, w.shape_key())
@@ -410,6 +420,7 @@ class _Cycle:
             self.book.mark_stopping(victim.queue, victim.usage)
             self.stopping.add(victim)
         self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]
+        self._ending = None
         self.snap.assume_all(self.stopping.claim(plan.nominated), force=True)  # hold the part victims do not
         self.book.add(w.queue, placements_usage(plan.nominated))
         self.nominations[w.id] = plan.nominated
@@ -423,11 +434,13 @@ class _Cycle:
         return self.deferred.get((w.queue, w.priority, w.shape_key()), reason)
 
     def _bind(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> None:
+        started = RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible, w.max_runtime_s)
         self.decisions.binds.append(Bind(w.id, placements))
-        self.book.add(w.queue, placements_usage(placements))
+        self.book.add(w.queue, started.usage)  # the placements' usage, summed once when it was built
         self.bound.add(w.id)
-        self.started.append(RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible,
-                                            w.max_runtime_s))
+        self.started.append(started)
+        if self._ending is not None and w.max_runtime_s is not None:
+            self._ending.append(started)
 
     # -------------------------------------------------------------------------------- step 6: reasons
     def _record_pending(self, by_queue: dict[str, list[PendingWorkload]]) -> None:

@@ -26,12 +26,15 @@ class NeverFitsChecker:
         self._placer = Placer(BestFitPolicy(), gang_topology=True, avoid_gpu_nodes=False)
         self._cache: dict[object, str | None] = {}
 
-    def reason(self, workload: PendingWorkload) -> str | None:
-        """None when the workload fits an empty pool, else why it never can."""
-        key = workload.shape_key()
-        if key not in self._cache:
-            self._cache[key] = self._check(workload)
-        return self._cache[key]
+    def reason(self, workload: PendingWorkload, shape: tuple[object, ...] | None = None) -> str | None:
+        """None when the workload fits an empty pool, else why it never can. `shape`: its `shape_key()`, when
+        the caller has it already."""
+        key = workload.shape_key() if shape is None else shape
+        try:
+            return self._cache[key]
+        except KeyError:
+            result = self._cache[key] = self._check(workload)
+            return result
 
     def _check(self, workload: PendingWorkload) -> str | None:
         if len(self._empty) == 0:
@@ -74,6 +77,8 @@ class NeverFitsChecker:
 
 
 def _restored(node: Node) -> Node:
+    if node.schedulable and all(g.healthy for g in node.gpus):
+        return node  # already as the hardware allows (copying every node was most of building the checker)
     gpus = tuple(replace(g, healthy=True) for g in node.gpus)
     return replace(node, schedulable=True, gpus=gpus)
 

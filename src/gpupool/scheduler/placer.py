@@ -44,7 +44,7 @@ class Placer:
     def place_replica(self, snap: ClusterSnapshot, request: ReplicaRequest, role: str = "worker", ordinal: int = 0,
                       bonus: FloatArray | None = None) -> ReplicaPlacement | None:
         """The best placement of one replica now (not assumed), or None when no node can take it."""
-        rows = np.flatnonzero(feasible_mask(snap, request, self.avoid_gpu_nodes))
+        rows = feasible_mask(snap, request, self.avoid_gpu_nodes).nonzero()[0]  # 1-D: flatnonzero without its wrappers
         if rows.size == 0:
             return None
         scored = self.policy.score(snap, request, rows)

@@ -20,14 +20,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from gpupool.domain.queues import QueueSpec
-from gpupool.domain.resources import ResourceVector, format_cpu, format_gpu, format_memory
+from gpupool.domain.resources import ZERO, ResourceVector, format_cpu, format_gpu, format_memory
 from gpupool.scheduler.types import RunningWorkload
 
 _FORMATS = {"cpu": format_cpu, "memory": format_memory, "gpu": format_gpu}
 
 
+_FIELDS = {"cpu": "cpu_milli", "memory": "memory_mib", "gpu": "gpu_milli"}
+
+
 def _component(vector: ResourceVector, name: str) -> int:
-    return {"cpu": vector.cpu_milli, "memory": vector.memory_mib, "gpu": vector.gpu_milli}[name]
+    value: int = getattr(vector, _FIELDS[name])  # no dict of all three built per call: asked per pending head
+    return value
 
 
 def beyond_limit(queue: QueueSpec, demand: ResourceVector) -> str | None:
@@ -65,11 +69,11 @@ class QuotaBook:
     def mark_stopping(self, queue: str, amount: ResourceVector) -> None:
         """Record that `amount` of the queue's usage has been asked to stop. It still counts against the
         queue's limit until it has stopped, but no longer as capacity the queue keeps (reclaim, fair share)."""
-        self.stopping[queue] = self.stopping.get(queue, ResourceVector()) + amount
+        self.stopping[queue] = self.stopping.get(queue, ZERO) + amount
 
     def settled(self, queue: str) -> ResourceVector:
         """What the queue will hold once its stopping work has stopped."""
-        return self.used(queue) - self.stopping.get(queue, ResourceVector())
+        return self.used(queue) - self.stopping.get(queue, ZERO)
 
     def spec(self, queue: str) -> QueueSpec:
         """The queue's spec (a default, lending, unguaranteed spec for unknown names)."""
@@ -90,13 +94,13 @@ class QuotaBook:
 
     def _change(self, queue: str, delta: ResourceVector) -> None:
         before = self._reserved(queue)
-        self.usage[queue] = self.usage.get(queue, ResourceVector()) + delta
+        self.usage[queue] = self.usage.get(queue, ZERO) + delta
         self.used_total = self.used_total + delta
         self.reserved_total = self.reserved_total - before + self._reserved(queue)
 
     def used(self, queue: str) -> ResourceVector:
         """What the queue uses now."""
-        return self.usage.get(queue, ResourceVector())
+        return self.usage.get(queue, ZERO)
 
     def share(self, queue: str) -> float:
         """Weighted dominant share of the queue's usage."""
@@ -110,9 +114,14 @@ class QuotaBook:
         """True when the queue's usage plus `demand` stays inside its guarantee. GPU always counts; CPU and
         memory count only where this queue guarantees some (an unset guarantee means "not guaranteed on that
         resource", not a guarantee of 0 that no demand can stay inside)."""
-        spec = self.spec(queue).guaranteed
-        over = self._over_guarantee(queue, self.used(queue) + demand)
-        return not any(r == "gpu" or _component(spec, r) > 0 for r in over)
+        # the rule above per component, without building the sum and the names (asked for every queue head)
+        g, used = self.spec(queue).guaranteed, self.used(queue)
+        if used.gpu_milli + demand.gpu_milli > g.gpu_milli:
+            return False
+        if g.cpu_milli > 0 and used.cpu_milli + demand.cpu_milli > g.cpu_milli and "cpu" in self.governed:
+            return False
+        return not (g.memory_mib > 0 and used.memory_mib + demand.memory_mib > g.memory_mib
+                    and "memory" in self.governed)
 
     def share_with(self, queue: str, delta: ResourceVector) -> float:
         """Weighted dominant share the queue would have with `delta` added to its settled usage."""

@@ -84,6 +84,15 @@ class ClusterSnapshot:
         self.free_gpu_total[rows] = free.sum(axis=1)
         self.version[rows] = next(_STAMPS)
 
+    def _refresh_row(self, row: int) -> None:
+        """`_refresh` of one row, with the row's 1-D views (several times cheaper than fancy indexing)."""
+        free = self.free_milli[row]
+        whole = (free == MILLI_PER_GPU) & (self.free_gmem[row] >= self.gpu_mem_total[row]) & self.whole_ok[row]
+        self.full_free[row] = np.add.reduce(whole)  # what .sum() calls, without its Python wrapper
+        self.share_max_free[row] = np.maximum.reduce(np.where(self.share_ok[row], free, 0))
+        self.free_gpu_total[row] = np.add.reduce(free)
+        self.version[row] = next(_STAMPS)
+
     def whole_free_cards(self, rows: IntArray | list[int] | int | slice = slice(None)) -> BoolArray:
         """Per card of `rows`: healthy, not MIG, with all of its compute and memory free."""
         mask: BoolArray = ((self.free_milli[rows] == MILLI_PER_GPU) & (self.free_gmem[rows] >= self.gpu_mem_total[rows])
@@ -162,7 +171,7 @@ class ClusterSnapshot:
             self.free_gmem[row, j] += sign * a.memory_mib
             if a.mig_instance is not None:
                 self._mig_used[(row, j)][a.mig_instance] = sign < 0
-        self._refresh([row])
+        self._refresh_row(row)
         self.changes += 1
 
     def assume_all(self, placements: Sequence[ReplicaPlacement], force: bool = False) -> None:

@@ -50,6 +50,8 @@ LEARN_WINDOW = 2000
 LEARN_EVERY = 200
 _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored once (speed only: same results)
 DEFAULT_RESOLUTION = 25.0
+# np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
+_ADD = np.add.reduce
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
 
@@ -127,8 +129,9 @@ class FgdPolicy(PlacementPolicy):
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
             self._refresh_nodes(snap, target, stale, free)
             growth = self._growths(snap, target, request, stale, free)
-            cache.growth_bin[stale] = np.round(growth.paper / self.resolution)
-            cache.capacity[stale] = np.round(growth.capacity, 6)
+            # ndarray.round is what np.round calls (without its dispatch wrapper): same values
+            cache.growth_bin[stale] = (growth.paper / self.resolution).round()
+            cache.capacity[stale] = growth.capacity.round(6)
             cache.column[stale], cache.version[stale] = growth.column, snap.version[stale]
         growth_bin, capacity = cache.growth_bin[rows], cache.capacity[rows]
         columns = cache.column[rows] if request.gpu.kind == "share" else None
@@ -147,7 +150,7 @@ class FgdPolicy(PlacementPolicy):
     def _best(self, snap: ClusterSnapshot, request: ReplicaRequest, rows: IntArray, growth_bin: FloatArray,
               capacity: FloatArray) -> int:
         """The top row by (least growth bin, least capacity growth, bestfit, first) without a full sort."""
-        tied = np.flatnonzero(growth_bin == growth_bin.min())
+        tied = (growth_bin == growth_bin.min()).nonzero()[0]
         if tied.size == 1 or not self.tie_break:
             return int(tied[0])
         tied = tied[capacity[tied] == capacity[tied].min()]
@@ -183,7 +186,7 @@ class FgdPolicy(PlacementPolicy):
         terms = card_terms(free, target)
         self._terms.count[stale], self._terms.frag[stale], self._terms.slots[stale] = (
             terms.count, terms.frag, terms.slots)
-        args = (target, snap.free_cpu[stale], snap.free_mem[stale], target.weight[stale], terms, free.sum(axis=1))
+        args = (target, snap.free_cpu[stale], snap.free_mem[stale], target.weight[stale], terms, _ADD(free, axis=1))
         self._paper[stale], self._capacity[stale] = paper_fragment(*args), capacity_fragment(*args)
         self._node_version[stale] = snap.version[stale]
 
@@ -210,7 +213,7 @@ class FgdPolicy(PlacementPolicy):
         """Growths of both measures on `rows` (whose usable free milli per card is `free`)."""
         cpu = snap.free_cpu[rows] - request.cpu_milli
         mem = snap.free_mem[rows] - request.memory_mib
-        total = free.sum(axis=1)
+        total = _ADD(free, axis=1)
         terms = CardTerms(self._terms.count[rows], self._terms.frag[rows], self._terms.slots[rows])
         weight = target.weight[rows]
         before_paper, before_capacity = self._paper[rows], self._capacity[rows]
@@ -229,7 +232,7 @@ class FgdPolicy(PlacementPolicy):
         paper = paper_fragment(*args) - before_paper[:, None]
         capacity = capacity_fragment(*args) - before_capacity[:, None]
         tie = capacity if self.tie_break else 0.0
-        key = np.where(share.fits, np.round(paper / self.resolution) * _BIN_SCALE + tie, np.inf)
-        column = np.argmin(key, axis=1)
+        key = np.where(share.fits, (paper / self.resolution).round() * _BIN_SCALE + tie, np.inf)
+        column = key.argmin(axis=1)
         pick = np.arange(len(rows))
         return _Growth(paper[pick, column], capacity[pick, column], column.astype(np.int64))

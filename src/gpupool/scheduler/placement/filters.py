@@ -71,21 +71,36 @@ def share_terms(snap: ClusterSnapshot, gpu: GpuRequest, rows: IntArray | None = 
     milli takes memory = floor(milli / 1000 * card memory); when both are given each is taken as asked.
     """
     sel = slice(None) if rows is None else rows
-    total_mem = snap.gpu_mem_total[sel]
-    if gpu.share_memory_mib:
-        memory = np.full(total_mem.shape, gpu.share_memory_mib, dtype=np.int64)
-        if gpu.share_milli:
+    milli, memory, usable = _share_sizes(snap, gpu)
+    fits = usable[sel] & (snap.free_milli[sel] >= milli[sel]) & (snap.free_gmem[sel] >= memory[sel])
+    return ShareTerms(fits=fits, milli=milli[sel], memory=memory[sel])
+
+
+def _share_sizes(snap: ClusterSnapshot, gpu: GpuRequest) -> tuple[IntArray, IntArray, BoolArray]:
+    """Per card of the whole snapshot: the milli and memory a share takes there, and whether the card could
+    ever take it (shares allowed, an allowed model, at most one card's milli). These depend only on the
+    nodes, so they are computed once per snapshot and request (read-only: callers get views of them)."""
+    key = ("share", gpu.share_milli, gpu.share_memory_mib, gpu.models, gpu.min_memory_mib)
+    cache: dict[object, tuple[IntArray, IntArray, BoolArray]] = snap.__dict__.setdefault("_share_sizes", {})
+    sizes = cache.get(key)
+    if sizes is None:
+        total_mem = snap.gpu_mem_total
+        if gpu.share_memory_mib:
+            memory = np.full(total_mem.shape, gpu.share_memory_mib, dtype=np.int64)
+            if gpu.share_milli:
+                milli = np.full(total_mem.shape, gpu.share_milli, dtype=np.int64)
+            else:  # ceil(memory * 1000 / card memory)
+                milli = -((-gpu.share_memory_mib * MILLI_PER_GPU) // np.maximum(total_mem, 1))
+        else:
             milli = np.full(total_mem.shape, gpu.share_milli, dtype=np.int64)
-        else:  # ceil(memory * 1000 / card memory)
-            milli = -((-gpu.share_memory_mib * MILLI_PER_GPU) // np.maximum(total_mem, 1))
-    else:
-        milli = np.full(total_mem.shape, gpu.share_milli, dtype=np.int64)
-        memory = (gpu.share_milli * total_mem) // MILLI_PER_GPU
-    fits = (snap.share_ok[sel] & (snap.free_milli[sel] >= milli) & (snap.free_gmem[sel] >= memory)
-            & (milli <= MILLI_PER_GPU))
-    if gpu.models or gpu.min_memory_mib:
-        fits &= gpu_model_mask(snap, gpu)[sel]
-    return ShareTerms(fits=fits, milli=milli, memory=memory)
+            memory = (gpu.share_milli * total_mem) // MILLI_PER_GPU
+        usable = snap.share_ok & (milli <= MILLI_PER_GPU)
+        if gpu.models or gpu.min_memory_mib:
+            usable &= gpu_model_mask(snap, gpu)
+        for array in (milli, memory, usable):
+            array.setflags(write=False)
+        sizes = cache[key] = (milli, memory, usable)
+    return sizes
 
 
 def whole_free_counts(snap: ClusterSnapshot, gpu: GpuRequest) -> IntArray:

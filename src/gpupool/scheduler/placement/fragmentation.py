@@ -37,10 +37,12 @@ import numpy as np
 
 from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest, model_matches
 from gpupool.scheduler.placement.filters import FloatArray
-from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
+from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
 
 DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
+# np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
+_ADD = np.add.reduce
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +164,10 @@ class CardTerms:
 
 def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
     """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0)."""
-    result: IntArray = np.where(snap.whole_ok[rows] | snap.share_ok[rows], snap.free_milli[rows], 0)
+    usable: BoolArray | None = snap.__dict__.get("_fragment_cards")
+    if usable is None:  # which cards count never changes while the snapshot lives: computed once
+        usable = snap.__dict__["_fragment_cards"] = snap.whole_ok | snap.share_ok
+    result: IntArray = np.where(usable[rows], snap.free_milli[rows], 0)
     return result
 
 
@@ -172,9 +177,9 @@ def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     cards = free[:, None, :]
     enough = cards >= need
     return CardTerms(
-        enough.sum(axis=2).astype(np.int64),
-        np.where(enough, 0, cards).sum(axis=2).astype(np.int64),
-        (cards // need).sum(axis=2).astype(np.int64),
+        _ADD(enough, axis=2).astype(np.int64),
+        _ADD(np.where(enough, 0, cards), axis=2).astype(np.int64),
+        _ADD(cards // need, axis=2).astype(np.int64),
     )
 
 
@@ -185,7 +190,7 @@ def paper_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight: F
     models; the rest of the shape cannot run there and counts T."""
     runs = (cpu[..., None] >= target.cpu) & (mem[..., None] >= target.mem) & (terms.count >= target.num)
     saved = np.where(runs, total[..., None] - terms.frag, 0) * weight
-    result: FloatArray = total * target.total_prob - saved.sum(axis=-1)
+    result: FloatArray = total * target.total_prob - _ADD(saved, axis=-1)
     return result
 
 
@@ -202,7 +207,7 @@ def capacity_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight
         by_mem = np.where(target.mem > 0, mem[..., None] // np.maximum(target.mem, 1), _NO_LIMIT)
         copies = np.minimum(np.minimum(by_cpu, by_mem), terms.slots // np.maximum(target.num, 1))
     used = np.maximum(copies, 0) * target.gpu_per_copy * weight
-    result: FloatArray = total * target.total_prob - used.sum(axis=-1)
+    result: FloatArray = total * target.total_prob - _ADD(used, axis=-1)
     return result
 
 

@@ -55,8 +55,11 @@ class SpreadPolicy(PlacementPolicy):
 
 def negative_leftover(snap: ClusterSnapshot, request: ReplicaRequest, rows: IntArray) -> FloatArray:
     """-(0.5 (free_cpu - cpu) / max_cpu + 0.5 (free_gpu - gpu) / max_gpu) per row: higher is a tighter fit."""
-    max_cpu = max(int(snap.cap_cpu.max(initial=1)), 1)
-    max_gpu = max(int(snap.cap_gpu.max(initial=1)), 1)
+    scale: tuple[int, int] | None = snap.__dict__.get("_leftover_scale")
+    if scale is None:  # the largest node's CPU and GPU: fixed while the snapshot lives, so found once
+        scale = snap.__dict__["_leftover_scale"] = (max(int(snap.cap_cpu.max(initial=1)), 1),
+                                                    max(int(snap.cap_gpu.max(initial=1)), 1))
+    max_cpu, max_gpu = scale
     leftover: FloatArray = (0.5 * (snap.free_cpu[rows] - request.cpu_milli) / max_cpu
                             + 0.5 * (snap.free_gpu_total[rows] - request.gpu.nominal_milli()) / max_gpu)
     return -leftover
