@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from gpupool.domain.errors import GpupoolError, ValidationError
+from gpupool.domain.errors import GpupoolError, ValidationError, error_from_kind, error_kind
 from gpupool.domain.specs import WorkloadSpec
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads
@@ -14,11 +14,14 @@ from gpupool.store.orm import WorkloadRow
 
 
 def at_item(index: int, error: GpupoolError) -> GpupoolError:
-    """The same error naming the batch item it is about (`items[3].resources: ...`)."""
+    """The same kind of error (its API class) naming the batch item it is about (`items[3].resources`)."""
+    kind = error_kind(error)
     if isinstance(error, ValidationError):
         where = f"items[{index}]" + (f".{error.field}" if error.field else "")
-        return type(error)(error.detail, where)
-    return type(error)(f"items[{index}]: {error.message}")
+        named = error_from_kind(kind, error.detail, where) if kind else None
+    else:
+        named = error_from_kind(kind, f"items[{index}]: {error.message}") if kind else None
+    return named or GpupoolError(f"items[{index}]: {error.message}")
 
 
 def prepare_batch(items: list[schemas.SubmitRequest]) -> list[WorkloadSpec]:
