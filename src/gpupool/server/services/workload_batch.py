@@ -9,7 +9,7 @@ from gpupool.domain.specs import WorkloadSpec
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads
 from gpupool.server.services.auth import Principal
-from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.server.services.feasibility import FeasibilityCache, PinnedFeasibility
 from gpupool.store.orm import WorkloadRow
 
 
@@ -44,9 +44,10 @@ def submit_batch(session: Session, principal: Principal, items: list[schemas.Sub
     with another spec) raises its error naming the item, and the caller's rollback undoes the items before
     it: nothing of a refused batch is stored. Items with the same idempotency key and spec are one workload."""
     stored = []
+    pinned = PinnedFeasibility(feasibility, session)
     for index, (body, spec) in enumerate(zip(items, specs, strict=True)):
         try:
-            stored.append(workloads.submit(session, principal, body, now, feasibility, prepared=spec))
+            stored.append(workloads.submit(session, principal, body, now, pinned, prepared=spec))
         except GpupoolError as error:
             raise at_item(index, error) from None
     return stored
