@@ -1,6 +1,6 @@
 """Summarise a py-spy `--format raw` recording (collapsed stacks, one `frames count` per line) of the server.
 
-    python benchmarks/control_plane/profile_top.py PROFILE.txt [--top 25]
+    python benchmarks/control_plane/profile_top.py PROFILE.txt [--top 25] [--match gpupool/]
 
 Prints, over all samples where a thread was busy (py-spy `--nonblocking` without `--idle` records only
 those): the share of each thread (by name, numbers stripped), then the functions with the largest
@@ -39,15 +39,15 @@ def _short(frame: str) -> str:
     return f"{name} ({file})" if file else name
 
 
-def summarise(stacks: list[tuple[str, list[str], int]], top: int) -> str:
-    """The three tables as text (markdown)."""
+def summarise(stacks: list[tuple[str, list[str], int]], top: int, match: str = "") -> str:
+    """The three tables as text (markdown); the inclusive one only of frames whose text contains `match`."""
     total = sum(c for _, _, c in stacks) or 1
     threads: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     for thread, frames, count in stacks:
         threads[thread] += count
-        for name in {_short(f) for f in frames}:
+        for name in {_short(f) for f in frames if match in f}:
             inclusive[name] += count
         if frames:
             own[_short(frames[-1])] += count
@@ -64,8 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--match", default="", help="inclusive table: only frames containing this, e.g. gpupool/")
     args = parser.parse_args()
-    print(summarise(read_stacks(args.profile), args.top))
+    print(summarise(read_stacks(args.profile), args.top, args.match))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ second, submit latency p50/p99 (per request), bind latency p95 (the `scheduled` 
 submit time; every job fits, so all are bound, and any that is not is counted), and the check that nothing
 was lost or doubled (every returned id is stored once, and 100 resubmissions with known keys create
 nothing). `--profile DIR` records every server thread with py-spy during each phase and writes the
-collapsed stacks there (see profile_top.py).
+collapsed stacks there (see profile_top.py), and the server's log at the end.
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
             for clients in counts:
                 phases.append(_phase(admin, clients, args))
             stored = list_all_ids(admin)
+        if args.profile:  # the server's log goes with the temporary home otherwise
+            shutil.copy(home / "server.log", Path(args.profile) / "server.log")
     returned = [wid for p in phases for wid in p.pop("ids").values()]
     return {"benchmark": "throughput", "database": "postgresql" if args.postgres_url else "sqlite",
             "nodes": NODES, "gpus_per_node": GPUS, "seeded": args.workloads, "phases": phases,

@@ -54,9 +54,26 @@ class FeasibilityCache:
     def never_fits_reason(self, session: Session, spec: WorkloadSpec, queue: str) -> str | None:
         """None when the spec fits the pool when it is empty; else why it never can. Each call compares the
         nodes' stored capacity text with the cached checker's (cheap); nodes are loaded only when it changed."""
+        return self.checker(session).reason(pending_from_spec("submission", queue, spec, 0.0))
+
+    def checker(self, session: Session) -> NeverFitsChecker:
+        """The checker for the nodes as `session` sees them (rebuilt only when they changed)."""
         key = nodes.capacity_fingerprint(session)
         with self._lock:
             if self._checker is None or key != self._key:
                 self._checker = NeverFitsChecker([node_from_row(r) for r in nodes.list_nodes(session)])
                 self._key = key
-            return self._checker.reason(pending_from_spec("submission", queue, spec, 0.0))
+            return self._checker
+
+
+class PinnedFeasibility(FeasibilityCache):
+    """One checker for every check of one transaction (a batch of submissions): the nodes are compared with
+    the cache once, not once per item."""
+
+    def __init__(self, cache: FeasibilityCache, session: Session) -> None:
+        super().__init__()
+        self._pinned = cache.checker(session)
+
+    def checker(self, session: Session) -> NeverFitsChecker:
+        """The checker pinned at construction."""
+        return self._pinned

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from gpupool.domain.errors import GpupoolError, ValidationError
+from gpupool.domain.errors import GpupoolError, ValidationError, error_from_kind, error_kind
 from gpupool.domain.specs import WorkloadSpec
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads
 from gpupool.server.services.auth import Principal
-from gpupool.server.services.feasibility import FeasibilityCache
+from gpupool.server.services.feasibility import FeasibilityCache, PinnedFeasibility
 from gpupool.store.orm import WorkloadRow
 
 
 def at_item(index: int, error: GpupoolError) -> GpupoolError:
-    """The same error naming the batch item it is about (`items[3].resources: ...`)."""
+    """The same kind of error (its API class) naming the batch item it is about (`items[3].resources`)."""
+    kind = error_kind(error)
     if isinstance(error, ValidationError):
         where = f"items[{index}]" + (f".{error.field}" if error.field else "")
-        return type(error)(error.detail, where)
-    return type(error)(f"items[{index}]: {error.message}")
+        named = error_from_kind(kind, error.detail, where) if kind else None
+    else:
+        named = error_from_kind(kind, f"items[{index}]: {error.message}") if kind else None
+    return named or GpupoolError(f"items[{index}]: {error.message}")
 
 
 def prepare_batch(items: list[schemas.SubmitRequest]) -> list[WorkloadSpec]:
@@ -41,9 +44,10 @@ def submit_batch(session: Session, principal: Principal, items: list[schemas.Sub
     with another spec) raises its error naming the item, and the caller's rollback undoes the items before
     it: nothing of a refused batch is stored. Items with the same idempotency key and spec are one workload."""
     stored = []
+    pinned = PinnedFeasibility(feasibility, session)
     for index, (body, spec) in enumerate(zip(items, specs, strict=True)):
         try:
-            stored.append(workloads.submit(session, principal, body, now, feasibility, prepared=spec))
+            stored.append(workloads.submit(session, principal, body, now, pinned, prepared=spec))
         except GpupoolError as error:
             raise at_item(index, error) from None
     return stored

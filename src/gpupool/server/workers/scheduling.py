@@ -84,6 +84,8 @@ class SchedulingLoop:
         self._spec_cache: dict[int, WorkloadSpec] = {}
         self.last_decisions: Decisions | None = None
         self._held: dict[str, HeldReservation] = {}
+        self._nodes_key: tuple[Any, ...] = ()
+        self._nodes_view: tuple[list[Node], str, dict[str, int]] | None = None
 
     def step(self) -> Decisions:
         """Run one cycle and apply it; returns the decisions."""
@@ -136,7 +138,6 @@ class SchedulingLoop:
         return spec
 
     def _load(self, session: Session) -> ClusterState:
-        node_rows = node_repo.list_nodes(session)
         # a job array's tasks beyond its cap of tasks at once are not offered (see services.arrays)
         pending_rows = pending_to_offer(session)
         pending: list[PendingWorkload] = []
@@ -153,9 +154,22 @@ class SchedulingLoop:
             pending.append(pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated))
         self._spec_cache = {k: v for k, v in self._spec_cache.items() if k in specs}
         running = self._running(session)
-        return ClusterState([node_from_row(r) for r in node_rows], nodes_fingerprint(node_rows),
-                            queue_specs(session), pending, running, specs,
-                            {r.name: r.gpus_version for r in node_rows})
+        nodes, fingerprint, gpu_versions = self._nodes(session)
+        return ClusterState(list(nodes), fingerprint, queue_specs(session), pending, running, specs,
+                            dict(gpu_versions))
+
+    def _nodes(self, session: Session) -> tuple[list[Node], str, dict[str, int]]:
+        """The nodes, their fingerprint and their GPU versions, rebuilt from the rows only when the stored
+        text of a node's capacity, or a GPU version, changed since the last cycle (decoding every node's
+        GPUs on every cycle was a top cost of a busy pool). Should a node change between the two reads,
+        the next cycle sees a new key and rebuilds."""
+        key = node_repo.capacity_fingerprint(session)
+        if self._nodes_view is None or key != self._nodes_key:
+            rows = node_repo.list_nodes(session)
+            self._nodes_view = ([node_from_row(r) for r in rows], nodes_fingerprint(rows),
+                                {r.name: r.gpus_version for r in rows})
+            self._nodes_key = key
+        return self._nodes_view
 
     def _running(self, session: Session) -> list[RunningWorkload]:
         by_workload: dict[int, list[ReplicaRow]] = defaultdict(list)

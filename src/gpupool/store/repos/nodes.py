@@ -19,11 +19,13 @@ def list_nodes(session: Session, with_inventory: bool = False) -> Sequence[NodeR
 
 
 def capacity_fingerprint(session: Session) -> tuple[Any, ...]:
-    """A value that changes whenever a node's capacity, GPUs, labels, taints or schedulability change, read as
-    stored text: no JSON decoding and no ORM objects, so a caller can check its cached view of the nodes on
-    every request cheaply (the columns of `services.feasibility.nodes_fingerprint`)."""
+    """A value that changes whenever a node's capacity, GPUs (or their version), labels, taints or
+    schedulability change, read as stored text: no JSON decoding and no ORM objects, so a caller can check its
+    cached view of the nodes on every request or cycle cheaply (the columns of
+    `services.feasibility.nodes_fingerprint`, and `gpus_version`)."""
     rows = session.execute(select(NodeRow.name, NodeRow.cpu_milli, NodeRow.memory_mib, cast(NodeRow.gpus, Text),
-                                  cast(NodeRow.labels, Text), cast(NodeRow.taints, Text), NodeRow.schedulable)
+                                  cast(NodeRow.labels, Text), cast(NodeRow.taints, Text), NodeRow.schedulable,
+                                  NodeRow.gpus_version)
                            .order_by(NodeRow.name)).all()
     return tuple(tuple(row) for row in rows)
 
