@@ -147,3 +147,34 @@ def test_traffic_reads_the_gateway_metrics_of_one_service() -> None:
     assert traffic(metrics.registry, "nobody").requests == 0 and traffic(metrics.registry, "nobody").total.count == 0
     assert [bound_text(v) for v in (None, 0.05, math.inf)] == ["-", "≤ 0.05 s", "above the largest bucket"]
     assert re.fullmatch(r"≤ [0-9.]+ s", bound_text(seen.total.p50_le_s))
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        (1e15, 1e15 + 0.125),  # closer together than the float spacing at their size lets a step advance
+        (1e20, 1e20),  # one value too large for ±1 to widen the range
+        (-1e308, 1e308),  # a range wider than the largest float
+        (0, 5e-324),  # a range too narrow for any step
+        (1.7e308, 1.7e308),
+    ],
+)
+def test_ticks_end_for_any_finite_values(low: float, high: float) -> None:
+    """Values are what trials report: any finite pair gives a short, increasing, finite list or a ValueError,
+    never an endless loop."""
+    try:
+        ticks = nice_ticks(low, high)
+    except ValueError as error:
+        assert "cannot" in str(error)
+        return
+    assert 2 <= len(ticks) <= 4 * 5
+    assert all(math.isfinite(t) for t in ticks) and ticks == sorted(set(ticks))
+    assert ticks[0] <= low and ticks[-1] >= high
+
+
+def test_a_plot_of_values_that_cannot_be_drawn_says_so() -> None:
+    svg = str(xy_plot([Series("done", "complete", [(0, 1e15), (1, 1e15 + 0.125)])], "trial", "loss", "t", "p3"))
+    root = ET.fromstring(svg)
+    assert "cannot be drawn" in "".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    wide = str(xy_plot([Series("done", "complete", [(0, -1e308), (1, 1e308)])], "trial", "loss", "t", "p4"))
+    assert "nan" not in wide and "inf" not in wide
