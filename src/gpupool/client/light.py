@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from gpupool.client.errors import (
-    QUOTED_BODY_CHARS,
-    ApiError,
     ServerUnavailableError,
     error_from_response,
+    not_json,
+    redirected,
     unreachable,
 )
 from gpupool.client.settings import ClientSettings
@@ -118,9 +118,11 @@ class LightClient:
                 connection.sock.settimeout(None)
             connection.request(method, self._prefix + path, body=data, headers=headers)
             response = connection.getresponse()
-            if response.status >= 400:
+            if response.status >= 300:
                 text = response.read().decode("utf-8", "replace")
                 connection.close()
+                if response.status < 400:
+                    raise redirected(self.url, response.status, response.getheader("location", ""))
                 raise error_from_response(response.status, text)
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
@@ -141,7 +143,7 @@ class LightClient:
         try:
             return json.loads(text)
         except ValueError:
-            raise ApiError(f"HTTP {status}: not a JSON answer: {text[:QUOTED_BODY_CHARS]}", status) from None
+            raise not_json(status, text) from None
 
     def get_text(self, path: str, **params: Any) -> str:
         """GET `path` (with these query parameters) and return its body as text (CSV, Prometheus text)."""
