@@ -15,6 +15,9 @@ from markupsafe import Markup, escape
 # Pixels: wide enough for five x ticks and a y tick such as "-0.0125", readable when scaled to a phone.
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP, RIGHT = 640, 260, 64, 44, 12, 16
 TICKS = 5  # ticks per axis: enough to read a value off, few enough not to crowd at phone width
+# Points one series draws: a trial may report up to 10**9 steps, and past a few per pixel of the 640-pixel-wide
+# plot more points add bytes, not information.
+MAX_POINTS = 2000
 MAX_TICKS = 4 * TICKS  # a round step gives at most about TICKS + 2 ticks; more means floats lost precision
 
 
@@ -60,6 +63,17 @@ def nice_ticks(low: float, high: float, count: int = TICKS, whole: bool = False)
             "together for their size, or too large"
         )
     return ticks
+
+
+def thinned(points: Sequence[tuple[float, float]], most: int = MAX_POINTS) -> tuple[list[tuple[float, float]], int]:
+    """At most `most` of the points, evenly spaced, the first and the last kept; and the spacing (1: all)."""
+    if len(points) <= most:
+        return list(points), 1
+    every = math.ceil((len(points) - 1) / (most - 1))
+    kept = list(points[::every])
+    if kept[-1] != points[-1]:
+        kept[-1] = points[-1]
+    return kept, every
 
 
 def _tick_text(value: float) -> str:
@@ -115,11 +129,20 @@ def xy_plot(
         f'<text class="axis" transform="translate(14 {TOP + plot_h / 2:.0f}) rotate(-90)" '
         f'text-anchor="middle">{escape(y_label)}</text>'
     )
+    spacing = 1
     for s in series:
-        shown = [(x(a), y(b)) for a, b in s.points if math.isfinite(a) and math.isfinite(b)]
+        finite = [(a, b) for a, b in s.points if math.isfinite(a) and math.isfinite(b)]
+        kept, every = thinned(finite)
+        spacing = max(spacing, every)
+        shown = [(x(a), y(b)) for a, b in kept]
         if s.joined and len(shown) > 1:
             coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in shown)
             parts.append(f'<polyline class="{escape(s.css)}" points="{coords}"/>')
         parts.extend(f'<circle class="{escape(s.css)}" cx="{a:.1f}" cy="{b:.1f}" r="3.5"/>' for a, b in shown)
+    if spacing > 1:
+        parts.append(
+            f'<text class="tick" x="{WIDTH - RIGHT}" y="{TOP + 10}" text-anchor="end">'
+            f"1 point in {spacing} shown</text>"
+        )
     parts.append("</svg>")
     return Markup("".join(parts))

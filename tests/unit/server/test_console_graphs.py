@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from gpupool.console.graphs import BOX_H, BOX_W, GAP_X, GAP_Y, MARGIN, dag_svg, depths, layout
-from gpupool.console.plots import Series, nice_ticks, xy_plot
+from gpupool.console.plots import MAX_POINTS, Series, nice_ticks, xy_plot
 from gpupool.console.traffic import bound_text, traffic
 from gpupool.server.gateway import GatewayMetrics
 
@@ -178,3 +178,15 @@ def test_a_plot_of_values_that_cannot_be_drawn_says_so() -> None:
     assert "cannot be drawn" in "".join(t.text or "" for t in root.iter(f"{SVG}text"))
     wide = str(xy_plot([Series("done", "complete", [(0, -1e308), (1, 1e308)])], "trial", "loss", "t", "p4"))
     assert "nan" not in wide and "inf" not in wide
+
+
+def test_a_long_series_is_thinned_to_a_bounded_drawing() -> None:
+    """A trial may report up to 10**9 steps: the plot draws at most MAX_POINTS of a series, first and last kept."""
+    points = [(float(step), 1.0 / (step + 1)) for step in range(100_000)]
+    svg = str(xy_plot([Series("t", "complete", points, joined=True)], "step", "loss", "curve", "p5", whole_x=True))
+    root = ET.fromstring(svg)
+    circles = list(root.iter(f"{SVG}circle"))
+    assert 2 <= len(circles) <= MAX_POINTS and len(svg) < 200_000
+    xs = [float(c.get("cx") or 0) for c in circles]
+    assert xs == sorted(xs) and max(xs) > 600  # the last step is still drawn at the right end
+    assert "1 point in" in "".join(t.text or "" for t in root.iter(f"{SVG}text"))  # it says it was thinned
