@@ -134,17 +134,21 @@ def test_the_plot_has_labelled_axes_and_a_point_per_value() -> None:
 def test_traffic_reads_the_gateway_metrics_of_one_service() -> None:
     metrics = GatewayMetrics()
     for code, seconds in (("200", 0.02), ("200", 0.04), ("200", 0.3), ("503", 700.0)):
-        metrics.requests.labels("chat", code).inc()
-        metrics.total.labels("chat").observe(seconds)
-    metrics.chunks.labels("chat").inc(42)
-    metrics.first_byte.labels("chat").observe(0.01)
-    metrics.requests.labels("other", "200").inc(5)
-    seen = traffic(metrics.registry, "chat")
+        metrics.requests.labels("1", "chat", code).inc()
+        metrics.total.labels("1", "chat").observe(seconds)
+    metrics.chunks.labels("1", "chat").inc(42)
+    metrics.first_byte.labels("1", "chat").observe(0.01)
+    metrics.requests.labels("1", "other", "200").inc(5)
+    metrics.requests.labels("2", "chat", "200").inc(7)  # another project's service of the same name
+    metrics.total.labels("2", "chat").observe(0.5)
+    seen = traffic(metrics.registry, 1, "chat")
     assert (seen.requests, seen.by_status, seen.chunks) == (4, {"200": 3, "503": 1}, 42)
     assert seen.total.count == 4 and seen.total.mean_s == pytest.approx((0.02 + 0.04 + 0.3 + 700) / 4)
     assert seen.total.p50_le_s == 0.05 and seen.total.p95_le_s == math.inf
     assert seen.first_byte.count == 1 and seen.first_byte.p95_le_s == 0.01
-    assert traffic(metrics.registry, "nobody").requests == 0 and traffic(metrics.registry, "nobody").total.count == 0
+    assert traffic(metrics.registry, 2, "chat").requests == 7 and traffic(metrics.registry, 2, "chat").chunks == 0
+    nobody = traffic(metrics.registry, 1, "nobody")
+    assert nobody.requests == 0 and nobody.total.count == 0
     assert [bound_text(v) for v in (None, 0.05, math.inf)] == ["-", "≤ 0.05 s", "above the largest bucket"]
     assert re.fullmatch(r"≤ [0-9.]+ s", bound_text(seen.total.p50_le_s))
 
