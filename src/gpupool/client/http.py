@@ -24,6 +24,7 @@ from gpupool.client.errors import (
     not_json,
     redirected,
     unreachable,
+    unreadable_certificates,
 )
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError
@@ -60,8 +61,11 @@ class Client:
         self.url = (url or settings.url).rstrip("/")
         self.token = token or settings.resolved_token()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
-                                  timeout=timeout_s if timeout_s is not None else settings.timeout_s)
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                      timeout=timeout_s if timeout_s is not None else settings.timeout_s)
+        except OSError as exc:  # httpx loads SSL_CERT_FILE / SSL_CERT_DIR here (ssl.SSLError is an OSError)
+            raise unreadable_certificates(exc.strerror or str(exc) or type(exc).__name__) from None
 
     def close(self) -> None:
         """Close the connection pool."""

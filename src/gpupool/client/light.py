@@ -27,6 +27,7 @@ from gpupool.client.errors import (
     not_json,
     redirected,
     unreachable,
+    unreadable_certificates,
 )
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -96,7 +97,11 @@ class LightClient:
     # ----------------------------------------------------------------------------------- plumbing
     def _connect(self) -> http.client.HTTPConnection:
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=_tls())
+            try:
+                context = _tls()
+            except OSError as exc:  # ssl.SSLError is one too
+                raise unreadable_certificates(_reason(exc)) from None
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
 
     def _open(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,

@@ -246,3 +246,14 @@ def test_an_answer_that_is_not_json_is_the_same_error_from_both_clients(web_serv
     error, typed = raised(LightClient(settings).whoami), raised(Client(settings=settings).whoami)
     assert isinstance(typed, ApiError) and typed.http_status == 200
     assert str(error) == str(typed) == "HTTP 200: not a JSON answer: <html>a login page</html>"
+
+
+def test_certificates_that_cannot_be_read_are_a_clear_error(https_server: tuple[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = https_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    settings = ClientSettings(url=url, token=None, home=tmp_path)
+    error = raised(LightClient(settings).whoami)
+    typed = raised(lambda: Client(settings=settings).whoami())
+    assert isinstance(error, ServerUnavailableError) and isinstance(typed, ServerUnavailableError)
+    assert str(error) == str(typed) and "SSL_CERT_FILE" in str(error) and "missing.pem" in str(error)
