@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
@@ -178,6 +179,12 @@ def test_a_service_token_reaches_no_proxy_console_or_other_project(teams: dict[s
 
     token = create_service_token(admin, "vision", "frontend").token
     bearer = {"Authorization": f"Bearer {token}"}
+    engine = create_engine(server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        stored = [tuple(row) for row in conn.execute(text("SELECT * FROM service_tokens"))]
+    engine.dispose()
+    assert stored and not any(token in str(value) for row in stored for value in row)  # only its SHA-256
+    assert hashlib.sha256(token.encode()).hexdigest() in {value for row in stored for value in row}
     job = admin.submit(SPEC.format(project="vision")).workload.id
     for path in (f"/workloads/{job}/ports/8000/", f"/notebooks/{job}/lab", "/api/v1/whoami", "/metrics"):
         for headers in (bearer, {"Cookie": f"gpupool_token={token}"}):
