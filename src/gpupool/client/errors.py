@@ -34,6 +34,28 @@ def unreachable(url: str, reason: str) -> ServerUnavailableError:
         "`gpupool up` (or `make run`), or point GPUPOOL_URL at a running server")
 
 
+def unreadable_certificates(reason: str) -> ServerUnavailableError:
+    """The error for certificates that SSL_CERT_FILE or SSL_CERT_DIR name but that cannot be loaded."""
+    import os  # noqa: PLC0415  (rarely needed)
+
+    named = next((f"{key}={os.environ[key]}" for key in ("SSL_CERT_FILE", "SSL_CERT_DIR") if os.environ.get(key)),
+                 "certifi's bundle")
+    return ServerUnavailableError(f"cannot load the certificates that vouch for the server's ({named}: {reason}); "
+                                  "point SSL_CERT_FILE at a PEM file of trusted certificates, or unset it")
+
+
+def redirected(url: str, status: int, location: str) -> ApiError:
+    """The error for a redirect: neither client follows one, as the token would go wherever it points."""
+    return ApiError(f"HTTP {status}: the server at {url} redirects to {location or 'an address it does not name'}; "
+                    "set GPUPOOL_URL to the server's own address (redirects are not followed, so that the token "
+                    "is sent to that address only)", status)
+
+
+def not_json(status: int, body: str) -> ApiError:
+    """The error for a success answer whose body is not JSON (a web page where the server should be)."""
+    return ApiError(f"HTTP {status}: not a JSON answer: {body[:QUOTED_BODY_CHARS]}", status)
+
+
 def error_from_response(status: int, body: str) -> GpupoolError:
     """The error an HTTP error response stands for: the domain error of its `{"error": {"type", "message",
     "field"}}` body (see domain.errors.ERROR_KINDS), else an ApiError quoting the status and the body."""

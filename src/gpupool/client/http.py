@@ -17,7 +17,15 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from gpupool.api import environment_schemas, gpu_schemas, notebook_schemas, schemas, sweep_schemas, usage_schemas
-from gpupool.client.errors import ApiError, ServerUnavailableError, error_from_response, unreachable
+from gpupool.client.errors import (
+    ApiError,
+    ServerUnavailableError,
+    error_from_response,
+    not_json,
+    redirected,
+    unreachable,
+    unreadable_certificates,
+)
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -35,6 +43,14 @@ def _error_from(response: httpx.Response) -> GpupoolError:
     return error_from_response(response.status_code, response.text)
 
 
+def _json(response: httpx.Response) -> Any:
+    """The answer's JSON; the light client's ApiError when it is not JSON (a web page where the server should be)."""
+    try:
+        return response.json()
+    except ValueError:
+        raise not_json(response.status_code, response.text) from None
+
+
 class Client:
     """A connection to one gpupool server. `url` and `token` default to GPUPOOL_URL and GPUPOOL_TOKEN (or the
     token file in $GPUPOOL_HOME). Use as a context manager, or call `close()`."""
@@ -45,8 +61,11 @@ class Client:
         self.url = (url or settings.url).rstrip("/")
         self.token = token or settings.resolved_token()
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
-                                  timeout=timeout_s if timeout_s is not None else settings.timeout_s)
+        try:
+            self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                      timeout=timeout_s if timeout_s is not None else settings.timeout_s)
+        except OSError as exc:  # httpx loads SSL_CERT_FILE / SSL_CERT_DIR here (ssl.SSLError is an OSError)
+            raise unreadable_certificates(exc.strerror or str(exc) or type(exc).__name__) from None
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -67,16 +86,18 @@ class Client:
             raise unreachable(self.url, type(exc).__name__) from None
         if response.status_code >= 400:
             raise _error_from(response)
+        if response.is_redirect:
+            raise redirected(self.url, response.status_code, response.headers.get("location", ""))
         return response
 
     def _get(self, path: str, model: type[T] | Any, **params: Any) -> T:
         response = self._request("GET", path, params=_drop_none(params))
-        return TypeAdapter(model).validate_python(response.json())  # type: ignore[no-any-return]
+        return TypeAdapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
 
     def _send(self, method: str, path: str, model: type[T], body: BaseModel | Mapping[str, Any] | None) -> T:
         payload = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
         response = self._request(method, path, json=_drop_none(payload) if payload is not None else None)
-        return TypeAdapter(model).validate_python(response.json())
+        return TypeAdapter(model).validate_python(_json(response))
 
     # ------------------------------------------------------------------------------------- system
     def health(self) -> schemas.Health:
@@ -145,6 +166,8 @@ class Client:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
+                if response.is_redirect:
+                    raise redirected(self.url, response.status_code, response.headers.get("location", ""))
                 yield from response.iter_lines()
         except httpx.TransportError as exc:
             raise ServerUnavailableError(f"lost the connection to {self.url} ({type(exc).__name__})") from None
@@ -188,7 +211,7 @@ class Client:
         body = environment_schemas.EnvironmentCreate(name=name, python=python, packages=packages,
                                                      requirements=requirements)
         response = self._request("POST", f"{API}/environments", json=body.model_dump(), timeout=timeout_s)
-        return environment_schemas.EnvironmentInfo.model_validate(response.json())
+        return environment_schemas.EnvironmentInfo.model_validate(_json(response))
 
     def environments(self) -> list[environment_schemas.EnvironmentInfo]:
         """Every environment."""

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from gpupool.client.errors import (
-    QUOTED_BODY_CHARS,
-    ApiError,
     ServerUnavailableError,
     error_from_response,
+    not_json,
+    redirected,
     unreachable,
+    unreadable_certificates,
 )
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -96,7 +97,11 @@ class LightClient:
     # ----------------------------------------------------------------------------------- plumbing
     def _connect(self) -> http.client.HTTPConnection:
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=_tls())
+            try:
+                context = _tls()
+            except OSError as exc:  # ssl.SSLError is one too
+                raise unreadable_certificates(_reason(exc)) from None
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=context)
         return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
 
     def _open(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
@@ -118,9 +123,11 @@ class LightClient:
                 connection.sock.settimeout(None)
             connection.request(method, self._prefix + path, body=data, headers=headers)
             response = connection.getresponse()
-            if response.status >= 400:
+            if response.status >= 300:
                 text = response.read().decode("utf-8", "replace")
                 connection.close()
+                if response.status < 400:
+                    raise redirected(self.url, response.status, response.getheader("location", ""))
                 raise error_from_response(response.status, text)
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
@@ -141,7 +148,7 @@ class LightClient:
         try:
             return json.loads(text)
         except ValueError:
-            raise ApiError(f"HTTP {status}: not a JSON answer: {text[:QUOTED_BODY_CHARS]}", status) from None
+            raise not_json(status, text) from None
 
     def get_text(self, path: str, **params: Any) -> str:
         """GET `path` (with these query parameters) and return its body as text (CSV, Prometheus text)."""

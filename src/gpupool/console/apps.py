@@ -115,7 +115,8 @@ def service_list(request: Request) -> Response:
         services, gateway = services_of(request), _gateway(request)
         with services.db.session(write=False) as session:
             items = inference.list_services(session, gateway, who.principal)
-        counts = {s.name: traffic(gateway.metrics.registry, s.name) for s in items}
+            project_ids = {name: pid for pid, name in accounts.project_names(session).items()}
+        counts = {s.id: traffic(gateway.metrics.registry, project_ids.get(s.project, -1), s.name) for s in items}
         return page(request, "services.html", who, items=items, counts=counts)
 
     return guard(request, build)
@@ -148,7 +149,7 @@ def service_detail(request: Request, name: ServiceName) -> Response:
             placed=placed,
             may_scale=may_scale,
             revision=revisions[-1].revision if revisions else 1,
-            counts=traffic(gateway.metrics.registry, detail.name),
+            counts=traffic(gateway.metrics.registry, row.project_id, detail.name),
         )
 
     return guard(request, build)

@@ -61,13 +61,13 @@ def _latency(samples: Iterable[tuple[str, dict[str, str], float]], base: str) ->
     )
 
 
-def traffic(registry: CollectorRegistry, service: str) -> Traffic:
-    """The counts of `service` (by name, as the gateway labels them) in `registry`."""
+def traffic(registry: CollectorRegistry, project_id: int, service: str) -> Traffic:
+    """The counts of service `service` of project `project_id` (as the gateway labels them) in `registry`."""
     samples = [
         (s.name, dict(s.labels), s.value)
         for family in registry.collect()
         for s in family.samples
-        if s.labels.get("service") == service
+        if s.labels.get("service") == service and s.labels.get("project_id") == str(project_id)
     ]
     by_status: dict[str, int] = {}
     chunks = 0

@@ -47,20 +47,28 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 
 
 class GatewayMetrics:
-    """Per-service request and streamed-chunk counts, in-flight and held gauges, latency histograms."""
+    """Per-service request and streamed-chunk counts, in-flight and held gauges, latency histograms. A service
+    is labelled by its project's id and its name: two projects may each have a service of one name, and
+    neither may see the other's traffic (the console reads these counts for a project's members)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        key = ["project_id", "service"]
         self.requests = Counter("gpupool_service_requests", "Requests through the gateway by service and HTTP "
-                                "status", ["service", "code"], registry=self.registry)
+                                "status", [*key, "code"], registry=self.registry)
         self.chunks = Counter("gpupool_service_stream_chunks", "Response body chunks streamed (about one per "
-                              "token for SSE)", ["service"], registry=self.registry)
-        self.inflight = Gauge("gpupool_service_inflight", "Requests in flight", ["service"], registry=self.registry)
-        self.held = Gauge("gpupool_service_held", "Requests held for a replica", ["service"], registry=self.registry)
+                              "token for SSE)", key, registry=self.registry)
+        self.inflight = Gauge("gpupool_service_inflight", "Requests in flight", key, registry=self.registry)
+        self.held = Gauge("gpupool_service_held", "Requests held for a replica", key, registry=self.registry)
         self.first_byte = Histogram("gpupool_service_time_to_first_byte_seconds", "Arrival to the first byte "
-                                    "sent", ["service"], buckets=_BUCKETS, registry=self.registry)
-        self.total = Histogram("gpupool_service_request_seconds", "Arrival to the last byte sent", ["service"],
+                                    "sent", key, buckets=_BUCKETS, registry=self.registry)
+        self.total = Histogram("gpupool_service_request_seconds", "Arrival to the last byte sent", key,
                                buckets=_BUCKETS, registry=self.registry)
+
+
+def metric_key(view: ServiceView) -> tuple[str, str]:
+    """The labels of a service in GatewayMetrics: its project's id and its name."""
+    return str(view.project_id), view.name
 
 
 @dataclass
@@ -106,7 +114,7 @@ class Gateway:
                 return None
             best = min(candidates, key=lambda b: (self._inflight.get(b.workload_id, 0), b.workload_id))
             self._inflight[best.workload_id] = self._inflight.get(best.workload_id, 0) + 1
-            self.metrics.inflight.labels(view.name).inc()
+            self.metrics.inflight.labels(*metric_key(view)).inc()
             return best
 
     def release(self, service_id: int, backend: Backend) -> None:
@@ -119,7 +127,7 @@ class Gateway:
                 self._inflight.pop(backend.workload_id, None)
             view = self._services.get(service_id)
         if view is not None:
-            self.metrics.inflight.labels(view.name).dec()
+            self.metrics.inflight.labels(*metric_key(view)).dec()
 
     def hold(self, service_id: int) -> bool:
         """Count one more held request unless the service's queue is full (False); wakes the autoscaler."""
@@ -129,15 +137,15 @@ class Gateway:
             if view is None or held >= view.spec.scaling.max_queue:
                 return False
             self._held[service_id] = held + 1
-        self.metrics.held.labels(view.name).inc()
+        self.metrics.held.labels(*metric_key(view)).inc()
         self.wake_autoscaler()
         return True
 
-    def unhold(self, service_id: int, name: str) -> None:
-        """A held request got a replica or gave up."""
+    def unhold(self, view: ServiceView) -> None:
+        """A held request of service `view` got a replica or gave up."""
         with self._lock:
-            self._held[service_id] = max(0, self._held.get(service_id, 0) - 1)
-        self.metrics.held.labels(name).dec()
+            self._held[view.id] = max(0, self._held.get(view.id, 0) - 1)
+        self.metrics.held.labels(*metric_key(view)).dec()
 
     def load(self, children: Mapping[int, Iterable[int]]) -> dict[int, tuple[int, int]]:
         """(in flight, held) per service id, given each service's child workload ids."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 from pathlib import Path
 
@@ -168,3 +169,37 @@ def test_a_single_user_pool_refuses_users_of_a_second_project_unless_trusted(ser
     trusting = server_factory(FakeExecutor(), trust_users=True, home=server.settings.home)
     with trusting.client() as admin:
         admin.create_user("bob", project="nlp")
+
+
+def test_a_service_token_reaches_no_proxy_console_or_other_project(teams: dict[str, Client], admin: Client,
+                                                                   server: TestServer) -> None:
+    """A service token calls its project's gateway only: the workload and notebook proxies, the console's
+    sign-in and the API refuse it; viewers cannot make one; a token id out of range is a clear 422."""
+    from gpupool.client.services import create_service_token, revoke_service_token  # noqa: PLC0415
+
+    token = create_service_token(admin, "vision", "frontend").token
+    bearer = {"Authorization": f"Bearer {token}"}
+    engine = create_engine(server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        stored = [tuple(row) for row in conn.execute(text("SELECT * FROM service_tokens"))]
+    engine.dispose()
+    assert stored and not any(token in str(value) for row in stored for value in row)  # only its SHA-256
+    assert hashlib.sha256(token.encode()).hexdigest() in {value for row in stored for value in row}
+    job = admin.submit(SPEC.format(project="vision")).workload.id
+    for path in (f"/workloads/{job}/ports/8000/", f"/notebooks/{job}/lab", "/api/v1/whoami", "/metrics"):
+        for headers in (bearer, {"Cookie": f"gpupool_token={token}"}):
+            refused = httpx.get(server.url + path, headers=headers)
+            assert refused.status_code == 401, (path, headers, refused.status_code, refused.text)
+    signin = httpx.post(f"{server.url}/signin", data={"token": token})
+    assert signin.status_code == 401 and "service token" in signin.text and "set-cookie" not in signin.headers
+    with pytest.raises(PermissionDeniedError, match="admins of project vision"):
+        create_service_token(teams["victor"], "vision", "sneaky")  # a viewer of the project
+    with pytest.raises(PermissionDeniedError):
+        create_service_token(teams["alice"], "vision", "sneaky")  # a member, not its admin
+    with pytest.raises(NotFoundError):
+        create_service_token(teams["bob"], "vision", "sneaky")  # not in the project at all
+    huge = httpx.delete(f"{server.url}/api/v1/projects/vision/service-tokens/{2**70}",
+                        headers={"Authorization": f"Bearer {server.admin_token}"})
+    assert huge.status_code == 422, huge.text
+    with pytest.raises(NotFoundError):
+        revoke_service_token(admin, "nlp", 1)  # vision's token is not nlp's to revoke

@@ -21,6 +21,7 @@ from gpupool.client.http import Client
 from gpupool.client.pipelines import PipelineClient
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.server.services import sweeps
+from gpupool.store.repos import accounts as accounts_repo
 from gpupool.store.repos import workloads as repo
 
 INJECTED = "<script>window.injected=1</script>"
@@ -137,11 +138,14 @@ def test_a_service_page_shows_replicas_traffic_and_scales_for_members(
             }
         ).workload.id
     gateway = server.app.state.gateway
-    gateway.metrics.requests.labels("chat", "200").inc(3)
-    gateway.metrics.requests.labels("chat", "503").inc()
-    gateway.metrics.chunks.labels("chat").inc(57)
+    with server.app.state.services.db.session(write=False) as session:
+        lab = str(accounts_repo.project_by_name(session, "lab").id)  # type: ignore[union-attr]
+    gateway.metrics.requests.labels(lab, "chat", "200").inc(3)
+    gateway.metrics.requests.labels(lab, "chat", "503").inc()
+    gateway.metrics.requests.labels(str(int(lab) + 1000), "chat", "200").inc(40)  # another project's "chat"
+    gateway.metrics.chunks.labels(lab, "chat").inc(57)
     for seconds in (0.02, 0.03, 0.2, 0.3):
-        gateway.metrics.total.labels("chat").observe(seconds)
+        gateway.metrics.total.labels(lab, "chat").observe(seconds)
     nina = browser_for(server, people["nina"])
     assert "/service/chat" in _row(nina.get("/services").text, "/service/chat")
     detail = wait_until(

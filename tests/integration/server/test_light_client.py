@@ -185,3 +185,75 @@ def test_https_trusts_the_certificates_the_typed_client_trusts(https_server: tup
     assert isinstance(raised(Client(settings=settings).whoami), ServerUnavailableError)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     assert LightClient(settings).whoami()["name"] == "tls" == Client(settings=settings).whoami().name
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every GET as the server's class says; remembers the Authorization header of each request."""
+
+    seen: list[str | None]
+    answer: tuple[int, dict[str, str], bytes]
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        status, headers, body = self.answer
+        self.send_response(status)
+        for key, value in (headers | {"Content-Length": str(len(body))}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def web_servers() -> Iterator[Callable[[int, dict[str, str], bytes], tuple[str, list[str | None]]]]:
+    """Start plain web servers that answer every GET with a fixed status, headers and body; each call yields
+    its URL and the Authorization headers it received."""
+    started: list[tuple[http.server.HTTPServer, threading.Thread]] = []
+
+    def start(status: int, headers: dict[str, str], body: bytes) -> tuple[str, list[str | None]]:
+        seen: list[str | None] = []
+        handler = type("Handler", (_Recorder,), {"seen": seen, "answer": (status, headers, body)})
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        started.append((httpd, thread))
+        return f"http://127.0.0.1:{httpd.server_address[1]}", seen
+
+    yield start
+    for httpd, thread in started:
+        httpd.shutdown()
+        thread.join(10)
+
+
+def test_a_redirect_is_an_error_and_the_token_stays_home(web_servers: Any, tmp_path: Path) -> None:
+    """Neither client follows a redirect (the token would go to wherever it points): both raise the same
+    ApiError naming the new address, and the other host sees no request."""
+    elsewhere, seen_there = web_servers(200, {"Content-Type": "application/json"}, b"{}")
+    moved, seen_here = web_servers(307, {"Location": f"{elsewhere}/api/v1/whoami"}, b"")
+    settings = ClientSettings(url=moved, token="gpp_secret", home=tmp_path)
+    error = raised(LightClient(settings).whoami)
+    typed = raised(Client(settings=settings).whoami)
+    assert isinstance(error, ApiError) and isinstance(typed, ApiError) and error.http_status == 307
+    assert str(error) == str(typed) and elsewhere in str(error) and "GPUPOOL_URL" in str(error)
+    assert seen_here == ["Bearer gpp_secret", "Bearer gpp_secret"] and seen_there == []
+
+
+def test_an_answer_that_is_not_json_is_the_same_error_from_both_clients(web_servers: Any, tmp_path: Path) -> None:
+    url, _ = web_servers(200, {"Content-Type": "text/html"}, b"<html>a login page</html>")
+    settings = ClientSettings(url=url, token=None, home=tmp_path)
+    error, typed = raised(LightClient(settings).whoami), raised(Client(settings=settings).whoami)
+    assert isinstance(typed, ApiError) and typed.http_status == 200
+    assert str(error) == str(typed) == "HTTP 200: not a JSON answer: <html>a login page</html>"
+
+
+def test_certificates_that_cannot_be_read_are_a_clear_error(https_server: tuple[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = https_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    settings = ClientSettings(url=url, token=None, home=tmp_path)
+    error = raised(LightClient(settings).whoami)
+    typed = raised(lambda: Client(settings=settings).whoami())
+    assert isinstance(error, ServerUnavailableError) and isinstance(typed, ServerUnavailableError)
+    assert str(error) == str(typed) and "SSL_CERT_FILE" in str(error) and "missing.pem" in str(error)

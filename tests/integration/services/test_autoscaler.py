@@ -73,7 +73,7 @@ def test_a_held_request_starts_a_replica_and_idle_scales_to_zero_after_the_delay
     assert gateway.hold(sid)
     autoscaler.step()
     assert len(live_children(admin, sid)) == 1
-    gateway.unhold(sid, "svc")  # the request gave up; the load is 0 from now
+    gateway.unhold(gateway.service(sid))  # the request gave up; the load is 0 from now
     clock.advance(59)
     autoscaler.step()
     assert len(live_children(admin, sid)) == 1  # quiet for 59 s < scale_down_delay 60 s

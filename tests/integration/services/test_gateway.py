@@ -99,7 +99,8 @@ def test_openai_client_streams_byte_identical_to_the_replica(server: TestServer,
     raw = httpx.get(f"{server.url}/services/chat/v1/models", headers=auth(server)).json()
     assert raw["data"][0]["id"] == "chat-model"  # /services/<name>/ reaches the replica as is
     metrics = admin.prometheus_metrics()
-    assert 'gpupool_service_requests_total{code="200",service="chat"}' in metrics
+    assert any(line.startswith('gpupool_service_requests_total{code="200",project_id="')
+               and line.split("} ")[0].endswith(',service="chat"') for line in metrics.splitlines())
     assert "gpupool_service_time_to_first_byte_seconds_bucket" in metrics
 
 

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from gpupool.console.graphs import BOX_H, BOX_W, GAP_X, GAP_Y, MARGIN, dag_svg, depths, layout
-from gpupool.console.plots import Series, nice_ticks, xy_plot
+from gpupool.console.plots import MAX_POINTS, Series, nice_ticks, xy_plot
 from gpupool.console.traffic import bound_text, traffic
 from gpupool.server.gateway import GatewayMetrics
 
@@ -134,16 +134,63 @@ def test_the_plot_has_labelled_axes_and_a_point_per_value() -> None:
 def test_traffic_reads_the_gateway_metrics_of_one_service() -> None:
     metrics = GatewayMetrics()
     for code, seconds in (("200", 0.02), ("200", 0.04), ("200", 0.3), ("503", 700.0)):
-        metrics.requests.labels("chat", code).inc()
-        metrics.total.labels("chat").observe(seconds)
-    metrics.chunks.labels("chat").inc(42)
-    metrics.first_byte.labels("chat").observe(0.01)
-    metrics.requests.labels("other", "200").inc(5)
-    seen = traffic(metrics.registry, "chat")
+        metrics.requests.labels("1", "chat", code).inc()
+        metrics.total.labels("1", "chat").observe(seconds)
+    metrics.chunks.labels("1", "chat").inc(42)
+    metrics.first_byte.labels("1", "chat").observe(0.01)
+    metrics.requests.labels("1", "other", "200").inc(5)
+    metrics.requests.labels("2", "chat", "200").inc(7)  # another project's service of the same name
+    metrics.total.labels("2", "chat").observe(0.5)
+    seen = traffic(metrics.registry, 1, "chat")
     assert (seen.requests, seen.by_status, seen.chunks) == (4, {"200": 3, "503": 1}, 42)
     assert seen.total.count == 4 and seen.total.mean_s == pytest.approx((0.02 + 0.04 + 0.3 + 700) / 4)
     assert seen.total.p50_le_s == 0.05 and seen.total.p95_le_s == math.inf
     assert seen.first_byte.count == 1 and seen.first_byte.p95_le_s == 0.01
-    assert traffic(metrics.registry, "nobody").requests == 0 and traffic(metrics.registry, "nobody").total.count == 0
+    assert traffic(metrics.registry, 2, "chat").requests == 7 and traffic(metrics.registry, 2, "chat").chunks == 0
+    nobody = traffic(metrics.registry, 1, "nobody")
+    assert nobody.requests == 0 and nobody.total.count == 0
     assert [bound_text(v) for v in (None, 0.05, math.inf)] == ["-", "≤ 0.05 s", "above the largest bucket"]
     assert re.fullmatch(r"≤ [0-9.]+ s", bound_text(seen.total.p50_le_s))
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [
+        (1e15, 1e15 + 0.125),  # closer together than the float spacing at their size lets a step advance
+        (1e20, 1e20),  # one value too large for ±1 to widen the range
+        (-1e308, 1e308),  # a range wider than the largest float
+        (0, 5e-324),  # a range too narrow for any step
+        (1.7e308, 1.7e308),
+    ],
+)
+def test_ticks_end_for_any_finite_values(low: float, high: float) -> None:
+    """Values are what trials report: any finite pair gives a short, increasing, finite list or a ValueError,
+    never an endless loop."""
+    try:
+        ticks = nice_ticks(low, high)
+    except ValueError as error:
+        assert "cannot" in str(error)
+        return
+    assert 2 <= len(ticks) <= 4 * 5
+    assert all(math.isfinite(t) for t in ticks) and ticks == sorted(set(ticks))
+    assert ticks[0] <= low and ticks[-1] >= high
+
+
+def test_a_plot_of_values_that_cannot_be_drawn_says_so() -> None:
+    svg = str(xy_plot([Series("done", "complete", [(0, 1e15), (1, 1e15 + 0.125)])], "trial", "loss", "t", "p3"))
+    root = ET.fromstring(svg)
+    assert "cannot be drawn" in "".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    wide = str(xy_plot([Series("done", "complete", [(0, -1e308), (1, 1e308)])], "trial", "loss", "t", "p4"))
+    assert "nan" not in wide and "inf" not in wide
+
+
+def test_a_long_series_is_thinned_to_a_bounded_drawing() -> None:
+    """A trial may report up to 10**9 steps: the plot draws at most MAX_POINTS of a series, first and last kept."""
+    points = [(float(step), 1.0 / (step + 1)) for step in range(100_000)]
+    svg = str(xy_plot([Series("t", "complete", points, joined=True)], "step", "loss", "curve", "p5", whole_x=True))
+    root = ET.fromstring(svg)
+    circles = list(root.iter(f"{SVG}circle"))
+    assert 2 <= len(circles) <= MAX_POINTS and len(svg) < 200_000
+    xs = [float(c.get("cx") or 0) for c in circles]
+    assert xs == sorted(xs) and max(xs) > 600  # the last step is still drawn at the right end
+    assert "1 point in" in "".join(t.text or "" for t in root.iter(f"{SVG}text"))  # it says it was thinned

@@ -42,5 +42,5 @@ def test_the_hold_queue_is_bounded_and_wakes_the_autoscaler() -> None:
     gateway.publish([view(max_queue=2)])
     assert [gateway.hold(1), gateway.hold(1), gateway.hold(1)] == [True, True, False]
     assert gateway.load({1: []}) == {1: (0, 2)} and len(woken) == 2
-    gateway.unhold(1, "s")
+    gateway.unhold(view(max_queue=2))
     assert gateway.load({1: []}) == {1: (0, 1)}

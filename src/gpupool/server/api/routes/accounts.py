@@ -101,7 +101,7 @@ def list_service_tokens(name: Name, services: ServicesDep, principal: PrincipalD
 
 
 @router.delete("/projects/{name}/service-tokens/{token_id}", response_model=schemas.ServiceToken, responses=ERRORS)
-def revoke_service_token(name: Name, token_id: int, services: ServicesDep,
+def revoke_service_token(name: Name, token_id: Annotated[int, Path(ge=1, le=schemas.MAX_ID)], services: ServicesDep,
                          principal: PrincipalDep) -> schemas.ServiceToken:
     """Revoke a service token of the project: refused from now on (administrators and the project's admins)."""
     with services.db.session() as session:

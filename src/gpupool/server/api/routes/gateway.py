@@ -27,7 +27,7 @@ from gpupool.domain.errors import GpupoolError, NotFoundError, PermissionDeniedE
 from gpupool.server import proxy
 from gpupool.server.api.errors import domain_error_response, error_response
 from gpupool.server.context import Services
-from gpupool.server.gateway import Backend, Gateway, ServiceView
+from gpupool.server.gateway import Backend, Gateway, ServiceView, metric_key
 from gpupool.server.services import service_tokens
 from gpupool.server.services.auth import Principal, authenticate
 
@@ -156,7 +156,7 @@ async def _held(gateway: Gateway, view: ServiceView) -> Backend | Response:
                 return backend
             await asyncio.sleep(HOLD_POLL_S)
     finally:
-        gateway.unhold(view.id, view.name)
+        gateway.unhold(view)
     current = gateway.service(view.id) or view
     return error_response(503, "not_ready", f"service {view.name} has no ready replica after {timeout}s "
                                             f"(cold_start_timeout): {current.waiting_reason}")
@@ -172,7 +172,7 @@ async def _forward(request: Request, view: ServiceView, path: str, body: bytes, 
         if not isinstance(backend, Backend):
             response = backend or error_response(502, "bad_gateway", f"no replica of service {view.name} could "
                                                                       f"be reached")
-            gateway.metrics.requests.labels(view.name, str(response.status_code)).inc()
+            gateway.metrics.requests.labels(*metric_key(view), str(response.status_code)).inc()
             return response
         target = proxy.Target(backend.host, backend.port, prefix)
         client_host = request.client.host if request.client else ""
@@ -204,11 +204,11 @@ async def _relay(gateway: Gateway, view: ServiceView, backend: Backend, upstream
     try:
         async for chunk in upstream.body():
             if first:
-                metrics.first_byte.labels(view.name).observe(time.monotonic() - started)
+                metrics.first_byte.labels(*metric_key(view)).observe(time.monotonic() - started)
                 first = False
-            metrics.chunks.labels(view.name).inc()
+            metrics.chunks.labels(*metric_key(view)).inc()
             yield chunk
     finally:
         gateway.release(view.id, backend)
-        metrics.total.labels(view.name).observe(time.monotonic() - started)
-        metrics.requests.labels(view.name, str(upstream.status)).inc()
+        metrics.total.labels(*metric_key(view)).observe(time.monotonic() - started)
+        metrics.requests.labels(*metric_key(view), str(upstream.status)).inc()
