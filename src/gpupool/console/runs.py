@@ -35,24 +35,23 @@ def _listing(request: Request, who: Caller, kind: str, before: int | None) -> sc
         return workload_service.list_workloads(session, who.principal, None, [], None, PAGE, before, kind)
 
 
+def _list_page(request: Request, kind: str, template: str, before: int | None) -> Response:
+    """The page of `template` listing the caller's workloads of `kind`, newest first, older than `before`."""
+
+    def build(who: Caller) -> Response:
+        listed = _listing(request, who, kind, before)
+        return page(request, template, who, items=listed.items, total=listed.total,
+                    older=listed.next_before_id, paged=before is not None)
+
+    return guard(request, build)
+
+
 # ------------------------------------------------------------------------------------------ pipelines
 @router.get("/pipelines")
 def run_list(request: Request, before: Before = None) -> Response:
     """Pipeline runs the caller may see, newest first, a page at a time (`before`: older than this id)."""
 
-    def build(who: Caller) -> Response:
-        listed = _listing(request, who, "pipeline", before)
-        return page(
-            request,
-            "pipelines.html",
-            who,
-            items=listed.items,
-            total=listed.total,
-            older=listed.next_before_id,
-            paged=before is not None,
-        )
-
-    return guard(request, build)
+    return _list_page(request, "pipeline", "pipelines.html", before)
 
 
 @router.get("/pipeline-runs/{run_id}")
@@ -129,19 +128,7 @@ def _wake(request: Request) -> None:
 def sweep_list(request: Request, before: Before = None) -> Response:
     """Sweeps the caller may see, newest first, a page at a time."""
 
-    def build(who: Caller) -> Response:
-        listed = _listing(request, who, "sweep", before)
-        return page(
-            request,
-            "sweeps.html",
-            who,
-            items=listed.items,
-            total=listed.total,
-            older=listed.next_before_id,
-            paged=before is not None,
-        )
-
-    return guard(request, build)
+    return _list_page(request, "sweep", "sweeps.html", before)
 
 
 @router.get("/sweeps/{sweep_id}")
