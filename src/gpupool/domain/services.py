@@ -12,6 +12,7 @@ models: [qwen2.5-0.5b]      # names the OpenAI-compatible gateway routes to this
 replicas: {min: 0, max: 4}
 scaling: {target_inflight: 8, scale_down_delay: 5m, cold_start_timeout: 10m, max_queue: 64}
 priority: high
+environment: vllm           # optional: replicas run in this Python environment (`gpupool envs create`)
 ```
 
 A service is a controller: its workload row is never placed; each replica is a child workload (a `kind: job`
@@ -47,7 +48,7 @@ DEFAULT_READINESS_PATH = "/health"
 DEFAULT_READINESS_TIMEOUT_S = 600  # loading a multi-GB model from a cold disk takes minutes; 10 min covers it
 DEFAULT_PORT = 8000
 _SERVICE_KEYS = ("kind", "name", "project", "queue", "priority", "resources", "command", "env", "preemptible",
-                 "workdir", "port", "readiness", "models", "replicas", "scaling")
+                 "workdir", "environment", "port", "readiness", "models", "replicas", "scaling")
 _SCALING_KEYS = ("target_inflight", "scale_down_delay", "cold_start_timeout", "max_queue")
 
 
@@ -91,9 +92,6 @@ class ServiceSpec(WorkloadSpec):
 
 def parse_service(data: dict[str, Any]) -> ServiceSpec:
     """Parse a `kind: service` spec (see the module docstring); ValidationError naming the field otherwise."""
-    if "environment" in data:
-        raise ValidationError("named Python environments are not available for services yet; install what the "
-                              "command needs where it runs, and remove environment:", "environment")
     reject_unknown_keys(data, _SERVICE_KEYS)
     if data.get("command") is None:
         raise ValidationError("a service needs a command that serves on $PORT, e.g. command: vllm serve MODEL "
@@ -176,13 +174,15 @@ def child_name(service: str, revision: int) -> str:
 
 def child_spec(spec: ServiceSpec, revision: int) -> dict[str, Any]:
     """The spec of one replica of revision `revision`: a job of one replica that serves until stopped, with
-    `PORT` set to the port the executor chose (GPUPOOL_PORT)."""
+    `PORT` set to the port the executor chose (GPUPOOL_PORT), in the service's Python environment if it
+    names one."""
     out: dict[str, Any] = {
         "kind": "job", "name": child_name(spec.name, revision), "priority": spec.priority,
         "replicas": 1, "resources": WorkloadSpec.to_dict(spec)["resources"], "ports": [spec.port],
         "command": f'export PORT="$GPUPOOL_PORT"; {spec.command}', "preemptible": spec.preemptible,
         "env": dict(spec.env)}
-    out |= {k: v for k, v in (("project", spec.project), ("queue", spec.queue), ("workdir", spec.workdir)) if v}
+    out |= {k: v for k, v in (("project", spec.project), ("queue", spec.queue), ("workdir", spec.workdir),
+                              ("environment", spec.environment)) if v}
     parse_spec(out)  # a service spec that parsed always gives a valid child; this keeps it so
     return out
 

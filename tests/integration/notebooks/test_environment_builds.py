@@ -9,27 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.package_index import index_settings
 from tests.support.servers import TestServer, server_settings, start_server
 
 from gpupool.domain.errors import NotFoundError, PermissionDeniedError, ValidationError
 from gpupool.executors.local import LocalExecutor
 
 pytestmark = pytest.mark.slow
-# This machine (and CI) has a local package index for offline installs; elsewhere uv uses PyPI.
-LOCAL_INDEX = Path("/opt/pypi/simple")
-
-
-def index_settings() -> dict[str, str]:
-    if os.environ.get("GPUPOOL_TEST_INDEX_URL"):
-        return {"environments_index_url": os.environ["GPUPOOL_TEST_INDEX_URL"]}
-    if not LOCAL_INDEX.exists():
-        return {}
-    more = [p for p in (Path("/opt/pypi-more/simple"),) if p.exists()]
-    wheels = [p for p in (Path("/opt/wheels"),) if p.exists()]
-    return {"environments_index_url": LOCAL_INDEX.as_uri(),
-            "environments_extra_index_urls": " ".join(p.as_uri() for p in more),
-            "environments_find_links": " ".join(str(p) for p in wheels)}
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:

@@ -39,7 +39,8 @@ def test_the_example_parses_and_round_trips() -> None:
     ({"replicas": {"min": 3, "max": 2}}, "replicas.min"),
     ({"scaling": {"target_inflight": 0}}, "scaling.target_inflight"), ({"scaling": {"burst": 1}}, "scaling.burst"),
     ({"readiness": {"path": "health"}}, "readiness.path"), ({"port": 0}, "port"), ({"command": None}, "command"),
-    ({"max_runtime": "1h"}, "max_runtime"), ({"environment": "vllm"}, "environment"),
+    ({"max_runtime": "1h"}, "max_runtime"), ({"environment": "no spaces"}, "environment"),
+    ({"environment": 3}, "environment"),
     ({"readiness": {"timeout": "soon"}}, "readiness.timeout")])
 def test_bad_fields_are_named(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as error:
@@ -52,6 +53,28 @@ def test_a_replica_is_a_job_serving_on_the_chosen_port() -> None:
     assert child.kind.value == "job" and child.name == "qwen-chat-r2" and child.ports == (8000,)
     assert child.command is not None and child.command.startswith('export PORT="$GPUPOOL_PORT"; vllm serve')
     assert child.roles[0].resources == spec().roles[0].resources and child.priority == 900
+
+
+def test_an_environment_is_accepted_and_kept_in_the_canonical_form() -> None:
+    s = spec(environment="vllm")
+    assert s.environment == "vllm"
+    assert s.to_dict()["environment"] == "vllm" and parse_spec(s.to_dict()) == s
+    assert "environment" not in spec().to_dict()  # none named: the canonical form has no key
+
+
+def test_every_replica_runs_in_the_service_environment() -> None:
+    child = parse_spec(child_spec(spec(environment="vllm"), 1))
+    assert child.kind.value == "job" and child.environment == "vllm"
+    assert parse_spec(child_spec(spec(), 1)).environment is None
+
+
+def test_a_changed_environment_changes_the_spec_and_the_new_revision_replicas() -> None:
+    before, after = spec(environment="vllm"), spec(environment="vllm-next")
+    assert before != after and before.to_dict() != after.to_dict()
+    old_child, new_child = child_spec(before, 1), child_spec(after, 2)
+    assert (old_child["name"], old_child["environment"]) == ("qwen-chat-r1", "vllm")
+    assert (new_child["name"], new_child["environment"]) == ("qwen-chat-r2", "vllm-next")
+    assert "environment" not in child_spec(spec(), 3)  # an update that drops it: replicas run without one
 
 
 @pytest.mark.parametrize(("inflight", "held", "expected"), [

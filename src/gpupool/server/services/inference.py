@@ -15,6 +15,7 @@ from gpupool.domain.specs import parse_spec, validate_name
 from gpupool.server.api import schemas
 from gpupool.server.gateway import Gateway
 from gpupool.server.services.auth import Principal
+from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.store.orm import ServiceRevisionRow, WorkloadRow
 from gpupool.store.repos import accounts
 from gpupool.store.repos import services as services_repo
@@ -95,11 +96,12 @@ def scale(session: Session, principal: Principal, name: str, body: api.ScaleRequ
     return row
 
 
-def update(session: Session, principal: Principal, name: str, data: Any, now: float,
-           reason: str = "") -> tuple[WorkloadRow, int]:
+def update(session: Session, principal: Principal, name: str, data: Any, now: float, reason: str = "",
+           feasibility: FeasibilityCache | None = None) -> tuple[WorkloadRow, int]:
     """Give a service a new spec (`data`, plain data of a `kind: service` spec with the same name): a new
     revision, rolled out by the autoscaler (new replicas start, take the traffic once ready, the old ones
-    drain and stop). Returns the row and the new revision number. A member of its project only."""
+    drain and stop). Returns the row and the new revision number. A member of its project only. With
+    `feasibility`, a spec naming an environment that does not exist or is not built is refused as at submit."""
     row = find(session, principal, name)
     if not principal.can_write(row.project_id):
         raise PermissionDeniedError("viewers cannot update services; ask a project admin for the member role")
@@ -110,19 +112,23 @@ def update(session: Session, principal: Principal, name: str, data: Any, now: fl
         raise ValidationError(f"the spec names {new.name!r}, not {row.name!r}; a service keeps its name", "name")
     if new.project not in (None, row.spec.get("project")):
         raise ValidationError(f"service {name} is in project {row.spec.get('project')}; it cannot move", "project")
+    if feasibility is not None:
+        feasibility.check_environment(new)
     canonical = new.to_dict() | {"project": row.spec.get("project"), "queue": row.spec.get("queue")}
     return row, _add_revision(session, row, canonical, now, reason or f"updated by {principal.name}")
 
 
-def rollback(session: Session, principal: Principal, name: str, now: float) -> tuple[WorkloadRow, int]:
-    """Go back to the spec before the current one, as a new revision (rolled out like an update)."""
+def rollback(session: Session, principal: Principal, name: str, now: float,
+             feasibility: FeasibilityCache | None = None) -> tuple[WorkloadRow, int]:
+    """Go back to the spec before the current one, as a new revision (rolled out like an update; its
+    environment, if it names one, must still exist and be built)."""
     row = find(session, principal, name)
     revisions = services_repo.revisions_of(session, row.id)
     if len(revisions) < 2:
         raise ConflictError(f"service {name} has no earlier revision to roll back to")
     previous = revisions[-2]
     return update(session, principal, name, previous.spec, now,
-                  f"rolled back by {principal.name} to the spec of revision {previous.revision}")
+                  f"rolled back by {principal.name} to the spec of revision {previous.revision}", feasibility)
 
 
 def _add_revision(session: Session, row: WorkloadRow, spec: dict[str, Any], now: float, reason: str) -> int:

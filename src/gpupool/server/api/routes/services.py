@@ -53,7 +53,7 @@ def update(name: ServiceName, body: schemas.SubmitRequest, request: Request, ser
     traffic once ready, the old ones drain and stop."""
     data = load_spec_input(body)
     with services.db.session() as session:
-        inference.update(session, principal, name, data, services.clock())
+        inference.update(session, principal, name, data, services.clock(), feasibility=services.feasibility)
     return _after_change(request, services, principal, name)
 
 
@@ -61,7 +61,7 @@ def update(name: ServiceName, body: schemas.SubmitRequest, request: Request, ser
 def rollback(name: ServiceName, request: Request, services: ServicesDep, principal: PrincipalDep) -> api.ServiceDetail:
     """Roll back to the spec before the current one (a new revision, rolled out like an update)."""
     with services.db.session() as session:
-        inference.rollback(session, principal, name, services.clock())
+        inference.rollback(session, principal, name, services.clock(), services.feasibility)
     return _after_change(request, services, principal, name)
 
 
