@@ -30,6 +30,7 @@ from gpupool.domain.errors import (
     GpupoolError,
     NotFoundError,
     PermissionDeniedError,
+    StoreBusyError,
     UnsatisfiableError,
     ValidationError,
 )
@@ -73,6 +74,7 @@ _ERROR_KINDS: tuple[tuple[type[GpupoolError], str, ExitCode], ...] = (
     (PermissionDeniedError, "permission_denied", ExitCode.REFUSED),
     (NotFoundError, "not_found", ExitCode.NOT_FOUND),
     (ConflictError, "conflict", ExitCode.REFUSED),
+    (StoreBusyError, "store_busy", ExitCode.UNREACHABLE),  # like an unreachable server: try again later
 )
 
 

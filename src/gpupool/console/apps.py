@@ -36,7 +36,7 @@ ServiceName = Annotated[str, Path(min_length=1, max_length=63)]
 @router.get("/notebooks")
 def notebook_list(request: Request, ended: Annotated[bool, Query()] = False) -> Response:
     """The caller's visible notebooks: state, GPU, idle for, culls in; open, stop and start for those they
-    may act on (their own, or any in a project they administer)."""
+    may act on (their own in a project where they may submit, or any in a project they administer)."""
 
     def build(who: Caller) -> Response:
         services = services_of(request)
@@ -50,10 +50,11 @@ def notebook_list(request: Request, ended: Annotated[bool, Query()] = False) -> 
                 include_ended=ended,
             )
             project_ids = {name: pid for pid, name in accounts.project_names(session).items()}
-        mine = {
+        me = who.principal
+        mine = {  # user names are unique, so the name tells the caller's own notebooks (-1: no user's id)
             n.id
             for n in items
-            if n.user == who.principal.name or who.principal.can_manage(project_ids.get(n.project, -1))
+            if notebooks.may_act(me, me.user_id if n.user == me.name else -1, project_ids.get(n.project, -1))
         }
         return page(request, "notebooks.html", who, items=items, mine=mine, ended=ended)
 

@@ -1,5 +1,6 @@
 """Running a console handler: the caller resolved from the session cookie, the CSRF token checked on forms,
-and domain errors turned into pages (a missing session into the sign-in page) — never a traceback."""
+and domain errors turned into pages (a missing session into the sign-in page, a busy database into a 503 page
+that says to retry) — never a traceback."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Callable
 
 from fastapi import Request
 from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.console.web import Caller, caller, error_page, form_of
 from gpupool.domain.errors import GpupoolError
+from gpupool.store.db import busy_error
 
 
 def guard(request: Request, build: Callable[[Caller], Response]) -> Response:
@@ -21,6 +24,8 @@ def guard(request: Request, build: Callable[[Caller], Response]) -> Response:
         return build(who)
     except GpupoolError as error:
         return error_page(request, error, who)
+    except DBAPIError as error:
+        return _busy_page(request, error, who)
 
 
 async def guard_form(request: Request, build: Callable[[Caller, dict[str, str]], Response]) -> Response:
@@ -32,3 +37,13 @@ async def guard_form(request: Request, build: Callable[[Caller, dict[str, str]],
         return await run_in_threadpool(build, who, fields)
     except GpupoolError as error:
         return error_page(request, error, who)
+    except DBAPIError as error:
+        return _busy_page(request, error, who)
+
+
+def _busy_page(request: Request, error: DBAPIError, who: Caller | None) -> Response:
+    """The 503 page for a database that was only busy; any other database error goes on to the 500 handler."""
+    busy = busy_error(error)
+    if busy is None:
+        raise error
+    return error_page(request, busy, who)

@@ -47,6 +47,11 @@ class InvalidTransitionError(ConflictError):
     """A status change that the workload life cycle does not allow."""
 
 
+class StoreBusyError(GpupoolError):
+    """The server's database stayed busy past its lock wait (SQLite's write lock, a PostgreSQL lock timeout, or
+    a serialization failure that outlived the retries): the request was not completed and may be retried."""
+
+
 # The one mapping between error classes and the `type` of an API error body (most specific first); the server
 # maps each kind to an HTTP status, the client maps the kind back to the class.
 ERROR_KINDS: tuple[tuple[type[GpupoolError], str], ...] = (
@@ -56,6 +61,7 @@ ERROR_KINDS: tuple[tuple[type[GpupoolError], str], ...] = (
     (PermissionDeniedError, "permission_denied"),
     (NotFoundError, "not_found"),
     (ConflictError, "conflict"),
+    (StoreBusyError, "store_busy"),
 )
 
 

@@ -20,11 +20,15 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gpupool.domain.errors import ValidationError
+from gpupool.domain.errors import StoreBusyError, ValidationError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # PostgreSQL: serialization failure, deadlock detected
+# PostgreSQL: lock_not_available (lock_timeout, NOWAIT), and the retryable ones once their retries are spent
+BUSY_SQLSTATES = RETRYABLE_SQLSTATES | {"55P03"}
+SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes; extended ones add high bits)
+SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked")  # the same, when no code is attached
 TRANSACTION_ATTEMPTS = 3  # a deadlock victim retried at once nearly always wins the second time
 RETRY_PAUSE_S = 0.05
 T = TypeVar("T")
@@ -35,6 +39,23 @@ def is_retryable(error: BaseException) -> bool:
     deadlock or serialization failure)."""
     orig = getattr(error, "orig", None)
     return isinstance(error, DBAPIError) and getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def busy_error(error: BaseException) -> StoreBusyError | None:
+    """The StoreBusyError a database error stands for when the store was only busy: SQLite's lock wait ran
+    out ("database is locked"), or PostgreSQL gave up on a lock or aborted the transaction as a serialization
+    failure or deadlock victim (Database.transaction retries those; this is when they escape). None for any
+    other error."""
+    if not isinstance(error, DBAPIError):
+        return None
+    orig = error.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    sqlite_busy = (isinstance(code, int) and code & 0xFF in SQLITE_BUSY_CODES) or \
+        any(text in str(orig).lower() for text in SQLITE_BUSY_MESSAGES)
+    if not sqlite_busy and getattr(orig, "sqlstate", None) not in BUSY_SQLSTATES:
+        return None
+    return StoreBusyError("the server's database was busy (another write held a lock it needed for too long), "
+                          "so this request was not completed; it can be retried in a moment")
 
 
 def normalise_url(url: str) -> URL:

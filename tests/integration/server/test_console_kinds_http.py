@@ -7,6 +7,7 @@ names and values from specs are escaped."""
 from __future__ import annotations
 
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ from tests.support.servers import TestServer, server_settings, start_server, wai
 
 from gpupool.client.http import Client
 from gpupool.client.pipelines import PipelineClient
+from gpupool.domain.errors import PermissionDeniedError
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.server.services import sweeps
 from gpupool.store.repos import accounts as accounts_repo
@@ -120,6 +122,52 @@ def test_notebooks_open_stop_and_start_for_their_owner_only(server: TestServer, 
         again = nina.post(f"/notebook/{nid}/start", data={"csrf_token": csrf})
         assert again.status_code == 409 and "only a stopped notebook" in again.text
         nina_api.cancel(nid)
+
+
+def test_an_owner_made_viewer_may_no_longer_open_stop_or_start_their_notebook(
+    server: TestServer, people: dict[str, str]
+) -> None:
+    """A notebook holds a GPU and runs its user's code: acting on one needs the right to submit in its project,
+    so an owner whose role was lowered to viewer sees it but can no longer open, stop or start it (API, console
+    and the proxy alike), until the role is raised again."""
+    with server.client() as admin:
+        olga_token = admin.create_user("olga", project="lab").token
+    with Client(server.url, olga_token) as olga_api, server.client() as admin:
+        nid = olga_api.submit(
+            {
+                "kind": "notebook",
+                "name": "demoted",
+                "project": "lab",
+                "idle_timeout": "off",
+                "resources": {"cpu": 0.5, "memory": "1GiB", "gpu": 1},
+            }
+        ).workload.id
+        wait_until(lambda: olga_api.get_workload(nid).status == "running", 30, 0.1, "the notebook running")
+        admin.set_member("lab", "olga", "viewer")
+        olga = browser_for(server, olga_token)
+        listed = olga.get("/notebooks")
+        row = _row(listed.text, f"/workloads/{nid}")
+        assert "demoted" in row and "Stop notebook" not in row and "Open notebook" not in row
+        csrf = csrf_of(listed.text)
+        for action in ("stop", "open"):
+            refused = olga.post(f"/notebook/{nid}/{action}", data={"csrf_token": csrf})
+            assert refused.status_code == 403 and "viewer" in refused.text, action
+            with pytest.raises(PermissionDeniedError, match="viewer"):
+                getattr(olga_api, f"{action}_notebook")(nid)
+        proxied = httpx.get(f"{server.url}/notebooks/{nid}/lab", headers={"Authorization": f"Bearer {olga_token}"})
+        assert proxied.status_code == 403
+        assert olga_api.get_workload(nid).status == "running"
+        admin.set_member("lab", "olga", "member")
+        olga_api.stop_notebook(nid)
+        admin.set_member("lab", "olga", "viewer")
+        stopped = _row(olga.get("/notebooks").text, f"/workloads/{nid}")
+        assert "Start notebook" not in stopped
+        assert olga.post(f"/notebook/{nid}/start", data={"csrf_token": csrf}).status_code == 403
+        with pytest.raises(PermissionDeniedError):
+            olga_api.start_notebook(nid)
+        time.sleep(0.5)  # a scheduling cycle or more: it must stay stopped, holding no GPU
+        assert olga_api.get_workload(nid).status == "stopped"
+        admin.cancel(nid)
 
 
 def test_a_service_page_shows_replicas_traffic_and_scales_for_members(

@@ -1,4 +1,5 @@
-"""The one mapping from errors to HTTP responses: domain errors to 4xx with a JSON body, anything else to a
+"""The one mapping from errors to HTTP responses: domain errors to 4xx with a JSON body, a database that
+stayed busy past its lock wait to a 503 with Retry-After (the request can be retried), anything else to a
 500 that says only that something failed (the traceback goes to the server log, never to the client)."""
 
 from __future__ import annotations
@@ -8,17 +9,22 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpupool.domain.errors import GpupoolError, ValidationError, error_kind
+from gpupool.domain.errors import GpupoolError, StoreBusyError, ValidationError, error_kind
 from gpupool.executors.base import ExecutorError
 from gpupool.server.api.schemas import ErrorBody, ErrorDetail
+from gpupool.store.db import busy_error
 
 log = logging.getLogger("gpupool.api")
 
 # HTTP status of each error kind of gpupool.domain.errors.ERROR_KINDS
 HTTP_STATUS: dict[str, int] = {"unsatisfiable": 422, "validation_error": 422, "authentication_error": 401,
-                               "permission_denied": 403, "not_found": 404, "conflict": 409}
+                               "permission_denied": 403, "not_found": 404, "conflict": 409, "store_busy": 503}
+# Retry-After of a store_busy answer: the lock wait that ran out already lasted seconds, so the holder is a
+# long write; a second lets it finish without asking callers to wait long for a retry
+STORE_BUSY_RETRY_AFTER_S = 1
 
 
 def error_response(status: int, kind: str, message: str, field: str | None = None) -> JSONResponse:
@@ -35,7 +41,21 @@ def domain_error_response(exc: GpupoolError) -> JSONResponse:
         return error_response(400, "error", exc.message)
     field = exc.field if isinstance(exc, ValidationError) else None
     message = exc.detail if isinstance(exc, ValidationError) and exc.field else exc.message
-    return error_response(HTTP_STATUS[kind], kind, message, field)
+    response = error_response(HTTP_STATUS[kind], kind, message, field)
+    if isinstance(exc, StoreBusyError):
+        response.headers["Retry-After"] = str(STORE_BUSY_RETRY_AFTER_S)
+    return response
+
+
+def database_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """A 503 to retry when the database was only busy (see store.db.busy_error), else the internal 500."""
+    busy = busy_error(exc)
+    if busy is not None:
+        log.warning("database busy on %s %s: %s", request.method, request.url.path, exc)
+        return domain_error_response(busy)
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "the server failed to handle this request; the details are "
+                          "in the server log")
 
 
 def _request_validation(exc: RequestValidationError) -> JSONResponse:
@@ -69,8 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail))
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        return database_error_response(request, exc)
+
     @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal_error", "the server failed to handle this request; the details are "
-                              "in the server log")
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:  # also what escapes a middleware
+        return database_error_response(request, exc)

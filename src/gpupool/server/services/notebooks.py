@@ -1,7 +1,8 @@
 """Notebooks: who may open one, stop / start / cull, the open link, and the list with idle figures.
 
-A notebook is an ordinary workload of kind notebook (submitted like any spec). Only its owner and the admins
-of its project may open, stop or start it; other members see it in `ls` but cannot reach it. Stop and cull
+A notebook is an ordinary workload of kind notebook (submitted like any spec). Only its owner, while they may
+still submit in its project (not a viewer), and the admins of its project may open, stop or start it: a
+notebook holds a GPU and runs code. Other members and viewers see it in `ls` but cannot reach it. Stop and cull
 move it to `stopped` (its replica is stopped, its GPU freed, its files stay in the user's storage); `start`
 requeues it with the same id, and the scheduler places it again.
 """
@@ -36,18 +37,31 @@ def notebook_path(workload_id: int) -> str:
 
 
 def may_open(principal: Principal, row: WorkloadRow) -> bool:
-    """True when the caller may open, stop and start the notebook: its owner, or an admin of its project."""
-    return principal.user_id == row.user_id or principal.can_manage(row.project_id)
+    """True when the caller may open, stop and start the notebook: an admin of its project, or its owner while
+    they may submit in the project (an owner whose role was lowered to viewer may only look)."""
+    return may_act(principal, row.user_id, row.project_id)
+
+
+def may_act(principal: Principal, owner_id: int, project_id: int) -> bool:
+    """may_open for a notebook of `owner_id` in `project_id` (the console's list decides its buttons by it)."""
+    if principal.can_manage(project_id):
+        return True
+    return principal.user_id == owner_id and principal.can_write(project_id)
 
 
 def notebook_row(session: Session, principal: Principal, workload_id: int, for_update: bool = False,
                  act: bool = True) -> WorkloadRow:
     """The notebook if the caller may see it (NotFoundError otherwise, also when the workload is not a
-    notebook) and, with `act`, may open it (PermissionDeniedError: other members may only look)."""
+    notebook) and, with `act`, may open it (PermissionDeniedError: other members and viewers may only look)."""
     row = visible_workload(session, principal, workload_id, for_update=for_update)
     if row.kind != KIND:
         raise NotFoundError(f"workload {workload_id} is a {row.kind}, not a notebook")
     if act and not may_open(principal, row):
+        if principal.user_id == row.user_id:
+            raise PermissionDeniedError(
+                f"your role in notebook {workload_id}'s project is {principal.roles.get(row.project_id)}; a viewer "
+                "may see a notebook but not open, stop or start it (that needs the member role, as submitting "
+                "does); ask an admin of the project")
         raise PermissionDeniedError(f"notebook {workload_id} belongs to another user; only its owner and the "
                                     "project's admins may open, stop or start it")
     return row

@@ -288,21 +288,33 @@ class Reconciler:
             log.error("workload %s: %s", row.id, exc)
             return False
         step = lifecycle.advance(_view(row, replicas, self.start_timeout_s), now)
-        return self._apply(session, row, step, now) if step is not None else False
+        return self._apply(session, row, step, now, replicas) if step is not None else False
 
     @staticmethod
-    def _apply(session: Session, row: WorkloadRow, step: Step, now: float) -> bool:
+    def _apply(session: Session, row: WorkloadRow, step: Step, now: float, replicas: Sequence[ReplicaRow]) -> bool:
         if step.count_retry:
             row.retries_used += 1
         if step.target is not None:
             transition(row, step.target, step.reason, now)
         if step.started:
             row.started_at = now
+        elif step.target is not None and step.target.is_terminal() and row.started_at is None:
+            row.started_at = _start_of_ended_run(replicas, now)
         if step.reset_start:
             row.started_at = None
         if step.stop:
             request_stop(session, row, now)
         return step.target is not None
+
+
+def _start_of_ended_run(replicas: Sequence[ReplicaRow], ended_at: float) -> float | None:
+    """When a run that ends without having been seen running started: a replica may start and end between two
+    polls. The earliest start seen of a replica, else the end (`ended_at`) when some replica ran (it has an
+    exit code); None when none ever started (a failed launch, a start timeout)."""
+    seen = [r.started_at for r in replicas if r.started_at is not None]
+    if seen:
+        return min(seen)
+    return ended_at if any(r.exit_code is not None for r in replicas) else None
 
 
 def _view(row: WorkloadRow, replicas: Sequence[ReplicaRow], start_timeout_s: float | None = None) -> WorkloadView:
