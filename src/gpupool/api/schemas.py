@@ -159,6 +159,14 @@ class Project(Model):
     created_at: float
     role: str | None = None
     members: list[Member] = []
+    max_idle_timeout_s: int | None = None  # cap on its notebooks' idle_timeout; None: no cap
+
+
+class ProjectIdleCap(Model):
+    """PUT /projects/{name}/idle-cap: cap the project's notebooks' idle_timeout (`2h`, `30m`, seconds), or
+    `none` to remove the cap."""
+
+    max_idle_timeout: str | int = Field(examples=["4h", "none"])
 
 
 class ProjectCreate(Model):

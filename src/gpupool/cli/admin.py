@@ -109,10 +109,14 @@ def projects(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(found)
         return
-    out = table("PROJECT", "YOUR ROLE", "MEMBERS", "CREATED")
+    from gpupool.domain.notebooks import duration_text  # noqa: PLC0415
+
+    out = table("PROJECT", "YOUR ROLE", "MEMBERS", "NOTEBOOK IDLE CAP", "CREATED")
     for p in found:
         members = ", ".join(f"{m['user']} ({m['role']})" for m in p.get("members", ()))
-        out.add_row(p["name"], p.get("role") or "-", members or "-", ago(p["created_at"]) + " ago")
+        cap = p.get("max_idle_timeout_s")
+        out.add_row(p["name"], p.get("role") or "-", members or "-", "-" if cap is None else duration_text(cap),
+                    ago(p["created_at"]) + " ago")
     console.print(out)
 
 
@@ -141,6 +145,27 @@ def add_member(project: Annotated[str, typer.Argument(help="The project.")],
         p = client.send("PUT", f"{API}/projects/{quote(project)}/members",
                         {"user": user, "role": role})
     print_json(p) if as_json else console.print(f"{user} is now {role} of project {p['name']}")
+
+
+@projects_app.command("set-idle-cap")
+@handle_errors
+def set_idle_cap(project: Annotated[str, typer.Argument(help="The project.")],
+                 cap: Annotated[str, typer.Argument(help="Longest idle_timeout of its notebooks (4h, 30m), or "
+                                                         "none to remove the cap.")],
+                 as_json: JsonOption = False) -> None:
+    """Cap the idle_timeout of a project's notebooks (administrators and the project's admins): a notebook
+    asking longer, or off, is culled after the cap."""
+    from gpupool.domain.notebooks import duration_text  # noqa: PLC0415
+
+    with make_light_client() as client:
+        p = client.send("PUT", f"{API}/projects/{quote(project)}/idle-cap", {"max_idle_timeout": cap})
+    if as_json:
+        print_json(p)
+    elif p.get("max_idle_timeout_s") is None:
+        console.print(f"project {p['name']}: no cap on notebooks' idle_timeout")
+    else:
+        console.print(f"project {p['name']}: notebooks are culled after at most "
+                      f"{duration_text(p['max_idle_timeout_s'])} idle")
 
 
 @projects_app.command("remove-member")

@@ -330,6 +330,11 @@ class Client:
         return self._send("PUT", f"{API}/projects/{project}/members", schemas.Project,
                           schemas.MemberSet(user=user, role=role))
 
+    def set_idle_cap(self, project: str, cap: str | int) -> schemas.Project:
+        """Cap the idle_timeout of `project`'s notebooks (`4h`, seconds), or remove the cap with `none`."""
+        return self._send("PUT", f"{API}/projects/{project}/idle-cap", schemas.Project,
+                          schemas.ProjectIdleCap(max_idle_timeout=cap))
+
     def remove_member(self, project: str, user: str) -> schemas.Project:
         """Remove `user` from `project`."""
         return self._send("DELETE", f"{API}/projects/{project}/members/{user}", schemas.Project, None)

@@ -100,6 +100,16 @@ def parse_idle_timeout(value: Any, field_name: str = "idle_timeout") -> int | No
     return seconds
 
 
+def effective_idle_timeout(timeout_s: int, cap_s: int | None) -> int:
+    """The timeout the culler applies: the notebook's own (or the pool's default), `timeout_s`, held to its
+    project's cap `cap_s` (None: no cap). Under a cap, `off` (IDLE_OFF) means the cap."""
+    if cap_s is None or cap_s == IDLE_OFF:
+        return timeout_s
+    if timeout_s == IDLE_OFF:
+        return cap_s
+    return min(timeout_s, cap_s)
+
+
 # ------------------------------------------------------------------------------------------ culling
 @dataclass(frozen=True, slots=True)
 class Activity:

@@ -52,6 +52,7 @@ class ProjectRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(NAME_LEN), unique=True)
     created_at: Mapped[float]
+    max_idle_timeout_s: Mapped[int | None]  # cap on its notebooks' idle_timeout; None: no cap
 
 
 class MembershipRow(Base):

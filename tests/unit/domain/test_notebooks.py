@@ -13,6 +13,7 @@ from gpupool.domain.notebooks import (
     NotebookSpec,
     cull_decision,
     duration_text,
+    effective_idle_timeout,
     idle_since,
     parse_activity,
 )
@@ -111,3 +112,12 @@ def test_stopped_is_left_only_by_start_or_cancel() -> None:
     assert all(can_transition(s, S.STOPPED) for s in (S.PENDING, S.SCHEDULED, S.STARTING, S.RUNNING))
     assert [t for t in S if can_transition(S.STOPPED, t)] == [S.PENDING, S.CANCELLED]
     assert not S.STOPPED.is_terminal() and not S.STOPPED.is_active()
+
+
+def test_effective_idle_timeout_is_the_own_or_default_timeout_held_to_the_projects_cap() -> None:
+    assert effective_idle_timeout(7200, None) == 7200  # no cap: unchanged
+    assert effective_idle_timeout(IDLE_OFF, None) == IDLE_OFF  # off really off without a cap
+    assert effective_idle_timeout(7200, 3600) == 3600  # asks more than the cap: the cap
+    assert effective_idle_timeout(1800, 3600) == 1800  # asks less: its own
+    assert effective_idle_timeout(3600, 3600) == 3600
+    assert effective_idle_timeout(IDLE_OFF, 3600) == 3600  # off under a cap means the cap

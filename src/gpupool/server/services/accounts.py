@@ -6,7 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.accounts import ProjectRole, parse_role
-from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDeniedError
+from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from gpupool.domain.notebooks import IDLE_OFF, parse_idle_timeout
 from gpupool.domain.specs import validate_name
 from gpupool.server.api import schemas
 from gpupool.server.services.auth import Principal, issue_token
@@ -100,7 +101,7 @@ def project_view(session: Session, principal: Principal, project: ProjectRow) ->
     role = principal.roles.get(project.id)
     members = [schemas.Member(user=u.name, role=m.role) for m, u in accounts.members_of_project(session, project.id)]
     return schemas.Project(name=project.name, created_at=project.created_at, role=role.value if role else None,
-                           members=members)
+                           members=members, max_idle_timeout_s=project.max_idle_timeout_s)
 
 
 def list_projects(session: Session, principal: Principal) -> list[schemas.Project]:
@@ -166,6 +167,27 @@ def remove_member(session: Session, principal: Principal, project_name: str, use
     if existing is None:
         raise NotFoundError(f"{user_name!r} is not a member of project {project.name}")
     session.delete(existing)
+    session.flush()
+    return project_view(session, principal, project)
+
+
+def set_idle_cap(session: Session, principal: Principal, project_name: str,
+                 body: schemas.ProjectIdleCap) -> schemas.Project:
+    """Cap the idle_timeout of the project's notebooks, or remove the cap with `none` (administrators and the
+    project's admins). The culler applies it from its next pass, to running notebooks too."""
+    project = _project(session, project_name)
+    if not principal.can_manage(project.id):
+        raise PermissionDeniedError(f"only administrators and admins of project {project.name} may cap its "
+                                    "notebooks' idle_timeout")
+    value = body.max_idle_timeout
+    if isinstance(value, str) and value.strip().lower() in ("none", ""):
+        project.max_idle_timeout_s = None
+    else:
+        cap = parse_idle_timeout(value, "max_idle_timeout")
+        if cap is None or cap == IDLE_OFF:
+            raise ValidationError(f"{value!r} is not a cap; give a duration such as 4h, or none to remove the cap",
+                                  "max_idle_timeout")
+        project.max_idle_timeout_s = cap
     session.flush()
     return project_view(session, principal, project)
 

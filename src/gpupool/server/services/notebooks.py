@@ -16,14 +16,20 @@ from sqlalchemy.orm import Session
 
 from gpupool.api import notebook_schemas as nb
 from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
-from gpupool.domain.notebooks import IDLE_OFF, CullDecision, duration_text, parse_idle_timeout
+from gpupool.domain.notebooks import (
+    IDLE_OFF,
+    CullDecision,
+    duration_text,
+    effective_idle_timeout,
+    parse_idle_timeout,
+)
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.server.endpoints import stored_endpoints
 from gpupool.server.notebook_keys import OPEN_TOKEN_TTL_S, NotebookKeys
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.workloads import request_stop, visible_workload
-from gpupool.store.orm import WorkloadRow
+from gpupool.store.orm import ProjectRow, WorkloadRow
 from gpupool.store.repos import accounts
 from gpupool.store.repos import workloads as repo
 
@@ -126,16 +132,38 @@ def is_ready(session: Session, row: WorkloadRow) -> bool:
                for e in stored_endpoints(r.endpoints))
 
 
-def idle_timeout_of(spec: Mapping[str, object], default: str) -> int:
-    """The idle timeout of a notebook in seconds (IDLE_OFF: never): its spec's, else the pool's default."""
+def idle_timeout_of(spec: Mapping[str, object], default: str, cap_s: int | None = None) -> int:
+    """The idle timeout of a notebook in seconds (IDLE_OFF: never): its spec's, else the pool's default, held
+    to its project's cap `cap_s` (see effective_idle_timeout)."""
     own = parse_idle_timeout(spec.get("idle_timeout"))
-    if own is not None:
-        return own
-    try:
-        fallback = parse_idle_timeout(default, "notebook_idle_timeout")
-    except ValidationError:
-        return IDLE_OFF
-    return IDLE_OFF if fallback is None else fallback
+    if own is None:
+        try:
+            own = parse_idle_timeout(default, "notebook_idle_timeout")
+        except ValidationError:
+            own = None
+    return effective_idle_timeout(IDLE_OFF if own is None else own, cap_s)
+
+
+def idle_caps(session: Session) -> dict[int, int | None]:
+    """Each project's cap on its notebooks' idle_timeout (None: no cap), by project id."""
+    return dict(session.execute(select(ProjectRow.id, ProjectRow.max_idle_timeout_s)).all())
+
+
+def cap_warning(session: Session, row: WorkloadRow) -> list[str]:
+    """A warning for a notebook whose spec asks an idle_timeout above its project's cap, or `off` under one
+    (accepted all the same; the cap applies), else nothing."""
+    if row.kind != KIND:
+        return []
+    project = session.get(ProjectRow, row.project_id)
+    asked = parse_idle_timeout(row.spec.get("idle_timeout"))
+    if project is None or project.max_idle_timeout_s is None or asked is None:
+        return []
+    cap = project.max_idle_timeout_s
+    if asked != IDLE_OFF and asked <= cap:
+        return []
+    wanted = "off" if asked == IDLE_OFF else duration_text(asked)
+    return [f"notebook {row.id} asks idle_timeout {wanted}, but project {project.name} caps it at "
+            f"{duration_text(cap)}: it is culled after {duration_text(cap)} idle"]
 
 
 def list_notebooks(session: Session, principal: Principal, activity: Mapping[int, CullDecision],
@@ -147,6 +175,7 @@ def list_notebooks(session: Session, principal: Principal, activity: Mapping[int
         query = query.where(WorkloadRow.project_id.in_(sorted(visible)))
     rows = [r for r in session.scalars(query) if include_ended or not r.current_status.is_terminal()]
     names = accounts.project_names(session)
+    caps = idle_caps(session)
     users = accounts.user_names(session, {r.user_id for r in rows})
     out = []
     for row in rows:
@@ -154,7 +183,8 @@ def list_notebooks(session: Session, principal: Principal, activity: Mapping[int
         out.append(nb.NotebookInfo(
             id=row.id, name=row.name, project=names.get(row.project_id, "?"), user=users.get(row.user_id, "?"),
             status=row.status, gpu_milli=_gpu_milli(row.spec), path=notebook_path(row.id),
-            idle_timeout_s=idle_timeout_of(row.spec, default_timeout), message=row.message,
+            idle_timeout_s=idle_timeout_of(row.spec, default_timeout, caps.get(row.project_id)),
+            message=row.message,
             idle_for_s=seen.idle_for_s if seen else None, culls_in_s=seen.culls_in_s if seen else None))
     return out
 

@@ -83,6 +83,7 @@ class NotebookCuller:
         with self.db.session(write=False) as session:
             rows = [r for r in repo.workloads_in(session, [WorkloadStatus.RUNNING.value]) if r.kind == notebooks.KIND]
             runs = repo.current_replicas(session, rows)
+            caps = notebooks.idle_caps(session)
             out = []
             for row in rows:
                 endpoint = next((e for r in runs[row.id] if r.number == 0 for e in stored_endpoints(r.endpoints)
@@ -90,7 +91,7 @@ class NotebookCuller:
                 if endpoint is None or endpoint.host is None:
                     continue
                 try:
-                    timeout = notebooks.idle_timeout_of(row.spec, self.default_timeout)
+                    timeout = notebooks.idle_timeout_of(row.spec, self.default_timeout, caps.get(row.project_id))
                 except GpupoolError:
                     timeout = IDLE_OFF
                 out.append(_Running(row.id, row.attempt, endpoint.host, endpoint.port,

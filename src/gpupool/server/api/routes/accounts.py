@@ -53,6 +53,15 @@ def set_member(name: Name, body: schemas.MemberSet, services: ServicesDep,
         return accounts.set_member(session, principal, name, body, trusted=services.settings.trusts_users)
 
 
+@router.put("/projects/{name}/idle-cap", response_model=schemas.Project, responses=ERRORS)
+def set_idle_cap(name: Name, body: schemas.ProjectIdleCap, services: ServicesDep,
+                 principal: PrincipalDep) -> schemas.Project:
+    """Cap the idle_timeout of the project's notebooks, or remove the cap with `none` (administrators and the
+    project's admins)."""
+    with services.db.session() as session:
+        return accounts.set_idle_cap(session, principal, name, body)
+
+
 @router.delete("/projects/{name}/members/{user}", response_model=schemas.Project, responses=ERRORS)
 def remove_member(name: Name, user: Name, services: ServicesDep, principal: PrincipalDep) -> schemas.Project:
     """Remove a user from the project (administrators and the project's admins)."""

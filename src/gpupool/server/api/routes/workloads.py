@@ -11,7 +11,7 @@ from gpupool.domain.arrays import MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep
 from gpupool.server.context import Services
-from gpupool.server.services import arrays, workload_batch, workloads
+from gpupool.server.services import arrays, notebooks, workload_batch, workloads
 from gpupool.store.orm import WorkloadRow
 
 router = APIRouter(prefix="/workloads", tags=["workloads"])
@@ -60,7 +60,8 @@ def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services) -> list
     with services.db.session(write=False) as session:
         return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=False),
                                           created=created,
-                                          warnings=workloads.submission_warnings(session, row))
+                                          warnings=workloads.submission_warnings(session, row)
+                                          + notebooks.cap_warning(session, row))
                 for row, created in stored]
 
 
