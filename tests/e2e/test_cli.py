@@ -19,6 +19,7 @@ from gpupool.cli.main import app
 COMMANDS = [["up"], ["submit"], ["ls"], ["show"], ["logs"], ["cancel"], ["wait"], ["resubmit"], ["whoami"],
             ["nodes"], ["queues"], ["queues", "set"],
             ["projects"], ["projects", "create"], ["projects", "add-member"], ["projects", "remove-member"],
+            ["projects", "set-idle-cap"],
             ["users"], ["users", "create"], ["tokens"], ["tokens", "create"], ["tokens", "revoke"], ["nodes", "show"],
             ["nodes", "set-sharing"], ["nodes", "set-mig"], ["nodes", "clear-unhealthy"], ["top"], ["report"],
             ["report", "idle"]]
@@ -88,6 +89,7 @@ def test_pool_and_account_commands(start_server: StartServer) -> None:
     run_cli(["projects", "add-member", "vision", "admin", "--role", "viewer"], env)
     projects: Any = run_json(["projects"], alice_env)
     assert {m["user"] for m in projects[0]["members"]} == {"admin", "alice"}
+    _idle_cap_commands(env, alice_env)
     created: Any = run_json(["tokens", "create", "ci"], alice_env)
     tokens: Any = run_json(["tokens"], alice_env)
     assert {t["name"] for t in tokens} == {"initial", "ci"}
@@ -95,6 +97,17 @@ def test_pool_and_account_commands(start_server: StartServer) -> None:
     revoked = run_cli(["ls"], {**env, "GPUPOOL_TOKEN": created["token"]}, check=False)
     assert revoked.returncode == 4 and "not valid" in revoked.stderr
     _gpu_admin_commands(env, alice_env)
+
+
+def _idle_cap_commands(env: dict[str, str], member_env: dict[str, str]) -> None:
+    assert "culled after at most 4h idle" in run_cli(["projects", "set-idle-cap", "vision", "4h"], env).stdout
+    assert "4h" in run_cli(["projects"], env, cwd=REPO).stdout.split("vision", 1)[1].splitlines()[0]
+    denied = run_cli(["projects", "set-idle-cap", "vision", "8h"], member_env, check=False)
+    assert denied.returncode == 4 and "may cap" in denied.stderr and "Traceback" not in denied.stderr
+    bad = run_cli(["projects", "set-idle-cap", "vision", "soon"], env, check=False)
+    assert bad.returncode != 0 and "max_idle_timeout" in bad.stderr and "Traceback" not in bad.stderr
+    cleared: Any = run_json(["projects", "set-idle-cap", "vision", "none"], env)
+    assert cleared["max_idle_timeout_s"] is None
 
 
 def _gpu_admin_commands(env: dict[str, str], member_env: dict[str, str]) -> None:
