@@ -78,3 +78,21 @@ def test_database_urls(url: str, expected: str) -> None:
 def test_unsupported_database_urls_are_refused(url: str) -> None:
     with pytest.raises(ValidationError):
         normalise_url(url)
+
+
+def test_0020_adds_an_empty_idle_cap_to_existing_projects_and_drops_it_going_down(empty_database: Database) -> None:
+    config = alembic_config()
+    with empty_database.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0019")
+        conn.execute(text("INSERT INTO projects (name, created_at) VALUES ('vision', 1.0)"))
+    empty_database.migrate()
+    with empty_database.engine.begin() as conn:
+        assert conn.execute(text("SELECT name, max_idle_timeout_s FROM projects")).all() == [("vision", None)]
+        conn.execute(text("UPDATE projects SET max_idle_timeout_s = 3600"))
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0019")
+    columns = {c["name"] for c in inspect(empty_database.engine).get_columns("projects")}
+    assert "max_idle_timeout_s" not in columns
+    with empty_database.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM projects")).scalars().all() == ["vision"]
