@@ -180,7 +180,7 @@ def set_idle_cap(session: Session, principal: Principal, project_name: str,
         raise PermissionDeniedError(f"only administrators and admins of project {project.name} may cap its "
                                     "notebooks' idle_timeout")
     value = body.max_idle_timeout
-    if isinstance(value, str) and value.strip().lower() in ("none", ""):
+    if isinstance(value, str) and value.strip().lower() == "none":
         project.max_idle_timeout_s = None
     else:
         cap = parse_idle_timeout(value, "max_idle_timeout")
