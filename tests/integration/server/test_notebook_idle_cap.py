@@ -72,9 +72,8 @@ def _jupyter_idle_since(since: float) -> Any:
     return answer
 
 
-def test_the_culler_applies_the_cap_to_a_notebook_that_asked_off(server: TestServer, admin: Client,
-                                                                   team: dict[str, Client]) -> None:
-    admin.set_idle_cap("vision", "1h")
+def test_the_culler_applies_a_new_cap_to_a_running_notebook_that_asked_off(server: TestServer, admin: Client,
+                                                                            team: dict[str, Client]) -> None:
     nid = team["alice"].submit({**NOTEBOOK, "idle_timeout": "off"}).workload.id
     wait_until(lambda: admin.get_workload(nid).status == WorkloadStatus.RUNNING.value, 30, 0.1, "running")
     db = server.services.db
@@ -85,13 +84,18 @@ def test_the_culler_applies_the_cap_to_a_notebook_that_asked_off(server: TestSer
     now = [start]
     keys = server.services.notebook_keys
     assert keys is not None
-    culler = NotebookCuller(db, lambda: now[0], keys, "off", http=_jupyter_idle_since(start))
+    culler = NotebookCuller(db, lambda: now[0], keys, "2h", http=_jupyter_idle_since(start))
     culler.step()
-    assert culler.latest[nid].culls_in_s == pytest.approx(3600, abs=1)  # off, yet the cap applies
+    assert culler.latest[nid].culls_in_s is None  # off, no cap: never culled
+    now[0] = start + 10 * 60
+    admin.set_idle_cap("vision", "1h")
+    culler.step()
+    assert culler.latest[nid].culls_in_s == pytest.approx(50 * 60, abs=1)  # off under a cap: the cap
     now[0] = start + 55 * 60  # the last 10 minutes: warned, not culled
     culler.step()
-    assert admin.get_workload(nid).status == WorkloadStatus.RUNNING.value
-    assert any("culled in" in e.reason and "idle_timeout 1h" in e.reason for e in admin.get_workload(nid).events)
+    detail = admin.get_workload(nid)
+    assert detail.status == WorkloadStatus.RUNNING.value
+    assert any("idle_timeout 1h, its project's cap" in e.reason for e in detail.events), detail.events
     now[0] = start + 3601
     culler.step()
     detail = admin.get_workload(nid)

@@ -42,6 +42,7 @@ class _Running:
     port: int
     running_since: float
     timeout_s: int
+    capped: bool = False  # the project's cap shortened the notebook's own (or the default) timeout
 
 
 class NotebookCuller:
@@ -91,11 +92,12 @@ class NotebookCuller:
                 if endpoint is None or endpoint.host is None:
                     continue
                 try:
+                    own = notebooks.idle_timeout_of(row.spec, self.default_timeout)
                     timeout = notebooks.idle_timeout_of(row.spec, self.default_timeout, caps.get(row.project_id))
                 except GpupoolError:
-                    timeout = IDLE_OFF
+                    own = timeout = IDLE_OFF
                 out.append(_Running(row.id, row.attempt, endpoint.host, endpoint.port,
-                                    row.started_at or row.updated_at, timeout))
+                                    row.started_at or row.updated_at, timeout, capped=timeout != own))
         return out
 
     def _look(self, notebook: _Running) -> CullDecision | None:
@@ -117,11 +119,12 @@ class NotebookCuller:
             return False
         if key not in self._warned:
             self._warned.add(key)
+            cap_note = ", its project's cap" if notebook.capped else ""
             with self.db.session() as session:
                 repo.add_event(session, notebook.workload_id, now,
                                f"idle for {duration_text(decision.idle_for_s)}; culled in "
                                f"{duration_text(max(decision.culls_in_s, self.interval_s))} unless used "
-                               f"(idle_timeout {duration_text(notebook.timeout_s)})")
+                               f"(idle_timeout {duration_text(notebook.timeout_s)}{cap_note})")
             return False
         if not decision.cull:
             return False
