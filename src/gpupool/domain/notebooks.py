@@ -11,6 +11,9 @@ idle_timeout: 2h        # culled after 2 h idle (freeing its GPU); `off` never c
 env: {HF_HOME: /data/hf}
 ```
 
+A project may cap the idle timeout of its notebooks: the one applied is the lower of the two, and `off` under a
+cap means the cap (effective_idle_timeout).
+
 Jupyter listens on the port gpupool chose (`GPUPOOL_PORT`), with `base_url=/notebooks/<id>/` (so the server's
 proxy forwards paths unchanged), the per-notebook token in `JUPYTER_TOKEN` (read by `IdentityProvider.token`;
 an environment variable, not an argument, so other users of the node cannot read it with `ps`) and no news
