@@ -142,3 +142,42 @@ def account(allocations: Iterable[Allocation], utilisation: Mapping[tuple[str, i
                 if pct <= idle_max_pct:
                     target.idle_gpu_h += gpu_h
     return [rows[key] for key in sorted(rows)]
+
+
+HOUR_S = 3600.0  # the ledger's bucket: fine enough for a day / week / month report, one row per hour and user
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """Busy, idle and observed GPU-seconds of one (project, user) in the hour starting at `hour` (UTC)."""
+
+    hour: float
+    project: str
+    user: str
+    busy_s: float
+    idle_s: float
+    observed_s: float
+
+
+def hour_split(start: float, end: float) -> Iterable[tuple[float, float]]:
+    """(hour start, seconds of [start, end) in that hour), in time order."""
+    at = start
+    while at < end:
+        hour = at - at % HOUR_S
+        stop = min(end, hour + HOUR_S)
+        yield hour, stop - at
+        at = stop
+
+
+def merge_ledger(rows: Iterable[UsageRow], entries: Iterable[LedgerEntry], *, by: str,
+                 period: str) -> list[UsageRow]:
+    """`rows` with the ledger's busy, idle and observed GPU-hours added to the row of each entry's period and
+    group (a row is created where none was), sorted by period then group."""
+    merged = {(r.period_start, r.group): r for r in rows}
+    for entry in entries:
+        key = (period_start(entry.hour, period), entry.project if by == "project" else entry.user)
+        target = merged.setdefault(key, UsageRow(*key))
+        target.busy_gpu_h += entry.busy_s / 3600
+        target.idle_gpu_h += entry.idle_s / 3600
+        target.observed_gpu_h += entry.observed_s / 3600
+    return [merged[key] for key in sorted(merged)]
