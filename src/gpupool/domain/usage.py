@@ -8,6 +8,8 @@ or month (calendar periods in UTC).
   at or below the idle threshold. A point lasts until the next one, at most `max_gap_s` (a longer gap means
   the sampler was not running: that time is not observed). `observed` is the allocated time the sampler saw;
   allocated minus observed is time with no sample (before the samples kept, or while the server was down).
+- The server credits busy / idle as the sampler goes, into a ledger of per-hour counters (`LedgerEntry`,
+  `hour_split`), and adds them to the allocated rows with `merge_ledger` instead of passing points to `account`.
 
 Pure: times are passed in, nothing is read from a clock.
 """
