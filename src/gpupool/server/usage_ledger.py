@@ -1,6 +1,7 @@
 """The usage ledger's unflushed counters: the sampler adds each step's busy / idle / observed GPU-seconds per
 (hour, project, user) here, and every `usage_flush_interval_s` (only when something was added) writes them to
-the store in one small transaction, `INSERT ... ON CONFLICT DO UPDATE` adding to the stored counters.
+the store in one small transaction, `INSERT ... ON CONFLICT DO UPDATE` adding to the stored counters (and
+once more when the server stops cleanly).
 
 Crash safety: the counters are cleared only once their transaction has committed, under `lock`, so a kill -9
 loses at most the interval not yet flushed and never counts a sample twice (a rolled-back flush keeps its

@@ -37,12 +37,15 @@ def _stored_observed_s(url: str) -> float:
         db.dispose()
 
 
-def test_busy_hours_written_before_a_restart_are_reported_after_it(database_url: str, tmp_path: Path) -> None:
+def _settings(tmp_path: Path, home: str, database_url: str, flush_interval_s: float) -> Settings:
     description = write_description(tmp_path, {"node": "m", "gpus": [a100s(1, utilization=70)]})
+    return server_settings(tmp_path / home, database_url, gpu_description=description, sample_interval_s=0.05,
+                           usage_flush_interval_s=flush_interval_s)
 
+
+def test_busy_hours_written_before_a_restart_are_reported_after_it(database_url: str, tmp_path: Path) -> None:
     def settings(home: str) -> Settings:
-        return server_settings(tmp_path / home, database_url, gpu_description=description, sample_interval_s=0.05,
-                               usage_flush_interval_s=0.2)
+        return _settings(tmp_path, home, database_url, 0.2)
 
     first = start_server(settings("first"), FakeExecutor(default=RUN_FOREVER))
     try:
@@ -62,6 +65,20 @@ def test_busy_hours_written_before_a_restart_are_reported_after_it(database_url:
     # the new server has sampled at most a few steps: what it reports was written by the first one
     assert [line.group for line in report.lines] == ["default"]
     line = report.lines[0]
-    assert line.observed_gpu_h >= round(stored_s / 3600, 4) - 1e-4  # the report rounds to 4 decimals
+    assert line.observed_gpu_h >= round(stored_s / 3600, 4) > 0  # the report rounds to 4 decimals
     assert line.busy_gpu_h == pytest.approx(0.7 * line.observed_gpu_h, rel=0.02, abs=2e-4)
     assert line.idle_gpu_h == 0
+
+
+def test_a_clean_stop_writes_the_counters_not_flushed_yet(database_url: str, tmp_path: Path) -> None:
+    server = start_server(_settings(tmp_path, "home", database_url, 3600.0), FakeExecutor(default=RUN_FOREVER))
+    try:
+        with server.client() as admin:
+            admin.submit(JOB)
+            wait_until(lambda: admin.usage().total_busy_gpu_h * 3600 > 1.0, 60, what="busy time observed")
+            reported_h = admin.usage().lines[0].observed_gpu_h
+        assert _stored_observed_s(database_url) == 0  # an hour's flush interval: nothing written yet
+    finally:
+        server.stop()
+    # everything reported before the stop was written by it (the report rounds to 4 decimals)
+    assert round(_stored_observed_s(database_url) / 3600, 4) >= reported_h > 0
