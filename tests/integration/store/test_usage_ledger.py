@@ -84,3 +84,13 @@ def test_time_is_split_at_hour_boundaries_and_gaps_are_not_observed(database: Da
     ledger.observe([share], {("m", 0): 100.0}, H + 7100.0, idle_max_pct=5.0)  # a long gap counts 900 s at most
     assert ledger.pending() == {(H, 101, 201): pytest.approx((0.2, 10.0, 10.0)),
                                 (H + 3600.0, 101, 201): pytest.approx((900.2, 10.0, 910.0))}
+
+
+def test_counters_of_a_deleted_project_are_dropped_not_retried_forever(database: Database) -> None:
+    ledger = UsageLedger(flush_interval_s=60.0)
+    shares = [HeldShare(1, 101, 201, H, "m", 0, 1000), HeldShare(2, 999, 202, H, "m", 1, 1000)]  # 999: gone
+    ledger.observe(shares, {("m", 0): 50.0, ("m", 1): 50.0}, H + 1.0, idle_max_pct=5.0)
+    ledger.observe(shares, {("m", 0): 50.0, ("m", 1): 50.0}, H + 11.0, idle_max_pct=5.0)
+    assert ledger.flush(database, H + 11.0)
+    assert ledger.pending() == {}
+    assert _read(database) == [LedgerEntry(H, "vision", "ann", pytest.approx(5.0), 0.0, pytest.approx(10.0))]

@@ -17,7 +17,10 @@ LedgerKey = tuple[float, int, int]  # (hour start, project id, user id)
 
 def add(session: Session, counts: Mapping[LedgerKey, tuple[float, float, float]]) -> None:
     """Add (busy, idle, observed) seconds to each key's counters, creating the rows that do not exist yet
-    (`INSERT ... ON CONFLICT DO UPDATE` on SQLite and PostgreSQL alike)."""
+    (`INSERT ... ON CONFLICT DO UPDATE` on SQLite and PostgreSQL alike). Counters of a project deleted since
+    are dropped (its rows went with it)."""
+    projects = accounts.project_names(session)
+    counts = {key: added for key, added in counts.items() if key[1] in projects}
     if not counts:
         return
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
