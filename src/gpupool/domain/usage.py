@@ -8,6 +8,8 @@ or month (calendar periods in UTC).
   at or below the idle threshold. A point lasts until the next one, at most `max_gap_s` (a longer gap means
   the sampler was not running: that time is not observed). `observed` is the allocated time the sampler saw;
   allocated minus observed is time with no sample (before the samples kept, or while the server was down).
+- The server credits busy / idle as the sampler goes, into a ledger of per-hour counters (`LedgerEntry`,
+  `hour_split`), and adds them to the allocated rows with `merge_ledger` instead of passing points to `account`.
 
 Pure: times are passed in, nothing is read from a clock.
 """
@@ -142,3 +144,42 @@ def account(allocations: Iterable[Allocation], utilisation: Mapping[tuple[str, i
                 if pct <= idle_max_pct:
                     target.idle_gpu_h += gpu_h
     return [rows[key] for key in sorted(rows)]
+
+
+HOUR_S = 3600.0  # the ledger's bucket: fine enough for a day / week / month report, one row per hour and user
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """Busy, idle and observed GPU-seconds of one (project, user) in the hour starting at `hour` (UTC)."""
+
+    hour: float
+    project: str
+    user: str
+    busy_s: float
+    idle_s: float
+    observed_s: float
+
+
+def hour_split(start: float, end: float) -> Iterable[tuple[float, float]]:
+    """(hour start, seconds of [start, end) in that hour), in time order."""
+    at = start
+    while at < end:
+        hour = at - at % HOUR_S
+        stop = min(end, hour + HOUR_S)
+        yield hour, stop - at
+        at = stop
+
+
+def merge_ledger(rows: Iterable[UsageRow], entries: Iterable[LedgerEntry], *, by: str,
+                 period: str) -> list[UsageRow]:
+    """`rows` with the ledger's busy, idle and observed GPU-hours added to the row of each entry's period and
+    group (a row is created where none was), sorted by period then group."""
+    merged = {(r.period_start, r.group): r for r in rows}
+    for entry in entries:
+        key = (period_start(entry.hour, period), entry.project if by == "project" else entry.user)
+        target = merged.setdefault(key, UsageRow(*key))
+        target.busy_gpu_h += entry.busy_s / 3600
+        target.idle_gpu_h += entry.idle_s / 3600
+        target.observed_gpu_h += entry.observed_s / 3600
+    return [merged[key] for key in sorted(merged)]

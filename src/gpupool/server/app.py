@@ -141,7 +141,8 @@ def start_services(services: Services) -> None:
 
 
 def stop_services(services: Services) -> None:
-    """Stop the workers (replicas and MPS daemons keep running), release GPUs, executor and database."""
+    """Stop the workers (replicas and MPS daemons keep running), write the usage ledger's unflushed counters,
+    release GPUs, executor and database."""
     for worker in (services.culler, services.sweeps, services.arrays, services.pipelines, services.nodes_worker,
                    services.sampler, services.scheduler, services.reconciler):
         if worker is not None:
@@ -149,9 +150,18 @@ def stop_services(services: Services) -> None:
     if services.studies is not None:
         services.studies.close()
     if services.gpus is not None:
+        _flush_usage_ledger(services.gpus, services)
         services.gpus.close()
     services.executor.close()
     services.db.dispose()
+
+
+def _flush_usage_ledger(runtime: GpuRuntime, services: Services) -> None:
+    """Write the sampler's unflushed busy / idle counters, so a clean stop loses none of them."""
+    try:
+        runtime.ledger.flush(services.db, services.clock())
+    except Exception:
+        log.exception("writing the usage ledger at shutdown failed; its last interval is lost")
 
 
 def _own_providers(settings: Settings, nvml_backend: BackendFactory, executor: Executor) -> list[NodeProvider]:

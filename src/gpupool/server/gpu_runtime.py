@@ -25,6 +25,7 @@ from gpupool.gpu.timeseries import SeriesStore
 from gpupool.gpu.types import GpuInventory, NodeSample
 from gpupool.server.local_node import LocalGpus, LocalNode
 from gpupool.server.settings import Settings
+from gpupool.server.usage_ledger import UsageLedger
 
 log = logging.getLogger("gpupool.gpus")
 
@@ -66,6 +67,7 @@ class GpuRuntime:
         self.sharing = SharingConfig(settings.home, settings.hami_library)
         self.series = SeriesStore()
         self.metrics = GpuMetrics()
+        self.ledger = UsageLedger(settings.usage_flush_interval_s)
         self.mps = MpsManager(settings.home, control=settings.mps_control,
                               set_compute_mode=settings.mps_set_compute_mode)
         self.nodes: dict[str, NodeGpus] = {}

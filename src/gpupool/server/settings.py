@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     overuse_grace_s: float = Field(10.0, ge=0, description="How long over-use must last before it is reported")
     idle_after_s: float = Field(1800.0, gt=0, description="An allocated GPU this long idle is wasted")
     idle_max_pct: float = Field(5.0, ge=0, le=100, description="Utilisation at or below which a GPU is idle")
+    # a kill -9 loses at most this much of the busy / idle record (a minute is under 0.1 % of a day's report),
+    # and one small write transaction a minute is negligible next to the sampler's other work
+    usage_flush_interval_s: float = Field(60.0, gt=0, description="How often the sampler writes its busy / idle "
+                                          "GPU-seconds to the usage ledger (what a crash may lose at most)")
     mps_control: str = Field("nvidia-cuda-mps-control", description="The MPS control program")
     mps_set_compute_mode: bool = Field(False, description="Switch MPS cards to EXCLUSIVE_PROCESS (needs root)")
     mps_check_interval_s: float = Field(30.0, gt=0, description="How often MPS daemons are checked and restarted")

@@ -393,3 +393,16 @@ class ServiceTokenRow(Base):
     created_by: Mapped[str] = mapped_column(String(NAME_LEN))
     created_at: Mapped[float]
     revoked_at: Mapped[float | None]
+
+
+class UsageLedgerRow(Base):
+    """Busy, idle and observed GPU-seconds the sampler saw per (hour, project, user): the durable source of
+    usage accounting's busy / idle hours (counters only ever added to; see store/repos/usage_ledger.py)."""
+
+    __tablename__ = "usage_ledger"
+    hour: Mapped[float] = mapped_column(Double, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    busy_s: Mapped[float] = mapped_column(Double, default=0.0)
+    idle_s: Mapped[float] = mapped_column(Double, default=0.0)
+    observed_s: Mapped[float] = mapped_column(Double, default=0.0)

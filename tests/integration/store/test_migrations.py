@@ -18,7 +18,7 @@ from gpupool.store.orm import Base
 
 TABLES = {"users", "projects", "memberships", "tokens", "queues", "nodes", "workloads", "replicas", "events",
           "gpu_settings", "pipelines", "pipeline_runs", "pipeline_steps", "schedule_fires", "service_revisions",
-          "node_cordons"}
+          "node_cordons", "usage_ledger"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

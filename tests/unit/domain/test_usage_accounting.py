@@ -6,7 +6,17 @@ import datetime as dt
 
 import pytest
 
-from gpupool.domain.usage import Allocation, CardShare, UtilPoint, account, next_period, period_start
+from gpupool.domain.usage import (
+    Allocation,
+    CardShare,
+    LedgerEntry,
+    UtilPoint,
+    account,
+    hour_split,
+    merge_ledger,
+    next_period,
+    period_start,
+)
 
 DAY0 = dt.datetime(2026, 3, 2, tzinfo=dt.UTC).timestamp()  # a Monday, 00:00 UTC
 H = 3600.0
@@ -74,3 +84,24 @@ def test_a_gap_longer_than_the_limit_is_unobserved_and_shares_scale() -> None:
 def test_unknown_grouping_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown grouping"):
         account([], {}, by="queue", period="day", since=0, until=1, idle_max_pct=5)
+
+
+def test_hour_split_cuts_at_every_hour_boundary() -> None:
+    assert list(hour_split(DAY0 + 0.5 * H, DAY0 + 2.25 * H)) == [(DAY0, 0.5 * H), (DAY0 + H, H),
+                                                                 (DAY0 + 2 * H, 0.25 * H)]
+    assert list(hour_split(DAY0, DAY0)) == []
+
+
+def test_ledger_entries_add_to_their_period_and_group_and_create_missing_rows() -> None:
+    allocated = account([alloc("vision", "ann", DAY0, DAY0 + 2 * H, ("m", 0, 1000))], {}, by="user",
+                        period="day", since=DAY0, until=DAY0 + 30 * H, idle_max_pct=5.0)
+    entries = [LedgerEntry(DAY0, "vision", "ann", 1800.0, 0.0, 3600.0),
+               LedgerEntry(DAY0 + H, "vision", "ann", 0.0, 3600.0, 3600.0),
+               LedgerEntry(DAY0 + 25 * H, "vision", "bob", 360.0, 0.0, 720.0)]  # the next day, no allocation row
+    rows = merge_ledger(allocated, entries, by="user", period="day")
+    assert [(r.period_start, r.group) for r in rows] == [(DAY0, "ann"), (DAY0 + 86400, "bob")]
+    assert (rows[0].allocated_gpu_h, rows[0].busy_gpu_h, rows[0].idle_gpu_h, rows[0].observed_gpu_h) == \
+        pytest.approx((2.0, 0.5, 1.0, 2.0))
+    assert (rows[1].allocated_gpu_h, rows[1].busy_gpu_h, rows[1].observed_gpu_h) == pytest.approx((0.0, 0.1, 0.2))
+    by_project = merge_ledger([], entries, by="project", period="month")
+    assert [(r.group, round(r.observed_gpu_h, 6)) for r in by_project] == [("vision", 2.2)]

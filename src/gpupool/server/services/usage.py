@@ -1,5 +1,6 @@
-"""Usage accounting: GPU-hours allocated (from the replicas' runs in the store) and busy / idle (from the
-sampler's per-card utilisation series), per project or user per day, week or month; as a report or CSV.
+"""Usage accounting: GPU-hours allocated (from the replicas' runs in the store) and busy / idle (from the usage
+ledger the sampler writes, plus its counters not flushed yet), per project or user per day, week or month; as a
+report or CSV.
 The arithmetic is `gpupool.domain.usage.account`; this module gathers its inputs and applies visibility."""
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import Hashable
 from typing import cast
 
 from sqlalchemy import or_, select
@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from gpupool.api.usage_schemas import UsageGrouping, UsageLine, UsagePeriod, UsageReport
 from gpupool.domain.errors import ValidationError
 from gpupool.domain.resources import parse_duration
-from gpupool.domain.usage import GROUPINGS, PERIODS, Allocation, CardShare, UtilPoint, account
+from gpupool.domain.usage import GROUPINGS, PERIODS, Allocation, CardShare, account, merge_ledger
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.services.auth import Principal
 from gpupool.store.convert import placement_from_json
 from gpupool.store.orm import ReplicaRow, WorkloadRow
-from gpupool.store.repos import accounts
+from gpupool.store.repos import accounts, usage_ledger
 
 CSV_COLUMNS = ("period_start", "period", "group", "allocated_gpu_h", "busy_gpu_h", "idle_gpu_h",
                "observed_gpu_h", "workloads")
@@ -55,32 +55,22 @@ def allocations(session: Session, readable: frozenset[int] | None, since: float,
     return found_allocations, ids
 
 
-def _utilisation(runtime: GpuRuntime, cards: set[tuple[str, int]], since: float,
-                 until: float) -> dict[tuple[str, int], list[UtilPoint]]:
-    """The utilisation points the sampler kept for each card, in time order."""
-    found: dict[tuple[str, int], list[UtilPoint]] = {}
-    with runtime.reading():
-        for node, index in sorted(cards):
-            key: Hashable = ("gpu", node, str(index), "utilization_pct")
-            found[(node, index)] = [UtilPoint(p.t, p.mean) for p in runtime.series.query(key, since, until)]
-    return found
-
-
 def usage_report(session: Session, runtime: GpuRuntime, principal: Principal, now: float, *, by: str = "project",
                  period: str = "day", since: str = "30d") -> UsageReport:
     """GPU-hours per `by` (project or user) per `period` (day, week, month) over the last `since` (e.g. 30d,
-    12h), for the projects the caller may read (every project for administrators)."""
+    12h), for the projects the caller may read (every project for administrators). Allocated hours are cut
+    exactly at `since`; busy / idle / observed hours come from the ledger's hour buckets overlapping the window."""
     if by not in GROUPINGS:
         raise ValidationError(f"unknown grouping {by!r}; use one of {', '.join(GROUPINGS)}", "by")
     if period not in PERIODS:
         raise ValidationError(f"unknown period {period!r}; use one of {', '.join(PERIODS)}", "period")
     start = now - parse_duration(since, "since")
     held, ids = allocations(session, principal.readable_projects(), start, now, now)
-    cards = {(c.node, c.index) for a in held for c in a.cards}
-    utilisation = _utilisation(runtime, cards, start, now)
     idle_max_pct = runtime.settings.idle_max_pct
-    rows = account(held, utilisation, ids, by=by, period=period, since=start, until=now,
-                   idle_max_pct=idle_max_pct)
+    allocated = account(held, {}, ids, by=by, period=period, since=start, until=now, idle_max_pct=idle_max_pct)
+    with runtime.ledger.lock:
+        entries = usage_ledger.entries(session, principal.readable_projects(), start, now, runtime.ledger.pending())
+    rows = merge_ledger(allocated, entries, by=by, period=period)
     lines = [UsageLine(period_start=r.period_start, period=period, group=r.group,
                        allocated_gpu_h=round(r.allocated_gpu_h, 4), busy_gpu_h=round(r.busy_gpu_h, 4),
                        idle_gpu_h=round(r.idle_gpu_h, 4), observed_gpu_h=round(r.observed_gpu_h, 4),

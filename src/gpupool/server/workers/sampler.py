@@ -8,7 +8,8 @@ Each step:
 3. records the reports' events in one write transaction (`services.gpu_events`: over-use, with the kill
    policy a failed workload whose replicas are stopped; idle allocations; unhealthy marks);
 4. updates the Prometheus metrics (GPU readings, workload memory, idle allocations, over-use counts, queue
-   depth and allocation ratios);
+   depth and allocation ratios), and adds the step's busy / idle GPU-seconds of each started replica to the
+   usage ledger (`server.usage_ledger`), written to the store every `usage_flush_interval_s`;
 5. every `mps_check_interval_s`, checks the MPS daemons of cards in mps mode and restarts failed ones;
 6. with HAMi-core configured, removes the shared cache files of replicas that are no longer live;
 7. a node whose NVML was unavailable at start-up and now samples GPUs (the backend retries nvmlInit) is
@@ -37,6 +38,7 @@ from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.services.gpu_admin import adopt_discovered_gpus, reconcile_mps
 from gpupool.server.services.gpu_events import record_report
+from gpupool.server.usage_ledger import HeldShare
 from gpupool.store.convert import gpu_from_json, node_from_row, placement_from_json
 from gpupool.store.db import Database
 from gpupool.store.orm import WorkloadRow
@@ -56,6 +58,9 @@ class _Replica:
     node: str
     handle: Handle | None
     placement: ReplicaPlacement
+    project_id: int = -1
+    user_id: int = -1
+    started_at: float | None = None
 
 
 @dataclass
@@ -73,12 +78,15 @@ def _read_view(session: Session) -> _View:
     live = repo.live_replicas(session)
     workload_ids = sorted({r.workload_id for r in live})
     projects = accounts.project_names(session)
-    project_of = dict(session.execute(select(WorkloadRow.id, WorkloadRow.project_id)
-                                      .where(WorkloadRow.id.in_(workload_ids))).all()) if workload_ids else {}
-    replicas = [_Replica(r.id, ReplicaKey(str(r.workload_id), r.number, projects.get(project_of.get(r.workload_id, -1),
-                                                                                        "")),
-                         r.node, dict(r.handle) if r.handle else None, placement_from_json(r.placement))
-                for r in live]
+    owner_of = {wid: (project, user) for wid, project, user in session.execute(
+        select(WorkloadRow.id, WorkloadRow.project_id, WorkloadRow.user_id).where(WorkloadRow.id.in_(workload_ids)))
+    } if workload_ids else {}
+    replicas = []
+    for r in live:
+        project_id, user_id = owner_of.get(r.workload_id, (-1, -1))
+        replicas.append(_Replica(r.id, ReplicaKey(str(r.workload_id), r.number, projects.get(project_id, "")),
+                                 r.node, dict(r.handle) if r.handle else None, placement_from_json(r.placement),
+                                 project_id, user_id, r.started_at))
     waiting = [WorkloadStatus.PENDING.value, WorkloadStatus.PREEMPTED.value]
     depth = dict.fromkeys((q.name for q in queues.list_queues(session)), 0)
     for queue, count in session.execute(select(WorkloadRow.queue, func.count()).where(WorkloadRow.status.in_(waiting))
@@ -117,6 +125,7 @@ class GpuSampler:
             if any(stopped):
                 self.on_stop()
         self._update_metrics(view, reports, now)
+        self._record_usage(view, reports, now)
         if now >= self._next_mps_check:
             self._next_mps_check = now + self.mps_check_interval_s
             for name in sorted(self.runtime.nodes):
@@ -127,6 +136,21 @@ class GpuSampler:
             node = self.runtime.nodes.get(name)
             if node is not None and report.gpus and node.local.inventory.unavailable is not None:
                 adopt_discovered_gpus(self.db, self.runtime, name, now)
+
+    def _record_usage(self, view: _View, reports: dict[str, MonitorReport], now: float) -> None:
+        """Add this step's busy / idle GPU-seconds to the usage ledger; flush it when due (a failed flush is
+        logged and its counters kept for the next one)."""
+        utilisation = {(name, g.index): g.utilization_pct for name, report in reports.items() for g in report.gpus}
+        shares = [HeldShare(r.id, r.project_id, r.user_id, r.started_at, r.placement.node, g.index,
+                            g.milli)
+                  for r in view.replicas if r.started_at is not None and r.project_id >= 0
+                  for g in r.placement.gpus if g.milli > 0]
+        ledger = self.runtime.ledger
+        ledger.observe(shares, utilisation, now, self.runtime.settings.idle_max_pct)
+        try:
+            ledger.flush_if_due(self.db, now)
+        except Exception:
+            log.exception("writing the usage ledger failed; its counters are kept for the next flush")
 
     def _owners(self, replicas: list[_Replica]) -> dict[int, ReplicaKey]:
         """Session id -> replica, for started replicas whose executor can say (cached per replica)."""
