@@ -4,10 +4,11 @@ CPU time (user + system of the command's process) is the figure to compare on a 
 and import time also count the time the process waited for a CPU.
 
 Starts a throw-away server (`gpupool up` on a free port, its own GPUPOOL_HOME), submits one workload so
-that `show` and `logs` have something to print, then runs each command `--runs` times and prints a Markdown
-table of the medians. `--compare DIR` also measures another checkout's `src/` (e.g. an older commit,
-exported with `git archive`) with the same Python environment and server, each of its runs right after
-one of this checkout's, so that both see the same machine load.
+that `show` and `logs` have something to print and one small sweep for `sweep show` and `sweep best`, then
+runs each command `--runs` times and prints a Markdown table of the medians. `--compare DIR` also measures
+another checkout's `src/` (e.g. an older commit, exported with `git archive`) with the same Python
+environment and server, each of its runs right after one of this checkout's, so that both see the same
+machine load.
 
     .venv/bin/python benchmarks/cli/bench_startup.py --runs 7
     git archive OLD src | tar -x -C /tmp/old && .venv/bin/python benchmarks/cli/bench_startup.py --compare /tmp/old/src
@@ -30,7 +31,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 COMMANDS = [["version"], ["whoami"], ["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"],
             ["submit", "examples/hello.yaml"], ["top", "--once"], ["plan", "gpus"],
-            ["plan", "mig", "A100-40GB", "--sm", "28"], ["sim", "--help"], ["up", "--help"]]
+            ["plan", "mig", "A100-40GB", "--sm", "28"], ["sim", "--help"], ["up", "--help"],
+            ["sweep", "show", "bench"], ["sweep", "best", "bench"], ["envs", "ls"]]
+# a sweep of two quick trials, so that `sweep show` and `sweep best` have something to print
+SWEEP = """kind: sweep
+name: bench
+objective: {{metric: loss, direction: minimize}}
+search:
+  x: {{uniform: [-5, 5]}}
+trials: 2
+parallel: 2
+trial:
+  command: {python} -c "import gpupool,sys; gpupool.report(1, loss=float(sys.argv[1])**2)" {{{{params.x}}}}
+  resources: {{cpu: 0.5, memory: 128MiB}}
+"""
 
 
 def _free_port() -> int:
@@ -91,12 +105,15 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUPOOL_")}
         env.update({"GPUPOOL_HOME": tmp, "GPUPOOL_URL": f"http://127.0.0.1:{port}", "COLUMNS": "200"})
         other = {**env, "PYTHONPATH": str(options.compare.resolve())} if options.compare else None
-        server = subprocess.Popen([sys.executable, "-m", "gpupool", "up", "--port", str(port)], env=env, cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # replicas run as this user, so that the sweep's trials can start this checkout's Python
+        server_env = {**env, "GPUPOOL_MULTI_USER": "false"}
+        server = subprocess.Popen([sys.executable, "-m", "gpupool", "up", "--port", str(port)], env=server_env,
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_healthy(port)
             subprocess.run([sys.executable, "-m", "gpupool", "submit", "examples/hello.yaml", "--wait"], env=env,
                            cwd=REPO, check=True, capture_output=True)
+            _run_sweep(Path(tmp), env)
             header = "| command | imports (ms) | CPU (ms) | wall (ms) |"
             if other is not None:
                 header += " imports, compared | CPU, compared | wall, compared |"
@@ -113,6 +130,17 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
+
+
+def _run_sweep(tmp: Path, env: dict[str, str]) -> None:
+    """Submit the benchmark's sweep and wait until it has ended."""
+    spec = tmp / "sweep.yaml"
+    spec.write_text(SWEEP.format(python=sys.executable))
+    for args in (["sweep", "submit", str(spec)], ["wait", "bench", "--timeout", "300"]):
+        result = subprocess.run([sys.executable, "-m", "gpupool", *args], env=env, cwd=REPO, capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"gpupool {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
 
 def _wait_healthy(port: int) -> None:

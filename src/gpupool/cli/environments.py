@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gpupool.cli.common import JSON_HELP, ago, console, handle_errors, make_client, print_json, table
+from gpupool.cli.common import JSON_HELP, ago, console, handle_errors, make_light_client, print_json, table
 
 envs_app = typer.Typer(help="Python environments built by uv: create, list, show, remove.", no_args_is_help=True)
 NameArg = Annotated[str, typer.Argument(help="The environment's name.")]
@@ -24,28 +24,29 @@ def create(name: NameArg,
     """Build an environment (once per spec: the same spec again is found in the cache) and name it. Name it in
     a spec with `environment: NAME`; a notebook's environment needs jupyterlab."""
     text = requirements.read_text() if requirements is not None else ""
-    with make_client() as client, console.status(f"building environment {name} with uv ..."):
+    with make_light_client() as client, console.status(f"building environment {name} with uv ..."):
         env = client.create_environment(name, python=python, packages=packages, requirements=text)
     if as_json:
         print_json(env)
     else:
-        how = "found in the cache" if env.cached else "built"
-        console.print(f"environment [bold]{env.name}[/bold] {how} (python {env.python}, "
-                      f"{len(env.requirements)} requirement(s), hash {env.hash})")
+        how = "found in the cache" if env.get("cached") else "built"
+        console.print(f"environment [bold]{env['name']}[/bold] {how} (python {env['python']}, "
+                      f"{len(env['requirements'])} requirement(s), hash {env['hash']})")
 
 
 @envs_app.command("ls")
 @handle_errors
 def ls(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """List environments."""
-    with make_client() as client:
+    with make_light_client() as client:
         items = client.environments()
     if as_json:
         print_json(items)
         return
     out = table("NAME", "PYTHON", "REQUIREMENTS", "OWNER", "CREATED", "HASH")
     for e in items:
-        out.add_row(e.name, e.python, " ".join(e.requirements), e.owner, ago(e.created_at) + " ago", e.hash)
+        out.add_row(e["name"], e["python"], " ".join(e["requirements"]), e["owner"], ago(e["created_at"]) + " ago",
+                    e["hash"])
     console.print(out)
 
 
@@ -53,20 +54,20 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False)
 @handle_errors
 def show(name: NameArg, as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Show an environment and its build log."""
-    with make_client() as client:
+    with make_light_client() as client:
         env = client.environment(name)
     if as_json:
         print_json(env)
         return
-    console.print(f"[bold]{env.name}[/bold]: python {env.python}; {' '.join(env.requirements)}\n"
-                  f"owner {env.owner}, hash {env.hash}, at {env.path}\n", soft_wrap=True)
-    console.print(env.log, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"[bold]{env['name']}[/bold]: python {env['python']}; {' '.join(env['requirements'])}\n"
+                  f"owner {env['owner']}, hash {env['hash']}, at {env['path']}\n", soft_wrap=True)
+    console.print(env.get("log", ""), markup=False, highlight=False, soft_wrap=True)
 
 
 @envs_app.command("rm")
 @handle_errors
 def rm(name: NameArg) -> None:
     """Remove an environment (its owner or an administrator)."""
-    with make_client() as client:
+    with make_light_client() as client:
         client.remove_environment(name)
     console.print(f"environment {name} removed")

@@ -1,5 +1,5 @@
 """The CLI's light client: the API calls of the everyday commands (ls, show, logs, submit, cancel, wait, whoami,
-queues, nodes, top) over the standard library's `http.client`, answering with the server's JSON as plain
+queues, nodes, top, sweep, envs) over the standard library's `http.client`, answering with the server's JSON as plain
 dicts and lists.
 
 The typed client (client/http.py, the SDK) validates answers into pydantic models over httpx; importing those
@@ -95,20 +95,22 @@ class LightClient:
         """Nothing to close: each request closes its own connection."""
 
     # ----------------------------------------------------------------------------------- plumbing
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self, timeout_s: float | None = None) -> http.client.HTTPConnection:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         if self._https:
             try:
                 context = _tls()
             except OSError as exc:  # ssl.SSLError is one too
                 raise unreadable_certificates(_reason(exc)) from None
-            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=context)
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
-    def _open(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
-              stream: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _open(self, method: str, path: str, body: Mapping[str, Any] | None = None, *, stream: bool = False,
+              timeout_s: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send a request and return the connection and the response, its headers read; the domain error of an
         error response, ServerUnavailableError when the server cannot be reached. With `stream`, reading the
-        body waits as long as the server takes (the connection still times out)."""
+        body waits as long as the server takes (the connection still times out); `timeout_s` replaces the
+        settings' timeout for this request."""
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -116,7 +118,7 @@ class LightClient:
         if body is not None:
             data = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
             headers["Content-Type"] = "application/json"
-        connection = self._connect()
+        connection = self._connect(timeout_s)
         try:
             connection.connect()
             if stream and connection.sock is not None:
@@ -134,8 +136,9 @@ class LightClient:
             raise unreachable(self.url, _reason(exc)) from None
         return connection, response
 
-    def _text(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, str]:
-        connection, response = self._open(method, path, body)
+    def _text(self, method: str, path: str, body: Mapping[str, Any] | None = None,
+              timeout_s: float | None = None) -> tuple[int, str]:
+        connection, response = self._open(method, path, body, timeout_s=timeout_s)
         try:
             return response.status, response.read().decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
@@ -143,8 +146,9 @@ class LightClient:
         finally:
             connection.close()
 
-    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        status, text = self._text(method, path, body)
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None,
+              timeout_s: float | None = None) -> Any:
+        status, text = self._text(method, path, body, timeout_s)
         try:
             return json.loads(text)
         except ValueError:
@@ -158,9 +162,11 @@ class LightClient:
         """GET `path` (with these query parameters, None left out) and return its JSON."""
         return self._call("GET", path + _query(params))
 
-    def send(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        """POST/PUT/DELETE `path` with a JSON body (None values left out; no body for None) and return its JSON."""
-        return self._call(method, path, body)
+    def send(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
+             timeout_s: float | None = None) -> Any:
+        """POST/PUT/DELETE `path` with a JSON body (None values left out; no body for None) and return its JSON;
+        `timeout_s` replaces the settings' timeout for this request (one the server answers slowly)."""
+        return self._call(method, path, body, timeout_s)
 
     # ------------------------------------------------------------------------------------ the API
     def whoami(self) -> JsonObject:
@@ -238,3 +244,27 @@ class LightClient:
     def gpus_now(self) -> list[JsonObject]:
         """Every GPU's latest reading and the replicas using it (gpu_schemas.GpuNow as JSON)."""
         return self.get(f"{API}/metrics/gpus")  # type: ignore[no-any-return]
+
+    def sweep(self, ref: int | str) -> JsonObject:
+        """A sweep (by id, or name: the newest of that name) with its trials and best trial
+        (sweep_schemas.SweepDetail as JSON)."""
+        return self.get(f"{API}/sweeps/{quote(str(ref))}")  # type: ignore[no-any-return]
+
+    def create_environment(self, name: str, *, python: str = "3.11", packages: str = "", requirements: str = "",
+                           timeout_s: float = 3600.0) -> JsonObject:
+        """Build (or find in the cache) a Python environment and name it; waits up to `timeout_s` while the
+        server builds it (environment_schemas.EnvironmentInfo as JSON)."""
+        body = {"name": name, "python": python, "packages": packages, "requirements": requirements}
+        return self.send("POST", f"{API}/environments", body, timeout_s=timeout_s)  # type: ignore[no-any-return]
+
+    def environments(self) -> list[JsonObject]:
+        """Every environment (environment_schemas.EnvironmentInfo as JSON)."""
+        return self.get(f"{API}/environments")  # type: ignore[no-any-return]
+
+    def environment(self, name: str) -> JsonObject:
+        """One environment with its build log (environment_schemas.EnvironmentDetail as JSON)."""
+        return self.get(f"{API}/environments/{quote(name)}")  # type: ignore[no-any-return]
+
+    def remove_environment(self, name: str) -> JsonObject:
+        """Remove an environment (its owner or an administrator)."""
+        return self.send("DELETE", f"{API}/environments/{quote(name)}")  # type: ignore[no-any-return]

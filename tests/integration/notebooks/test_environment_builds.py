@@ -3,8 +3,12 @@ concurrent requests, a failed build is an error with its log and leaves nothing 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +111,32 @@ def test_a_spec_naming_a_missing_or_unbuilt_environment_is_refused_at_submit(ser
         with pytest.raises(ValidationError, match="environment 'soon-broken' is not built"):
             admin.submit({"name": "job", "environment": "soon-broken", "command": "true", "resources": {"cpu": 0.5}})
         assert len(admin.list_workloads().items) == before  # nothing was stored
+
+
+def test_the_cli_builds_lists_shows_and_removes_one_with_a_build_longer_than_its_request_timeout(
+        server: TestServer, tmp_path: Path) -> None:
+    """`gpupool envs` over the light client; `envs create` waits for a build longer than GPUPOOL_TIMEOUT_S (a
+    build of `six` takes about a second here, when this test runs first in the module and it is not cached)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "GPUPOOL_HOME": str(tmp_path),
+           "GPUPOOL_URL": server.url, "GPUPOOL_TOKEN": server.admin_token}
+
+    def cli(*args: str, timeout_s: str = "30") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gpupool", "envs", *args],
+                              env={**env, "GPUPOOL_TIMEOUT_S": timeout_s}, capture_output=True, text=True,
+                              timeout=600, check=False)
+
+    started = time.monotonic()
+    created = cli("create", "via-cli", "--packages", "six", "--json", timeout_s="0.2")
+    assert created.returncode == 0, created.stdout
+    assert time.monotonic() - started > 0.2 or json.loads(created.stdout)["cached"]
+    info = json.loads(created.stdout)
+    assert (info["name"], info["requirements"]) == ("via-cli", ["six"])
+    listed = cli("ls", "--json")
+    assert listed.returncode == 0, listed.stdout
+    assert "via-cli" in [e["name"] for e in json.loads(listed.stdout)]
+    shown = cli("show", "via-cli")
+    assert shown.returncode == 0 and "via-cli: python 3.11; six" in shown.stdout and "six" in shown.stdout.split(
+        "\n", 2)[2]
+    assert cli("rm", "via-cli").stdout == "environment via-cli removed\n"
+    missing = cli("show", "via-cli")
+    assert (missing.returncode, missing.stderr.startswith("error: no environment 'via-cli'")) == (3, True)

@@ -16,7 +16,9 @@ TYPED_CLIENT = ("gpupool.client.http", "httpx", "httpcore", "pydantic", "pydanti
                 "gpupool.server", "gpupool.domain.specs", "gpupool.domain.resources")
 EVERYDAY = [["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"], ["whoami"], ["top", "--once"],
             ["submit", "examples/hello.yaml"], ["cancel", "1"], ["wait", "1"], ["projects"], ["users"], ["tokens"],
-            ["report", "usage"], ["report", "idle"], ["nodes", "show", "n1"], ["ls", "--json"], ["console"]]
+            ["report", "usage"], ["report", "idle"], ["nodes", "show", "n1"], ["ls", "--json"], ["console"],
+            ["sweep", "submit", "examples/hello.yaml"], ["sweep", "show", "s"], ["sweep", "best", "s"],
+            ["sweep", "stop", "s"], ["envs", "ls"], ["envs", "show", "e"], ["envs", "rm", "e"]]
 
 
 def imported(args: list[str], tmp_path: Path) -> set[str]:
@@ -49,7 +51,13 @@ def test_everyday_commands_use_the_light_client(args: list[str], tmp_path: Path)
     assert not _under(modules, ("rich", "click", "pygments"))
 
 
-@pytest.mark.parametrize("args", [["notebook", "ls"], ["envs", "ls"]], ids=" ".join)
+def test_envs_create_uses_the_light_client_and_rich_for_its_spinner(tmp_path: Path) -> None:
+    modules = imported(["envs", "create", "e"], tmp_path)
+    assert "gpupool.client.light" in modules and "rich.status" in modules
+    assert not _under(modules, HEAVY_EVERYWHERE + TYPED_CLIENT)
+
+
+@pytest.mark.parametrize("args", [["notebook", "ls"]], ids=" ".join)
 def test_other_server_commands_load_the_typed_client_without_the_server_nor_httpx_cli(args: list[str],
                                                                                        tmp_path: Path) -> None:
     modules = imported(args, tmp_path)
