@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,32 @@ def test_workload_commands(start_server: StartServer, tmp_path: Path) -> None:
     assert cancelled["status"] == "cancelled"
     again = run_cli(["cancel", str(sleeper["workload"]["id"])], env, check=False)
     assert again.returncode == 4 and "already ended" in again.stderr  # 4: refused
+
+
+def test_logs_follow_waits_for_a_workload_that_has_not_started(start_server: StartServer) -> None:
+    server = start_server("--gpus", "1xA100-80GB")
+    env = server.env
+    blocker = "name: blocker\ncommand: sleep 600\nresources: {gpu: 1}\n"
+    waiting = "name: waiting\ncommand: echo started; echo done\nresources: {gpu: 1}\n"
+    first, second = (json_of(subprocess.run([sys.executable, "-m", "gpupool", "submit", "-", "--json"], input=spec,
+                                            env=env, cwd=REPO, capture_output=True, text=True, check=True))
+                     ["workload"]["id"] for spec in (blocker, waiting))
+    follower = subprocess.Popen([sys.executable, "-m", "gpupool", "logs", "-f", str(second)],
+                                env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while run_json(["show", str(second)], env)["status"] != "pending":  # type: ignore[index]
+            assert time.monotonic() < deadline, "the second job never waited"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a few of the follower's polls while it waits
+        assert follower.poll() is None, follower.communicate()  # still waiting, not failed
+        run_cli(["cancel", str(first)], env)
+        out, err = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    assert out.splitlines() == ["started", "done"]
+    assert "waiting for it to start" in err and "Traceback" not in err
 
 
 def test_pool_and_account_commands(start_server: StartServer) -> None:

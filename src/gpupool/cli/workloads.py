@@ -26,7 +26,7 @@ from gpupool.cli.common import (
     status_text,
     table,
 )
-from gpupool.domain.errors import NotFoundError
+from gpupool.domain.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
     from gpupool.client.light import JsonObject, LightClient
@@ -35,6 +35,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 HISTORY_SHOWN = 15  # events `show` prints without --all: a screenful with the panel and replicas
 TASKS_SHOWN = 50  # a job array's tasks `show` prints without --all: a few screens; the counts cover the rest
 ACTIVE = ["pending", "scheduled", "starting", "running", "preempted"]
+WAITING_TO_START = ("pending", "scheduled", "starting")  # `logs -f` waits while a workload is in one of these
+START_POLL_S = 0.5  # how often `logs -f` asks whether it started: a start takes ~0.2-1 s, so little delay
 WorkloadArg = Annotated[str, typer.Argument(help="The workload's id, or its name (the newest of that name); "
                                             "ID.INDEX for a task of a job array.")]
 
@@ -260,11 +262,25 @@ def logs(workload: WorkloadArg,
                                                      min=1)] = None,
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line: {replica, line}.")]
          = False) -> None:
-    """Print a replica's output (stdout and stderr) of the workload's current run, or of an earlier one."""
+    """Print a replica's output (stdout and stderr) of the workload's current run, or of an earlier one. With
+    --follow, a workload that has not started yet is waited for."""
     with make_light_client() as client:
-        for line in client.logs(resolve(client, workload), replica=replica, tail=tail, follow=follow,
-                                attempt=attempt):
-            typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
+        wid = resolve(client, workload)
+        told = False
+        while True:
+            try:
+                for line in client.logs(wid, replica=replica, tail=tail, follow=follow, attempt=attempt):
+                    typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
+                return
+            except ConflictError:
+                status = client.get_workload(wid)["status"] if follow and attempt is None else None
+                if status not in WAITING_TO_START:
+                    raise
+                if not told:
+                    err_console.print(f"[dim]workload {wid} is {status}: waiting for it to start; Ctrl-C to "
+                                      "stop[/dim]")
+                    told = True
+                time.sleep(START_POLL_S)
 
 
 @handle_errors
