@@ -11,9 +11,9 @@ out: they have the same compute and memory as their base profile.
 H200 (141 GB): the profile names and the most instances of each (1g.18gb x7, 1g.35gb x4, 2g.35gb x3,
 3g.71gb x2, 4g.71gb x1, 7g.141gb x1) are checked against NVIDIA's own MIG configurations in
 NVIDIA/mig-parted, deployments/systemd/config-default.yaml ("H200-141GB" entries, and "all-balanced" for
-device ids 0x233510DE / 0x233B10DE = H200 141GB, H200 NVL). The H200 table of the user guide page above
-could not be read here; the profile ids and placements of the H200 row assume the A100/H100 geometry
-(7 compute, 8 memory slices) and are unchecked until `nvidia-smi mig -lgip` / `-lgipp` run on an H200.
+device ids 0x233510DE / 0x233B10DE = H200 141GB, H200 NVL). The profile ids, instance counts, NVML profile
+constants and placements of the H200 row were then read off an H200 (0x233510DE, driver 580.159.04) with
+`nvidia-smi mig -lgip`, `-lgipp` and nvmlDeviceGetGpuInstanceProfileInfo: they match (docs/gpu.md).
 
 Applying a layout follows the NVML "Multi Instance GPU Management" API
 (https://docs.nvidia.com/deploy/nvml-api/group__nvmlMultiInstanceGPU.html): nvmlDeviceSetMigMode to

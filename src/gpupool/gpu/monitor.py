@@ -80,10 +80,10 @@ class MonitorPolicy:
     context and libraries' workspaces included, while a request (and the PyTorch cap of shared mode, which
     bounds only the caching allocator) does not: a replica exactly at its cap shows its request plus its
     context. `overuse_tolerance_by_model` maps a model or family name ("H100", "A100-SXM4-80GB") to MiB;
-    other models get `overuse_tolerance_mib`. Default 512 MiB: the CUDA context of a CUDA 12 process with
-    lazy module loading is a few hundred MiB; `benchmarks/gpu/check_gpu.py` measures it per model."""
+    other models get `overuse_tolerance_mib`. Default 1024 MiB: the CUDA context measured on an H200 (driver
+    580.159, CUDA 13.0, torch 2.11) was 610 MiB; `benchmarks/gpu/check_gpu.py` measures it per model."""
 
-    overuse_tolerance_mib: int = 512
+    overuse_tolerance_mib: int = 1024
     overuse_grace_s: float = 10.0
     overuse_kill: bool = False
     idle_max_pct: float = 5.0
