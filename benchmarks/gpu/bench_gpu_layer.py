@@ -7,9 +7,11 @@
             lists per GPU) and one GpuMonitor.observe of it, for a node of G GPUs with P processes
             attributed to R replicas;
 - marker:   the same observe when NVML's pids are of another PID namespace: the monitor scans this
-            machine's /proc for replica markers (its cost grows with the number of processes here).
+            machine's /proc for replica markers (its cost grows with the number of processes here);
+- real:     with --real, one sampling pass of this machine's own cards through the driver's NVML (what the
+            server's sampler pays per node on hardware).
 
-    .venv/bin/python benchmarks/gpu/bench_gpu_layer.py [--runs 30] [--gpus 8] [--processes 64]
+    .venv/bin/python benchmarks/gpu/bench_gpu_layer.py [--runs 30] [--gpus 8] [--processes 64] [--real]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gpupool.gpu.attribution import ProcView
 from gpupool.gpu.fake import FakeBackend
 from gpupool.gpu.fake_nvml import HOST_PID_OFFSET
 from gpupool.gpu.monitor import GpuAllocation, GpuMonitor, ReplicaKey
+from gpupool.gpu.nvml import NvmlBackend, load_pynvml
 from gpupool.gpu.sharing import SharingConfig, install_sitecustomize
 
 
@@ -79,10 +82,29 @@ def time_sampling(gpus: int, processes: int, runs: int) -> tuple[list[float], li
     return sample_ms, observe_ms, marker_ms
 
 
-def row(name: str, samples: list[float]) -> str:
-    """A markdown table row: p50, p95, mean."""
-    return (f"| {name} | {percentile(samples, 50):.1f} | {percentile(samples, 95):.1f} | "
-            f"{statistics.fmean(samples):.1f} |")
+def time_real_sampling(runs: int) -> tuple[str, list[float]]:
+    """(what was sampled, ms per pass) for this machine's cards through the real NVML."""
+    nvml = load_pynvml()
+    backend = NvmlBackend(lambda: nvml)
+    inventory = backend.discover()
+    if not inventory.gpus:
+        raise SystemExit(f"--real: NVML found no GPU here ({inventory.unavailable})")
+    models = sorted({g.name for g in inventory.gpus})
+    first = backend.sample(time.time())  # the first pass opens handles and registers events
+    print(f"first real sample: {first.gpus[0]}; {len(first.processes)} processes", file=sys.stderr)
+    timings = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        backend.sample(time.time())
+        timings.append((time.perf_counter() - began) * 1000)
+    backend.close()
+    return f"{len(inventory.gpus)} x {', '.join(models)}, driver {inventory.driver_version}", timings
+
+
+def row(name: str, samples: list[float], digits: int = 1) -> str:
+    """A markdown table row: p50, p95, mean (milliseconds, `digits` after the point)."""
+    return (f"| {name} | {percentile(samples, 50):.{digits}f} | {percentile(samples, 95):.{digits}f} | "
+            f"{statistics.fmean(samples):.{digits}f} |")
 
 
 def main() -> None:
@@ -90,6 +112,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--processes", type=int, default=64)
+    parser.add_argument("--real", action="store_true", help="also time sampling this machine's GPUs via NVML")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         folder = install_sitecustomize(SharingConfig(Path(home)))
@@ -105,6 +128,9 @@ def main() -> None:
     rows += [row(f"sample ({args.gpus} GPUs, {args.processes} processes)", sample_ms),
              row("observe (same)", observe_ms),
              row("observe, pids of another namespace (/proc marker scan)", marker_ms)]
+    if args.real:
+        cards, real_ms = time_real_sampling(args.runs * 10)
+        rows.append(row(f"sample, real NVML ({cards})", real_ms, digits=3))
     processes_here = sum(1 for entry in Path("/proc").iterdir() if entry.name.isdigit())
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{processes_here} processes in /proc")
