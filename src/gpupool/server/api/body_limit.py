@@ -14,10 +14,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from anyio import to_thread
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from gpupool.domain.errors import AuthenticationError
-from gpupool.server.api.errors import error_response
+from gpupool.server.api.errors import database_error_response, error_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,6 +57,11 @@ class BodyLimit:
                 await to_thread.run_sync(self.authenticate, scope, headers.get("authorization"))
             except AuthenticationError as error:
                 await self._reply(scope, receive, send, 401, error.message)
+                return
+            except DBAPIError as error:  # answered here: an error escaping a middleware is logged as a crash
+                response = database_error_response(Request(scope), error)
+                response.headers["connection"] = "close"
+                await response(scope, receive, send)
                 return
         received = 0
         started = False
