@@ -5,11 +5,13 @@ exposition at /metrics and the OpenAPI docs at /docs."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic.warnings import UnsupportedFieldAttributeWarning
 
 from gpupool import __version__
 from gpupool.console import install as install_console
@@ -190,6 +192,10 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
     ones or `settings.gpu_description` scripts fake ones. Nodes come from this host (LocalHostProvider) and
     from `node_providers` (e.g. a SimulatedNodeProvider whose nodes join and leave at run time)."""
     settings = settings or Settings()
+    # FastAPI marks a body parameter named `body` with Field(alias="body"); pydantic warns that the alias has no
+    # effect there when it first validates such a request (a known false positive, not a defect of ours)
+    warnings.filterwarnings("ignore", message="The 'alias' attribute with value 'body'",
+                            category=UnsupportedFieldAttributeWarning)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
