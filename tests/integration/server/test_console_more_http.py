@@ -1,0 +1,142 @@
+"""More of the console over plain HTTP against a real server (SQLite and PostgreSQL, two declared A100s, a
+fake executor whose replicas run until the test ends them): a sweep whose trial reported thousands of steps
+(the API answers the last few, the page the latest reports and a thinned curve)."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+from optuna.storages._rdb.models import TrialIntermediateValueModel
+from sqlalchemy import insert
+from tests.integration.server.test_console_http import browser_for
+from tests.integration.server.test_console_kinds_http import SVG, _report
+from tests.support.databases import temporary_postgres_database
+from tests.support.servers import TestServer, server_settings, start_server, wait_until
+
+from gpupool.client.http import Client
+from gpupool.domain.specs import parse_spec
+from gpupool.domain.sweeps import SweepSpec
+from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
+from gpupool.server.services.sweeps import DEFAULT_STEPS, MAX_STEPS_SHOWN
+from gpupool.store.repos import workloads as repo
+
+MANY_STEPS = 5000  # above the plot's 2,000 points and the API's 1,000 steps, yet quick to insert in one statement
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    """One server per database for the module (two A100s in exclusive mode, 16 CPUs)."""
+    tmp = tmp_path_factory.mktemp("console-more")
+    with ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp / 'gpupool.db'}"
+            if request.param == "sqlite"
+            else stack.enter_context(temporary_postgres_database())
+        )
+        settings = server_settings(
+            tmp / "home", url, gpus="2xA100-80GB", gpu_mode="exclusive", node_cpus=16, node_memory="64GiB"
+        )
+        running = start_server(settings, FakeExecutor(default=RUN_FOREVER))
+        yield running
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def executor(server: TestServer) -> FakeExecutor:
+    """The server's fake executor (a test ends a replica with `finish`)."""
+    fake = server.services.executor
+    assert isinstance(fake, FakeExecutor)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def people(server: TestServer) -> dict[str, str]:
+    """Tokens: nina, a member of project lab; vic, a viewer of lab; max, a member of project other; ada, an
+    admin of project lab."""
+    with server.client() as admin:
+        admin.create_project("lab")
+        admin.create_project("other")
+        return {
+            "nina": admin.create_user("nina", project="lab").token,
+            "vic": admin.create_user("vic", project="lab", role="viewer").token,
+            "max": admin.create_user("max", project="other").token,
+            "ada": admin.create_user("ada", project="lab", role="admin").token,
+        }
+
+
+def _add_steps(server: TestServer, sweep_id: int, number: int, steps: range) -> None:
+    """Store a running trial's objective at `steps` (loss 1 / (step + 1)) in Optuna's own table, in one
+    statement: what a trial reporting for hours leaves behind, without the hours."""
+    studies = server.services.sweep_studies()
+    storage = studies.storage()
+    study = studies.study(sweep_id, _spec_of(server, sweep_id))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    finite = TrialIntermediateValueModel.TrialIntermediateValueType.FINITE
+    rows = [
+        {"trial_id": trial_id, "step": s, "intermediate_value": 1 / (s + 1), "intermediate_value_type": finite}
+        for s in steps
+    ]
+    with storage.engine.begin() as connection:
+        connection.execute(insert(TrialIntermediateValueModel.__table__), rows)
+
+
+def _spec_of(server: TestServer, sweep_id: int) -> SweepSpec:
+    with server.services.db.session(write=False) as session:
+        row = repo.workload_by_id(session, sweep_id)
+        assert row is not None
+        spec = parse_spec(row.spec)
+        assert isinstance(spec, SweepSpec)
+        return spec
+
+
+def test_a_trial_of_many_steps_is_answered_in_part_and_drawn_thinned(
+    server: TestServer, executor: FakeExecutor, people: dict[str, str]
+) -> None:
+    spec = {
+        "kind": "sweep",
+        "name": "long",
+        "project": "lab",
+        "objective": {"metric": "loss"},
+        "search": {"lr": {"uniform": [0.1, 0.2]}},
+        "algorithm": {"sampler": "random", "seed": 1, "pruner": "none"},
+        "trials": 1,
+        "parallel": 1,
+        "trial": {"command": "sleep 600", "resources": {"cpu": 0.2, "memory": "64MiB"}},
+    }
+    with Client(server.url, people["nina"]) as nina_api:
+        sweep_id = nina_api.submit(spec).workload.id
+        trial = wait_until(
+            lambda: (t := nina_api.sweep(sweep_id).trials) and t[0].workload_id and t[0], 30, 0.1, "the trial submitted"
+        )
+        wid = trial.workload_id
+        wait_until(lambda: nina_api.get_workload(wid).status == "running", 30, 0.1, "the trial running")
+        _report(server, wid, {0: 1.0})
+        _add_steps(server, sweep_id, trial.number, range(1, MANY_STEPS))
+        key = next(k for k in executor.running() if k.startswith(f"{wid}/0/"))
+        executor.finish(str(wid), 0, attempt=int(key.rsplit("/", 1)[1]))
+        best = wait_until(lambda: nina_api.sweep(sweep_id).best, 30, 0.1, "the trial complete")
+        assert best.steps_total == MANY_STEPS and best.last_step == MANY_STEPS - 1
+        assert [s for s, _ in best.intermediate] == list(range(MANY_STEPS - DEFAULT_STEPS, MANY_STEPS))
+        most = nina_api.sweep(sweep_id, steps=MAX_STEPS_SHOWN).trials[0]
+        assert len(most.intermediate) == MAX_STEPS_SHOWN and most.intermediate[-1] == (MANY_STEPS - 1, 1 / MANY_STEPS)
+        none = nina_api.sweep(sweep_id, steps=0).trials[0]
+        assert none.intermediate == [] and none.last_step == MANY_STEPS - 1 and none.steps_total == MANY_STEPS
+    too_many = httpx.get(
+        f"{server.url}/api/v1/sweeps/{sweep_id}",
+        params={"steps": MAX_STEPS_SHOWN + 1},
+        headers={"authorization": f"Bearer {people['nina']}"},
+    )
+    assert too_many.status_code == 422 and too_many.json()["error"]["field"] == "steps"
+    page = browser_for(server, people["nina"]).get(f"/sweeps/{sweep_id}").text
+    assert f"(last 5 of {MANY_STEPS:,})" in page and f"{MANY_STEPS - 1}: {1 / MANY_STEPS:g}" in page
+    curve = [ET.fromstring(s) for s in re.findall(r"<svg class=\"chart plot\".*?</svg>", page, re.S)][1]
+    circles = list(curve.iter(f"{SVG}circle"))
+    assert 2 <= len(circles) <= 2000
+    assert f"2,000 of {MANY_STEPS:,} reports shown" in "".join(t.text or "" for t in curve.iter(f"{SVG}text"))
+    xs = [float(c.get("cx")) for c in circles]
+    assert xs == sorted(xs) and xs[-1] - xs[0] > 400  # spread over the whole run, not its tail
