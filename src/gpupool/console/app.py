@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from gpupool.api.usage_schemas import ConsoleLink
-from gpupool.console import admin, apps, pool, runs, session, workloads
+from gpupool.console import admin, apps, pool, runs, service_pages, session, workloads
 from gpupool.console.web import HERE, bad_request_page, is_console_request
 from gpupool.server.api.deps import PrincipalDep
 from gpupool.server.api.errors import request_validation_message, request_validation_response
@@ -29,7 +29,7 @@ def create_link(request: Request, _principal: PrincipalDep) -> ConsoleLink:
 def install(app: FastAPI) -> None:
     """Add the console's pages at `/`, its static files and its API call to `app`."""
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    for module in (session, workloads, pool, admin, apps, runs):
+    for module in (session, workloads, pool, admin, apps, service_pages, runs):
         app.include_router(module.router)
     app.include_router(api, prefix="/api/v1")
 

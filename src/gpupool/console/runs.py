@@ -21,7 +21,8 @@ from gpupool.server.services import pipelines, sweeps
 from gpupool.server.services import workloads as workload_service
 
 router = APIRouter(include_in_schema=False)
-register_page(NavItem("/pipelines", "Pipelines", also=("/pipeline-runs/",)), after="/services")
+# after Notebooks: service_pages, imported after this module, puts Services between them
+register_page(NavItem("/pipelines", "Pipelines", also=("/pipeline-runs/",)), after="/notebooks")
 register_page(NavItem("/sweeps", "Sweeps"), after="/pipelines")
 templates.filters["num"] = lambda value: f"{value:.4g}" if isinstance(value, float) else value
 PAGE = 50  # runs or sweeps a list page shows: a few screens, one query

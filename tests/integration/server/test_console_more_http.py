@@ -13,8 +13,8 @@ import httpx
 import pytest
 from optuna.storages._rdb.models import TrialIntermediateValueModel
 from sqlalchemy import insert
-from tests.integration.server.test_console_http import browser_for
-from tests.integration.server.test_console_kinds_http import SVG, _report
+from tests.integration.server.test_console_http import browser_for, csrf_of
+from tests.integration.server.test_console_kinds_http import INJECTED, SVG, _report
 from tests.support.databases import temporary_postgres_database
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
@@ -140,3 +140,64 @@ def test_a_trial_of_many_steps_is_answered_in_part_and_drawn_thinned(
     assert f"2,000 of {MANY_STEPS:,} reports shown" in "".join(t.text or "" for t in curve.iter(f"{SVG}text"))
     xs = [float(c.get("cx")) for c in circles]
     assert xs == sorted(xs) and xs[-1] - xs[0] > 400  # spread over the whole run, not its tail
+
+
+def _service(name: str, command: str = "serve $PORT") -> dict[str, object]:
+    return {
+        "kind": "service",
+        "name": name,
+        "project": "lab",
+        "command": command,
+        "models": ["tiny"],
+        "replicas": {"min": 1, "max": 2},
+        "resources": {"cpu": 0.1, "memory": "64MiB"},
+    }
+
+
+def test_a_service_page_lists_revisions_and_members_update_and_roll_back(
+    server: TestServer, people: dict[str, str]
+) -> None:
+    with Client(server.url, people["nina"]) as nina_api:
+        sid = nina_api.submit(_service("web")).workload.id
+    nina = browser_for(server, people["nina"])
+    first = nina.get("/service/web").text
+    assert "<td>1 (current)</td>" in first and "<td>submitted</td>" in first and "Roll back" not in first
+    draft = re.search(r'<textarea id="spec_yaml" name="spec_yaml"[^>]*>(.*?)</textarea>', first, re.S).group(1)
+    assert "name: web" in draft and "command: serve $PORT" in draft
+    new_yaml = draft.replace("serve $PORT", "serve --fast $PORT").replace("max: 2", "max: 3")
+    assert nina.post("/service/web/update", data={"spec_yaml": new_yaml}).status_code == 403  # no CSRF token
+    csrf = csrf_of(first)
+    updated = nina.post("/service/web/update", data={"csrf_token": csrf, "spec_yaml": new_yaml})
+    assert updated.status_code == 303 and updated.headers["location"] == "/service/web#revisions"
+    with Client(server.url, people["nina"]) as nina_api:
+        assert nina_api.get_workload(sid).spec["command"] == "serve --fast $PORT"
+    second = nina.get("/service/web").text
+    assert "<td>2 (current)</td>" in second and "<td>updated by nina</td>" in second
+    assert "<td>changed command, replicas.max</td>" in second and "Roll back to the spec of revision 1" in second
+    renamed = new_yaml.replace("name: web", "name: other") + f"# {INJECTED}\n"
+    refused = nina.post("/service/web/update", data={"csrf_token": csrf, "spec_yaml": renamed})
+    assert refused.status_code == 422 and "a service keeps its name" in refused.text
+    assert INJECTED not in refused.text and "&lt;script&gt;window.injected=1&lt;/script&gt;" in refused.text
+    assert "name: other" in refused.text  # the editor keeps what was sent
+    broken = nina.post("/service/web/update", data={"csrf_token": csrf, "spec_yaml": "name: [web"})
+    assert broken.status_code == 422 and "the YAML cannot be read" in broken.text
+    assert nina.post("/service/web/rollback", data={"csrf_token": csrf}).status_code == 303
+    third = nina.get("/service/web").text
+    assert "<td>3 (current)</td>" in third and "rolled back by nina to the spec of revision 1" in third
+    with Client(server.url, people["nina"]) as nina_api:
+        assert nina_api.get_workload(sid).spec["command"] == "serve $PORT"
+    viewer = browser_for(server, people["vic"])
+    seen = viewer.get("/service/web")
+    assert seen.status_code == 200 and "<td>3 (current)</td>" in seen.text
+    assert "Update service" not in seen.text and "Roll back" not in seen.text
+    vcsrf = csrf_of(seen.text)
+    refused = viewer.post("/service/web/update", data={"csrf_token": vcsrf, "spec_yaml": new_yaml})
+    assert refused.status_code == 403 and "viewers cannot update" in refused.text
+    assert viewer.post("/service/web/rollback", data={"csrf_token": vcsrf}).status_code == 403
+    stranger = browser_for(server, people["max"])
+    mine = csrf_of(stranger.get("/services").text)
+    assert stranger.get("/service/web").status_code == 404
+    assert stranger.post("/service/web/rollback", data={"csrf_token": mine}).status_code == 404
+    with Client(server.url, people["nina"]) as nina_api:
+        assert nina_api.get_workload(sid).spec["command"] == "serve $PORT"
+        nina_api.cancel(sid)
