@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from gpupool.api.service_schemas import MAX_SERVICE_REPLICAS, ScaleRequest
 from gpupool.console.guard import guard, guard_form
 from gpupool.console.revisions import history
-from gpupool.console.traffic import bound_text, traffic
+from gpupool.console.traffic import RATE_WINDOW_MIN, bound_text, rate_charts, traffic
 from gpupool.console.web import Caller, NavItem, page, register_page, services_of, templates
 from gpupool.domain.errors import ValidationError
 from gpupool.server.api import schemas
@@ -79,6 +79,9 @@ def _service_page(
         may_act = who.principal.can_write(row.project_id)
         spec, submitted_at, project_id = dict(row.spec), row.submitted_at, row.project_id
     revisions = history(stored, submitted_at, spec)
+    now = services.clock()
+    per_minute = gateway.traffic.series(services.db, detail.id, now - RATE_WINDOW_MIN * 60.0)
+    rates = rate_charts(per_minute, now, detail.name)
     return page(
         request,
         "service.html",
@@ -92,6 +95,7 @@ def _service_page(
         draft=draft if draft is not None else _editable_yaml(spec),
         error=error,
         counts=traffic(gateway.metrics.registry, project_id, detail.name),
+        rates=rates,
     )
 
 

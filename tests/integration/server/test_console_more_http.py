@@ -1,13 +1,16 @@
 """More of the console over plain HTTP against a real server (SQLite and PostgreSQL, two declared A100s, a
 fake executor whose replicas run until the test ends them): a sweep whose trial reported thousands of steps
-(the API answers the last few, the page the latest reports and a thinned curve)."""
+(the API answers the last few, the page the latest reports and a thinned curve); a service's revisions,
+update and rollback; a service's durable traffic per minute (written once, kept across a restart, pruned)."""
 
 from __future__ import annotations
 
 import re
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +25,9 @@ from gpupool.client.http import Client
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.sweeps import SweepSpec
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
+from gpupool.server.service_traffic import RETENTION_S, minute_of
 from gpupool.server.services.sweeps import DEFAULT_STEPS, MAX_STEPS_SHOWN
+from gpupool.store.repos import service_traffic
 from gpupool.store.repos import workloads as repo
 
 MANY_STEPS = 5000  # above the plot's 2,000 points and the API's 1,000 steps, yet quick to insert in one statement
@@ -201,3 +206,97 @@ def test_a_service_page_lists_revisions_and_members_update_and_roll_back(
     with Client(server.url, people["nina"]) as nina_api:
         assert nina_api.get_workload(sid).spec["command"] == "serve $PORT"
         nina_api.cancel(sid)
+
+
+RATE = re.compile(r"Last 3 hours: (\d+) requests, (\d+) errors, (\d+) streamed chunks")
+
+
+def _rates(client: httpx.Client, name: str) -> tuple[int, ...]:
+    found = RATE.search(client.get(f"/service/{name}").text)
+    assert found, "no rate summary on the page"
+    return tuple(int(x) for x in found.groups())
+
+
+def _call(server: TestServer, token: str, name: str, times: int) -> None:
+    """Requests through the gateway; with no ready replica and max_queue 0, each is answered 503 at once."""
+    for _ in range(times):
+        answer = httpx.get(f"{server.url}/services/{name}/v1/models", headers={"authorization": f"Bearer {token}"})
+        assert answer.status_code == 503, answer.text
+
+
+def test_a_service_page_charts_its_traffic_per_minute_from_a_durable_series(
+    server: TestServer, people: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _service("rated") | {"replicas": {"min": 0, "max": 1}, "scaling": {"max_queue": 0}}
+    with Client(server.url, people["nina"]) as nina_api:
+        sid = nina_api.submit(spec).workload.id
+    nina = browser_for(server, people["nina"])
+    assert _rates(nina, "rated") == (0, 0, 0) and "no values reported yet" in nina.get("/service/rated").text
+    _call(server, people["nina"], "rated", 3)
+    assert _rates(nina, "rated") == (3, 3, 0)  # counted, not written yet: the page adds the unwritten counts
+    traffic = server.app.state.gateway.traffic
+    for _ in range(5):
+        traffic.chunk(sid)  # no replica of these tests streams a body: count chunks as the relay does
+    db = server.services.db
+    assert traffic.flush(db) and not traffic.flush(db)  # written once; nothing left to write
+    assert _rates(nina, "rated") == (3, 3, 5)  # stored, not doubled
+    page = nina.get("/service/rated").text
+    plots = [ET.fromstring(s) for s in re.findall(r"<svg class=\"chart plot\".*?</svg>", page, re.S)]
+    assert [p.find(f"{SVG}title").text.split(" per minute")[0] for p in plots] == [
+        "Requests and errors",
+        "Streamed chunks (about one per token)",
+    ]
+    assert {pl.get("class") for pl in plots[0].iter(f"{SVG}polyline")} == {"requests", "errors"}
+    assert "minutes before now" in [t.text for t in plots[0].iter(f"{SVG}text")]
+
+    def refused(*_args: object) -> None:
+        raise RuntimeError("the store refused the write")
+
+    _call(server, people["nina"], "rated", 1)
+    monkeypatch.setattr("gpupool.server.service_traffic.service_traffic.add", refused)
+    with pytest.raises(RuntimeError):
+        traffic.flush(db)
+    assert _rates(nina, "rated") == (4, 4, 5)  # a failed write keeps its counts for the next one
+    monkeypatch.undo()
+    assert traffic.flush(db) and _rates(nina, "rated") == (4, 4, 5)
+    viewer = browser_for(server, people["vic"])
+    assert _rates(viewer, "rated") == (4, 4, 5)
+    assert browser_for(server, people["max"]).get("/service/rated").status_code == 404
+    with Client(server.url, people["nina"]) as nina_api:
+        nina_api.cancel(sid)
+
+
+def test_old_minutes_are_pruned_when_the_series_is_written(server: TestServer, people: dict[str, str]) -> None:
+    with Client(server.url, people["nina"]) as nina_api:
+        sid = nina_api.submit(_service("pruned") | {"replicas": {"min": 0, "max": 1}}).workload.id
+    db, now = server.services.db, time.time()
+    old, recent = minute_of(now - RETENTION_S - 3600), minute_of(now - 3600)
+    with db.session() as session:
+        service_traffic.add(session, {(sid, old): (7, 0, 0), (sid, recent): (2, 1, 0)})
+        service_traffic.add(session, {(sid, recent): (1, 0, 4)})  # added to, not replaced
+    traffic = server.app.state.gateway.traffic
+    traffic.chunk(sid)
+    assert traffic.flush(db)
+    stored = traffic.series(db, sid, 0.0)
+    assert old not in stored and stored[recent] == (3, 1, 4) and sum(t for _, _, t in stored.values()) == 5
+    with Client(server.url, people["nina"]) as nina_api:
+        nina_api.cancel(sid)
+
+
+def test_the_traffic_series_survives_a_restart(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}", gpus="1xA100-80GB")
+    first = start_server(settings, FakeExecutor(default=RUN_FOREVER))
+    try:
+        with first.client() as admin:
+            admin.create_project("lab")
+            token = admin.create_user("nina", project="lab").token
+        with Client(first.url, token) as nina_api:
+            nina_api.submit(_service("kept") | {"replicas": {"min": 0, "max": 1}, "scaling": {"max_queue": 0}})
+        _call(first, token, "kept", 2)
+    finally:
+        first.stop()  # a clean stop writes the unwritten minutes
+    again = start_server(settings, FakeExecutor(default=RUN_FOREVER))
+    try:
+        assert _rates(browser_for(again, token), "kept") == (2, 2, 0)
+    finally:
+        again.stop()
