@@ -300,3 +300,46 @@ def test_the_traffic_series_survives_a_restart(tmp_path: Path) -> None:
         assert _rates(browser_for(again, token), "kept") == (2, 2, 0)
     finally:
         again.stop()
+
+
+def _idle_cap(server: TestServer, project: str) -> int | None:
+    with server.client() as admin:
+        return next(p.max_idle_timeout_s for p in admin.projects() if p.name == project)
+
+
+def test_a_project_admin_sets_and_removes_its_notebook_idle_cap(server: TestServer, people: dict[str, str]) -> None:
+    ada = browser_for(server, people["ada"])
+    page = ada.get("/admin").text
+    lab = re.search(r'<section class="card" id="project-lab">.*?</section>', page, re.S).group(0)
+    assert "Notebook idle cap: none" in lab and "Set idle cap of lab" in lab
+    assert "Set idle cap of other" not in page  # ada administers lab only
+    assert ada.post("/admin/projects/lab/idle-cap", data={"max_idle_timeout": "4h"}).status_code == 403
+    assert _idle_cap(server, "lab") is None
+    csrf = csrf_of(page)
+    answer = ada.post("/admin/projects/lab/idle-cap", data={"csrf_token": csrf, "max_idle_timeout": "4h"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/admin#project-lab"
+    assert _idle_cap(server, "lab") == 4 * 3600
+    lab = re.search(r'<section class="card" id="project-lab">.*?</section>', ada.get("/admin").text, re.S).group(0)
+    assert "Notebook idle cap: <strong>4h00m</strong>" in lab and 'value="4h00m"' in lab and "Remove idle cap" in lab
+    for bad, why in (("soon", "cannot read"), ("off", "is not a cap"), ("", "give a duration")):
+        refused = ada.post("/admin/projects/lab/idle-cap", data={"csrf_token": csrf, "max_idle_timeout": bad})
+        assert refused.status_code == 422 and why in refused.text and "max_idle_timeout" in refused.text, bad
+    assert _idle_cap(server, "lab") == 4 * 3600
+    refused = ada.post("/admin/projects/other/idle-cap", data={"csrf_token": csrf, "max_idle_timeout": "1h"})
+    assert refused.status_code in (403, 404) and _idle_cap(server, "other") is None
+    nina = browser_for(server, people["nina"])
+    seen = nina.get("/admin").text
+    assert "Notebook idle cap: <strong>4h00m</strong>" in seen and "Set idle cap of lab" not in seen
+    refused = nina.post("/admin/projects/lab/idle-cap", data={"csrf_token": csrf_of(seen), "remove": "1"})
+    assert refused.status_code == 403 and _idle_cap(server, "lab") == 4 * 3600
+    removed = ada.post("/admin/projects/lab/idle-cap", data={"csrf_token": csrf, "remove": "1"})
+    assert removed.status_code == 303 and _idle_cap(server, "lab") is None
+    pool_admin = browser_for(server, server.admin_token)
+    admin_csrf = csrf_of(pool_admin.get("/admin").text)
+    assert (
+        pool_admin.post(
+            "/admin/projects/other/idle-cap", data={"csrf_token": admin_csrf, "max_idle_timeout": "30m"}
+        ).status_code
+        == 303
+    )
+    assert _idle_cap(server, "other") == 1800
