@@ -343,3 +343,35 @@ def test_a_project_admin_sets_and_removes_its_notebook_idle_cap(server: TestServ
         == 303
     )
     assert _idle_cap(server, "other") == 1800
+
+
+def test_live_pages_mark_the_parts_the_script_refreshes(server: TestServer, people: dict[str, str]) -> None:
+    with Client(server.url, people["nina"]) as nina_api:
+        wid = nina_api.submit(
+            {"name": "live", "project": "lab", "command": "sleep 600", "resources": {"cpu": 0.1, "memory": "32MiB"}}
+        ).workload.id
+        sid = nina_api.submit(_service("livesvc")).workload.id
+    nina = browser_for(server, people["nina"])
+    page = nina.get(f"/workloads/{wid}").text
+    parts = re.findall(r'id="(live-[a-z]+)"( data-live)?', page)
+    assert parts == [("live-head", " data-live"), ("live-facts", " data-live"), ("live-timeline", " data-live")]
+    head = re.search(r'<div id="live-head" data-live>.*?</div>\s*</div>', page, re.S).group(0)
+    assert 'id="status"' in head and "Cancel" in head and 'id="logs"' not in head  # logs stream on their own
+    with Client(server.url, people["nina"]) as nina_api:
+        nina_api.cancel(wid)
+        wait_until(lambda: nina_api.get_workload(wid).status == "cancelled", 30, 0.1, "the job cancelled")
+    ended = nina.get(f"/workloads/{wid}").text
+    assert 'id="live-head"' in ended and "data-live" not in ended  # nothing left to refresh: the script stops
+    service = nina.get("/service/livesvc").text
+    assert re.findall(r'id="(live-[a-z]+)" data-live', service) == [
+        "live-state",
+        "live-traffic",
+        "live-replicas",
+        "live-revisions",
+        "live-history",
+    ]
+    assert 'id="live-notebooks" data-live' in nina.get("/notebooks").text
+    script = httpx.get(f"{server.url}/console/static/console.js")
+    assert script.status_code == 200 and "Pause live updates" in script.text and "visibilitychange" in script.text
+    with Client(server.url, people["nina"]) as nina_api:
+        nina_api.cancel(sid)
