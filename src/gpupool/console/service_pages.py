@@ -101,7 +101,7 @@ def _service_page(
 
 def _editable_yaml(spec: dict[str, Any]) -> str:
     """The current spec as the update editor starts from (the queue is the project's; it is not edited)."""
-    return yaml.safe_dump({k: v for k, v in spec.items() if k != "queue"}, sort_keys=False)
+    return str(yaml.safe_dump({k: v for k, v in spec.items() if k != "queue"}, sort_keys=False))
 
 
 @router.post("/service/{name}/scale")

@@ -183,5 +183,5 @@ def bad_request_page(request: Request, message: str, field: str | None) -> Respo
     except GpupoolError as error:
         if not request.url.path.startswith("/signin"):  # the sign-in pages themselves need no session
             return error_page(request, error, None)
-    error = ValidationError(f"{message} (correct or remove it in the address)", field)
-    return error_page(request, error, who, back=request.url.path)
+    problem = ValidationError(f"{message} (correct or remove it in the address)", field)
+    return error_page(request, problem, who, back=request.url.path)
