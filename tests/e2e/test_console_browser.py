@@ -27,6 +27,7 @@ PHONE = {"width": 390, "height": 844}  # a common phone screen in CSS pixels
 DESKTOP = {"width": 1280, "height": 900}
 PAGES = ("/", "/workloads", "/new", "/nodes", "/queues", "/usage", "/admin", "/notebooks", "/services", "/pipelines",
          "/sweeps")
+LIVE_MS = 5000  # console.js asks for a live page again this often
 INJECTED = "<script>window.injected=1</script><img src=x onerror=window.injected=2>"
 
 
@@ -126,12 +127,19 @@ def test_pending_reason_cancel_and_a_quota_change_that_starts_a_job(server: Serv
     expect(page.get_by_role("row", name="vision")).to_contain_text("GPU 1, CPU none")
     page.screenshot(path=shots / "queues.png", full_page=True)
     page.goto(f"{server.url}/workloads/{second}")
-    wait_until(lambda: "running" in (page.reload() and page.locator("#status").inner_text()), 30, 0.5,
-               "the unblocked job running")
-    page.goto(f"{server.url}/")
-    page.screenshot(path=shots / "overview.png", full_page=True)
+    expect(page.locator("#status")).to_have_text("running", timeout=30_000)  # live updates, no reload
+    toggle = page.get_by_role("button", name="Pause live updates")
+    toggle.click()
+    expect(page.locator("#live-toggle")).to_have_attribute("aria-pressed", "true")
     with server.client() as admin:
         admin.cancel(second)
+    page.wait_for_timeout(LIVE_MS + 1000)  # a paused page asks for nothing
+    expect(page.locator("#status")).to_have_text("running")
+    page.get_by_role("button", name="Resume live updates").click()
+    expect(page.locator("#status")).to_have_text("cancelled", timeout=15_000)
+    expect(page.locator("#live-state-text")).to_contain_text("Live updates ended")
+    page.goto(f"{server.url}/")
+    page.screenshot(path=shots / "overview.png", full_page=True)
 
 
 def test_a_member_sees_only_their_projects_workloads(server: ServerProcess, context: BrowserContext) -> None:

@@ -11,7 +11,9 @@ from gpupool.api.schemas import Model
 
 class SweepTrial(Model):
     """One trial: Optuna's state (running, complete, pruned, fail), its parameters, its value (the last value
-    it reported for the objective), its job (`workload_id`, `status`) and how long that ran."""
+    it reported for the objective), its job (`workload_id`, `status`) and how long that ran. `intermediate`
+    holds the objective at its last reported steps only (as many as the request's `steps` asks), in step order;
+    `steps_total` says how many steps it reported in all."""
 
     number: int
     state: str
@@ -19,6 +21,7 @@ class SweepTrial(Model):
     value: float | None = None
     last_step: int | None = None
     intermediate: list[tuple[int, float]] = Field(default_factory=list)
+    steps_total: int = 0
     workload_id: int | None = None
     status: str | None = None
     message: str = ""

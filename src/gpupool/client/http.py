@@ -143,9 +143,10 @@ class Client:
         """One workload with its replicas and history."""
         return self._get(f"{API}/workloads/{int(workload_id)}", schemas.WorkloadDetail)
 
-    def sweep(self, ref: int | str) -> sweep_schemas.SweepDetail:
-        """A sweep (by id, or name: the newest of that name) with its trials and best trial."""
-        return self._get(f"{API}/sweeps/{ref}", sweep_schemas.SweepDetail)
+    def sweep(self, ref: int | str, steps: int | None = None) -> sweep_schemas.SweepDetail:
+        """A sweep (by id, or name: the newest of that name) with its trials and best trial; each trial with
+        its last `steps` reported steps (the server's default when None; at most 1,000)."""
+        return self._get(f"{API}/sweeps/{ref}", sweep_schemas.SweepDetail, steps=steps)
 
     def array_task(self, workload_id: int, index: int) -> schemas.WorkloadDetail:
         """Task `index` of job array `workload_id` (NotFoundError when it has no such task)."""

@@ -245,10 +245,10 @@ class LightClient:
         """Every GPU's latest reading and the replicas using it (gpu_schemas.GpuNow as JSON)."""
         return self.get(f"{API}/metrics/gpus")  # type: ignore[no-any-return]
 
-    def sweep(self, ref: int | str) -> JsonObject:
-        """A sweep (by id, or name: the newest of that name) with its trials and best trial
-        (sweep_schemas.SweepDetail as JSON)."""
-        return self.get(f"{API}/sweeps/{quote(str(ref))}")  # type: ignore[no-any-return]
+    def sweep(self, ref: int | str, steps: int | None = None) -> JsonObject:
+        """A sweep (by id, or name: the newest of that name) with its trials and best trial, each trial with its
+        last `steps` reported steps (sweep_schemas.SweepDetail as JSON)."""
+        return self.get(f"{API}/sweeps/{quote(str(ref))}", steps=steps)  # type: ignore[no-any-return]
 
     def create_environment(self, name: str, *, python: str = "3.11", packages: str = "", requirements: str = "",
                            timeout_s: float = 3600.0) -> JsonObject:

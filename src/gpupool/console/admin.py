@@ -1,7 +1,7 @@
 """The console's Admin page: projects with their members and roles (create a project, set or remove a
-member's role), users, and API tokens (create one, shown once; revoke). The same account services and
-permission checks as the API: administrators manage everything, a project's admins its members, everyone
-their own tokens."""
+member's role) and their notebooks' idle cap (set or remove), users, and API tokens (create one, shown once;
+revoke). The same account services and permission checks as the API: administrators manage everything, a
+project's admins its members and idle cap, everyone their own tokens."""
 
 from __future__ import annotations
 
@@ -75,6 +75,22 @@ async def set_member(request: Request, name: Name) -> Response:
                 body = _model(schemas.MemberSet, user=user, role=fields.get("role", "member"))
                 accounts.set_member(session, who.principal, name, body, trusted=services.settings.trusts_users)
         return RedirectResponse("/admin", status_code=303)
+    return await guard_form(request, build)
+
+
+@router.post("/admin/projects/{name}/idle-cap")
+async def set_idle_cap(request: Request, name: Name) -> Response:
+    """Cap the idle_timeout of the project's notebooks (`4h`, `30m`), or remove the cap (`none`, or the form's
+    remove button): administrators and the project's admins, as `PUT /projects/{name}/idle-cap`."""
+    def build(who: Caller, fields: dict[str, str]) -> Response:
+        services = services_of(request)
+        value = "none" if fields.get("remove") else fields.get("max_idle_timeout", "").strip()
+        if not value:
+            raise ValidationError("give a duration such as 4h, or none to remove the cap", "max_idle_timeout")
+        body = _model(schemas.ProjectIdleCap, max_idle_timeout=value)
+        with services.db.session() as session:
+            accounts.set_idle_cap(session, who.principal, name, body)
+        return RedirectResponse(f"/admin#project-{name}", status_code=303)
     return await guard_form(request, build)
 
 

@@ -13,7 +13,7 @@ from markupsafe import Markup
 from gpupool.api.sweep_schemas import SweepDetail
 from gpupool.console.graphs import dag_svg, layout
 from gpupool.console.guard import guard, guard_form
-from gpupool.console.plots import Series, xy_plot
+from gpupool.console.plots import MAX_POINTS, Series, xy_plot
 from gpupool.console.web import Caller, NavItem, page, register_page, services_of, templates
 from gpupool.executors.storage import StorageLayout
 from gpupool.server.api import schemas
@@ -21,10 +21,12 @@ from gpupool.server.services import pipelines, sweeps
 from gpupool.server.services import workloads as workload_service
 
 router = APIRouter(include_in_schema=False)
-register_page(NavItem("/pipelines", "Pipelines", also=("/pipeline-runs/",)), after="/services")
+# after Notebooks: service_pages, imported after this module, puts Services between them
+register_page(NavItem("/pipelines", "Pipelines", also=("/pipeline-runs/",)), after="/notebooks")
 register_page(NavItem("/sweeps", "Sweeps"), after="/pipelines")
 templates.filters["num"] = lambda value: f"{value:.4g}" if isinstance(value, float) else value
 PAGE = 50  # runs or sweeps a list page shows: a few screens, one query
+RECENT_STEPS = 5  # reports the trials table shows per trial: where its curve is heading, on one line
 RunId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 Before = Annotated[int | None, Query(ge=1, le=schemas.MAX_ID)]
 
@@ -140,14 +142,16 @@ def sweep_detail(request: Request, sweep_id: RunId) -> Response:
         services = services_of(request)
         with services.db.session(write=False) as session:
             row = sweeps.find_sweep(session, who.principal, str(sweep_id))
-            detail = sweeps.sweep_view(session, services.sweep_studies(), row)
+            detail = sweeps.sweep_view(session, services.sweep_studies(), row, RECENT_STEPS)
+            best = detail.best.number if detail.best else -1
+            curve, reported = sweeps.trial_curve(session, services.sweep_studies(), row, best, MAX_POINTS)
         return page(
             request,
             "sweep.html",
             who,
             s=detail,
             objective=objective_plot(detail),
-            curve=best_curve_plot(detail),
+            curve=best_curve_plot(detail, curve, reported),
             param_names=sorted({k for t in detail.trials for k in t.params}),
         )
 
@@ -179,13 +183,15 @@ def objective_plot(detail: SweepDetail) -> Markup:
     )
 
 
-def best_curve_plot(detail: SweepDetail) -> Markup:
-    """The best trial's reported objective by step (its intermediate values)."""
-    points = [(float(step), value) for step, value in detail.best.intermediate] if detail.best else []
+def best_curve_plot(detail: SweepDetail, curve: list[tuple[int, float]], reported: int) -> Markup:
+    """The best trial's reported objective by step (`curve`: its intermediate values, thinned evenly over all
+    `reported` steps; the axis says so when it was)."""
+    points = [(float(step), value) for step, value in curve]
     name = f"trial {detail.best.number}" if detail.best else "no best trial yet"
+    thinned = f"; {len(points):,} of {reported:,} reports shown" if reported > len(points) else ""
     return xy_plot(
         [Series(name, "complete", points, joined=True)],
-        "step (as the trial reported it)",
+        f"step (as the trial reported it{thinned})",
         f"{detail.metric} (as reported)",
         f"{detail.metric} of the best trial by step ({name})",
         "curve-title",

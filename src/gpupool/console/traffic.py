@@ -1,14 +1,19 @@
 """A service's traffic as the gateway counted it (its Prometheus registry, `GatewayMetrics`): requests by HTTP
 status, streamed chunks (about one per token for SSE), and latency (mean, and the median and 95th percentile
-as the histogram bucket they fall in). Counts start when the server starts, as the registry does."""
+as the histogram bucket they fall in). Counts start when the server starts, as the registry does. The rate
+charts draw the durable per-minute series instead (`server.service_traffic`), which a restart keeps."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from markupsafe import Markup
 from prometheus_client import CollectorRegistry
+
+from gpupool.console.plots import Series, xy_plot
+from gpupool.server.service_traffic import MINUTE_S, minute_of
 
 REQUESTS = "gpupool_service_requests"
 CHUNKS = "gpupool_service_stream_chunks"
@@ -92,3 +97,56 @@ def bound_text(seconds: float | None) -> str:
     if math.isinf(seconds):
         return "above the largest bucket"
     return f"≤ {seconds:g} s"
+
+
+# The rate charts' window: the last three hours, one point a minute (180 per line): a morning's pattern at a
+# glance, each point still a few pixels apart on the 640-pixel plot.
+RATE_WINDOW_MIN = 180
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """The rate charts of a service and, as text, what they show: totals over the window and the busiest
+    minute's requests."""
+
+    requests_svg: Markup
+    tokens_svg: Markup
+    requests: int
+    errors: int
+    tokens: int
+    busiest: int
+
+
+def rate_charts(per_minute: Mapping[float, tuple[int, int, int]], now: float, name: str) -> Rates:
+    """Two plots of the service's durable per-minute series over the last RATE_WINDOW_MIN minutes (a minute
+    without a row counted 0): requests and errors (5xx) per minute, and streamed chunks per minute (about
+    one per token). The x axis is minutes before now."""
+    current = minute_of(now)
+    minutes = [current - MINUTE_S * back for back in range(RATE_WINDOW_MIN - 1, -1, -1)]
+    counts = [per_minute.get(m, (0, 0, 0)) for m in minutes]
+    totals = [sum(c[i] for c in counts) for i in range(3)]
+    busiest = max(c[0] for c in counts)
+    xs = [(m - current) / MINUTE_S for m in minutes]
+    x_label = "minutes before now"
+    if not any(c != (0, 0, 0) for c in counts):  # nothing in the window: say so instead of a flat line
+        xs, counts = [], []
+    requests = xy_plot(
+        [
+            Series("requests", "requests", [(x, float(c[0])) for x, c in zip(xs, counts, strict=True)], joined=True),
+            Series("errors (5xx)", "errors", [(x, float(c[1])) for x, c in zip(xs, counts, strict=True)], joined=True),
+        ],
+        x_label,
+        "requests per minute",
+        f"Requests and errors per minute of service {name}, last {RATE_WINDOW_MIN // 60} hours",
+        "rate-title",
+        whole_x=True,
+    )
+    tokens = xy_plot(
+        [Series("chunks", "tokens", [(x, float(c[2])) for x, c in zip(xs, counts, strict=True)], joined=True)],
+        x_label,
+        "streamed chunks per minute",
+        f"Streamed chunks (about one per token) per minute of service {name}, last {RATE_WINDOW_MIN // 60} hours",
+        "tokens-title",
+        whole_x=True,
+    )
+    return Rates(requests, tokens, totals[0], totals[1], totals[2], busiest)

@@ -153,8 +153,9 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "x-content-type-options": "nosniff", "referrer-policy": "same-origin", "cache-control": "no-store"}
 
 
-def error_page(request: Request, error: GpupoolError, who: Caller | None) -> Response:
-    """A domain error as a page: sign-in for a missing or invalid session, else the message and its status."""
+def error_page(request: Request, error: GpupoolError, who: Caller | None, back: str | None = None) -> Response:
+    """A domain error as a page: sign-in for a missing or invalid session, else the message and its status,
+    with a link `back` (a path of this server) when given."""
     if isinstance(error, AuthenticationError):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         response = RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
@@ -162,4 +163,25 @@ def error_page(request: Request, error: GpupoolError, who: Caller | None) -> Res
             response.delete_cookie(COOKIE, path="/")
         return response
     status = HTTP_STATUS.get(error_kind(error) or "", 400)
-    return page(request, "error.html", who, status=status, message=error.message)
+    return page(request, "error.html", who, status=status, message=error.message, back=back)
+
+
+def is_console_request(request: Request) -> bool:
+    """True when the route that matched is one of the console's pages (the console's API call under /api is not:
+    the API answers JSON)."""
+    endpoint = getattr(request.scope.get("route"), "endpoint", None)
+    module = getattr(endpoint, "__module__", "") or ""
+    return module.startswith("gpupool.console.") and not request.url.path.startswith("/api/")
+
+
+def bad_request_page(request: Request, message: str, field: str | None) -> Response:
+    """The page for a console URL FastAPI refused (a bad query or path parameter): what is wrong, the field, and
+    a link back to the same page without its query; a missing session still leads to the sign-in page."""
+    who = None
+    try:
+        who = caller(request)
+    except GpupoolError as error:
+        if not request.url.path.startswith("/signin"):  # the sign-in pages themselves need no session
+            return error_page(request, error, None)
+    problem = ValidationError(f"{message} (correct or remove it in the address)", field)
+    return error_page(request, problem, who, back=request.url.path)

@@ -11,12 +11,14 @@ worker thread under one lock; nothing here blocks.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gpupool.domain.services import ServiceSpec
+from gpupool.server.service_traffic import TrafficSeries
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class Gateway:
 
     wake_autoscaler: Callable[[], None] = lambda: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    traffic: TrafficSeries = field(default_factory=lambda: TrafficSeries(time.time))  # durable, per minute
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _services: dict[int, ServiceView] = field(default_factory=dict)
     _inflight: dict[int, int] = field(default_factory=dict)  # by child workload id

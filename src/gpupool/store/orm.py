@@ -406,3 +406,16 @@ class UsageLedgerRow(Base):
     busy_s: Mapped[float] = mapped_column(Double, default=0.0)
     idle_s: Mapped[float] = mapped_column(Double, default=0.0)
     observed_s: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ServiceTrafficRow(Base):
+    """Requests, errors (HTTP 5xx) and streamed chunks (about one per token) the gateway counted for a service
+    in one minute: the durable per-minute series of the console's traffic chart (counters only ever added to,
+    rows older than the retention deleted; see store/repos/service_traffic.py)."""
+
+    __tablename__ = "service_traffic"
+    service_id: Mapped[int] = mapped_column(ForeignKey("workloads.id", ondelete="CASCADE"), primary_key=True)
+    minute: Mapped[float] = mapped_column(Double, primary_key=True, index=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)

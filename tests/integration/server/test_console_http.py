@@ -195,3 +195,23 @@ def test_queue_form_validation_and_usage_csv(server: TestServer) -> None:
     assert csv_text.status_code == 200 and csv_text.headers["content-type"].startswith("text/csv")
     assert csv_text.text.splitlines()[0].startswith("period_start,period,group,allocated_gpu_h")
     assert page.get("/usage?since=yesterday").status_code == 422
+
+
+def test_a_bad_parameter_on_a_page_answers_a_page_and_the_api_keeps_json(server: TestServer) -> None:
+    page = browser_for(server, server.admin_token)
+    for path, field in (("/workloads?before=abc", "before"), ("/workloads/0", "workload_id"),
+                        ("/notebooks?ended=<script>x</script>", "ended"), ("/sweeps?before=-1", "before")):
+        answer = page.get(path)
+        assert answer.status_code == 422 and answer.headers["content-type"].startswith("text/html"), path
+        assert f"{field}: " in answer.text and "correct or remove it in the address" in answer.text, path
+        back = path.split("?")[0]
+        assert f'<a href="{back}" id="back">' in answer.text and "<script>x" not in answer.text, path
+        assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    unsigned = httpx.get(server.url + "/workloads?before=abc", follow_redirects=False)
+    assert unsigned.status_code == 303 and unsigned.headers["location"].startswith("/signin?next=")
+    too_long = httpx.get(server.url + "/signin?next=/" + "x" * 3000, follow_redirects=False)
+    assert too_long.status_code == 422 and "next: " in too_long.text  # no redirect loop through sign-in
+    api = httpx.get(server.url + "/api/v1/workloads?before_id=abc",
+                    headers={"authorization": f"Bearer {server.admin_token}"})
+    assert api.status_code == 422 and api.json()["error"]["type"] == "validation_error"
+    assert api.json()["error"]["field"] == "before_id"

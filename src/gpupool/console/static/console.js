@@ -1,8 +1,12 @@
 // gpupool console: the little behaviour the server-rendered pages need — following a replica's logs over
-// Server-Sent Events. No framework, no build step.
+// Server-Sent Events, the dry-run check, and live updates of a page's [data-live] parts. No framework, no
+// build step; every page works without it.
 "use strict";
 
 const RETRY_MS = 1000;  // how soon to ask again for the output of a replica that has not started yet
+// How often a live page asks for itself again: a state change shows within seconds, and a page left open costs
+// the server one render every 5 s (none while its tab is hidden or paused).
+const LIVE_MS = 5000;
 
 function followLogs(pre) {
   const state = document.getElementById("logs-state");
@@ -51,7 +55,72 @@ async function check(form) {
   out.textContent = result.error ? (result.field ? result.field + ": " : "") + result.error : describe(result);
 }
 
+// Live updates: every LIVE_MS the page is fetched again and each element marked data-live (with an id) is
+// replaced by its fresh copy, unless the keyboard focus is inside it. Paused by the button this adds, and off
+// while the tab is hidden. A fresh copy without data-live (the workload ended) ends the updates.
+function live() {
+  if (!document.querySelector("[data-live][id]") || !window.fetch || !window.DOMParser) return;
+  let paused = false;
+  let timer = null;
+  const bar = document.createElement("p");
+  bar.className = "live-bar";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.id = "live-toggle";
+  button.setAttribute("aria-pressed", "false");
+  button.textContent = "Pause live updates";
+  const state = document.createElement("span");
+  state.id = "live-state-text";
+  state.setAttribute("role", "status");
+  state.textContent = "Live: updates every " + LIVE_MS / 1000 + " s.";
+  bar.append(button, " ", state);
+  document.querySelector("main").prepend(bar);
+
+  const stop = () => { if (timer !== null) { clearTimeout(timer); timer = null; } };
+  const schedule = () => { if (!paused && !document.hidden && timer === null) timer = setTimeout(refresh, LIVE_MS); };
+
+  async function refresh() {
+    timer = null;
+    if (paused || document.hidden) return;
+    let response;
+    try {
+      response = await fetch(location.href, {credentials: "same-origin", redirect: "manual"});
+    } catch (error) {
+      state.textContent = "Live update failed (network); trying again.";
+      schedule();
+      return;
+    }
+    if (!response.ok) {  // signed out, gone, or refused: stop rather than show a sign-in page in a fragment
+      state.textContent = "Live updates stopped (the server answered " + (response.status || "a redirect") + "); reload the page.";
+      return;
+    }
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    for (const part of document.querySelectorAll("[data-live][id]")) {
+      const next = fresh.getElementById(part.id);
+      if (next && !part.contains(document.activeElement)) part.replaceWith(document.importNode(next, true));
+    }
+    if (!document.querySelector("[data-live][id]")) {
+      state.textContent = "Live updates ended: nothing on this page changes any more.";
+      button.hidden = true;
+      return;
+    }
+    state.textContent = "Live: updated at " + new Date().toLocaleTimeString() + ".";
+    schedule();
+  }
+
+  button.addEventListener("click", () => {
+    paused = !paused;
+    button.setAttribute("aria-pressed", String(paused));
+    button.textContent = paused ? "Resume live updates" : "Pause live updates";
+    state.textContent = paused ? "Live updates paused." : "Live: updates every " + LIVE_MS / 1000 + " s.";
+    if (paused) stop(); else schedule();
+  });
+  document.addEventListener("visibilitychange", () => { if (document.hidden) stop(); else schedule(); });
+  schedule();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  live();
   for (const button of document.querySelectorAll("button[data-check]")) {
     button.addEventListener("click", () => check(document.getElementById(button.dataset.check)));
   }

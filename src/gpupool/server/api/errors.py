@@ -58,14 +58,21 @@ def database_error_response(request: Request, exc: Exception) -> JSONResponse:
                           "in the server log")
 
 
-def _request_validation(exc: RequestValidationError) -> JSONResponse:
+def request_validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """What is wrong with a request FastAPI refused (its first problem, and how many more) and the field named."""
     errors = exc.errors()
     first = errors[0] if errors else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
     message = str(first.get("msg", "invalid request"))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"
-    return error_response(422, "validation_error", message, ".".join(location) or None)
+    return message, ".".join(location) or None
+
+
+def request_validation_response(exc: RequestValidationError) -> JSONResponse:
+    """The JSON 422 of a request FastAPI refused (a bad query, path or body)."""
+    message, field = request_validation_message(exc)
+    return error_response(422, "validation_error", message, field)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -82,7 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _request_validation(exc)
+        return request_validation_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

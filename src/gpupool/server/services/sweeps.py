@@ -7,6 +7,7 @@ secret), not with a user's API token: it can report to its own trial and nothing
 from __future__ import annotations
 
 import copy
+import heapq
 import hmac
 import math
 from collections.abc import Mapping
@@ -35,6 +36,11 @@ from gpupool.store.repos import workloads as repo
 
 MAX_METRICS = 32  # a report carries a handful of metrics (loss, accuracy, ...); 32 bounds the query string
 MAX_STEP = 10**9
+# Reported steps a sweep's answer carries per trial: a trial may report up to MAX_STEP steps, so the answer
+# holds only the last few by default (enough to see where a curve is heading in `gpupool sweep show --json`),
+# and at most MAX_STEPS_SHOWN when asked (100 trials x 1,000 steps stays a few megabytes of JSON).
+DEFAULT_STEPS = 20
+MAX_STEPS_SHOWN = 1000
 
 
 # ------------------------------------------------------------------------------------------- show
@@ -60,15 +66,20 @@ def find_sweep(session: Session, principal: Principal, ref: str) -> WorkloadRow:
     return row
 
 
-def sweep_view(session: Session, studies: SweepStudies, row: WorkloadRow) -> ss.SweepDetail:
-    """A sweep with its trials in order and its best completed trial."""
+def sweep_view(
+    session: Session, studies: SweepStudies, row: WorkloadRow, steps: int = DEFAULT_STEPS
+) -> ss.SweepDetail:
+    """A sweep with its trials in order and its best completed trial; each trial with the objective at its last
+    `steps` reported steps (0..MAX_STEPS_SHOWN) and the count of all it reported."""
+    if not 0 <= steps <= MAX_STEPS_SHOWN:
+        raise ValidationError(f"must be 0..{MAX_STEPS_SHOWN} (reported steps shown per trial)", "steps")
     spec = parse_spec(row.spec)
     if not isinstance(spec, SweepSpec):
         raise NotFoundError(f"workload {row.id} is not a sweep")
     children = {trial_number(row.id, c.idempotency_key): c for c in
                 session.scalars(select(WorkloadRow).where(WorkloadRow.parent_id == row.id)).all()}
     study = studies.study(row.id, spec)
-    trials = [_trial_view(t, children.get(t.number), row.current_status.is_terminal())
+    trials = [_trial_view(t, children.get(t.number), row.current_status.is_terminal(), steps)
               for t in study.get_trials(deepcopy=False)]
     done = [t for t in trials if t.state == "complete" and t.value is not None]
     pick = min if spec.direction == "minimize" else max
@@ -80,8 +91,33 @@ def sweep_view(session: Session, studies: SweepStudies, row: WorkloadRow) -> ss.
                           algorithm=canonical["algorithm"], trials=trials, best=best)
 
 
-def _trial_view(t: Any, child: WorkloadRow | None, sweep_over: bool) -> ss.SweepTrial:
-    steps = sorted((int(s), float(v)) for s, v in t.intermediate_values.items())
+def trial_curve(
+    session: Session, studies: SweepStudies, row: WorkloadRow, number: int, points: int
+) -> tuple[list[tuple[int, float]], int]:
+    """Trial `number`'s objective by step, thinned evenly over all its reported steps to at most `points`
+    (the first and last kept), and the count of steps it reported; ([], 0) for a trial it does not have."""
+    spec = parse_spec(row.spec)
+    if not isinstance(spec, SweepSpec):
+        raise NotFoundError(f"workload {row.id} is not a sweep")
+    found = [t for t in studies.study(row.id, spec).get_trials(deepcopy=False) if t.number == number]
+    if not found:
+        return [], 0
+    ordered = sorted(found[0].intermediate_values.items())
+    total = len(ordered)
+    if total > points > 1:
+        ordered = [ordered[i * (total - 1) // (points - 1)] for i in range(points)]
+    return [(int(s), float(v)) for s, v in ordered], total
+
+
+def _last_steps(values: Mapping[int, float], count: int) -> list[tuple[int, float]]:
+    """The `count` highest steps of `values`, in step order (without sorting every step of a long trial)."""
+    return [(int(s), float(values[s])) for s in sorted(heapq.nlargest(count, values))] if count else []
+
+
+def _trial_view(t: Any, child: WorkloadRow | None, sweep_over: bool, keep: int) -> ss.SweepTrial:
+    values = t.intermediate_values
+    steps = _last_steps(values, keep)
+    last_step = steps[-1][0] if steps else (int(max(values)) if values else None)
     state = t.state.name.lower()
     if state == "running" and sweep_over:
         state = "stopped"
@@ -92,7 +128,7 @@ def _trial_view(t: Any, child: WorkloadRow | None, sweep_over: bool) -> ss.Sweep
     if t.system_attrs.get(PRUNE_ATTR) is not None:
         message = f"pruned at step {t.system_attrs[PRUNE_ATTR]}"
     return ss.SweepTrial(number=t.number, state=state, params=dict(t.params), value=t.value,
-                         last_step=steps[-1][0] if steps else None, intermediate=steps,
+                         last_step=last_step, intermediate=steps, steps_total=len(values),
                          workload_id=child.id if child else None, status=child.status if child else None,
                          message=message, duration_s=duration)
 

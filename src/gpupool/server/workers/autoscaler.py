@@ -36,6 +36,7 @@ from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.server.api import schemas
 from gpupool.server.endpoints import stored_endpoints
 from gpupool.server.gateway import Backend, Gateway, ServiceView
+from gpupool.server.service_traffic import TrafficSeries
 from gpupool.server.services.auth import principal_for
 from gpupool.server.services.feasibility import FeasibilityCache
 from gpupool.server.services.workloads import request_stop, submit
@@ -144,6 +145,7 @@ class Autoscaler:
         self._drain_started = {k: v for k, v in self._drain_started.items() if k in self.gateway.draining()}
         if plan.submit or plan.stop or plan.release or plan.events or plan.status:
             self._apply(services, plan, now)
+        self.gateway.traffic.flush_if_due(self.db)
         busy = any(not v.backends and self.gateway.load({v.id: []})[v.id][1] for v in views)
         changing = any(len(v.backends) != len(s.children) for v, s in zip(views, services, strict=True))
         return FOLLOW_UP_S if busy or changing or self.gateway.draining() or plan.submit else None
@@ -336,7 +338,7 @@ def start_gateway(db: Database, clock: Callable[[], float], feasibility: Feasibi
                   drain_timeout_s: float = DEFAULT_SERVICE_DRAIN_TIMEOUT_S) -> tuple[Gateway, IntervalWorker]:
     """The gateway's state and its autoscaler worker (started unless `run` is False); stop the worker at
     shutdown. `drain_timeout_s` bounds how long a replica that goes waits for its requests in flight."""
-    gateway = Gateway()
+    gateway = Gateway(traffic=TrafficSeries(clock))
     scaler = Autoscaler(db, clock, gateway, feasibility, on_change, drain_timeout_s=drain_timeout_s)
     worker = IntervalWorker("autoscaler", scaler.step, INTERVAL_S)
     gateway.wake_autoscaler = worker.wake

@@ -233,9 +233,10 @@ def _tell(study: Any, trial: _Trial, child_status: WorkloadStatus) -> None:
 def _trials(study: Any, sweep_id: int, children: dict[int, WorkloadRow], metric: str) -> list[_Trial]:
     out = []
     for t in study.get_trials(deepcopy=False):
-        steps = sorted(t.intermediate_values.items())
+        values = t.intermediate_values  # up to 10**9 steps: the last one without sorting them all
+        last = (max(values), values[max(values)]) if values else None
         prune = t.system_attrs.get(PRUNE_ATTR)
-        out.append(_Trial(t.number, t.state.name, dict(t.params), steps[-1] if steps else None,
+        out.append(_Trial(t.number, t.state.name, dict(t.params), last,
                           int(prune) if prune is not None else None, children.get(t.number)))
     return out
 

@@ -173,6 +173,7 @@ async def _forward(request: Request, view: ServiceView, path: str, body: bytes, 
             response = backend or error_response(502, "bad_gateway", f"no replica of service {view.name} could "
                                                                       f"be reached")
             gateway.metrics.requests.labels(*metric_key(view), str(response.status_code)).inc()
+            gateway.traffic.request(view.id, response.status_code)
             return response
         target = proxy.Target(backend.host, backend.port, prefix)
         client_host = request.client.host if request.client else ""
@@ -207,8 +208,10 @@ async def _relay(gateway: Gateway, view: ServiceView, backend: Backend, upstream
                 metrics.first_byte.labels(*metric_key(view)).observe(time.monotonic() - started)
                 first = False
             metrics.chunks.labels(*metric_key(view)).inc()
+            gateway.traffic.chunk(view.id)
             yield chunk
     finally:
         gateway.release(view.id, backend)
         metrics.total.labels(*metric_key(view)).observe(time.monotonic() - started)
         metrics.requests.labels(*metric_key(view), str(upstream.status)).inc()
+        gateway.traffic.request(view.id, upstream.status)

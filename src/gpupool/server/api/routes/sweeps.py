@@ -23,11 +23,15 @@ ERRORS: dict[int | str, dict[str, object]] = {
 
 @router.get("/{ref}", response_model=ss.SweepDetail, responses=ERRORS)
 def show(ref: Annotated[str, Path(max_length=63, description="The sweep's id or name")], services: ServicesDep,
-         principal: PrincipalDep) -> ss.SweepDetail:
-    """A sweep: its trials (parameters, value, state, duration) and the best completed trial."""
+         principal: PrincipalDep,
+         steps: Annotated[int, Query(ge=0, le=sweeps.MAX_STEPS_SHOWN,
+                                     description="Reported steps per trial: the last ones")] = sweeps.DEFAULT_STEPS,
+         ) -> ss.SweepDetail:
+    """A sweep: its trials (parameters, value, state, duration, the objective at their last `steps` reported
+    steps and how many they reported) and the best completed trial."""
     with services.db.session(write=False) as session:
         row = sweeps.find_sweep(session, principal, ref)
-        return sweeps.sweep_view(session, services.sweep_studies(), row)
+        return sweeps.sweep_view(session, services.sweep_studies(), row, steps)
 
 
 @router.post("/trials/{workload_id}/report", response_model=ss.TrialReportAnswer, responses=ERRORS)
