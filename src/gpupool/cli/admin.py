@@ -109,7 +109,7 @@ def projects(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(found)
         return
-    from gpupool.domain.notebooks import duration_text  # noqa: PLC0415
+    from gpupool.domain.display import duration_text  # noqa: PLC0415
 
     out = table("PROJECT", "YOUR ROLE", "MEMBERS", "NOTEBOOK IDLE CAP", "CREATED")
     for p in found:
@@ -155,7 +155,7 @@ def set_idle_cap(project: Annotated[str, typer.Argument(help="The project.")],
                  as_json: JsonOption = False) -> None:
     """Cap the idle_timeout of a project's notebooks (administrators and the project's admins): a notebook
     asking longer, or off, is culled after the cap."""
-    from gpupool.domain.notebooks import duration_text  # noqa: PLC0415
+    from gpupool.domain.display import duration_text  # noqa: PLC0415
 
     with make_light_client() as client:
         p = client.send("PUT", f"{API}/projects/{quote(project)}/idle-cap", {"max_idle_timeout": cap})

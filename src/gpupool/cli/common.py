@@ -6,8 +6,9 @@ invalid spec or amount); 3 not found; 4 refused (not signed in, not allowed, con
 can never run); 5 the server cannot be reached; 6 timed out waiting. With --json, errors are printed on stdout
 as {"error": {"kind", "message", "field", "exit_code"}}.
 
-The heavy modules (the HTTP client, pydantic models, Rich tables) are imported when a command first needs them,
-so that `gpupool` starts fast (see benchmarks/cli).
+No command imports the typed client (httpx, pydantic; `sweep show --plot` alone loads an API model): they talk
+to the server through the light client (client/light.py, standard library). Rich and the few other heavy
+modules are imported when a command first needs them, so that `gpupool` starts fast (see benchmarks/cli).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from gpupool.client.http import Client
     from gpupool.client.light import LightClient
 
 P = ParamSpec("P")
@@ -111,23 +111,10 @@ console: Any = _Consoles(stderr=False)
 err_console: Any = _Consoles(stderr=True)
 
 
-def make_client() -> Client:
-    """A client configured from GPUPOOL_URL / GPUPOOL_TOKEN / $GPUPOOL_HOME/token."""
-    if "httpx" not in sys.modules:
-        # `import httpx` also imports httpx's own command-line tool (click, rich, pygments) whenever those are
-        # installed, as they are here: about a third of its import time (benchmarks/cli). An empty
-        # httpx._main makes httpx fall back to its stub `main`, which this process never calls.
-        import types  # noqa: PLC0415
-
-        sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
-    from gpupool.client.http import Client  # noqa: PLC0415  (lazy: start-up time)
-
-    return Client()
-
-
 def make_light_client() -> LightClient:
-    """The light client (plain dicts over the standard library) that the everyday commands use, configured as
-    make_client()'s: it costs a command a fraction of the typed client's start-up time (benchmarks/cli)."""
+    """The light client (plain dicts over the standard library) that every command talking to the server uses,
+    configured from GPUPOOL_URL / GPUPOOL_TOKEN / $GPUPOOL_HOME/token like the SDK's typed Client: it costs a
+    command a fraction of the typed client's start-up time (benchmarks/cli)."""
     from gpupool.client.light import LightClient  # noqa: PLC0415  (lazy: start-up time)
 
     return LightClient()

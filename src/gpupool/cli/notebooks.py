@@ -7,10 +7,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gpupool.cli.common import JSON_HELP, console, err_console, handle_errors, make_client, print_json, status_text
+from gpupool.cli.common import (
+    JSON_HELP,
+    console,
+    err_console,
+    handle_errors,
+    make_light_client,
+    print_json,
+    status_text,
+)
 
 if TYPE_CHECKING:
-    from gpupool.client.http import Client
+    from gpupool.client.light import LightClient
 
 notebook_app = typer.Typer(help="JupyterLab notebooks on the pool: create, open, list, stop, start.",
                            no_args_is_help=True)
@@ -33,23 +41,25 @@ def _spec(name: str | None, cpu: str | None, memory: str | None, gpu: str | None
     return spec
 
 
-def _wait_ready(client: Client, notebook_id: int, timeout_s: float) -> None:
+def _wait_ready(client: LightClient, notebook_id: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         workload = client.get_workload(notebook_id)
-        if workload.status == "running" and any(e.ready for r in workload.replica_list for e in r.endpoints):
+        status = workload["status"]
+        if status == "running" and any(e["ready"] for r in workload.get("replica_list", [])
+                                       for e in r.get("endpoints", [])):
             return
-        if workload.status not in ("pending", "scheduled", "starting", "running"):
-            raise TimeoutError(f"notebook {notebook_id} is {workload.status}: {workload.message}")
+        if status not in ("pending", "scheduled", "starting", "running"):
+            raise TimeoutError(f"notebook {notebook_id} is {status}: {workload['message']}")
         if time.monotonic() > deadline:
-            why = f" ({workload.pending_reason})" if workload.pending_reason else ""
-            raise TimeoutError(f"notebook {notebook_id} is still {workload.status}{why} after {timeout_s:g}s; "
+            why = f" ({workload['pending_reason']})" if workload.get("pending_reason") else ""
+            raise TimeoutError(f"notebook {notebook_id} is still {status}{why} after {timeout_s:g}s; "
                                f"`gpupool notebook open {notebook_id}` once it runs")
         time.sleep(0.2)
 
 
-def _url(client: Client, notebook_id: int) -> str:
-    return client.url + client.open_notebook(notebook_id).path
+def _url(client: LightClient, notebook_id: int) -> str:
+    return client.url + str(client.open_notebook(notebook_id)["path"])
 
 
 @notebook_app.command()
@@ -67,18 +77,19 @@ def create(name: Annotated[str | None, typer.Option(help="A name for it (default
            wait: Annotated[bool, typer.Option(help="Wait until it is ready and print its link.")] = True,
            as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Create a notebook (JupyterLab in your storage directory) and print a link that opens it."""
-    with make_client() as client:
-        workload = client.submit(_spec(name, cpu, memory, gpu, environment, idle_timeout, project)).workload
+    with make_light_client() as client:
+        workload = client.submit(_spec(name, cpu, memory, gpu, environment, idle_timeout, project))["workload"]
+        notebook_id = workload["id"]
         if not wait:
             print_json(workload) if as_json else console.print(
-                f"notebook [bold]{workload.id}[/bold] submitted; `gpupool notebook open {workload.id}` once it runs")
+                f"notebook [bold]{notebook_id}[/bold] submitted; `gpupool notebook open {notebook_id}` once it runs")
             return
-        _wait_ready(client, workload.id, READY_TIMEOUT_S)
-        url = _url(client, workload.id)
+        _wait_ready(client, notebook_id, READY_TIMEOUT_S)
+        url = _url(client, notebook_id)
     if as_json:
-        print_json({"id": workload.id, "url": url})
+        print_json({"id": notebook_id, "url": url})
     else:
-        console.print(f"notebook [bold]{workload.id}[/bold] is ready: {url}", soft_wrap=True)
+        console.print(f"notebook [bold]{notebook_id}[/bold] is ready: {url}", soft_wrap=True)
         err_console.print("  (the link works once; `gpupool notebook open ID` makes another)")
 
 
@@ -88,7 +99,7 @@ def open_(notebook_id: NotebookArg,
           print_only: Annotated[bool, typer.Option("--print", help="Print the link, do not open a browser.")]
           = False) -> None:
     """Open the notebook in your browser (prints the one-time link where there is no browser)."""
-    with make_client() as client:
+    with make_light_client() as client:
         url = _url(client, notebook_id)
     if not print_only:
         import webbrowser  # noqa: PLC0415  (lazy: start-up time)
@@ -109,20 +120,21 @@ def ls(show_all: Annotated[bool, typer.Option("--all", "-a", help="Include noteb
        as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """List notebooks: state, GPU, idle for, culls in."""
     from gpupool.cli.common import table  # noqa: PLC0415
-    from gpupool.domain.notebooks import duration_text  # noqa: PLC0415
+    from gpupool.domain.display import duration_text  # noqa: PLC0415
 
-    with make_client() as client:
+    with make_light_client() as client:
         items = client.notebooks(include_ended=show_all)
     if as_json:
         print_json(items)
         return
     out = table("ID", "NAME", "USER", "STATUS", "GPU", "IDLE FOR", "CULLS IN", "MESSAGE")
     for n in items:
-        idle = duration_text(n.idle_for_s) if n.idle_for_s is not None else "-"
-        culls = "never" if n.idle_timeout_s == 0 else duration_text(n.culls_in_s) if n.culls_in_s is not None else "-"
-        gpu = f"{n.gpu_milli / 1000:g}" if n.gpu_milli else "-"
-        out.add_row(str(n.id), n.name, n.user, status_text(n.status), gpu, idle, culls,
-                    n.message if n.status != "running" else "")
+        idle_for, culls_in = n.get("idle_for_s"), n.get("culls_in_s")
+        idle = duration_text(idle_for) if idle_for is not None else "-"
+        culls = "never" if n["idle_timeout_s"] == 0 else duration_text(culls_in) if culls_in is not None else "-"
+        gpu = f"{n['gpu_milli'] / 1000:g}" if n["gpu_milli"] else "-"
+        out.add_row(str(n["id"]), n["name"], n["user"], status_text(n["status"]), gpu, idle, culls,
+                    n.get("message", "") if n["status"] != "running" else "")
     console.print(out)
 
 
@@ -130,12 +142,13 @@ def ls(show_all: Annotated[bool, typer.Option("--all", "-a", help="Include noteb
 @handle_errors
 def stop(notebook_id: NotebookArg) -> None:
     """Stop a notebook: frees its GPU, keeps its files; `start` brings it back."""
-    with make_client() as client:
+    with make_light_client() as client:
         workload = client.stop_notebook(notebook_id)
-    console.print(f"notebook {notebook_id}: {status_text(workload.status)} ({workload.message})", soft_wrap=True)
+    console.print(f"notebook {notebook_id}: {status_text(workload['status'])} ({workload['message']})",
+                  soft_wrap=True)
 
 
-def _start_when_stopped(client: Client, notebook_id: int) -> None:
+def _start_when_stopped(client: LightClient, notebook_id: int) -> None:
     from gpupool.domain.errors import ConflictError  # noqa: PLC0415
 
     deadline = time.monotonic() + STOPPING_WAIT_S
@@ -154,7 +167,7 @@ def _start_when_stopped(client: Client, notebook_id: int) -> None:
 def start(notebook_id: NotebookArg,
           wait: Annotated[bool, typer.Option(help="Wait until it is ready and print its link.")] = True) -> None:
     """Start a stopped (or culled) notebook again: same id, same files."""
-    with make_client() as client:
+    with make_light_client() as client:
         _start_when_stopped(client, notebook_id)
         if not wait:
             console.print(f"notebook {notebook_id} is waiting to be scheduled")

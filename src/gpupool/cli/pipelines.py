@@ -9,11 +9,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gpupool.cli.common import JSON_HELP, ago, console, handle_errors, make_client, print_json, status_text, table
+from gpupool.cli.common import (
+    JSON_HELP,
+    ago,
+    console,
+    handle_errors,
+    make_light_client,
+    print_json,
+    status_text,
+    table,
+)
 
 if TYPE_CHECKING:
-    from gpupool.api import pipeline_schemas as ps
-    from gpupool.client.pipelines import PipelineClient
+    from gpupool.client.light import JsonObject
+    from gpupool.client.light_pipelines import LightPipelines
 
 pipeline_app = typer.Typer(name="pipeline", no_args_is_help=True,
                            help="Pipelines: DAGs of job steps, run by hand or on a cron schedule.")
@@ -25,10 +34,10 @@ STATE_STYLES = {"waiting": "dim", "submitted": "cyan", "succeeded": "green", "fa
                 "upstream_failed": "red", "cancelled": "magenta"}
 
 
-def _client() -> PipelineClient:
-    from gpupool.client.pipelines import PipelineClient  # noqa: PLC0415  (lazy: start-up time)
+def _client() -> LightPipelines:
+    from gpupool.client.light_pipelines import LightPipelines  # noqa: PLC0415  (lazy: start-up time)
 
-    return PipelineClient(make_client())
+    return LightPipelines(make_light_client())
 
 
 def _params(pairs: list[str] | None) -> dict[str, str]:
@@ -57,12 +66,12 @@ def submit(file: Annotated[str, typer.Argument(help="A YAML pipeline spec (kind:
     if as_json:
         print_json(result)
         return
-    p = result.pipeline
-    console.print(f"pipeline [bold]{p.name}[/bold] stored in project {p.project}")
-    if p.next_fire_at is not None:
-        console.print(f"next fire: {_when(p.next_fire_at)}")
-    if result.run is not None:
-        console.print(f"run {result.run.id} started; follow it with `gpupool pipeline show {result.run.id}`")
+    p, started = result["pipeline"], result.get("run")
+    console.print(f"pipeline [bold]{p['name']}[/bold] stored in project {p['project']}")
+    if p.get("next_fire_at") is not None:
+        console.print(f"next fire: {_when(p['next_fire_at'])}")
+    if started is not None:
+        console.print(f"run {started['id']} started; follow it with `gpupool pipeline show {started['id']}`")
 
 
 @pipeline_app.command("run")
@@ -76,7 +85,7 @@ def run(name: NameArg,
     if as_json:
         print_json(info)
         return
-    console.print(f"run {info.id} of pipeline {info.pipeline} started with params {info.params}")
+    console.print(f"run {info['id']} of pipeline {info['pipeline']} started with params {info['params']}")
 
 
 @pipeline_app.command("runs")
@@ -89,19 +98,21 @@ def runs(name: NameArg, project: ProjectOpt = None,
     page = client.runs(name, project=project, limit=limit)
     info = client.get(name, project=project)
     if as_json:
-        print_json({"runs": [r.model_dump(mode="json") for r in page.items],
-                    "fires": [f.model_dump(mode="json") for f in info.fires]})
+        print_json({"runs": page["items"], "fires": info.get("fires", [])})
         return
     out = table("RUN", "STATUS", "STEPS", "STARTED", "MESSAGE")
-    for r in page.items:
-        done = sum(1 for s in r.steps if s.state == "succeeded")
-        out.add_row(str(r.id), status_text(r.status), f"{done}/{len(r.steps)}", ago(r.submitted_at), r.message)
+    for r in page["items"]:
+        steps = r.get("steps", [])
+        done = sum(1 for s in steps if s["state"] == "succeeded")
+        out.add_row(str(r["id"]), status_text(r["status"]), f"{done}/{len(steps)}", ago(r["submitted_at"]),
+                    r["message"])
     console.print(out)
-    if info.fires or info.next_fire_at is not None:
-        state = "paused" if info.paused else f"next fire {_when(info.next_fire_at)}"
+    fired, next_fire = info.get("fires", []), info.get("next_fire_at")
+    if fired or next_fire is not None:
+        state = "paused" if info["paused"] else f"next fire {_when(next_fire)}"
         fires = table("FIRE", "OUTCOME", "RUN", "REASON", title=f"schedule ({state})")
-        for f in info.fires:
-            fires.add_row(_when(f.fire_at), f.outcome, str(f.run_id or "-"), f.reason)
+        for f in fired:
+            fires.add_row(_when(f["fire_at"]), f["outcome"], str(f.get("run_id") or "-"), f["reason"])
         console.print(fires)
 
 
@@ -113,43 +124,45 @@ def show(run_id: RunArg, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(info)
         return
-    console.print(f"run {info.id} of [bold]{info.pipeline}[/bold] ({info.project}): {status_text(info.status)} "
-                  f"- {info.message}")
-    console.print(f"params {info.params}; run dir {info.run_dir}")
+    console.print(f"run {info['id']} of [bold]{info['pipeline']}[/bold] ({info['project']}): "
+                  f"{status_text(info['status'])} - {info['message']}")
+    console.print(f"params {info['params']}; run dir {info['run_dir']}")
     console.print(render_tree(info))
 
 
-def render_tree(info: ps.RunInfo) -> Any:
-    """The steps as a Rich tree: a step appears under each step it needs (roots: steps that need none)."""
+def render_tree(info: JsonObject) -> Any:
+    """The steps of a run (pipeline_schemas.RunInfo as JSON) as a Rich tree: a step appears under each step it
+    needs (roots: steps that need none)."""
     from rich.tree import Tree  # noqa: PLC0415
 
-    root = Tree(f"{info.pipeline} #{info.id}")
-    children: dict[str, list[ps.StepInfo]] = {}
-    for step in info.steps:
-        for need in step.needs:
+    root = Tree(f"{info['pipeline']} #{info['id']}")
+    steps = info.get("steps", [])
+    children: dict[str, list[JsonObject]] = {}
+    for step in steps:
+        for need in step["needs"]:
             children.setdefault(need, []).append(step)
 
-    def add(parent: Any, step: ps.StepInfo) -> None:
+    def add(parent: Any, step: JsonObject) -> None:
         node = parent.add(_step_line(step))
-        for child in children.get(step.name, []):
+        for child in children.get(step["name"], []):
             add(node, child)
 
-    for step in info.steps:
-        if not step.needs:
+    for step in steps:
+        if not step["needs"]:
             add(root, step)
     return root
 
 
-def _step_line(step: ps.StepInfo) -> str:
-    style = STATE_STYLES.get(step.state, "")
-    state = f"[{style}]{step.state}[/{style}]" if style else step.state
+def _step_line(step: JsonObject) -> str:
+    style = STATE_STYLES.get(step["state"], "")
+    state = f"[{style}]{step['state']}[/{style}]" if style else step["state"]
     duration = ""
-    if step.started_at is not None:
-        end = step.finished_at if step.finished_at is not None else time.time()
-        duration = f" {_duration(end - step.started_at)}"
-    workload = f" (workload {step.workload_id})" if step.workload_id else ""
-    outputs = f" outputs {step.outputs}" if step.outputs else ""
-    return f"[bold]{step.name}[/bold] {state}{duration}{workload}{outputs} - {step.reason}"
+    started, finished = step.get("started_at"), step.get("finished_at")
+    if started is not None:
+        duration = f" {_duration((finished if finished is not None else time.time()) - started)}"
+    workload = f" (workload {step['workload_id']})" if step.get("workload_id") else ""
+    outputs = f" outputs {step['outputs']}" if step.get("outputs") else ""
+    return f"[bold]{step['name']}[/bold] {state}{duration}{workload}{outputs} - {step['reason']}"
 
 
 @pipeline_app.command("retry")
@@ -160,8 +173,8 @@ def retry(run_id: RunArg, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(info)
         return
-    again = [s.name for s in info.steps if s.state == "waiting"]
-    console.print(f"run {info.id} retries run {info.retry_of}: re-runs {', '.join(again) or 'nothing'}")
+    again = [s["name"] for s in info.get("steps", []) if s["state"] == "waiting"]
+    console.print(f"run {info['id']} retries run {info.get('retry_of')}: re-runs {', '.join(again) or 'nothing'}")
 
 
 @pipeline_app.command("cancel")
@@ -172,7 +185,7 @@ def cancel(run_id: RunArg, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(info)
         return
-    console.print(f"run {info.id} {info.status}; its steps are being cancelled")
+    console.print(f"run {info['id']} {info['status']}; its steps are being cancelled")
 
 
 @pipeline_app.command("pause")
@@ -180,7 +193,7 @@ def cancel(run_id: RunArg, as_json: JsonOpt = False) -> None:
 def pause(name: NameArg, project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """Pause a pipeline's schedule (runs already started go on)."""
     info = _client().pause(name, project=project)
-    print_json(info) if as_json else console.print(f"schedule of {info.name} paused")
+    print_json(info) if as_json else console.print(f"schedule of {info['name']} paused")
 
 
 @pipeline_app.command("resume")
@@ -188,8 +201,8 @@ def pause(name: NameArg, project: ProjectOpt = None, as_json: JsonOpt = False) -
 def resume(name: NameArg, project: ProjectOpt = None, as_json: JsonOpt = False) -> None:
     """Resume a pipeline's schedule; fires missed while paused are not run."""
     info = _client().resume(name, project=project)
-    print_json(info) if as_json else console.print(f"schedule of {info.name} resumed; next fire "
-                                                   f"{_when(info.next_fire_at)}")
+    print_json(info) if as_json else console.print(f"schedule of {info['name']} resumed; next fire "
+                                                   f"{_when(info.get('next_fire_at'))}")
 
 
 def _when(at: float | None) -> str:

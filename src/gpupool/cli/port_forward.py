@@ -1,15 +1,21 @@
 """`gpupool port-forward ID PORT`: a local TCP port that reaches a port a workload listens on, through the
-server (one WebSocket to `/workloads/<id>/tunnel/<port>` per local connection, with this client's token)."""
+server (one WebSocket to `/workloads/<id>/tunnel/<port>` per local connection, with this client's token).
+
+The check that the workload is there goes through the light client (standard library); the tunnels need
+WebSockets, which the standard library does not speak: `websockets` is imported when the first local
+connection opens, and asyncio when the forwarding starts, not before."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gpupool.cli.common import console, handle_errors, make_client
+from gpupool.cli.common import console, handle_errors, make_light_client
+
+if TYPE_CHECKING:
+    import asyncio
 
 CHUNK = 64 * 1024  # bytes read from the local connection per message: a socket buffer's worth
 
@@ -20,6 +26,8 @@ def _ws_url(server_url: str, workload_id: int, port: int) -> str:
 
 
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, url: str, token: str) -> None:
+    import asyncio  # noqa: PLC0415  (already loaded by _forward)
+
     from websockets.asyncio.client import connect  # noqa: PLC0415  (lazy: start-up time)
     from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: PLC0415
 
@@ -52,6 +60,8 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 async def _forward(url: str, token: str, address: str, local_port: int, what: str) -> None:
+    import asyncio  # noqa: PLC0415  (already loaded by port_forward)
+
     server = await asyncio.start_server(lambda r, w: _serve_one(r, w, url, token), address, local_port)
     bound = server.sockets[0].getsockname()
     console.print(f"forwarding {bound[0]}:{bound[1]} -> {what}; Ctrl-C to stop", soft_wrap=True)
@@ -68,9 +78,11 @@ def port_forward(workload_id: Annotated[int, typer.Argument(help="The workload's
                  address: Annotated[str, typer.Option(help="The local address to listen on.")] = "127.0.0.1") -> None:
     """Open a local port that reaches PORT of workload ID (replica 0) through the server, for tools that need
     a plain port (a debugger, a database client); HTTP apps can also use /workloads/ID/ports/PORT/."""
-    with make_client() as client:
+    with make_light_client() as client:
         client.get_workload(workload_id)  # fails early (not found, no token) with the usual message
         url, token = _ws_url(client.url, workload_id, port), client.token or ""
+    import asyncio  # noqa: PLC0415  (lazy: only once the workload is known)
+
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_forward(url, token, address, local_port, f"workload {workload_id} port {port}"))
 

@@ -1,5 +1,6 @@
-"""The CLI's light client: the API calls of the everyday commands (ls, show, logs, submit, cancel, wait, whoami,
-queues, nodes, top, sweep, envs) over the standard library's `http.client`, answering with the server's JSON as plain
+"""The CLI's light client: the API calls of the CLI's commands (ls, show, logs, submit, cancel, wait, whoami,
+queues, nodes, top, sweep, envs, notebook, port-forward; service and pipeline calls are in light_services.py
+and light_pipelines.py) over the standard library's `http.client`, answering with the server's JSON as plain
 dicts and lists.
 
 The typed client (client/http.py, the SDK) validates answers into pydantic models over httpx; importing those
@@ -39,7 +40,7 @@ API = "/api/v1"  # the same prefix as client/http.py's
 JsonObject = dict[str, Any]
 
 
-def _query(params: Mapping[str, Any]) -> str:
+def query_string(params: Mapping[str, Any]) -> str:
     """A query string as httpx writes it: None left out, booleans as true/false, a list as repeated keys."""
     pairs: list[tuple[str, str]] = []
     for key, value in params.items():
@@ -156,11 +157,11 @@ class LightClient:
 
     def get_text(self, path: str, **params: Any) -> str:
         """GET `path` (with these query parameters) and return its body as text (CSV, Prometheus text)."""
-        return self._text("GET", path + _query(params))[1]
+        return self._text("GET", path + query_string(params))[1]
 
     def get(self, path: str, **params: Any) -> Any:
         """GET `path` (with these query parameters, None left out) and return its JSON."""
-        return self._call("GET", path + _query(params))
+        return self._call("GET", path + query_string(params))
 
     def send(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
              timeout_s: float | None = None) -> Any:
@@ -204,7 +205,7 @@ class LightClient:
              attempt: int | None = None) -> Iterator[str]:
         """Lines of a replica's output (without line ends) of the current run or of run `attempt`; `follow`
         streams until the replica ends."""
-        query = _query({"replica": replica, "tail": tail, "follow": follow, "attempt": attempt})
+        query = query_string({"replica": replica, "tail": tail, "follow": follow, "attempt": attempt})
         connection, response = self._open("GET", f"{API}/workloads/{int(workload_id)}/logs{query}", stream=True)
         try:
             while line := response.readline():
@@ -268,3 +269,21 @@ class LightClient:
     def remove_environment(self, name: str) -> JsonObject:
         """Remove an environment (its owner or an administrator)."""
         return self.send("DELETE", f"{API}/environments/{quote(name)}")  # type: ignore[no-any-return]
+
+    def notebooks(self, *, include_ended: bool = False) -> list[JsonObject]:
+        """Notebooks you may see, ended ones too with `include_ended` (notebook_schemas.NotebookInfo as JSON)."""
+        return self.get(f"{API}/notebooks", all=include_ended or None)  # type: ignore[no-any-return]
+
+    def open_notebook(self, workload_id: int) -> JsonObject:
+        """A one-time link that opens the notebook (notebook_schemas.NotebookOpen as JSON; `path` to append to
+        the server's address)."""
+        return self.send("POST", f"{API}/notebooks/{int(workload_id)}/open")  # type: ignore[no-any-return]
+
+    def stop_notebook(self, workload_id: int) -> JsonObject:
+        """Stop a notebook, keeping its files (schemas.WorkloadDetail as JSON)."""
+        return self.send("POST", f"{API}/notebooks/{int(workload_id)}/stop")  # type: ignore[no-any-return]
+
+    def start_notebook(self, workload_id: int) -> JsonObject:
+        """Start a stopped notebook again (schemas.WorkloadDetail as JSON; ConflictError while it is still
+        stopping)."""
+        return self.send("POST", f"{API}/notebooks/{int(workload_id)}/start")  # type: ignore[no-any-return]

@@ -1,13 +1,19 @@
-"""The pipeline part of the typed client: `PipelineClient(client)` for /api/v1/pipelines and /pipeline-runs."""
+"""The pipeline part of the typed client: `PipelineClient(client)` for /api/v1/pipelines and /pipeline-runs (the
+SDK's; `gpupool pipeline ...` uses the light client's, client/light_pipelines.py). Client is imported for type
+hints only, so importing this module does not import httpx."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpupool.api import pipeline_schemas as ps
-from gpupool.client.http import API, Client
+
+if TYPE_CHECKING:
+    from gpupool.client.http import Client
+
+API = "/api/v1"  # as client/http.py's
 
 
 class PipelineClient:

@@ -1,12 +1,18 @@
-"""Client calls for services (`gpupool service ...`), on top of the typed HTTP client."""
+"""Client calls for services, on top of the typed HTTP client (the SDK's; `gpupool service ...` uses the light
+client's, client/light_services.py).
+
+Client is imported for type hints only: importing this module does not import httpx."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from gpupool.api import schemas
 from gpupool.api import service_schemas as api
-from gpupool.client.http import Client
+
+if TYPE_CHECKING:
+    from gpupool.client.http import Client
 
 API = "/api/v1/services"
 

@@ -1,5 +1,5 @@
-"""How amounts and priorities are written for people: the few constants and formatters that the CLI prints
-with on every command. Kept apart from `resources` and `specs` (which re-export them) because importing those,
+"""How amounts, priorities and durations are written for people: the few constants and formatters that the CLI
+prints with on every command. Kept apart from `resources` and `specs` (which re-export them) because importing those,
 with their dataclasses and parsers, is a noticeable part of a CLI command's start-up (benchmarks/cli)."""
 
 from __future__ import annotations
@@ -33,3 +33,12 @@ def priority_name(value: int) -> str:
     """'high' for 900, '700' for a priority without a name."""
     names = {v: k for k, v in PRIORITY_NAMES.items()}
     return names.get(value, str(value))
+
+
+def duration_text(seconds: float) -> str:
+    """'2h', '1h30m', '45s': a short human duration."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs and not hours else ""]
+    return "".join(parts) or "0s"

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# defined in display (light enough for the CLI's start: `notebook ls` needs no spec parser) and re-exported here
+from gpupool.domain.display import duration_text as duration_text  # noqa: PLC0414
 from gpupool.domain.errors import ValidationError, reject_unknown_keys
 from gpupool.domain.resources import parse_duration
 from gpupool.domain.specs import WorkloadKind, WorkloadSpec, _parse_common
@@ -180,12 +182,3 @@ def cull_decision(activity: Activity, running_since: float, timeout_s: int | Non
         return CullDecision(idle_for, None)
     left = timeout_s - idle_for
     return CullDecision(idle_for, max(0.0, left), warn=0 < left <= warn_before_s(timeout_s), cull=left <= 0)
-
-
-def duration_text(seconds: float) -> str:
-    """'2h', '1h30m', '45s': a short human duration."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs and not hours else ""]
-    return "".join(parts) or "0s"

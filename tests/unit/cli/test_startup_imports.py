@@ -18,7 +18,15 @@ EVERYDAY = [["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"], ["whoam
             ["submit", "examples/hello.yaml"], ["cancel", "1"], ["wait", "1"], ["projects"], ["users"], ["tokens"],
             ["report", "usage"], ["report", "idle"], ["nodes", "show", "n1"], ["ls", "--json"], ["console"],
             ["sweep", "submit", "examples/hello.yaml"], ["sweep", "show", "s"], ["sweep", "best", "s"],
-            ["sweep", "stop", "s"], ["envs", "ls"], ["envs", "show", "e"], ["envs", "rm", "e"]]
+            ["sweep", "stop", "s"], ["envs", "ls"], ["envs", "show", "e"], ["envs", "rm", "e"],
+            ["notebook", "create"], ["notebook", "open", "1", "--print"], ["notebook", "ls"], ["notebook", "stop", "1"],
+            ["notebook", "start", "1"], ["service", "ls"], ["service", "show", "s"], ["service", "scale", "s", "--max",
+            "2"], ["service", "update", "s", "examples/hello.yaml"], ["service", "rollback", "s"],
+            ["service", "logs", "s"], ["service", "tokens", "create", "t", "-p", "p"],
+            ["service", "tokens", "ls", "-p", "p"], ["service", "tokens", "revoke", "1", "-p", "p"],
+            ["pipeline", "submit", "examples/hello.yaml"], ["pipeline", "run", "p"], ["pipeline", "runs", "p"],
+            ["pipeline", "show", "1"], ["pipeline", "retry", "1"], ["pipeline", "cancel", "1"],
+            ["pipeline", "pause", "p"], ["pipeline", "resume", "p"]]
 
 
 def imported(args: list[str], tmp_path: Path) -> set[str]:
@@ -57,13 +65,20 @@ def test_envs_create_uses_the_light_client_and_rich_for_its_spinner(tmp_path: Pa
     assert not _under(modules, HEAVY_EVERYWHERE + TYPED_CLIENT)
 
 
-@pytest.mark.parametrize("args", [["notebook", "ls"]], ids=" ".join)
-def test_other_server_commands_load_the_typed_client_without_the_server_nor_httpx_cli(args: list[str],
-                                                                                       tmp_path: Path) -> None:
-    modules = imported(args, tmp_path)
-    assert "gpupool.client.http" in modules and "httpx" in modules
-    assert not _under(modules, HEAVY_EVERYWHERE)
-    assert "httpx._main" not in modules and "pygments" not in modules and "click" not in modules
+def test_port_forward_uses_the_light_client_and_loads_websockets_only_for_a_tunnel(tmp_path: Path) -> None:
+    modules = imported(["port-forward", "1", "8080"], tmp_path)
+    assert "gpupool.client.light" in modules
+    assert not _under(modules, HEAVY_EVERYWHERE + TYPED_CLIENT + ("websockets", "asyncio", "rich"))
+
+
+def test_no_command_module_names_the_typed_client() -> None:
+    """No CLI module imports the typed client or the SDK calls built on it, not even lazily: a command on the
+    typed client (httpx, pydantic) would be a regression that the command lists above might miss."""
+    cli = Path(__file__).resolve().parents[3] / "src" / "gpupool" / "cli"
+    for module in sorted(cli.glob("*.py")):
+        text = module.read_text()
+        for banned in ("gpupool.client.http", "gpupool.client.services", "gpupool.client.pipelines", "import httpx"):
+            assert banned not in text, (module.name, banned)
 
 
 def test_help_of_up_loads_neither_the_server_nor_its_settings(tmp_path: Path) -> None:
