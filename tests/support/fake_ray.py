@@ -64,7 +64,13 @@ class FakeAgent:
     def _start(self, launch: Any) -> dict[str, Any]:
         replica_id = f"{launch.workload_id}-{launch.replica}-{launch.attempt}"
         self.states.setdefault(replica_id, ("running", None, ""))
-        return {"id": replica_id, "log_path": f"/nonexistent/{replica_id}.log"}
+        return {
+            "id": replica_id,
+            "workload_id": launch.workload_id,
+            "replica": launch.replica,
+            "attempt": launch.attempt,
+            "log_path": f"/nonexistent/{replica_id}.log",
+        }  # a local handle's keys
 
     def _poll(self, inner: dict[str, Any]) -> tuple[str, int | None, str]:
         return self.states.get(str(inner["id"]), ("running", None, ""))

@@ -77,13 +77,16 @@ def raylet_pid() -> int:
     return os.getppid()
 
 
-def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float) -> subprocess.Popen[bytes]:
+def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float,
+                   orders: Path | None = None) -> subprocess.Popen[bytes]:
     """Start the fencing watchdog of the node (in a session of its own: it outlives the agent; a second
-    one for the same home exits at once). Its output goes to `home/fence.log`."""
+    one for the same home exits at once), carrying out the stop orders in `orders` if given. Its output
+    goes to `home/fence.log`."""
     home.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "gpupool.executors.ray_fence", "--home", str(home), "--head", head,
+            "--raylet-pid", str(raylet), "--after", str(fence_after_s)]
     with (home / "fence.log").open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "gpupool.executors.ray_fence", "--home", str(home),
-                                 "--head", head, "--raylet-pid", str(raylet), "--after", str(fence_after_s)],
+        return subprocess.Popen([*argv, *(["--orders", str(orders)] if orders else [])],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
 
 
@@ -101,10 +104,12 @@ class NodeAgent:
     """Runs and watches the replicas of one node (see the module docstring). `address`: the node's IP in
     the cluster; `cpus` and `memory_mib`: what Ray says the node has; `head`: host:port of the GCS, whose
     reachability the fencing watchdog checks; `fence_after_s`: how long unreachable before the replicas are
-    stopped (0 or no head: no watchdog). `env` replaces os.environ (tests)."""
+    stopped (0 or no head: no watchdog); `fence_orders`: the server's folder of stop orders on the shared
+    storage (the watchdog carries out those of this node, see `executors/ray_fence.py`). `env` replaces
+    os.environ (tests)."""
 
     def __init__(self, address: str, cpus: float, memory_mib: int = 0, head: str = "", fence_after_s: float = 0.0,
-                 env: dict[str, str] | None = None) -> None:
+                 fence_orders: str = "", env: dict[str, str] | None = None) -> None:
         environ = dict(os.environ if env is None else env)
         self.home = Path(environ.get("GPUPOOL_AGENT_HOME") or DEFAULT_AGENT_HOME)
         self.description = NodeDescription(
@@ -113,7 +118,8 @@ class NodeAgent:
         self.executor = LocalExecutor(self.home / "executor")
         self.watchdog: subprocess.Popen[bytes] | None = None
         if head and fence_after_s > 0:
-            self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s)
+            orders = Path(fence_orders) / self.description.name if fence_orders else None
+            self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s, orders)
 
     def describe(self) -> NodeDescription:
         """The node's name, address, CPUs, memory, declared GPUs and labels."""

@@ -44,7 +44,7 @@ from gpupool.server.services.workloads import request_stop
 from gpupool.server.settings import DEFAULT_START_TIMEOUT_S
 from gpupool.server.workers.launch import LaunchSettings, build_launches
 from gpupool.store.db import Database
-from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.orm import NodeRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.reconciler")
@@ -159,6 +159,7 @@ class Reconciler:
             return False
         lost_node = next((r for r in replicas if r.id in gone), None)
         if lost_node is not None:  # the pool's fault, not the workload's: place it again, no retry used
+            hold_off_node(session, lost_node.node)  # and not on that node again
             request_stop(session, row, now)
             transition(row, _S.PENDING, f"node {lost_node.node} left the pool before replica {lost_node.number} "
                        "started; waiting to be placed again", now)
@@ -269,6 +270,8 @@ class Reconciler:
             except InvalidTransitionError as exc:  # an executor reporting backwards; the next poll tells more
                 log.warning("replica %s of workload %s: %s", replica.number, replica.workload_id, exc)
                 continue
+            if status.node_gone:
+                hold_off_node(session, replica.node)  # its retry must not be placed there again
             if status.state.is_terminal:
                 ended = True
                 repo.add_event(session, replica.workload_id, now,
@@ -305,6 +308,16 @@ class Reconciler:
         if step.stop:
             request_stop(session, row, now)
         return step.target is not None
+
+
+def hold_off_node(session: Session, name: str) -> None:
+    """The executor found node `name` gone (a start refused, a replica lost with its node): make it
+    unschedulable at once, so that the scheduler binds nothing more there in the time before the node worker's
+    next pass removes it (or, should it answer again, makes it schedulable again, unless it is cordoned)."""
+    node = session.get(NodeRow, name)
+    if node is not None and node.schedulable:
+        node.schedulable = False
+        log.info("node %s is gone (its executor says so): no new work is placed on it", name)
 
 
 def _start_of_ended_run(replicas: Sequence[ReplicaRow], ended_at: float) -> float | None:
