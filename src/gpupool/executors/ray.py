@@ -42,6 +42,7 @@ from gpupool.executors.base import (
 )
 from gpupool.executors.ray_agent import NodeAgent, NodeDescription
 from gpupool.executors.ray_health import AgentHealth, short_cause
+from gpupool.gpu.types import NodeSample
 
 log = logging.getLogger("gpupool.ray")
 NAMESPACE = "gpupool"
@@ -307,6 +308,16 @@ class RayExecutor(Executor):
         return result
 
     # -- the Executor interface ------------------------------------------------------------------------
+
+    def sample_gpus(self, agent: str, now: float) -> NodeSample:
+        """One reading of the GPUs of `agent`'s node, taken there by the agent (one call). ExecutorError when
+        the agent does not answer; no call is made while it is known not to answer (the GPU sampler then
+        skips the node without waiting)."""
+        silence = self.health.silence(agent)
+        if silence is not None:
+            raise ExecutorError(f"node agent {agent} does not answer now ({silence.cause})")
+        sample: NodeSample = self._call(agent, "sample_gpus", now)
+        return sample
 
     def free_ports(self, node: str, count: int) -> list[int]:
         """Free ports on `node`, chosen by its agent. Blocks for one call to the agent."""

@@ -9,7 +9,7 @@ finds every replica again from those files alone. This module imports no Ray: th
 What the node declares comes from the environment the node's `ray start` ran with (a Ray actor inherits it):
     GPUPOOL_AGENT_NODE_NAME   the node's name in gpupool (default: the host name)
     GPUPOOL_AGENT_GPUS        simulated GPUs, e.g. 2xA100-80GB (demos and tests; real GPUs: not yet, see
-                              docs/cluster.md)
+                              docs/cluster.md), sampled here by the agent (`sample_gpus`) for the server
     GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
                               /var/lib/gpupool-agent)
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor, pick_free_ports
+from gpupool.gpu.types import GpuBackend, NodeSample
 
 log = logging.getLogger("gpupool.agent")
 DEFAULT_AGENT_HOME = Path("/var/lib/gpupool-agent")
@@ -116,6 +117,7 @@ class NodeAgent:
             name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
             memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
         self.executor = LocalExecutor(self.home / "executor")
+        self._gpus: GpuBackend | None = None  # the node's GPU backend, made on the first sample
         self.watchdog: subprocess.Popen[bytes] | None = None
         if head and fence_after_s > 0:
             orders = Path(fence_orders) / self.description.name if fence_orders else None
@@ -171,10 +173,24 @@ class NodeAgent:
         except (OSError, UnicodeDecodeError):
             return False
 
+    def sample_gpus(self, now: float) -> NodeSample:
+        """One reading of the node's GPUs, stamped `now` (the server's clock): taken here, on the node, by
+        the agent's own GPU backend (the simulated GPUs the node declares; none: an empty sample). The
+        server's GPU sampler collects it through the agent."""
+        if self._gpus is None and self.description.gpus:
+            from gpupool.gpu.fake import FakeBackend  # noqa: PLC0415  (only nodes that declare GPUs need it)
+            from gpupool.server.local_node import declared_description  # noqa: PLC0415
+
+            # seeded by the node's name, as the server's view of the same cards: the same UUIDs on both sides
+            self._gpus = FakeBackend(declared_description(self.description.gpus, self.description.name))
+        return self._gpus.sample(now) if self._gpus is not None else NodeSample(now)
+
     def ping(self) -> str:
         """The node's name (the server checks the agent answers)."""
         return self.description.name
 
     def close(self) -> None:
-        """Release the local executor; replicas and the watchdog keep running."""
+        """Release the local executor and the GPU backend; replicas and the watchdog keep running."""
         self.executor.close()
+        if self._gpus is not None:
+            self._gpus.close()

@@ -22,21 +22,48 @@ from gpupool.domain.resources import SharingMode
 from gpupool.executors.ray import RayExecutor
 from gpupool.executors.ray_agent import NodeDescription
 from gpupool.gpu.fake import FakeBackend
+from gpupool.gpu.types import GpuInventory, NodeSample
 from gpupool.server.local_node import LocalGpus, LocalNode, declared_description, fake_mig
 
 log = logging.getLogger("gpupool.nodes")
 RAY_NODE_LABEL = "gpupool.io/ray-agent"  # the agent of the node, for operators reading `gpupool nodes --json`
 
 
-def node_from_description(description: NodeDescription, agent: str) -> LocalNode:
-    """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs."""
+class AgentSampledGpus:
+    """The GPU backend of a Ray node on the server: the cards are those the node declares (`declared`,
+    seeded by the node's name, as the agent's own), and each sample is taken on the node by its agent and
+    collected through the executor (`RayExecutor.sample_gpus`), so the GPU sampler reads the node's figures,
+    not the server's. A sample raises ExecutorError while the agent does not answer."""
+
+    name = "fake"
+
+    def __init__(self, declared: FakeBackend, executor: RayExecutor, agent: str) -> None:
+        self.declared, self.executor, self.agent = declared, executor, agent
+
+    def discover(self) -> GpuInventory:
+        """The declared cards."""
+        return self.declared.discover()
+
+    def sample(self, now: float) -> NodeSample:
+        """The agent's reading of the node's GPUs, stamped `now`."""
+        return self.executor.sample_gpus(self.agent, now)
+
+    def close(self) -> None:
+        """Release the declared cards' backend (the agent keeps its own)."""
+        self.declared.close()
+
+
+def node_from_description(description: NodeDescription, agent: str, executor: RayExecutor | None = None) -> LocalNode:
+    """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs, sampled
+    by the agent through `executor` when given (else by the server, from the declaration)."""
     content = (
         declared_description(description.gpus, description.name)
         if description.gpus
         else {"node": description.name, "simulated": True, "gpus": []}
     )
     fake = FakeBackend(content)
-    gpus = LocalGpus(fake, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
+    backend = AgentSampledGpus(fake, executor, agent) if executor is not None and description.gpus else fake
+    gpus = LocalGpus(backend, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
     node = Node(
         name=description.name,
         cpu_milli=int(description.cpus * 1000),
@@ -91,7 +118,9 @@ class RayNodeProvider:
         for agent, description in survey.answered:
             known = self._known.get(description.name)
             present[description.name] = (
-                known if known and known[0] == agent else (agent, node_from_description(description, agent))
+                known
+                if known and known[0] == agent
+                else (agent, node_from_description(description, agent, self.executor))
             )
         offered = sorted(present)
         for name, (agent, node) in self._known.items():

@@ -18,6 +18,7 @@ from gpupool.executors.base import ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor
 from gpupool.executors.ray_agent import NodeAgent, reachable
 from gpupool.executors.ray_fence import ORDER_SUFFIX, carry_out_orders, running_handles, watch, write_order
+from gpupool.server.ray_nodes import node_from_description
 
 
 def _launch(tmp_path: Path, command: str, replica: int = 0) -> ReplicaLaunch:
@@ -114,3 +115,18 @@ def test_the_watchdog_carries_out_the_servers_stop_orders_and_only_those(tmp_pat
         watching.start()
         wait_until(lambda: executor.poll(other).state.is_terminal, 30, 0.05, "the second order carried out")
     executor.close()
+
+
+def test_the_agent_samples_the_gpus_its_node_declares_as_the_server_knows_them(tmp_path: Path) -> None:
+    env = {"GPUPOOL_AGENT_HOME": str(tmp_path / "agent"), "GPUPOOL_AGENT_NODE_NAME": "n2",
+           "GPUPOOL_AGENT_GPUS": "2xT4-16GB"}
+    agent = NodeAgent("10.0.0.2", 8.0, 4096, env=env)
+    sample = agent.sample_gpus(123.0)
+    known = node_from_description(agent.describe(), "gpupool-agent-n2")  # the server's view of the node
+    assert sample.time == 123.0
+    assert [(r.index, r.uuid) for r in sample.gpus] == [(g.index, g.uuid) for g in known.node.gpus]
+    assert [r.memory_total_bytes for r in sample.gpus] == [16 * 1024**3] * 2
+    bare = NodeAgent("10.0.0.3", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent3")})
+    assert bare.sample_gpus(5.0).gpus == ()  # no declared GPUs: an empty sample
+    agent.close()
+    bare.close()
