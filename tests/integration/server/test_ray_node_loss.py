@@ -69,14 +69,12 @@ class Cluster:
             return len(rows.all())
 
 
-def _start(tmp_path: Path, gpus_of_a: str) -> Cluster:
+def _start(tmp_path: Path, database_url: str, gpus_of_a: str) -> Cluster:
     fake = FakeRay()
     fake.add_node(NODE_A, "node-a", gpus=gpus_of_a)
     fake.add_node(NODE_B, "node-b", gpus="1xA100-80GB")
     now = [1000.0]
-    settings = server_settings(
-        tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}", workers=False, policy="binpack"
-    )
+    settings = server_settings(tmp_path / "home", database_url, workers=False, policy="binpack")
     orders = settings.storage_dir / FENCE_ORDERS_DIR
     executor = RayExecutor(
         "fake", api=fake, silence_limit_s=SILENCE_LIMIT_S, fence_orders_dir=orders, clock=lambda: now[0]
@@ -86,9 +84,9 @@ def _start(tmp_path: Path, gpus_of_a: str) -> Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Two nodes with one GPU each."""
-    running = _start(tmp_path, "1xA100-80GB")
+def cluster(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
+    """Two nodes with one GPU each (on SQLite and on PostgreSQL: the `database_url` fixture)."""
+    running = _start(tmp_path, database_url, "1xA100-80GB")
     try:
         yield running
     finally:
@@ -96,9 +94,9 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def one_gpu_node(tmp_path: Path) -> Iterator[Cluster]:
+def one_gpu_node(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
     """node-a without GPU, node-b with one: a GPU job fits on node-b only."""
-    running = _start(tmp_path, "")
+    running = _start(tmp_path, database_url, "")
     try:
         yield running
     finally:
