@@ -10,7 +10,7 @@ called, so a mode set between the call and the get counts. Errors are Ray's own 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,6 +18,9 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayTaskError
 
 from gpupool.executors.base import ExecutorError
 from gpupool.executors.ray_agent import NodeDescription
+from gpupool.gpu.fake import FakeBackend
+from gpupool.gpu.types import NodeSample
+from gpupool.server.local_node import declared_description
 
 ANSWER, TIMEOUT, DEAD = "answer", "timeout", "dead"
 
@@ -51,6 +54,7 @@ class FakeAgent:
     states: dict[str, tuple[str, int | None, str]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     sees_storage: bool = True  # whether the node reads the server's shared-storage marker
+    utilization_pct: float | None = None  # what the node's GPUs report when sampled (None: the declared figures)
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, getattr(self, "_" + method))
@@ -64,7 +68,22 @@ class FakeAgent:
     def _start(self, launch: Any) -> dict[str, Any]:
         replica_id = f"{launch.workload_id}-{launch.replica}-{launch.attempt}"
         self.states.setdefault(replica_id, ("running", None, ""))
-        return {"id": replica_id, "log_path": f"/nonexistent/{replica_id}.log"}
+        return {
+            "id": replica_id,
+            "workload_id": launch.workload_id,
+            "replica": launch.replica,
+            "attempt": launch.attempt,
+            "log_path": f"/nonexistent/{replica_id}.log",
+        }  # a local handle's keys
+
+    def _sample_gpus(self, now: float) -> NodeSample:
+        """The node's declared GPUs sampled on the node, as the real agent does, with `utilization_pct`."""
+        if not self.description.gpus:
+            return NodeSample(now)
+        sample = FakeBackend(declared_description(self.description.gpus, self.description.name)).sample(now)
+        if self.utilization_pct is None:
+            return sample
+        return replace(sample, gpus=tuple(replace(g, utilization_pct=self.utilization_pct) for g in sample.gpus))
 
     def _poll(self, inner: dict[str, Any]) -> tuple[str, int | None, str]:
         return self.states.get(str(inner["id"]), ("running", None, ""))

@@ -96,11 +96,13 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaStatus:
-    """A replica's state, its exit code once ended, and a human message."""
+    """A replica's state, its exit code once ended, and a human message. `node_gone`: the replica is LOST
+    because its node left the pool (the reconciler then places no new work on that node)."""
 
     state: ReplicaState
     exit_code: int | None = None
     message: str = ""
+    node_gone: bool = False
 
 
 class Executor(ABC):

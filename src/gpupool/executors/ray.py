@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from gpupool.executors import logfiles
+from gpupool.executors import logfiles, ray_fence
 from gpupool.executors.base import (
     Capability,
     Executor,
@@ -42,6 +42,7 @@ from gpupool.executors.base import (
 )
 from gpupool.executors.ray_agent import NodeAgent, NodeDescription
 from gpupool.executors.ray_health import AgentHealth, short_cause
+from gpupool.gpu.types import NodeSample
 
 log = logging.getLogger("gpupool.ray")
 NAMESPACE = "gpupool"
@@ -54,6 +55,10 @@ FOLLOW_INTERVAL_S = 0.2  # how often `logs -f` asks the agent for new lines: 5 s
 # Fencing bound: a partitioned node stops its replicas after this long without reaching the head. Ray with
 # the health-check settings of docs/cluster.md declares a node dead in ~3 s; twice that leaves no overlap.
 DEFAULT_FENCE_AFTER_S = 6.0
+# How long an agent may not answer while Ray reports its node alive before the node is treated as lost: the
+# server's default (settings.agent_silence_limit_s, where the choice is explained)
+DEFAULT_SILENCE_LIMIT_S = 60.0
+FENCE_ORDERS_DIR = ".gpupool-fence-orders"  # under the shared storage root: stop orders for the watchdogs
 AGENT_CONCURRENCY = 16  # parallel calls one agent serves (followers of logs, polls, starts)
 # One node pass waits this long in all for the agents' descriptions: an agent answers in milliseconds, 5 s
 # allows a loaded machine, and bounds how long a silent agent delays the pass (and the handling of a dead
@@ -81,7 +86,10 @@ def _status(state: str, exit_code: int | None, message: str) -> ReplicaStatus:
 class RayExecutor(Executor):
     """Runs replicas on a Ray cluster through node agents (see the module docstring). `address`: the Ray
     address (host:port of the head's GCS, or "auto" on a node of the cluster). `fence_after_s`: how long an
-    agent runs replicas without reaching the head before it stops them."""
+    agent runs replicas without reaching the head before it stops them. `silence_limit_s`: how long an agent
+    may not answer, its node alive, before the node counts as lost (`overdue`). `fence_orders_dir`: a folder
+    on the shared storage where a stop the agent cannot take is left for the node's fencing watchdog
+    (`executors/ray_fence.py`). `clock`: the monotonic clock of the agents' silences (tests)."""
 
     name = "ray"
     capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.MULTI_NODE})
@@ -93,6 +101,9 @@ class RayExecutor(Executor):
         fence_after_s: float = DEFAULT_FENCE_AFTER_S,
         call_timeout_s: float = CALL_TIMEOUT_S,
         survey_timeout_s: float = SURVEY_TIMEOUT_S,
+        silence_limit_s: float = DEFAULT_SILENCE_LIMIT_S,
+        fence_orders_dir: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
         api: Any = None,
     ) -> None:
         self.ray = ray if api is None else api  # `api`: an object with Ray's calls (tests pass a fake)
@@ -111,7 +122,9 @@ class RayExecutor(Executor):
         self.fence_after_s = fence_after_s
         self.call_timeout_s = call_timeout_s
         self.survey_timeout_s = survey_timeout_s
-        self.health = AgentHealth()
+        self.silence_limit_s = silence_limit_s
+        self.fence_orders_dir = fence_orders_dir
+        self.health = AgentHealth(clock)
         self._agents: dict[str, Any] = {}  # agent name -> actor handle, while calls to it succeed
         self._names: dict[str, str] = {}  # agent name -> the gpupool name of its node (from its description)
         self._refused: set[str] = set()  # agents whose nodes do not see the shared storage (logged once)
@@ -177,6 +190,7 @@ class RayExecutor(Executor):
                 int(resources.get("memory", 0) // (1024 * 1024)),
                 self.gcs_address,
                 self.fence_after_s,
+                str(self.fence_orders_dir or ""),
             )
         )
         with self._lock:
@@ -257,6 +271,12 @@ class RayExecutor(Executor):
         prefix = agent.removeprefix(AGENT_PREFIX)
         return any(str(n["NodeID"]).startswith(prefix) for n in self._alive_nodes())
 
+    def overdue(self, agent: str) -> float | None:
+        """How long `agent` has not answered, once that is `silence_limit_s` or more (its node then counts
+        as lost though Ray reports it alive); None while it answers or is within the limit."""
+        silent_for = self.health.silent_for(agent)
+        return silent_for if silent_for is not None and silent_for >= self.silence_limit_s else None
+
     def agent_of(self, node: str) -> str:
         """The agent name of the gpupool node `node`: the agent that last described a node of that name,
         while Ray reports its node alive, else found by a survey (NodeGoneError when no alive node has that
@@ -289,6 +309,16 @@ class RayExecutor(Executor):
 
     # -- the Executor interface ------------------------------------------------------------------------
 
+    def sample_gpus(self, agent: str, now: float) -> NodeSample:
+        """One reading of the GPUs of `agent`'s node, taken there by the agent (one call). ExecutorError when
+        the agent does not answer; no call is made while it is known not to answer (the GPU sampler then
+        skips the node without waiting)."""
+        silence = self.health.silence(agent)
+        if silence is not None:
+            raise ExecutorError(f"node agent {agent} does not answer now ({silence.cause})")
+        sample: NodeSample = self._call(agent, "sample_gpus", now)
+        return sample
+
     def free_ports(self, node: str, count: int) -> list[int]:
         """Free ports on `node`, chosen by its agent. Blocks for one call to the agent."""
         return [int(p) for p in self._call(self.agent_of(node), "free_ports", count)]
@@ -320,7 +350,7 @@ class RayExecutor(Executor):
             if not self.node_alive(agent):
                 # the node worker's words for the same event, whichever of the two notices it first
                 gone = f"node {handle.get('node')} left the pool (Ray no longer reports it alive)"
-                return ReplicaStatus(ReplicaState.LOST, message=gone)
+                return ReplicaStatus(ReplicaState.LOST, message=gone, node_gone=True)
             raise
         if status.state.is_terminal:
             self._copy_log(handle)
@@ -339,15 +369,33 @@ class RayExecutor(Executor):
 
     def stop(self, handle: Handle, grace_s: float = 10.0) -> None:
         """Ask the agent to stop the replica (returns at once; idempotent). Nothing happens when the agent
-        is gone: its node left, and its processes with it (or its agent fences them)."""
+        is gone: its node left, and its processes with it (or its agent fences them). When the agent is
+        known not to answer now (no call is made then, so a silent agent does not hold up the caller), or
+        does not take the stop, while Ray reports its node alive, the stop is left as an order for the node's
+        fencing watchdog (with `fence_orders_dir`)."""
         if handle.get("executor") != HANDLE_KIND:
             return
         agent = str(handle["agent"])
+        if self.health.silence(agent) is not None:
+            log.debug("node %s does not answer now: the stop of a replica is left as an order", handle.get("node"))
+            if self.fence_orders_dir is not None and self.node_alive(agent):
+                self._leave_stop_order(handle, grace_s)
+            return
         try:
             self._call(agent, "stop", handle["inner"], grace_s)
         except ExecutorError as error:  # a silent agent is logged once per episode; the stop is sent again
             quiet = self.health.silence(agent) is not None
             (log.debug if quiet else log.warning)("could not stop a replica on node %s: %s", handle.get("node"), error)
+            if self.fence_orders_dir is not None and self.node_alive(agent):
+                self._leave_stop_order(handle, grace_s)
+
+    def _leave_stop_order(self, handle: Handle, grace_s: float) -> None:
+        """The agent of an alive node did not take a stop: leave it as an order for the node's watchdog."""
+        assert self.fence_orders_dir is not None
+        try:
+            ray_fence.write_order(self.fence_orders_dir, str(handle.get("node")), dict(handle["inner"]), grace_s)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("could not leave a stop order for node %s: %s", handle.get("node"), error)
 
     def _remote_chunks(self, handle: Handle, offset: int, follow: bool) -> Iterator[tuple[str, int]]:
         """(whole lines, offset after them) of the replica's log read through its agent from `offset`, until

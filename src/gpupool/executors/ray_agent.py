@@ -9,7 +9,7 @@ finds every replica again from those files alone. This module imports no Ray: th
 What the node declares comes from the environment the node's `ray start` ran with (a Ray actor inherits it):
     GPUPOOL_AGENT_NODE_NAME   the node's name in gpupool (default: the host name)
     GPUPOOL_AGENT_GPUS        simulated GPUs, e.g. 2xA100-80GB (demos and tests; real GPUs: not yet, see
-                              docs/cluster.md)
+                              docs/cluster.md), sampled here by the agent (`sample_gpus`) for the server
     GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
                               /var/lib/gpupool-agent)
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor, pick_free_ports
+from gpupool.gpu.types import GpuBackend, NodeSample
 
 log = logging.getLogger("gpupool.agent")
 DEFAULT_AGENT_HOME = Path("/var/lib/gpupool-agent")
@@ -77,13 +78,16 @@ def raylet_pid() -> int:
     return os.getppid()
 
 
-def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float) -> subprocess.Popen[bytes]:
+def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float,
+                   orders: Path | None = None) -> subprocess.Popen[bytes]:
     """Start the fencing watchdog of the node (in a session of its own: it outlives the agent; a second
-    one for the same home exits at once). Its output goes to `home/fence.log`."""
+    one for the same home exits at once), carrying out the stop orders in `orders` if given. Its output
+    goes to `home/fence.log`."""
     home.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "gpupool.executors.ray_fence", "--home", str(home), "--head", head,
+            "--raylet-pid", str(raylet), "--after", str(fence_after_s)]
     with (home / "fence.log").open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "gpupool.executors.ray_fence", "--home", str(home),
-                                 "--head", head, "--raylet-pid", str(raylet), "--after", str(fence_after_s)],
+        return subprocess.Popen([*argv, *(["--orders", str(orders)] if orders else [])],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
 
 
@@ -101,19 +105,23 @@ class NodeAgent:
     """Runs and watches the replicas of one node (see the module docstring). `address`: the node's IP in
     the cluster; `cpus` and `memory_mib`: what Ray says the node has; `head`: host:port of the GCS, whose
     reachability the fencing watchdog checks; `fence_after_s`: how long unreachable before the replicas are
-    stopped (0 or no head: no watchdog). `env` replaces os.environ (tests)."""
+    stopped (0 or no head: no watchdog); `fence_orders`: the server's folder of stop orders on the shared
+    storage (the watchdog carries out those of this node, see `executors/ray_fence.py`). `env` replaces
+    os.environ (tests)."""
 
     def __init__(self, address: str, cpus: float, memory_mib: int = 0, head: str = "", fence_after_s: float = 0.0,
-                 env: dict[str, str] | None = None) -> None:
+                 fence_orders: str = "", env: dict[str, str] | None = None) -> None:
         environ = dict(os.environ if env is None else env)
         self.home = Path(environ.get("GPUPOOL_AGENT_HOME") or DEFAULT_AGENT_HOME)
         self.description = NodeDescription(
             name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
             memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
         self.executor = LocalExecutor(self.home / "executor")
+        self._gpus: GpuBackend | None = None  # the node's GPU backend, made on the first sample
         self.watchdog: subprocess.Popen[bytes] | None = None
         if head and fence_after_s > 0:
-            self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s)
+            orders = Path(fence_orders) / self.description.name if fence_orders else None
+            self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s, orders)
 
     def describe(self) -> NodeDescription:
         """The node's name, address, CPUs, memory, declared GPUs and labels."""
@@ -165,10 +173,24 @@ class NodeAgent:
         except (OSError, UnicodeDecodeError):
             return False
 
+    def sample_gpus(self, now: float) -> NodeSample:
+        """One reading of the node's GPUs, stamped `now` (the server's clock): taken here, on the node, by
+        the agent's own GPU backend (the simulated GPUs the node declares; none: an empty sample). The
+        server's GPU sampler collects it through the agent."""
+        if self._gpus is None and self.description.gpus:
+            from gpupool.gpu.fake import FakeBackend  # noqa: PLC0415  (only nodes that declare GPUs need it)
+            from gpupool.server.local_node import declared_description  # noqa: PLC0415
+
+            # seeded by the node's name, as the server's view of the same cards: the same UUIDs on both sides
+            self._gpus = FakeBackend(declared_description(self.description.gpus, self.description.name))
+        return self._gpus.sample(now) if self._gpus is not None else NodeSample(now)
+
     def ping(self) -> str:
         """The node's name (the server checks the agent answers)."""
         return self.description.name
 
     def close(self) -> None:
-        """Release the local executor; replicas and the watchdog keep running."""
+        """Release the local executor and the GPU backend; replicas and the watchdog keep running."""
         self.executor.close()
+        if self._gpus is not None:
+            self._gpus.close()

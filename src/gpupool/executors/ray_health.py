@@ -99,6 +99,12 @@ class AgentHealth:
         with self._lock:
             self._silent.pop(agent, None)
 
+    def silent_for(self, agent: str) -> float | None:
+        """How long (seconds) `agent` has not answered, or None while it answers."""
+        with self._lock:
+            episode = self._silent.get(agent)
+        return None if episode is None else self._clock() - episode.since
+
     def silence(self, agent: str) -> Silence | None:
         """The current episode of silence of `agent`, or None while it answers."""
         with self._lock:

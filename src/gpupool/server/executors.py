@@ -44,9 +44,11 @@ def warm_pythons(settings: Settings) -> list[str]:
 
 def _ray_executor(settings: Settings) -> Executor:
     """The Ray executor of cluster mode (imported here only: the local mode never imports Ray)."""
-    from gpupool.executors.ray import RayExecutor  # noqa: PLC0415
+    from gpupool.executors.ray import FENCE_ORDERS_DIR, RayExecutor  # noqa: PLC0415
 
-    return RayExecutor(settings.ray_address or "auto", fence_after_s=settings.ray_fence_after_s)
+    return RayExecutor(settings.ray_address or "auto", fence_after_s=settings.ray_fence_after_s,
+                       silence_limit_s=settings.agent_silence_limit_s,
+                       fence_orders_dir=settings.storage_dir / FENCE_ORDERS_DIR)
 
 
 def make_executor(settings: Settings) -> Executor:

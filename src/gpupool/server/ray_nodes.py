@@ -4,11 +4,15 @@ Imported only in cluster mode (it imports Ray through `executors/ray.py`). Each 
 answers is a node of the pool, named by its agent (GPUPOOL_AGENT_NODE_NAME on that node, else its host name)
 and reached at its Ray address; a node that joins the cluster appears on the next pass of the node worker,
 one that Ray declares dead is gone from the list, so the node worker takes its replicas to `lost`. A node
-whose agent stops answering (restarted, killed and created again, busy) stays while Ray reports it alive.
+whose agent stops answering (restarted, killed and created again, busy) stays while Ray reports it alive,
+for at most the executor's silence limit: after that it is treated as lost like a dead node (its replicas
+`lost` and retried elsewhere, their stops left as orders for the node's fencing watchdog), and it joins
+again, as a new node, once its agent answers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -18,20 +22,48 @@ from gpupool.domain.resources import SharingMode
 from gpupool.executors.ray import RayExecutor
 from gpupool.executors.ray_agent import NodeDescription
 from gpupool.gpu.fake import FakeBackend
+from gpupool.gpu.types import GpuInventory, NodeSample
 from gpupool.server.local_node import LocalGpus, LocalNode, declared_description, fake_mig
 
+log = logging.getLogger("gpupool.nodes")
 RAY_NODE_LABEL = "gpupool.io/ray-agent"  # the agent of the node, for operators reading `gpupool nodes --json`
 
 
-def node_from_description(description: NodeDescription, agent: str) -> LocalNode:
-    """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs."""
+class AgentSampledGpus:
+    """The GPU backend of a Ray node on the server: the cards are those the node declares (`declared`,
+    seeded by the node's name, as the agent's own), and each sample is taken on the node by its agent and
+    collected through the executor (`RayExecutor.sample_gpus`), so the GPU sampler reads the node's figures,
+    not the server's. A sample raises ExecutorError while the agent does not answer."""
+
+    name = "fake"
+
+    def __init__(self, declared: FakeBackend, executor: RayExecutor, agent: str) -> None:
+        self.declared, self.executor, self.agent = declared, executor, agent
+
+    def discover(self) -> GpuInventory:
+        """The declared cards."""
+        return self.declared.discover()
+
+    def sample(self, now: float) -> NodeSample:
+        """The agent's reading of the node's GPUs, stamped `now`."""
+        return self.executor.sample_gpus(self.agent, now)
+
+    def close(self) -> None:
+        """Release the declared cards' backend (the agent keeps its own)."""
+        self.declared.close()
+
+
+def node_from_description(description: NodeDescription, agent: str, executor: RayExecutor | None = None) -> LocalNode:
+    """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs, sampled
+    by the agent through `executor` when given (else by the server, from the declaration)."""
     content = (
         declared_description(description.gpus, description.name)
         if description.gpus
         else {"node": description.name, "simulated": True, "gpus": []}
     )
     fake = FakeBackend(content)
-    gpus = LocalGpus(fake, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
+    backend = AgentSampledGpus(fake, executor, agent) if executor is not None and description.gpus else fake
+    gpus = LocalGpus(backend, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
     node = Node(
         name=description.name,
         cpu_milli=int(description.cpus * 1000),
@@ -67,34 +99,57 @@ class RayNodeProvider:
         self.executor = executor
         self.marker = write_marker(storage_root) if storage_root is not None else None
         self._known: dict[str, tuple[str, LocalNode]] = {}  # node name -> (agent, node)
-        self._silent: frozenset[str] | None = None  # agents of alive nodes that did not answer the last pass
+        self._kept: frozenset[str] | None = None  # silent agents of alive nodes, within the silence limit
+        self._given_up: set[str] = set()  # silent agents past the limit (their nodes were treated as lost)
 
     def nodes(self) -> list[LocalNode]:
         """The nodes whose agents answer now, by name (one call to each agent; agents are created for new
         nodes). A node whose agent does not answer this pass is not offered but kept (`keeps`) while Ray
         reports it alive: an agent restarted, recreated or busy is not a lost machine, so its replicas are
-        not reported lost; the node worker places no new work on it meanwhile. A node whose agent never
+        not reported lost; the node worker places no new work on it meanwhile. Once the agent has been silent
+        for the executor's silence limit the node is no longer kept (it is lost). A node whose agent never
         answered has not joined yet."""
         # the first pass waits as long as one agent call may (agents created now, or a server that restarted
         # while one is slow); later passes wait survey_timeout_s, and a node whose agent is late joins later
-        first = self._silent is None
+        first = self._kept is None
         survey = self.executor.survey(self.marker, self.executor.call_timeout_s if first else None)
-        self._silent = survey.silent
+        self._kept = self._within_limit(survey.silent)
         present: dict[str, tuple[str, LocalNode]] = {}
         for agent, description in survey.answered:
             known = self._known.get(description.name)
             present[description.name] = (
-                known if known and known[0] == agent else (agent, node_from_description(description, agent))
+                known
+                if known and known[0] == agent
+                else (agent, node_from_description(description, agent, self.executor))
             )
         offered = sorted(present)
         for name, (agent, node) in self._known.items():
-            if name not in present and agent in survey.silent:
+            if name not in present and agent in self._kept:
                 present[name] = (agent, node)  # remembered, so that it comes back as the same node
         self._known = present
         return [present[name][1] for name in offered]
 
+    def _within_limit(self, silent: frozenset[str]) -> frozenset[str]:
+        """The agents of `silent` whose silence is within the executor's limit; one warning for each agent
+        that has just passed it (its node is treated as lost from this pass on)."""
+        overdue = {agent: silent_for for agent in silent if (silent_for := self.executor.overdue(agent)) is not None}
+        for agent in sorted(set(overdue) - self._given_up):
+            node = next((name for name, (known, _) in self._known.items() if known == agent), None)
+            log.warning(
+                "node %s has not answered for %.0f s (agent %s; the limit is %g s, "
+                "GPUPOOL_AGENT_SILENCE_LIMIT_S): it is treated as lost, its replicas are retried elsewhere, and "
+                "it joins again as a new node once its agent answers",
+                node or "(not described yet)",
+                overdue[agent],
+                agent,
+                self.executor.silence_limit_s,
+            )
+        self._given_up = set(overdue)
+        return frozenset(silent - set(overdue))
+
     def keeps(self, labels: dict[str, str]) -> bool:
         """Whether a stored node that the last pass did not offer still exists: its agent (the node's
         RAY_NODE_LABEL) is on a node Ray reports alive but did not answer (e.g. a server restarted while the
-        agent was busy, restarting or being created again), so its replicas are not lost."""
-        return self._silent is not None and labels.get(RAY_NODE_LABEL) in self._silent
+        agent was busy, restarting or being created again) for less than the silence limit, so its replicas
+        are not lost."""
+        return self._kept is not None and labels.get(RAY_NODE_LABEL) in self._kept

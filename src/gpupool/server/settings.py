@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # Ray declares a node dead in ~3 s with the health-check settings of docs/cluster.md; twice that as the bound
     ray_fence_after_s: float = Field(6.0, ge=0, description="Cluster mode: a node agent that cannot reach the "
                                      "Ray head this long stops its replicas (0: never)")
+    # An agent that Ray keeps alive but that does not answer: ten times the default fencing bound. A killed
+    # agent was created again and answering 7-20 s later on a loaded 2-core test host, and a Ray worker restart
+    # takes seconds; 60 s is three times the slowest of those, and bounds how long work waits on a stuck node
+    agent_silence_limit_s: float = Field(60.0, gt=0, description="Cluster mode: a node whose agent has not "
+                                         "answered this long, while Ray reports it alive, is treated as lost")
     policy: str = Field("fgd", description="Placement policy: binpack, spread, bestfit, fgd, random")
     preemption: bool = True
     backfill: bool = True

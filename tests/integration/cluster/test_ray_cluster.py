@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from tests.support.processes import REPO, ServerProcess, run_json
@@ -61,7 +63,7 @@ def server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with inside(cluster.head.netns):
         process = ClusterServer(tmp_path_factory.mktemp("server") / "home",
                                 ["--ray", cluster.address, "--host", "0.0.0.0", "--policy", "binpack"],
-                                extra_env={"GPUPOOL_NODE_SYNC_INTERVAL_S": "0.5"})
+                                extra_env={"GPUPOOL_NODE_SYNC_INTERVAL_S": "0.5", "GPUPOOL_SAMPLE_INTERVAL_S": "0.5"})
         try:
             yield process.start()
         finally:
@@ -114,6 +116,51 @@ def test_nodes_are_discovered_and_a_late_node_takes_pending_work(cluster: RayClu
         client.cancel(blocker)
         assert client.wait(blocker, timeout_s=60).status == "cancelled"
     assert "node-4" in _nodes(server)
+
+
+def _metrics(server: ClusterServer) -> str:
+    token = (server.home / "token").read_text().strip()
+    return httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=60).text
+
+
+def _series(text: str, metric: str, **labels: str) -> list[float]:
+    """The values of `metric` whose labels include `labels`."""
+    values = []
+    for match in re.finditer(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, flags=re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            values.append(float(match.group(2)))
+    return values
+
+
+def test_an_idle_gpu_sharing_job_on_a_remote_node_reaches_metrics(server: ClusterServer, tmp_path: Path) -> None:
+    """Scenario 6: the GPUs of a remote node are sampled there by its agent (its simulated GPUs), the
+    server's sampler collects the figures through the agent, and /metrics shows them under the node's name,
+    with the node's share allocated to a job that holds half a card and does nothing. (Simulated cards
+    never count as idle allocations: nothing could use them.)"""
+    wait_until(lambda: len(_nodes(server)) >= 3, 120, 0.5, "the cluster's nodes")
+    with _client(server) as client:
+        wid = _submit(server, {"kind": "job", "name": "idle-share", "command": "sleep 600",
+                               "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": 0.5}}, tmp_path)
+        node = client.wait(wid, ["running"], timeout_s=120).replica_list[0].node
+        assert node != "node-1"  # the head has no GPU: the job runs on a remote node
+        cards = _nodes(server)[node]["gpus"]
+        # half of one of the node's cards: the per-node allocation ratio once the sampler has seen the job
+        share = 0.5 / len(cards)
+
+        def sampled() -> str | None:
+            text = _metrics(server)
+            seen = len(_series(text, "gpupool_gpu_utilization", node=node)) == len(cards)
+            return text if seen and _series(text, "gpupool_node_gpu_allocation_ratio", node=node) == [share] else None
+
+        text = wait_until(sampled, 120, 0.5, "the node's sampled GPUs and its allocation in /metrics")
+        for card in cards:  # every card of the remote node, as sampled there: idle, no memory in use
+            labels = {"node": node, "gpu": str(card["index"]), "uuid": card["uuid"]}
+            assert _series(text, "gpupool_gpu_utilization", **labels) == [0.0]
+            assert _series(text, "gpupool_gpu_memory_used_bytes", **labels) == [0.0]
+            assert _series(text, "gpupool_gpu_memory_total_bytes", **labels) == [card["memory_mib"] * 1024**2]
+        client.cancel(wid)
+        client.wait(wid, timeout_s=60)
 
 
 def _start_node_4(cluster: RayCluster, server: ClusterServer) -> None:

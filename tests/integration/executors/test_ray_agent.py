@@ -3,18 +3,22 @@ local executor (the Ray tests in tests/integration/cluster run them inside a rea
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import pytest
 from tests.support.servers import wait_until
 
 from gpupool.executors.base import ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor
 from gpupool.executors.ray_agent import NodeAgent, reachable
-from gpupool.executors.ray_fence import running_handles, watch
+from gpupool.executors.ray_fence import ORDER_SUFFIX, carry_out_orders, running_handles, watch, write_order
+from gpupool.server.ray_nodes import node_from_description
 
 
 def _launch(tmp_path: Path, command: str, replica: int = 0) -> ReplicaLaunch:
@@ -83,3 +87,46 @@ def test_the_watchdog_fences_after_the_bound_without_the_head(tmp_path: Path) ->
     assert 1.0 <= waited < 10.0  # the bound, plus one check interval and a loaded machine's slack
     wait_until(lambda: all(executor.poll(h).state is ReplicaState.STOPPED for h in handles), 30, 0.05, "stopped")
     executor.close()
+
+
+def test_the_watchdog_carries_out_the_servers_stop_orders_and_only_those(tmp_path: Path) -> None:
+    executor = LocalExecutor(tmp_path / "executor")
+    ordered, other = (executor.start(_launch(tmp_path, "sleep 300", r)) for r in (0, 1))
+    wait_until(lambda: executor.poll(other).state is ReplicaState.RUNNING, 30, 0.05, "the replicas run")
+    orders = tmp_path / "storage" / ".gpupool-fence-orders"
+    path = write_order(orders, "n2", ordered, grace_s=0)
+    assert path.parent == orders / "n2" and (orders.stat().st_mode & 0o777) == 0o700
+    assert write_order(orders, "n2", ordered, grace_s=0) == path  # one order per replica attempt
+    forged = orders / "n2" / f"w1-9-0{ORDER_SUFFIX}"  # names no replica of this node
+    forged.write_text(json.dumps({"workload_id": "../../elsewhere", "replica": 1, "attempt": 0}))
+    done = carry_out_orders(executor, orders / "n2")
+    assert len(done) == 2 and "asked to stop" in done[0] and "ignored" in done[1], done
+    wait_until(lambda: executor.poll(ordered).state.is_terminal, 30, 0.05, "the ordered replica stops")
+    assert executor.poll(other).state is ReplicaState.RUNNING  # not named: left running
+    assert list((orders / "n2").iterdir()) == []  # every order is taken once
+    with pytest.raises(ValueError, match="cannot name an orders directory"):
+        write_order(orders, "../n3", other, grace_s=0)
+    with socket.socket() as head:  # the watchdog's loop takes orders while the node is healthy
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        write_order(orders, "n2", other, grace_s=0)
+        watching = threading.Thread(target=watch, args=(tmp_path, f"127.0.0.1:{head.getsockname()[1]}",
+                                                        os.getpid(), 60.0, orders / "n2"), daemon=True)
+        watching.start()
+        wait_until(lambda: executor.poll(other).state.is_terminal, 30, 0.05, "the second order carried out")
+    executor.close()
+
+
+def test_the_agent_samples_the_gpus_its_node_declares_as_the_server_knows_them(tmp_path: Path) -> None:
+    env = {"GPUPOOL_AGENT_HOME": str(tmp_path / "agent"), "GPUPOOL_AGENT_NODE_NAME": "n2",
+           "GPUPOOL_AGENT_GPUS": "2xT4-16GB"}
+    agent = NodeAgent("10.0.0.2", 8.0, 4096, env=env)
+    sample = agent.sample_gpus(123.0)
+    known = node_from_description(agent.describe(), "gpupool-agent-n2")  # the server's view of the node
+    assert sample.time == 123.0
+    assert [(r.index, r.uuid) for r in sample.gpus] == [(g.index, g.uuid) for g in known.node.gpus]
+    assert [r.memory_total_bytes for r in sample.gpus] == [16 * 1024**3] * 2
+    bare = NodeAgent("10.0.0.3", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent3")})
+    assert bare.sample_gpus(5.0).gpus == ()  # no declared GPUs: an empty sample
+    agent.close()
+    bare.close()

@@ -44,7 +44,7 @@ from gpupool.server.services.workloads import request_stop
 from gpupool.server.settings import DEFAULT_START_TIMEOUT_S
 from gpupool.server.workers.launch import LaunchSettings, build_launches
 from gpupool.store.db import Database
-from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.orm import NodeRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.reconciler")
@@ -81,6 +81,7 @@ class Reconciler:
         self.on_change = on_change
         self._in_flux = False
         self._full_pass_at = float("-inf")
+        self._gone_nodes: set[str] = set()  # nodes the executor found gone this pass (see hold_off_nodes)
 
     def step(self) -> float | None:
         """One pass: launch, stop, poll and advance. Returns FOLLOW_UP_S while replicas are starting or
@@ -117,6 +118,7 @@ class Reconciler:
         with self.db.session() as session:
             results = [self._record_launch(session, plan, handles, errors, reported, gone)
                        for plan in plans]  # all, no short-cut
+        self.hold_off_nodes()
         return any(results)
 
     def _plan(self, session: Session, row: WorkloadRow) -> _LaunchPlan:
@@ -159,6 +161,7 @@ class Reconciler:
             return False
         lost_node = next((r for r in replicas if r.id in gone), None)
         if lost_node is not None:  # the pool's fault, not the workload's: place it again, no retry used
+            self._gone_nodes.add(lost_node.node)  # and not on that node again
             request_stop(session, row, now)
             transition(row, _S.PENDING, f"node {lost_node.node} left the pool before replica {lost_node.number} "
                        "started; waiting to be placed again", now)
@@ -243,7 +246,20 @@ class Reconciler:
             advanced = [self._advance(session, row, now, runs[row.id]) for row in rows]
             return ended or any(advanced)
 
-        return self.db.transaction(record_and_advance)
+        changed = self.db.transaction(record_and_advance)
+        self.hold_off_nodes()
+        return changed
+
+    def hold_off_nodes(self) -> None:
+        """Make the nodes the executor found gone this pass unschedulable (see `hold_off_node`), in a
+        transaction of their own, after the one that recorded the replicas: node rows are never locked
+        while replica rows are held, as the node worker locks them in the other order."""
+        if not self._gone_nodes:
+            return
+        gone, self._gone_nodes = sorted(self._gone_nodes), set()
+        with self.db.session() as session:
+            for name in gone:
+                hold_off_node(session, name)
 
     def _poll(self, handle: Handle) -> ReplicaStatus | None:
         try:
@@ -269,6 +285,8 @@ class Reconciler:
             except InvalidTransitionError as exc:  # an executor reporting backwards; the next poll tells more
                 log.warning("replica %s of workload %s: %s", replica.number, replica.workload_id, exc)
                 continue
+            if status.node_gone:
+                self._gone_nodes.add(replica.node)  # its retry must not be placed there again
             if status.state.is_terminal:
                 ended = True
                 repo.add_event(session, replica.workload_id, now,
@@ -305,6 +323,16 @@ class Reconciler:
         if step.stop:
             request_stop(session, row, now)
         return step.target is not None
+
+
+def hold_off_node(session: Session, name: str) -> None:
+    """The executor found node `name` gone (a start refused, a replica lost with its node): make it
+    unschedulable at once, so that the scheduler binds nothing more there in the time before the node worker's
+    next pass removes it (or, should it answer again, makes it schedulable again, unless it is cordoned)."""
+    node = session.get(NodeRow, name)
+    if node is not None and node.schedulable:
+        node.schedulable = False
+        log.info("node %s is gone (its executor says so): no new work is placed on it", name)
 
 
 def _start_of_ended_run(replicas: Sequence[ReplicaRow], ended_at: float) -> float | None:

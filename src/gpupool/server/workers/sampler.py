@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from gpupool.domain.nodes import Gpu, Node
 from gpupool.domain.placement import ReplicaPlacement
 from gpupool.domain.status import WorkloadStatus
-from gpupool.executors.base import Capability, Executor, Handle
+from gpupool.executors.base import Capability, Executor, ExecutorError, Handle
 from gpupool.gpu.monitor import MonitorReport, ReplicaKey, allocations_for
 from gpupool.gpu.sharing import sweep_hami_caches
 from gpupool.scheduler.snapshot import ClusterSnapshot
@@ -179,6 +179,9 @@ class GpuSampler:
                            for a in allocations_for(r.key, r.placement.gpus, cards)]
             try:
                 sample = node.sample(now)
+            except ExecutorError as exc:  # a remote node's agent does not answer: its executor logs that once
+                log.debug("the GPUs of node %s were not sampled: %s", name, exc)
+                continue
             except Exception:
                 log.exception("sampling the GPUs of node %s failed; trying again next time", name)
                 continue
