@@ -56,3 +56,21 @@ def test_array_commands(start_server: StartServer, tmp_path: Path) -> None:
     run_cli(["cancel", str(array)], env)
     after: Any = run_json(["show", str(array)], env)
     assert after["status"] == "cancelled" and {t["status"] for t in after["tasks"]} == {"cancelled"}
+
+
+def test_show_and_wait_page_a_large_array(start_server: StartServer, tmp_path: Path) -> None:
+    """`show` asks for the first page and counts the rest; `show --all` follows the pages; `wait` reads the counts
+    (never the task list) and prints them."""
+    server = start_server()
+    env = {**server.env, "COLUMNS": "200"}
+    (tmp_path / "big.yaml").write_text(SPEC.replace("0-4%2", "0-1199%1").replace("name: frames", "name: big"))
+    array = run_json(["submit", str(tmp_path / "big.yaml")], env)["workload"]["id"]  # type: ignore[index]
+    shown = run_cli(["show", str(array)], env).stdout
+    assert "1150 more task(s)" in shown and f"gpupool show {array} --all" in shown
+    every: Any = run_json(["show", str(array), "--all"], env)
+    assert [t["index"] for t in every["tasks"]] == list(range(1200))  # two pages of 1000
+    assert every["array"]["tasks"] == 1200
+    run_cli(["cancel", str(array)], env)
+    waited = run_cli(["wait", str(array), "--timeout", "60"], env, check=False)
+    assert waited.returncode == 1, waited.stderr  # it ended, not succeeded
+    assert "tasks: array 0-1199%1, 1200 tasks: 1200 cancelled" in waited.stdout

@@ -332,6 +332,14 @@ class ArrayTask(Model):
     message: str = ""
 
 
+class ArrayTaskPage(Model):
+    """A page of a job array's tasks in index order; `next_after` (the last index on the page) asks for the
+    next page with `?after=`, None on the last page."""
+
+    tasks: list[ArrayTask] = []
+    next_after: int | None = None
+
+
 class GpuAllocation(Model):
     """A GPU (or a share of one) given to a replica."""
 
@@ -388,7 +396,8 @@ class WorkloadDetail(WorkloadSummary):
     preemptions: int = 0
     replica_list: list[Replica] = []
     events: list[Event] = []
-    tasks: list[ArrayTask] = []  # a job array's tasks, in index order
+    tasks: list[ArrayTask] = []  # a job array's first tasks in index order (`?tasks=N`, default 50)
+    tasks_next: int | None = None  # more tasks follow: GET .../tasks?after=tasks_next pages on
 
 
 class WorkloadSubmitted(Model):

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gpupool.cli.common import JSON_HELP, ExitCode, console, handle_errors, make_light_client, print_json, status_text
-from gpupool.cli.workloads import WorkloadArg, resolve
+from gpupool.cli.workloads import WorkloadArg, array_counts, resolve
 from gpupool.domain.status import TERMINAL_STATUSES, WorkloadStatus
 
 FOREVER_S = 7 * 86400  # "no timeout": a week, longer than any max_runtime a pool is likely to allow
@@ -51,6 +51,8 @@ def wait(workload: WorkloadArg,
     else:
         console.print(f"workload {done['id']} ({done['name']}): {status_text(done['status'])}"
                       + (f" ({done['message']})" if done.get("message") else ""), soft_wrap=True)
+        if done.get("array") is not None:
+            console.print(f"tasks: {array_counts(done['array'])}", soft_wrap=True)
     if done["status"] not in (wanted or {"succeeded"}):
         raise typer.Exit(ExitCode.FAILED)
 

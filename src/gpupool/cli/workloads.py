@@ -107,14 +107,14 @@ def _ago(timestamp: float | None) -> str:
 
 def _why(w: JsonObject) -> str:
     if w.get("array") is not None:
-        return _array_counts(w["array"])
+        return array_counts(w["array"])
     if w["status"] == "pending":
         position = f"#{w['queue_position']} in queue; " if w.get("queue_position") else ""
         return position + (w.get("pending_reason") or "waiting for the scheduler")
     return str(w.get("message") or "")
 
 
-def _array_counts(array: JsonObject) -> str:
+def array_counts(array: JsonObject) -> str:
     """'array 0-19%3, 20 tasks: 3 running, 17 pending' (statuses in life-cycle order)."""
     from gpupool.domain.arrays import describe_counts  # noqa: PLC0415  (lazy: start-up time)
 
@@ -183,7 +183,10 @@ def show(workload: WorkloadArg,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """Show one workload: status, why it waits, its replicas and its history; a job array's tasks."""
     with make_light_client() as client:
-        w = client.get_workload(resolve(client, workload))
+        wid = resolve(client, workload)
+        w = client.get_workload(wid, tasks=0 if all_events else TASKS_SHOWN)
+        if all_events and w.get("array") is not None:  # every task, a page at a time
+            w["tasks"] = list(client.all_array_tasks(wid))
     if as_json:
         print_json(w)
         return
@@ -201,7 +204,7 @@ def _print_workload(w: JsonObject, all_events: bool) -> None:
              f"submitted   {_ago(w['submitted_at'])}    started {_ago(w.get('started_at'))}    "
              f"ended {_ago(w.get('finished_at'))}"]
     if w.get("array") is not None:
-        lines.append(f"tasks       {_array_counts(w['array'])}")
+        lines.append(f"tasks       {array_counts(w['array'])}")
     if w.get("array_index") is not None:
         lines.append(f"array task  {w['array_index']} of array {w['parent_id']} (`gpupool show {w['parent_id']}`)")
     if status == "pending" and w.get("array") is None:
@@ -221,7 +224,7 @@ def _print_workload(w: JsonObject, all_events: bool) -> None:
                              amounts(r.get("cpu_milli", 0), r.get("memory_mib", 0), None), gpus or "-")
         console.print(replicas)
     if w.get("tasks"):
-        _print_tasks(w, all_events)
+        _print_tasks(w)
     _print_events(w, all_events)
 
 
@@ -238,15 +241,15 @@ def _print_events(w: JsonObject, all_events: bool) -> None:
         console.print(f"[dim]{hidden} earlier event(s) not shown; `gpupool show {w['id']} --all` shows them[/dim]")
 
 
-def _print_tasks(w: JsonObject, everything: bool) -> None:
-    every = w["tasks"]
-    shown = every if everything else every[:TASKS_SHOWN]
+def _print_tasks(w: JsonObject) -> None:
+    shown = w["tasks"]
     tasks = table("INDEX", "ID", "STATUS", "MESSAGE", title="tasks")
     for t in shown:
         tasks.add_row(str(t["index"]), str(t["id"]), status_text(t["status"]), str(t.get("message") or ""))
     console.print(tasks)
-    if len(shown) < len(every):
-        console.print(f"[dim]{len(every) - len(shown)} more task(s); `gpupool show {w['id']} --all` lists them, "
+    more = int((w.get("array") or {}).get("tasks", 0)) - len(shown)
+    if more > 0:
+        console.print(f"[dim]{more} more task(s); `gpupool show {w['id']} --all` lists them, "
                       f"`gpupool show {w['id']}.INDEX` shows one[/dim]")
 
 
@@ -273,7 +276,7 @@ def logs(workload: WorkloadArg,
                     typer.echo(json.dumps({"replica": replica, "line": line}) if as_json else line)
                 return
             except ConflictError:
-                status = client.get_workload(wid)["status"] if follow and attempt is None else None
+                status = client.get_workload(wid, tasks=0)["status"] if follow and attempt is None else None
                 if status not in WAITING_TO_START:
                     raise
                 if not told:

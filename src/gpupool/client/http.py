@@ -139,9 +139,28 @@ class Client:
         return self._get(f"{API}/workloads", schemas.WorkloadPage, project=project,
                          status=list(status) if status else None, name=name, limit=limit, before_id=before_id)
 
-    def get_workload(self, workload_id: int) -> schemas.WorkloadDetail:
-        """One workload with its replicas and history."""
-        return self._get(f"{API}/workloads/{int(workload_id)}", schemas.WorkloadDetail)
+    def get_workload(self, workload_id: int, *, tasks: int | None = None) -> schemas.WorkloadDetail:
+        """One workload with its replicas and history; a job array with its counts by status and its first
+        `tasks` tasks (default the server's 50; 0 for none; `array_tasks` pages through the rest)."""
+        return self._get(f"{API}/workloads/{int(workload_id)}", schemas.WorkloadDetail, tasks=tasks)
+
+    def array_tasks(self, workload_id: int, *, limit: int = 1000, after: int | None = None,
+                    status: Sequence[str] | None = None) -> schemas.ArrayTaskPage:
+        """A page of job array `workload_id`'s tasks in index order, those above index `after` (the previous
+        page's `next_after`) and in `status` when given."""
+        return self._get(f"{API}/workloads/{int(workload_id)}/tasks", schemas.ArrayTaskPage, limit=limit,
+                         after=after, status=list(status) if status else None)
+
+    def all_array_tasks(self, workload_id: int, *, status: Sequence[str] | None = None,
+                        page_size: int = 1000) -> Iterator[schemas.ArrayTask]:
+        """Every task of job array `workload_id` in index order (in `status` when given), a page at a time."""
+        after: int | None = None
+        while True:
+            page = self.array_tasks(workload_id, limit=page_size, after=after, status=status)
+            yield from page.tasks
+            if page.next_after is None:
+                return
+            after = page.next_after
 
     def sweep(self, ref: int | str, steps: int | None = None) -> sweep_schemas.SweepDetail:
         """A sweep (by id, or name: the newest of that name) with its trials and best trial; each trial with
@@ -180,7 +199,7 @@ class Client:
         wanted = set(statuses) if statuses else {s.value for s in TERMINAL_STATUSES}
         deadline = time.monotonic() + timeout_s
         while True:
-            workload = self.get_workload(workload_id)
+            workload = self.get_workload(workload_id, tasks=0)  # an array's counts say how far it got
             if workload.status in wanted:
                 return workload
             if time.monotonic() > deadline:

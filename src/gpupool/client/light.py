@@ -180,9 +180,27 @@ class LightClient:
         return self.get(f"{API}/workloads", project=project, status=list(status) if status else None,  # type: ignore[no-any-return]
                         name=name, limit=limit, before_id=before_id)
 
-    def get_workload(self, workload_id: int) -> JsonObject:
-        """One workload with its replicas and history (schemas.WorkloadDetail as JSON)."""
-        return self.get(f"{API}/workloads/{int(workload_id)}")  # type: ignore[no-any-return]
+    def get_workload(self, workload_id: int, *, tasks: int | None = None) -> JsonObject:
+        """One workload with its replicas and history (schemas.WorkloadDetail as JSON); a job array with its
+        counts by status and its first `tasks` tasks (default the server's 50; 0 for none)."""
+        return self.get(f"{API}/workloads/{int(workload_id)}", tasks=tasks)  # type: ignore[no-any-return]
+
+    def array_tasks(self, workload_id: int, *, limit: int = 1000, after: int | None = None,
+                    status: Sequence[str] | None = None) -> JsonObject:
+        """A page of job array `workload_id`'s tasks in index order, above index `after` (the previous page's
+        `next_after`), in `status` when given (schemas.ArrayTaskPage as JSON)."""
+        return self.get(f"{API}/workloads/{int(workload_id)}/tasks", limit=limit, after=after,  # type: ignore[no-any-return]
+                        status=list(status) if status else None)
+
+    def all_array_tasks(self, workload_id: int, *, page_size: int = 1000) -> Iterator[JsonObject]:
+        """Every task of job array `workload_id` in index order (schemas.ArrayTask as JSON), a page at a time."""
+        after: int | None = None
+        while True:
+            page = self.array_tasks(workload_id, limit=page_size, after=after)
+            yield from page["tasks"]
+            if page.get("next_after") is None:
+                return
+            after = page["next_after"]
 
     def submit(self, spec: Mapping[str, Any] | str, *, idempotency_key: str | None = None,
                workdir: str | Path | None = None) -> JsonObject:
@@ -222,7 +240,7 @@ class LightClient:
         wanted = set(statuses) if statuses else {s.value for s in TERMINAL_STATUSES}
         deadline = time.monotonic() + timeout_s
         while True:
-            workload = self.get_workload(workload_id)
+            workload = self.get_workload(workload_id, tasks=0)  # an array's counts say how far it got
             if workload["status"] in wanted:
                 return workload
             if time.monotonic() > deadline:

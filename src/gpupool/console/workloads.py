@@ -24,6 +24,7 @@ router = APIRouter(include_in_schema=False)
 PAGE = 50  # workloads a list page shows: a few screens, one query; `?limit=` asks for up to MAX_PAGE
 MAX_PAGE = 500  # a bound on one page (the API allows 1000): still one quick query and a page a browser renders fast
 LOG_TAIL = 2000  # lines of earlier output a page shows before following: a few screens, a bounded response
+ARRAY_TASKS_SHOWN = 200  # a job array's tasks its page lists: one table a browser renders at once
 KINDS = ("job", "array", "notebook", "service", "pipeline", "sweep")
 WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID)]
 Filter = Annotated[str, Query(max_length=63)]
@@ -55,7 +56,8 @@ def workload_detail(request: Request, workload_id: WorkloadId) -> Response:
     def build(who: Caller) -> Response:
         services = services_of(request)
         with services.db.session(write=False) as session:
-            detail = workloads.detail_view(session, workloads.visible_workload(session, who.principal, workload_id))
+            detail = workloads.detail_view(session, workloads.visible_workload(session, who.principal, workload_id),
+                                           tasks=ARRAY_TASKS_SHOWN)
         terminal = WorkloadStatus(detail.status).is_terminal()
         return page(request, "workload.html", who, w=detail, terminal=terminal,
                     spec_yaml=yaml.safe_dump(detail.spec, sort_keys=False))

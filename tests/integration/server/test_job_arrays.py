@@ -166,10 +166,48 @@ def test_a_large_array_is_accepted_whole(server_factory: ServerFactory, fake: Fa
     with server.client() as client:
         array = client.submit(ARRAY.format(array="0-2999")).workload
         assert array.array is not None and array.array.tasks == 3000
-        tasks = client.get_workload(array.id).tasks
+        shown = client.get_workload(array.id)  # show carries the first page; the rest are paged
+        assert [t.index for t in shown.tasks] == list(range(50)) and shown.tasks_next == 49
+        tasks = list(client.all_array_tasks(array.id))
         assert [t.index for t in tasks] == list(range(3000))
         assert len(client.get_workload(tasks[-1].id).events) == 1  # each task has its submitted event
         assert client.array_task(array.id, 2999).spec["command"] == "render --frame 2999"
+
+
+def test_the_tasks_are_paged_in_index_order_with_a_cursor(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)
+    with server.client() as client:
+        array = client.submit(ARRAY.format(array="0-2000:10")).workload  # 201 tasks: 0, 10, ..., 2000
+        client.cancel(client.array_task(array.id, 1500).id)
+        pages, after = [], None
+        while True:
+            page = client.array_tasks(array.id, limit=70, after=after)
+            pages.append([t.index for t in page.tasks])
+            if page.next_after is None:
+                break
+            after = page.next_after
+        assert [len(p) for p in pages] == [70, 70, 61]
+        assert [i for p in pages for i in p] == list(range(0, 2001, 10))
+        exact = client.array_tasks(array.id, limit=1, after=1990)  # the last task exactly fills the page
+        assert [t.index for t in exact.tasks] == [2000] and exact.next_after is None
+        cancelled = client.array_tasks(array.id, status=["cancelled"])
+        assert [(t.index, t.status) for t in cancelled.tasks] == [(1500, "cancelled")]
+        summary = client.get_workload(array.id, tasks=0)
+        assert summary.tasks == [] and summary.tasks_next is None
+        assert summary.array is not None and summary.array.by_status == {"pending": 200, "cancelled": 1}
+        first = client.get_workload(array.id, tasks=5)
+        assert [t.index for t in first.tasks] == [0, 10, 20, 30, 40] and first.tasks_next == 40
+        with pytest.raises(ValidationError, match=r"unknown status .finished.; use one of"):
+            client.array_tasks(array.id, status=["finished"])
+        job = client.submit("command: 'true'\nresources: {cpu: 1}\n").workload
+        with pytest.raises(ValidationError, match=f"workload {job.id} is a job, not an array"):
+            client.array_tasks(job.id)
+        wire = httpx.get(
+            f"{server.url}/api/v1/workloads/{array.id}/tasks",
+            params={"limit": 1001},
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        )
+        assert wire.status_code == 422  # a page holds at most 1000 tasks
 
 
 def test_only_members_of_the_project_see_or_cancel_an_array_and_its_tasks(
@@ -187,6 +225,7 @@ def test_only_members_of_the_project_see_or_cancel_an_array_and_its_tasks(
         for look in (
             lambda: other.get_workload(array.id),
             lambda: other.array_task(array.id, 1),
+            lambda: other.array_tasks(array.id),
             lambda: other.cancel(task.id),
             lambda: other.cancel(array.id),
         ):
@@ -195,6 +234,7 @@ def test_only_members_of_the_project_see_or_cancel_an_array_and_its_tasks(
         assert other.list_workloads().items == []
     with server.client(viewer) as vic:
         assert vic.array_task(array.id, 1).id == task.id
+        assert [t.id for t in vic.array_tasks(array.id, after=0, limit=1).tasks] == [task.id]
         for act in (lambda: vic.cancel(task.id), lambda: vic.cancel(array.id)):
             with pytest.raises(PermissionDeniedError):
                 act()

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from gpupool.domain.arrays import ARRAY_ENV, ARRAY_KIND, ArraySpec, parse_array, task_slots, task_spec
 from gpupool.domain.errors import NotFoundError, ValidationError
 from gpupool.domain.lifecycle import set_controller_status
-from gpupool.domain.status import WorkloadStatus, transition
+from gpupool.domain.status import WorkloadStatus, parse_status, transition
 from gpupool.server.api import schemas
 from gpupool.store.orm import EventRow, WorkloadRow
 
@@ -102,24 +102,38 @@ def array_summary(row: WorkloadRow, counts: Mapping[str, int]) -> schemas.ArrayS
     )
 
 
-def task_list(session: Session, array_id: int) -> list[schemas.ArrayTask]:
-    """Every task of the array in index order: index, workload id, status, message."""
-    query = (
-        select(WorkloadRow.array_index, WorkloadRow.id, WorkloadRow.status, WorkloadRow.message)
-        .where(WorkloadRow.parent_id == array_id, WorkloadRow.array_index.is_not(None))
-        .order_by(WorkloadRow.array_index)
+def task_page(
+    session: Session, array_id: int, limit: int, after: int | None = None, statuses: Sequence[str] = ()
+) -> schemas.ArrayTaskPage:
+    """Up to `limit` tasks of the array in index order, those with an index above `after` (a keyset cursor:
+    a page costs its own rows whatever its depth), only those in `statuses` when given; `next_after` is set
+    when more tasks follow."""
+    query = select(WorkloadRow.array_index, WorkloadRow.id, WorkloadRow.status, WorkloadRow.message).where(
+        WorkloadRow.parent_id == array_id, WorkloadRow.array_index.is_not(None)
     )
-    return [
+    if after is not None:
+        query = query.where(WorkloadRow.array_index > after)
+    if statuses:
+        query = query.where(WorkloadRow.status.in_(sorted({parse_status(s).value for s in statuses})))
+    found = session.execute(query.order_by(WorkloadRow.array_index).limit(limit + 1)).all()
+    tasks = [
         schemas.ArrayTask(index=index, id=wid, status=status, message=message or "")
-        for index, wid, status, message in session.execute(query).all()
+        for index, wid, status, message in found[:limit]
         if index is not None  # always set: the query selects tasks
     ]
+    more = len(found) > limit and bool(tasks)
+    return schemas.ArrayTaskPage(tasks=tasks, next_after=tasks[-1].index if more else None)
+
+
+def require_array(row: WorkloadRow) -> None:
+    """ValidationError unless `row` is a job array (its tasks are asked for)."""
+    if row.kind != ARRAY_KIND:
+        raise ValidationError(f"workload {row.id} is a {row.kind}, not an array; address it as {row.id}", "index")
 
 
 def task_row(session: Session, array: WorkloadRow, index: int) -> WorkloadRow:
     """Task `index` of `array`; NotFoundError naming the indices when there is no such task."""
-    if array.kind != ARRAY_KIND:
-        raise ValidationError(f"workload {array.id} is a {array.kind}, not an array; address it as {array.id}", "index")
+    require_array(array)
     found = session.scalars(
         select(WorkloadRow).where(WorkloadRow.parent_id == array.id, WorkloadRow.array_index == index)
     ).first()

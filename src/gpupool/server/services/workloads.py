@@ -34,6 +34,7 @@ from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
 
 MAX_LIST = 1000
+DETAIL_TASKS = 50  # a job array's tasks `show` carries unless asked otherwise: what `gpupool show` prints
 MAX_TAIL = 100_000
 
 
@@ -96,9 +97,10 @@ def replica_view(r: ReplicaRow) -> schemas.Replica:
                    for e in stored_endpoints(r.endpoints)])
 
 
-def detail_view(session: Session, row: WorkloadRow, tasks: bool = True) -> schemas.WorkloadDetail:
-    """`show`: summary, spec, the current run's replicas, counters, history (and, with `tasks`, a job array's
-    tasks; the answers to submit and cancel leave them out: the counts say enough)."""
+def detail_view(session: Session, row: WorkloadRow, tasks: int = DETAIL_TASKS) -> schemas.WorkloadDetail:
+    """`show`: summary, spec, the current run's replicas, counters, history and, for a job array, its first
+    `tasks` tasks in index order (`tasks_next` pages on through `task_page`; the answers to submit and cancel
+    ask for none: the counts say enough)."""
     names = accounts.project_names(session)
     users = accounts.user_names(session, {row.user_id})
     is_array = row.kind == ARRAY_KIND
@@ -107,9 +109,10 @@ def detail_view(session: Session, row: WorkloadRow, tasks: bool = True) -> schem
     replicas = [replica_view(r) for r in repo.replicas_of(session, row.id, row.attempt)] if row.attempt else []
     events = [schemas.Event(at=e.at, from_status=e.from_status, to_status=e.to_status, replica=e.replica,
                             reason=e.reason) for e in repo.events_of(session, row.id)]
+    page = arrays.task_page(session, row.id, tasks) if is_array and tasks > 0 else schemas.ArrayTaskPage()
     return schemas.WorkloadDetail(**summary.model_dump(), spec=row.spec, retries_used=row.retries_used,
                                   preemptions=row.preemptions, replica_list=replicas, events=events,
-                                  tasks=arrays.task_list(session, row.id) if is_array and tasks else [])
+                                  tasks=page.tasks, tasks_next=page.next_after)
 
 
 # --------------------------------------------------------------------------------------- submit

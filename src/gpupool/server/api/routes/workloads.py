@@ -58,7 +58,7 @@ def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services) -> list
     """The answer for each stored workload, read after the commit in a read-only transaction (the views
     need a few queries each; on SQLite they no longer hold the write lock that other submits wait for)."""
     with services.db.session(write=False) as session:
-        return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=False),
+        return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=0),
                                           created=created,
                                           warnings=workloads.submission_warnings(session, row)
                                           + notebooks.cap_warning(session, row))
@@ -82,10 +82,28 @@ def list_workloads(services: ServicesDep, principal: PrincipalDep,
 
 
 @router.get("/{workload_id}", response_model=schemas.WorkloadDetail, responses=ERRORS)
-def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
-    """One workload: status, why it waits, its replicas and history."""
+def show(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep,
+         tasks: Annotated[int, Query(ge=0, le=workloads.MAX_LIST, description="A job array's first tasks to "
+                                     "include (0: none; `/tasks` pages on)")] = workloads.DETAIL_TASKS,
+         ) -> schemas.WorkloadDetail:
+    """One workload: status, why it waits, its replicas and history; a job array's counts by status and its
+    first `tasks` tasks."""
     with services.db.session(write=False) as session:
-        return workloads.detail_view(session, workloads.visible_workload(session, principal, workload_id))
+        return workloads.detail_view(session, workloads.visible_workload(session, principal, workload_id), tasks)
+
+
+@router.get("/{workload_id}/tasks", response_model=schemas.ArrayTaskPage, responses=ERRORS)
+def array_tasks(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep,
+                limit: Annotated[int, Query(ge=1, le=workloads.MAX_LIST)] = 100,
+                after: Annotated[int | None, Query(ge=0, le=MAX_ARRAY_INDEX, description="Tasks with a higher "
+                                                   "index (the previous page's next_after)")] = None,
+                status: Annotated[list[str] | None, Query(max_length=16)] = None) -> schemas.ArrayTaskPage:
+    """A page of job array `workload_id`'s tasks in index order (only those in `status`, when given);
+    `next_after` asks for the next page."""
+    with services.db.session(write=False) as session:
+        array = workloads.visible_workload(session, principal, workload_id)
+        arrays.require_array(array)
+        return arrays.task_page(session, array.id, limit, after, status or [])
 
 
 @router.get("/{workload_id}/tasks/{index}", response_model=schemas.WorkloadDetail, responses=ERRORS)
@@ -102,7 +120,7 @@ def array_task(workload_id: WorkloadId, index: Annotated[int, Path(ge=0, le=MAX_
 def cancel(workload_id: WorkloadId, services: ServicesDep, principal: PrincipalDep) -> schemas.WorkloadDetail:
     """Cancel a workload; running replicas are stopped (SIGTERM, then SIGKILL after the grace period)."""
     detail = services.db.transaction(lambda session: workloads.detail_view(
-        session, workloads.cancel(session, principal, workload_id, services.clock()), tasks=False))
+        session, workloads.cancel(session, principal, workload_id, services.clock()), tasks=0))
     services.wake_reconciler()
     services.wake_scheduler()
     return detail
