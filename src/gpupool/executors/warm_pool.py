@@ -18,8 +18,8 @@ notebook's arguments, environment, working directory, log file, identity) and wa
 (SIGUSR1), which becomes that notebook's JupyterLab (see `_warm_jupyter.py`). A start interrupted by a
 crash finds `warm-slot` in the replica's directory and finishes the same assignment; when that slot has died
 meanwhile it falls back to a cold start. When the replica is cancelled instead, before any retry, `release`
-gives the slot back at once (the token is renamed back into `ready/`, atomically again). The replica's handle names the slot's supervisor, so poll, stop,
-logs and the session id work as for any replica.
+gives the slot back at once (the token is renamed back into `ready/`, atomically again). The replica's
+handle names the slot's supervisor, so poll, stop, logs and the session id work as for any replica.
 
 **Refilling** (`fill`, run by the executor's refill thread after each claim and every REFILL_INTERVAL_S):
 for each configured Python, remove dead unclaimed slots and start new ones until K are live and unclaimed
