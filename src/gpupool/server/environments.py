@@ -41,8 +41,9 @@ from typing import Any
 from gpupool.domain.environments import EnvironmentSpec
 from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
 from gpupool.domain.specs import validate_name
+from gpupool.executors.environment import ENVIRONMENT_COMPLETE, ENVIRONMENT_DIR_VAR
 
-COMPLETE = ".gpupool-complete"
+COMPLETE = ENVIRONMENT_COMPLETE
 LOG_TAIL_CHARS = 4000  # the end of a failed build's log returned with the error: uv's resolution error fits
 # uv resolves and installs from a local index in seconds; large ML stacks download gigabytes. An hour bounds a
 # hung build without cutting a slow mirror short.
@@ -338,15 +339,16 @@ def environment_problem(store: EnvironmentStore, name: str | None, viewer: Viewe
 
 def environment_env(store: EnvironmentStore | None, name: str | None, default_path: str,
                     viewer: Viewer | None) -> dict[str, str]:
-    """PATH (the environment's bin first) and VIRTUAL_ENV for a replica whose spec names `name` and whose user
-    is `viewer`; {} for none. ValidationError when the server has no environments or the environment is
-    missing, not theirs to use or not built."""
+    """PATH (the environment's bin first), VIRTUAL_ENV and GPUPOOL_ENVIRONMENT_DIR (the node checks it sees the
+    build) for a replica whose spec names `name` and whose user is `viewer`; {} for none. ValidationError when
+    the server has no environments or the environment is missing, not theirs to use or not built."""
     if name is None:
         return {}
     if store is None:
         raise ValidationError("this server has no environments", "environment")
     bin_dir = store.bin_dir(name, viewer)
-    return {"PATH": f"{bin_dir}:{default_path}", "VIRTUAL_ENV": str(bin_dir.parent)}
+    return {"PATH": f"{bin_dir}:{default_path}", "VIRTUAL_ENV": str(bin_dir.parent),
+            ENVIRONMENT_DIR_VAR: str(bin_dir.parent)}
 
 
 def split_urls(text: str | None) -> tuple[str, ...]:
