@@ -203,7 +203,7 @@ class EnvironmentStore:
         index = [*(("--index-url", self.uv.index_url) if self.uv.index_url else ()),
                  *(a for url in self.uv.extra_index_urls for a in ("--extra-index-url", url)),
                  *(a for link in self.uv.find_links for a in ("--find-links", link))]
-        commands = [[self.uv.uv, "venv", "--python", spec.python, "--seed", str(target)],
+        commands = [[self.uv.uv, "venv", "--python", spec.python, "--seed", *index, str(target)],  # seeds: same index
                     [self.uv.uv, "pip", "install", "--python", str(target / "bin" / "python"), *index,
                      *spec.requirements]]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "VIRTUAL_ENV"))}
