@@ -19,7 +19,9 @@ class EnvironmentCreate(Model):
 
 
 class EnvironmentInfo(Model):
-    """A named environment; `cached` says this request found its build done."""
+    """A named environment; `shared`: made by an administrator, seen by everyone (else only its owner and
+    administrators see it); `size_bytes`: its build's apparent size; `cached`: this request found its build
+    done."""
 
     name: str
     python: str
@@ -28,6 +30,8 @@ class EnvironmentInfo(Model):
     owner: str
     created_at: float
     path: str
+    shared: bool = True
+    size_bytes: int = 0
     cached: bool = False
 
 

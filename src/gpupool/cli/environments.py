@@ -37,16 +37,17 @@ def create(name: NameArg,
 @envs_app.command("ls")
 @handle_errors
 def ls(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """List environments."""
+    """List the environments you see: the shared ones (made by an administrator) and your own."""
     with make_light_client() as client:
         items = client.environments()
     if as_json:
         print_json(items)
         return
-    out = table("NAME", "PYTHON", "REQUIREMENTS", "OWNER", "CREATED", "HASH")
+    out = table("NAME", "PYTHON", "REQUIREMENTS", "OWNER", "SIZE", "CREATED", "HASH")
     for e in items:
-        out.add_row(e["name"], e["python"], " ".join(e["requirements"]), e["owner"], ago(e["created_at"]) + " ago",
-                    e["hash"])
+        owner = f"{e['owner']} (shared)" if e.get("shared", True) else e["owner"]
+        out.add_row(e["name"], e["python"], " ".join(e["requirements"]), owner, _size(int(e.get("size_bytes", 0))),
+                    ago(e["created_at"]) + " ago", e["hash"])
     console.print(out)
 
 
@@ -60,7 +61,8 @@ def show(name: NameArg, as_json: Annotated[bool, typer.Option("--json", help=JSO
         print_json(env)
         return
     console.print(f"[bold]{env['name']}[/bold]: python {env['python']}; {' '.join(env['requirements'])}\n"
-                  f"owner {env['owner']}, hash {env['hash']}, at {env['path']}\n", soft_wrap=True)
+                  f"owner {env['owner']}{' (shared)' if env.get('shared', True) else ''}, "
+                  f"{_size(int(env.get('size_bytes', 0)))}, hash {env['hash']}, at {env['path']}\n", soft_wrap=True)
     console.print(env.get("log", ""), markup=False, highlight=False, soft_wrap=True)
 
 
@@ -71,3 +73,8 @@ def rm(name: NameArg) -> None:
     with make_light_client() as client:
         client.remove_environment(name)
     console.print(f"environment {name} removed")
+
+
+def _size(size_bytes: int) -> str:
+    """Bytes as MiB below a GiB, else GiB (two decimals)."""
+    return f"{size_bytes / 2**20:.1f} MiB" if size_bytes < 2**30 else f"{size_bytes / 2**30:.2f} GiB"

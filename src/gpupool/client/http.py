@@ -234,7 +234,7 @@ class Client:
         return environment_schemas.EnvironmentInfo.model_validate(_json(response))
 
     def environments(self) -> list[environment_schemas.EnvironmentInfo]:
-        """Every environment."""
+        """The environments the caller sees (the shared ones and their own; an administrator: all)."""
         return self._get(f"{API}/environments", list[environment_schemas.EnvironmentInfo])
 
     def environment(self, name: str) -> environment_schemas.EnvironmentDetail:

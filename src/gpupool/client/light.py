@@ -277,7 +277,7 @@ class LightClient:
         return self.send("POST", f"{API}/environments", body, timeout_s=timeout_s)  # type: ignore[no-any-return]
 
     def environments(self) -> list[JsonObject]:
-        """Every environment (environment_schemas.EnvironmentInfo as JSON)."""
+        """The environments the caller sees (environment_schemas.EnvironmentInfo as JSON)."""
         return self.get(f"{API}/environments")  # type: ignore[no-any-return]
 
     def environment(self, name: str) -> JsonObject:

@@ -18,6 +18,7 @@ from gpupool.console.web import Caller, page, services_of
 from gpupool.domain.errors import ConflictError, ValidationError
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
+from gpupool.server.environments import Viewer
 from gpupool.server.services import accounts, dry_run, workloads
 
 router = APIRouter(include_in_schema=False)
@@ -144,7 +145,8 @@ def _new_page(request: Request, who: Caller, status: int = 200, error: str | Non
     services = services_of(request)
     with services.db.session(write=False) as session:
         projects = [p.name for p in accounts.list_projects(session, who.principal)]
-    environments = [e.name for e in services.environments.list()] if services.environments else []
+    viewer = Viewer(who.principal.name, who.principal.is_admin)  # the shared ones and the caller's own
+    environments = [e.name for e in services.environments.list(viewer)] if services.environments else []
     # a fresh idempotency key per rendered form: a double click or a resent form creates one workload
     return page(request, "new.html", who, status=status, error=error, field=field, values=values or {},
                 projects=projects, environments=environments, example=NEW_EXAMPLE, submit_key=secrets.token_urlsafe(16))

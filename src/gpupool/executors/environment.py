@@ -20,6 +20,10 @@ from gpupool.domain.placement import GpuAssignment
 from gpupool.domain.resources import MILLI_PER_GPU
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A replica whose spec names a Python environment gets its directory in this variable (reserved: a user cannot
+# set it), so that the node that starts it can check it sees that build; a finished build holds the marker.
+ENVIRONMENT_DIR_VAR = "GPUPOOL_ENVIRONMENT_DIR"
+ENVIRONMENT_COMPLETE = ".gpupool-complete"
 BASE_ENV_NAMES = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 DEFAULT_LANG = "C.UTF-8"
 RESERVED_PREFIXES = ("GPUPOOL_", "CUDA_MPS_")

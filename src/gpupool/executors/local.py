@@ -364,6 +364,31 @@ class LocalExecutor(Executor):
         started = self.warm.slot_handle(slot) or {}
         return {**self._handle(launch, slot, int(started["pid"]), int(started["start_time"])), "warm": True}
 
+    def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float = 10.0) -> None:
+        """Release what a start of this replica that died before its handle was recorded left: a warm slot it
+        claimed goes back to the pool (or is stopped once it was the notebook's), a supervisor it spawned is
+        stopped. Nothing when no start of it began."""
+        state_dir = self.state_dir(workload_id, replica, attempt)
+        if not state_dir.is_dir():
+            return
+        with _locked(state_dir / LOCK_FILE):
+            handle = _read_json(state_dir / HANDLE_FILE)
+            if handle is None:
+                slot = self.warm.release(state_dir)  # an assigned slot: its supervisor runs the notebook
+                handle = self.warm.slot_handle(slot) if slot is not None else self._spawned(state_dir)
+        if handle is not None:
+            self.stop(handle, grace_s)
+
+    @staticmethod
+    def _spawned(state_dir: Path) -> Handle | None:
+        """A handle naming the supervisor a start spawned in `state_dir` before it died (None: none was)."""
+        known = _read_json(state_dir / supervisor.SUPERVISOR_FILE)
+        if known is None or not isinstance(known.get("pid"), int):
+            return None
+        return {"executor": HANDLE_KIND, "version": HANDLE_VERSION, "state_dir": str(state_dir),
+                "log_path": str(state_dir / "unused.log"), "pid": known["pid"],
+                "start_time": int(known.get("start_time") or -1), "boot_id": procfs.boot_id()}
+
     # -- poll --------------------------------------------------------------------------------------------
 
     def _reap(self, pid: int | None = None) -> None:

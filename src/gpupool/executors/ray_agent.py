@@ -12,6 +12,13 @@ What the node declares comes from the environment the node's `ray start` ran wit
                               docs/cluster.md), sampled here by the agent (`sample_gpus`) for the server
     GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
                               /var/lib/gpupool-agent)
+    GPUPOOL_AGENT_NOTEBOOK_WARM_POOL
+                              parked JupyterLab servers kept on this node (`executors/warm_pool.py`, for the
+                              interpreter the agent runs on); 0 or unset: none
+
+A replica whose spec names a Python environment starts only when this node sees that environment's finished
+build at the path the server gave (the environments live under the server's home, on the shared filesystem of
+cluster mode); otherwise the start fails with an error that says so, rather than running in the wrong Python.
 
 Fencing: the agent starts the node's fencing watchdog (`executors/ray_fence.py`), a process of its own that
 stops the node's replicas when the node's raylet is gone or the Ray head has been unreachable for
@@ -29,6 +36,7 @@ import sys
 from pathlib import Path
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
+from gpupool.executors.environment import ENVIRONMENT_COMPLETE, ENVIRONMENT_DIR_VAR
 from gpupool.executors.local import LocalExecutor, pick_free_ports
 from gpupool.gpu.types import GpuBackend, NodeSample
 
@@ -36,6 +44,7 @@ log = logging.getLogger("gpupool.agent")
 DEFAULT_AGENT_HOME = Path("/var/lib/gpupool-agent")
 LOG_READ_MAX_BYTES = 1024 * 1024  # one read of a log through the agent: 1 MiB, ~10k lines, a fraction of a second
 CONNECT_TIMEOUT_S = 1.0  # a TCP connect inside a healthy cluster takes milliseconds
+MAX_WARM_POOL = 64  # as the server's notebook_warm_pool: more parked servers than that is a typo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +100,16 @@ def start_watchdog(home: Path, head: str, raylet: int, fence_after_s: float,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
 
 
+def _warm_pool_size(environ: dict[str, str]) -> int:
+    """GPUPOOL_AGENT_NOTEBOOK_WARM_POOL as a count (0 when unset; a bad value is logged and taken as 0)."""
+    text = environ.get("GPUPOOL_AGENT_NOTEBOOK_WARM_POOL", "").strip() or "0"
+    if text.isdigit() and int(text) <= MAX_WARM_POOL:
+        return int(text)
+    log.warning("GPUPOOL_AGENT_NOTEBOOK_WARM_POOL=%r is not a count from 0 to %d; no warm pool on this node", text,
+                MAX_WARM_POOL)
+    return 0
+
+
 def reachable(address: str) -> bool:
     """True when a TCP connection to `address` (host:port) succeeds within CONNECT_TIMEOUT_S."""
     host, _, port = address.rpartition(":")
@@ -116,7 +135,7 @@ class NodeAgent:
         self.description = NodeDescription(
             name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
             memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
-        self.executor = LocalExecutor(self.home / "executor")
+        self.executor = LocalExecutor(self.home / "executor", warm_notebooks=_warm_pool_size(environ))
         self._gpus: GpuBackend | None = None  # the node's GPU backend, made on the first sample
         self.watchdog: subprocess.Popen[bytes] | None = None
         if head and fence_after_s > 0:
@@ -130,6 +149,11 @@ class NodeAgent:
     def start(self, launch: ReplicaLaunch) -> Handle:
         """Start the replica on this node (the local executor's start: idempotent per replica attempt). Its
         log is kept on this node under the agent's home; the server copies it when the replica ends."""
+        environment = launch.env.get(ENVIRONMENT_DIR_VAR)
+        if environment and not (Path(environment) / ENVIRONMENT_COMPLETE).exists():
+            raise ExecutorError(f"node {self.description.name} does not see the Python environment at {environment}: "
+                                "in cluster mode the server's home (where environments are built) must be on the "
+                                "shared filesystem, at the same path on every node")
         local = dataclasses.replace(launch, log_dir=self.home / "logs" / launch.workload_id)
         local.log_dir.mkdir(parents=True, exist_ok=True)
         return self.executor.start(local)

@@ -17,13 +17,14 @@ it, never both: a slot is never handed out twice. The claimant then writes `slot
 notebook's arguments, environment, working directory, log file, identity) and wakes the parked process
 (SIGUSR1), which becomes that notebook's JupyterLab (see `_warm_jupyter.py`). A start interrupted by a
 crash finds `warm-slot` in the replica's directory and finishes the same assignment; when that slot has died
-meanwhile it falls back to a cold start. The replica's handle names the slot's supervisor, so poll, stop,
-logs and the session id work as for any replica.
+meanwhile it falls back to a cold start. When the replica is cancelled instead, before any retry, `release`
+gives the slot back at once (the token is renamed back into `ready/`, atomically again). The replica's
+handle names the slot's supervisor, so poll, stop, logs and the session id work as for any replica.
 
 **Refilling** (`fill`, run by the executor's refill thread after each claim and every REFILL_INTERVAL_S):
 for each configured Python, remove dead unclaimed slots and start new ones until K are live and unclaimed
-(parking or ready). A slot that has produced no token within STALE_SLOT_S is stopped (a start that
-crashed between its claim and `assign.json`, whose replica went away). K = 0 turns the pool off.
+(parking or ready). A slot that has produced no token within STALE_SLOT_S is stopped (one that hangs while
+parking, or a claimed one whose replica went away without `release`). K = 0 turns the pool off.
 """
 
 from __future__ import annotations
@@ -173,6 +174,27 @@ class WarmPool:
         if name and "/" not in name and ((slot / ASSIGN_FILE).exists() or self._alive(slot)):
             return slot
         claim.unlink(missing_ok=True)
+        return None
+
+    def release(self, replica_dir: Path) -> Path | None:
+        """Give back the slot a replica claimed and never started in (its start died, then it was cancelled):
+        an untouched slot's ready token goes back, so the next notebook takes it at once; one that was
+        already redirected to the replica's log is stopped (the refill replaces it). Returns the slot when it
+        was assigned (it runs as the replica's notebook: the caller stops it), else None."""
+        claim = replica_dir / CLAIM_FILE
+        slot = self.claimed_slot(replica_dir)  # drops a claim on a slot that died unassigned
+        if slot is None or (slot / ASSIGN_FILE).exists():
+            return slot
+        key = str((_read_json(slot / SLOT_FILE) or {}).get("key", ""))
+        ready = self.root / "ready" / key
+        if key and "/" not in key and not (slot / supervisor.RELOG_FILE).exists() and ready.is_dir():
+            os.rename(claim, ready / slot.name)  # atomic: the token is ready again or still claimed, never lost
+        else:
+            claim.unlink(missing_ok=True)
+            handle = self.slot_handle(slot) or {}
+            procfs.signal_process(procfs.ProcessIdentity(int(handle.get("pid", 0)), int(handle.get("start_time", -1)),
+                                                         str(handle.get("boot_id", ""))), signal.SIGTERM)
+        self.wake()
         return None
 
     @staticmethod

@@ -96,7 +96,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     studies = services.studies = SweepStudies(settings.resolved_database_url)
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::', '') else settings.host}:{settings.port}"
     keys = services.notebook_keys = NotebookKeys.from_file(settings.home / "notebook.key")
-    envs = services.environments = EnvironmentStore(settings.home / "environments", uv_settings(settings))
+    envs = services.environments = EnvironmentStore(settings.home / "environments", uv_settings(settings),
+                                                    int(settings.environments_user_quota_gib * 2**30))
     services.feasibility.environments = envs  # `environment:` is checked at submission
     launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys,
                             environments=envs,

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     environments_index_url: str | None = Field(None, description="Package index URL environments are built from")
     environments_extra_index_urls: str = Field("", description="More index URLs, space-separated")
     environments_find_links: str = Field("", description="Directories or URLs of wheels, space-separated")
+    # A member's own environments, in all. 20 GiB: a CUDA PyTorch stack measures 5-7 GiB (torch with its nvidia-*
+    # wheels), so a member keeps two or three of their own next to the shared ones an administrator makes (which
+    # count against no one); 0 lets members use only shared environments.
+    environments_user_quota_gib: float = Field(20.0, ge=0, description="Disk a member's own environments may "
+                                               "hold in all (GiB); administrators' environments are shared and "
+                                               "count against no quota")
     service_drain_timeout_s: float = Field(DEFAULT_SERVICE_DRAIN_TIMEOUT_S, ge=0, description="The most a "
                                            "service replica that is preempted, scaled down or replaced waits for "
                                            "its requests in flight before it is stopped")

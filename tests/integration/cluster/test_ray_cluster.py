@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tests.support.package_index import index_settings
 from tests.support.processes import REPO, ServerProcess, run_json
 from tests.support.ray_cluster import RayCluster, RayNode, inside, require_root, start_cluster, wait_started
 from tests.support.servers import wait_until
@@ -33,6 +34,7 @@ FENCE_AFTER_S = 6.0  # the server's default fencing bound (settings.ray_fence_af
 DETECTION_SLACK_S = 30.0  # ten times the detection measured on an idle machine: a shared one is slower
 AGENT_RECREATE_S = 20.0  # watched after an agent is killed: Ray starts a new agent in ~2 s on an idle machine
 SERVER_START_S = 180.0  # Ray driver, three agents started on three nodes: ~5 s idle, much more on a shared machine
+READY_S = 180.0  # a parked JupyterLab imports in 3 s idle, 10-25 s on a busy 2-core machine; a Ray node is slower
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,8 @@ def server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with inside(cluster.head.netns):
         process = ClusterServer(tmp_path_factory.mktemp("server") / "home",
                                 ["--ray", cluster.address, "--host", "0.0.0.0", "--policy", "binpack"],
-                                extra_env={"GPUPOOL_NODE_SYNC_INTERVAL_S": "0.5", "GPUPOOL_SAMPLE_INTERVAL_S": "0.5"})
+                                extra_env={"GPUPOOL_NODE_SYNC_INTERVAL_S": "0.5", "GPUPOOL_SAMPLE_INTERVAL_S": "0.5",
+                                           **{f"GPUPOOL_{k.upper()}": v for k, v in index_settings().items()}})
         try:
             yield process.start()
         finally:
@@ -165,7 +168,8 @@ def test_an_idle_gpu_sharing_job_on_a_remote_node_reaches_metrics(server: Cluste
 
 def _start_node_4(cluster: RayCluster, server: ClusterServer) -> None:
     if "node-4" not in _nodes(server):
-        wait_started(cluster, [cluster.start_node(cluster.nodes[3])])
+        # node-4 keeps a notebook warm pool of its own
+        wait_started(cluster, [cluster.start_node(cluster.nodes[3], {"GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "1"})])
         wait_until(lambda: "node-4" in _nodes(server), 60, 0.5, "node-4 joins")
 
 
@@ -192,6 +196,42 @@ def test_a_ddp_gang_trains_across_two_machines(server: ClusterServer, tmp_path: 
     # every rank trained on its own data, and after each step's all-reduce all models are identical
     assert len({r["data_checksum"] for r in reports}) == 4
     assert len({r["param_checksum"] for r in reports}) == 1
+
+
+def test_a_job_runs_in_an_environment_on_another_node_and_a_notebook_in_that_nodes_warm_pool(
+        cluster: RayCluster, server: ClusterServer, tmp_path: Path) -> None:
+    """The environment is built once by the server; a replica on a worker node runs in that build (found on the
+    shared filesystem). node-4's agent parks a JupyterLab; a notebook placed there takes it."""
+    _start_node_4(cluster, server)
+    ready = cluster.root / "agent-4" / "executor" / "warm" / "ready"
+    with _client(server) as client:
+        env = client.create_environment("cluster-six", packages="six")
+        job = client.submit({"name": "in-env-remote", "environment": "cluster-six",
+                             "command": "python -c 'import six, sys; print(sys.prefix)'",
+                             "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": {"count": 1, "model": ["A100"]}}})
+        done = client.wait(job.workload.id, timeout_s=180, interval_s=0.5)
+        assert done.status == "succeeded", done.message
+        assert done.replica_list[0].node in ("node-2", "node-3")
+        assert list(client.logs(job.workload.id)) == [env.path]
+        wait_until(lambda: len(list(ready.glob("*/*"))) == 1, READY_S, 0.5, "a parked slot on node-4")
+        nid = client.submit({"kind": "notebook", "name": "warm-on-4", "idle_timeout": "off",
+                             "resources": {"cpu": 0.1, "memory": "512MiB", "gpu": {"count": 1, "model": ["T4"]}}}
+                            ).workload.id
+        auth = {"Authorization": f"Bearer {client.token}"}
+
+        def through_proxy() -> bool:
+            try:
+                return httpx.get(f"{server.url}/notebooks/{nid}/api/status", headers=auth, timeout=10).status_code \
+                    == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(through_proxy, READY_S, 0.5, "the notebook on node-4 ready through the proxy")
+        assert client.get_workload(nid).replica_list[0].node == "node-4"
+        slots = cluster.root / "agent-4" / "executor" / "warm" / "slots"
+        assert [p for p in slots.iterdir() if (p / "assign.json").exists()]  # it runs in the parked slot
+        client.cancel(nid)
+        assert client.wait(nid, timeout_s=60).status == "cancelled"
 
 
 def test_logs_follow_a_remote_replica_and_remain_after_it_ends(server: ClusterServer, tmp_path: Path) -> None:

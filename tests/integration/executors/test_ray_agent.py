@@ -3,6 +3,7 @@ local executor (the Ray tests in tests/integration/cluster run them inside a rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -11,10 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from tests.support.servers import wait_until
+from tests.support.servers import free_port, wait_until
 
-from gpupool.executors.base import ReplicaLaunch, ReplicaState
+from gpupool.domain.notebooks import JUPYTER_COMMAND
+from gpupool.executors.base import ExecutorError, ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor
 from gpupool.executors.ray_agent import NodeAgent, reachable
 from gpupool.executors.ray_fence import ORDER_SUFFIX, carry_out_orders, running_handles, watch, write_order
@@ -44,6 +47,58 @@ def test_the_agent_describes_its_node_runs_replicas_and_reads_their_logs(tmp_pat
     assert agent.read_log(handle, offset) == ("", 13, True)
     assert len(agent.free_ports(3)) == 3
     agent.close()
+
+
+def test_the_agent_starts_no_replica_in_an_environment_its_node_does_not_see(tmp_path: Path) -> None:
+    agent = NodeAgent("10.0.0.2", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent"),
+                                                   "GPUPOOL_AGENT_NODE_NAME": "n2"})
+    build = tmp_path / "environments" / "cache" / "abc123"
+    (build / "bin").mkdir(parents=True)
+    launch = _launch(tmp_path, "echo in-env")
+    launch = dataclasses.replace(launch, env={**launch.env, "GPUPOOL_ENVIRONMENT_DIR": str(build),
+                                              "PATH": f"{build / 'bin'}:/usr/bin:/bin"})
+    with pytest.raises(ExecutorError, match=f"node n2 does not see the Python environment at {build}: .* shared"):
+        agent.start(launch)  # not built (or not on this node's filesystem)
+    assert not (tmp_path / "agent" / "executor" / "replicas" / "w1").exists()  # nothing was started
+    (build / ".gpupool-complete").write_text("{}")
+    handle = agent.start(launch)
+    wait_until(lambda: agent.poll(handle)[0] == "succeeded", 30, 0.05, "the replica ends")
+    agent.close()
+
+
+def test_an_agent_keeps_a_warm_pool_of_notebooks_on_its_node(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    agent = NodeAgent("10.0.0.2", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent"),
+                                                   "GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "1"})
+    ready = tmp_path / "agent" / "executor" / "warm" / "ready"
+    try:
+        # a parked JupyterLab imports in 3 s unloaded, 10-25 s on a busy 2-core machine
+        wait_until(lambda: len(list(ready.glob("*/*"))) == 1, 120, 0.1, "a parked slot on the node")
+        port = free_port()
+        launch = ReplicaLaunch(workload_id="7", replica=0, role="main", command=JUPYTER_COMMAND, cwd=tmp_path / "home",
+                               log_dir=tmp_path / "server-logs", node="n2", notebook=True,
+                               env={"GPUPOOL_NOTEBOOK_IP": "127.0.0.1", "GPUPOOL_PORT": str(port),
+                                    "GPUPOOL_WORKLOAD_ID": "7", "JUPYTER_TOKEN": "token-7", "HOME": str(tmp_path)})
+        handle = agent.start(launch)
+        assert handle["warm"]  # it took the parked slot
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/notebooks/7/api/status", timeout=5,
+                                 headers={"Authorization": "token token-7"}).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 120, 0.1, "the warm notebook ready")
+        agent.stop(handle, 2)
+        wait_until(lambda: ReplicaState(agent.poll(handle)[0]).is_terminal, 60, 0.1, "stopped")
+    finally:
+        agent.close()
+        agent.executor.warm.stop_unclaimed()
+    silly = NodeAgent("10.0.0.2", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent-2"),
+                                                   "GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "lots"})
+    assert silly.executor.warm.size == 0  # a bad value keeps none (and is logged)
+    silly.close()
 
 
 def test_reachable_tells_a_listening_port_from_a_closed_one() -> None:

@@ -298,3 +298,70 @@ def test_a_server_killed_after_a_warm_start_finds_the_notebook_again_and_refills
         server.stop()
         server.stop_replicas()
         LocalExecutor(root).warm.stop_unclaimed()
+
+
+def test_what_a_start_that_died_left_is_released_when_its_replica_is_cancelled(
+        tmp_path: Path, executors: list[LocalExecutor]) -> None:
+    """A slot claimed by a start that died goes back to the pool at once (not after STALE_SLOT_S); a notebook
+    already assigned to its slot, or a cold start's supervisor, is stopped."""
+    executor = new_executor(tmp_path, executors)
+    wait_until(lambda: len(ready_tokens(executor.root)) == 1, READY_S, 0.1, "a parked slot")
+    parked = ready_tokens(executor.root)[0].name
+    state_dir = executor.state_dir("51", 0)
+    state_dir.mkdir(parents=True)
+    assert executor.warm.claim(str(Path(sys.executable).parent / "python"), state_dir) is not None  # then it died
+    assert ready_tokens(executor.root) == []
+    executor.release_unstarted("51", 0, 0)
+    assert [t.name for t in ready_tokens(executor.root)] == [parked] and not (state_dir / CLAIM_FILE).exists()
+    executor.release_unstarted("51", 0, 0)  # again: nothing more
+    assert [t.name for t in ready_tokens(executor.root)] == [parked]
+    taken = executor.start(notebook(tmp_path, "52"))  # the next notebook takes the same slot at once
+    assert taken["warm"] and Path(taken["state_dir"]).name == parked
+    stop(executor, taken)
+    # assigned to its slot, then the start died before its handle was written: the notebook is stopped
+    wait_until(lambda: len(ready_tokens(executor.root)) == 1, READY_S, 0.1, "a refill")
+    assigned = executor.start(notebook(tmp_path, "53"))
+    assert assigned["warm"]
+    (executor.state_dir("53", 0) / "handle.json").unlink()
+    executor.release_unstarted("53", 0, 0, grace_s=1)
+    wait_until(lambda: executor.poll(assigned).state.is_terminal, 60, 0.1, "the assigned notebook stopped")
+    assert executor.poll(assigned).state == ReplicaState.STOPPED
+    # a cold start whose handle was never written: its supervisor and command are stopped
+    cold = executor.start(ReplicaLaunch(workload_id="54", replica=0, role="main", command="sleep 600", env={},
+                                        cwd=tmp_path, log_dir=tmp_path / "logs" / "54"))
+    wait_until(lambda: executor.poll(cold).state == ReplicaState.RUNNING, 60, 0.1, "the job running")
+    (executor.state_dir("54", 0) / "handle.json").unlink()
+    executor.release_unstarted("54", 0, 0, grace_s=1)
+    wait_until(lambda: executor.poll(cold).state.is_terminal, 60, 0.1, "the job stopped")
+    assert executor.poll(cold).state == ReplicaState.STOPPED
+    executor.release_unstarted("55", 0, 0)  # a replica no start ever began: nothing to do
+
+
+def test_the_reconciler_gives_back_the_slot_of_a_cancelled_notebook_whose_start_died(
+        tmp_path: Path, executors: list[LocalExecutor]) -> None:
+    server = start_server(server_settings(tmp_path / "server", f"sqlite:///{tmp_path / 'gpupool.db'}",
+                                          notebook_warm_pool=1))
+    executor = server.services.executor
+    assert isinstance(executor, LocalExecutor) and server.services.reconciler is not None
+    executors.append(executor)
+    loop = server.services.reconciler_loop
+    assert loop is not None
+    server.services.reconciler.stop()  # this test drives the passes itself
+    try:
+        wait_until(lambda: len(ready_tokens(executor.root)) == 1, READY_S, 0.1, "a parked slot")
+        parked = ready_tokens(executor.root)[0].name
+        with server.client() as admin:
+            nid = admin.submit({"kind": "notebook", "name": "died", "idle_timeout": "off",
+                                "resources": {"cpu": 0.5, "memory": "512MiB"}}).workload.id
+            wait_until(lambda: admin.get_workload(nid).status == "scheduled", 60, 0.1, "placed")
+            state_dir = executor.state_dir(str(nid), 0)
+            state_dir.mkdir(parents=True)
+            assert executor.warm.claim(str(Path(sys.executable).parent / "python"), state_dir) is not None
+            admin.cancel(nid)  # the start died after its claim; the notebook is cancelled before a retry
+            loop.send_stops()
+            assert [t.name for t in ready_tokens(executor.root)] == [parked]  # at once, not after 5 minutes
+            assert not (state_dir / CLAIM_FILE).exists()
+            (replica,) = admin.get_workload(nid).replica_list
+            assert (replica.state, replica.message) == ("stopped", "stopped before it started")
+    finally:
+        server.stop()

@@ -414,6 +414,16 @@ def test_the_new_form_offers_an_environment(server: TestServer) -> None:
     assert bad.status_code == 422 and "environment" in bad.text
 
 
+def test_the_new_form_offers_only_the_environments_the_caller_may_use(server: TestServer) -> None:
+    with server.client() as admin:
+        una, bob = (admin.create_user(name, project="default", role="member").token for name in ("env-una", "env-bob"))
+    with server.client(una) as client:
+        client.create_environment("una-only", packages="six")  # a member's own: not shared
+    assert "<option>una-only</option>" in browser_for(server, una).get("/new").text
+    assert "una-only" not in browser_for(server, bob).get("/new").text
+    assert "<option>una-only</option>" in browser_for(server, server.admin_token).get("/new").text
+
+
 def _row(html: str, marker: str) -> str:
     """The table row of `html` that contains `marker`."""
     found = next((r for r in re.findall(r"<tr>.*?</tr>", html, re.S) if marker in r), None)

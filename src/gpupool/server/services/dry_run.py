@@ -13,6 +13,7 @@ from gpupool.domain.specs import parse_spec
 from gpupool.scheduler.queues import beyond_limit
 from gpupool.scheduler.types import ReplicaPlacement
 from gpupool.server.api import schemas
+from gpupool.server.environments import Viewer
 from gpupool.server.services import workloads
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache, pending_from_spec
@@ -37,7 +38,7 @@ def dry_run(session: Session, principal: Principal, body: schemas.SubmitRequest,
     if queue_row is None:
         raise ConflictError(f"project {project} has no queue; ask an administrator to recreate it")
     queue = queue_row.name
-    feasibility.check_environment(spec)  # as submit
+    feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))  # as submit
     never = feasibility.never_fits_reason(session, spec, queue)
     candidate = pending_from_spec(CANDIDATE, queue, spec, now)
     over_limit = beyond_limit(queue_from_row(queue_row), candidate.nominal())

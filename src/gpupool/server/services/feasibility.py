@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from gpupool.domain.specs import WorkloadSpec
 from gpupool.scheduler.feasibility import NeverFitsChecker
 from gpupool.scheduler.types import PendingWorkload, ReplicaGroup, ReplicaPlacement
-from gpupool.server.environments import EnvironmentStore, environment_problem
+from gpupool.server.environments import EnvironmentStore, Viewer, environment_problem
 from gpupool.store.convert import node_from_row
 from gpupool.store.orm import NodeRow
 from gpupool.store.repos import nodes
@@ -45,11 +45,12 @@ class FeasibilityCache:
         self._checker: NeverFitsChecker | None = None
         self.environments = environments
 
-    def check_environment(self, spec: WorkloadSpec) -> None:
-        """ValidationError (field `environment`) when the spec names an environment that does not exist or is
-        not built (its build failed or was removed); nothing when it names none or no store is set."""
+    def check_environment(self, spec: WorkloadSpec, viewer: Viewer) -> None:
+        """ValidationError (field `environment`) when the spec names an environment that does not exist, that
+        `viewer` (who submits) may not use, or that is not built (its build failed or was removed); nothing when
+        it names none or no store is set."""
         if self.environments is not None:
-            environment_problem(self.environments, spec.environment)
+            environment_problem(self.environments, spec.environment, viewer)
 
     def never_fits_reason(self, session: Session, spec: WorkloadSpec, queue: str) -> str | None:
         """None when the spec fits the pool when it is empty; else why it never can. Each call compares the

@@ -13,6 +13,7 @@ from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDenied
 from gpupool.domain.services import ServiceSpec
 from gpupool.domain.specs import parse_spec, validate_name
 from gpupool.server.api import schemas
+from gpupool.server.environments import Viewer
 from gpupool.server.gateway import Gateway
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache
@@ -113,7 +114,7 @@ def update(session: Session, principal: Principal, name: str, data: Any, now: fl
     if new.project not in (None, row.spec.get("project")):
         raise ValidationError(f"service {name} is in project {row.spec.get('project')}; it cannot move", "project")
     if feasibility is not None:
-        feasibility.check_environment(new)
+        feasibility.check_environment(new, Viewer(principal.name, principal.is_admin))
     canonical = new.to_dict() | {"project": row.spec.get("project"), "queue": row.spec.get("queue")}
     return row, _add_revision(session, row, canonical, now, reason or f"updated by {principal.name}")
 

@@ -24,6 +24,7 @@ from gpupool.executors.base import Capability, Executor
 from gpupool.scheduler.queues import beyond_limit
 from gpupool.server.api import schemas
 from gpupool.server.endpoints import stored_endpoints
+from gpupool.server.environments import Viewer
 from gpupool.server.services import arrays
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache, pending_from_spec
@@ -152,7 +153,7 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
         existing = repo.workload_by_key(session, principal.user_id, key)
         if existing is not None:
             return _replay(existing, canonical, key), False
-    feasibility.check_environment(spec)
+    feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
     reason = feasibility.never_fits_reason(session, spec, queue.name)
     if reason is not None:
         raise UnsatisfiableError(reason, "resources")

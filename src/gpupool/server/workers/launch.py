@@ -27,7 +27,7 @@ from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.rendezvous import rendezvous_env
 from gpupool.executors.storage import ScopeOwners, StorageLayout
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
-from gpupool.server.environments import EnvironmentStore, environment_env
+from gpupool.server.environments import EnvironmentStore, Viewer, environment_env
 from gpupool.server.notebook_keys import NotebookKeys, notebook_launch_env
 from gpupool.server.services.pipelines import step_environment
 from gpupool.store.convert import gpu_from_json, placement_from_json
@@ -97,7 +97,8 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
             rdv, scopes.env(), step_env, port_env(spec.ports, ports), extra,
             notebook_launch_env(spec.kind.value, row.id, row.attempt, addresses[replica.node], settings.notebook_keys),
-            environment_env(settings.environments, spec.environment, DEFAULT_PATH)))
+            environment_env(settings.environments, spec.environment, DEFAULT_PATH,
+                            Viewer(user.name, user.is_admin))))
         launches.append(ReplicaLaunch(
             workload_id=workload_id, replica=replica.number, role=replica.role, command=spec.command_for(role),
             env=env, cwd=cwd, log_dir=settings.logs_dir / workload_id, node=replica.node,

@@ -177,14 +177,19 @@ class Reconciler:
         """Send stop to live replicas marked for stopping; mark never-started ones stopped."""
         now = self.clock()
         with self.db.session(write=False) as session:
-            due = [(r.id, r.handle) for r in repo.live_replicas(session) if r.stop_requested_at is not None
-                   and (r.handle is None or r.stop_sent_at is None
-                        or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
+            rows = [r for r in repo.live_replicas(session) if r.stop_requested_at is not None
+                    and (r.handle is None or r.stop_sent_at is None
+                         or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
+            due = [(r.id, r.handle) for r in rows]
+            # who the executor knows them as (its attempt counts from 0, the rows' from 1), for those never started
+            unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1) for r in rows if r.handle is None}
         if not due:
             return
-        for _, handle in due:
+        for replica_id, handle in due:
             if handle is not None:
                 self.executor.stop(handle, self.stop_grace_s)
+            else:  # a start that died before its handle was recorded may have left a process or a warm slot
+                self._release_unstarted(unstarted[replica_id])
         with self.db.session() as session:
             for replica_id, handle in due:
                 replica = session.get(ReplicaRow, replica_id)
@@ -194,6 +199,13 @@ class Reconciler:
                     replica.set_state(_R.STOPPED, now, "stopped before it started")
                 else:
                     replica.stop_sent_at = now
+
+    def _release_unstarted(self, replica: tuple[str, int, int]) -> None:
+        try:
+            self.executor.release_unstarted(*replica, grace_s=self.stop_grace_s)
+        except (ExecutorError, OSError) as exc:  # the replica is stopped all the same; the slot waits for its reaping
+            log.warning("could not release what the start of replica %s of workload %s left: %s", replica[1],
+                        replica[0], exc)
 
     # -------------------------------------------------------------------------------------- probe
     def probe_endpoints(self) -> None:
