@@ -123,6 +123,10 @@ class TargetArrays:
                          np.maximum(self.num, 1).astype(np.float64)) if (self.cpu > 0).all() and (self.mem > 0).all() \
             else None
         self.gpu_per_copy = (self.num * self.need).astype(np.float64)
+        # per card value a = 0..1000 free milli: one card's part of CardTerms' count, frag and slots per shape
+        # (int16: each is within 0..1000), so that a node's terms are a lookup and a sum over its cards
+        card = _card_terms_counted(np.arange(MILLI_PER_GPU + 1, dtype=np.int64)[:, None], self)
+        self.card_table = np.stack((card.count, card.frag, card.slots), axis=1).astype(np.int16)
         by_models: dict[frozenset[str], FloatArray] = {}
         self.weight = np.zeros((len(snap), len(bases)), dtype=np.float64)
         for i, node in enumerate(snap.nodes):
@@ -162,6 +166,17 @@ class CardTerms:
         return CardTerms(self.count - cards, self.frag, self.slots - cards * target.whole_slots)
 
 
+def share_change_table(target: TargetArrays, milli: int) -> IntArray:
+    """Per card value a in 0..1000 free milli (first axis): how CardTerms' count, frag and slots (second axis)
+    change per shape (last axis) when a share of `milli` takes a card from a to a - milli; what
+    `CardTerms.changed` gives, as small integers (int16: every change is within +-1000)."""
+    before = np.arange(MILLI_PER_GPU + 1, dtype=np.int64)[:, None]
+    change = CardTerms(*(np.zeros((MILLI_PER_GPU + 1, len(target.need)), dtype=np.int64) for _ in range(3)))
+    change = change.changed(before, before - milli, target.need)
+    table: IntArray = np.stack((change.count, change.frag, change.slots), axis=1).astype(np.int16)
+    return table
+
+
 def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
     """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0)."""
     usable: BoolArray | None = snap.__dict__.get("_fragment_cards")
@@ -173,6 +188,15 @@ def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
 
 def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     """CardTerms of nodes whose cards have `free` milli (rows x cards)."""
+    if free.size and free.min() >= 0 and free.max() <= MILLI_PER_GPU:
+        # each card's terms looked up by its free milli and summed over the cards: the same integers
+        summed = _ADD(target.card_table[free], axis=1, dtype=np.int64)
+        return CardTerms(summed[:, 0], summed[:, 1], summed[:, 2])
+    return _card_terms_counted(free, target)
+
+
+def _card_terms_counted(free: IntArray, target: TargetArrays) -> CardTerms:
+    """card_terms counted from the free milli (any value, also an over-committed card's negative one)."""
     need = target.need[None, :, None]
     cards = free[:, None, :]
     enough = cards >= need
