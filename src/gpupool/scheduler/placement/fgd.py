@@ -32,6 +32,7 @@ from gpupool.scheduler.placement.base import PlacementPolicy, Scored
 from gpupool.scheduler.placement.filters import FloatArray, share_terms
 from gpupool.scheduler.placement.fragmentation import (
     CardTerms,
+    SmallIntArray,
     TargetArrays,
     TargetShape,
     capacity_fragment,
@@ -53,8 +54,8 @@ _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored o
 DEFAULT_RESOLUTION = 25.0
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
-# share sizes whose change tables are kept (about 320 KB each for 53 target shapes; the openb traces use a few
-# dozen sizes): bounds memory, and a pool with more sizes rebuilds a table in a few milliseconds
+# share sizes whose change tables this policy holds (about 320 KB each for 53 target shapes; the openb traces
+# use a few dozen sizes): bounds memory; past it the tables are fetched again from fragmentation.py's cache
 _CHANGE_TABLES = 64
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
@@ -108,7 +109,7 @@ class FgdPolicy(PlacementPolicy):
         self._terms = CardTerms(*(np.zeros((0, 0), dtype=np.int64) for _ in range(3)))
         self._paper = np.zeros(0)
         self._capacity = np.zeros(0)
-        self._change_tables: dict[int, IntArray] = {}
+        self._change_tables: dict[int, SmallIntArray] = {}
 
     @property
     def shapes(self) -> list[TargetShape]:
