@@ -16,8 +16,16 @@ from tests.scheduler_strategies import pool_nodes, replica_requests
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import MILLI_PER_GPU, GpuRequest, ReplicaRequest, ResourceVector
-from gpupool.scheduler.placement.filters import gpu_model_mask, share_terms
-from gpupool.scheduler.placement.fragmentation import usable_free
+from gpupool.scheduler.placement.fgd import FgdPolicy
+from gpupool.scheduler.placement.filters import feasible_mask, gpu_model_mask, share_terms
+from gpupool.scheduler.placement.fragmentation import (
+    CardTerms,
+    TargetArrays,
+    TargetShape,
+    card_terms,
+    target_from_requests,
+    usable_free,
+)
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placement.resource_fit import negative_leftover
 from gpupool.scheduler.placer import Placer
@@ -115,3 +123,78 @@ def test_within_guarantee_matches_its_rule(guarantee: ResourceVector, used: Reso
                     for r, f in (("cpu", "cpu_milli"), ("memory", "memory_mib"), ("gpu", "gpu_milli"))
                     if getattr(after, f) > getattr(guarantee, f) and r in book.governed)
     assert book.within_guarantee("q", demand) == plain
+
+
+def _plain_card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
+    """card_terms as it was counted before the per-card lookup table."""
+    need = target.need[None, :, None]
+    cards = free[:, None, :]
+    enough = cards >= need
+    return CardTerms(enough.sum(axis=2), np.where(enough, 0, cards).sum(axis=2), (cards // need).sum(axis=2))
+
+
+target_shapes = st.lists(
+    st.builds(TargetShape, st.sampled_from([0, 500, 4000]), st.sampled_from([0, 1024, 8192]), st.integers(0, 8),
+              st.sampled_from([0, 1, 160, 230, 470, 500, 999, 1000]), st.just(()), st.floats(0.01, 1.0)),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pool_nodes(), target_shapes, st.integers(1, 4), st.data())
+def test_card_terms_and_share_changes_match_their_counts(nodes: list[Node], shapes: list[TargetShape],
+                                                         cards: int, data: st.DataObject) -> None:
+    target = TargetArrays(shapes, ClusterSnapshot(nodes))
+    rows = data.draw(st.integers(1, 6))
+    # 0..1000 takes the lookup; an over-committed card's negative milli takes the count
+    values = st.integers(0, 1000) | st.sampled_from([0, 1000, 999, 1, -250])
+    free = np.array(data.draw(st.lists(st.lists(values, min_size=cards, max_size=cards), min_size=rows,
+                                       max_size=rows)), dtype=np.int64)
+    fast, plain = card_terms(free, target), _plain_card_terms(free, target)
+    for name in ("count", "frag", "slots"):
+        assert np.array_equal(getattr(fast, name), getattr(plain, name)), name
+    share = data.draw(st.integers(1, 1000))
+    milli = np.full(free.shape, share, dtype=np.int64)
+    policy = FgdPolicy(shapes)
+    changed = policy._share_taken(target, plain, free, milli, share)
+    a = free[:, :, None]
+    expected = CardTerms(plain.count[:, None, :], plain.frag[:, None, :], plain.slots[:, None, :]).changed(
+        a, a - milli[:, :, None], target.need)
+    for name in ("count", "frag", "slots"):
+        assert np.array_equal(getattr(changed, name), getattr(expected, name)), name
+
+
+@settings(max_examples=40, deadline=None)
+@given(pool_nodes(), st.lists(replica_requests(), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_fgd_scores_with_its_caches_match_a_fresh_scorer(nodes: list[Node], requests: list[ReplicaRequest],
+                                                         rng: random.Random) -> None:
+    """FGD with the target of the requests keeps node terms and growths across placements and removals; at every
+    step its ranking, best row and share cards equal those of a new policy that computes everything afresh."""
+    shapes = target_from_requests(requests)
+    snap = ClusterSnapshot(nodes)
+    policy = FgdPolicy(shapes)
+    placer = Placer(policy, gang_topology=False)
+    placed: list[ReplicaPlacement] = []
+
+    def check() -> None:
+        for r in requests:
+            rows = feasible_mask(snap, r).nonzero()[0]
+            if rows.size == 0 or not shapes:
+                continue
+            kept, fresh = policy.score(snap, r, rows), FgdPolicy(shapes).score(snap, r, rows)
+            assert kept.top() == fresh.top()
+            assert np.array_equal(kept.all_scores(), fresh.all_scores())
+            if kept.share_columns is None or fresh.share_columns is None:
+                assert kept.share_columns is None and fresh.share_columns is None
+            else:
+                assert np.array_equal(kept.share_columns, fresh.share_columns)
+
+    for r in requests * 2:
+        placement = placer.place_replica(snap, r)
+        if placement is not None:
+            snap.assume(placement)
+            placed.append(placement)
+        check()
+    rng.shuffle(placed)
+    for placement in placed[: len(placed) // 2]:
+        snap.forget(placement)
+        check()

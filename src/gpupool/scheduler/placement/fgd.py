@@ -32,11 +32,13 @@ from gpupool.scheduler.placement.base import PlacementPolicy, Scored
 from gpupool.scheduler.placement.filters import FloatArray, share_terms
 from gpupool.scheduler.placement.fragmentation import (
     CardTerms,
+    SmallIntArray,
     TargetArrays,
     TargetShape,
     capacity_fragment,
     card_terms,
     paper_fragment,
+    share_change_table,
     target_from_requests,
     usable_free,
 )
@@ -52,6 +54,9 @@ _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored o
 DEFAULT_RESOLUTION = 25.0
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
+# share sizes whose change tables this policy holds (about 320 KB each for 53 target shapes; the openb traces
+# use a few dozen sizes): bounds memory; past it the tables are fetched again from fragmentation.py's cache
+_CHANGE_TABLES = 64
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
 
@@ -104,6 +109,7 @@ class FgdPolicy(PlacementPolicy):
         self._terms = CardTerms(*(np.zeros((0, 0), dtype=np.int64) for _ in range(3)))
         self._paper = np.zeros(0)
         self._capacity = np.zeros(0)
+        self._change_tables: dict[int, SmallIntArray] = {}
 
     @property
     def shapes(self) -> list[TargetShape]:
@@ -190,6 +196,23 @@ class FgdPolicy(PlacementPolicy):
         self._paper[stale], self._capacity[stale] = paper_fragment(*args), capacity_fragment(*args)
         self._node_version[stale] = snap.version[stale]
 
+    def _share_taken(self, target: TargetArrays, terms: CardTerms, free: IntArray, milli: IntArray,
+                     share_milli: int) -> CardTerms:
+        """The terms after a share of `milli` (per card) is placed on each card in turn: `CardTerms.changed`,
+        looked up in a table per share size when the size is the same on every card (the same integers)."""
+        if not share_milli or free.min() < 0 or free.max() > MILLI_PER_GPU:  # sized by memory; over-committed
+            a = free[:, :, None]
+            expanded = CardTerms(terms.count[:, None, :], terms.frag[:, None, :], terms.slots[:, None, :])
+            return expanded.changed(a, a - milli[:, :, None], target.need)
+        table = self._change_tables.get(share_milli)
+        if table is None:
+            if len(self._change_tables) >= _CHANGE_TABLES:
+                self._change_tables.clear()
+            table = self._change_tables[share_milli] = share_change_table(target, share_milli)
+        change = table[free]  # (rows, cards, 3, shapes)
+        return CardTerms(terms.count[:, None, :] + change[:, :, 0], terms.frag[:, None, :] + change[:, :, 1],
+                         terms.slots[:, None, :] + change[:, :, 2])
+
     def _growths(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
                  rows: IntArray, free: IntArray) -> _Growth:
         if rows.size <= _DEDUPE_ABOVE:
@@ -225,9 +248,7 @@ class FgdPolicy(PlacementPolicy):
             return _Growth(paper_fragment(*args) - before_paper, capacity_fragment(*args) - before_capacity,
                            np.zeros(len(rows), np.int64))
         share = share_terms(snap, gpu, rows)
-        a = free[:, :, None]
-        expanded = CardTerms(terms.count[:, None, :], terms.frag[:, None, :], terms.slots[:, None, :])
-        after = expanded.changed(a, a - share.milli[:, :, None], target.need)
+        after = self._share_taken(target, terms, free, share.milli, gpu.share_milli)
         args = (target, cpu[:, None], mem[:, None], weight[:, None, :], after, total[:, None] - share.milli)
         paper = paper_fragment(*args) - before_paper[:, None]
         capacity = capacity_fragment(*args) - before_capacity[:, None]

@@ -29,11 +29,13 @@ when one card's free milli changes from a to b — the basis of the cheap increm
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest, model_matches
 from gpupool.scheduler.placement.filters import FloatArray
@@ -41,6 +43,7 @@ from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
 
 DEFAULT_COVERAGE = 0.95  # the paper's: typical shapes are the most frequent ones covering 95 % of requests
 _NO_LIMIT = np.int64(1) << 40
+SmallIntArray = npt.NDArray[np.int16]
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
 
@@ -123,6 +126,8 @@ class TargetArrays:
                          np.maximum(self.num, 1).astype(np.float64)) if (self.cpu > 0).all() and (self.mem > 0).all() \
             else None
         self.gpu_per_copy = (self.num * self.need).astype(np.float64)
+        self.need_key = tuple(self.need.tolist())
+        self.card_table = _card_table(self.need_key)
         by_models: dict[frozenset[str], FloatArray] = {}
         self.weight = np.zeros((len(snap), len(bases)), dtype=np.float64)
         for i, node in enumerate(snap.nodes):
@@ -138,6 +143,18 @@ class TargetArrays:
             self.weight[i] = row
         _, klass = np.unique(self.weight, axis=0, return_inverse=True) if len(snap) else (None, np.zeros(0))
         self.klass: IntArray = np.asarray(klass, dtype=np.int64).ravel()
+
+
+@functools.lru_cache(maxsize=8)  # one per target workload in use; a scheduler has one at a time
+def _card_table(need: tuple[int, ...]) -> SmallIntArray:
+    """Per card value a = 0..1000 free milli: one card's part of CardTerms' count, frag and slots per shape
+    (int16: each is within 0..1000), so that a node's terms are a lookup and a sum over its cards. Read-only."""
+    needs = np.array(need, dtype=np.int64)
+    cards = np.arange(MILLI_PER_GPU + 1, dtype=np.int64)[:, None]
+    enough = cards >= needs
+    table: SmallIntArray = np.stack((enough, np.where(enough, 0, cards), cards // needs), axis=1).astype(np.int16)
+    table.setflags(write=False)
+    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +179,28 @@ class CardTerms:
         return CardTerms(self.count - cards, self.frag, self.slots - cards * target.whole_slots)
 
 
+def share_change_table(target: TargetArrays, milli: int) -> SmallIntArray:
+    """Per card value a in 0..1000 free milli (first axis): how CardTerms' count, frag and slots (second axis)
+    change per shape (last axis) when a share of `milli` takes a card from a to a - milli; what
+    `CardTerms.changed` gives, as small integers (int16: every change is within +-2000). Read-only."""
+    return _share_change_table(target.need_key, milli)
+
+
+@functools.lru_cache(maxsize=64)  # share sizes in use (about 320 KB each for 53 shapes; openb uses a few dozen)
+def _share_change_table(need: tuple[int, ...], milli: int) -> SmallIntArray:
+    """From the per-card table: the card's terms at a - milli less those at a; where a - milli < 0 (the share
+    does not fit, kept for completeness) frag takes the negative a - milli and count and slots nothing."""
+    table = _card_table(need).astype(np.int64)
+    after = np.arange(MILLI_PER_GPU + 1, dtype=np.int64) - milli
+    change = -table
+    fits = after >= 0
+    change[fits] += table[after[fits]]
+    change[~fits, 1] += after[~fits, None]
+    result: SmallIntArray = change.astype(np.int16)
+    result.setflags(write=False)
+    return result
+
+
 def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
     """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0)."""
     usable: BoolArray | None = snap.__dict__.get("_fragment_cards")
@@ -173,6 +212,15 @@ def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
 
 def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     """CardTerms of nodes whose cards have `free` milli (rows x cards)."""
+    if free.size and free.min() >= 0 and free.max() <= MILLI_PER_GPU:
+        # each card's terms looked up by its free milli and summed over the cards: the same integers
+        summed = _ADD(target.card_table[free], axis=1, dtype=np.int64)
+        return CardTerms(summed[:, 0], summed[:, 1], summed[:, 2])
+    return _card_terms_counted(free, target)
+
+
+def _card_terms_counted(free: IntArray, target: TargetArrays) -> CardTerms:
+    """card_terms counted from the free milli (any value, also an over-committed card's negative one)."""
     need = target.need[None, :, None]
     cards = free[:, None, :]
     enough = cards >= need
