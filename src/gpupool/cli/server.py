@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -18,6 +19,12 @@ from gpupool.domain.errors import GpupoolError
 
 if TYPE_CHECKING:
     from gpupool.server.settings import Settings
+
+# Every HTTP connection is a file descriptor, and a `logs -f` follower holds one for as long as it follows:
+# 1,000 followers need about 1,100. Distributions often start processes with a soft limit of 1,024, so
+# `up` raises its soft limit to the hard one, up to this many (64 times what 1,000 followers need; a
+# limit, not an allocation). Nothing in the server uses select(), which cannot watch descriptors >= 1024.
+OPEN_FILES_WANTED = 65_536
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -107,7 +114,19 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
 
     from gpupool.server.app import create_app  # noqa: PLC0415
 
+    raise_open_file_limit()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise this process's soft limit of open files to its hard limit, at most `wanted` (never lowers it);
+    returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
 
 
 def _preflight_ray(settings: Settings) -> None:

@@ -210,6 +210,7 @@ class LocalExecutor(Executor):
                                       | ({Capability.READ_ONLY_PATHS} if self._read_only else set()))
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._children_lock = threading.Lock()
+        self._ended = logfiles.SharedCheck()  # whether a followed replica ended, shared by its followers
         self._timers: list[threading.Timer] = []
         self.warm = WarmPool(self.root, warm_notebooks, warm_pythons or self._default_pythons, self._start_slot)
         self.warm.start_refilling()
@@ -509,7 +510,8 @@ class LocalExecutor(Executor):
 
     async def log_stream(self, handle: Handle, tail: int | None = None, follow: bool = False) -> AsyncIterator[str]:
         """`log_text` without a thread per follower: what is in the file now is read in a worker thread,
-        block by block; following then waits on the event loop (`logfiles.follow_text`)."""
+        block by block; following then waits on the event loop (`logfiles.follow_text`), and the followers
+        of one replica share one poll of it a second."""
         ref = _parse(handle)
         if ref is None:
             return
@@ -520,7 +522,9 @@ class LocalExecutor(Executor):
         while (chunk := await asyncio.to_thread(next, blocks, done)) is not done:
             yield str(chunk)
         if follow:
-            async for chunk in logfiles.follow_text(ref.log_path, end, lambda: self.poll(handle).state.is_terminal):
+            key = f"{ref.state_dir}:{ref.supervisor.pid}:{ref.supervisor.start_time}"
+            ended = lambda: self._ended.ask(key, lambda: self.poll(handle).state.is_terminal)  # noqa: E731
+            async for chunk in logfiles.follow_text(ref.log_path, end, ended):
                 yield chunk
 
     def _log_blocks(self, ref: _Ref, handle: Handle, tail: int | None, follow: bool) -> Iterator[list[str]]:

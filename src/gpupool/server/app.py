@@ -118,7 +118,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
     services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
     array_worker = services.array_worker = ArrayWorker(db, clock)
-    services.arrays = IntervalWorker("arrays", lambda: array_worker.step() and None, ARRAY_INTERVAL_S)
+    # The step's count of changed arrays is not a delay: dropped, so an idle pass waits for the interval
+    services.arrays = IntervalWorker("arrays", lambda: (array_worker.step(), None)[1], ARRAY_INTERVAL_S)
     services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
     culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
                                                        on_change=services.wake_workers,

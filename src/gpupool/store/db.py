@@ -2,7 +2,9 @@
 
 SQLite is the embedded default (a file in $GPUPOOL_HOME); it runs in WAL mode so readers never block the
 writer, and write transactions start with BEGIN IMMEDIATE so that concurrent writers queue on the busy
-timeout instead of failing. PostgreSQL (psycopg 3) is for production and several server processes.
+timeout instead of failing; inside the server process they queue first on a first-come, first-served gate
+(`write_gate`), so that no writer is overtaken again and again by luck of timing. PostgreSQL (psycopg 3) is
+for production and several server processes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpupool.domain.errors import StoreBusyError, ValidationError
+from gpupool.store.write_gate import WriteGate, gated_connection_class, give_gate_back, take_gate
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -159,8 +162,10 @@ def alembic_config() -> Config:
 
 
 def _sqlite_engine(url: URL, immediate: bool) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-                           pool_size=5, max_overflow=20)
+    connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    if immediate:  # the writers' engine: one gate for all its connections
+        connect_args["factory"] = gated_connection_class(WriteGate())
+    engine = create_engine(url, connect_args=connect_args, pool_size=5, max_overflow=20)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -174,6 +179,15 @@ def _sqlite_engine(url: URL, immediate: bool) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not immediate:
+            connection.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = connection.connection.dbapi_connection
+        take_gate(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            give_gate_back(dbapi_connection)
+            raise
 
     return engine
