@@ -4,13 +4,14 @@ CPU time (user + system of the command's process) is the figure to compare on a 
 and import time also count the time the process waited for a CPU.
 
 Starts a throw-away server (`gpupool up` on a free port, its own GPUPOOL_HOME), submits one workload so
-that `show` and `logs` have something to print and one small sweep for `sweep show` and `sweep best`, then
-runs each command `--runs` times and prints a Markdown table of the medians. `--compare DIR` also measures
-another checkout's `src/` (e.g. an older commit, exported with `git archive`) with the same Python
-environment and server, each of its runs right after one of this checkout's, so that both see the same
-machine load.
+that `show` and `logs` have something to print, one small sweep for `sweep show` and `sweep best` and a
+pipeline for `pipeline runs`, then runs each command (those `--only` names, else all) `--runs` times and
+prints a Markdown table of the medians. `--compare DIR` also measures another checkout's `src/` (e.g. an
+older commit, exported with `git archive`) with the same Python environment and server, each of its runs
+right after one of this checkout's, so that both see the same machine load.
 
     .venv/bin/python benchmarks/cli/bench_startup.py --runs 7
+    .venv/bin/python benchmarks/cli/bench_startup.py --only notebook service pipeline version
     git archive OLD src | tar -x -C /tmp/old && .venv/bin/python benchmarks/cli/bench_startup.py --compare /tmp/old/src
 """
 
@@ -32,7 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 COMMANDS = [["version"], ["whoami"], ["ls"], ["show", "1"], ["logs", "1"], ["queues"], ["nodes"],
             ["submit", "examples/hello.yaml"], ["top", "--once"], ["plan", "gpus"],
             ["plan", "mig", "A100-40GB", "--sm", "28"], ["sim", "--help"], ["up", "--help"],
-            ["sweep", "show", "bench"], ["sweep", "best", "bench"], ["envs", "ls"]]
+            ["sweep", "show", "bench"], ["sweep", "best", "bench"], ["envs", "ls"], ["notebook", "ls"],
+            ["service", "ls"], ["pipeline", "runs", "bench"]]
 # a sweep of two quick trials, so that `sweep show` and `sweep best` have something to print
 SWEEP = """kind: sweep
 name: bench
@@ -45,6 +47,8 @@ trial:
   command: {python} -c "import gpupool,sys; gpupool.report(1, loss=float(sys.argv[1])**2)" {{{{params.x}}}}
   resources: {{cpu: 0.5, memory: 128MiB}}
 """
+# a pipeline stored without a run, so that `pipeline runs` has one to read
+PIPELINE = "kind: pipeline\nname: bench\nsteps:\n  a:\n    command: 'true'\n"
 
 
 def _free_port() -> int:
@@ -99,6 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs per command (the median is reported)")
     parser.add_argument("--compare", type=Path, help="another checkout's src/ directory to measure as well")
+    parser.add_argument("--only", nargs="+", metavar="WORD", help="measure only the commands starting with these "
+                        "words (e.g. notebook service)")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
@@ -118,7 +124,7 @@ def main() -> None:
             if other is not None:
                 header += " imports, compared | CPU, compared | wall, compared |"
             print(header + "\n|---|" + "---:|" * (header.count("|") - 2))
-            for args in COMMANDS:
+            for args in [c for c in COMMANDS if not options.only or c[0] in options.only]:
                 ours: list[Sample | None] = []
                 theirs: list[Sample | None] = []
                 for _ in range(options.runs):
@@ -133,10 +139,13 @@ def main() -> None:
 
 
 def _run_sweep(tmp: Path, env: dict[str, str]) -> None:
-    """Submit the benchmark's sweep and wait until it has ended."""
+    """Submit the benchmark's sweep and wait until it has ended; store its pipeline."""
     spec = tmp / "sweep.yaml"
     spec.write_text(SWEEP.format(python=sys.executable))
-    for args in (["sweep", "submit", str(spec)], ["wait", "bench", "--timeout", "300"]):
+    pipeline = tmp / "pipeline.yaml"
+    pipeline.write_text(PIPELINE)
+    for args in (["sweep", "submit", str(spec)], ["wait", "bench", "--timeout", "300"],
+                 ["pipeline", "submit", str(pipeline), "--no-run"]):
         result = subprocess.run([sys.executable, "-m", "gpupool", *args], env=env, cwd=REPO, capture_output=True,
                                 text=True, check=False)
         if result.returncode != 0:
