@@ -51,6 +51,7 @@ class FakeAgent:
     states: dict[str, tuple[str, int | None, str]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     sees_storage: bool = True  # whether the node reads the server's shared-storage marker
+    released: list[tuple[str, int, int]] = field(default_factory=list)  # release_unstarted calls
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, getattr(self, "_" + method))
@@ -76,6 +77,9 @@ class FakeAgent:
 
     def _stop(self, inner: dict[str, Any], grace_s: float) -> None:
         self.states[str(inner["id"])] = ("cancelled", None, "stopped")
+
+    def _release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float) -> None:
+        self.released.append((workload_id, replica, attempt))
 
 
 class FakeRay:
