@@ -55,6 +55,7 @@ class FakeAgent:
     calls: list[str] = field(default_factory=list)
     sees_storage: bool = True  # whether the node reads the server's shared-storage marker
     utilization_pct: float | None = None  # what the node's GPUs report when sampled (None: the declared figures)
+    released: list[tuple[str, int, int]] = field(default_factory=list)  # release_unstarted calls
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, getattr(self, "_" + method))
@@ -95,6 +96,9 @@ class FakeAgent:
 
     def _stop(self, inner: dict[str, Any], grace_s: float) -> None:
         self.states[str(inner["id"])] = ("cancelled", None, "stopped")
+
+    def _release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float) -> None:
+        self.released.append((workload_id, replica, attempt))
 
 
 class FakeRay:

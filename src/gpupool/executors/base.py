@@ -174,11 +174,11 @@ class Executor(ABC):
         return None
 
     def release_unstarted(self, workload_id: str, replica: int, attempt: int,  # noqa: B027
-                          grace_s: float = 10.0) -> None:
+                          grace_s: float = 10.0, node: str = "") -> None:
         """The replica is being stopped and no handle of it was ever recorded: a start of it may have begun and
         died midway (the server was killed). Release what such a start left behind, at once (a process it
-        spawned is stopped as `stop` does, with `grace_s`; a resource it claimed is given back); nothing when no
-        start of it ever began.
+        spawned is stopped as `stop` does, with `grace_s`; a resource it claimed is given back) on `node`, the
+        node it was placed on; nothing when no start of it ever began.
         Idempotent; never blocks long. The default does nothing (an executor whose starts leave nothing)."""
 
     def close(self) -> None:  # noqa: B027  (optional hook)

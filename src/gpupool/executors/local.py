@@ -365,10 +365,11 @@ class LocalExecutor(Executor):
         started = self.warm.slot_handle(slot) or {}
         return {**self._handle(launch, slot, int(started["pid"]), int(started["start_time"])), "warm": True}
 
-    def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float = 10.0) -> None:
+    def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float = 10.0,
+                          node: str = "") -> None:
         """Release what a start of this replica that died before its handle was recorded left: a warm slot it
         claimed goes back to the pool (or is stopped once it was the notebook's), a supervisor it spawned is
-        stopped. Nothing when no start of it began."""
+        stopped. Nothing when no start of it began. Every replica runs on this host, whatever `node` says."""
         state_dir = self.state_dir(workload_id, replica, attempt)
         if not state_dir.is_dir():
             return

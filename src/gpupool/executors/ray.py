@@ -397,6 +397,21 @@ class RayExecutor(Executor):
         except (OSError, ValueError, KeyError, TypeError) as error:
             log.warning("could not leave a stop order for node %s: %s", handle.get("node"), error)
 
+    def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float = 10.0,
+                          node: str = "") -> None:
+        """Have the agent of `node` release what a start of the replica that died before its handle was recorded
+        left there (its local executor's `release_unstarted`). Nothing when the node is gone (what ran there
+        went with it); ExecutorError when its agent does not answer (no call is made to an agent known to be
+        silent: the reconciler is not held up, and a claimed slot is reaped on the node later)."""
+        try:
+            agent = self.agent_of(node)
+        except NodeGoneError:
+            return
+        silence = self.health.silence(agent)
+        if silence is not None:
+            raise ExecutorError(f"node {node} does not answer now ({silence.cause})")
+        self._call(agent, "release_unstarted", workload_id, replica, attempt, grace_s)
+
     def _remote_chunks(self, handle: Handle, offset: int, follow: bool) -> Iterator[tuple[str, int]]:
         """(whole lines, offset after them) of the replica's log read through its agent from `offset`, until
         the end (with `follow`, until the replica has ended and everything is read)."""

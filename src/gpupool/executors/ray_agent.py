@@ -158,6 +158,11 @@ class NodeAgent:
         local.log_dir.mkdir(parents=True, exist_ok=True)
         return self.executor.start(local)
 
+    def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float) -> None:
+        """Release what a start of the replica that died before its handle was recorded left on this node (a
+        warm slot it claimed goes back, a supervisor it spawned is stopped); see the local executor."""
+        self.executor.release_unstarted(workload_id, replica, attempt, grace_s)
+
     def poll(self, handle: Handle) -> tuple[str, int | None, str]:
         """(state, exit code, message) of the replica: the local executor's poll, as plain values."""
         status = self.executor.poll(handle)

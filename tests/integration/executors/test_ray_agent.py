@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,6 +93,14 @@ def test_an_agent_keeps_a_warm_pool_of_notebooks_on_its_node(tmp_path: Path) -> 
         wait_until(answers, 120, 0.1, "the warm notebook ready")
         agent.stop(handle, 2)
         wait_until(lambda: ReplicaState(agent.poll(handle)[0]).is_terminal, 60, 0.1, "stopped")
+        # a start that claimed the refilled slot and died, then its notebook was cancelled: the slot goes back
+        wait_until(lambda: len(list(ready.glob("*/*"))) == 1, 120, 0.1, "a refill")
+        parked = [p.name for p in ready.glob("*/*")]
+        state_dir = agent.executor.state_dir("8", 0)
+        state_dir.mkdir(parents=True)
+        assert agent.executor.warm.claim(str(Path(sys.executable).parent / "python"), state_dir) is not None
+        agent.release_unstarted("8", 0, 0, 1.0)
+        assert [p.name for p in ready.glob("*/*")] == parked
     finally:
         agent.close()
         agent.executor.warm.stop_unclaimed()

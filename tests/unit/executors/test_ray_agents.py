@@ -184,3 +184,19 @@ def test_a_node_that_does_not_see_the_shared_storage_is_refused_with_one_warning
         assert _names(provider) == ["node-a"]
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 1 and "node-b refused: it does not see the shared storage" in refused[0]
+
+
+def test_what_a_start_that_died_left_is_released_by_the_agent_of_its_node(fake: FakeRay) -> None:
+    executor = RayExecutor("fake", api=fake)
+    provider = RayNodeProvider(executor)
+    provider.nodes()
+    executor.release_unstarted("w7", 0, 1, grace_s=2, node="node-b")
+    assert fake.agent_on(NODE_B).released == [("w7", 0, 1)] and fake.agent_on(NODE_A).released == []
+    fake.agent_on(NODE_B).mode = TIMEOUT
+    provider.nodes()  # the node pass finds the agent silent
+    calls = len(fake.agent_on(NODE_B).calls)
+    with pytest.raises(ExecutorError, match="node-b does not answer now"):
+        executor.release_unstarted("w8", 0, 0, node="node-b")
+    assert len(fake.agent_on(NODE_B).calls) == calls  # no call to a silent agent: the reconciler goes on
+    fake.declare_dead(NODE_B)
+    executor.release_unstarted("w9", 0, 0, node="node-b")  # the node is gone, and what ran there with it

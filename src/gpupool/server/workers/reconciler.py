@@ -182,7 +182,7 @@ class Reconciler:
                          or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
             due = [(r.id, r.handle) for r in rows]
             # who the executor knows them as (its attempt counts from 0, the rows' from 1), for those never started
-            unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1) for r in rows if r.handle is None}
+            unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1, r.node) for r in rows if r.handle is None}
         if not due:
             return
         for replica_id, handle in due:
@@ -200,9 +200,10 @@ class Reconciler:
                 else:
                     replica.stop_sent_at = now
 
-    def _release_unstarted(self, replica: tuple[str, int, int]) -> None:
+    def _release_unstarted(self, replica: tuple[str, int, int, str]) -> None:
+        workload_id, number, attempt, node = replica
         try:
-            self.executor.release_unstarted(*replica, grace_s=self.stop_grace_s)
+            self.executor.release_unstarted(workload_id, number, attempt, grace_s=self.stop_grace_s, node=node)
         except (ExecutorError, OSError) as exc:  # the replica is stopped all the same; the slot waits for its reaping
             log.warning("could not release what the start of replica %s of workload %s left: %s", replica[1],
                         replica[0], exc)
