@@ -158,6 +158,11 @@ def test_a_member_sees_only_their_projects_workloads(server: ServerProcess, cont
     response = page.goto(f"{server.url}/workloads/{hidden}")
     assert response is not None and response.status == 404
     expect(page.get_by_role("alert")).to_contain_text(f"workload {hidden} not found")
+    response = page.goto(f"{server.url}/workloads?before=abc")  # a bad parameter: a page, not JSON
+    assert response is not None and response.status == 422
+    expect(page.get_by_role("alert")).to_contain_text("before: ")
+    page.get_by_role("link", name="Back to /workloads").click()
+    expect(page.get_by_role("link", name="mine")).to_be_visible()
     page.goto(f"{server.url}/workloads/{own}")
     expect(page.get_by_role("heading", level=1)).to_contain_text("mine")
     page.goto(f"{server.url}/nodes")
@@ -249,6 +254,13 @@ def test_labels_phone_width_and_screenshots(server: ServerProcess, browser: Brow
             assert overflow <= 1, f"{path} is {overflow} px wider than a phone screen"
             name = "overview" if path == "/" else path.strip("/")
             page.screenshot(path=shots / f"phone-{name}.png", full_page=True)
+        page.goto(server.url + "/admin")  # the pool's admin caps the default project's notebooks
+        cap = page.get_by_role("form", name="Notebook idle cap of default")
+        cap.get_by_label("Idle cap").fill("4h")
+        cap.get_by_role("button", name="Set idle cap of default").click()
+        expect(page.locator("#project-default .idle-cap")).to_contain_text("4h00m")
+        page.get_by_role("button", name="Remove idle cap of default").click()
+        expect(page.locator("#project-default .idle-cap")).to_contain_text("none")
         page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
         for path in ("/nodes", "/usage"):
             page.goto(server.url + path)

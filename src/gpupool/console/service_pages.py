@@ -96,6 +96,7 @@ def _service_page(
         error=error,
         counts=traffic(gateway.metrics.registry, project_id, detail.name),
         rates=rates,
+        rate_hours=RATE_WINDOW_MIN // 60,
     )
 
 

@@ -19,7 +19,7 @@ from gpupool.store.db import Database
 from gpupool.store.repos import service_traffic
 from gpupool.store.repos.service_traffic import Counts, TrafficKey
 
-MINUTE_S = 60.0
+MINUTE_S = 60.0  # the series' bucket: fine enough to see a burst, coarse enough for a week of rows
 # Counters are written once a minute: a crash loses at most the last minute of counts, and a busy gateway
 # costs the store one small transaction a minute whatever its request rate.
 FLUSH_INTERVAL_S = 60.0

@@ -102,6 +102,9 @@ def test_openai_client_streams_byte_identical_to_the_replica(server: TestServer,
     assert any(line.startswith('gpupool_service_requests_total{code="200",project_id="')
                and line.split("} ")[0].endswith(',service="chat"') for line in metrics.splitlines())
     assert "gpupool_service_time_to_first_byte_seconds_bucket" in metrics
+    per_minute = server.app.state.gateway.traffic.series(server.services.db, sid, 0.0)  # the console's series
+    requests, errors, chunks = (sum(counts[i] for counts in per_minute.values()) for i in range(3))
+    assert requests == 3 and errors == 0 and chunks >= 2  # two streams and /services/chat (the gateway lists models)
 
 
 def test_gateway_auth_members_viewers_and_strangers(server: TestServer, admin: Client) -> None:
