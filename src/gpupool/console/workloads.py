@@ -194,16 +194,53 @@ def _request_of(fields: dict[str, str]) -> schemas.SubmitRequest:
     return schemas.SubmitRequest(spec=spec_from_form(fields), idempotency_key=key)
 
 
+FORM_KINDS = ("job", "notebook", "service")  # what the simple form makes; the YAML editor takes every kind
+
+
 def spec_from_form(fields: dict[str, str]) -> dict[str, object]:
-    """The spec the simple form describes: name, project, command, environment (from `gpupool envs`), replicas
-    and resources (GPU as a count or a share, an optional model and memory); empty fields are left out so
-    the spec's defaults apply."""
-    spec: dict[str, object] = {"kind": fields.get("kind") or "job"}
-    for key in ("name", "project", "command", "environment"):
+    """The spec the simple form describes: kind (job, notebook or service), name, project, command,
+    environment (from `gpupool envs`), replicas and resources (GPU as a count or a share, an optional model
+    and memory). A notebook takes no command or replicas (gpupool writes them) but an idle timeout; a
+    service's replicas are its maximum, with its minimum, port and models (comma-separated) beside them.
+    Empty fields are left out so the spec's defaults apply."""
+    kind = fields.get("kind") or "job"
+    if kind not in FORM_KINDS:
+        raise ValidationError(f"the form makes a {', '.join(FORM_KINDS)}; use the YAML editor for {kind!r}", "kind")
+    spec: dict[str, object] = {"kind": kind}
+    text_fields = ("name", "project", "environment") + (() if kind == "notebook" else ("command",))
+    for key in text_fields:
         if fields.get(key, "").strip():
             spec[key] = fields[key].strip()
-    if fields.get("replicas", "").strip():
+    if kind == "notebook" and fields.get("idle_timeout", "").strip():
+        spec["idle_timeout"] = fields["idle_timeout"].strip()
+    if kind == "service":
+        spec |= _service_fields(fields)
+    elif kind == "job" and fields.get("replicas", "").strip():
         spec["replicas"] = _number(fields["replicas"], "replicas")
+    resources = _resources_from_form(fields)
+    if resources:
+        spec["resources"] = resources
+    return spec
+
+
+def _service_fields(fields: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    models = [m.strip() for m in fields.get("models", "").split(",") if m.strip()]
+    if models:
+        out["models"] = models
+    if fields.get("port", "").strip():
+        out["port"] = _number(fields["port"], "port")
+    replicas: dict[str, object] = {}
+    if fields.get("min_replicas", "").strip():
+        replicas["min"] = _number(fields["min_replicas"], "replicas.min")
+    if fields.get("replicas", "").strip():
+        replicas["max"] = _number(fields["replicas"], "replicas.max")
+    if replicas:
+        out["replicas"] = replicas
+    return out
+
+
+def _resources_from_form(fields: dict[str, str]) -> dict[str, object]:
     resources: dict[str, object] = {}
     for key in ("cpu", "memory"):
         if fields.get(key, "").strip():
@@ -217,9 +254,7 @@ def spec_from_form(fields: dict[str, str]) -> dict[str, object]:
             gpu[key.removeprefix("gpu_")] = fields[key].strip()
     if gpu:
         resources["gpu"] = gpu if len(gpu) > 1 or "share" in gpu else gpu["count"]
-    if resources:
-        spec["resources"] = resources
-    return spec
+    return resources
 
 
 def _number(text: str, name: str) -> float | int:

@@ -375,3 +375,31 @@ def test_live_pages_mark_the_parts_the_script_refreshes(server: TestServer, peop
     assert script.status_code == 200 and "Pause live updates" in script.text and "visibilitychange" in script.text
     with Client(server.url, people["nina"]) as nina_api:
         nina_api.cancel(sid)
+
+
+def test_the_new_form_makes_a_notebook_and_a_service(server: TestServer) -> None:
+    page = browser_for(server, server.admin_token)
+    form = page.get("/new").text
+    assert all(f'<option value="{kind}"' in form for kind in ("job", "notebook", "service"))
+    common = {"csrf_token": csrf_of(form), "mode": "form", "project": "default", "cpu": "1", "memory": "1GiB"}
+    notebook = page.post("/new", data={**common, "kind": "notebook", "name": "form-nb", "idle_timeout": "2h",
+                                       "command": "ignored for a notebook", "replicas": "1"})
+    assert notebook.status_code == 303, notebook.text
+    service = page.post("/new", data={**common, "kind": "service", "name": "form-svc", "port": "9000",
+                                      "command": "python serve.py --port $PORT", "min_replicas": "0", "replicas": "3",
+                                      "models": "tiny-a, tiny-b"})
+    assert service.status_code == 303, service.text
+    made = {kind: int(r.headers["location"].rsplit("/", 1)[1]) for kind, r in (("nb", notebook), ("svc", service))}
+    with server.client() as admin:
+        nb, svc = admin.get_workload(made["nb"]), admin.get_workload(made["svc"])
+        assert (nb.kind, nb.spec["idle_timeout"]) == ("notebook", 7200) and "ignored" not in str(nb.spec)
+        assert (svc.kind, svc.spec["port"], svc.spec["replicas"]) == ("service", 9000, {"min": 0, "max": 3})
+        assert svc.spec["models"] == ["tiny-a", "tiny-b"]
+        admin.cancel(made["nb"])
+        admin.cancel(made["svc"])
+    # a service without a command is refused with the spec's own message, the form kept
+    refused = page.post("/new", data={**common, "kind": "service", "name": "no-cmd", "models": "m"})
+    assert refused.status_code == 422 and "command" in refused.text and 'value="no-cmd"' in refused.text
+    # kinds the form does not make are named, not guessed
+    other = page.post("/new", data={**common, "kind": "sweep", "name": "x", "command": "true"})
+    assert other.status_code == 422 and "YAML editor" in other.text
