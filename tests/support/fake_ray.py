@@ -112,6 +112,7 @@ class FakeRay:
         self.created: list[str] = []  # agent names, one entry per actor created
         self.lookups: list[str] = []  # agent names looked up with get_actor
         self.starting: set[str] = set()  # node ids whose new agents are still starting (their calls time out)
+        self.waits: list[tuple[str, float | None]] = []  # (method, timeout) of every get, in order
 
     # -- what tests steer ---------------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class FakeRay:
         return self.actors[name]
 
     def get(self, ref: FakeRef, timeout: float | None = None) -> Any:
+        self.waits.append((ref.name, timeout))
         if ref.agent.mode == TIMEOUT or (ref.agent.node_id in self.starting and ref.agent.mode == ANSWER):
             raise GetTimeoutError("Get timed out: some object(s) not ready.")
         if ref.agent.mode == DEAD:

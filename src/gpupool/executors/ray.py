@@ -292,17 +292,18 @@ class RayExecutor(Executor):
                 return name
         raise NodeGoneError(f"node {node} is not part of the Ray cluster now")
 
-    def _call(self, agent: str, method: str, *args: Any) -> Any:
-        """Call `method` of `agent` and wait for its answer (at most call_timeout_s). ExecutorError when the
-        agent does not answer (logged once per episode) or the method failed there (with its message)."""
-        asked_at = self.health.now()
+    def _call(self, agent: str, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call `method` of `agent` and wait for its answer (at most `timeout_s`, default call_timeout_s).
+        ExecutorError when the agent does not answer (logged once per episode) or the method failed there
+        (with its message)."""
+        asked_at, wait_s = self.health.now(), self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            result = self.ray.get(getattr(self._agent(agent), method).remote(*args), timeout=self.call_timeout_s)
+            result = self.ray.get(getattr(self._agent(agent), method).remote(*args), timeout=wait_s)
         except RayTaskError as error:  # the agent answered: the method itself raised
             cause = error.cause if isinstance(error.cause, Exception) else error
             raise ExecutorError(f"node {self._node_name(agent) or agent}: {short_cause(cause)}") from None
         except RayError as error:
-            self._no_answer(agent, error, self.call_timeout_s)
+            self._no_answer(agent, error, wait_s)
             raise ExecutorError(f"node agent {agent} did not answer: {short_cause(error)}") from None
         self.health.answered(agent, self._node_name(agent) or agent, asked_at)
         return result
@@ -311,12 +312,13 @@ class RayExecutor(Executor):
 
     def sample_gpus(self, agent: str, now: float) -> NodeSample:
         """One reading of the GPUs of `agent`'s node, taken there by the agent (one call). ExecutorError when
-        the agent does not answer; no call is made while it is known not to answer (the GPU sampler then
-        skips the node without waiting)."""
+        the agent does not answer (within survey_timeout_s: the GPU sampler visits the nodes one by one, and
+        a silent agent must not hold up the others for a whole call's bound); no call is made while it is
+        known not to answer (the sampler then skips the node without waiting)."""
         silence = self.health.silence(agent)
         if silence is not None:
             raise ExecutorError(f"node agent {agent} does not answer now ({silence.cause})")
-        sample: NodeSample = self._call(agent, "sample_gpus", now)
+        sample: NodeSample = self._call(agent, "sample_gpus", now, timeout_s=self.survey_timeout_s)
         return sample
 
     def free_ports(self, node: str, count: int) -> list[int]:

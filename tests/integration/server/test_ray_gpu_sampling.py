@@ -34,12 +34,15 @@ def test_a_ray_nodes_gpu_figures_are_the_agents_and_a_silent_agent_is_skipped(
     fake.add_node(NODE_A, "node-a")
     fake.add_node(NODE_B, "node-b", gpus="2xA100-80GB")
     settings = server_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'gpupool.db'}", workers=False)
-    server = start_server(settings, RayExecutor("fake", api=fake))
+    executor = RayExecutor("fake", api=fake)
+    server = start_server(settings, executor)
     try:
         agent = fake.agent_on(NODE_B)
         agent.utilization_pct = 37.0  # what the node's own GPUs report: only the agent knows it
         server.services.sampler.step()
         assert agent.calls.count("_sample_gpus") == 1
+        # a node pass's bound, not a whole call's: the sampler visits the nodes one after the other
+        assert [t for m, t in fake.waits if m == "_sample_gpus"] == [executor.survey_timeout_s]
         assert _utilisation(server.url, server.admin_token, "node-b") == [0.37, 0.37]
         assert _utilisation(server.url, server.admin_token, "node-a") == []  # no GPUs, nothing asked
         assert "_sample_gpus" not in fake.agent_on(NODE_A).calls
