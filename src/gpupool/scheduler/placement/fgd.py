@@ -14,7 +14,8 @@ of its requests that accept the node's GPU models (fragmentation.py).
 
 Per-node terms are cached by node version and each request shape's growths are cached per node, so a
 placement recomputes only the nodes that changed since that shape was last scored; many stale nodes in
-identical states are scored once.
+identical states are scored once. A node's card terms, and a share's change to them on each card, are looked
+up in tables indexed by a card's free milli (fragmentation.py), the same integers as counting them.
 """
 
 from __future__ import annotations
