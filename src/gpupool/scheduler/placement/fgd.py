@@ -14,7 +14,8 @@ of its requests that accept the node's GPU models (fragmentation.py).
 
 Per-node terms are cached by node version and each request shape's growths are cached per node, so a
 placement recomputes only the nodes that changed since that shape was last scored; many stale nodes in
-identical states are scored once.
+identical states are scored once. A node's card terms, and a share's change to them on each card, are looked
+up in tables indexed by a card's free milli (fragmentation.py), the same integers as counting them.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored o
 DEFAULT_RESOLUTION = 25.0
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # what ndarray.min and max call, likewise
 # share sizes whose change tables this policy holds (about 320 KB each for 53 target shapes; the openb traces
 # use a few dozen sizes): bounds memory; past it the tables are fetched again from fragmentation.py's cache
 _CHANGE_TABLES = 64
@@ -200,7 +202,8 @@ class FgdPolicy(PlacementPolicy):
                      share_milli: int) -> CardTerms:
         """The terms after a share of `milli` (per card) is placed on each card in turn: `CardTerms.changed`,
         looked up in a table per share size when the size is the same on every card (the same integers)."""
-        if not share_milli or free.min() < 0 or free.max() > MILLI_PER_GPU:  # sized by memory; over-committed
+        # a share sized by memory (its milli differs by card), or an over-committed card: the formula
+        if not share_milli or _MIN(free, axis=None) < 0 or _MAX(free, axis=None) > MILLI_PER_GPU:
             a = free[:, :, None]
             expanded = CardTerms(terms.count[:, None, :], terms.frag[:, None, :], terms.slots[:, None, :])
             return expanded.changed(a, a - milli[:, :, None], target.need)

@@ -46,6 +46,7 @@ _NO_LIMIT = np.int64(1) << 40
 SmallIntArray = npt.NDArray[np.int16]
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # what ndarray.min and max call, likewise
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +213,7 @@ def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
 
 def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     """CardTerms of nodes whose cards have `free` milli (rows x cards)."""
-    if free.size and free.min() >= 0 and free.max() <= MILLI_PER_GPU:
+    if free.size and _MIN(free, axis=None) >= 0 and _MAX(free, axis=None) <= MILLI_PER_GPU:
         # each card's terms looked up by its free milli and summed over the cards: the same integers
         summed = _ADD(target.card_table[free], axis=1, dtype=np.int64)
         return CardTerms(summed[:, 0], summed[:, 1], summed[:, 2])
