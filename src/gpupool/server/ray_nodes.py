@@ -79,13 +79,31 @@ def refuse_mig(node: str) -> MigAccess:
     return refuse
 
 
-def _gpus_from_description(description: NodeDescription, agent: str, executor: RayExecutor | None) -> LocalGpus:
-    """The GPUs of a described node: declared simulated ones (shared by default), else discovered ones
-    (exclusive by default, as the local host's NVML or description cards), else none."""
+def _discovered_mode(gpu_mode: str | None, node: str, simulated: bool) -> SharingMode:
+    """The default mode of a cluster node's discovered cards: the server's GPUPOOL_GPU_MODE, else exclusive
+    (as the local host's); `mps` needs a daemon on the node, so real cards fall back to exclusive (logged)."""
+    mode = SharingMode(gpu_mode or SharingMode.EXCLUSIVE.value)
+    if mode == SharingMode.MPS and not simulated:
+        log.warning(
+            "node %s: GPUPOOL_GPU_MODE=mps is not applied to a cluster node's real GPUs (%s); they "
+            "default to exclusive",
+            node,
+            CLUSTER_NODE_REFUSAL,
+        )
+        return SharingMode.EXCLUSIVE
+    return mode
+
+
+def _gpus_from_description(
+    description: NodeDescription, agent: str, executor: RayExecutor | None, gpu_mode: str | None
+) -> LocalGpus:
+    """The GPUs of a described node: declared simulated ones (`gpu_mode`, else shared, by default), else
+    discovered ones (see _discovered_mode), else none."""
     if description.gpus:
         fake = FakeBackend(declared_description(description.gpus, description.name))
         backend = AgentSampledGpus(fake.discover(), "fake", executor, agent, fake) if executor is not None else fake
-        return LocalGpus(backend, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
+        mode = SharingMode(gpu_mode or SharingMode.SHARED.value)
+        return LocalGpus(backend, fake.discover(), "fake", True, mode, fake_mig(fake))
     if description.gpu_inventory:
         cards = GpuInventory.from_dict(description.gpu_inventory)
         kind = "fake" if description.gpus_simulated else "nvml"
@@ -94,7 +112,7 @@ def _gpus_from_description(description: NodeDescription, agent: str, executor: R
             cards,
             kind,
             description.gpus_simulated,
-            SharingMode.EXCLUSIVE,
+            _discovered_mode(gpu_mode, description.name, description.gpus_simulated),
             refuse_mig(description.name),
             remote=True,
         )
@@ -102,10 +120,13 @@ def _gpus_from_description(description: NodeDescription, agent: str, executor: R
     return LocalGpus(fake, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
 
 
-def node_from_description(description: NodeDescription, agent: str, executor: RayExecutor | None = None) -> LocalNode:
+def node_from_description(
+    description: NodeDescription, agent: str, executor: RayExecutor | None = None, gpu_mode: str | None = None
+) -> LocalNode:
     """The pool node an agent describes: its CPUs, memory, address, and its GPUs (declared simulated ones or
-    those the agent discovered), sampled by the agent through `executor` when given."""
-    gpus = _gpus_from_description(description, agent, executor)
+    those the agent discovered, in `gpu_mode` by default when given), sampled by the agent through `executor`
+    when given."""
+    gpus = _gpus_from_description(description, agent, executor, gpu_mode)
     node = Node(
         name=description.name,
         cpu_milli=int(description.cpus * 1000),
@@ -131,14 +152,15 @@ def write_marker(storage_root: Path) -> tuple[str, str]:
 
 class RayNodeProvider:
     """The nodes of the Ray cluster `executor` is connected to (see the module docstring). A node keeps
-    the same LocalNode object (and GPU backend) while it stays in the cluster. With `storage_root`, a marker
+    the same LocalNode object (and GPU backend) while it stays in the cluster; `gpu_mode` is the server's
+    default sharing mode (GPUPOOL_GPU_MODE) for the nodes' cards. With `storage_root`, a marker
     written there at start-up must be readable on a node for it to join: the storage scopes are a shared
     filesystem mounted at the same path on every node, and a node that does not see it is refused (logged)."""
 
     source = "ray"
 
-    def __init__(self, executor: RayExecutor, storage_root: Path | None = None) -> None:
-        self.executor = executor
+    def __init__(self, executor: RayExecutor, storage_root: Path | None = None, gpu_mode: str | None = None) -> None:
+        self.executor, self.gpu_mode = executor, gpu_mode
         self.marker = write_marker(storage_root) if storage_root is not None else None
         self._known: dict[str, tuple[str, LocalNode]] = {}  # node name -> (agent, node)
         self._kept: frozenset[str] | None = None  # silent agents of alive nodes, within the silence limit
@@ -162,7 +184,7 @@ class RayNodeProvider:
             present[description.name] = (
                 known
                 if known and known[0] == agent
-                else (agent, node_from_description(description, agent, self.executor))
+                else (agent, node_from_description(description, agent, self.executor, self.gpu_mode))
             )
         offered = sorted(present)
         for name, (agent, node) in self._known.items():
