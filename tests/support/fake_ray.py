@@ -17,9 +17,9 @@ from typing import Any
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayTaskError
 
 from gpupool.executors.base import ExecutorError
-from gpupool.executors.ray_agent import NodeDescription
+from gpupool.executors.ray_agent import NodeDescription, discover_gpus, sample_on_node
 from gpupool.gpu.fake import FakeBackend
-from gpupool.gpu.types import NodeSample
+from gpupool.gpu.types import GpuBackend, NodeSample
 from gpupool.server.local_node import declared_description
 
 ANSWER, TIMEOUT, DEAD = "answer", "timeout", "dead"
@@ -56,6 +56,9 @@ class FakeAgent:
     sees_storage: bool = True  # whether the node reads the server's shared-storage marker
     utilization_pct: float | None = None  # what the node's GPUs report when sampled (None: the declared figures)
     released: list[tuple[str, int, int]] = field(default_factory=list)  # release_unstarted calls
+    backend: GpuBackend | None = None  # discovered GPUs (a description file), sampled as the real agent does
+    launches: list[Any] = field(default_factory=list)  # every ReplicaLaunch started here
+    session_ids: dict[str, int] = field(default_factory=dict)  # replica id -> session id its processes have
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, getattr(self, "_" + method))
@@ -67,6 +70,7 @@ class FakeAgent:
         return self.sees_storage
 
     def _start(self, launch: Any) -> dict[str, Any]:
+        self.launches.append(launch)
         replica_id = f"{launch.workload_id}-{launch.replica}-{launch.attempt}"
         self.states.setdefault(replica_id, ("running", None, ""))
         return {
@@ -77,8 +81,13 @@ class FakeAgent:
             "log_path": f"/nonexistent/{replica_id}.log",
         }  # a local handle's keys
 
+    def _session_id(self, inner: dict[str, Any]) -> int | None:
+        return self.session_ids.get(str(inner["id"]))
+
     def _sample_gpus(self, now: float) -> NodeSample:
         """The node's declared GPUs sampled on the node, as the real agent does, with `utilization_pct`."""
+        if self.backend is not None:
+            return sample_on_node(self.backend, now)
         if not self.description.gpus:
             return NodeSample(now)
         sample = FakeBackend(declared_description(self.description.gpus, self.description.name)).sample(now)
@@ -108,6 +117,7 @@ class FakeRay:
         self.node_states: dict[str, dict[str, Any]] = {}
         self.names: dict[str, str] = {}  # node id -> gpupool node name its agents declare
         self.gpus: dict[str, str] = {}  # node id -> the simulated GPUs its agents declare
+        self.descriptions: dict[str, str] = {}  # node id -> the GPU description file its agents discover
         self.actors: dict[str, FakeAgent] = {}  # agent name -> live actor
         self.created: list[str] = []  # agent names, one entry per actor created
         self.lookups: list[str] = []  # agent names looked up with get_actor
@@ -116,9 +126,11 @@ class FakeRay:
 
     # -- what tests steer ---------------------------------------------------------------------------
 
-    def add_node(self, node_id: str, name: str, gpus: str = "") -> None:
+    def add_node(self, node_id: str, name: str, gpus: str = "", gpu_description: str = "") -> None:
         """Ray reports a new alive node `node_id`; its agent will declare the gpupool name `name` and the
-        simulated GPUs `gpus` (e.g. "1xA100-80GB")."""
+        simulated GPUs `gpus` (e.g. "1xA100-80GB"), or discover GPUs from the fake NVML description file
+        `gpu_description` with the real agent's code (GPUPOOL_AGENT_GPU_DESCRIPTION)."""
+        self.descriptions[node_id] = gpu_description
         self.node_states[node_id] = {
             "NodeID": node_id,
             "Alive": True,
@@ -163,7 +175,16 @@ class FakeRay:
                     description = NodeDescription(
                         self.names[node_id], address, cpus, memory_mib, self.gpus[node_id], {}
                     )
-                    self.actors[name] = FakeAgent(name, node_id, description)
+                    backend = None
+                    if self.descriptions.get(node_id):
+                        environ = {"GPUPOOL_AGENT_GPU_DESCRIPTION": self.descriptions[node_id]}
+                        backend = discover_gpus(environ, self.names[node_id])
+                        description = replace(
+                            description,
+                            gpu_inventory=backend.discover().to_dict(),
+                            gpus_simulated=bool(getattr(backend, "simulated", False)),
+                        )
+                    self.actors[name] = FakeAgent(name, node_id, description, backend=backend)
                     self.created.append(name)
                 return self.actors[name]
 

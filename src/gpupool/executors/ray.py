@@ -92,7 +92,8 @@ class RayExecutor(Executor):
     (`executors/ray_fence.py`). `clock`: the monotonic clock of the agents' silences (tests)."""
 
     name = "ray"
-    capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.MULTI_NODE})
+    capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.MULTI_NODE,
+                              Capability.SESSION_IDS})
 
     def __init__(
         self,
@@ -320,6 +321,23 @@ class RayExecutor(Executor):
             raise ExecutorError(f"node agent {agent} does not answer now ({silence.cause})")
         sample: NodeSample = self._call(agent, "sample_gpus", now, timeout_s=self.survey_timeout_s)
         return sample
+
+    def session_id(self, handle: Handle) -> int | None:
+        """The session id of the replica's processes on its node, from its agent (one call bounded by
+        survey_timeout_s; the GPU sampler asks once per replica and keeps it): the GPU processes the agent
+        samples there carry their sessions, so the sampler attributes them by it. None while the command has
+        not started or has ended, for another executor's handle, and while the agent does not answer."""
+        if handle.get("executor") != HANDLE_KIND:
+            return None
+        agent = str(handle["agent"])
+        if self.health.silence(agent) is not None:
+            return None
+        try:
+            found = self._call(agent, "session_id", handle["inner"], timeout_s=self.survey_timeout_s)
+        except ExecutorError as error:
+            log.debug("the session of a replica on node %s is not known yet: %s", handle.get("node"), error)
+            return None
+        return int(found) if found is not None else None
 
     def free_ports(self, node: str, count: int) -> list[int]:
         """Free ports on `node`, chosen by its agent. Blocks for one call to the agent."""

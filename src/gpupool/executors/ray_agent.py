@@ -8,8 +8,11 @@ finds every replica again from those files alone. This module imports no Ray: th
 
 What the node declares comes from the environment the node's `ray start` ran with (a Ray actor inherits it):
     GPUPOOL_AGENT_NODE_NAME   the node's name in gpupool (default: the host name)
-    GPUPOOL_AGENT_GPUS        simulated GPUs, e.g. 2xA100-80GB (demos and tests; real GPUs: not yet, see
-                              docs/cluster.md), sampled here by the agent (`sample_gpus`) for the server
+    GPUPOOL_AGENT_GPUS        simulated GPUs, e.g. 2xA100-80GB (demos and tests); unset: the node's GPUs
+                              are discovered with NVML (none, said once in the log, without NVML)
+    GPUPOOL_AGENT_GPU_DESCRIPTION
+                              a fake NVML description file (the format of `gpupool up --gpu-description`,
+                              `gpu/fake.py`) read through the real NVML backend code instead of NVML
     GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
                               /var/lib/gpupool-agent)
     GPUPOOL_AGENT_NOTEBOOK_WARM_POOL
@@ -19,6 +22,10 @@ What the node declares comes from the environment the node's `ray start` ran wit
 A replica whose spec names a Python environment starts only when this node sees that environment's finished
 build at the path the server gave (the environments live under the server's home, on the shared filesystem of
 cluster mode); otherwise the start fails with an error that says so, rather than running in the wrong Python.
+
+The discovered cards (model, memory, UUIDs, MIG devices) travel in the node's description as
+`GpuInventory.to_dict`; the agent samples them here (`sample_gpus`) with each GPU process's process group and
+session as seen on this node, so the server attributes GPU memory to the node's replicas by their session ids.
 
 Fencing: the agent starts the node's fencing watchdog (`executors/ray_fence.py`), a process of its own that
 stops the node's replicas when the node's raylet is gone or the Ray head has been unreachable for
@@ -34,10 +41,14 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
 from gpupool.executors.environment import ENVIRONMENT_COMPLETE, ENVIRONMENT_DIR_VAR
 from gpupool.executors.local import LocalExecutor, pick_free_ports
+from gpupool.gpu.fake import FakeBackend, read_description
+from gpupool.gpu.monitor import process_groups
+from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.types import GpuBackend, NodeSample
 
 log = logging.getLogger("gpupool.agent")
@@ -57,6 +68,8 @@ class NodeDescription:
     memory_mib: int
     gpus: str
     labels: dict[str, str]
+    gpu_inventory: dict[str, Any] = dataclasses.field(default_factory=dict)  # discovered (GpuInventory.to_dict)
+    gpus_simulated: bool = False  # the discovered cards come from a description marked `simulated: true`
 
 
 def _memory_mib() -> int:
@@ -120,6 +133,25 @@ def reachable(address: str) -> bool:
         return False
 
 
+def discover_gpus(environ: dict[str, str], node: str) -> GpuBackend:
+    """The GPU backend of a node that declares no simulated GPUs: the fake NVML of the description file
+    GPUPOOL_AGENT_GPU_DESCRIPTION (its UUIDs seeded by the node's name too, so that two nodes given the same
+    file have distinct cards), else NVML. ValidationError for an unreadable description file."""
+    path = environ.get("GPUPOOL_AGENT_GPU_DESCRIPTION", "").strip()
+    if not path:
+        return NvmlBackend()
+    data = read_description(Path(path))
+    return FakeBackend({**data, "node": f"{data.get('node', 'fake')}/{node}"})
+
+
+def sample_on_node(backend: GpuBackend, now: float) -> NodeSample:
+    """One sample of `backend` with the (process group, session) of each GPU process resolved on this node,
+    which the server cannot do for a remote node's pids."""
+    sample = backend.sample(now)
+    groups = tuple((p.pid, *process_groups(p.pid)) for p in sample.processes)
+    return dataclasses.replace(sample, process_groups=groups)
+
+
 class NodeAgent:
     """Runs and watches the replicas of one node (see the module docstring). `address`: the node's IP in
     the cluster; `cpus` and `memory_mib`: what Ray says the node has; `head`: host:port of the GCS, whose
@@ -136,14 +168,27 @@ class NodeAgent:
             name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
             memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
         self.executor = LocalExecutor(self.home / "executor", warm_notebooks=_warm_pool_size(environ))
-        self._gpus: GpuBackend | None = None  # the node's GPU backend, made on the first sample
+        self._gpus: GpuBackend | None = None  # the node's GPU backend (declared GPUs: made on the first sample)
+        if not self.description.gpus:
+            self._discover(environ)
         self.watchdog: subprocess.Popen[bytes] | None = None
         if head and fence_after_s > 0:
             orders = Path(fence_orders) / self.description.name if fence_orders else None
             self.watchdog = start_watchdog(self.home, head, raylet_pid(), fence_after_s, orders)
 
+    def _discover(self, environ: dict[str, str]) -> None:
+        """Discover the node's GPUs (see discover_gpus) into the description; none, logged once, without NVML."""
+        backend = discover_gpus(environ, self.description.name)
+        inventory = backend.discover()
+        if inventory.unavailable is not None:
+            log.info("node %s: no GPUs (%s)", self.description.name, inventory.unavailable)
+        self._gpus = backend
+        simulated = bool(getattr(backend, "simulated", False))
+        self.description = dataclasses.replace(self.description, gpu_inventory=inventory.to_dict(),
+                                               gpus_simulated=simulated)
+
     def describe(self) -> NodeDescription:
-        """The node's name, address, CPUs, memory, declared GPUs and labels."""
+        """The node's name, address, CPUs, memory, declared or discovered GPUs and labels."""
         return self.description
 
     def start(self, launch: ReplicaLaunch) -> Handle:
@@ -204,15 +249,19 @@ class NodeAgent:
 
     def sample_gpus(self, now: float) -> NodeSample:
         """One reading of the node's GPUs, stamped `now` (the server's clock): taken here, on the node, by
-        the agent's own GPU backend (the simulated GPUs the node declares; none: an empty sample). The
-        server's GPU sampler collects it through the agent."""
+        the agent's own GPU backend (the simulated GPUs the node declares, else those it discovered), with
+        the process group and session of each GPU process on this node. The server's GPU sampler collects it
+        through the agent."""
         if self._gpus is None and self.description.gpus:
-            from gpupool.gpu.fake import FakeBackend  # noqa: PLC0415  (only nodes that declare GPUs need it)
             from gpupool.server.local_node import declared_description  # noqa: PLC0415
 
             # seeded by the node's name, as the server's view of the same cards: the same UUIDs on both sides
             self._gpus = FakeBackend(declared_description(self.description.gpus, self.description.name))
-        return self._gpus.sample(now) if self._gpus is not None else NodeSample(now)
+        return sample_on_node(self._gpus, now) if self._gpus is not None else NodeSample(now)
+
+    def session_id(self, handle: Handle) -> int | None:
+        """The session id of the replica's processes on this node while it runs (the local executor's)."""
+        return self.executor.session_id(handle)
 
     def ping(self) -> str:
         """The node's name (the server checks the agent answers)."""

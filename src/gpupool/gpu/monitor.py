@@ -226,8 +226,13 @@ class GpuMonitor:
         """Digest one sample. `owners` maps a process-group id, session id or pid to the replica owning it."""
         now = sample.time
         self._allocations = {(a.replica, a.gpu_index): a for a in allocations}
-        by_card, note = self._card_owners(sample.processes)
-        usage, unowned = self._attribute(sample.processes, owners, by_card)
+        if sample.process_groups:  # resolved on the (remote) node itself: its pids mean nothing here
+            groups = {pid: (group, session) for pid, group, session in sample.process_groups}
+            by_card, note = None, ""
+            usage, unowned = self._attribute(sample.processes, owners, None, lambda pid: groups.get(pid, (None, None)))
+        else:
+            by_card, note = self._card_owners(sample.processes)
+            usage, unowned = self._attribute(sample.processes, owners, by_card, self.resolve)
         mps_cards = {p.gpu_index for p in sample.processes if p.kind == "mps_client"}
         servers = [p for p in unowned if p.kind == "compute" and p.gpu_index in mps_cards]
         unowned = [p for p in unowned if p not in servers]
@@ -249,10 +254,11 @@ class GpuMonitor:
         return sorted(found, key=lambda i: (-i.idle_for_s, i.replica, i.gpu_index))
 
     # ------------------------------------------------------------------------------------- steps
-    def _owner(self, pid: int, owners: Mapping[int, ReplicaKey]) -> ReplicaKey | None:
+    @staticmethod
+    def _owner(pid: int, owners: Mapping[int, ReplicaKey], resolve: Resolver) -> ReplicaKey | None:
         if pid in owners:
             return owners[pid]
-        for group in self.resolve(pid):
+        for group in resolve(pid):
             if group is not None and group in owners:
                 return owners[group]
         return None
@@ -268,14 +274,15 @@ class GpuMonitor:
         return dict(found.owners), found.note
 
     def _attribute(self, processes: Sequence[ProcessReading], owners: Mapping[int, ReplicaKey],
-                   by_card: Mapping[int, ReplicaKey] | None) -> tuple[list[ReplicaGpuUsage], list[ProcessReading]]:
+                   by_card: Mapping[int, ReplicaKey] | None,
+                   resolve: Resolver) -> tuple[list[ReplicaGpuUsage], list[ProcessReading]]:
         memory: dict[tuple[ReplicaKey, int], int] = {}
         pids: dict[tuple[ReplicaKey, int], list[int]] = {}
         unowned = []
         mps_cards = {p.gpu_index for p in processes if p.kind == "mps_client"}
         for proc in processes:
             if by_card is None:
-                owner = self._owner(proc.pid, owners)
+                owner = self._owner(proc.pid, owners, resolve)
             elif proc.kind == "compute" and proc.gpu_index in mps_cards:
                 owner = None  # by card, an MPS server would count as its clients' replica: it is reported apart
             else:

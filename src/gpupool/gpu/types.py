@@ -126,6 +126,9 @@ class NodeSample:
     gpus: tuple[GpuReading, ...] = ()
     processes: tuple[ProcessReading, ...] = ()
     errors: tuple[GpuErrorEvent, ...] = field(default=())
+    # (pid, process group, session) of each process, resolved where the sample was taken (a remote node's
+    # agent); empty: the monitor resolves the pids on its own machine
+    process_groups: tuple[tuple[int, int | None, int | None], ...] = field(default=())
 
 
 class GpuBackend(Protocol):

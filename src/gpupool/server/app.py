@@ -185,7 +185,7 @@ def _own_providers(settings: Settings, nvml_backend: BackendFactory, executor: E
     from gpupool.server.ray_nodes import RayNodeProvider  # noqa: PLC0415
 
     assert isinstance(executor, RayExecutor)  # the only executor named "ray"
-    return [RayNodeProvider(executor, settings.storage_dir)]
+    return [RayNodeProvider(executor, settings.storage_dir, settings.gpu_mode)]
 
 
 def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:

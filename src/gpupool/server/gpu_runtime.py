@@ -85,7 +85,8 @@ class GpuRuntime:
 
     def add(self, local: LocalNode) -> NodeGpus:
         """Start watching the GPUs of a local node (replaces an earlier entry of the same name)."""
-        view = None if local.gpus.simulated else ProcView()  # detects pids of another PID namespace
+        # detects pids of another PID namespace (a remote node's agent resolves its pids on the node itself)
+        view = None if local.gpus.simulated or local.gpus.remote else ProcView()
         node = NodeGpus(local.node.name, local.gpus,
                         GpuMonitor(local.node.name, self.policy(local.gpus.simulated), self.series, view=view))
         with self.lock:

@@ -31,13 +31,15 @@ BackendFactory = Callable[[], GpuBackend]
 MigAccess = Callable[[], AbstractContextManager[MigNvml]]
 SIMULATED_LABEL = "gpupool.io/simulated-gpus"
 MAX_DECLARED_GPUS = 64
+CLUSTER_NODE_REFUSAL = "sharing-mode changes that need a daemon or MIG on a cluster node are not supported yet"
 
 
 @dataclass
 class LocalGpus:
     """The GPUs of one local node: the backend that discovers and samples them, what it found, which kind
     of backend it is ("nvml" or "fake"), whether its cards are simulated (no real device behind them), the
-    sharing mode of cards the admin has not set, and how to reach the NVML calls that apply MIG layouts."""
+    sharing mode of cards the admin has not set, how to reach the NVML calls that apply MIG layouts, and
+    whether the cards are on another machine (a cluster node: sampled and resolved there, by its agent)."""
 
     backend: GpuBackend
     inventory: GpuInventory
@@ -45,6 +47,7 @@ class LocalGpus:
     simulated: bool
     default_mode: SharingMode
     mig: MigAccess
+    remote: bool = False
 
     def domain_gpus(self) -> tuple[Gpu, ...]:
         """The cards in their default mode (before the admin's settings are applied)."""

@@ -15,55 +15,118 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from gpupool.domain.errors import ConflictError
 from gpupool.domain.nodes import Node
 from gpupool.domain.resources import SharingMode
 from gpupool.executors.ray import RayExecutor
 from gpupool.executors.ray_agent import NodeDescription
 from gpupool.gpu.fake import FakeBackend
+from gpupool.gpu.mig import MigNvml
 from gpupool.gpu.types import GpuInventory, NodeSample
-from gpupool.server.local_node import LocalGpus, LocalNode, declared_description, fake_mig
+from gpupool.server.local_node import (
+    CLUSTER_NODE_REFUSAL,
+    LocalGpus,
+    LocalNode,
+    MigAccess,
+    declared_description,
+    fake_mig,
+)
 
 log = logging.getLogger("gpupool.nodes")
 RAY_NODE_LABEL = "gpupool.io/ray-agent"  # the agent of the node, for operators reading `gpupool nodes --json`
 
 
 class AgentSampledGpus:
-    """The GPU backend of a Ray node on the server: the cards are those the node declares (`declared`,
-    seeded by the node's name, as the agent's own), and each sample is taken on the node by its agent and
-    collected through the executor (`RayExecutor.sample_gpus`), so the GPU sampler reads the node's figures,
-    not the server's. A sample raises ExecutorError while the agent does not answer."""
+    """The GPU backend of a Ray node on the server: the cards are those the node's agent reported (`cards`:
+    the declared simulated ones, seeded by the node's name as the agent's own, or those it discovered with
+    NVML or a description file), and each sample is taken on the node by its agent and collected through
+    the executor (`RayExecutor.sample_gpus`), so the GPU sampler reads the node's figures, not the server's.
+    A sample raises ExecutorError while the agent does not answer; without an executor it is empty."""
 
-    name = "fake"
-
-    def __init__(self, declared: FakeBackend, executor: RayExecutor, agent: str) -> None:
-        self.declared, self.executor, self.agent = declared, executor, agent
+    def __init__(
+        self,
+        cards: GpuInventory,
+        name: str,
+        executor: RayExecutor | None,
+        agent: str,
+        declared: FakeBackend | None = None,
+    ) -> None:
+        self.cards, self.name, self.executor, self.agent, self.declared = cards, name, executor, agent, declared
 
     def discover(self) -> GpuInventory:
-        """The declared cards."""
-        return self.declared.discover()
+        """The cards the agent reported (discovery runs on the node, when its agent starts)."""
+        return self.cards
 
     def sample(self, now: float) -> NodeSample:
         """The agent's reading of the node's GPUs, stamped `now`."""
-        return self.executor.sample_gpus(self.agent, now)
+        return self.executor.sample_gpus(self.agent, now) if self.executor is not None else NodeSample(now)
 
     def close(self) -> None:
         """Release the declared cards' backend (the agent keeps its own)."""
-        self.declared.close()
+        if self.declared is not None:
+            self.declared.close()
 
 
-def node_from_description(description: NodeDescription, agent: str, executor: RayExecutor | None = None) -> LocalNode:
-    """The pool node an agent describes: its CPUs, memory, address, and its declared simulated GPUs, sampled
-    by the agent through `executor` when given (else by the server, from the declaration)."""
-    content = (
-        declared_description(description.gpus, description.name)
-        if description.gpus
-        else {"node": description.name, "simulated": True, "gpus": []}
-    )
-    fake = FakeBackend(content)
-    backend = AgentSampledGpus(fake, executor, agent) if executor is not None and description.gpus else fake
-    gpus = LocalGpus(backend, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
+def refuse_mig(node: str) -> MigAccess:
+    """MIG access of a cluster node's real cards: ConflictError (MIG is applied on the node, not yet done)."""
+
+    def refuse() -> AbstractContextManager[MigNvml]:
+        raise ConflictError(f"node {node}: {CLUSTER_NODE_REFUSAL}")
+
+    return refuse
+
+
+def _discovered_mode(gpu_mode: str | None, node: str, simulated: bool) -> SharingMode:
+    """The default mode of a cluster node's discovered cards: the server's GPUPOOL_GPU_MODE, else exclusive
+    (as the local host's); `mps` needs a daemon on the node, so real cards fall back to exclusive (logged)."""
+    mode = SharingMode(gpu_mode or SharingMode.EXCLUSIVE.value)
+    if mode == SharingMode.MPS and not simulated:
+        log.warning(
+            "node %s: GPUPOOL_GPU_MODE=mps is not applied to a cluster node's real GPUs (%s); they "
+            "default to exclusive",
+            node,
+            CLUSTER_NODE_REFUSAL,
+        )
+        return SharingMode.EXCLUSIVE
+    return mode
+
+
+def _gpus_from_description(
+    description: NodeDescription, agent: str, executor: RayExecutor | None, gpu_mode: str | None
+) -> LocalGpus:
+    """The GPUs of a described node: declared simulated ones (`gpu_mode`, else shared, by default), else
+    discovered ones (see _discovered_mode), else none."""
+    if description.gpus:
+        fake = FakeBackend(declared_description(description.gpus, description.name))
+        backend = AgentSampledGpus(fake.discover(), "fake", executor, agent, fake) if executor is not None else fake
+        mode = SharingMode(gpu_mode or SharingMode.SHARED.value)
+        return LocalGpus(backend, fake.discover(), "fake", True, mode, fake_mig(fake))
+    if description.gpu_inventory:
+        cards = GpuInventory.from_dict(description.gpu_inventory)
+        kind = "fake" if description.gpus_simulated else "nvml"
+        return LocalGpus(
+            AgentSampledGpus(cards, kind, executor, agent),
+            cards,
+            kind,
+            description.gpus_simulated,
+            _discovered_mode(gpu_mode, description.name, description.gpus_simulated),
+            refuse_mig(description.name),
+            remote=True,
+        )
+    fake = FakeBackend({"node": description.name, "simulated": True, "gpus": []})
+    return LocalGpus(fake, fake.discover(), "fake", True, SharingMode.SHARED, fake_mig(fake))
+
+
+def node_from_description(
+    description: NodeDescription, agent: str, executor: RayExecutor | None = None, gpu_mode: str | None = None
+) -> LocalNode:
+    """The pool node an agent describes: its CPUs, memory, address, and its GPUs (declared simulated ones or
+    those the agent discovered, in `gpu_mode` by default when given), sampled by the agent through `executor`
+    when given."""
+    gpus = _gpus_from_description(description, agent, executor, gpu_mode)
     node = Node(
         name=description.name,
         cpu_milli=int(description.cpus * 1000),
@@ -89,14 +152,15 @@ def write_marker(storage_root: Path) -> tuple[str, str]:
 
 class RayNodeProvider:
     """The nodes of the Ray cluster `executor` is connected to (see the module docstring). A node keeps
-    the same LocalNode object (and GPU backend) while it stays in the cluster. With `storage_root`, a marker
+    the same LocalNode object (and GPU backend) while it stays in the cluster; `gpu_mode` is the server's
+    default sharing mode (GPUPOOL_GPU_MODE) for the nodes' cards. With `storage_root`, a marker
     written there at start-up must be readable on a node for it to join: the storage scopes are a shared
     filesystem mounted at the same path on every node, and a node that does not see it is refused (logged)."""
 
     source = "ray"
 
-    def __init__(self, executor: RayExecutor, storage_root: Path | None = None) -> None:
-        self.executor = executor
+    def __init__(self, executor: RayExecutor, storage_root: Path | None = None, gpu_mode: str | None = None) -> None:
+        self.executor, self.gpu_mode = executor, gpu_mode
         self.marker = write_marker(storage_root) if storage_root is not None else None
         self._known: dict[str, tuple[str, LocalNode]] = {}  # node name -> (agent, node)
         self._kept: frozenset[str] | None = None  # silent agents of alive nodes, within the silence limit
@@ -120,7 +184,7 @@ class RayNodeProvider:
             present[description.name] = (
                 known
                 if known and known[0] == agent
-                else (agent, node_from_description(description, agent, self.executor))
+                else (agent, node_from_description(description, agent, self.executor, self.gpu_mode))
             )
         offered = sorted(present)
         for name, (agent, node) in self._known.items():

@@ -27,9 +27,14 @@ from tests.support.ray_cluster import RayCluster, RayNode, inside, require_root,
 from tests.support.servers import wait_until
 
 from gpupool.client.http import Client
+from gpupool.gpu.fake_nvml import fake_uuid
 
 # the head has no GPU: GPU work lands on the workers, whose loss the cluster survives
-NODES = [("node-1", ""), ("node-2", "2xA100-80GB"), ("node-3", "2xA100-80GB"), ("node-4", "2xT4-16GB")]
+# node-4 declares no GPUs: its agent discovers two T4 through the NVML backend from a description file
+NODES = [("node-1", ""), ("node-2", "2xA100-80GB"), ("node-3", "2xA100-80GB"), ("node-4", "")]
+NODE_4_GPUS = {"node": "t4box", "gpus": [{"model": "NVIDIA T4", "memory": "16GiB", "count": 2}],
+               "processes": [{"env": "GPU_TEST_TAG=hog", "memory": "2GiB"}]}  # tagged processes hold 2 GiB
+GIB = 1024**3
 FENCE_AFTER_S = 6.0  # the server's default fencing bound (settings.ray_fence_after_s)
 DETECTION_SLACK_S = 30.0  # ten times the detection measured on an idle machine: a shared one is slower
 AGENT_RECREATE_S = 20.0  # watched after an agent is killed: Ray starts a new agent in ~2 s on an idle machine
@@ -107,7 +112,7 @@ def test_nodes_are_discovered_and_a_late_node_takes_pending_work(cluster: RayClu
         blocker = _submit(server, {"kind": "job", "name": "blocker", "replicas": 2, "command": "sleep 600",
                                    "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": 2}}, tmp_path)
         client.wait(blocker, ["running"], timeout_s=120)
-        late = _submit(server, {"kind": "job", "name": "late", "command": "echo on $GPUPOOL_NODE",
+        late = _submit(server, {"kind": "job", "name": "late", "command": "echo on $GPUPOOL_NODE $CUDA_VISIBLE_DEVICES",
                                 "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": 1}}, tmp_path)
         time.sleep(2)
         assert client.get_workload(late).status == "pending"
@@ -115,10 +120,31 @@ def test_nodes_are_discovered_and_a_late_node_takes_pending_work(cluster: RayClu
         done = client.wait(late, timeout_s=120, interval_s=0.5)
         assert done.status == "succeeded", done.message
         assert done.replica_list[0].node == "node-4"
-        assert list(client.logs(late)) == ["on node-4"]
+        # node-4's discovered cards: the description's UUIDs (seeded by the node's name), not simulated
+        cards = _nodes(server)["node-4"]["gpus"]
+        uuids = [fake_uuid("t4box/node-4", k) for k in range(2)]
+        assert [(g["model"], g["uuid"], g["simulated"], g["mode"]) for g in cards] == [
+            ("T4", uuid, False, "exclusive") for uuid in uuids]
+        (line,) = client.logs(late)
+        assert line in {f"on node-4 {uuid}" for uuid in uuids}  # the card it was given, by the node's UUID
         client.cancel(blocker)
         assert client.wait(blocker, timeout_s=60).status == "cancelled"
     assert "node-4" in _nodes(server)
+
+
+def test_gpu_memory_on_a_discovered_card_is_attributed_to_its_replica(server: ClusterServer, tmp_path: Path) -> None:
+    """The agent of node-4 samples its discovered cards with each GPU process's session on the node; the
+    server attributes the scripted 2 GiB of the replica's process to the workload, in /metrics."""
+    wait_until(lambda: "node-4" in _nodes(server), 120, 0.5, "node-4")
+    with _client(server) as client:
+        wid = _submit(server, {"kind": "job", "name": "t4-user", "command": "sleep 600", "env": {"GPU_TEST_TAG": "hog"},
+                               "resources": {"cpu": 0.1, "memory": "64MiB", "gpu": {"count": 1, "model": ["T4"]}}},
+                      tmp_path)
+        assert client.wait(wid, ["running"], timeout_s=120).replica_list[0].node == "node-4"
+        wait_until(lambda: _series(_metrics(server), "gpupool_workload_gpu_memory_used_bytes",
+                                   workload=str(wid)) == [2 * GIB], 120, 0.5, "the replica's GPU memory")
+        client.cancel(wid)
+        client.wait(wid, timeout_s=60)
 
 
 def _metrics(server: ClusterServer) -> str:
@@ -169,7 +195,10 @@ def test_an_idle_gpu_sharing_job_on_a_remote_node_reaches_metrics(server: Cluste
 def _start_node_4(cluster: RayCluster, server: ClusterServer) -> None:
     if "node-4" not in _nodes(server):
         # node-4 keeps a notebook warm pool of its own
-        wait_started(cluster, [cluster.start_node(cluster.nodes[3], {"GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "1"})])
+        description = cluster.root / "node-4-gpus.yaml"
+        description.write_text(yaml.safe_dump(NODE_4_GPUS))
+        env = {"GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "1", "GPUPOOL_AGENT_GPU_DESCRIPTION": str(description)}
+        wait_started(cluster, [cluster.start_node(cluster.nodes[3], env)])
         wait_until(lambda: "node-4" in _nodes(server), 60, 0.5, "node-4 joins")
 
 

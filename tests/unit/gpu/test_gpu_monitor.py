@@ -61,6 +61,22 @@ def test_processes_are_attributed_through_session_and_group_ids() -> None:
     assert report.workload_memory_bytes() == {TRAIN: 10 * GIB, NOTEBOOK: 1 * GIB}
 
 
+def test_a_remote_nodes_sample_is_attributed_by_the_groups_resolved_on_that_node() -> None:
+    """A sample carrying process groups (taken by a cluster node's agent) is attributed by them alone: the
+    monitor's own resolver (this machine's pids) is never asked."""
+
+    def here(pid: int) -> tuple[int | None, int | None]:
+        raise AssertionError(f"pid {pid} was resolved on the server")
+
+    procs = (ProcessReading(0, 41, 6 * GIB), ProcessReading(1, 42, 1 * GIB), ProcessReading(1, 43, 3 * GIB))
+    groups = ((41, 41, 1000), (42, 2000, 2000), (43, None, None))  # 43: gone before the agent resolved it
+    sample = NodeSample(0.0, _sample(0.0).gpus, procs, process_groups=groups)
+    report = GpuMonitor("n1", MonitorPolicy(), resolve=here).observe(sample, ALLOCATIONS, OWNERS)
+    assert [(u.replica, u.gpu_index, u.memory_bytes) for u in report.usage] == [
+        (NOTEBOOK, 1, 1 * GIB), (TRAIN, 0, 6 * GIB)]
+    assert [p.pid for p in report.unowned] == [43]
+
+
 def test_over_use_is_reported_once_after_the_grace_period() -> None:
     monitor = _monitor(overuse_tolerance_mib=512, overuse_grace_s=10.0)
     # 21 GiB used of 20 GiB allowed: 21504 MiB > 20480 + 512 MiB of tolerance

@@ -22,6 +22,7 @@ from gpupool.gpu.types import GpuInfo, GpuInventory
 from gpupool.server.api import schemas
 from gpupool.server.api.gpu_schemas import GpuChange
 from gpupool.server.gpu_runtime import GpuRuntime, NodeGpus
+from gpupool.server.local_node import CLUSTER_NODE_REFUSAL
 from gpupool.server.services import gpus
 from gpupool.server.services.auth import Principal
 from gpupool.store.convert import gpu_from_json
@@ -62,6 +63,8 @@ def set_sharing(db: Database, runtime: GpuRuntime, principal: Principal, node: s
     are started or stopped to match afterwards."""
     principal.require_admin("change GPU sharing modes")
     wanted = SharingMode(mode)
+    if wanted in (SharingMode.MPS, SharingMode.MIG):
+        _refuse_on_cluster_node(runtime, node, index, f"{wanted.value} mode")
     with db.session() as session:
         row = gpus.node_or_404(session, node, lock=True)
         card = gpus.card_of(row, index)
@@ -89,6 +92,15 @@ def set_sharing(db: Database, runtime: GpuRuntime, principal: Principal, node: s
         message += f"; its MPS daemon failed: {mps.message}"
     view = _view(db, node, index)
     return GpuChange(node=node, gpu=view, status=status, message=message, mps=view.mps)
+
+
+def _refuse_on_cluster_node(runtime: GpuRuntime, node: str, index: int, what: str) -> None:
+    """ConflictError for a change that needs an MPS daemon or MIG calls on the real cards of a cluster node:
+    the server would run them on its own machine, and the node's agent does not carry them out yet."""
+    local = runtime.nodes.get(node)
+    if local is not None and local.local.remote and not local.simulated:
+        raise ConflictError(f"cannot set {what} on GPU {index} of {node}: {CLUSTER_NODE_REFUSAL}; use exclusive "
+                            "or shared mode on this node")
 
 
 # -------------------------------------------------------------------------------------------- MPS
@@ -134,6 +146,7 @@ def set_mig(db: Database, runtime: GpuRuntime, principal: Principal, node: str, 
     hold, ConflictError when work runs on the card; `pending_reset` when MIG mode waits for a GPU reset."""
     principal.require_admin("change MIG layouts")
     layout = parse_layout(layout_text)
+    _refuse_on_cluster_node(runtime, node, index, "a MIG layout")
     local = runtime.node(node)
     model = _begin_mig_change(db, node, index, layout, clock())
     result = _apply_mig(db, local, node, index, model, layout, clock)
@@ -147,7 +160,7 @@ def restore_mig_layouts(db: Database, runtime: GpuRuntime, node: str, clock: Cal
     from it (MIG instances do not survive a reboot, nor a restart of a fake node). Returns what happened, in
     words; a card with running work, or a layout NVML refuses, is left as it is (and said so)."""
     local = runtime.nodes.get(node)
-    if local is None:
+    if local is None or local.local.remote:  # a cluster node's MIG is not applied from here (not yet)
         return []
     with db.session(write=False) as session:
         row = gpus.node_or_404(session, node)

@@ -177,6 +177,8 @@ class GpuSampler:
                 continue
             allocations = [a for r in view.replicas if r.node == name
                            for a in allocations_for(r.key, r.placement.gpus, cards)]
+            here = {r.key for r in view.replicas if r.node == name}  # session ids of other nodes mean nothing here
+            node_owners = {session: key for session, key in owners.items() if key in here}
             try:
                 sample = node.sample(now)
             except ExecutorError as exc:  # a remote node's agent does not answer: its executor logs that once
@@ -186,7 +188,7 @@ class GpuSampler:
                 log.exception("sampling the GPUs of node %s failed; trying again next time", name)
                 continue
             with self.runtime.lock:
-                reports[name] = node.last_report = node.monitor.observe(sample, allocations, owners)
+                reports[name] = node.last_report = node.monitor.observe(sample, allocations, node_owners)
         return reports
 
     def _update_metrics(self, view: _View, reports: dict[str, MonitorReport], now: float) -> None:
