@@ -27,9 +27,14 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
     """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
     returned the workload an earlier submit created."""
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
-    with services.db.session() as session:
-        row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
-                                        prepared=spec)
+    with services.db.session(write=False) as session:  # and so do the reads, checked again inside
+        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
+    if plan.replay is not None:
+        row, created = plan.replay, False
+    else:
+        with services.db.session() as session:
+            row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
+                                            prepared=spec, plan=plan)
     if created:
         services.wake_scheduler()
     else:
