@@ -49,9 +49,11 @@ def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services:
     or none when one is refused (the error names the item, e.g. `items[3].resources`). 201 when any item
     created a workload; 200 when every item was an idempotent replay."""
     specs = workload_batch.prepare_batch(body.items)  # every item is checked before the transaction
+    with services.db.session(write=False) as session:  # and read for, checked again inside
+        plans = workload_batch.plan_batch(session, principal, body.items, specs, services.feasibility)
     with services.db.session() as session:
         stored = workload_batch.submit_batch(session, principal, body.items, specs, services.clock(),
-                                             services.feasibility)
+                                             services.feasibility, plans)
     if any(created for _, created in stored):
         services.wake_scheduler()
     else:
