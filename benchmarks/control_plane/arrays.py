@@ -3,7 +3,8 @@
 Starts a real `gpupool up` (see bench.py) on a fresh home and database (SQLite by default, PostgreSQL with
 --postgres-url), submits `--repeat` arrays of `--tasks` tasks one after another (each capped at one task at
 once, so the pool stays quiet), and prints a JSON summary: the accept time (the submit request, client side,
-answer parsed), `ls` (the folded line) and `show` (every task) of the last array.
+answer parsed), `ls` (the folded line), `show` (counts and the first 50 tasks) and every task (paged,
+`Client.all_array_tasks`) of the last array.
 
     python benchmarks/control_plane/arrays.py [--tasks 10000] [--repeat 5] [--postgres-url URL]
 """
@@ -40,6 +41,7 @@ def bench_arrays(args: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError(f"array {array_id} was not accepted whole: {answer.workload.array}")
             listed = [_timed(client.list_workloads) for _ in range(args.repeat)]
             shown = [_timed(lambda: client.get_workload(array_id)) for _ in range(args.repeat)]
+            every = [_timed(lambda: list(client.all_array_tasks(array_id))) for _ in range(args.repeat)]
             for workload in client.list_workloads(limit=1000).items:
                 client.cancel(workload.id)
     return {
@@ -48,6 +50,7 @@ def bench_arrays(args: argparse.Namespace) -> dict[str, Any]:
         "accept": summary_ms(accept),
         "ls": summary_ms(listed),
         "show": summary_ms(shown),
+        "every_task": summary_ms(every),
     }
 
 

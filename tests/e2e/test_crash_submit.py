@@ -20,6 +20,7 @@ from tests.e2e.conftest import StartServer
 from tests.support.databases import temporary_postgres_database
 from tests.support.processes import ServerProcess
 
+from gpupool.client.http import Client
 from gpupool.store.orm import EventRow, WorkloadRow
 
 pytestmark = pytest.mark.slow  # a few minutes: each kill costs a restart of the server
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow  # a few minutes: each kill costs a restart of the
 TASKS = 3000  # an array the server accepts in about half a second here: a kill lands inside it often
 BATCH = 100  # jobs in one batch request: one transaction long enough to be hit (several seconds here)
 ROUNDS = 4  # kills per kind of request and database: each costs a restart (a few seconds)
+CLIENT_TIMEOUT_S = 180  # a 100-job batch took over 30 s on PostgreSQL on a loaded 2-core machine
 SEED = 20261204  # fixed: a failure is reproduced by running the test again
 # Everything asks for the node's only CPU: one job or task runs, the rest wait (no thousand processes).
 ARRAY = "name: {name}\narray: 0-{last}\ncommand: sleep 600\nresources: {{cpu: 1, memory: 64MiB}}\n"
@@ -63,7 +65,7 @@ def test_a_killed_array_submit_leaves_the_whole_array_once_or_nothing(database: 
             assert len(stored) <= 1, f"round {round_no}: the array is stored {len(stored)} times"
             if answered is not None:  # the answer came back: it was committed
                 assert stored == [answered]
-            with server.client() as client:
+            with _client(server) as client:
                 again = client.submit(spec, idempotency_key=key)
             assert again.created == (not stored) and (not stored or again.workload.id == stored[0])
             assert _arrays_named(engine, name) == [again.workload.id]
@@ -97,7 +99,7 @@ def test_a_killed_batch_submit_leaves_the_whole_batch_once_or_nothing(database: 
             assert sum(len(ids) for ids in stored.values()) == len(stored), f"round {round_no}: a job stored twice"
             if answered is not None:
                 assert [stored[n] for n in names] == [[i] for i in answered]
-            with server.client() as client:
+            with _client(server) as client:
                 again = client.submit_batch(specs, idempotency_keys=keys).items
             assert {i.created for i in again} == {not stored}
             after = _ids_by_name(engine, f"b{round_no}-")
@@ -111,6 +113,12 @@ def test_a_killed_batch_submit_leaves_the_whole_batch_once_or_nothing(database: 
     print(f"batch submits killed: {outcomes}")
 
 
+def _client(server: ServerProcess) -> Client:
+    """A client that waits long enough for a batch on a loaded machine (the default 30 s is not, on PostgreSQL
+    right after a restart)."""
+    return Client(server.url, (server.home / "token").read_text().strip(), timeout_s=CLIENT_TIMEOUT_S)
+
+
 def _moment(draw: random.Random, round_no: int, took: float) -> float:
     """When to kill in round `round_no`: a random moment in its share of 0 to 1.5 times `took` (the rounds
     cover the request from its start to past its answer; 1.5: a request after a restart runs slower)."""
@@ -120,7 +128,7 @@ def _moment(draw: random.Random, round_no: int, took: float) -> float:
 
 def _timed(server: ServerProcess, send: Any) -> float:
     """Seconds `send(client)` takes from the start of the request to the answer (a client made beforehand)."""
-    with server.client() as client:
+    with _client(server) as client:
         client.health()
         began = time.monotonic()
         send(client)
@@ -131,7 +139,7 @@ def _submit_then_kill(server: ServerProcess, send: Any, delay_s: float) -> Any:
     """Start `send(client)` in a thread, SIGKILL the server `delay_s` later, and return what `send` answered
     (None when the kill came first and the request failed)."""
     answer: list[Any] = []
-    with server.client() as client:
+    with _client(server) as client:
         client.health()  # connected and warm: the delay counts from the request, as `_timed` measured it
 
         def request() -> None:

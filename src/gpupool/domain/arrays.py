@@ -16,11 +16,14 @@ environment. Pure: no I/O; the server stores the tasks (`server/services/arrays.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gpupool.domain.display import MILLI_PER_GPU
 from gpupool.domain.errors import ValidationError
+from gpupool.domain.nodes import Node
+from gpupool.domain.resources import ReplicaRequest
 from gpupool.domain.status import WorkloadStatus
 
 # The most tasks one array may have: accepting the largest array must stay under 2 s (benchmarks/control_plane:
@@ -170,3 +173,41 @@ def task_slots(limit: int | None, holding: int) -> int | None:
     """How many more of an array's pending tasks the scheduler may see: None (all) without a cap, else the
     cap less the tasks that hold resources (scheduled, starting, running, preempted), at least 0."""
     return None if limit is None else max(0, limit - holding)
+
+
+def pool_task_bound(nodes: Sequence[Node], groups: Sequence[tuple[int, ReplicaRequest]]) -> int | None:
+    """The most tasks with these replica groups ((replicas, request) per role) the pool could ever hold at
+    once: per node, the replicas of a request its whole capacity (not what is free: preemption may free it)
+    fits by CPU, memory and GPU count, summed over the nodes, divided by the role's replicas; the least over
+    the roles. An over-estimate by design (labels, taints, GPU models and MIG are ignored), so that a
+    scheduling cycle offered this many tasks plus one places exactly what it would with all of them. None when
+    a request is bounded by nothing (then every task is offered)."""
+    bound: int | None = None
+    for replicas, request in groups:
+        total = 0
+        for node in nodes:
+            fits = _replicas_on(node, request)
+            if fits is None:
+                return None
+            total += fits
+        role_bound = total // max(1, replicas)
+        bound = role_bound if bound is None else min(bound, role_bound)
+    return bound
+
+
+def _replicas_on(node: Node, request: ReplicaRequest) -> int | None:
+    """How many replicas of `request` the whole node holds at most by CPU, memory and GPU count (None: no
+    bound, a request of nothing or of GPU memory shares alone)."""
+    gpu = request.gpu
+    if not gpu.is_none and not node.gpus:
+        return 0
+    limits = []
+    if request.cpu_milli > 0:
+        limits.append(node.cpu_milli // request.cpu_milli)
+    if request.memory_mib > 0:
+        limits.append(node.memory_mib // request.memory_mib)
+    if gpu.kind == "whole" and gpu.count > 0:
+        limits.append(len(node.gpus) // gpu.count)
+    elif gpu.share_milli > 0:
+        limits.append(len(node.gpus) * MILLI_PER_GPU // gpu.share_milli)
+    return min(limits) if limits else None

@@ -161,6 +161,27 @@ def test_a_real_task_gets_its_index_in_env_and_command_and_its_logs_are_read(ser
         stop_local_replicas(server.settings.home)
 
 
+def test_an_uncapped_array_is_offered_only_what_the_pool_could_hold(server_factory: ServerFactory) -> None:
+    fake = FakeExecutor(default=ScriptedOutcome(running_polls=1))
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)  # 4 one-GPU tasks at most
+    loop = server.services.scheduling_loop
+    assert loop is not None
+    offered_at_most = 4 + loop.profile.reservation_depth + 1  # the pool's room, the reservations, one more
+    with server.client() as client:
+        array = client.submit(ARRAY.format(array="0-59")).workload
+        seen = []
+        for _ in range(200):
+            cycle(server)
+            decided = loop.last_decisions
+            assert decided is not None
+            seen.append(len(decided.binds) + len(decided.pending))
+            if client.get_workload(array.id, tasks=0).status == "succeeded":
+                break
+        assert client.get_workload(array.id, tasks=0).array.by_status == {"succeeded": 60}  # type: ignore[union-attr]
+    assert max(seen) == offered_at_most  # the first cycles: 13 of the 60 pending tasks were seen
+    assert sorted(int(x.env["GPUPOOL_ARRAY_INDEX"]) for x in fake.launches) == list(range(60))
+
+
 def test_a_large_array_is_accepted_whole(server_factory: ServerFactory, fake: FakeExecutor) -> None:
     server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False)  # accept time: benchmarks/
     with server.client() as client:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
+from sqlalchemy import select
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import ManualClock, TestServer, wait_until
 
 from gpupool.client.http import Client
 from gpupool.domain.errors import ConflictError, UnsatisfiableError
 from gpupool.executors.fake import SUCCEED, FakeExecutor, ScriptedOutcome, fail, replica_key
+from gpupool.server.api import schemas
+from gpupool.server.services import workloads
+from gpupool.server.services.auth import principal_for
+from gpupool.store.orm import WorkloadRow
+from gpupool.store.repos import accounts
 
 JOB = "kind: job\nname: {name}\ncommand: python train.py\nresources: {{cpu: 1, memory: 1GiB, gpu: {gpu}}}\n"
 
@@ -209,3 +216,30 @@ def test_logs_of_a_replica(admin: Client, fake: FakeExecutor) -> None:
     admin.wait(waiting, timeout_s=10)
     assert list(admin.logs(waiting)) == ["epoch 1", "epoch 2", "done"]
     assert list(admin.logs(waiting, tail=1)) == ["done"]
+
+
+def test_what_a_submit_read_before_its_transaction_is_checked_again_inside(server: TestServer) -> None:
+    """The reads run before the write transaction (`plan_submission`); a key stored meanwhile is replayed,
+    and a project whose queue changed meanwhile is planned again inside."""
+    services = server.services
+    body = schemas.SubmitRequest(spec_yaml=job("raced"), idempotency_key="raced-key")
+    spec = workloads.prepare_submission(body)
+    with services.db.session(write=False) as session:
+        principal = principal_for(session, accounts.user_by_id(session, 1))
+        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
+    assert plan.replay is None
+    with server.client() as client:  # another request with the same key commits first
+        first = client.submit(job("raced"), idempotency_key="raced-key").workload.id
+    with services.db.session() as session:
+        row, created = workloads.submit(session, principal, body, time.time(), services.feasibility,
+                                        prepared=spec, plan=plan)
+        assert (row.id, created) == (first, False)
+    stale = replace(plan, queue="gone")  # as if the project's queue were replaced after the plan
+    fresh = schemas.SubmitRequest(spec_yaml=job("replanned"))
+    with services.db.session() as session:
+        row, created = workloads.submit(session, principal, fresh, time.time(), services.feasibility,
+                                        prepared=workloads.prepare_submission(fresh), plan=stale)
+        assert created and row.queue == plan.queue == "default"
+    with services.db.session(write=False) as session:
+        named = session.scalars(select(WorkloadRow.id).where(WorkloadRow.name.in_(["raced", "replanned"]))).all()
+    assert len(named) == 2  # one each: nothing doubled

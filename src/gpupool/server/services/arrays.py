@@ -12,20 +12,31 @@ and a crash leaves either the whole array or nothing. The array's status follows
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, func, insert, literal, select
 from sqlalchemy.orm import Session
 
-from gpupool.domain.arrays import ARRAY_ENV, ARRAY_KIND, ArraySpec, parse_array, task_slots, task_spec
-from gpupool.domain.errors import NotFoundError, ValidationError
+from gpupool.domain.arrays import (
+    ARRAY_ENV,
+    ARRAY_KIND,
+    ArraySpec,
+    parse_array,
+    pool_task_bound,
+    task_slots,
+    task_spec,
+)
+from gpupool.domain.errors import GpupoolError, NotFoundError, ValidationError
 from gpupool.domain.lifecycle import set_controller_status
+from gpupool.domain.nodes import Node
+from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, parse_status, transition
 from gpupool.server.api import schemas
 from gpupool.store.orm import EventRow, WorkloadRow
 
 _S = WorkloadStatus
+OfferBound = Callable[[dict[str, Any]], "int | None"]  # an uncapped array's spec -> tasks to offer (None: all)
 _HOLDING = [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value, _S.PREEMPTED.value]
 
 
@@ -165,11 +176,13 @@ def cancel_tasks(session: Session, array: WorkloadRow, reason: str, now: float) 
     return len(live)
 
 
-def pending_to_offer(session: Session) -> list[WorkloadRow]:
+def pending_to_offer(session: Session, uncapped_offer: OfferBound | None = None) -> list[WorkloadRow]:
     """The pending workloads the scheduler may see, oldest first: every one that is not an array task, and of
     each array's pending tasks the lowest indices that fit in its cap beside its tasks that hold resources.
     Tasks beyond a cap are counted in SQL and never loaded, so a capped 10,000-task array costs a cycle no
-    more than its cap of rows."""
+    more than its cap of rows. `uncapped_offer` (the array's spec -> how many tasks, None for all) bounds an
+    array without a cap the same way: the scheduler passes how many such tasks its pool could hold at once,
+    plus one."""
     pending = _S.PENDING.value
     rows = list(
         session.scalars(
@@ -184,10 +197,13 @@ def pending_to_offer(session: Session) -> list[WorkloadRow]:
     array_ids = sorted(int(a) for a in waiting if a is not None)
     if not array_ids:
         return sorted(rows, key=lambda r: r.id)
-    limits = _limits(session, array_ids)
+    specs = _array_specs(session, array_ids)
+    limits = {a: _cap_of(spec) for a, spec in specs.items()}
     holding = _holding_counts(session, [a for a in array_ids if limits.get(a) is not None])
     for array_id in array_ids:
         slots = task_slots(limits.get(array_id), holding.get(array_id, 0))
+        if slots is None and uncapped_offer is not None and array_id in specs:
+            slots = uncapped_offer(specs[array_id])
         if slots == 0:
             continue
         query = (
@@ -201,13 +217,34 @@ def pending_to_offer(session: Session) -> list[WorkloadRow]:
     return sorted(rows, key=lambda r: r.id)
 
 
-def _limits(session: Session, array_ids: list[int]) -> dict[int, int | None]:
+def uncapped_offer(nodes: Sequence[Node], reservations: int) -> OfferBound:
+    """For `pending_to_offer`: how many of an uncapped array's pending tasks a cycle on `nodes` needs to see:
+    the most the pool could hold at once (`pool_task_bound`), plus the blocked heads the cycle may reserve
+    for (`reservations`: the profile's reservation depth, 0 without backfill), plus one that gets the
+    scheduler's reason. The tasks beyond ask for exactly what that last one asked, after the cycle ran out of
+    room and of reservations: it decides nothing for them. None (all) when the bound is unknown."""
+
+    def offer(spec: dict[str, Any]) -> int | None:
+        try:
+            parsed = parse_spec(task_spec(spec, 0))
+        except GpupoolError:
+            return None  # the scheduler logs an unreadable spec for each task it loads
+        elastic = parsed.min_available is not None  # a task may start with fewer replicas: count one each
+        groups = [(1 if elastic else role.replicas, role.resources) for role in parsed.roles]
+        bound = pool_task_bound(nodes, groups)
+        return None if bound is None else bound + reservations + 1
+
+    return offer
+
+
+def _array_specs(session: Session, array_ids: list[int]) -> dict[int, dict[str, Any]]:
     rows = session.execute(select(WorkloadRow.id, WorkloadRow.spec).where(WorkloadRow.id.in_(array_ids))).all()
-    out: dict[int, int | None] = {}
-    for array_id, spec in rows:
-        text: Any = spec.get("array") if isinstance(spec, dict) else None
-        out[int(array_id)] = parse_array(text).limit if isinstance(text, str) else None
-    return out
+    return {int(array_id): spec for array_id, spec in rows if isinstance(spec, dict)}
+
+
+def _cap_of(spec: Mapping[str, Any]) -> int | None:
+    text: Any = spec.get("array")
+    return parse_array(text).limit if isinstance(text, str) else None
 
 
 def _holding_counts(session: Session, array_ids: list[int]) -> dict[int, int]:

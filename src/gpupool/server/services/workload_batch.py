@@ -36,18 +36,34 @@ def prepare_batch(items: list[schemas.SubmitRequest]) -> list[WorkloadSpec]:
     return specs
 
 
+def plan_batch(session: Session, principal: Principal, items: list[schemas.SubmitRequest],
+               specs: list[WorkloadSpec], feasibility: FeasibilityCache) -> list[workloads.SubmitPlan]:
+    """`workloads.plan_submission` for every item, in a read-only transaction before the write one (the nodes
+    read once for all); the first refused item's error, naming the item."""
+    plans = []
+    pinned = PinnedFeasibility(feasibility, session)
+    for index, (body, spec) in enumerate(zip(items, specs, strict=True)):
+        try:
+            plans.append(workloads.plan_submission(session, principal, body, spec, pinned))
+        except GpupoolError as error:
+            raise at_item(index, error) from None
+    return plans
+
+
 def submit_batch(session: Session, principal: Principal, items: list[schemas.SubmitRequest],
-                 specs: list[WorkloadSpec], now: float,
-                 feasibility: FeasibilityCache) -> list[tuple[WorkloadRow, bool]]:
+                 specs: list[WorkloadSpec], now: float, feasibility: FeasibilityCache,
+                 plans: list[workloads.SubmitPlan] | None = None) -> list[tuple[WorkloadRow, bool]]:
     """Store every item as `workloads.submit` does, in the caller's one transaction, in order: (row, created)
     per item. An item that is refused (permission, unknown project, never fits, a reused idempotency key
     with another spec) raises its error naming the item, and the caller's rollback undoes the items before
-    it: nothing of a refused batch is stored. Items with the same idempotency key and spec are one workload."""
+    it: nothing of a refused batch is stored. Items with the same idempotency key and spec are one workload.
+    `plans` (from `plan_batch`, one per item) are checked again item by item as `workloads.submit` does."""
     stored = []
     pinned = PinnedFeasibility(feasibility, session)
     for index, (body, spec) in enumerate(zip(items, specs, strict=True)):
         try:
-            stored.append(workloads.submit(session, principal, body, now, pinned, prepared=spec))
+            plan = plans[index] if plans is not None else None
+            stored.append(workloads.submit(session, principal, body, now, pinned, prepared=spec, plan=plan))
         except GpupoolError as error:
             raise at_item(index, error) from None
     return stored

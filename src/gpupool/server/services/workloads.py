@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -132,14 +133,24 @@ def prepare_submission(body: schemas.SubmitRequest) -> WorkloadSpec:
     return spec
 
 
-def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
-           feasibility: FeasibilityCache, parent_id: int | None = None,
-           prepared: WorkloadSpec | None = None) -> tuple[WorkloadRow, bool]:
-    """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
-    second submit of the same spec returns the first workload (created False); a different spec is a conflict.
-    `parent_id` names the controller workload (pipeline run, sweep, service) a child is created for.
-    `prepared` is `prepare_submission(body)` when the caller already ran it."""
-    spec = prepared if prepared is not None else prepare_submission(body)
+@dataclass(frozen=True)
+class SubmitPlan:
+    """What a submit found in a read-only transaction before its write one: the project, its queue, the
+    canonical spec, and the workload an idempotency key already names (`replay`: nothing to write)."""
+
+    project_id: int
+    project_name: str
+    queue: str
+    canonical: dict[str, Any]
+    replay: WorkloadRow | None = None
+
+
+def plan_submission(session: Session, principal: Principal, body: schemas.SubmitRequest, spec: WorkloadSpec,
+                    feasibility: FeasibilityCache) -> SubmitPlan:
+    """The reads of a submit (project, queue, idempotency key, environment, whether it could ever fit), for a
+    read-only transaction before the write one, so that they never hold the store's write lock (SQLite has
+    one writer). Raises what `submit` raises for a refused spec. `submit(..., plan=)` re-checks, inside its
+    transaction, what could have changed since (the project's queue; a key taken meanwhile)."""
     project_id, project_name = _resolve_project(session, principal, spec)
     queue = queues.queue_of_project(session, project_id)
     if queue is None:
@@ -149,17 +160,38 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
                               f"{queue.name}", "queue")
     canonical = spec.to_dict() | {"project": project_name, "queue": queue.name}
     key = body.idempotency_key
-    if key is not None:
-        existing = repo.workload_by_key(session, principal.user_id, key)
-        if existing is not None:
-            return _replay(existing, canonical, key), False
+    existing = repo.workload_by_key(session, principal.user_id, key) if key is not None else None
+    if existing is not None:
+        return SubmitPlan(project_id, project_name, queue.name, canonical, _replay(existing, canonical, key or ""))
     feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
     reason = feasibility.never_fits_reason(session, spec, queue.name)
     if reason is not None:
         raise UnsatisfiableError(reason, "resources")
+    return SubmitPlan(project_id, project_name, queue.name, canonical)
+
+
+def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
+           feasibility: FeasibilityCache, parent_id: int | None = None,
+           prepared: WorkloadSpec | None = None, plan: SubmitPlan | None = None) -> tuple[WorkloadRow, bool]:
+    """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
+    second submit of the same spec returns the first workload (created False); a different spec is a conflict.
+    `parent_id` names the controller workload (pipeline run, sweep, service) a child is created for.
+    `prepared` is `prepare_submission(body)` when the caller already ran it; `plan` is `plan_submission` run
+    before this transaction: only the project's queue is read again here (when it changed, everything is
+    read again), and a key stored meanwhile is found by the unique index."""
+    spec = prepared if prepared is not None else prepare_submission(body)
+    if plan is not None:
+        current = queues.queue_of_project(session, plan.project_id)
+        if current is None or current.name != plan.queue:
+            plan = None  # the project or its queue changed since: decide again inside the transaction
+    if plan is None:
+        plan = plan_submission(session, principal, body, spec, feasibility)
+    if plan.replay is not None:
+        return plan.replay, False
+    key, canonical = body.idempotency_key, plan.canonical
     array = spec.array if isinstance(spec, JobSpec) else None
-    row = WorkloadRow(name=spec.name, kind=ARRAY_KIND if array else spec.kind.value, project_id=project_id,
-                      queue=queue.name, user_id=principal.user_id, spec=canonical, priority=spec.priority,
+    row = WorkloadRow(name=spec.name, kind=ARRAY_KIND if array else spec.kind.value, project_id=plan.project_id,
+                      queue=plan.queue, user_id=principal.user_id, spec=canonical, priority=spec.priority,
                       replica_count=spec.replica_count, submitted_at=now, updated_at=now, idempotency_key=key,
                       message="submitted", attempt=0, retries_used=0, preemptions=0, parent_id=parent_id)
     try:
@@ -171,7 +203,7 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
         if existing is None:
             raise
         return _replay(existing, canonical, key or ""), False
-    repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {queue.name}")
+    repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {plan.queue}")
     if array is not None:
         arrays.add_tasks(session, row, array, now)
     return row, True

@@ -38,7 +38,7 @@ from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
-from gpupool.server.services.arrays import pending_to_offer
+from gpupool.server.services.arrays import pending_to_offer, uncapped_offer
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
 from gpupool.server.services.workloads import preempt as preempt_workload
@@ -138,8 +138,11 @@ class SchedulingLoop:
         return spec
 
     def _load(self, session: Session) -> ClusterState:
-        # a job array's tasks beyond its cap of tasks at once are not offered (see services.arrays)
-        pending_rows = pending_to_offer(session)
+        nodes, fingerprint, gpu_versions = self._nodes(session)
+        # a job array's tasks beyond its cap of tasks at once, or beyond what the pool could hold, are not
+        # offered (see services.arrays)
+        reservations = self.profile.reservation_depth if self.profile.backfill else 0
+        pending_rows = pending_to_offer(session, uncapped_offer(nodes, reservations))
         pending: list[PendingWorkload] = []
         specs: dict[int, WorkloadSpec] = {}
         for row in pending_rows:
@@ -154,7 +157,6 @@ class SchedulingLoop:
             pending.append(pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated))
         self._spec_cache = {k: v for k, v in self._spec_cache.items() if k in specs}
         running = self._running(session)
-        nodes, fingerprint, gpu_versions = self._nodes(session)
         return ClusterState(list(nodes), fingerprint, queue_specs(session), pending, running, specs,
                             dict(gpu_versions))
 

@@ -27,9 +27,14 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
     """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
     returned the workload an earlier submit created."""
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
-    with services.db.session() as session:
-        row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
-                                        prepared=spec)
+    with services.db.session(write=False) as session:  # and so do the reads, checked again inside
+        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
+    if plan.replay is not None:
+        row, created = plan.replay, False
+    else:
+        with services.db.session() as session:
+            row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
+                                            prepared=spec, plan=plan)
     if created:
         services.wake_scheduler()
     else:
@@ -44,9 +49,11 @@ def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services:
     or none when one is refused (the error names the item, e.g. `items[3].resources`). 201 when any item
     created a workload; 200 when every item was an idempotent replay."""
     specs = workload_batch.prepare_batch(body.items)  # every item is checked before the transaction
+    with services.db.session(write=False) as session:  # and read for, checked again inside
+        plans = workload_batch.plan_batch(session, principal, body.items, specs, services.feasibility)
     with services.db.session() as session:
         stored = workload_batch.submit_batch(session, principal, body.items, specs, services.clock(),
-                                             services.feasibility)
+                                             services.feasibility, plans)
     if any(created for _, created in stored):
         services.wake_scheduler()
     else:
