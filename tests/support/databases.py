@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -49,6 +50,17 @@ def temporary_postgres_database() -> Iterator[str]:
     """Create an empty database, yield its URL, drop it afterwards."""
     require_postgres()
     with scratch_postgres_database(postgres_admin_url(), "gpupool_test") as url:
+        yield url
+
+
+@contextmanager
+def fresh_database(kind: str, directory: Path) -> Iterator[str]:
+    """A database of its own for a test or a module: `kind` "sqlite" gives a new file in `directory`,
+    "postgresql" a throw-away PostgreSQL database, dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'gpupool.db'}"
+        return
+    with temporary_postgres_database() as url:
         yield url
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 from tests.support.package_index import index_settings
 from tests.support.servers import TestServer, server_settings, start_server
 
@@ -38,17 +38,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     executor = LocalExecutor(tmp / "executor", base_env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                                          "HOME": str(home), "LANG": "C.UTF-8"})
 
-    def serve(url: str) -> Iterator[TestServer]:
+    with fresh_database(request.param, tmp) as url:
         running = start_server(server_settings(tmp / "home", url, environments_user_quota_gib=QUOTA_GIB,
                                                **index_settings()), executor)
         yield running
         running.stop()
-
-    if request.param == "sqlite":
-        yield from serve(f"sqlite:///{tmp / 'gpupool.db'}")
-    else:
-        with temporary_postgres_database() as url:
-            yield from serve(url)
 
 
 @pytest.fixture(scope="module")

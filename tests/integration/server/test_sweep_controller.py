@@ -9,7 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 from tests.support.servers import TestServer, server_settings, start_server
 
 from gpupool.domain.specs import parse_spec
@@ -33,16 +33,10 @@ trial: {command: sleep 1000, resources: {cpu: 0.5, memory: 64MiB}}
 @pytest.fixture(params=["sqlite", "postgresql"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestServer]:
     """A server without workers (the test runs the controller's passes) on SQLite or PostgreSQL."""
-    def serve(url: str) -> Iterator[TestServer]:
+    with fresh_database(request.param, tmp_path) as url:
         running = start_server(server_settings(tmp_path / "home", url, workers=False))
         yield running
         running.stop()
-
-    if request.param == "sqlite":
-        yield from serve(f"sqlite:///{tmp_path / 'gpupool.db'}")
-    else:
-        with temporary_postgres_database() as url:
-            yield from serve(url)
 
 
 def test_a_crash_after_asking_is_repaired_and_parallel_caps_the_trials(server: TestServer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.sweeps import SweepSpec
@@ -23,11 +23,8 @@ SPEC = {"kind": "sweep", "name": "s", "objective": {"metric": "loss"}, "search":
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gpupool.db'}"
-    else:
-        with temporary_postgres_database() as url:
-            yield url
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 def test_studies_live_beside_gpupool_and_leave_its_migrations_alone(database_url: str) -> None:

@@ -9,7 +9,7 @@ import io
 from collections.abc import Iterator
 
 import pytest
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 from tests.support.gpus import a100s, write_description
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 from typer.testing import CliRunner
@@ -27,17 +27,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp("usage")
     description = write_description(tmp, {"node": "m", "gpus": [a100s(2, utilization=70)]})
 
-    def serve(url: str) -> Iterator[TestServer]:
+    with fresh_database(request.param, tmp) as url:
         running = start_server(server_settings(tmp / "home", url, gpu_description=description,
                                                sample_interval_s=0.05), FakeExecutor(default=RUN_FOREVER))
         yield running
         running.stop()
-
-    if request.param == "sqlite":
-        yield from serve(f"sqlite:///{tmp / 'gpupool.db'}")
-    else:
-        with temporary_postgres_database() as url:
-            yield from serve(url)
 
 
 @pytest.fixture(scope="module")

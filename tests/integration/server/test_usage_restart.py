@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 from tests.support.gpus import a100s, write_description
 from tests.support.servers import server_settings, start_server, wait_until
 
@@ -21,11 +21,8 @@ JOB = "name: train\ncommand: sleep 600\nresources: {cpu: 0.5, memory: 256MiB, gp
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gpupool.db'}"
-    else:
-        with temporary_postgres_database() as url:
-            yield url
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 def _stored_observed_s(url: str) -> float:
