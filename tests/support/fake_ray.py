@@ -59,11 +59,14 @@ class FakeAgent:
     backend: GpuBackend | None = None  # discovered GPUs (a description file), sampled as the real agent does
     launches: list[Any] = field(default_factory=list)  # every ReplicaLaunch started here
     session_ids: dict[str, int] = field(default_factory=dict)  # replica id -> session id its processes have
+    warm_environments: list[str] = field(default_factory=list)  # what the server last sent with describe
 
     def __getattr__(self, method: str) -> _Method:
         return _Method(self, getattr(self, "_" + method))
 
-    def _describe(self) -> NodeDescription:
+    def _describe(self, warm_environments: list[str] | None = None) -> NodeDescription:
+        if warm_environments is not None:
+            self.warm_environments = list(warm_environments)
         return self.description
 
     def _sees(self, path: str, content: str) -> bool:

@@ -5,10 +5,21 @@ from __future__ import annotations
 from gpupool.api.schemas import Model
 
 
+class CullWarning(Model):
+    """The culler's warning to a running notebook about to be culled: `text` as its event says it (`gpupool
+    show`), `at` when it was given, `summary` the short form with the culler's latest figure ("culls in 4m10s
+    unless used")."""
+
+    at: float
+    text: str
+    summary: str
+
+
 class NotebookInfo(Model):
     """One notebook as `gpupool notebook ls` shows it. `path` is where the server proxies it; `idle_for_s` and
     `culls_in_s` come from the culler's last look (None before one, while a kernel is busy, or never culled);
-    `idle_timeout_s` 0 means never culled."""
+    `idle_timeout_s` 0 means never culled. `cull_warning` is set while the notebook is about to be culled: the
+    culler warned it in its current run and has not seen it used since."""
 
     id: int
     name: str
@@ -21,6 +32,7 @@ class NotebookInfo(Model):
     idle_for_s: float | None = None
     culls_in_s: float | None = None
     message: str = ""
+    cull_warning: CullWarning | None = None
 
 
 class NotebookOpen(Model):

@@ -19,7 +19,7 @@ from gpupool.domain.errors import ConflictError, ValidationError
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.api import schemas
 from gpupool.server.environments import Viewer
-from gpupool.server.services import accounts, dry_run, workloads
+from gpupool.server.services import accounts, dry_run, notebooks, workloads
 
 router = APIRouter(include_in_schema=False)
 PAGE = 50  # workloads a list page shows: a few screens, one query; `?limit=` asks for up to MAX_PAGE
@@ -53,14 +53,17 @@ def workload_list(request: Request, project: Filter = "", user: Filter = "", kin
 
 @router.get("/workloads/{workload_id}")
 def workload_detail(request: Request, workload_id: WorkloadId) -> Response:
-    """One workload: status, why it waits, timeline, replicas with node and GPUs, live logs and its spec."""
+    """One workload: status, why it waits (or, for a notebook, the culler's warning while it is about to be
+    culled), timeline, replicas with node and GPUs, live logs and its spec."""
     def build(who: Caller) -> Response:
         services = services_of(request)
+        latest = services.notebook_culler.latest if services.notebook_culler else {}
         with services.db.session(write=False) as session:
-            detail = workloads.detail_view(session, workloads.visible_workload(session, who.principal, workload_id),
-                                           tasks=ARRAY_TASKS_SHOWN)
+            row = workloads.visible_workload(session, who.principal, workload_id)
+            detail = workloads.detail_view(session, row, tasks=ARRAY_TASKS_SHOWN)
+            warning = notebooks.cull_warnings(session, [row], latest).get(row.id)
         terminal = WorkloadStatus(detail.status).is_terminal()
-        return page(request, "workload.html", who, w=detail, terminal=terminal,
+        return page(request, "workload.html", who, w=detail, terminal=terminal, cull_warning=warning,
                     spec_yaml=yaml.safe_dump(detail.spec, sort_keys=False))
     return guard(request, build)
 

@@ -22,6 +22,7 @@ pop-up or update check (offline sites).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -182,3 +183,34 @@ def cull_decision(activity: Activity, running_since: float, timeout_s: int | Non
         return CullDecision(idle_for, None)
     left = timeout_s - idle_for
     return CullDecision(idle_for, max(0.0, left), warn=0 < left <= warn_before_s(timeout_s), cull=left <= 0)
+
+
+# How the warning event begins (cull_warning_text): how the console finds a run's warning among its events.
+_WARNING = re.compile(r"idle for [0-9hms]+; culled in [0-9hms]+ unless used")
+
+
+def cull_warning_text(idle_for_s: float, culls_in_s: float, timeout_s: int, capped: bool = False) -> str:
+    """The warning event the culler records once per run before it culls ("idle for 1h45m; culled in 15m
+    unless used (idle_timeout 2h)"); `capped`: the timeout is the project's cap."""
+    cap_note = ", its project's cap" if capped else ""
+    return (f"idle for {duration_text(idle_for_s)}; culled in {duration_text(culls_in_s)} unless used "
+            f"(idle_timeout {duration_text(timeout_s)}{cap_note})")
+
+
+def is_cull_warning(reason: str) -> bool:
+    """True when an event's reason is the culler's warning (cull_warning_text)."""
+    return _WARNING.match(reason) is not None
+
+
+def about_to_cull(decision: CullDecision | None) -> bool:
+    """True unless the culler's latest look (`decision`; None: no look yet) puts the notebook outside the
+    warning window: busy, or used since it was warned."""
+    return decision is None or decision.warn or decision.cull
+
+
+def cull_summary(culls_in_s: float | None) -> str:
+    """The short form of a warning the console shows: "culls in 4m10s unless used" (from the culler's latest
+    look; "culls soon" before one, or when the culler is due now)."""
+    if culls_in_s is None or culls_in_s < 1:
+        return "culls soon unless used"
+    return f"culls in {duration_text(culls_in_s)} unless used"

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,9 @@ class RayExecutor(Executor):
     agent runs replicas without reaching the head before it stops them. `silence_limit_s`: how long an agent
     may not answer, its node alive, before the node counts as lost (`overdue`). `fence_orders_dir`: a folder
     on the shared storage where a stop the agent cannot take is left for the node's fencing watchdog
-    (`executors/ray_fence.py`). `clock`: the monotonic clock of the agents' silences (tests)."""
+    (`executors/ray_fence.py`). `warm_environments`: the Pythons (`<build>/bin/python` on the shared
+    filesystem) of the environments whose notebooks get warm slots on nodes that keep a warm pool, asked at each
+    node pass and sent to every agent with it. `clock`: the monotonic clock of the agents' silences (tests)."""
 
     name = "ray"
     capabilities = frozenset({Capability.FOLLOW_LOGS, Capability.REATTACH, Capability.MULTI_NODE,
@@ -104,6 +106,7 @@ class RayExecutor(Executor):
         survey_timeout_s: float = SURVEY_TIMEOUT_S,
         silence_limit_s: float = DEFAULT_SILENCE_LIMIT_S,
         fence_orders_dir: Path | None = None,
+        warm_environments: Callable[[], Sequence[str]] = tuple,
         clock: Callable[[], float] = time.monotonic,
         api: Any = None,
     ) -> None:
@@ -125,6 +128,7 @@ class RayExecutor(Executor):
         self.survey_timeout_s = survey_timeout_s
         self.silence_limit_s = silence_limit_s
         self.fence_orders_dir = fence_orders_dir
+        self.warm_environments = warm_environments
         self.health = AgentHealth(clock)
         self._agents: dict[str, Any] = {}  # agent name -> actor handle, while calls to it succeed
         self._names: dict[str, str] = {}  # agent name -> the gpupool name of its node (from its description)
@@ -206,10 +210,12 @@ class RayExecutor(Executor):
         waiting at most `timeout_s` (default `survey_timeout_s`) in all. Agents that answer are `answered`,
         by node name; those that do not (still starting, restarting, busy) are `silent`: their nodes are
         alive, which is not the same as gone. With `marker` (path, content), a node whose agent does not read
-        that content at that path is left out, and logged: it does not see the shared storage."""
+        that content at that path is left out, and logged: it does not see the shared storage. Each agent is
+        told the environments whose notebooks get warm slots (`warm_environments`) with the same call."""
         asked_at, alive = self.health.now(), self._alive_nodes()
+        warm = list(self.warm_environments())
         calls = [
-            (name, agent.describe.remote(), agent.sees.remote(*marker) if marker else None)
+            (name, agent.describe.remote(warm), agent.sees.remote(*marker) if marker else None)
             for name, agent in (self._ensure_agent(n) for n in alive)
         ]
         wait_s = self.survey_timeout_s if timeout_s is None else timeout_s

@@ -16,12 +16,17 @@ What the node declares comes from the environment the node's `ray start` ran wit
     GPUPOOL_AGENT_HOME        the agent's state: executor/ (replica state) and logs/ (default
                               /var/lib/gpupool-agent)
     GPUPOOL_AGENT_NOTEBOOK_WARM_POOL
-                              parked JupyterLab servers kept on this node (`executors/warm_pool.py`, for the
-                              interpreter the agent runs on); 0 or unset: none
+                              parked JupyterLab servers kept on this node per Python (`executors/warm_pool.py`):
+                              for the interpreter the agent runs on and for each environment the server names
+                              (its GPUPOOL_NOTEBOOK_WARM_ENVIRONMENTS, sent on every node pass, see `describe`);
+                              0 or unset: none
 
 A replica whose spec names a Python environment starts only when this node sees that environment's finished
 build at the path the server gave (the environments live under the server's home, on the shared filesystem of
 cluster mode); otherwise the start fails with an error that says so, rather than running in the wrong Python.
+The warm slots of an environment are kept the same way: only while this node sees its finished build; a
+notebook naming it finds its slots by its `bin/python` (the first `python` on the notebook's PATH), exactly as
+on the local executor, so a slot is claimed once (an atomic rename) and becomes one notebook only.
 
 The discovered cards (model, memory, UUIDs, MIG devices) travel in the node's description as
 `GpuInventory.to_dict`; the agent samples them here (`sample_gpus`) with each GPU process's process group and
@@ -37,14 +42,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch, ReplicaState
-from gpupool.executors.environment import ENVIRONMENT_COMPLETE, ENVIRONMENT_DIR_VAR
+from gpupool.executors.environment import ENVIRONMENT_COMPLETE, ENVIRONMENT_DIR_VAR, default_base_env
 from gpupool.executors.local import LocalExecutor, pick_free_ports
 from gpupool.gpu.fake import FakeBackend, read_description
 from gpupool.gpu.monitor import process_groups
@@ -167,7 +174,12 @@ class NodeAgent:
         self.description = NodeDescription(
             name=environ.get("GPUPOOL_AGENT_NODE_NAME") or socket.gethostname(), address=address, cpus=cpus,
             memory_mib=memory_mib or _memory_mib(), gpus=environ.get("GPUPOOL_AGENT_GPUS", ""), labels={})
-        self.executor = LocalExecutor(self.home / "executor", warm_notebooks=_warm_pool_size(environ))
+        base_env = default_base_env(os.environ, str(Path(sys.executable).parent))  # the local executor's default
+        own_python = shutil.which("python", path=base_env["PATH"])
+        self._own_pythons = [own_python] if own_python else []
+        self._warm_environments: tuple[str, ...] = ()  # as the server last named them (describe)
+        self.executor = LocalExecutor(self.home / "executor", base_env=base_env,
+                                      warm_notebooks=_warm_pool_size(environ), warm_pythons=self.warm_pythons)
         self._gpus: GpuBackend | None = None  # the node's GPU backend (declared GPUs: made on the first sample)
         if not self.description.gpus:
             self._discover(environ)
@@ -187,9 +199,24 @@ class NodeAgent:
         self.description = dataclasses.replace(self.description, gpu_inventory=inventory.to_dict(),
                                                gpus_simulated=simulated)
 
-    def describe(self) -> NodeDescription:
-        """The node's name, address, CPUs, memory, declared or discovered GPUs and labels."""
+    def describe(self, warm_environments: Sequence[str] | None = None) -> NodeDescription:
+        """The node's name, address, CPUs, memory, declared or discovered GPUs and labels. `warm_environments`
+        (when given) replaces the Pythons of environments (`<build>/bin/python` on the shared filesystem) whose
+        notebooks get this node's warm slots too: the server sends them with every node pass, so an agent
+        restarted by Ray has them again within one pass, and a change of the list wakes the pool's refill."""
+        if warm_environments is not None:
+            named = tuple(dict.fromkeys(str(p) for p in warm_environments))
+            if named != self._warm_environments:
+                self._warm_environments = named
+                self.executor.warm.wake()
         return self.description
+
+    def warm_pythons(self) -> list[str]:
+        """The Pythons this node keeps warm slots of (when its pool is on): the interpreter the agent runs on,
+        then each environment the server named whose finished build this node sees (one it does not see yet
+        is skipped until it does, so no slot runs a half-built or missing environment)."""
+        seen = [p for p in self._warm_environments if (Path(p).parent.parent / ENVIRONMENT_COMPLETE).exists()]
+        return [*self._own_pythons, *seen]
 
     def start(self, launch: ReplicaLaunch) -> Handle:
         """Start the replica on this node (the local executor's start: idempotent per replica attempt). Its

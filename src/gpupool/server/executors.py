@@ -29,11 +29,17 @@ def _local_executor(settings: Settings) -> LocalExecutor:
 
 def warm_pythons(settings: Settings) -> list[str]:
     """The Pythons whose notebooks get warm slots: the interpreter notebooks run on without an environment
-    (`python` beside the server's), and `bin/python` of each built environment in
-    `notebook_warm_environments` (a missing or unbuilt one is skipped until it exists)."""
+    (`python` beside the server's), and those of `warm_environment_pythons`."""
     default = Path(sys.executable).parent / "python"
-    found = [str(default) if default.exists() else shutil.which("python") or sys.executable]
+    return [str(default) if default.exists() else shutil.which("python") or sys.executable,
+            *warm_environment_pythons(settings)]
+
+
+def warm_environment_pythons(settings: Settings) -> list[str]:
+    """`bin/python` of each built environment in `notebook_warm_environments` (a missing or unbuilt one is
+    skipped until it exists): under the server's home, so in cluster mode the same path on every node."""
     store = EnvironmentStore(settings.home / "environments", uv_settings(settings))
+    found = []
     for name in settings.notebook_warm_environments.split():
         try:
             found.append(str(store.bin_dir(name) / "python"))
@@ -48,7 +54,8 @@ def _ray_executor(settings: Settings) -> Executor:
 
     return RayExecutor(settings.ray_address or "auto", fence_after_s=settings.ray_fence_after_s,
                        silence_limit_s=settings.agent_silence_limit_s,
-                       fence_orders_dir=settings.storage_dir / FENCE_ORDERS_DIR)
+                       fence_orders_dir=settings.storage_dir / FENCE_ORDERS_DIR,
+                       warm_environments=lambda: warm_environment_pythons(settings))
 
 
 def make_executor(settings: Settings) -> Executor:

@@ -101,7 +101,8 @@ class Settings(BaseSettings):
     notebook_warm_pool: int = Field(0, ge=0, le=64, description="Parked JupyterLab servers kept per Python "
                                     "(the default interpreter and each of notebook_warm_environments); 0: none")
     notebook_warm_environments: str = Field("", description="Environments (space-separated names) whose "
-                                            "notebooks also get a warm pool")
+                                            "notebooks also get a warm pool (in cluster mode: on every node that "
+                                            "keeps one, GPUPOOL_AGENT_NOTEBOOK_WARM_POOL)")
     # Python environments (`gpupool envs`): uv (default: the one beside the server's Python, else on PATH) and
     # the package index it builds from (unset: uv's default, PyPI); an offline site names its mirror.
     uv_path: str | None = Field(None, description="The uv executable that builds environments")

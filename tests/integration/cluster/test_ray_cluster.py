@@ -21,12 +21,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tests.support.jupyter import execute, start_kernel
 from tests.support.package_index import index_settings
 from tests.support.processes import REPO, ServerProcess, run_json
 from tests.support.ray_cluster import RayCluster, RayNode, inside, require_root, start_cluster, wait_started
 from tests.support.servers import wait_until
 
 from gpupool.client.http import Client
+from gpupool.executors.warm_pool import python_key
 from gpupool.gpu.fake_nvml import fake_uuid
 
 # the head has no GPU: GPU work lands on the workers, whose loss the cluster survives
@@ -39,6 +41,7 @@ FENCE_AFTER_S = 6.0  # the server's default fencing bound (settings.ray_fence_af
 DETECTION_SLACK_S = 30.0  # ten times the detection measured on an idle machine: a shared one is slower
 AGENT_RECREATE_S = 20.0  # watched after an agent is killed: Ray starts a new agent in ~2 s on an idle machine
 SERVER_START_S = 180.0  # Ray driver, three agents started on three nodes: ~5 s idle, much more on a shared machine
+LAB_ENVIRONMENT = "cluster-lab"  # named in the server's GPUPOOL_NOTEBOOK_WARM_ENVIRONMENTS, built by a test
 READY_S = 180.0  # a parked JupyterLab imports in 3 s idle, 10-25 s on a busy 2-core machine; a Ray node is slower
 
 
@@ -71,6 +74,7 @@ def server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         process = ClusterServer(tmp_path_factory.mktemp("server") / "home",
                                 ["--ray", cluster.address, "--host", "0.0.0.0", "--policy", "binpack"],
                                 extra_env={"GPUPOOL_NODE_SYNC_INTERVAL_S": "0.5", "GPUPOOL_SAMPLE_INTERVAL_S": "0.5",
+                                           "GPUPOOL_NOTEBOOK_WARM_ENVIRONMENTS": LAB_ENVIRONMENT,
                                            **{f"GPUPOOL_{k.upper()}": v for k, v in index_settings().items()}})
         try:
             yield process.start()
@@ -261,6 +265,51 @@ def test_a_job_runs_in_an_environment_on_another_node_and_a_notebook_in_that_nod
         assert [p for p in slots.iterdir() if (p / "assign.json").exists()]  # it runs in the parked slot
         client.cancel(nid)
         assert client.wait(nid, timeout_s=60).status == "cancelled"
+
+
+def test_a_notebook_naming_an_environment_takes_a_warm_slot_of_it_on_its_node(
+        cluster: RayCluster, server: ClusterServer) -> None:
+    """The server names the environment for warm slots before it is built; once built (on the shared
+    filesystem) node-4's agent parks a JupyterLab of that environment's Python beside its own, and a notebook
+    naming the environment placed there takes that slot, leaving the other for notebooks without one."""
+    _start_node_4(cluster, server)
+    ready = cluster.root / "agent-4" / "executor" / "warm" / "ready"
+    with _client(server) as client:
+        env = client.create_environment(LAB_ENVIRONMENT, packages="jupyterlab ipykernel")
+        python = f"{env.path}/bin/python"
+        in_env = ready / python_key(python)
+        wait_until(lambda: len(list(in_env.glob("*"))) == 1, READY_S, 0.5, "a parked slot of the environment")
+        others = {p.name for p in ready.glob("*/*")} - {p.name for p in in_env.glob("*")}
+        assert others, "node-4 keeps a slot of its own interpreter too"
+        nid = client.submit({"kind": "notebook", "name": "lab-on-4", "idle_timeout": "off",
+                             "environment": LAB_ENVIRONMENT,
+                             "resources": {"cpu": 0.1, "memory": "512MiB", "gpu": {"count": 1, "model": ["T4"]}}}
+                            ).workload.id
+        auth = {"Authorization": f"Bearer {client.token}"}
+
+        def through_proxy() -> bool:
+            try:
+                return httpx.get(f"{server.url}/notebooks/{nid}/api/status", headers=auth, timeout=10).status_code \
+                    == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(through_proxy, READY_S, 0.5, "the notebook on node-4 ready through the proxy")
+        assert client.get_workload(nid).replica_list[0].node == "node-4"
+        slots = cluster.root / "agent-4" / "executor" / "warm" / "slots"
+        taken = [json.loads((p / "slot.json").read_text()) for p in slots.iterdir() if (p / "assign.json").exists()
+                 and not _ended(p)]
+        assert [t["python"] for t in taken] == [python]  # it runs in a parked slot of its environment
+        assert others <= {p.name for p in ready.glob("*/*")}  # the node's own slot is still parked
+        kernel = start_kernel(f"{server.url}/notebooks/{nid}/", auth)
+        ws_url = f"{server.url.replace('http://', 'ws://')}/notebooks/{nid}/api/kernels/{kernel}/channels"
+        assert execute(ws_url, auth, "import sys; sys.prefix") == (repr(env.path), None)  # its kernels run in it
+        client.cancel(nid)
+        assert client.wait(nid, timeout_s=60).status == "cancelled"
+
+
+def _ended(slot: Path) -> bool:
+    return (slot / "exit.json").exists()
 
 
 def test_logs_follow_a_remote_replica_and_remain_after_it_ends(server: ClusterServer, tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from tests.support.jupyter import execute, start_kernel
 from tests.support.servers import free_port, wait_until
 
 from gpupool.domain.notebooks import JUPYTER_COMMAND
@@ -22,6 +24,7 @@ from gpupool.executors.base import ExecutorError, ReplicaLaunch, ReplicaState
 from gpupool.executors.local import LocalExecutor
 from gpupool.executors.ray_agent import NodeAgent, reachable
 from gpupool.executors.ray_fence import ORDER_SUFFIX, carry_out_orders, running_handles, watch, write_order
+from gpupool.executors.warm_pool import python_key
 from gpupool.server.ray_nodes import node_from_description
 
 
@@ -108,6 +111,72 @@ def test_an_agent_keeps_a_warm_pool_of_notebooks_on_its_node(tmp_path: Path) -> 
                                                    "GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "lots"})
     assert silly.executor.warm.size == 0  # a bad value keeps none (and is logged)
     silly.close()
+
+
+def _lab_environment(root: Path) -> Path:
+    """An environment build as the server leaves one under its home (a virtual environment with the build
+    marker) that holds JupyterLab: a real venv whose site-packages reach this test run's (one .pth line), so no
+    package is downloaded. Not finished yet: the test writes the marker."""
+    build = root / "environments" / "cache" / "lab1"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(build)], check=True, timeout=120)
+    site = next((build / "lib").glob("python3*/site-packages"))
+    (site / "test-run.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return build
+
+
+def test_an_agent_keeps_warm_slots_of_the_environments_the_server_names(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    build = _lab_environment(tmp_path)
+    python = str(build / "bin" / "python")
+    agent = NodeAgent("10.0.0.2", 8.0, 4096, env={"GPUPOOL_AGENT_HOME": str(tmp_path / "agent"),
+                                                   "GPUPOOL_AGENT_NOTEBOOK_WARM_POOL": "1"})
+    ready = tmp_path / "agent" / "executor" / "warm" / "ready"
+    try:
+        agent.describe([python])  # as a node pass: the server names the environment's Python
+        assert python not in agent.warm_pythons()  # its build is not finished: no slot runs it
+        (build / ".gpupool-complete").write_text("{}")
+        assert agent.warm_pythons()[1:] == [python]  # after the agent's own interpreter
+        own = ready / python_key(agent.warm_pythons()[0])
+        in_env = ready / python_key(python)
+        # the refill picks the build up within REFILL_INTERVAL_S; a parked JupyterLab imports in 3 s unloaded,
+        # 10-25 s on a busy 2-core machine
+        wait_until(lambda: len(list(in_env.glob("*"))) == 1 and len(list(own.glob("*"))) == 1, 120, 0.1,
+                   "a parked slot of each Python on the node")
+        parked_own = [p.name for p in own.glob("*")]
+        port = free_port()
+        launch = ReplicaLaunch(workload_id="9", replica=0, role="main", command=JUPYTER_COMMAND, cwd=tmp_path / "home",
+                               log_dir=tmp_path / "server-logs", node="n2", notebook=True,
+                               env={"GPUPOOL_NOTEBOOK_IP": "127.0.0.1", "GPUPOOL_PORT": str(port),
+                                    "GPUPOOL_WORKLOAD_ID": "9", "JUPYTER_TOKEN": "token-9", "HOME": str(tmp_path),
+                                    "PATH": f"{build / 'bin'}:/usr/bin:/bin", "VIRTUAL_ENV": str(build),
+                                    "GPUPOOL_ENVIRONMENT_DIR": str(build)})
+        handle = agent.start(launch)
+        slot = Path(str(handle["state_dir"]))
+        assert handle["warm"] and json.loads((slot / "slot.json").read_text())["python"] == python
+        assert slot.name not in [p.name for p in in_env.glob("*")]  # claimed: no longer ready for anyone
+        assert [p.name for p in own.glob("*")] == parked_own  # the agent's own slot is left for others
+        base = f"http://127.0.0.1:{port}/notebooks/9/"
+        token = {"Authorization": "token token-9"}
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{base}api/status", timeout=5, headers=token).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 120, 0.1, "the warm notebook ready")
+        ws_url = f"ws://127.0.0.1:{port}/notebooks/9/api/kernels/{start_kernel(base, token)}/channels"
+        # the kernel Jupyter starts runs the environment's Python, in the notebook's directory
+        assert execute(ws_url, token, "import sys, os; sys.prefix + '|' + os.getcwd()") == (
+            repr(f"{build}|{tmp_path / 'home'}"), None)
+        agent.stop(handle, 2)
+        wait_until(lambda: ReplicaState(agent.poll(handle)[0]).is_terminal, 60, 0.1, "stopped")
+        wait_until(lambda: len(list(in_env.glob("*"))) == 1, 120, 0.1, "the environment's slot refilled")
+        agent.describe([])  # the server names none any more: only the agent's own interpreter is kept warm
+        assert agent.warm_pythons() == [agent.warm_pythons()[0]] and agent.warm_pythons()[0] != python
+    finally:
+        agent.close()
+        agent.executor.warm.stop_unclaimed()
 
 
 def test_reachable_tells_a_listening_port_from_a_closed_one() -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
+from tests.integration.server.test_console_http import browser_for
 from tests.support.jupyter import execute, start_kernel
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 from websockets.exceptions import InvalidStatus
@@ -190,6 +191,66 @@ def test_a_browser_opens_the_link_runs_a_cell_and_sees_its_output(server: TestSe
             assert errors == []
         finally:
             browser.close()
+
+
+# A quarter of it is the warning window (10 s): room for the page loads done in it on a loaded 2-core machine
+# (a page 0.1-1 s, the browser's a few), still under a minute of idling for the test.
+WARNED_TIMEOUT = "40s"
+
+
+def warned_row(console: httpx.Client, notebook_id: int) -> str | None:
+    """The console's row of the notebook while it carries the culler's warning, else None."""
+    rows = re.findall(r"<tr>.*?</tr>", console.get("/notebooks").text, re.S)
+    row = next(r for r in rows if f'href="/workloads/{notebook_id}"' in r)
+    return row if f'id="cull-warning-{notebook_id}"' in row else None
+
+
+def signed_in_console(page: Page, url: str, token: str) -> None:
+    page.goto(f"{url}/signin?next=%2Fnotebooks")
+    page.get_by_label("API token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{url}/notebooks")
+
+
+def test_the_console_shows_the_cullers_warning_until_the_notebook_is_used(server: TestServer, notebook: int) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium for the browser tests (.ci/run installs it)")
+        pytest.skip("no /usr/bin/chromium on this machine (apt-get install chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    console = browser_for(server, server.admin_token)
+    with server.client() as admin, sync_playwright() as playwright:
+        nid = admin.submit({"kind": "notebook", "name": "dozing", "idle_timeout": WARNED_TIMEOUT,
+                            "resources": {"cpu": 0.5, "memory": "1GiB", "gpu": 0.25}}).workload.id
+        wait_until(lambda: ready(admin, nid), READY_S, 0.2, "the notebook ready")
+        assert warned_row(console, nid) is None  # idle, not yet near its timeout
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--headless=new"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            signed_in_console(page, server.url, server.admin_token)  # before the window, which is short
+            row = wait_until(lambda: warned_row(console, nid), 90, 0.2, "the culler's warning in the console")
+            warning = next(e.reason for e in admin.get_workload(nid).events if "unless used" in e.reason)
+            assert re.match(r"idle for \d+s; culled in \d+s unless used \(idle_timeout 40s\)$", warning)
+            assert 'role="note"' in row and re.search(r"culls (in \d+s|soon) unless used", row) and warning in row
+            listed = next(n for n in admin.notebooks() if n.id == nid).cull_warning
+            assert listed is not None and listed.text == warning and "unless used" in listed.summary
+            top = console.get(f"/workloads/{nid}").text
+            assert re.search(r'id="cull-warning".*This notebook culls (in \d+s|soon) unless used', top, re.S)
+            assert top.index('id="cull-warning"') < top.index("<h2>")  # near the top, above replicas and logs
+            assert 'id="cull-warning"' not in console.get(f"/workloads/{notebook}").text  # never culled
+            page.goto(f"{server.url}/notebooks")
+            mark = page.get_by_role("note").filter(has_text="unless used")
+            expect(mark).to_be_visible()
+            expect(mark).to_contain_text(warning)  # the event's text for assistive technology too
+            page.screenshot(path=str(ARTIFACTS / "notebook-cull-warning.png"))
+            start_kernel(f"{server.url}/notebooks/{nid}/", bearer(server.admin_token))  # used: activity now
+            wait_until(lambda: warned_row(console, nid) is None, 30, 0.2, "the warning gone once used")
+            expect(mark).to_have_count(0, timeout=20_000)  # the open page's live update drops it
+        finally:
+            browser.close()
+        assert admin.get_workload(nid).status == "running"
+        admin.stop_notebook(nid)
+        assert 'id="cull-warning"' not in console.get(f"/workloads/{nid}").text
 
 
 def test_the_cli_lists_and_opens_notebooks(server: TestServer, notebook: int) -> None:

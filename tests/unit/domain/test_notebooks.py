@@ -11,10 +11,14 @@ from gpupool.domain.notebooks import (
     JUPYTER_PORT,
     Activity,
     NotebookSpec,
+    about_to_cull,
     cull_decision,
+    cull_summary,
+    cull_warning_text,
     duration_text,
     effective_idle_timeout,
     idle_since,
+    is_cull_warning,
     parse_activity,
 )
 from gpupool.domain.replicas import ReplicaState as R
@@ -90,6 +94,22 @@ def test_cull_decision_warns_in_the_last_quarter_then_culls_and_off_never_culls(
     assert cull_decision(idle, 0, 400, now=1400).cull  # idle 400 s: 0 left, cull
     never = cull_decision(idle, 0, IDLE_OFF, now=10**9)
     assert (never.cull, never.warn, never.culls_in_s, never.idle_for_s) == (False, False, None, 10**9 - 1000)
+
+
+def test_the_warning_is_recognised_and_holds_while_the_notebook_stays_in_the_last_quarter() -> None:
+    text = cull_warning_text(6300, 900, 7200, capped=True)
+    assert text == "idle for 1h45m; culled in 15m unless used (idle_timeout 2h, its project's cap)"
+    assert is_cull_warning(text) and is_cull_warning(cull_warning_text(22.4, 7.6, 30))
+    assert not is_cull_warning("culled after 2h idle; files kept") and not is_cull_warning("idle for lunch")
+    idle = activity(0, 0.0, ("idle", 1000.0))
+    # timeout 400 s, warned within its last 100 s (idle 300..400 s)
+    assert about_to_cull(cull_decision(idle, 0, 400, now=1350))  # 50 s left
+    assert about_to_cull(cull_decision(idle, 0, 400, now=1450))  # past: culled on the culler's next pass
+    assert not about_to_cull(cull_decision(idle, 0, 400, now=1010))  # used since: 390 s left
+    assert not about_to_cull(cull_decision(activity(0, 0.0, ("busy", 1000.0)), 0, 400, now=1350))
+    assert about_to_cull(None)  # no look yet: the warning stands
+    assert cull_summary(250.4) == "culls in 4m10s unless used"
+    assert cull_summary(0.0) == cull_summary(None) == "culls soon unless used"
 
 
 def test_parse_activity_reads_jupyters_json_and_refuses_garbage() -> None:

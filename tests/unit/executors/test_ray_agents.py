@@ -200,3 +200,18 @@ def test_what_a_start_that_died_left_is_released_by_the_agent_of_its_node(fake: 
     assert len(fake.agent_on(NODE_B).calls) == calls  # no call to a silent agent: the reconciler goes on
     fake.declare_dead(NODE_B)
     executor.release_unstarted("w9", 0, 0, node="node-b")  # the node is gone, and what ran there with it
+
+
+def test_every_node_pass_tells_each_agent_which_environments_to_keep_warm(fake: FakeRay) -> None:
+    named = ["/shared/home/environments/cache/abc/bin/python"]
+    executor = RayExecutor("fake", api=fake, warm_environments=lambda: list(named))
+    provider = RayNodeProvider(executor)
+    provider.nodes()
+    assert [fake.agent_on(n).warm_environments for n in (NODE_A, NODE_B)] == [named, named]
+    fake.kill_agent(_agent(NODE_B))  # an agent made again knows nothing until the next pass tells it
+    provider.nodes()
+    provider.nodes()
+    assert fake.agent_on(NODE_B).warm_environments == named
+    named.append("/shared/home/environments/cache/def/bin/python")  # a second environment built meanwhile
+    provider.nodes()
+    assert [fake.agent_on(n).warm_environments for n in (NODE_A, NODE_B)] == [named, named]

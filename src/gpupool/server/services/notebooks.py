@@ -9,7 +9,7 @@ requeues it with the same id, and the scheduler places it again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,8 +19,11 @@ from gpupool.domain.errors import ConflictError, NotFoundError, PermissionDenied
 from gpupool.domain.notebooks import (
     IDLE_OFF,
     CullDecision,
+    about_to_cull,
+    cull_summary,
     duration_text,
     effective_idle_timeout,
+    is_cull_warning,
     parse_idle_timeout,
 )
 from gpupool.domain.specs import parse_spec
@@ -29,7 +32,7 @@ from gpupool.server.endpoints import stored_endpoints
 from gpupool.server.notebook_keys import OPEN_TOKEN_TTL_S, NotebookKeys
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.workloads import request_stop, visible_workload
-from gpupool.store.orm import ProjectRow, WorkloadRow
+from gpupool.store.orm import EventRow, ProjectRow, WorkloadRow
 from gpupool.store.repos import accounts
 from gpupool.store.repos import workloads as repo
 
@@ -177,6 +180,7 @@ def list_notebooks(session: Session, principal: Principal, activity: Mapping[int
     names = accounts.project_names(session)
     caps = idle_caps(session)
     users = accounts.user_names(session, {r.user_id for r in rows})
+    warnings = cull_warnings(session, rows, activity)
     out = []
     for row in rows:
         seen = activity.get(row.id) if row.current_status == WorkloadStatus.RUNNING else None
@@ -185,7 +189,29 @@ def list_notebooks(session: Session, principal: Principal, activity: Mapping[int
             status=row.status, gpu_milli=_gpu_milli(row.spec), path=notebook_path(row.id),
             idle_timeout_s=idle_timeout_of(row.spec, default_timeout, caps.get(row.project_id)),
             message=row.message,
-            idle_for_s=seen.idle_for_s if seen else None, culls_in_s=seen.culls_in_s if seen else None))
+            idle_for_s=seen.idle_for_s if seen else None, culls_in_s=seen.culls_in_s if seen else None,
+            cull_warning=warnings.get(row.id)))
+    return out
+
+
+def cull_warnings(session: Session, rows: Sequence[WorkloadRow],
+                  activity: Mapping[int, CullDecision]) -> dict[int, nb.CullWarning]:
+    """The culler's warning of each notebook of `rows` that is about to be culled, by id: running, warned in
+    its current run (a warning event since the run started) and not seen used since by the culler's latest
+    look `activity` (no look yet keeps the warning: the culler may still cull). The run's latest warning."""
+    running = {r.id: r for r in rows if r.kind == KIND and r.current_status == WorkloadStatus.RUNNING
+               and r.started_at is not None and about_to_cull(activity.get(r.id))}
+    if not running:
+        return {}
+    query = (select(EventRow).where(EventRow.workload_id.in_(sorted(running)), EventRow.to_status.is_(None),
+                                    EventRow.reason.startswith("idle for ")).order_by(EventRow.id))
+    out: dict[int, nb.CullWarning] = {}
+    for event in session.scalars(query):
+        row = running[event.workload_id]
+        if row.started_at is not None and event.at >= row.started_at and is_cull_warning(event.reason):
+            seen = activity.get(row.id)
+            out[row.id] = nb.CullWarning(at=event.at, text=event.reason,
+                                         summary=cull_summary(seen.culls_in_s if seen else None))
     return out
 
 

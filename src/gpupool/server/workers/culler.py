@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from gpupool.domain.errors import GpupoolError
-from gpupool.domain.notebooks import IDLE_OFF, CullDecision, cull_decision, duration_text, parse_activity
+from gpupool.domain.notebooks import IDLE_OFF, CullDecision, cull_decision, cull_warning_text, parse_activity
 from gpupool.domain.status import WorkloadStatus
 from gpupool.server.endpoints import stored_endpoints
 from gpupool.server.notebook_keys import NotebookKeys
@@ -119,12 +119,10 @@ class NotebookCuller:
             return False
         if key not in self._warned:
             self._warned.add(key)
-            cap_note = ", its project's cap" if notebook.capped else ""
+            text = cull_warning_text(decision.idle_for_s, max(decision.culls_in_s, self.interval_s),
+                                     notebook.timeout_s, notebook.capped)
             with self.db.session() as session:
-                repo.add_event(session, notebook.workload_id, now,
-                               f"idle for {duration_text(decision.idle_for_s)}; culled in "
-                               f"{duration_text(max(decision.culls_in_s, self.interval_s))} unless used "
-                               f"(idle_timeout {duration_text(notebook.timeout_s)}{cap_note})")
+                repo.add_event(session, notebook.workload_id, now, text)
             return False
         if not decision.cull:
             return False
