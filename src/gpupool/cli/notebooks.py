@@ -118,7 +118,7 @@ def open_(notebook_id: NotebookArg,
 @handle_errors
 def ls(show_all: Annotated[bool, typer.Option("--all", "-a", help="Include notebooks that ended.")] = False,
        as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
-    """List notebooks: state, GPU, idle for, culls in."""
+    """List notebooks: state, GPU, idle for, culls in; a notebook about to be culled says so."""
     from gpupool.cli.common import table  # noqa: PLC0415
     from gpupool.domain.display import duration_text  # noqa: PLC0415
 
@@ -133,9 +133,17 @@ def ls(show_all: Annotated[bool, typer.Option("--all", "-a", help="Include noteb
         idle = duration_text(idle_for) if idle_for is not None else "-"
         culls = "never" if n["idle_timeout_s"] == 0 else duration_text(culls_in) if culls_in is not None else "-"
         gpu = f"{n['gpu_milli'] / 1000:g}" if n["gpu_milli"] else "-"
-        out.add_row(str(n["id"]), n["name"], n["user"], status_text(n["status"]), gpu, idle, culls,
-                    n.get("message", "") if n["status"] != "running" else "")
+        out.add_row(str(n["id"]), n["name"], n["user"], status_text(n["status"]), gpu, idle, culls, _message(n))
     console.print(out)
+
+
+def _message(notebook: dict[str, Any]) -> str:
+    """What `ls` says of a notebook beside its figures: the culler's warning while one stands ("culls in 4m
+    unless used"), else why an ended or waiting notebook is where it is."""
+    warning = notebook.get("cull_warning")
+    if notebook["status"] == "running":
+        return f"warning: {warning['summary']}" if warning else ""
+    return str(notebook.get("message", ""))
 
 
 @notebook_app.command()
