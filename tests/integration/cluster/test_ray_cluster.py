@@ -246,7 +246,7 @@ def test_a_job_runs_in_an_environment_on_another_node_and_a_notebook_in_that_nod
         assert done.status == "succeeded", done.message
         assert done.replica_list[0].node in ("node-2", "node-3")
         assert list(client.logs(job.workload.id)) == [env.path]
-        wait_until(lambda: len(list(ready.glob("*/*"))) == 1, READY_S, 0.5, "a parked slot on node-4")
+        wait_until(lambda: len(list(ready.glob("*/*"))) >= 1, READY_S, 0.5, "a parked slot on node-4")
         nid = client.submit({"kind": "notebook", "name": "warm-on-4", "idle_timeout": "off",
                              "resources": {"cpu": 0.1, "memory": "512MiB", "gpu": {"count": 1, "model": ["T4"]}}}
                             ).workload.id
