@@ -24,7 +24,9 @@ from gpupool.scheduler.placement.fragmentation import (
     TargetShape,
     capacity_fragment,
     card_terms,
+    fragments,
     paper_fragment,
+    resource_room,
     target_from_requests,
     usable_free,
 )
@@ -157,12 +159,45 @@ def test_card_terms_and_share_changes_match_their_counts(nodes: list[Node], shap
     share = data.draw(st.integers(1, 1000))
     milli = np.full(free.shape, share, dtype=np.int64)
     policy = FgdPolicy(shapes)
-    changed = policy._share_taken(target, plain, free, milli, share)
+    policy._before_column = np.full((rows, 1), MILLI_PER_GPU + 1, dtype=np.int64)
+    stacked = np.stack((plain.count, plain.frag, plain.slots), axis=1)
+    in_range = bool(free.min() >= 0 and free.max() <= MILLI_PER_GPU)
+    changed = policy._share_after(target, stacked, free, milli, share, in_range)
     a = free[:, :, None]
     expected = CardTerms(plain.count[:, None, :], plain.frag[:, None, :], plain.slots[:, None, :]).changed(
         a, a - milli[:, :, None], target.need)
-    for name in ("count", "frag", "slots"):
-        assert np.array_equal(getattr(changed, name), getattr(expected, name)), name
+    for k, name in enumerate(("count", "frag", "slots")):  # after the share on each card, then before it
+        assert np.array_equal(changed[:, :cards, k], getattr(expected, name)), name
+        assert np.array_equal(changed[:, cards, k], getattr(plain, name)), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(pool_nodes(), target_shapes, st.integers(1, 4), st.data())
+def test_fragments_together_equal_each_measure(nodes: list[Node], shapes: list[TargetShape], cards: int,
+                                               data: st.DataObject) -> None:
+    """`fragments` (both measures in one evaluation, CPU and memory through `resource_room`) gives the very
+    floats of paper_fragment and capacity_fragment, with float divisors and without (a shape asking 0 CPU or
+    memory), for free CPU and memory below, at and above each shape's request, negative ones included."""
+    snap = ClusterSnapshot(nodes)
+    target = TargetArrays(shapes, snap)
+    drawn = data.draw(st.integers(1, 6))
+    free = np.array(data.draw(st.lists(st.lists(st.integers(-250, 1000), min_size=cards, max_size=cards),
+                                       min_size=drawn, max_size=drawn)), dtype=np.int64)
+    cpu = np.array(data.draw(st.lists(st.integers(-10, 10**6), min_size=drawn, max_size=drawn)), np.int64)
+    mem = np.array(data.draw(st.lists(st.integers(-10, 10**6), min_size=drawn, max_size=drawn)), np.int64)
+    # and nodes with all cards free at each shape's own CPU and memory, and one less of either: the edges
+    edges = [(c + dc, m + dm) for c, m in zip(target.cpu.tolist(), target.mem.tolist(), strict=True)
+             for dc, dm in ((0, 0), (-1, 0), (0, -1))]
+    cpu = np.concatenate((cpu, [c for c, _ in edges]))
+    mem = np.concatenate((mem, [m for _, m in edges]))
+    free = np.concatenate((free, np.full((len(edges), cards), MILLI_PER_GPU)))
+    weight = np.tile(target.prob, (len(cpu), 1))  # every shape weighs (a node's row of target.weight may hold zeros)
+    terms, total = _plain_card_terms(free, target), free.sum(axis=1)
+    stacked = np.stack((terms.count, terms.frag, terms.slots), axis=1)
+    fits, room = resource_room(target, cpu, mem)
+    paper, capacity = fragments(target, fits, room, weight, stacked, total)
+    assert np.array_equal(paper, paper_fragment(target, cpu, mem, weight, terms, total))
+    assert np.array_equal(capacity, capacity_fragment(target, cpu, mem, weight, terms, total))
 
 
 def _plain_fgd_ranking(shapes: list[TargetShape], snap: ClusterSnapshot, request: ReplicaRequest,

@@ -36,10 +36,10 @@ from gpupool.scheduler.placement.fragmentation import (
     SmallIntArray,
     TargetArrays,
     TargetShape,
-    capacity_fragment,
-    card_terms,
-    paper_fragment,
+    fragments,
+    resource_room,
     share_change_table,
+    stacked_card_terms,
     target_from_requests,
     usable_free,
 )
@@ -77,6 +77,18 @@ class _ShapeCache:
 
 
 @dataclass(frozen=True, slots=True)
+class _Taken:
+    """What one replica of a request takes from a node, laid out so that one evaluation of the measures gives
+    the node after the placement and before it (the last entry of the axis it adds): for whole GPUs and none
+    a leading axis of two, for a share one column per card plus one (the before), after the node's axis."""
+
+    cpu: IntArray
+    mem: IntArray
+    terms: IntArray  # subtracted from the node's stacked terms (whole GPUs and none only)
+    total: IntArray
+
+
+@dataclass(frozen=True, slots=True)
 class _Growth:
     paper: FloatArray
     capacity: FloatArray
@@ -108,10 +120,10 @@ class FgdPolicy(PlacementPolicy):
         self._snap_nodes: tuple[object, ...] = ()
         self._cache: dict[ReplicaRequest, _ShapeCache] = {}
         self._node_version = np.zeros(0, dtype=np.int64)
-        self._terms = CardTerms(*(np.zeros((0, 0), dtype=np.int64) for _ in range(3)))
-        self._paper = np.zeros(0)
-        self._capacity = np.zeros(0)
+        self._terms = np.zeros((0, 3, 0), dtype=np.int64)  # per node: stacked CardTerms at _node_version
         self._change_tables: dict[int, SmallIntArray] = {}
+        self._taken: dict[ReplicaRequest, _Taken] = {}
+        self._before_column = np.zeros((0, 1), dtype=np.int64)
 
     @property
     def shapes(self) -> list[TargetShape]:
@@ -135,8 +147,9 @@ class FgdPolicy(PlacementPolicy):
         stale = rows[cache.version[rows] != snap.version[rows]]
         if stale.size:
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
-            self._refresh_nodes(snap, target, stale, free)
-            growth = self._growths(snap, target, request, stale, free)
+            in_range = bool(_MIN(free, axis=None) >= 0 and _MAX(free, axis=None) <= MILLI_PER_GPU)
+            terms = self._node_terms(snap, target, stale, free, in_range)
+            growth = self._growths(snap, target, request, stale, free, terms, in_range)
             # ndarray.round is what np.round calls (without its dispatch wrapper): same values
             cache.growth_bin[stale] = (growth.paper / self.resolution).round()
             cache.capacity[stale] = growth.capacity.round(6)
@@ -180,81 +193,119 @@ class FgdPolicy(PlacementPolicy):
             self._snap_nodes = snap.nodes
             n, m = len(snap), len(self._target.cpu)
             self._node_version = np.full(n, -1, dtype=np.int64)
-            self._terms = CardTerms(*(np.zeros((n, m), dtype=np.int64) for _ in range(3)))
-            self._paper, self._capacity = np.zeros(n), np.zeros(n)
+            self._terms = np.zeros((n, 3, m), dtype=np.int64)
+            # the share change tables' extra row (all zeros) that a node's before column looks up
+            self._before_column = np.full((n, 1), MILLI_PER_GPU + 1, dtype=np.int64)
         return self._target
 
-    def _refresh_nodes(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray,
-                       rows_free: IntArray) -> None:
+    def _node_terms(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
+                    in_range: bool) -> IntArray:
+        """The stacked card terms of `rows` now (whose usable free milli per card is `free`), recounting only
+        the nodes whose state changed since they were last counted."""
         outdated = self._node_version[rows] != snap.version[rows]
         stale = rows[outdated]
-        if stale.size == 0:
-            return
-        free = rows_free[outdated]
-        terms = card_terms(free, target)
-        self._terms.count[stale], self._terms.frag[stale], self._terms.slots[stale] = (
-            terms.count, terms.frag, terms.slots)
-        args = (target, snap.free_cpu[stale], snap.free_mem[stale], target.weight[stale], terms, _ADD(free, axis=1))
-        self._paper[stale], self._capacity[stale] = paper_fragment(*args), capacity_fragment(*args)
-        self._node_version[stale] = snap.version[stale]
+        if stale.size:
+            self._terms[stale] = stacked_card_terms(free[outdated], target, in_range)
+            self._node_version[stale] = snap.version[stale]
+        terms: IntArray = self._terms[rows]
+        return terms
 
-    def _share_taken(self, target: TargetArrays, terms: CardTerms, free: IntArray, milli: IntArray,
-                     share_milli: int) -> CardTerms:
-        """The terms after a share of `milli` (per card) is placed on each card in turn: `CardTerms.changed`,
-        looked up in a table per share size when the size is the same on every card (the same integers)."""
-        # a share sized by memory (its milli differs by card), or an over-committed card: the formula
-        if not share_milli or _MIN(free, axis=None) < 0 or _MAX(free, axis=None) > MILLI_PER_GPU:
+    def _taken_by(self, request: ReplicaRequest, target: TargetArrays, width: int) -> _Taken:
+        """_Taken of `request` (cached per request while the target and snapshot are bound)."""
+        taken = self._taken.get(request)
+        if taken is not None:
+            return taken
+        gpu = request.gpu
+        if gpu.kind == "share":  # one column per card, then the before column (nothing taken)
+            cards = np.ones(width + 1, dtype=np.int64)
+            cards[width] = 0
+            taken = _Taken(cards * request.cpu_milli, cards * request.memory_mib, np.zeros(0, np.int64),
+                           cards * gpu.share_milli)
+        else:  # two rows, after and before
+            count = gpu.count if gpu.kind == "whole" else 0
+            after = np.stack((np.full(len(target.cpu), count), np.zeros(len(target.cpu), np.int64),
+                              count * target.whole_slots))
+            taken = _Taken(np.array([[request.cpu_milli], [0]]), np.array([[request.memory_mib], [0]]),
+                           np.stack((after, np.zeros_like(after)))[:, None], np.array([[count * MILLI_PER_GPU], [0]]))
+        self._taken[request] = taken
+        return taken
+
+    @staticmethod
+    @functools.cache
+    def _spread(width: int) -> IntArray:
+        """Indices that repeat the after column (0) for each of `width` cards, then the before column (1)."""
+        spread = np.zeros(width + 1, dtype=np.int64)
+        spread[width] = 1
+        return spread
+
+    def _share_after(self, target: TargetArrays, terms: IntArray, free: IntArray, milli: IntArray,
+                     share_milli: int, in_range: bool) -> IntArray:
+        """The stacked terms after a share of `milli` (per card) is placed on each card in turn, and then the
+        terms before (rows x cards + 1 x 3 x shapes): `CardTerms.changed`, looked up in a table per share size
+        when the size is the same on every card (the same integers)."""
+        if not share_milli or not in_range:  # a share sized by memory, or an over-committed card: the formula
             a = free[:, :, None]
-            expanded = CardTerms(terms.count[:, None, :], terms.frag[:, None, :], terms.slots[:, None, :])
-            return expanded.changed(a, a - milli[:, :, None], target.need)
+            before = CardTerms(terms[:, None, 0], terms[:, None, 1], terms[:, None, 2])
+            changed = before.changed(a, a - milli[:, :, None], target.need)
+            stacked = np.stack((changed.count, changed.frag, changed.slots), axis=2)
+            return np.concatenate((stacked, terms[:, None]), axis=1)
         table = self._change_tables.get(share_milli)
         if table is None:
             if len(self._change_tables) >= _CHANGE_TABLES:
                 self._change_tables.clear()
-            table = self._change_tables[share_milli] = share_change_table(target, share_milli)
-        change = table[free]  # (rows, cards, 3, shapes)
-        return CardTerms(terms.count[:, None, :] + change[:, :, 0], terms.frag[:, None, :] + change[:, :, 1],
-                         terms.slots[:, None, :] + change[:, :, 2])
+            change = share_change_table(target, share_milli)
+            # one more row, all zeros, for the before column
+            table = np.concatenate((change, np.zeros((1, *change.shape[1:]), dtype=change.dtype)))
+            self._change_tables[share_milli] = table
+        cards = np.concatenate((free, self._before_column[: len(free)]), axis=1)
+        after: IntArray = terms[:, None] + table[cards]
+        return after
 
-    def _growths(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                 rows: IntArray, free: IntArray) -> _Growth:
+    def _growths(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest, rows: IntArray,
+                 free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
         if rows.size <= _DEDUPE_ABOVE:
-            return self._growths_exact(snap, target, request, rows, free)
+            return self._growths_exact(snap, target, request, rows, free, terms, in_range)
         state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], free,
                                  target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
         hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         back = inverse.ravel()
-        unique = self._growths_exact(snap, target, request, rows[first], free[first])
+        unique = self._growths_exact(snap, target, request, rows[first], free[first], terms[first], in_range)
         growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
         collided = np.flatnonzero((state != state[first][back]).any(axis=1))
         if collided.size:  # two different states with one hash: score those rows on their own
-            exact = self._growths_exact(snap, target, request, rows[collided], free[collided])
+            exact = self._growths_exact(snap, target, request, rows[collided], free[collided], terms[collided],
+                                        in_range)
             growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
             growth.column[collided] = exact.column
         return growth
 
     def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                       rows: IntArray, free: IntArray) -> _Growth:
-        """Growths of both measures on `rows` (whose usable free milli per card is `free`)."""
-        cpu = snap.free_cpu[rows] - request.cpu_milli
-        mem = snap.free_mem[rows] - request.memory_mib
+                       rows: IntArray, free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
+        """Growths of both measures on `rows` (usable free milli per card `free`, stacked card terms `terms`):
+        the measures after the placement less those before, both from one evaluation."""
         total = _ADD(free, axis=1)
-        terms = CardTerms(self._terms.count[rows], self._terms.frag[rows], self._terms.slots[rows])
         weight = target.weight[rows]
-        before_paper, before_capacity = self._paper[rows], self._capacity[rows]
+        cpu, mem = snap.free_cpu[rows], snap.free_mem[rows]
         gpu = request.gpu
+        taken = self._taken_by(request, target, snap.width)
         if gpu.kind != "share":
-            taken = gpu.count if gpu.kind == "whole" else 0
-            after = terms.whole_taken(taken, target)
-            args = (target, cpu, mem, weight, after, total - taken * MILLI_PER_GPU)
-            return _Growth(paper_fragment(*args) - before_paper, capacity_fragment(*args) - before_capacity,
-                           np.zeros(len(rows), np.int64))
+            fits, room = resource_room(target, cpu - taken.cpu, mem - taken.mem)
+            paper, capacity = fragments(target, fits, room, weight, terms - taken.terms, total - taken.total)
+            return _Growth(paper[0] - paper[1], capacity[0] - capacity[1], np.zeros(len(rows), np.int64))
         share = share_terms(snap, gpu, rows)
-        after = self._share_taken(target, terms, free, share.milli, gpu.share_milli)
-        args = (target, cpu[:, None], mem[:, None], weight[:, None, :], after, total[:, None] - share.milli)
-        paper = paper_fragment(*args) - before_paper[:, None]
-        capacity = capacity_fragment(*args) - before_capacity[:, None]
+        after = self._share_after(target, terms, free, share.milli, gpu.share_milli, in_range)
+        if gpu.share_milli:
+            total_after = total[:, None] - taken.total
+        else:  # the share's milli differs by card
+            total_after = total[:, None] - np.concatenate((share.milli, np.zeros((len(rows), 1), np.int64)), axis=1)
+        # CPU and memory are the same after a share on any card: their part is evaluated once per node, after
+        # and before (taken.cpu's last two columns), and spread over the cards
+        fits, room = resource_room(target, cpu[:, None] - taken.cpu[-2:], mem[:, None] - taken.mem[-2:])
+        spread = self._spread(snap.width)
+        both = fragments(target, fits[:, spread], room[:, spread], weight[:, None, :], after, total_after)
+        width = snap.width
+        paper, capacity = (f[:, :width] - f[:, width:] for f in both)
         tie = capacity if self.tie_break else 0.0
         key = np.where(share.fits, (paper / self.resolution).round() * _BIN_SCALE + tie, np.inf)
         column = key.argmin(axis=1)
