@@ -200,6 +200,39 @@ def test_fragments_together_equal_each_measure(nodes: list[Node], shapes: list[T
     assert np.array_equal(capacity, capacity_fragment(target, cpu, mem, weight, terms, total))
 
 
+@settings(max_examples=40, deadline=None)
+@given(pool_nodes(), st.lists(replica_requests(), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_share_growths_by_card_value_match_those_per_card(nodes: list[Node], requests: list[ReplicaRequest],
+                                                          rng: random.Random) -> None:
+    """For many node states FGD evaluates a share once per distinct free milli of a node's fitting cards; its
+    growths and cards equal those of the evaluation per card, on the nodes of random placements."""
+    shapes = target_from_requests(requests)
+    snap = ClusterSnapshot(nodes)
+    policy = FgdPolicy(shapes)
+    placer = Placer(policy, gang_topology=False)
+    shares = [r for r in requests if r.gpu.kind == "share" and r.gpu.share_milli] + [
+        ReplicaRequest(500, 1024, GpuRequest(share_milli=m)) for m in (100, 250, 500)]
+    for r in requests * 3:  # varied card states: several shares and whole cards taken
+        placement = placer.place_replica(snap, r)
+        if placement is not None and rng.random() < 0.8:
+            snap.assume(placement)
+        if not shapes:
+            return
+        target = policy._bind(snap)
+        for share in shares:
+            rows = feasible_mask(snap, share).nonzero()[0]
+            if rows.size == 0:
+                continue
+            free = usable_free(snap, rows)
+            in_range = bool(free.min() >= 0 and free.max() <= MILLI_PER_GPU)
+            terms = policy._node_terms(snap, target, rows, free, in_range)
+            cache = policy._shape_cache(share, snap, target)
+            by_card = policy._growths_exact(snap, target, cache, rows, free, terms, in_range)
+            by_value = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, many=True)
+            for name in ("paper", "capacity", "column"):
+                assert np.array_equal(getattr(by_value, name), getattr(by_card, name)), name
+
+
 def _plain_fgd_ranking(shapes: list[TargetShape], snap: ClusterSnapshot, request: ReplicaRequest,
                        rows: IntArray) -> tuple[np.ndarray, np.ndarray | None]:
     """FGD's ranking of `rows` (and the share card per row) computed from scratch with the plain formulas: no

@@ -44,7 +44,7 @@ from gpupool.scheduler.placement.fragmentation import (
     usable_free,
 )
 from gpupool.scheduler.placement.resource_fit import negative_leftover
-from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
+from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
 
 # Learning a target from submissions: a window of 2,000 requests holds the mix of the last hours of a busy
 # pool (the openb default list has 8,152 pods for two months); relearning every 200 keeps the cost of
@@ -59,6 +59,7 @@ _MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # what ndarray.min and max ca
 # share sizes whose change tables this policy holds (about 320 KB each for 53 target shapes; the openb traces
 # use a few dozen sizes): bounds memory; past it the tables are fetched again from fragmentation.py's cache
 _CHANGE_TABLES = 64
+_VALUE_CODE = MILLI_PER_GPU + 2  # (row, free milli of a card) coded as one integer: row * this + milli
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
 
@@ -66,14 +67,6 @@ _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capaci
 def _hash_weights(width: int) -> IntArray:
     weights: IntArray = np.random.default_rng(20231121).integers(1, 2**62, size=width, dtype=np.int64)
     return weights
-
-
-@dataclass
-class _ShapeCache:
-    version: IntArray
-    growth_bin: FloatArray
-    capacity: FloatArray
-    column: IntArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +79,16 @@ class _Taken:
     mem: IntArray
     terms: IntArray  # subtracted from the node's stacked terms (whole GPUs and none only)
     total: IntArray
+
+
+@dataclass
+class _ShapeCache:
+    request: ReplicaRequest
+    taken: _Taken
+    version: IntArray
+    growth_bin: FloatArray
+    capacity: FloatArray
+    column: IntArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,6 @@ class FgdPolicy(PlacementPolicy):
         self._node_version = np.zeros(0, dtype=np.int64)
         self._terms = np.zeros((0, 3, 0), dtype=np.int64)  # per node: stacked CardTerms at _node_version
         self._change_tables: dict[int, SmallIntArray] = {}
-        self._taken: dict[ReplicaRequest, _Taken] = {}
         self._before_column = np.zeros((0, 1), dtype=np.int64)
 
     @property
@@ -143,13 +145,13 @@ class FgdPolicy(PlacementPolicy):
         if not self._shapes:
             return Scored(negative_leftover(snap, request, rows))
         target = self._bind(snap)
-        cache = self._shape_cache(request, len(snap))
+        cache = self._shape_cache(request, snap, target)
         stale = rows[cache.version[rows] != snap.version[rows]]
         if stale.size:
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
             in_range = bool(_MIN(free, axis=None) >= 0 and _MAX(free, axis=None) <= MILLI_PER_GPU)
             terms = self._node_terms(snap, target, stale, free, in_range)
-            growth = self._growths(snap, target, request, stale, free, terms, in_range)
+            growth = self._growths(snap, target, cache, stale, free, terms, in_range)
             # ndarray.round is what np.round calls (without its dispatch wrapper): same values
             cache.growth_bin[stale] = (growth.paper / self.resolution).round()
             cache.capacity[stale] = growth.capacity.round(6)
@@ -179,10 +181,12 @@ class FgdPolicy(PlacementPolicy):
             return int(tied[0])
         return int(tied[np.argmax(negative_leftover(snap, request, rows[tied]))])
 
-    def _shape_cache(self, request: ReplicaRequest, n: int) -> _ShapeCache:
+    def _shape_cache(self, request: ReplicaRequest, snap: ClusterSnapshot, target: TargetArrays) -> _ShapeCache:
         cache = self._cache.get(request)
         if cache is None:
-            cache = _ShapeCache(np.full(n, -1, np.int64), np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
+            n = len(snap)
+            cache = _ShapeCache(request, self._taken_by(request, target, snap.width), np.full(n, -1, np.int64),
+                                np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
             self._cache[request] = cache
         return cache
 
@@ -210,25 +214,21 @@ class FgdPolicy(PlacementPolicy):
         terms: IntArray = self._terms[rows]
         return terms
 
-    def _taken_by(self, request: ReplicaRequest, target: TargetArrays, width: int) -> _Taken:
-        """_Taken of `request` (cached per request while the target and snapshot are bound)."""
-        taken = self._taken.get(request)
-        if taken is not None:
-            return taken
+    @staticmethod
+    def _taken_by(request: ReplicaRequest, target: TargetArrays, width: int) -> _Taken:
+        """_Taken of `request` (kept in its shape cache while the target and snapshot are bound)."""
         gpu = request.gpu
         if gpu.kind == "share":  # one column per card, then the before column (nothing taken)
             cards = np.ones(width + 1, dtype=np.int64)
             cards[width] = 0
-            taken = _Taken(cards * request.cpu_milli, cards * request.memory_mib, np.zeros(0, np.int64),
-                           cards * gpu.share_milli)
-        else:  # two rows, after and before
-            count = gpu.count if gpu.kind == "whole" else 0
-            after = np.stack((np.full(len(target.cpu), count), np.zeros(len(target.cpu), np.int64),
-                              count * target.whole_slots))
-            taken = _Taken(np.array([[request.cpu_milli], [0]]), np.array([[request.memory_mib], [0]]),
-                           np.stack((after, np.zeros_like(after)))[:, None], np.array([[count * MILLI_PER_GPU], [0]]))
-        self._taken[request] = taken
-        return taken
+            return _Taken(cards * request.cpu_milli, cards * request.memory_mib, np.zeros(0, np.int64),
+                          cards * gpu.share_milli)
+        # two rows, after and before
+        count = gpu.count if gpu.kind == "whole" else 0
+        after = np.stack((np.full(len(target.cpu), count), np.zeros(len(target.cpu), np.int64),
+                          count * target.whole_slots))
+        return _Taken(np.array([[request.cpu_milli], [0]]), np.array([[request.memory_mib], [0]]),
+                      np.stack((after, np.zeros_like(after)))[:, None], np.array([[count * MILLI_PER_GPU], [0]]))
 
     @staticmethod
     @functools.cache
@@ -249,51 +249,56 @@ class FgdPolicy(PlacementPolicy):
             changed = before.changed(a, a - milli[:, :, None], target.need)
             stacked = np.stack((changed.count, changed.frag, changed.slots), axis=2)
             return np.concatenate((stacked, terms[:, None]), axis=1)
+        cards = np.concatenate((free, self._before_column[: len(free)]), axis=1)
+        after: IntArray = terms[:, None] + self._change_table(target, share_milli)[cards]
+        return after
+
+    def _change_table(self, target: TargetArrays, share_milli: int) -> SmallIntArray:
+        """`share_change_table` with one more row, all zeros, that a node's before column looks up."""
         table = self._change_tables.get(share_milli)
         if table is None:
             if len(self._change_tables) >= _CHANGE_TABLES:
                 self._change_tables.clear()
             change = share_change_table(target, share_milli)
-            # one more row, all zeros, for the before column
             table = np.concatenate((change, np.zeros((1, *change.shape[1:]), dtype=change.dtype)))
             self._change_tables[share_milli] = table
-        cards = np.concatenate((free, self._before_column[: len(free)]), axis=1)
-        after: IntArray = terms[:, None] + table[cards]
-        return after
+        return table
 
-    def _growths(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest, rows: IntArray,
+    def _growths(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
                  free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
         if rows.size <= _DEDUPE_ABOVE:
-            return self._growths_exact(snap, target, request, rows, free, terms, in_range)
+            return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
         state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], free,
                                  target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
         hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         back = inverse.ravel()
-        unique = self._growths_exact(snap, target, request, rows[first], free[first], terms[first], in_range)
+        unique = self._growths_exact(snap, target, cache, rows[first], free[first], terms[first], in_range, True)
         growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
         collided = np.flatnonzero((state != state[first][back]).any(axis=1))
         if collided.size:  # two different states with one hash: score those rows on their own
-            exact = self._growths_exact(snap, target, request, rows[collided], free[collided], terms[collided],
+            exact = self._growths_exact(snap, target, cache, rows[collided], free[collided], terms[collided],
                                         in_range)
             growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
             growth.column[collided] = exact.column
         return growth
 
-    def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                       rows: IntArray, free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
+    def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
+                       free: IntArray, terms: IntArray, in_range: bool, many: bool = False) -> _Growth:
         """Growths of both measures on `rows` (usable free milli per card `free`, stacked card terms `terms`):
-        the measures after the placement less those before, both from one evaluation."""
+        the measures after the placement less those before, both from one evaluation. `many`: the rows are
+        many distinct node states, where a share is evaluated once per distinct free milli of a node's cards."""
         total = _ADD(free, axis=1)
         weight = target.weight[rows]
         cpu, mem = snap.free_cpu[rows], snap.free_mem[rows]
-        gpu = request.gpu
-        taken = self._taken_by(request, target, snap.width)
+        gpu, taken = cache.request.gpu, cache.taken
         if gpu.kind != "share":
             fits, room = resource_room(target, cpu - taken.cpu, mem - taken.mem)
             paper, capacity = fragments(target, fits, room, weight, terms - taken.terms, total - taken.total)
             return _Growth(paper[0] - paper[1], capacity[0] - capacity[1], np.zeros(len(rows), np.int64))
         share = share_terms(snap, gpu, rows)
+        if many and gpu.share_milli and in_range and share.fits.any(axis=1).all():
+            return self._share_growths_by_value(target, cache, share.fits, free, terms, cpu, mem, weight, total)
         after = self._share_after(target, terms, free, share.milli, gpu.share_milli, in_range)
         if gpu.share_milli:
             total_after = total[:, None] - taken.total
@@ -311,3 +316,32 @@ class FgdPolicy(PlacementPolicy):
         column = key.argmin(axis=1)
         pick = np.arange(len(rows))
         return _Growth(paper[pick, column], capacity[pick, column], column.astype(np.int64))
+
+    def _share_growths_by_value(self, target: TargetArrays, cache: _ShapeCache, fits: BoolArray, free: IntArray,
+                                terms: IntArray, cpu: IntArray, mem: IntArray, weight: FloatArray,
+                                total: IntArray) -> _Growth:
+        """The share growths of `_growths_exact` for rows that each have a card that fits, evaluated once per
+        distinct (row, free milli) among the fitting cards (cards with equal free milli leave a node in the
+        same state) and once per row before; then each row's card, the first of least key, as there."""
+        rows, width = free.shape
+        taken = cache.taken
+        code = np.where(fits, np.arange(rows)[:, None] * _VALUE_CODE + free, -1).ravel()
+        fitting = (code >= 0).nonzero()[0]
+        pairs, which = np.unique(code[fitting], return_inverse=True)
+        row, value = np.divmod(pairs, _VALUE_CODE)
+        each = np.concatenate((row, np.arange(rows)))  # the node of each evaluated entry: pairs, then before
+        after_terms = terms[row] + self._change_table(target, int(taken.total[0]))[value]
+        room = resource_room(target, np.concatenate((cpu[row] - taken.cpu[0], cpu)),
+                             np.concatenate((mem[row] - taken.mem[0], mem)))
+        paper, capacity = fragments(target, *room, weight[each], np.concatenate((after_terms, terms)),
+                                    np.concatenate((total[row] - taken.total[0], total)))
+        count = len(pairs)
+        paper, capacity = paper[:count] - paper[count:][row], capacity[:count] - capacity[count:][row]
+        tie = capacity if self.tie_break else 0.0
+        key = np.full(rows * width, np.inf)
+        key[fitting] = ((paper / self.resolution).round() * _BIN_SCALE + tie)[which.ravel()]
+        column = key.reshape(rows, width).argmin(axis=1)
+        pair = np.zeros(rows * width, dtype=np.int64)
+        pair[fitting] = which.ravel()
+        chosen = pair.reshape(rows, width)[np.arange(rows), column]
+        return _Growth(paper[chosen], capacity[chosen], column.astype(np.int64))
