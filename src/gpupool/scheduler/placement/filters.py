@@ -137,8 +137,25 @@ def feasible_mask(snap: ClusterSnapshot, request: ReplicaRequest, avoid_gpu_node
     if kind == "share":
         if not mask.any():
             return mask
-        return mask & share_terms(snap, gpu).fits.any(axis=1)
+        return mask & share_fits_any(snap, gpu)
     return mask & _mig_mask(snap, gpu)
+
+
+def share_fits_any(snap: ClusterSnapshot, gpu: GpuRequest) -> BoolArray:
+    """Per node: a card takes the share now (`share_terms(snap, gpu).fits.any(axis=1)`). Kept per share size
+    and recounted only for the nodes whose version changed: a version names one node state, even across
+    clones, so the kept answers hold for any snapshot of these nodes (read-only: callers get the kept array)."""
+    key = ("share", gpu.share_milli, gpu.share_memory_mib, gpu.models, gpu.min_memory_mib)
+    kept: dict[object, tuple[IntArray, BoolArray]] = snap.__dict__.setdefault("_share_fits_any", {})
+    entry = kept.get(key)
+    if entry is None:
+        entry = kept[key] = (np.full(len(snap), -1, dtype=np.int64), np.zeros(len(snap), dtype=np.bool_))
+    version, fits = entry
+    changed = (version != snap.version).nonzero()[0]
+    if changed.size:
+        fits[changed] = np.logical_or.reduce(share_terms(snap, gpu, changed).fits, axis=1)
+        version[changed] = snap.version[changed]
+    return fits
 
 
 def _mig_mask(snap: ClusterSnapshot, gpu: GpuRequest) -> BoolArray:
