@@ -209,7 +209,8 @@ def test_fragments_together_equal_each_measure(nodes: list[Node], shapes: list[T
 def test_share_growths_by_card_value_match_those_per_card(nodes: list[Node], requests: list[ReplicaRequest],
                                                           rng: random.Random) -> None:
     """For many node states FGD evaluates a share once per distinct free milli of a node's fitting cards; its
-    growths and cards equal those of the evaluation per card, on the nodes of random placements."""
+    growths and cards equal those of the evaluation per card, on the nodes of random placements. The card terms
+    it keeps per node version (used for many stale rows) equal a fresh count at every step."""
     shapes = target_from_requests(requests)
     snap = ClusterSnapshot(nodes)
     policy = FgdPolicy(shapes)
@@ -229,7 +230,9 @@ def test_share_growths_by_card_value_match_those_per_card(nodes: list[Node], req
                 continue
             free = usable_free(snap, rows)
             in_range = bool(free.min() >= 0 and free.max() <= MILLI_PER_GPU)
-            terms = policy._node_terms(snap, target, rows, free, in_range)
+            terms = policy._node_terms(snap, target, rows, free, in_range)  # kept per node version: as counted
+            plain = _plain_card_terms(free, target)
+            assert np.array_equal(terms, np.stack((plain.count, plain.frag, plain.slots), axis=1))
             cache = policy._shape_cache(share, snap, target)
             by_card = policy._growths_exact(snap, target, cache, rows, free, terms, in_range)
             by_value = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, many=True)
