@@ -15,7 +15,10 @@ of its requests that accept the node's GPU models (fragmentation.py).
 Per-node terms are cached by node version and each request shape's growths are cached per node, so a
 placement recomputes only the nodes that changed since that shape was last scored; many stale nodes in
 identical states are scored once. A node's card terms, and a share's change to them on each card, are looked
-up in tables indexed by a card's free milli (fragmentation.py), the same integers as counting them.
+up in tables indexed by a card's free milli (fragmentation.py), the same integers as counting them. Both
+measures, before and after the placement, come from one evaluation (`fragments`) with the same operations
+as each measure alone, so the same floats; for many node states a share is evaluated once per distinct free
+milli of a node's fitting cards (equal cards leave the node in equal states).
 """
 
 from __future__ import annotations
