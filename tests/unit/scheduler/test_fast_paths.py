@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from tests.scheduler_strategies import pool_nodes, replica_requests
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
-from gpupool.domain.resources import MILLI_PER_GPU, GpuRequest, ReplicaRequest, ResourceVector
+from gpupool.domain.resources import MILLI_PER_GPU, ZERO, GpuRequest, ReplicaRequest, ResourceVector
 from gpupool.scheduler.placement.fgd import FgdPolicy
 from gpupool.scheduler.placement.filters import feasible_mask, gpu_model_mask, share_fits_any, share_terms
 from gpupool.scheduler.placement.fragmentation import (
@@ -131,6 +131,44 @@ def test_within_guarantee_matches_its_rule(guarantee: ResourceVector, used: Reso
                     for r, f in (("cpu", "cpu_milli"), ("memory", "memory_mib"), ("gpu", "gpu_milli"))
                     if getattr(after, f) > getattr(guarantee, f) and r in book.governed)
     assert book.within_guarantee("q", demand) == plain
+
+
+def _plain_admitted(book: QuotaBook, queue: str, demand: ResourceVector) -> bool:
+    """Whether blocked_by_quota gave None for a queue without a limit, as it was computed before its fast path."""
+    after = book.used(queue) + demand
+    borrowed = book._over_guarantee(queue, after)
+    used = book.used_total - book.used(queue)
+    reserved = book.reserved_total - book._reserved(queue)
+    physical_room, lendable_room = book.total - used, book.total - reserved
+    field = {"cpu": "cpu_milli", "memory": "memory_mib", "gpu": "gpu_milli"}
+    return not [r for r in borrowed if getattr(lendable_room, field[r]) < getattr(after, field[r])
+                <= getattr(physical_room, field[r])]
+
+
+amounts = st.builds(ResourceVector, st.integers(0, 6), st.integers(0, 6), st.integers(0, 6))
+pools = st.builds(ResourceVector, st.integers(4, 16), st.integers(4, 16), st.integers(4, 16))
+
+
+@settings(max_examples=400)  # borrowing that is owed to a queue that does not lend needs a few hundred draws
+@given(st.lists(st.tuples(amounts, st.booleans(), amounts), min_size=1, max_size=3), pools, amounts)
+# GPU on a pool of 10 beside a queue that keeps 2 (or 8) idle: 6 over a kept guarantee of 5 is idle capacity
+# (10 - 2 >= 6), and exactly its guarantee of 3 borrows nothing although only 10 - 8 = 2 is lendable
+@example([(ResourceVector(0, 0, 2), False, ZERO), (ResourceVector(0, 0, 5), False, ZERO)], ResourceVector(10, 10, 10),
+         ResourceVector(0, 0, 6))
+@example([(ResourceVector(0, 0, 8), False, ZERO), (ResourceVector(0, 0, 3), False, ZERO)], ResourceVector(10, 10, 10),
+         ResourceVector(0, 0, 3))
+def test_quota_admission_without_limit_matches_its_rule(queues: list[tuple[ResourceVector, bool, ResourceVector]],
+                                                         total: ResourceVector, demand: ResourceVector) -> None:
+    """Queues with guarantees (some lending, some not) and usage, asked for a demand: blocked_by_quota's
+    integer fast path admits exactly when the rule on vectors does (so both give None alike)."""
+    specs = {f"q{k}": QueueSpec(f"q{k}", guarantee, lend=lend) for k, (guarantee, lend, _) in enumerate(queues)}
+    book = QuotaBook(specs, [], total)
+    for k, (_, _, used) in enumerate(queues):
+        book.add(f"q{k}", used)
+    for queue in specs:
+        plain = _plain_admitted(book, queue, demand)
+        assert book._admitted_without_limit(book.spec(queue), queue, demand) == plain
+        assert (book.blocked_by_quota(queue, demand) is None) == plain
 
 
 def _plain_card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
