@@ -17,7 +17,13 @@ from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import MILLI_PER_GPU, ZERO, GpuRequest, ReplicaRequest, ResourceVector
 from gpupool.scheduler.placement.fgd import FgdPolicy
-from gpupool.scheduler.placement.filters import feasible_mask, gpu_model_mask, share_fits_any, share_terms
+from gpupool.scheduler.placement.filters import (
+    feasible_mask,
+    gpu_model_mask,
+    share_fits_any,
+    share_on_card,
+    share_terms,
+)
 from gpupool.scheduler.placement.fragmentation import (
     CardTerms,
     TargetArrays,
@@ -90,6 +96,10 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
             assert np.array_equal(fast.fits, fits)
             assert np.array_equal(fast.milli, milli)
             assert np.array_equal(fast.memory, memory)
+        fits, milli, memory = _plain_share_terms(snap, r.gpu, None)
+        for row, column in np.ndindex(fits.shape):  # one card read as scalars
+            expected_card = (int(milli[row, column]), int(memory[row, column])) if fits[row, column] else None
+            assert share_on_card(snap, r.gpu, row, column) == expected_card
         # kept per share and node version, shared with clones (`plain` is one, in the same state, other versions)
         expected = _plain_share_terms(snap, r.gpu, None)[0].any(axis=1)
         assert np.array_equal(share_fits_any(snap, r.gpu), expected)

@@ -76,6 +76,17 @@ def share_terms(snap: ClusterSnapshot, gpu: GpuRequest, rows: IntArray | None = 
     return ShareTerms(fits=fits, milli=milli[sel], memory=memory[sel])
 
 
+def share_on_card(snap: ClusterSnapshot, gpu: GpuRequest, row: int, column: int) -> tuple[int, int] | None:
+    """The milli and memory a share takes on card `column` of node `row` when it fits there now, else None:
+    `share_terms` of that one card, read as scalars."""
+    milli, memory, usable = _share_sizes(snap, gpu)
+    take_milli, take_memory = int(milli[row, column]), int(memory[row, column])
+    if (usable[row, column] and snap.free_milli[row, column] >= take_milli
+            and snap.free_gmem[row, column] >= take_memory):
+        return take_milli, take_memory
+    return None
+
+
 def _share_sizes(snap: ClusterSnapshot, gpu: GpuRequest) -> tuple[IntArray, IntArray, BoolArray]:
     """Per card of the whole snapshot: the milli and memory a share takes there, and whether the card could
     ever take it (shares allowed, an allowed model, at most one card's milli). These depend only on the
