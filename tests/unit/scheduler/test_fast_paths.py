@@ -11,6 +11,7 @@ import random
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from tests.builders import node
 from tests.scheduler_strategies import pool_nodes, replica_requests
 
 from gpupool.domain.nodes import Node
@@ -41,7 +42,7 @@ from gpupool.scheduler.placement.resource_fit import negative_leftover
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
-from gpupool.scheduler.types import ReplicaPlacement
+from gpupool.scheduler.types import GpuAssignment, ReplicaPlacement
 
 vectors = st.builds(ResourceVector, st.integers(-5, 5), st.integers(-5, 5), st.integers(-5, 5))
 
@@ -83,6 +84,7 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
     rows = np.arange(len(snap))
     expected_free = np.where(snap.whole_ok | snap.share_ok, snap.free_milli, 0)
     assert np.array_equal(usable_free(snap, rows), expected_free)
+    assert snap.usable_out_of_range == int(((expected_free < 0) | (expected_free > MILLI_PER_GPU)).sum())
     max_cpu, max_gpu = max(int(snap.cap_cpu.max(initial=1)), 1), max(int(snap.cap_gpu.max(initial=1)), 1)
     for r in requests:
         leftover = (0.5 * (snap.free_cpu - r.cpu_milli) / max_cpu
@@ -104,6 +106,22 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
         expected = _plain_share_terms(snap, r.gpu, None)[0].any(axis=1)
         assert np.array_equal(share_fits_any(snap, r.gpu), expected)
         assert np.array_equal(share_fits_any(plain, r.gpu), expected)
+
+
+def test_usable_free_milli_follows_an_over_committed_card() -> None:
+    """A forced assume takes a shared card below 0 free milli: the kept usable free milli and the count of cards
+    out of 0..1000 follow it there and back (FGD then takes its formulas instead of its tables)."""
+    snap = ClusterSnapshot([node("a").gpus(2, "A100", mode="shared").build(), node("m").gpus(1, "A100").build()])
+    share = ReplicaPlacement("a", 1000, 1024, (GpuAssignment(index=1, milli=600, memory_mib=1024),))
+    whole = ReplicaPlacement("m", 1000, 1024, (GpuAssignment(index=0, milli=1000, memory_mib=81920),))
+    snap.assume_all([share, whole])
+    snap.assume(share, force=True)  # card 1 of "a": 1000 - 600 - 600 = -200 milli
+    _check_derived(snap, [])
+    assert snap.usable_out_of_range == 1 and snap.usable_free_milli[0].tolist() == [1000, -200]
+    for placement in (share, share, whole):
+        snap.forget(placement)
+        _check_derived(snap, [])
+    assert snap.usable_out_of_range == 0 and snap.usable_free_milli.tolist() == [[1000, 1000], [1000, 0]]
 
 
 @settings(max_examples=60, deadline=None)

@@ -156,7 +156,7 @@ class FgdPolicy(PlacementPolicy):
         stale = rows[cache.version[rows] != snap.version[rows]]
         if stale.size:
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
-            in_range = bool(_MIN(free, axis=None) >= 0 and _MAX(free, axis=None) <= MILLI_PER_GPU)
+            in_range = snap.usable_out_of_range == 0  # no usable card over-committed (the tables' range)
             if stale.size <= _COUNT_DIRECTLY:
                 terms = stacked_card_terms(free, target, in_range)
             else:

@@ -203,12 +203,10 @@ def _share_change_table(need: tuple[int, ...], milli: int) -> SmallIntArray:
 
 
 def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
-    """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0)."""
-    usable: BoolArray | None = snap.__dict__.get("_fragment_cards")
-    if usable is None:  # which cards count never changes while the snapshot lives: computed once
-        usable = snap.__dict__["_fragment_cards"] = snap.whole_ok | snap.share_ok
-    result: IntArray = np.where(usable[rows], snap.free_milli[rows], 0)
-    return result
+    """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0): the snapshot's
+    `usable_free_milli`, kept per card on assume and forget (a copy)."""
+    result: IntArray = snap.usable_free_milli[rows]
+    return result if isinstance(rows, np.ndarray) else result.copy()
 
 
 def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
