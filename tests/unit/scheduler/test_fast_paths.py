@@ -274,7 +274,7 @@ def test_fragments_together_equal_each_measure(nodes: list[Node], shapes: list[T
 @given(pool_nodes(), st.lists(replica_requests(), min_size=1, max_size=8), st.randoms(use_true_random=False))
 def test_share_growths_by_card_value_match_those_per_card(nodes: list[Node], requests: list[ReplicaRequest],
                                                           rng: random.Random) -> None:
-    """For many node states FGD evaluates a share once per distinct free milli of a node's fitting cards; its
+    """For more than a few node states FGD evaluates a share once per distinct free milli of a node's fitting cards; its
     growths and cards equal those of the evaluation per card, on the nodes of random placements. The card terms
     it keeps per node version (used for many stale rows) equal a fresh count at every step."""
     shapes = target_from_requests(requests)
@@ -300,8 +300,8 @@ def test_share_growths_by_card_value_match_those_per_card(nodes: list[Node], req
             plain = _plain_card_terms(free, target)
             assert np.array_equal(terms, np.stack((plain.count, plain.frag, plain.slots), axis=1))
             cache = policy._shape_cache(share, snap, target)
-            by_card = policy._growths_exact(snap, target, cache, rows, free, terms, in_range)
-            by_value = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, many=True)
+            by_card = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, by_value=False)
+            by_value = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, by_value=True)
             for name in ("paper", "capacity", "column"):
                 assert np.array_equal(getattr(by_value, name), getattr(by_card, name)), name
 
