@@ -10,7 +10,7 @@ from gpupool.domain.nodes import RACK_LABEL
 from gpupool.domain.resources import ReplicaRequest
 from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.cards import choose_mig_instances, choose_whole_cards, share_slots
-from gpupool.scheduler.placement.filters import FloatArray, explain_no_fit, feasible_mask, share_terms
+from gpupool.scheduler.placement.filters import FloatArray, explain_no_fit, feasible_mask, share_on_card, share_terms
 from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray, Restore
 from gpupool.scheduler.types import GpuAssignment, PendingWorkload, ReplicaPlacement
 
@@ -74,6 +74,8 @@ class Placer:
             gpus = choose_whole_cards(snap, row, gpu)
         elif gpu.kind == "mig":
             gpus = choose_mig_instances(snap, row, gpu)
+        elif gpu.kind == "share" and column is not None and (card := share_on_card(snap, gpu, row, column)):
+            gpus = (snap.gpu_assignment(row, column, *card),)  # the card the policy chose takes it: no row scan
         elif gpu.kind == "share":
             terms = share_terms(snap, gpu, np.array([row]))
             if not terms.fits.any():

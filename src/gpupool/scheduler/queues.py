@@ -163,6 +163,8 @@ class QuotaBook:
     def blocked_by_quota(self, queue: str, demand: ResourceVector) -> str | None:
         """None when `demand` may be admitted to `queue` by the quota rules, else the human reason."""
         spec = self.spec(queue)
+        if spec.limit is None and self._admitted_without_limit(spec, queue, demand):
+            return None  # what the rules below give, without building the vectors (asked per pending head)
         after = self.used(queue) + demand
         never = beyond_limit(spec, demand)
         if never is not None:
@@ -184,6 +186,26 @@ class QuotaBook:
                     "owed to other queues that do not lend: "
                     + self._compare(after, lendable_room, owed, "available to borrow"))
         return None
+
+    def _admitted_without_limit(self, spec: QueueSpec, queue: str, demand: ResourceVector) -> bool:
+        """True when blocked_by_quota gives None for a queue without a limit: no governed resource taken
+        beyond the guarantee is owed (more than the idle capacity others lend, within what is physically
+        idle). Per component, in integers: the same comparisons as there."""
+        used, g, total = self.used(queue), spec.guaranteed, self.total
+        used_total, reserved_total, governed = self.used_total, self.reserved_total, self.governed
+        for name, after, guaranteed, used_r, total_r, used_all, reserved_all in (
+                ("gpu", used.gpu_milli + demand.gpu_milli, g.gpu_milli, used.gpu_milli, total.gpu_milli,
+                 used_total.gpu_milli, reserved_total.gpu_milli),
+                ("cpu", used.cpu_milli + demand.cpu_milli, g.cpu_milli, used.cpu_milli, total.cpu_milli,
+                 used_total.cpu_milli, reserved_total.cpu_milli),
+                ("memory", used.memory_mib + demand.memory_mib, g.memory_mib, used.memory_mib, total.memory_mib,
+                 used_total.memory_mib, reserved_total.memory_mib)):
+            if after <= guaranteed or name not in governed:
+                continue
+            reserved = used_r if spec.lend else max(used_r, guaranteed)
+            if total_r - (reserved_all - reserved) < after <= total_r - (used_all - used_r):
+                return False
+        return True
 
     @staticmethod
     def _compare(after: ResourceVector, bound: ResourceVector, names: tuple[str, ...], word: str) -> str:

@@ -70,6 +70,11 @@ class ClusterSnapshot:
                 self.share_ok[i, j] = usable and g.mode.allows_shares
         self.free_milli = np.where(self.exists, MILLI_PER_GPU, 0).astype(np.int64)
         self.free_gmem = np.where(self.exists, self.gpu_mem_total, 0).astype(np.int64)
+        # free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards: 0), kept per card on
+        # assume/forget, and how many of them are outside 0..1000 (over-committed by a forced assume)
+        self.usable_card = self.whole_ok | self.share_ok
+        self.usable_free_milli = np.where(self.usable_card, self.free_milli, 0)
+        self.usable_out_of_range = 0
         self.cap_gpu = self.free_milli.sum(axis=1)
         self.version = np.zeros(n, dtype=np.int64)
         self.full_free = np.zeros(n, dtype=np.int64)
@@ -168,11 +173,18 @@ class ClusterSnapshot:
         for a in placement.gpus:
             j = self._columns[row][a.index]
             self.free_milli[row, j] += sign * a.milli
+            if self.usable_card[row, j]:
+                self._set_usable_free(row, j, int(self.free_milli[row, j]))
             self.free_gmem[row, j] += sign * a.memory_mib
             if a.mig_instance is not None:
                 self._mig_used[(row, j)][a.mig_instance] = sign < 0
         self._refresh_row(row)
         self.changes += 1
+
+    def _set_usable_free(self, row: int, column: int, milli: int) -> None:
+        before = int(self.usable_free_milli[row, column])
+        self.usable_free_milli[row, column] = milli
+        self.usable_out_of_range += (not 0 <= milli <= MILLI_PER_GPU) - (not 0 <= before <= MILLI_PER_GPU)
 
     def assume_all(self, placements: Sequence[ReplicaPlacement], force: bool = False) -> None:
         """assume every placement, in order."""

@@ -9,22 +9,31 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from tests.builders import node
 from tests.scheduler_strategies import pool_nodes, replica_requests
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
-from gpupool.domain.resources import MILLI_PER_GPU, GpuRequest, ReplicaRequest, ResourceVector
+from gpupool.domain.resources import MILLI_PER_GPU, ZERO, GpuRequest, ReplicaRequest, ResourceVector
 from gpupool.scheduler.placement.fgd import FgdPolicy
-from gpupool.scheduler.placement.filters import feasible_mask, gpu_model_mask, share_terms
+from gpupool.scheduler.placement.filters import (
+    feasible_mask,
+    gpu_model_mask,
+    share_fits_any,
+    share_on_card,
+    share_terms,
+)
 from gpupool.scheduler.placement.fragmentation import (
     CardTerms,
     TargetArrays,
     TargetShape,
     capacity_fragment,
     card_terms,
+    fragments,
     paper_fragment,
+    resource_room,
     target_from_requests,
     usable_free,
 )
@@ -33,7 +42,7 @@ from gpupool.scheduler.placement.resource_fit import negative_leftover
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
-from gpupool.scheduler.types import ReplicaPlacement
+from gpupool.scheduler.types import GpuAssignment, ReplicaPlacement
 
 vectors = st.builds(ResourceVector, st.integers(-5, 5), st.integers(-5, 5), st.integers(-5, 5))
 
@@ -75,6 +84,7 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
     rows = np.arange(len(snap))
     expected_free = np.where(snap.whole_ok | snap.share_ok, snap.free_milli, 0)
     assert np.array_equal(usable_free(snap, rows), expected_free)
+    assert snap.usable_out_of_range == int(((expected_free < 0) | (expected_free > MILLI_PER_GPU)).sum())
     max_cpu, max_gpu = max(int(snap.cap_cpu.max(initial=1)), 1), max(int(snap.cap_gpu.max(initial=1)), 1)
     for r in requests:
         leftover = (0.5 * (snap.free_cpu - r.cpu_milli) / max_cpu
@@ -88,6 +98,30 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
             assert np.array_equal(fast.fits, fits)
             assert np.array_equal(fast.milli, milli)
             assert np.array_equal(fast.memory, memory)
+        fits, milli, memory = _plain_share_terms(snap, r.gpu, None)
+        for row, column in np.ndindex(fits.shape):  # one card read as scalars
+            expected_card = (int(milli[row, column]), int(memory[row, column])) if fits[row, column] else None
+            assert share_on_card(snap, r.gpu, row, column) == expected_card
+        # kept per share and node version, shared with clones (`plain` is one, in the same state, other versions)
+        expected = _plain_share_terms(snap, r.gpu, None)[0].any(axis=1)
+        assert np.array_equal(share_fits_any(snap, r.gpu), expected)
+        assert np.array_equal(share_fits_any(plain, r.gpu), expected)
+
+
+def test_usable_free_milli_follows_an_over_committed_card() -> None:
+    """A forced assume takes a shared card below 0 free milli: the kept usable free milli and the count of cards
+    out of 0..1000 follow it there and back (FGD then takes its formulas instead of its tables)."""
+    snap = ClusterSnapshot([node("a").gpus(2, "A100", mode="shared").build(), node("m").gpus(1, "A100").build()])
+    share = ReplicaPlacement("a", 1000, 1024, (GpuAssignment(index=1, milli=600, memory_mib=1024),))
+    whole = ReplicaPlacement("m", 1000, 1024, (GpuAssignment(index=0, milli=1000, memory_mib=81920),))
+    snap.assume_all([share, whole])
+    snap.assume(share, force=True)  # card 1 of "a": 1000 - 600 - 600 = -200 milli
+    _check_derived(snap, [])
+    assert snap.usable_out_of_range == 1 and snap.usable_free_milli[0].tolist() == [1000, -200]
+    for placement in (share, share, whole):
+        snap.forget(placement)
+        _check_derived(snap, [])
+    assert snap.usable_out_of_range == 0 and snap.usable_free_milli.tolist() == [[1000, 1000], [1000, 0]]
 
 
 @settings(max_examples=60, deadline=None)
@@ -127,6 +161,44 @@ def test_within_guarantee_matches_its_rule(guarantee: ResourceVector, used: Reso
     assert book.within_guarantee("q", demand) == plain
 
 
+def _plain_admitted(book: QuotaBook, queue: str, demand: ResourceVector) -> bool:
+    """Whether blocked_by_quota gave None for a queue without a limit, as it was computed before its fast path."""
+    after = book.used(queue) + demand
+    borrowed = book._over_guarantee(queue, after)
+    used = book.used_total - book.used(queue)
+    reserved = book.reserved_total - book._reserved(queue)
+    physical_room, lendable_room = book.total - used, book.total - reserved
+    field = {"cpu": "cpu_milli", "memory": "memory_mib", "gpu": "gpu_milli"}
+    return not [r for r in borrowed if getattr(lendable_room, field[r]) < getattr(after, field[r])
+                <= getattr(physical_room, field[r])]
+
+
+amounts = st.builds(ResourceVector, st.integers(0, 6), st.integers(0, 6), st.integers(0, 6))
+pools = st.builds(ResourceVector, st.integers(4, 16), st.integers(4, 16), st.integers(4, 16))
+
+
+@settings(max_examples=400)  # borrowing that is owed to a queue that does not lend needs a few hundred draws
+@given(st.lists(st.tuples(amounts, st.booleans(), amounts), min_size=1, max_size=3), pools, amounts)
+# GPU on a pool of 10 beside a queue that keeps 2 (or 8) idle: 6 over a kept guarantee of 5 is idle capacity
+# (10 - 2 >= 6), and exactly its guarantee of 3 borrows nothing although only 10 - 8 = 2 is lendable
+@example([(ResourceVector(0, 0, 2), False, ZERO), (ResourceVector(0, 0, 5), False, ZERO)], ResourceVector(10, 10, 10),
+         ResourceVector(0, 0, 6))
+@example([(ResourceVector(0, 0, 8), False, ZERO), (ResourceVector(0, 0, 3), False, ZERO)], ResourceVector(10, 10, 10),
+         ResourceVector(0, 0, 3))
+def test_quota_admission_without_limit_matches_its_rule(queues: list[tuple[ResourceVector, bool, ResourceVector]],
+                                                         total: ResourceVector, demand: ResourceVector) -> None:
+    """Queues with guarantees (some lending, some not) and usage, asked for a demand: blocked_by_quota's
+    integer fast path admits exactly when the rule on vectors does (so both give None alike)."""
+    specs = {f"q{k}": QueueSpec(f"q{k}", guarantee, lend=lend) for k, (guarantee, lend, _) in enumerate(queues)}
+    book = QuotaBook(specs, [], total)
+    for k, (_, _, used) in enumerate(queues):
+        book.add(f"q{k}", used)
+    for queue in specs:
+        plain = _plain_admitted(book, queue, demand)
+        assert book._admitted_without_limit(book.spec(queue), queue, demand) == plain
+        assert (book.blocked_by_quota(queue, demand) is None) == plain
+
+
 def _plain_card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     """card_terms as it was counted before the per-card lookup table."""
     need = target.need[None, :, None]
@@ -157,12 +229,81 @@ def test_card_terms_and_share_changes_match_their_counts(nodes: list[Node], shap
     share = data.draw(st.integers(1, 1000))
     milli = np.full(free.shape, share, dtype=np.int64)
     policy = FgdPolicy(shapes)
-    changed = policy._share_taken(target, plain, free, milli, share)
+    policy._before_column = np.full((rows, 1), MILLI_PER_GPU + 1, dtype=np.int64)
+    stacked = np.stack((plain.count, plain.frag, plain.slots), axis=1)
+    in_range = bool(free.min() >= 0 and free.max() <= MILLI_PER_GPU)
+    changed = policy._share_after(target, stacked, free, milli, share, in_range)
     a = free[:, :, None]
     expected = CardTerms(plain.count[:, None, :], plain.frag[:, None, :], plain.slots[:, None, :]).changed(
         a, a - milli[:, :, None], target.need)
-    for name in ("count", "frag", "slots"):
-        assert np.array_equal(getattr(changed, name), getattr(expected, name)), name
+    for k, name in enumerate(("count", "frag", "slots")):  # after the share on each card, then before it
+        assert np.array_equal(changed[:, :cards, k], getattr(expected, name)), name
+        assert np.array_equal(changed[:, cards, k], getattr(plain, name)), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(pool_nodes(), target_shapes, st.integers(1, 4), st.data())
+def test_fragments_together_equal_each_measure(nodes: list[Node], shapes: list[TargetShape], cards: int,
+                                               data: st.DataObject) -> None:
+    """`fragments` (both measures in one evaluation, CPU and memory through `resource_room`) gives the very
+    floats of paper_fragment and capacity_fragment, with float divisors and without (a shape asking 0 CPU or
+    memory), for free CPU and memory below, at and above each shape's request, negative ones included."""
+    snap = ClusterSnapshot(nodes)
+    target = TargetArrays(shapes, snap)
+    drawn = data.draw(st.integers(1, 6))
+    free = np.array(data.draw(st.lists(st.lists(st.integers(-250, 1000), min_size=cards, max_size=cards),
+                                       min_size=drawn, max_size=drawn)), dtype=np.int64)
+    cpu = np.array(data.draw(st.lists(st.integers(-10, 10**6), min_size=drawn, max_size=drawn)), np.int64)
+    mem = np.array(data.draw(st.lists(st.integers(-10, 10**6), min_size=drawn, max_size=drawn)), np.int64)
+    # and nodes with all cards free at each shape's own CPU and memory, and one less of either: the edges
+    edges = [(c + dc, m + dm) for c, m in zip(target.cpu.tolist(), target.mem.tolist(), strict=True)
+             for dc, dm in ((0, 0), (-1, 0), (0, -1))]
+    cpu = np.concatenate((cpu, [c for c, _ in edges]))
+    mem = np.concatenate((mem, [m for _, m in edges]))
+    free = np.concatenate((free, np.full((len(edges), cards), MILLI_PER_GPU)))
+    weight = np.tile(target.prob, (len(cpu), 1))  # every shape weighs (a node's row of target.weight may hold zeros)
+    terms, total = _plain_card_terms(free, target), free.sum(axis=1)
+    stacked = np.stack((terms.count, terms.frag, terms.slots), axis=1)
+    fits, room = resource_room(target, cpu, mem)
+    paper, capacity = fragments(target, fits, room, weight, stacked, total)
+    assert np.array_equal(paper, paper_fragment(target, cpu, mem, weight, terms, total))
+    assert np.array_equal(capacity, capacity_fragment(target, cpu, mem, weight, terms, total))
+
+
+@settings(max_examples=40, deadline=None)
+@given(pool_nodes(), st.lists(replica_requests(), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_share_growths_by_card_value_match_those_per_card(nodes: list[Node], requests: list[ReplicaRequest],
+                                                          rng: random.Random) -> None:
+    """For more than a few node states FGD evaluates a share once per distinct free milli of a node's fitting cards; its
+    growths and cards equal those of the evaluation per card, on the nodes of random placements. The card terms
+    it keeps per node version (used for many stale rows) equal a fresh count at every step."""
+    shapes = target_from_requests(requests)
+    snap = ClusterSnapshot(nodes)
+    policy = FgdPolicy(shapes)
+    placer = Placer(policy, gang_topology=False)
+    shares = [r for r in requests if r.gpu.kind == "share" and r.gpu.share_milli] + [
+        ReplicaRequest(500, 1024, GpuRequest(share_milli=m)) for m in (100, 250, 500)]
+    for r in requests * 3:  # varied card states: several shares and whole cards taken
+        placement = placer.place_replica(snap, r)
+        if placement is not None and rng.random() < 0.8:
+            snap.assume(placement)
+        if not shapes:
+            return
+        target = policy._bind(snap)
+        for share in shares:
+            rows = feasible_mask(snap, share).nonzero()[0]
+            if rows.size == 0:
+                continue
+            free = usable_free(snap, rows)
+            in_range = bool(free.min() >= 0 and free.max() <= MILLI_PER_GPU)
+            terms = policy._node_terms(snap, target, rows, free, in_range)  # kept per node version: as counted
+            plain = _plain_card_terms(free, target)
+            assert np.array_equal(terms, np.stack((plain.count, plain.frag, plain.slots), axis=1))
+            cache = policy._shape_cache(share, snap, target)
+            by_card = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, by_value=False)
+            by_value = policy._growths_exact(snap, target, cache, rows, free, terms, in_range, by_value=True)
+            for name in ("paper", "capacity", "column"):
+                assert np.array_equal(getattr(by_value, name), getattr(by_card, name)), name
 
 
 def _plain_fgd_ranking(shapes: list[TargetShape], snap: ClusterSnapshot, request: ReplicaRequest,

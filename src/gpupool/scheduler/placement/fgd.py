@@ -15,7 +15,10 @@ of its requests that accept the node's GPU models (fragmentation.py).
 Per-node terms are cached by node version and each request shape's growths are cached per node, so a
 placement recomputes only the nodes that changed since that shape was last scored; many stale nodes in
 identical states are scored once. A node's card terms, and a share's change to them on each card, are looked
-up in tables indexed by a card's free milli (fragmentation.py), the same integers as counting them.
+up in tables indexed by a card's free milli (fragmentation.py), the same integers as counting them. Both
+measures, before and after the placement, come from one evaluation (`fragments`) with the same operations
+as each measure alone, so the same floats; for more than a few stale nodes a share is evaluated once per
+distinct free milli of a node's fitting cards (equal cards leave the node in equal states).
 """
 
 from __future__ import annotations
@@ -36,21 +39,25 @@ from gpupool.scheduler.placement.fragmentation import (
     SmallIntArray,
     TargetArrays,
     TargetShape,
-    capacity_fragment,
-    card_terms,
-    paper_fragment,
+    fragments,
+    resource_room,
     share_change_table,
+    stacked_card_terms,
     target_from_requests,
     usable_free,
 )
 from gpupool.scheduler.placement.resource_fit import negative_leftover
-from gpupool.scheduler.snapshot import ClusterSnapshot, IntArray
+from gpupool.scheduler.snapshot import BoolArray, ClusterSnapshot, IntArray
 
 # Learning a target from submissions: a window of 2,000 requests holds the mix of the last hours of a busy
 # pool (the openb default list has 8,152 pods for two months); relearning every 200 keeps the cost of
 # recounting under 1 % of the placements. Neither affects the inflation experiment (its target is given).
 LEARN_WINDOW = 2000
 LEARN_EVERY = 200
+# stale rows up to which a node's card terms are counted afresh rather than kept per node version: a lookup and
+# a sum cost about 1 us a row against about 8 us for checking and updating the kept terms (timeit on 1-32 rows
+# of the openb cluster: 3-8 us for 1-8 rows counted afresh, 7-13 us kept; 17 us against 8 us for 16 rows)
+_COUNT_DIRECTLY = 8
 _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored once (speed only: same results)
 DEFAULT_RESOLUTION = 25.0
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
@@ -59,6 +66,11 @@ _MIN, _MAX = np.minimum.reduce, np.maximum.reduce  # what ndarray.min and max ca
 # share sizes whose change tables this policy holds (about 320 KB each for 53 target shapes; the openb traces
 # use a few dozen sizes): bounds memory; past it the tables are fetched again from fragmentation.py's cache
 _CHANGE_TABLES = 64
+# stale rows above which a share is evaluated per distinct free milli of a node's cards rather than on every
+# card: timeit of both on a part-full openb cluster (5,000 pods placed, a 0.3-GPU share): 55/63 us for 2 rows,
+# 67/67 us for 4, 90/73 us for 8, 182/100 us for 24 (per card / by value)
+_BY_VALUE_ABOVE = 4
+_VALUE_CODE = MILLI_PER_GPU + 2  # (row, free milli of a card) coded as one integer: row * this + milli
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
 
@@ -68,8 +80,22 @@ def _hash_weights(width: int) -> IntArray:
     return weights
 
 
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """What one replica of a request takes from a node, laid out so that one evaluation of the measures gives
+    the node after the placement and before it (the last entry of the axis it adds): for whole GPUs and none
+    a leading axis of two, for a share one column per card plus one (the before), after the node's axis."""
+
+    cpu: IntArray
+    mem: IntArray
+    terms: IntArray  # subtracted from the node's stacked terms (whole GPUs and none only)
+    total: IntArray
+
+
 @dataclass
 class _ShapeCache:
+    request: ReplicaRequest
+    taken: _Taken
     version: IntArray
     growth_bin: FloatArray
     capacity: FloatArray
@@ -108,10 +134,9 @@ class FgdPolicy(PlacementPolicy):
         self._snap_nodes: tuple[object, ...] = ()
         self._cache: dict[ReplicaRequest, _ShapeCache] = {}
         self._node_version = np.zeros(0, dtype=np.int64)
-        self._terms = CardTerms(*(np.zeros((0, 0), dtype=np.int64) for _ in range(3)))
-        self._paper = np.zeros(0)
-        self._capacity = np.zeros(0)
+        self._terms = np.zeros((0, 3, 0), dtype=np.int64)  # per node: stacked CardTerms at _node_version
         self._change_tables: dict[int, SmallIntArray] = {}
+        self._before_column = np.zeros((0, 1), dtype=np.int64)
 
     @property
     def shapes(self) -> list[TargetShape]:
@@ -131,12 +156,16 @@ class FgdPolicy(PlacementPolicy):
         if not self._shapes:
             return Scored(negative_leftover(snap, request, rows))
         target = self._bind(snap)
-        cache = self._shape_cache(request, len(snap))
+        cache = self._shape_cache(request, snap, target)
         stale = rows[cache.version[rows] != snap.version[rows]]
         if stale.size:
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
-            self._refresh_nodes(snap, target, stale, free)
-            growth = self._growths(snap, target, request, stale, free)
+            in_range = snap.usable_out_of_range == 0  # no usable card over-committed (the tables' range)
+            if stale.size <= _COUNT_DIRECTLY:
+                terms = stacked_card_terms(free, target, in_range)
+            else:
+                terms = self._node_terms(snap, target, stale, free, in_range)
+            growth = self._growths(snap, target, cache, stale, free, terms, in_range)
             # ndarray.round is what np.round calls (without its dispatch wrapper): same values
             cache.growth_bin[stale] = (growth.paper / self.resolution).round()
             cache.capacity[stale] = growth.capacity.round(6)
@@ -166,10 +195,12 @@ class FgdPolicy(PlacementPolicy):
             return int(tied[0])
         return int(tied[np.argmax(negative_leftover(snap, request, rows[tied]))])
 
-    def _shape_cache(self, request: ReplicaRequest, n: int) -> _ShapeCache:
+    def _shape_cache(self, request: ReplicaRequest, snap: ClusterSnapshot, target: TargetArrays) -> _ShapeCache:
         cache = self._cache.get(request)
         if cache is None:
-            cache = _ShapeCache(np.full(n, -1, np.int64), np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
+            n = len(snap)
+            cache = _ShapeCache(request, self._taken_by(request, target, snap.width), np.full(n, -1, np.int64),
+                                np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
             self._cache[request] = cache
         return cache
 
@@ -180,83 +211,154 @@ class FgdPolicy(PlacementPolicy):
             self._snap_nodes = snap.nodes
             n, m = len(snap), len(self._target.cpu)
             self._node_version = np.full(n, -1, dtype=np.int64)
-            self._terms = CardTerms(*(np.zeros((n, m), dtype=np.int64) for _ in range(3)))
-            self._paper, self._capacity = np.zeros(n), np.zeros(n)
+            self._terms = np.zeros((n, 3, m), dtype=np.int64)
+            # the share change tables' extra row (all zeros) that a node's before column looks up
+            self._before_column = np.full((n, 1), MILLI_PER_GPU + 1, dtype=np.int64)
         return self._target
 
-    def _refresh_nodes(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray,
-                       rows_free: IntArray) -> None:
+    def _node_terms(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
+                    in_range: bool) -> IntArray:
+        """The stacked card terms of `rows` now (whose usable free milli per card is `free`), recounting only
+        the nodes whose state changed since they were last counted."""
         outdated = self._node_version[rows] != snap.version[rows]
         stale = rows[outdated]
-        if stale.size == 0:
-            return
-        free = rows_free[outdated]
-        terms = card_terms(free, target)
-        self._terms.count[stale], self._terms.frag[stale], self._terms.slots[stale] = (
-            terms.count, terms.frag, terms.slots)
-        args = (target, snap.free_cpu[stale], snap.free_mem[stale], target.weight[stale], terms, _ADD(free, axis=1))
-        self._paper[stale], self._capacity[stale] = paper_fragment(*args), capacity_fragment(*args)
-        self._node_version[stale] = snap.version[stale]
+        if stale.size:
+            self._terms[stale] = stacked_card_terms(free[outdated], target, in_range)
+            self._node_version[stale] = snap.version[stale]
+        terms: IntArray = self._terms[rows]
+        return terms
 
-    def _share_taken(self, target: TargetArrays, terms: CardTerms, free: IntArray, milli: IntArray,
-                     share_milli: int) -> CardTerms:
-        """The terms after a share of `milli` (per card) is placed on each card in turn: `CardTerms.changed`,
-        looked up in a table per share size when the size is the same on every card (the same integers)."""
-        # a share sized by memory (its milli differs by card), or an over-committed card: the formula
-        if not share_milli or _MIN(free, axis=None) < 0 or _MAX(free, axis=None) > MILLI_PER_GPU:
+    @staticmethod
+    def _taken_by(request: ReplicaRequest, target: TargetArrays, width: int) -> _Taken:
+        """_Taken of `request` (kept in its shape cache while the target and snapshot are bound)."""
+        gpu = request.gpu
+        if gpu.kind == "share":  # one column per card, then the before column (nothing taken)
+            cards = np.ones(width + 1, dtype=np.int64)
+            cards[width] = 0
+            return _Taken(cards * request.cpu_milli, cards * request.memory_mib, np.zeros(0, np.int64),
+                          cards * gpu.share_milli)
+        # two rows, after and before
+        count = gpu.count if gpu.kind == "whole" else 0
+        after = np.stack((np.full(len(target.cpu), count), np.zeros(len(target.cpu), np.int64),
+                          count * target.whole_slots))
+        return _Taken(np.array([[request.cpu_milli], [0]]), np.array([[request.memory_mib], [0]]),
+                      np.stack((after, np.zeros_like(after)))[:, None], np.array([[count * MILLI_PER_GPU], [0]]))
+
+    @staticmethod
+    @functools.cache
+    def _spread(width: int) -> IntArray:
+        """Indices that repeat the after column (0) for each of `width` cards, then the before column (1)."""
+        spread = np.zeros(width + 1, dtype=np.int64)
+        spread[width] = 1
+        return spread
+
+    def _share_after(self, target: TargetArrays, terms: IntArray, free: IntArray, milli: IntArray,
+                     share_milli: int, in_range: bool) -> IntArray:
+        """The stacked terms after a share of `milli` (per card) is placed on each card in turn, and then the
+        terms before (rows x cards + 1 x 3 x shapes): `CardTerms.changed`, looked up in a table per share size
+        when the size is the same on every card (the same integers)."""
+        if not share_milli or not in_range:  # a share sized by memory, or an over-committed card: the formula
             a = free[:, :, None]
-            expanded = CardTerms(terms.count[:, None, :], terms.frag[:, None, :], terms.slots[:, None, :])
-            return expanded.changed(a, a - milli[:, :, None], target.need)
+            before = CardTerms(terms[:, None, 0], terms[:, None, 1], terms[:, None, 2])
+            changed = before.changed(a, a - milli[:, :, None], target.need)
+            stacked = np.stack((changed.count, changed.frag, changed.slots), axis=2)
+            return np.concatenate((stacked, terms[:, None]), axis=1)
+        cards = np.concatenate((free, self._before_column[: len(free)]), axis=1)
+        after: IntArray = terms[:, None] + self._change_table(target, share_milli)[cards]
+        return after
+
+    def _change_table(self, target: TargetArrays, share_milli: int) -> SmallIntArray:
+        """`share_change_table` with one more row, all zeros, that a node's before column looks up."""
         table = self._change_tables.get(share_milli)
         if table is None:
             if len(self._change_tables) >= _CHANGE_TABLES:
                 self._change_tables.clear()
-            table = self._change_tables[share_milli] = share_change_table(target, share_milli)
-        change = table[free]  # (rows, cards, 3, shapes)
-        return CardTerms(terms.count[:, None, :] + change[:, :, 0], terms.frag[:, None, :] + change[:, :, 1],
-                         terms.slots[:, None, :] + change[:, :, 2])
+            change = share_change_table(target, share_milli)
+            table = np.concatenate((change, np.zeros((1, *change.shape[1:]), dtype=change.dtype)))
+            self._change_tables[share_milli] = table
+        return table
 
-    def _growths(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                 rows: IntArray, free: IntArray) -> _Growth:
+    def _growths(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
+                 free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
         if rows.size <= _DEDUPE_ABOVE:
-            return self._growths_exact(snap, target, request, rows, free)
+            return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
         state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], free,
                                  target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
         hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
         _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
         back = inverse.ravel()
-        unique = self._growths_exact(snap, target, request, rows[first], free[first])
+        unique = self._growths_exact(snap, target, cache, rows[first], free[first], terms[first], in_range)
         growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
         collided = np.flatnonzero((state != state[first][back]).any(axis=1))
         if collided.size:  # two different states with one hash: score those rows on their own
-            exact = self._growths_exact(snap, target, request, rows[collided], free[collided])
+            exact = self._growths_exact(snap, target, cache, rows[collided], free[collided], terms[collided],
+                                        in_range)
             growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
             growth.column[collided] = exact.column
         return growth
 
-    def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, request: ReplicaRequest,
-                       rows: IntArray, free: IntArray) -> _Growth:
-        """Growths of both measures on `rows` (whose usable free milli per card is `free`)."""
-        cpu = snap.free_cpu[rows] - request.cpu_milli
-        mem = snap.free_mem[rows] - request.memory_mib
+    def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
+                       free: IntArray, terms: IntArray, in_range: bool, by_value: bool | None = None) -> _Growth:
+        """Growths of both measures on `rows` (usable free milli per card `free`, stacked card terms `terms`):
+        the measures after the placement less those before, both from one evaluation. A share is evaluated
+        once per distinct free milli of a node's fitting cards when `by_value` (None: above _BY_VALUE_ABOVE
+        rows), else on every card."""
         total = _ADD(free, axis=1)
-        terms = CardTerms(self._terms.count[rows], self._terms.frag[rows], self._terms.slots[rows])
         weight = target.weight[rows]
-        before_paper, before_capacity = self._paper[rows], self._capacity[rows]
-        gpu = request.gpu
+        cpu, mem = snap.free_cpu[rows], snap.free_mem[rows]
+        gpu, taken = cache.request.gpu, cache.taken
         if gpu.kind != "share":
-            taken = gpu.count if gpu.kind == "whole" else 0
-            after = terms.whole_taken(taken, target)
-            args = (target, cpu, mem, weight, after, total - taken * MILLI_PER_GPU)
-            return _Growth(paper_fragment(*args) - before_paper, capacity_fragment(*args) - before_capacity,
-                           np.zeros(len(rows), np.int64))
+            fits, room = resource_room(target, cpu - taken.cpu, mem - taken.mem)
+            paper, capacity = fragments(target, fits, room, weight, terms - taken.terms, total - taken.total)
+            return _Growth(paper[0] - paper[1], capacity[0] - capacity[1], np.zeros(len(rows), np.int64))
         share = share_terms(snap, gpu, rows)
-        after = self._share_taken(target, terms, free, share.milli, gpu.share_milli)
-        args = (target, cpu[:, None], mem[:, None], weight[:, None, :], after, total[:, None] - share.milli)
-        paper = paper_fragment(*args) - before_paper[:, None]
-        capacity = capacity_fragment(*args) - before_capacity[:, None]
+        if by_value is None:
+            by_value = rows.size > _BY_VALUE_ABOVE
+        if by_value and gpu.share_milli and in_range and share.fits.any(axis=1).all():
+            return self._share_growths_by_value(target, cache, share.fits, free, terms, cpu, mem, weight, total)
+        after = self._share_after(target, terms, free, share.milli, gpu.share_milli, in_range)
+        if gpu.share_milli:
+            total_after = total[:, None] - taken.total
+        else:  # the share's milli differs by card
+            total_after = total[:, None] - np.concatenate((share.milli, np.zeros((len(rows), 1), np.int64)), axis=1)
+        # CPU and memory are the same after a share on any card: their part is evaluated once per node, after
+        # and before (taken.cpu's last two columns), and spread over the cards
+        fits, room = resource_room(target, cpu[:, None] - taken.cpu[-2:], mem[:, None] - taken.mem[-2:])
+        spread = self._spread(snap.width)
+        both = fragments(target, fits[:, spread], room[:, spread], weight[:, None, :], after, total_after)
+        width = snap.width
+        paper, capacity = (f[:, :width] - f[:, width:] for f in both)
         tie = capacity if self.tie_break else 0.0
         key = np.where(share.fits, (paper / self.resolution).round() * _BIN_SCALE + tie, np.inf)
         column = key.argmin(axis=1)
         pick = np.arange(len(rows))
         return _Growth(paper[pick, column], capacity[pick, column], column.astype(np.int64))
+
+    def _share_growths_by_value(self, target: TargetArrays, cache: _ShapeCache, fits: BoolArray, free: IntArray,
+                                terms: IntArray, cpu: IntArray, mem: IntArray, weight: FloatArray,
+                                total: IntArray) -> _Growth:
+        """The share growths of `_growths_exact` for rows that each have a card that fits, evaluated once per
+        distinct (row, free milli) among the fitting cards (cards with equal free milli leave a node in the
+        same state) and once per row before; then each row's card, the first of least key, as there."""
+        rows, width = free.shape
+        taken = cache.taken
+        code = np.where(fits, np.arange(rows)[:, None] * _VALUE_CODE + free, -1).ravel()
+        fitting = (code >= 0).nonzero()[0]
+        pairs, which = np.unique(code[fitting], return_inverse=True)
+        row, value = np.divmod(pairs, _VALUE_CODE)
+        each = np.concatenate((row, np.arange(rows)))  # the node of each evaluated entry: pairs, then before
+        after_terms = terms[row] + self._change_table(target, int(taken.total[0]))[value]
+        room = resource_room(target, np.concatenate((cpu[row] - taken.cpu[0], cpu)),
+                             np.concatenate((mem[row] - taken.mem[0], mem)))
+        paper, capacity = fragments(target, *room, weight[each], np.concatenate((after_terms, terms)),
+                                    np.concatenate((total[row] - taken.total[0], total)))
+        count = len(pairs)
+        paper, capacity = paper[:count] - paper[count:][row], capacity[:count] - capacity[count:][row]
+        tie = capacity if self.tie_break else 0.0
+        key = np.full(rows * width, np.inf)
+        key[fitting] = ((paper / self.resolution).round() * _BIN_SCALE + tie)[which.ravel()]
+        column = key.reshape(rows, width).argmin(axis=1)
+        pair = np.zeros(rows * width, dtype=np.int64)
+        pair[fitting] = which.ravel()
+        chosen = pair.reshape(rows, width)[np.arange(rows), column]
+        return _Growth(paper[chosen], capacity[chosen], column.astype(np.int64))

@@ -76,6 +76,17 @@ def share_terms(snap: ClusterSnapshot, gpu: GpuRequest, rows: IntArray | None = 
     return ShareTerms(fits=fits, milli=milli[sel], memory=memory[sel])
 
 
+def share_on_card(snap: ClusterSnapshot, gpu: GpuRequest, row: int, column: int) -> tuple[int, int] | None:
+    """The milli and memory a share takes on card `column` of node `row` when it fits there now, else None:
+    `share_terms` of that one card, read as scalars."""
+    milli, memory, usable = _share_sizes(snap, gpu)
+    take_milli, take_memory = int(milli[row, column]), int(memory[row, column])
+    if (usable[row, column] and snap.free_milli[row, column] >= take_milli
+            and snap.free_gmem[row, column] >= take_memory):
+        return take_milli, take_memory
+    return None
+
+
 def _share_sizes(snap: ClusterSnapshot, gpu: GpuRequest) -> tuple[IntArray, IntArray, BoolArray]:
     """Per card of the whole snapshot: the milli and memory a share takes there, and whether the card could
     ever take it (shares allowed, an allowed model, at most one card's milli). These depend only on the
@@ -137,8 +148,25 @@ def feasible_mask(snap: ClusterSnapshot, request: ReplicaRequest, avoid_gpu_node
     if kind == "share":
         if not mask.any():
             return mask
-        return mask & share_terms(snap, gpu).fits.any(axis=1)
+        return mask & share_fits_any(snap, gpu)
     return mask & _mig_mask(snap, gpu)
+
+
+def share_fits_any(snap: ClusterSnapshot, gpu: GpuRequest) -> BoolArray:
+    """Per node: a card takes the share now (`share_terms(snap, gpu).fits.any(axis=1)`). Kept per share size
+    and recounted only for the nodes whose version changed: a version names one node state, even across
+    clones, so the kept answers hold for any snapshot of these nodes (read-only: callers get the kept array)."""
+    key = ("share", gpu.share_milli, gpu.share_memory_mib, gpu.models, gpu.min_memory_mib)
+    kept: dict[object, tuple[IntArray, BoolArray]] = snap.__dict__.setdefault("_share_fits_any", {})
+    entry = kept.get(key)
+    if entry is None:
+        entry = kept[key] = (np.full(len(snap), -1, dtype=np.int64), np.zeros(len(snap), dtype=np.bool_))
+    version, fits = entry
+    changed = (version != snap.version).nonzero()[0]
+    if changed.size:
+        fits[changed] = np.logical_or.reduce(share_terms(snap, gpu, changed).fits, axis=1)
+        version[changed] = snap.version[changed]
+    return fits
 
 
 def _mig_mask(snap: ClusterSnapshot, gpu: GpuRequest) -> BoolArray:

@@ -203,21 +203,29 @@ def _share_change_table(need: tuple[int, ...], milli: int) -> SmallIntArray:
 
 
 def usable_free(snap: ClusterSnapshot, rows: IntArray | slice) -> IntArray:
-    """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0)."""
-    usable: BoolArray | None = snap.__dict__.get("_fragment_cards")
-    if usable is None:  # which cards count never changes while the snapshot lives: computed once
-        usable = snap.__dict__["_fragment_cards"] = snap.whole_ok | snap.share_ok
-    result: IntArray = np.where(usable[rows], snap.free_milli[rows], 0)
-    return result
+    """Free milli of the cards that take whole GPUs or shares (MIG and unhealthy cards count 0): the snapshot's
+    `usable_free_milli`, kept per card on assume and forget (a copy)."""
+    result: IntArray = snap.usable_free_milli[rows]
+    return result if isinstance(rows, np.ndarray) else result.copy()
 
 
 def card_terms(free: IntArray, target: TargetArrays) -> CardTerms:
     """CardTerms of nodes whose cards have `free` milli (rows x cards)."""
-    if free.size and _MIN(free, axis=None) >= 0 and _MAX(free, axis=None) <= MILLI_PER_GPU:
+    stacked = stacked_card_terms(free, target)
+    return CardTerms(stacked[:, 0], stacked[:, 1], stacked[:, 2])
+
+
+def stacked_card_terms(free: IntArray, target: TargetArrays, in_range: bool | None = None) -> IntArray:
+    """card_terms as one array (rows x 3 x shapes: count, frag, slots). `in_range` says whether every value of
+    `free` is within 0..1000 (None: checked here)."""
+    if in_range is None:
+        in_range = bool(free.size) and _MIN(free, axis=None) >= 0 and _MAX(free, axis=None) <= MILLI_PER_GPU
+    if in_range and free.size:
         # each card's terms looked up by its free milli and summed over the cards: the same integers
-        summed = _ADD(target.card_table[free], axis=1, dtype=np.int64)
-        return CardTerms(summed[:, 0], summed[:, 1], summed[:, 2])
-    return _card_terms_counted(free, target)
+        summed: IntArray = _ADD(target.card_table[free], axis=1, dtype=np.int64)
+        return summed
+    counted = _card_terms_counted(free, target)
+    return np.stack((counted.count, counted.frag, counted.slots), axis=1)
 
 
 def _card_terms_counted(free: IntArray, target: TargetArrays) -> CardTerms:
@@ -247,17 +255,57 @@ def capacity_fragment(target: TargetArrays, cpu: IntArray, mem: IntArray, weight
                       total: IntArray) -> FloatArray:
     """The capacity measure F_cap(n) = sum_m p_m (T - k_m n_m u_m) (see the module docstring), with k_m
     counted only for the part of shape m whose requests accept the node's models (`weight`)."""
-    if target.divisors is not None:
-        by_cpu, by_mem, by_num = target.divisors
-        copies: FloatArray = np.floor(np.minimum(np.minimum(cpu[..., None] / by_cpu, mem[..., None] / by_mem),
-                                                 terms.slots / by_num))
-    else:
-        by_cpu = np.where(target.cpu > 0, cpu[..., None] // np.maximum(target.cpu, 1), _NO_LIMIT)
-        by_mem = np.where(target.mem > 0, mem[..., None] // np.maximum(target.mem, 1), _NO_LIMIT)
-        copies = np.minimum(np.minimum(by_cpu, by_mem), terms.slots // np.maximum(target.num, 1))
-    used = np.maximum(copies, 0) * target.gpu_per_copy * weight
+    used = np.maximum(_copies(target, cpu[..., None], mem[..., None], terms.slots), 0) * target.gpu_per_copy * weight
     result: FloatArray = total * target.total_prob - _ADD(used, axis=-1)
     return result
+
+
+def _copies(target: TargetArrays, cpu: IntArray, mem: IntArray, slots: IntArray) -> FloatArray | IntArray:
+    """k_m per shape (last axis) for free `cpu` and `mem` (shapes axis already added) and card `slots`."""
+    if target.divisors is not None:
+        by_cpu, by_mem, by_num = target.divisors
+        copies: FloatArray = np.floor(np.minimum(np.minimum(cpu / by_cpu, mem / by_mem), slots / by_num))
+        return copies
+    by_cpu = np.where(target.cpu > 0, cpu // np.maximum(target.cpu, 1), _NO_LIMIT)
+    by_mem = np.where(target.mem > 0, mem // np.maximum(target.mem, 1), _NO_LIMIT)
+    counted: IntArray = np.minimum(np.minimum(by_cpu, by_mem), slots // np.maximum(target.num, 1))
+    return counted
+
+
+def resource_room(target: TargetArrays, cpu: IntArray, mem: IntArray) -> tuple[BoolArray, FloatArray | IntArray]:
+    """Per shape (a last axis added to `cpu` and `mem`): whether the free CPU and memory take one copy, and how
+    many copies they take (with float divisors: before the floor; `fragments` takes the floor with the slots).
+    With float divisors the first is `room >= 1`, which for integers below 2**52 is exactly `cpu >= c_m and
+    mem >= r_m`: a quotient of integers below 1 stays below 1 after rounding."""
+    cpu, mem = cpu[..., None], mem[..., None]
+    if target.divisors is not None:
+        by_cpu, by_mem, _ = target.divisors
+        room: FloatArray = np.minimum(cpu / by_cpu, mem / by_mem)
+        return room >= 1.0, room
+    by_cpu = np.where(target.cpu > 0, cpu // np.maximum(target.cpu, 1), _NO_LIMIT)
+    by_mem = np.where(target.mem > 0, mem // np.maximum(target.mem, 1), _NO_LIMIT)
+    fits: BoolArray = (cpu >= target.cpu) & (mem >= target.mem)
+    counted: IntArray = np.minimum(by_cpu, by_mem)
+    return fits, counted
+
+
+def fragments(target: TargetArrays, fits: BoolArray, room: FloatArray | IntArray, weight: FloatArray,
+              terms: IntArray, total: IntArray) -> tuple[FloatArray, FloatArray]:
+    """paper_fragment and capacity_fragment together, from `resource_room`'s `fits` and `room` and the terms
+    stacked on the second-to-last axis (count, frag, slots: `stacked_card_terms`): the same operations on the
+    same values in the same order, so the same floats, in one call for any leading axes (e.g. the nodes
+    before and after a placement)."""
+    count, frag, slots = terms[..., 0, :], terms[..., 1, :], terms[..., 2, :]
+    base = total * target.total_prob
+    runs = fits & (count >= target.num)
+    paper: FloatArray = base - _ADD(np.where(runs, total[..., None] - frag, 0) * weight, axis=-1)
+    if target.divisors is not None:
+        copies: FloatArray | IntArray = np.floor(np.minimum(room, slots / target.divisors[2]))
+    else:
+        copies = np.minimum(room, slots // np.maximum(target.num, 1))
+    used = np.maximum(copies, 0) * target.gpu_per_copy * weight
+    capacity: FloatArray = base - _ADD(used, axis=-1)
+    return paper, capacity
 
 
 def cluster_fragmentation(snap: ClusterSnapshot, shapes: Sequence[TargetShape]) -> float:
