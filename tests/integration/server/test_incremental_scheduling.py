@@ -168,3 +168,24 @@ def test_an_untracked_column_changes_nothing_and_the_periodic_rebuild_still_read
     reads = scheduler.full_reads
     scheduler.step()
     assert scheduler.full_reads == reads + 1  # the safety net: a full read after 30 s whatever the sequence
+
+
+def test_a_failed_pass_drops_the_kept_state(database: Database) -> None:
+    clock = Clock()
+    failures = [RuntimeError("the reconciler could not be woken")]
+
+    def wake() -> None:
+        if failures:
+            raise failures.pop()
+
+    scheduler = SchedulingLoop(database, clock, PROFILE, ports, on_change=wake, policy=BinpackPolicy(),
+                               full_rebuild_s=NEVER)
+    with database.session() as session:
+        session.add(submit_row(1, {"kind": "job", "name": "j", "command": "x",
+                                   "resources": {"cpu": 1, "memory": "1GiB", "gpu": 1}}, clock.now))
+    with pytest.raises(RuntimeError):
+        scheduler.step()  # bound and written, then the wake failed
+    assert scheduler.kept_state() is None
+    reads = scheduler.full_reads
+    scheduler.step()
+    assert scheduler.full_reads == reads + 1
