@@ -65,7 +65,7 @@ log = logging.getLogger("gpupool.scheduler")
 PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on that node (Executor.free_ports)
 # The safety net: a full read at least this often (seconds) even when the change sequence says nothing changed,
 # for a change made outside the store's sessions (by hand, by another program). 30 s: a full read of a pool
-# with 10,000 pending workloads costs well under a second (benchmarks/control_plane/README.md), so under 2%
+# with 10,000 pending workloads costs about half a second (benchmarks/control_plane/README.md): about 2%
 # of one core, and such a change is picked up within half a minute.
 FULL_REBUILD_S = 30.0
 Shown = tuple[str | None, int | None, list[Any] | None]  # a pending row's reason, queue position, nomination
