@@ -11,6 +11,7 @@ import pytest
 from tests.builders import cycle, job, node, on, queue, running
 from tests.unit.scheduler.test_multi_cycle_random import random_pool, random_queues, random_workload
 
+from gpupool.domain.resources import ResourceVector
 from gpupool.scheduler.decisions import Decisions
 from gpupool.scheduler.horizon import unchanged_until
 from gpupool.scheduler.profile import SchedulerProfile
@@ -24,7 +25,7 @@ FULL = [running("r", [on("n1", gpus={0: 1000, 1: 1000, 2: 1000, 3: 1000})], star
 def horizon(pending: list[PendingWorkload], runs: list[RunningWorkload], **profile: object) -> float:
     prof = SchedulerProfile(**profile)  # type: ignore[arg-type]
     decided = cycle(POOL, pending, runs, [queue("default")], now=NOW, **profile)
-    return unchanged_until(pending, runs, decided, prof, NOW)
+    return unchanged_until(pending, runs, decided, prof, NOW, {"default": queue("default")})
 
 
 def test_nothing_waiting_stands_forever() -> None:
@@ -50,10 +51,23 @@ def test_a_reservation_or_a_young_victim_means_run_again() -> None:
     assert horizon([job("w").gpu(1).priority(9).build()], young, preemption=False) == math.inf
 
 
+def test_a_young_workload_no_waiting_one_may_take_changes_nothing() -> None:
+    young = [running("r", FULL[0].placements, start=NOW - 10.0, priority=5)]
+    same_priority = [job("w").gpu(1).priority(5).build()]  # the same queue, not a lower priority: never a victim
+    assert horizon(same_priority, young) == math.inf
+    other = [job("w").gpu(1).priority(9).queue("b").build()]  # another queue...
+    queues = {"default": queue("default"), "b": queue("b")}
+    decided = cycle(POOL, other, young, list(queues.values()), now=NOW)
+    assert unchanged_until(other, young, decided, SchedulerProfile(), NOW, queues) == math.inf  # ...no guarantee
+    queues["b"] = queue("b", guaranteed_gpu=2)  # b may reclaim its guarantee from a borrower
+    decided = cycle(POOL, other, young, list(queues.values()), now=NOW)
+    assert unchanged_until(other, young, decided, SchedulerProfile(), NOW, queues) == NOW
+
+
 def test_binds_and_held_reservations_mean_run_again() -> None:
     assert horizon([job("w").gpu(1).build()], []) == NOW  # w is bound
     held = replace(job("w").gpu(1).build(), reserved=HeldReservation(2000.0, ()))
-    assert unchanged_until([held], FULL, Decisions(), SchedulerProfile(), NOW) == NOW
+    assert unchanged_until([held], FULL, Decisions(), SchedulerProfile(), NOW, {}) == NOW
 
 
 @pytest.mark.parametrize("seed", range(80))
@@ -61,6 +75,8 @@ def test_decisions_before_the_horizon_equal_those_at_now(seed: int) -> None:
     rng = random.Random(seed)
     nodes = random_pool(rng)
     queues = random_queues(rng, sum(len(n.gpus) for n in nodes))
+    if rng.random() < 0.5:  # no guarantee to reclaim: young workloads of other queues are never victims
+        queues = [replace(q, guaranteed=ResourceVector()) for q in queues]
     profile = {"min_runtime_s": rng.choice([0.0, 60.0]), "backfill": rng.random() < 0.3}
     first = [random_workload(rng, k, NOW - 500, True, (0, 5)) for k in range(40)]
     decided = cycle(nodes, first, [], queues, now=NOW - 500, **profile)
@@ -72,7 +88,8 @@ def test_decisions_before_the_horizon_equal_those_at_now(seed: int) -> None:
     pending = [random_workload(rng, 100 + k, NOW - 10, rng.random() < 0.3, (0, 0, 5, 10))
                for k in range(rng.randint(1, 6))]
     at_now = cycle(nodes, pending, runs, queues, now=NOW, **profile)
-    until = unchanged_until(pending, runs, at_now, SchedulerProfile(**profile), NOW)  # type: ignore[arg-type]
+    until = unchanged_until(pending, runs, at_now, SchedulerProfile(**profile), NOW,  # type: ignore[arg-type]
+                            {q.name: q for q in queues})
     for later in (NOW + 1.0, NOW + 30.0, NOW + 100.0, NOW + 700.0, NOW + 5000.0):
         if later < until:
             assert cycle(nodes, pending, runs, queues, now=later, **profile) == at_now

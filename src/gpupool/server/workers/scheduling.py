@@ -159,7 +159,7 @@ class SchedulingLoop:
                               policy=self.policy, never_fits=self._checker)
         if self._kept is not None:
             self._kept.quiet_until = -math.inf if self.policy.draws_randomly else \
-                unchanged_until(pending, state.running, decisions, self.profile, now)
+                unchanged_until(pending, state.running, decisions, self.profile, now, state.queues)
         # reservations are kept in memory between cycles (after a restart they are simply made again)
         self._held = {r.workload_id: HeldReservation(r.start_time, r.placements) for r in decisions.reservations}
         changed = False
