@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, event, inspect, select, update
+from sqlalchemy import Connection, Table, event, insert, inspect, select, update
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 from sqlalchemy.orm.base import NO_VALUE
 
@@ -57,6 +57,13 @@ def install(factory: sessionmaker[Session]) -> None:
     event.listen(factory, "do_orm_execute", _on_execute)
     event.listen(factory, "before_commit", _before_commit)
     event.listen(factory, "after_transaction_end", _after_transaction_end)
+
+
+def ensure_counter(connection: Connection) -> None:
+    """Add the counter row when it is missing (a table emptied by hand); it starts at 0. For start-up,
+    before any session counts (the migration that creates the table adds the row)."""
+    if connection.execute(select(_COUNTER.c.id).where(_COUNTER.c.id == COUNTER_ID)).first() is None:
+        connection.execute(insert(_COUNTER).values(id=COUNTER_ID, seq=0))
 
 
 def current(session: Session) -> int | None:

@@ -132,11 +132,13 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (creates every table on an empty database)."""
+        """Bring the schema to the newest migration (creates every table on an empty database), and make
+        sure the change counter's row exists (store/changes.py)."""
         with self._write_engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            changes.ensure_counter(connection)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, delete, event
 from tests.integration.server.scheduling_history import apply, random_changes, seed, store_view, submit_row
 from tests.support.databases import temporary_postgres_database
 
@@ -21,7 +21,7 @@ from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.store import changes
 from gpupool.store.db import Database
-from gpupool.store.orm import NodeRow
+from gpupool.store.orm import ChangeCounterRow, NodeRow
 
 PROFILE = SchedulerProfile(policy="binpack", preemption=True, backfill=True, min_runtime_s=20.0)
 NEVER = 1e12  # a loop built with this never falls back to its periodic full read: only the sequence decides
@@ -195,3 +195,14 @@ def test_a_failed_pass_drops_the_kept_state(database: Database) -> None:
     reads = scheduler.full_reads
     scheduler.step()
     assert scheduler.full_reads == reads + 1
+
+
+def test_without_the_counter_row_every_pass_reads_everything(database: Database) -> None:
+    clock = Clock()
+    scheduler = _quiet(database, clock)
+    with database.session() as session:
+        session.execute(delete(ChangeCounterRow))
+    reads = scheduler.full_reads
+    scheduler.step()
+    scheduler.step()
+    assert scheduler.full_reads == reads + 2 and scheduler.kept_state() is None

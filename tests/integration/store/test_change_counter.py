@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from tests.support.databases import temporary_postgres_database
 
 from gpupool.store import changes
 from gpupool.store.db import Database
-from gpupool.store.orm import EventRow, NodeRow, ProjectRow, QueueRow, UserRow, WorkloadRow
+from gpupool.store.orm import ChangeCounterRow, EventRow, NodeRow, ProjectRow, QueueRow, UserRow, WorkloadRow
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -146,3 +146,17 @@ def test_a_reader_that_sees_a_sequence_sees_every_change_counted_up_to_it(databa
         assert {name for name, value in counted.items() if value <= at} <= names
     with database.session(write=False) as session:
         assert session.scalar(select(func.count()).select_from(NodeRow)) == 120
+
+
+def test_a_missing_counter_row_reads_as_unknown_and_start_up_puts_it_back(database: Database) -> None:
+    with database.session() as session:
+        session.execute(delete(ChangeCounterRow))
+    with database.session(write=False) as session:
+        assert changes.current(session) is None  # nothing can be concluded: the scheduler reads everything
+    with database.session() as session:  # a change still commits (there is nothing to count it in)
+        session.add(_node("n9"))
+    database.migrate()
+    assert seq(database) == 0
+    with database.session() as session:
+        session.add(_node("n10"))
+    assert seq(database) == 1
