@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpupool.domain.errors import StoreBusyError, ValidationError
+from gpupool.store import changes
 from gpupool.store.write_gate import WriteGate, gated_connection_class, give_gate_back, take_gate
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -94,6 +95,8 @@ class Database:
             self._read_engine = self._write_engine
         self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
+        changes.install(self._writer)  # count what changes the scheduler's view (store/changes.py)
+        changes.install(self._reader)
 
     @property
     def engine(self) -> Engine:
@@ -129,11 +132,13 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (creates every table on an empty database)."""
+        """Bring the schema to the newest migration (creates every table on an empty database), and make
+        sure the change counter's row exists (store/changes.py)."""
         with self._write_engine.begin() as connection:
             config = alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+            changes.ensure_counter(connection)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -419,3 +419,12 @@ class ServiceTrafficRow(Base):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ChangeCounterRow(Base):
+    """The store's change sequence (one row, id 1): every transaction that changes what the scheduling loop
+    reads adds one to `seq` as its last statement before COMMIT (see store/changes.py)."""
+
+    __tablename__ = "change_counter"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -46,11 +46,14 @@ class PlacementPolicy(ABC):
     """Scores nodes for one replica. Subclasses set `name` and implement `score`.
 
     `learns_target` declares that the policy wants `observe` called with every submitted request
-    (fragmentation-aware policies learn the workload mix that way).
+    (fragmentation-aware policies learn the workload mix that way). `draws_randomly` declares that scoring
+    draws from `rng`, so that a cycle run or not run changes later decisions (a caller that skips cycles whose
+    outcome it knows must not skip them for such a policy).
     """
 
     name: ClassVar[str]
     learns_target: ClassVar[bool] = False
+    draws_randomly: ClassVar[bool] = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self.rng = rng or random.Random(0)

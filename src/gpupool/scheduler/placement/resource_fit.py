@@ -78,6 +78,7 @@ class RandomPolicy(PlacementPolicy):
     """A uniformly random fitting node and card, from the policy's seeded generator."""
 
     name = "random"
+    draws_randomly = True
 
     def score(self, snap: ClusterSnapshot, request: ReplicaRequest, rows: IntArray) -> Scored:
         scores = np.zeros(len(rows))

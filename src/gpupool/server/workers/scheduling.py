@@ -9,11 +9,21 @@ Each step:
    Pending -> the reason and queue position that `ls` and `show` display, and the nominated placement;
 4. wakes the reconciler, which starts and stops the processes.
 A workload whose status changed between 1 and 3 (a cancel) is left alone; the next step sees it.
+
+Incremental passes. Every transaction that changes what step 1 reads increments the store's change sequence
+(store/changes.py). The loop keeps what it read with the sequence it read it at; a step that finds the
+sequence unchanged uses the kept state without reading the pool again, and when moreover nothing that
+depends on the time is due (`scheduler.horizon.unchanged_until`) it does not run the cycle either: it
+returns the last decisions, having read one row and written nothing. Step 3 writes only the pending
+reasons, positions and nominations that differ from what the store shows. Any change (several submits
+together included) is seen by the next step in one full read; a full read also happens every
+`FULL_REBUILD_S` whatever the sequence says, after any failed step, and after a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,6 +43,7 @@ from gpupool.executors.rendezvous import ports_needed
 from gpupool.scheduler.cycle import run_cycle
 from gpupool.scheduler.decisions import Bind, Decisions, Preempt
 from gpupool.scheduler.feasibility import NeverFitsChecker
+from gpupool.scheduler.horizon import unchanged_until
 from gpupool.scheduler.placement.base import PlacementPolicy
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
@@ -42,6 +53,7 @@ from gpupool.server.services.arrays import pending_to_offer, uncapped_offer
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
 from gpupool.server.services.workloads import preempt as preempt_workload
+from gpupool.store import changes
 from gpupool.store.convert import node_from_row, placement_from_json, placement_to_json
 from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow, WorkloadRow
@@ -51,6 +63,12 @@ from gpupool.store.repos import workloads as repo
 
 log = logging.getLogger("gpupool.scheduler")
 PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on that node (Executor.free_ports)
+# The safety net: a full read at least this often (seconds) even when the change sequence says nothing changed,
+# for a change made outside the store's sessions (by hand, by another program). 30 s: a full read of a pool
+# with 10,000 pending workloads costs about half a second (benchmarks/control_plane/README.md): about 2%
+# of one core, and such a change is picked up within half a minute.
+FULL_REBUILD_S = 30.0
+Shown = tuple[str | None, int | None, list[Any] | None]  # a pending row's reason, queue position, nomination
 
 
 @dataclass
@@ -64,6 +82,18 @@ class ClusterState:
     running: list[RunningWorkload]
     specs: dict[int, WorkloadSpec] = field(default_factory=dict)
     gpu_versions: dict[str, int] = field(default_factory=dict)
+    shown: dict[int, Shown] = field(default_factory=dict)  # what the store shows for each pending workload
+
+
+@dataclass
+class KeptState:
+    """A state read in full at change sequence `seq` (clock time `read_at`), and until when the last
+    cycle's decisions on it stand (`scheduler.horizon`; -inf before a cycle ran on it)."""
+
+    seq: int
+    state: ClusterState
+    read_at: float
+    quiet_until: float = -math.inf
 
 
 class SchedulingLoop:
@@ -71,8 +101,9 @@ class SchedulingLoop:
 
     def __init__(self, db: Database, clock: Callable[[], float], profile: SchedulerProfile,
                  pick_ports: PortPicker, on_change: Callable[[], None] = lambda: None,
-                 policy: PlacementPolicy | None = None) -> None:
+                 policy: PlacementPolicy | None = None, full_rebuild_s: float = FULL_REBUILD_S) -> None:
         self.db = db
+        self.full_rebuild_s = full_rebuild_s  # 0: read everything on every step (the kept state is never used)
         self.clock = clock
         self.profile = profile
         self.policy = policy or make_policy(profile.policy)
@@ -86,12 +117,35 @@ class SchedulingLoop:
         self._held: dict[str, HeldReservation] = {}
         self._nodes_key: tuple[Any, ...] = ()
         self._nodes_view: tuple[list[Node], str, dict[str, int]] | None = None
+        self._kept: KeptState | None = None
+        self.full_reads = 0  # steps that read the pool in full
+        self.skipped_cycles = 0  # steps that found nothing new and nothing due, and ran no cycle
 
     def step(self) -> Decisions:
-        """Run one cycle and apply it; returns the decisions."""
+        """Run one cycle and apply it; returns the decisions. A step that finds nothing changed in the store
+        since its kept state was read, and nothing time-dependent due, runs no cycle and returns the last
+        decisions (see the module docstring). A failed step drops the kept state."""
         now = self.clock()
+        try:
+            return self._step(now)
+        except BaseException:
+            self._kept = None
+            raise
+
+    def kept_state(self) -> KeptState | None:
+        """The state the next step uses when the store's change sequence is still `seq` (None: it reads)."""
+        return self._kept
+
+    def read_state(self) -> ClusterState:
+        """A full read of what a step reads (read-only; changes nothing the loop keeps but the spec cache)."""
         with self.db.session(write=False) as session:
-            state = self._load(session)
+            return self._load(session)
+
+    def _step(self, now: float) -> Decisions:
+        state, kept = self._state(now)
+        if kept is not None and now < kept.quiet_until and self.last_decisions is not None:
+            self.skipped_cycles += 1
+            return self.last_decisions
         if state.fingerprint != self._checker_key or self._checker is None:
             self._checker = NeverFitsChecker(state.nodes)
             self._checker_key = state.fingerprint
@@ -103,12 +157,16 @@ class SchedulingLoop:
         pending = [replace(w, reserved=self._held[w.id]) if w.id in self._held else w for w in state.pending]
         decisions = run_cycle(snapshot, pending, state.running, state.queues, self.profile, now,
                               policy=self.policy, never_fits=self._checker)
+        if self._kept is not None:
+            self._kept.quiet_until = -math.inf if self.policy.draws_randomly else \
+                unchanged_until(pending, state.running, decisions, self.profile, now, state.queues)
         # reservations are kept in memory between cycles (after a restart they are simply made again)
         self._held = {r.workload_id: HeldReservation(r.start_time, r.placements) for r in decisions.reservations}
         changed = False
-        if decisions.binds or decisions.preemptions or decisions.pending:
+        shows = _changed_shows(decisions, state)
+        if decisions.binds or decisions.preemptions or shows:
             with self.db.session() as session:
-                changed = self._apply(session, decisions, state, now)
+                changed = self._apply(session, decisions, state, now, shows)
         self.last_decisions = decisions
         if changed:
             self.on_change()
@@ -131,6 +189,18 @@ class SchedulingLoop:
                          policy=make_policy(self.profile.policy), never_fits=NeverFitsChecker(state.nodes))
 
     # ------------------------------------------------------------------------------------- reading
+    def _state(self, now: float) -> tuple[ClusterState, KeptState | None]:
+        """The state for this step, and the kept state when that is what it is (nothing changed since)."""
+        with self.db.session(write=False) as session:
+            seq = changes.current(session)  # first: every change counted in it is visible to the reads below
+            kept = self._kept
+            if kept is not None and seq == kept.seq and now - kept.read_at < self.full_rebuild_s:
+                return kept.state, kept
+            state = self._load(session)
+        self.full_reads += 1
+        self._kept = None if seq is None else KeptState(seq, state, now)
+        return state, None
+
     def _spec(self, row: WorkloadRow) -> WorkloadSpec:
         spec = self._spec_cache.get(row.id)
         if spec is None:
@@ -145,6 +215,7 @@ class SchedulingLoop:
         pending_rows = pending_to_offer(session, uncapped_offer(nodes, reservations))
         pending: list[PendingWorkload] = []
         specs: dict[int, WorkloadSpec] = {}
+        shown: dict[int, Shown] = {}
         for row in pending_rows:
             if row.kind in CONTROLLER_KINDS:
                 continue  # a controller owns children; it is never placed itself
@@ -155,10 +226,11 @@ class SchedulingLoop:
                 continue
             nominated = tuple(placement_from_json(p) for p in row.nominated) if row.nominated else None
             pending.append(pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated))
+            shown[row.id] = (row.pending_reason, row.queue_position, row.nominated)
         self._spec_cache = {k: v for k, v in self._spec_cache.items() if k in specs}
         running = self._running(session)
         return ClusterState(list(nodes), fingerprint, queue_specs(session), pending, running, specs,
-                            dict(gpu_versions))
+                            dict(gpu_versions), shown)
 
     def _nodes(self, session: Session) -> tuple[list[Node], str, dict[str, int]]:
         """The nodes, their fingerprint and their GPU versions, rebuilt from the rows only when the stored
@@ -203,7 +275,8 @@ class SchedulingLoop:
         self._observed_up_to = max(self._observed_up_to, newest)
 
     # ------------------------------------------------------------------------------------ applying
-    def _apply(self, session: Session, decisions: Decisions, state: ClusterState, now: float) -> bool:
+    def _apply(self, session: Session, decisions: Decisions, state: ClusterState, now: float,
+               shows: dict[int, Shown]) -> bool:
         changed = False
         stale = self._stale_gpu_nodes(session, decisions, state)
         for bind in decisions.binds:
@@ -212,18 +285,21 @@ class SchedulingLoop:
             changed |= self._bind(session, bind, state.specs.get(int(bind.workload_id)), now)
         for preempt in decisions.preemptions:
             changed |= self._preempt(session, preempt, now)
-        waiting = {int(p.workload_id): p for p in decisions.pending}
-        if waiting:
-            rows = session.scalars(select(WorkloadRow).where(WorkloadRow.id.in_(sorted(waiting)))
-                                   .order_by(WorkloadRow.id)).all()
-            for row in rows:
-                if row.current_status != WorkloadStatus.PENDING:
-                    continue
-                decision = waiting[row.id]
-                row.pending_reason = decision.reason
-                row.queue_position = decision.position
-                row.nominated = [placement_to_json(p) for p in decision.nominated] if decision.nominated else None
+        self._show_pending(session, shows, state)
         return changed
+
+    @staticmethod
+    def _show_pending(session: Session, shows: dict[int, Shown], state: ClusterState) -> None:
+        """Write the reason, queue position and nomination of each waiting workload in `shows` (those that
+        differ from what the store shows, `state.shown`, which is kept up to date here)."""
+        if not shows:
+            return
+        rows = session.scalars(select(WorkloadRow).where(WorkloadRow.id.in_(sorted(shows)))
+                               .order_by(WorkloadRow.id)).all()
+        for row in rows:
+            if row.current_status != WorkloadStatus.PENDING:
+                continue
+            row.pending_reason, row.queue_position, row.nominated = state.shown[row.id] = shows[row.id]
 
     @staticmethod
     def _stale_gpu_nodes(session: Session, decisions: Decisions, state: ClusterState) -> set[str]:
@@ -266,6 +342,18 @@ class SchedulingLoop:
             return False
         preempt_workload(session, row, preempt.reason, now)  # a service replica drains first
         return True
+
+
+def _changed_shows(decisions: Decisions, state: ClusterState) -> dict[int, Shown]:
+    """Workload id -> the reason, position and nomination to show, for each waiting workload whose differ
+    from what the store shows."""
+    out: dict[int, Shown] = {}
+    for decision in decisions.pending:
+        nominated = [placement_to_json(p) for p in decision.nominated] if decision.nominated else None
+        shown: Shown = (decision.reason, decision.position, nominated)
+        if state.shown.get(int(decision.workload_id)) != shown:
+            out[int(decision.workload_id)] = shown
+    return out
 
 
 def _describe(placements: tuple[ReplicaPlacement, ...]) -> str:

@@ -1,0 +1,133 @@
+"""The store's change sequence: a counter that every transaction changing what the scheduling loop reads
+increments, so that the loop can tell "nothing changed since my last pass" with one single-row read.
+
+What counts as a change: any row inserted into or deleted from a tracked table, and any update of a tracked
+table's column other than the ones listed as not read by the scheduler (`TRACKED`). Every session of the
+`Database` carries three hooks (`install`):
+- `before_flush` looks at the ORM unit of work (new, deleted, and changed attributes of dirty rows);
+- `do_orm_execute` looks at statements run through the session (bulk INSERT / UPDATE / DELETE: any such
+  statement on a tracked table counts, whatever its columns);
+- `before_commit` of the outermost transaction flushes, and when something counted it runs
+  `UPDATE change_counter SET seq = seq + 1` as the transaction's last statement.
+
+Why a counter row updated in the committing transaction (and not a database sequence or a timestamp): a
+reader that sees `seq = S` sees every transaction that incremented it to S or below, committed. The UPDATE
+takes the row's write lock until COMMIT (PostgreSQL), and SQLite has one writer at a time, so the writer
+that brings the counter to S+1 can only do so after the writer that brought it to S has committed; the
+values are handed out in commit order. A sequence (`nextval`) is not: its values are taken before COMMIT, so
+S+1 can become visible while S is still uncommitted. The increment is the last statement before COMMIT so
+that the counter's lock is held for the shortest time and never before another lock of the transaction
+(a transaction waiting on the counter holds nothing another transaction that holds the counter could need
+afterwards: no deadlock).
+
+Changes made outside these sessions (a raw connection, another program) are not counted; the scheduling
+loop therefore still rebuilds from scratch every `FULL_REBUILD_S` (server/workers/scheduling.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, Table, event, insert, inspect, select, update
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.orm.base import NO_VALUE
+
+from gpupool.store.orm import ChangeCounterRow
+
+COUNTER_ID = 1
+# table -> the columns whose updates the scheduler does not read (its outputs, and bookkeeping). Everything
+# else in these tables counts, so a column added later counts until someone decides otherwise.
+TRACKED: dict[str, frozenset[str]] = {
+    "workloads": frozenset({"pending_reason", "queue_position", "message", "updated_at", "rendezvous_ports",
+                            "name", "idempotency_key"}),
+    "replicas": frozenset({"handle", "message", "exit_code", "started_at", "stop_sent_at", "endpoints"}),
+    "nodes": frozenset({"heartbeat_at", "registered_at", "address", "source", "gpu_inventory", "gpu_backend",
+                        "gpu_simulated"}),
+    "queues": frozenset({"updated_at"}),
+    "projects": frozenset({"max_idle_timeout_s"}),  # a project's deletion removes its queue (ON DELETE CASCADE)
+}
+_TOUCHED = "gpupool.changes.touched"
+SEQ_KEY = "gpupool.changes.seq"  # session.info: the value the last commit of this session set the counter to
+_COUNTER: Table = ChangeCounterRow.__table__  # type: ignore[assignment]
+
+
+def install(factory: sessionmaker[Session]) -> None:
+    """Count the scheduler-visible changes of every session `factory` makes (see the module docstring)."""
+    event.listen(factory, "before_flush", _before_flush)
+    event.listen(factory, "do_orm_execute", _on_execute)
+    event.listen(factory, "before_commit", _before_commit)
+    event.listen(factory, "after_transaction_end", _after_transaction_end)
+
+
+def ensure_counter(connection: Connection) -> None:
+    """Add the counter row when it is missing (a table emptied by hand); it starts at 0. For start-up,
+    before any session counts (the migration that creates the table adds the row)."""
+    if connection.execute(select(_COUNTER.c.id).where(_COUNTER.c.id == COUNTER_ID)).first() is None:
+        connection.execute(insert(_COUNTER).values(id=COUNTER_ID, seq=0))
+
+
+def current(session: Session) -> int | None:
+    """The change sequence as this transaction sees it; None when the counter row is missing (then nothing
+    can be concluded from it). One primary-key read."""
+    value = session.scalar(select(_COUNTER.c.seq).where(_COUNTER.c.id == COUNTER_ID))
+    return None if value is None else int(value)
+
+
+def mark(session: Session) -> None:
+    """Count this transaction as a change whatever it writes (for writes the hooks cannot see)."""
+    session.info[_TOUCHED] = True
+
+
+def _table_of(row: object) -> str:
+    return str(getattr(type(row), "__tablename__", ""))
+
+
+def _changes_something(row: object, ignored: frozenset[str]) -> bool:
+    """True when an attribute of `row` that the scheduler reads was given a value different from the one it
+    had (an attribute whose old value was never loaded counts as changed)."""
+    state: Any = inspect(row)
+    for key, old in state.committed_state.items():
+        if key in ignored:
+            continue
+        new = state.dict.get(key, NO_VALUE)
+        if old is NO_VALUE or new is NO_VALUE or old != new:
+            return True
+    return False
+
+
+def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(_TOUCHED):
+        return
+    for row in (*session.new, *session.deleted):
+        if _table_of(row) in TRACKED:
+            session.info[_TOUCHED] = True
+            return
+    for row in session.dirty:
+        ignored = TRACKED.get(_table_of(row))
+        if ignored is not None and _changes_something(row, ignored):
+            session.info[_TOUCHED] = True
+            return
+
+
+def _on_execute(state: ORMExecuteState) -> None:
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return
+    table = getattr(state.statement, "table", None)
+    if getattr(table, "name", None) in TRACKED:
+        state.session.info[_TOUCHED] = True
+
+
+def _before_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # a savepoint's release: the outermost commit counts
+    session.flush()
+    if not session.info.pop(_TOUCHED, False):
+        return
+    statement = (update(_COUNTER).where(_COUNTER.c.id == COUNTER_ID).values(seq=_COUNTER.c.seq + 1)
+                 .returning(_COUNTER.c.seq))
+    session.info[SEQ_KEY] = session.execute(statement).scalar()
+
+
+def _after_transaction_end(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the outermost one ended (committed or rolled back)
+        session.info.pop(_TOUCHED, None)
