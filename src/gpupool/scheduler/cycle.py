@@ -39,7 +39,13 @@ from gpupool.scheduler.preemption import deferred_preemption, plan_preemption, v
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.queues import QuotaBook
 from gpupool.scheduler.snapshot import ClusterSnapshot
-from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWorkload, placements_usage
+from gpupool.scheduler.types import (
+    PendingWorkload,
+    ReplicaPlacement,
+    RunningWorkload,
+    id_order,
+    placements_usage,
+)
 
 # a blocked head whose reservation cannot be made (it waits on work without a max_runtime) costs one walk over
 # the running work; four such tries per reservation slot bound that cost in a cycle with thousands pending
@@ -68,12 +74,12 @@ def run_cycle(
 
 
 def queue_order(workloads: Iterable[PendingWorkload]) -> dict[str, list[PendingWorkload]]:
-    """Pending workloads per queue, each list in queue order (priority desc, submit time, id)."""
+    """Pending workloads per queue, each list in queue order (priority desc, submit time, id: see `id_order`)."""
     by_queue: dict[str, list[PendingWorkload]] = {}
     for w in workloads:
         by_queue.setdefault(w.queue, []).append(w)
     for items in by_queue.values():
-        items.sort(key=lambda w: (-w.priority, w.submit_time, w.id))
+        items.sort(key=lambda w: (-w.priority, w.submit_time, *id_order(w.id)))
     return dict(sorted(by_queue.items()))
 
 
@@ -123,7 +129,7 @@ class _Cycle:
     # ------------------------------------------------------------------------------- step 2: nominations
     def _nominated_first(self, nominated: Iterable[PendingWorkload]) -> set[str]:
         handled: set[str] = set()
-        for w in sorted(nominated, key=lambda w: (-w.priority, w.submit_time, w.id)):
+        for w in sorted(nominated, key=lambda w: (-w.priority, w.submit_time, *id_order(w.id))):
             placements = w.nominated or ()
             fits = self._fits_jointly(placements)
             quota = self.book.blocked_by_quota(w.queue, placements_usage(placements))
@@ -454,10 +460,10 @@ class _Cycle:
                 self.decisions.pending.append(Pending(w.id, reason, position, self.nominations.get(w.id)))
 
 
-def _promise_order(w: PendingWorkload) -> tuple[float, int, float, str]:
+def _promise_order(w: PendingWorkload) -> tuple[float, int, float, int, str]:
     """Held reservations are checked earliest promise first (then priority, submit time, id)."""
     start = w.reserved.start_time if w.reserved is not None else float("inf")
-    return (start, -w.priority, w.submit_time, w.id)
+    return (start, -w.priority, w.submit_time, *id_order(w.id))
 
 
 def _held_end(w: PendingWorkload) -> float | None:

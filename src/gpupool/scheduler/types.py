@@ -32,6 +32,13 @@ class HeldReservation:
     placements: tuple[ReplicaPlacement, ...]
 
 
+def id_order(workload_id: str) -> tuple[int, str]:
+    """The tie-break between workloads submitted at the same time: the shorter id first, then by text. The
+    store's ids are integers written as text, so this is their numeric order ("9999" before "10130", which
+    text order alone reverses: the tasks of a job array share one submit time)."""
+    return (len(workload_id), workload_id)
+
+
 @dataclass(frozen=True, slots=True)
 class PendingWorkload:
     """A workload waiting to be scheduled.

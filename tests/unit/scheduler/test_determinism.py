@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from tests.builders import job, node, on, queue, running, snapshot
+from tests.builders import cycle, job, node, on, queue, running, snapshot
 from tests.scheduler_strategies import NOW, Scenario, scenarios
 
 from gpupool.domain.nodes import Node
@@ -75,3 +75,13 @@ def test_random_scenarios_decide_the_same_in_any_input_order(s: Scenario) -> Non
     rng = random.Random(len(s.pending))
     n, p, r = shuffled(rng, s.nodes), shuffled(rng, s.pending), shuffled(rng, s.running)
     assert decide(n, p, r, s.queues, s.profile) == first
+
+
+def test_workloads_submitted_together_are_served_in_the_numeric_order_of_their_ids() -> None:
+    # The tasks of a job array share one submit time; the store's ids are integers as text. With one free GPU,
+    # task 9999 (submitted first) binds and 10130 waits first in line; text order alone would reverse them.
+    nodes = [node("n1").gpus(1).build()]
+    pending = [job(workload_id).gpu(1).at(5.0).build() for workload_id in ("10130", "9999", "10131")]
+    decisions = cycle(nodes, pending)
+    assert [b.workload_id for b in decisions.binds] == ["9999"]
+    assert [(p.workload_id, p.position) for p in decisions.pending] == [("10130", 1), ("10131", 2)]
