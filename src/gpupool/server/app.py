@@ -23,6 +23,7 @@ from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
+from gpupool.server.api.deps import remember_caller
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import (
     accounts,
@@ -192,7 +193,8 @@ def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
     """AuthenticationError unless `authorization` holds a valid token (BodyLimit calls it before a body)."""
     services: Services = scope["app"].state.services
     with services.db.session(write=False) as session:
-        authenticate(session, authorization, services.clock())
+        found = authenticate(session, authorization, services.clock())
+    remember_caller(scope, authorization, found)  # the route's PrincipalDep takes it from there
 
 
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock | None = None,

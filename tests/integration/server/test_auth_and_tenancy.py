@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import TestServer
 
@@ -203,3 +203,35 @@ def test_a_service_token_reaches_no_proxy_console_or_other_project(teams: dict[s
     assert huge.status_code == 422, huge.text
     with pytest.raises(NotFoundError):
         revoke_service_token(admin, "nlp", 1)  # vision's token is not nlp's to revoke
+
+
+def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server: TestServer, admin: Client) -> None:
+    """The body limit authenticates a request with a body before reading it; the route takes that caller
+    rather than reading the token again (one token lookup per submit, not two). A token's first use is still
+    recorded (last_used_at), and a revoked token is still refused."""
+    created = admin.create_token("ci")
+    lookups: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM tokens" in statement:
+            lookups.append(statement)
+
+    url = server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://")
+    engine = create_engine(url)
+    with server.client(created.token) as ci:
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            ci.submit("name: first\ncommand: sleep 100\n")  # the token's first use: recorded
+            first = len(lookups)
+            ci.submit("name: second\ncommand: sleep 100\n")
+            second = len(lookups) - first
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        with engine.connect() as conn:
+            used = conn.execute(text("SELECT last_used_at FROM tokens WHERE id = :id"), {"id": created.info.id})
+            assert used.scalar_one() is not None
+        engine.dispose()
+        assert second == 1, lookups  # one lookup, by the body limit
+        admin.revoke_token(created.info.id)
+        with pytest.raises(AuthenticationError):
+            ci.submit("name: third\ncommand: sleep 100\n")
