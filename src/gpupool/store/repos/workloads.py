@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from gpupool.store.orm import TERMINAL_REPLICA_STATES, EventRow, ReplicaRow, WorkloadRow
+from gpupool.domain.replicas import ReplicaState
+from gpupool.domain.status import WorkloadStatus
+from gpupool.store.orm import EventRow, ReplicaRow, WorkloadRow
+
+# The statuses and replica states that are not terminal, named rather than "not terminal": `IN (...)` is
+# found through the status (state) index, `NOT IN (...)` reads every row ever stored (the workers ask for the
+# live rows several times a second, and the tables keep all history).
+LIVE_STATUSES = sorted(s.value for s in WorkloadStatus if not s.is_terminal())
+LIVE_REPLICA_STATES = sorted(s.value for s in ReplicaState if not s.is_terminal)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,7 +87,7 @@ def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = F
 
 def live_replicas(session: Session) -> Sequence[ReplicaRow]:
     """Every replica that still holds resources (its state is not terminal), by workload and number."""
-    query = select(ReplicaRow).where(ReplicaRow.state.not_in(sorted(TERMINAL_REPLICA_STATES)))
+    query = select(ReplicaRow).where(ReplicaRow.state.in_(LIVE_REPLICA_STATES))
     return session.scalars(query.order_by(ReplicaRow.workload_id, ReplicaRow.number)).all()
 
 
