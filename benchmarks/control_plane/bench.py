@@ -103,10 +103,13 @@ def server(database_url: str, home: Path, *args: str, env_extra: dict[str, str] 
         stop_replicas(home / "executor")
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process `pid` has used so far, all its threads (/proc/PID/stat)."""
+def process_cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far, all its threads (/proc/PID/stat); with
+    `children`, those of its children that ended and were waited for instead (a replica's supervisor and
+    its command, once the executor reaped it)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    first = 13 if children else 11  # cutime, cstime (fields 16, 17) or utime, stime (fields 14, 15)
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profile(pid: int, out: Path, gil: bool = False) -> subprocess.Popen[bytes] | None:
@@ -246,6 +249,7 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
         spy = start_profile(pid, Path(args.profile) / "concurrent.txt", args.profile_gil) if args.profile else None
         time.sleep(1 if spy else 0)  # py-spy attaches
         cpu_before, own_before, busy_before = process_cpu_s(pid), time.process_time(), machine_busy_s()
+        children_before = process_cpu_s(pid, children=True)
         started = time.perf_counter()
         threads = [threading.Thread(target=submitter, args=(t,)) for t in range(args.clients)]
         for thread in threads:
@@ -268,6 +272,7 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1)
         drain_s = time.perf_counter() - started
         cpu_all = process_cpu_s(pid) - cpu_before
+        replicas_cpu = process_cpu_s(pid, children=True) - children_before
         succeeded = admin.list_workloads(status=["succeeded"]).total
     return {"benchmark": "concurrent submit", "database": "postgresql" if args.postgres_url else "sqlite",
             "clients": args.clients, "submitted": len(results), "errors": len(errors), "error_samples": errors[:3],
@@ -277,7 +282,9 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
             "submit_latency": {**summary_ms(latencies), "p99_ms": round(percentile(latencies, 99) * 1000, 1)},
             "all_ran_seconds": round(drain_s, 1), "succeeded": succeeded, "not_finished": left,
             "server_cpu_ms_per_submit": {"while_submitting": round(cpu_submit * 1000 / max(len(results), 1), 1),
-                                         "until_all_ran": round(cpu_all * 1000 / max(len(results), 1), 1)},
+                                         "until_all_ran": round(cpu_all * 1000 / max(len(results), 1), 1),
+                                         "replicas_reaped_until_all_ran": round(
+                                             replicas_cpu * 1000 / max(len(results), 1), 1)},
             "while_submitting_cpu_s": {"server": round(cpu_submit, 2), "clients": round(own_submit, 2),
                                        "machine": round(busy_submit, 2), "cores": os.cpu_count()},
             "load_average": os.getloadavg()}
