@@ -115,9 +115,11 @@ class Reconciler:
                     gone.add(replica_id)
                 except ExecutorError as exc:
                     errors[replica_id] = str(exc)
-        with self.db.session() as session:
-            results = [self._record_launch(session, plan, handles, errors, reported, gone)
-                       for plan in plans]  # all, no short-cut
+        with self.db.session() as session:  # one transaction and two queries for all the launches of a pass
+            rows = repo.workloads_by_ids(session, [plan.workload_id for plan in plans], for_update=True)
+            runs = repo.current_replicas(session, list(rows.values()))  # workloads first, then their replicas
+            results = [self._record_launch(session, plan, rows.get(plan.workload_id), runs, handles, errors,
+                                           reported, gone) for plan in plans]  # all, no short-cut
         self.hold_off_nodes()
         return any(results)
 
@@ -132,13 +134,15 @@ class Reconciler:
         return _LaunchPlan(row.id, row.attempt, [(r.id, launch) for r, launch in zip(ordered, launches, strict=True)
                                                  if r.id in todo])
 
-    def _record_launch(self, session: Session, plan: _LaunchPlan, handles: dict[int, Handle],
-                       errors: dict[int, str], reported: dict[int, dict[int, Endpoint]], gone: set[int]) -> bool:
-        row = repo.workload_by_id(session, plan.workload_id, for_update=True)
+    def _record_launch(self, session: Session, plan: _LaunchPlan, row: WorkloadRow | None,
+                       runs: dict[int, list[ReplicaRow]], handles: dict[int, Handle], errors: dict[int, str],
+                       reported: dict[int, dict[int, Endpoint]], gone: set[int]) -> bool:
+        """Record what the launch of `plan` did, on its workload `row` (locked) and the replicas of its current
+        run (`runs`); True when the workload changed status."""
         if row is None or row.attempt != plan.attempt:
             return False
         now = self.clock()
-        replicas = repo.replicas_of(session, row.id, row.attempt)
+        replicas = runs[row.id]
         for replica in replicas:
             if replica.current_state.is_terminal:  # ended meanwhile: its node left the pool during the start
                 if replica.id in handles and replica.handle is None:
@@ -170,7 +174,7 @@ class Reconciler:
             nodes = ", ".join(sorted({r.node for r in replicas}))
             transition(row, _S.STARTING, f"started {len(replicas)} replica(s) on {nodes}", now)
             return True
-        return self._advance(session, row, now)
+        return self._advance(session, row, now, replicas)
 
     # --------------------------------------------------------------------------------------- stop
     def send_stops(self) -> None:
@@ -239,20 +243,26 @@ class Reconciler:
             replicas = repo.live_replicas(session)
             live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
             recorded = {r.id: (r.state, r.exit_code) for r in replicas}
+            owners = {r.id: r.workload_id for r in replicas}
         now = self.clock()
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
         self._in_flux = any(r.state in (_R.PENDING, _R.STARTING) or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
-        changed = any(status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)
-                      for replica_id, status in statuses.items())
-        if not changed and time.monotonic() - self._full_pass_at < FULL_PASS_EVERY_S:
+        touched = {owners[replica_id] for replica_id, status in statuses.items()
+                   if status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)}
+        full = time.monotonic() - self._full_pass_at >= FULL_PASS_EVERY_S
+        if not touched and not full:
             return False  # nothing to record: no write transaction (on SQLite it would queue every writer)
-        self._full_pass_at = time.monotonic()
+        if full:
+            self._full_pass_at = time.monotonic()
 
         def record_and_advance(session: Session) -> bool:
+            # between full passes only the workloads whose replicas changed can move: the others' replicas and
+            # rows are as the last pass left them, and their time-based steps wait for the next full pass
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
-                                               _S.PREEMPTED.value], for_update=True)  # workloads first
+                                               _S.PREEMPTED.value], for_update=True,
+                                     ids=None if full else touched)  # workloads first
             ended = self._record_polls(session, statuses)  # then replicas
             now = self.clock()
             runs = repo.current_replicas(session, rows)  # one query for all, not one per workload

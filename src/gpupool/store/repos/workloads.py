@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Select, func, select
@@ -41,6 +41,16 @@ def workload_by_id(session: Session, workload_id: int, for_update: bool = False)
     return session.scalar(query)
 
 
+def workloads_by_ids(session: Session, ids: Collection[int], for_update: bool = False) -> dict[int, WorkloadRow]:
+    """The workloads of `ids` that exist, by id, in one query; `for_update` locks them in id order."""
+    if not ids:
+        return {}
+    query = select(WorkloadRow).where(WorkloadRow.id.in_(sorted(ids))).order_by(WorkloadRow.id)
+    if for_update:
+        query = query.with_for_update()
+    return {row.id: row for row in session.scalars(query).all()}
+
+
 def workload_by_key(session: Session, user_id: int, key: str) -> WorkloadRow | None:
     """The workload the user submitted with this idempotency key, or None."""
     return session.scalar(select(WorkloadRow).where(WorkloadRow.user_id == user_id,
@@ -77,9 +87,13 @@ def count_workloads(session: Session, f: WorkloadFilter) -> int:
     return int(session.scalar(query) or 0)
 
 
-def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = False) -> Sequence[WorkloadRow]:
-    """Every workload in one of `statuses`, oldest first."""
+def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = False,
+                 ids: Collection[int] | None = None) -> Sequence[WorkloadRow]:
+    """Every workload in one of `statuses` (only those of `ids` when given), oldest first (the order in
+    which `for_update` locks them, as every writer that locks several workloads does)."""
     query = select(WorkloadRow).where(WorkloadRow.status.in_(statuses)).order_by(WorkloadRow.id)
+    if ids is not None:
+        query = query.where(WorkloadRow.id.in_(sorted(ids)))
     if for_update:
         query = query.with_for_update()
     return session.scalars(query).all()
