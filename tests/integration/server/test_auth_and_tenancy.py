@@ -235,3 +235,33 @@ def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server:
         admin.revoke_token(created.info.id)
         with pytest.raises(AuthenticationError):
             ci.submit("name: third\ncommand: sleep 100\n")
+
+
+def test_a_submits_answer_names_project_and_user_without_reading_them_again(server_factory: ServerFactory,
+                                                                           fake: FakeExecutor) -> None:
+    """The answer to a submit (single or batch, created or replayed) names the workload's project and user as
+    `show` does; they come from the submit's own reads (one read of the projects, to resolve the spec's)."""
+    server = server_factory(executor=fake, workers=False)  # nothing moves the workloads between answer and show
+    with server.client() as admin:
+        admin.create_project("vision")
+        token = admin.create_user("alice", project="vision", role="member").token
+    projects: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM projects" in statement:
+            projects.append(statement)
+
+    with server.client(token) as alice:
+        alice.submit("name: warm\ncommand: sleep 1\nproject: vision\n")  # the token's first use is recorded
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            answer = alice.submit("name: a\ncommand: sleep 1\nproject: vision\n", idempotency_key="k1")
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        replay = alice.submit("name: a\ncommand: sleep 1\nproject: vision\n", idempotency_key="k1")
+        batch = alice.submit_batch(["name: b\ncommand: sleep 1\nproject: vision\n"]).items
+        for item in (answer, replay, *batch):
+            shown = alice.get_workload(item.workload.id)
+            assert (item.workload.project, item.workload.user) == (shown.project, shown.user) == ("vision", "alice")
+            assert item.workload.model_dump() == shown.model_dump()
+    assert len(projects) == 1, projects  # the plan's; the answer's view used to read them all again
