@@ -87,9 +87,11 @@ class Reconciler:
         """One pass: launch, stop, poll and advance. Returns FOLLOW_UP_S while replicas are starting or
         stopping (the worker then looks again soon), else None."""
         changed = self.launch_scheduled()
-        self.send_stops()
-        self.probe_endpoints()
-        changed = self.poll_and_advance() or changed
+        with self.db.session(write=False) as session:  # one read of the live replicas for the three steps below
+            live = repo.live_replicas(session)
+        self.send_stops(live)
+        self.probe_endpoints(live)
+        changed = self.poll_and_advance(live) or changed
         if changed:
             self.on_change()
         return FOLLOW_UP_S if self._in_flux else None
@@ -177,16 +179,17 @@ class Reconciler:
         return self._advance(session, row, now, replicas)
 
     # --------------------------------------------------------------------------------------- stop
-    def send_stops(self) -> None:
-        """Send stop to live replicas marked for stopping; mark never-started ones stopped."""
+    def send_stops(self, live: Sequence[ReplicaRow] | None = None) -> None:
+        """Send stop to live replicas marked for stopping; mark never-started ones stopped. `live`: the live
+        replicas as this pass read them (read here when not given)."""
         now = self.clock()
-        with self.db.session(write=False) as session:
-            rows = [r for r in repo.live_replicas(session) if r.stop_requested_at is not None
-                    and (r.handle is None or r.stop_sent_at is None
-                         or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
-            due = [(r.id, r.handle) for r in rows]
-            # who the executor knows them as (its attempt counts from 0, the rows' from 1), for those never started
-            unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1, r.node) for r in rows if r.handle is None}
+        live = self._live(live)
+        rows = [r for r in live if r.stop_requested_at is not None
+                and (r.handle is None or r.stop_sent_at is None
+                     or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
+        due = [(r.id, r.handle) for r in rows]
+        # who the executor knows them as (its attempt counts from 0, the rows' from 1), for those never started
+        unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1, r.node) for r in rows if r.handle is None}
         if not due:
             return
         for replica_id, handle in due:
@@ -213,12 +216,11 @@ class Reconciler:
                         replica[0], exc)
 
     # -------------------------------------------------------------------------------------- probe
-    def probe_endpoints(self) -> None:
+    def probe_endpoints(self, live: Sequence[ReplicaRow] | None = None) -> None:
         """Mark the endpoints of running replicas ready once they accept connections (probed outside any
-        transaction); records an event per endpoint that became ready."""
-        with self.db.session(write=False) as session:
-            todo = [(r.id, e) for r in repo.live_replicas(session) if r.state == _R.RUNNING
-                    for e in ep.stored_endpoints(r.endpoints) if not e.ready and e.host]
+        transaction); records an event per endpoint that became ready. `live` as for `send_stops`."""
+        todo = [(r.id, e) for r in self._live(live) if r.state == _R.RUNNING
+                for e in ep.stored_endpoints(r.endpoints) if not e.ready and e.host]
         ready: dict[int, set[int]] = {}
         for replica_id, endpoint in todo:
             if endpoint.host and ep.probe(endpoint.host, endpoint.port):
@@ -236,14 +238,14 @@ class Reconciler:
                                f"{', '.join(str(n) for n in sorted(names))}", replica.number)
 
     # ------------------------------------------------------------------------------- poll, advance
-    def poll_and_advance(self) -> bool:
+    def poll_and_advance(self, live_replicas: Sequence[ReplicaRow] | None = None) -> bool:
         """Poll every started live replica, record what changed, advance the workloads; True when any
-        workload changed status or any replica ended (capacity was freed)."""
-        with self.db.session(write=False) as session:
-            replicas = repo.live_replicas(session)
-            live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
-            recorded = {r.id: (r.state, r.exit_code) for r in replicas}
-            owners = {r.id: r.workload_id for r in replicas}
+        workload changed status or any replica ended (capacity was freed). `live_replicas` as for
+        `send_stops`: what the pass's earlier steps wrote since is read again where it is recorded."""
+        replicas = self._live(live_replicas)
+        live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
+        recorded = {r.id: (r.state, r.exit_code) for r in replicas}
+        owners = {r.id: r.workload_id for r in replicas}
         now = self.clock()
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
         self._in_flux = any(r.state in (_R.PENDING, _R.STARTING) or (r.stop_requested_at is not None and (
@@ -272,6 +274,13 @@ class Reconciler:
         changed = self.db.transaction(record_and_advance)
         self.hold_off_nodes()
         return changed
+
+    def _live(self, live: Sequence[ReplicaRow] | None) -> Sequence[ReplicaRow]:
+        """`live`, or the live replicas read now (detached rows, read-only) when it is None."""
+        if live is not None:
+            return live
+        with self.db.session(write=False) as session:
+            return repo.live_replicas(session)
 
     def hold_off_nodes(self) -> None:
         """Make the nodes the executor found gone this pass unschedulable (see `hold_off_node`), in a
