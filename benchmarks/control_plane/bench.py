@@ -5,7 +5,7 @@ fresh database (SQLite by default, or PostgreSQL with --postgres-url), and print
 
     python benchmarks/control_plane/bench.py latency    [--jobs 100]
     python benchmarks/control_plane/bench.py ls         [--workloads 10000] [--postgres-url URL]
-    python benchmarks/control_plane/bench.py concurrent [--clients 50 --jobs 1000] [--postgres-url URL]
+    python benchmarks/control_plane/bench.py concurrent [--clients 50 --jobs 1000] [--postgres-url URL] [--profile DIR]
     python benchmarks/control_plane/bench.py throughput [--clients 1,8 --jobs 1000] [--batch K] [--profile DIR]
                                                         (see throughput.py)
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -39,6 +40,7 @@ from gpupool.store.repos import accounts
 from gpupool.store.scratch import scratch_postgres_database
 
 REPO = Path(__file__).resolve().parents[2]
+PROFILE_RATE = 100  # py-spy samples per second per thread: py-spy's default
 FAST = {"GPUPOOL_SCHEDULE_INTERVAL_S": "1", "GPUPOOL_RECONCILE_INTERVAL_S": "1", "GPUPOOL_LOG_LEVEL": "warning",
         "GPUPOOL_MULTI_USER": "false"}  # a control-plane benchmark: one OS identity, also when run as root
 
@@ -99,6 +101,33 @@ def server(database_url: str, home: Path, *args: str, env_extra: dict[str, str] 
         process.send_signal(signal.SIGTERM)
         process.wait(60)
         stop_replicas(home / "executor")
+
+
+def process_cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far, all its threads (/proc/PID/stat); with
+    `children`, those of its children that ended and were waited for instead (a replica's supervisor and
+    its command, once the executor reaped it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    first = 13 if children else 11  # cutime, cstime (fields 16, 17) or utime, stime (fields 14, 15)
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profile(pid: int, out: Path, gil: bool = False) -> subprocess.Popen[bytes] | None:
+    """py-spy recording every thread of `pid` into `out` (collapsed stacks), or None without py-spy; with `gil`,
+    only the samples of the thread that holds the GIL (what one core of Python spends its time on)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen([spy, "record", "--threads", "--nonblocking", "--format", "raw", "--rate",
+                             str(PROFILE_RATE), "--pid", str(pid), "-o", str(out),
+                             *(["--gil"] if gil else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores of this machine have spent busy since boot (/proc/stat: all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_replicas(root: Path) -> None:
@@ -198,6 +227,8 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, int] = {}
     errors: list[str] = []
     latencies: list[float] = []
+    first: list[float] = []  # each client's first submit: the server's start-up wave (50 connections at once)
+    later: list[float] = []
     lock = threading.Lock()
     spec = "name: c{t}-{k}\ncommand: 'true'\nresources: {{cpu: 50m, memory: 32MiB}}\n"
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url, \
@@ -212,10 +243,16 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
                         with lock:
                             results[f"c{t}-{k}"] = wid
                             latencies.append(time.perf_counter() - began)
+                            (first if k == 0 else later).append(latencies[-1])
                     except Exception as exc:  # a benchmark counts every failure rather than stopping
                         with lock:
                             errors.append(f"{type(exc).__name__}: {exc}")
 
+        pid = admin.server_pid  # type: ignore[attr-defined]
+        spy = start_profile(pid, Path(args.profile) / "concurrent.txt", args.profile_gil) if args.profile else None
+        time.sleep(1 if spy else 0)  # py-spy attaches
+        cpu_before, own_before, busy_before = process_cpu_s(pid), time.process_time(), machine_busy_s()
+        children_before = process_cpu_s(pid, children=True)
         started = time.perf_counter()
         threads = [threading.Thread(target=submitter, args=(t,)) for t in range(args.clients)]
         for thread in threads:
@@ -223,6 +260,11 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
         for thread in threads:
             thread.join()
         submit_s = time.perf_counter() - started
+        cpu_submit = process_cpu_s(pid) - cpu_before
+        own_submit, busy_submit = time.process_time() - own_before, machine_busy_s() - busy_before
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         replayed = {key: admin.submit(spec.format(t=key[1:].split("-")[0], k=key.split("-")[1]),
                                       idempotency_key=key) for key in sorted(results)[:100]}
         duplicates = sum(1 for key, r in replayed.items() if r.created or r.workload.id != results[key])
@@ -232,6 +274,8 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
                 time.monotonic() < deadline:
             time.sleep(1)
         drain_s = time.perf_counter() - started
+        cpu_all = process_cpu_s(pid) - cpu_before
+        replicas_cpu = process_cpu_s(pid, children=True) - children_before
         succeeded = admin.list_workloads(status=["succeeded"]).total
     return {"benchmark": "concurrent submit", "database": "postgresql" if args.postgres_url else "sqlite",
             "clients": args.clients, "submitted": len(results), "errors": len(errors), "error_samples": errors[:3],
@@ -239,7 +283,16 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
             "lost": len(set(results.values()) - set(stored)), "duplicated_on_retry": duplicates,
             "submit_seconds": round(submit_s, 2), "submits_per_second": round(len(results) / submit_s, 1),
             "submit_latency": {**summary_ms(latencies), "p99_ms": round(percentile(latencies, 99) * 1000, 1)},
-            "all_ran_seconds": round(drain_s, 1), "succeeded": succeeded, "not_finished": left}
+            "first_submit_of_each_client": summary_ms(first) if first else {},
+            "later_submits": {**summary_ms(later), "p99_ms": round(percentile(later, 99) * 1000, 1)} if later else {},
+            "all_ran_seconds": round(drain_s, 1), "succeeded": succeeded, "not_finished": left,
+            "server_cpu_ms_per_submit": {"while_submitting": round(cpu_submit * 1000 / max(len(results), 1), 1),
+                                         "until_all_ran": round(cpu_all * 1000 / max(len(results), 1), 1),
+                                         "replicas_reaped_until_all_ran": round(
+                                             replicas_cpu * 1000 / max(len(results), 1), 1)},
+            "while_submitting_cpu_s": {"server": round(cpu_submit, 2), "clients": round(own_submit, 2),
+                                       "machine": round(busy_submit, 2), "cores": os.cpu_count()},
+            "load_average": os.getloadavg()}
 
 
 def list_all_ids(client: Client) -> list[int]:
@@ -263,7 +316,8 @@ def main() -> None:
     parser.add_argument("--clients", default=None, help="concurrent: a number; throughput: a list, e.g. 1,8")
     parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument("--batch", type=int, default=0, help="throughput: jobs per batch request (0: one by one)")
-    parser.add_argument("--profile", help="throughput: record the server with py-spy into this directory")
+    parser.add_argument("--profile", help="throughput, concurrent: record the server with py-spy into this directory")
+    parser.add_argument("--profile-gil", action="store_true", help="concurrent: record only the GIL's holder")
     args = parser.parse_args()
     from throughput import SEEDED, bench_throughput  # noqa: PLC0415  (it imports this module as `bench`)
 
@@ -275,6 +329,8 @@ def main() -> None:
         args.clients = "1,8" if args.benchmark == "throughput" else "50"
     if args.benchmark == "concurrent":
         args.clients = int(args.clients)
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
     run = {"latency": bench_latency, "ls": bench_ls, "concurrent": bench_concurrent,
            "throughput": bench_throughput}[args.benchmark]
     print(json.dumps(run(args), indent=2))

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,14 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import fresh_database, list_all_ids, percentile, seed, server
+from bench import fresh_database, list_all_ids, percentile, process_cpu_s, seed, server, start_profile
 
 from gpupool.client.http import Client
 
 NODES, GPUS = 64, "8xA100-80GB"  # the setup of the throughput issue: 512 simulated cards
 SEEDED = 5_000  # workloads (ended) in the store before the first submit
 SPEC = "name: t{key}\ncommand: 'true'\nresources: {{gpu: 0.1}}\n"
-PROFILE_RATE = 100  # py-spy samples per second per thread: py-spy's default
 
 
 def _submitter(url: str, token: str, keys: list[str], batch: int,
@@ -73,23 +70,14 @@ def _bind_latencies(client: Client, ids: list[int]) -> tuple[list[float], int]:
     return [f for f in found if f is not None], sum(1 for f in found if f is None)
 
 
-def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy recording every thread of `pid` into `out` (collapsed stacks), or None without py-spy."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        return None
-    return subprocess.Popen([spy, "record", "--threads", "--nonblocking", "--format", "raw", "--rate",
-                             str(PROFILE_RATE), "--pid", str(pid), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measured phase with `clients` submitters; returns its figures."""
     phase = f"p{clients}"
     keys = [f"{phase}-{t}-{k}" for t in range(clients) for k in range(args.jobs // clients)]
     out: dict[str, Any] = {"lock": threading.Lock(), "errors": [], "latencies": [], "ids": {}}
-    spy = _start_profile(admin.server_pid, Path(args.profile) / f"{phase}.txt") if args.profile else None  # type: ignore[attr-defined]
+    spy = start_profile(admin.server_pid, Path(args.profile) / f"{phase}.txt") if args.profile else None  # type: ignore[attr-defined]
     time.sleep(1 if spy else 0)  # py-spy attaches
+    cpu_before = process_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
     started = time.perf_counter()
     threads = [threading.Thread(target=_submitter, args=(admin.url, admin.token, keys[t::clients], args.batch, out))
                for t in range(clients)]
@@ -98,6 +86,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    cpu = process_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -112,6 +101,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     return {"clients": clients, "batch": args.batch, "submitted": len(ids), "errors": len(out["errors"]),
             "error_samples": out["errors"][:3], "seconds": round(elapsed, 2),
             "submits_per_second": round(len(ids) / elapsed, 1),
+            "server_cpu_ms_per_submit": round(cpu * 1000 / max(len(ids), 1), 1),
             "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
                                    "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
             "bind_latency_ms": {"p50": round(percentile(binds, 50) * 1000, 1),

@@ -23,6 +23,7 @@ from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.api.body_limit import BodyLimit
+from gpupool.server.api.deps import remember_caller
 from gpupool.server.api.errors import install_error_handlers
 from gpupool.server.api.routes import (
     accounts,
@@ -74,6 +75,11 @@ MAX_BODY_BYTES = 2 * 1024 * 1024  # 2 MiB: a thousand times the largest spec in 
 # A scheduling cycle starts at most every 0.1 s: a burst of submissions is placed by one cycle (each reloads the
 # pool from the store), and 0.1 s is a tenth of the 1 s a submission may wait to be bound or told why not
 SCHEDULE_MIN_GAP_S = 0.1
+# The sweep controller and the array worker are woken by every replica change (many a second while a burst of
+# jobs starts and ends) but have nothing to do unless a trial or a task changed: a woken pass starts at most
+# every 0.25 s, a quarter of the 1 s a trial or task may wait to be followed up, and half their 0.5 s (sweeps)
+# or a quarter of their 1 s (arrays) interval, so a wake still acts sooner than the interval would
+CONTROLLER_MIN_GAP_S = 0.25
 
 
 def build_services(settings: Settings, executor: Executor | None = None, clock: Clock | None = None,
@@ -116,10 +122,11 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                               on_change=services.wake_workers)
     services.nodes_worker = IntervalWorker("nodes", lambda: node_sync.step() and None, settings.node_sync_interval_s)
     controller = SweepController(db, clock, studies, services.feasibility, on_change=services.wake_scheduler)
-    services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S)
+    services.sweeps = IntervalWorker("sweeps", controller.step, SWEEP_INTERVAL_S, min_gap_s=CONTROLLER_MIN_GAP_S)
     array_worker = services.array_worker = ArrayWorker(db, clock)
     # The step's count of changed arrays is not a delay: dropped, so an idle pass waits for the interval
-    services.arrays = IntervalWorker("arrays", lambda: (array_worker.step(), None)[1], ARRAY_INTERVAL_S)
+    services.arrays = IntervalWorker("arrays", lambda: (array_worker.step(), None)[1], ARRAY_INTERVAL_S,
+                                     min_gap_s=CONTROLLER_MIN_GAP_S)
     services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
     culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
                                                        on_change=services.wake_workers,
@@ -192,7 +199,8 @@ def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
     """AuthenticationError unless `authorization` holds a valid token (BodyLimit calls it before a body)."""
     services: Services = scope["app"].state.services
     with services.db.session(write=False) as session:
-        authenticate(session, authorization, services.clock())
+        found = authenticate(session, authorization, services.clock())
+    remember_caller(scope, authorization, found)  # the route's PrincipalDep takes it from there
 
 
 def create_app(settings: Settings | None = None, *, executor: Executor | None = None, clock: Clock | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import TestServer
 
@@ -203,3 +203,65 @@ def test_a_service_token_reaches_no_proxy_console_or_other_project(teams: dict[s
     assert huge.status_code == 422, huge.text
     with pytest.raises(NotFoundError):
         revoke_service_token(admin, "nlp", 1)  # vision's token is not nlp's to revoke
+
+
+def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server: TestServer, admin: Client) -> None:
+    """The body limit authenticates a request with a body before reading it; the route takes that caller
+    rather than reading the token again (one token lookup per submit, not two, and the token's user in the
+    same query). A token's first use is still recorded (last_used_at), and a revoked token is still refused."""
+    created = admin.create_token("ci")
+    lookups: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM tokens" in statement or "FROM users" in statement:
+            lookups.append(statement)
+
+    url = server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://")
+    engine = create_engine(url)
+    with server.client(created.token) as ci:
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            ci.submit("name: first\ncommand: sleep 100\n")  # the token's first use: recorded
+            first = len(lookups)
+            ci.submit("name: second\ncommand: sleep 100\n")
+            second = len(lookups) - first
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        with engine.connect() as conn:
+            used = conn.execute(text("SELECT last_used_at FROM tokens WHERE id = :id"), {"id": created.info.id})
+            assert used.scalar_one() is not None
+        engine.dispose()
+        assert second == 1, lookups  # one lookup, by the body limit: the token with its user (a join)
+        admin.revoke_token(created.info.id)
+        with pytest.raises(AuthenticationError):
+            ci.submit("name: third\ncommand: sleep 100\n")
+
+
+def test_a_submits_answer_names_project_and_user_without_reading_them_again(server_factory: ServerFactory,
+                                                                           fake: FakeExecutor) -> None:
+    """The answer to a submit (single or batch, created or replayed) names the workload's project and user as
+    `show` does; they come from the submit's own reads (one read of the projects, to resolve the spec's)."""
+    server = server_factory(executor=fake, workers=False)  # nothing moves the workloads between answer and show
+    with server.client() as admin:
+        admin.create_project("vision")
+        token = admin.create_user("alice", project="vision", role="member").token
+    projects: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM projects" in statement:
+            projects.append(statement)
+
+    with server.client(token) as alice:
+        alice.submit("name: warm\ncommand: sleep 1\nproject: vision\n")  # the token's first use is recorded
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            answer = alice.submit("name: a\ncommand: sleep 1\nproject: vision\n", idempotency_key="k1")
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        replay = alice.submit("name: a\ncommand: sleep 1\nproject: vision\n", idempotency_key="k1")
+        batch = alice.submit_batch(["name: b\ncommand: sleep 1\nproject: vision\n"]).items
+        for item in (answer, replay, *batch):
+            shown = alice.get_workload(item.workload.id)
+            assert (item.workload.project, item.workload.user) == (shown.project, shown.user) == ("vision", "alice")
+            assert item.workload.model_dump() == shown.model_dump()
+    assert len(projects) == 1, projects  # the plan's; the answer's view used to read them all again

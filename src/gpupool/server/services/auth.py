@@ -82,14 +82,14 @@ def authenticate(session: Session, authorization: str | None, now: float) -> Aut
     """The caller of a `Bearer <token>` Authorization header (read-only); AuthenticationError when the header is
     missing or malformed, or the token unknown or revoked."""
     token = _bearer(authorization)
-    row = accounts.token_by_hash(session, hash_token(token))
+    found = accounts.token_by_hash(session, hash_token(token))  # the token and its user, one query
+    row, user = found if found is not None else (None, None)
     if row is None and accounts.service_token_exists(session, hash_token(token)):
         raise AuthenticationError("this is a service token: it may call only the gateway (/v1/..., "
                                   "/services/<name>/...) for its project's services; the API needs a user's token")
     if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)) or row.revoked_at is not None:
         raise AuthenticationError("the API token is not valid (unknown or revoked); create one with "
                                   "`gpupool tokens create` or use the token in $GPUPOOL_HOME/token")
-    user = accounts.user_by_id(session, row.user_id)
     if user is None:
         raise AuthenticationError("the API token belongs to a user that no longer exists")
     stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION_S

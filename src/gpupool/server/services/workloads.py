@@ -99,15 +99,18 @@ def replica_view(r: ReplicaRow) -> schemas.Replica:
                    for e in stored_endpoints(r.endpoints)])
 
 
-def detail_view(session: Session, row: WorkloadRow, tasks: int = DETAIL_TASKS) -> schemas.WorkloadDetail:
+def detail_view(session: Session, row: WorkloadRow, tasks: int = DETAIL_TASKS,
+                names: tuple[str, str] | None = None) -> schemas.WorkloadDetail:
     """`show`: summary, spec, the current run's replicas, counters, history and, for a job array, its first
     `tasks` tasks in index order (`tasks_next` pages on through `task_page`; the answers to submit and cancel
-    ask for none: the counts say enough)."""
-    names = accounts.project_names(session)
-    users = accounts.user_names(session, {row.user_id})
+    ask for none: the counts say enough). `names`: the workload's project and user names when the caller
+    already has them (a submit), else they are read."""
+    if names is None:
+        names = (accounts.project_names(session).get(row.project_id, "?"),
+                 accounts.user_names(session, {row.user_id}).get(row.user_id, "?"))
     is_array = row.kind == ARRAY_KIND
     array = arrays.array_summary(row, arrays.task_counts(session, [row.id]).get(row.id, {})) if is_array else None
-    summary = summary_view(row, names.get(row.project_id, "?"), users.get(row.user_id, "?"), array)
+    summary = summary_view(row, *names, array)
     replicas = [replica_view(r) for r in repo.replicas_of(session, row.id, row.attempt)] if row.attempt else []
     events = [schemas.Event(at=e.at, from_status=e.from_status, to_status=e.to_status, replica=e.replica,
                             reason=e.reason) for e in repo.events_of(session, row.id)]

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.arrays import ARRAY_KIND, array_status
-from gpupool.domain.status import TERMINAL_STATUSES, WorkloadStatus
+from gpupool.domain.status import WorkloadStatus
 from gpupool.server.services.arrays import status_moves, sync_status, task_counts
 from gpupool.store.db import Database
 from gpupool.store.orm import WorkloadRow
@@ -67,7 +67,7 @@ def _arrays_and_counts(session: Session) -> list[tuple[int, str, dict[str, int]]
     """(id, status, tasks by status) of every array that has not ended."""
     rows = session.execute(
         select(WorkloadRow.id, WorkloadRow.status)
-        .where(WorkloadRow.kind == ARRAY_KIND, WorkloadRow.status.not_in([s.value for s in TERMINAL_STATUSES]))
+        .where(WorkloadRow.kind == ARRAY_KIND, WorkloadRow.status.in_(repo.LIVE_STATUSES))
         .order_by(WorkloadRow.id)
     ).all()
     counts = task_counts(session, [r[0] for r in rows])

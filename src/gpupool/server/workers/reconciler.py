@@ -87,9 +87,11 @@ class Reconciler:
         """One pass: launch, stop, poll and advance. Returns FOLLOW_UP_S while replicas are starting or
         stopping (the worker then looks again soon), else None."""
         changed = self.launch_scheduled()
-        self.send_stops()
-        self.probe_endpoints()
-        changed = self.poll_and_advance() or changed
+        with self.db.session(write=False) as session:  # one read of the live replicas for the three steps below
+            live = repo.live_replicas(session)
+        self.send_stops(live)
+        self.probe_endpoints(live)
+        changed = self.poll_and_advance(live) or changed
         if changed:
             self.on_change()
         return FOLLOW_UP_S if self._in_flux else None
@@ -115,9 +117,11 @@ class Reconciler:
                     gone.add(replica_id)
                 except ExecutorError as exc:
                     errors[replica_id] = str(exc)
-        with self.db.session() as session:
-            results = [self._record_launch(session, plan, handles, errors, reported, gone)
-                       for plan in plans]  # all, no short-cut
+        with self.db.session() as session:  # one transaction and two queries for all the launches of a pass
+            rows = repo.workloads_by_ids(session, [plan.workload_id for plan in plans], for_update=True)
+            runs = repo.current_replicas(session, list(rows.values()))  # workloads first, then their replicas
+            results = [self._record_launch(session, plan, rows.get(plan.workload_id), runs, handles, errors,
+                                           reported, gone) for plan in plans]  # all, no short-cut
         self.hold_off_nodes()
         return any(results)
 
@@ -132,13 +136,15 @@ class Reconciler:
         return _LaunchPlan(row.id, row.attempt, [(r.id, launch) for r, launch in zip(ordered, launches, strict=True)
                                                  if r.id in todo])
 
-    def _record_launch(self, session: Session, plan: _LaunchPlan, handles: dict[int, Handle],
-                       errors: dict[int, str], reported: dict[int, dict[int, Endpoint]], gone: set[int]) -> bool:
-        row = repo.workload_by_id(session, plan.workload_id, for_update=True)
+    def _record_launch(self, session: Session, plan: _LaunchPlan, row: WorkloadRow | None,
+                       runs: dict[int, list[ReplicaRow]], handles: dict[int, Handle], errors: dict[int, str],
+                       reported: dict[int, dict[int, Endpoint]], gone: set[int]) -> bool:
+        """Record what the launch of `plan` did, on its workload `row` (locked) and the replicas of its current
+        run (`runs`); True when the workload changed status."""
         if row is None or row.attempt != plan.attempt:
             return False
         now = self.clock()
-        replicas = repo.replicas_of(session, row.id, row.attempt)
+        replicas = runs[row.id]
         for replica in replicas:
             if replica.current_state.is_terminal:  # ended meanwhile: its node left the pool during the start
                 if replica.id in handles and replica.handle is None:
@@ -170,19 +176,20 @@ class Reconciler:
             nodes = ", ".join(sorted({r.node for r in replicas}))
             transition(row, _S.STARTING, f"started {len(replicas)} replica(s) on {nodes}", now)
             return True
-        return self._advance(session, row, now)
+        return self._advance(session, row, now, replicas)
 
     # --------------------------------------------------------------------------------------- stop
-    def send_stops(self) -> None:
-        """Send stop to live replicas marked for stopping; mark never-started ones stopped."""
+    def send_stops(self, live: Sequence[ReplicaRow] | None = None) -> None:
+        """Send stop to live replicas marked for stopping; mark never-started ones stopped. `live`: the live
+        replicas as this pass read them (read here when not given)."""
         now = self.clock()
-        with self.db.session(write=False) as session:
-            rows = [r for r in repo.live_replicas(session) if r.stop_requested_at is not None
-                    and (r.handle is None or r.stop_sent_at is None
-                         or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
-            due = [(r.id, r.handle) for r in rows]
-            # who the executor knows them as (its attempt counts from 0, the rows' from 1), for those never started
-            unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1, r.node) for r in rows if r.handle is None}
+        live = self._live(live)
+        rows = [r for r in live if r.stop_requested_at is not None
+                and (r.handle is None or r.stop_sent_at is None
+                     or now - r.stop_sent_at > self.stop_grace_s + STOP_RESEND_SLACK_S)]
+        due = [(r.id, r.handle) for r in rows]
+        # who the executor knows them as (its attempt counts from 0, the rows' from 1), for those never started
+        unstarted = {r.id: (str(r.workload_id), r.number, r.attempt - 1, r.node) for r in rows if r.handle is None}
         if not due:
             return
         for replica_id, handle in due:
@@ -209,12 +216,11 @@ class Reconciler:
                         replica[0], exc)
 
     # -------------------------------------------------------------------------------------- probe
-    def probe_endpoints(self) -> None:
+    def probe_endpoints(self, live: Sequence[ReplicaRow] | None = None) -> None:
         """Mark the endpoints of running replicas ready once they accept connections (probed outside any
-        transaction); records an event per endpoint that became ready."""
-        with self.db.session(write=False) as session:
-            todo = [(r.id, e) for r in repo.live_replicas(session) if r.state == _R.RUNNING
-                    for e in ep.stored_endpoints(r.endpoints) if not e.ready and e.host]
+        transaction); records an event per endpoint that became ready. `live` as for `send_stops`."""
+        todo = [(r.id, e) for r in self._live(live) if r.state == _R.RUNNING
+                for e in ep.stored_endpoints(r.endpoints) if not e.ready and e.host]
         ready: dict[int, set[int]] = {}
         for replica_id, endpoint in todo:
             if endpoint.host and ep.probe(endpoint.host, endpoint.port):
@@ -232,27 +238,33 @@ class Reconciler:
                                f"{', '.join(str(n) for n in sorted(names))}", replica.number)
 
     # ------------------------------------------------------------------------------- poll, advance
-    def poll_and_advance(self) -> bool:
+    def poll_and_advance(self, live_replicas: Sequence[ReplicaRow] | None = None) -> bool:
         """Poll every started live replica, record what changed, advance the workloads; True when any
-        workload changed status or any replica ended (capacity was freed)."""
-        with self.db.session(write=False) as session:
-            replicas = repo.live_replicas(session)
-            live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
-            recorded = {r.id: (r.state, r.exit_code) for r in replicas}
+        workload changed status or any replica ended (capacity was freed). `live_replicas` as for
+        `send_stops`: what the pass's earlier steps wrote since is read again where it is recorded."""
+        replicas = self._live(live_replicas)
+        live = [(r.id, dict(r.handle)) for r in replicas if r.handle is not None]
+        recorded = {r.id: (r.state, r.exit_code) for r in replicas}
+        owners = {r.id: r.workload_id for r in replicas}
         now = self.clock()
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
         self._in_flux = any(r.state in (_R.PENDING, _R.STARTING) or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
         statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
-        changed = any(status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)
-                      for replica_id, status in statuses.items())
-        if not changed and time.monotonic() - self._full_pass_at < FULL_PASS_EVERY_S:
+        touched = {owners[replica_id] for replica_id, status in statuses.items()
+                   if status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)}
+        full = time.monotonic() - self._full_pass_at >= FULL_PASS_EVERY_S
+        if not touched and not full:
             return False  # nothing to record: no write transaction (on SQLite it would queue every writer)
-        self._full_pass_at = time.monotonic()
+        if full:
+            self._full_pass_at = time.monotonic()
 
         def record_and_advance(session: Session) -> bool:
+            # between full passes only the workloads whose replicas changed can move: the others' replicas and
+            # rows are as the last pass left them, and their time-based steps wait for the next full pass
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
-                                               _S.PREEMPTED.value], for_update=True)  # workloads first
+                                               _S.PREEMPTED.value], for_update=True,
+                                     ids=None if full else touched)  # workloads first
             ended = self._record_polls(session, statuses)  # then replicas
             now = self.clock()
             runs = repo.current_replicas(session, rows)  # one query for all, not one per workload
@@ -262,6 +274,13 @@ class Reconciler:
         changed = self.db.transaction(record_and_advance)
         self.hold_off_nodes()
         return changed
+
+    def _live(self, live: Sequence[ReplicaRow] | None) -> Sequence[ReplicaRow]:
+        """`live`, or the live replicas read now (detached rows, read-only) when it is None."""
+        if live is not None:
+            return live
+        with self.db.session(write=False) as session:
+            return repo.live_replicas(session)
 
     def hold_off_nodes(self) -> None:
         """Make the nodes the executor found gone this pass unschedulable (see `hold_off_node`), in a

@@ -30,9 +30,12 @@ def list_users(session: Session) -> Sequence[UserRow]:
     return session.scalars(select(UserRow).order_by(UserRow.name)).all()
 
 
-def token_by_hash(session: Session, token_hash: str) -> TokenRow | None:
-    """The token row with this SHA-256, or None."""
-    return session.scalar(select(TokenRow).where(TokenRow.token_hash == token_hash))
+def token_by_hash(session: Session, token_hash: str) -> tuple[TokenRow, UserRow | None] | None:
+    """The token row with this SHA-256 and its user (None when the user no longer exists), in one query; None
+    for an unknown hash."""
+    found = session.execute(select(TokenRow, UserRow).outerjoin(UserRow, UserRow.id == TokenRow.user_id)
+                            .where(TokenRow.token_hash == token_hash)).first()
+    return None if found is None else (found[0], found[1])
 
 
 def service_token_exists(session: Session, token_hash: str) -> bool:

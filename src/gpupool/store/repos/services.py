@@ -5,27 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from gpupool.domain.status import TERMINAL_STATUSES
 from gpupool.store.orm import ServiceRevisionRow, WorkloadRow
+from gpupool.store.repos.workloads import LIVE_STATUSES
 
 SERVICE_KIND = "service"
-_TERMINAL = sorted(s.value for s in TERMINAL_STATUSES)
 
 
 def live_services(session: Session) -> Sequence[WorkloadRow]:
     """Service controller workloads that have not ended, oldest first."""
     return session.scalars(select(WorkloadRow).where(WorkloadRow.kind == SERVICE_KIND,
-                                                     WorkloadRow.status.not_in(_TERMINAL))
+                                                     WorkloadRow.status.in_(LIVE_STATUSES))
                            .order_by(WorkloadRow.id)).all()
 
 
 def live_children(session: Session) -> Sequence[WorkloadRow]:
     """Live workloads whose parent is a service (ended or not), by id."""
-    parents = select(WorkloadRow.id).where(WorkloadRow.kind == SERVICE_KIND)
-    return session.scalars(select(WorkloadRow).where(WorkloadRow.parent_id.in_(parents),
-                                                     WorkloadRow.status.not_in(_TERMINAL))
+    parent = aliased(WorkloadRow)  # live children found by status (index), their parent by id: no table scan
+    return session.scalars(select(WorkloadRow).join(parent, parent.id == WorkloadRow.parent_id)
+                           .where(WorkloadRow.status.in_(LIVE_STATUSES), WorkloadRow.array_index.is_(None),
+                                  parent.kind == SERVICE_KIND)
                            .order_by(WorkloadRow.id)).all()
 
 
@@ -45,7 +45,7 @@ def is_service_replica(session: Session, row: WorkloadRow) -> bool:
 def service_by_name(session: Session, name: str, project_ids: frozenset[int] | None) -> WorkloadRow | None:
     """The newest live service called `name` in one of `project_ids` (None: any project)."""
     query = select(WorkloadRow).where(WorkloadRow.kind == SERVICE_KIND, WorkloadRow.name == name,
-                                      WorkloadRow.status.not_in(_TERMINAL))
+                                      WorkloadRow.status.in_(LIVE_STATUSES))
     if project_ids is not None:
         query = query.where(WorkloadRow.project_id.in_(sorted(project_ids)))
     return session.scalars(query.order_by(WorkloadRow.id.desc()).limit(1)).first()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from gpupool.store.orm import TERMINAL_REPLICA_STATES, EventRow, ReplicaRow, WorkloadRow
+from gpupool.domain.replicas import ReplicaState
+from gpupool.domain.status import WorkloadStatus
+from gpupool.store.orm import EventRow, ReplicaRow, WorkloadRow
+
+# The statuses and replica states that are not terminal, named rather than "not terminal": `IN (...)` is
+# found through the status (state) index, `NOT IN (...)` reads every row ever stored (the workers ask for the
+# live rows several times a second, and the tables keep all history).
+LIVE_STATUSES = sorted(s.value for s in WorkloadStatus if not s.is_terminal())
+LIVE_REPLICA_STATES = sorted(s.value for s in ReplicaState if not s.is_terminal)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,6 +39,16 @@ def workload_by_id(session: Session, workload_id: int, for_update: bool = False)
     if for_update:
         query = query.with_for_update()
     return session.scalar(query)
+
+
+def workloads_by_ids(session: Session, ids: Collection[int], for_update: bool = False) -> dict[int, WorkloadRow]:
+    """The workloads of `ids` that exist, by id, in one query; `for_update` locks them in id order."""
+    if not ids:
+        return {}
+    query = select(WorkloadRow).where(WorkloadRow.id.in_(sorted(ids))).order_by(WorkloadRow.id)
+    if for_update:
+        query = query.with_for_update()
+    return {row.id: row for row in session.scalars(query).all()}
 
 
 def workload_by_key(session: Session, user_id: int, key: str) -> WorkloadRow | None:
@@ -69,9 +87,13 @@ def count_workloads(session: Session, f: WorkloadFilter) -> int:
     return int(session.scalar(query) or 0)
 
 
-def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = False) -> Sequence[WorkloadRow]:
-    """Every workload in one of `statuses`, oldest first."""
+def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = False,
+                 ids: Collection[int] | None = None) -> Sequence[WorkloadRow]:
+    """Every workload in one of `statuses` (only those of `ids` when given), oldest first (the order in
+    which `for_update` locks them, as every writer that locks several workloads does)."""
     query = select(WorkloadRow).where(WorkloadRow.status.in_(statuses)).order_by(WorkloadRow.id)
+    if ids is not None:
+        query = query.where(WorkloadRow.id.in_(sorted(ids)))
     if for_update:
         query = query.with_for_update()
     return session.scalars(query).all()
@@ -79,7 +101,7 @@ def workloads_in(session: Session, statuses: Sequence[str], for_update: bool = F
 
 def live_replicas(session: Session) -> Sequence[ReplicaRow]:
     """Every replica that still holds resources (its state is not terminal), by workload and number."""
-    query = select(ReplicaRow).where(ReplicaRow.state.not_in(sorted(TERMINAL_REPLICA_STATES)))
+    query = select(ReplicaRow).where(ReplicaRow.state.in_(LIVE_REPLICA_STATES))
     return session.scalars(query.order_by(ReplicaRow.workload_id, ReplicaRow.number)).all()
 
 

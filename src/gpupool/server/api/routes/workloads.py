@@ -12,6 +12,7 @@ from gpupool.server.api import schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep
 from gpupool.server.context import Services
 from gpupool.server.services import arrays, notebooks, workload_batch, workloads
+from gpupool.server.services.auth import Principal
 from gpupool.store.orm import WorkloadRow
 
 router = APIRouter(prefix="/workloads", tags=["workloads"])
@@ -39,7 +40,7 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
         services.wake_scheduler()
     else:
         response.status_code = 200
-    return _answers([(row, created)], services)[0]
+    return _answers([(row, created)], services, principal, [plan])[0]
 
 
 @router.post("/batch", response_model=schemas.BatchSubmitted, status_code=201, responses=ERRORS)
@@ -58,18 +59,29 @@ def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services:
         services.wake_scheduler()
     else:
         response.status_code = 200
-    return schemas.BatchSubmitted(items=_answers(stored, services))
+    return schemas.BatchSubmitted(items=_answers(stored, services, principal, plans))
 
 
-def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services) -> list[schemas.WorkloadSubmitted]:
+def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services, principal: Principal,
+             plans: list[workloads.SubmitPlan]) -> list[schemas.WorkloadSubmitted]:
     """The answer for each stored workload, read after the commit in a read-only transaction (the views
-    need a few queries each; on SQLite they no longer hold the write lock that other submits wait for)."""
+    need a few queries each; on SQLite they no longer hold the write lock that other submits wait for).
+    The project and user names come from the plans and the caller when they are the workload's."""
     with services.db.session(write=False) as session:
-        return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=0),
+        return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=0,
+                                                                         names=_names(row, principal, plan)),
                                           created=created,
                                           warnings=workloads.submission_warnings(session, row)
                                           + notebooks.cap_warning(session, row))
-                for row, created in stored]
+                for (row, created), plan in zip(stored, plans, strict=True)]
+
+
+def _names(row: WorkloadRow, principal: Principal, plan: workloads.SubmitPlan) -> tuple[str, str] | None:
+    """The (project, user) names of a submitted workload when the plan and the caller are its own (a plan made
+    again inside the write transaction may name another project: then None, and the view reads them)."""
+    if row.project_id == plan.project_id and row.user_id == principal.user_id:
+        return plan.project_name, principal.name
+    return None
 
 
 @router.get("", response_model=schemas.WorkloadPage, responses=ERRORS)

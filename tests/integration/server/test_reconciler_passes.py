@@ -1,0 +1,93 @@
+"""What one reconciler pass reads. Between its full passes (at least FULL_PASS_EVERY_S apart), a pass that found
+replicas changed loads and advances only their workloads: a burst of short jobs changes replicas every 50 ms
+pass, and each such pass used to load every running workload; the others still move at the next full pass
+(e.g. past max_runtime). And a pass reads the live replicas once, not once per step."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from sqlalchemy import Engine, event
+from tests.integration.server.conftest import ServerFactory
+from tests.support.servers import wait_until
+
+from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, replica_key
+from gpupool.store.orm import WorkloadRow
+
+SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
+
+
+def _loaded_workloads(during: Any) -> set[int]:
+    """Ids of the workload rows the ORM loads in this thread while `during()` runs (the server's other
+    workers, e.g. the scheduler, load workloads in theirs)."""
+    loaded: set[int] = set()
+    me = threading.get_ident()
+
+    def on_load(target: WorkloadRow, _context: Any) -> None:
+        if threading.get_ident() == me:
+            loaded.add(target.id)
+
+    event.listen(WorkloadRow, "load", on_load)
+    try:
+        during()
+    finally:
+        event.remove(WorkloadRow, "load", on_load)
+    return loaded
+
+
+def test_a_pass_between_full_passes_advances_only_the_workloads_whose_replicas_changed(
+        server_factory: ServerFactory) -> None:
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake)
+    client = server.client()
+    ids = [client.submit(SPEC.format(name=f"j{k}")).workload.id for k in range(4)]
+    timed = client.submit(SPEC.format(name="timed") + "max_runtime: 1s\n").workload.id
+    wait_until(lambda: all(client.get_workload(i).status == "running" for i in [*ids, timed]), timeout_s=20,
+               what="all running")
+    services = server.services
+    assert services.reconciler is not None and services.reconciler_loop is not None
+    services.reconciler.stop()  # this test drives the passes itself
+    reconciler = services.reconciler_loop
+    time.sleep(1.2)  # `timed` is now past its max_runtime: only a full pass fails it
+    fake.finish(str(ids[0]), 0)
+    reconciler._full_pass_at = time.monotonic()  # a full pass just ran
+    loaded = _loaded_workloads(reconciler.poll_and_advance)
+    assert loaded == {ids[0]}, loaded  # the replica's workload only (all five running before the change)
+    assert client.get_workload(ids[0]).status == "succeeded"
+    assert client.get_workload(timed).status == "running"  # waits for the full pass
+    reconciler._full_pass_at = float("-inf")  # the next pass is a full one
+    reconciler.poll_and_advance()
+    assert client.get_workload(timed).status == "failed"
+    assert [client.get_workload(i).status for i in ids[1:]] == ["running"] * 3
+    client.close()
+
+
+def test_a_pass_reads_the_live_replicas_once_for_its_stop_probe_and_poll_steps(
+        server_factory: ServerFactory) -> None:
+    """Stop, probe and poll each read every live replica; while replicas start, a pass runs every 50 ms."""
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake)
+    client = server.client()
+    ids = [client.submit(SPEC.format(name=f"j{k}")).workload.id for k in range(3)]
+    wait_until(lambda: all(client.get_workload(i).status == "running" for i in ids), timeout_s=20, what="running")
+    assert server.services.reconciler is not None and server.services.reconciler_loop is not None
+    server.services.reconciler.stop()  # this test drives the pass itself
+    client.cancel(ids[0])  # a stop to send, and a change to poll
+    reads: list[str] = []
+    me = threading.get_ident()
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if threading.get_ident() == me and statement.lstrip().startswith("SELECT") and "FROM replicas" in statement \
+                and "replicas.state IN" in statement:
+            reads.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        server.services.reconciler_loop.step()
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert len(reads) == 1, reads
+    assert fake.running() == sorted(replica_key(str(i), 0) for i in ids[1:])  # the pass sent the stop
+    client.close()
