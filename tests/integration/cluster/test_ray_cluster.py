@@ -231,6 +231,15 @@ def test_a_ddp_gang_trains_across_two_machines(server: ClusterServer, tmp_path: 
     assert len({r["param_checksum"] for r in reports}) == 1
 
 
+def _ready_through_proxy(server: ClusterServer, notebook_id: int, auth: dict[str, str]) -> bool:
+    """Whether the notebook's Jupyter answers its status through the server's proxy."""
+    try:
+        url = f"{server.url}/notebooks/{notebook_id}/api/status"
+        return httpx.get(url, headers=auth, timeout=10).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def test_a_job_runs_in_an_environment_on_another_node_and_a_notebook_in_that_nodes_warm_pool(
         cluster: RayCluster, server: ClusterServer, tmp_path: Path) -> None:
     """The environment is built once by the server; a replica on a worker node runs in that build (found on the
@@ -251,15 +260,8 @@ def test_a_job_runs_in_an_environment_on_another_node_and_a_notebook_in_that_nod
                              "resources": {"cpu": 0.1, "memory": "512MiB", "gpu": {"count": 1, "model": ["T4"]}}}
                             ).workload.id
         auth = {"Authorization": f"Bearer {client.token}"}
-
-        def through_proxy() -> bool:
-            try:
-                return httpx.get(f"{server.url}/notebooks/{nid}/api/status", headers=auth, timeout=10).status_code \
-                    == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(through_proxy, READY_S, 0.5, "the notebook on node-4 ready through the proxy")
+        wait_until(lambda: _ready_through_proxy(server, nid, auth), READY_S, 0.5,
+                   "the notebook on node-4 ready through the proxy")
         assert client.get_workload(nid).replica_list[0].node == "node-4"
         slots = cluster.root / "agent-4" / "executor" / "warm" / "slots"
         assert [p for p in slots.iterdir() if (p / "assign.json").exists()]  # it runs in the parked slot
@@ -286,15 +288,8 @@ def test_a_notebook_naming_an_environment_takes_a_warm_slot_of_it_on_its_node(
                              "resources": {"cpu": 0.1, "memory": "512MiB", "gpu": {"count": 1, "model": ["T4"]}}}
                             ).workload.id
         auth = {"Authorization": f"Bearer {client.token}"}
-
-        def through_proxy() -> bool:
-            try:
-                return httpx.get(f"{server.url}/notebooks/{nid}/api/status", headers=auth, timeout=10).status_code \
-                    == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(through_proxy, READY_S, 0.5, "the notebook on node-4 ready through the proxy")
+        wait_until(lambda: _ready_through_proxy(server, nid, auth), READY_S, 0.5,
+                   "the notebook on node-4 ready through the proxy")
         assert client.get_workload(nid).replica_list[0].node == "node-4"
         slots = cluster.root / "agent-4" / "executor" / "warm" / "slots"
         taken = [json.loads((p / "slot.json").read_text()) for p in slots.iterdir() if (p / "assign.json").exists()
