@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 
 from gpupool.store import changes
 from gpupool.store.db import Database
@@ -28,15 +28,10 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
             session.add(_workload(1000))
         return db
 
-    if request.param == "sqlite":
-        db = prepared(Database(f"sqlite:///{tmp_path / 'changes.db'}"))
+    with fresh_database(request.param, tmp_path) as url:
+        db = prepared(Database(url))
         yield db
         db.dispose()
-    else:
-        with temporary_postgres_database() as url:
-            db = prepared(Database(url))
-            yield db
-            db.dispose()
 
 
 def _workload(workload_id: int) -> WorkloadRow:

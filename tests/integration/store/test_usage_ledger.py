@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
-from tests.support.databases import temporary_postgres_database
+from tests.support.databases import fresh_database
 
 from gpupool.domain.usage import LedgerEntry
 from gpupool.server.usage_ledger import HeldShare, UsageLedger
@@ -29,15 +29,10 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
                              UserRow(id=201, name="ann", created_at=0.0), UserRow(id=202, name="bob", created_at=0.0)])
         return db
 
-    if request.param == "sqlite":
-        db = prepared(Database(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    with fresh_database(request.param, tmp_path) as url:
+        db = prepared(Database(url))
         yield db
         db.dispose()
-    else:
-        with temporary_postgres_database() as url:
-            db = prepared(Database(url))
-            yield db
-            db.dispose()
 
 
 def _read(db: Database, readable: frozenset[int] | None = None, pending: dict | None = None) -> list[LedgerEntry]:
