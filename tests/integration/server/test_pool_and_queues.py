@@ -83,3 +83,21 @@ def test_borrowed_gpus_are_reclaimed_for_the_owner(admin: Client, fake: FakeExec
     assert all(any(e.to_status == "preempted" for e in w.events) for w in waiting)
     queues = {q.name: q for q in admin.queues()}
     assert (queues["a"].usage.gpu_milli, queues["b"].usage.gpu_milli) == (2000, 2000)
+
+
+def test_a_spec_beyond_its_queues_limit_is_accepted_with_a_warning(admin: Client) -> None:
+    """The warning comes from the submit's own reading of the queue (single, replayed and batch submits)."""
+    admin.update_queue("default", limit={"gpu": 1})
+    over = admin.submit("name: over\ncommand: x\nresources: {gpu: 2}\n", idempotency_key="over")
+    wid = over.workload.id
+    expected = [f"workload {wid} can never start under the current limit of queue default (gpu 2 > limit 1) "
+                "unless the limit is raised; it stays pending until then"]
+    assert over.created and over.warnings == expected
+    replayed = admin.submit("name: over\ncommand: x\nresources: {gpu: 2}\n", idempotency_key="over")
+    assert not replayed.created and replayed.warnings == expected
+    assert admin.submit("command: x\nresources: {gpu: 1}\n").warnings == []
+    items = admin.submit_batch(["command: x\nresources: {gpu: 1}\n", "command: x\nresources: {gpu: 3}\n"]).items
+    assert [len(item.warnings) for item in items] == [0, 1]
+    assert "gpu 3 > limit 1" in items[1].warnings[0] and f"workload {items[1].workload.id} " in items[1].warnings[0]
+    admin.update_queue("default", limit={})
+    assert admin.submit("command: x\nresources: {gpu: 2}\n").warnings == []

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +28,7 @@ from gpupool.server.environments import Viewer
 from gpupool.server.services import arrays
 from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache, pending_from_spec
+from gpupool.server.services.spec_yaml import load_spec_yaml
 from gpupool.store.convert import queue_from_row
 from gpupool.store.orm import ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, queues
@@ -41,31 +41,13 @@ MAX_TAIL = 100_000
 
 
 # ---------------------------------------------------------------------------------------- input
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors and aliases (which can blow a small document up into a huge one)."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise ValidationError(f"YAML aliases (*name) are not allowed in specs (line {event.start_mark.line + 1})",
-                                  "spec_yaml")
-        return super().compose_node(parent, index)
-
-
 def load_spec_input(body: schemas.SubmitRequest) -> Any:
     """The spec data of a submit request: exactly one of `spec` (an object) or `spec_yaml` (YAML text)."""
     if (body.spec is None) == (body.spec_yaml is None):
         raise ValidationError("send exactly one of spec (an object) or spec_yaml (YAML text)", "spec")
     if body.spec is not None:
         return body.spec
-    try:
-        return yaml.load(body.spec_yaml or "", Loader=_NoAliasLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValidationError(f"the YAML cannot be read{where}: {exc.problem or exc}", "spec_yaml") from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise ValidationError(f"the YAML cannot be read: {type(exc).__name__}", "spec_yaml") from None
+    return load_spec_yaml(body.spec_yaml or "")
 
 
 # ---------------------------------------------------------------------------------------- views
@@ -146,6 +128,7 @@ class SubmitPlan:
     queue: str
     canonical: dict[str, Any]
     replay: WorkloadRow | None = None
+    over_limit: str | None = None  # what of the queue's limit the spec asks beyond (`beyond_limit`), if any
 
 
 def plan_submission(session: Session, principal: Principal, body: schemas.SubmitRequest, spec: WorkloadSpec,
@@ -162,15 +145,17 @@ def plan_submission(session: Session, principal: Principal, body: schemas.Submit
         raise ValidationError(f"project {project_name} submits to queue {queue.name}; remove queue: or set it to "
                               f"{queue.name}", "queue")
     canonical = spec.to_dict() | {"project": project_name, "queue": queue.name}
+    over_limit = beyond_limit(queue_from_row(queue), pending_from_spec("0", queue.name, spec, 0.0).nominal())
     key = body.idempotency_key
     existing = repo.workload_by_key(session, principal.user_id, key) if key is not None else None
     if existing is not None:
-        return SubmitPlan(project_id, project_name, queue.name, canonical, _replay(existing, canonical, key or ""))
+        return SubmitPlan(project_id, project_name, queue.name, canonical, _replay(existing, canonical, key or ""),
+                          over_limit)
     feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
     reason = feasibility.never_fits_reason(session, spec, queue.name)
     if reason is not None:
         raise UnsatisfiableError(reason, "resources")
-    return SubmitPlan(project_id, project_name, queue.name, canonical)
+    return SubmitPlan(project_id, project_name, queue.name, canonical, over_limit=over_limit)
 
 
 def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
@@ -212,14 +197,18 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     return row, True
 
 
-def submission_warnings(session: Session, row: WorkloadRow) -> list[str]:
+def submission_warnings(session: Session, row: WorkloadRow, plan: SubmitPlan | None = None) -> list[str]:
     """What the submitter should know although the workload was accepted: it asks for more than its queue's
-    limit, so it waits until an administrator raises the limit (a warning, not a refusal)."""
-    queue = queues.queue_by_name(session, row.queue)
-    if queue is None:
-        return []
-    demand = pending_from_spec(str(row.id), row.queue, parse_spec(row.spec), row.submitted_at).nominal()
-    never = beyond_limit(queue_from_row(queue), demand)
+    limit, so it waits until an administrator raises the limit (a warning, not a refusal). `plan`: the
+    submit's plan, whose finding is used when it planned for the workload's queue (else the queue is read)."""
+    if plan is not None and plan.queue == row.queue and plan.project_id == row.project_id:
+        never = plan.over_limit
+    else:
+        queue = queues.queue_by_name(session, row.queue)
+        if queue is None:
+            return []
+        demand = pending_from_spec(str(row.id), row.queue, parse_spec(row.spec), row.submitted_at).nominal()
+        never = beyond_limit(queue_from_row(queue), demand)
     return [f"workload {row.id} {never}; it stays pending until then"] if never else []
 
 

@@ -71,7 +71,7 @@ def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services, princip
         return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=0,
                                                                          names=_names(row, principal, plan)),
                                           created=created,
-                                          warnings=workloads.submission_warnings(session, row)
+                                          warnings=workloads.submission_warnings(session, row, plan)
                                           + notebooks.cap_warning(session, row))
                 for (row, created), plan in zip(stored, plans, strict=True)]
 
