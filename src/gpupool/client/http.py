@@ -39,6 +39,21 @@ def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(model: Any) -> TypeAdapter[Any]:
+    """The validator of an answer type, built once per type: building one generates the type's whole schema,
+    which took about twice as long as the rest of a request (its HTTP exchange included)."""
+    try:
+        return _ADAPTERS[model]
+    except KeyError:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+        return adapter
+    except TypeError:  # an unhashable type expression: built each time
+        return TypeAdapter(model)
+
+
 def _error_from(response: httpx.Response) -> GpupoolError:
     return error_from_response(response.status_code, response.text)
 
@@ -92,12 +107,12 @@ class Client:
 
     def _get(self, path: str, model: type[T] | Any, **params: Any) -> T:
         response = self._request("GET", path, params=_drop_none(params))
-        return TypeAdapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
+        return _adapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
 
     def _send(self, method: str, path: str, model: type[T], body: BaseModel | Mapping[str, Any] | None) -> T:
         payload = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
         response = self._request(method, path, json=_drop_none(payload) if payload is not None else None)
-        return TypeAdapter(model).validate_python(_json(response))
+        return _adapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------------------------- system
     def health(self) -> schemas.Health:
