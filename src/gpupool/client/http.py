@@ -7,6 +7,9 @@ are None are left out of requests, so a newer client keeps working with an older
 
 from __future__ import annotations
 
+import functools
+import os
+import ssl
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,6 +29,7 @@ from gpupool.client.errors import (
     unreachable,
     unreadable_certificates,
 )
+from gpupool.client.light import tls_context
 from gpupool.client.settings import ClientSettings
 from gpupool.domain.errors import GpupoolError
 from gpupool.domain.status import TERMINAL_STATUSES
@@ -37,6 +41,20 @@ __all__ = ["API", "ApiError", "Client", "ServerUnavailableError"]
 
 def _drop_none(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+def shared_tls_context() -> ssl.SSLContext:
+    """One TLS context per process for the certificates the environment names (SSL_CERT_FILE, its
+    modification time, SSL_CERT_DIR): reading a certificate bundle costs ~15 ms of CPU, which httpx would
+    spend again for every client. OSError when the certificates cannot be read."""
+    cert_file = os.environ.get("SSL_CERT_FILE") or None
+    stamp = os.stat(cert_file).st_mtime_ns if cert_file and os.path.exists(cert_file) else None
+    return _tls_context_for(cert_file, stamp, os.environ.get("SSL_CERT_DIR") or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context_for(cert_file: str | None, stamp: int | None, cert_dir: str | None) -> ssl.SSLContext:
+    return tls_context()  # reads the same variables; the arguments only key the cache
 
 
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
@@ -78,8 +96,9 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
             self._http = httpx.Client(base_url=self.url, headers=headers, transport=transport,
+                                      verify=shared_tls_context(),
                                       timeout=timeout_s if timeout_s is not None else settings.timeout_s)
-        except OSError as exc:  # httpx loads SSL_CERT_FILE / SSL_CERT_DIR here (ssl.SSLError is an OSError)
+        except OSError as exc:  # SSL_CERT_FILE / SSL_CERT_DIR cannot be read (ssl.SSLError is an OSError)
             raise unreadable_certificates(exc.strerror or str(exc) or type(exc).__name__) from None
 
     def close(self) -> None:

@@ -58,8 +58,10 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _tls() -> ssl.SSLContext:
-    """The certificates the typed client (httpx) trusts: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's."""
+def tls_context() -> ssl.SSLContext:
+    """A TLS context that trusts SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's certificates (what httpx
+    trusts by default; the typed client shares one, see `http.shared_tls_context`). OSError when they cannot
+    be read."""
     import ssl  # noqa: PLC0415  (only for https)
 
     if os.environ.get("SSL_CERT_FILE"):
@@ -100,7 +102,7 @@ class LightClient:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         if self._https:
             try:
-                context = _tls()
+                context = tls_context()
             except OSError as exc:  # ssl.SSLError is one too
                 raise unreadable_certificates(_reason(exc)) from None
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=context)
