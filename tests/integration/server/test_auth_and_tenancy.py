@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
+import threading
 from pathlib import Path
 
 import httpx
@@ -213,7 +214,8 @@ def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server:
     lookups: list[str] = []
 
     def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        if "FROM tokens" in statement or "FROM users" in statement:
+        worker = threading.current_thread().name.startswith("gpupool-")  # e.g. the launch reads the job's user
+        if not worker and ("FROM tokens" in statement or "FROM users" in statement):
             lookups.append(statement)
 
     url = server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://")
@@ -265,3 +267,34 @@ def test_a_submits_answer_names_project_and_user_without_reading_them_again(serv
             assert (item.workload.project, item.workload.user) == (shown.project, shown.user) == ("vision", "alice")
             assert item.workload.model_dump() == shown.model_dump()
     assert len(projects) == 1, projects  # the plan's; the answer's view used to read them all again
+
+
+def test_a_new_jobs_answer_is_what_its_transaction_wrote(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    """A submit that creates a job answers from its own transaction (no read of the workload's history after
+    the commit) with what `show` then shows; a replay, an array and a batch item are answered alike."""
+    server = server_factory(executor=fake, workers=False, gpus="4xA100-80GB")  # nothing moves them in between
+    after_commit: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "FROM events" in statement and not threading.current_thread().name.startswith("gpupool-"):
+            after_commit.append(statement)
+
+    with server.client() as admin:
+        admin.update_queue("default", limit={"gpu": 1})
+        admin.submit("name: warm\ncommand: sleep 1\n")
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            fresh = [admin.submit("name: a\ncommand: sleep 1\n", idempotency_key="a"),
+                     admin.submit("name: big\ncommand: sleep 1\nresources: {gpu: 2}\n"),
+                     *admin.submit_batch(["name: b\ncommand: sleep 1\n", "name: c\ncommand: sleep 1\n"]).items]
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        assert after_commit == []
+        read = [admin.submit("name: a\ncommand: sleep 1\n", idempotency_key="a"),
+                admin.submit("name: arr\ncommand: sleep 1\narray: 0-2\n")]
+        assert [item.created for item in fresh + read] == [True, True, True, True, False, True]
+        assert fresh[1].warnings and "gpu 2 > limit 1" in fresh[1].warnings[0]
+        for item in fresh + read:
+            shown = admin.get_workload(item.workload.id, tasks=0)
+            assert item.workload.model_dump() == shown.model_dump()
+            assert [e.reason for e in item.workload.events] == ["submitted by admin to queue default"]

@@ -30,7 +30,7 @@ from gpupool.server.services.auth import Principal
 from gpupool.server.services.feasibility import FeasibilityCache, pending_from_spec
 from gpupool.server.services.spec_yaml import load_spec_yaml
 from gpupool.store.convert import queue_from_row
-from gpupool.store.orm import ReplicaRow, WorkloadRow
+from gpupool.store.orm import EventRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import accounts, queues
 from gpupool.store.repos import services as services_repo
 from gpupool.store.repos import workloads as repo
@@ -38,6 +38,7 @@ from gpupool.store.repos import workloads as repo
 MAX_LIST = 1000
 DETAIL_TASKS = 50  # a job array's tasks `show` carries unless asked otherwise: what `gpupool show` prints
 MAX_TAIL = 100_000
+_SUBMITTED_EVENTS = "gpupool.submitted_events"  # session.info: workload id -> the events its submit wrote
 
 
 # ---------------------------------------------------------------------------------------- input
@@ -92,14 +93,27 @@ def detail_view(session: Session, row: WorkloadRow, tasks: int = DETAIL_TASKS,
                  accounts.user_names(session, {row.user_id}).get(row.user_id, "?"))
     is_array = row.kind == ARRAY_KIND
     array = arrays.array_summary(row, arrays.task_counts(session, [row.id]).get(row.id, {})) if is_array else None
-    summary = summary_view(row, *names, array)
-    replicas = [replica_view(r) for r in repo.replicas_of(session, row.id, row.attempt)] if row.attempt else []
-    events = [schemas.Event(at=e.at, from_status=e.from_status, to_status=e.to_status, replica=e.replica,
-                            reason=e.reason) for e in repo.events_of(session, row.id)]
+    replicas = list(repo.replicas_of(session, row.id, row.attempt)) if row.attempt else []
     page = arrays.task_page(session, row.id, tasks) if is_array and tasks > 0 else schemas.ArrayTaskPage()
+    return _detail(row, names, replicas, repo.events_of(session, row.id), array, page)
+
+
+def fresh_detail_view(row: WorkloadRow, names: tuple[str, str], events: Sequence[EventRow]) -> schemas.WorkloadDetail:
+    """What `detail_view` shows of a workload its own transaction has just created, from what that
+    transaction wrote (`events`: its history so far): no replicas yet, no tasks. Not for a job array."""
+    if row.kind == ARRAY_KIND or row.attempt:
+        raise ValueError(f"workload {row.id} is not a freshly submitted job: read it with detail_view")
+    return _detail(row, names, [], events, None, schemas.ArrayTaskPage())
+
+
+def _detail(row: WorkloadRow, names: tuple[str, str], replicas: Sequence[ReplicaRow], events: Sequence[EventRow],
+            array: schemas.ArraySummary | None, page: schemas.ArrayTaskPage) -> schemas.WorkloadDetail:
+    summary = summary_view(row, *names, array)
+    history = [schemas.Event(at=e.at, from_status=e.from_status, to_status=e.to_status, replica=e.replica,
+                             reason=e.reason) for e in events]
     return schemas.WorkloadDetail(**summary.model_dump(), spec=row.spec, retries_used=row.retries_used,
-                                  preemptions=row.preemptions, replica_list=replicas, events=events,
-                                  tasks=page.tasks, tasks_next=page.next_after)
+                                  preemptions=row.preemptions, replica_list=[replica_view(r) for r in replicas],
+                                  events=history, tasks=page.tasks, tasks_next=page.next_after)
 
 
 # --------------------------------------------------------------------------------------- submit
@@ -191,10 +205,17 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
         if existing is None:
             raise
         return _replay(existing, canonical, key or ""), False
-    repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {plan.queue}")
+    event = repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {plan.queue}")
+    session.info.setdefault(_SUBMITTED_EVENTS, {})[row.id] = [event]
     if array is not None:
         arrays.add_tasks(session, row, array, now)
     return row, True
+
+
+def submitted_events(session: Session) -> dict[int, list[EventRow]]:
+    """The history each workload `submit` created in this session's transaction starts with (by workload
+    id), for answering without reading it back; taken (a second call returns only later submits')."""
+    return session.info.pop(_SUBMITTED_EVENTS, {})  # type: ignore[no-any-return]
 
 
 def submission_warnings(session: Session, row: WorkloadRow, plan: SubmitPlan | None = None) -> list[str]:
@@ -209,7 +230,13 @@ def submission_warnings(session: Session, row: WorkloadRow, plan: SubmitPlan | N
             return []
         demand = pending_from_spec(str(row.id), row.queue, parse_spec(row.spec), row.submitted_at).nominal()
         never = beyond_limit(queue_from_row(queue), demand)
-    return [f"workload {row.id} {never}; it stays pending until then"] if never else []
+    return limit_warning(row.id, never)
+
+
+def limit_warning(workload_id: int, beyond: str | None) -> list[str]:
+    """The submitter's warning for a workload that asks more than its queue's limit (`beyond`, from
+    `beyond_limit`), or none."""
+    return [f"workload {workload_id} {beyond}; it stays pending until then"] if beyond else []
 
 
 def _replay(existing: WorkloadRow, canonical: dict[str, Any], key: str) -> WorkloadRow:

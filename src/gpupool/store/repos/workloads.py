@@ -132,6 +132,8 @@ def events_of(session: Session, workload_id: int, limit: int = 200) -> Sequence[
     return list(reversed(session.scalars(query).all()))
 
 
-def add_event(session: Session, workload_id: int, at: float, reason: str, replica: int | None = None) -> None:
-    """Record something that happened to a workload without changing its status."""
-    session.add(EventRow(workload_id=workload_id, at=at, reason=reason, replica=replica))
+def add_event(session: Session, workload_id: int, at: float, reason: str, replica: int | None = None) -> EventRow:
+    """Record something that happened to a workload without changing its status; returns the new row."""
+    event = EventRow(workload_id=workload_id, at=at, reason=reason, replica=replica)
+    session.add(event)
+    return event

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from gpupool.domain.arrays import MAX_ARRAY_INDEX
+from gpupool.domain.arrays import ARRAY_KIND, MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep
 from gpupool.server.context import Services
 from gpupool.server.services import arrays, notebooks, workload_batch, workloads
 from gpupool.server.services.auth import Principal
-from gpupool.store.orm import WorkloadRow
+from gpupool.store.orm import EventRow, WorkloadRow
 
 router = APIRouter(prefix="/workloads", tags=["workloads"])
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -31,16 +31,17 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
     with services.db.session(write=False) as session:  # and so do the reads, checked again inside
         plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
     if plan.replay is not None:
-        row, created = plan.replay, False
+        row, created, written = plan.replay, False, {}
     else:
         with services.db.session() as session:
             row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
                                             prepared=spec, plan=plan)
+            written = workloads.submitted_events(session)
     if created:
         services.wake_scheduler()
     else:
         response.status_code = 200
-    return _answers([(row, created)], services, principal, [plan])[0]
+    return _answers([(row, created)], services, principal, [plan], written)[0]
 
 
 @router.post("/batch", response_model=schemas.BatchSubmitted, status_code=201, responses=ERRORS)
@@ -55,25 +56,40 @@ def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services:
     with services.db.session() as session:
         stored = workload_batch.submit_batch(session, principal, body.items, specs, services.clock(),
                                              services.feasibility, plans)
+        written = workloads.submitted_events(session)
     if any(created for _, created in stored):
         services.wake_scheduler()
     else:
         response.status_code = 200
-    return schemas.BatchSubmitted(items=_answers(stored, services, principal, plans))
+    return schemas.BatchSubmitted(items=_answers(stored, services, principal, plans, written))
 
 
 def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services, principal: Principal,
-             plans: list[workloads.SubmitPlan]) -> list[schemas.WorkloadSubmitted]:
-    """The answer for each stored workload, read after the commit in a read-only transaction (the views
-    need a few queries each; on SQLite they no longer hold the write lock that other submits wait for).
-    The project and user names come from the plans and the caller when they are the workload's."""
+             plans: list[workloads.SubmitPlan], written: dict[int, list[EventRow]]) -> list[schemas.WorkloadSubmitted]:
+    """The answer for each stored workload. A job created by this request is shown from what its
+    transaction wrote (`written`: its first events; the names from the plan and the caller), as it stood
+    at the commit; anything else (a replay, an array, a notebook, a plan made again for another project) is
+    read after the commit in one read-only transaction, which on SQLite does not hold the write lock."""
+    answers: list[schemas.WorkloadSubmitted | None] = [
+        _fresh_answer(row, _names(row, principal, plan), written.get(row.id), plan) if created else None
+        for (row, created), plan in zip(stored, plans, strict=True)]
+    if all(answer is not None for answer in answers):
+        return [answer for answer in answers if answer is not None]
     with services.db.session(write=False) as session:
-        return [schemas.WorkloadSubmitted(workload=workloads.detail_view(session, row, tasks=0,
-                                                                         names=_names(row, principal, plan)),
-                                          created=created,
-                                          warnings=workloads.submission_warnings(session, row, plan)
-                                          + notebooks.cap_warning(session, row))
-                for (row, created), plan in zip(stored, plans, strict=True)]
+        return [answer or schemas.WorkloadSubmitted(
+                    workload=workloads.detail_view(session, row, tasks=0, names=_names(row, principal, plan)),
+                    created=created,
+                    warnings=workloads.submission_warnings(session, row, plan) + notebooks.cap_warning(session, row))
+                for answer, (row, created), plan in zip(answers, stored, plans, strict=True)]
+
+
+def _fresh_answer(row: WorkloadRow, names: tuple[str, str] | None, events: list[EventRow] | None,
+                  plan: workloads.SubmitPlan) -> schemas.WorkloadSubmitted | None:
+    """The answer for a job this request created, from what it wrote; None when it must be read instead."""
+    if names is None or events is None or row.kind in (ARRAY_KIND, notebooks.KIND) or row.queue != plan.queue:
+        return None
+    return schemas.WorkloadSubmitted(workload=workloads.fresh_detail_view(row, names, events), created=True,
+                                     warnings=workloads.limit_warning(row.id, plan.over_limit))
 
 
 def _names(row: WorkloadRow, principal: Principal, plan: workloads.SubmitPlan) -> tuple[str, str] | None:
