@@ -208,14 +208,15 @@ def test_a_service_token_reaches_no_proxy_console_or_other_project(teams: dict[s
 
 def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server: TestServer, admin: Client) -> None:
     """The body limit authenticates a request with a body before reading it; the route takes that caller
-    rather than reading the token again (one token lookup per submit, not two, and the token's user in the
-    same query). A token's first use is still recorded (last_used_at), and a revoked token is still refused."""
+    rather than reading the token again (one token lookup per submit, not two, and the token's user and
+    their memberships in the same query). A token's first use is still recorded (last_used_at), and a
+    revoked token is still refused."""
     created = admin.create_token("ci")
     lookups: list[str] = []
 
     def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         worker = threading.current_thread().name.startswith("gpupool-")  # e.g. the launch reads the job's user
-        if not worker and ("FROM tokens" in statement or "FROM users" in statement):
+        if not worker and any(f"FROM {table}" in statement for table in ("tokens", "users", "memberships")):
             lookups.append(statement)
 
     url = server.settings.resolved_database_url.replace("postgresql://", "postgresql+psycopg://")
@@ -233,7 +234,7 @@ def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server:
             used = conn.execute(text("SELECT last_used_at FROM tokens WHERE id = :id"), {"id": created.info.id})
             assert used.scalar_one() is not None
         engine.dispose()
-        assert second == 1, lookups  # one lookup, by the body limit: the token with its user (a join)
+        assert second == 1, lookups  # one lookup, by the body limit: the token, its user and memberships (joins)
         admin.revoke_token(created.info.id)
         with pytest.raises(AuthenticationError):
             ci.submit("name: third\ncommand: sleep 100\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from gpupool.domain.accounts import ProjectRole
 from gpupool.domain.errors import AuthenticationError, PermissionDeniedError
-from gpupool.store.orm import TokenRow, UserRow
+from gpupool.store.orm import MembershipRow, TokenRow, UserRow
 from gpupool.store.repos import accounts
 
 TOKEN_PREFIX = "gpp_"
@@ -66,7 +66,12 @@ class Principal:
 
 def principal_for(session: Session, user: UserRow) -> Principal:
     """The Principal of a user, with their current memberships."""
-    roles = {m.project_id: ProjectRole(m.role) for m in accounts.memberships_of_user(session, user.id)}
+    return principal_from(user, accounts.memberships_of_user(session, user.id))
+
+
+def principal_from(user: UserRow, memberships: Iterable[MembershipRow]) -> Principal:
+    """The Principal of a user with these memberships (all of theirs)."""
+    roles = {m.project_id: ProjectRole(m.role) for m in memberships}
     return Principal(user.id, user.name, user.is_admin, MappingProxyType(roles))
 
 
@@ -82,8 +87,8 @@ def authenticate(session: Session, authorization: str | None, now: float) -> Aut
     """The caller of a `Bearer <token>` Authorization header (read-only); AuthenticationError when the header is
     missing or malformed, or the token unknown or revoked."""
     token = _bearer(authorization)
-    found = accounts.token_by_hash(session, hash_token(token))  # the token and its user, one query
-    row, user = found if found is not None else (None, None)
+    found = accounts.token_by_hash(session, hash_token(token))  # the token, its user and memberships: one query
+    row, user, memberships = found if found is not None else (None, None, [])
     if row is None and accounts.service_token_exists(session, hash_token(token)):
         raise AuthenticationError("this is a service token: it may call only the gateway (/v1/..., "
                                   "/services/<name>/...) for its project's services; the API needs a user's token")
@@ -93,7 +98,7 @@ def authenticate(session: Session, authorization: str | None, now: float) -> Aut
     if user is None:
         raise AuthenticationError("the API token belongs to a user that no longer exists")
     stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION_S
-    return Authenticated(principal_for(session, user), row.id if stale else None)
+    return Authenticated(principal_from(user, memberships), row.id if stale else None)
 
 
 def touch_token(session: Session, token_id: int, now: float) -> None:

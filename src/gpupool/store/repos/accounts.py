@@ -30,12 +30,16 @@ def list_users(session: Session) -> Sequence[UserRow]:
     return session.scalars(select(UserRow).order_by(UserRow.name)).all()
 
 
-def token_by_hash(session: Session, token_hash: str) -> tuple[TokenRow, UserRow | None] | None:
-    """The token row with this SHA-256 and its user (None when the user no longer exists), in one query; None
-    for an unknown hash."""
-    found = session.execute(select(TokenRow, UserRow).outerjoin(UserRow, UserRow.id == TokenRow.user_id)
-                            .where(TokenRow.token_hash == token_hash)).first()
-    return None if found is None else (found[0], found[1])
+def token_by_hash(session: Session, token_hash: str) -> tuple[TokenRow, UserRow | None, list[MembershipRow]] | None:
+    """The token row with this SHA-256, its user (None when the user no longer exists) and the user's
+    memberships, in one query; None for an unknown hash."""
+    rows = session.execute(select(TokenRow, UserRow, MembershipRow)
+                           .outerjoin(UserRow, UserRow.id == TokenRow.user_id)
+                           .outerjoin(MembershipRow, MembershipRow.user_id == UserRow.id)
+                           .where(TokenRow.token_hash == token_hash)).all()
+    if not rows:
+        return None
+    return rows[0][0], rows[0][1], [row[2] for row in rows if row[2] is not None]
 
 
 def service_token_exists(session: Session, token_hash: str) -> bool:
