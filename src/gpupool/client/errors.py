@@ -56,6 +56,16 @@ def not_json(status: int, body: str) -> ApiError:
     return ApiError(f"HTTP {status}: not a JSON answer: {body[:QUOTED_BODY_CHARS]}", status)
 
 
+def unexpected_answer(status: int, problem: str) -> ApiError:
+    """The error for a success answer whose JSON is not what this client expects (`problem`: the first
+    difference): most often a client and a server of different versions."""
+    from gpupool import __version__  # noqa: PLC0415  (only on this error)
+
+    return ApiError(f"HTTP {status}: the server's answer is not what this client (gpupool {__version__}) expects: "
+                    f"{problem[:QUOTED_BODY_CHARS]}; use a client of the server's version (its /healthz names it)",
+                    status)
+
+
 def error_from_response(status: int, body: str) -> GpupoolError:
     """The error an HTTP error response stands for: the domain error of its `{"error": {"type", "message",
     "field"}}` body (see domain.errors.ERROR_KINDS), else an ApiError quoting the status and the body."""

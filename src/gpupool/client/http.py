@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gpupool.api import environment_schemas, gpu_schemas, notebook_schemas, schemas, sweep_schemas, usage_schemas
 from gpupool.client.errors import (
@@ -26,6 +26,7 @@ from gpupool.client.errors import (
     error_from_response,
     not_json,
     redirected,
+    unexpected_answer,
     unreachable,
     unreadable_certificates,
 )
@@ -70,6 +71,16 @@ def _adapter(model: Any) -> TypeAdapter[Any]:
         return adapter
     except TypeError:  # an unhashable type expression: built each time
         return TypeAdapter(model)
+
+
+def _validated(model: type[T] | Any, response: httpx.Response) -> T:
+    """The answer's JSON as `model`; ApiError (not a pydantic traceback) when it is something else."""
+    try:
+        return _adapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "the answer"
+        raise unexpected_answer(response.status_code, f"{where}: {first.get('msg', '')}") from None
 
 
 def _error_from(response: httpx.Response) -> GpupoolError:
@@ -126,12 +137,12 @@ class Client:
 
     def _get(self, path: str, model: type[T] | Any, **params: Any) -> T:
         response = self._request("GET", path, params=_drop_none(params))
-        return _adapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
+        return _validated(model, response)
 
     def _send(self, method: str, path: str, model: type[T], body: BaseModel | Mapping[str, Any] | None) -> T:
         payload = body.model_dump(exclude_none=True) if isinstance(body, BaseModel) else body
         response = self._request(method, path, json=_drop_none(payload) if payload is not None else None)
-        return _adapter(model).validate_python(_json(response))  # type: ignore[no-any-return]
+        return _validated(model, response)
 
     # ------------------------------------------------------------------------------------- system
     def health(self) -> schemas.Health:
@@ -265,7 +276,7 @@ class Client:
         body = environment_schemas.EnvironmentCreate(name=name, python=python, packages=packages,
                                                      requirements=requirements)
         response = self._request("POST", f"{API}/environments", json=body.model_dump(), timeout=timeout_s)
-        return environment_schemas.EnvironmentInfo.model_validate(_json(response))
+        return _validated(environment_schemas.EnvironmentInfo, response)
 
     def environments(self) -> list[environment_schemas.EnvironmentInfo]:
         """The environments the caller sees (the shared ones and their own; an administrator: all)."""

@@ -1,6 +1,7 @@
-"""What the typed client builds once and reuses: each answer type's validator (building one generates the
+"""The typed client: what it builds once and reuses: each answer type's validator (building one generates the
 type's whole schema: more CPU than the rest of a request) and the TLS context (reading the certificates
-costs more than a request), each still following what it depends on."""
+costs more than a request), each still following what it depends on; and an answer it cannot read is a
+clear error."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import certifi
+import httpx
 import pytest
 from pydantic import BaseModel, TypeAdapter
 
+import gpupool
 from gpupool.api import schemas
 from gpupool.client import http
+from gpupool.client.errors import ApiError
 
 
 class Unhashable:
@@ -56,3 +60,21 @@ def test_clients_share_one_tls_context_per_certificate_setting(tmp_path: Path, m
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
     with pytest.raises(OSError):
         http.shared_tls_context()
+
+
+def test_an_answer_of_another_shape_is_a_clear_error_not_a_traceback() -> None:
+    """A server of another version answering fields this client does not know how to read."""
+    answers = {"/healthz": {"status": "ok"}, "/api/v1/queues": [{"name": 3}]}
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[request.url.path])
+
+    with http.Client("http://127.0.0.1:9", "t", transport=httpx.MockTransport(reply)) as client:
+        with pytest.raises(ApiError) as missing:
+            client.health()
+        with pytest.raises(ApiError) as wrong:
+            client.queues()
+    assert str(missing.value) == ("HTTP 200: the server's answer is not what this client (gpupool "
+                                  f"{gpupool.__version__}) expects: version: Field required; use a client of the "
+                                  "server's version (its /healthz names it)")
+    assert "expects: 0.name: Input should be a valid string" in str(wrong.value) and wrong.value.http_status == 200
