@@ -91,3 +91,47 @@ def test_a_pass_reads_the_live_replicas_once_for_its_stop_probe_and_poll_steps(
     assert len(reads) == 1, reads
     assert fake.running() == sorted(replica_key(str(i), 0) for i in ids[1:])  # the pass sent the stop
     client.close()
+
+
+def _selects_of(during: Any) -> int:
+    """How many SELECT statements this thread runs while `during()` runs."""
+    selects: list[str] = []
+    me = threading.get_ident()
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if threading.get_ident() == me and statement.lstrip().startswith("SELECT"):
+            selects.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        during()
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    return len(selects)
+
+
+def test_launching_many_workloads_reads_as_much_as_launching_one(server_factory: ServerFactory) -> None:
+    """A pass reads the scheduled workloads' replicas, users, nodes and project names once for all of them
+    (a burst, or a job array's tasks, puts hundreds in one pass), not once per workload."""
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake, nodes=3)
+    client = server.client()
+    assert server.services.reconciler is not None and server.services.reconciler_loop is not None
+    server.services.reconciler.stop()  # this test launches itself
+    reconciler = server.services.reconciler_loop
+
+    def submitted_and_scheduled(count: int, prefix: str) -> list[int]:
+        spec = "name: {name}\ncommand: x\nresources: {{cpu: 1500m, memory: 64MiB}}\n"  # two per node
+        ids = [client.submit(spec.format(name=f"{prefix}{k}")).workload.id for k in range(count)]
+        wait_until(lambda: all(client.get_workload(i).status == "scheduled" for i in ids), timeout_s=20,
+                   what="scheduled")
+        return ids
+
+    one = submitted_and_scheduled(1, "one")
+    reads_for_one = _selects_of(reconciler.launch_scheduled)
+    many = submitted_and_scheduled(5, "many")
+    nodes = {client.get_workload(i).replica_list[0].node for i in many}
+    reads_for_many = _selects_of(reconciler.launch_scheduled)
+    assert len(nodes) > 1 and reads_for_many == reads_for_one, (reads_for_one, reads_for_many)
+    assert fake.running() == sorted(replica_key(str(i), 0) for i in [*one, *many])
+    client.close()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import ValidationError
@@ -31,8 +32,8 @@ from gpupool.server.environments import EnvironmentStore, Viewer, environment_en
 from gpupool.server.notebook_keys import NotebookKeys, notebook_launch_env
 from gpupool.server.services.pipelines import step_environment
 from gpupool.store.convert import gpu_from_json, placement_from_json
-from gpupool.store.orm import ReplicaRow, WorkloadRow
-from gpupool.store.repos import accounts, nodes
+from gpupool.store.orm import NodeRow, ReplicaRow, UserRow, WorkloadRow
+from gpupool.store.repos import accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +56,35 @@ def executor_workload_id(row: WorkloadRow) -> str:
     return str(row.id)
 
 
+@dataclass(frozen=True)
+class LaunchContext:
+    """What the launches of several workloads read alike: project names, and their users and nodes by key."""
+
+    project_names: Mapping[int, str]
+    users: Mapping[int, UserRow]
+    nodes: Mapping[str, NodeRow]
+
+
+def launch_context(session: Session, rows: Sequence[WorkloadRow],
+                   replicas: Mapping[int, Sequence[ReplicaRow]]) -> LaunchContext:
+    """The context for launching `rows` (with their current replicas, by workload id), in three queries
+    whatever their number (a burst or a job array starts hundreds in one pass)."""
+    user_ids = sorted({row.user_id for row in rows})
+    node_names = sorted({r.node for run in replicas.values() for r in run if r.node})
+    users = {u.id: u for u in session.scalars(select(UserRow).where(UserRow.id.in_(user_ids)))} if user_ids else {}
+    found = session.scalars(select(NodeRow).where(NodeRow.name.in_(node_names))) if node_names else []
+    return LaunchContext(accounts.project_names(session), users, {n.name: n for n in found})
+
+
 def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[ReplicaRow],
-                   settings: LaunchSettings) -> list[ReplicaLaunch]:
+                   settings: LaunchSettings, context: LaunchContext | None = None) -> list[ReplicaLaunch]:
     """One ReplicaLaunch per replica of the current run (in replica-number order). ValidationError when the
-    workload cannot be launched (a node vanished, a bad working directory)."""
+    workload cannot be launched (a node vanished, a bad working directory). `context`: from `launch_context`
+    for this workload among others (read for this one alone when None)."""
+    context = context or launch_context(session, [row], {row.id: replicas})
     spec = parse_spec(row.spec)
-    user = accounts.user_by_id(session, row.user_id)
-    project = accounts.project_names(session).get(row.project_id)
+    user = context.users.get(row.user_id)
+    project = context.project_names.get(row.project_id)
     if user is None or project is None:
         raise ValidationError("the workload's user or project no longer exists")
     run_as: RunAs | None = None
@@ -76,7 +99,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
     step_env = step_environment(session, row, settings.storage, project, owners)  # pipeline steps only
     ordered = sorted(replicas, key=lambda r: r.number)
     placements = [placement_from_json(r.placement) for r in ordered]
-    node_rows = {n: nodes.node_by_name(session, n) for n in {r.node for r in ordered}}
+    node_rows = {n: context.nodes.get(n) for n in {r.node for r in ordered}}
     missing = sorted(n for n, found in node_rows.items() if found is None)
     if missing:
         raise ValidationError(f"node {', '.join(missing)} is no longer part of the pool")

@@ -42,7 +42,7 @@ from gpupool.executors.base import (
 from gpupool.server import endpoints as ep
 from gpupool.server.services.workloads import request_stop
 from gpupool.server.settings import DEFAULT_START_TIMEOUT_S
-from gpupool.server.workers.launch import LaunchSettings, build_launches
+from gpupool.server.workers.launch import LaunchContext, LaunchSettings, build_launches, launch_context
 from gpupool.store.db import Database
 from gpupool.store.orm import NodeRow, ReplicaRow, WorkloadRow
 from gpupool.store.repos import workloads as repo
@@ -100,7 +100,10 @@ class Reconciler:
     def launch_scheduled(self) -> bool:
         """Start the replicas of every scheduled workload; True when any workload changed status."""
         with self.db.session(write=False) as session:
-            plans = [self._plan(session, row) for row in repo.workloads_in(session, [_S.SCHEDULED.value])]
+            scheduled = repo.workloads_in(session, [_S.SCHEDULED.value])
+            runs = repo.current_replicas(session, scheduled)
+            context = launch_context(session, scheduled, runs) if scheduled else None
+            plans = [self._plan(session, row, runs[row.id], context) for row in scheduled]
         if not plans:
             return False
         handles: dict[int, Handle] = {}
@@ -125,11 +128,11 @@ class Reconciler:
         self.hold_off_nodes()
         return any(results)
 
-    def _plan(self, session: Session, row: WorkloadRow) -> _LaunchPlan:
-        replicas = repo.replicas_of(session, row.id, row.attempt)
+    def _plan(self, session: Session, row: WorkloadRow, replicas: Sequence[ReplicaRow],
+              context: LaunchContext | None) -> _LaunchPlan:
         todo = {r.id for r in replicas if r.handle is None and r.stop_requested_at is None and r.state == _R.PENDING}
         try:
-            launches = build_launches(session, row, replicas, self.launch_settings)
+            launches = build_launches(session, row, replicas, self.launch_settings, context)
         except GpupoolError as exc:
             return _LaunchPlan(row.id, row.attempt, [], f"cannot start: {exc}")
         ordered = sorted(replicas, key=lambda r: r.number)
