@@ -317,7 +317,8 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument("--batch", type=int, default=0, help="throughput: jobs per batch request (0: one by one)")
     parser.add_argument("--profile", help="throughput, concurrent: record the server with py-spy into this directory")
-    parser.add_argument("--profile-gil", action="store_true", help="concurrent: record only the GIL's holder")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="concurrent, throughput: record only the GIL's holder")
     args = parser.parse_args()
     from throughput import SEEDED, bench_throughput  # noqa: PLC0415  (it imports this module as `bench`)
 

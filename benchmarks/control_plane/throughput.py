@@ -75,7 +75,8 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     phase = f"p{clients}"
     keys = [f"{phase}-{t}-{k}" for t in range(clients) for k in range(args.jobs // clients)]
     out: dict[str, Any] = {"lock": threading.Lock(), "errors": [], "latencies": [], "ids": {}}
-    spy = start_profile(admin.server_pid, Path(args.profile) / f"{phase}.txt") if args.profile else None  # type: ignore[attr-defined]
+    pid = admin.server_pid  # type: ignore[attr-defined]
+    spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
     cpu_before = process_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
     started = time.perf_counter()
