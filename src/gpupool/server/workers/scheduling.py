@@ -279,10 +279,12 @@ class SchedulingLoop:
                shows: dict[int, Shown]) -> bool:
         changed = False
         stale = self._stale_gpu_nodes(session, decisions, state)
-        for bind in decisions.binds:
-            if any(p.node in stale for p in bind.placements):
-                continue  # its cards changed since the snapshot (a sharing mode, MIG layout or health mark)
-            changed |= self._bind(session, bind, state.specs.get(int(bind.workload_id)), now)
+        binds = [bind for bind in decisions.binds  # skipped: cards changed since the snapshot (a sharing
+                 if not any(p.node in stale for p in bind.placements)]  # mode, MIG layout or health mark)
+        rows = repo.workloads_by_ids(session, [int(bind.workload_id) for bind in binds], for_update=True)
+        for bind in binds:  # one query locks them all, in id order, as every writer of several does
+            row = rows.get(int(bind.workload_id))
+            changed |= row is not None and self._bind(session, row, bind, state.specs.get(row.id), now)
         for preempt in decisions.preemptions:
             changed |= self._preempt(session, preempt, now)
         self._show_pending(session, shows, state)
@@ -309,9 +311,9 @@ class SchedulingLoop:
         rows = gpu_repo.lock_nodes(session, names)
         return {name for name in names if name not in rows or rows[name].gpus_version != state.gpu_versions.get(name)}
 
-    def _bind(self, session: Session, bind: Bind, spec: WorkloadSpec | None, now: float) -> bool:
-        row = repo.workload_by_id(session, int(bind.workload_id), for_update=True)
-        if row is None or spec is None or row.current_status != WorkloadStatus.PENDING:
+    def _bind(self, session: Session, row: WorkloadRow, bind: Bind, spec: WorkloadSpec | None, now: float) -> bool:
+        """Bind the locked `row` as `bind` places it; False when it is no longer pending (or has no spec)."""
+        if spec is None or row.current_status != WorkloadStatus.PENDING:
             return False
         numbers = {(role.role, ordinal): number for number, role, ordinal in spec.replica_roles()}
         row.attempt += 1
