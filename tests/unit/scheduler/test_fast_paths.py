@@ -7,16 +7,19 @@ random pools, requests and sequences of placements (hypothesis strategies of tes
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from tests.builders import node
+from tests.builders import node, request
 from tests.scheduler_strategies import pool_nodes, replica_requests
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import MILLI_PER_GPU, ZERO, GpuRequest, ReplicaRequest, ResourceVector
+from gpupool.scheduler.placement import fgd
 from gpupool.scheduler.placement.fgd import FgdPolicy
 from gpupool.scheduler.placement.filters import (
     feasible_mask,
@@ -374,3 +377,114 @@ def test_fgd_scores_with_its_caches_match_the_plain_formulas(nodes: list[Node], 
     for placement in placed[: len(placed) // 2]:
         snap.forget(placement)
         check()
+
+
+def _twice(nodes: list[Node]) -> list[Node]:
+    """The pool and a copy of each node under another name: nodes in equal states that FGD scores once."""
+    return nodes + [replace(n, name=f"{n.name}-copy") for n in nodes]
+
+
+@settings(max_examples=40, deadline=None)
+@given(pool_nodes(), st.lists(replica_requests(), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_fgd_scoring_equal_node_states_once_matches_the_plain_formulas(nodes: list[Node],
+                                                                       requests: list[ReplicaRequest],
+                                                                       rng: random.Random) -> None:
+    """With every stale row deduplicated (the threshold set to 0), FGD scores nodes of equal state numbers once;
+    through placements and removals its ranking and share cards equal the plain formulas computed afresh. At most
+    6 numbered states: the numbering starts again often."""
+    shapes = target_from_requests(requests)
+    if not shapes:
+        return
+    snap = ClusterSnapshot(_twice(nodes))
+    policy = FgdPolicy(shapes)
+    placer = Placer(policy, gang_topology=False)
+    placed: list[ReplicaPlacement] = []
+
+    def check() -> None:
+        for r in requests:
+            rows = feasible_mask(snap, r).nonzero()[0]
+            if rows.size:
+                _assert_plain_ranking(policy, shapes, snap, r, rows)
+
+    with mock.patch.object(fgd, "_DEDUPE_ABOVE", 0), mock.patch.object(fgd, "_STATE_NUMBERS", 6):
+        for r in requests * 2:
+            placement = placer.place_replica(snap, r)
+            if placement is not None and rng.random() < 0.8:
+                snap.assume(placement)
+                placed.append(placement)
+            check()
+        rng.shuffle(placed)
+        for placement in placed[: len(placed) // 2]:
+            snap.forget(placement)
+            check()
+
+
+def test_fgd_state_numbers_tell_apart_cards_that_take_a_share_differently() -> None:
+    """Two nodes in equal free states whose cards are the same models in another order: a share that asks for
+    one model fits a different card on each, so FGD scores them apart (and both as the plain formulas)."""
+    nodes = [node(name).gpus(1, first, mode="shared").gpus(1, second, mode="shared").build()
+             for name, first, second in (("a", "A100", "V100"), ("b", "V100", "A100"))]
+    share = request(cpu=1, memory="1GiB", gpu={"share": 0.5, "model": "A100"})
+    shapes = target_from_requests([request(cpu=1, memory="1GiB", gpu=0.5), share])
+    snap = ClusterSnapshot(nodes)
+    policy = FgdPolicy(shapes)
+    with mock.patch.object(fgd, "_DEDUPE_ABOVE", 0):
+        _assert_plain_ranking(policy, shapes, snap, share, np.arange(2))
+        assert policy.score(snap, share, np.arange(2)).share_columns.tolist() == [0, 1]
+
+
+def _assert_plain_ranking(policy: FgdPolicy, shapes: list[TargetShape], snap: ClusterSnapshot,
+                          r: ReplicaRequest, rows: IntArray) -> None:
+    kept = policy.score(snap, r, rows)
+    ranks, columns = _plain_fgd_ranking(shapes, snap, r, rows)
+    assert np.array_equal(kept.all_scores(), ranks)
+    if kept.share_columns is None or columns is None:
+        assert kept.share_columns is None and columns is None
+    else:
+        assert np.array_equal(kept.share_columns, columns)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pool_nodes(), st.lists(replica_requests(), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_fgd_state_numbers_are_equal_exactly_for_equal_states(nodes: list[Node], requests: list[ReplicaRequest],
+                                                             rng: random.Random) -> None:
+    """The node state numbers FGD keeps per node version, asked for random subsets of rows through placements
+    and removals with at most 3 numbered states (the numbering starts again often): two rows have equal numbers
+    exactly when their states (as the module says what a state is, per kind) are equal."""
+    shapes = target_from_requests(requests)
+    if not shapes:
+        return
+    snap = ClusterSnapshot(_twice(nodes))
+    policy = FgdPolicy(shapes)
+    placer = Placer(policy, gang_topology=False)
+    target = policy._bind(snap)
+    placed: list[ReplicaPlacement] = []
+
+    def state(row: int, ordered: bool) -> tuple[object, ...]:
+        free = usable_free(snap, np.array([row]))[0].tolist()
+        common = (int(snap.free_cpu[row]), int(snap.free_mem[row]), int(target.klass[row]))
+        if not ordered:
+            return (*common, tuple(sorted(free)))
+        hardware = (tuple(g.model for g in snap.nodes[row].gpus), snap.gpu_mem_total[row].tolist(),
+                    snap.share_ok[row].tolist(), snap.usable_card[row].tolist())
+        return (*common, hardware, tuple(free), tuple(snap.free_gmem[row].tolist()))
+
+    def check() -> None:
+        for ordered in (False, True):
+            rows = np.array(sorted(rng.sample(range(len(snap)), rng.randint(1, len(snap)))))
+            numbers = policy._states[ordered].of(snap, target, rows, usable_free(snap, rows)).tolist()
+            states = [state(int(row), ordered) for row in rows]
+            for i, j in np.ndindex(len(rows), len(rows)):
+                assert (numbers[i] == numbers[j]) == (states[i] == states[j])
+
+    with mock.patch.object(fgd, "_STATE_NUMBERS", 3):
+        for r in requests * 2:
+            placement = placer.place_replica(snap, r)
+            if placement is not None:
+                snap.assume(placement)
+                placed.append(placement)
+            check()
+        rng.shuffle(placed)
+        for placement in placed[: len(placed) // 2]:
+            snap.forget(placement)
+            check()

@@ -59,6 +59,8 @@ LEARN_EVERY = 200
 # of the openb cluster: 3-8 us for 1-8 rows counted afresh, 7-13 us kept; 17 us against 8 us for 16 rows)
 _COUNT_DIRECTLY = 8
 _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored once (speed only: same results)
+# distinct node states numbered per kind before the numbering starts again (bounds memory: about 200 bytes each)
+_STATE_NUMBERS = 1 << 18
 DEFAULT_RESOLUTION = 25.0
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
@@ -74,10 +76,49 @@ _VALUE_CODE = MILLI_PER_GPU + 2  # (row, free milli of a card) coded as one inte
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
 
-@functools.cache
-def _hash_weights(width: int) -> IntArray:
-    weights: IntArray = np.random.default_rng(20231121).integers(1, 2**62, size=width, dtype=np.int64)
-    return weights
+class _StateNumbers:
+    """Per node, a number naming its state as the growths of one kind of request see it, kept per node version
+    (a version names one node state, even across clones): nodes with equal numbers have equal growths. For
+    whole GPUs and CPU-only work the state is the free CPU and memory, the node's class and its cards' usable
+    free milli as a multiset (sorted: the card terms and total are sums over cards); for a share also the
+    cards in order with their free GPU memory and the node's hardware (card models, memory, which take
+    shares), which decide the card a share fits and is placed on."""
+
+    def __init__(self, nodes: int, ordered: bool, hardware: IntArray) -> None:
+        self.ordered, self.hardware = ordered, hardware
+        self.version = np.full(nodes, -1, dtype=np.int64)
+        self.number = np.zeros(nodes, dtype=np.int64)
+        self.known: dict[bytes, int] = {}
+
+    def of(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray) -> IntArray:
+        """The numbers of `rows` (whose usable free milli per card is `free`), numbering the states of the
+        nodes whose version changed since they were last numbered."""
+        outdated = (self.version[rows] != snap.version[rows]).nonzero()[0]
+        if len(self.known) + outdated.size > _STATE_NUMBERS:  # start again: every node is numbered anew
+            self.known.clear()
+            self.version[:] = -1
+            outdated = np.arange(rows.size)
+        if outdated.size:
+            changed = rows[outdated]
+            parts = [snap.free_cpu[changed], snap.free_mem[changed], target.klass[changed]]
+            if self.ordered:
+                parts += [self.hardware[changed], free[outdated], snap.free_gmem[changed]]
+            else:
+                parts.append(np.sort(free[outdated], axis=1))
+            known = self.known
+            state = np.column_stack(parts).astype(np.int64, copy=False)
+            self.number[changed] = [known.setdefault(row.tobytes(), len(known)) for row in state]
+            self.version[changed] = snap.version[changed]
+        numbers: IntArray = self.number[rows]
+        return numbers
+
+
+def _hardware(snap: ClusterSnapshot) -> IntArray:
+    """Per node, a number naming its cards' models, memory and which take shares (equal numbers: equal cards)."""
+    known: dict[tuple[object, ...], int] = {}
+    keys = [(tuple(g.model for g in node.gpus), snap.gpu_mem_total[i].tobytes(), snap.share_ok[i].tobytes(),
+             snap.usable_card[i].tobytes()) for i, node in enumerate(snap.nodes)]
+    return np.array([known.setdefault(key, len(known)) for key in keys], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +178,7 @@ class FgdPolicy(PlacementPolicy):
         self._terms = np.zeros((0, 3, 0), dtype=np.int64)  # per node: stacked CardTerms at _node_version
         self._change_tables: dict[int, SmallIntArray] = {}
         self._before_column = np.zeros((0, 1), dtype=np.int64)
+        self._states: dict[bool, _StateNumbers] = {}
 
     @property
     def shapes(self) -> list[TargetShape]:
@@ -214,6 +256,8 @@ class FgdPolicy(PlacementPolicy):
             self._terms = np.zeros((n, 3, m), dtype=np.int64)
             # the share change tables' extra row (all zeros) that a node's before column looks up
             self._before_column = np.full((n, 1), MILLI_PER_GPU + 1, dtype=np.int64)
+            hardware = _hardware(snap)
+            self._states = {ordered: _StateNumbers(n, ordered, hardware) for ordered in (False, True)}
         return self._target
 
     def _node_terms(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
@@ -282,20 +326,13 @@ class FgdPolicy(PlacementPolicy):
                  free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
         if rows.size <= _DEDUPE_ABOVE:
             return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
-        state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], free,
-                                 target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
-        hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
-        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        back = inverse.ravel()
+        numbers = self._states[cache.request.gpu.kind == "share"].of(snap, target, rows, free)
+        _, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
+        if first.size == rows.size:
+            return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
         unique = self._growths_exact(snap, target, cache, rows[first], free[first], terms[first], in_range)
-        growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
-        collided = np.flatnonzero((state != state[first][back]).any(axis=1))
-        if collided.size:  # two different states with one hash: score those rows on their own
-            exact = self._growths_exact(snap, target, cache, rows[collided], free[collided], terms[collided],
-                                        in_range)
-            growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
-            growth.column[collided] = exact.column
-        return growth
+        back = inverse.ravel()
+        return _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
 
     def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
                        free: IntArray, terms: IntArray, in_range: bool, by_value: bool | None = None) -> _Growth:
