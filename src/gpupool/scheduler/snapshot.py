@@ -79,6 +79,16 @@ class ClusterSnapshot:
         self.version = np.zeros(n, dtype=np.int64)
         self.full_free = np.zeros(n, dtype=np.int64)
         self.share_max_free = np.zeros(n, dtype=np.int64)
+        # the largest share by milli alone (its memory is that part of the card's) that each card and node takes
+        # now, kept on assume/forget (`share_terms`): (1000 g + c) // T for free GPU memory g of a card of T MiB.
+        # A share of s milli takes s T // 1000 MiB, which is <= g exactly when s <= (1000 g + 999) // T (T > 0);
+        # a card of 0 MiB takes any share while g >= 0: c = 1000 and T read as 1 give 1000 (g + 1), at least
+        # 1000 then and at most 0 for g < 0; a card that takes no shares: c = -2**50, always below 0
+        self._share_divisor = np.where(self.gpu_mem_total > 0, self.gpu_mem_total, 1)
+        self._share_offset = np.where(self.share_ok, np.where(self.gpu_mem_total > 0, MILLI_PER_GPU - 1, MILLI_PER_GPU),
+                                      -(2**50))
+        self.share_largest = np.full((n, width), -1, dtype=np.int64)
+        self.share_largest_node = np.full(n, -1, dtype=np.int64)
         self.free_gpu_total = np.zeros(n, dtype=np.int64)
         self._refresh(np.arange(n))
 
@@ -87,6 +97,9 @@ class ClusterSnapshot:
         self.full_free[rows] = self.whole_free_cards(rows).sum(axis=1)
         self.share_max_free[rows] = np.where(self.share_ok[rows], free, 0).max(axis=1)
         self.free_gpu_total[rows] = free.sum(axis=1)
+        largest = (MILLI_PER_GPU * self.free_gmem[rows] + self._share_offset[rows]) // self._share_divisor[rows]
+        self.share_largest[rows] = np.minimum(free, largest)
+        self.share_largest_node[rows] = self.share_largest[rows].max(axis=1)
         self.version[rows] = next(_STAMPS)
 
     def _refresh_row(self, row: int) -> None:
@@ -96,6 +109,10 @@ class ClusterSnapshot:
         self.full_free[row] = np.add.reduce(whole)  # what .sum() calls, without its Python wrapper
         self.share_max_free[row] = np.maximum.reduce(np.where(self.share_ok[row], free, 0))
         self.free_gpu_total[row] = np.add.reduce(free)
+        cards = self.share_largest[row]
+        np.minimum(free, (MILLI_PER_GPU * self.free_gmem[row] + self._share_offset[row]) // self._share_divisor[row],
+                   out=cards)
+        self.share_largest_node[row] = np.maximum.reduce(cards)
         self.version[row] = next(_STAMPS)
 
     def whole_free_cards(self, rows: IntArray | list[int] | int | slice = slice(None)) -> BoolArray:

@@ -82,7 +82,7 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
     """Every fast path against its plain formula, on the snapshot as it is now."""
     plain = snap.clone()
     plain._refresh(np.arange(len(plain)))  # the per-row refresh after each change equals a full recount
-    for name in ("full_free", "share_max_free", "free_gpu_total"):
+    for name in ("full_free", "share_max_free", "free_gpu_total", "share_largest", "share_largest_node"):
         assert np.array_equal(getattr(snap, name), getattr(plain, name)), name
     rows = np.arange(len(snap))
     expected_free = np.where(snap.whole_ok | snap.share_ok, snap.free_milli, 0)
@@ -488,3 +488,26 @@ def test_fgd_state_numbers_are_equal_exactly_for_equal_states(nodes: list[Node],
         for placement in placed[: len(placed) // 2]:
             snap.forget(placement)
             check()
+
+
+def test_largest_share_by_milli_decides_a_card_at_the_edges_of_its_memory() -> None:
+    """The snapshot's largest share by milli alone per card and node (compared by `share_terms` and
+    `share_fits_any`) against the plain check, for every share size on cards whose free GPU memory is exactly
+    what a share takes, and one MiB less (cards of 16 GiB, 80 GiB, an odd 12,345 MiB and 0 MiB, whose free memory
+    goes below 0 when a forced assume takes one MiB)."""
+    for memory in ("16GiB", "80GiB", "12345MiB", "0GiB"):
+        snap = ClusterSnapshot([node("a").gpus(2, "A100", memory=memory, mode="shared").build()])
+        total = int(snap.gpu_mem_total[0, 0])
+        for milli in (*range(1, MILLI_PER_GPU + 1, 37), 999, MILLI_PER_GPU):
+            for spare in (0, -1):  # free memory: exactly what a share of `milli` takes, then one MiB less
+                taken = total - milli * total // MILLI_PER_GPU - spare
+                hold = ReplicaPlacement("a", 0, 0, (GpuAssignment(index=0, milli=0, memory_mib=taken),
+                                                    GpuAssignment(index=1, milli=MILLI_PER_GPU - milli + 1,
+                                                                  memory_mib=0)))
+                snap.assume(hold, force=True)
+                for size in {milli - 1, milli, milli + 1} - {0}:
+                    gpu = GpuRequest(share_milli=size)
+                    fits = _plain_share_terms(snap, gpu, None)[0]
+                    assert np.array_equal(share_terms(snap, gpu).fits, fits), (memory, milli, spare, size)
+                    assert np.array_equal(share_fits_any(snap, gpu), fits.any(axis=1))
+                snap.forget(hold)
