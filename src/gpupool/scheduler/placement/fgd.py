@@ -203,11 +203,7 @@ class FgdPolicy(PlacementPolicy):
         if stale.size:
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
             in_range = snap.usable_out_of_range == 0  # no usable card over-committed (the tables' range)
-            if stale.size <= _COUNT_DIRECTLY:
-                terms = stacked_card_terms(free, target, in_range)
-            else:
-                terms = self._node_terms(snap, target, stale, free, in_range)
-            growth = self._growths(snap, target, cache, stale, free, terms, in_range)
+            growth = self._growths(snap, target, cache, stale, free, in_range)
             # ndarray.round is what np.round calls (without its dispatch wrapper): same values
             cache.growth_bin[stale] = (growth.paper / self.resolution).round()
             cache.capacity[stale] = growth.capacity.round(6)
@@ -259,6 +255,14 @@ class FgdPolicy(PlacementPolicy):
             hardware = _hardware(snap)
             self._states = {ordered: _StateNumbers(n, ordered, hardware) for ordered in (False, True)}
         return self._target
+
+    def _terms_of(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
+                  in_range: bool) -> IntArray:
+        """The stacked card terms of `rows` (usable free milli per card `free`): counted afresh for a few rows,
+        else kept per node version (`_node_terms`)."""
+        if rows.size <= _COUNT_DIRECTLY:
+            return stacked_card_terms(free, target, in_range)
+        return self._node_terms(snap, target, rows, free, in_range)
 
     def _node_terms(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
                     in_range: bool) -> IntArray:
@@ -323,16 +327,20 @@ class FgdPolicy(PlacementPolicy):
         return table
 
     def _growths(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
-                 free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
-        if rows.size <= _DEDUPE_ABOVE:
-            return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
-        numbers = self._states[cache.request.gpu.kind == "share"].of(snap, target, rows, free)
-        _, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
-        if first.size == rows.size:
-            return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
-        unique = self._growths_exact(snap, target, cache, rows[first], free[first], terms[first], in_range)
-        back = inverse.ravel()
-        return _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
+                 free: IntArray, in_range: bool) -> _Growth:
+        """Growths of `rows` (usable free milli per card `free`); above _DEDUPE_ABOVE rows each distinct node
+        state is scored once (its card terms, too, are found only for the first row of each state)."""
+        if rows.size > _DEDUPE_ABOVE:
+            numbers = self._states[cache.request.gpu.kind == "share"].of(snap, target, rows, free)
+            _, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
+            if first.size < rows.size:
+                once, free_once = rows[first], free[first]
+                terms = self._terms_of(snap, target, once, free_once, in_range)
+                unique = self._growths_exact(snap, target, cache, once, free_once, terms, in_range)
+                back = inverse.ravel()
+                return _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
+        terms = self._terms_of(snap, target, rows, free, in_range)
+        return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
 
     def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
                        free: IntArray, terms: IntArray, in_range: bool, by_value: bool | None = None) -> _Growth:
