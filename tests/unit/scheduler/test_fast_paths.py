@@ -460,20 +460,26 @@ def test_fgd_state_numbers_are_equal_exactly_for_equal_states(nodes: list[Node],
     target = policy._bind(snap)
     placed: list[ReplicaPlacement] = []
 
-    def state(row: int, ordered: bool) -> tuple[object, ...]:
+    def state(row: int, kind: str) -> tuple[object, ...]:
         free = usable_free(snap, np.array([row]))[0].tolist()
         common = (int(snap.free_cpu[row]), int(snap.free_mem[row]), int(target.klass[row]))
-        if not ordered:
+        if kind == "whole":
             return (*common, tuple(sorted(free)))
+        if kind == "largest":  # the largest share by milli per card (0: none), the plain check at every size
+            sizes = np.arange(1, MILLI_PER_GPU + 1)[:, None]
+            fits = (snap.share_ok[row] & (snap.free_milli[row] >= sizes)
+                    & (snap.free_gmem[row] >= sizes * snap.gpu_mem_total[row] // MILLI_PER_GPU))
+            largest = np.where(fits, sizes, 0).max(axis=0)
+            return (*common, tuple(free), tuple(largest.tolist()))
         hardware = (tuple(g.model for g in snap.nodes[row].gpus), snap.gpu_mem_total[row].tolist(),
                     snap.share_ok[row].tolist(), snap.usable_card[row].tolist())
         return (*common, hardware, tuple(free), tuple(snap.free_gmem[row].tolist()))
 
     def check() -> None:
-        for ordered in (False, True):
+        for kind in ("whole", "share", "largest"):
             rows = np.array(sorted(rng.sample(range(len(snap)), rng.randint(1, len(snap)))))
-            numbers = policy._states[ordered].of(snap, target, rows, usable_free(snap, rows)).tolist()
-            states = [state(int(row), ordered) for row in rows]
+            numbers = policy._states[kind].of(snap, target, rows, usable_free(snap, rows)).tolist()
+            states = [state(int(row), kind) for row in rows]
             for i, j in np.ndindex(len(rows), len(rows)):
                 assert (numbers[i] == numbers[j]) == (states[i] == states[j])
 

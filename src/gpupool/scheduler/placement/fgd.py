@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest
 from gpupool.scheduler.placement.base import PlacementPolicy, Scored
-from gpupool.scheduler.placement.filters import FloatArray, share_terms
+from gpupool.scheduler.placement.filters import FloatArray, by_largest_share, share_terms
 from gpupool.scheduler.placement.fragmentation import (
     CardTerms,
     SmallIntArray,
@@ -78,14 +78,16 @@ _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capaci
 
 class _StateNumbers:
     """Per node, a number naming its state as the growths of one kind of request see it, kept per node version
-    (a version names one node state, even across clones): nodes with equal numbers have equal growths. For
-    whole GPUs and CPU-only work the state is the free CPU and memory, the node's class and its cards' usable
-    free milli as a multiset (sorted: the card terms and total are sums over cards); for a share also the
-    cards in order with their free GPU memory and the node's hardware (card models, memory, which take
-    shares), which decide the card a share fits and is placed on."""
+    (a version names one node state, even across clones): nodes with equal numbers have equal growths. The
+    state is the free CPU and memory and the node's class, and per `kind`: "whole" (whole GPUs and CPU-only
+    work) the cards' usable free milli as a multiset (sorted: the card terms and total are sums over cards);
+    "share" the cards in order with their free GPU memory and the node's hardware (card models, memory, which
+    take shares), which decide the card a share fits and is placed on; "largest" (a share by milli alone,
+    `by_largest_share`) the cards in order with the largest share by milli each takes now (0 for none), which
+    decides that card's fit."""
 
-    def __init__(self, nodes: int, ordered: bool, hardware: IntArray) -> None:
-        self.ordered, self.hardware = ordered, hardware
+    def __init__(self, nodes: int, kind: str, hardware: IntArray) -> None:
+        self.kind, self.hardware = kind, hardware
         self.version = np.full(nodes, -1, dtype=np.int64)
         self.number = np.zeros(nodes, dtype=np.int64)
         self.known: dict[bytes, int] = {}
@@ -101,10 +103,12 @@ class _StateNumbers:
         if outdated.size:
             changed = rows[outdated]
             parts = [snap.free_cpu[changed], snap.free_mem[changed], target.klass[changed]]
-            if self.ordered:
-                parts += [self.hardware[changed], free[outdated], snap.free_gmem[changed]]
-            else:
+            if self.kind == "whole":
                 parts.append(np.sort(free[outdated], axis=1))
+            elif self.kind == "largest":
+                parts += [free[outdated], np.maximum(snap.share_largest[changed], 0)]  # at most 0: fits no share
+            else:
+                parts += [self.hardware[changed], free[outdated], snap.free_gmem[changed]]
             known = self.known
             state = np.column_stack(parts).astype(np.int64, copy=False)
             self.number[changed] = [known.setdefault(row.tobytes(), len(known)) for row in state]
@@ -178,7 +182,7 @@ class FgdPolicy(PlacementPolicy):
         self._terms = np.zeros((0, 3, 0), dtype=np.int64)  # per node: stacked CardTerms at _node_version
         self._change_tables: dict[int, SmallIntArray] = {}
         self._before_column = np.zeros((0, 1), dtype=np.int64)
-        self._states: dict[bool, _StateNumbers] = {}
+        self._states: dict[str, _StateNumbers] = {}
 
     @property
     def shapes(self) -> list[TargetShape]:
@@ -225,13 +229,14 @@ class FgdPolicy(PlacementPolicy):
     def _best(self, snap: ClusterSnapshot, request: ReplicaRequest, rows: IntArray, growth_bin: FloatArray,
               capacity: FloatArray) -> int:
         """The top row by (least growth bin, least capacity growth, bestfit, first) without a full sort."""
-        tied = (growth_bin == growth_bin.min()).nonzero()[0]
+        tied = (growth_bin == _MIN(growth_bin)).nonzero()[0]  # np.minimum.reduce: what ndarray.min calls
         if tied.size == 1 or not self.tie_break:
             return int(tied[0])
-        tied = tied[capacity[tied] == capacity[tied].min()]
+        tied_capacity = capacity[tied]
+        tied = tied[tied_capacity == _MIN(tied_capacity)]
         if tied.size == 1:
             return int(tied[0])
-        return int(tied[np.argmax(negative_leftover(snap, request, rows[tied]))])
+        return int(tied[negative_leftover(snap, request, rows[tied]).argmax()])
 
     def _shape_cache(self, request: ReplicaRequest, snap: ClusterSnapshot, target: TargetArrays) -> _ShapeCache:
         cache = self._cache.get(request)
@@ -253,7 +258,7 @@ class FgdPolicy(PlacementPolicy):
             # the share change tables' extra row (all zeros) that a node's before column looks up
             self._before_column = np.full((n, 1), MILLI_PER_GPU + 1, dtype=np.int64)
             hardware = _hardware(snap)
-            self._states = {ordered: _StateNumbers(n, ordered, hardware) for ordered in (False, True)}
+            self._states = {kind: _StateNumbers(n, kind, hardware) for kind in ("whole", "share", "largest")}
         return self._target
 
     def _terms_of(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
@@ -331,7 +336,9 @@ class FgdPolicy(PlacementPolicy):
         """Growths of `rows` (usable free milli per card `free`); above _DEDUPE_ABOVE rows each distinct node
         state is scored once (its card terms, too, are found only for the first row of each state)."""
         if rows.size > _DEDUPE_ABOVE:
-            numbers = self._states[cache.request.gpu.kind == "share"].of(snap, target, rows, free)
+            gpu = cache.request.gpu
+            kind = "whole" if gpu.kind != "share" else "largest" if by_largest_share(snap, gpu) else "share"
+            numbers = self._states[kind].of(snap, target, rows, free)
             _, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
             if first.size < rows.size:
                 once, free_once = rows[first], free[first]
