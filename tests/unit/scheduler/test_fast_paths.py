@@ -517,3 +517,16 @@ def test_largest_share_by_milli_decides_a_card_at_the_edges_of_its_memory() -> N
                     assert np.array_equal(share_terms(snap, gpu).fits, fits), (memory, milli, spare, size)
                     assert np.array_equal(share_fits_any(snap, gpu), fits.any(axis=1))
                 snap.forget(hold)
+
+
+def test_row_refresh_of_a_node_whose_only_card_is_over_committed() -> None:
+    """A node with one shared card taken below 0 free milli by a forced assume: the row refresh (plain Python)
+    gives what the full recount gives, the negative free milli included, there and back."""
+    snap = ClusterSnapshot([node("s").gpus(1, "A100", mode="shared").build()])
+    share = ReplicaPlacement("s", 1000, 1024, (GpuAssignment(index=0, milli=700, memory_mib=70000),))
+    snap.assume(share)
+    snap.assume(share, force=True)
+    _check_derived(snap, [])
+    assert snap.share_max_free[0] == -400 and snap.share_largest_node[0] < 0
+    snap.forget(share)
+    _check_derived(snap, [])
