@@ -79,7 +79,7 @@ def _check_derived(snap: ClusterSnapshot, requests: list[ReplicaRequest]) -> Non
     """Every fast path against its plain formula, on the snapshot as it is now."""
     plain = snap.clone()
     plain._refresh(np.arange(len(plain)))  # the per-row refresh after each change equals a full recount
-    for name in ("full_free", "share_max_free", "free_gpu_total"):
+    for name in ("full_free", "share_max_free", "free_gpu_total", "share_largest", "share_largest_node"):
         assert np.array_equal(getattr(snap, name), getattr(plain, name)), name
     rows = np.arange(len(snap))
     expected_free = np.where(snap.whole_ok | snap.share_ok, snap.free_milli, 0)

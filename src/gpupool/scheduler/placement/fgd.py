@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from gpupool.domain.resources import MILLI_PER_GPU, ReplicaRequest
 from gpupool.scheduler.placement.base import PlacementPolicy, Scored
-from gpupool.scheduler.placement.filters import FloatArray, share_terms
+from gpupool.scheduler.placement.filters import FloatArray, by_largest_share, share_terms
 from gpupool.scheduler.placement.fragmentation import (
     CardTerms,
     SmallIntArray,
@@ -59,6 +59,8 @@ LEARN_EVERY = 200
 # of the openb cluster: 3-8 us for 1-8 rows counted afresh, 7-13 us kept; 17 us against 8 us for 16 rows)
 _COUNT_DIRECTLY = 8
 _DEDUPE_ABOVE = 24  # stale rows beyond which identical node states are scored once (speed only: same results)
+# distinct node states numbered per kind before the numbering starts again (bounds memory: about 200 bytes each)
+_STATE_NUMBERS = 1 << 18
 DEFAULT_RESOLUTION = 25.0
 # np.add.reduce is what ndarray.sum calls, without the Python wrapper that costs more than these small sums
 _ADD = np.add.reduce
@@ -74,10 +76,53 @@ _VALUE_CODE = MILLI_PER_GPU + 2  # (row, free milli of a card) coded as one inte
 _BIN_SCALE = 1e8  # composite key: growth bin * scale + capacity growth (|capacity growth| <= 8 GPUs' milli << scale)
 
 
-@functools.cache
-def _hash_weights(width: int) -> IntArray:
-    weights: IntArray = np.random.default_rng(20231121).integers(1, 2**62, size=width, dtype=np.int64)
-    return weights
+class _StateNumbers:
+    """Per node, a number naming its state as the growths of one kind of request see it, kept per node version
+    (a version names one node state, even across clones): nodes with equal numbers have equal growths. The
+    state is the free CPU and memory and the node's class, and per `kind`: "whole" (whole GPUs and CPU-only
+    work) the cards' usable free milli as a multiset (sorted: the card terms and total are sums over cards);
+    "share" the cards in order with their free GPU memory and the node's hardware (card models, memory, which
+    take shares), which decide the card a share fits and is placed on; "largest" (a share by milli alone,
+    `by_largest_share`) the cards in order with the largest share by milli each takes now (0 for none), which
+    decides that card's fit."""
+
+    def __init__(self, nodes: int, kind: str, hardware: IntArray) -> None:
+        self.kind, self.hardware = kind, hardware
+        self.version = np.full(nodes, -1, dtype=np.int64)
+        self.number = np.zeros(nodes, dtype=np.int64)
+        self.known: dict[bytes, int] = {}
+
+    def of(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray) -> IntArray:
+        """The numbers of `rows` (whose usable free milli per card is `free`), numbering the states of the
+        nodes whose version changed since they were last numbered."""
+        outdated = (self.version[rows] != snap.version[rows]).nonzero()[0]
+        if len(self.known) + outdated.size > _STATE_NUMBERS:  # start again: every node is numbered anew
+            self.known.clear()
+            self.version[:] = -1
+            outdated = np.arange(rows.size)
+        if outdated.size:
+            changed = rows[outdated]
+            parts = [snap.free_cpu[changed], snap.free_mem[changed], target.klass[changed]]
+            if self.kind == "whole":
+                parts.append(np.sort(free[outdated], axis=1))
+            elif self.kind == "largest":
+                parts += [free[outdated], np.maximum(snap.share_largest[changed], 0)]  # at most 0: fits no share
+            else:
+                parts += [self.hardware[changed], free[outdated], snap.free_gmem[changed]]
+            known = self.known
+            state = np.column_stack(parts).astype(np.int64, copy=False)
+            self.number[changed] = [known.setdefault(row.tobytes(), len(known)) for row in state]
+            self.version[changed] = snap.version[changed]
+        numbers: IntArray = self.number[rows]
+        return numbers
+
+
+def _hardware(snap: ClusterSnapshot) -> IntArray:
+    """Per node, a number naming its cards' models, memory and which take shares (equal numbers: equal cards)."""
+    known: dict[tuple[object, ...], int] = {}
+    keys = [(tuple(g.model for g in node.gpus), snap.gpu_mem_total[i].tobytes(), snap.share_ok[i].tobytes(),
+             snap.usable_card[i].tobytes()) for i, node in enumerate(snap.nodes)]
+    return np.array([known.setdefault(key, len(known)) for key in keys], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +182,7 @@ class FgdPolicy(PlacementPolicy):
         self._terms = np.zeros((0, 3, 0), dtype=np.int64)  # per node: stacked CardTerms at _node_version
         self._change_tables: dict[int, SmallIntArray] = {}
         self._before_column = np.zeros((0, 1), dtype=np.int64)
+        self._states: dict[str, _StateNumbers] = {}
 
     @property
     def shapes(self) -> list[TargetShape]:
@@ -161,11 +207,7 @@ class FgdPolicy(PlacementPolicy):
         if stale.size:
             free = usable_free(snap, stale)  # computed once for the refresh and the growths
             in_range = snap.usable_out_of_range == 0  # no usable card over-committed (the tables' range)
-            if stale.size <= _COUNT_DIRECTLY:
-                terms = stacked_card_terms(free, target, in_range)
-            else:
-                terms = self._node_terms(snap, target, stale, free, in_range)
-            growth = self._growths(snap, target, cache, stale, free, terms, in_range)
+            growth = self._growths(snap, target, cache, stale, free, in_range)
             # ndarray.round is what np.round calls (without its dispatch wrapper): same values
             cache.growth_bin[stale] = (growth.paper / self.resolution).round()
             cache.capacity[stale] = growth.capacity.round(6)
@@ -187,13 +229,14 @@ class FgdPolicy(PlacementPolicy):
     def _best(self, snap: ClusterSnapshot, request: ReplicaRequest, rows: IntArray, growth_bin: FloatArray,
               capacity: FloatArray) -> int:
         """The top row by (least growth bin, least capacity growth, bestfit, first) without a full sort."""
-        tied = (growth_bin == growth_bin.min()).nonzero()[0]
+        tied = (growth_bin == _MIN(growth_bin)).nonzero()[0]  # np.minimum.reduce: what ndarray.min calls
         if tied.size == 1 or not self.tie_break:
             return int(tied[0])
-        tied = tied[capacity[tied] == capacity[tied].min()]
+        tied_capacity = capacity[tied]
+        tied = tied[tied_capacity == _MIN(tied_capacity)]
         if tied.size == 1:
             return int(tied[0])
-        return int(tied[np.argmax(negative_leftover(snap, request, rows[tied]))])
+        return int(tied[negative_leftover(snap, request, rows[tied]).argmax()])
 
     def _shape_cache(self, request: ReplicaRequest, snap: ClusterSnapshot, target: TargetArrays) -> _ShapeCache:
         cache = self._cache.get(request)
@@ -214,7 +257,17 @@ class FgdPolicy(PlacementPolicy):
             self._terms = np.zeros((n, 3, m), dtype=np.int64)
             # the share change tables' extra row (all zeros) that a node's before column looks up
             self._before_column = np.full((n, 1), MILLI_PER_GPU + 1, dtype=np.int64)
+            hardware = _hardware(snap)
+            self._states = {kind: _StateNumbers(n, kind, hardware) for kind in ("whole", "share", "largest")}
         return self._target
+
+    def _terms_of(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
+                  in_range: bool) -> IntArray:
+        """The stacked card terms of `rows` (usable free milli per card `free`): counted afresh for a few rows,
+        else kept per node version (`_node_terms`)."""
+        if rows.size <= _COUNT_DIRECTLY:
+            return stacked_card_terms(free, target, in_range)
+        return self._node_terms(snap, target, rows, free, in_range)
 
     def _node_terms(self, snap: ClusterSnapshot, target: TargetArrays, rows: IntArray, free: IntArray,
                     in_range: bool) -> IntArray:
@@ -279,23 +332,22 @@ class FgdPolicy(PlacementPolicy):
         return table
 
     def _growths(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
-                 free: IntArray, terms: IntArray, in_range: bool) -> _Growth:
-        if rows.size <= _DEDUPE_ABOVE:
-            return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
-        state = np.column_stack([snap.free_cpu[rows], snap.free_mem[rows], free,
-                                 target.klass[rows], snap.free_gmem[rows]]).astype(np.int64)
-        hashes = state @ _hash_weights(state.shape[1])  # wraps on overflow: a hash, checked below
-        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-        back = inverse.ravel()
-        unique = self._growths_exact(snap, target, cache, rows[first], free[first], terms[first], in_range)
-        growth = _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
-        collided = np.flatnonzero((state != state[first][back]).any(axis=1))
-        if collided.size:  # two different states with one hash: score those rows on their own
-            exact = self._growths_exact(snap, target, cache, rows[collided], free[collided], terms[collided],
-                                        in_range)
-            growth.paper[collided], growth.capacity[collided] = exact.paper, exact.capacity
-            growth.column[collided] = exact.column
-        return growth
+                 free: IntArray, in_range: bool) -> _Growth:
+        """Growths of `rows` (usable free milli per card `free`); above _DEDUPE_ABOVE rows each distinct node
+        state is scored once (its card terms, too, are found only for the first row of each state)."""
+        if rows.size > _DEDUPE_ABOVE:
+            gpu = cache.request.gpu
+            kind = "whole" if gpu.kind != "share" else "largest" if by_largest_share(snap, gpu) else "share"
+            numbers = self._states[kind].of(snap, target, rows, free)
+            _, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
+            if first.size < rows.size:
+                once, free_once = rows[first], free[first]
+                terms = self._terms_of(snap, target, once, free_once, in_range)
+                unique = self._growths_exact(snap, target, cache, once, free_once, terms, in_range)
+                back = inverse.ravel()
+                return _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
+        terms = self._terms_of(snap, target, rows, free, in_range)
+        return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
 
     def _growths_exact(self, snap: ClusterSnapshot, target: TargetArrays, cache: _ShapeCache, rows: IntArray,
                        free: IntArray, terms: IntArray, in_range: bool, by_value: bool | None = None) -> _Growth:

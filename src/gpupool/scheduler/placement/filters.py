@@ -72,8 +72,18 @@ def share_terms(snap: ClusterSnapshot, gpu: GpuRequest, rows: IntArray | None = 
     """
     sel = slice(None) if rows is None else rows
     milli, memory, usable = _share_sizes(snap, gpu)
-    fits = usable[sel] & (snap.free_milli[sel] >= milli[sel]) & (snap.free_gmem[sel] >= memory[sel])
+    if by_largest_share(snap, gpu):
+        fits: BoolArray = snap.share_largest[sel] >= gpu.share_milli
+    else:
+        fits = usable[sel] & (snap.free_milli[sel] >= milli[sel]) & (snap.free_gmem[sel] >= memory[sel])
     return ShareTerms(fits=fits, milli=milli[sel], memory=memory[sel])
+
+
+def by_largest_share(snap: ClusterSnapshot, gpu: GpuRequest) -> bool:
+    """Whether a card takes the share exactly when the snapshot's largest share for it is at least the share's
+    milli: a share by milli alone (its memory is that part of the card's), of any model. Then `usable` is
+    `share_ok` (for milli <= 1000; a larger share fits no card, and no card's largest share is above 1000)."""
+    return bool(gpu.share_milli) and not (gpu.share_memory_mib or gpu.models or gpu.min_memory_mib)
 
 
 def share_on_card(snap: ClusterSnapshot, gpu: GpuRequest, row: int, column: int) -> tuple[int, int] | None:
@@ -153,9 +163,13 @@ def feasible_mask(snap: ClusterSnapshot, request: ReplicaRequest, avoid_gpu_node
 
 
 def share_fits_any(snap: ClusterSnapshot, gpu: GpuRequest) -> BoolArray:
-    """Per node: a card takes the share now (`share_terms(snap, gpu).fits.any(axis=1)`). Kept per share size
-    and recounted only for the nodes whose version changed: a version names one node state, even across
-    clones, so the kept answers hold for any snapshot of these nodes (read-only: callers get the kept array)."""
+    """Per node: a card takes the share now (`share_terms(snap, gpu).fits.any(axis=1)`). A share by milli alone
+    compares the snapshot's largest share per node; any other is kept per share size and recounted only for
+    the nodes whose version changed: a version names one node state, even across clones, so the kept answers
+    hold for any snapshot of these nodes (read-only: callers get the kept array)."""
+    if by_largest_share(snap, gpu):  # the snapshot keeps each node's largest share by milli alone
+        fits_any: BoolArray = snap.share_largest_node >= gpu.share_milli
+        return fits_any
     key = ("share", gpu.share_milli, gpu.share_memory_mib, gpu.models, gpu.min_memory_mib)
     kept: dict[object, tuple[IntArray, BoolArray]] = snap.__dict__.setdefault("_share_fits_any", {})
     entry = kept.get(key)
