@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import TestServer
 
+from gpupool.api import schemas
 from gpupool.api.schemas import MAX_BATCH
 from gpupool.client.http import Client
 from gpupool.domain.errors import ConflictError, PermissionDeniedError, UnsatisfiableError, ValidationError
+from gpupool.executors.fake import FakeExecutor
 
 JOB = "name: {name}\ncommand: python train.py\nresources: {{cpu: 1, memory: 1GiB, gpu: {gpu}}}\n"
 
@@ -104,3 +107,26 @@ def test_idempotency_keys_make_a_retried_batch_return_the_same_workloads(admin: 
     assert stored_names(admin) == ["a", "b", "d"]
     with pytest.raises(ValueError, match="one key"):
         admin.submit_batch(specs, idempotency_keys=["only-one"])
+
+
+def test_submit_answers_are_their_documented_models_as_json(server_factory: ServerFactory,
+                                                            fake: FakeExecutor) -> None:
+    """Single and batch submits send their answer as built (no second check by the framework): the status
+    (201 created, 200 replayed), the JSON type and the body are what the OpenAPI document promises."""
+    server = server_factory(executor=fake, workers=False, gpus="4xA100-80GB")  # nothing moves the workloads
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=f"{server.url}/api/v1", headers=headers, timeout=30) as http:
+        single = [http.post("/workloads", json={"spec_yaml": job("one"), "idempotency_key": "k1"}) for _ in range(2)]
+        items = {"items": [{"spec_yaml": job("two"), "idempotency_key": "k2"}]}
+        batch = [http.post("/workloads/batch", json=items) for _ in range(2)]
+        shown = http.get(f"/workloads/{single[0].json()['workload']['id']}", params={"tasks": 0}).json()
+        documented = http.get(f"{server.url}/openapi.json").json()["paths"]
+    assert [r.status_code for r in single + batch] == [201, 200, 201, 200]
+    assert all(r.headers["content-type"] == "application/json" for r in single + batch)
+    first = schemas.WorkloadSubmitted.model_validate(single[0].json())
+    assert first.created and single[0].json()["workload"] == shown
+    assert single[1].json()["workload"]["id"] == shown["id"] and not single[1].json()["created"]
+    assert schemas.BatchSubmitted.model_validate(batch[1].json()).items[0].workload.name == "two"
+    for path, model in (("/api/v1/workloads", "WorkloadSubmitted"), ("/api/v1/workloads/batch", "BatchSubmitted")):
+        answer = documented[path]["post"]["responses"]["201"]["content"]["application/json"]["schema"]
+        assert answer == {"$ref": f"#/components/schemas/{model}"}

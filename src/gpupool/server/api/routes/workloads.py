@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from gpupool.domain.arrays import ARRAY_KIND, MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
@@ -23,8 +24,7 @@ WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID, description="The workl
 
 
 @router.post("", response_model=schemas.WorkloadSubmitted, status_code=201, responses=ERRORS)
-def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDep,
-           principal: PrincipalDep) -> schemas.WorkloadSubmitted:
+def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
     returned the workload an earlier submit created."""
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
@@ -39,14 +39,11 @@ def submit(body: schemas.SubmitRequest, response: Response, services: ServicesDe
             written = workloads.submitted_events(session)
     if created:
         services.wake_scheduler()
-    else:
-        response.status_code = 200
-    return _answers([(row, created)], services, principal, [plan], written)[0]
+    return json_answer(_answers([(row, created)], services, principal, [plan], written)[0], 201 if created else 200)
 
 
 @router.post("/batch", response_model=schemas.BatchSubmitted, status_code=201, responses=ERRORS)
-def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services: ServicesDep,
-                 principal: PrincipalDep) -> schemas.BatchSubmitted:
+def submit_batch(body: schemas.SubmitBatchRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Submit several specs at once (each item as for a single submit), in one transaction: all are stored,
     or none when one is refused (the error names the item, e.g. `items[3].resources`). 201 when any item
     created a workload; 200 when every item was an idempotent replay."""
@@ -57,11 +54,17 @@ def submit_batch(body: schemas.SubmitBatchRequest, response: Response, services:
         stored = workload_batch.submit_batch(session, principal, body.items, specs, services.clock(),
                                              services.feasibility, plans)
         written = workloads.submitted_events(session)
-    if any(created for _, created in stored):
+    created = any(created for _, created in stored)
+    if created:
         services.wake_scheduler()
-    else:
-        response.status_code = 200
-    return schemas.BatchSubmitted(items=_answers(stored, services, principal, plans, written))
+    return json_answer(schemas.BatchSubmitted(items=_answers(stored, services, principal, plans, written)),
+                       201 if created else 200)
+
+
+def json_answer(answer: BaseModel, status: int) -> Response:
+    """`answer` as the JSON the route's response_model would give, sent as is: FastAPI would otherwise check
+    the model again in a worker thread (one more hand-off per request) before serialising it."""
+    return Response(answer.model_dump_json(by_alias=True), status_code=status, media_type="application/json")
 
 
 def _answers(stored: list[tuple[WorkloadRow, bool]], services: Services, principal: Principal,
