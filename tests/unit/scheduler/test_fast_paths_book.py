@@ -5,6 +5,7 @@
   queue's reserved amount, and the used total the sum of their usage.
 - A bound workload's usage is summed once per bind and handed to its RunningWorkload: it must equal the sum of
   its placements.
+- A workload of one group counts its request's nominal amount (times its count) without the sum over groups.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.builders import snapshot
-from tests.scheduler_strategies import Scenario, scenarios
+from tests.scheduler_strategies import Scenario, pending_workloads, pool_nodes, scenarios
 
+from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import ZERO, ResourceVector
 from gpupool.scheduler.cycle import _Cycle
+from gpupool.scheduler.demand import largest_card_memory, workload_demand
 from gpupool.scheduler.queues import QuotaBook
-from gpupool.scheduler.types import placements_usage
+from gpupool.scheduler.types import PendingWorkload, placements_usage
 
 amounts = st.builds(ResourceVector, st.integers(0, 6), st.integers(0, 6), st.integers(0, 6))
 
@@ -58,3 +61,18 @@ def test_cycle_usage_of_bound_work_equals_the_sum_of_its_placements(s: Scenario)
     for started in cycle.started:
         assert started.usage == placements_usage(started.placements)
     _assert_sums(cycle.book)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pool_nodes(), pending_workloads("w"))
+def test_workload_demand_matches_the_sum_over_its_groups(nodes: list[Node], workload: PendingWorkload) -> None:
+    """Workloads of one or two groups (counts 1-3; shares by memory count the largest card they may use)."""
+    snap = snapshot(nodes)
+    plain = ResourceVector()
+    for group in workload.groups:  # the formula before its one-group path
+        gpu = group.request.gpu
+        card = None
+        if gpu.kind == "share" and not gpu.share_milli:
+            card = largest_card_memory(snap, gpu) or gpu.share_memory_mib
+        plain = plain + group.request.nominal(card).scaled(group.count)
+    assert workload_demand(workload, snap) == plain
