@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from gpupool.domain.queues import QueueSpec
-from gpupool.domain.resources import ResourceVector
+from gpupool.domain.resources import ZERO, ResourceVector
 from gpupool.scheduler.backfill import Claim, HeldClaim, Reservation, admitted_by_all, keep, reserve
 from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
 from gpupool.scheduler.demand import workload_demand
@@ -214,7 +214,7 @@ class _Cycle:
                 return False
         usage = placements_usage(placements)
         return (self.book.blocked_by_quota(w.queue, usage) is None
-                and self._admission_blocked(w, placements) is None)
+                and self._admission_blocked(w, placements, usage) is None)
 
     def _keep_reservation(self, w: PendingWorkload, later: Sequence[PendingWorkload]) -> Reservation | None:
         """The held reservation of `w`, moved earlier when capacity frees sooner (without touching what is
@@ -288,9 +288,10 @@ class _Cycle:
         if failure is None:
             result = self._place(w)
             if result.restore is not None:
-                blocked = self._admission_blocked(w, result.placements)
+                usage = placements_usage(result.placements)
+                blocked = self._admission_blocked(w, result.placements, usage)
                 if blocked is None:
-                    self._bind(w, result.placements)
+                    self._bind(w, result.placements, usage)
                     return True
                 result.restore()
                 if self.reservations and self._bind_around_reservation(w):
@@ -301,8 +302,9 @@ class _Cycle:
         self._handle_no_fit(w, failure)
         return False
 
-    def _admission_blocked(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> str | None:
-        usage = placements_usage(placements)
+    def _admission_blocked(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...],
+                           usage: ResourceVector) -> str | None:
+        """Why `w` may not start with `placements` (whose summed usage is `usage`) now, or None."""
         if usage != self._demand(w):  # shares sized by memory: check the quota again with the exact milli
             quota = self.book.blocked_by_quota(w.queue, usage)
             if quota is not None:
@@ -356,10 +358,13 @@ class _Cycle:
             result.restore()
         for p in reversed(held):
             self.snap.forget(p)
-        if result.restore is None or self._admission_blocked(w, result.placements) is not None:
+        if result.restore is None:
+            return False
+        usage = placements_usage(result.placements)
+        if self._admission_blocked(w, result.placements, usage) is not None:
             return False
         self.snap.assume_all(result.placements)
-        self._bind(w, result.placements)
+        self._bind(w, result.placements, usage)
         return True
 
     def _handle_no_fit(self, w: PendingWorkload, failure: str) -> None:
@@ -439,8 +444,11 @@ class _Cycle:
         """The words of a preemption that waits for its victims' minimum run time, else `reason`."""
         return self.deferred.get((w.queue, w.priority, w.shape_key()), reason)
 
-    def _bind(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...]) -> None:
-        started = RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible, w.max_runtime_s)
+    def _bind(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...],
+              usage: ResourceVector | None = None) -> None:
+        """Record `w` as started on `placements` (`usage`: their summed usage when the caller has it)."""
+        started = RunningWorkload(w.id, w.queue, placements, w.priority, self.now, w.preemptible, w.max_runtime_s,
+                                  usage=usage if usage is not None else ZERO)
         self.decisions.binds.append(Bind(w.id, placements))
         self.book.add(w.queue, started.usage)  # the placements' usage, summed once when it was built
         self.bound.add(w.id)

@@ -31,12 +31,20 @@ def largest_card_memory(snap: ClusterSnapshot, gpu: GpuRequest) -> int:
 
 def workload_demand(workload: PendingWorkload, snap: ClusterSnapshot) -> ResourceVector:
     """CPU, memory and GPU milli `workload` counts against its queue before placement (see module doc)."""
+    groups = workload.groups
+    if len(groups) == 1:  # the same integers without the zero vector and the scaling by 1 (asked per workload)
+        group = groups[0]
+        nominal = group.request.nominal(_card_for(snap, group.request.gpu))
+        return nominal if group.count == 1 else nominal.scaled(group.count)
     total = ResourceVector()
-    for group in workload.groups:
-        gpu = group.request.gpu
-        card: int | None = None
-        if gpu.kind == "share" and not gpu.share_milli:
-            # no card it may use: it cannot be placed anyway; count a whole card rather than nothing
-            card = largest_card_memory(snap, gpu) or gpu.share_memory_mib
-        total = total + group.request.nominal(card).scaled(group.count)
+    for group in groups:
+        total = total + group.request.nominal(_card_for(snap, group.request.gpu)).scaled(group.count)
     return total
+
+
+def _card_for(snap: ClusterSnapshot, gpu: GpuRequest) -> int | None:
+    """The card memory a share sized by memory counts against (None for any other request)."""
+    if gpu.kind == "share" and not gpu.share_milli:
+        # no card it may use: it cannot be placed anyway; count a whole card rather than nothing
+        return largest_card_memory(snap, gpu) or gpu.share_memory_mib
+    return None

@@ -93,6 +93,11 @@ class QuotaBook:
         self._change(queue, ResourceVector() - amount)
 
     def _change(self, queue: str, delta: ResourceVector) -> None:
+        if self.spec(queue).lend:  # a lending queue reserves what it uses: the reserved total changes by delta
+            self.usage[queue] = self.usage.get(queue, ZERO) + delta
+            self.used_total = self.used_total + delta
+            self.reserved_total = self.reserved_total + delta
+            return
         before = self._reserved(queue)
         self.usage[queue] = self.usage.get(queue, ZERO) + delta
         self.used_total = self.used_total + delta

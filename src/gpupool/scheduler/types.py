@@ -88,6 +88,7 @@ class RunningWorkload:
     """A workload holding resources: its placements, when it started, and whether it may be preempted.
 
     `terminating` marks a workload already asked to stop (not chosen again as a victim; still occupying).
+    `usage` is the placements' summed usage: summed here unless a caller that has summed them passes it.
     """
 
     id: str
@@ -101,7 +102,8 @@ class RunningWorkload:
     usage: ResourceVector = field(default=ZERO, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "usage", placements_usage(self.placements))
+        if self.usage is ZERO:  # not given by a caller that summed the placements already (it must equal this)
+            object.__setattr__(self, "usage", placements_usage(self.placements))
 
     def expected_end(self) -> float | None:
         """start_time + max_runtime_s, or None when it has no runtime bound."""
