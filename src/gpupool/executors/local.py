@@ -239,18 +239,23 @@ class LocalExecutor(Executor):
         """Launch the replica's supervisor and return the handle at once (the command starts within
         milliseconds; poll says STARTING until it runs). Idempotent per (workload_id, replica, attempt),
         across executor instances and server restarts: the handle is kept in the state directory. Raises
-        ExecutorError when the working directory is missing or the process cannot be created."""
+        ExecutorError when the working directory is missing, the process cannot be created or the replica's
+        files cannot be written (a full disk, a path taken by a file): one replica's failure is its own."""
         state_dir = self.state_dir(launch.workload_id, launch.replica, launch.attempt)
         self._reap()
-        for directory in (self.root / "replicas", state_dir.parent, state_dir):
-            directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
-        with _locked(state_dir / LOCK_FILE):
-            existing = _read_json(state_dir / HANDLE_FILE)
-            if existing is not None:
-                return existing
-            handle = self._adopt(launch, state_dir) or self._warm_start(launch, state_dir) \
-                or self._launch(launch, state_dir)
-            supervisor.write_json_atomic(str(state_dir / HANDLE_FILE), handle)
+        try:
+            for directory in (self.root / "replicas", state_dir.parent, state_dir):
+                directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+            with _locked(state_dir / LOCK_FILE):
+                existing = _read_json(state_dir / HANDLE_FILE)
+                if existing is not None:
+                    return existing
+                handle = self._adopt(launch, state_dir) or self._warm_start(launch, state_dir) \
+                    or self._launch(launch, state_dir)
+                supervisor.write_json_atomic(str(state_dir / HANDLE_FILE), handle)
+        except OSError as error:
+            raise ExecutorError(f"cannot start replica {launch.replica} of {launch.workload_id}: "
+                                f"{error.strerror or error} ({error.filename or state_dir})") from None
         return handle
 
     def _handle(self, launch: ReplicaLaunch, state_dir: Path, pid: int, start_time: int) -> Handle:

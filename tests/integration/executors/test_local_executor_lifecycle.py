@@ -271,3 +271,13 @@ def test_the_session_id_names_every_process_of_a_running_replica(local: LocalHar
     local.wait(handle)
     assert local.executor.session_id(handle) is None  # ended
     assert local.executor.session_id({"executor": "other"}) is None
+
+
+def test_a_replica_whose_files_cannot_be_written_is_an_executor_error(local: LocalHarness) -> None:
+    # the replica's state directory's place is taken by a file: mkdir fails with an OSError of its own
+    taken = local.executor.state_dir("w-taken", 0, 0).parent
+    taken.parent.mkdir(parents=True, exist_ok=True)
+    taken.write_text("not a directory")
+    with pytest.raises(ExecutorError, match="cannot start replica 0 of w-taken"):
+        local.start("true", workload_id="w-taken")
+    assert local.start("true", workload_id="w-other")  # other replicas still start
