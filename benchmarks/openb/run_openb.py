@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/openb/run_openb.py --traces variants --seeds 42-44   # generated variants
 
 Trace names are the published pod lists (`default`, `gpushare40`, ...) and the generated variants of
-make_variants.py (`spec10`, `spec20`, `spec33`, `cpu-half`, `cpu-x1.5`, `cpu-redraw`, `cpu-redraw-pod`;
-`variants` names them all, `published` the published ones); variants are written to --out/variants/ first.
+make_variants.py (`spec10`, `spec20`, `spec25`, `spec33`, `cpu-half`, `cpu-x1.5`, `cpu-redraw`,
+`cpu-redraw-pod`, `cpuonly-x0.5`, `cpuonly-x2`, `cpuonly-x2.5`; `variants` names them all, `published` the
+published ones); variants are written to --out/variants/ first.
 
 Writes `results.json`, `results.md` (the README tables) and one PNG of median curves per trace into
 --out (default benchmarks/openb/out/). Published figures come from published_results_fgd_atc23.csv.
@@ -34,7 +35,8 @@ from gpupool.sim.traces.openb import load_nodes, load_pods
 TRACES_DIR = Path(__file__).resolve().parents[1] / "traces" / "alibaba-openb-2023"
 TRACES = ("default", "gpushare40", "gpushare60", "gpushare80", "gpushare100", "multigpu20", "multigpu30",
           "multigpu40", "multigpu50")
-VARIANTS = (*make_variants.SPEC_FRACTIONS, "cpu-half", "cpu-x1.5", "cpu-redraw", "cpu-redraw-pod")
+VARIANTS = (*make_variants.SPEC_FRACTIONS, "cpu-half", "cpu-x1.5", "cpu-redraw", "cpu-redraw-pod",
+            *make_variants.CPUONLY_FACTORS)
 POLICIES = ("random", "spread", "binpack", "bestfit", "fgd-plain", "fgd")
 PUBLISHED = {"01-Random": "random", "04-GpuPacking": "packing", "05-BestFit": "bestfit", "06-FGD": "fgd",
              "02-DotProd": "dotprod", "03-GpuClustering": "clustering"}
