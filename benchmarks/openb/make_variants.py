@@ -29,7 +29,7 @@ the same order):
   originals created at the same second).
 
 The seed (DEFAULT_SEED, 2023) and the rules above fully determine the files; the README of this folder
-reports the inflation experiment on them. These knobs were set once from the task's description ("10 %, 20 %, 33 % of
+reports the inflation experiment on them. These knobs were set once from the question they answer ("10 %, 20 %, 33 % of
 pods with a spec; varied CPU demand"), not fitted to any result. `spec25` and the `cpuonly-*` factors (0.5,
 2, 2.5) were fixed from the names of the published variants this folder lacks (`openb_pod_list_gpuspec25`,
 `openb_pod_list_cpu050`/`cpu200`/`cpu250`; `cpu100` is read as the default list itself) before any run.
