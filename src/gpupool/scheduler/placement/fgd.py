@@ -110,11 +110,39 @@ class _StateNumbers:
             else:
                 parts += [self.hardware[changed], free[outdated], snap.free_gmem[changed]]
             known = self.known
-            state = np.column_stack(parts).astype(np.int64, copy=False)
+            # np.column_stack's result, without its per-part conversions
+            state = np.concatenate([p if p.ndim == 2 else p[:, None] for p in parts], axis=1)
+            state = state.astype(np.int64, copy=False)
             self.number[changed] = [known.setdefault(row.tobytes(), len(known)) for row in state]
             self.version[changed] = snap.version[changed]
         numbers: IntArray = self.number[rows]
         return numbers
+
+
+def _distinct(values: IntArray) -> tuple[IntArray, IntArray]:
+    """`np.unique(values, return_inverse=True)` of 1-D integers without its wrappers (which cost more than the
+    work on a few dozen values): the distinct values in order and, per value, the index of its distinct value."""
+    ordered = np.sort(values)
+    new = np.empty(ordered.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    distinct = ordered[new]
+    return distinct, distinct.searchsorted(values)
+
+
+def _first_of_each(values: IntArray) -> tuple[IntArray, IntArray]:
+    """`np.unique(values, return_index=True, return_inverse=True)[1:]` of 1-D integers without its wrappers: the
+    index of the first occurrence of each distinct value (distinct values in order) and, per value, the index of
+    its distinct value."""
+    order = values.argsort(kind="stable")
+    ordered = values[order]
+    new = np.empty(ordered.size, dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    inverse = np.empty(values.size, dtype=np.intp)
+    inverse[order] = new.cumsum() - 1
+    first: IntArray = order[new]
+    return first, inverse
 
 
 def _hardware(snap: ClusterSnapshot) -> IntArray:
@@ -339,13 +367,12 @@ class FgdPolicy(PlacementPolicy):
             gpu = cache.request.gpu
             kind = "whole" if gpu.kind != "share" else "largest" if by_largest_share(snap, gpu) else "share"
             numbers = self._states[kind].of(snap, target, rows, free)
-            _, first, inverse = np.unique(numbers, return_index=True, return_inverse=True)
+            first, inverse = _first_of_each(numbers)
             if first.size < rows.size:
                 once, free_once = rows[first], free[first]
                 terms = self._terms_of(snap, target, once, free_once, in_range)
                 unique = self._growths_exact(snap, target, cache, once, free_once, terms, in_range)
-                back = inverse.ravel()
-                return _Growth(unique.paper[back], unique.capacity[back], unique.column[back])
+                return _Growth(unique.paper[inverse], unique.capacity[inverse], unique.column[inverse])
         terms = self._terms_of(snap, target, rows, free, in_range)
         return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
 
@@ -396,7 +423,7 @@ class FgdPolicy(PlacementPolicy):
         taken = cache.taken
         code = np.where(fits, np.arange(rows)[:, None] * _VALUE_CODE + free, -1).ravel()
         fitting = (code >= 0).nonzero()[0]
-        pairs, which = np.unique(code[fitting], return_inverse=True)
+        pairs, which = _distinct(code[fitting])
         row, value = np.divmod(pairs, _VALUE_CODE)
         each = np.concatenate((row, np.arange(rows)))  # the node of each evaluated entry: pairs, then before
         after_terms = terms[row] + self._change_table(target, int(taken.total[0]))[value]
@@ -408,9 +435,9 @@ class FgdPolicy(PlacementPolicy):
         paper, capacity = paper[:count] - paper[count:][row], capacity[:count] - capacity[count:][row]
         tie = capacity if self.tie_break else 0.0
         key = np.full(rows * width, np.inf)
-        key[fitting] = ((paper / self.resolution).round() * _BIN_SCALE + tie)[which.ravel()]
+        key[fitting] = ((paper / self.resolution).round() * _BIN_SCALE + tie)[which]
         column = key.reshape(rows, width).argmin(axis=1)
         pair = np.zeros(rows * width, dtype=np.int64)
-        pair[fitting] = which.ravel()
+        pair[fitting] = which
         chosen = pair.reshape(rows, width)[np.arange(rows), column]
         return _Growth(paper[chosen], capacity[chosen], column.astype(np.int64))
