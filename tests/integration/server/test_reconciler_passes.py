@@ -13,6 +13,7 @@ from sqlalchemy import Engine, event
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import wait_until
 
+from gpupool.executors.base import Handle, ReplicaLaunch
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, replica_key
 from gpupool.store.orm import WorkloadRow
 
@@ -134,4 +135,26 @@ def test_launching_many_workloads_reads_as_much_as_launching_one(server_factory:
     reads_for_many = _selects_of(reconciler.launch_scheduled)
     assert len(nodes) > 1 and reads_for_many == reads_for_one, (reads_for_one, reads_for_many)
     assert fake.running() == sorted(replica_key(str(i), 0) for i in [*one, *many])
+    client.close()
+
+
+class _FaultyExecutor(FakeExecutor):
+    """A fake executor whose start raises an unexpected error for the command `broken`."""
+
+    def start(self, launch: ReplicaLaunch) -> Handle:
+        if launch.command == "broken":
+            raise RuntimeError("a bug in the executor")
+        return super().start(launch)
+
+
+def test_an_unexpected_error_starting_one_replica_fails_it_and_the_others_start(
+        server_factory: ServerFactory) -> None:
+    server = server_factory(executor=_FaultyExecutor(default=RUN_FOREVER))
+    client = server.client()
+    broken = client.submit(SPEC.format(name="broken").replace("command: x", "command: broken")).workload.id
+    fine = [client.submit(SPEC.format(name=f"fine{k}")).workload.id for k in range(3)]
+    wait_until(lambda: all(client.get_workload(i).status == "running" for i in fine), timeout_s=30,
+               what="the other workloads running")
+    wait_until(lambda: client.get_workload(broken).status == "failed", timeout_s=30, what="the broken one failed")
+    assert "could not start it (RuntimeError: a bug in the executor)" in client.get_workload(broken).model_dump_json()
     client.close()

@@ -120,6 +120,9 @@ class Reconciler:
                     gone.add(replica_id)
                 except ExecutorError as exc:
                     errors[replica_id] = str(exc)
+                except Exception as exc:  # an executor's own fault: this replica fails, the others still start
+                    log.exception("starting replica %s of workload %s failed", replica_id, plan.workload_id)
+                    errors[replica_id] = f"the executor could not start it ({type(exc).__name__}: {exc})"
         with self.db.session() as session:  # one transaction and two queries for all the launches of a pass
             rows = repo.workloads_by_ids(session, [plan.workload_id for plan in plans], for_update=True)
             runs = repo.current_replicas(session, list(rows.values()))  # workloads first, then their replicas
