@@ -179,7 +179,7 @@ class _ShapeCache:
 class _Growth:
     paper: FloatArray
     capacity: FloatArray
-    column: IntArray
+    column: IntArray | None  # a share's card per row (None for whole GPUs and none: never read)
 
 
 class FgdPolicy(PlacementPolicy):
@@ -239,7 +239,9 @@ class FgdPolicy(PlacementPolicy):
             # ndarray.round is what np.round calls (without its dispatch wrapper): same values
             cache.growth_bin[stale] = (growth.paper / self.resolution).round()
             cache.capacity[stale] = growth.capacity.round(6)
-            cache.column[stale], cache.version[stale] = growth.column, snap.version[stale]
+            if growth.column is not None:
+                cache.column[stale] = growth.column
+            cache.version[stale] = snap.version[stale]
         growth_bin, capacity = cache.growth_bin[rows], cache.capacity[rows]
         columns = cache.column[rows] if request.gpu.kind == "share" else None
 
@@ -372,7 +374,8 @@ class FgdPolicy(PlacementPolicy):
                 once, free_once = rows[first], free[first]
                 terms = self._terms_of(snap, target, once, free_once, in_range)
                 unique = self._growths_exact(snap, target, cache, once, free_once, terms, in_range)
-                return _Growth(unique.paper[inverse], unique.capacity[inverse], unique.column[inverse])
+                column = None if unique.column is None else unique.column[inverse]
+                return _Growth(unique.paper[inverse], unique.capacity[inverse], column)
         terms = self._terms_of(snap, target, rows, free, in_range)
         return self._growths_exact(snap, target, cache, rows, free, terms, in_range)
 
@@ -389,7 +392,7 @@ class FgdPolicy(PlacementPolicy):
         if gpu.kind != "share":
             fits, room = resource_room(target, cpu - taken.cpu, mem - taken.mem)
             paper, capacity = fragments(target, fits, room, weight, terms - taken.terms, total - taken.total)
-            return _Growth(paper[0] - paper[1], capacity[0] - capacity[1], np.zeros(len(rows), np.int64))
+            return _Growth(paper[0] - paper[1], capacity[0] - capacity[1], None)
         share = share_terms(snap, gpu, rows)
         if by_value is None:
             by_value = rows.size > _BY_VALUE_ABOVE
