@@ -14,7 +14,9 @@ from pathlib import Path
 from gpupool.domain.errors import ValidationError
 
 DEFAULT_PORT = 8700  # the server's default port (server.settings.DEFAULT_PORT; a test keeps them equal)
-DEFAULT_HOME = "~/.gpupool"
+# the server's default home (server.settings.DEFAULT_HOME; a test keeps them equal): root's server keeps its state,
+# and the administrator's token, in /var/lib/gpupool, so root's CLI finds that token without GPUPOOL_HOME
+DEFAULT_HOME = "/var/lib/gpupool" if os.geteuid() == 0 else "~/.gpupool"
 DEFAULT_TIMEOUT_S = 30.0  # per request; long enough for a loaded server, short enough to notice a hung one
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gpupool.client.settings import DEFAULT_PORT, ClientSettings
+from gpupool.client.settings import DEFAULT_HOME, DEFAULT_PORT, ClientSettings
 from gpupool.domain.errors import ValidationError as GpupoolValidationError
+from gpupool.server.settings import DEFAULT_HOME as SERVER_HOME
 from gpupool.server.settings import DEFAULT_PORT as SERVER_PORT
 from gpupool.server.settings import Settings
 
@@ -92,3 +93,11 @@ def test_the_notebook_warm_pool_is_off_by_default_and_set_per_python(monkeypatch
     executor.close()
     with pytest.raises(ValidationError):
         Settings(notebook_warm_pool=-1)
+
+
+def test_the_client_looks_for_the_token_where_the_server_of_the_same_user_writes_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # root's server keeps its state in /var/lib/gpupool: root's CLI must find the admin token there by default
+    monkeypatch.delenv("GPUPOOL_HOME", raising=False)
+    assert Path(DEFAULT_HOME) == SERVER_HOME
+    assert ClientSettings().home == SERVER_HOME.expanduser().resolve()
