@@ -139,17 +139,27 @@ def test_launching_many_workloads_reads_as_much_as_launching_one(server_factory:
 
 
 class _FaultyExecutor(FakeExecutor):
-    """A fake executor whose start raises an unexpected error for the command `broken`."""
+    """A fake executor whose start raises an unexpected error for the command `broken` (after it began: what
+    such a start left must be released), and records what it was asked to release."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.released: list[tuple[str, int, int]] = []
 
     def start(self, launch: ReplicaLaunch) -> Handle:
         if launch.command == "broken":
             raise RuntimeError("a bug in the executor")
         return super().start(launch)
 
+    def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float = 10.0,
+                          node: str = "") -> None:
+        self.released.append((workload_id, replica, attempt))
+
 
 def test_an_unexpected_error_starting_one_replica_fails_it_and_the_others_start(
         server_factory: ServerFactory) -> None:
-    server = server_factory(executor=_FaultyExecutor(default=RUN_FOREVER))
+    executor = _FaultyExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=executor)
     client = server.client()
     broken = client.submit(SPEC.format(name="broken").replace("command: x", "command: broken")).workload.id
     fine = [client.submit(SPEC.format(name=f"fine{k}")).workload.id for k in range(3)]
@@ -157,4 +167,5 @@ def test_an_unexpected_error_starting_one_replica_fails_it_and_the_others_start(
                what="the other workloads running")
     wait_until(lambda: client.get_workload(broken).status == "failed", timeout_s=30, what="the broken one failed")
     assert "could not start it (RuntimeError: a bug in the executor)" in client.get_workload(broken).model_dump_json()
+    assert (str(broken), 0, 0) in executor.released  # what the failed start may have left is released
     client.close()

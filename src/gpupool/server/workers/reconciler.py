@@ -123,6 +123,7 @@ class Reconciler:
                 except Exception as exc:  # an executor's own fault: this replica fails, the others still start
                     log.exception("starting replica %s of workload %s failed", replica_id, plan.workload_id)
                     errors[replica_id] = f"the executor could not start it ({type(exc).__name__}: {exc})"
+                    self._release_after_fault(launch)
         with self.db.session() as session:  # one transaction and two queries for all the launches of a pass
             rows = repo.workloads_by_ids(session, [plan.workload_id for plan in plans], for_update=True)
             runs = repo.current_replicas(session, list(rows.values()))  # workloads first, then their replicas
@@ -212,6 +213,15 @@ class Reconciler:
                     replica.set_state(_R.STOPPED, now, "stopped before it started")
                 else:
                     replica.stop_sent_at = now
+
+    def _release_after_fault(self, launch: ReplicaLaunch) -> None:
+        """Release whatever a start that failed unexpectedly may have left (a process, a warm slot): the replica
+        is recorded as failed, so no later stop would reach it."""
+        try:
+            self._release_unstarted((launch.workload_id, launch.replica, launch.attempt, launch.node))
+        except Exception:  # the executor is at fault already; the failure is on record
+            log.exception("could not release what the failed start of replica %s of workload %s left",
+                          launch.replica, launch.workload_id)
 
     def _release_unstarted(self, replica: tuple[str, int, int, str]) -> None:
         workload_id, number, attempt, node = replica
