@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.support.servers import wait_until
 
+from gpupool.executors import _supervisor as supervisor_files
 from gpupool.executors import procfs
 from gpupool.executors.base import Capability, ExecutorError, ReplicaState
-from gpupool.executors.local import LocalExecutor, log_file_name
+from gpupool.executors.local import HANDLE_FILE, LocalExecutor, log_file_name
 
 if TYPE_CHECKING:
     from conftest import LocalHarness
@@ -281,3 +284,33 @@ def test_a_replica_whose_files_cannot_be_written_is_an_executor_error(local: Loc
     with pytest.raises(ExecutorError, match="cannot start replica 0 of w-taken"):
         local.start("true", workload_id="w-taken")
     assert local.start("true", workload_id="w-other")  # other replicas still start
+
+
+def test_a_supervisor_spawned_by_a_start_that_then_failed_is_released(
+        local: LocalHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the supervisor runs, then writing the handle fails (a full disk): the start is an ExecutorError, and the
+    # server's release of what the failed start left stops the command
+    real_write = supervisor_files.write_json_atomic
+
+    def full_disk(path: str, data: object) -> None:
+        if path.endswith(HANDLE_FILE):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real_write(path, data)
+
+    monkeypatch.setattr(supervisor_files, "write_json_atomic", full_disk)
+    pid_file = local.tmp / "work" / "command.pid"
+    with pytest.raises(ExecutorError, match="No space left on device"):
+        local.start(f"echo $$ > {pid_file}; exec sleep 60", workload_id="w-full")
+    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 10.0)  # the command did start
+    command = int(pid_file.read_text())
+    assert _alive(command)
+    local.executor.release_unstarted("w-full", 0, 0, grace_s=1.0)
+    wait_until(lambda: not _alive(command), 10.0)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return " Z" not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
+    except OSError:
+        return False

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, event
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import wait_until
 
-from gpupool.executors.base import Handle, ReplicaLaunch
+from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, replica_key
 from gpupool.store.orm import WorkloadRow
 
@@ -149,6 +149,8 @@ class _FaultyExecutor(FakeExecutor):
     def start(self, launch: ReplicaLaunch) -> Handle:
         if launch.command == "broken":
             raise RuntimeError("a bug in the executor")
+        if launch.command == "refused":
+            raise ExecutorError("the node's disk is full")
         return super().start(launch)
 
     def release_unstarted(self, workload_id: str, replica: int, attempt: int, grace_s: float = 10.0,
@@ -162,10 +164,13 @@ def test_an_unexpected_error_starting_one_replica_fails_it_and_the_others_start(
     server = server_factory(executor=executor)
     client = server.client()
     broken = client.submit(SPEC.format(name="broken").replace("command: x", "command: broken")).workload.id
+    refused = client.submit(SPEC.format(name="refused").replace("command: x", "command: refused")).workload.id
     fine = [client.submit(SPEC.format(name=f"fine{k}")).workload.id for k in range(3)]
     wait_until(lambda: all(client.get_workload(i).status == "running" for i in fine), timeout_s=30,
                what="the other workloads running")
     wait_until(lambda: client.get_workload(broken).status == "failed", timeout_s=30, what="the broken one failed")
     assert "could not start it (RuntimeError: a bug in the executor)" in client.get_workload(broken).model_dump_json()
-    assert (str(broken), 0, 0) in executor.released  # what the failed start may have left is released
+    wait_until(lambda: client.get_workload(refused).status == "failed", timeout_s=30, what="the refused one failed")
+    # what the failed starts may have left is released: no later stop reaches a replica recorded as failed
+    assert {(str(broken), 0, 0), (str(refused), 0, 0)} <= set(executor.released)
     client.close()

@@ -120,10 +120,11 @@ class Reconciler:
                     gone.add(replica_id)
                 except ExecutorError as exc:
                     errors[replica_id] = str(exc)
+                    self._release_failed_start(launch)
                 except Exception as exc:  # an executor's own fault: this replica fails, the others still start
                     log.exception("starting replica %s of workload %s failed", replica_id, plan.workload_id)
                     errors[replica_id] = f"the executor could not start it ({type(exc).__name__}: {exc})"
-                    self._release_after_fault(launch)
+                    self._release_failed_start(launch)
         with self.db.session() as session:  # one transaction and two queries for all the launches of a pass
             rows = repo.workloads_by_ids(session, [plan.workload_id for plan in plans], for_update=True)
             runs = repo.current_replicas(session, list(rows.values()))  # workloads first, then their replicas
@@ -214,9 +215,10 @@ class Reconciler:
                 else:
                     replica.stop_sent_at = now
 
-    def _release_after_fault(self, launch: ReplicaLaunch) -> None:
-        """Release whatever a start that failed unexpectedly may have left (a process, a warm slot): the replica
-        is recorded as failed, so no later stop would reach it."""
+    def _release_failed_start(self, launch: ReplicaLaunch) -> None:
+        """Release whatever a failed start may have left (a process spawned before its files could be written, a
+        warm slot): the replica is recorded as failed, so no later stop would reach it. Nothing for a start that
+        failed before it began anything."""
         try:
             self._release_unstarted((launch.workload_id, launch.replica, launch.attempt, launch.node))
         except Exception:  # the executor is at fault already; the failure is on record
