@@ -114,6 +114,19 @@ def test_a_gang_with_min_available_is_not_refused_for_a_role_it_can_start_withou
     whole = replace(gang, min_available=3)
     assert (NeverFitsChecker(pool).reason(whole) or "").startswith("can never run: a replica asks for 2 GPUs")
 
+
+def test_two_heads_are_not_promised_the_same_mig_instance() -> None:
+    # one MIG instance, held by r until t=100; w1 and w2 each need it for 100 s. w2's promise must come
+    # after w1's run (t=200): w1's claim and r's stop on the same instance must not cancel out in the future
+    pool = [node("n1").mig("A100", ["1g.10gb"]).build()]
+    mig = {"mig": "1g.10gb"}
+    runs = [running("r", [on("n1", gpus={0: 142})], start=0, max_runtime=100)]
+    runs = [replace(runs[0], placements=(replace(runs[0].placements[0], gpus=(
+        replace(runs[0].placements[0].gpus[0], mig_instance=0),)),))]
+    pending = [job(w).replicas(1, gpu=mig).max_runtime(100).at(k).build() for k, w in enumerate(("w1", "w2"))]
+    decisions = cycle(pool, pending, runs, now=10, policy="bestfit")
+    assert {r.workload_id: r.start_time for r in decisions.reservations} == {"w1": 100, "w2": 200}
+
 # ------------------------------------------------------------------------------------ random generators
 # Pools of mixed cards (models, shared and MPS cards, MIG layouts, CPU-only nodes), queues guaranteeing GPU and
 # sometimes CPU and memory, and workloads of every request kind: whole cards naming models, shares by milli and
