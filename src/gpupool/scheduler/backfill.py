@@ -129,26 +129,24 @@ def reserve(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, runnin
 def keep(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation, running: Sequence[RunningWorkload],
          now: float, earlier: Sequence[Reservation] = ()) -> Reservation | None:
     """The reservation an earlier cycle made for `head`, kept as it was when its placements are still free at
-    its start time (running work ended by then at its max_runtime, reservations in `earlier` honoured);
-    None when they are not (then a new one must be computed)."""
+    its start time (running work ended by then at its max_runtime, reservations in `earlier` honoured while
+    they overlap the head's run); None when they are not (then a new one must be computed)."""
     start = max(held.start_time, now)
+    end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
     future = snap.clone()
-    for res in earlier:
-        future.assume_all(res.placements, force=True)
+    for res in earlier:  # those that hold their capacity while the head runs (not ended before, not after it)
+        if ((end_time is None or res.start_time < end_time)
+                and (res.end_time is None or res.end_time > start)):
+            future.assume_all(res.placements, force=True)
     for workload in running:
         end = _end(workload, now)
         if end is not None and end <= start:
             for p in workload.placements:
                 future.forget(p)
-    for res in earlier:
-        if res.end_time is not None and res.end_time <= start:
-            for p in res.placements:
-                future.forget(p)
     try:
         future.trial(held.placements)
     except OverCommitError:
         return None
-    end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
     return Reservation(head.id, start, held.placements, future, end_time, head.queue)
 
 

@@ -179,7 +179,7 @@ class _Cycle:
             if started:
                 handled.add(w.id)
                 continue
-            res = self._keep_reservation(w, later) or self._try_reserve(w)
+            res = self._keep_reservation(w, later)  # never a new one that would take what `later` were promised
             if res is None:
                 continue  # its reason has changed: the ordered pass says which
             self.reasons[w.id] = self._reservation_reason(w, res, failure)
@@ -190,7 +190,9 @@ class _Cycle:
         """Bind a reserved head now, on its reserved placement when that is free, else where the policy puts
         it; never on capacity promised to another held reservation. (started?, why not)."""
         held = w.reserved.placements if w.reserved is not None else ()
-        if held and self._fits_jointly(held) and self._admits_reserved(w, held, later):
+        # on its own placements it takes only what was promised to it: later promises were made behind it on
+        # those cards (when it starts late, they slip by as much and say why), so only their other cards count
+        if held and self._fits_jointly(held) and self._admits_reserved(w, held, later, own=True):
             self.snap.assume_all(held)
             self._bind(w, held)
             return True, ""
@@ -204,9 +206,12 @@ class _Cycle:
         return False, "the capacity it could take now is promised to other reservations or its queue is full"
 
     def _admits_reserved(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...],
-                         later: Sequence[PendingWorkload]) -> bool:
+                         later: Sequence[PendingWorkload], own: bool = False) -> bool:
+        """May `w` start now on `placements`: off the cards of the held reservations in `later` (unless it ends
+        before they start; with `own`, `placements` are its own reserved ones, promised before theirs), within
+        its quota, and delaying no reservation made in this cycle."""
         end = None if w.max_runtime_s is None else self.now + w.max_runtime_s
-        mine = _cards(placements)
+        mine = set() if own else _cards(placements)
         for other in later:  # held reservations not yet checked: keep off their cards unless done by then
             if other.reserved is None or (end is not None and end <= other.reserved.start_time):
                 continue
@@ -226,8 +231,8 @@ class _Cycle:
         others += [HeldClaim(o.id, o.reserved.placements, _held_end(o)) for o in later if o.reserved is not None]
         running = self.running + self.started
         res = reserve(self.snap, self.placer, w, running, self.now, others)
-        if res is None or res.start_time >= w.reserved.start_time:
-            res = keep(self.snap, w, w.reserved, running, self.now, self.reservations)
+        if res is None or res.start_time >= w.reserved.start_time:  # the held one when it still holds, else
+            res = keep(self.snap, w, w.reserved, running, self.now, self.reservations) or res  # the new later one
         if res is not None:
             self.reservations.append(res)
             self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))

@@ -1,4 +1,5 @@
-"""'Can never run': a request that would not fit even if every node of the pool were empty."""
+"""'Can never run': a request that would not fit even if every node of the pool were empty (greedy placement in
+several orders first; a gang none of them places is refused only when an exact search proves that nothing fits)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import replace
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.resources import ReplicaRequest, SharingMode, format_cpu, format_memory
+from gpupool.scheduler.exact_fit import gang_fits_exactly
 from gpupool.scheduler.gang import largest_first
 from gpupool.scheduler.placement.filters import explain_no_fit
 from gpupool.scheduler.placement.resource_fit import BestFitPolicy
@@ -39,14 +41,17 @@ class NeverFitsChecker:
     def _check(self, workload: PendingWorkload) -> str | None:
         if len(self._empty) == 0:
             return "can never run: the pool has no nodes"
-        for group in workload.groups:
-            if self._placer.place_replica(self._empty, group.request) is None:
-                return f"can never run: {self._why_not(group.request)}"
+        # a role none of whose replicas fits anywhere is refused only when the gang cannot start without it
+        unfit = [g for g in workload.groups if self._placer.place_replica(self._empty, g.request) is None]
+        if unfit and sum(g.count for g in unfit) > workload.replica_count - workload.gang_size:
+            return f"can never run: {self._why_not(unfit[0].request)}"
         for order in _orders(workload):
             result = self._placer.place_gang(self._empty, order, explain=False)
             if result.restore is not None:
                 result.restore()
                 return None
+        if gang_fits_exactly(self._empty, workload) is not False:
+            return None  # greedy placement missed an assignment that fits, or the search could not prove none
         return (f"can never run: the gang of {workload.gang_size} replicas does not fit the whole pool even "
                 "when it is empty")
 

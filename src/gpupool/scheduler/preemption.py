@@ -56,9 +56,11 @@ class _Rules:
             return victim.priority < self.preemptor.priority
         # reclaim is for the resources the preemptor needs that the victim's queue borrows: only those must
         # not fall below the victim queue's guarantee (freeing CPU it holds at its guarantee as a side effect
-        # of giving back a borrowed GPU takes nothing it is owed: it can use that CPU again at once)
+        # of giving back a borrowed GPU takes nothing it is owed: it can use that CPU again at once); its GPU
+        # guarantee holds whenever the preemptor needs GPUs, also when it is reclaimed for borrowed CPU
         reclaimed = tuple(r for r in self.needed if book.is_borrowing(victim.queue, (r,)))
-        if self.reclaim and reclaimed and book.keeps_guarantee_without(victim.queue, victim.usage, reclaimed):
+        kept = (*reclaimed, "gpu") if "gpu" in self.needed and "gpu" not in reclaimed else reclaimed
+        if self.reclaim and reclaimed and book.keeps_guarantee_without(victim.queue, victim.usage, kept):
             return True
         if not self.fair_share or not book.keeps_guarantee_without(victim.queue, victim.usage):
             return False

@@ -142,14 +142,15 @@ class QuotaBook:
 
     def keeps_guarantee_without(self, queue: str, amount: ResourceVector,
                                 resources: tuple[str, ...] | None = None) -> bool:
-        """True when giving back `amount` does not take the queue's settled usage from at or above its
-        guarantee to below it, on any governed resource it guarantees among `resources` (default: all). Reclaim
-        never pushes a queue below its own guarantee of what is reclaimed; a resource it already uses less of
-        than guaranteed is not what is reclaimed."""
+        """True when giving back `amount` leaves the queue's settled usage at or above its guarantee on every
+        governed resource among `resources` (default: all) that `amount` holds. On CPU and memory, a resource it
+        already uses less of than guaranteed is not what is taken (freeing some as a side effect is allowed); a
+        GPU guarantee always holds: a queue below it never gives GPUs back to another queue."""
         before, guaranteed = self.settled(queue), self.spec(queue).guaranteed
         after = before - amount
         checked = self.governed if resources is None else [r for r in self.governed if r in resources]
-        return not any(_component(after, r) < _component(guaranteed, r) <= _component(before, r)
+        return not any(_component(after, r) < _component(guaranteed, r)
+                       and (r == "gpu" or _component(guaranteed, r) <= _component(before, r))
                        for r in checked if _component(amount, r) > 0)
 
     def is_borrowing(self, queue: str, resources: tuple[str, ...] = ResourceVector.NAMES) -> bool:

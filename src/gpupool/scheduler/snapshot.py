@@ -40,8 +40,10 @@ class ClusterSnapshot:
             raise ConflictError("node names must be unique")
         self._columns = [{g.index: j for j, g in enumerate(n.gpus)} for n in self.nodes]
         self._build_arrays()
-        self._mig_used: dict[tuple[int, int], list[bool]] = {
-            (i, j): [False] * len(g.mig_instances)
+        # per MIG card: how many placements hold each instance (a count, not a flag: what is assumed with
+        # force on a held instance, such as a reservation's claim in a future, stays held when another goes)
+        self._mig_used: dict[tuple[int, int], list[int]] = {
+            (i, j): [0] * len(g.mig_instances)
             for i, n in enumerate(self.nodes) for j, g in enumerate(n.gpus) if g.mode == SharingMode.MIG
         }
         self.mig_nodes: tuple[int, ...] = tuple(sorted({i for i, _ in self._mig_used}))
@@ -157,7 +159,7 @@ class ClusterSnapshot:
             used = self._mig_used.get((row, j))
             if used is None:
                 continue
-            found += [(j, k) for k, inst in enumerate(gpu.mig_instances) if inst.profile == profile and not used[k]]
+            found += [(j, k) for k, inst in enumerate(gpu.mig_instances) if inst.profile == profile and used[k] <= 0]
         return found
 
     # ------------------------------------------------------------------------------------ assume/forget
@@ -177,7 +179,7 @@ class ClusterSnapshot:
     def _gpu_fits(self, row: int, j: int, a: GpuAssignment) -> bool:
         if a.mig_instance is not None:
             used = self._mig_used.get((row, j))
-            return used is not None and a.mig_instance < len(used) and not used[a.mig_instance]
+            return used is not None and a.mig_instance < len(used) and used[a.mig_instance] <= 0
         if not self.exists[row, j]:
             return False
         return bool(self.free_milli[row, j] >= a.milli and self.free_gmem[row, j] >= a.memory_mib)
@@ -206,7 +208,7 @@ class ClusterSnapshot:
                 self._set_usable_free(row, j, int(self.free_milli[row, j]))
             self.free_gmem[row, j] += sign * a.memory_mib
             if a.mig_instance is not None:
-                self._mig_used[(row, j)][a.mig_instance] = sign < 0
+                self._mig_used[(row, j)][a.mig_instance] -= sign
         self._refresh_row(row)
         self.changes += 1
 
