@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -24,9 +25,13 @@ WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID, description="The workl
 
 
 @router.post("", response_model=schemas.WorkloadSubmitted, status_code=201, responses=ERRORS)
-def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
     returned the workload an earlier submit created."""
+    return await to_thread.run_sync(_submit, body, services, principal, limiter=services.submit_limiter())
+
+
+def _submit(body: schemas.SubmitRequest, services: Services, principal: Principal) -> Response:
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
     with services.db.session(write=False) as session:  # and so do the reads, checked again inside
         plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
@@ -43,10 +48,14 @@ def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: Princi
 
 
 @router.post("/batch", response_model=schemas.BatchSubmitted, status_code=201, responses=ERRORS)
-def submit_batch(body: schemas.SubmitBatchRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def submit_batch(body: schemas.SubmitBatchRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
     """Submit several specs at once (each item as for a single submit), in one transaction: all are stored,
     or none when one is refused (the error names the item, e.g. `items[3].resources`). 201 when any item
     created a workload; 200 when every item was an idempotent replay."""
+    return await to_thread.run_sync(_submit_batch, body, services, principal, limiter=services.submit_limiter())
+
+
+def _submit_batch(body: schemas.SubmitBatchRequest, services: Services, principal: Principal) -> Response:
     specs = workload_batch.prepare_batch(body.items)  # every item is checked before the transaction
     with services.db.session(write=False) as session:  # and read for, checked again inside
         plans = workload_batch.plan_batch(session, principal, body.items, specs, services.feasibility)
