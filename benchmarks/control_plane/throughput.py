@@ -10,8 +10,11 @@ idempotency key (or `--batch K` jobs per request through the batch endpoint). Re
 second, submit latency p50/p99 (per request), bind latency p95 (the `scheduled` event's time minus the
 submit time; every job fits, so all are bound, and any that is not is counted), and the check that nothing
 was lost or doubled (every returned id is stored once, and 100 resubmissions with known keys create
-nothing). `--profile DIR` records every server thread with py-spy during each phase and writes the
-collapsed stacks there (see profile_top.py), and the server's log at the end.
+nothing). The server's CPU per submission is split between its background workers (their
+`gpupool_worker_cpu_seconds_total` on /metrics, read before and after the phase) and the rest: the requests
+(request threads and the event loop) and what no worker counts. `--profile DIR` records every server
+thread with py-spy during each phase and writes the collapsed stacks there (see profile_top.py), and the
+server's log at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import fresh_database, list_all_ids, percentile, process_cpu_s, seed, server, start_profile
+from prometheus_client.parser import text_string_to_metric_families
 
 from gpupool.client.http import Client
 
@@ -70,6 +74,20 @@ def _bind_latencies(client: Client, ids: list[int]) -> tuple[list[float], int]:
     return [f for f in found if f is not None], sum(1 for f in found if f is None)
 
 
+def _worker_cpu_s(admin: Client) -> dict[str, float]:
+    """Each background worker's CPU seconds so far, from the server's /metrics."""
+    return {sample.labels["worker"]: sample.value
+            for family in text_string_to_metric_families(admin.prometheus_metrics())
+            for sample in family.samples if sample.name == "gpupool_worker_cpu_seconds_total"}
+
+
+def _by_part(cpu_s: float, workers: dict[str, float], submitted: int) -> dict[str, float]:
+    """Milliseconds of server CPU per submission: each worker that used any, and the rest (the requests)."""
+    per = {name: round(spent * 1000 / max(submitted, 1), 2) for name, spent in workers.items() if spent > 0}
+    return {"requests and the rest": round((cpu_s - sum(workers.values())) * 1000 / max(submitted, 1), 2),
+            **dict(sorted(per.items(), key=lambda item: -item[1]))}
+
+
 def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measured phase with `clients` submitters; returns its figures."""
     phase = f"p{clients}"
@@ -79,6 +97,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
     cpu_before = process_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
+    workers_before = _worker_cpu_s(admin)
     started = time.perf_counter()
     threads = [threading.Thread(target=_submitter, args=(admin.url, admin.token, keys[t::clients], args.batch, out))
                for t in range(clients)]
@@ -88,6 +107,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
         thread.join()
     elapsed = time.perf_counter() - started
     cpu = process_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
+    workers = {name: spent - workers_before.get(name, 0.0) for name, spent in _worker_cpu_s(admin).items()}
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -103,6 +123,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
             "error_samples": out["errors"][:3], "seconds": round(elapsed, 2),
             "submits_per_second": round(len(ids) / elapsed, 1),
             "server_cpu_ms_per_submit": round(cpu * 1000 / max(len(ids), 1), 1),
+            "server_cpu_ms_per_submit_by_part": _by_part(cpu, workers, len(ids)),
             "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
                                    "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
             "bind_latency_ms": {"p50": round(percentile(binds, 50) * 1000, 1),

@@ -236,6 +236,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
             app.state.gateway, autoscaler = start_gateway(services.db, services.clock, services.feasibility,
                                                           services.wake_workers, settings.workers,
                                                           settings.service_drain_timeout_s)
+            services.autoscaler = autoscaler
             log.info("gpupool %s serving on %s:%s, database %s", __version__, settings.host, settings.port,
                      services.db.describe())
             log.info("%s", settings.user_mode_text())

@@ -61,6 +61,7 @@ class Services:
     sweeps: IntervalWorker | None = None
     array_worker: ArrayWorker | None = None  # job arrays' statuses (gpupool.server.workers.arrays)
     arrays: IntervalWorker | None = None
+    autoscaler: IntervalWorker | None = None  # the services' autoscaler (started with the gateway)
     _submit_limiter: CapacityLimiter | None = None
 
     def submit_limiter(self) -> CapacityLimiter:
@@ -69,6 +70,12 @@ class Services:
         if self._submit_limiter is None:
             self._submit_limiter = CapacityLimiter(SUBMITS_AT_ONCE)
         return self._submit_limiter
+
+    def workers(self) -> list[IntervalWorker]:
+        """The background workers this server built (started or not), in a fixed order."""
+        found = (self.scheduler, self.reconciler, self.sampler, self.nodes_worker, self.pipelines, self.sweeps,
+                 self.arrays, self.culler, self.autoscaler)
+        return [worker for worker in found if worker is not None]
 
     def proxy_client(self) -> httpx.AsyncClient:
         """The HTTP client the proxy shares (created on first use, inside the server's event loop)."""

@@ -173,3 +173,22 @@ def test_who_may_read_prometheus_metrics(server_factory: ServerFactory, fake: Fa
     server.stop()  # one server per database
     public = server_factory(executor=FakeExecutor(), metrics_public=True)
     assert httpx.get(public.url + "/metrics").status_code == 200
+
+
+def test_the_workers_cpu_time_and_passes_are_exported(server_factory: ServerFactory) -> None:
+    server = server_factory(executor=FakeExecutor(), gpus="1xA100-80GB")
+    with server.client() as admin:
+        wid = admin.submit("name: w\ncommand: 'true'\nresources: {gpu: 1}\n").workload.id
+        admin.wait(wid, statuses=["succeeded"], timeout_s=30)
+        first = samples(admin.prometheus_metrics())
+        for k in range(3):  # more work: the scheduler's and the reconciler's counters grow
+            admin.wait(admin.submit(f"name: w{k}\ncommand: 'true'\n").workload.id, statuses=["succeeded"],
+                       timeout_s=30)
+        then = samples(admin.prometheus_metrics())
+    workers = {labels[0][1] for name, labels in then if name == "gpupool_worker_passes_total"}
+    assert {"scheduler", "reconciler", "sampler", "nodes", "autoscaler"} <= workers
+    for worker in ("scheduler", "reconciler"):
+        key = (("worker", worker),)
+        assert then[("gpupool_worker_passes_total", key)] > first[("gpupool_worker_passes_total", key)] > 0
+        assert then[("gpupool_worker_cpu_seconds_total", key)] > first[("gpupool_worker_cpu_seconds_total", key)]
+        assert then[("gpupool_worker_failed_passes_total", key)] == 0

@@ -31,6 +31,7 @@ class IntervalWorker:
         self._thread: threading.Thread | None = None
         self.steps = 0
         self.failures = 0
+        self.cpu_s = 0.0  # CPU time of this worker's thread in its steps, failed ones included
 
     def start(self) -> None:
         """Start the thread (idempotent)."""
@@ -61,7 +62,9 @@ class IntervalWorker:
                 self._stopping.wait(rest)
 
     def run_once(self) -> float | None:
-        """One step, with failures logged rather than raised; returns the delay the step asked for, if any."""
+        """One step, with failures logged rather than raised; returns the delay the step asked for, if any. The
+        CPU time of the step (this thread's) is added to `cpu_s`."""
+        began = time.thread_time()
         try:
             result = self.step()
             self.steps += 1
@@ -69,4 +72,6 @@ class IntervalWorker:
             self.failures += 1
             log.exception("%s: step failed; retrying on the next interval", self.name)
             return None
+        finally:
+            self.cpu_s += time.thread_time() - began
         return float(result) if isinstance(result, int | float) and not isinstance(result, bool) else None

@@ -20,6 +20,7 @@ from gpupool.server.api import gpu_schemas
 from gpupool.server.api.deps import PrincipalDep, ServicesDep, get_principal
 from gpupool.server.api.routes.workloads import ERRORS, WorkloadId
 from gpupool.server.services import monitoring
+from gpupool.server.workers.loop import IntervalWorker
 
 router = APIRouter(tags=["monitoring"])
 exposition = APIRouter(tags=["monitoring"])
@@ -77,7 +78,26 @@ def prometheus(request: Request, services: ServicesDep) -> Response:
     gateway = getattr(request.app.state, "gateway", None)  # the services' request metrics
     if gateway is not None:
         body += generate_latest(gateway.metrics.registry)
+    body += worker_families(services.workers())
     return Response(body, media_type=runtime.metrics.content_type)
+
+
+WORKER_FAMILIES = (
+    ("gpupool_worker_cpu_seconds_total", "CPU time each background worker of the server spent in its passes",
+     lambda worker: worker.cpu_s),
+    ("gpupool_worker_passes_total", "Passes each background worker completed", lambda worker: worker.steps),
+    ("gpupool_worker_failed_passes_total", "Passes each background worker ended with an error (see the server log)",
+     lambda worker: worker.failures),
+)
+
+
+def worker_families(workers: list[IntervalWorker]) -> bytes:
+    """The workers' counters in the Prometheus text format, one series per worker (label `worker`)."""
+    lines: list[str] = []
+    for name, help_text, value in WORKER_FAMILIES:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        lines += [f'{name}{{worker="{worker.name}"}} {float(value(worker))!r}' for worker in workers]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _is_scrape_token(request: Request, secret: SecretStr | None) -> bool:
