@@ -25,12 +25,12 @@ from gpupool.store.db import Database
 
 Clock = Callable[[], float]
 # Submissions (single and batch) handled at once; the others wait their turn in the event loop. One interpreter
-# runs every request thread and the scheduling and reconcile workers; each runnable thread gets about an equal
-# turn, so 50 submit threads at once left the workers a few percent of it and binding fell seconds behind
-# (bind p95 1.2 s on SQLite, 3-4 s on PostgreSQL with 50 clients), while the rate of accepted submissions does not
-# grow past a few at once (one interpreter; SQLite has one writer). 8 was chosen from runs of limits 3, 6, 10 and
-# 40 with 8 and 50 clients (benchmarks/control_plane/README.md, "Submissions at once"): with 8 clients nothing
-# waits, with 50 the bind p95 stays well under 1 s on both stores.
+# runs every request thread and the scheduling and reconcile workers, each runnable thread getting about an equal
+# turn: 50 submit threads at once left the workers a few percent of it and binding fell seconds behind (bind p95
+# 1.2 s on SQLite, 3.7-4.5 s on PostgreSQL with 50 clients). With the limit, the bind p95 at 50 clients is
+# 0.27-0.28 s (SQLite) and 0.55-0.63 s (PostgreSQL); the price is 10-15 % fewer submissions per second at 50
+# clients, which the starved workers had bought by binding in fewer, larger passes. 8 was chosen from runs of 3,
+# 6, 10 and 40 (benchmarks/control_plane/README.md, "Submissions at once"): with 8 clients nothing waits.
 SUBMITS_AT_ONCE = 8
 
 
