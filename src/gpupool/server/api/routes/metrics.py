@@ -9,10 +9,12 @@ serves it to anyone (a scraper on a trusted network without credentials).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from pydantic import SecretStr
 
 from gpupool.domain.errors import AuthenticationError
@@ -82,22 +84,32 @@ def prometheus(request: Request, services: ServicesDep) -> Response:
     return Response(body, media_type=runtime.metrics.content_type)
 
 
-WORKER_FAMILIES = (
-    ("gpupool_worker_cpu_seconds_total", "CPU time each background worker of the server spent in its passes",
-     lambda worker: worker.cpu_s),
-    ("gpupool_worker_passes_total", "Passes each background worker completed", lambda worker: worker.steps),
-    ("gpupool_worker_failed_passes_total", "Passes each background worker ended with an error (see the server log)",
-     lambda worker: worker.failures),
-)
+class WorkerCounters:
+    """A Prometheus collector of the background workers' counters, one series per worker (label `worker`):
+    CPU seconds spent in passes, passes completed, passes that ended with an error."""
+
+    def __init__(self, workers: list[IntervalWorker]) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The three counter families, read from the workers now."""
+        for name, help_text, value in (
+                ("gpupool_worker_cpu_seconds", "CPU time each background worker of the server spent in its passes",
+                 lambda worker: worker.cpu_s),
+                ("gpupool_worker_passes", "Passes each background worker completed", lambda worker: worker.steps),
+                ("gpupool_worker_failed_passes", "Passes each background worker ended with an error (see the "
+                 "server log)", lambda worker: worker.failures)):
+            family = CounterMetricFamily(name, help_text, labels=["worker"])
+            for worker in self.workers:
+                family.add_metric([worker.name], float(value(worker)))
+            yield family
 
 
 def worker_families(workers: list[IntervalWorker]) -> bytes:
-    """The workers' counters in the Prometheus text format, one series per worker (label `worker`)."""
-    lines: list[str] = []
-    for name, help_text, value in WORKER_FAMILIES:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-        lines += [f'{name}{{worker="{worker.name}"}} {float(value(worker))!r}' for worker in workers]
-    return ("\n".join(lines) + "\n").encode()
+    """The workers' counters (WorkerCounters) in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerCounters(workers))
+    return generate_latest(registry)
 
 
 def _is_scrape_token(request: Request, secret: SecretStr | None) -> bool:
