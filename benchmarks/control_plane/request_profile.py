@@ -1,0 +1,66 @@
+"""Where the CPU of the submit request path goes: a server in this process with its workers off, 4 SDK threads in
+another process submitting one-replica jobs, yappi's CPU clock over every server thread (needs `pip install yappi`;
+its overhead inflates the absolute figures, read the shares).
+
+    python benchmarks/control_plane/request_profile.py [JOBS]     # default 400, after as many of warm-up
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import yappi
+from tests.support.servers import server_settings, start_server
+
+from gpupool.executors.fake import FakeExecutor
+
+LIBRARIES = ("gpupool", "starlette", "fastapi", "uvicorn", "anyio", "sqlalchemy/orm/session", "h11")
+CLIENT = """
+import sys, threading
+from gpupool.client.http import Client
+url, token, jobs, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def run(t):
+    with Client(url, token) as client:
+        for k in range(jobs // 4):
+            client.submit("name: t\\ncommand: 'true'\\nresources: {gpu: 0.1}\\n", idempotency_key=f"{prefix}{t}-{k}")
+threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+"""
+
+
+def main() -> None:
+    """Profile JOBS submissions and print the inclusive and self tables, in ms per submission."""
+    jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 400
+    home = Path(tempfile.mkdtemp())
+    settings = server_settings(home, f"sqlite:///{home / 'db.sqlite'}", gpus="8xA100-80GB", workers=False,
+                               log_level="error", node_cpus=64, node_memory="512GiB")
+    server = start_server(settings, FakeExecutor())
+    submit = [sys.executable, "-c", CLIENT, server.url, server.admin_token, str(jobs)]
+    subprocess.run([*submit, "warm"], check=True)
+    yappi.set_clock_type("cpu")
+    yappi.start()
+    began = time.perf_counter()
+    subprocess.run([*submit, "measured"], check=True)
+    elapsed = time.perf_counter() - began
+    yappi.stop()
+    stats = list(yappi.get_func_stats())
+    total = sum(thread.ttot for thread in yappi.get_thread_stats())
+    print(f"{jobs} submits in {elapsed:.2f} s; profiled CPU {total * 1000 / jobs:.2f} ms per submit")
+    where = [s for s in sorted(stats, key=lambda s: -s.ttot) if any(lib in s.module for lib in LIBRARIES)]
+    for title, rows, field in (("inclusive", where[:70], "ttot"), ("self", sorted(stats, key=lambda s: -s.tsub)[:40],
+                                                                      "tsub")):
+        print(f"--- {title}, ms per submit, calls per submit")
+        for s in rows:
+            print(f"{getattr(s, field) * 1000 / jobs:7.3f} {s.ncall / jobs:6.1f}x {s.name} ({s.module}:{s.lineno})")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
