@@ -37,6 +37,8 @@ from gpupool.client.http import Client
 NODES, GPUS = 64, "8xA100-80GB"  # the setup of the throughput issue: 512 simulated cards
 SEEDED = 5_000  # workloads (ended) in the store before the first submit
 SPEC = "name: t{key}\ncommand: 'true'\nresources: {{gpu: 0.1}}\n"
+CPU_SAMPLE, PASSES_SAMPLE = "gpupool_worker_cpu_seconds_total", "gpupool_worker_passes_total"
+PASSES_SHOWN = ("scheduler", "reconciler")  # the workers whose passes a submission causes
 
 
 def _submitter(url: str, token: str, keys: list[str], batch: int,
@@ -74,11 +76,11 @@ def _bind_latencies(client: Client, ids: list[int]) -> tuple[list[float], int]:
     return [f for f in found if f is not None], sum(1 for f in found if f is None)
 
 
-def _worker_cpu_s(admin: Client) -> dict[str, float]:
-    """Each background worker's CPU seconds so far, from the server's /metrics."""
+def _worker_counts(admin: Client, sample_name: str) -> dict[str, float]:
+    """Each background worker's counter `sample_name` so far (its CPU seconds, its passes), from /metrics."""
     return {sample.labels["worker"]: sample.value
             for family in text_string_to_metric_families(admin.prometheus_metrics())
-            for sample in family.samples if sample.name == "gpupool_worker_cpu_seconds_total"}
+            for sample in family.samples if sample.name == sample_name}
 
 
 def _by_part(cpu_s: float, workers: dict[str, float], submitted: int) -> dict[str, float]:
@@ -97,7 +99,8 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
     cpu_before = process_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
-    workers_before = _worker_cpu_s(admin)
+    workers_before = _worker_counts(admin, CPU_SAMPLE)
+    passes_before = _worker_counts(admin, PASSES_SAMPLE)
     started = time.perf_counter()
     threads = [threading.Thread(target=_submitter, args=(admin.url, admin.token, keys[t::clients], args.batch, out))
                for t in range(clients)]
@@ -107,7 +110,10 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
         thread.join()
     elapsed = time.perf_counter() - started
     cpu = process_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
-    workers = {name: spent - workers_before.get(name, 0.0) for name, spent in _worker_cpu_s(admin).items()}
+    workers = {name: spent - workers_before.get(name, 0.0)
+               for name, spent in _worker_counts(admin, CPU_SAMPLE).items()}
+    passes = {name: int(count - passes_before.get(name, 0.0))
+              for name, count in _worker_counts(admin, PASSES_SAMPLE).items() if name in PASSES_SHOWN}
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -124,6 +130,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
             "submits_per_second": round(len(ids) / elapsed, 1),
             "server_cpu_ms_per_submit": round(cpu * 1000 / max(len(ids), 1), 1),
             "server_cpu_ms_per_submit_by_part": _by_part(cpu, workers, len(ids)),
+            "worker_passes": passes,
             "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
                                    "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
             "bind_latency_ms": {"p50": round(percentile(binds, 50) * 1000, 1),

@@ -268,9 +268,10 @@ class Reconciler:
         recent_stop = self.stop_grace_s + STOP_RESEND_SLACK_S
         self._in_flux = any(r.state in (_R.PENDING, _R.STARTING) or (r.stop_requested_at is not None and (
             r.stop_sent_at is None or now - r.stop_sent_at <= recent_stop)) for r in replicas)
-        statuses = {replica_id: self._poll(handle) for replica_id, handle in live}
-        touched = {owners[replica_id] for replica_id, status in statuses.items()
-                   if status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)}
+        polled = {replica_id: self._poll(handle) for replica_id, handle in live}
+        statuses = {replica_id: status for replica_id, status in polled.items()  # what differs from the read
+                    if status is not None and (status.state.value, status.exit_code) != recorded.get(replica_id)}
+        touched = {owners[replica_id] for replica_id in statuses}
         full = time.monotonic() - self._full_pass_at >= FULL_PASS_EVERY_S
         if not touched and not full:
             return False  # nothing to record: no write transaction (on SQLite it would queue every writer)
@@ -321,12 +322,15 @@ class Reconciler:
             log.exception("polling a replica failed")
             return None
 
-    def _record_polls(self, session: Session, statuses: dict[int, ReplicaStatus | None]) -> bool:
+    def _record_polls(self, session: Session, statuses: dict[int, ReplicaStatus]) -> bool:
+        """Record each polled status that differs from its replica's row (rows read in one query); True when
+        a replica ended."""
         ended = False
         now = self.clock()
+        replicas = repo.replicas_by_ids(session, statuses)
         for replica_id, status in sorted(statuses.items()):
-            replica = session.get(ReplicaRow, replica_id)
-            if status is None or replica is None or replica.current_state.is_terminal:
+            replica = replicas.get(replica_id)
+            if replica is None or replica.current_state.is_terminal:
                 continue
             if replica.state == status.state and replica.exit_code == status.exit_code:
                 continue

@@ -105,6 +105,14 @@ def live_replicas(session: Session) -> Sequence[ReplicaRow]:
     return session.scalars(query.order_by(ReplicaRow.workload_id, ReplicaRow.number)).all()
 
 
+def replicas_by_ids(session: Session, ids: Collection[int]) -> dict[int, ReplicaRow]:
+    """The replicas of `ids` that exist, by id, in one query."""
+    if not ids:
+        return {}
+    query = select(ReplicaRow).where(ReplicaRow.id.in_(sorted(ids)))
+    return {row.id: row for row in session.scalars(query).all()}
+
+
 def replicas_of(session: Session, workload_id: int, attempt: int | None = None) -> Sequence[ReplicaRow]:
     """A workload's replicas (of one attempt when given), by attempt and number."""
     query = select(ReplicaRow).where(ReplicaRow.workload_id == workload_id)
