@@ -22,6 +22,12 @@ afterwards: no deadlock).
 
 Changes made outside these sessions (a raw connection, another program) are not counted; the scheduling
 loop therefore still rebuilds from scratch every `FULL_REBUILD_S` (server/workers/scheduling.py).
+
+A second counter row, the setup sequence (`SETUP_COUNTER_ID`), counts the same way the changes to what
+requests read on every call and what rarely changes: accounts, tokens, memberships, projects, queues and the
+nodes' capacity (`SETUP_TRACKED`); `store/setup_cache.py` keeps what is read from them while it stays the
+same. A transaction that changes both increments counter 1 before counter 2 (always in id order: a
+transaction waiting on the second holds only the first, which no holder of the second can need).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from sqlalchemy.orm.base import NO_VALUE
 from gpupool.store.orm import ChangeCounterRow
 
 COUNTER_ID = 1
+SETUP_COUNTER_ID = 2
+COUNTERS = (COUNTER_ID, SETUP_COUNTER_ID)
 # table -> the columns whose updates the scheduler does not read (its outputs, and bookkeeping). Everything
 # else in these tables counts, so a column added later counts until someone decides otherwise.
 TRACKED: dict[str, frozenset[str]] = {
@@ -46,7 +54,15 @@ TRACKED: dict[str, frozenset[str]] = {
     "queues": frozenset({"updated_at"}),
     "projects": frozenset({"max_idle_timeout_s"}),  # a project's deletion removes its queue (ON DELETE CASCADE)
 }
-_TOUCHED = "gpupool.changes.touched"
+# table -> the columns whose updates do not count for the setup sequence (a token's last use; the nodes' liveness)
+SETUP_TRACKED: dict[str, frozenset[str]] = {
+    "users": frozenset(), "memberships": frozenset(), "projects": frozenset(),
+    "tokens": frozenset({"last_used_at"}),
+    "queues": frozenset({"updated_at"}),
+    "nodes": TRACKED["nodes"],
+}
+_TRACKED_BY_COUNTER = ((COUNTER_ID, TRACKED), (SETUP_COUNTER_ID, SETUP_TRACKED))
+_TOUCHED = "gpupool.changes.touched"  # session.info: the set of counters this transaction increments
 SEQ_KEY = "gpupool.changes.seq"  # session.info: the value the last commit of this session set the counter to
 _COUNTER: Table = ChangeCounterRow.__table__  # type: ignore[assignment]
 
@@ -60,22 +76,34 @@ def install(factory: sessionmaker[Session]) -> None:
 
 
 def ensure_counter(connection: Connection) -> None:
-    """Add the counter row when it is missing (a table emptied by hand); it starts at 0. For start-up,
-    before any session counts (the migration that creates the table adds the row)."""
-    if connection.execute(select(_COUNTER.c.id).where(_COUNTER.c.id == COUNTER_ID)).first() is None:
-        connection.execute(insert(_COUNTER).values(id=COUNTER_ID, seq=0))
+    """Add each counter row that is missing (a table emptied by hand, or a store older than the setup
+    sequence); it starts at 0. For start-up, before any session counts."""
+    present = set(connection.execute(select(_COUNTER.c.id)).scalars())
+    for counter in COUNTERS:
+        if counter not in present:
+            connection.execute(insert(_COUNTER).values(id=counter, seq=0))
 
 
-def current(session: Session) -> int | None:
-    """The change sequence as this transaction sees it; None when the counter row is missing (then nothing
+def current(session: Session, counter: int = COUNTER_ID) -> int | None:
+    """The sequence of `counter` as this transaction sees it; None when its row is missing (then nothing
     can be concluded from it). One primary-key read."""
-    value = session.scalar(select(_COUNTER.c.seq).where(_COUNTER.c.id == COUNTER_ID))
+    value = session.scalar(select(_COUNTER.c.seq).where(_COUNTER.c.id == counter))
     return None if value is None else int(value)
 
 
-def mark(session: Session) -> None:
-    """Count this transaction as a change whatever it writes (for writes the hooks cannot see)."""
-    session.info[_TOUCHED] = True
+def mark(session: Session, counter: int = COUNTER_ID) -> None:
+    """Count this transaction as a change of `counter` whatever it writes (for writes the hooks cannot see)."""
+    _touched(session).add(counter)
+
+
+def counted(session: Session, counter: int) -> bool:
+    """True when this transaction has (so far, as flushed) changed what `counter` counts."""
+    return counter in session.info.get(_TOUCHED, ())
+
+
+def _touched(session: Session) -> set[int]:
+    touched: set[int] = session.info.setdefault(_TOUCHED, set())
+    return touched
 
 
 def _table_of(row: object) -> str:
@@ -96,36 +124,43 @@ def _changes_something(row: object, ignored: frozenset[str]) -> bool:
 
 
 def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
-    if session.info.get(_TOUCHED):
-        return
-    for row in (*session.new, *session.deleted):
-        if _table_of(row) in TRACKED:
-            session.info[_TOUCHED] = True
-            return
+    touched = _touched(session)
+    for counter, tracked in _TRACKED_BY_COUNTER:
+        if counter not in touched and _flush_changes(session, tracked):
+            touched.add(counter)
+
+
+def _flush_changes(session: Session, tracked: dict[str, frozenset[str]]) -> bool:
+    """True when the unit of work inserts or deletes a row of a `tracked` table, or changes a counted column."""
+    if any(_table_of(row) in tracked for row in (*session.new, *session.deleted)):
+        return True
     for row in session.dirty:
-        ignored = TRACKED.get(_table_of(row))
+        ignored = tracked.get(_table_of(row))
         if ignored is not None and _changes_something(row, ignored):
-            session.info[_TOUCHED] = True
-            return
+            return True
+    return False
 
 
 def _on_execute(state: ORMExecuteState) -> None:
     if not (state.is_insert or state.is_update or state.is_delete):
         return
-    table = getattr(state.statement, "table", None)
-    if getattr(table, "name", None) in TRACKED:
-        state.session.info[_TOUCHED] = True
+    name = getattr(getattr(state.statement, "table", None), "name", None)
+    for counter, tracked in _TRACKED_BY_COUNTER:
+        if name in tracked:
+            _touched(state.session).add(counter)
 
 
 def _before_commit(session: Session) -> None:
     if session.get_nested_transaction() is not None:
         return  # a savepoint's release: the outermost commit counts
     session.flush()
-    if not session.info.pop(_TOUCHED, False):
-        return
-    statement = (update(_COUNTER).where(_COUNTER.c.id == COUNTER_ID).values(seq=_COUNTER.c.seq + 1)
-                 .returning(_COUNTER.c.seq))
-    session.info[SEQ_KEY] = session.execute(statement).scalar()
+    touched = session.info.pop(_TOUCHED, set())
+    for counter in sorted(touched):  # in id order (see the module docstring)
+        statement = (update(_COUNTER).where(_COUNTER.c.id == counter).values(seq=_COUNTER.c.seq + 1)
+                     .returning(_COUNTER.c.seq))
+        value = session.execute(statement).scalar()
+        if counter == COUNTER_ID:
+            session.info[SEQ_KEY] = value
 
 
 def _after_transaction_end(session: Session, transaction: Any) -> None:

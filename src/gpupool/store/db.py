@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gpupool.domain.errors import StoreBusyError, ValidationError
 from gpupool.store import changes
+from gpupool.store.setup_cache import CACHE_KEY, SetupCache
 from gpupool.store.write_gate import WriteGate, gated_connection_class, give_gate_back, take_gate
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -93,8 +94,10 @@ class Database:
             self._write_engine = create_engine(self.url, pool_size=pool_size, max_overflow=2 * pool_size,
                                                pool_pre_ping=True)
             self._read_engine = self._write_engine
-        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
-        self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
+        self.setup_cache = SetupCache()  # what requests read on every call (store/setup_cache.py)
+        info = {CACHE_KEY: self.setup_cache}
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False, info=info)
+        self._reader = sessionmaker(self._read_engine, expire_on_commit=False, info=info)
         changes.install(self._writer)  # count what changes the scheduler's view (store/changes.py)
         changes.install(self._reader)
 

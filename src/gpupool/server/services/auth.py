@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from sqlalchemy.orm import Session
@@ -15,6 +15,7 @@ from gpupool.domain.accounts import ProjectRole
 from gpupool.domain.errors import AuthenticationError, PermissionDeniedError
 from gpupool.store.orm import MembershipRow, TokenRow, UserRow
 from gpupool.store.repos import accounts
+from gpupool.store.setup_cache import cached, keep_again
 
 TOKEN_PREFIX = "gpp_"
 MAX_TOKEN_CHARS = 256
@@ -83,22 +84,52 @@ class Authenticated:
     stale_token_id: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class _ValidToken:
+    """What a valid token's rows say: its caller, its id and its last recorded use (kept in the setup cache)."""
+
+    principal: Principal
+    token_id: int
+    last_used_at: float | None
+
+
 def authenticate(session: Session, authorization: str | None, now: float) -> Authenticated:
     """The caller of a `Bearer <token>` Authorization header (read-only); AuthenticationError when the header is
-    missing or malformed, or the token unknown or revoked."""
-    token = _bearer(authorization)
-    found = accounts.token_by_hash(session, hash_token(token))  # the token, its user and memberships: one query
-    row, user, memberships = found if found is not None else (None, None, [])
-    if row is None and accounts.service_token_exists(session, hash_token(token)):
-        raise AuthenticationError("this is a service token: it may call only the gateway (/v1/..., "
-                                  "/services/<name>/...) for its project's services; the API needs a user's token")
-    if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)) or row.revoked_at is not None:
-        raise AuthenticationError("the API token is not valid (unknown or revoked); create one with "
-                                  "`gpupool tokens create` or use the token in $GPUPOOL_HOME/token")
-    if user is None:
-        raise AuthenticationError("the API token belongs to a user that no longer exists")
-    stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION_S
-    return Authenticated(principal_from(user, memberships), row.id if stale else None)
+    missing or malformed, or the token unknown or revoked. A valid token's caller is kept while the store's
+    setup sequence is unchanged (store/setup_cache.py: revoking a token, removing a user or changing a role
+    changes it), so a repeated caller costs one primary-key read."""
+    digest = hash_token(_bearer(authorization))
+    key = ("caller", digest)
+    valid = cached(session, key, lambda reading: _valid_token(reading, digest))
+    if valid is None:
+        raise _refusal(session, digest)
+    stale = valid.last_used_at is None or now - valid.last_used_at > LAST_USED_RESOLUTION_S
+    if stale:  # the caller records this use (touch_token): keep it, or every later call would record it again
+        keep_again(session, key, replace(valid, last_used_at=now))
+    return Authenticated(valid.principal, valid.token_id if stale else None)
+
+
+def _valid_token(session: Session, digest: str) -> _ValidToken | None:
+    """The token with this SHA-256 when it is valid (known, not revoked, its user exists); else None."""
+    found = accounts.token_by_hash(session, digest)  # the token, its user and memberships: one query
+    if found is None:
+        return None
+    row, user, memberships = found
+    if not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None or user is None:
+        return None
+    return _ValidToken(principal_from(user, memberships), row.id, row.last_used_at)
+
+
+def _refusal(session: Session, digest: str) -> AuthenticationError:
+    """Why the token with this SHA-256 is refused."""
+    if accounts.service_token_exists(session, digest):
+        return AuthenticationError("this is a service token: it may call only the gateway (/v1/..., "
+                                   "/services/<name>/...) for its project's services; the API needs a user's token")
+    found = accounts.token_by_hash(session, digest)
+    if found is not None and found[0].revoked_at is None and found[1] is None:
+        return AuthenticationError("the API token belongs to a user that no longer exists")
+    return AuthenticationError("the API token is not valid (unknown or revoked); create one with "
+                               "`gpupool tokens create` or use the token in $GPUPOOL_HOME/token")
 
 
 def touch_token(session: Session, token_id: int, now: float) -> None:

@@ -17,6 +17,7 @@ from gpupool.server.environments import EnvironmentStore, Viewer, environment_pr
 from gpupool.store.convert import node_from_row
 from gpupool.store.orm import NodeRow
 from gpupool.store.repos import nodes
+from gpupool.store.setup_cache import cached
 
 
 def pending_from_spec(workload_id: str, queue: str, spec: WorkloadSpec, submitted_at: float,
@@ -54,12 +55,13 @@ class FeasibilityCache:
 
     def never_fits_reason(self, session: Session, spec: WorkloadSpec, queue: str) -> str | None:
         """None when the spec fits the pool when it is empty; else why it never can. Each call compares the
-        nodes' stored capacity text with the cached checker's (cheap); nodes are loaded only when it changed."""
+        nodes' stored capacity text (kept while the store's setup sequence is unchanged, store/setup_cache.py) with
+        the cached checker's; nodes are loaded only when it changed."""
         return self.checker(session).reason(pending_from_spec("submission", queue, spec, 0.0))
 
     def checker(self, session: Session) -> NeverFitsChecker:
         """The checker for the nodes as `session` sees them (rebuilt only when they changed)."""
-        key = nodes.capacity_fingerprint(session)
+        key = cached(session, ("nodes_capacity",), nodes.capacity_fingerprint)
         with self._lock:
             if self._checker is None or key != self._key:
                 self._checker = NeverFitsChecker([node_from_row(r) for r in nodes.list_nodes(session)])

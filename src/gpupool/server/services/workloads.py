@@ -152,14 +152,14 @@ def plan_submission(session: Session, principal: Principal, body: schemas.Submit
     one writer). Raises what `submit` raises for a refused spec. `submit(..., plan=)` re-checks, inside its
     transaction, what could have changed since (the project's queue; a key taken meanwhile)."""
     project_id, project_name = _resolve_project(session, principal, spec)
-    queue = queues.queue_of_project(session, project_id)
+    queue = queues.project_queue(session, project_id)
     if queue is None:
         raise ConflictError(f"project {project_name} has no queue; ask an administrator to recreate it")
     if spec.queue is not None and spec.queue != queue.name:
         raise ValidationError(f"project {project_name} submits to queue {queue.name}; remove queue: or set it to "
                               f"{queue.name}", "queue")
     canonical = spec.to_dict() | {"project": project_name, "queue": queue.name}
-    over_limit = beyond_limit(queue_from_row(queue), pending_from_spec("0", queue.name, spec, 0.0).nominal())
+    over_limit = beyond_limit(queue, pending_from_spec("0", queue.name, spec, 0.0).nominal())
     key = body.idempotency_key
     existing = repo.workload_by_key(session, principal.user_id, key) if key is not None else None
     if existing is not None:
@@ -183,7 +183,7 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     read again), and a key stored meanwhile is found by the unique index."""
     spec = prepared if prepared is not None else prepare_submission(body)
     if plan is not None:
-        current = queues.queue_of_project(session, plan.project_id)
+        current = queues.project_queue(session, plan.project_id)
         if current is None or current.name != plan.queue:
             plan = None  # the project or its queue changed since: decide again inside the transaction
     if plan is None:
@@ -247,7 +247,7 @@ def _replay(existing: WorkloadRow, canonical: dict[str, Any], key: str) -> Workl
 
 
 def _resolve_project(session: Session, principal: Principal, spec: WorkloadSpec) -> tuple[int, str]:
-    names = accounts.project_names(session)
+    names = accounts.project_names_kept(session)
     writable = sorted((name, pid) for pid, name in names.items() if principal.can_write(pid))
     if spec.project is None:
         if len(writable) == 1:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpupool.store.orm import MembershipRow, ProjectRow, ServiceTokenRow, TokenRow, UserRow
+from gpupool.store.setup_cache import cached
 
 
 def count_users(session: Session) -> int:
@@ -86,6 +88,12 @@ def membership(session: Session, user_id: int, project_id: int) -> MembershipRow
 def project_names(session: Session) -> dict[int, str]:
     """project id -> name for every project."""
     return dict(session.execute(select(ProjectRow.id, ProjectRow.name)).all())
+
+
+def project_names_kept(session: Session) -> Mapping[int, str]:
+    """`project_names`, read-only, answered from the setup cache while the store's setup sequence is unchanged
+    (store/setup_cache.py)."""
+    return cached(session, ("project_names",), lambda reading: MappingProxyType(project_names(reading)))
 
 
 def user_names(session: Session, ids: set[int]) -> dict[int, str]:

@@ -1,0 +1,162 @@
+"""The setup sequence and the values kept while it is unchanged (store/setup_cache.py), on SQLite and PostgreSQL:
+which writes count, that a kept value is never older than the transaction that reads it, and that a transaction
+reads its own writes."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, update
+from tests.support.databases import fresh_database
+
+from gpupool.store import changes, setup_cache
+from gpupool.store.db import Database
+from gpupool.store.orm import (
+    ChangeCounterRow,
+    MembershipRow,
+    NodeRow,
+    ProjectRow,
+    QueueRow,
+    TokenRow,
+    UserRow,
+    WorkloadRow,
+)
+from gpupool.store.repos import accounts, queues
+from gpupool.store.setup_cache import cached
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with fresh_database(request.param, tmp_path) as url:
+        db = Database(url)
+        db.migrate()
+        with db.session() as session:
+            session.add_all([ProjectRow(id=1, name="a", created_at=0.0), UserRow(id=1, name="u", created_at=0.0)])
+            session.flush()
+            session.add_all([QueueRow(name="a", project_id=1, updated_at=0.0),
+                             TokenRow(id=1, user_id=1, name="t", token_hash="h" * 64, prefix="p", created_at=0.0),
+                             NodeRow(name="n", cpu_milli=1000, memory_mib=1024, gpus=[], labels={}, taints=[],
+                                     source="test", registered_at=0.0, heartbeat_at=0.0)])
+        yield db
+        db.dispose()
+
+
+def setup_seq(db: Database) -> int:
+    with db.session(write=False) as session:
+        value = changes.current(session, changes.SETUP_COUNTER_ID)
+    assert value is not None
+    return value
+
+
+def test_accounts_projects_queues_and_node_capacity_count_and_the_rest_does_not(database: Database) -> None:
+    start = setup_seq(database)
+    with database.session() as session:  # a token's last use, a node's heartbeat, a workload: not counted
+        token = session.get(TokenRow, 1)
+        node = session.get(NodeRow, "n")
+        assert token is not None and node is not None
+        token.last_used_at, node.heartbeat_at = 5.0, 5.0
+        session.add(WorkloadRow(name="w", kind="job", project_id=1, queue="a", user_id=1, spec={}, priority=0,
+                                replica_count=1, submitted_at=0.0, updated_at=0.0))
+    assert setup_seq(database) == start
+    changes_that_count = [
+        lambda s: setattr(s.get(TokenRow, 1), "revoked_at", 9.0),
+        lambda s: s.add(MembershipRow(user_id=1, project_id=1, role="admin")),
+        lambda s: setattr(s.get(UserRow, 1), "is_admin", True),
+        lambda s: s.add(ProjectRow(id=2, name="b", created_at=0.0)),
+        lambda s: setattr(s.get(QueueRow, "a"), "weight", 3.0),
+        lambda s: setattr(s.get(NodeRow, "n"), "schedulable", False),
+        lambda s: s.execute(update(MembershipRow).values(role="viewer")),  # a bulk statement counts too
+    ]
+    for k, change in enumerate(changes_that_count, start=1):
+        with database.session() as session:
+            change(session)
+        assert setup_seq(database) == start + k
+
+
+def test_a_kept_value_is_answered_until_the_sequence_moves(database: Database) -> None:
+    reads: list[int] = []
+
+    def read(session: object) -> tuple[str, ...]:
+        reads.append(1)
+        with database.session(write=False) as inner:
+            return tuple(sorted(accounts.project_names(inner).values()))
+
+    for _ in range(3):
+        with database.session(write=False) as session:
+            assert cached(session, "names", read) == ("a",)
+    assert len(reads) == 1
+    with database.session() as session:
+        session.add(ProjectRow(id=2, name="b", created_at=0.0))
+    with database.session(write=False) as session:
+        assert cached(session, "names", read) == ("a", "b")
+    assert len(reads) == 2
+
+
+def test_a_transaction_that_wrote_reads_for_itself(database: Database) -> None:
+    with database.session(write=False) as session:
+        assert dict(accounts.project_names_kept(session)) == {1: "a"}  # kept
+    with database.session() as session:
+        session.add(ProjectRow(id=2, name="b", created_at=0.0))  # not flushed yet: still its own write
+        assert dict(accounts.project_names_kept(session)) == {1: "a", 2: "b"}
+        session.add(QueueRow(name="b", project_id=2, updated_at=0.0))
+        session.flush()
+        queue = queues.project_queue(session, 2)
+        assert queue is not None and queue.name == "b"
+
+
+def test_without_the_counter_row_nothing_is_kept(database: Database) -> None:
+    with database.session() as session:
+        session.execute(delete(ChangeCounterRow).where(ChangeCounterRow.id == changes.SETUP_COUNTER_ID))
+    with database.session(write=False) as session:
+        assert dict(accounts.project_names_kept(session)) == {1: "a"}
+    with database.session() as session:  # a change nothing counts
+        session.add(ProjectRow(id=2, name="b", created_at=0.0))
+    with database.session(write=False) as session:
+        assert dict(accounts.project_names_kept(session)) == {1: "a", 2: "b"}
+    database.migrate()  # start-up puts the row back
+    assert setup_seq(database) == 0
+
+
+def test_concurrent_writers_never_leave_a_reader_with_an_older_answer(database: Database) -> None:
+    """Writers raise the queue's weight by one per transaction (each also moves the setup sequence by one);
+    readers read the kept queue. A kept value must show at least the weight of the sequence the reader's
+    transaction saw (on SQLite, whose reads are snapshots, exactly that weight)."""
+    done = threading.Event()
+    failures: list[str] = []
+    first = setup_seq(database)
+
+    def write() -> None:
+        for _ in range(40):
+            with database.session() as session:
+                session.execute(update(QueueRow).where(QueueRow.name == "a").values(weight=QueueRow.weight + 1))
+            if random.random() < 0.3:
+                done.wait(0.001)
+
+    def read() -> None:
+        while not done.is_set():
+            with database.session(write=False) as session:
+                kept = queues.project_queue(session, 1)
+                seen = setup_cache.setup_seq(session)  # the sequence `kept` was answered at
+            assert kept is not None and seen is not None
+            at_seen = 1.0 + seen - first
+            if kept.weight < at_seen or (database.is_sqlite and kept.weight != at_seen):
+                failures.append(f"kept weight {kept.weight} at sequence {seen} (weight then: {at_seen})")
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write) for _ in range(3)]
+    for thread in [*readers, *writers]:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    done.set()
+    for thread in readers:
+        thread.join()
+    assert failures == []
+    assert database.setup_cache.hits > 0  # some reads were answered from the kept value
+    with database.session(write=False) as session:
+        final = queues.project_queue(session, 1)
+    assert final is not None and final.weight == 121.0
