@@ -160,3 +160,41 @@ def test_concurrent_writers_never_leave_a_reader_with_an_older_answer(database: 
     with database.session(write=False) as session:
         final = queues.project_queue(session, 1)
     assert final is not None and final.weight == 121.0
+
+
+def test_a_kept_value_is_read_again_once_it_is_old_whatever_the_sequence(database: Database) -> None:
+    """An edit the sessions cannot count (SQL by hand) reaches the requests within `max_age_s`."""
+    now = [0.0]
+    database.setup_cache.clock = lambda: now[0]
+    with database.session(write=False) as session:
+        assert dict(accounts.project_names_kept(session)) == {1: "a"}
+    with database.engine.begin() as connection:  # not through a session: not counted
+        connection.exec_driver_sql("UPDATE projects SET name = 'renamed' WHERE id = 1")
+    now[0] = database.setup_cache.max_age_s - 1
+    with database.session(write=False) as session:
+        assert dict(accounts.project_names_kept(session)) == {1: "a"}  # kept: the sequence did not move
+        setup_cache.keep_again(session, ("project_names",), {1: "a"})  # replacing keeps the value's age
+    now[0] = database.setup_cache.max_age_s
+    with database.session(write=False) as session:
+        assert dict(accounts.project_names_kept(session)) == {1: "renamed"}
+
+
+def test_the_cache_is_bounded_and_keeps_no_none(database: Database) -> None:
+    """At most `size` values, the least recently used going first; a None answer (an unknown token's) is never
+    kept, so callers with made-up tokens cannot grow it."""
+    database.setup_cache.size = 2
+    reads: list[str] = []
+
+    def reader(key: str, answer: str | None) -> object:
+        def read(_session: object) -> str | None:
+            reads.append(key)
+            return answer
+        return read
+
+    with database.session(write=False) as session:
+        for key in ("a", "b", "a", "c", "a", "b"):  # b is the least recently used when c comes
+            cached(session, key, reader(key, key))
+        for k in range(50):
+            assert cached(session, f"bad{k}", reader("bad", None)) is None
+    assert reads == ["a", "b", "c", "b", *["bad"] * 50]
+    assert len(database.setup_cache) == 2
