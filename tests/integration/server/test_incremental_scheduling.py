@@ -159,6 +159,33 @@ def test_several_submits_together_are_handled_in_one_pass(database: Database) ->
     assert scheduler.full_reads == reads + 1
 
 
+def test_a_pass_after_a_change_reads_only_the_specs_it_has_not_parsed(database: Database) -> None:
+    """A waiting or running workload's spec never changes: a full read after a change reads the spec of the new
+    workloads only, and the decisions equal a fresh loop's, which reads them all."""
+    clock = Clock()
+    scheduler = _quiet(database, clock)
+    specs_read: list[set[int]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
+        if "workloads.spec" in statement:  # the ids it names: positional (SQLite) or named (PostgreSQL)
+            values = parameters.values() if isinstance(parameters, dict) else parameters
+            specs_read.append({v for v in values if isinstance(v, int)})
+
+    with database.session() as session:
+        row = submit_row(2, {"kind": "job", "name": "new", "command": "x",
+                             "resources": {"cpu": 1, "memory": "1GiB", "gpu": 1}}, clock.now)
+        session.add(row)
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        decisions = scheduler.step()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert specs_read and all(ids == {row.id} for ids in specs_read), specs_read  # the new one's, to bind it
+    fresh = loop(database, clock, NEVER)
+    assert fresh.read_state().pending == scheduler.read_state().pending
+    assert str(row.id) in decisions.bound() or str(row.id) in decisions.pending_by_id()
+
+
 def test_an_untracked_column_changes_nothing_and_the_periodic_rebuild_still_reads(database: Database) -> None:
     clock = Clock()
     scheduler = _quiet(database, clock)

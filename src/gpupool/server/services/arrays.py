@@ -12,8 +12,8 @@ and a crash leaves either the whole array or nothing. The array's status follows
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Container, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, func, insert, literal, select
 from sqlalchemy.orm import Session
@@ -176,28 +176,43 @@ def cancel_tasks(session: Session, array: WorkloadRow, reason: str, now: float) 
     return len(live)
 
 
-def pending_to_offer(session: Session, uncapped_offer: OfferBound | None = None) -> list[WorkloadRow]:
+class PendingRow(NamedTuple):
+    """What the scheduler reads of a pending workload (plain columns, no ORM object); `spec` is None when the
+    caller said it already knows the workload's spec (a spec does not change while its workload waits)."""
+
+    id: int
+    kind: str
+    queue: str
+    submitted_at: float
+    nominated: list[Any] | None
+    pending_reason: str | None
+    queue_position: int | None
+    spec: dict[str, Any] | None
+
+
+_PENDING_COLUMNS = (WorkloadRow.id, WorkloadRow.kind, WorkloadRow.queue, WorkloadRow.submitted_at,
+                    WorkloadRow.nominated, WorkloadRow.pending_reason, WorkloadRow.queue_position)
+_IDS_PER_QUERY = 2000  # ids in one IN list: far below SQLite's limit of bound parameters
+
+
+def pending_to_offer(session: Session, uncapped_offer: OfferBound | None = None,
+                     known_specs: Container[int] = frozenset()) -> list[PendingRow]:
     """The pending workloads the scheduler may see, oldest first: every one that is not an array task, and of
     each array's pending tasks the lowest indices that fit in its cap beside its tasks that hold resources.
     Tasks beyond a cap are counted in SQL and never loaded, so a capped 10,000-task array costs a cycle no
     more than its cap of rows. `uncapped_offer` (the array's spec -> how many tasks, None for all) bounds an
     array without a cap the same way: the scheduler passes how many such tasks its pool could hold at once,
-    plus one."""
+    plus one. The specs of `known_specs` (workload ids) are not read (their `spec` is None)."""
     pending = _S.PENDING.value
-    rows = list(
-        session.scalars(
-            select(WorkloadRow).where(WorkloadRow.status == pending, WorkloadRow.array_index.is_(None))
-        ).all()
-    )
+    rows = list(session.execute(select(*_PENDING_COLUMNS).where(WorkloadRow.status == pending,
+                                                                 WorkloadRow.array_index.is_(None))).all())
     waiting = session.scalars(
         select(WorkloadRow.parent_id)
         .where(WorkloadRow.status == pending, WorkloadRow.array_index.is_not(None))
         .group_by(WorkloadRow.parent_id)
     ).all()
     array_ids = sorted(int(a) for a in waiting if a is not None)
-    if not array_ids:
-        return sorted(rows, key=lambda r: r.id)
-    specs = _array_specs(session, array_ids)
+    specs = _array_specs(session, array_ids) if array_ids else {}
     limits = {a: _cap_of(spec) for a, spec in specs.items()}
     holding = _holding_counts(session, [a for a in array_ids if limits.get(a) is not None])
     for array_id in array_ids:
@@ -207,14 +222,25 @@ def pending_to_offer(session: Session, uncapped_offer: OfferBound | None = None)
         if slots == 0:
             continue
         query = (
-            select(WorkloadRow)
+            select(*_PENDING_COLUMNS)
             .where(
                 WorkloadRow.parent_id == array_id, WorkloadRow.status == pending, WorkloadRow.array_index.is_not(None)
             )
             .order_by(WorkloadRow.array_index)
         )
-        rows.extend(session.scalars(query if slots is None else query.limit(slots)).all())
-    return sorted(rows, key=lambda r: r.id)
+        rows.extend(session.execute(query if slots is None else query.limit(slots)).all())
+    rows.sort(key=lambda r: int(r.id))
+    stored = stored_specs(session, [int(r.id) for r in rows if r.id not in known_specs])
+    return [PendingRow(*row, spec=stored.get(int(row.id))) for row in rows]
+
+
+def stored_specs(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The stored spec of each workload of `ids` that exists, a few thousand ids per query."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start:start + _IDS_PER_QUERY]
+        found.update(session.execute(select(WorkloadRow.id, WorkloadRow.spec).where(WorkloadRow.id.in_(chunk))).all())
+    return found
 
 
 def uncapped_offer(nodes: Sequence[Node], reservations: int) -> OfferBound:

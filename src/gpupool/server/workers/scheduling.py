@@ -49,7 +49,7 @@ from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
-from gpupool.server.services.arrays import pending_to_offer, uncapped_offer
+from gpupool.server.services.arrays import PendingRow, pending_to_offer, stored_specs, uncapped_offer
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
 from gpupool.server.services.workloads import preempt as preempt_workload
@@ -69,6 +69,7 @@ PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on t
 # of one core, and such a change is picked up within half a minute.
 FULL_REBUILD_S = 30.0
 Shown = tuple[str | None, int | None, list[Any] | None]  # a pending row's reason, queue position, nomination
+_IDS_PER_QUERY = 2000  # ids in one IN list: far below SQLite's limit of bound parameters
 
 
 @dataclass
@@ -113,6 +114,7 @@ class SchedulingLoop:
         self._checker_key = ""
         self._observed_up_to = 0
         self._spec_cache: dict[int, WorkloadSpec] = {}
+        self._running_terms: dict[int, tuple[bool, Any]] = {}  # a running workload's (preemptible, max_runtime)
         self.last_decisions: Decisions | None = None
         self._held: dict[str, HeldReservation] = {}
         self._nodes_key: tuple[Any, ...] = ()
@@ -201,18 +203,26 @@ class SchedulingLoop:
         self._kept = None if seq is None else KeptState(seq, state, now)
         return state, None
 
-    def _spec(self, row: WorkloadRow) -> WorkloadSpec:
-        spec = self._spec_cache.get(row.id)
+    @staticmethod
+    def _spec(session: Session, known: dict[int, WorkloadSpec], row: PendingRow) -> WorkloadSpec | None:
+        """The parsed spec of a pending row: from `known` (kept while it waits: a spec never changes), else
+        parsed from the stored one (read here when the row came without it) and kept in `known`; None when
+        the workload is gone."""
+        spec = known.get(row.id)
         if spec is None:
-            spec = self._spec_cache[row.id] = parse_spec(row.spec)
+            stored = row.spec if row.spec is not None else stored_specs(session, [row.id]).get(row.id)
+            if stored is None:
+                return None
+            spec = known[row.id] = parse_spec(stored)
         return spec
 
     def _load(self, session: Session) -> ClusterState:
         nodes, fingerprint, gpu_versions = self._nodes(session)
         # a job array's tasks beyond its cap of tasks at once, or beyond what the pool could hold, are not
-        # offered (see services.arrays)
+        # offered (see services.arrays); the specs already parsed are not read again
         reservations = self.profile.reservation_depth if self.profile.backfill else 0
-        pending_rows = pending_to_offer(session, uncapped_offer(nodes, reservations))
+        known = self._spec_cache  # this dict: what_if reads from a request thread while the loop replaces it
+        pending_rows = pending_to_offer(session, uncapped_offer(nodes, reservations), known_specs=known)
         pending: list[PendingWorkload] = []
         specs: dict[int, WorkloadSpec] = {}
         shown: dict[int, Shown] = {}
@@ -220,10 +230,13 @@ class SchedulingLoop:
             if row.kind in CONTROLLER_KINDS:
                 continue  # a controller owns children; it is never placed itself
             try:
-                spec = specs[row.id] = self._spec(row)
+                spec = self._spec(session, known, row)
             except GpupoolError:
                 log.exception("workload %s has a spec this version cannot read; skipping it", row.id)
                 continue
+            if spec is None:
+                continue  # gone since the pending rows were read
+            specs[row.id] = spec
             nominated = tuple(placement_from_json(p) for p in row.nominated) if row.nominated else None
             pending.append(pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated))
             shown[row.id] = (row.pending_reason, row.queue_position, row.nominated)
@@ -246,22 +259,34 @@ class SchedulingLoop:
         return self._nodes_view
 
     def _running(self, session: Session) -> list[RunningWorkload]:
-        by_workload: dict[int, list[ReplicaRow]] = defaultdict(list)
-        for replica in repo.live_replicas(session):
+        """The workloads that hold resources, from their live replicas' columns and their rows' columns (no ORM
+        objects); what a running workload's spec says (preemptible, max_runtime) is read once and kept."""
+        by_workload: dict[int, list[Any]] = defaultdict(list)
+        for replica in repo.live_replica_holdings(session):
             by_workload[replica.workload_id].append(replica)
         if not by_workload:
+            self._running_terms = {}
             return []
-        rows = session.scalars(select(WorkloadRow).where(WorkloadRow.id.in_(sorted(by_workload)))).all()
+        ids = sorted(by_workload)
+        rows = [row for start in range(0, len(ids), _IDS_PER_QUERY) for row in session.execute(
+            select(WorkloadRow.id, WorkloadRow.queue, WorkloadRow.priority, WorkloadRow.started_at, WorkloadRow.status)
+            .where(WorkloadRow.id.in_(ids[start:start + _IDS_PER_QUERY]))).all()]
+        known = self._running_terms
+        missing = [int(row.id) for row in rows if row.id not in known]
+        for workload_id, stored in stored_specs(session, missing).items():
+            known[workload_id] = (bool(stored.get("preemptible", True)), stored.get("max_runtime"))
+        self._running_terms = {int(row.id): known[row.id] for row in rows if row.id in known}
         running = []
-        for row in sorted(rows, key=lambda r: r.id):
+        for row in sorted(rows, key=lambda r: int(r.id)):
+            if row.id not in known:
+                continue  # gone since its replicas were read
             replicas = by_workload[row.id]
-            spec_data: dict[str, Any] = row.spec
-            terminating = not row.current_status.is_active() or any(r.stop_requested_at for r in replicas)
+            preemptible, max_runtime = known[row.id]
+            terminating = not WorkloadStatus(row.status).is_active() or any(r.stop_requested_at for r in replicas)
             running.append(RunningWorkload(
                 id=str(row.id), queue=row.queue, placements=tuple(placement_from_json(r.placement) for r in replicas),
                 priority=row.priority, start_time=row.started_at or min(r.created_at for r in replicas),
-                preemptible=bool(spec_data.get("preemptible", True)),
-                max_runtime_s=spec_data.get("max_runtime"), terminating=terminating))
+                preemptible=preemptible, max_runtime_s=max_runtime, terminating=terminating))
         return running
 
     def _observe(self, state: ClusterState) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.replicas import ReplicaState
@@ -103,6 +104,14 @@ def live_replicas(session: Session) -> Sequence[ReplicaRow]:
     """Every replica that still holds resources (its state is not terminal), by workload and number."""
     query = select(ReplicaRow).where(ReplicaRow.state.in_(LIVE_REPLICA_STATES))
     return session.scalars(query.order_by(ReplicaRow.workload_id, ReplicaRow.number)).all()
+
+
+def live_replica_holdings(session: Session) -> Sequence[Row[tuple[int, Any, float, float | None]]]:
+    """(workload id, placement, created_at, stop_requested_at) of every replica that still holds resources, by
+    workload and number: plain columns, for a reader that needs only what they hold (the scheduler)."""
+    query = (select(ReplicaRow.workload_id, ReplicaRow.placement, ReplicaRow.created_at, ReplicaRow.stop_requested_at)
+             .where(ReplicaRow.state.in_(LIVE_REPLICA_STATES)).order_by(ReplicaRow.workload_id, ReplicaRow.number))
+    return session.execute(query).all()
 
 
 def replicas_by_ids(session: Session, ids: Collection[int]) -> dict[int, ReplicaRow]:
