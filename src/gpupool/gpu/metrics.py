@@ -24,9 +24,11 @@ disappear), so the caller passes the full current state every time. The over-use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from gpupool.domain.nodes import Gpu
 from gpupool.gpu.monitor import IdleAllocation, MonitorReport, OveruseEvent
@@ -48,14 +50,8 @@ class GpuMetrics:
         def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
             return Gauge(name, doc, labels, registry=self.registry)
 
-        self.utilization = gauge("gpupool_gpu_utilization", "GPU busy ratio (0-1)", GPU_LABELS)
-        self.memory_used = gauge("gpupool_gpu_memory_used_bytes", "GPU memory in use", GPU_LABELS)
-        self.memory_total = gauge("gpupool_gpu_memory_total_bytes", "GPU memory", GPU_LABELS)
-        self.power = gauge("gpupool_gpu_power_watts", "GPU power draw", GPU_LABELS)
-        self.temperature = gauge("gpupool_gpu_temperature_celsius", "GPU temperature", GPU_LABELS)
-        self.healthy = gauge("gpupool_gpu_healthy", "1 when the GPU is healthy, 0 after XID/ECC errors", GPU_LABELS)
-        self.workload_memory = gauge("gpupool_workload_gpu_memory_used_bytes",
-                                     "GPU memory held by a workload's processes", ("workload", "project"))
+        self.gpu_readings = GpuReadings()
+        self.registry.register(self.gpu_readings)
         self.idle_allocated = gauge("gpupool_gpu_idle_allocated", "Allocations idle past the threshold",
                                     ("node", "gpu", "workload"))
         self.queue_depth = gauge("gpupool_queue_depth", "Pending workloads per queue", ("queue",))
@@ -68,28 +64,9 @@ class GpuMetrics:
 
     def update_gpus(self, reports: Iterable[MonitorReport], gpus: Mapping[str, Sequence[Gpu]]) -> None:
         """GPU gauges and per-workload memory from the latest report of every node; `gpus` gives each
-        node's cards (for uuid, model and health labels/values)."""
-        for metric in (self.utilization, self.memory_used, self.memory_total, self.power, self.temperature,
-                       self.healthy, self.workload_memory):
-            metric.clear()
-        workload_bytes: dict[tuple[str, str], int] = {}
-        for report in reports:
-            cards = {g.index: g for g in gpus.get(report.node, ())}
-            for r in report.gpus:
-                card = cards.get(r.index)
-                labels = (report.node, str(r.index), r.uuid, card.model if card else "")
-                self._set(self.utilization, labels, None if r.utilization_pct is None else r.utilization_pct / 100)
-                self._set(self.memory_used, labels, r.memory_used_bytes)
-                self._set(self.memory_total, labels, r.memory_total_bytes)
-                self._set(self.power, labels, r.power_w)
-                self._set(self.temperature, labels, r.temperature_c)
-                healthy = (card is None or card.healthy) and r.index not in report.unhealthy
-                self.healthy.labels(*labels).set(1 if healthy else 0)
-            for replica, used in report.workload_memory_bytes().items():
-                key = (replica.workload_id, replica.project)
-                workload_bytes[key] = workload_bytes.get(key, 0) + used
-        for (workload, project), used in sorted(workload_bytes.items()):
-            self.workload_memory.labels(workload, project).set(used)
+        node's cards (for uuid, model and health labels/values). Kept as given and turned into series when
+        /metrics is read (`GpuReadings`)."""
+        self.gpu_readings.set(list(reports), dict(gpus))
 
     def update_idle(self, node: str, idle: Iterable[IdleAllocation]) -> None:
         """The "wasted GPU" allocations of one node (replaces that node's previous values only)."""
@@ -136,8 +113,57 @@ class GpuMetrics:
         """The exposition text for `/metrics` (serve with `content_type`)."""
         return generate_latest(self.registry)
 
-    @staticmethod
-    def _set(metric: Gauge, labels: tuple[str, ...], value: float | None) -> None:
-        if value is not None:
-            metric.labels(*labels).set(value)
+
+
+class GpuReadings:
+    """A prometheus collector of the GPU gauges (utilization, memory, power, temperature, health, and GPU
+    memory per workload) from the latest reports, built when /metrics is read: hundreds of cards are sampled
+    every few seconds and scraped far less often, so the series are not updated on every sample."""
+
+    _GPU_FAMILIES = (
+        ("gpupool_gpu_utilization", "GPU busy ratio (0-1)"),
+        ("gpupool_gpu_memory_used_bytes", "GPU memory in use"),
+        ("gpupool_gpu_memory_total_bytes", "GPU memory"),
+        ("gpupool_gpu_power_watts", "GPU power draw"),
+        ("gpupool_gpu_temperature_celsius", "GPU temperature"),
+        ("gpupool_gpu_healthy", "1 when the GPU is healthy, 0 after XID/ECC errors"),
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reports: list[MonitorReport] = []
+        self._cards: dict[str, Sequence[Gpu]] = {}
+
+    def set(self, reports: list[MonitorReport], cards: dict[str, Sequence[Gpu]]) -> None:
+        """Replace the readings (reports are not changed afterwards: a new sample makes new ones)."""
+        with self._lock:
+            self._reports, self._cards = reports, cards
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauge families of the latest readings (a series only for a value the report has)."""
+        with self._lock:
+            reports, cards_of = self._reports, self._cards
+        families = [GaugeMetricFamily(name, doc, labels=GPU_LABELS) for name, doc in self._GPU_FAMILIES]
+        utilization, memory_used, memory_total, power, temperature, healthy = families
+        workload_bytes: dict[tuple[str, str], int] = {}
+        for report in reports:
+            cards = {g.index: g for g in cards_of.get(report.node, ())}
+            for r in report.gpus:
+                card = cards.get(r.index)
+                labels = [report.node, str(r.index), r.uuid, card.model if card else ""]
+                for family, value in ((utilization, None if r.utilization_pct is None else r.utilization_pct / 100),
+                                      (memory_used, r.memory_used_bytes), (memory_total, r.memory_total_bytes),
+                                      (power, r.power_w), (temperature, r.temperature_c)):
+                    if value is not None:
+                        family.add_metric(labels, value)
+                fine = (card is None or card.healthy) and r.index not in report.unhealthy
+                healthy.add_metric(labels, 1 if fine else 0)
+            for replica, used in report.workload_memory_bytes().items():
+                key = (replica.workload_id, replica.project)
+                workload_bytes[key] = workload_bytes.get(key, 0) + used
+        workload_memory = GaugeMetricFamily("gpupool_workload_gpu_memory_used_bytes",
+                                            "GPU memory held by a workload's processes", labels=("workload", "project"))
+        for (workload, project), used in sorted(workload_bytes.items()):
+            workload_memory.add_metric([workload, project], used)
+        yield from (*families, workload_memory)
 
