@@ -198,3 +198,47 @@ def test_the_cache_is_bounded_and_keeps_no_none(database: Database) -> None:
             assert cached(session, f"bad{k}", reader("bad", None)) is None
     assert reads == ["a", "b", "c", "b", *["bad"] * 50]
     assert len(database.setup_cache) == 2
+
+
+def test_writers_of_either_sequence_or_both_never_deadlock(database: Database) -> None:
+    """Transactions that move the scheduler's sequence (a workload), the setup sequence (a token's revocation)
+    or both (a node: its capacity counts for both), from 6 threads at once: each sequence ends moved once per
+    transaction that counted for it, and no transaction failed (a deadlock would abort one on PostgreSQL)."""
+    with database.session() as session:
+        session.add_all([TokenRow(id=100 + k, user_id=1, name=f"t{k}", token_hash=f"{k:064d}", prefix="p",
+                                  created_at=0.0) for k in range(30)])
+    before = (seq_of(database, changes.COUNTER_ID), setup_seq(database))
+    errors: list[BaseException] = []
+
+    def write(kind: int) -> None:
+        try:
+            for k in range(10):
+                with database.session() as session:
+                    if kind % 3 == 0:
+                        session.add(WorkloadRow(name="w", kind="job", project_id=1, queue="a", user_id=1, spec={},
+                                                priority=0, replica_count=1, submitted_at=0.0, updated_at=0.0))
+                    elif kind % 3 == 1:
+                        token = session.get(TokenRow, 100 + (kind // 3) * 10 + k)
+                        assert token is not None
+                        token.revoked_at = 1.0
+                    else:
+                        session.add(NodeRow(name=f"n{kind}-{k}", cpu_milli=1000, memory_mib=1024, gpus=[], labels={},
+                                            taints=[], source="test", registered_at=0.0, heartbeat_at=0.0))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=(kind,)) for kind in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    # workloads (20) and nodes (20) move the scheduler's sequence; revocations (20) and nodes (20) the setup one
+    assert (seq_of(database, changes.COUNTER_ID), setup_seq(database)) == (before[0] + 40, before[1] + 40)
+
+
+def seq_of(db: Database, counter: int) -> int:
+    with db.session(write=False) as session:
+        value = changes.current(session, counter)
+    assert value is not None
+    return value
