@@ -33,12 +33,16 @@ async def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: 
 
 def _submit(body: schemas.SubmitRequest, services: Services, principal: Principal) -> Response:
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
-    with services.db.session(write=False) as session:  # and so do the reads, checked again inside
-        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
-    if plan.replay is not None:
+    plan = None
+    if services.db.is_sqlite:  # SQLite has one writer: the reads come before, checked again inside
+        with services.db.session(write=False) as session:
+            plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
+    if plan is not None and plan.replay is not None:
         row, created, written = plan.replay, False, {}
     else:
-        with services.db.session() as session:
+        with services.db.session() as session:  # on PostgreSQL reads and writes share one transaction
+            if plan is None:
+                plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
             row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
                                             prepared=spec, plan=plan)
             written = workloads.submitted_events(session)
@@ -57,9 +61,13 @@ async def submit_batch(body: schemas.SubmitBatchRequest, services: ServicesDep, 
 
 def _submit_batch(body: schemas.SubmitBatchRequest, services: Services, principal: Principal) -> Response:
     specs = workload_batch.prepare_batch(body.items)  # every item is checked before the transaction
-    with services.db.session(write=False) as session:  # and read for, checked again inside
-        plans = workload_batch.plan_batch(session, principal, body.items, specs, services.feasibility)
+    plans = None
+    if services.db.is_sqlite:  # and read for before it on SQLite (one writer), checked again inside
+        with services.db.session(write=False) as session:
+            plans = workload_batch.plan_batch(session, principal, body.items, specs, services.feasibility)
     with services.db.session() as session:
+        if plans is None:
+            plans = workload_batch.plan_batch(session, principal, body.items, specs, services.feasibility)
         stored = workload_batch.submit_batch(session, principal, body.items, specs, services.clock(),
                                              services.feasibility, plans)
         written = workloads.submitted_events(session)
