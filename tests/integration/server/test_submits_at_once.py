@@ -94,3 +94,37 @@ def test_a_batch_counts_as_one_and_reads_are_not_held_behind_submissions(limited
     # five requests at HOLD_S each, two at a time, take >= 3 x HOLD_S; a read does not wait for them
     assert waited < 2 * HOLD_S
     assert statuses == [201] * 5 and gauge.most == LIMIT
+
+
+def test_a_submission_waits_while_the_scheduler_is_behind_and_never_longer_than_the_bound(
+        server_factory: ServerFactory) -> None:
+    """While a scheduling pass that picked up a submission's wake runs longer than SCHEDULER_BEHIND_S, the next
+    submissions wait for it, at most HOLD_SUBMIT_MAX_S each, and are then stored; once it ended they do not."""
+    server = server_factory(executor=FakeExecutor(), gpus="4xA100-80GB")
+    scheduler = server.services.scheduler
+    assert scheduler is not None
+    release, blocked = threading.Event(), threading.Event()
+    step = scheduler.step
+
+    def slow_step() -> object:
+        if not release.is_set():
+            blocked.set()
+            release.wait(20)
+        return step()
+
+    scheduler.step = slow_step
+    try:
+        assert post(server, "", spec(0)).status_code == 201  # its wake starts a pass that blocks
+        assert blocked.wait(10)
+        time.sleep(context.SCHEDULER_BEHIND_S + 0.1)
+        began = time.monotonic()
+        held = post(server, "", spec(1))
+        waited = time.monotonic() - began
+        assert held.status_code == 201
+        assert context.HOLD_SUBMIT_MAX_S - 0.05 <= waited < context.HOLD_SUBMIT_MAX_S + 2
+    finally:
+        release.set()
+    time.sleep(0.5)  # the blocked pass ends, the next one picks up the last wake
+    began = time.monotonic()
+    assert post(server, "", spec(2)).status_code == 201
+    assert time.monotonic() - began < context.SCHEDULER_BEHIND_S

@@ -32,6 +32,7 @@ async def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: 
 
 
 def _submit(body: schemas.SubmitRequest, services: Services, principal: Principal) -> Response:
+    services.hold_while_scheduler_behind()
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
     plan = None
     if services.db.is_sqlite:  # SQLite has one writer: the reads come before, checked again inside
@@ -60,6 +61,7 @@ async def submit_batch(body: schemas.SubmitBatchRequest, services: ServicesDep, 
 
 
 def _submit_batch(body: schemas.SubmitBatchRequest, services: Services, principal: Principal) -> Response:
+    services.hold_while_scheduler_behind()
     specs = workload_batch.prepare_batch(body.items)  # every item is checked before the transaction
     plans = None
     if services.db.is_sqlite:  # and read for before it on SQLite (one writer), checked again inside
