@@ -192,7 +192,7 @@ class PendingRow(NamedTuple):
 
 _PENDING_COLUMNS = (WorkloadRow.id, WorkloadRow.kind, WorkloadRow.queue, WorkloadRow.submitted_at,
                     WorkloadRow.nominated, WorkloadRow.pending_reason, WorkloadRow.queue_position)
-_IDS_PER_QUERY = 2000  # ids in one IN list: far below SQLite's limit of bound parameters
+IDS_PER_QUERY = 2000  # ids in one IN list: far below SQLite's limit of bound parameters
 
 
 def pending_to_offer(session: Session, uncapped_offer: OfferBound | None = None,
@@ -237,8 +237,8 @@ def pending_to_offer(session: Session, uncapped_offer: OfferBound | None = None,
 def stored_specs(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """The stored spec of each workload of `ids` that exists, a few thousand ids per query."""
     found: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(ids), _IDS_PER_QUERY):
-        chunk = ids[start:start + _IDS_PER_QUERY]
+    for start in range(0, len(ids), IDS_PER_QUERY):
+        chunk = ids[start:start + IDS_PER_QUERY]
         found.update(session.execute(select(WorkloadRow.id, WorkloadRow.spec).where(WorkloadRow.id.in_(chunk))).all())
     return found
 

@@ -49,7 +49,7 @@ from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.scheduler.types import HeldReservation, PendingWorkload, ReplicaPlacement, RunningWorkload
-from gpupool.server.services.arrays import PendingRow, pending_to_offer, stored_specs, uncapped_offer
+from gpupool.server.services.arrays import IDS_PER_QUERY, PendingRow, pending_to_offer, stored_specs, uncapped_offer
 from gpupool.server.services.feasibility import nodes_fingerprint, pending_from_spec
 from gpupool.server.services.pool import queue_specs
 from gpupool.server.services.workloads import preempt as preempt_workload
@@ -69,7 +69,6 @@ PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on t
 # of one core, and such a change is picked up within half a minute.
 FULL_REBUILD_S = 30.0
 Shown = tuple[str | None, int | None, list[Any] | None]  # a pending row's reason, queue position, nomination
-_IDS_PER_QUERY = 2000  # ids in one IN list: far below SQLite's limit of bound parameters
 
 
 @dataclass
@@ -268,9 +267,9 @@ class SchedulingLoop:
             self._running_terms = {}
             return []
         ids = sorted(by_workload)
-        rows = [row for start in range(0, len(ids), _IDS_PER_QUERY) for row in session.execute(
+        rows = [row for start in range(0, len(ids), IDS_PER_QUERY) for row in session.execute(
             select(WorkloadRow.id, WorkloadRow.queue, WorkloadRow.priority, WorkloadRow.started_at, WorkloadRow.status)
-            .where(WorkloadRow.id.in_(ids[start:start + _IDS_PER_QUERY]))).all()]
+            .where(WorkloadRow.id.in_(ids[start:start + IDS_PER_QUERY]))).all()]
         known = self._running_terms
         missing = [int(row.id) for row in rows if row.id not in known]
         for workload_id, stored in stored_specs(session, missing).items():
