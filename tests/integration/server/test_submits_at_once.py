@@ -124,7 +124,9 @@ def test_a_submission_waits_while_the_scheduler_is_behind_and_never_longer_than_
         assert context.HOLD_SUBMIT_MAX_S - 0.05 <= waited < context.HOLD_SUBMIT_MAX_S + 2
     finally:
         release.set()
-    time.sleep(0.5)  # the blocked pass ends, the next one picks up the last wake
+    deadline = time.monotonic() + 30
+    while scheduler.lag_s() > 0 and time.monotonic() < deadline:  # the blocked pass ends, the next catches up
+        time.sleep(0.05)
     began = time.monotonic()
     assert post(server, "", spec(2)).status_code == 201
-    assert time.monotonic() - began < context.SCHEDULER_BEHIND_S
+    assert time.monotonic() - began < context.HOLD_SUBMIT_MAX_S - 0.05  # not held for the bound
