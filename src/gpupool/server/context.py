@@ -34,8 +34,9 @@ Clock = Callable[[], float]
 SUBMITS_AT_ONCE = 8
 # A submission waits (at most HOLD_SUBMIT_MAX_S) while the scheduler is SCHEDULER_BEHIND_S or more behind its
 # wakes: the request threads and the scheduler share one interpreter, and a scheduler that gets a ninth of it
-# binds late. A quarter of the 1 s within which a submission should be bound or told why; the wait never
-# exceeds that second. See benchmarks/control_plane/README.md ("Holding submissions while the scheduler is behind").
+# binds late. Half of the 1 s within which a submission should be bound or told why (0.25 s bound sooner but
+# cost 10-15 % of the rate), and the wait never exceeds that second: benchmarks/control_plane/README.md, "One
+# transaction fewer on PostgreSQL, and submissions held while the scheduler is behind".
 SCHEDULER_BEHIND_S = 0.5
 HOLD_SUBMIT_MAX_S = 1.0
 
