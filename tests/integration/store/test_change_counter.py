@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
+from tests.support.concurrency import read_while_writing
 from tests.support.databases import fresh_database
 
 from gpupool.store import changes
@@ -126,15 +127,7 @@ def test_a_reader_that_sees_a_sequence_sees_every_change_counted_up_to_it(databa
             assert at is not None
             seen.append((at, names))
 
-    readers = [threading.Thread(target=read) for _ in range(2)]
-    writers = [threading.Thread(target=write, args=(k,)) for k in range(8)]
-    for thread in [*readers, *writers]:
-        thread.start()
-    for thread in writers:
-        thread.join()
-    done.set()
-    for thread in readers:
-        thread.join()
+    read_while_writing(read, 2, write, 8, done)
     assert sorted(counted.values()) == list(range(min(counted.values()), min(counted.values()) + 120))
     assert len(seen) > 10
     for at, names in seen:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, update
+from tests.support.concurrency import read_while_writing
 from tests.support.databases import fresh_database
 
 from gpupool.store import changes, setup_cache
@@ -129,7 +130,7 @@ def test_concurrent_writers_never_leave_a_reader_with_an_older_answer(database: 
     failures: list[str] = []
     first = setup_seq(database)
 
-    def write() -> None:
+    def write(_k: int) -> None:
         for _ in range(40):
             with database.session() as session:
                 session.execute(update(QueueRow).where(QueueRow.name == "a").values(weight=QueueRow.weight + 1))
@@ -146,15 +147,7 @@ def test_concurrent_writers_never_leave_a_reader_with_an_older_answer(database: 
             if kept.weight < at_seen or (database.is_sqlite and kept.weight != at_seen):
                 failures.append(f"kept weight {kept.weight} at sequence {seen} (weight then: {at_seen})")
 
-    readers = [threading.Thread(target=read) for _ in range(2)]
-    writers = [threading.Thread(target=write) for _ in range(3)]
-    for thread in [*readers, *writers]:
-        thread.start()
-    for thread in writers:
-        thread.join()
-    done.set()
-    for thread in readers:
-        thread.join()
+    read_while_writing(read, 2, write, 3, done)
     assert failures == []
     assert database.setup_cache.hits > 0  # some reads were answered from the kept value
     with database.session(write=False) as session:

@@ -100,18 +100,25 @@ def authenticate(session: Session, authorization: str | None, now: float) -> Aut
     changes it), so a repeated caller costs one primary-key read."""
     digest = hash_token(_bearer(authorization))
     key = ("caller", digest)
-    valid = cached(session, key, lambda reading: _valid_token(reading, digest))
-    if valid is None:
-        raise _refusal(session, digest)
+    found: list[tuple[TokenRow, UserRow | None, list[MembershipRow]] | None] = []  # what a read found
+
+    def read(reading: Session) -> _ValidToken | None:
+        found.append(accounts.token_by_hash(reading, digest))  # the token, its user and memberships: one query
+        return _valid_token(found[-1], digest)
+
+    valid = cached(session, key, read)
+    if valid is None:  # never kept: `read` ran
+        raise _refusal(session, digest, found[-1])
     stale = valid.last_used_at is None or now - valid.last_used_at > LAST_USED_RESOLUTION_S
     if stale:  # the caller records this use (touch_token): keep it, or every later call would record it again
         keep_again(session, key, replace(valid, last_used_at=now))
     return Authenticated(valid.principal, valid.token_id if stale else None)
 
 
-def _valid_token(session: Session, digest: str) -> _ValidToken | None:
-    """The token with this SHA-256 when it is valid (known, not revoked, its user exists); else None."""
-    found = accounts.token_by_hash(session, digest)  # the token, its user and memberships: one query
+def _valid_token(found: tuple[TokenRow, UserRow | None, list[MembershipRow]] | None,
+                 digest: str) -> _ValidToken | None:
+    """The token `found` for this SHA-256 (`accounts.token_by_hash`) when it is valid (known, not revoked, its
+    user exists); else None."""
     if found is None:
         return None
     row, user, memberships = found
@@ -120,12 +127,12 @@ def _valid_token(session: Session, digest: str) -> _ValidToken | None:
     return _ValidToken(principal_from(user, memberships), row.id, row.last_used_at)
 
 
-def _refusal(session: Session, digest: str) -> AuthenticationError:
-    """Why the token with this SHA-256 is refused."""
-    if accounts.service_token_exists(session, digest):
+def _refusal(session: Session, digest: str,
+             found: tuple[TokenRow, UserRow | None, list[MembershipRow]] | None) -> AuthenticationError:
+    """Why the token with this SHA-256 (`found` for it by `accounts.token_by_hash`) is refused."""
+    if found is None and accounts.service_token_exists(session, digest):
         return AuthenticationError("this is a service token: it may call only the gateway (/v1/..., "
                                    "/services/<name>/...) for its project's services; the API needs a user's token")
-    found = accounts.token_by_hash(session, digest)
     if found is not None and found[0].revoked_at is None and found[1] is None:
         return AuthenticationError("the API token belongs to a user that no longer exists")
     return AuthenticationError("the API token is not valid (unknown or revoked); create one with "
