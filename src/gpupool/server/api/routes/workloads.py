@@ -34,19 +34,14 @@ async def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: 
 def _submit(body: schemas.SubmitRequest, services: Services, principal: Principal) -> Response:
     services.hold_while_scheduler_behind()
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
-    plan = None
-    if services.db.is_sqlite:  # SQLite has one writer: the reads come before, checked again inside
-        with services.db.session(write=False) as session:
-            plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
-    if plan is not None and plan.replay is not None:
-        row, created, written = plan.replay, False, {}
-    else:
-        with services.db.session() as session:  # on PostgreSQL reads and writes share one transaction
-            if plan is None:
-                plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
-            row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
-                                            prepared=spec, plan=plan)
-            written = workloads.submitted_events(session)
+    # The reads (project, queue, key, never-fits: most answered from the setup cache) share the write
+    # transaction on both stores: one transaction fewer per submit costs less than the write lock held a
+    # little longer on SQLite (benchmarks/control_plane/README.md). A batch reads before (its reads grow with it).
+    with services.db.session() as session:
+        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
+        row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
+                                        prepared=spec, plan=plan)
+        written = workloads.submitted_events(session)
     if created:
         services.wake_scheduler()
     return json_answer(_answers([(row, created)], services, principal, [plan], written)[0], 201 if created else 200)
