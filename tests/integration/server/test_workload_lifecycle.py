@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import ManualClock, TestServer, wait_until
 
@@ -243,3 +243,36 @@ def test_what_a_submit_read_before_its_transaction_is_checked_again_inside(serve
     with services.db.session(write=False) as session:
         named = session.scalars(select(WorkloadRow.id).where(WorkloadRow.name.in_(["raced", "replanned"]))).all()
     assert len(named) == 2  # one each: nothing doubled
+
+
+def test_a_submit_is_one_write_transaction_besides_its_authentication(server_factory: ServerFactory,
+                                                                      fake: FakeExecutor) -> None:
+    """A submit by a caller already seen runs two transactions: the body limit's authentication (read-only) and
+    one that plans and writes (project, queue and key read inside it; no savepoint); the job is stored once with
+    its first event, and a replay of its key answers with it."""
+    server = server_factory(executor=fake, workers=False, gpus="4xA100-80GB")  # no worker transaction between
+    begins: list[str] = []
+    statements: list[str] = []
+
+    def begun(_connection: object) -> None:
+        begins.append(threading.current_thread().name)
+
+    def executed(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    with server.client() as admin:
+        admin.submit(job("warm"))  # the token's first use is recorded, the setup cache filled
+        event.listen(Engine, "begin", begun)
+        event.listen(Engine, "before_cursor_execute", executed)
+        try:
+            created = admin.submit(job("once"), idempotency_key="once")
+        finally:
+            event.remove(Engine, "begin", begun)
+            event.remove(Engine, "before_cursor_execute", executed)
+        replay = admin.submit(job("once"), idempotency_key="once")
+        shown = admin.get_workload(created.workload.id)
+    assert len(begins) == 2, begins
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+    assert sum(1 for s in statements if s.lstrip().upper().startswith("INSERT INTO WORKLOADS")) == 1
+    assert (created.created, replay.created, replay.workload.id) == (True, False, created.workload.id)
+    assert [e.reason for e in shown.events] == ["submitted by admin to queue default"]

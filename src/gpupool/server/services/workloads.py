@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpupool.domain.arrays import ARRAY_KIND
@@ -192,20 +191,19 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
         return plan.replay, False
     key, canonical = body.idempotency_key, plan.canonical
     array = spec.array if isinstance(spec, JobSpec) else None
-    row = WorkloadRow(name=spec.name, kind=ARRAY_KIND if array else spec.kind.value, project_id=plan.project_id,
-                      queue=plan.queue, user_id=principal.user_id, spec=canonical, priority=spec.priority,
-                      replica_count=spec.replica_count, submitted_at=now, updated_at=now, idempotency_key=key,
-                      message="submitted", attempt=0, retries_used=0, preemptions=0, parent_id=parent_id)
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        existing = repo.workload_by_key(session, principal.user_id, key) if key else None
+    row = repo.insert_workload(session, {
+        "name": spec.name, "kind": ARRAY_KIND if array else spec.kind.value, "project_id": plan.project_id,
+        "queue": plan.queue, "user_id": principal.user_id, "spec": canonical, "status": WorkloadStatus.PENDING.value,
+        "priority": spec.priority, "replica_count": spec.replica_count, "submitted_at": now, "updated_at": now,
+        "started_at": None, "finished_at": None, "attempt": 0, "retries_used": 0, "preemptions": 0,
+        "message": "submitted", "pending_reason": None, "queue_position": None, "nominated": None,
+        "rendezvous_ports": None, "idempotency_key": key, "parent_id": parent_id, "array_index": None})
+    if row is None:  # the key was stored since the plan read it (a concurrent submit with the same key)
+        existing = repo.workload_by_key(session, principal.user_id, key or "")
         if existing is None:
-            raise
+            raise ConflictError(f"idempotency key {key!r} was in use a moment ago; submit again")
         return _replay(existing, canonical, key or ""), False
-    event = repo.add_event(session, row.id, now, f"submitted by {principal.name} to queue {plan.queue}")
+    event = repo.insert_event(session, row.id, now, f"submitted by {principal.name} to queue {plan.queue}")
     session.info.setdefault(_SUBMITTED_EVENTS, {})[row.id] = [event]
     if array is not None:
         arrays.add_tasks(session, row, array, now)

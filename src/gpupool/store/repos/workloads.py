@@ -6,8 +6,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, Select, Table, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.status import WorkloadStatus
@@ -56,6 +57,32 @@ def workload_by_key(session: Session, user_id: int, key: str) -> WorkloadRow | N
     """The workload the user submitted with this idempotency key, or None."""
     return session.scalar(select(WorkloadRow).where(WorkloadRow.user_id == user_id,
                                                     WorkloadRow.idempotency_key == key))
+
+
+def insert_workload(session: Session, values: dict[str, Any]) -> WorkloadRow | None:
+    """Store a new workload with one INSERT (no unit of work, no savepoint) and return it as a row of `session`,
+    as if it had been read back. `values` holds every column but `id`. None when the user already has a
+    workload with `values["idempotency_key"]` (nothing is inserted: the caller reads that one instead)."""
+    table: Table = WorkloadRow.__table__  # type: ignore[assignment]
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (dialect.insert(table).values(values)
+                 .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"]).returning(table.c.id))
+    workload_id = session.execute(statement).scalar()
+    if workload_id is None:
+        return None
+    row = WorkloadRow(id=workload_id, **values)
+    make_transient_to_detached(row)  # every column is set: nothing is left to load
+    session.add(row)
+    return row
+
+
+def insert_event(session: Session, workload_id: int, at: float, reason: str) -> EventRow:
+    """Record something that happened to a workload with one INSERT; returns the event as written (not a row of
+    `session`: it is never changed afterwards)."""
+    values = {"workload_id": workload_id, "at": at, "reason": reason, "from_status": None, "to_status": None,
+              "replica": None}
+    result = session.execute(insert(EventRow.__table__).values(values))
+    return EventRow(id=result.inserted_primary_key[0], **values)  # type: ignore[index]
 
 
 def _filtered(query: Select[tuple[WorkloadRow]], f: WorkloadFilter) -> Select[tuple[WorkloadRow]]:
