@@ -65,6 +65,10 @@ _TRACKED_BY_COUNTER = ((COUNTER_ID, TRACKED), (SETUP_COUNTER_ID, SETUP_TRACKED))
 _TOUCHED = "gpupool.changes.touched"  # session.info: the set of counters this transaction increments
 SEQ_KEY = "gpupool.changes.seq"  # session.info: the value the last commit of this session set the counter to
 _COUNTER: Table = ChangeCounterRow.__table__  # type: ignore[assignment]
+# built once (every transaction of the server runs one of them); run on the session's connection, past the ORM
+_READ = {counter: select(_COUNTER.c.seq).where(_COUNTER.c.id == counter) for counter in COUNTERS}
+_INCREMENT = {counter: update(_COUNTER).where(_COUNTER.c.id == counter).values(seq=_COUNTER.c.seq + 1)
+              .returning(_COUNTER.c.seq) for counter in COUNTERS}  # `mark` takes only these (KeyError otherwise)
 
 
 def install(factory: sessionmaker[Session]) -> None:
@@ -85,14 +89,17 @@ def ensure_counter(connection: Connection) -> None:
 
 
 def current(session: Session, counter: int = COUNTER_ID) -> int | None:
-    """The sequence of `counter` as this transaction sees it; None when its row is missing (then nothing
+    """The sequence of `counter` (one of `COUNTERS`) as this transaction sees it; None when its row is missing (then nothing
     can be concluded from it). One primary-key read."""
-    value = session.scalar(select(_COUNTER.c.seq).where(_COUNTER.c.id == counter))
+    value = session.connection().execute(_READ[counter]).scalar()
     return None if value is None else int(value)
 
 
 def mark(session: Session, counter: int = COUNTER_ID) -> None:
-    """Count this transaction as a change of `counter` whatever it writes (for writes the hooks cannot see)."""
+    """Count this transaction as a change of `counter` (one of `COUNTERS`) whatever it writes (for writes the
+    hooks cannot see)."""
+    if counter not in COUNTERS:
+        raise ValueError(f"no change counter {counter}; the counters are {COUNTERS}")
     _touched(session).add(counter)
 
 
@@ -156,9 +163,7 @@ def _before_commit(session: Session) -> None:
     session.flush()
     touched = session.info.pop(_TOUCHED, set())
     for counter in sorted(touched):  # in id order (see the module docstring)
-        statement = (update(_COUNTER).where(_COUNTER.c.id == counter).values(seq=_COUNTER.c.seq + 1)
-                     .returning(_COUNTER.c.seq))
-        value = session.execute(statement).scalar()
+        value = session.connection().execute(_INCREMENT[counter]).scalar()
         if counter == COUNTER_ID:
             session.info[SEQ_KEY] = value
 
