@@ -112,15 +112,15 @@ class StorageLayout:
         """Path of the directory shared by everyone."""
         return self.root / "shared"
 
-    def _ensure(self, path: Path, mode: int) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _ensure(self, path: Path, mode: int, root: Path) -> Path:
+        """`path` created if missing (with exactly `mode`), resolved; refused unless it lies in `root` (resolved)."""
         try:
-            path.mkdir()
-            path.chmod(mode)  # exact mode, whatever the umask; an existing directory keeps its own
-        except FileExistsError:
-            pass
+            _make_dir(path, mode)
+        except FileNotFoundError:  # its parent is missing: the first directory of its kind
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_dir(path, mode)
         resolved = path.resolve()
-        if not resolved.is_relative_to(self.root.resolve()) or not resolved.is_dir():
+        if not resolved.is_relative_to(root) or not resolved.is_dir():
             raise ValidationError(f"storage directory {path} resolves outside {self.root}; remove the link")
         return resolved
 
@@ -132,10 +132,11 @@ class StorageLayout:
         user_path = self.user_dir(user)
         project_path = self.project_dir(project)
         self.root.mkdir(parents=True, exist_ok=True)
+        root = self.root.resolve()
         scopes = StorageScopes(
-            user_dir=self._ensure(user_path, USER_DIR_MODE),
-            project_dir=self._ensure(project_path, PROJECT_DIR_MODE),
-            shared_dir=self._ensure(self.shared_dir, SHARED_DIR_MODE),
+            user_dir=self._ensure(user_path, USER_DIR_MODE, root),
+            project_dir=self._ensure(project_path, PROJECT_DIR_MODE, root),
+            shared_dir=self._ensure(self.shared_dir, SHARED_DIR_MODE, root),
             shared_writable=admin,
         )
         if owners is not None:
@@ -145,6 +146,15 @@ class StorageLayout:
             _own(scopes.project_dir, 0, owners.project_gid, MULTI_USER_PROJECT_MODE)
             _own(scopes.shared_dir, 0, owners.admins_gid, MULTI_USER_SHARED_MODE)
         return scopes
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    """Create the directory `path` with exactly `mode` (whatever the umask); an existing one keeps its own."""
+    try:
+        path.mkdir()
+        path.chmod(mode)
+    except FileExistsError:
+        pass
 
 
 def _own(path: Path, uid: int, gid: int, mode: int) -> None:
