@@ -89,8 +89,8 @@ def ensure_counter(connection: Connection) -> None:
 
 
 def current(session: Session, counter: int = COUNTER_ID) -> int | None:
-    """The sequence of `counter` (one of `COUNTERS`) as this transaction sees it; None when its row is missing (then nothing
-    can be concluded from it). One primary-key read."""
+    """The sequence of `counter` (one of `COUNTERS`) as this transaction sees it; None when its row is missing
+    (then nothing can be concluded from it). One primary-key read."""
     value = session.connection().execute(_READ[counter]).scalar()
     return None if value is None else int(value)
 

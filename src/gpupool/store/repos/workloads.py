@@ -6,12 +6,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, Select, Table, func, insert, select
+from sqlalchemy import Row, Select, Table, bindparam, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.status import WorkloadStatus
+from gpupool.store import changes
 from gpupool.store.orm import EventRow, ReplicaRow, WorkloadRow
 
 # The statuses and replica states that are not terminal, named rather than "not terminal": `IN (...)` is
@@ -54,22 +55,33 @@ def workloads_by_ids(session: Session, ids: Collection[int], for_update: bool = 
 
 
 def workload_by_key(session: Session, user_id: int, key: str) -> WorkloadRow | None:
-    """The workload the user submitted with this idempotency key, or None."""
-    return session.scalar(select(WorkloadRow).where(WorkloadRow.user_id == user_id,
-                                                    WorkloadRow.idempotency_key == key))
+    """The workload the user submitted with this idempotency key, or None (every submit with a key asks: the
+    id is looked up with a statement built once, the row read only when there is one)."""
+    found = session.connection().execute(_ID_BY_KEY, {"user_id": user_id, "key": key}).scalar()
+    return None if found is None else session.get(WorkloadRow, found)
+
+
+_WORKLOADS: Table = WorkloadRow.__table__  # type: ignore[assignment]
+_EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
+# Built once: building a statement (its bound values, its cache key) cost more than running it
+_ID_BY_KEY = select(_WORKLOADS.c.id).where(_WORKLOADS.c.user_id == bindparam("user_id"),
+                                          _WORKLOADS.c.idempotency_key == bindparam("key"))
+_INSERT_WORKLOAD = {
+    name: dialect.insert(_WORKLOADS).on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"])
+    .returning(_WORKLOADS.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
+_INSERT_EVENT = insert(_EVENTS)
 
 
 def insert_workload(session: Session, values: dict[str, Any]) -> WorkloadRow | None:
     """Store a new workload with one INSERT (no unit of work, no savepoint) and return it as a row of `session`,
     as if it had been read back. `values` holds every column but `id`. None when the user already has a
     workload with `values["idempotency_key"]` (nothing is inserted: the caller reads that one instead)."""
-    table: Table = WorkloadRow.__table__  # type: ignore[assignment]
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = (dialect.insert(table).values(values)
-                 .on_conflict_do_nothing(index_elements=["user_id", "idempotency_key"]).returning(table.c.id))
-    workload_id = session.execute(statement).scalar()
+    connection = session.connection()
+    workload_id = connection.execute(_INSERT_WORKLOAD[connection.dialect.name], values).scalar()
     if workload_id is None:
         return None
+    changes.mark(session)  # a new workload changes what the scheduler reads (run past the ORM's hooks)
     row = WorkloadRow(id=workload_id, **values)
     make_transient_to_detached(row)  # every column is set: nothing is left to load
     session.add(row)
@@ -81,7 +93,7 @@ def insert_event(session: Session, workload_id: int, at: float, reason: str) -> 
     `session`: it is never changed afterwards)."""
     values = {"workload_id": workload_id, "at": at, "reason": reason, "from_status": None, "to_status": None,
               "replica": None}
-    result = session.execute(insert(EventRow.__table__).values(values))
+    result = session.connection().execute(_INSERT_EVENT, values)
     return EventRow(id=result.inserted_primary_key[0], **values)  # type: ignore[index]
 
 
