@@ -112,17 +112,18 @@ class StorageLayout:
         """Path of the directory shared by everyone."""
         return self.root / "shared"
 
-    def _ensure(self, path: Path, mode: int, root: Path) -> Path:
-        """`path` created if missing (with exactly `mode`), resolved; refused unless it lies in `root` (resolved)."""
+    def _ensure(self, path: Path, mode: int, root: str) -> Path:
+        """`path` created if missing (with exactly `mode`), resolved; refused unless it lies in `root` (resolved).
+        On strings (os.path): every launch runs this three times, and pathlib's objects cost more than the checks."""
         try:
             _make_dir(path, mode)
         except FileNotFoundError:  # its parent is missing: the first directory of its kind
             path.parent.mkdir(parents=True, exist_ok=True)
             _make_dir(path, mode)
-        resolved = path.resolve()
-        if not resolved.is_relative_to(root) or not resolved.is_dir():
+        resolved = os.path.realpath(path)
+        if not resolved.startswith(root + os.sep) or not os.path.isdir(resolved):
             raise ValidationError(f"storage directory {path} resolves outside {self.root}; remove the link")
-        return resolved
+        return Path(resolved)
 
     def prepare(self, user: str, project: str, *, admin: bool = False,
                 owners: ScopeOwners | None = None) -> StorageScopes:
@@ -131,8 +132,7 @@ class StorageLayout:
         of the module docstring are applied, to new and existing directories alike."""
         user_path = self.user_dir(user)
         project_path = self.project_dir(project)
-        self.root.mkdir(parents=True, exist_ok=True)
-        root = self.root.resolve()
+        root = os.path.realpath(self.root)  # created with the first directory below it
         scopes = StorageScopes(
             user_dir=self._ensure(user_path, USER_DIR_MODE, root),
             project_dir=self._ensure(project_path, PROJECT_DIR_MODE, root),
