@@ -133,8 +133,8 @@ def prepare_submission(body: schemas.SubmitRequest) -> WorkloadSpec:
 
 @dataclass(frozen=True)
 class SubmitPlan:
-    """What a submit found in a read-only transaction before its write one: the project, its queue, the
-    canonical spec, and the workload an idempotency key already names (`replay`: nothing to write)."""
+    """What a submit's reads found: the project, its queue, the canonical spec, and the workload an idempotency
+    key already names (`replay`: nothing to write)."""
 
     project_id: int
     project_name: str
@@ -146,10 +146,10 @@ class SubmitPlan:
 
 def plan_submission(session: Session, principal: Principal, body: schemas.SubmitRequest, spec: WorkloadSpec,
                     feasibility: FeasibilityCache) -> SubmitPlan:
-    """The reads of a submit (project, queue, idempotency key, environment, whether it could ever fit), for a
-    read-only transaction before the write one, so that they never hold the store's write lock (SQLite has
-    one writer). Raises what `submit` raises for a refused spec. `submit(..., plan=)` re-checks, inside its
-    transaction, what could have changed since (the project's queue; a key taken meanwhile)."""
+    """The reads of a submit (project, queue, idempotency key, environment, whether it could ever fit), in the
+    write transaction (a single submit) or in a read-only one before it (a batch, whose reads would hold
+    SQLite's one write lock as long as its items take). Raises what `submit` raises for a refused spec.
+    `submit(..., plan=)` re-checks what could have changed since (the project's queue; a key taken meanwhile)."""
     project_id, project_name = _resolve_project(session, principal, spec)
     queue = queues.project_queue(session, project_id)
     if queue is None:
@@ -177,9 +177,10 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     """Validate and store a workload (status pending); returns (row, created). With an idempotency key, a
     second submit of the same spec returns the first workload (created False); a different spec is a conflict.
     `parent_id` names the controller workload (pipeline run, sweep, service) a child is created for.
-    `prepared` is `prepare_submission(body)` when the caller already ran it; `plan` is `plan_submission` run
-    before this transaction: only the project's queue is read again here (when it changed, everything is
-    read again), and a key stored meanwhile is found by the unique index."""
+    `prepared` is `prepare_submission(body)` when the caller already ran it; `plan` is `plan_submission` (run
+    in this transaction or before it): only the project's queue is read again here (when it changed,
+    everything is read again; in the same transaction, the setup cache answers), and a key stored meanwhile is
+    found by the insert's ON CONFLICT on the unique (user, key) index."""
     spec = prepared if prepared is not None else prepare_submission(body)
     if plan is not None:
         current = queues.project_queue(session, plan.project_id)
