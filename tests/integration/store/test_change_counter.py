@@ -16,6 +16,7 @@ from tests.support.databases import fresh_database
 from gpupool.store import changes
 from gpupool.store.db import Database
 from gpupool.store.orm import ChangeCounterRow, EventRow, NodeRow, ProjectRow, QueueRow, UserRow, WorkloadRow
+from gpupool.store.repos import workloads as workloads_repo
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -100,6 +101,29 @@ def test_bulk_statements_and_savepoints(database: Database) -> None:
         session.flush()
         raise RuntimeError("abandoned")
     assert seq(database) == start + 2
+
+
+def test_the_submits_insert_counts_and_a_taken_key_neither_inserts_nor_counts(database: Database) -> None:
+    """`repo.insert_workload` runs past the ORM's hooks: it marks the change itself; a key the user already used
+    inserts nothing (ON CONFLICT) and changes nothing. A counter that does not exist cannot be marked."""
+    values = {"name": "k", "kind": "job", "project_id": 1, "queue": "a", "user_id": 1, "spec": {},
+              "status": "pending", "priority": 0, "replica_count": 1, "submitted_at": 0.0, "updated_at": 0.0,
+              "started_at": None, "finished_at": None, "attempt": 0, "retries_used": 0, "preemptions": 0,
+              "message": "", "pending_reason": None, "queue_position": None, "nominated": None,
+              "rendezvous_ports": None, "idempotency_key": "key-1", "parent_id": None, "array_index": None}
+    start = seq(database)
+    with database.session() as session:
+        row = workloads_repo.insert_workload(session, values)
+        assert row is not None and session.get(WorkloadRow, row.id) is row  # attached, nothing left to load
+        assert workloads_repo.workload_by_key(session, 1, "key-1") is row
+    assert seq(database) == start + 1
+    with database.session() as session:
+        assert workloads_repo.insert_workload(session, values | {"name": "again"}) is None
+    assert seq(database) == start + 1
+    with database.session(write=False) as session:
+        assert session.scalar(select(func.count()).where(WorkloadRow.idempotency_key == "key-1")) == 1
+        with pytest.raises(ValueError, match="no change counter 3"):
+            changes.mark(session, 3)
 
 
 def test_a_reader_that_sees_a_sequence_sees_every_change_counted_up_to_it(database: Database) -> None:
