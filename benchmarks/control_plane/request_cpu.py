@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench import fresh_database
-from tests.support.servers import server_settings, start_server
+from tests.support.servers import TestServer, server_settings, start_server
 
 from gpupool.executors.fake import FakeExecutor
 
@@ -40,6 +40,18 @@ threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
 """
 
 
+def submit_server(home: Path, database_url: str) -> TestServer:
+    """A server in this process on `database_url` with its workers off (only requests use its CPU)."""
+    settings = server_settings(home, database_url, gpus="8xA100-80GB", workers=False, log_level="error",
+                               node_cpus=64, node_memory="512GiB")
+    return start_server(settings, FakeExecutor())
+
+
+def submit_jobs(server: TestServer, jobs: int, prefix: str) -> None:
+    """Submit `jobs` one-replica jobs from 4 SDK threads in another process (keys start with `prefix`)."""
+    subprocess.run([sys.executable, "-c", CLIENT, server.url, server.admin_token, str(jobs), prefix], check=True)
+
+
 def _cpu_s() -> float:
     used = resource.getrusage(resource.RUSAGE_SELF)
     return used.ru_utime + used.ru_stime
@@ -54,16 +66,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url:
         home = Path(tmp)
-        settings = server_settings(home, url, gpus="8xA100-80GB", workers=False, log_level="error",
-                                   node_cpus=64, node_memory="512GiB")
-        server = start_server(settings, FakeExecutor())
+        server = submit_server(home, url)
         try:
-            submit = [sys.executable, "-c", CLIENT, server.url, server.admin_token, str(args.jobs)]
-            subprocess.run([*submit, "warm"], check=True)
+            submit_jobs(server, args.jobs, "warm")
             cpu_ms, rates = [], []
             for number in range(args.rounds):
                 cpu_before, began = _cpu_s(), time.perf_counter()
-                subprocess.run([*submit, f"round{number}"], check=True)
+                submit_jobs(server, args.jobs, f"round{number}")
                 cpu_ms.append(round((_cpu_s() - cpu_before) * 1000 / args.jobs, 2))
                 rates.append(round(args.jobs / (time.perf_counter() - began), 1))
         finally:

@@ -7,7 +7,6 @@ its overhead inflates the absolute figures, read the shares).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -16,38 +15,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import yappi
-from tests.support.servers import server_settings, start_server
-
-from gpupool.executors.fake import FakeExecutor
+from request_cpu import submit_jobs, submit_server
 
 LIBRARIES = ("gpupool", "starlette", "fastapi", "uvicorn", "anyio", "sqlalchemy/orm/session", "h11")
-CLIENT = """
-import sys, threading
-from gpupool.client.http import Client
-url, token, jobs, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-def run(t):
-    with Client(url, token) as client:
-        for k in range(jobs // 4):
-            client.submit("name: t\\ncommand: 'true'\\nresources: {gpu: 0.1}\\n", idempotency_key=f"{prefix}{t}-{k}")
-threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
-[t.start() for t in threads]
-[t.join() for t in threads]
-"""
 
 
 def main() -> None:
     """Profile JOBS submissions and print the inclusive and self tables, in ms per submission."""
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 400
     home = Path(tempfile.mkdtemp())
-    settings = server_settings(home, f"sqlite:///{home / 'db.sqlite'}", gpus="8xA100-80GB", workers=False,
-                               log_level="error", node_cpus=64, node_memory="512GiB")
-    server = start_server(settings, FakeExecutor())
-    submit = [sys.executable, "-c", CLIENT, server.url, server.admin_token, str(jobs)]
-    subprocess.run([*submit, "warm"], check=True)
+    server = submit_server(home, f"sqlite:///{home / 'db.sqlite'}")
+    submit_jobs(server, jobs, "warm")
     yappi.set_clock_type("cpu")
     yappi.start()
     began = time.perf_counter()
-    subprocess.run([*submit, "measured"], check=True)
+    submit_jobs(server, jobs, "measured")
     elapsed = time.perf_counter() - began
     yappi.stop()
     stats = list(yappi.get_func_stats())
