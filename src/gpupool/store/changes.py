@@ -68,7 +68,7 @@ _COUNTER: Table = ChangeCounterRow.__table__  # type: ignore[assignment]
 # built once (every transaction of the server runs one of them); run on the session's connection, past the ORM
 _READ = {counter: select(_COUNTER.c.seq).where(_COUNTER.c.id == counter) for counter in COUNTERS}
 _INCREMENT = {counter: update(_COUNTER).where(_COUNTER.c.id == counter).values(seq=_COUNTER.c.seq + 1)
-              .returning(_COUNTER.c.seq) for counter in COUNTERS}  # `mark` takes only these (KeyError otherwise)
+              .returning(_COUNTER.c.seq) for counter in COUNTERS}  # `mark` refuses any other counter
 
 
 def install(factory: sessionmaker[Session]) -> None:

@@ -106,11 +106,8 @@ def test_bulk_statements_and_savepoints(database: Database) -> None:
 def test_the_submits_insert_counts_and_a_taken_key_neither_inserts_nor_counts(database: Database) -> None:
     """`repo.insert_workload` runs past the ORM's hooks: it marks the change itself; a key the user already used
     inserts nothing (ON CONFLICT) and changes nothing. A counter that does not exist cannot be marked."""
-    values = {"name": "k", "kind": "job", "project_id": 1, "queue": "a", "user_id": 1, "spec": {},
-              "status": "pending", "priority": 0, "replica_count": 1, "submitted_at": 0.0, "updated_at": 0.0,
-              "started_at": None, "finished_at": None, "attempt": 0, "retries_used": 0, "preemptions": 0,
-              "message": "", "pending_reason": None, "queue_position": None, "nominated": None,
-              "rendezvous_ports": None, "idempotency_key": "key-1", "parent_id": None, "array_index": None}
+    values = {"name": "k", "kind": "job", "project_id": 1, "queue": "a", "user_id": 1, "spec": {}, "priority": 0,
+              "replica_count": 1, "submitted_at": 0.0, "updated_at": 0.0, "idempotency_key": "key-1"}
     start = seq(database)
     with database.session() as session:
         row = workloads_repo.insert_workload(session, values)

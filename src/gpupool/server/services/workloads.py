@@ -194,11 +194,9 @@ def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, 
     array = spec.array if isinstance(spec, JobSpec) else None
     row = repo.insert_workload(session, {
         "name": spec.name, "kind": ARRAY_KIND if array else spec.kind.value, "project_id": plan.project_id,
-        "queue": plan.queue, "user_id": principal.user_id, "spec": canonical, "status": WorkloadStatus.PENDING.value,
-        "priority": spec.priority, "replica_count": spec.replica_count, "submitted_at": now, "updated_at": now,
-        "started_at": None, "finished_at": None, "attempt": 0, "retries_used": 0, "preemptions": 0,
-        "message": "submitted", "pending_reason": None, "queue_position": None, "nominated": None,
-        "rendezvous_ports": None, "idempotency_key": key, "parent_id": parent_id, "array_index": None})
+        "queue": plan.queue, "user_id": principal.user_id, "spec": canonical, "priority": spec.priority,
+        "replica_count": spec.replica_count, "submitted_at": now, "updated_at": now, "message": "submitted",
+        "idempotency_key": key, "parent_id": parent_id})
     if row is None:  # the key was stored since the plan read it (a concurrent submit with the same key)
         existing = repo.workload_by_key(session, principal.user_id, key or "")
         if existing is None:

@@ -73,12 +73,17 @@ _INSERT_WORKLOAD = {
     .returning(_WORKLOADS.c.id)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))}
 _INSERT_EVENT = insert(_EVENTS)
+# every column but the id, at its default (None where it has none): what a new row holds unless told otherwise
+_NEW_WORKLOAD = {column.name: column.default.arg if column.default is not None and column.default.is_scalar else None
+                 for column in _WORKLOADS.columns if column.name != "id"}
 
 
 def insert_workload(session: Session, values: dict[str, Any]) -> WorkloadRow | None:
     """Store a new workload with one INSERT (no unit of work, no savepoint) and return it as a row of `session`,
-    as if it had been read back. `values` holds every column but `id`. None when the user already has a
-    workload with `values["idempotency_key"]` (nothing is inserted: the caller reads that one instead)."""
+    as if it had been read back. `values` names columns; the others (but `id`) take their defaults. None when
+    the user already has a workload with that `idempotency_key` (nothing is inserted: the caller reads that one
+    instead)."""
+    values = _NEW_WORKLOAD | values
     connection = session.connection()
     workload_id = connection.execute(_INSERT_WORKLOAD[connection.dialect.name], values).scalar()
     if workload_id is None:
