@@ -190,7 +190,7 @@ def freeze_startup_heap() -> None:
     garbage collector's reach (`gc.freeze`): they live as long as the server, and each full collection would
     otherwise scan them again. With the 200,000-odd start-up objects frozen, a full collection scans the
     few tens of thousands made since, and the pauses that stop every thread shrink (submit p99 with 8
-    clients: 175-296 ms before, 104-136 ms after; benchmarks/control_plane/README.md, "Start-up objects
+    clients: 175-296 ms before, 104-183 ms after; benchmarks/control_plane/README.md, "Start-up objects
     out of the collector's reach"). Objects that die later are still freed by their reference counts."""
     gc.collect()
     gc.freeze()
