@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -15,6 +16,7 @@ from tests.support.servers import wait_until
 
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, replica_key
+from gpupool.executors.storage import StorageLayout
 from gpupool.store.orm import WorkloadRow
 
 SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
@@ -173,4 +175,50 @@ def test_an_unexpected_error_starting_one_replica_fails_it_and_the_others_start(
     wait_until(lambda: client.get_workload(refused).status == "failed", timeout_s=30, what="the refused one failed")
     # what the failed starts may have left is released: no later stop reaches a replica recorded as failed
     assert {(str(broken), 0, 0), (str(refused), 0, 0)} <= set(executor.released)
+    client.close()
+
+
+def test_a_pass_prepares_a_users_storage_once_and_the_next_pass_checks_it_again(
+        server_factory: ServerFactory, monkeypatch: Any, tmp_path: Path) -> None:
+    """The launches of one pass share each (user, project)'s storage scopes: prepared (created, checked to
+    resolve inside the storage root) once for all of them. The next pass prepares them again, so a directory
+    replaced by a link meanwhile is refused there."""
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake, nodes=3)
+    client = server.client()
+    assert server.services.reconciler is not None and server.services.reconciler_loop is not None
+    server.services.reconciler.stop()  # this test launches itself
+    reconciler = server.services.reconciler_loop
+    prepared: list[tuple[str, str]] = []
+    real_prepare = StorageLayout.prepare
+
+    def counted_prepare(layout: StorageLayout, user: str, project: str, **kwargs: Any) -> Any:
+        prepared.append((user, project))
+        return real_prepare(layout, user, project, **kwargs)
+
+    monkeypatch.setattr(StorageLayout, "prepare", counted_prepare)
+
+    def submitted_and_scheduled(count: int, prefix: str) -> list[int]:
+        spec = "name: {name}\ncommand: x\nresources: {{cpu: 500m, memory: 64MiB}}\n"
+        ids = [client.submit(spec.format(name=f"{prefix}{k}")).workload.id for k in range(count)]
+        wait_until(lambda: all(client.get_workload(i).status == "scheduled" for i in ids), timeout_s=20,
+                   what="scheduled")
+        return ids
+
+    burst = submitted_and_scheduled(4, "burst")
+    reconciler.launch_scheduled()
+    assert len(prepared) == 1, prepared
+    user_dirs = {launch.env["GPUPOOL_USER_DIR"] for launch in fake.launches}
+    assert len(fake.launches) == len(burst) and len(user_dirs) == 1, fake.launches
+    user_dir = Path(user_dirs.pop())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    user_dir.rename(user_dir.with_name(user_dir.name + ".moved"))
+    user_dir.symlink_to(outside)  # the next pass must see the link and refuse it
+    later = submitted_and_scheduled(1, "later")
+    reconciler.launch_scheduled()
+    assert len(prepared) == 2, prepared
+    refused = client.get_workload(later[0])
+    assert refused.status == "failed" and "resolves outside" in (refused.message or ""), refused
+    assert len(fake.launches) == len(burst)
     client.close()

@@ -14,19 +14,20 @@ see `gpupool.server.services.pipelines.step_environment`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpupool.domain.errors import ValidationError
+from gpupool.domain.nodes import Gpu
 from gpupool.domain.specs import parse_spec
 from gpupool.executors.base import ExecutorError, ReplicaLaunch, RunAs
 from gpupool.executors.environment import DEFAULT_PATH, identity_env, merge_env
 from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.rendezvous import rendezvous_env
-from gpupool.executors.storage import ScopeOwners, StorageLayout
+from gpupool.executors.storage import ScopeOwners, StorageLayout, StorageScopes
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
 from gpupool.server.environments import EnvironmentStore, Viewer, environment_env
 from gpupool.server.notebook_keys import NotebookKeys, notebook_launch_env
@@ -58,11 +59,33 @@ def executor_workload_id(row: WorkloadRow) -> str:
 
 @dataclass(frozen=True)
 class LaunchContext:
-    """What the launches of several workloads read alike: project names, and their users and nodes by key."""
+    """What the launches of several workloads read alike: project names, and their users and nodes by key.
+    It also keeps, for the launches built with it (one reconciler pass), each node's decoded cards and each
+    (user, project)'s prepared storage scopes: a burst of one user's jobs checks its directories once per pass,
+    not once per replica."""
 
     project_names: Mapping[int, str]
     users: Mapping[int, UserRow]
     nodes: Mapping[str, NodeRow]
+    cards: dict[str, list[Gpu]] = field(default_factory=dict)
+    scopes: dict[tuple[str, str, bool, ScopeOwners | None], StorageScopes] = field(default_factory=dict)
+
+    def node_cards(self, name: str) -> list[Gpu]:
+        """The cards of node `name` (none when it is not in `nodes`), decoded once."""
+        found = self.cards.get(name)
+        if found is None:
+            row = self.nodes.get(name)
+            found = self.cards[name] = [gpu_from_json(g) for g in row.gpus] if row is not None else []
+        return found
+
+    def storage_scopes(self, storage: StorageLayout, user: UserRow, project: str,
+                       owners: ScopeOwners | None) -> StorageScopes:
+        """`storage.prepare` for `user` in `project`, run once per key for the launches of this context."""
+        key = (user.name, project, user.is_admin, owners)
+        found = self.scopes.get(key)
+        if found is None:
+            found = self.scopes[key] = storage.prepare(user.name, project, admin=user.is_admin, owners=owners)
+        return found
 
 
 def launch_context(session: Session, rows: Sequence[WorkloadRow],
@@ -95,7 +118,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
             owners = ScopeOwners(run_as.uid, run_as.gid, settings.accounts.admins_gid())
         except ExecutorError as error:
             raise ValidationError(f"cannot give user {user.name!r} an OS identity: {error}") from None
-    scopes = settings.storage.prepare(user.name, project, admin=user.is_admin, owners=owners)
+    scopes = context.storage_scopes(settings.storage, user, project, owners)
     step_env = step_environment(session, row, settings.storage, project, owners)  # pipeline steps only
     ordered = sorted(replicas, key=lambda r: r.number)
     placements = [placement_from_json(r.placement) for r in ordered]
@@ -113,8 +136,7 @@ def build_launches(session: Session, row: WorkloadRow, replicas: Sequence[Replic
     launches = []
     for replica, placement, rdv in zip(ordered, placements, rendezvous, strict=True):
         role = roles[replica.role]
-        node_row = node_rows[replica.node]
-        cards = [gpu_from_json(g) for g in node_row.gpus] if node_row else []
+        cards = context.node_cards(replica.node)
         ports = chosen_ports(replica)
         env = gpu_environment(placement.gpus, cards, settings.sharing, replica.id).merged_into(merge_env(
             spec.env_for(role), identity_env(workload_id, replica.number, replica.role, row.attempt - 1, replica.node),
