@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, event
+from sqlalchemy import Engine, delete, event, select
 from tests.integration.server.scheduling_history import apply, random_changes, seed, store_view, submit_row
 from tests.support.databases import temporary_postgres_database
 
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.placement.resource_fit import BinpackPolicy
 from gpupool.scheduler.profile import SchedulerProfile
+from gpupool.scheduler.snapshot import ClusterSnapshot
 from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.store import changes
 from gpupool.store.db import Database
@@ -100,6 +101,57 @@ def test_incremental_state_and_decisions_equal_a_full_rebuild_over_random_histor
     assert rebuilding.full_reads == passes
     assert incremental.full_reads < passes * 0.8
     assert (incremental.skipped_cycles == 0) if policy == "random" else (incremental.skipped_cycles > 0)
+
+
+@pytest.mark.parametrize(("seed_value", "policy"), [(5, "fgd"), (6, "fgd"), (7, "binpack")])
+def test_a_copied_empty_snapshot_decides_as_one_built_anew_over_random_histories(
+        twins: list[Database], seed_value: int, policy: str) -> None:
+    """A step starts from a copy of the empty snapshot it kept (its nodes unchanged), and fgd keeps its tables
+    across steps then; a twin loop that builds every snapshot anew decides the same in every step (node edits,
+    submits, ends and cancels in between)."""
+    rng, clock = random.Random(seed_value), Clock()
+    copying, building = loop(twins[0], clock, NEVER, policy), loop(twins[1], clock, NEVER, policy)
+    built = [0]
+
+    def anew(nodes: Any) -> ClusterSnapshot:
+        built[0] += 1
+        return ClusterSnapshot(nodes)
+
+    building._snapshot_of = anew  # type: ignore[method-assign]
+    copied = []
+    for _ in range(120):
+        clock.now += rng.choice([0.0, 1.0, 5.0, 15.0, 40.0])
+        apply(twins, random_changes(rng), clock.now)
+        before = copying._empty_snapshot
+        assert copying.step() == building.step()
+        copied.append(before is not None and copying._empty_snapshot is before)
+        assert store_view(twins[0]) == store_view(twins[1])
+    assert built[0] > 20 and sum(copied) > 10 and not all(copied), (built, sum(copied))
+
+
+def test_a_bind_on_a_node_whose_cards_changed_after_the_read_waits_for_the_next_pass(database: Database) -> None:
+    """The cards' version is checked (its row locked) before the binds are written: a node whose GPUs changed
+    since the step read the pool gets no bind from that step; the next step reads the change and binds."""
+    clock = Clock()
+    with database.session() as session:
+        session.add(submit_row(1, {"kind": "job", "name": "j", "command": "x",
+                                   "resources": {"cpu": 1, "memory": "1GiB", "gpu": 4}}, clock.now))
+    scheduler = loop(database, clock, NEVER)
+    read = scheduler._state
+
+    def read_then_cards_change(now: float) -> Any:
+        found = read(now)
+        with database.session() as session:  # e.g. an admin's MIG or sharing change on every node
+            for node in session.scalars(select(NodeRow)):
+                node.gpus_version += 1
+        return found
+
+    scheduler._state = read_then_cards_change  # type: ignore[method-assign]
+    first = scheduler.step()
+    assert len(first.binds) == 1 and store_view(database)[0][1] == "pending", store_view(database)
+    scheduler._state = read  # type: ignore[method-assign]
+    second = scheduler.step()
+    assert len(second.binds) == 1 and store_view(database)[0][1] == "scheduled", store_view(database)
 
 
 def _quiet(db: Database, clock: Clock) -> SchedulingLoop:

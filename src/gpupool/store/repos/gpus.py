@@ -36,9 +36,11 @@ def lock_node(session: Session, name: str) -> NodeRow | None:
     return session.scalar(select(NodeRow).where(NodeRow.name == name).with_for_update())
 
 
-def lock_nodes(session: Session, names: Sequence[str]) -> dict[str, NodeRow]:
-    """Several node rows, locked in name order (see lock_node)."""
+def lock_node_versions(session: Session, names: Sequence[str]) -> dict[str, int]:
+    """The GPU version of each node of `names` that exists, its row locked in name order (see lock_node): two
+    plain columns, not the rows with their cards (the scheduler checks only the versions before its binds)."""
     if not names:
         return {}
-    query = select(NodeRow).where(NodeRow.name.in_(sorted(set(names)))).order_by(NodeRow.name).with_for_update()
-    return {row.name: row for row in session.scalars(query)}
+    query = (select(NodeRow.name, NodeRow.gpus_version).where(NodeRow.name.in_(sorted(set(names))))
+             .order_by(NodeRow.name).with_for_update())
+    return {name: int(version) for name, version in session.execute(query)}
