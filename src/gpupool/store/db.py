@@ -23,7 +23,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpupool.domain.errors import StoreBusyError, ValidationError
-from gpupool.store import changes
+from gpupool.store import changes, event_log
+from gpupool.store.orm import EventRow
 from gpupool.store.setup_cache import CACHE_KEY, SetupCache
 from gpupool.store.write_gate import WriteGate, gated_connection_class, give_gate_back, take_gate
 
@@ -98,8 +99,9 @@ class Database:
         info = {CACHE_KEY: self.setup_cache}
         self._writer = sessionmaker(self._write_engine, expire_on_commit=False, info=info)
         self._reader = sessionmaker(self._read_engine, expire_on_commit=False, info=info)
-        changes.install(self._writer)  # count what changes the scheduler's view (store/changes.py)
-        changes.install(self._reader)
+        for factory in (self._writer, self._reader):
+            event_log.install(factory, EventRow.__table__)  # type: ignore[arg-type]  # before the counters
+            changes.install(factory)  # count what changes the scheduler's view (store/changes.py)
 
     @property
     def engine(self) -> Engine:

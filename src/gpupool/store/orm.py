@@ -25,6 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, object_sessio
 from gpupool.domain.replicas import TERMINAL_REPLICA_STATES as _TERMINAL
 from gpupool.domain.replicas import ReplicaState, check_replica_transition
 from gpupool.domain.status import StatusEvent, WorkloadStatus
+from gpupool.store import event_log
 
 NAME_LEN = 63
 
@@ -205,8 +206,11 @@ class WorkloadRow(Base):
         if event.to_status != WorkloadStatus.PENDING:
             self.pending_reason = None
             self.queue_position = None
-        object_session_add(self, EventRow(workload_id=self.id, at=event.at, from_status=event.from_status.value,
-                                          to_status=event.to_status.value, reason=event.reason))
+        session = object_session(self)
+        if session is None:
+            raise RuntimeError("a status change was applied to a row that is not in a session")
+        event_log.add(session, self.id, event.at, event.reason, from_status=event.from_status.value,
+                      to_status=event.to_status.value)
 
 
 class ReplicaRow(Base):
@@ -276,14 +280,6 @@ class EventRow(Base):
     reason: Mapped[str] = mapped_column(Text)
 
     workload: Mapped[WorkloadRow] = relationship(back_populates="events", lazy="raise_on_sql")
-
-
-def object_session_add(row: Base, other: Base) -> None:
-    """Add `other` to the session `row` belongs to (rows changed by status events are always attached)."""
-    session = object_session(row)
-    if session is None:
-        raise RuntimeError("a status change was applied to a row that is not in a session")
-    session.add(other)
 
 
 class PipelineRow(Base):

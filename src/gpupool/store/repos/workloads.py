@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 from gpupool.domain.replicas import ReplicaState
 from gpupool.domain.status import WorkloadStatus
-from gpupool.store import changes
+from gpupool.store import changes, event_log
 from gpupool.store.orm import EventRow, ReplicaRow, WorkloadRow
 
 # The statuses and replica states that are not terminal, named rather than "not terminal": `IN (...)` is
@@ -195,8 +195,7 @@ def events_of(session: Session, workload_id: int, limit: int = 200) -> Sequence[
     return list(reversed(session.scalars(query).all()))
 
 
-def add_event(session: Session, workload_id: int, at: float, reason: str, replica: int | None = None) -> EventRow:
-    """Record something that happened to a workload without changing its status; returns the new row."""
-    event = EventRow(workload_id=workload_id, at=at, reason=reason, replica=replica)
-    session.add(event)
-    return event
+def add_event(session: Session, workload_id: int, at: float, reason: str, replica: int | None = None) -> None:
+    """Record something that happened to a workload without changing its status (written with the
+    transaction's other events: store/event_log.py)."""
+    event_log.add(session, workload_id, at, reason, replica=replica)
