@@ -20,6 +20,7 @@ server's log at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import tempfile
@@ -65,6 +66,14 @@ def _submitter(url: str, token: str, keys: list[str], batch: int,
                     out["ids"][key] = answer.workload.id
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, every CPU together (/proc/stat; idle and iowait are
+    not busy)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK"), sum(fields) / os.sysconf("SC_CLK_TCK")
+
+
 def _bind_latencies(client: Client, ids: list[int]) -> tuple[list[float], int]:
     """Per workload, seconds from submit to its `scheduled` event; those never scheduled are counted."""
     def one(wid: int) -> float | None:
@@ -99,6 +108,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
     cpu_before = process_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
+    clients_before, machine_before = process_cpu_s(os.getpid()), machine_cpu_s()
     workers_before = _worker_counts(admin, CPU_SAMPLE)
     passes_before = _worker_counts(admin, PASSES_SAMPLE)
     started = time.perf_counter()
@@ -110,6 +120,8 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
         thread.join()
     elapsed = time.perf_counter() - started
     cpu = process_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
+    clients_cpu = process_cpu_s(os.getpid()) - clients_before
+    busy, total = (after - before for after, before in zip(machine_cpu_s(), machine_before, strict=True))
     workers = {name: spent - workers_before.get(name, 0.0)
                for name, spent in _worker_counts(admin, CPU_SAMPLE).items()}
     passes = {name: int(count - passes_before.get(name, 0.0))
@@ -130,6 +142,8 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
             "submits_per_second": round(len(ids) / elapsed, 1),
             "server_cpu_ms_per_submit": round(cpu * 1000 / max(len(ids), 1), 1),
             "server_cpu_ms_per_submit_by_part": _by_part(cpu, workers, len(ids)),
+            "clients_cpu_ms_per_submit": round(clients_cpu * 1000 / max(len(ids), 1), 1),
+            "machine_cpu_busy": f"{busy / max(total, 1e-9):.0%} of {os.cpu_count()} CPUs",
             "worker_passes": passes,
             "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
                                    "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
