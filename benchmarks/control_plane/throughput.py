@@ -12,7 +12,8 @@ submit time; every job fits, so all are bound, and any that is not is counted), 
 was lost or doubled (every returned id is stored once, and 100 resubmissions with known keys create
 nothing). The server's CPU per submission is split between its background workers (their
 `gpupool_worker_cpu_seconds_total` on /metrics, read before and after the phase) and the rest: the requests
-(request threads and the event loop) and what no worker counts. `--profile DIR` records every server
+(request threads and the event loop) and what no worker counts; beside it, the submitters' own CPU per
+submission (this process) and how busy the whole machine was during the phase. `--profile DIR` records every server
 thread with py-spy during each phase and writes the collapsed stacks there (see profile_top.py), and the
 server's log at the end.
 """

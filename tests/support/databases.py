@@ -16,7 +16,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
+from gpupool.store.db import Database
+from gpupool.store.orm import Base, ProjectRow, QueueRow, UserRow
 from gpupool.store.scratch import scratch_postgres_database
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://gpupool:gpupool@127.0.0.1:5432/postgres"
@@ -73,3 +76,23 @@ def truncate_all(url: str) -> None:
         if tables:
             conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
     engine.dispose()
+
+
+def add_project_user_queue(session: Session, *rows: Base) -> None:
+    """Add project 1 `a` with its queue `a` and user 1 `u` (what most store tests start from), then `rows`."""
+    session.add_all([ProjectRow(id=1, name="a", created_at=0.0), UserRow(id=1, name="u", created_at=0.0)])
+    session.flush()
+    session.add_all([QueueRow(name="a", project_id=1, updated_at=0.0), *rows])
+
+
+@contextmanager
+def seeded_database(kind: str, directory: Path, *rows: Base) -> Iterator[Database]:
+    """A migrated store of `kind` (see fresh_database) holding `add_project_user_queue`'s rows and `rows`;
+    disposed of afterwards."""
+    with fresh_database(kind, directory) as url:
+        db = Database(url)
+        db.migrate()
+        with db.session() as session:
+            add_project_user_queue(session, *rows)
+        yield db
+        db.dispose()

@@ -14,9 +14,11 @@ from sqlalchemy import Engine, event
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import wait_until
 
+from gpupool.client.http import Client
 from gpupool.executors.base import ExecutorError, Handle, ReplicaLaunch
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, replica_key
 from gpupool.executors.storage import StorageLayout
+from gpupool.server.workers.reconciler import Reconciler
 from gpupool.store.orm import WorkloadRow
 
 SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
@@ -113,26 +115,32 @@ def _selects_of(during: Any) -> int:
     return len(selects)
 
 
+def _launched_by_the_test(server_factory: ServerFactory) -> tuple[FakeExecutor, Client, Reconciler]:
+    """A server of 3 nodes whose replicas run until stopped, with its reconciler's worker stopped: the test runs
+    the reconciler's passes itself. Returns the executor, a client and the reconciler."""
+    fake = FakeExecutor(default=RUN_FOREVER)
+    server = server_factory(executor=fake, nodes=3)
+    assert server.services.reconciler is not None and server.services.reconciler_loop is not None
+    server.services.reconciler.stop()
+    return fake, server.client(), server.services.reconciler_loop
+
+
+def _submitted_and_scheduled(client: Client, count: int, prefix: str, cpu: str) -> list[int]:
+    """Submit `count` one-replica jobs of `cpu` and 64 MiB named PREFIX0.., and wait until all are scheduled."""
+    spec = "name: {name}\ncommand: x\nresources: {{cpu: " + cpu + ", memory: 64MiB}}\n"
+    ids = [client.submit(spec.format(name=f"{prefix}{k}")).workload.id for k in range(count)]
+    wait_until(lambda: all(client.get_workload(i).status == "scheduled" for i in ids), timeout_s=20, what="scheduled")
+    return ids
+
+
 def test_launching_many_workloads_reads_as_much_as_launching_one(server_factory: ServerFactory) -> None:
     """A pass reads the scheduled workloads' replicas, users, nodes and project names once for all of them
     (a burst, or a job array's tasks, puts hundreds in one pass), not once per workload."""
-    fake = FakeExecutor(default=RUN_FOREVER)
-    server = server_factory(executor=fake, nodes=3)
-    client = server.client()
-    assert server.services.reconciler is not None and server.services.reconciler_loop is not None
-    server.services.reconciler.stop()  # this test launches itself
-    reconciler = server.services.reconciler_loop
+    fake, client, reconciler = _launched_by_the_test(server_factory)
 
-    def submitted_and_scheduled(count: int, prefix: str) -> list[int]:
-        spec = "name: {name}\ncommand: x\nresources: {{cpu: 1500m, memory: 64MiB}}\n"  # two per node
-        ids = [client.submit(spec.format(name=f"{prefix}{k}")).workload.id for k in range(count)]
-        wait_until(lambda: all(client.get_workload(i).status == "scheduled" for i in ids), timeout_s=20,
-                   what="scheduled")
-        return ids
-
-    one = submitted_and_scheduled(1, "one")
+    one = _submitted_and_scheduled(client, 1, "one", "1500m")  # two per node
     reads_for_one = _selects_of(reconciler.launch_scheduled)
-    many = submitted_and_scheduled(5, "many")
+    many = _submitted_and_scheduled(client, 5, "many", "1500m")
     nodes = {client.get_workload(i).replica_list[0].node for i in many}
     reads_for_many = _selects_of(reconciler.launch_scheduled)
     assert len(nodes) > 1 and reads_for_many == reads_for_one, (reads_for_one, reads_for_many)
@@ -183,12 +191,7 @@ def test_a_pass_prepares_a_users_storage_once_and_the_next_pass_checks_it_again(
     """The launches of one pass share each (user, project)'s storage scopes: prepared (created, checked to
     resolve inside the storage root) once for all of them. The next pass prepares them again, so a directory
     replaced by a link meanwhile is refused there."""
-    fake = FakeExecutor(default=RUN_FOREVER)
-    server = server_factory(executor=fake, nodes=3)
-    client = server.client()
-    assert server.services.reconciler is not None and server.services.reconciler_loop is not None
-    server.services.reconciler.stop()  # this test launches itself
-    reconciler = server.services.reconciler_loop
+    fake, client, reconciler = _launched_by_the_test(server_factory)
     prepared: list[tuple[str, str]] = []
     real_prepare = StorageLayout.prepare
 
@@ -198,14 +201,7 @@ def test_a_pass_prepares_a_users_storage_once_and_the_next_pass_checks_it_again(
 
     monkeypatch.setattr(StorageLayout, "prepare", counted_prepare)
 
-    def submitted_and_scheduled(count: int, prefix: str) -> list[int]:
-        spec = "name: {name}\ncommand: x\nresources: {{cpu: 500m, memory: 64MiB}}\n"
-        ids = [client.submit(spec.format(name=f"{prefix}{k}")).workload.id for k in range(count)]
-        wait_until(lambda: all(client.get_workload(i).status == "scheduled" for i in ids), timeout_s=20,
-                   what="scheduled")
-        return ids
-
-    burst = submitted_and_scheduled(4, "burst")
+    burst = _submitted_and_scheduled(client, 4, "burst", "500m")
     reconciler.launch_scheduled()
     assert len(prepared) == 1, prepared
     user_dirs = {launch.env["GPUPOOL_USER_DIR"] for launch in fake.launches}
@@ -215,7 +211,7 @@ def test_a_pass_prepares_a_users_storage_once_and_the_next_pass_checks_it_again(
     outside.mkdir()
     user_dir.rename(user_dir.with_name(user_dir.name + ".moved"))
     user_dir.symlink_to(outside)  # the next pass must see the link and refuse it
-    later = submitted_and_scheduled(1, "later")
+    later = _submitted_and_scheduled(client, 1, "later", "500m")
     reconciler.launch_scheduled()
     assert len(prepared) == 2, prepared
     refused = client.get_workload(later[0])

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from tests.support.concurrency import read_while_writing
-from tests.support.databases import fresh_database
+from tests.support.databases import add_project_user_queue, fresh_database
 
 from gpupool.store import changes
 from gpupool.store.db import Database
-from gpupool.store.orm import ChangeCounterRow, EventRow, NodeRow, ProjectRow, QueueRow, UserRow, WorkloadRow
+from gpupool.store.orm import ChangeCounterRow, EventRow, NodeRow, QueueRow, WorkloadRow
 from gpupool.store.repos import workloads as workloads_repo
 
 
@@ -24,10 +24,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     def prepared(db: Database) -> Database:
         db.migrate()
         with db.session() as session:
-            session.add_all([ProjectRow(id=1, name="a", created_at=0.0), UserRow(id=1, name="u", created_at=0.0)])
-            session.flush()
-            session.add(QueueRow(name="a", project_id=1, updated_at=0.0))
-            session.add(_workload(1000))
+            add_project_user_queue(session, _workload(1000))
         return db
 
     with fresh_database(request.param, tmp_path) as url:

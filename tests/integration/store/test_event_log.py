@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, select
-from tests.support.databases import fresh_database
+from tests.support.databases import seeded_database
 
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.store import event_log
 from gpupool.store.db import Database
-from gpupool.store.orm import EventRow, ProjectRow, QueueRow, UserRow, WorkloadRow
+from gpupool.store.orm import EventRow, WorkloadRow
 from gpupool.store.repos import workloads as repo
 
 WORKLOAD = 1000
@@ -23,17 +23,10 @@ WORKLOAD = 1000
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with fresh_database(request.param, tmp_path) as url:
-        db = Database(url)
-        db.migrate()
-        with db.session() as session:
-            session.add_all([ProjectRow(id=1, name="a", created_at=0.0), UserRow(id=1, name="u", created_at=0.0)])
-            session.flush()
-            session.add(QueueRow(name="a", project_id=1, updated_at=0.0))
-            session.add(WorkloadRow(id=WORKLOAD, name="w", kind="job", project_id=1, queue="a", user_id=1, spec={},
-                                    priority=0, replica_count=1, submitted_at=0.0, updated_at=0.0))
+    with seeded_database(request.param, tmp_path, WorkloadRow(
+            id=WORKLOAD, name="w", kind="job", project_id=1, queue="a", user_id=1, spec={}, priority=0,
+            replica_count=1, submitted_at=0.0, updated_at=0.0)) as db:
         yield db
-        db.dispose()
 
 
 def _reasons(db: Database) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, update
 from tests.support.concurrency import read_while_writing
-from tests.support.databases import fresh_database
+from tests.support.databases import seeded_database
 
 from gpupool.store import changes, setup_cache
 from gpupool.store.db import Database
@@ -32,18 +32,11 @@ from gpupool.store.setup_cache import cached
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    with fresh_database(request.param, tmp_path) as url:
-        db = Database(url)
-        db.migrate()
-        with db.session() as session:
-            session.add_all([ProjectRow(id=1, name="a", created_at=0.0), UserRow(id=1, name="u", created_at=0.0)])
-            session.flush()
-            session.add_all([QueueRow(name="a", project_id=1, updated_at=0.0),
-                             TokenRow(id=1, user_id=1, name="t", token_hash="h" * 64, prefix="p", created_at=0.0),
-                             NodeRow(name="n", cpu_milli=1000, memory_mib=1024, gpus=[], labels={}, taints=[],
-                                     source="test", registered_at=0.0, heartbeat_at=0.0)])
+    with seeded_database(request.param, tmp_path,
+                         TokenRow(id=1, user_id=1, name="t", token_hash="h" * 64, prefix="p", created_at=0.0),
+                         NodeRow(name="n", cpu_milli=1000, memory_mib=1024, gpus=[], labels={}, taints=[],
+                                 source="test", registered_at=0.0, heartbeat_at=0.0)) as db:
         yield db
-        db.dispose()
 
 
 def setup_seq(db: Database) -> int:
