@@ -20,6 +20,7 @@ from gpupool.executors.fake import RUN_FOREVER, FakeExecutor, replica_key
 from gpupool.executors.storage import StorageLayout
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.store.orm import WorkloadRow
+from gpupool.store.repos import workloads as repo
 
 SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
 
@@ -217,4 +218,35 @@ def test_a_pass_prepares_a_users_storage_once_and_the_next_pass_checks_it_again(
     refused = client.get_workload(later[0])
     assert refused.status == "failed" and "resolves outside" in (refused.message or ""), refused
     assert len(fake.launches) == len(burst)
+    client.close()
+
+
+def test_a_poll_pass_records_the_changes_on_the_current_replicas_it_reads_once(
+        server_factory: ServerFactory) -> None:
+    """The replicas whose polled state changed are recorded on the current runs the pass reads for advancing
+    their workloads (one read of the replicas table, not a second one for the polled rows)."""
+    fake, client, reconciler = _launched_by_the_test(server_factory)
+    ids = _submitted_and_scheduled(client, 3, "p", "500m")
+    reconciler.launch_scheduled()
+    with reconciler.db.session(write=False) as session:
+        live = repo.live_replicas(session)
+    reconciler.poll_and_advance(live)  # starting -> running
+    for workload_id in ids[:2]:
+        fake.finish(str(workload_id), 0, exit_code=0)
+    with reconciler.db.session(write=False) as session:
+        live = repo.live_replicas(session)
+    reads: list[str] = []
+    me = threading.get_ident()
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if threading.get_ident() == me and statement.lstrip().startswith("SELECT") and "FROM replicas" in statement:
+            reads.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        assert reconciler.poll_and_advance(live)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert len(reads) == 1, reads
+    assert [client.get_workload(i).status for i in ids] == ["succeeded", "succeeded", "running"]
     client.close()

@@ -284,9 +284,9 @@ class Reconciler:
             rows = repo.workloads_in(session, [_S.SCHEDULED.value, _S.STARTING.value, _S.RUNNING.value,
                                                _S.PREEMPTED.value], for_update=True,
                                      ids=None if full else touched)  # workloads first
-            ended = self._record_polls(session, statuses)  # then replicas
+            runs = repo.current_replicas(session, rows)  # then replicas: one query for all, not one per workload
+            ended = self._record_polls(session, statuses, runs)
             now = self.clock()
-            runs = repo.current_replicas(session, rows)  # one query for all, not one per workload
             advanced = [self._advance(session, row, now, runs[row.id]) for row in rows]
             return ended or any(advanced)
 
@@ -322,12 +322,14 @@ class Reconciler:
             log.exception("polling a replica failed")
             return None
 
-    def _record_polls(self, session: Session, statuses: dict[int, ReplicaStatus]) -> bool:
-        """Record each polled status that differs from its replica's row (rows read in one query); True when
-        a replica ended."""
+    def _record_polls(self, session: Session, statuses: dict[int, ReplicaStatus],
+                      runs: dict[int, list[ReplicaRow]]) -> bool:
+        """Record each polled status that differs from its replica's row: the rows of the current runs `runs`
+        (read already), the others read in one query; True when a replica ended."""
         ended = False
         now = self.clock()
-        replicas = repo.replicas_by_ids(session, statuses)
+        replicas = {r.id: r for run in runs.values() for r in run if r.id in statuses}
+        replicas.update(repo.replicas_by_ids(session, [i for i in statuses if i not in replicas]))
         for replica_id, status in sorted(statuses.items()):
             replica = replicas.get(replica_id)
             if replica is None or replica.current_state.is_terminal:
