@@ -2,6 +2,7 @@
 
     python benchmarks/control_plane/bench.py throughput [--clients 1,8] [--jobs 1000] [--batch 0]
                                                         [--postgres-url URL] [--profile DIR]
+                                                        [--scheduler-process]
 
 The server runs the fake executor (nothing is started: a replica runs for one reconcile poll, then
 succeeds), so what is measured is the control plane alone: the API, the store and the workers. For each
@@ -15,7 +16,8 @@ nothing). The server's CPU per submission is split between its background worker
 (request threads and the event loop) and what no worker counts; beside it, the submitters' own CPU per
 submission (this process) and how busy the whole machine was during the phase. `--profile DIR` records every server
 thread with py-spy during each phase and writes the collapsed stacks there (see profile_top.py), and the
-server's log at the end.
+server's log at the end. `--scheduler-process` runs the server's scheduling loop in a process of its own
+(`GPUPOOL_SCHEDULER_PROCESS`); the server's CPU then includes that process's.
 """
 
 from __future__ import annotations
@@ -93,6 +95,20 @@ def _worker_counts(admin: Client, sample_name: str) -> dict[str, float]:
             for sample in family.samples if sample.name == sample_name}
 
 
+def _server_cpu_s(pid: int) -> float:
+    """CPU seconds of the server `pid` and of its scheduler process, when it runs one (its child whose command
+    line names gpupool.server.workers.scheduler_process)."""
+    total = process_cpu_s(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"scheduler_process" in (stat.parent / "cmdline").read_bytes():
+                total += process_cpu_s(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    return total
+
+
 def _by_part(cpu_s: float, workers: dict[str, float], submitted: int) -> dict[str, float]:
     """Milliseconds of server CPU per submission: each worker that used any, and the rest (the requests)."""
     per = {name: round(spent * 1000 / max(submitted, 1), 2) for name, spent in workers.items() if spent > 0}
@@ -108,7 +124,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     pid = admin.server_pid  # type: ignore[attr-defined]
     spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
-    cpu_before = process_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
+    cpu_before = _server_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
     clients_before, machine_before = process_cpu_s(os.getpid()), machine_cpu_s()
     workers_before = _worker_counts(admin, CPU_SAMPLE)
     passes_before = _worker_counts(admin, PASSES_SAMPLE)
@@ -120,7 +136,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    cpu = process_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
+    cpu = _server_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
     clients_cpu = process_cpu_s(os.getpid()) - clients_before
     busy, total = (after - before for after, before in zip(machine_cpu_s(), machine_before, strict=True))
     workers = {name: spent - workers_before.get(name, 0.0)
@@ -149,7 +165,9 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
             "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
                                    "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
             "bind_latency_ms": {"p50": round(percentile(binds, 50) * 1000, 1),
-                                "p95": round(percentile(binds, 95) * 1000, 1)} if binds else {},
+                                "p95": round(percentile(binds, 95) * 1000, 1),
+                                "p99": round(percentile(binds, 99) * 1000, 1),
+                                "max": round(max(binds) * 1000, 1)} if binds else {},
             "never_scheduled": unbound, "doubled_on_retry": doubled, "ids": ids}
 
 
@@ -161,7 +179,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     up = ("--gpus", GPUS, "--nodes", str(NODES), "--cpus", "64", "--memory", "512GiB")
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url:
         home = Path(tmp)
-        env = {"GPUPOOL_EXECUTOR": "fake"}
+        env = {"GPUPOOL_EXECUTOR": "fake", "GPUPOOL_SCHEDULER_PROCESS": str(bool(args.scheduler_process)).lower()}
         with server(url, home, *up, env_extra=env):
             pass  # first start: schema and administrator
         seed(url, args.workloads, pending=0)

@@ -104,10 +104,11 @@ def server_settings(home: Path, database_url: str, **overrides: Any) -> Settings
 
 
 def start_server(settings: Settings, executor: Executor | None = None,
-                 clock: Callable[[], float] = time.time, node_providers: Sequence[NodeProvider] = (),
+                 clock: Callable[[], float] | None = time.time, node_providers: Sequence[NodeProvider] = (),
                  nvml_backend: Callable[[], Any] | None = None) -> TestServer:
     """Serve create_app(settings) in a thread and wait until /healthz answers. `nvml_backend` replaces the
-    GPU backend of a node without declared or scripted GPUs (default: the real NVML)."""
+    GPU backend of a node without declared or scripted GPUs (default: the real NVML). `clock=None` gives the
+    server its own clock (a server given one keeps its scheduler in this process)."""
     backend = {"nvml_backend": nvml_backend} if nvml_backend else {}
     app = create_app(settings, executor=executor, clock=clock, node_providers=node_providers, **backend)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -75,6 +75,10 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        trust_users: Annotated[bool, typer.Option(help="Single-user pool (not root): allow users of several "
                                                  "projects although they can read each other's files.")] = False,
        log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+       scheduler_process: Annotated[bool | None, typer.Option(
+           "--scheduler-process/--no-scheduler-process",
+           help="Run the scheduling loop in a process of its own, on another core than the API (local "
+                "executor) [default: $GPUPOOL_SCHEDULER_PROCESS, else off].")] = None,
        ray: Annotated[str | None, typer.Option("--ray", help="Cluster mode: run on the Ray cluster at HOST:PORT (its "
                                                "head), or `auto` on a node of the cluster (see docs/cluster.md).")]
        = None) -> None:
@@ -87,7 +91,7 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         "gpu_description": gpu_description,
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
         "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None,
-        "ray_address": ray}
+        "ray_address": ray, "scheduler_process": scheduler_process}
     from pydantic import ValidationError as SettingsError  # noqa: PLC0415  (lazy: `up --help` needs neither)
 
     from gpupool.server.settings import Settings  # noqa: PLC0415

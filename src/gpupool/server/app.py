@@ -67,6 +67,7 @@ from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.pipelines import pipeline_worker
 from gpupool.server.workers.reconciler import Reconciler
 from gpupool.server.workers.sampler import GpuSampler
+from gpupool.server.workers.scheduler_process import SchedulerConfig, SchedulerProcess
 from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.server.workers.sweeps import SWEEP_INTERVAL_S, SweepController
 from gpupool.store.db import Database
@@ -87,6 +88,7 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                    providers: Sequence[NodeProvider] = ()) -> Services:
     """The shared services of one server (database opened, workers built but not started); `providers` are
     the sources of nodes (see start_services). The clock is a SteadyClock unless one is given (tests)."""
+    own_clock = clock is None
     clock = clock or SteadyClock()
     db = Database(settings.resolved_database_url)
     services = Services(settings, db, clock, executor or make_executor(settings))
@@ -115,8 +117,7 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                           start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
-    services.scheduler = IntervalWorker("scheduler", services.scheduling_loop.step, settings.schedule_interval_s,
-                                        min_gap_s=SCHEDULE_MIN_GAP_S)
+    services.scheduler = _scheduling_worker(services, profile, own_clock)
     services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
     services.sampler = IntervalWorker("sampler", sampler.step, settings.sample_interval_s)
     node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,
@@ -134,6 +135,34 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                                        interval_s=settings.notebook_cull_interval_s)
     services.culler = IntervalWorker("culler", culler.step, settings.notebook_cull_interval_s)
     return services
+
+
+def _scheduling_worker(services: Services, profile: SchedulerProfile,
+                       own_clock: bool) -> IntervalWorker | SchedulerProcess:
+    """The scheduling loop's worker: a thread of this process, or with `scheduler_process` a child process
+    (server/workers/scheduler_process.py) when the executor's replicas run on this host (local, or fake:
+    the child picks free ports here) and the clock is the server's own (not one a test injected)."""
+    settings, loop = services.settings, services.scheduling_loop
+    assert loop is not None  # built just before
+    thread = IntervalWorker("scheduler", loop.step, settings.schedule_interval_s, min_gap_s=SCHEDULE_MIN_GAP_S)
+    if not settings.scheduler_process:
+        return thread
+    why_not = _why_no_scheduler_process(services, own_clock)
+    if why_not:
+        log.warning("the scheduler runs in the server's process: %s", why_not)
+        return thread
+    config = SchedulerConfig(settings.resolved_database_url, profile, settings.schedule_interval_s,
+                             SCHEDULE_MIN_GAP_S, settings.log_level)
+    return SchedulerProcess(config, on_change=services.wake_reconciler, on_held=loop.keep_held)
+
+
+def _why_no_scheduler_process(services: Services, own_clock: bool) -> str:
+    """Why the scheduler cannot run in a process of its own here ("" when it can)."""
+    if services.executor.name not in ("local", "fake"):
+        return f"the {services.executor.name} executor chooses ports on its nodes, through this process"
+    if not own_clock:
+        return "this server's clock was given to it"
+    return ""
 
 
 def start_services(services: Services) -> None:

@@ -20,6 +20,7 @@ from gpupool.server.workers.arrays import ArrayWorker
 from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
+from gpupool.server.workers.scheduler_process import SchedulerProcess
 from gpupool.server.workers.scheduling import SchedulingLoop
 from gpupool.store.db import Database
 
@@ -50,7 +51,7 @@ class Services:
     clock: Clock
     executor: Executor
     feasibility: FeasibilityCache = field(default_factory=FeasibilityCache)
-    scheduler: IntervalWorker | None = None
+    scheduler: IntervalWorker | SchedulerProcess | None = None  # a child process with `scheduler_process`
     reconciler: IntervalWorker | None = None
     scheduling_loop: SchedulingLoop | None = None
     reconciler_loop: Reconciler | None = None
@@ -78,7 +79,7 @@ class Services:
             self._submit_limiter = CapacityLimiter(SUBMITS_AT_ONCE)
         return self._submit_limiter
 
-    def workers(self) -> list[IntervalWorker]:
+    def workers(self) -> list[IntervalWorker | SchedulerProcess]:
         """The background workers this server built (started or not), in a fixed order."""
         found = (self.scheduler, self.reconciler, self.sampler, self.nodes_worker, self.pipelines, self.sweeps,
                  self.arrays, self.culler, self.autoscaler)

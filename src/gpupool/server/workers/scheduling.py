@@ -134,6 +134,15 @@ class SchedulingLoop:
             self._kept = None
             raise
 
+    def held_reservations(self) -> dict[str, HeldReservation]:
+        """The reservations the last cycle promised, by workload id (a copy)."""
+        return dict(self._held)
+
+    def keep_held(self, held: dict[str, HeldReservation]) -> None:
+        """Take `held` as the promised reservations: a loop that does not step itself (the dry runs' twin of a
+        scheduler in another process) is given the stepping loop's, so that `what_if` keeps its promises."""
+        self._held = dict(held)
+
     def kept_state(self) -> KeptState | None:
         """The state the next step uses when the store's change sequence is still `seq` (None: it reads)."""
         return self._kept

@@ -23,6 +23,7 @@ from gpupool.server.api.deps import PrincipalDep, ServicesDep, get_principal
 from gpupool.server.api.routes.workloads import ERRORS, WorkloadId
 from gpupool.server.services import monitoring
 from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.scheduler_process import SchedulerProcess
 
 router = APIRouter(tags=["monitoring"])
 exposition = APIRouter(tags=["monitoring"])
@@ -88,7 +89,7 @@ class WorkerCounters:
     """A Prometheus collector of the background workers' counters, one series per worker (label `worker`):
     CPU seconds spent in passes, passes completed, passes that ended with an error."""
 
-    def __init__(self, workers: list[IntervalWorker]) -> None:
+    def __init__(self, workers: list[IntervalWorker | SchedulerProcess]) -> None:
         self.workers = workers
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -105,7 +106,7 @@ class WorkerCounters:
             yield family
 
 
-def worker_families(workers: list[IntervalWorker]) -> bytes:
+def worker_families(workers: list[IntervalWorker | SchedulerProcess]) -> bytes:
     """The workers' counters (WorkerCounters) in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCounters(workers))

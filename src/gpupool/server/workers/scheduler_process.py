@@ -1,0 +1,286 @@
+"""SchedulerProcess: the scheduling loop in a process of its own, beside the server's.
+
+In one process the request threads and every worker share one interpreter, and with many submitters the
+server is bound by it (one core busy, the other mostly idle). With `scheduler_process` on, the server starts
+`python -m gpupool.server.workers.scheduler_process` and talks to it over a socket pair; the child runs the
+same `SchedulingLoop` on the same store in an `IntervalWorker` of its own, so scheduling passes run on the
+other core. All the scheduler's state lives in the store, as in one process: the child reads and writes it
+exactly as the thread did.
+
+Messages (pickled, `multiprocessing.connection` framing):
+- server -> child: `("config", SchedulerConfig)` first, then `("wake", seq)` (the wakes are numbered) and
+  `("stop",)`.
+- child -> server: `("changed",)` after a step that bound or preempted (the server wakes its reconciler) and
+  `("done", served, steps, failures, cpu_s, held)` after every step: the highest wake number the step
+  picked up, the counters, and the reservations it holds when they changed (None when not), which the
+  server's own loop keeps for dry runs.
+
+The server measures the child's lag from the wakes it sent and the steps that answered them, as the thread's
+(`lag_s`, `wait_for_lag_below`). A child that ends (killed, crashed) is started again after RESTART_PAUSE_S;
+a child whose server is gone (its socket reaches end of file) exits at once, without finishing its step, so
+a new server never meets an old scheduler still binding: the step's transaction is rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from gpupool.scheduler.profile import SchedulerProfile
+from gpupool.scheduler.types import HeldReservation
+
+log = logging.getLogger("gpupool.workers")
+# A child that ended is started again after 1 s: long enough not to spin when it fails at start (a store that
+# cannot be opened), short against the 1 s within which a submission should be bound or told why
+RESTART_PAUSE_S = 1.0
+# How long `stop` waits for the child to finish its step and exit before it is killed
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """What the child needs: the store, the scheduler's profile, its interval and minimum gap, the log level."""
+
+    database_url: str
+    profile: SchedulerProfile
+    interval_s: float
+    min_gap_s: float
+    log_level: str = "info"
+
+
+class SchedulerProcess:
+    """The scheduling worker as a child process, with the interface of an IntervalWorker (`start`, `wake`,
+    `lag_s`, `wait_for_lag_below`, `stop`, the counters `steps`, `failures`, `cpu_s`). `on_change` is called
+    after a step of the child bound or preempted; `on_held` with the reservations the child holds, when they
+    change."""
+
+    def __init__(self, config: SchedulerConfig, on_change: Callable[[], None],
+                 on_held: Callable[[dict[str, HeldReservation]], None] = lambda _held: None) -> None:
+        self.name = "scheduler"
+        self.config = config
+        self.interval_s = config.interval_s
+        self.min_gap_s = config.min_gap_s
+        self.on_change = on_change
+        self.on_held = on_held
+        self.restarts = 0  # children started again after one ended
+        self._lock = threading.Condition()
+        self._conn: Connection | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._seq = 0
+        self._unserved: deque[tuple[int, float]] = deque()  # (wake number, monotonic time sent), oldest first
+        self._ended = (0, 0, 0.0)  # the counters of children that ended
+        self._last = (0, 0, 0.0)  # the running child's counters, as last reported
+
+    @property
+    def steps(self) -> int:
+        """Steps completed, by every child so far."""
+        return self._ended[0] + self._last[0]
+
+    @property
+    def failures(self) -> int:
+        """Steps that ended with an error, by every child so far."""
+        return self._ended[1] + self._last[1]
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU time of the children's scheduling threads in their steps."""
+        return self._ended[2] + self._last[2]
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id (None while none runs)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child and the thread that reads it (idempotent); the first step runs once it is up."""
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="gpupool-scheduler-process", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Ask the child for a step now (numbered, so that its lag can be measured)."""
+        with self._lock:
+            self._seq += 1
+            self._unserved.append((self._seq, time.monotonic()))
+            self._send(("wake", self._seq))
+
+    def lag_s(self) -> float:
+        """How long the oldest wake not yet answered by a finished step has waited (0 when none waits)."""
+        with self._lock:
+            return time.monotonic() - self._unserved[0][1] if self._unserved else 0.0
+
+    def wait_for_lag_below(self, lag_s: float, timeout_s: float) -> float:
+        """Block while the lag is `lag_s` or more, at most `timeout_s`; returns the seconds waited. Returns at
+        once while no child runs."""
+        began = time.monotonic()
+        deadline = began + timeout_s
+        with self._lock:
+            while self._conn is not None and not self._stopping.is_set():
+                now = time.monotonic()
+                lag = now - self._unserved[0][1] if self._unserved else 0.0
+                if lag < lag_s or now >= deadline:
+                    break
+                self._lock.wait(deadline - now)
+        return time.monotonic() - began
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Ask the child to finish its step and exit (killed after `timeout_s`); no child is started again.
+        Idempotent."""
+        self._stopping.set()
+        with self._lock:
+            self._send(("stop",))
+            self._lock.notify_all()
+        process = self._process
+        if process is not None:
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.error("the scheduler process did not stop within %.0f s; killing it", timeout_s)
+                process.kill()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Send to the running child, if any (caller holds the lock); a child that is gone is noticed by the
+        reading thread."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.send(message)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn = self._spawn()
+                self._read(conn)
+            except Exception:
+                log.exception("the scheduler process failed")
+            code = self._reap()
+            if self._stopping.is_set():
+                break
+            self.restarts += 1
+            log.error("the scheduler process ended (exit code %s); starting another in %.0f s", code,
+                      RESTART_PAUSE_S)
+            self._stopping.wait(RESTART_PAUSE_S)
+
+    def _spawn(self) -> Connection:
+        """Start a child, send it its configuration and the number of the last wake."""
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+                                       pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                       start_new_session=True)  # the terminal's Ctrl-C reaches the server only
+        finally:
+            theirs.close()
+        conn = Connection(ours.detach())
+        with self._lock:
+            self._process, self._conn = process, conn
+            self._send(("config", self.config))
+            self._send(("wake", self._seq))  # the child's first step answers every wake so far
+        return conn
+
+    def _read(self, conn: Connection) -> None:
+        """Handle the child's messages until it is gone."""
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "changed":
+                self.on_change()
+            elif message[0] == "done":
+                _, served, steps, failures, cpu_s, held = message
+                with self._lock:
+                    self._last = (steps, failures, cpu_s)
+                    while self._unserved and self._unserved[0][0] <= served:
+                        self._unserved.popleft()
+                    self._lock.notify_all()
+                if held is not None:
+                    self.on_held(held)
+
+    def _reap(self) -> int | None:
+        """Forget the child that ended (killing it if it still runs) and keep its counters; its exit code."""
+        with self._lock:
+            conn, process = self._conn, self._process
+            self._conn = None
+            self._ended = tuple(a + b for a, b in zip(self._ended, self._last, strict=True))  # type: ignore[assignment]
+            self._last = (0, 0, 0.0)
+            self._lock.notify_all()
+        if conn is not None:
+            conn.close()
+        if process is None:
+            return None
+        try:
+            return process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+def _child_main(fd: int) -> None:
+    """The child: read the configuration, run the loop until the server says stop or is gone."""
+    from gpupool.executors.local import pick_free_ports  # noqa: PLC0415  (the child's imports only)
+    from gpupool.server.clock import SteadyClock  # noqa: PLC0415
+    from gpupool.server.workers.loop import IntervalWorker  # noqa: PLC0415
+    from gpupool.server.workers.scheduling import SchedulingLoop  # noqa: PLC0415
+    from gpupool.store.db import Database  # noqa: PLC0415
+
+    conn = Connection(fd)
+    _, config = conn.recv()
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    db = Database(config.database_url)
+    loop = SchedulingLoop(db, SteadyClock(), config.profile, lambda _node, count: pick_free_ports(count),
+                          on_change=lambda: send(("changed",)))
+    latest = [0]  # the highest wake number received
+    reported: list[dict[str, HeldReservation]] = [{}]
+
+    class ReportingWorker(IntervalWorker):
+        def run_once(self) -> float | None:
+            picked = latest[0]  # read after the worker cleared its wake: these wakes' changes are visible
+            try:
+                return super().run_once()
+            finally:
+                held = loop.held_reservations()
+                changed = held != reported[0]
+                reported[0] = held
+                send(("done", picked, self.steps, self.failures, self.cpu_s, held if changed else None))
+
+    worker = ReportingWorker("scheduler", loop.step, config.interval_s, min_gap_s=config.min_gap_s)
+    worker.start()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the server is gone: no step of ours may run beside the next server's
+        if message[0] == "wake":
+            latest[0] = max(latest[0], message[1])
+            worker.wake()
+        elif message[0] == "stop":
+            break
+    worker.stop()
+    db.dispose()
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]))

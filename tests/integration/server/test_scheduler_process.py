@@ -1,0 +1,145 @@
+"""The scheduler in a process of its own (`scheduler_process`, server/workers/scheduler_process.py): it binds
+what the API accepts, reports its passes and CPU, is started again when it dies, ends with its server (a clean
+stop or a kill -9), answers the submissions' hold with its real lag, and hands its reservations to the server's
+dry runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.support.processes import ServerProcess
+from tests.support.servers import TestServer, server_settings, start_server, wait_until
+
+from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
+from gpupool.server.app import build_services
+from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.scheduler_process import SchedulerProcess
+
+SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
+FOUR_GPUS = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB, gpu: 4}}\nmax_runtime: 1h\n"
+
+
+@pytest.fixture
+def split_server(tmp_path: Path, database_url: str) -> Iterator[TestServer]:
+    """A server with its own clock (so the scheduler may leave the process), 4 A100s, replicas that run on."""
+    settings = server_settings(tmp_path / "home", database_url, scheduler_process=True, gpus="4xA100-80GB")
+    server = start_server(settings, FakeExecutor(default=RUN_FOREVER), clock=None)
+    yield server
+    server.stop()
+
+
+def _scheduler(server: TestServer) -> SchedulerProcess:
+    scheduler = server.services.scheduler
+    assert isinstance(scheduler, SchedulerProcess), scheduler
+    return scheduler
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie nobody reaped yet has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _running(server: TestServer, ids: list[int]) -> bool:
+    with server.client() as client:
+        return all(client.get_workload(i).status == "running" for i in ids)
+
+
+def test_the_scheduler_process_binds_what_the_api_accepts_and_ends_with_its_server(
+        split_server: TestServer) -> None:
+    scheduler = _scheduler(split_server)
+    pid = wait_until(lambda: scheduler.pid, what="the scheduler process")
+    assert pid != os.getpid()
+    with split_server.client() as client:
+        ids = [client.submit(SPEC.format(name=f"j{k}")).workload.id for k in range(5)]
+        wait_until(lambda: _running(split_server, ids), timeout_s=20, what="all running")
+        exported = client.prometheus_metrics()
+    # the child's passes and CPU, as the thread's were
+    passes = next(line for line in exported.splitlines() if line.startswith('gpupool_worker_passes_total{worker="sch'))
+    assert float(passes.rsplit(" ", 1)[1]) == scheduler.steps > 0
+    assert scheduler.cpu_s > 0 and scheduler.failures == 0
+    split_server.stop()
+    wait_until(lambda: not _alive(pid), timeout_s=10, what="the scheduler process ended with the server")
+
+
+def test_a_killed_scheduler_process_is_started_again_and_binding_goes_on(split_server: TestServer) -> None:
+    scheduler = _scheduler(split_server)
+    first = wait_until(lambda: scheduler.pid, what="the scheduler process")
+    wait_until(lambda: scheduler.steps > 0, what="a first pass")
+    steps = scheduler.steps
+    os.kill(first, signal.SIGKILL)
+    second = wait_until(lambda: scheduler.pid not in (None, first) and scheduler.pid, timeout_s=15,
+                        what="another scheduler process")
+    assert scheduler.restarts == 1 and not _alive(first) and second != first
+    assert scheduler.steps >= steps  # the counters of the killed child are kept
+    with split_server.client() as client:
+        wid = client.submit(SPEC.format(name="after")).workload.id
+    wait_until(lambda: _running(split_server, [wid]), timeout_s=20, what="bound by the new process")
+
+
+def test_the_lag_is_the_oldest_wake_the_child_has_not_answered(split_server: TestServer) -> None:
+    scheduler = _scheduler(split_server)
+    pid = wait_until(lambda: scheduler.pid, what="the scheduler process")
+    wait_until(lambda: scheduler.lag_s() == 0.0, what="no wake waiting")
+    os.kill(pid, signal.SIGSTOP)  # the child answers nothing meanwhile
+    try:
+        scheduler.wake()
+        time.sleep(0.3)
+        assert scheduler.lag_s() >= 0.3
+        assert scheduler.wait_for_lag_below(0.1, 0.2) >= 0.2  # waited it all: the lag stayed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: scheduler.lag_s() == 0.0, timeout_s=10, what="the wake answered")
+    assert scheduler.wait_for_lag_below(0.1, 5.0) < 0.1
+
+
+def test_the_childs_reservations_reach_the_servers_dry_runs(split_server: TestServer) -> None:
+    loop = split_server.services.scheduling_loop
+    assert loop is not None
+    with split_server.client() as client:
+        first = client.submit(FOUR_GPUS.format(name="first")).workload.id
+        wait_until(lambda: _running(split_server, [first]), timeout_s=20, what="the first 4-GPU job running")
+        second = client.submit(FOUR_GPUS.format(name="second")).workload.id
+        # the child reserves the 4 GPUs for `second` at the end of `first`'s max_runtime, and says so
+        held = wait_until(lambda: loop.held_reservations().get(str(second)), timeout_s=10,
+                          what="the reservation in the server's loop")
+        assert {p.node for p in held.placements} == {"node"}
+        answer = client.dry_run(FOUR_GPUS.format(name="third"))
+    assert answer.verdict == "waits", answer  # behind `second`: the server's own loop answers dry runs
+
+
+def test_a_scheduler_process_ends_when_its_server_is_killed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home", ["--cpus", "4", "--memory", "8GiB"],
+                           extra_env={"GPUPOOL_SCHEDULER_PROCESS": "true", "GPUPOOL_EXECUTOR": "fake"}).start()
+    assert server.process is not None
+    parent = server.process.pid
+
+    def child() -> int | None:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent and \
+                        b"scheduler_process" in (stat.parent / "cmdline").read_bytes():
+                    return int(stat.parent.name)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    pid = wait_until(child, timeout_s=20, what="the server's scheduler process")
+    server.kill()  # kill -9: no shutdown code runs in the server
+    wait_until(lambda: not _alive(pid), timeout_s=10, what="the orphaned scheduler process exited")
+
+
+def test_a_server_given_a_clock_keeps_its_scheduler_in_its_process(tmp_path: Path) -> None:
+    settings = server_settings(tmp_path / "home", f"sqlite:///{tmp_path / 'db.sqlite'}", scheduler_process=True)
+    services = build_services(settings, FakeExecutor(), clock=time.time)
+    try:
+        assert isinstance(services.scheduler, IntervalWorker)
+    finally:
+        services.db.dispose()
