@@ -174,7 +174,8 @@ def alembic_config() -> Config:
 def _sqlite_engine(url: URL, immediate: bool) -> Engine:
     connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     if immediate:  # the writers' engine: one gate for all its connections
-        connect_args["factory"] = gated_connection_class(WriteGate())
+        database = Path(str(url.database)).expanduser()
+        connect_args["factory"] = gated_connection_class(WriteGate(database.with_name(database.name + ".write-lock")))
     engine = create_engine(url, connect_args=connect_args, pool_size=5, max_overflow=20)
 
     @event.listens_for(engine, "connect")

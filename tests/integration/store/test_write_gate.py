@@ -1,8 +1,12 @@
 """SQLite writers of one server process get the write lock in the order they asked for it: a writer waiting
-in SQLite's busy handler could be overtaken by later writers again and again (the 50-client submit p99)."""
+in SQLite's busy handler could be overtaken by later writers again and again (the 50-client submit p99).
+Between processes (a server and its scheduler process), the gates also take a file lock beside the database
+while they write, given up after the lock wait."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from gpupool.store import db as db_module
 from gpupool.store.db import Database
 from gpupool.store.write_gate import WriteGate
 
@@ -113,3 +118,57 @@ def test_the_gate_hands_over_in_order_and_gives_up_after_its_timeout() -> None:
         thread.join(WAIT_S)
     assert got == list(range(5))
     assert not gate._held
+
+
+def _other_process_lock(tmp_path: Path) -> subprocess.Popen[str]:
+    """Another process holding the database's write-lock file (as another server process's gate does) until
+    its stdin closes; returns once it holds it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+                               "print('held', flush=True); sys.stdin.read()", str(tmp_path / "gate.db.write-lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_writer_waits_while_another_process_holds_the_write_lock_file(database: Database, tmp_path: Path) -> None:
+    holder = _other_process_lock(tmp_path)
+    written = threading.Event()
+
+    def writer() -> None:
+        with database.session() as session:
+            session.execute(text("INSERT INTO log VALUES (1)"))
+        written.set()
+
+    thread = threading.Thread(target=writer)
+    try:
+        thread.start()
+        assert not written.wait(0.3)  # SQLite's own lock is free: only the other process's file lock holds it
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(WAIT_S)
+    assert written.wait(WAIT_S)
+    thread.join(WAIT_S)
+    # and this process's writers hold the file lock while they write: another process cannot take it then
+    with database.session() as session:
+        session.execute(text("INSERT INTO log VALUES (2)"))
+        probe = subprocess.run([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+                                "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / "gate.db.write-lock")],
+                               capture_output=True, text=True, check=False)
+        assert probe.returncode != 0 and "BlockingIOError" in probe.stderr
+
+
+def test_a_write_lock_file_held_past_the_wait_leaves_the_decision_to_sqlite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    db = Database(f"sqlite:///{tmp_path / 'gate.db'}")
+    holder = _other_process_lock(tmp_path)
+    try:
+        with db.session() as session:  # the file lock stays taken; SQLite's lock is free: the write goes through
+            session.execute(text("CREATE TABLE log (n INTEGER)"))
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(WAIT_S)
+        db.dispose()
