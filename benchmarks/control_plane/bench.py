@@ -316,8 +316,8 @@ def main() -> None:
     parser.add_argument("--clients", default=None, help="concurrent: a number; throughput: a list, e.g. 1,8")
     parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument("--batch", type=int, default=0, help="throughput: jobs per batch request (0: one by one)")
-    parser.add_argument("--scheduler-process", action="store_true",
-                        help="throughput: the server runs its scheduling loop in a process of its own")
+    parser.add_argument("--scheduler-process", choices=["on", "off", "default"], default="default",
+                        help="throughput: the server's scheduling loop in a process of its own, or in a thread")
     parser.add_argument("--profile", help="throughput, concurrent: record the server with py-spy into this directory")
     parser.add_argument("--profile-gil", action="store_true",
                         help="concurrent, throughput: record only the GIL's holder")

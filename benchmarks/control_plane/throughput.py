@@ -2,7 +2,7 @@
 
     python benchmarks/control_plane/bench.py throughput [--clients 1,8] [--jobs 1000] [--batch 0]
                                                         [--postgres-url URL] [--profile DIR]
-                                                        [--scheduler-process]
+                                                        [--scheduler-process on|off]
 
 The server runs the fake executor (nothing is started: a replica runs for one reconcile poll, then
 succeeds), so what is measured is the control plane alone: the API, the store and the workers. For each
@@ -16,8 +16,9 @@ nothing). The server's CPU per submission is split between its background worker
 (request threads and the event loop) and what no worker counts; beside it, the submitters' own CPU per
 submission (this process) and how busy the whole machine was during the phase. `--profile DIR` records every server
 thread with py-spy during each phase and writes the collapsed stacks there (see profile_top.py), and the
-server's log at the end. `--scheduler-process` runs the server's scheduling loop in a process of its own
-(`GPUPOOL_SCHEDULER_PROCESS`); the server's CPU then includes that process's.
+server's log at the end. `--scheduler-process on` runs the server's scheduling loop in a process of its own,
+`off` in a thread of the server (`GPUPOOL_SCHEDULER_PROCESS`; by default, the server's own choice: a process
+when the machine has more than one CPU); the server's CPU includes that process's.
 """
 
 from __future__ import annotations
@@ -179,7 +180,9 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     up = ("--gpus", GPUS, "--nodes", str(NODES), "--cpus", "64", "--memory", "512GiB")
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url:
         home = Path(tmp)
-        env = {"GPUPOOL_EXECUTOR": "fake", "GPUPOOL_SCHEDULER_PROCESS": str(bool(args.scheduler_process)).lower()}
+        env = {"GPUPOOL_EXECUTOR": "fake"}
+        if args.scheduler_process != "default":
+            env["GPUPOOL_SCHEDULER_PROCESS"] = "true" if args.scheduler_process == "on" else "false"
         with server(url, home, *up, env_extra=env):
             pass  # first start: schema and administrator
         seed(url, args.workloads, pending=0)

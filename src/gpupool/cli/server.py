@@ -78,7 +78,7 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        scheduler_process: Annotated[bool | None, typer.Option(
            "--scheduler-process/--no-scheduler-process",
            help="Run the scheduling loop in a process of its own, on another core than the API (local "
-                "executor) [default: $GPUPOOL_SCHEDULER_PROCESS, else off].")] = None,
+                "executor) [default: $GPUPOOL_SCHEDULER_PROCESS, else on with more than one CPU].")] = None,
        ray: Annotated[str | None, typer.Option("--ray", help="Cluster mode: run on the Ray cluster at HOST:PORT (its "
                                                "head), or `auto` on a node of the cluster (see docs/cluster.md).")]
        = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import warnings
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -139,17 +140,20 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
 
 def _scheduling_worker(services: Services, profile: SchedulerProfile,
                        own_clock: bool) -> IntervalWorker | SchedulerProcess:
-    """The scheduling loop's worker: a thread of this process, or with `scheduler_process` a child process
-    (server/workers/scheduler_process.py) when the executor's replicas run on this host (local, or fake:
-    the child picks free ports here) and the clock is the server's own (not one a test injected)."""
+    """The scheduling loop's worker: a thread of this process, or with `scheduler_process` (by default when
+    this machine has more than one CPU) a child process (server/workers/scheduler_process.py) when the
+    executor's replicas run on this host (local, or fake: the child picks free ports here) and the clock is
+    the server's own (not one a test injected)."""
     settings, loop = services.settings, services.scheduling_loop
     assert loop is not None  # built just before
     thread = IntervalWorker("scheduler", loop.step, settings.schedule_interval_s, min_gap_s=SCHEDULE_MIN_GAP_S)
-    if not settings.scheduler_process:
+    asked = settings.scheduler_process
+    if asked is False or (asked is None and (os.cpu_count() or 1) < 2):
         return thread
     why_not = _why_no_scheduler_process(services, own_clock)
     if why_not:
-        log.warning("the scheduler runs in the server's process: %s", why_not)
+        log.log(logging.WARNING if asked else logging.DEBUG, "the scheduler runs in the server's process: %s",
+                why_not)
         return thread
     config = SchedulerConfig(settings.resolved_database_url, profile, settings.schedule_interval_s,
                              SCHEDULE_MIN_GAP_S, settings.log_level)

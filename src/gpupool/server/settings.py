@@ -139,8 +139,9 @@ class Settings(BaseSettings):
     admin_name: str = "admin"
     reset_admin_token: bool = Field(False, description="Issue a new admin token into the token file at start")
     workers: bool = Field(True, description="Run the scheduling loop and the reconciler")
-    scheduler_process: bool = Field(False, description="Run the scheduling loop in a process of its own (on "
-                                    "another core than the API); with the local (or fake) executor")
+    scheduler_process: bool | None = Field(None, description="Run the scheduling loop in a process of its own "
+                                           "(on another core than the API); with the local (or fake) executor. "
+                                           "Default: when this machine has more than one CPU")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("home", mode="after")

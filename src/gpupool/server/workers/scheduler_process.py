@@ -188,6 +188,7 @@ class SchedulerProcess:
         finally:
             theirs.close()
         conn = Connection(ours.detach())
+        log.info("the scheduling loop runs in process %d", process.pid)
         with self._lock:
             self._process, self._conn = process, conn
             self._send(("config", self.config))
