@@ -69,19 +69,27 @@ def test_the_scheduler_process_binds_what_the_api_accepts_and_ends_with_its_serv
     wait_until(lambda: not _alive(pid), timeout_s=10, what="the scheduler process ended with the server")
 
 
-def test_a_killed_scheduler_process_is_started_again_and_binding_goes_on(split_server: TestServer) -> None:
+def test_a_scheduler_process_killed_in_a_burst_is_started_again_and_nothing_is_doubled(
+        split_server: TestServer) -> None:
     scheduler = _scheduler(split_server)
+    fake = split_server.services.executor
+    assert isinstance(fake, FakeExecutor)
     first = wait_until(lambda: scheduler.pid, what="the scheduler process")
     wait_until(lambda: scheduler.steps > 0, what="a first pass")
+    with split_server.client() as client:
+        ids = [client.submit(SPEC.format(name=f"j{k}")).workload.id for k in range(12)]
+        os.kill(first, signal.SIGKILL)  # while it binds the burst (or before: either way it must not double)
+        ids += [client.submit(SPEC.format(name=f"k{k}")).workload.id for k in range(12)]
     steps = scheduler.steps
-    os.kill(first, signal.SIGKILL)
     second = wait_until(lambda: scheduler.pid not in (None, first) and scheduler.pid, timeout_s=15,
                         what="another scheduler process")
     assert scheduler.restarts == 1 and not _alive(first) and second != first
+    wait_until(lambda: _running(split_server, ids), timeout_s=30, what="all bound by the new process")
     assert scheduler.steps >= steps  # the counters of the killed child are kept
     with split_server.client() as client:
-        wid = client.submit(SPEC.format(name="after")).workload.id
-    wait_until(lambda: _running(split_server, [wid]), timeout_s=20, what="bound by the new process")
+        assert all(len(client.get_workload(i).replica_list) == 1 for i in ids)  # one replica row each
+    started = sorted(int(launch.workload_id) for launch in fake.launches)
+    assert started == sorted(ids)  # each started once
 
 
 def test_the_lag_is_the_oldest_wake_the_child_has_not_answered(split_server: TestServer) -> None:
