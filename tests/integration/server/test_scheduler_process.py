@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,6 +103,11 @@ def test_the_lag_is_the_oldest_wake_the_child_has_not_answered(split_server: Tes
         time.sleep(0.3)
         assert scheduler.lag_s() >= 0.3
         assert scheduler.wait_for_lag_below(0.1, 0.2) >= 0.2  # waited it all: the lag stayed
+        # a child that reads nothing never blocks a waker: far more wakes than its socket would hold
+        wakes = threading.Thread(target=lambda: [scheduler.wake() for _ in range(50_000)])
+        wakes.start()
+        wakes.join(30)
+        assert not wakes.is_alive()
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: scheduler.lag_s() == 0.0, timeout_s=10, what="the wake answered")

@@ -8,8 +8,8 @@ other core. All the scheduler's state lives in the store, as in one process: the
 exactly as the thread did.
 
 Messages (pickled, `multiprocessing.connection` framing):
-- server -> child: `("config", SchedulerConfig)` first, then `("wake", seq)` (the wakes are numbered) and
-  `("stop",)`.
+- server -> child: `("config", SchedulerConfig)` first, then `("wake", seq)` (the wakes are numbered; at most
+  one is unanswered at a time, the later ones follow as one once it is answered) and `("stop",)`.
 - child -> server: `("changed",)` after a step that bound or preempted (the server wakes its reconciler) and
   `("done", served, steps, failures, cpu_s, held)` after every step: the highest wake number the step
   picked up, the counters, and the reservations it holds when they changed (None when not), which the
@@ -81,6 +81,7 @@ class SchedulerProcess:
         self._stopping = threading.Event()
         self._seq = 0
         self._unserved: deque[tuple[int, float]] = deque()  # (wake number, monotonic time sent), oldest first
+        self._in_flight: int | None = None  # the number of the wake sent and not yet answered
         self._ended = (0, 0, 0.0)  # the counters of children that ended
         self._last = (0, 0, 0.0)  # the running child's counters, as last reported
 
@@ -113,11 +114,19 @@ class SchedulerProcess:
             self._thread.start()
 
     def wake(self) -> None:
-        """Ask the child for a step now (numbered, so that its lag can be measured)."""
+        """Ask the child for a step now (numbered, so that its lag can be measured). At most one wake is on
+        its way at a time: a wake while one is unanswered is sent once a step has answered that one, so a
+        child that hangs never fills the socket (and never blocks the caller)."""
         with self._lock:
             self._seq += 1
             self._unserved.append((self._seq, time.monotonic()))
-            self._send(("wake", self._seq))
+            if self._in_flight is None:
+                self._send_wake()
+
+    def _send_wake(self) -> None:
+        """Send the number of the latest wake (the caller holds the lock)."""
+        self._in_flight = self._seq
+        self._send(("wake", self._seq))
 
     def lag_s(self) -> float:
         """How long the oldest wake not yet answered by a finished step has waited (0 when none waits)."""
@@ -192,7 +201,7 @@ class SchedulerProcess:
         with self._lock:
             self._process, self._conn = process, conn
             self._send(("config", self.config))
-            self._send(("wake", self._seq))  # the child's first step answers every wake so far
+            self._send_wake()  # every wake so far, for the child's first steps to answer
         return conn
 
     def _read(self, conn: Connection) -> None:
@@ -210,6 +219,10 @@ class SchedulerProcess:
                     self._last = (steps, failures, cpu_s)
                     while self._unserved and self._unserved[0][0] <= served:
                         self._unserved.popleft()
+                    if self._in_flight is not None and served >= self._in_flight:
+                        self._in_flight = None
+                        if self._unserved:
+                            self._send_wake()  # the wakes that came meanwhile
                     self._lock.notify_all()
                 if held is not None:
                     self.on_held(held)
@@ -218,7 +231,7 @@ class SchedulerProcess:
         """Forget the child that ended (killing it if it still runs) and keep its counters; its exit code."""
         with self._lock:
             conn, process = self._conn, self._process
-            self._conn = None
+            self._conn, self._in_flight = None, None
             self._ended = tuple(a + b for a, b in zip(self._ended, self._last, strict=True))  # type: ignore[assignment]
             self._last = (0, 0, 0.0)
             self._lock.notify_all()
