@@ -17,9 +17,11 @@ from tests.support.processes import ServerProcess
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
+from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.app import build_services
 from gpupool.server.workers.loop import IntervalWorker
-from gpupool.server.workers.scheduler_process import SchedulerProcess
+from gpupool.server.workers.scheduler_process import SchedulerConfig, SchedulerProcess
+from gpupool.store.db import Database
 
 SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
 FOUR_GPUS = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB, gpu: 4}}\nmax_runtime: 1h\n"
@@ -157,3 +159,17 @@ def test_a_server_given_a_clock_keeps_its_scheduler_in_its_process(tmp_path: Pat
         assert isinstance(services.scheduler, IntervalWorker)
     finally:
         services.db.dispose()
+
+
+def test_a_scheduler_process_stopped_as_it_starts_ends(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    db = Database(url)
+    db.migrate()
+    db.dispose()
+    scheduler = SchedulerProcess(SchedulerConfig(url, SchedulerProfile(), 1.0, 0.1, "warning"), on_change=lambda: None)
+    for _ in range(3):  # at once, and while the child is still importing
+        scheduler.start()
+        began = time.monotonic()
+        scheduler.stop(timeout_s=20)
+        assert time.monotonic() - began < 20  # the child ended without being killed at the timeout
+        assert scheduler.pid is None

@@ -191,7 +191,8 @@ class SchedulerProcess:
         """Start a child, send it its configuration and the number of the last wake."""
         ours, theirs = socket.socketpair()
         try:
-            process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())],
+            # -P: the working directory is not put on the module path (a file there cannot shadow a module)
+            process = subprocess.Popen([sys.executable, "-P", "-m", __name__, str(theirs.fileno())],
                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                        start_new_session=True)  # the terminal's Ctrl-C reaches the server only
         finally:
@@ -202,6 +203,8 @@ class SchedulerProcess:
             self._process, self._conn = process, conn
             self._send(("config", self.config))
             self._send_wake()  # every wake so far, for the child's first steps to answer
+            if self._stopping.is_set():  # `stop` came while this child started: it may not have seen it
+                self._send(("stop",))
         return conn
 
     def _read(self, conn: Connection) -> None:
