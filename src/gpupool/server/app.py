@@ -157,7 +157,7 @@ def _scheduling_worker(services: Services, profile: SchedulerProfile,
         return thread
     config = SchedulerConfig(settings.resolved_database_url, profile, settings.schedule_interval_s,
                              SCHEDULE_MIN_GAP_S, settings.log_level)
-    return SchedulerProcess(config, on_change=services.wake_reconciler, on_held=loop.keep_held)
+    return SchedulerProcess(config, on_change=services.wake_reconciler, on_held=loop.keep_held, fallback=thread)
 
 
 def _why_no_scheduler_process(services: Services, own_clock: bool) -> str:

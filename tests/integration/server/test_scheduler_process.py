@@ -1,7 +1,7 @@
 """The scheduler in a process of its own (`scheduler_process`, server/workers/scheduler_process.py): it binds
 what the API accepts, reports its passes and CPU, is started again when it dies, ends with its server (a clean
-stop or a kill -9), answers the submissions' hold with its real lag, and hands its reservations to the server's
-dry runs."""
+stop or a kill -9), answers the submissions' hold with its real lag, hands its reservations to the server's
+dry runs, and gives the loop back to a thread of the server when it cannot start."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.app import build_services
 from gpupool.server.workers.loop import IntervalWorker
-from gpupool.server.workers.scheduler_process import SchedulerConfig, SchedulerProcess
+from gpupool.server.workers.scheduler_process import QUICK_ENDS_BEFORE_FALLBACK, SchedulerConfig, SchedulerProcess
 from gpupool.store.db import Database
 
 SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
@@ -173,3 +173,22 @@ def test_a_scheduler_process_stopped_as_it_starts_ends(tmp_path: Path) -> None:
         scheduler.stop(timeout_s=20)
         assert time.monotonic() - began < 20  # the child ended without being killed at the timeout
         assert scheduler.pid is None
+
+
+def test_children_that_cannot_start_leave_the_loop_to_a_thread_of_the_server(tmp_path: Path) -> None:
+    steps: list[float] = []
+    fallback = IntervalWorker("scheduler", lambda: steps.append(time.monotonic()), 60.0)
+    config = SchedulerConfig("nosuchdb://nowhere", SchedulerProfile(), 1.0, 0.1, "error")  # the child exits
+    scheduler = SchedulerProcess(config, on_change=lambda: None, fallback=fallback)
+    scheduler.start()
+    try:
+        scheduler.wake()
+        wait_until(lambda: scheduler.in_fallback, timeout_s=60, what="the fallback after three failed starts")
+        assert scheduler.restarts == QUICK_ENDS_BEFORE_FALLBACK - 1 and scheduler.pid is None
+        wait_until(lambda: steps, what="the thread's first step")  # it answers the wakes that waited
+        before = len(steps)
+        scheduler.wake()  # wakes and the lag now go to the thread
+        wait_until(lambda: len(steps) > before, what="a woken step of the thread")
+        assert scheduler.wait_for_lag_below(0.5, 5.0) < 5.0 and scheduler.steps == len(steps)
+    finally:
+        scheduler.stop(timeout_s=10)

@@ -16,9 +16,11 @@ Messages (pickled, `multiprocessing.connection` framing):
   server's own loop keeps for dry runs.
 
 The server measures the child's lag from the wakes it sent and the steps that answered them, as the thread's
-(`lag_s`, `wait_for_lag_below`). A child that ends (killed, crashed) is started again after RESTART_PAUSE_S;
-a child whose server is gone (its socket reaches end of file) exits at once, without finishing its step, so
-a new server never meets an old scheduler still binding: the step's transaction is rolled back.
+(`lag_s`, `wait_for_lag_below`). A child that ends (killed, crashed) is started again after RESTART_PAUSE_S,
+unless children keep ending soon after their start: then the loop runs in a thread of the server from then
+on (QUICK_ENDS_BEFORE_FALLBACK), as it would without this module. A child whose server is gone (its socket
+reaches end of file) exits at once, without finishing its step, so a new server never meets an old
+scheduler still binding: the step's transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.types import HeldReservation
+from gpupool.server.workers.loop import IntervalWorker
 
 log = logging.getLogger("gpupool.workers")
 # A child that ended is started again after 1 s: long enough not to spin when it fails at start (a store that
@@ -46,6 +49,12 @@ log = logging.getLogger("gpupool.workers")
 RESTART_PAUSE_S = 1.0
 # How long `stop` waits for the child to finish its step and exit before it is killed
 STOP_TIMEOUT_S = 30.0
+# A child that ends within 10 s of its start three times in a row is not started again: the loop runs in a thread
+# of the server (the `fallback` worker) from then on, so that a child that cannot start (no process left to the
+# user, no memory) never leaves the pool unscheduled. 10 s is ten times a start on a loaded 2-CPU machine (about
+# 1 s), and three ends (3-4 s of waiting work) tell a lasting fault from a one-off kill
+QUICK_END_S = 10.0
+QUICK_ENDS_BEFORE_FALLBACK = 3
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,12 @@ class SchedulerProcess:
     """The scheduling worker as a child process, with the interface of an IntervalWorker (`start`, `wake`,
     `lag_s`, `wait_for_lag_below`, `stop`, the counters `steps`, `failures`, `cpu_s`). `on_change` is called
     after a step of the child bound or preempted; `on_held` with the reservations the child holds, when they
-    change."""
+    change. `fallback` (the same loop as a thread of this process) takes over when children keep ending
+    soon after their start (QUICK_ENDS_BEFORE_FALLBACK)."""
 
     def __init__(self, config: SchedulerConfig, on_change: Callable[[], None],
-                 on_held: Callable[[dict[str, HeldReservation]], None] = lambda _held: None) -> None:
+                 on_held: Callable[[dict[str, HeldReservation]], None] = lambda _held: None,
+                 fallback: IntervalWorker | None = None) -> None:
         self.name = "scheduler"
         self.config = config
         self.interval_s = config.interval_s
@@ -74,6 +85,8 @@ class SchedulerProcess:
         self.on_change = on_change
         self.on_held = on_held
         self.restarts = 0  # children started again after one ended
+        self.fallback = fallback
+        self.in_fallback = False  # the fallback thread runs the loop (no child is started any more)
         self._lock = threading.Condition()
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -87,18 +100,18 @@ class SchedulerProcess:
 
     @property
     def steps(self) -> int:
-        """Steps completed, by every child so far."""
-        return self._ended[0] + self._last[0]
+        """Steps completed, by every child so far (and the fallback thread)."""
+        return self._ended[0] + self._last[0] + (self.fallback.steps if self.fallback else 0)
 
     @property
     def failures(self) -> int:
-        """Steps that ended with an error, by every child so far."""
-        return self._ended[1] + self._last[1]
+        """Steps that ended with an error, by every child so far (and the fallback thread)."""
+        return self._ended[1] + self._last[1] + (self.fallback.failures if self.fallback else 0)
 
     @property
     def cpu_s(self) -> float:
-        """CPU time of the children's scheduling threads in their steps."""
-        return self._ended[2] + self._last[2]
+        """CPU time of the children's scheduling threads (and the fallback thread) in their steps."""
+        return self._ended[2] + self._last[2] + (self.fallback.cpu_s if self.fallback else 0.0)
 
     @property
     def pid(self) -> int | None:
@@ -118,6 +131,9 @@ class SchedulerProcess:
         its way at a time: a wake while one is unanswered is sent once a step has answered that one, so a
         child that hangs never fills the socket (and never blocks the caller)."""
         with self._lock:
+            if self.in_fallback and self.fallback is not None:
+                self.fallback.wake()
+                return
             self._seq += 1
             self._unserved.append((self._seq, time.monotonic()))
             if self._in_flight is None:
@@ -131,11 +147,15 @@ class SchedulerProcess:
     def lag_s(self) -> float:
         """How long the oldest wake not yet answered by a finished step has waited (0 when none waits)."""
         with self._lock:
+            if self.in_fallback and self.fallback is not None:
+                return self.fallback.lag_s()
             return time.monotonic() - self._unserved[0][1] if self._unserved else 0.0
 
     def wait_for_lag_below(self, lag_s: float, timeout_s: float) -> float:
         """Block while the lag is `lag_s` or more, at most `timeout_s`; returns the seconds waited. Returns at
         once while no child runs."""
+        if self.in_fallback and self.fallback is not None:
+            return self.fallback.wait_for_lag_below(lag_s, timeout_s)
         began = time.monotonic()
         deadline = began + timeout_s
         with self._lock:
@@ -164,6 +184,8 @@ class SchedulerProcess:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self.fallback is not None:
+            self.fallback.stop(timeout_s)
 
     def _send(self, message: tuple[Any, ...]) -> None:
         """Send to the running child, if any (caller holds the lock); a child that is gone is noticed by the
@@ -173,7 +195,9 @@ class SchedulerProcess:
                 self._conn.send(message)
 
     def _run(self) -> None:
+        quick_ends = 0
         while not self._stopping.is_set():
+            began = time.monotonic()
             try:
                 conn = self._spawn()
                 self._read(conn)
@@ -182,10 +206,26 @@ class SchedulerProcess:
             code = self._reap()
             if self._stopping.is_set():
                 break
+            quick_ends = quick_ends + 1 if time.monotonic() - began < QUICK_END_S else 0
+            if quick_ends >= QUICK_ENDS_BEFORE_FALLBACK and self.fallback is not None:
+                log.error("the scheduler process ended %d times in a row within %.0f s of its start (last exit code "
+                          "%s); the scheduling loop runs in the server's process from now on", quick_ends,
+                          QUICK_END_S, code)
+                self._fall_back()
+                return
             self.restarts += 1
             log.error("the scheduler process ended (exit code %s); starting another in %.0f s", code,
                       RESTART_PAUSE_S)
             self._stopping.wait(RESTART_PAUSE_S)
+
+    def _fall_back(self) -> None:
+        """Run the loop in the fallback thread from now on, at once (its first step answers the waiting wakes)."""
+        assert self.fallback is not None
+        with self._lock:
+            self.in_fallback = True
+            self._unserved.clear()
+            self._lock.notify_all()
+        self.fallback.start()
 
     def _spawn(self) -> Connection:
         """Start a child, send it its configuration and the number of the last wake."""
@@ -253,7 +293,6 @@ def _child_main(fd: int) -> None:
     """The child: read the configuration, run the loop until the server says stop or is gone."""
     from gpupool.executors.local import pick_free_ports  # noqa: PLC0415  (the child's imports only)
     from gpupool.server.clock import SteadyClock  # noqa: PLC0415
-    from gpupool.server.workers.loop import IntervalWorker  # noqa: PLC0415
     from gpupool.server.workers.scheduling import SchedulingLoop  # noqa: PLC0415
     from gpupool.store.db import Database  # noqa: PLC0415
 
