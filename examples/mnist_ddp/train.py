@@ -24,11 +24,12 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-import gpupool
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+import gpupool
 
 IMAGE_SHAPE = (1, 28, 28)
 CLASSES = 10
