@@ -6,22 +6,28 @@ dry runs, and gives the loop back to a thread of the server when it cannot start
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from tests.support.processes import ServerProcess
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
+from gpupool.api.schemas import WorkloadDetail
 from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.app import build_services
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.scheduler_process import QUICK_ENDS_BEFORE_FALLBACK, SchedulerConfig, SchedulerProcess
 from gpupool.store.db import Database
+from gpupool.store.orm import ReplicaRow
+from gpupool.store.repos.workloads import LIVE_REPLICA_STATES
 
 SPEC = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB}}\n"
 FOUR_GPUS = "name: {name}\ncommand: x\nresources: {{cpu: 100m, memory: 64MiB, gpu: 4}}\nmax_runtime: 1h\n"
@@ -192,3 +198,62 @@ def test_children_that_cannot_start_leave_the_loop_to_a_thread_of_the_server(tmp
         assert scheduler.wait_for_lag_below(0.5, 5.0) < 5.0 and scheduler.steps == len(steps)
     finally:
         scheduler.stop(timeout_s=10)
+
+
+def _fullest_card(db: Database) -> int:
+    """The most GPU milli that the live replicas in the store hold on one card."""
+    with db.session(write=False) as session:
+        rows = session.scalars(select(ReplicaRow).where(ReplicaRow.state.in_(LIVE_REPLICA_STATES))).all()
+    load: Counter[tuple[str, int]] = Counter()
+    for row in rows:
+        for gpu in row.placement.get("gpus", []):
+            load[(row.node, int(gpu["index"]))] += int(gpu["milli"])
+    return max(load.values(), default=0)
+
+
+@pytest.mark.parametrize("seed", [11, 29])
+def test_random_submits_cancels_and_kills_of_the_scheduler_process_never_overcommit_or_double(
+        split_server: TestServer, database_url: str, seed: int) -> None:
+    rng = random.Random(seed)
+    scheduler = _scheduler(split_server)
+    fake = split_server.services.executor
+    assert isinstance(fake, FakeExecutor)
+    wait_until(lambda: scheduler.pid, what="the scheduler process")
+    db = Database(database_url)
+    ids: list[int] = []
+    cancelled: set[int] = set()
+    fullest = kills = 0
+    try:
+        with split_server.client() as client:
+            for turn in range(10):  # 4 cards; whole, half and quarter cards; jobs run until cancelled
+                for _ in range(rng.randint(1, 4)):
+                    gpu = rng.choice(["0.25", "0.5", "1", "2"])
+                    ids.append(client.submit(f"name: t{turn}-{len(ids)}\ncommand: x\n"
+                                             f"resources: {{cpu: 100m, memory: 64MiB, gpu: {gpu}}}\n").workload.id)
+                for wid in rng.sample(ids, k=min(len(ids), rng.randint(0, 2))):
+                    if wid not in cancelled:
+                        client.cancel(wid)
+                        cancelled.add(wid)
+                pid = scheduler.pid
+                if pid is not None and rng.random() < 0.5:
+                    os.kill(pid, signal.SIGKILL)  # mid-pass or between passes: either must leave the store whole
+                    kills += 1
+                time.sleep(rng.uniform(0.0, 0.4))
+                fullest = max(fullest, _fullest_card(db))
+
+            def settled() -> dict[int, WorkloadDetail] | None:  # the last kill's successor bound what fits
+                found = {wid: client.get_workload(wid) for wid in ids}
+                return found if all(d.status in ("running", "pending", "cancelled") for d in found.values()) else None
+
+            final = wait_until(settled, timeout_s=30, what="every workload running, pending or cancelled")
+            fullest = max(fullest, _fullest_card(db))
+    finally:
+        db.dispose()
+    assert kills > 0 and scheduler.restarts == kills and not scheduler.in_fallback
+    assert fullest <= 1000  # no card ever held more than itself
+    started = Counter(int(launch.workload_id) for launch in fake.launches)
+    assert all(count == 1 for count in started.values()), started  # none started twice
+    for wid, detail in final.items():
+        assert len(detail.replica_list) <= 1  # one replica row per run at most
+        if wid not in cancelled:  # the rest runs, or waits with the reason why
+            assert detail.status == "running" or (detail.status == "pending" and detail.message), detail

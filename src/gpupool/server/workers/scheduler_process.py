@@ -17,10 +17,10 @@ Messages (pickled, `multiprocessing.connection` framing):
 
 The server measures the child's lag from the wakes it sent and the steps that answered them, as the thread's
 (`lag_s`, `wait_for_lag_below`). A child that ends (killed, crashed) is started again after RESTART_PAUSE_S,
-unless children keep ending soon after their start: then the loop runs in a thread of the server from then
-on (QUICK_ENDS_BEFORE_FALLBACK), as it would without this module. A child whose server is gone (its socket
-reaches end of file) exits at once, without finishing its step, so a new server never meets an old
-scheduler still binding: the step's transaction is rolled back.
+unless children keep exiting by themselves soon after their start: then the loop runs in a thread of the
+server from then on (QUICK_ENDS_BEFORE_FALLBACK), as it would without this module. A child whose server is
+gone (its socket reaches end of file) exits at once, without finishing its step, so a new server never meets
+an old scheduler still binding: the step's transaction is rolled back.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ log = logging.getLogger("gpupool.workers")
 RESTART_PAUSE_S = 1.0
 # How long `stop` waits for the child to finish its step and exit before it is killed
 STOP_TIMEOUT_S = 30.0
-# A child that ends within 10 s of its start three times in a row is not started again: the loop runs in a thread
-# of the server (the `fallback` worker) from then on, so that a child that cannot start (no process left to the
-# user, no memory) never leaves the pool unscheduled. 10 s is ten times a start on a loaded 2-CPU machine (about
-# 1 s), and three ends (3-4 s of waiting work) tell a lasting fault from a one-off kill
+# A child that exits by itself (not killed by a signal) within 10 s of its start three times in a row is not
+# started again: the loop runs in a thread of the server (the `fallback` worker) from then on, so that a child
+# that cannot start (no process left to the user, a broken installation) never leaves the pool unscheduled.
+# 10 s is ten times a start on a loaded 2-CPU machine (about 1 s), and three such ends in a row (3-4 s of
+# waiting work) tell a lasting fault from a one-off crash
 QUICK_END_S = 10.0
 QUICK_ENDS_BEFORE_FALLBACK = 3
 
@@ -206,7 +207,8 @@ class SchedulerProcess:
             code = self._reap()
             if self._stopping.is_set():
                 break
-            quick_ends = quick_ends + 1 if time.monotonic() - began < QUICK_END_S else 0
+            by_itself = code is None or code >= 0  # a negative code: killed by a signal (not a fault of its start)
+            quick_ends = quick_ends + 1 if by_itself and time.monotonic() - began < QUICK_END_S else 0
             if quick_ends >= QUICK_ENDS_BEFORE_FALLBACK and self.fallback is not None:
                 log.error("the scheduler process ended %d times in a row within %.0f s of its start (last exit code "
                           "%s); the scheduling loop runs in the server's process from now on", quick_ends,
