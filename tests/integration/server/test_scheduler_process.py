@@ -72,7 +72,7 @@ def test_the_scheduler_process_binds_what_the_api_accepts_and_ends_with_its_serv
         exported = client.prometheus_metrics()
     # the child's passes and CPU, as the thread's were
     passes = next(line for line in exported.splitlines() if line.startswith('gpupool_worker_passes_total{worker="sch'))
-    assert float(passes.rsplit(" ", 1)[1]) == scheduler.steps > 0
+    assert 0 < float(passes.rsplit(" ", 1)[1]) <= scheduler.steps  # (a pass may end after the scrape)
     assert scheduler.cpu_s > 0 and scheduler.failures == 0
     split_server.stop()
     wait_until(lambda: not _alive(pid), timeout_s=10, what="the scheduler process ended with the server")
