@@ -119,7 +119,7 @@ def test_the_lag_is_the_oldest_wake_the_child_has_not_answered(split_server: Tes
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: scheduler.lag_s() == 0.0, timeout_s=10, what="the wake answered")
-    assert scheduler.wait_for_lag_below(0.1, 5.0) < 0.1
+    assert scheduler.wait_for_lag_below(0.5, 5.0) < 0.5  # answered again (a new wake waits a pass at most)
 
 
 def test_the_childs_reservations_reach_the_servers_dry_runs(split_server: TestServer) -> None:

@@ -102,17 +102,20 @@ class SchedulerProcess:
     @property
     def steps(self) -> int:
         """Steps completed, by every child so far (and the fallback thread)."""
-        return self._ended[0] + self._last[0] + (self.fallback.steps if self.fallback else 0)
+        with self._lock:
+            return self._ended[0] + self._last[0] + (self.fallback.steps if self.fallback else 0)
 
     @property
     def failures(self) -> int:
         """Steps that ended with an error, by every child so far (and the fallback thread)."""
-        return self._ended[1] + self._last[1] + (self.fallback.failures if self.fallback else 0)
+        with self._lock:
+            return self._ended[1] + self._last[1] + (self.fallback.failures if self.fallback else 0)
 
     @property
     def cpu_s(self) -> float:
         """CPU time of the children's scheduling threads (and the fallback thread) in their steps."""
-        return self._ended[2] + self._last[2] + (self.fallback.cpu_s if self.fallback else 0.0)
+        with self._lock:
+            return self._ended[2] + self._last[2] + (self.fallback.cpu_s if self.fallback else 0.0)
 
     @property
     def pid(self) -> int | None:
