@@ -1,7 +1,8 @@
 """The scheduler in a process of its own (`scheduler_process`, server/workers/scheduler_process.py): it binds
-what the API accepts, reports its passes and CPU, is started again when it dies, ends with its server (a clean
-stop or a kill -9), answers the submissions' hold with its real lag, hands its reservations to the server's
-dry runs, and gives the loop back to a thread of the server when it cannot start."""
+what the API accepts, reports its passes and CPU, is started again when it dies (random kills among submits and
+cancels never overcommit a card nor start a job twice), ends with its server (a clean stop or a kill -9),
+answers the submissions' hold with its real lag, hands its reservations to the server's dry runs, and gives the
+loop back to a thread of the server when it cannot start."""
 
 from __future__ import annotations
 
