@@ -37,11 +37,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.types import HeldReservation
 from gpupool.server.workers.loop import IntervalWorker
+
+if TYPE_CHECKING:
+    from gpupool.server.workers.scheduling import SchedulingLoop
 
 log = logging.getLogger("gpupool.workers")
 # A child that ended is started again after 1 s: long enough not to spin when it fails at start (a store that
@@ -153,7 +156,10 @@ class SchedulerProcess:
         with self._lock:
             if self.in_fallback and self.fallback is not None:
                 return self.fallback.lag_s()
-            return time.monotonic() - self._unserved[0][1] if self._unserved else 0.0
+            return self._lag_locked(time.monotonic())
+
+    def _lag_locked(self, now: float) -> float:
+        return now - self._unserved[0][1] if self._unserved else 0.0
 
     def wait_for_lag_below(self, lag_s: float, timeout_s: float) -> float:
         """Block while the lag is `lag_s` or more, at most `timeout_s`; returns the seconds waited. Returns at
@@ -165,8 +171,7 @@ class SchedulerProcess:
         with self._lock:
             while self._conn is not None and not self._stopping.is_set():
                 now = time.monotonic()
-                lag = now - self._unserved[0][1] if self._unserved else 0.0
-                if lag < lag_s or now >= deadline:
+                if self._lag_locked(now) < lag_s or now >= deadline:
                     break
                 self._lock.wait(deadline - now)
         return time.monotonic() - began
@@ -294,6 +299,29 @@ class SchedulerProcess:
             return process.wait()
 
 
+class _ReportingWorker(IntervalWorker):
+    """The child's scheduling worker: after every step it sends ("done", ...) with the highest wake number
+    received before the step began (`latest`, set by the child's reading loop)."""
+
+    def __init__(self, loop: SchedulingLoop, config: SchedulerConfig,
+                 send: Callable[[tuple[Any, ...]], None]) -> None:
+        super().__init__("scheduler", loop.step, config.interval_s, min_gap_s=config.min_gap_s)
+        self.loop = loop
+        self.send = send
+        self.latest = 0  # the highest wake number received
+        self._reported: dict[str, HeldReservation] = {}
+
+    def run_once(self) -> float | None:
+        """One step, then its report (the held reservations only when they changed)."""
+        picked = self.latest  # read after the worker cleared its wake: these wakes' changes are visible
+        try:
+            return super().run_once()
+        finally:
+            held = self.loop.held_reservations()
+            changed, self._reported = held != self._reported, held
+            self.send(("done", picked, self.steps, self.failures, self.cpu_s, held if changed else None))
+
+
 def _child_main(fd: int) -> None:
     """The child: read the configuration, run the loop until the server says stop or is gone."""
     from gpupool.executors.local import pick_free_ports  # noqa: PLC0415  (the child's imports only)
@@ -313,21 +341,7 @@ def _child_main(fd: int) -> None:
     db = Database(config.database_url)
     loop = SchedulingLoop(db, SteadyClock(), config.profile, lambda _node, count: pick_free_ports(count),
                           on_change=lambda: send(("changed",)))
-    latest = [0]  # the highest wake number received
-    reported: list[dict[str, HeldReservation]] = [{}]
-
-    class ReportingWorker(IntervalWorker):
-        def run_once(self) -> float | None:
-            picked = latest[0]  # read after the worker cleared its wake: these wakes' changes are visible
-            try:
-                return super().run_once()
-            finally:
-                held = loop.held_reservations()
-                changed = held != reported[0]
-                reported[0] = held
-                send(("done", picked, self.steps, self.failures, self.cpu_s, held if changed else None))
-
-    worker = ReportingWorker("scheduler", loop.step, config.interval_s, min_gap_s=config.min_gap_s)
+    worker = _ReportingWorker(loop, config, send)
     worker.start()
     while True:
         try:
@@ -335,7 +349,7 @@ def _child_main(fd: int) -> None:
         except (EOFError, OSError):
             os._exit(0)  # the server is gone: no step of ours may run beside the next server's
         if message[0] == "wake":
-            latest[0] = max(latest[0], message[1])
+            worker.latest = max(worker.latest, message[1])
             worker.wake()
         elif message[0] == "stop":
             break
