@@ -75,6 +75,7 @@ def test_the_scheduler_process_binds_what_the_api_accepts_and_ends_with_its_serv
     passes = next(line for line in exported.splitlines() if line.startswith('gpupool_worker_passes_total{worker="sch'))
     assert 0 < float(passes.rsplit(" ", 1)[1]) <= scheduler.steps  # (a pass may end after the scrape)
     assert scheduler.cpu_s > 0 and scheduler.failures == 0
+    assert scheduler.restarts == 0 and not scheduler.in_fallback  # the child did it, not the fallback thread
     split_server.stop()
     wait_until(lambda: not _alive(pid), timeout_s=10, what="the scheduler process ended with the server")
 
