@@ -15,7 +15,7 @@ from gpupool.scheduler.placement.filters import explain_no_fit
 from gpupool.scheduler.placement.resource_fit import BestFitPolicy
 from gpupool.scheduler.placer import Placer
 from gpupool.scheduler.snapshot import ClusterSnapshot
-from gpupool.scheduler.types import PendingWorkload
+from gpupool.scheduler.types import PendingWorkload, ShapeKey
 
 
 class NeverFitsChecker:
@@ -28,7 +28,7 @@ class NeverFitsChecker:
         self._placer = Placer(BestFitPolicy(), gang_topology=True, avoid_gpu_nodes=False)
         self._cache: dict[object, str | None] = {}
 
-    def reason(self, workload: PendingWorkload, shape: tuple[object, ...] | None = None) -> str | None:
+    def reason(self, workload: PendingWorkload, shape: ShapeKey | None = None) -> str | None:
         """None when the workload fits an empty pool, else why it never can. `shape`: its `shape_key()`, when
         the caller has it already."""
         key = workload.shape_key() if shape is None else shape

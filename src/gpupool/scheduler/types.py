@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from gpupool.domain.placement import GpuAssignment, ReplicaPlacement, placements_usage
 from gpupool.domain.resources import ZERO, ReplicaRequest, ResourceVector
 
-__all__ = ["GpuAssignment", "PendingWorkload", "ReplicaGroup", "ReplicaPlacement", "RunningWorkload",
+__all__ = ["GpuAssignment", "PendingWorkload", "ReplicaGroup", "ReplicaPlacement", "RunningWorkload", "ShapeKey",
            "placements_usage"]
 
 
@@ -39,6 +39,47 @@ def id_order(workload_id: str) -> tuple[int, str]:
     return (len(workload_id), workload_id)
 
 
+class ShapeKey:
+    """What identifies workloads whose requests are identical (`PendingWorkload.shape_key`): a value compared
+    by its content, with its hash computed once (the scheduler looks it up several times per workload and
+    cycle; a tuple would hash every request's fields again each time). `shape_key_of` hands out one object
+    per value, so that most comparisons are of an object with itself."""
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: tuple[object, ...]) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return isinstance(other, ShapeKey) and self._hash == other._hash and self.value == other.value
+
+    def __repr__(self) -> str:
+        return f"ShapeKey({self.value!r})"
+
+
+# One ShapeKey per value while at most this many are kept (then they are dropped and made anew: equal keys made
+# on both sides of a drop still compare equal, by content). A pool's distinct request shapes number in the tens.
+_SHAPES_KEPT = 4096
+_shapes: dict[tuple[object, ...], ShapeKey] = {}
+
+
+def shape_key_of(value: tuple[object, ...]) -> ShapeKey:
+    """The ShapeKey of `value`, the same object for equal values (see `_SHAPES_KEPT`). Thread-safe: two
+    threads that make the same new key at once may each keep their own, which only compare by content."""
+    key = _shapes.get(value)
+    if key is None:
+        if len(_shapes) >= _SHAPES_KEPT:
+            _shapes.clear()
+        key = _shapes.setdefault(value, ShapeKey(value))
+    return key
+
+
 @dataclass(frozen=True, slots=True)
 class PendingWorkload:
     """A workload waiting to be scheduled.
@@ -59,11 +100,16 @@ class PendingWorkload:
     max_runtime_s: float | None = None
     nominated: tuple[ReplicaPlacement, ...] | None = None
     reserved: HeldReservation | None = None
+    # derived from the groups once, when the workload is made (a cycle asks for them several times each)
+    replica_count: int = field(init=False, repr=False, compare=False)
+    _shape: ShapeKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def replica_count(self) -> int:
-        """Total replicas over all groups."""
-        return sum(g.count for g in self.groups)
+    def __post_init__(self) -> None:
+        count = sum(g.count for g in self.groups)
+        object.__setattr__(self, "replica_count", count)  # total replicas over all groups
+        gang = self.min_available if self.min_available is not None else count
+        shape = shape_key_of((tuple((g.role, g.count, g.request) for g in self.groups), gang))
+        object.__setattr__(self, "_shape", shape)
 
     @property
     def gang_size(self) -> int:
@@ -78,9 +124,10 @@ class PendingWorkload:
             total = total + g.request.nominal(card_memory_mib).scaled(g.count)
         return total
 
-    def shape_key(self) -> tuple[object, ...]:
-        """Identifies workloads whose requests are identical (for the scheduler's equivalence cache)."""
-        return (tuple((g.role, g.count, g.request) for g in self.groups), self.gang_size)
+    def shape_key(self) -> ShapeKey:
+        """Identifies workloads whose requests are identical (for the scheduler's equivalence cache): equal for
+        equal groups and gang size."""
+        return self._shape
 
 
 @dataclass(frozen=True, slots=True)
