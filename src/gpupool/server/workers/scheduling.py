@@ -68,6 +68,8 @@ PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on t
 # with 10,000 pending workloads costs about half a second (benchmarks/control_plane/README.md): about 2%
 # of one core, and such a change is picked up within half a minute.
 FULL_REBUILD_S = 30.0
+# a waiting workload's scheduler view and what it was made from: (spec, queue, submit time, stored nomination, view)
+_PendingView = tuple[WorkloadSpec, str, float, Any, PendingWorkload]
 Shown = tuple[str | None, int | None, list[Any] | None]  # a pending row's reason, queue position, nomination
 
 
@@ -113,6 +115,8 @@ class SchedulingLoop:
         self._checker_key = ""
         self._observed_up_to = 0
         self._spec_cache: dict[int, WorkloadSpec] = {}
+        # a waiting workload's scheduler view, with what it was made from (see _pending_of)
+        self._pending_cache: dict[int, _PendingView] = {}
         self._running_terms: dict[int, tuple[bool, Any]] = {}  # a running workload's (preemptible, max_runtime)
         self.last_decisions: Decisions | None = None
         self._held: dict[str, HeldReservation] = {}
@@ -245,6 +249,7 @@ class SchedulingLoop:
         pending: list[PendingWorkload] = []
         specs: dict[int, WorkloadSpec] = {}
         shown: dict[int, Shown] = {}
+        views: dict[int, _PendingView] = {}
         for row in pending_rows:
             if row.kind in CONTROLLER_KINDS:
                 continue  # a controller owns children; it is never placed itself
@@ -256,13 +261,28 @@ class SchedulingLoop:
             if spec is None:
                 continue  # gone since the pending rows were read
             specs[row.id] = spec
-            nominated = tuple(placement_from_json(p) for p in row.nominated) if row.nominated else None
-            pending.append(pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated))
+            pending.append(self._pending_of(row, spec, views))
             shown[row.id] = (row.pending_reason, row.queue_position, row.nominated)
         self._spec_cache = {k: v for k, v in self._spec_cache.items() if k in specs}
+        self._pending_cache = views
         running = self._running(session)
         return ClusterState(list(nodes), fingerprint, queue_specs(session), pending, running, specs,
                             dict(gpu_versions), shown)
+
+    def _pending_of(self, row: PendingRow, spec: WorkloadSpec,
+                    views: dict[int, _PendingView]) -> PendingWorkload:
+        """The scheduler's view of the waiting `row` (whose parsed spec is `spec`), recorded in `views`: the one
+        the last read made when it was made from the same spec object, queue, submit time and nomination
+        (a view is a function of these; a backlog of thousands is not rebuilt for each new submit), else new."""
+        kept = self._pending_cache.get(row.id)
+        if kept is not None and kept[0] is spec and kept[1] == row.queue and kept[2] == row.submitted_at \
+                and kept[3] == row.nominated:
+            workload = kept[4]
+        else:
+            nominated = tuple(placement_from_json(p) for p in row.nominated) if row.nominated else None
+            workload = pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated)
+        views[row.id] = (spec, row.queue, row.submitted_at, row.nominated, workload)
+        return workload
 
     def _nodes(self, session: Session) -> tuple[list[Node], str, dict[str, int]]:
         """The nodes, their fingerprint and their GPU versions, rebuilt from the rows only when the stored
