@@ -9,7 +9,8 @@ moves its clock past their minimum run time, then for each count of waiting one-
   second per submit), then times the next `step()`, and runs one settling pass after it (untimed).
 The waiting jobs beyond 100 new ones at a time are copies of a submitted job's row written with one bulk INSERT
 (10,000 submits over HTTP would take minutes and are not what is measured). Prints a JSON summary (median
-and p95 per case, milliseconds). Runs on older code too (PYTHONPATH to another commit's src/).
+and p95 of the wall time per case, and the median CPU time of the thread that runs the step, milliseconds: on
+SQLite the database's work is in that thread too, and the CPU time is the steadier figure on a busy machine). Runs on older code too (PYTHONPATH to another commit's src/).
 
     python benchmarks/control_plane/pass_cost.py [--passes 15] [--postgres-url URL]
 """
@@ -53,16 +54,20 @@ class Clock:
         return self.now
 
 
-def _ms(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
+def _ms(samples: list[tuple[float, float]]) -> dict[str, float]:
+    """Wall time p50 and p95, and the median CPU time, of (wall, CPU) samples in seconds, as milliseconds."""
+    ordered = sorted(wall for wall, _ in samples)
     return {"p50": round(statistics.median(ordered) * 1000, 2),
-            "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2)}
+            "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2),
+            "cpu p50": round(statistics.median(cpu for _, cpu in samples) * 1000, 2)}
 
 
-def _timed(loop: Any) -> float:
-    began = time.perf_counter()
+def _timed(loop: Any) -> tuple[float, float]:
+    """One step's wall time and the CPU time of this thread during it (the step runs here; on SQLite the
+    database's work is in it too, on PostgreSQL the server's is not), in seconds."""
+    began, began_cpu = time.perf_counter(), time.thread_time()
     loop.step()
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.thread_time() - began_cpu
 
 
 def _copy_waiting(db: Any, template_id: int, count: int, now: float) -> None:
@@ -117,7 +122,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 quiet = [_timed(loop) for _ in range(args.passes)]
                 counted = {} if reads is None else {"full reads": loop.full_reads - reads,
                                                     "cycles run": args.passes - (loop.skipped_cycles - skipped)}
-                fresh = []
+                fresh: list[tuple[float, float]] = []
                 for _ in range(args.passes):
                     submit(serial)
                     serial += 1
