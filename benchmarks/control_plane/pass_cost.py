@@ -10,7 +10,8 @@ moves its clock past their minimum run time, then for each count of waiting one-
 The waiting jobs beyond 100 new ones at a time are copies of a submitted job's row written with one bulk INSERT
 (10,000 submits over HTTP would take minutes and are not what is measured). Prints a JSON summary (median
 and p95 of the wall time per case, and the median CPU time of the thread that runs the step, milliseconds: on
-SQLite the database's work is in that thread too, and the CPU time is the steadier figure on a busy machine). Runs on older code too (PYTHONPATH to another commit's src/).
+SQLite the database's work is in that thread too, and the CPU time is the steadier figure on a busy machine).
+Runs on older code too (PYTHONPATH to another commit's src/).
 
     python benchmarks/control_plane/pass_cost.py [--passes 15] [--postgres-url URL]
 """
