@@ -168,7 +168,10 @@ class _Cycle:
     def _reserved_first(self, reserved: Iterable[PendingWorkload]) -> set[str]:
         """Workloads holding a reservation from an earlier cycle, before any other work, earliest promise
         first: start now if they can without delaying another reservation, else keep the reservation
-        (moved earlier when capacity frees sooner; protected and shown) while the reasons stay the same."""
+        (moved earlier when capacity frees sooner; protected and shown) while the reasons stay the same. A
+        reservation that is due while its workload's quota holds it back is released: a reservation promises
+        capacity, not quota (the room a queue may borrow shrinks when a queue that does not lend needs its
+        guarantee again), and holding idle capacity for work that may not start kept it from everyone else."""
         handled: set[str] = set()
         order = sorted(reserved, key=_promise_order)
         for k, w in enumerate(order):
@@ -179,12 +182,20 @@ class _Cycle:
             if started:
                 handled.add(w.id)
                 continue
+            if self._due_and_held_back_by_quota(w):
+                continue  # released: the ordered pass gives the quota's reason
             res = self._keep_reservation(w, later)  # never a new one that would take what `later` were promised
             if res is None:
                 continue  # its reason has changed: the ordered pass says which
             self.reasons[w.id] = self._reservation_reason(w, res, failure)
             handled.add(w.id)
         return handled
+
+    def _due_and_held_back_by_quota(self, w: PendingWorkload) -> bool:
+        """True when `w`'s reservation is due (its start time has come) and its queue's quota refuses what it
+        asks for now."""
+        return (w.reserved is not None and w.reserved.start_time <= self.now
+                and self.book.blocked_by_quota(w.queue, self._demand(w)) is not None)
 
     def _start_reserved(self, w: PendingWorkload, later: Sequence[PendingWorkload]) -> tuple[bool, str]:
         """Bind a reserved head now, on its reserved placement when that is free, else where the policy puts
@@ -233,6 +244,8 @@ class _Cycle:
         res = reserve(self.snap, self.placer, w, running, self.now, others)
         if res is None or res.start_time >= w.reserved.start_time:  # the held one when it still holds, else
             res = keep(self.snap, w, w.reserved, running, self.now, self.reservations) or res  # the new later one
+        if res is not None and self._refused_at(w, res.start_time) is not None:
+            return None  # released: its quota would refuse it then (the ordered pass says why)
         if res is not None:
             self.reservations.append(res)
             self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
@@ -377,13 +390,18 @@ class _Cycle:
             return
         failure = self._deferred_or(w, failure)
         res = self._try_reserve(w)
+        if isinstance(res, str):  # no reservation: its quota would refuse it when it came due
+            self.reasons[w.id] = f"{failure}; {res}"
+            return
         if res is not None:
             nodes = ", ".join(sorted({p.node for p in res.placements}))
             self.reasons[w.id] = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
             return
         self.reasons[w.id] = failure
 
-    def _try_reserve(self, w: PendingWorkload) -> Reservation | None:
+    def _try_reserve(self, w: PendingWorkload) -> Reservation | str | None:
+        """A new reservation for the blocked head `w`; the reason it gets none when its quota would refuse it at
+        the reservation's start (`_refused_at`); else None."""
         depth = self.profile.reservation_depth
         if (not self.profile.backfill or len(self.reservations) >= depth
                 or self.reservation_tries >= RESERVATION_TRIES_PER_SLOT * depth):
@@ -396,9 +414,30 @@ class _Cycle:
         if res is None:
             self.unreservable.add(key)
             return None
+        refused = self._refused_at(w, res.start_time)
+        if refused is not None:
+            return f"no reservation: {refused}"
         self.reservations.append(res)
         self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
         return res
+
+    def _refused_at(self, w: PendingWorkload, start: float) -> str | None:
+        """Why `w`'s queue would refuse it at `start`, when the capacity reserved for it is free, by the work
+        running then (what ends by `start` left out): over its limit, or borrowing more than the other queues
+        lend (the rest owed to queues that do not lend). None when it would admit it. A reservation promises
+        capacity, and holds it for its workload until then: one that would come due refused is not made."""
+        demand = self._demand(w)
+        if self.book.spec(w.queue).limit is None and not (
+                self.book.owes_guarantees and self.book.borrows(w.queue, demand)):
+            return None  # nothing to refuse it then: usage only falls by then, and no queue keeps room owed
+        staying = [r for r in self.running + self.started
+                   if not r.terminating and ((end := r.expected_end()) is None or end > start)]
+        then = QuotaBook(self.book.queues, staying, self.book.total)
+        limit = then.spec(w.queue).limit
+        if limit is not None and (then.used(w.queue) + demand).exceeding(limit):
+            return f"at t={start:g} queue {w.queue} would still be at its limit"
+        owed = then.owed_once_free(w.queue, demand)
+        return None if owed is None else f"at t={start:g} {owed}"
 
     def _known_ends(self) -> list[RunningWorkload]:
         """The running and started work that ends at a known time (terminating, or with a max_runtime), in the

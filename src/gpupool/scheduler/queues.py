@@ -193,6 +193,30 @@ class QuotaBook:
                     + self._compare(after, lendable_room, owed, "available to borrow"))
         return None
 
+    @property
+    def owes_guarantees(self) -> bool:
+        """True when some queue that does not lend has a guarantee (room may be owed to it)."""
+        return any(not q.lend and q.guaranteed != ZERO for q in self.queues.values())
+
+    def borrows(self, queue: str, demand: ResourceVector) -> bool:
+        """True when `queue` would use more than its guarantee of a governed resource with `demand` added."""
+        return bool(self._over_guarantee(queue, self.used(queue) + demand))
+
+    def owed_once_free(self, queue: str, demand: ResourceVector) -> str | None:
+        """Why `queue` could not start `demand` even once the capacity it needs is free, with the queues' usage
+        as this book holds it: what it would borrow beyond its guarantee is more than the capacity the other
+        queues lend (the rest is owed to queues that do not lend); None when it could. `blocked_by_quota`
+        refuses this only while the demand fits the idle capacity; before that the demand waits for capacity
+        (the scheduler asks it of a book of the work still running at a reservation's start before it makes one)."""
+        after = self.used(queue) + demand
+        borrowed = self._over_guarantee(queue, after)
+        lendable_room = self.total - (self.reserved_total - self._reserved(queue))
+        owed = tuple(r for r in borrowed if _component(lendable_room, r) < _component(after, r))
+        if not owed:
+            return None
+        return ("the capacity it would borrow once free is owed to other queues that do not lend: "
+                + self._compare(after, lendable_room, owed, "available to borrow"))
+
     def _admitted_without_limit(self, spec: QueueSpec, queue: str, demand: ResourceVector) -> bool:
         """True when blocked_by_quota gives None for a queue without a limit: no governed resource taken
         beyond the guarantee is owed (more than the idle capacity others lend, within what is physically

@@ -50,6 +50,7 @@ class Record:
     preempted_by: dict[str, set[str]] = field(default_factory=dict)
     waiting_preemptors: set[str] = field(default_factory=set)  # preempted for, not started since
     first_promise: dict[str, float] = field(default_factory=dict)
+    due_reasons: dict[str, str] = field(default_factory=dict)  # the reason in the first cycle at or past the promise
     reasons: dict[str, str] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     cycles: int = 0
@@ -196,6 +197,9 @@ class CycleDriver:
             self.record.first_promise.setdefault(r.workload_id, r.start_time)
         for d in decisions.pending:
             self.record.reasons[d.workload_id] = d.reason
+            promise = self.record.first_promise.get(d.workload_id)
+            if promise is not None and promise <= self.now:
+                self.record.due_reasons.setdefault(d.workload_id, d.reason)
             held = reserved.get(d.workload_id)
             carried = HeldReservation(held.start_time, held.placements) if held and self.carry_reservations else None
             self.pending[d.workload_id] = replace(self.pending[d.workload_id], nominated=d.nominated,

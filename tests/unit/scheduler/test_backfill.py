@@ -3,10 +3,14 @@ where it does not delay it."""
 
 from __future__ import annotations
 
-from tests.builders import cycle, job, node, on, running
+from dataclasses import replace
 
+from tests.builders import cycle, job, node, on, queue, running
+
+from gpupool.domain.nodes import Node
+from gpupool.domain.queues import QueueSpec
 from gpupool.scheduler.decisions import Decisions
-from gpupool.scheduler.types import RunningWorkload
+from gpupool.scheduler.types import HeldReservation, RunningWorkload
 
 NOW = 10.0
 DELAYS_HEAD = "starting now would delay head, which holds a reservation to start by t=100"
@@ -116,3 +120,39 @@ def test_a_full_pool_in_one_queue_still_reserves() -> None:
     # r0 ends at 100 (card 0), r1 at 200 (card 1): 2 cards at t=200
     assert reservations == [("head", 200, [("n1", [0, 1])])]
     assert reasons["head"].endswith("reserved to start by t=200 on n1")
+
+
+def owed_pool() -> tuple[list[Node], list[RunningWorkload], list[QueueSpec]]:
+    """Two 4-card nodes. Queue `own` is guaranteed 6 GPUs and does not lend: while it runs nothing, queue
+    `team` (no guarantee) may borrow at most 8 - 6 = 2 GPUs. Queue `other` (lends) runs 5 cards until t=100:
+    cards 0-2 of n1 and 0-1 of n2, so no node has 4 free cards now."""
+    nodes = [node("n1").gpus(4).build(), node("n2").gpus(4).build()]
+    runs = [running("o1", [on("n1", gpus={0: 1000, 1: 1000, 2: 1000})], queue="other", start=0, max_runtime=100),
+            running("o2", [on("n2", gpus={0: 1000, 1: 1000})], queue="other", start=0, max_runtime=100)]
+    queues = [queue("own", 6, lend=False), queue("team"), queue("other")]
+    return nodes, runs, queues
+
+
+def test_no_reservation_for_capacity_its_queue_could_not_borrow_when_free() -> None:
+    # `big` (4 cards on one node) waits for capacity: at t=100 n1 is free, but `team` could borrow only 2 GPUs
+    # then (6 are owed to `own`): a reservation would come due refused and hold n1 idle meanwhile
+    nodes, runs, queues = owed_pool()
+    big = job("big").queue("team").replicas(1, gpu=4).max_runtime(50).build()
+    bound, reservations, reasons = summary(cycle(nodes, [big], runs, queues, now=NOW))
+    assert bound == [] and reservations == []
+    assert reasons["big"].endswith("no reservation: at t=100 the capacity it would borrow once free is owed to other "
+                                   "queues that do not lend: gpu 4 > available to borrow 2")
+
+
+def test_a_due_reservation_its_quota_refuses_is_released_and_its_capacity_used() -> None:
+    # `big` holds a reservation of n2's cards from an earlier cycle, due now; its queue may not take 4 GPUs (the
+    # capacity it would borrow is owed): the reservation is released, and `own`'s job, which would have delayed
+    # it (no max_runtime), starts on n2 instead of waiting behind a reservation that cannot start
+    nodes, _, queues = owed_pool()
+    runs = [running("o1", [on("n1", gpus={0: 1000, 1: 1000, 2: 1000})], queue="other", start=0, max_runtime=100)]
+    big = replace(job("big").queue("team").replicas(1, gpu=4).max_runtime(50).build(),
+                  reserved=HeldReservation(NOW, (on("n2", gpus=dict.fromkeys(range(4), 1000)),)))
+    later = job("later").queue("own").at(1).replicas(1, gpu=4).build()  # no max_runtime: would delay big
+    bound, reservations, reasons = summary(cycle(nodes, [big, later], runs, queues, now=NOW))
+    assert reservations == [] and bound == ["later"]
+    assert "no reservation: at t=100 the capacity it would borrow once free is owed" in reasons["big"]

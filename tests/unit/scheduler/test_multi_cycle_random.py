@@ -96,9 +96,13 @@ def test_random_scenarios_keep_every_invariant(seed: int) -> None:
 def test_reservations_are_honoured_when_all_work_declares_max_runtime(seed: int) -> None:
     # one priority and no preemption: nothing may take a reserved head's capacity, so the first promise holds
     # (a start is observed at the first cycle at or after the promised time: one cycle of slack)
+    # Quota is not capacity: a reservation promises capacity, and a head whose queue's quota refuses it when its
+    # time comes (the idle capacity it would borrow is owed to a queue that does not lend) has its reservation
+    # released, with the quota's reason; only such heads may start later than promised
     driver = scenario(1000 + seed, bounded=True, preemption=False, priorities=(0,))
     record = driver.run_until_idle(max_cycles=600)
     assert not record.violations, record.violations[:5]
     late = {w: (promise, record.start(w)) for w, promise in record.first_promise.items()
             if (start := record.start(w)) is None or start > promise + driver.cycle_s}
-    assert not late, (late, {w: record.reasons.get(w) for w in late})
+    excused = {w for w in late if record.due_reasons.get(w, "").startswith(f"queue {driver.templates[w].queue} would")}
+    assert not late.keys() - excused, (late, {w: record.due_reasons.get(w) for w in late})
