@@ -58,6 +58,8 @@ class QuotaBook:
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
         self.used_total = ResourceVector()
         self.reserved_total = sum((self._reserved(name) for name in self.queues), ResourceVector())
+        # some queue that does not lend has a guarantee: room may be owed to it
+        self.owes_guarantees = any(not q.lend and q.guaranteed != ZERO for q in self.queues.values())
         self.governed = ("gpu", *(r for r in ("cpu", "memory")
                                   if any(_component(q.guaranteed, r) > 0 for q in self.queues.values())))
         self.stopping: dict[str, ResourceVector] = {}
@@ -182,21 +184,13 @@ class QuotaBook:
         borrowed = self._over_guarantee(queue, after)
         if not borrowed:
             return None
-        used = self.used_total - self.used(queue)
-        reserved = self.reserved_total - self._reserved(queue)
-        physical_room, lendable_room = self.total - used, self.total - reserved
-        owed = tuple(r for r in borrowed
-                     if _component(lendable_room, r) < _component(after, r) <= _component(physical_room, r))
+        physical_room = self.total - (self.used_total - self.used(queue))
+        lendable_room, owed = self._owed(queue, after, borrowed, physical_room)
         if owed:
             return (f"queue {queue} would borrow beyond its guarantee, and the idle capacity it could borrow is "
                     "owed to other queues that do not lend: "
                     + self._compare(after, lendable_room, owed, "available to borrow"))
         return None
-
-    @property
-    def owes_guarantees(self) -> bool:
-        """True when some queue that does not lend has a guarantee (room may be owed to it)."""
-        return any(not q.lend and q.guaranteed != ZERO for q in self.queues.values())
 
     def borrows(self, queue: str, demand: ResourceVector) -> bool:
         """True when `queue` would use more than its guarantee of a governed resource with `demand` added."""
@@ -209,13 +203,20 @@ class QuotaBook:
         refuses this only while the demand fits the idle capacity; before that the demand waits for capacity
         (the scheduler asks it of a book of the work still running at a reservation's start before it makes one)."""
         after = self.used(queue) + demand
-        borrowed = self._over_guarantee(queue, after)
-        lendable_room = self.total - (self.reserved_total - self._reserved(queue))
-        owed = tuple(r for r in borrowed if _component(lendable_room, r) < _component(after, r))
+        lendable_room, owed = self._owed(queue, after, self._over_guarantee(queue, after))
         if not owed:
             return None
         return ("the capacity it would borrow once free is owed to other queues that do not lend: "
                 + self._compare(after, lendable_room, owed, "available to borrow"))
+
+    def _owed(self, queue: str, after: ResourceVector, borrowed: tuple[str, ...],
+              physical_room: ResourceVector | None = None) -> tuple[ResourceVector, tuple[str, ...]]:
+        """The room the other queues lend `queue`, and the `borrowed` resources of which `after` needs more than
+        that (only those that fit `physical_room`, when given)."""
+        lendable_room = self.total - (self.reserved_total - self._reserved(queue))
+        owed = tuple(r for r in borrowed if _component(lendable_room, r) < _component(after, r)
+                     and (physical_room is None or _component(after, r) <= _component(physical_room, r)))
+        return lendable_room, owed
 
     def _admitted_without_limit(self, spec: QueueSpec, queue: str, demand: ResourceVector) -> bool:
         """True when blocked_by_quota gives None for a queue without a limit: no governed resource taken
