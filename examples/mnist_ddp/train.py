@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -103,16 +104,38 @@ def train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, obj
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=args.timeout))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = timedelta(seconds=args.timeout)
+    # the rendezvous store (served by rank 0 on MASTER_ADDR:MASTER_PORT), kept for the ordered teardown below
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
     try:
-        result = train(args, dist.get_rank(), dist.get_world_size())
+        result = train(args, rank, world_size)
         print(json.dumps(result), flush=True)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / f"rank-{result['rank']}.json").write_text(json.dumps(result) + "\n")
+            (args.out / f"rank-{rank}.json").write_text(json.dumps(result) + "\n")
         dist.barrier()
     finally:
+        leave_group(store, rank, world_size)
+
+
+def leave_group(store: dist.TCPStore, rank: int, world_size: int) -> None:
+    """Tear the group down one side at a time: every other rank first, then rank 0 once they all have.
+
+    When two ranks close the connections between them at the same moment, gloo's I/O thread can meet a
+    connection in the middle of closing and end the process with SIGABRT after the work is done. A rank whose
+    peer closes while it is itself idle just marks the connection closed. Rank 0 serves the store, so it
+    stays until the others have said they are gone."""
+    if rank != 0:
         dist.destroy_process_group()
+        store.add("left", 1)
+        return
+    deadline = time.monotonic() + 30.0  # the others left at most this long ago, or died: go regardless
+    while store.add("left", 0) < world_size - 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

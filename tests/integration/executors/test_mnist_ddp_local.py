@@ -38,7 +38,8 @@ def test_two_replica_ddp_job_all_reduces_and_succeeds(local: LocalHarness) -> No
     ]
     statuses = [local.wait(handle, timeout_s=180) for handle in handles]
     logs = ["\n".join(local.executor.logs(h)) for h in handles]
-    assert [(s.state, s.exit_code) for s in statuses] == [(ReplicaState.SUCCEEDED, 0)] * WORLD_SIZE, logs
+    shown = "\n".join(f"--- rank {rank}:\n{log}" for rank, log in enumerate(logs))  # whole, not cut short
+    assert [(s.state, s.exit_code) for s in statuses] == [(ReplicaState.SUCCEEDED, 0)] * WORLD_SIZE, shown
 
     results = [json.loads((out / f"rank-{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
     assert [(r["rank"], r["world_size"], r["local_rank"]) for r in results] == [(0, 2, 0), (1, 2, 1)]
