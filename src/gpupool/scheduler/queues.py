@@ -13,6 +13,11 @@ Usage U_q is what queue q's running work holds; G_q its guarantee, L_q its limit
   they are reclaimed by preemption when their owner has work that then fits. When the pool could not hold
   the demand even without those guarantees, that is a wait for capacity, not a quota block: placement,
   preemption and backfill handle it.
+- Work asked to stop (preemption victims) counts against its queue's limit until it has stopped; borrowing
+  looks at the usage once it has stopped, with the preemptors nominated for the freed capacity counted in
+  their queues: otherwise the victims and their preemptor count twice, the pool looks fuller than it will
+  be, and work admitted as "waiting for capacity" takes the quota room that the preemptor needs when its
+  victims have stopped (it would then preempt again).
 """
 
 from __future__ import annotations
@@ -57,12 +62,15 @@ class QuotaBook:
         self.total = total
         self.usage: dict[str, ResourceVector] = {name: ResourceVector() for name in self.queues}
         self.used_total = ResourceVector()
+        self.stopping: dict[str, ResourceVector] = {}
+        self.settled_total = ResourceVector()  # the usage of all queues once their stopping work has stopped
+        self._settled: dict[str, ResourceVector] = {}  # settled usage of the queues with stopping work
+        # what the borrowing rule counts as the queues' once their stopping work has stopped (see _reserved)
         self.reserved_total = sum((self._reserved(name) for name in self.queues), ResourceVector())
         # some queue that does not lend has a guarantee: room may be owed to it
         self.owes_guarantees = any(not q.lend and q.guaranteed != ZERO for q in self.queues.values())
         self.governed = ("gpu", *(r for r in ("cpu", "memory")
                                   if any(_component(q.guaranteed, r) > 0 for q in self.queues.values())))
-        self.stopping: dict[str, ResourceVector] = {}
         for workload in running:
             self.add(workload.queue, workload.usage)
             if workload.terminating:
@@ -70,12 +78,18 @@ class QuotaBook:
 
     def mark_stopping(self, queue: str, amount: ResourceVector) -> None:
         """Record that `amount` of the queue's usage has been asked to stop. It still counts against the
-        queue's limit until it has stopped, but no longer as capacity the queue keeps (reclaim, fair share)."""
+        queue's limit until it has stopped, but no longer as capacity the queue keeps (reclaim, fair share) or as
+        usage the borrowing rule counts."""
+        before = self._reserved(queue)
         self.stopping[queue] = self.stopping.get(queue, ZERO) + amount
+        self._settled[queue] = self.used(queue) - self.stopping[queue]
+        self.settled_total = self.settled_total - amount
+        self.reserved_total = self.reserved_total - before + self._reserved(queue)
 
     def settled(self, queue: str) -> ResourceVector:
         """What the queue will hold once its stopping work has stopped."""
-        return self.used(queue) - self.stopping.get(queue, ZERO)
+        settled = self._settled.get(queue)
+        return self.usage.get(queue, ZERO) if settled is None else settled
 
     def spec(self, queue: str) -> QueueSpec:
         """The queue's spec (a default, lending, unguaranteed spec for unknown names)."""
@@ -95,15 +109,17 @@ class QuotaBook:
         self._change(queue, ResourceVector() - amount)
 
     def _change(self, queue: str, delta: ResourceVector) -> None:
-        if self.spec(queue).lend:  # a lending queue reserves what it uses: the reserved total changes by delta
-            self.usage[queue] = self.usage.get(queue, ZERO) + delta
-            self.used_total = self.used_total + delta
-            self.reserved_total = self.reserved_total + delta
-            return
-        before = self._reserved(queue)
+        lend = self.spec(queue).lend
+        before = ZERO if lend else self._reserved(queue)
         self.usage[queue] = self.usage.get(queue, ZERO) + delta
         self.used_total = self.used_total + delta
-        self.reserved_total = self.reserved_total - before + self._reserved(queue)
+        self.settled_total = self.settled_total + delta
+        if queue in self._settled:
+            self._settled[queue] = self._settled[queue] + delta
+        if lend:  # a lending queue reserves its settled usage: the reserved total changes by delta
+            self.reserved_total = self.reserved_total + delta
+        else:
+            self.reserved_total = self.reserved_total - before + self._reserved(queue)
 
     def used(self, queue: str) -> ResourceVector:
         """What the queue uses now."""
@@ -161,31 +177,34 @@ class QuotaBook:
         return any(r in resources for r in self._over_guarantee(queue, self.settled(queue)))
 
     def _reserved(self, queue: str) -> ResourceVector:
-        spec, used = self.spec(queue), self.used(queue)
+        """What the borrowing rule counts as the queue's: its usage once its stopping work has stopped, and for
+        a queue that does not lend at least its guarantee."""
+        spec, settled = self.spec(queue), self.settled(queue)
         if spec.lend:
-            return used
+            return settled
         g = spec.guaranteed
-        return ResourceVector(max(used.cpu_milli, g.cpu_milli), max(used.memory_mib, g.memory_mib),
-                              max(used.gpu_milli, g.gpu_milli))
+        return ResourceVector(max(settled.cpu_milli, g.cpu_milli), max(settled.memory_mib, g.memory_mib),
+                              max(settled.gpu_milli, g.gpu_milli))
 
     def blocked_by_quota(self, queue: str, demand: ResourceVector) -> str | None:
         """None when `demand` may be admitted to `queue` by the quota rules, else the human reason."""
         spec = self.spec(queue)
         if spec.limit is None and self._admitted_without_limit(spec, queue, demand):
             return None  # what the rules below give, without building the vectors (asked per pending head)
-        after = self.used(queue) + demand
         never = beyond_limit(spec, demand)
         if never is not None:
             return never
         if spec.limit is not None:
-            over = after.exceeding(spec.limit)
+            held = self.used(queue) + demand  # stopping work counts against the limit until it has stopped
+            over = held.exceeding(spec.limit)
             if over:
-                return f"queue {queue} would exceed its limit: " + self._compare(after, spec.limit, over, "limit")
+                return f"queue {queue} would exceed its limit: " + self._compare(held, spec.limit, over, "limit")
+        after = self.settled(queue) + demand
         borrowed = self._over_guarantee(queue, after)
         if not borrowed:
             return None
-        physical_room = self.total - (self.used_total - self.used(queue))
-        lendable_room, owed = self._owed(queue, after, borrowed, physical_room)
+        others_usage, others_reserved = self._others(queue)
+        lendable_room, owed = self._owed(after, borrowed, others_reserved, self.total - others_usage)
         if owed:
             return (f"queue {queue} would borrow beyond its guarantee, and the idle capacity it could borrow is "
                     "owed to other queues that do not lend: "
@@ -202,39 +221,46 @@ class QuotaBook:
         queues lend (the rest is owed to queues that do not lend); None when it could. `blocked_by_quota`
         refuses this only while the demand fits the idle capacity; before that the demand waits for capacity
         (the scheduler asks it of a book of the work still running at a reservation's start before it makes one)."""
-        after = self.used(queue) + demand
-        lendable_room, owed = self._owed(queue, after, self._over_guarantee(queue, after))
+        after = self.settled(queue) + demand
+        lendable_room, owed = self._owed(after, self._over_guarantee(queue, after), self._others(queue)[1])
         if not owed:
             return None
         return ("the capacity it would borrow once free is owed to other queues that do not lend: "
                 + self._compare(after, lendable_room, owed, "available to borrow"))
 
-    def _owed(self, queue: str, after: ResourceVector, borrowed: tuple[str, ...],
+    def _others(self, queue: str) -> tuple[ResourceVector, ResourceVector]:
+        """What the queues other than `queue` will use, and what the borrowing rule counts as theirs (usage, at
+        least the guarantee of those that do not lend), once their stopping work has stopped (the work their
+        preemptors were nominated for is in their usage already): (usage, reserved)."""
+        return (self.settled_total - self.settled(queue),
+                self.reserved_total - self._reserved(queue))
+
+    def _owed(self, after: ResourceVector, borrowed: tuple[str, ...], others_reserved: ResourceVector,
               physical_room: ResourceVector | None = None) -> tuple[ResourceVector, tuple[str, ...]]:
-        """The room the other queues lend `queue`, and the `borrowed` resources of which `after` needs more than
-        that (only those that fit `physical_room`, when given)."""
-        lendable_room = self.total - (self.reserved_total - self._reserved(queue))
+        """The room the other queues lend (the pool less what they reserve), and the `borrowed` resources of
+        which `after` needs more than that (only those that fit `physical_room`, when given)."""
+        lendable_room = self.total - others_reserved
         owed = tuple(r for r in borrowed if _component(lendable_room, r) < _component(after, r)
                      and (physical_room is None or _component(after, r) <= _component(physical_room, r)))
         return lendable_room, owed
 
     def _admitted_without_limit(self, spec: QueueSpec, queue: str, demand: ResourceVector) -> bool:
         """True when blocked_by_quota gives None for a queue without a limit: no governed resource taken
-        beyond the guarantee is owed (more than the idle capacity others lend, within what is physically
-        idle). Per component, in integers: the same comparisons as there."""
-        used, g, total = self.used(queue), spec.guaranteed, self.total
-        used_total, reserved_total, governed = self.used_total, self.reserved_total, self.governed
-        for name, after, guaranteed, used_r, total_r, used_all, reserved_all in (
-                ("gpu", used.gpu_milli + demand.gpu_milli, g.gpu_milli, used.gpu_milli, total.gpu_milli,
-                 used_total.gpu_milli, reserved_total.gpu_milli),
-                ("cpu", used.cpu_milli + demand.cpu_milli, g.cpu_milli, used.cpu_milli, total.cpu_milli,
-                 used_total.cpu_milli, reserved_total.cpu_milli),
-                ("memory", used.memory_mib + demand.memory_mib, g.memory_mib, used.memory_mib, total.memory_mib,
-                 used_total.memory_mib, reserved_total.memory_mib)):
+        beyond the guarantee is owed (more than the capacity others lend, within the capacity idle once
+        stopping work has stopped). Per component, in integers: the same comparisons as there."""
+        own, g, total = self.settled(queue), spec.guaranteed, self.total
+        settled_total, reserved_total, governed = self.settled_total, self.reserved_total, self.governed
+        for name, after, guaranteed, own_r, total_r, settled_all, reserved_all in (
+                ("gpu", own.gpu_milli + demand.gpu_milli, g.gpu_milli, own.gpu_milli, total.gpu_milli,
+                 settled_total.gpu_milli, reserved_total.gpu_milli),
+                ("cpu", own.cpu_milli + demand.cpu_milli, g.cpu_milli, own.cpu_milli, total.cpu_milli,
+                 settled_total.cpu_milli, reserved_total.cpu_milli),
+                ("memory", own.memory_mib + demand.memory_mib, g.memory_mib, own.memory_mib, total.memory_mib,
+                 settled_total.memory_mib, reserved_total.memory_mib)):
             if after <= guaranteed or name not in governed:
                 continue
-            reserved = used_r if spec.lend else max(used_r, guaranteed)
-            if total_r - (reserved_all - reserved) < after <= total_r - (used_all - used_r):
+            reserved = own_r if spec.lend else max(own_r, guaranteed)
+            if total_r - (reserved_all - reserved) < after <= total_r - (settled_all - own_r):
                 return False
         return True
 

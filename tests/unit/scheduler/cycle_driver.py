@@ -27,7 +27,7 @@ from gpupool.scheduler.decisions import Decisions
 from gpupool.scheduler.placement.registry import make_policy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.snapshot import ClusterSnapshot, OverCommitError
-from gpupool.scheduler.types import HeldReservation, PendingWorkload, RunningWorkload
+from gpupool.scheduler.types import HeldReservation, PendingWorkload, RunningWorkload, placements_usage
 
 
 @dataclass(frozen=True)
@@ -206,17 +206,35 @@ class CycleDriver:
                                                   reserved=carried)
 
     def _check_reclaim(self, decisions: Decisions) -> None:
-        """A queue that lost GPU work to another queue keeps at least its GPU guarantee (once stops settle)."""
-        losers = {self.running[p.victim_id].queue for p in decisions.preemptions
-                  if p.victim_id in self.running and self.running[p.victim_id].usage.gpu_milli
-                  and self.templates.get(p.preemptor_id, self.pending.get(p.preemptor_id)) is not None
-                  and self._queue_of(p.preemptor_id) != self.running[p.victim_id].queue}
-        for name in sorted(losers):
-            spec = self.queues.get(name)
-            kept = sum(w.usage.gpu_milli for w in self.running.values() if w.queue == name and not w.terminating)
-            if spec is not None and kept < spec.guaranteed.gpu_milli:
-                self.record.violations.append(f"t={self.now:g}: queue {name} reclaimed down to {kept} milli GPU, "
-                                              f"below its guarantee of {spec.guaranteed.gpu_milli}")
+        """No preemption for another queue takes a queue below its GPU guarantee, counted once stops settle:
+        its running work that is not stopping and the capacity nominated for its own preemptors (they start
+        on it when their victims have stopped). Replayed in the cycle's order: each preemptor's victims leave
+        their queues, then its nomination joins its own (a queue may give up work to its own higher-priority
+        work first, and then have no more to give to others)."""
+        victims = {p.victim_id for p in decisions.preemptions}
+        nominated = {d.workload_id: placements_usage(d.nominated).gpu_milli for d in decisions.pending if d.nominated}
+        settled: Counter[str] = Counter()
+        for w in self.running.values():
+            if not w.terminating or w.id in victims:
+                settled[w.queue] += w.usage.gpu_milli
+        new_preemptors = {p.preemptor_id for p in decisions.preemptions}
+        for wid, milli in nominated.items():
+            if wid not in new_preemptors:
+                settled[self._queue_of(wid)] += milli  # nominated in an earlier cycle, its victims still stopping
+        for k, p in enumerate(decisions.preemptions):
+            victim = self.running.get(p.victim_id)
+            if victim is None:
+                continue
+            settled[victim.queue] -= victim.usage.gpu_milli
+            spec = self.queues.get(victim.queue)
+            if (victim.usage.gpu_milli and spec is not None and victim.queue != self._queue_of(p.preemptor_id)
+                    and settled[victim.queue] < spec.guaranteed.gpu_milli):
+                self.record.violations.append(f"t={self.now:g}: queue {victim.queue} reclaimed down to "
+                                              f"{settled[victim.queue]} milli GPU, below its guarantee of "
+                                              f"{spec.guaranteed.gpu_milli}")
+            following = decisions.preemptions[k + 1] if k + 1 < len(decisions.preemptions) else None
+            if following is None or following.preemptor_id != p.preemptor_id:  # the preemptor's last victim
+                settled[self._queue_of(p.preemptor_id)] += nominated.get(p.preemptor_id, 0)
 
     def _queue_of(self, workload_id: str) -> str:
         w = self.pending.get(workload_id) or self.templates[workload_id]

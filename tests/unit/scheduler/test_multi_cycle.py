@@ -182,6 +182,30 @@ def test_a_queue_limit_holds_while_its_victims_stop() -> None:
     assert max(record.peak_queue_usage["q"].gpu_milli for _ in [0]) <= 5 * MILLI_PER_GPU
 
 
+def test_borrowers_do_not_take_the_quota_room_a_preemptor_waits_for() -> None:
+    # 8 GPUs; no queue lends; "b" is owed 2 and uses 1. "c" holds v1 and v2; its priority-10 job p needs 4
+    # GPUs: 3 are free, and the room c may borrow (8 - a's 2 - b's 2 = 4) admits p only once v1 and v2 have
+    # stopped, so both are preempted. Counting the victims and p together made the pool look full, so a's
+    # next job (1 GPU, a borrower) was admitted as "waiting for capacity", took the card left free and a's
+    # room grew by one: once v1 and v2 had stopped, p's quota refused it and it preempted again. Now a's job
+    # waits for quota until p runs, and p starts on its nominated cards as soon as its victims have stopped
+    pool = [node("n1").gpus(8).build()]
+    queues = [queue("a", weight=0.5, lend=False), gpu_queue("b", 2, lend=False), gpu_queue("c", lend=False)]
+    driver = CycleDriver(pool, queues, SchedulerProfile(policy="bestfit", min_runtime_s=0), stop_cycles=2)
+    for k, (name, queue_name, cards) in enumerate([("v1", "c", [0]), ("v2", "c", [1]), ("a1", "a", [2, 3]),
+                                                   ("b1", "b", [4])]):
+        driver.add_running(running(name, [on("n1", gpus=dict.fromkeys(cards, 1000))], queue_name, start=-k))
+    driver.submit(job("p").queue("c").priority(10).gpu(4).build(), 600)
+    driver.submit(job("a2").queue("a").gpu(1).build(), 600)  # a's share is above c's (weight 0.5): p goes first
+    first = driver.step()
+    assert sorted(p.victim_id for p in first.preemptions) == ["v1", "v2"]
+    assert "would borrow beyond its guarantee" in driver.record.reasons["a2"]
+    driver.run(4)
+    assert driver.record.start("p") == 20.0  # the victims stop after two cycles: p starts in the third
+    assert sum(driver.record.preemptions.values()) == 2
+    assert not driver.record.violations
+
+
 # ----------------------------------------------------------------------------------------------- MIG
 def test_seven_mig_slices_fit_one_card_and_a_one_gpu_limit() -> None:
     pool = [node("m").mig("A100", ["1g.10gb"] * 7).build()]
