@@ -210,7 +210,8 @@ class CycleDriver:
         its running work that is not stopping and the capacity nominated for its own preemptors (they start
         on it when their victims have stopped). Replayed in the cycle's order: each preemptor's victims leave
         their queues, then its nomination joins its own (a queue may give up work to its own higher-priority
-        work first, and then have no more to give to others)."""
+        work first, and then have no more to give to others). The cycle's binds count from its start: a bind
+        placed after a preemption can hide a violation, never invent one."""
         victims = {p.victim_id for p in decisions.preemptions}
         nominated = {d.workload_id: placements_usage(d.nominated).gpu_milli for d in decisions.pending if d.nominated}
         settled: Counter[str] = Counter()
