@@ -318,6 +318,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="throughput: jobs per batch request (0: one by one)")
     parser.add_argument("--scheduler-process", choices=["on", "off", "default"], default="default",
                         help="throughput: the server's scheduling loop in a process of its own, or in a thread")
+    parser.add_argument("--reconciler-process", choices=["on", "off", "default"], default="default",
+                        help="throughput: the server's reconciler in a process of its own, or in a thread")
     parser.add_argument("--profile", help="throughput, concurrent: record the server with py-spy into this directory")
     parser.add_argument("--profile-gil", action="store_true",
                         help="concurrent, throughput: record only the GIL's holder")

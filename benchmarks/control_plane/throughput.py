@@ -97,13 +97,14 @@ def _worker_counts(admin: Client, sample_name: str) -> dict[str, float]:
 
 
 def _server_cpu_s(pid: int) -> float:
-    """CPU seconds of the server `pid` and of its scheduler process, when it runs one (its child whose command
-    line names gpupool.server.workers.scheduler_process)."""
+    """CPU seconds of the server `pid` and of its worker processes, when it runs them (its children whose
+    command lines name gpupool.server.workers.scheduler_process or .reconciler_process)."""
     total = process_cpu_s(pid)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"scheduler_process" in (stat.parent / "cmdline").read_bytes():
+            command = (stat.parent / "cmdline").read_bytes()
+            if parent == pid and (b"scheduler_process" in command or b"reconciler_process" in command):
                 total += process_cpu_s(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue  # a process that ended meanwhile
@@ -183,6 +184,8 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
         env = {"GPUPOOL_EXECUTOR": "fake"}
         if args.scheduler_process != "default":
             env["GPUPOOL_SCHEDULER_PROCESS"] = "true" if args.scheduler_process == "on" else "false"
+        if args.reconciler_process != "default":
+            env["GPUPOOL_RECONCILER_PROCESS"] = "true" if args.reconciler_process == "on" else "false"
         with server(url, home, *up, env_extra=env):
             pass  # first start: schema and administrator
         seed(url, args.workloads, pending=0)

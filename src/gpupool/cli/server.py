@@ -79,6 +79,11 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
            "--scheduler-process/--no-scheduler-process",
            help="Run the scheduling loop in a process of its own, on another core than the API (local "
                 "executor) [default: $GPUPOOL_SCHEDULER_PROCESS, else on with more than one CPU].")] = None,
+       reconciler_process: Annotated[bool | None, typer.Option(
+           "--reconciler-process/--no-reconciler-process",
+           help="Run the reconciler (launching, following and stopping replicas) in a process of its own too "
+                "(local executor, no notebook warm pool) [default: $GPUPOOL_RECONCILER_PROCESS, else on with more "
+                "than one CPU].")] = None,
        ray: Annotated[str | None, typer.Option("--ray", help="Cluster mode: run on the Ray cluster at HOST:PORT (its "
                                                "head), or `auto` on a node of the cluster (see docs/cluster.md).")]
        = None) -> None:
@@ -91,7 +96,8 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
         "gpu_description": gpu_description,
         "nodes": nodes, "node_name": node_name, "node_cpus": cpus, "node_memory": memory, "policy": policy,
         "log_level": log_level, "reset_admin_token": reset_admin_token or None, "trust_users": trust_users or None,
-        "ray_address": ray, "scheduler_process": scheduler_process}
+        "ray_address": ray, "scheduler_process": scheduler_process,
+        "reconciler_process": reconciler_process}
     from pydantic import ValidationError as SettingsError  # noqa: PLC0415  (lazy: `up --help` needs neither)
 
     from gpupool.server.settings import Settings  # noqa: PLC0415

@@ -19,7 +19,6 @@ from gpupool import __version__
 from gpupool.console import install as install_console
 from gpupool.domain.errors import ConflictError
 from gpupool.executors.base import Executor
-from gpupool.executors.os_accounts import OsAccounts
 from gpupool.executors.storage import StorageLayout
 from gpupool.gpu.nvml import NvmlBackend
 from gpupool.gpu.sharing import install_sitecustomize
@@ -53,20 +52,20 @@ from gpupool.server.gpu_runtime import GpuRuntime
 from gpupool.server.local_node import BackendFactory
 from gpupool.server.node_providers import LocalHostProvider, NodeProvider, NodeSync
 from gpupool.server.notebook_keys import NotebookKeys
-from gpupool.server.services.arrays import array_env
 from gpupool.server.services.auth import authenticate
 from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.sweep_study import SweepStudies
-from gpupool.server.services.sweeps import trial_env
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
+from gpupool.server.workers import reconciler_process
 from gpupool.server.workers.arrays import ARRAY_INTERVAL_S, ArrayWorker
 from gpupool.server.workers.autoscaler import start_gateway
 from gpupool.server.workers.culler import NotebookCuller
-from gpupool.server.workers.launch import LaunchSettings
+from gpupool.server.workers.launch import launch_settings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.pipelines import pipeline_worker
 from gpupool.server.workers.reconciler import Reconciler
+from gpupool.server.workers.reconciler_process import ReconcilerConfig
 from gpupool.server.workers.sampler import GpuSampler
 from gpupool.server.workers.scheduler_process import SchedulerConfig, SchedulerProcess
 from gpupool.server.workers.scheduling import SchedulingLoop
@@ -86,13 +85,15 @@ CONTROLLER_MIN_GAP_S = 0.25
 
 
 def build_services(settings: Settings, executor: Executor | None = None, clock: Clock | None = None,
-                   providers: Sequence[NodeProvider] = ()) -> Services:
+                   providers: Sequence[NodeProvider] = (), *, own_executor: bool = False) -> Services:
     """The shared services of one server (database opened, workers built but not started); `providers` are
-    the sources of nodes (see start_services). The clock is a SteadyClock unless one is given (tests)."""
+    the sources of nodes (see start_services). The clock is a SteadyClock unless one is given (tests). The
+    executor is made from the settings unless one is given; `own_executor` says a given one was made so too."""
     own_clock = clock is None
     clock = clock or SteadyClock()
     db = Database(settings.resolved_database_url)
-    services = Services(settings, db, clock, executor or make_executor(settings))
+    services = Services(settings, db, clock, executor or make_executor(settings),
+                        own_executor=own_executor or executor is None)
     services.gpus = runtime = GpuRuntime(settings)
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
                                min_runtime_s=settings.min_runtime_s,
@@ -100,26 +101,19 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
                                max_preemptions_per_cycle=settings.max_preemptions_per_cycle)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, services.executor.free_ports,
                                               on_change=services.wake_reconciler)
-    storage = StorageLayout(settings.home)
-    accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
-                          lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
     studies = services.studies = SweepStudies(settings.resolved_database_url)
-    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::', '') else settings.host}:{settings.port}"
     keys = services.notebook_keys = NotebookKeys.from_file(settings.home / "notebook.key")
     envs = services.environments = EnvironmentStore(settings.home / "environments", uv_settings(settings),
                                                     int(settings.environments_user_quota_gib * 2**30))
     services.feasibility.environments = envs  # `environment:` is checked at submission
-    launch = LaunchSettings(settings.logs_dir, storage, runtime.sharing, accounts, notebook_keys=keys,
-                            environments=envs,
-                            extra_env=lambda session, row: trial_env(session, studies, url, row)
-                            | array_env(session, row))
+    launch = launch_settings(settings, runtime.sharing, keys, envs, studies)
     services.reconciler_loop = Reconciler(db, clock, services.executor, launch, settings.stop_grace_s,
                                           on_change=services.wake_after_replicas_change,
                                           start_timeout_s=settings.start_timeout_s)
     sampler = GpuSampler(db, clock, runtime, services.executor, on_stop=services.wake_reconciler,
                          mps_check_interval_s=settings.mps_check_interval_s)
     services.scheduler = _scheduling_worker(services, profile, own_clock)
-    services.reconciler = IntervalWorker("reconciler", services.reconciler_loop.step, settings.reconcile_interval_s)
+    services.reconciler = _reconciler_worker(services, own_clock)
     services.sampler = IntervalWorker("sampler", sampler.step, settings.sample_interval_s)
     node_sync = services.node_sync = NodeSync(db, clock, providers, runtime, services.executor,
                                               on_change=services.wake_workers)
@@ -130,7 +124,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     # The step's count of changed arrays is not a delay: dropped, so an idle pass waits for the interval
     services.arrays = IntervalWorker("arrays", lambda: (array_worker.step(), None)[1], ARRAY_INTERVAL_S,
                                      min_gap_s=CONTROLLER_MIN_GAP_S)
-    services.pipelines = pipeline_worker(services.db, clock, storage, services.feasibility, services.wake_scheduler)
+    services.pipelines = pipeline_worker(services.db, clock, StorageLayout(settings.home), services.feasibility,
+                                         services.wake_scheduler)
     culler = services.notebook_culler = NotebookCuller(db, clock, keys, settings.notebook_idle_timeout,
                                                        on_change=services.wake_workers,
                                                        interval_s=settings.notebook_cull_interval_s)
@@ -158,6 +153,30 @@ def _scheduling_worker(services: Services, profile: SchedulerProfile,
     config = SchedulerConfig(settings.resolved_database_url, profile, settings.schedule_interval_s,
                              SCHEDULE_MIN_GAP_S, settings.log_level)
     return SchedulerProcess(config, on_change=services.wake_reconciler, on_held=loop.keep_held, fallback=thread)
+
+
+def _reconciler_worker(services: Services, own_clock: bool) -> IntervalWorker | SchedulerProcess:
+    """The reconciler's worker: a thread of this process, or with `reconciler_process` (by default when this
+    machine has more than one CPU) a child process (server/workers/reconciler_process.py) under the
+    scheduler's conditions, when this server made its executor from its settings (the child makes its own
+    the same way) and keeps no notebook warm pool (the parked servers belong to the executor that launches)."""
+    settings, loop = services.settings, services.reconciler_loop
+    assert loop is not None  # built just before
+    thread = IntervalWorker("reconciler", loop.step, settings.reconcile_interval_s)
+    asked = settings.reconciler_process
+    if asked is False or (asked is None and (os.cpu_count() or 1) < 2):
+        return thread
+    why_not = _why_no_scheduler_process(services, own_clock)
+    if not why_not and not services.own_executor:
+        why_not = "this server's executor was given to it"
+    if not why_not and settings.notebook_warm_pool:
+        why_not = "the notebook warm pool is kept by the executor of the server's process"
+    if why_not:
+        log.log(logging.WARNING if asked else logging.DEBUG, "the reconciler runs in the server's process: %s",
+                why_not)
+        return thread
+    return SchedulerProcess(ReconcilerConfig(settings), on_change=services.wake_after_replicas_change,
+                            fallback=thread, name="reconciler", child_module=reconciler_process.__name__)
 
 
 def _why_no_scheduler_process(services: Services, own_clock: bool) -> str:
@@ -266,7 +285,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
         secure_home(settings)
         pool_executor = executor or make_executor(settings)
         providers = [*_own_providers(settings, nvml_backend, pool_executor), *node_providers]
-        services = build_services(settings, pool_executor, clock, providers)
+        services = build_services(settings, pool_executor, clock, providers, own_executor=executor is None)
         lock = ServerLock(settings, services.db)
         try:
             lock.acquire()

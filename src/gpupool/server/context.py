@@ -51,8 +51,9 @@ class Services:
     clock: Clock
     executor: Executor
     feasibility: FeasibilityCache = field(default_factory=FeasibilityCache)
+    own_executor: bool = True  # the executor was made from the settings (not given to the server)
     scheduler: IntervalWorker | SchedulerProcess | None = None  # a child process with `scheduler_process`
-    reconciler: IntervalWorker | None = None
+    reconciler: IntervalWorker | SchedulerProcess | None = None  # a child process with `reconciler_process`
     scheduling_loop: SchedulingLoop | None = None
     reconciler_loop: Reconciler | None = None
     gpus: GpuRuntime | None = None

@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     scheduler_process: bool | None = Field(None, description="Run the scheduling loop in a process of its own "
                                            "(on another core than the API); with the local (or fake) executor. "
                                            "Default: when this machine has more than one CPU")
+    reconciler_process: bool | None = Field(None, description="Run the reconciler in a process of its own too (local "
+                                            "or fake executor, no notebook warm pool). Default: when this machine "
+                                            "has more than one CPU")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("home", mode="after")

@@ -31,7 +31,11 @@ from gpupool.executors.storage import ScopeOwners, StorageLayout, StorageScopes
 from gpupool.gpu.sharing import SharingConfig, gpu_environment
 from gpupool.server.environments import EnvironmentStore, Viewer, environment_env
 from gpupool.server.notebook_keys import NotebookKeys, notebook_launch_env
+from gpupool.server.services.arrays import array_env
 from gpupool.server.services.pipelines import step_environment
+from gpupool.server.services.sweep_study import SweepStudies
+from gpupool.server.services.sweeps import trial_env
+from gpupool.server.settings import Settings
 from gpupool.store.convert import gpu_from_json, placement_from_json
 from gpupool.store.orm import NodeRow, ReplicaRow, UserRow, WorkloadRow
 from gpupool.store.repos import accounts
@@ -50,6 +54,21 @@ class LaunchSettings:
     extra_env: Callable[[Session, WorkloadRow], Mapping[str, str]] | None = None  # e.g. a sweep trial's variables
     notebook_keys: NotebookKeys | None = None
     environments: EnvironmentStore | None = None
+
+
+def launch_settings(settings: Settings, sharing: SharingConfig, keys: NotebookKeys, environments: EnvironmentStore,
+                    studies: SweepStudies) -> LaunchSettings:
+    """The launch set-up of a server with `settings` (the same in its process and in a reconciler process of
+    its own): logs and storage under its home, OS accounts in a multi-user pool, and a sweep trial's and an
+    array task's variables (a trial reports to the server's own address)."""
+    storage = StorageLayout(settings.home)
+    accounts = OsAccounts(settings.os_user_prefix, settings.os_group_prefix, settings.os_user_map,
+                          lambda user: str(storage.user_dir(user))) if settings.is_multi_user else None
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}"
+    return LaunchSettings(settings.logs_dir, storage, sharing, accounts, notebook_keys=keys, environments=environments,
+                          extra_env=lambda session, row: trial_env(session, studies, url, row)
+                          | array_env(session, row))
 
 
 def executor_workload_id(row: WorkloadRow) -> str:

@@ -21,6 +21,10 @@ unless children keep exiting by themselves soon after their start: then the loop
 server from then on (QUICK_ENDS_BEFORE_FALLBACK), as it would without this module. A child whose server is
 gone (its socket reaches end of file) exits at once, without finishing its step, so a new server never meets
 an old scheduler still binding: the step's transaction is rolled back.
+
+The same machinery runs the reconciler in a child (`reconciler_process.py`): `SchedulerProcess` with another
+`child_module` and name, the child's side through `child_connection`, `ReportingWorker` and `serve_parent`
+(its report is always None: it holds no reservations).
 """
 
 from __future__ import annotations
@@ -37,14 +41,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.types import HeldReservation
 from gpupool.server.workers.loop import IntervalWorker
-
-if TYPE_CHECKING:
-    from gpupool.server.workers.scheduling import SchedulingLoop
 
 log = logging.getLogger("gpupool.workers")
 # A child that ended is started again after 1 s: long enough not to spin when it fails at start (a store that
@@ -81,8 +82,10 @@ class SchedulerProcess:
 
     def __init__(self, config: SchedulerConfig, on_change: Callable[[], None],
                  on_held: Callable[[dict[str, HeldReservation]], None] = lambda _held: None,
-                 fallback: IntervalWorker | None = None) -> None:
-        self.name = "scheduler"
+                 fallback: IntervalWorker | None = None, *, name: str = "scheduler",
+                 child_module: str = __name__) -> None:
+        self.name = name
+        self.child_module = child_module  # the module the child runs (`python -m`)
         self.config = config
         self.interval_s = config.interval_s
         self.min_gap_s = config.min_gap_s
@@ -130,7 +133,7 @@ class SchedulerProcess:
         """Start the child and the thread that reads it (idempotent); the first step runs once it is up."""
         if self._thread is None:
             self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="gpupool-scheduler-process", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"gpupool-{self.name}-process", daemon=True)
             self._thread.start()
 
     def wake(self) -> None:
@@ -188,7 +191,7 @@ class SchedulerProcess:
             try:
                 process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                log.error("the scheduler process did not stop within %.0f s; killing it", timeout_s)
+                log.error("the %s process did not stop within %.0f s; killing it", self.name, timeout_s)
                 process.kill()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -211,20 +214,20 @@ class SchedulerProcess:
                 conn = self._spawn()
                 self._read(conn)
             except Exception:
-                log.exception("the scheduler process failed")
+                log.exception("the %s process failed", self.name)
             code = self._reap()
             if self._stopping.is_set():
                 break
             by_itself = code is None or code >= 0  # a negative code: killed by a signal (not a fault of its start)
             quick_ends = quick_ends + 1 if by_itself and time.monotonic() - began < QUICK_END_S else 0
             if quick_ends >= QUICK_ENDS_BEFORE_FALLBACK and self.fallback is not None:
-                log.error("the scheduler process ended %d times in a row within %.0f s of its start (last exit code "
-                          "%s); the scheduling loop runs in the server's process from now on", quick_ends,
-                          QUICK_END_S, code)
+                log.error("the %s process ended %d times in a row within %.0f s of its start (last exit code "
+                          "%s); the %s runs in the server's process from now on", self.name, quick_ends,
+                          QUICK_END_S, code, self.name)
                 self._fall_back()
                 return
             self.restarts += 1
-            log.error("the scheduler process ended (exit code %s); starting another in %.0f s", code,
+            log.error("the %s process ended (exit code %s); starting another in %.0f s", self.name, code,
                       RESTART_PAUSE_S)
             self._stopping.wait(RESTART_PAUSE_S)
 
@@ -242,13 +245,13 @@ class SchedulerProcess:
         ours, theirs = socket.socketpair()
         try:
             # -P: the working directory is not put on the module path (a file there cannot shadow a module)
-            process = subprocess.Popen([sys.executable, "-P", "-m", __name__, str(theirs.fileno())],
+            process = subprocess.Popen([sys.executable, "-P", "-m", self.child_module, str(theirs.fileno())],
                                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                        start_new_session=True)  # the terminal's Ctrl-C reaches the server only
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        log.info("the scheduling loop runs in process %d", process.pid)
+        log.info("the %s runs in process %d", self.name, process.pid)
         with self._lock:
             self._process, self._conn = process, conn
             self._send(("config", self.config))
@@ -267,7 +270,7 @@ class SchedulerProcess:
             if message[0] == "changed":
                 self.on_change()
             elif message[0] == "done":
-                _, served, steps, failures, cpu_s, held = message
+                _, served, steps, failures, cpu_s, held = message  # held: the child's report
                 with self._lock:
                     self._last = (steps, failures, cpu_s)
                     while self._unserved and self._unserved[0][0] <= served:
@@ -299,36 +302,30 @@ class SchedulerProcess:
             return process.wait()
 
 
-class _ReportingWorker(IntervalWorker):
-    """The child's scheduling worker: after every step it sends ("done", ...) with the highest wake number
-    received before the step began (`latest`, set by the child's reading loop)."""
+class ReportingWorker(IntervalWorker):
+    """A child's worker: after every step it sends ("done", latest, steps, failures, cpu_s, report()) with the
+    highest wake number received before the step began (`latest`, set by `serve_parent`) and what `report`
+    returns (None: nothing new)."""
 
-    def __init__(self, loop: SchedulingLoop, config: SchedulerConfig,
-                 send: Callable[[tuple[Any, ...]], None]) -> None:
-        super().__init__("scheduler", loop.step, config.interval_s, min_gap_s=config.min_gap_s)
-        self.loop = loop
+    def __init__(self, name: str, step: Callable[[], object], interval_s: float, min_gap_s: float,
+                 send: Callable[[tuple[Any, ...]], None], report: Callable[[], Any] = lambda: None) -> None:
+        super().__init__(name, step, interval_s, min_gap_s=min_gap_s)
         self.send = send
+        self.report = report
         self.latest = 0  # the highest wake number received
-        self._reported: dict[str, HeldReservation] = {}
 
     def run_once(self) -> float | None:
-        """One step, then its report (the held reservations only when they changed)."""
+        """One step, then its report."""
         picked = self.latest  # read after the worker cleared its wake: these wakes' changes are visible
         try:
             return super().run_once()
         finally:
-            held = self.loop.held_reservations()
-            changed, self._reported = held != self._reported, held
-            self.send(("done", picked, self.steps, self.failures, self.cpu_s, held if changed else None))
+            self.send(("done", picked, self.steps, self.failures, self.cpu_s, self.report()))
 
 
-def _child_main(fd: int) -> None:
-    """The child: read the configuration, run the loop until the server says stop or is gone."""
-    from gpupool.executors.local import pick_free_ports  # noqa: PLC0415  (the child's imports only)
-    from gpupool.server.clock import SteadyClock  # noqa: PLC0415
-    from gpupool.server.workers.scheduling import SchedulingLoop  # noqa: PLC0415
-    from gpupool.store.db import Database  # noqa: PLC0415
-
+def child_connection(fd: int) -> tuple[Connection, Any, Callable[[tuple[Any, ...]], None]]:
+    """The child's end: its connection, the configuration the parent sent first (logging set up at its
+    level), and a thread-safe `send`."""
     conn = Connection(fd)
     _, config = conn.recv()
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -338,22 +335,49 @@ def _child_main(fd: int) -> None:
         with send_lock:
             conn.send(message)
 
-    db = Database(config.database_url)
-    loop = SchedulingLoop(db, SteadyClock(), config.profile, lambda _node, count: pick_free_ports(count),
-                          on_change=lambda: send(("changed",)))
-    worker = _ReportingWorker(loop, config, send)
+    return conn, config, send
+
+
+def serve_parent(conn: Connection, worker: ReportingWorker) -> None:
+    """Start `worker` and follow the parent's messages until it says stop (the worker's step finishes, then
+    returns) or is gone (the process exits at once, mid-step: no step of ours may run beside the next
+    server's)."""
     worker.start()
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            os._exit(0)  # the server is gone: no step of ours may run beside the next server's
+            os._exit(0)
         if message[0] == "wake":
             worker.latest = max(worker.latest, message[1])
             worker.wake()
         elif message[0] == "stop":
             break
     worker.stop()
+
+
+def _child_main(fd: int) -> None:
+    """The child: read the configuration, run the loop until the server says stop or is gone."""
+    from gpupool.executors.local import pick_free_ports  # noqa: PLC0415  (the child's imports only)
+    from gpupool.server.clock import SteadyClock  # noqa: PLC0415
+    from gpupool.server.workers.scheduling import SchedulingLoop  # noqa: PLC0415
+    from gpupool.store.db import Database  # noqa: PLC0415
+
+    conn, config, send = child_connection(fd)
+    db = Database(config.database_url)
+    loop = SchedulingLoop(db, SteadyClock(), config.profile, lambda _node, count: pick_free_ports(count),
+                          on_change=lambda: send(("changed",)))
+    reported: dict[str, HeldReservation] = {}
+
+    def held_if_changed() -> dict[str, HeldReservation] | None:
+        """The reservations the loop holds, when they changed since the last report."""
+        nonlocal reported
+        held = loop.held_reservations()
+        changed, reported = held != reported, held
+        return held if changed else None
+
+    serve_parent(conn, ReportingWorker("scheduler", loop.step, config.interval_s, config.min_gap_s, send,
+                                       held_if_changed))
     db.dispose()
 
 
