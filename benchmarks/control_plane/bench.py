@@ -112,6 +112,22 @@ def process_cpu_s(pid: int, children: bool = False) -> float:
     return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_s(pid: int, children: bool = False) -> float:
+    """`process_cpu_s` of the server `pid` plus that of its worker processes, when it runs them (its children
+    whose command lines name gpupool.server.workers.scheduler_process or .reconciler_process; with a
+    reconciler process, the replicas' supervisors are its children, so `children` counts them there)."""
+    total = process_cpu_s(pid, children)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+            if parent == pid and (b"scheduler_process" in command or b"reconciler_process" in command):
+                total += process_cpu_s(int(stat.parent.name), children)
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    return total
+
+
 def start_profile(pid: int, out: Path, gil: bool = False) -> subprocess.Popen[bytes] | None:
     """py-spy recording every thread of `pid` into `out` (collapsed stacks), or None without py-spy; with `gil`,
     only the samples of the thread that holds the GIL (what one core of Python spends its time on)."""
@@ -232,7 +248,7 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
     lock = threading.Lock()
     spec = "name: c{t}-{k}\ncommand: 'true'\nresources: {{cpu: 50m, memory: 32MiB}}\n"
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url, \
-            server(url, Path(tmp)) as admin:
+            server(url, Path(tmp), env_extra=process_env(args)) as admin:
 
         def submitter(t: int) -> None:
             with Client(admin.url, admin.token, timeout_s=120) as client:
@@ -251,8 +267,8 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
         pid = admin.server_pid  # type: ignore[attr-defined]
         spy = start_profile(pid, Path(args.profile) / "concurrent.txt", args.profile_gil) if args.profile else None
         time.sleep(1 if spy else 0)  # py-spy attaches
-        cpu_before, own_before, busy_before = process_cpu_s(pid), time.process_time(), machine_busy_s()
-        children_before = process_cpu_s(pid, children=True)
+        cpu_before, own_before, busy_before = server_cpu_s(pid), time.process_time(), machine_busy_s()
+        children_before = server_cpu_s(pid, children=True)
         started = time.perf_counter()
         threads = [threading.Thread(target=submitter, args=(t,)) for t in range(args.clients)]
         for thread in threads:
@@ -260,7 +276,7 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
         for thread in threads:
             thread.join()
         submit_s = time.perf_counter() - started
-        cpu_submit = process_cpu_s(pid) - cpu_before
+        cpu_submit = server_cpu_s(pid) - cpu_before
         own_submit, busy_submit = time.process_time() - own_before, machine_busy_s() - busy_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -274,8 +290,8 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
                 time.monotonic() < deadline:
             time.sleep(1)
         drain_s = time.perf_counter() - started
-        cpu_all = process_cpu_s(pid) - cpu_before
-        replicas_cpu = process_cpu_s(pid, children=True) - children_before
+        cpu_all = server_cpu_s(pid) - cpu_before
+        replicas_cpu = server_cpu_s(pid, children=True) - children_before
         succeeded = admin.list_workloads(status=["succeeded"]).total
     return {"benchmark": "concurrent submit", "database": "postgresql" if args.postgres_url else "sqlite",
             "clients": args.clients, "submitted": len(results), "errors": len(errors), "error_samples": errors[:3],
@@ -307,6 +323,16 @@ def list_all_ids(client: Client) -> list[int]:
         before = page.next_before_id
 
 
+def process_env(args: argparse.Namespace) -> dict[str, str]:
+    """The server's environment for `--scheduler-process` and `--reconciler-process` (nothing for "default")."""
+    env = {}
+    for name in ("scheduler_process", "reconciler_process"):
+        chosen = getattr(args, name, "default")
+        if chosen != "default":
+            env[f"GPUPOOL_{name.upper()}"] = "true" if chosen == "on" else "false"
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=["latency", "ls", "concurrent", "throughput"])
@@ -317,9 +343,9 @@ def main() -> None:
     parser.add_argument("--drain-timeout", type=float, default=900)
     parser.add_argument("--batch", type=int, default=0, help="throughput: jobs per batch request (0: one by one)")
     parser.add_argument("--scheduler-process", choices=["on", "off", "default"], default="default",
-                        help="throughput: the server's scheduling loop in a process of its own, or in a thread")
+                        help="throughput, concurrent: the scheduling loop in a process of its own, or in a thread")
     parser.add_argument("--reconciler-process", choices=["on", "off", "default"], default="default",
-                        help="throughput: the server's reconciler in a process of its own, or in a thread")
+                        help="throughput, concurrent: the server's reconciler in a process of its own, or in a thread")
     parser.add_argument("--profile", help="throughput, concurrent: record the server with py-spy into this directory")
     parser.add_argument("--profile-gil", action="store_true",
                         help="concurrent, throughput: record only the GIL's holder")

@@ -3,6 +3,7 @@
     python benchmarks/control_plane/bench.py throughput [--clients 1,8] [--jobs 1000] [--batch 0]
                                                         [--postgres-url URL] [--profile DIR]
                                                         [--scheduler-process on|off]
+                                                        [--reconciler-process on|off]
 
 The server runs the fake executor (nothing is started: a replica runs for one reconcile poll, then
 succeeds), so what is measured is the control plane alone: the API, the store and the workers. For each
@@ -18,7 +19,8 @@ submission (this process) and how busy the whole machine was during the phase. `
 thread with py-spy during each phase and writes the collapsed stacks there (see profile_top.py), and the
 server's log at the end. `--scheduler-process on` runs the server's scheduling loop in a process of its own,
 `off` in a thread of the server (`GPUPOOL_SCHEDULER_PROCESS`; by default, the server's own choice: a process
-when the machine has more than one CPU); the server's CPU includes that process's.
+when the machine has more than one CPU); `--reconciler-process` likewise for the reconciler
+(`GPUPOOL_RECONCILER_PROCESS`); the server's CPU includes those processes'.
 """
 
 from __future__ import annotations
@@ -34,7 +36,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import fresh_database, list_all_ids, percentile, process_cpu_s, seed, server, start_profile
+from bench import (
+    fresh_database,
+    list_all_ids,
+    percentile,
+    process_cpu_s,
+    process_env,
+    seed,
+    server,
+    server_cpu_s,
+    start_profile,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpupool.client.http import Client
@@ -96,21 +108,6 @@ def _worker_counts(admin: Client, sample_name: str) -> dict[str, float]:
             for sample in family.samples if sample.name == sample_name}
 
 
-def _server_cpu_s(pid: int) -> float:
-    """CPU seconds of the server `pid` and of its worker processes, when it runs them (its children whose
-    command lines name gpupool.server.workers.scheduler_process or .reconciler_process)."""
-    total = process_cpu_s(pid)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes()
-            if parent == pid and (b"scheduler_process" in command or b"reconciler_process" in command):
-                total += process_cpu_s(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue  # a process that ended meanwhile
-    return total
-
-
 def _by_part(cpu_s: float, workers: dict[str, float], submitted: int) -> dict[str, float]:
     """Milliseconds of server CPU per submission: each worker that used any, and the rest (the requests)."""
     per = {name: round(spent * 1000 / max(submitted, 1), 2) for name, spent in workers.items() if spent > 0}
@@ -126,7 +123,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     pid = admin.server_pid  # type: ignore[attr-defined]
     spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
-    cpu_before = _server_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
+    cpu_before = server_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
     clients_before, machine_before = process_cpu_s(os.getpid()), machine_cpu_s()
     workers_before = _worker_counts(admin, CPU_SAMPLE)
     passes_before = _worker_counts(admin, PASSES_SAMPLE)
@@ -138,7 +135,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    cpu = _server_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
+    cpu = server_cpu_s(admin.server_pid) - cpu_before  # type: ignore[attr-defined]
     clients_cpu = process_cpu_s(os.getpid()) - clients_before
     busy, total = (after - before for after, before in zip(machine_cpu_s(), machine_before, strict=True))
     workers = {name: spent - workers_before.get(name, 0.0)
@@ -181,11 +178,7 @@ def bench_throughput(args: argparse.Namespace) -> dict[str, Any]:
     up = ("--gpus", GPUS, "--nodes", str(NODES), "--cpus", "64", "--memory", "512GiB")
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.postgres_url, Path(tmp)) as url:
         home = Path(tmp)
-        env = {"GPUPOOL_EXECUTOR": "fake"}
-        if args.scheduler_process != "default":
-            env["GPUPOOL_SCHEDULER_PROCESS"] = "true" if args.scheduler_process == "on" else "false"
-        if args.reconciler_process != "default":
-            env["GPUPOOL_RECONCILER_PROCESS"] = "true" if args.reconciler_process == "on" else "false"
+        env = {"GPUPOOL_EXECUTOR": "fake", **process_env(args)}
         with server(url, home, *up, env_extra=env):
             pass  # first start: schema and administrator
         seed(url, args.workloads, pending=0)
