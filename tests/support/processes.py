@@ -26,6 +26,26 @@ FAST_ENV = {"GPUPOOL_SCHEDULE_INTERVAL_S": "0.1", "GPUPOOL_RECONCILE_INTERVAL_S"
             "GPUPOOL_TRUST_USERS": "true"}
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie nobody reaped yet has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def worker_child(parent: int, module: bytes) -> int | None:
+    """The pid of `parent`'s child whose command line names `module` (e.g. b"scheduler_process"), if any."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent and \
+                    module in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def cli_env(home: Path, port: int, **extra: str) -> dict[str, str]:
     """The environment of a gpupool command talking to the test server: its URL and home, a private HOME
     (replicas' login shells stay fast), and nothing of the developer's GPUPOOL_* settings."""

@@ -57,7 +57,6 @@ from gpupool.server.services.bootstrap import ensure_admin
 from gpupool.server.services.sweep_study import SweepStudies
 from gpupool.server.settings import Settings
 from gpupool.server.state_files import ServerLock, secure_files, secure_home
-from gpupool.server.workers import reconciler_process
 from gpupool.server.workers.arrays import ARRAY_INTERVAL_S, ArrayWorker
 from gpupool.server.workers.autoscaler import start_gateway
 from gpupool.server.workers.culler import NotebookCuller
@@ -65,7 +64,7 @@ from gpupool.server.workers.launch import launch_settings
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.pipelines import pipeline_worker
 from gpupool.server.workers.reconciler import Reconciler
-from gpupool.server.workers.reconciler_process import ReconcilerConfig
+from gpupool.server.workers.reconciler_process import ReconcilerConfig, ReconcilerProcess
 from gpupool.server.workers.sampler import GpuSampler
 from gpupool.server.workers.scheduler_process import SchedulerConfig, SchedulerProcess
 from gpupool.server.workers.scheduling import SchedulingLoop
@@ -155,7 +154,7 @@ def _scheduling_worker(services: Services, profile: SchedulerProfile,
     return SchedulerProcess(config, on_change=services.wake_reconciler, on_held=loop.keep_held, fallback=thread)
 
 
-def _reconciler_worker(services: Services, own_clock: bool) -> IntervalWorker | SchedulerProcess:
+def _reconciler_worker(services: Services, own_clock: bool) -> IntervalWorker | ReconcilerProcess:
     """The reconciler's worker: a thread of this process, or with `reconciler_process` (by default when this
     machine has more than one CPU) a child process (server/workers/reconciler_process.py) under the
     scheduler's conditions, when this server made its executor from its settings (the child makes its own
@@ -175,8 +174,8 @@ def _reconciler_worker(services: Services, own_clock: bool) -> IntervalWorker | 
         log.log(logging.WARNING if asked else logging.DEBUG, "the reconciler runs in the server's process: %s",
                 why_not)
         return thread
-    return SchedulerProcess(ReconcilerConfig(settings), on_change=services.wake_after_replicas_change,
-                            fallback=thread, name="reconciler", child_module=reconciler_process.__name__)
+    return ReconcilerProcess(ReconcilerConfig(settings), on_change=services.wake_after_replicas_change,
+                             fallback=thread)
 
 
 def _why_no_scheduler_process(services: Services, own_clock: bool) -> str:

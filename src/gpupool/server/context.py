@@ -20,8 +20,8 @@ from gpupool.server.workers.arrays import ArrayWorker
 from gpupool.server.workers.culler import NotebookCuller
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler import Reconciler
-from gpupool.server.workers.scheduler_process import SchedulerProcess
 from gpupool.server.workers.scheduling import SchedulingLoop
+from gpupool.server.workers.worker_process import WorkerProcess
 from gpupool.store.db import Database
 
 Clock = Callable[[], float]
@@ -52,8 +52,8 @@ class Services:
     executor: Executor
     feasibility: FeasibilityCache = field(default_factory=FeasibilityCache)
     own_executor: bool = True  # the executor was made from the settings (not given to the server)
-    scheduler: IntervalWorker | SchedulerProcess | None = None  # a child process with `scheduler_process`
-    reconciler: IntervalWorker | SchedulerProcess | None = None  # a child process with `reconciler_process`
+    scheduler: IntervalWorker | WorkerProcess | None = None  # a child process with `scheduler_process`
+    reconciler: IntervalWorker | WorkerProcess | None = None  # a child process with `reconciler_process`
     scheduling_loop: SchedulingLoop | None = None
     reconciler_loop: Reconciler | None = None
     gpus: GpuRuntime | None = None
@@ -80,7 +80,7 @@ class Services:
             self._submit_limiter = CapacityLimiter(SUBMITS_AT_ONCE)
         return self._submit_limiter
 
-    def workers(self) -> list[IntervalWorker | SchedulerProcess]:
+    def workers(self) -> list[IntervalWorker | WorkerProcess]:
         """The background workers this server built (started or not), in a fixed order."""
         found = (self.scheduler, self.reconciler, self.sampler, self.nodes_worker, self.pipelines, self.sweeps,
                  self.arrays, self.culler, self.autoscaler)

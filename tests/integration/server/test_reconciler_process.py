@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, alive, worker_child
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
 from gpupool.domain.errors import ConflictError
 from gpupool.executors.fake import FakeExecutor
 from gpupool.server.app import build_services
 from gpupool.server.workers.loop import IntervalWorker
-from gpupool.server.workers.scheduler_process import SchedulerProcess
+from gpupool.server.workers.reconciler_process import ReconcilerProcess
 
 JOB = "name: {name}\ncommand: {command}\nresources: {{cpu: 100m, memory: 64MiB}}\n"
 
@@ -35,18 +35,10 @@ def split_server(tmp_path: Path, database_url: str) -> Iterator[TestServer]:
     server.stop()
 
 
-def _reconciler(server: TestServer) -> SchedulerProcess:
+def _reconciler(server: TestServer) -> ReconcilerProcess:
     reconciler = server.services.reconciler
-    assert isinstance(reconciler, SchedulerProcess), reconciler
+    assert isinstance(reconciler, ReconcilerProcess), reconciler
     return reconciler
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie nobody reaped yet has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _statuses(server: TestServer, ids: list[int]) -> list[str]:
@@ -78,7 +70,7 @@ def test_the_reconciler_process_runs_jobs_whose_logs_the_server_reads_and_ends_w
     assert reconciler.cpu_s > 0 and reconciler.failures == 0
     assert reconciler.restarts == 0 and not reconciler.in_fallback  # the child did it, not the fallback thread
     split_server.stop()
-    wait_until(lambda: not _alive(pid), timeout_s=10, what="the reconciler process ended with the server")
+    wait_until(lambda: not alive(pid), timeout_s=10, what="the reconciler process ended with the server")
 
 
 def test_a_cancel_reaches_the_replica_through_the_reconciler_process(split_server: TestServer) -> None:
@@ -114,7 +106,7 @@ def test_a_killed_reconciler_process_is_started_again_and_follows_the_replicas_i
         wait_until(lambda: _statuses(split_server, [*ids, late]) == ["succeeded"] * 4, timeout_s=30,
                    what="all succeeded")
         replicas = [client.get_workload(wid).replica_list for wid in ids]
-    assert reconciler.restarts == 1 and second != first and not _alive(first)
+    assert reconciler.restarts == 1 and second != first and not alive(first)
     assert all(len(found) == 1 for found in replicas)  # one run each: nothing started again
     assert [_log(split_server, wid).split() for wid in ids] == [["begin", "end"]] * 3
 
@@ -124,20 +116,10 @@ def test_a_reconciler_process_ends_when_its_server_is_killed(tmp_path: Path) -> 
                            extra_env={"GPUPOOL_RECONCILER_PROCESS": "true"}).start()
     assert server.process is not None
     parent = server.process.pid
-
-    def child() -> int | None:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent and \
-                        b"reconciler_process" in (stat.parent / "cmdline").read_bytes():
-                    return int(stat.parent.name)
-            except (OSError, ValueError):
-                continue
-        return None
-
-    pid = wait_until(child, timeout_s=20, what="the server's reconciler process")
+    pid = wait_until(lambda: worker_child(parent, b"reconciler_process"), timeout_s=20,
+                     what="the server's reconciler process")
     server.kill()  # kill -9: no shutdown code runs in the server
-    wait_until(lambda: not _alive(pid), timeout_s=10, what="the orphaned reconciler process exited")
+    wait_until(lambda: not alive(pid), timeout_s=10, what="the orphaned reconciler process exited")
 
 
 @pytest.mark.parametrize("case", ["given executor", "given clock", "warm pool"])
@@ -159,7 +141,7 @@ def test_by_default_a_server_on_several_cpus_runs_its_reconciler_in_a_process(tm
     services = build_services(settings)
     try:
         several = (os.cpu_count() or 1) > 1
-        assert isinstance(services.reconciler, SchedulerProcess if several else IntervalWorker)
+        assert isinstance(services.reconciler, ReconcilerProcess if several else IntervalWorker)
         assert services.reconciler.name == "reconciler"
     finally:
         services.executor.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from tests.support.processes import ServerProcess
+from tests.support.processes import ServerProcess, alive, worker_child
 from tests.support.servers import TestServer, server_settings, start_server, wait_until
 
 from gpupool.api.schemas import WorkloadDetail
@@ -25,7 +25,8 @@ from gpupool.executors.fake import RUN_FOREVER, FakeExecutor
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.app import build_services
 from gpupool.server.workers.loop import IntervalWorker
-from gpupool.server.workers.scheduler_process import QUICK_ENDS_BEFORE_FALLBACK, SchedulerConfig, SchedulerProcess
+from gpupool.server.workers.scheduler_process import SchedulerConfig, SchedulerProcess
+from gpupool.server.workers.worker_process import QUICK_ENDS_BEFORE_FALLBACK
 from gpupool.store.db import Database
 from gpupool.store.orm import ReplicaRow
 from gpupool.store.repos.workloads import LIVE_REPLICA_STATES
@@ -49,14 +50,6 @@ def _scheduler(server: TestServer) -> SchedulerProcess:
     return scheduler
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie nobody reaped yet has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _running(server: TestServer, ids: list[int]) -> bool:
     with server.client() as client:
         return all(client.get_workload(i).status == "running" for i in ids)
@@ -77,7 +70,7 @@ def test_the_scheduler_process_binds_what_the_api_accepts_and_ends_with_its_serv
     assert scheduler.cpu_s > 0 and scheduler.failures == 0
     assert scheduler.restarts == 0 and not scheduler.in_fallback  # the child did it, not the fallback thread
     split_server.stop()
-    wait_until(lambda: not _alive(pid), timeout_s=10, what="the scheduler process ended with the server")
+    wait_until(lambda: not alive(pid), timeout_s=10, what="the scheduler process ended with the server")
 
 
 def test_a_scheduler_process_killed_in_a_burst_is_started_again_and_nothing_is_doubled(
@@ -94,7 +87,7 @@ def test_a_scheduler_process_killed_in_a_burst_is_started_again_and_nothing_is_d
     steps = scheduler.steps
     second = wait_until(lambda: scheduler.pid not in (None, first) and scheduler.pid, timeout_s=15,
                         what="another scheduler process")
-    assert scheduler.restarts == 1 and not _alive(first) and second != first
+    assert scheduler.restarts == 1 and not alive(first) and second != first
     wait_until(lambda: _running(split_server, ids), timeout_s=30, what="all bound by the new process")
     assert scheduler.steps >= steps  # the counters of the killed child are kept
     with split_server.client() as client:
@@ -144,20 +137,10 @@ def test_a_scheduler_process_ends_when_its_server_is_killed(tmp_path: Path) -> N
                            extra_env={"GPUPOOL_SCHEDULER_PROCESS": "true", "GPUPOOL_EXECUTOR": "fake"}).start()
     assert server.process is not None
     parent = server.process.pid
-
-    def child() -> int | None:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent and \
-                        b"scheduler_process" in (stat.parent / "cmdline").read_bytes():
-                    return int(stat.parent.name)
-            except (OSError, ValueError):
-                continue
-        return None
-
-    pid = wait_until(child, timeout_s=20, what="the server's scheduler process")
+    pid = wait_until(lambda: worker_child(parent, b"scheduler_process"), timeout_s=20,
+                     what="the server's scheduler process")
     server.kill()  # kill -9: no shutdown code runs in the server
-    wait_until(lambda: not _alive(pid), timeout_s=10, what="the orphaned scheduler process exited")
+    wait_until(lambda: not alive(pid), timeout_s=10, what="the orphaned scheduler process exited")
 
 
 def test_a_server_given_a_clock_keeps_its_scheduler_in_its_process(tmp_path: Path) -> None:

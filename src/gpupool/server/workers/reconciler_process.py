@@ -1,7 +1,7 @@
 """The reconciler in a process of its own, beside the server's (and the scheduler's).
 
 With `reconciler_process` on, the server starts `python -m gpupool.server.workers.reconciler_process` and
-talks to it as it talks to the scheduler's child (`SchedulerProcess`, the same messages and restarts): the
+talks to it as it talks to the scheduler's child (`WorkerProcess`, the same messages and restarts): the
 server numbers its wakes (binds, cancels, preemptions, a replica the sampler stopped), the child answers each
 pass with the wakes it served and its counters, and says ("changed",) after a pass that changed a workload's
 status or freed capacity (the server then wakes the scheduler, the sweeps and the arrays). The child builds
@@ -20,10 +20,12 @@ belong to the executor that launches) keeps the reconciler in a thread (`build_s
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gpupool.server.workers.scheduler_process import ReportingWorker, child_connection, serve_parent
+from gpupool.server.workers.loop import IntervalWorker
+from gpupool.server.workers.worker_process import ReportingWorker, WorkerProcess, child_connection, serve_parent
 
 if TYPE_CHECKING:
     from gpupool.server.settings import Settings
@@ -49,6 +51,15 @@ class ReconcilerConfig:
     def min_gap_s(self) -> float:
         """No minimum gap between woken passes (as the reconciler's thread)."""
         return 0.0
+
+
+class ReconcilerProcess(WorkerProcess):
+    """The reconciler as a child process (see WorkerProcess). `on_change` is called after a pass of the child
+    that changed a workload's status or freed capacity."""
+
+    def __init__(self, config: ReconcilerConfig, on_change: Callable[[], None],
+                 fallback: IntervalWorker | None = None) -> None:
+        super().__init__("reconciler", __name__, config, on_change, fallback=fallback)
 
 
 def _child_main(fd: int) -> None:

@@ -23,7 +23,7 @@ from gpupool.server.api.deps import PrincipalDep, ServicesDep, get_principal
 from gpupool.server.api.routes.workloads import ERRORS, WorkloadId
 from gpupool.server.services import monitoring
 from gpupool.server.workers.loop import IntervalWorker
-from gpupool.server.workers.scheduler_process import SchedulerProcess
+from gpupool.server.workers.worker_process import WorkerProcess
 
 router = APIRouter(tags=["monitoring"])
 exposition = APIRouter(tags=["monitoring"])
@@ -89,7 +89,7 @@ class WorkerCounters:
     """A Prometheus collector of the background workers' counters, one series per worker (label `worker`):
     CPU seconds spent in passes, passes completed, passes that ended with an error."""
 
-    def __init__(self, workers: list[IntervalWorker | SchedulerProcess]) -> None:
+    def __init__(self, workers: list[IntervalWorker | WorkerProcess]) -> None:
         self.workers = workers
 
     def collect(self) -> Iterator[CounterMetricFamily]:
@@ -106,7 +106,7 @@ class WorkerCounters:
             yield family
 
 
-def worker_families(workers: list[IntervalWorker | SchedulerProcess]) -> bytes:
+def worker_families(workers: list[IntervalWorker | WorkerProcess]) -> bytes:
     """The workers' counters (WorkerCounters) in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCounters(workers))
