@@ -51,24 +51,24 @@ def path_hint(path: str | None = None) -> str:
     return f"\n  `gpupool` is not on your PATH: {how} in your shell, or run {bin_dir / 'gpupool'}"
 
 
-def up(host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-       port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8700].")] = None,
-       home: Annotated[str | None, typer.Option(help="State directory [default: $GPUPOOL_HOME, else ~/.gpupool, or "
+def up(host: Annotated[str | None, typer.Option(help="Address to listen on \\[default: 127.0.0.1].")] = None,
+       port: Annotated[int | None, typer.Option(help="Port to listen on \\[default: 8700].")] = None,
+       home: Annotated[str | None, typer.Option(help="State directory \\[default: $GPUPOOL_HOME, else ~/.gpupool, or "
                                                            "/var/lib/gpupool for root].")]
        = None,
-       database_url: Annotated[str | None, typer.Option(help="postgresql://... [default: SQLite in the home "
+       database_url: Annotated[str | None, typer.Option(help="postgresql://... \\[default: SQLite in the home "
                                                         "directory].")] = None,
        gpus: Annotated[str | None, typer.Option(help="Declare simulated GPUs per node, e.g. 4xA100-80GB.")] = None,
        gpu_description: Annotated[str | None, typer.Option(help="Scripted fake GPUs from a YAML description "
                                                            "(demos and tests; see docs/gpu.md).")] = None,
        gpu_mode: Annotated[str | None, typer.Option(help="Sharing mode of GPUs no admin has set: exclusive, "
-                                                    "shared, mps [default: shared for --gpus, else exclusive].")]
+                                                    "shared, mps \\[default: shared for --gpus, else exclusive].")]
        = None,
        nodes: Annotated[int | None, typer.Option(help="Declare this many nodes on this host (demos).", min=1)]
        = None,
-       node_name: Annotated[str | None, typer.Option(help="Name of the local node [default: host name].")] = None,
-       cpus: Annotated[float | None, typer.Option(help="CPU cores per node [default: this machine's].")] = None,
-       memory: Annotated[str | None, typer.Option(help="Memory per node, e.g. 64GiB [default: this machine's].")]
+       node_name: Annotated[str | None, typer.Option(help="Name of the local node \\[default: host name].")] = None,
+       cpus: Annotated[float | None, typer.Option(help="CPU cores per node \\[default: this machine's].")] = None,
+       memory: Annotated[str | None, typer.Option(help="Memory per node, e.g. 64GiB \\[default: this machine's].")]
        = None,
        policy: Annotated[str | None, typer.Option(help="Placement policy: fgd, binpack, spread, bestfit.")] = None,
        reset_admin_token: Annotated[bool, typer.Option(help="Write a new admin token to the token file.")] = False,
@@ -78,11 +78,11 @@ def up(host: Annotated[str | None, typer.Option(help="Address to listen on [defa
        scheduler_process: Annotated[bool | None, typer.Option(
            "--scheduler-process/--no-scheduler-process",
            help="Run the scheduling loop in a process of its own, on another core than the API (local "
-                "executor) [default: $GPUPOOL_SCHEDULER_PROCESS, else on with more than one CPU].")] = None,
+                "executor) \\[default: $GPUPOOL_SCHEDULER_PROCESS, else on with more than one CPU].")] = None,
        reconciler_process: Annotated[bool | None, typer.Option(
            "--reconciler-process/--no-reconciler-process",
            help="Run the reconciler (launching, following and stopping replicas) in a process of its own too "
-                "(local executor, no notebook warm pool) [default: $GPUPOOL_RECONCILER_PROCESS, else on with more "
+                "(local executor, no notebook warm pool) \\[default: $GPUPOOL_RECONCILER_PROCESS, else on with more "
                 "than one CPU].")] = None,
        ray: Annotated[str | None, typer.Option("--ray", help="Cluster mode: run on the Ray cluster at HOST:PORT (its "
                                                "head), or `auto` on a node of the cluster (see docs/cluster.md).")]

@@ -31,7 +31,7 @@ def whoami(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = Fa
 @handle_errors
 def wait(workload: WorkloadArg,
          status: Annotated[list[str] | None, typer.Option("--for", help="Wait for these statuses (repeatable), "
-                                                          "e.g. --for running [default: any end].")] = None,
+                                                          "e.g. --for running \\[default: any end].")] = None,
          timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds (exit 6).", min=0)]
          = None,
          as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
