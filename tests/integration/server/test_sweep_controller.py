@@ -71,6 +71,35 @@ def test_a_crash_after_asking_is_repaired_and_parallel_caps_the_trials(server: T
         assert not controller.drive(sweep_id)
 
 
+TWO_PARAMS = SWEEP.replace("search: {x: {uniform: [0, 1]}}", "search: {x: {uniform: [0, 1]}, n: {int: [1, 9]}}")
+
+
+@pytest.mark.parametrize("stored", [[], ["x"]])
+def test_a_crash_inside_optunas_ask_leaves_a_trial_whose_missing_parameters_are_drawn(
+        server: TestServer, stored: list[str]) -> None:
+    # Optuna's ask stores the trial, then each parameter in a write of its own: a kill in between leaves a running
+    # trial with some parameters or none. It must get the rest, keep what it had, and be submitted (before: the
+    # trial's spec named a missing parameter, every pass failed on it, and the sweep never ended).
+    services = server.services
+    controller = SweepController(services.db, services.clock, services.sweep_studies(), services.feasibility)
+    with server.client() as admin:
+        sweep_id = admin.submit(TWO_PARAMS).workload.id
+        spec = parse_spec(admin.get_workload(sweep_id).spec)
+        assert isinstance(spec, SweepSpec)
+        study = services.sweep_studies().study(sweep_id, spec)
+        trial = study.ask()  # stored, no parameter yet
+        kept = {name: trial._suggest(name, distributions(spec)[name]) for name in stored}  # the writes before the kill
+        assert controller.drive(sweep_id)
+        detail = admin.sweep(sweep_id)
+        assert [(t.number, t.state) for t in detail.trials] == [(0, "running"), (1, "running")]
+        params = detail.trials[0].params
+        assert set(params) == {"x", "n"} and all(params[name] == value for name, value in kept.items())
+        child = admin.get_workload(detail.trials[0].workload_id)
+        assert child.parent_id == sweep_id and child.status != "failed"
+        assert not controller.drive(sweep_id)  # nothing more: the trial keeps what it drew
+        assert admin.sweep(sweep_id).trials[0].params == params
+
+
 @pytest.mark.parametrize("sampler_name", ["tpe", "random", "grid", "cmaes"])
 @pytest.mark.parametrize("pruner_name", ["median", "hyperband", "none"])
 def test_every_sampler_and_pruner_runs_a_small_study(sampler_name: str, pruner_name: str) -> None:

@@ -8,7 +8,8 @@ has live trials:
 2. prune: a trial the pruner flagged (see `services.sweeps.report`) has its job cancelled, which stops its
    processes;
 3. repair: a running trial without a job (the server died between asking Optuna and submitting) gets its
-   job, with the same idempotency key, so it is never submitted twice;
+   job, with the same idempotency key, so it is never submitted twice; parameters it lacks (the server died
+   inside the ask, which stores the trial and then each parameter) are drawn first;
 4. ask: while fewer than `parallel` trials run and fewer than `trials` were asked, ask Optuna for one more
    (stored first) and submit its job;
 5. status: pending -> running at the first trial; succeeded when every trial ended and one completed,
@@ -30,7 +31,7 @@ from gpupool.domain.lifecycle import set_controller_status
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.status import WorkloadStatus, transition
 from gpupool.domain.sweeps import SweepSpec
-from gpupool.optuna_space import distributions
+from gpupool.optuna_space import distributions, load_optuna
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads as workload_service
 from gpupool.server.services.auth import principal_for
@@ -110,7 +111,9 @@ class SweepController:
         running = [t for t in trials if t.state == "RUNNING" and not t.told]
         for trial in running:
             if trial.child is None:
-                changed = self._submit(sweep_id, spec, trial.number, trial.params) or changed
+                params = trial.params if trial.params.keys() >= distributions(spec).keys() else \
+                    self._draw_missing(sweep_id, spec, trial.number)
+                changed = self._submit(sweep_id, spec, trial.number, params) or changed
         asked = len(trials)
         while len(running) < spec.parallel and asked < spec.trials:
             study = self.studies.study(sweep_id, spec, asked)
@@ -151,9 +154,29 @@ class SweepController:
                 changed = self._cancel(trial.child.id, "its sweep was stopped") or changed
         return changed
 
+    def _draw_missing(self, sweep_id: int, spec: SweepSpec, number: int) -> dict[str, Any]:
+        """The parameters of running trial `number`, drawing those it lacks: Optuna's ask stores a new trial, then
+        each parameter in a write of its own, so a server killed in between leaves a running trial with some
+        or none. Suggesting a parameter the trial has returns its stored value; the others are drawn by the
+        sampler the ask used (seeded with the trials asked before it)."""
+        optuna = load_optuna()
+        study = self.studies.study(sweep_id, spec, number)
+        study.get_trials(deepcopy=False)  # a new study object's storage cache learns the trial (writes need it)
+        trial = optuna.trial.Trial(study, _trial_id(study, number))
+        for name, dist in distributions(spec).items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+            else:
+                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        log.info("sweep %s: trial %s had lost parameters to a stop of the server; drawn again", sweep_id, number)
+        return dict(trial.params)
+
     def _submit(self, sweep_id: int, spec: SweepSpec, number: int, params: dict[str, Any]) -> bool:
-        body = schemas.SubmitRequest(spec=spec.trial_spec(number, params), idempotency_key=trial_key(sweep_id, number))
         try:
+            body = schemas.SubmitRequest(spec=spec.trial_spec(number, params),
+                                         idempotency_key=trial_key(sweep_id, number))
             with self.db.session() as session:
                 owner = repo.workload_by_id(session, sweep_id)
                 user = accounts.user_by_id(session, owner.user_id) if owner is not None else None
