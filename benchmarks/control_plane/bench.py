@@ -128,15 +128,16 @@ def server_cpu_s(pid: int, children: bool = False) -> float:
     return total
 
 
-def start_profile(pid: int, out: Path, gil: bool = False) -> subprocess.Popen[bytes] | None:
+def start_profile(pid: int, out: Path, gil: bool = False, waits: bool = False) -> subprocess.Popen[bytes] | None:
     """py-spy recording every thread of `pid` into `out` (collapsed stacks), or None without py-spy; with `gil`,
-    only the samples of the thread that holds the GIL (what one core of Python spends its time on)."""
+    only the samples of the thread that holds the GIL (what one core of Python spends its time on); with
+    `waits`, the samples of waiting threads too (where a request spends its time when no CPU does)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return None
     return subprocess.Popen([spy, "record", "--threads", "--nonblocking", "--format", "raw", "--rate",
                              str(PROFILE_RATE), "--pid", str(pid), "-o", str(out),
-                             *(["--gil"] if gil else [])],
+                             *(["--gil"] if gil else []), *(["--idle"] if waits else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -265,7 +266,8 @@ def bench_concurrent(args: argparse.Namespace) -> dict[str, Any]:
                             errors.append(f"{type(exc).__name__}: {exc}")
 
         pid = admin.server_pid  # type: ignore[attr-defined]
-        spy = start_profile(pid, Path(args.profile) / "concurrent.txt", args.profile_gil) if args.profile else None
+        spy = start_profile(pid, Path(args.profile) / "concurrent.txt", args.profile_gil,
+                            args.profile_waits) if args.profile else None
         time.sleep(1 if spy else 0)  # py-spy attaches
         cpu_before, own_before, busy_before = server_cpu_s(pid), time.process_time(), machine_busy_s()
         children_before = server_cpu_s(pid, children=True)
@@ -349,6 +351,8 @@ def main() -> None:
     parser.add_argument("--profile", help="throughput, concurrent: record the server with py-spy into this directory")
     parser.add_argument("--profile-gil", action="store_true",
                         help="concurrent, throughput: record only the GIL's holder")
+    parser.add_argument("--profile-waits", action="store_true",
+                        help="concurrent, throughput: record waiting threads too (py-spy --idle)")
     args = parser.parse_args()
     from throughput import SEEDED, bench_throughput  # noqa: PLC0415  (it imports this module as `bench`)
 

@@ -121,7 +121,8 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     keys = [f"{phase}-{t}-{k}" for t in range(clients) for k in range(args.jobs // clients)]
     out: dict[str, Any] = {"lock": threading.Lock(), "errors": [], "latencies": [], "ids": {}}
     pid = admin.server_pid  # type: ignore[attr-defined]
-    spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil) if args.profile else None
+    spy = start_profile(pid, Path(args.profile) / f"{phase}.txt", args.profile_gil,
+                        args.profile_waits) if args.profile else None
     time.sleep(1 if spy else 0)  # py-spy attaches
     cpu_before = server_cpu_s(admin.server_pid)  # type: ignore[attr-defined]
     clients_before, machine_before = process_cpu_s(os.getpid()), machine_cpu_s()
