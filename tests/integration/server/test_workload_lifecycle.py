@@ -205,6 +205,49 @@ def test_concurrent_submissions_with_one_key_create_one_workload(server: TestSer
     assert len(ids) == 8 and len(set(ids)) == 1
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # PostgreSQL runs submits concurrently
+def test_submits_waiting_for_the_write_lock_share_a_transaction_and_each_gets_its_own_answer(
+        server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    """Eight submits that wait at once (the test holds SQLite's write lock) are stored in one write transaction
+    of the request threads (store/group_commit.py): each answer is its own job, a refused one fails alone, two
+    with one idempotency key give one workload."""
+    server = server_factory(executor=fake, workers=False, gpus="4xA100-80GB")
+    db = server.services.db
+    specs = [(job(f"burst-{i}"), None) for i in range(5)] + [(job("keyed"), "k"), (job("keyed"), "k"),
+                                                             (job("too-big", gpu=64), None)]
+    answers: list[object] = [None] * len(specs)
+    begins: list[str] = []
+
+    def submit(i: int) -> None:
+        with server.client() as client:
+            try:
+                answers[i] = client.submit(specs[i][0], idempotency_key=specs[i][1])
+            except UnsatisfiableError as error:
+                answers[i] = error
+
+    with server.client() as admin:
+        admin.submit(job("warm"))  # the token's first use is recorded, the setup cache filled
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(specs))]
+    event.listen(db.engine, "begin", lambda _c: begins.append(threading.current_thread().name))
+    with db.session() as session:  # the write lock, until every submit waits for it
+        session.connection()
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(server.services.submit_group()._waiting) == len(specs), what="submits queued")
+    for thread in threads:
+        thread.join(30)
+    names = [a.workload.name for a in answers[:7]]  # type: ignore[attr-defined]
+    assert names == [*(f"burst-{i}" for i in range(5)), "keyed", "keyed"]
+    assert isinstance(answers[7], UnsatisfiableError)
+    ids = [a.workload.id for a in answers[:7]]  # type: ignore[attr-defined]
+    assert len(set(ids[:6])) == 6 and ids[6] == ids[5]
+    created = [a.created for a in answers[:7]]  # type: ignore[attr-defined]
+    assert created[:5] == [True] * 5 and sorted(created[5:]) == [False, True]  # the keyed pair: either came first
+    assert len([b for b in begins if b.startswith("AnyIO")]) == 1, begins
+    with server.client() as admin:
+        assert admin.list_workloads(status=[]).total == 1 + 6
+
+
 def test_logs_of_a_replica(admin: Client, fake: FakeExecutor) -> None:
     blocker = admin.submit(job("blocker", 4)).workload.id
     wait_until(lambda: status_of(admin, blocker) == "running", what="blocker running")

@@ -8,6 +8,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from gpupool.domain.arrays import ARRAY_KIND, MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
@@ -37,11 +38,14 @@ def _submit(body: schemas.SubmitRequest, services: Services, principal: Principa
     # The reads (project, queue, key, never-fits: most answered from the setup cache) share the write
     # transaction on both stores: one transaction fewer per submit costs less than the write lock held a
     # little longer on SQLite (benchmarks/control_plane/README.md). A batch reads before (its reads grow with it).
-    with services.db.session() as session:
+    # Several submits waiting for the write lock at once share one transaction (store/group_commit.py)
+    def store(session: Session) -> tuple[workloads.SubmitPlan, WorkloadRow, bool, dict[int, list[EventRow]]]:
         plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
         row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
                                         prepared=spec, plan=plan)
-        written = workloads.submitted_events(session)
+        return plan, row, created, workloads.submitted_events(session)
+
+    plan, row, created, written = services.submit_group().run(store)
     if created:
         services.wake_scheduler()
     return json_answer(_answers([(row, created)], services, principal, [plan], written)[0], 201 if created else 200)
