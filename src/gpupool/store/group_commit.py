@@ -3,10 +3,11 @@
 A submission's write transaction is short (a few statements), but each one pays for its transaction: on SQLite
 the wait for the one write lock (the server's gate, the lock file shared with the worker processes), BEGIN
 IMMEDIATE, the change counters' read and increment, COMMIT, and the hand-over to the next writer (a thread
-switch under the interpreter's lock); on PostgreSQL a COMMIT that waits for its write-ahead log to reach the
-disk. Under load several submissions wait for the lock at once; `GroupCommit` lets the first of them (the
-leader) take the lock once, run every work waiting by then (up to `max_works`) in that transaction, each in a
-savepoint of its own, commit once, and hand each caller its own result.
+switch under the interpreter's lock). Under load several submissions wait for the lock at once; `GroupCommit`
+lets the first of them (the leader) take the lock once, run every work waiting by then (up to `max_works`) in
+that transaction, each in a savepoint of its own, commit once, and hand each caller its own result. Where
+transactions run side by side (PostgreSQL), grouping makes the works' statements wait for one another:
+`grouped=False` runs each work in a transaction of its own instead.
 
 What each caller sees is what a transaction of its own would have given:
 - a work that raises one of the `isolated` errors (the store's callers' refusals: a bad spec, a conflict) has
