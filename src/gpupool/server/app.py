@@ -8,7 +8,7 @@ import gc
 import logging
 import os
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -141,13 +141,8 @@ def _scheduling_worker(services: Services, profile: SchedulerProfile,
     settings, loop = services.settings, services.scheduling_loop
     assert loop is not None  # built just before
     thread = IntervalWorker("scheduler", loop.step, settings.schedule_interval_s, min_gap_s=SCHEDULE_MIN_GAP_S)
-    asked = settings.scheduler_process
-    if asked is False or (asked is None and (os.cpu_count() or 1) < 2):
-        return thread
-    why_not = _why_no_scheduler_process(services, own_clock)
-    if why_not:
-        log.log(logging.WARNING if asked else logging.DEBUG, "the scheduler runs in the server's process: %s",
-                why_not)
+    if _stays_a_thread("scheduler", settings.scheduler_process,
+                       lambda: _why_no_scheduler_process(services, own_clock)):
         return thread
     config = SchedulerConfig(settings.resolved_database_url, profile, settings.schedule_interval_s,
                              SCHEDULE_MIN_GAP_S, settings.log_level)
@@ -162,20 +157,33 @@ def _reconciler_worker(services: Services, own_clock: bool) -> IntervalWorker | 
     settings, loop = services.settings, services.reconciler_loop
     assert loop is not None  # built just before
     thread = IntervalWorker("reconciler", loop.step, settings.reconcile_interval_s)
-    asked = settings.reconciler_process
-    if asked is False or (asked is None and (os.cpu_count() or 1) < 2):
-        return thread
-    why_not = _why_no_scheduler_process(services, own_clock)
-    if not why_not and not services.own_executor:
-        why_not = "this server's executor was given to it"
-    if not why_not and settings.notebook_warm_pool:
-        why_not = "the notebook warm pool is kept by the executor of the server's process"
-    if why_not:
-        log.log(logging.WARNING if asked else logging.DEBUG, "the reconciler runs in the server's process: %s",
-                why_not)
+    if _stays_a_thread("reconciler", settings.reconciler_process,
+                       lambda: _why_no_reconciler_process(services, own_clock)):
         return thread
     return ReconcilerProcess(ReconcilerConfig(settings), on_change=services.wake_after_replicas_change,
                              fallback=thread)
+
+
+def _stays_a_thread(worker: str, asked: bool | None, why_not: Callable[[], str]) -> bool:
+    """True when `worker` keeps its thread: its process is not asked for (`asked` False, or None on a machine
+    with one CPU), or `why_not()` names a reason it cannot have one (logged: a warning when it was asked for)."""
+    if asked is False or (asked is None and (os.cpu_count() or 1) < 2):
+        return True
+    reason = why_not()
+    if reason:
+        log.log(logging.WARNING if asked else logging.DEBUG, "the %s runs in the server's process: %s", worker,
+                reason)
+    return bool(reason)
+
+
+def _why_no_reconciler_process(services: Services, own_clock: bool) -> str:
+    """Why the reconciler cannot run in a process of its own here ("" when it can)."""
+    why_not = _why_no_scheduler_process(services, own_clock)
+    if not why_not and not services.own_executor:
+        why_not = "this server's executor was given to it"
+    if not why_not and services.settings.notebook_warm_pool:
+        why_not = "the notebook warm pool is kept by the executor of the server's process"
+    return why_not
 
 
 def _why_no_scheduler_process(services: Services, own_clock: bool) -> str:
