@@ -12,8 +12,10 @@ transactions run side by side (PostgreSQL), grouping makes the works' statements
 What each caller sees is what a transaction of its own would have given:
 - a work that raises one of the `isolated` errors (the store's callers' refusals: a bad spec, a conflict) has
   its savepoint rolled back and gets its error; the others go on and commit;
-- any other error (the database's) rolls the shared transaction back, and every work of the group that was
-  not refused runs again, each in a transaction of its own, so that one work's trouble never fails another;
+- any other error (the database's) of a work rolls the shared transaction back, and every work of the group
+  runs again, each in a transaction of its own, so that one work's trouble never fails another; an error of
+  the transaction itself (its BEGIN: the lock wait ran out; its COMMIT) is every work's error, as it would have
+  been for each of them alone;
 - a result is returned only once the transaction that wrote it has committed: a crash before that loses the
   whole group, and no caller was told it was stored.
 Works run in the order they arrived, one after another in the leader's thread, and must have no effect
@@ -100,19 +102,26 @@ class GroupCommit:
     def _lead(self) -> None:
         """Run one group, then name the next leader, then wake the group's callers."""
         group: list[_Pending[Any]] = []
+        running_works = False
         try:
             with self._db.session() as session:
                 session.connection()  # BEGIN (IMMEDIATE on SQLite): the works that arrive meanwhile join
                 group = self._take_group()
+                running_works = True
                 if len(group) == 1:
                     self._run_whole(session, group[0])
                 for pending in group if len(group) > 1 else ():
                     self._run_in_savepoint(session, pending)
+                running_works = False
         except _RefusedError:
             pass  # a work alone was refused: its transaction rolled back, its caller gets the error
-        except Exception:  # the database's (the isolated errors stay inside their savepoints)
+        except Exception as error:  # the database's (the isolated errors stay inside their savepoints)
             group = group or self._take_group()
-            self._run_alone(group)
+            if running_works and len(group) > 1:
+                self._run_alone(group)  # one work's statement failed: the others must not fail with it
+            else:  # BEGIN or COMMIT failed (a lock wait ran out, the disk): as each transaction alone would
+                for pending in group:
+                    pending.end(None, error)
         finally:
             self._hand_over(group or self._take_group())
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from tests.support.databases import fresh_database
 
 from gpupool.domain.errors import ConflictError, GpupoolError
+from gpupool.store import db as db_module
 from gpupool.store.db import Database
 from gpupool.store.group_commit import GroupCommit
 
@@ -76,14 +77,18 @@ def _run_together(db: Database, group: GroupCommit, works: list[Callable[[Sessio
     callers = [threading.Thread(target=call, args=(i,), name=f"caller-{i}") for i in range(len(works))]
     for caller in callers:
         caller.start()
-    deadline = time.monotonic() + WAIT_S
-    while len(group._waiting) < len(works):  # the leader waits for the lock, the others for it
-        assert time.monotonic() < deadline, "the callers did not queue"
-        time.sleep(0.01)
+    _wait_for(lambda: len(group._waiting) == len(works), "the callers queued")  # the leader for the lock
     let_go.set()
     for thread in (holder, *callers):
         thread.join(WAIT_S)
     return outcomes
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"not met: {what}"
+        time.sleep(0.002)
 
 
 def test_works_waiting_together_share_one_transaction_and_each_gets_its_result(database: Database) -> None:
@@ -115,6 +120,49 @@ def test_a_database_error_runs_each_work_again_on_its_own(database: Database) ->
     assert isinstance(outcomes[3], ConflictError)
     assert _stored(database) == [-1, 1, 2]  # nothing lost, nothing twice, the refused one not at all
     assert len([b for b in begins if b.startswith("caller-")]) == 1 + 4  # the group, then each alone
+
+
+def test_a_lock_wait_that_runs_out_fails_every_waiting_work_without_running_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BEGIN fails when SQLite's lock wait runs out (1 s here, while another transaction holds the lock): each
+    caller of the group gets that error, as its own transaction would have given it. The lock is let go as soon
+    as the group has failed: a work run again then would be stored."""
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 1000)
+    db = Database(f"sqlite:///{tmp_path / 'busy.db'}")
+    try:
+        with db.session() as session:
+            session.execute(text("CREATE TABLE log (n INTEGER UNIQUE)"))
+        group = GroupCommit(db, isolated=(GpupoolError,))
+        outcomes: list[Any] = [None] * 3
+        holding, let_go = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with db.session() as session:
+                session.execute(text("INSERT INTO log (n) VALUES (-1)"))
+                holding.set()
+                let_go.wait(WAIT_S)
+
+        def call(i: int) -> None:
+            try:
+                outcomes[i] = group.run(_insert(i))
+            except OperationalError as error:
+                outcomes[i] = error
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(WAIT_S)
+        callers = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+        for caller in callers:
+            caller.start()
+        _wait_for(lambda: len(group._waiting) == 3, "the callers queued")
+        _wait_for(lambda: not group._waiting, "the group failed")  # taken from the queue once BEGIN failed
+        let_go.set()
+        for thread in (*callers, holder):
+            thread.join(WAIT_S)
+        assert all(isinstance(o, OperationalError) and "locked" in str(o) for o in outcomes), outcomes
+        assert _stored(db) == [-1]
+    finally:
+        db.dispose()
 
 
 def test_a_group_holds_at_most_max_works_and_the_next_leader_runs_the_rest(database: Database) -> None:
