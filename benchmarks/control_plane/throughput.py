@@ -15,7 +15,9 @@ was lost or doubled (every returned id is stored once, and 100 resubmissions wit
 nothing). The server's CPU per submission is split between its background workers (their
 `gpupool_worker_cpu_seconds_total` on /metrics, read before and after the phase) and the rest: the requests
 (request threads and the event loop) and what no worker counts; beside it, the submitters' own CPU per
-submission (this process) and how busy the whole machine was during the phase. `--profile DIR` records every server
+submission (this process), how busy the whole machine was during the phase, and how many single submits
+shared a write transaction on average (`gpupool_submit_transactions_total`; SQLite groups the submits that
+wait for its write lock together, store/group_commit.py). `--profile DIR` records every server
 thread with py-spy during each phase and writes the collapsed stacks there (see profile_top.py), and the
 server's log at the end. `--scheduler-process on` runs the server's scheduling loop in a process of its own,
 `off` in a thread of the server (`GPUPOOL_SCHEDULER_PROCESS`; by default, the server's own choice: a process
@@ -108,6 +110,15 @@ def _worker_counts(admin: Client, sample_name: str) -> dict[str, float]:
             for sample in family.samples if sample.name == sample_name}
 
 
+def _submit_transactions(admin: Client) -> tuple[float, float]:
+    """The single submits' write transactions so far and the submits they ran (/metrics; 0 on a server that
+    does not count them)."""
+    samples = {sample.name: sample.value for family in text_string_to_metric_families(admin.prometheus_metrics())
+               for sample in family.samples}
+    return (samples.get("gpupool_submit_transactions_total", 0.0),
+            samples.get("gpupool_submits_in_transactions_total", 0.0))
+
+
 def _by_part(cpu_s: float, workers: dict[str, float], submitted: int) -> dict[str, float]:
     """Milliseconds of server CPU per submission: each worker that used any, and the rest (the requests)."""
     per = {name: round(spent * 1000 / max(submitted, 1), 2) for name, spent in workers.items() if spent > 0}
@@ -128,6 +139,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
     clients_before, machine_before = process_cpu_s(os.getpid()), machine_cpu_s()
     workers_before = _worker_counts(admin, CPU_SAMPLE)
     passes_before = _worker_counts(admin, PASSES_SAMPLE)
+    transactions_before = _submit_transactions(admin)
     started = time.perf_counter()
     threads = [threading.Thread(target=_submitter, args=(admin.url, admin.token, keys[t::clients], args.batch, out))
                for t in range(clients)]
@@ -143,6 +155,8 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
                for name, spent in _worker_counts(admin, CPU_SAMPLE).items()}
     passes = {name: int(count - passes_before.get(name, 0.0))
               for name, count in _worker_counts(admin, PASSES_SAMPLE).items() if name in PASSES_SHOWN}
+    transactions, grouped = (after - before for after, before in
+                             zip(_submit_transactions(admin), transactions_before, strict=True))
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -162,6 +176,7 @@ def _phase(admin: Client, clients: int, args: argparse.Namespace) -> dict[str, A
             "clients_cpu_ms_per_submit": round(clients_cpu * 1000 / max(len(ids), 1), 1),
             "machine_cpu_busy": f"{busy / max(total, 1e-9):.0%} of {os.cpu_count()} CPUs",
             "worker_passes": passes,
+            "submits_per_write_transaction": round(grouped / transactions, 2) if transactions else None,
             "request_latency_ms": {"p50": round(percentile(lat, 50) * 1000, 1),
                                    "p99": round(percentile(lat, 99) * 1000, 1)} if lat else {},
             "bind_latency_ms": {"p50": round(percentile(binds, 50) * 1000, 1),

@@ -80,12 +80,16 @@ class GroupCommit:
         self._mutex = threading.Lock()
         self._waiting: deque[_Pending[Any]] = deque()
         self._leading = False  # a group is being formed or run; the next leader is named when it ends
+        self.transactions = 0  # shared transactions begun (each work alone counts one); for /metrics
+        self.works = 0  # works those transactions ran (works run again alone after a failed group not counted)
 
     def run(self, work: Callable[[Session], T]) -> T:
         """Run `work(session)` in a write transaction, shared with the works of other threads that wait at the
         same time; returns its result once that transaction has committed, or raises its error. Made with
         `grouped=False`, every work runs in a transaction of its own, concurrently with the others."""
         if not self._grouped:
+            with self._mutex:
+                self.transactions, self.works = self.transactions + 1, self.works + 1
             with self._db.session() as session:
                 return work(session)
         mine: _Pending[T] = _Pending(work)
@@ -107,6 +111,7 @@ class GroupCommit:
             with self._db.session() as session:
                 session.connection()  # BEGIN (IMMEDIATE on SQLite): the works that arrive meanwhile join
                 group = self._take_group()
+                self.transactions, self.works = self.transactions + 1, self.works + len(group)  # one leader at once
                 running_works = True
                 if len(group) == 1:
                     self._run_whole(session, group[0])

@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, event, select
 from tests.integration.server.conftest import ServerFactory
 from tests.support.servers import ManualClock, TestServer, wait_until
@@ -227,6 +228,7 @@ def test_submits_waiting_for_the_write_lock_share_a_transaction_and_each_gets_it
 
     with server.client() as admin:
         admin.submit(job("warm"))  # the token's first use is recorded, the setup cache filled
+        before = _submit_counters(admin)
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(specs))]
     event.listen(db.engine, "begin", lambda _c: begins.append(threading.current_thread().name))
     with db.session() as session:  # the write lock, until every submit waits for it
@@ -246,6 +248,15 @@ def test_submits_waiting_for_the_write_lock_share_a_transaction_and_each_gets_it
     assert len([b for b in begins if b.startswith("AnyIO")]) == 1, begins
     with server.client() as admin:
         assert admin.list_workloads(status=[]).total == 1 + 6
+        after = _submit_counters(admin)
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 8)  # on /metrics: one transaction, eight submits
+
+
+def _submit_counters(admin: Client) -> tuple[float, float]:
+    """/metrics: the single submits' write transactions, and the submits they ran."""
+    samples = {sample.name: sample.value for family in text_string_to_metric_families(admin.prometheus_metrics())
+               for sample in family.samples}
+    return samples["gpupool_submit_transactions_total"], samples["gpupool_submits_in_transactions_total"]
 
 
 def test_logs_of_a_replica(admin: Client, fake: FakeExecutor) -> None:

@@ -24,6 +24,7 @@ from gpupool.server.api.routes.workloads import ERRORS, WorkloadId
 from gpupool.server.services import monitoring
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.worker_process import WorkerProcess
+from gpupool.store.group_commit import GroupCommit
 
 router = APIRouter(tags=["monitoring"])
 exposition = APIRouter(tags=["monitoring"])
@@ -81,7 +82,7 @@ def prometheus(request: Request, services: ServicesDep) -> Response:
     gateway = getattr(request.app.state, "gateway", None)  # the services' request metrics
     if gateway is not None:
         body += generate_latest(gateway.metrics.registry)
-    body += worker_families(services.workers())
+    body += worker_families(services.workers()) + _exposition(SubmitGroupCounters(services.submit_group()))
     return Response(body, media_type=runtime.metrics.content_type)
 
 
@@ -108,9 +109,29 @@ class WorkerCounters:
 
 def worker_families(workers: list[IntervalWorker | WorkerProcess]) -> bytes:
     """The workers' counters (WorkerCounters) in the Prometheus text format."""
+    return _exposition(WorkerCounters(workers))
+
+
+def _exposition(collector: WorkerCounters | SubmitGroupCounters) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerCounters(workers))
+    registry.register(collector)
     return generate_latest(registry)
+
+
+class SubmitGroupCounters:
+    """A Prometheus collector of the single submits' write transactions (store/group_commit.py): how many, and
+    how many submits they stored; their ratio is the mean number of submits that shared one."""
+
+    def __init__(self, group: GroupCommit) -> None:
+        self.group = group
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """The two counter families, read now."""
+        yield CounterMetricFamily("gpupool_submit_transactions", "Write transactions that stored single submits "
+                                  "(on SQLite, submits that wait for the write lock together share one)",
+                                  value=self.group.transactions)
+        yield CounterMetricFamily("gpupool_submits_in_transactions", "Single submits those transactions ran",
+                                  value=self.group.works)
 
 
 def _is_scrape_token(request: Request, secret: SecretStr | None) -> bool:
