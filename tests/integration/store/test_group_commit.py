@@ -26,11 +26,16 @@ WAIT_S = 10.0  # generous: the machine running the tests may be loaded
 
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'group.db'}")
-    with db.session() as session:
-        session.execute(text("CREATE TABLE log (n INTEGER UNIQUE)"))
+    db = _database(f"sqlite:///{tmp_path / 'group.db'}")
     yield db
     db.dispose()
+
+
+def _database(url: str) -> Database:
+    db = Database(url)
+    with db.session() as session:
+        session.execute(text("CREATE TABLE log (n INTEGER UNIQUE)"))
+    return db
 
 
 def _insert(n: int, refuse: bool = False) -> Callable[[Session], int]:
@@ -53,9 +58,11 @@ def _transactions(db: Database) -> list[str]:
     return begins
 
 
-def _run_together(db: Database, group: GroupCommit, works: list[Callable[[Session], Any]]) -> list[Any]:
+def _run_together(db: Database, group: GroupCommit, works: list[Callable[[Session], Any]],
+                  hold_until_failed: bool = False) -> list[Any]:
     """Run each work from a thread of its own while another transaction holds the write lock, so that all of
-    them wait at once; the lock is let go once every thread has queued. Returns each caller's result or error."""
+    them wait at once; the lock is let go once every thread has queued (`hold_until_failed`: once the group has
+    been taken from the queue after its BEGIN failed). Returns each caller's result or error."""
     outcomes: list[Any] = [None] * len(works)
     holding, let_go = threading.Event(), threading.Event()
 
@@ -78,6 +85,8 @@ def _run_together(db: Database, group: GroupCommit, works: list[Callable[[Sessio
     for caller in callers:
         caller.start()
     _wait_for(lambda: len(group._waiting) == len(works), "the callers queued")  # the leader for the lock
+    if hold_until_failed:
+        _wait_for(lambda: not group._waiting, "the group failed")
     let_go.set()
     for thread in (holder, *callers):
         thread.join(WAIT_S)
@@ -128,37 +137,10 @@ def test_a_lock_wait_that_runs_out_fails_every_waiting_work_without_running_it_a
     caller of the group gets that error, as its own transaction would have given it. The lock is let go as soon
     as the group has failed: a work run again then would be stored."""
     monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 1000)
-    db = Database(f"sqlite:///{tmp_path / 'busy.db'}")
+    db = _database(f"sqlite:///{tmp_path / 'busy.db'}")
     try:
-        with db.session() as session:
-            session.execute(text("CREATE TABLE log (n INTEGER UNIQUE)"))
-        group = GroupCommit(db, isolated=(GpupoolError,))
-        outcomes: list[Any] = [None] * 3
-        holding, let_go = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            with db.session() as session:
-                session.execute(text("INSERT INTO log (n) VALUES (-1)"))
-                holding.set()
-                let_go.wait(WAIT_S)
-
-        def call(i: int) -> None:
-            try:
-                outcomes[i] = group.run(_insert(i))
-            except OperationalError as error:
-                outcomes[i] = error
-
-        holder = threading.Thread(target=hold)
-        holder.start()
-        assert holding.wait(WAIT_S)
-        callers = [threading.Thread(target=call, args=(i,)) for i in range(3)]
-        for caller in callers:
-            caller.start()
-        _wait_for(lambda: len(group._waiting) == 3, "the callers queued")
-        _wait_for(lambda: not group._waiting, "the group failed")  # taken from the queue once BEGIN failed
-        let_go.set()
-        for thread in (*callers, holder):
-            thread.join(WAIT_S)
+        outcomes = _run_together(db, GroupCommit(db, isolated=(GpupoolError,)), [_insert(n) for n in range(3)],
+                                 hold_until_failed=True)
         assert all(isinstance(o, OperationalError) and "locked" in str(o) for o in outcomes), outcomes
         assert _stored(db) == [-1]
     finally:
@@ -189,10 +171,8 @@ def test_a_work_alone_runs_without_a_savepoint_and_a_refusal_rolls_it_back(datab
 def test_many_threads_store_every_work_once_on_both_stores(kind: str, tmp_path: Path) -> None:
     """As the server uses it: grouped on SQLite, each work in its own transaction on PostgreSQL."""
     with fresh_database(kind, tmp_path) as url:
-        db = Database(url)
+        db = _database(url)
         try:
-            with db.session() as session:
-                session.execute(text("CREATE TABLE log (n INTEGER UNIQUE)"))
             group = GroupCommit(db, isolated=(GpupoolError,), grouped=db.is_sqlite)
             results: dict[int, Any] = {}
 
