@@ -12,6 +12,7 @@ import pytest
 from tests.support.databases import fresh_database
 from tests.support.servers import TestServer, server_settings, start_server
 
+from gpupool.client.http import Client
 from gpupool.domain.specs import parse_spec
 from gpupool.domain.sweeps import SweepSpec
 from gpupool.optuna_space import distributions, pruner, sampler
@@ -39,14 +40,20 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestServe
         running.stop()
 
 
-def test_a_crash_after_asking_is_repaired_and_parallel_caps_the_trials(server: TestServer) -> None:
+def _submitted_sweep(server: TestServer, admin: Client,
+                     text: str) -> tuple[SweepController, int, SweepSpec, optuna.Study]:
+    """Submit the sweep `text`; its id, its spec, its study, and a controller whose passes the test runs."""
     services = server.services
     controller = SweepController(services.db, services.clock, services.sweep_studies(), services.feasibility)
+    sweep_id = admin.submit(text).workload.id
+    spec = parse_spec(admin.get_workload(sweep_id).spec)
+    assert isinstance(spec, SweepSpec)
+    return controller, sweep_id, spec, services.sweep_studies().study(sweep_id, spec)
+
+
+def test_a_crash_after_asking_is_repaired_and_parallel_caps_the_trials(server: TestServer) -> None:
     with server.client() as admin:
-        sweep_id = admin.submit(SWEEP).workload.id
-        spec = parse_spec(admin.get_workload(sweep_id).spec)
-        assert isinstance(spec, SweepSpec)
-        study = services.sweep_studies().study(sweep_id, spec)
+        controller, sweep_id, spec, study = _submitted_sweep(server, admin, SWEEP)
         asked = study.ask(distributions(spec))  # the server dies here: trial 0 stored, its job never submitted
         assert controller.drive(sweep_id)
         detail = admin.sweep(sweep_id)
@@ -80,13 +87,8 @@ def test_a_crash_inside_optunas_ask_leaves_a_trial_whose_missing_parameters_are_
     # Optuna's ask stores the trial, then each parameter in a write of its own: a kill in between leaves a running
     # trial with some parameters or none. It must get the rest, keep what it had, and be submitted (before: the
     # trial's spec named a missing parameter, every pass failed on it, and the sweep never ended).
-    services = server.services
-    controller = SweepController(services.db, services.clock, services.sweep_studies(), services.feasibility)
     with server.client() as admin:
-        sweep_id = admin.submit(TWO_PARAMS).workload.id
-        spec = parse_spec(admin.get_workload(sweep_id).spec)
-        assert isinstance(spec, SweepSpec)
-        study = services.sweep_studies().study(sweep_id, spec)
+        controller, sweep_id, spec, study = _submitted_sweep(server, admin, TWO_PARAMS)
         trial = study.ask()  # stored, no parameter yet
         kept = {name: trial._suggest(name, distributions(spec)[name]) for name in stored}  # the writes before the kill
         assert controller.drive(sweep_id)
