@@ -449,12 +449,11 @@ class _Cycle:
         return self._ending
 
     def _preempt_for(self, w: PendingWorkload) -> bool:
-        shape = (w.queue, w.priority, w.shape_key())
+        shape = self._preemption_shape(w)
         budget = self.profile.max_preemptions_per_cycle - self.preempted
         if not self.profile.preemption or budget <= 0 or shape in self.unpreemptable_shapes:
             return False
         demand = self._demand(w)
-        reclaim = self.book.within_guarantee(w.queue, demand)
         plan = plan_preemption(self.snap, self.placer, w, self.running, self.book, self.now,
                                self.profile.min_runtime_s, demand=demand,
                                fair_share=self.profile.fair_share_preemption, max_victims=budget,
@@ -471,7 +470,9 @@ class _Cycle:
         self.preempted += len(plan.victims)
         for victim in plan.victims:
             # the victim's usage stays in the quota book until it has stopped (it still holds the capacity)
-            self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim, reclaim)))
+            fair_share = victim.id in plan.fair_share
+            self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim, fair_share),
+                                                      fair_share))
             self.book.mark_stopping(victim.queue, victim.usage)
             self.stopping.add(victim)
         self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]
@@ -486,7 +487,12 @@ class _Cycle:
 
     def _deferred_or(self, w: PendingWorkload, reason: str) -> str:
         """The words of a preemption that waits for its victims' minimum run time, else `reason`."""
-        return self.deferred.get((w.queue, w.priority, w.shape_key()), reason)
+        return self.deferred.get(self._preemption_shape(w), reason)
+
+    @staticmethod
+    def _preemption_shape(w: PendingWorkload) -> object:
+        """What decides whether `w` may preempt its way in: workloads alike in it share one answer per cycle."""
+        return (w.queue, w.priority, w.shape_key(), w.fair_share_preempted_by)
 
     def _bind(self, w: PendingWorkload, placements: tuple[ReplicaPlacement, ...],
               usage: ResourceVector | None = None) -> None:

@@ -17,11 +17,13 @@ class Bind:
 
 @dataclass(frozen=True, slots=True)
 class Preempt:
-    """Stop `victim_id` so that `preemptor_id` can run; `reason` is recorded on the victim."""
+    """Stop `victim_id` so that `preemptor_id` can run; `reason` is recorded on the victim. `fair_share`: the
+    victim was taken for fair share (the victim, requeued, remembers the preemptor: see `PendingWorkload`)."""
 
     victim_id: str
     preemptor_id: str
     reason: str
+    fair_share: bool = False
 
 
 @dataclass(frozen=True, slots=True)

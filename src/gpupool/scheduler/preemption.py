@@ -8,8 +8,11 @@ the profile's minimum run time):
   long as their queue is still borrowing and never so far that their queue drops below its own guarantee;
 - across queues, with fair-share preemption switched on: workloads of a queue whose weighted dominant share
   is above the preemptor queue's share now and stays at or above it (with the preemptor counted) once the
-  victim is gone, and not below its own guarantee. That rules out loops: preempting back would need the
-  victim's queue to be strictly below the preemptor's, which the second condition excludes.
+  victim is gone, and not below its own guarantee. That rules out an immediate loop: preempting back would
+  need the victim's queue to be strictly below the preemptor's, which the second condition excludes. Shares
+  still move with work that arrives and ends, so two workloads could later take turns at preempting each
+  other; a workload therefore never preempts for fair share one that preempted it for fair share
+  (`PendingWorkload.fair_share_preempted_by`). Priority and reclaim, which are firm promises, are not held back.
 
 Victim order: first the workloads of the queue most above its guarantee (borrowers before owners); among
 other queues' workloads the smallest first (then priority, shortest run time, id), inside the preemptor's
@@ -36,10 +39,15 @@ from gpupool.scheduler.types import PendingWorkload, ReplicaPlacement, RunningWo
 
 @dataclass(frozen=True, slots=True)
 class PreemptionPlan:
-    """The victims to stop and where the preemptor will run once they are gone."""
+    """The victims to stop and where the preemptor will run once they are gone; `fair_share`: the ids of the
+    victims taken for fair share (the others by priority or to reclaim a guarantee)."""
 
     victims: tuple[RunningWorkload, ...]
     nominated: tuple[ReplicaPlacement, ...]
+    fair_share: frozenset[str] = frozenset()
+
+
+PRIORITY, RECLAIM, FAIR_SHARE = "priority", "reclaim", "fair share"  # the rules a victim is taken by
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +60,12 @@ class _Rules:
 
     def allows(self, victim: RunningWorkload, book: QuotaBook) -> bool:
         """May `victim` be taken now (with the book as it stands after earlier removals)?"""
+        return self.basis(victim, book) is not None
+
+    def basis(self, victim: RunningWorkload, book: QuotaBook) -> str | None:
+        """The rule that lets `victim` be taken now: PRIORITY, RECLAIM or FAIR_SHARE; None when none does."""
         if victim.queue == self.preemptor.queue:
-            return victim.priority < self.preemptor.priority
+            return PRIORITY if victim.priority < self.preemptor.priority else None
         # reclaim is for the resources the preemptor needs that the victim's queue borrows: only those must
         # not fall below the victim queue's guarantee (freeing CPU it holds at its guarantee as a side effect
         # of giving back a borrowed GPU takes nothing it is owed: it can use that CPU again at once); its GPU
@@ -61,13 +73,15 @@ class _Rules:
         reclaimed = tuple(r for r in self.needed if book.is_borrowing(victim.queue, (r,)))
         kept = (*reclaimed, "gpu") if "gpu" in self.needed and "gpu" not in reclaimed else reclaimed
         if self.reclaim and reclaimed and book.keeps_guarantee_without(victim.queue, victim.usage, kept):
-            return True
-        if not self.fair_share or not book.keeps_guarantee_without(victim.queue, victim.usage):
-            return False
+            return RECLAIM
+        if not self.fair_share or victim.id in self.preemptor.fair_share_preempted_by \
+                or not book.keeps_guarantee_without(victim.queue, victim.usage):
+            return None
         zero = ResourceVector()
-        return (book.share_with(self.preemptor.queue, zero) < book.share_with(victim.queue, zero)
+        fair = (book.share_with(self.preemptor.queue, zero) < book.share_with(victim.queue, zero)
                 and book.share_with(victim.queue, zero - victim.usage)
                 >= book.share_with(self.preemptor.queue, self.demand))
+        return FAIR_SHARE if fair else None
 
 
 def _needed_resources(demand: ResourceVector) -> tuple[str, ...]:
@@ -113,10 +127,10 @@ def plan_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWor
                     cache: dict[object, list[RunningWorkload]] | None = None) -> PreemptionPlan | None:
     """The victims whose removal lets `preemptor` run, or None (also when more than `max_victims` would be
     needed). The snapshot and book are left unchanged. `cache` (one per cycle) keeps the ordered candidates
-    per preemptor queue, priority and needed resources: later plans skip those since asked to stop, and
-    every cross-queue candidate is checked against the rules again when it is reached."""
+    per preemptor queue, priority, needed resources and fair-share preemptors: later plans skip those since
+    asked to stop, and every cross-queue candidate is checked against the rules again when it is reached."""
     rules = _rules(preemptor, demand, book, fair_share)
-    key = (preemptor.queue, preemptor.priority, rules.needed, rules.reclaim)
+    key = (preemptor.queue, preemptor.priority, rules.needed, rules.reclaim, preemptor.fair_share_preempted_by)
     pool = cache.get(key) if cache is not None else None
     if pool is None:
         pool = _candidates(rules, running, book, now, min_runtime_s)
@@ -128,11 +142,16 @@ def plan_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWor
         return None
     trial = _Trial(snap, placer, preemptor, book)
     removed: list[RunningWorkload] = []
+    for_fair_share: set[str] = set()
     try:
         fit = None
         for victim in pool:
-            if victim.queue != preemptor.queue and not rules.allows(victim, book):
-                continue  # that queue is back inside its guarantee or its fair share: nothing more from it
+            if victim.queue != preemptor.queue:
+                basis = rules.basis(victim, book)
+                if basis is None:
+                    continue  # that queue is back inside its guarantee or its fair share: nothing more from it
+                if basis == FAIR_SHARE:
+                    for_fair_share.add(victim.id)
             trial.remove(victim)
             removed.append(victim)
             if trial.may_fit_after(victim):
@@ -144,7 +163,8 @@ def plan_preemption(snap: ClusterSnapshot, placer: Placer, preemptor: PendingWor
         removed, fit = trial.reprieve(removed, fit)
         if max_victims is not None and len(removed) > max_victims:
             return None
-        return PreemptionPlan(tuple(removed), trial.nomination(fit))
+        kept = frozenset(v.id for v in removed)
+        return PreemptionPlan(tuple(removed), trial.nomination(fit), frozenset(for_fair_share & kept))
     finally:
         for victim in reversed(removed):
             trial.add(victim)
@@ -252,13 +272,13 @@ class _Trial:
         return result.placements
 
 
-def victim_reason(preemptor: PendingWorkload, victim: RunningWorkload, reclaim: bool = True) -> str:
-    """Why `victim` is stopped, in words recorded on it (`reclaim`: across queues, to reclaim a guarantee;
-    otherwise for fair share)."""
+def victim_reason(preemptor: PendingWorkload, victim: RunningWorkload, fair_share: bool = False) -> str:
+    """Why `victim` is stopped, in words recorded on it (`fair_share`: across queues, for fair share;
+    otherwise to reclaim a guarantee)."""
     if victim.queue == preemptor.queue:
         return (f"preempted by higher-priority {preemptor.id} (priority {preemptor.priority} > {victim.priority}) "
                 f"in queue {preemptor.queue}")
-    if not reclaim:
+    if fair_share:
         return (f"preempted: queue {victim.queue} was above its fair share and queue {preemptor.queue}, below "
                 f"its own, needed the capacity for {preemptor.id}")
     return (f"preempted: queue {victim.queue} was borrowing capacity that queue {preemptor.queue} reclaimed "

@@ -88,6 +88,8 @@ class PendingWorkload:
     in one cycle or none. `nominated` is the placement a previous cycle preempted for (tried first).
     `max_runtime_s` (None: unbounded) lets backfill reason about when it would end. `reserved` is the
     reservation an earlier cycle made for it (kept, and served before other work, until it starts).
+    `fair_share_preempted_by` holds the ids of the workloads that preempted it for fair share: it never
+    preempts one of them for fair share in turn (see `preemption`).
     """
 
     id: str
@@ -100,6 +102,7 @@ class PendingWorkload:
     max_runtime_s: float | None = None
     nominated: tuple[ReplicaPlacement, ...] | None = None
     reserved: HeldReservation | None = None
+    fair_share_preempted_by: frozenset[str] = frozenset()
     # derived from the groups once, when the workload is made (a cycle asks for them several times each)
     replica_count: int = field(init=False, repr=False, compare=False)
     _shape: ShapeKey = field(init=False, repr=False, compare=False)

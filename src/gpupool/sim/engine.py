@@ -103,6 +103,7 @@ class ReplayEngine:
         self.waiting_count: dict[str, int] = {}
         self.pending: dict[str, tuple[ReplicaPlacement, ...] | None] = {}
         self.held: dict[str, HeldReservation] = {}  # reservations handed back to the next cycle
+        self.fair_share_preempted_by: dict[str, frozenset[str]] = {}  # handed back to the next cycles
         self.running: dict[str, RunningWorkload] = {}
         self.run_ids: dict[str, int] = {}
         self.events: list[tuple[float, int, int, str]] = []
@@ -197,7 +198,8 @@ class ReplayEngine:
     def _cycle(self, now: float) -> None:
         if not self.pending:
             return
-        pending = [replace(self.workloads[n].pending(nominated), reserved=self.held.get(n))
+        pending = [replace(self.workloads[n].pending(nominated), reserved=self.held.get(n),
+                           fair_share_preempted_by=self.fair_share_preempted_by.get(n, frozenset()))
                    for n, nominated in sorted(self.pending.items())]
         started = self.timer() if self.timer else 0.0
         decisions = run_cycle(self.snap, pending, list(self.running.values()), self.config.queues,
@@ -217,6 +219,9 @@ class ReplayEngine:
                 self._wait(now, victim.id, None)
                 self.result.outcomes[victim.id].preemptions += 1
                 self.result.preemptions += 1
+                if preempt.fair_share:
+                    known = self.fair_share_preempted_by.get(victim.id, frozenset())
+                    self.fair_share_preempted_by[victim.id] = known | {preempt.preemptor_id}
         for bind in decisions.binds:
             self._start(now, bind.workload_id, bind.placements)
         for waiting in decisions.pending:

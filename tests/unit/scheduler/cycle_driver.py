@@ -189,6 +189,11 @@ class CycleDriver:
                 self.record.violations.append(f"t={self.now:g}: {p.victim_id} preempted while not running")
                 continue
             self.running[p.victim_id] = replace(self.running[p.victim_id], terminating=True)
+            # the requeued victim remembers its preemptor (getattr: the sweeps also drive older scheduler code)
+            if getattr(p, "fair_share", False) and p.victim_id in self.templates:
+                template = self.templates[p.victim_id]
+                self.templates[p.victim_id] = replace(
+                    template, fair_share_preempted_by=template.fair_share_preempted_by | {p.preemptor_id})
             self.stopping[p.victim_id] = self.stop_cycles
             self.record.preemptions[p.victim_id] += 1
         self._check_reclaim(decisions)

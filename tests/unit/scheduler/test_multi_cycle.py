@@ -3,7 +3,10 @@ CycleDriver (victims stop a few cycles after being chosen and are requeued; jobs
 
 from __future__ import annotations
 
-from tests.builders import job, node, on, queue, running
+from dataclasses import replace
+
+import pytest
+from tests.builders import cycle, job, node, on, queue, running
 from tests.unit.scheduler.cycle_driver import CycleDriver
 
 from gpupool.domain.queues import QueueSpec
@@ -251,6 +254,23 @@ def test_fair_share_preemption_rebalances_and_does_not_loop() -> None:
     started_a = [w for w in record.starts if w.startswith("a")]
     assert len(started_a) == 4
     assert sum(record.preemptions.values()) == 4 and max(record.preemptions.values()) == 1
+
+
+@pytest.mark.parametrize(("preempted_by", "expected"), [
+    (frozenset(), ["a2"]),  # the latest started of a's equal workloads goes first
+    (frozenset({"a2"}), ["a1"]),  # a2 took b0's place for fair share: b0 takes the next one instead
+    (frozenset({"a0", "a1", "a2"}), []),  # every candidate took its place: b0 waits
+])
+def test_a_workload_never_preempts_for_fair_share_one_that_did_so_to_it(preempted_by: frozenset[str],
+                                                                         expected: list[str]) -> None:
+    # a holds 3 of 4 GPUs (share 0.75), b one (0.25): b0 may take one of a's (a keeps 0.5 >= b's 0.5 with it)
+    pool = [node("n1").gpus(4).build()]
+    runs = [running(f"a{i}", [on("n1", gpus={i: 1000})], queue="a", start=100.0 * i) for i in range(3)]
+    runs.append(running("b1", [on("n1", gpus={3: 1000})], queue="b", start=0.0))
+    b0 = replace(job("b0").queue("b").gpu(1).build(), fair_share_preempted_by=preempted_by)
+    decisions = cycle(pool, [b0], runs, [queue("a"), queue("b")], policy="bestfit", fair_share_preemption=True)
+    assert [p.victim_id for p in decisions.preemptions] == expected
+    assert all(p.fair_share and "fair share" in p.reason for p in decisions.preemptions)
 
 
 def test_fair_share_preemption_is_off_by_default() -> None:
