@@ -179,6 +179,8 @@ class WorkloadRow(Base):
     pending_reason: Mapped[str | None] = mapped_column(Text)
     queue_position: Mapped[int | None] = mapped_column(Integer)
     nominated: Mapped[list[Any] | None] = mapped_column(JSON)
+    # ids of the workloads that preempted this one for fair share: it never preempts them for fair share
+    fair_share_preempted_by: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     rendezvous_ports: Mapped[list[Any] | None] = mapped_column(JSON)  # chosen per run for distributed jobs
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     # the controller workload (pipeline run, sweep, service) this one was created for; None for top-level ones

@@ -132,23 +132,23 @@ def test_a_copied_empty_snapshot_decides_as_one_built_anew_over_random_histories
 @pytest.mark.parametrize(("seed_value", "policy"), [(8, "binpack"), (9, "fgd")])
 def test_kept_views_of_waiting_workloads_decide_as_views_made_anew_over_random_histories(
         twins: list[Database], seed_value: int, policy: str) -> None:
-    """A read keeps a waiting workload's scheduler view while its spec, queue, submit time and nomination are
-    the same; a twin loop that makes every view anew on every read decides the same in every step, and the
-    kept views are the ones a fresh read would make (submits, ends, cancels, preemptions, node and queue edits
-    in between; both loops read everything on every step)."""
+    """A read keeps a waiting workload's scheduler view while its spec, queue, submit time, nomination and
+    fair-share preemptors are the same; a twin loop that makes every view anew on every read decides the same
+    in every step, and the kept views are the ones a fresh read would make (submits, ends, cancels,
+    preemptions, node and queue edits in between; both loops read everything on every step)."""
     rng, clock = random.Random(seed_value), Clock()
     keeping, making = loop(twins[0], clock, 0.0, policy), loop(twins[1], clock, 0.0, policy)
     reused = 0
     for _ in range(120):
         clock.now += rng.choice([0.0, 1.0, 5.0, 15.0, 40.0])
         apply(twins, random_changes(rng), clock.now)
-        before = {k: view[4] for k, view in keeping._pending_cache.items()}
+        before = {k: view[2] for k, view in keeping._pending_cache.items()}
         making._pending_cache = {}
         assert keeping.step() == making.step()
         assert store_view(twins[0]) == store_view(twins[1])
         after = keeping._pending_cache
-        reused += sum(1 for k, view in after.items() if before.get(k) is view[4])
-        assert {k: view[4] for k, view in after.items()} == {k: view[4] for k, view in making._pending_cache.items()}
+        reused += sum(1 for k, view in after.items() if before.get(k) is view[2])
+        assert {k: view[2] for k, view in after.items()} == {k: view[2] for k, view in making._pending_cache.items()}
     assert reused > 50, reused
 
 

@@ -12,6 +12,7 @@ from gpupool.executors.fake import RUN_FOREVER, FakeCluster, FakeExecutor
 from gpupool.scheduler.placement.resource_fit import BinpackPolicy
 from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.server.workers.scheduling import SchedulingLoop
+from gpupool.store.orm import WorkloadRow
 
 GPU_JOB = "name: {name}\nproject: {project}\ncommand: x\nresources: {{cpu: 1, memory: 1GiB, gpu: 1}}\n"
 
@@ -110,3 +111,30 @@ def test_reclaiming_preempts_no_more_than_needed(manual: TestServer) -> None:
         steps(manual, 4)
         preempted = [w for w in a_jobs if client.get_workload(w).preemptions]
     assert len(preempted) == 2
+
+
+def test_a_fair_share_victim_remembers_its_preemptor_and_never_preempts_it_back(
+        server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False, fair_share_preemption=True,
+                            min_runtime_s=0)
+    db = server.services.db
+    with server.client() as client:
+        for name in ("a", "b"):
+            client.create_project(name)
+        a_jobs = [client.submit(GPU_JOB.format(name=f"a{k}", project="a")).workload.id for k in range(3)]
+        client.submit(GPU_JOB.format(name="b1", project="b"))
+        steps(server, 2)  # a holds 3 of 4 GPUs, b one
+        b0 = client.submit(GPU_JOB.format(name="b0", project="b")).workload.id
+        with db.session() as session:  # as if a0 had preempted b0 for fair share before
+            row = session.get(WorkloadRow, int(b0))
+            assert row is not None
+            row.fair_share_preempted_by = [int(a_jobs[0])]
+        steps(server, 4)  # b0 takes a GPU of a's for fair share: a0 would be first (same start, lowest id)
+        taken = [w for w in a_jobs if client.get_workload(w).preemptions]
+        assert taken == [a_jobs[1]]
+        assert any("fair share" in e.reason for e in client.get_workload(a_jobs[1]).events)
+        assert client.get_workload(b0).status == "running"
+    with db.session() as session:  # the requeued victim remembers b0, in the store: restarts keep it
+        victim = session.get(WorkloadRow, int(a_jobs[1]))
+        assert victim is not None and victim.status == "pending"
+        assert victim.fair_share_preempted_by == [int(b0)]

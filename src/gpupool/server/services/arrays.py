@@ -187,11 +187,13 @@ class PendingRow(NamedTuple):
     nominated: list[Any] | None
     pending_reason: str | None
     queue_position: int | None
+    fair_share_preempted_by: list[Any] | None
     spec: dict[str, Any] | None
 
 
 _PENDING_COLUMNS = (WorkloadRow.id, WorkloadRow.kind, WorkloadRow.queue, WorkloadRow.submitted_at,
-                    WorkloadRow.nominated, WorkloadRow.pending_reason, WorkloadRow.queue_position)
+                    WorkloadRow.nominated, WorkloadRow.pending_reason, WorkloadRow.queue_position,
+                    WorkloadRow.fair_share_preempted_by)
 IDS_PER_QUERY = 2000  # ids in one IN list: far below SQLite's limit of bound parameters
 
 

@@ -21,12 +21,14 @@ from gpupool.store.setup_cache import cached
 
 
 def pending_from_spec(workload_id: str, queue: str, spec: WorkloadSpec, submitted_at: float,
-                      nominated: tuple[ReplicaPlacement, ...] | None = None) -> PendingWorkload:
+                      nominated: tuple[ReplicaPlacement, ...] | None = None,
+                      fair_share_preempted_by: frozenset[str] = frozenset()) -> PendingWorkload:
     """The scheduler's view of a pending workload: one replica group per role, in replica-number order."""
     groups = tuple(ReplicaGroup(r.role, r.replicas, r.resources) for r in spec.roles)
     return PendingWorkload(id=workload_id, queue=queue, groups=groups, priority=spec.priority,
                            submit_time=submitted_at, min_available=spec.min_available, preemptible=spec.preemptible,
-                           max_runtime_s=spec.max_runtime_s, nominated=nominated)
+                           max_runtime_s=spec.max_runtime_s, nominated=nominated,
+                           fair_share_preempted_by=fair_share_preempted_by)
 
 
 def nodes_fingerprint(rows: Sequence[NodeRow]) -> str:

@@ -68,8 +68,9 @@ PortPicker = Callable[[str, int], list[int]]  # (node, count) -> free ports on t
 # with 10,000 pending workloads costs about half a second (benchmarks/control_plane/README.md): about 2%
 # of one core, and such a change is picked up within half a minute.
 FULL_REBUILD_S = 30.0
-# a waiting workload's scheduler view and what it was made from: (spec, queue, submit time, stored nomination, view)
-_PendingView = tuple[WorkloadSpec, str, float, Any, PendingWorkload]
+# a waiting workload's scheduler view and what it was made from: (spec, (queue, submit time, stored nomination,
+# stored fair-share preemptors), view)
+_PendingView = tuple[WorkloadSpec, tuple[str, float, Any, Any], PendingWorkload]
 Shown = tuple[str | None, int | None, list[Any] | None]  # a pending row's reason, queue position, nomination
 
 
@@ -272,16 +273,18 @@ class SchedulingLoop:
     def _pending_of(self, row: PendingRow, spec: WorkloadSpec,
                     views: dict[int, _PendingView]) -> PendingWorkload:
         """The scheduler's view of the waiting `row` (whose parsed spec is `spec`), recorded in `views`: the one
-        the last read made when it was made from the same spec object, queue, submit time and nomination
-        (a view is a function of these; a backlog of thousands is not rebuilt for each new submit), else new."""
+        the last read made when it was made from the same spec object, queue, submit time, nomination and
+        fair-share preemptors (a view is a function of these; a backlog of thousands is not rebuilt for each
+        new submit), else new."""
+        key = (row.queue, row.submitted_at, row.nominated, row.fair_share_preempted_by)
         kept = self._pending_cache.get(row.id)
-        if kept is not None and kept[0] is spec and kept[1] == row.queue and kept[2] == row.submitted_at \
-                and kept[3] == row.nominated:
-            workload = kept[4]
+        if kept is not None and kept[0] is spec and kept[1] == key:
+            workload = kept[2]
         else:
             nominated = tuple(placement_from_json(p) for p in row.nominated) if row.nominated else None
-            workload = pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated)
-        views[row.id] = (spec, row.queue, row.submitted_at, row.nominated, workload)
+            preempted_by = frozenset(str(i) for i in row.fair_share_preempted_by or ())
+            workload = pending_from_spec(str(row.id), row.queue, spec, row.submitted_at, nominated, preempted_by)
+        views[row.id] = (spec, key, workload)
         return workload
 
     def _nodes(self, session: Session) -> tuple[list[Node], str, dict[str, int]]:
@@ -407,6 +410,8 @@ class SchedulingLoop:
         if row is None or not row.current_status.is_active():
             return False
         preempt_workload(session, row, preempt.reason, now)  # a service replica drains first
+        if preempt.fair_share:  # requeued, it never preempts its preemptor for fair share in turn
+            row.fair_share_preempted_by = sorted({*(row.fair_share_preempted_by or ()), int(preempt.preemptor_id)})
         return True
 
 
