@@ -8,6 +8,13 @@ if it will have ended by the reservation's start, or if its placement also fits 
 (so it takes nothing the head will need). Several heads may hold reservations (up to the profile's
 `reservation_depth`); a later reservation is computed on a future that already holds the earlier ones, and a
 workload starts now only if every reservation admits it (`admitted_by_all`, all or nothing).
+
+A *hold* is the reservation of a head that has waited long and gets none because the work it waits for
+has no max_runtime (so no start time can be promised): the head is placed on the pool as it will be once
+some of that work has ended (bounded work first, at its end; then work without a max_runtime, the most
+recently started first), and its future is that pool with the head placed. Its start time is when it was
+made, so no later workload "ends before it": a later workload starts only off the cards the head needs, and the head
+starts once the work on them has ended (`hold`, kept across cycles by `keep_hold`).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ class Reservation:
     future: ClusterSnapshot
     end_time: float | None = None  # start_time + the head's max_runtime (None: unbounded)
     queue: str = ""  # the head's queue
+    hold: bool = False  # a hold (module docstring): start_time is when it was made, not a promise
 
     def forget(self, placements: Sequence[ReplicaPlacement]) -> None:
         """Undo what a successful `admits` took from the future snapshot."""
@@ -124,6 +132,52 @@ def reserve(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, runnin
             end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
             return Reservation(head.id, start, result.placements, future, end_time, head.queue)
     return None
+
+
+def hold(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, running: Sequence[RunningWorkload],
+         now: float, held: Sequence[Claim] = ()) -> Reservation | None:
+    """A hold for `head` (module docstring), or None when it would not fit even once all running work had
+    ended. `running`: all the running work; `held`: reservations made before it, kept taken."""
+    bounded = sorted([(end, w.id, w.placements) for w in running
+                      if (end := _end(w, now)) is not None], key=lambda item: (item[0], item[1]))
+    unbounded = sorted([w for w in running if _end(w, now) is None], key=lambda w: (-w.start_time, w.id))
+    future = snap.clone()
+    for res in held:
+        future.assume_all(res.placements, force=True)
+    need = head.nominal()
+    free = _free_total(future)
+    for placements in [p for _, _, p in bounded] + [w.placements for w in unbounded]:
+        for p in placements:
+            future.forget(p)
+            free = free + p.usage()
+        if not need.fits_within(free):
+            continue
+        result = placer.place_gang(future, head, explain=False)
+        if result.restore is not None:
+            return Reservation(head.id, now, result.placements, future, None, head.queue, hold=True)
+    return None
+
+
+def keep_hold(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation,
+              running: Sequence[RunningWorkload], now: float,
+              earlier: Sequence[Reservation] = ()) -> Reservation | None:
+    """The hold an earlier cycle made for `head`, on the same placements and with the same start time (when it
+    was made: the same decision every cycle while it lasts): its future is the pool with every
+    running workload on the held nodes ended and the head placed there (reservations in `earlier` kept
+    taken); None when the head no longer fits there (a node left, an earlier reservation took the cards)."""
+    future = snap.clone()
+    for res in earlier:
+        future.assume_all(res.placements, force=True)
+    nodes = {p.node for p in held.placements}
+    for workload in running:
+        if any(p.node in nodes for p in workload.placements):
+            for p in workload.placements:
+                future.forget(p)
+    try:
+        future.trial(held.placements)
+    except OverCommitError:
+        return None
+    return Reservation(head.id, held.start_time, held.placements, future, None, head.queue, hold=True)
 
 
 def keep(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation, running: Sequence[RunningWorkload],

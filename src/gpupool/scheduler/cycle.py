@@ -14,7 +14,8 @@ The cycle, step by step:
 5. A head that does not fit: "can never run" if it would not fit an empty pool; else preemption (within its
    queue by priority, reclaiming its guarantee from borrowers, or for fair share when switched on) when that
    provably makes it fit and the cycle's preemption budget allows; else a backfill reservation, for up to
-   `reservation_depth` blocked heads.
+   `reservation_depth` blocked heads; a head that has waited past `hold_after_s` and gets no reservation
+   (it waits for work without a max_runtime) holds the capacity it needs instead (`backfill.hold`).
 6. Everything not bound gets a human reason and its position in its queue.
 """
 
@@ -26,7 +27,7 @@ from dataclasses import replace
 
 from gpupool.domain.queues import QueueSpec
 from gpupool.domain.resources import ZERO, ResourceVector
-from gpupool.scheduler.backfill import Claim, HeldClaim, Reservation, admitted_by_all, keep, reserve
+from gpupool.scheduler.backfill import Claim, HeldClaim, Reservation, admitted_by_all, hold, keep, keep_hold, reserve
 from gpupool.scheduler.decisions import Bind, Decisions, Pending, Preempt, Reserve
 from gpupool.scheduler.demand import workload_demand
 from gpupool.scheduler.feasibility import NeverFitsChecker
@@ -238,9 +239,15 @@ class _Cycle:
         if (w.reserved is None or not self.profile.backfill
                 or len(self.reservations) >= self.profile.reservation_depth):
             return None
+        running = self.running + self.started
+        if w.reserved.hold:
+            res = keep_hold(self.snap, w, w.reserved, running, self.now, self.reservations)
+            if res is not None:
+                self.reservations.append(res)
+                self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements, hold=True))
+            return res
         others: list[Claim] = list(self.reservations)
         others += [HeldClaim(o.id, o.reserved.placements, _held_end(o)) for o in later if o.reserved is not None]
-        running = self.running + self.started
         res = reserve(self.snap, self.placer, w, running, self.now, others)
         if res is None or res.start_time >= w.reserved.start_time:  # the held one when it still holds, else
             res = keep(self.snap, w, w.reserved, running, self.now, self.reservations) or res  # the new later one
@@ -253,6 +260,8 @@ class _Cycle:
 
     def _reservation_reason(self, w: PendingWorkload, res: Reservation, failure: str) -> str:
         nodes = ", ".join(sorted({p.node for p in res.placements}))
+        if res.hold:
+            return f"{failure}; {_hold_words(nodes, self.profile.hold_after_s)}"
         reason = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
         promised = w.reserved.start_time if w.reserved is not None else res.start_time
         if res.start_time <= promised + 1e-6:
@@ -329,6 +338,8 @@ class _Cycle:
                 return quota
         res = self._limit_kept_for(w, usage) or admitted_by_all(self.reservations, placements, self.now,
                                                                  w.max_runtime_s)
+        if res is not None and res.hold:
+            return f"starting now would take capacity held for {res.workload_id}, which has waited long"
         if res is not None:
             return (f"starting now would delay {res.workload_id}, which holds a reservation to start by "
                     f"t={res.start_time:g}")
@@ -395,7 +406,9 @@ class _Cycle:
             return
         if res is not None:
             nodes = ", ".join(sorted({p.node for p in res.placements}))
-            self.reasons[w.id] = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
+            promise = (_hold_words(nodes, self.profile.hold_after_s) if res.hold
+                       else f"reserved to start by t={res.start_time:g} on {nodes}")
+            self.reasons[w.id] = f"{failure}; {promise}"
             return
         self.reasons[w.id] = failure
 
@@ -407,18 +420,24 @@ class _Cycle:
                 or self.reservation_tries >= RESERVATION_TRIES_PER_SLOT * depth):
             return None
         key = (w.shape_key(), w.max_runtime_s)
-        if key in self.unreservable:
+        starving = self.profile.hold_after_s is not None and self.now - w.submit_time >= self.profile.hold_after_s
+        if key in self.unreservable and not starving:
             return None
         self.reservation_tries += 1
-        res = reserve(self.snap, self.placer, w, self._known_ends(), self.now, self.reservations)
+        res = None if key in self.unreservable else reserve(self.snap, self.placer, w, self._known_ends(), self.now,
+                                                            self.reservations)
         if res is None:
             self.unreservable.add(key)
-            return None
+            if not starving:
+                return None
+            res = hold(self.snap, self.placer, w, self.running + self.started, self.now, self.reservations)
+            if res is None:
+                return None
         refused = self._refused_at(w, res.start_time)
         if refused is not None:
-            return f"no reservation: {refused}"
+            return f"no {'hold' if res.hold else 'reservation'}: {refused}"
         self.reservations.append(res)
-        self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
+        self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements, hold=res.hold))
         return res
 
     def _refused_at(self, w: PendingWorkload, start: float) -> str | None:
@@ -518,6 +537,12 @@ class _Cycle:
                 self.decisions.pending.append(Pending(w.id, reason, position, self.nominations.get(w.id)))
 
 
+def _hold_words(nodes: str, hold_after_s: float | None) -> str:
+    """How a hold reads in a pending reason (the same words every cycle: a reason is written when it changes)."""
+    return (f"holding its capacity on {nodes}: it has waited over {hold_after_s or 0:g} s for work without a "
+            "max_runtime, so no start can be promised; no later work starts there until it does")
+
+
 def _promise_order(w: PendingWorkload) -> tuple[float, int, float, int, str]:
     """Held reservations are checked earliest promise first (then priority, submit time, id)."""
     start = w.reserved.start_time if w.reserved is not None else float("inf")
@@ -525,7 +550,8 @@ def _promise_order(w: PendingWorkload) -> tuple[float, int, float, int, str]:
 
 
 def _held_end(w: PendingWorkload) -> float | None:
-    if w.reserved is None or w.max_runtime_s is None:
+    """When the held reservation of `w` ends (None: unknown, for good: no max_runtime, or a hold)."""
+    if w.reserved is None or w.max_runtime_s is None or w.reserved.hold:
         return None
     return w.reserved.start_time + w.max_runtime_s
 

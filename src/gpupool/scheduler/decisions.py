@@ -29,11 +29,15 @@ class Preempt:
 @dataclass(frozen=True, slots=True)
 class Reserve:
     """`workload_id` is the blocked head: it will start at `start_time` at the latest (if the running
-    workloads keep their max_runtime) on these placements; backfill may not delay it."""
+    workloads keep their max_runtime) on these placements; backfill may not delay it. `hold`: the head has
+    waited past the profile's `hold_after_s` for work without a max_runtime, so no time can be promised;
+    these placements are held for it (no later work may start on them) until it starts, and `start_time`
+    is when the hold was made."""
 
     workload_id: str
     start_time: float
     placements: tuple[ReplicaPlacement, ...]
+    hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)

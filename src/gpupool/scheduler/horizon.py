@@ -18,6 +18,8 @@ concludes from each:
    max_runtime (`end < now`); that only shows with reservations (2), but each end is still counted as a
    point where the outcome may change.
 4. Binds and preemptions change the inputs themselves (the caller writes them): no skipping.
+5. Holds: a waiting workload that reaches `hold_after_s` of waiting may get a hold (a reservation, 2); the
+   time each waiting workload gets there is a point where the outcome may change.
 
 Everything else in a cycle (queue order, quotas, placement, gangs, nominations) reads the inputs only.
 A policy that draws random numbers (`PlacementPolicy.draws_randomly`) is the caller's to exclude.
@@ -54,6 +56,8 @@ def unchanged_until(pending: Sequence[PendingWorkload], running: Sequence[Runnin
         if any(_may_take(w, r, profile, queues) for r in young for w in pending):
             return now
     ends = [end for r in running if (end := r.expected_end()) is not None and end >= now]
+    if profile.hold_after_s is not None and profile.backfill:
+        ends += [at for w in pending if (at := w.submit_time + profile.hold_after_s) >= now]
     return min(ends, default=math.inf)
 
 

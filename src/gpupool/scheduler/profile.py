@@ -26,6 +26,12 @@ class SchedulerProfile:
       covers one blocked head per queue in the pools we size for, and more only delays backfill.
     - `fair_share_preemption`: a queue below its weighted fair share may preempt work of a queue above
       it (off by default; see docs/scheduler.md).
+    - `hold_after_s`: a blocked head that has waited this long and can get no reservation (the work it
+      waits for has no max_runtime) holds the capacity it needs: no later work starts on it, so it starts
+      once the work there ends (None: never; see docs/scheduler.md, "Holds"). 1,800 s: holding drains
+      cards, idle while the work still on them ends, so it is for heads that waited far longer than
+      the rest; half an hour is long against a cycle and short against the hours a gang can otherwise
+      wait behind a stream of smaller work.
     """
 
     policy: str = "fgd"
@@ -37,6 +43,7 @@ class SchedulerProfile:
     max_preemptions_per_cycle: int = 64
     reservation_depth: int = 8
     fair_share_preemption: bool = False
+    hold_after_s: float | None = 1800.0
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -45,5 +52,7 @@ class SchedulerProfile:
             raise ValidationError("must not be negative", "min_runtime_s")
         if self.max_preemptions_per_cycle < 0:
             raise ValidationError("must not be negative (0 turns preemption off)", "max_preemptions_per_cycle")
+        if self.hold_after_s is not None and self.hold_after_s < 0:
+            raise ValidationError("must not be negative (leave it unset to never hold)", "hold_after_s")
         if self.reservation_depth < 0:
             raise ValidationError("must not be negative (0 makes no reservation)", "reservation_depth")

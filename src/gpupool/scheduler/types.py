@@ -26,10 +26,12 @@ class ReplicaGroup:
 @dataclass(frozen=True, slots=True)
 class HeldReservation:
     """A reservation a previous cycle promised: start by `start_time` on `placements`. Pass it back on the
-    PendingWorkload (from that cycle's `Reserve`) so that the next cycle keeps the promise."""
+    PendingWorkload (from that cycle's `Reserve`) so that the next cycle keeps the promise. `hold`: a hold
+    for a starving head (no start time can be promised; see `backfill.hold`)."""
 
     start_time: float
     placements: tuple[ReplicaPlacement, ...]
+    hold: bool = False
 
 
 def id_order(workload_id: str) -> tuple[int, str]:

@@ -97,7 +97,8 @@ def build_services(settings: Settings, executor: Executor | None = None, clock: 
     profile = SchedulerProfile(policy=settings.policy, preemption=settings.preemption, backfill=settings.backfill,
                                min_runtime_s=settings.min_runtime_s,
                                fair_share_preemption=settings.fair_share_preemption,
-                               max_preemptions_per_cycle=settings.max_preemptions_per_cycle)
+                               max_preemptions_per_cycle=settings.max_preemptions_per_cycle,
+                               hold_after_s=settings.hold_after_s)
     services.scheduling_loop = SchedulingLoop(db, clock, profile, services.executor.free_ports,
                                               on_change=services.wake_reconciler)
     studies = services.studies = SweepStudies(settings.resolved_database_url)

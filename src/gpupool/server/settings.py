@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     fair_share_preemption: bool = Field(False, description="A queue below its weighted fair share may preempt "
                                         "work of a queue above it (after min_runtime_s)")
     max_preemptions_per_cycle: int = Field(64, ge=0, description="At most this many victims per scheduling cycle")
+    hold_after_s: float = Field(1800.0, ge=0, description="A blocked workload that has waited this long for work "
+                                "without a max_runtime holds the capacity it needs: no later work starts there")
     # Notebooks: the idle timeout of a notebook whose spec names none (2 h: a lunch break survives, a forgotten
     # tab does not hold a GPU overnight), and how often the culler asks each Jupyter (30 s: culling is 30 s late
     # at most, two cheap requests per notebook per pass).

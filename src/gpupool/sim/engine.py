@@ -208,7 +208,8 @@ class ReplayEngine:
             self.result.scheduler_seconds += self.timer() - started
         self.result.cycles += 1
         self.result.decisions += len(pending)
-        self.held = {r.workload_id: HeldReservation(r.start_time, r.placements) for r in decisions.reservations}
+        self.held = {r.workload_id: HeldReservation(r.start_time, r.placements, r.hold)
+                     for r in decisions.reservations}
         self._apply(now, decisions)
 
     def _apply(self, now: float, decisions: Decisions) -> None:

@@ -138,3 +138,24 @@ def test_a_fair_share_victim_remembers_its_preemptor_and_never_preempts_it_back(
         victim = session.get(WorkloadRow, int(a_jobs[1]))
         assert victim is not None and victim.status == "pending"
         assert victim.fair_share_preempted_by == [int(b0)]
+
+
+def test_a_head_waiting_past_hold_after_s_holds_freed_capacity_until_it_starts(
+        server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False, hold_after_s=0)
+    with server.client() as client:
+        running = [client.submit(GPU_JOB.format(name=f"r{k}", project="default")).workload.id for k in range(4)]
+        steps(server, 2)  # four jobs without a max_runtime hold the 4 GPUs
+        big = client.submit("name: big\ncommand: x\nresources: {cpu: 1, memory: 1GiB, gpu: 4}\n").workload.id
+        small = client.submit(GPU_JOB.format(name="small", project="default")).workload.id
+        steps(server)
+        assert "holding its capacity on" in (client.get_workload(big).pending_reason or "")
+        client.cancel(running[0])
+        steps(server, 3)  # a GPU is free, but it is held for big: small, behind it, does not take it
+        assert client.get_workload(small).status == "pending"
+        assert "held for" in (client.get_workload(small).pending_reason or "")
+        for workload_id in running[1:]:
+            client.cancel(workload_id)
+        steps(server, 3)
+        assert client.get_workload(big).status in ("starting", "running")
+        assert client.get_workload(small).status == "pending"

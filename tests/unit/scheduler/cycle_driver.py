@@ -199,7 +199,8 @@ class CycleDriver:
         self._check_reclaim(decisions)
         reserved = {r.workload_id: r for r in decisions.reservations}
         for r in decisions.reservations:
-            self.record.first_promise.setdefault(r.workload_id, r.start_time)
+            if not getattr(r, "hold", False):  # a hold promises no time (getattr: sweeps drive older code too)
+                self.record.first_promise.setdefault(r.workload_id, r.start_time)
         for d in decisions.pending:
             self.record.reasons[d.workload_id] = d.reason
             promise = self.record.first_promise.get(d.workload_id)
@@ -207,6 +208,8 @@ class CycleDriver:
                 self.record.due_reasons.setdefault(d.workload_id, d.reason)
             held = reserved.get(d.workload_id)
             carried = HeldReservation(held.start_time, held.placements) if held and self.carry_reservations else None
+            if carried is not None and getattr(held, "hold", False):  # getattr: sweeps drive older code too
+                carried = replace(carried, hold=True)
             self.pending[d.workload_id] = replace(self.pending[d.workload_id], nominated=d.nominated,
                                                   reserved=carried)
 

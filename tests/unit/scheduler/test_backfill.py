@@ -156,3 +156,47 @@ def test_a_due_reservation_its_quota_refuses_is_released_and_its_capacity_used()
     bound, reservations, reasons = summary(cycle(nodes, [big, later], runs, queues, now=NOW))
     assert reservations == [] and bound == ["later"]
     assert "no reservation: at t=100 the capacity it would borrow once free is owed" in reasons["big"]
+
+
+# ------------------------------------------------------------------------------------------------ holds
+def two_busy_nodes() -> list[RunningWorkload]:
+    """Work without a max_runtime: all 4 cards of n1 (started at 0-3) and 3 of n2's 4 (started at 500-502)."""
+    return ([running(f"a{k}", [on("n1", gpus={k: 1000})], start=k) for k in range(4)]
+            + [running(f"b{k}", [on("n2", gpus={k: 1000})], start=500 + k) for k in range(3)])
+
+
+def test_a_head_that_waited_past_hold_after_s_holds_the_cards_it_needs() -> None:
+    pool = [node("n1").gpus(4).build(), node("n2").gpus(4).build()]
+    pending = [job("head").at(0).gpu(4).build(), job("later").at(5).gpu(1).build()]
+    # before hold_after_s the head gets nothing (no end to count on) and later work takes n2's free card
+    bound, reservations, reasons = summary(cycle(pool, pending, two_busy_nodes(), now=1000.0, hold_after_s=1800))
+    assert bound == ["later"] and reservations == [] and "holding" not in reasons["head"]
+    # past it, the head holds n2 (its work started last) and later work may not start on n2's free card
+    decisions = cycle(pool, pending, two_busy_nodes(), now=2000.0, hold_after_s=1800)
+    bound, reservations, reasons = summary(decisions)
+    assert bound == [] and reservations == [("head", 2000.0, [("n2", [0, 1, 2, 3])])]
+    assert decisions.reservations[0].hold
+    assert "holding its capacity on n2: it has waited over 1800 s for work without a max_runtime" in reasons["head"]
+    assert reasons["later"] == "starting now would take capacity held for head, which has waited long"
+    # without holds, the head waits behind later work for as long as there is later work
+    bound, reservations, _ = summary(cycle(pool, pending, two_busy_nodes(), now=2000.0, hold_after_s=None))
+    assert bound == ["later"] and reservations == []
+
+
+def test_a_hold_keeps_its_cards_across_cycles_and_other_nodes_stay_open() -> None:
+    pool = [node("n1").gpus(4).build(), node("n2").gpus(4).build(), node("n3").gpus(1).build()]
+    runs = two_busy_nodes()
+    held = HeldReservation(1990.0, (on("n2", gpus=dict.fromkeys(range(4), 1000)),), hold=True)
+    head = replace(job("head").at(0).gpu(4).build(), reserved=held)
+    # n1's work is now the youngest: a new hold would take n1; the kept one stays on n2. n3 is free for later
+    runs = [replace(r, start_time=1900.0 + k) if r.id.startswith("a") else r for k, r in enumerate(runs)]
+    pending = [head, job("later").at(5).gpu(1).build(), job("third").at(6).gpu(1).build()]
+    decisions = cycle(pool, pending, runs, now=2000.0, hold_after_s=1800)
+    bound, reservations, reasons = summary(decisions)
+    assert reservations == [("head", 1990.0, [("n2", [0, 1, 2, 3])])] and decisions.reservations[0].hold
+    assert bound == ["later"] and [p.node for b in decisions.binds for p in b.placements] == ["n3"]
+    assert "holding its capacity on n2" in reasons["head"] and "held for head" in reasons["third"]
+    # once the work on n2 has ended the head starts there
+    rest = [r for r in runs if r.id.startswith("a")]
+    bound, _, _ = summary(cycle(pool, [head], rest, now=2010.0, hold_after_s=1800))
+    assert bound == ["head"]

@@ -32,9 +32,11 @@ def test_nothing_waiting_stands_forever() -> None:
     assert horizon([], FULL) == math.inf
 
 
-def test_work_waiting_behind_old_unbounded_work_stands_forever() -> None:
-    # r holds all 4 GPUs with no max_runtime and is past its minimum run time; w (same priority) waits
-    assert horizon([job("w").gpu(1).build()], FULL) == math.inf
+def test_work_waiting_behind_old_unbounded_work_stands_until_it_may_hold() -> None:
+    # r holds all 4 GPUs with no max_runtime and is past its minimum run time; w (same priority, submitted at
+    # 0) waits: until it has waited hold_after_s, when it may hold r's cards; for ever without holds
+    assert horizon([job("w").gpu(1).build()], FULL, hold_after_s=1800.0) == 1800.0
+    assert horizon([job("w").gpu(1).build()], FULL, hold_after_s=None) == math.inf
 
 
 def test_a_known_end_is_the_horizon() -> None:
@@ -48,20 +50,21 @@ def test_a_reservation_or_a_young_victim_means_run_again() -> None:
     assert horizon([job("w").gpu(1).build()], runs, backfill=True) == NOW  # w holds a reservation for t=1500
     young = [running("r", FULL[0].placements, start=NOW - 10.0)]  # 10 s old, minimum run time 60 s
     assert horizon([job("w").gpu(1).priority(9).build()], young) == NOW
-    assert horizon([job("w").gpu(1).priority(9).build()], young, preemption=False) == math.inf
+    assert horizon([job("w").gpu(1).priority(9).build()], young, preemption=False, hold_after_s=None) == math.inf
 
 
 def test_a_young_workload_no_waiting_one_may_take_changes_nothing() -> None:
     young = [running("r", FULL[0].placements, start=NOW - 10.0, priority=5)]
     same_priority = [job("w").gpu(1).priority(5).build()]  # the same queue, not a lower priority: never a victim
-    assert horizon(same_priority, young) == math.inf
+    assert horizon(same_priority, young, hold_after_s=None) == math.inf
     other = [job("w").gpu(1).priority(9).queue("b").build()]  # another queue...
     queues = {"default": queue("default"), "b": queue("b")}
     decided = cycle(POOL, other, young, list(queues.values()), now=NOW)
-    assert unchanged_until(other, young, decided, SchedulerProfile(), NOW, queues) == math.inf  # ...no guarantee
+    no_holds = SchedulerProfile(hold_after_s=None)
+    assert unchanged_until(other, young, decided, no_holds, NOW, queues) == math.inf  # ...no guarantee
     queues["b"] = queue("b", guaranteed_gpu=2)  # b may reclaim its guarantee from a borrower
     decided = cycle(POOL, other, young, list(queues.values()), now=NOW)
-    assert unchanged_until(other, young, decided, SchedulerProfile(), NOW, queues) == NOW
+    assert unchanged_until(other, young, decided, no_holds, NOW, queues) == NOW
 
 
 def test_binds_and_held_reservations_mean_run_again() -> None:
@@ -77,7 +80,8 @@ def test_decisions_before_the_horizon_equal_those_at_now(seed: int) -> None:
     queues = random_queues(rng, sum(len(n.gpus) for n in nodes))
     if rng.random() < 0.5:  # no guarantee to reclaim: young workloads of other queues are never victims
         queues = [replace(q, guaranteed=ResourceVector()) for q in queues]
-    profile = {"min_runtime_s": rng.choice([0.0, 60.0]), "backfill": rng.random() < 0.3}
+    profile = {"min_runtime_s": rng.choice([0.0, 60.0]), "backfill": rng.random() < 0.3,
+               "hold_after_s": rng.choice([None, 30.0, 600.0])}
     first = [random_workload(rng, k, NOW - 500, True, (0, 5)) for k in range(40)]
     decided = cycle(nodes, first, [], queues, now=NOW - 500, **profile)
     queue_of = {w.id: w.queue for w in first}

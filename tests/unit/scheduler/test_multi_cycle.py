@@ -26,6 +26,30 @@ def gpu_queue(name: str, guaranteed: float = 0, limit: float | None = None, cpu_
 
 
 # ------------------------------------------------------------------------------------------- reservations
+@pytest.mark.parametrize("hold_after_s", [None, 600.0])
+def test_a_gang_is_not_passed_for_ever_by_work_without_a_max_runtime(hold_after_s: float | None) -> None:
+    # two 4-GPU nodes kept busy by 1-GPU jobs without a max_runtime (each runs 400 s), a new one every 30 s
+    # until t=3,100; a 2 x 4 gang arrives at t=100. No reservation can be made (no end is known), so without
+    # holds every later 1-GPU job that fits passes the gang; with them, once it has waited 600 s it holds the
+    # cards it needs and starts when the jobs on them have ended (at most 400 s later)
+    pool = [node(f"n{i}").gpus(4).build() for i in range(2)]
+    driver = CycleDriver(pool, [queue("a")], SchedulerProfile(policy="bestfit", hold_after_s=hold_after_s))
+    for k in range(8):
+        driver.submit(job(f"s{k:03}").queue("a").gpu(1).build(), 400 + 20 * k, at=0)
+    driver.submit(job("gang").queue("a").at(100).replicas(2, gpu=4).build(), 600, at=100)
+    for k in range(8, 108):
+        driver.submit(job(f"s{k:03}").queue("a").at(100 + 30 * (k - 8)).gpu(1).build(), 400, at=100 + 30 * (k - 8))
+    record = driver.run_until_idle(1000)
+    gang = record.start("gang")
+    assert gang is not None and not record.violations
+    later_starts = [t for k in range(8, 108) if (t := record.start(f"s{k:03}")) is not None]
+    if hold_after_s is None:
+        assert gang > max(later_starts)  # starved: it started after everything submitted behind it
+    else:
+        assert gang <= 100 + hold_after_s + 400 + 2 * driver.cycle_s
+        assert "holding its capacity on n0, n1" in record.reasons["gang"]  # its last reason before it started
+
+
 def test_a_reservation_is_kept_until_the_gang_starts() -> None:
     # two 8-GPU nodes full of 1-GPU jobs (600 s each, all declaring max_runtime, staggered ends); a stream of
     # 1-GPU jobs arrives in queue "small", one per 10 s cycle. Queue "big" also holds n3, so its share (8/24)

@@ -57,5 +57,5 @@ def dry_run(session: Session, principal: Principal, body: schemas.SubmitRequest,
     return DryRunResult(verdict="waits", project=project, queue=queue,
                         reason=pending.reason if pending else "other pending work comes first",
                         position=pending.position if pending else None,
-                        expected_start=reserve.start_time if reserve else None,
+                        expected_start=reserve.start_time if reserve and not reserve.hold else None,
                         placements=_placements(reserve.placements) if reserve else [])

@@ -177,7 +177,8 @@ class SchedulingLoop:
             self._kept.quiet_until = -math.inf if self.policy.draws_randomly else \
                 unchanged_until(pending, state.running, decisions, self.profile, now, state.queues)
         # reservations are kept in memory between cycles (after a restart they are simply made again)
-        self._held = {r.workload_id: HeldReservation(r.start_time, r.placements) for r in decisions.reservations}
+        self._held = {r.workload_id: HeldReservation(r.start_time, r.placements, r.hold)
+                      for r in decisions.reservations}
         changed = False
         shows = _changed_shows(decisions, state)
         if decisions.binds or decisions.preemptions or shows:
