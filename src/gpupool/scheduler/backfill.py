@@ -159,23 +159,15 @@ def hold(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, running: 
 
 
 def keep_hold(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation,
-              running: Sequence[RunningWorkload], now: float,
-              earlier: Sequence[Reservation] = ()) -> Reservation | None:
+              running: Sequence[RunningWorkload], earlier: Sequence[Reservation] = ()) -> Reservation | None:
     """The hold an earlier cycle made for `head`, on the same placements and with the same start time (when it
     was made: the same decision every cycle while it lasts): its future is the pool with every
     running workload on the held nodes ended and the head placed there (reservations in `earlier` kept
     taken); None when the head no longer fits there (a node left, an earlier reservation took the cards)."""
-    future = snap.clone()
-    for res in earlier:
-        future.assume_all(res.placements, force=True)
     nodes = {p.node for p in held.placements}
-    for workload in running:
-        if any(p.node in nodes for p in workload.placements):
-            for p in workload.placements:
-                future.forget(p)
-    try:
-        future.trial(held.placements)
-    except OverCommitError:
+    gone = [w for w in running if any(p.node in nodes for p in w.placements)]
+    future = _future_with(snap, earlier, gone, held.placements)
+    if future is None:
         return None
     return Reservation(head.id, held.start_time, held.placements, future, None, head.queue, hold=True)
 
@@ -187,21 +179,31 @@ def keep(snap: ClusterSnapshot, head: PendingWorkload, held: HeldReservation, ru
     they overlap the head's run); None when they are not (then a new one must be computed)."""
     start = max(held.start_time, now)
     end_time = None if head.max_runtime_s is None else start + head.max_runtime_s
-    future = snap.clone()
-    for res in earlier:  # those that hold their capacity while the head runs (not ended before, not after it)
-        if ((end_time is None or res.start_time < end_time)
-                and (res.end_time is None or res.end_time > start)):
-            future.assume_all(res.placements, force=True)
-    for workload in running:
-        end = _end(workload, now)
-        if end is not None and end <= start:
-            for p in workload.placements:
-                future.forget(p)
-    try:
-        future.trial(held.placements)
-    except OverCommitError:
+    overlapping = [res for res in earlier  # those that hold their capacity while the head runs
+                   if (end_time is None or res.start_time < end_time)
+                   and (res.end_time is None or res.end_time > start)]
+    gone = [w for w in running if (end := _end(w, now)) is not None and end <= start]
+    future = _future_with(snap, overlapping, gone, held.placements)
+    if future is None:
         return None
     return Reservation(head.id, start, held.placements, future, end_time, head.queue)
+
+
+def _future_with(snap: ClusterSnapshot, taken: Sequence[Reservation], gone: Sequence[RunningWorkload],
+                 placements: Sequence[ReplicaPlacement]) -> ClusterSnapshot | None:
+    """A copy of `snap` with the reservations `taken` held, the workloads `gone` ended and `placements` taken;
+    None when `placements` do not fit it."""
+    future = snap.clone()
+    for res in taken:
+        future.assume_all(res.placements, force=True)
+    for workload in gone:
+        for p in workload.placements:
+            future.forget(p)
+    try:
+        future.trial(placements)
+    except OverCommitError:
+        return None
+    return future
 
 
 def _end(workload: RunningWorkload, now: float) -> float | None:

@@ -15,7 +15,8 @@ The cycle, step by step:
    queue by priority, reclaiming its guarantee from borrowers, or for fair share when switched on) when that
    provably makes it fit and the cycle's preemption budget allows; else a backfill reservation, for up to
    `reservation_depth` blocked heads; a head that has waited past `hold_after_s` and gets no reservation
-   (it waits for work without a max_runtime) holds the capacity it needs instead (`backfill.hold`).
+   (it waits for work without a max_runtime) holds the capacity it needs instead (`backfill.hold`; one hold
+   at a time).
 6. Everything not bound gets a human reason and its position in its queue.
 """
 
@@ -241,7 +242,7 @@ class _Cycle:
             return None
         running = self.running + self.started
         if w.reserved.hold:
-            res = keep_hold(self.snap, w, w.reserved, running, self.now, self.reservations)
+            res = keep_hold(self.snap, w, w.reserved, running, self.reservations)
             if res is not None:
                 self.reservations.append(res)
                 self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements, hold=True))
@@ -428,7 +429,7 @@ class _Cycle:
                                                             self.reservations)
         if res is None:
             self.unreservable.add(key)
-            if not starving:
+            if not starving or any(r.hold for r in self.reservations):
                 return None
             res = hold(self.snap, self.placer, w, self.running + self.started, self.now, self.reservations)
             if res is None:

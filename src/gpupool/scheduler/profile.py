@@ -28,10 +28,10 @@ class SchedulerProfile:
       it (off by default; see docs/scheduler.md).
     - `hold_after_s`: a blocked head that has waited this long and can get no reservation (the work it
       waits for has no max_runtime) holds the capacity it needs: no later work starts on it, so it starts
-      once the work there ends (None: never; see docs/scheduler.md, "Holds"). 1,800 s: holding drains
-      cards, idle while the work still on them ends, so it is for heads that waited far longer than
-      the rest; half an hour is long against a cycle and short against the hours a gang can otherwise
-      wait behind a stream of smaller work.
+      once the work there ends (one hold at a time; None: never; see docs/scheduler.md, "Holds").
+      1,800 s: holding drains cards, idle while the work still on them ends, so it is for heads that
+      waited far longer than the rest; half an hour is long against a cycle and short against the hours
+      a gang can otherwise wait behind a stream of smaller work (benchmarks/scheduler/README.md, "Holds").
     """
 
     policy: str = "fgd"

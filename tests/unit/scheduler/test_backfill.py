@@ -200,3 +200,14 @@ def test_a_hold_keeps_its_cards_across_cycles_and_other_nodes_stay_open() -> Non
     rest = [r for r in runs if r.id.startswith("a")]
     bound, _, _ = summary(cycle(pool, [head], rest, now=2010.0, hold_after_s=1800))
     assert bound == ["head"]
+
+
+def test_one_hold_at_a_time_the_first_starving_head_in_order() -> None:
+    # two heads waited past hold_after_s in two queues: the first in the cycle's order holds n2; the other
+    # gets no hold while that one lasts (each hold leaves cards idle while they drain)
+    pool = [node("n1").gpus(4).build(), node("n2").gpus(4).build()]
+    pending = [job("first").queue("a").at(0).gpu(4).build(), job("second").queue("b").at(1).gpu(4).build()]
+    decisions = cycle(pool, pending, two_busy_nodes(), [queue("a"), queue("b")], now=2000.0, hold_after_s=1800)
+    _, reservations, reasons = summary(decisions)
+    assert reservations == [("first", 2000.0, [("n2", [0, 1, 2, 3])])]
+    assert "holding" not in reasons["second"]
