@@ -3,12 +3,14 @@ seeds, with the waits, the broken reservation promises and the invariant violati
 
     python benchmarks/scheduler/multi_cycle_sweep.py reservations 1200 1400  # one priority, bounded, no preemption
     python benchmarks/scheduler/multi_cycle_sweep.py invariants 200 400      # priorities, preemption, unbounded
+    python benchmarks/scheduler/multi_cycle_sweep.py overloaded 0 100        # the second family: bigger, bursts
 
-(The tests run seeds 1000-1005 of the first kind and 0-5 of the second.)
+(The tests run seeds 1000-1005 of the first kind, 0-5 of the second and 0-1 of the overloaded family.)
 
 Prints one line: the mean and median over scenarios of the mean wait (first start - arrival), the mean makespan
 (last finish), the promises kept late (a reserved head starting more than a cycle after its first promise, or
-never) and the violations the cycle driver recorded. Runs on older code too (PYTHONPATH to another src/).
+never), the violations the cycle driver recorded (each also on stderr, with its seed), and p95, p99 and max of
+every workload's wait. Runs on older code too (PYTHONPATH to another src/).
 """
 
 from __future__ import annotations
@@ -17,29 +19,39 @@ import argparse
 import statistics
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.unit.scheduler.test_multi_cycle_random import scenario
+from tests.unit.scheduler.test_multi_cycle_random import overloaded_scenario, scenario
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["reservations", "invariants"])
+    parser.add_argument("kind", choices=["reservations", "invariants", "overloaded"])
     parser.add_argument("first", type=int)
     parser.add_argument("last", type=int, help="exclusive")
+    parser.add_argument("--hold-after-s", help="override the scenarios' hold_after_s: seconds, or 'none' (no holds)")
     args = parser.parse_args()
-    waits, makespans, late, kinds = [], [], 0, Counter[str]()
+    waits, every_wait, makespans, late, kinds = [], [], [], 0, Counter[str]()
     for seed in range(args.first, args.last):
         if args.kind == "reservations":
             driver = scenario(seed, bounded=True, preemption=False, priorities=(0,))
-        else:
+        elif args.kind == "invariants":
             driver = scenario(seed, bounded=False, preemption=True, priorities=(0, 0, 5, 10))
+        else:
+            driver = overloaded_scenario(seed)
+        if args.hold_after_s is not None:
+            hold = None if args.hold_after_s == "none" else float(args.hold_after_s)
+            driver.profile = replace(driver.profile, hold_after_s=hold)
         arrivals = {a.workload.id: a.time for a in driver.arrivals}
-        record = driver.run_until_idle(max_cycles=600)
+        record = driver.run_until_idle(max_cycles=3000 if args.kind == "overloaded" else 600)
+        for v in record.violations:
+            print(f"seed {seed}: {v}", file=sys.stderr)
         started = [start - at for wid, at in arrivals.items() if (start := record.start(wid)) is not None]
         waits.append(statistics.mean(started))
+        every_wait += started
         makespans.append(max(record.finished.values(), default=0.0))
         late += sum(1 for wid, promise in record.first_promise.items()
                     if (start := record.start(wid)) is None or start > promise + driver.cycle_s)
@@ -47,7 +59,14 @@ def main() -> None:
                      if "again" in v else "other" for v in record.violations)
     print(f"{args.kind} seeds {args.first}-{args.last - 1}: mean wait {statistics.mean(waits):.1f} s, median "
           f"{statistics.median(waits):.1f} s, mean makespan {statistics.mean(makespans):.1f} s, promises kept late "
-          f"{late}, violations {sum(kinds.values())} {dict(kinds)}")
+          f"{late}, violations {sum(kinds.values())} {dict(kinds)}; all {len(every_wait)} waits: p95 "
+          f"{_rank(every_wait, 0.95):.0f} s, p99 {_rank(every_wait, 0.99):.0f} s, max {max(every_wait):.0f} s")
+
+
+def _rank(values: list[float], q: float) -> float:
+    """The value at rank q (0-1) of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from tests.builders import job, node, queue
+from tests.builders import JobBuilder, job, node, queue
 from tests.unit.scheduler.cycle_driver import CycleDriver
 
 from gpupool.domain.nodes import Node
@@ -81,6 +81,62 @@ def scenario(seed: int, *, bounded: bool, preemption: bool, priorities: tuple[in
     return driver
 
 
+def overloaded_scenario(seed: int) -> CycleDriver:
+    """A second family, made apart from the first: 4-12 nodes, 2-5 queues (guarantees, weights 1-4, some limits,
+    some not lending), work arriving in 5-15 bursts of 1-20 alike workloads (one queue, priority and shape each:
+    1 GPU, a share, 4 or a node's GPUs, gangs of 2-3 x 4-8 GPUs across nodes, memory-sized shares, CPU only),
+    a tenth not preemptible, half without a max_runtime; min run time 0-120 s, victims stopping in 1-5 cycles.
+    Pools stay overloaded for hours."""
+    rng = random.Random(seed)
+    nodes = [node(f"n{i:02}").cpu(rng.choice([64, 128])).memory("512GiB")
+             .gpus(rng.choice([4, 8, 8]), mode=rng.choice(["exclusive"] * 3 + ["shared"])).build()
+             for i in range(rng.randint(4, 12))]
+    total, widest = sum(len(n.gpus) for n in nodes), max(len(n.gpus) for n in nodes)
+    queues, left = [], total
+    for i in range(rng.randint(2, 5)):
+        guaranteed = rng.randint(0, max(0, left // 2))
+        left -= guaranteed
+        limit = rng.choice([None, None, guaranteed + rng.randint(4, 16)])
+        queues.append(queue(f"q{i}", guaranteed, limit, weight=rng.choice([1.0, 1.0, 2.0, 4.0]),
+                            lend=rng.random() < 0.8))
+    profile = SchedulerProfile(policy=rng.choice(["bestfit", "binpack", "fgd", "spread"]),
+                               fair_share_preemption=rng.random() < 0.5, min_runtime_s=rng.choice([0, 30, 120]),
+                               max_preemptions_per_cycle=rng.choice([4, 64]), reservation_depth=rng.choice([1, 4, 8]))
+    driver = CycleDriver(nodes, queues, profile, cycle_s=10, stop_cycles=rng.randint(1, 5))
+    k = 0
+    for _ in range(rng.randint(5, 15)):
+        at, spec = rng.uniform(0, 3000), rng.choice(queues)
+        priority, shape, count = rng.choice([0, 0, 0, 5, 10]), rng.random(), rng.randint(1, 20)
+        preemptible, runtime = rng.random() < 0.9, rng.choice([300, 900, 1800])
+        bounded = rng.random() < 0.5
+        for _ in range(count):
+            b = job(f"w{k:03}").queue(spec.name).priority(priority).at(at + rng.uniform(0, 30))
+            b = _overloaded_shape(b, shape, rng, widest)
+            b = b if preemptible else b.not_preemptible()
+            w = (b.max_runtime(runtime) if bounded else b).build()
+            if spec.limit is not None and w.nominal().gpu_milli > spec.limit.gpu_milli:
+                continue  # could never start in its queue
+            driver.submit(w, rng.uniform(30, runtime), at=w.submit_time)
+            k += 1
+    return driver
+
+
+def _overloaded_shape(b: JobBuilder, shape: float, rng: random.Random, widest: int) -> JobBuilder:
+    if shape < 0.35:
+        return b.gpu(1)
+    if shape < 0.5:
+        return b.replicas(1, gpu=rng.choice([0.25, 0.5]))
+    if shape < 0.62:
+        return b.gpu(min(4, widest))
+    if shape < 0.72:
+        return b.gpu(widest)
+    if shape < 0.85:
+        return b.replicas(rng.randint(2, 3), gpu=min(widest, rng.choice([4, 8])))
+    if shape < 0.92:
+        return b.replicas(1, gpu={"memory": "20GiB"})
+    return b.replicas(1, cpu=8)
+
+
 @pytest.mark.slow
 # seed 127: a preemptor whose quota room a borrower took while its victims stopped preempted again; seed 379
 # did so within one queue when only the other queues' stopping work was counted as gone
@@ -111,3 +167,16 @@ def test_reservations_are_honoured_when_all_work_declares_max_runtime(seed: int)
             if (start := record.start(w)) is None or start > promise + driver.cycle_s}
     excused = {w for w in late if record.due_reasons.get(w, "").startswith(f"queue {driver.templates[w].queue} would")}
     assert not late.keys() - excused, (late, {w: record.due_reasons.get(w) for w in late})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_overloaded_scenarios_keep_every_invariant_and_start_all_that_can(seed: int) -> None:
+    driver = overloaded_scenario(seed)
+    arrivals = [a.workload.id for a in driver.arrivals]
+    record = driver.run_until_idle(max_cycles=3000)
+    assert not (pending := [w for w in arrivals if record.start(w) is None
+                            and not record.reasons.get(w, "").startswith("can never run")
+                            and "owed to other queues that do not lend" not in record.reasons.get(w, "")]), pending
+    assert max(record.preemptions.values(), default=0) <= MAX_PREEMPTIONS_PER_WORKLOAD, record.preemptions
+    assert not record.violations, record.violations[:5]
