@@ -146,10 +146,12 @@ def hold(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, running: 
         future.assume_all(res.placements, force=True)
     need = head.nominal()
     free = _free_total(future)
+    known = {n.name for n in future.nodes}
     for placements in [p for _, _, p in bounded] + [w.placements for w in unbounded]:
         for p in placements:
-            future.forget(p)
-            free = free + p.usage()
+            if p.node in known:  # a node that left the pool: its placements were never in the snapshot
+                future.forget(p)
+                free = free + p.usage()
         if not need.fits_within(free):
             continue
         result = placer.place_gang(future, head, explain=False)
@@ -196,9 +198,11 @@ def _future_with(snap: ClusterSnapshot, taken: Sequence[Reservation], gone: Sequ
     future = snap.clone()
     for res in taken:
         future.assume_all(res.placements, force=True)
+    known = {n.name for n in future.nodes}
     for workload in gone:
         for p in workload.placements:
-            future.forget(p)
+            if p.node in known:  # a node that left the pool: its placements were never in the snapshot
+                future.forget(p)
     try:
         future.trial(placements)
     except OverCommitError:
@@ -211,6 +215,8 @@ def _end(workload: RunningWorkload, now: float) -> float | None:
 
 
 def _free_total(snap: ClusterSnapshot) -> ResourceVector:
+    """What the schedulable nodes have free, summed; a node over-committed by claims held on it with force
+    (a hold's cards, still busy) counts as 0, not below: the sum is a bound the head's need must fit within."""
     s = snap.schedulable
-    return ResourceVector(int(snap.free_cpu[s].sum()), int(snap.free_mem[s].sum()),
-                          int(snap.free_gpu_total[s].sum()))
+    return ResourceVector(int(snap.free_cpu[s].clip(min=0).sum()), int(snap.free_mem[s].clip(min=0).sum()),
+                          int(snap.free_gpu_total[s].clip(min=0).sum()))

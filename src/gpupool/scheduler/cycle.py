@@ -186,6 +186,9 @@ class _Cycle:
                 continue
             if self._due_and_held_back_by_quota(w):
                 continue  # released: the ordered pass gives the quota's reason
+            if w.reserved is not None and w.reserved.hold and self._preempt_for(w):
+                handled.add(w.id)  # a hold has no end: preemption that has become possible goes first
+                continue
             res = self._keep_reservation(w, later)  # never a new one that would take what `later` were promised
             if res is None:
                 continue  # its reason has changed: the ordered pass says which
@@ -241,22 +244,20 @@ class _Cycle:
                 or len(self.reservations) >= self.profile.reservation_depth):
             return None
         running = self.running + self.started
-        if w.reserved.hold:
-            res = keep_hold(self.snap, w, w.reserved, running, self.reservations)
-            if res is not None:
-                self.reservations.append(res)
-                self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements, hold=True))
-            return res
         others: list[Claim] = list(self.reservations)
         others += [HeldClaim(o.id, o.reserved.placements, _held_end(o)) for o in later if o.reserved is not None]
         res = reserve(self.snap, self.placer, w, running, self.now, others)
-        if res is None or res.start_time >= w.reserved.start_time:  # the held one when it still holds, else
-            res = keep(self.snap, w, w.reserved, running, self.now, self.reservations) or res  # the new later one
-        if res is not None and self._refused_at(w, res.start_time) is not None:
-            return None  # released: its quota would refuse it then (the ordered pass says why)
+        if w.reserved.hold:  # a hold gives way to a reservation as soon as a start time can be promised
+            if res is None or self._refused_at(w, res.start_time) is not None:
+                res = keep_hold(self.snap, w, w.reserved, running, self.reservations)
+        else:
+            if res is None or res.start_time >= w.reserved.start_time:  # the held one when it still holds, else
+                res = keep(self.snap, w, w.reserved, running, self.now, self.reservations) or res  # the new one
+            if res is not None and self._refused_at(w, res.start_time) is not None:
+                return None  # released: its quota would refuse it then (the ordered pass says why)
         if res is not None:
             self.reservations.append(res)
-            self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements))
+            self.decisions.reservations.append(Reserve(w.id, res.start_time, res.placements, hold=res.hold))
         return res
 
     def _reservation_reason(self, w: PendingWorkload, res: Reservation, failure: str) -> str:
@@ -421,15 +422,16 @@ class _Cycle:
                 or self.reservation_tries >= RESERVATION_TRIES_PER_SLOT * depth):
             return None
         key = (w.shape_key(), w.max_runtime_s)
-        starving = self.profile.hold_after_s is not None and self.now - w.submit_time >= self.profile.hold_after_s
-        if key in self.unreservable and not starving:
+        may_hold = (self.profile.hold_after_s is not None and self.now - w.submit_time >= self.profile.hold_after_s
+                    and not any(r.hold for r in self.reservations))  # one hold at a time
+        if key in self.unreservable and not may_hold:
             return None
         self.reservation_tries += 1
         res = None if key in self.unreservable else reserve(self.snap, self.placer, w, self._known_ends(), self.now,
                                                             self.reservations)
         if res is None:
             self.unreservable.add(key)
-            if not starving or any(r.hold for r in self.reservations):
+            if not may_hold:
                 return None
             res = hold(self.snap, self.placer, w, self.running + self.started, self.now, self.reservations)
             if res is None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tests.builders import cycle, job, node, on, queue, running
+from tests.builders import cycle, job, node, on, queue, running, snapshot
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
+from gpupool.scheduler.cycle import run_cycle
 from gpupool.scheduler.decisions import Decisions
+from gpupool.scheduler.profile import SchedulerProfile
 from gpupool.scheduler.types import HeldReservation, RunningWorkload
 
 NOW = 10.0
@@ -211,3 +213,51 @@ def test_one_hold_at_a_time_the_first_starving_head_in_order() -> None:
     _, reservations, reasons = summary(decisions)
     assert reservations == [("first", 2000.0, [("n2", [0, 1, 2, 3])])]
     assert "holding" not in reasons["second"]
+
+
+def test_a_held_head_preempts_once_its_victims_are_old_enough() -> None:
+    # priority-9 head behind four young priority-0 jobs without a max_runtime: the first cycle it holds n1 (and
+    # says whom it will preempt); once they have run their minimum run time it preempts them
+    pool = [node("n1").gpus(4).build()]
+    runs = [running(f"r{k}", [on("n1", gpus={k: 1000})], start=1990.0) for k in range(4)]
+    head = job("head").priority(9).at(0).gpu(4).build()
+    first = cycle(pool, [head], runs, now=2000.0, hold_after_s=1800)
+    assert [r.hold for r in first.reservations] == [True] and not first.preemptions
+    held = HeldReservation(first.reservations[0].start_time, first.reservations[0].placements, hold=True)
+    second = cycle(pool, [replace(head, reserved=held)], runs, now=2100.0, hold_after_s=1800)
+    assert sorted(p.victim_id for p in second.preemptions) == ["r0", "r1", "r2", "r3"]
+
+
+def test_a_hold_gives_way_to_a_reservation_once_a_start_can_be_promised() -> None:
+    # the head held n2 behind a service; n1 now runs work that declares its end: the head is reserved n1 at
+    # that end instead of waiting on n2 for good
+    pool = [node("n1").gpus(4).build(), node("n2").gpus(4).build()]
+    runs = [running("svc", [on("n2", gpus={0: 1000, 1: 1000, 2: 1000})], start=500.0)]
+    runs += [running(f"s{k}", [on("n1", gpus={k: 1000})], start=1900.0 + k, max_runtime=600) for k in range(4)]
+    held = HeldReservation(1900.0, (on("n2", gpus=dict.fromkeys(range(4), 1000)),), hold=True)
+    head = replace(job("head").at(0).gpu(4).build(), reserved=held)
+    decisions = cycle(pool, [head], runs, now=2000.0, hold_after_s=1800)
+    assert [(r.start_time, r.hold, r.placements[0].node) for r in decisions.reservations] == [(2503.0, False, "n1")]
+
+
+def test_heads_that_wait_behind_a_hold_leave_reservations_to_others() -> None:
+    # ten 4-GPU heads past hold_after_s: the first holds n1; the others cost no reservation try, and a 2-GPU
+    # workload behind them is still reserved n2's cards that free at t=3000 (reservation_depth 2)
+    pool = [node("n1").gpus(4).build(), node("n2").gpus(4).build()]
+    runs = ([running(f"u{k}", [on("n1", gpus={k: 1000})], start=500.0 + k) for k in range(3)]
+            + [running(f"v{k}", [on("n2", gpus={k: 1000})], start=500.0 + k) for k in range(2)]
+            + [running(f"b{k}", [on("n2", gpus={k: 1000})], start=0.0, max_runtime=3000.0) for k in (2, 3)])
+    pending = [job(f"s{k}").at(k).gpu(4).build() for k in range(10)]
+    pending.append(job("two").at(1500.0).gpu(2).max_runtime(100).build())
+    _, reservations, _ = summary(cycle(pool, pending, runs, now=2000.0, hold_after_s=1800, reservation_depth=2))
+    assert [(r[0], r[1]) for r in reservations] == [("s0", 2000.0), ("two", 3000.0)]
+
+
+def test_a_placement_on_a_node_that_left_does_not_break_a_hold() -> None:
+    # the server leaves placements on nodes it no longer knows out of the snapshot, not out of the running work
+    runs = [running("r0", [on("n1", gpus={0: 1000, 1: 1000, 2: 1000}), on("gone", gpus={0: 1000})], start=500.0)]
+    snap = snapshot([node("n1").gpus(4).build()], [])
+    snap.assume_all([p for p in runs[0].placements if p.node == "n1"], force=True)
+    decisions = run_cycle(snap, [job("head").at(0).gpu(4).build()], runs, {}, SchedulerProfile(hold_after_s=1800),
+                          2000.0)
+    assert [(r.workload_id, r.hold) for r in decisions.reservations] == [("head", True)]
