@@ -265,7 +265,8 @@ class _Cycle:
         if res.hold:
             return f"{failure}; {_hold_words(nodes, self.profile.hold_after_s)}"
         reason = f"{failure}; reserved to start by t={res.start_time:g} on {nodes}"
-        promised = w.reserved.start_time if w.reserved is not None else res.start_time
+        # a hold promised no time: the reservation it gives way to is the first promise
+        promised = w.reserved.start_time if w.reserved is not None and not w.reserved.hold else res.start_time
         if res.start_time <= promised + 1e-6:
             return reason
         overran = sorted(r.id for r in self.running

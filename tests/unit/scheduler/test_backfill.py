@@ -238,6 +238,7 @@ def test_a_hold_gives_way_to_a_reservation_once_a_start_can_be_promised() -> Non
     head = replace(job("head").at(0).gpu(4).build(), reserved=held)
     decisions = cycle(pool, [head], runs, now=2000.0, hold_after_s=1800)
     assert [(r.start_time, r.hold, r.placements[0].node) for r in decisions.reservations] == [(2503.0, False, "n1")]
+    assert decisions.pending[0].reason.endswith("; reserved to start by t=2503 on n1")  # not "later than promised"
 
 
 def test_heads_that_wait_behind_a_hold_leave_reservations_to_others() -> None:
