@@ -19,6 +19,7 @@ from tests.support.servers import TestServer, server_settings, start_server, wai
 
 from gpupool.domain.errors import ConflictError
 from gpupool.executors.fake import FakeExecutor
+from gpupool.executors.local import LocalExecutor
 from gpupool.server.app import build_services
 from gpupool.server.workers.loop import IntervalWorker
 from gpupool.server.workers.reconciler_process import ReconcilerProcess
@@ -133,6 +134,8 @@ def test_a_server_given_its_executor_or_its_clock_or_with_a_warm_pool_keeps_its_
         assert isinstance(services.reconciler, IntervalWorker)
     finally:
         services.executor.close()
+        if isinstance(services.executor, LocalExecutor):
+            services.executor.warm.stop_unclaimed()  # the parked JupyterLab the executor started meanwhile
         services.db.dispose()
 
 
