@@ -149,8 +149,8 @@ def hold(snap: ClusterSnapshot, placer: Placer, head: PendingWorkload, running: 
     known = {n.name for n in future.nodes}
     for placements in [p for _, _, p in bounded] + [w.placements for w in unbounded]:
         for p in placements:
-            if p.node in known:  # a node that left the pool: its placements were never in the snapshot
-                future.forget(p)
+            future.forget(p)  # nothing on a node that left the pool (the snapshot lacks it)
+            if p.node in known:
                 free = free + p.usage()
         if not need.fits_within(free):
             continue
@@ -198,11 +198,9 @@ def _future_with(snap: ClusterSnapshot, taken: Sequence[Reservation], gone: Sequ
     future = snap.clone()
     for res in taken:
         future.assume_all(res.placements, force=True)
-    known = {n.name for n in future.nodes}
     for workload in gone:
         for p in workload.placements:
-            if p.node in known:  # a node that left the pool: its placements were never in the snapshot
-                future.forget(p)
+            future.forget(p)  # nothing on a node that left the pool (the snapshot lacks it)
     try:
         future.trial(placements)
     except OverCommitError:

@@ -223,7 +223,7 @@ class _Trial:
         of its replicas, or if it was held back by its own queue's quota and the victim is of that queue."""
         if self.quota_blocked and victim.queue == self.preemptor.queue:
             return True
-        rows = [self.snap.index_of(p.node) for p in victim.placements]
+        rows = [row for p in victim.placements if (row := self.snap.row_of(p.node)) is not None]
         return any(bool(feasible_mask(self.snap, r, self.placer.avoid_gpu_nodes)[rows].any())
                    for r in self.requests)
 

@@ -143,6 +143,10 @@ class ClusterSnapshot:
         """Row of the node called `name`; KeyError if unknown."""
         return self._index[name]
 
+    def row_of(self, name: str) -> int | None:
+        """Row of the node called `name`; None if this snapshot does not have it (a node that left the pool)."""
+        return self._index.get(name)
+
     def total_capacity(self) -> ResourceVector:
         """CPU, memory and healthy GPU milli of all schedulable nodes."""
         s = self.schedulable
@@ -186,29 +190,35 @@ class ClusterSnapshot:
 
     def assume(self, placement: ReplicaPlacement, force: bool = False) -> None:
         """Take `placement`'s capacity. Raises OverCommitError if it does not fit, unless `force`
-        (used when loading running work that a shrunken node can no longer hold)."""
+        (used when loading running work that a shrunken node can no longer hold). What the placement names
+        that this snapshot does not have (a node that left the pool, a card or MIG instance its node no
+        longer reports) takes nothing, with force or by `forget`: such work holds no capacity here."""
         if not force and not self.fits(placement):
             raise OverCommitError(f"placement on {placement.node} does not fit: {placement}")
         self._apply(placement, -1)
 
     def forget(self, placement: ReplicaPlacement) -> None:
-        """Give back `placement`'s capacity (the inverse of assume)."""
+        """Give back `placement`'s capacity (the inverse of assume; nothing for what this snapshot lacks)."""
         self._apply(placement, +1)
 
     def _apply(self, placement: ReplicaPlacement, sign: int) -> None:
         row = self._index.get(placement.node)
         if row is None:
-            raise OverCommitError(f"unknown node {placement.node!r}")
+            return  # a node that left the pool: what ran there holds nothing here
         self.free_cpu[row] += sign * placement.cpu_milli
         self.free_mem[row] += sign * placement.memory_mib
+        columns = self._columns[row]
         for a in placement.gpus:
-            j = self._columns[row][a.index]
+            j = columns.get(a.index)
+            if j is None:
+                continue  # a card the node no longer reports
             self.free_milli[row, j] += sign * a.milli
             if self.usable_card[row, j]:
                 self._set_usable_free(row, j, int(self.free_milli[row, j]))
             self.free_gmem[row, j] += sign * a.memory_mib
-            if a.mig_instance is not None:
-                self._mig_used[(row, j)][a.mig_instance] -= sign
+            used = self._mig_used.get((row, j)) if a.mig_instance is not None else None
+            if used is not None and a.mig_instance is not None and a.mig_instance < len(used):
+                used[a.mig_instance] -= sign
         self._refresh_row(row)
         self.changes += 1
 

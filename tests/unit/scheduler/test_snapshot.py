@@ -72,6 +72,20 @@ def test_assume_refuses_what_does_not_fit(placement: ReplicaPlacement, why: str)
     assert before == snapshot_state(snap)
 
 
+@pytest.mark.parametrize("placement", [
+    on("ghost", gpus={0: 1000}),                                             # a node that left the pool
+    on("n2", cpu=0, memory="0GiB", gpus={7: 1000}),                          # a card n2 no longer reports
+    ReplicaPlacement("n2", 0, 0, (GpuAssignment(0, 0, 0, mig_instance=3),)),  # a MIG instance its card lacks
+])
+def test_what_a_forced_placement_names_that_the_snapshot_lacks_takes_nothing(placement: ReplicaPlacement) -> None:
+    snap = cluster()
+    before = snapshot_state(snap)
+    snap.assume(placement, force=True)  # running work loaded as it is
+    assert before == snapshot_state(snap)
+    snap.forget(placement)  # and given back when it ends or is preempted
+    assert before == snapshot_state(snap)
+
+
 def test_a_card_taken_twice_is_an_over_commit() -> None:
     snap = cluster()
     snap.assume(on("n2", gpus={0: 600}))
