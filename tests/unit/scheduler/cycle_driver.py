@@ -6,10 +6,14 @@ What the server and the simulator do between cycles, reduced to what the schedul
   id, same submit time) as a pending workload;
 - a Pending decision's nominated placement and a Reserve decision's reservation are handed back on the
   workload in the next cycle, as the server does;
-- arrivals are submitted at their time.
+- arrivals are submitted at their time;
+- nodes leave the pool, come back and are cordoned at their time (`NodeEvent`): the work on a node that left
+  is still reported running for `lost_after` cycles (on every node it held, that one included), then it is
+  lost and requeued, as the server declares replicas lost.
 
 After every cycle the driver checks what must hold at all times (no node or card over-committed, no queue
-over its limit counting workloads that are still stopping, gangs all or nothing) and records starts,
+over its limit counting workloads that are still stopping, gangs all or nothing, nothing bound on a node that
+is gone or cordoned) and records starts,
 preemptions and promised start times for the tests to check over the whole run.
 """
 
@@ -39,6 +43,18 @@ class Arrival:
     duration: float
 
 
+@dataclass(frozen=True)
+class NodeEvent:
+    """At `time`: node `name` leaves the pool ("leave"; its work is reported running `lost_after` more cycles),
+    joins it as `node` ("join"), or is cordoned / uncordoned ("cordon", "uncordon")."""
+
+    time: float
+    kind: str
+    name: str
+    node: Node | None = None
+    lost_after: int = 0
+
+
 @dataclass
 class Record:
     """What happened over a run."""
@@ -55,6 +71,7 @@ class Record:
     violations: list[str] = field(default_factory=list)
     cycles: int = 0
     peak_queue_usage: dict[str, ResourceVector] = field(default_factory=dict)
+    lost: Counter[str] = field(default_factory=Counter)  # workloads lost with a node that left
 
     def start(self, workload_id: str) -> float | None:
         """When the workload first started (None: never)."""
@@ -81,6 +98,8 @@ class CycleDriver:
         self.ends: dict[str, float] = {}
         self.stopping: dict[str, int] = {}
         self.arrivals: list[Arrival] = []
+        self.node_events: list[NodeEvent] = []
+        self.losing: dict[str, int] = {}  # workload on a node that left -> cycles it is still reported running
         self.record = Record()
         self.last: Decisions = Decisions()
 
@@ -102,10 +121,19 @@ class CycleDriver:
         if requeue_as is not None:
             self.templates[workload.id] = requeue_as
 
+    def node_event(self, event: NodeEvent) -> None:
+        """Apply `event` at its time."""
+        self.node_events.append(event)
+        self.node_events.sort(key=lambda e: e.time)
+
     # ------------------------------------------------------------------------------------------ cycles
     def step(self) -> Decisions:
-        """One cycle at `now`: finish and stop what is due, submit arrivals, decide, apply, check, advance."""
+        """One cycle at `now`: finish and stop what is due, change the nodes, lose what a node took with it,
+        submit arrivals, decide, apply, check, advance."""
         self._finish_and_stop()
+        while self.node_events and self.node_events[0].time <= self.now:
+            self._change_nodes(self.node_events.pop(0))
+        self._lose_work()
         while self.arrivals and self.arrivals[0].time <= self.now:
             a = self.arrivals.pop(0)
             self.pending[a.workload.id] = a.workload
@@ -142,27 +170,79 @@ class CycleDriver:
                 del self.stopping[wid]
                 del self.running[wid]
                 self.ends.pop(wid, None)
+                self.losing.pop(wid, None)
                 if wid in self.templates:
                     self.pending[wid] = self.templates[wid]  # requeued: same id and submit time
         for wid, end in sorted(self.ends.items()):
             if end <= self.now and wid in self.running and wid not in self.stopping:
                 del self.running[wid]
                 del self.ends[wid]
+                self.losing.pop(wid, None)
                 self.record.finished[wid] = self.now
 
+    def _change_nodes(self, event: NodeEvent) -> None:
+        others = [n for n in self.nodes if n.name != event.name]
+        here = next((n for n in self.nodes if n.name == event.name), None)
+        for w in self.pending.values():  # a preemptor nominated on the node may have to preempt elsewhere
+            if event.kind != "uncordon" and any(p.node == event.name for p in w.nominated or ()):
+                self.record.waiting_preemptors.discard(w.id)
+        if event.kind == "leave":
+            self.nodes = others
+            for w in self.running.values():
+                if any(p.node == event.name for p in w.placements):
+                    self.losing.setdefault(w.id, event.lost_after)
+        elif event.kind == "join" and event.node is not None:  # a node back, or one with fewer cards now
+            self.nodes = sorted([*others, event.node], key=lambda n: n.name)
+            cards = {g.index for g in event.node.gpus}
+            for w in self.running.values():
+                if any(p.node == event.name and any(g.index not in cards for g in p.gpus) for p in w.placements):
+                    self.losing.setdefault(w.id, event.lost_after)
+        elif event.kind in ("cordon", "uncordon") and here is not None:
+            self.nodes = sorted([*others, replace(here, schedulable=event.kind == "uncordon")],
+                                key=lambda n: n.name)
+
+    def _lose_work(self) -> None:
+        for wid in sorted(self.losing):
+            if self.losing[wid] > 0:
+                self.losing[wid] -= 1
+                continue
+            del self.losing[wid]
+            del self.running[wid]  # (one that ended or stopped meanwhile left `losing` then)
+            self.ends.pop(wid, None)
+            self.stopping.pop(wid, None)
+            self.record.lost[wid] += 1
+            if wid in self.templates:
+                self.pending[wid] = self.templates[wid]
+
     def _snapshot(self) -> ClusterSnapshot:
+        """The pool as the scheduler sees it: its nodes, cordons included, with all running work loaded as it is
+        (forced, as the server loads it)."""
         snap = ClusterSnapshot(self.nodes)
         for w in sorted(self.running.values(), key=lambda w: w.id):
+            snap.assume_all(w.placements, force=True)
+        return snap
+
+    def _check_capacity(self) -> None:
+        """Record every over-commit: the running work must fit the nodes (cordoned ones too: a cordon changes no
+        capacity), except work on capacity that is gone, loaded as it is until it is lost."""
+        snap = ClusterSnapshot([replace(n, schedulable=True) for n in self.nodes])
+        here = {n.name for n in self.nodes}
+        for w in sorted(self.running.values(), key=lambda w: (w.id not in self.losing, w.id)):
+            if w.id in self.losing:
+                snap.assume_all(w.placements, force=True)
+                continue
             try:
-                snap.assume_all(w.placements)
+                snap.assume_all([p for p in w.placements if p.node in here])
             except OverCommitError as exc:
                 self.record.violations.append(f"t={self.now:g}: {w.id} over-commits: {exc}")
                 snap.assume_all(w.placements, force=True)
-        return snap
 
     def _apply(self, decisions: Decisions) -> None:
         for b in decisions.binds:
             w = self.pending.pop(b.workload_id)
+            usable = {n.name for n in self.nodes if n.schedulable}
+            if any(p.node not in usable for p in b.placements):
+                self.record.violations.append(f"t={self.now:g}: {w.id} bound on a node that is gone or cordoned")
             if len(b.placements) < w.gang_size:
                 self.record.violations.append(f"t={self.now:g}: {w.id} bound {len(b.placements)} of a gang of "
                                               f"{w.gang_size}")
@@ -250,7 +330,7 @@ class CycleDriver:
         return w.queue
 
     def _check(self) -> None:
-        self._snapshot()  # records any over-commit
+        self._check_capacity()
         usage: dict[str, ResourceVector] = {}
         for w in self.running.values():  # stopping work still holds its capacity
             usage[w.queue] = usage.get(w.queue, ResourceVector()) + w.usage
