@@ -328,8 +328,7 @@ def create_app(settings: Settings | None = None, *, executor: Executor | None = 
                               "'Authorization: Bearer <token>'.")
     install_error_handlers(app)
 
-    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, authenticate=_authenticate_body_sender,
-                       self_authenticating=frozenset({("POST", "/api/v1" + workloads.router.prefix)}))
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES, authenticate=_authenticate_body_sender)
 
     app.include_router(system.router)
     app.include_router(metrics.exposition)

@@ -229,8 +229,8 @@ def test_a_service_token_reaches_no_proxy_console_or_other_project(teams: dict[s
 
 
 def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server: TestServer, admin: Client) -> None:
-    """A submit authenticates its caller once (in its worker thread, before it parses its body: the body
-    limit leaves a small submit to it), reading the token's user and their memberships in one query; a
+    """The body limit authenticates a request with a body before reading it; the route takes that caller
+    rather than reading the token again (the token's user and their memberships in the same query), and a
     caller already seen is answered from the setup cache while accounts are unchanged (no lookup at all).
     A token's first use is still recorded (last_used_at), and a revoked token is refused at once."""
     created = admin.create_token("ci")
@@ -256,7 +256,7 @@ def test_a_submit_is_authenticated_once_and_still_records_the_tokens_use(server:
             used = conn.execute(text("SELECT last_used_at FROM tokens WHERE id = :id"), {"id": created.info.id})
             assert used.scalar_one() is not None
         engine.dispose()
-        assert first >= 1 and second == 0, lookups  # read (and the use recorded) the first time only
+        assert first >= 1 and second == 0, lookups  # by the body limit (and the use recorded), the first time only
         admin.revoke_token(created.info.id)
         with pytest.raises(AuthenticationError):
             ci.submit("name: third\ncommand: sleep 100\n")

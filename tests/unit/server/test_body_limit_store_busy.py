@@ -24,7 +24,7 @@ def _busy(_scope: Any, _authorization: str | None) -> None:
 
 def test_a_busy_store_during_authentication_is_a_503_answered_by_the_middleware() -> None:
     sent: list[dict[str, Any]] = []
-    scope = {"type": "http", "method": "POST", "path": "/api/v1/workloads/batch", "query_string": b"",
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/workloads", "query_string": b"",
              "headers": [(b"content-length", b"2"), (b"authorization", b"Bearer x")]}
 
     async def receive() -> dict[str, Any]:

@@ -3,11 +3,7 @@
 `BodyLimit` is a plain ASGI middleware in front of the application:
 - a declared Content-Length that is not a number or above the limit gets 413 at once;
 - a request to /api/ that carries a body (Content-Length above 0, or chunked) is authenticated from its
-  headers *before* one byte of the body is read: 401 without reading it. One exception: a route named in
-  `self_authenticating` (the single submit) authenticates its caller itself, first thing in its worker thread,
-  when the body's declared length is at most `SELF_AUTH_MAX_BYTES`: such a body is in the server's receive
-  buffer already, read from the socket whether or not the application asks for it, and nothing of it is
-  parsed before the caller is known. That saves the request one hand-over to a worker thread;
+  headers *before* one byte of the body is read: 401 without reading it;
 - the body is counted as it streams (chunked bodies declare no length): at the limit the request ends with
   413 and the rest is never read.
 """
@@ -31,10 +27,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 Authenticator = Callable[[Scope, str | None], None]  # raises AuthenticationError
-# uvicorn's flow control (HIGH_WATER_LIMIT) reads up to 64 KiB of a request's body from the socket into its own
-# buffer before it pauses the connection, whatever the application does: a declared body up to that size costs
-# the server nothing more when the route reads it before it knows the caller.
-SELF_AUTH_MAX_BYTES = 65_536
 
 
 class _TooLarge(HTTPException):
@@ -43,15 +35,12 @@ class _TooLarge(HTTPException):
 
 class BodyLimit:
     """See the module docstring. `authenticate(scope, authorization_header)` runs in a worker thread and
-    raises AuthenticationError for a missing or invalid token. `self_authenticating` holds the (method, path)
-    pairs of routes that authenticate their caller before they parse their body."""
+    raises AuthenticationError for a missing or invalid token."""
 
-    def __init__(self, app: App, max_bytes: int, authenticate: Authenticator,
-                 self_authenticating: frozenset[tuple[str, str]] = frozenset()) -> None:
+    def __init__(self, app: App, max_bytes: int, authenticate: Authenticator) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.authenticate = authenticate
-        self.self_authenticating = self_authenticating
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,8 +52,7 @@ class BodyLimit:
             await self._reply(scope, receive, send, 413)
             return
         has_body = (length is not None and int(length) > 0) or "transfer-encoding" in headers
-        if has_body and str(scope.get("path", "")).startswith("/api/") and not self._authenticates_itself(
-                scope, length, headers):
+        if has_body and str(scope.get("path", "")).startswith("/api/"):
             try:
                 await to_thread.run_sync(self.authenticate, scope, headers.get("authorization"))
             except AuthenticationError as error:
@@ -97,11 +85,6 @@ class BodyLimit:
         except _TooLarge:
             if not started:
                 await self._reply(scope, receive, send, 413)
-
-    def _authenticates_itself(self, scope: Scope, length: str | None, headers: dict[str, str]) -> bool:
-        """True when the route authenticates the caller itself: a small declared body, not chunked."""
-        small = length is not None and int(length) <= SELF_AUTH_MAX_BYTES and "transfer-encoding" not in headers
-        return small and (scope.get("method"), scope.get("path")) in self.self_authenticating
 
     async def _reply(self, scope: Scope, _receive: Receive, send: Send, status: int, message: str = "") -> None:
         if status == 413:

@@ -69,7 +69,4 @@ async def caller(request: Request,
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-# The bearer scheme alone, for a route that authenticates its caller itself (`get_principal` in its worker
-# thread): OpenAPI shows it needs a token, and nothing is read here
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 PrincipalDep = Annotated[Principal, Depends(caller)]

@@ -5,15 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from anyio import to_thread
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from gpupool.domain.arrays import ARRAY_KIND, MAX_ARRAY_INDEX
 from gpupool.server.api import schemas
-from gpupool.server.api.deps import BearerDep, PrincipalDep, ServicesDep, get_principal
-from gpupool.server.api.json_body import json_body_openapi, parse_json_body
+from gpupool.server.api.deps import PrincipalDep, ServicesDep
 from gpupool.server.context import Services
 from gpupool.server.services import arrays, notebooks, workload_batch, workloads
 from gpupool.server.services.auth import Principal
@@ -26,21 +25,11 @@ WorkloadId = Annotated[int, Path(ge=1, le=schemas.MAX_ID, description="The workl
 
 
 
-@router.post("", response_model=schemas.WorkloadSubmitted, status_code=201, responses=ERRORS,
-             openapi_extra=json_body_openapi(schemas.SubmitRequest))
-async def submit(request: Request, services: ServicesDep, _credentials: BearerDep = None) -> Response:
-    """Submit a workload spec (YAML text or an object: a SubmitRequest). 201 when created; 200 when an
-    idempotency key returned the workload an earlier submit created."""
-    # One hand-over to a worker thread per submit: the caller is authenticated there, before the body is parsed
-    # (BodyLimit leaves a small body of this route to it; server/api/body_limit.py)
-    raw = await request.body()
-    return await to_thread.run_sync(_authenticated_submit, request, raw, services,
-                                    limiter=services.submit_limiter())
-
-
-def _authenticated_submit(request: Request, raw: bytes, services: Services) -> Response:
-    principal = get_principal(request)  # 401 before anything of the body is looked at
-    return _submit(parse_json_body(schemas.SubmitRequest, raw), services, principal)
+@router.post("", response_model=schemas.WorkloadSubmitted, status_code=201, responses=ERRORS)
+async def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: PrincipalDep) -> Response:
+    """Submit a workload spec (YAML text or an object). 201 when created; 200 when an idempotency key
+    returned the workload an earlier submit created."""
+    return await to_thread.run_sync(_submit, body, services, principal, limiter=services.submit_limiter())
 
 
 def _submit(body: schemas.SubmitRequest, services: Services, principal: Principal) -> Response:
