@@ -89,8 +89,9 @@ class Settings(BaseSettings):
     fair_share_preemption: bool = Field(False, description="A queue below its weighted fair share may preempt "
                                         "work of a queue above it (after min_runtime_s)")
     max_preemptions_per_cycle: int = Field(64, ge=0, description="At most this many victims per scheduling cycle")
-    hold_after_s: float = Field(1800.0, ge=0, description="A blocked workload that has waited this long for work "
-                                "without a max_runtime holds the capacity it needs: no later work starts there")
+    hold_after_s: float | None = Field(1800.0, ge=0, description="A blocked workload that has waited this long for "
+                                       "work without a max_runtime holds the capacity it needs: no later work "
+                                       "starts there (off: never)")
     # Notebooks: the idle timeout of a notebook whose spec names none (2 h: a lunch break survives, a forgotten
     # tab does not hold a GPU overnight), and how often the culler asks each Jupyter (30 s: culling is 30 s late
     # at most, two cheap requests per notebook per pass).
@@ -148,6 +149,12 @@ class Settings(BaseSettings):
                                             "or fake executor, no notebook warm pool). Default: when this machine "
                                             "has more than one CPU")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("hold_after_s", mode="before")
+    @classmethod
+    def _hold_off(cls, value: object) -> object:
+        """The word off (or none, in any case) switches holds off."""
+        return None if isinstance(value, str) and value.strip().lower() in ("off", "none") else value
 
     @field_validator("home", mode="after")
     @classmethod

@@ -101,3 +101,17 @@ def test_the_client_looks_for_the_token_where_the_server_of_the_same_user_writes
     monkeypatch.delenv("GPUPOOL_HOME", raising=False)
     assert Path(DEFAULT_HOME) == SERVER_HOME
     assert ClientSettings().home == SERVER_HOME.expanduser().resolve()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("600", 600.0), ("off", None), ("OFF", None), ("none", None)])
+def test_holds_are_set_in_seconds_or_switched_off(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                   expected: float | None) -> None:
+    monkeypatch.setenv("GPUPOOL_HOLD_AFTER_S", value)
+    assert Settings().hold_after_s == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_a_bad_hold_time_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("GPUPOOL_HOLD_AFTER_S", value)
+    with pytest.raises(ValidationError, match="hold_after_s"):
+        Settings()
