@@ -67,7 +67,8 @@ def run_cycle(
 ) -> Decisions:
     """Decide what to bind, preempt and reserve, and why everything else waits.
 
-    `snapshot` must hold the placements of `running` (it is copied, never changed). Pass the same
+    `snapshot` must hold the placements of `running` (it is copied, never changed; what a placement names that
+    the snapshot lacks, such as a node that left the pool, holds nothing: `ClusterSnapshot.assume`). Pass the same
     `policy` instance across cycles to keep its caches and learned target; pass a `never_fits` checker
     to reuse its cache while the nodes stay the same. Same inputs give the same decisions.
     """

@@ -216,9 +216,8 @@ class ClusterSnapshot:
             if self.usable_card[row, j]:
                 self._set_usable_free(row, j, int(self.free_milli[row, j]))
             self.free_gmem[row, j] += sign * a.memory_mib
-            used = self._mig_used.get((row, j)) if a.mig_instance is not None else None
-            if used is not None and a.mig_instance is not None and a.mig_instance < len(used):
-                used[a.mig_instance] -= sign
+            if a.mig_instance is not None and (used := self._mig_used.get((row, j))) and a.mig_instance < len(used):
+                used[a.mig_instance] -= sign  # (an instance the card no longer has: nothing)
         self._refresh_row(row)
         self.changes += 1
 
