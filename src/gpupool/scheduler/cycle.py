@@ -496,7 +496,7 @@ class _Cycle:
             # the victim's usage stays in the quota book until it has stopped (it still holds the capacity)
             fair_share = victim.id in plan.fair_share
             self.decisions.preemptions.append(Preempt(victim.id, w.id, victim_reason(w, victim, fair_share),
-                                                      fair_share))
+                                                      fair_share, victim.queue != w.queue))
             self.book.mark_stopping(victim.queue, victim.usage)
             self.stopping.add(victim)
         self.running = [replace(r, terminating=True) if r.id in victim_ids else r for r in self.running]

@@ -18,12 +18,14 @@ class Bind:
 @dataclass(frozen=True, slots=True)
 class Preempt:
     """Stop `victim_id` so that `preemptor_id` can run; `reason` is recorded on the victim. `fair_share`: the
-    victim was taken for fair share (the victim, requeued, remembers the preemptor: see `PendingWorkload`)."""
+    victim was taken for fair share; `across_queues`: the victim is of another queue (taken for fair share or
+    to reclaim a guarantee): requeued, it remembers the preemptor (see `PendingWorkload`)."""
 
     victim_id: str
     preemptor_id: str
     reason: str
     fair_share: bool = False
+    across_queues: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,10 @@ the profile's minimum run time):
   victim is gone, and not below its own guarantee. That rules out an immediate loop: preempting back would
   need the victim's queue to be strictly below the preemptor's, which the second condition excludes. Shares
   still move with work that arrives and ends, so two workloads could later take turns at preempting each
-  other; a workload therefore never preempts for fair share one that preempted it for fair share
-  (`PendingWorkload.fair_share_preempted_by`). Priority and reclaim, which are firm promises, are not held back.
+  other (for fair share both ways, or one reclaiming a guarantee and the other taking it back for fair
+  share as the victim queue's other work ends and starts); a workload therefore never preempts for fair
+  share one that preempted it from another queue (`PendingWorkload.fair_share_preempted_by`). Priority and
+  reclaim, which are firm promises, are not held back.
 
 Victim order: first the workloads of the queue most above its guarantee (borrowers before owners); among
 other queues' workloads the smallest first (then priority, shortest run time, id), inside the preemptor's

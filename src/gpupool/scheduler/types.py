@@ -90,8 +90,8 @@ class PendingWorkload:
     in one cycle or none. `nominated` is the placement a previous cycle preempted for (tried first).
     `max_runtime_s` (None: unbounded) lets backfill reason about when it would end. `reserved` is the
     reservation an earlier cycle made for it (kept, and served before other work, until it starts).
-    `fair_share_preempted_by` holds the ids of the workloads that preempted it for fair share: it never
-    preempts one of them for fair share in turn (see `preemption`).
+    `fair_share_preempted_by` holds the ids of the workloads of other queues that preempted it (for fair share
+    or to reclaim a guarantee): it never preempts one of them for fair share in turn (see `preemption`).
     """
 
     id: str

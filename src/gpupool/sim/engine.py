@@ -220,7 +220,7 @@ class ReplayEngine:
                 self._wait(now, victim.id, None)
                 self.result.outcomes[victim.id].preemptions += 1
                 self.result.preemptions += 1
-                if preempt.fair_share:
+                if preempt.across_queues:
                     known = self.fair_share_preempted_by.get(victim.id, frozenset())
                     self.fair_share_preempted_by[victim.id] = known | {preempt.preemptor_id}
         for bind in decisions.binds:

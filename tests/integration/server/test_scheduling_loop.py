@@ -140,6 +140,26 @@ def test_a_fair_share_victim_remembers_its_preemptor_and_never_preempts_it_back(
         assert victim.fair_share_preempted_by == [int(b0)]
 
 
+def test_a_reclaims_victim_remembers_its_preemptor_too(server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False, fair_share_preemption=True,
+                            min_runtime_s=0)
+    with server.client() as client:
+        for name in ("a", "b"):
+            client.create_project(name)
+        client.update_queue("b", guaranteed={"gpu": 2})
+        a_jobs = [client.submit(GPU_JOB.format(name=f"a{k}", project="a")).workload.id for k in range(4)]
+        steps(server, 2)  # a borrows all 4 GPUs
+        b0 = client.submit(GPU_JOB.format(name="b0", project="b")).workload.id
+        steps(server, 4)  # b0 reclaims one of b's guaranteed GPUs
+        taken = [w for w in a_jobs if client.get_workload(w).preemptions]
+        assert len(taken) == 1 and client.get_workload(b0).status == "running"
+        assert any("reclaimed" in e.reason for e in client.get_workload(taken[0]).events)
+    with server.services.db.session() as session:  # requeued, it never takes b0 back for fair share
+        victim = session.get(WorkloadRow, int(taken[0]))
+        assert victim is not None and victim.status == "pending"
+        assert victim.fair_share_preempted_by == [int(b0)]
+
+
 def test_a_head_waiting_past_hold_after_s_holds_freed_capacity_until_it_starts(
         server_factory: ServerFactory, fake: FakeExecutor) -> None:
     server = server_factory(executor=fake, gpus="4xA100-80GB", workers=False, hold_after_s=0)

@@ -270,7 +270,7 @@ class CycleDriver:
                 continue
             self.running[p.victim_id] = replace(self.running[p.victim_id], terminating=True)
             # the requeued victim remembers its preemptor (getattr: the sweeps also drive older scheduler code)
-            if getattr(p, "fair_share", False) and p.victim_id in self.templates:
+            if getattr(p, "across_queues", getattr(p, "fair_share", False)) and p.victim_id in self.templates:
                 template = self.templates[p.victim_id]
                 self.templates[p.victim_id] = replace(
                     template, fair_share_preempted_by=template.fair_share_preempted_by | {p.preemptor_id})

@@ -297,6 +297,35 @@ def test_a_workload_never_preempts_for_fair_share_one_that_did_so_to_it(preempte
     assert all(p.fair_share and "fair share" in p.reason for p in decisions.preemptions)
 
 
+def test_a_workload_never_takes_back_for_fair_share_what_reclaimed_from_it() -> None:
+    # reclaim and fair share could swing: x (queue b) reclaims b's guarantee from y (queue a); b's other work
+    # starts, b is above its guarantee again and y could take x back for fair share; b's other work ends, x
+    # reclaims again. A reclaim's victim remembers its preemptor like a fair-share victim does.
+    pool = [node("n1").gpus(4).build()]
+    queues = [queue("a", weight=2.0), queue("b", guaranteed_gpu=2, weight=1.0)]
+    runs = [running(f"y{i}", [on("n1", gpus={i: 1000})], queue="a", start=100.0 * i) for i in range(4)]
+    first = cycle(pool, [job("x").queue("b").gpu(1).build()], runs, queues, policy="bestfit",
+                  fair_share_preemption=True)
+    assert [(p.victim_id, p.fair_share, p.across_queues) for p in first.preemptions] == [("y3", False, True)]
+    # later: y3 waits (a holds y0, share 1/4 / 2), b runs x (latest started) and two more (3/4 above its 2)
+    later = [running("y0", [on("n1", gpus={0: 1000})], queue="a", start=0.0),
+             *[running(f"b{i}", [on("n1", gpus={i: 1000})], queue="b", start=100.0 * i) for i in (1, 2)],
+             running("x", [on("n1", gpus={3: 1000})], queue="b", start=500.0)]
+    y3 = job("y3").queue("a").gpu(1).build()
+    forgetful = cycle(pool, [y3], later, queues, policy="bestfit", fair_share_preemption=True)
+    assert [(p.victim_id, p.fair_share) for p in forgetful.preemptions] == [("x", True)]
+    remembering = cycle(pool, [replace(y3, fair_share_preempted_by=frozenset({"x"}))], later, queues,
+                        policy="bestfit", fair_share_preemption=True)
+    assert [(p.victim_id, p.fair_share) for p in remembering.preemptions] == [("b2", True)]
+
+
+def test_a_priority_preemption_inside_a_queue_is_not_remembered() -> None:
+    pool = [node("n1").gpus(1).build()]
+    low = running("low", [on("n1", gpus={0: 1000})], start=0.0)
+    decisions = cycle(pool, [job("high").priority(5).gpu(1).build()], [low], policy="bestfit")
+    assert [(p.victim_id, p.fair_share, p.across_queues) for p in decisions.preemptions] == [("low", False, False)]
+
+
 def test_fair_share_preemption_is_off_by_default() -> None:
     pool = [node("n1").gpus(8).build()]
     driver = CycleDriver(pool, [queue("a"), queue("b")], BESTFIT)

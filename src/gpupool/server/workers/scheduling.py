@@ -411,7 +411,7 @@ class SchedulingLoop:
         if row is None or not row.current_status.is_active():
             return False
         preempt_workload(session, row, preempt.reason, now)  # a service replica drains first
-        if preempt.fair_share:  # requeued, it never preempts its preemptor for fair share in turn
+        if preempt.across_queues:  # requeued, it never preempts its preemptor for fair share in turn
             row.fair_share_preempted_by = sorted({*(row.fair_share_preempted_by or ()), int(preempt.preemptor_id)})
         return True
 
