@@ -5,9 +5,10 @@ seeds, with the waits, the broken reservation promises and the invariant violati
     python benchmarks/scheduler/multi_cycle_sweep.py invariants 200 400      # priorities, preemption, unbounded
     python benchmarks/scheduler/multi_cycle_sweep.py overloaded 0 100        # the second family: bigger, bursts
     python benchmarks/scheduler/multi_cycle_sweep.py churn 0 100             # nodes leave, shrink, are cordoned
+    python benchmarks/scheduler/multi_cycle_sweep.py mixed 0 100             # MIG, models, selectors, roles, churn
 
 (The tests run seeds 1000-1005 of the first kind, 0-5 of the second, 0-1 of the overloaded family and 0-3 of
-the churn family.)
+the churn and mixed families.)
 
 Prints one line: the mean and median over scenarios of the mean wait (first start - arrival), the mean makespan
 (last finish), the promises kept late (a reserved head starting more than a cycle after its first promise, or
@@ -26,12 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.unit.scheduler.test_multi_cycle_random import churn_scenario, overloaded_scenario, scenario
+from tests.unit.scheduler.test_multi_cycle_random import churn_scenario, mixed_scenario, overloaded_scenario, scenario
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["reservations", "invariants", "overloaded", "churn"])
+    parser.add_argument("kind", choices=["reservations", "invariants", "overloaded", "churn", "mixed"])
     parser.add_argument("first", type=int)
     parser.add_argument("last", type=int, help="exclusive")
     parser.add_argument("--hold-after-s", help="override the scenarios' hold_after_s: seconds, or 'none' (no holds)")
@@ -44,17 +45,20 @@ def main() -> None:
             driver = scenario(seed, bounded=False, preemption=True, priorities=(0, 0, 5, 10))
         elif args.kind == "churn":
             driver = churn_scenario(seed)
+        elif args.kind == "mixed":
+            driver = mixed_scenario(seed)
         else:
             driver = overloaded_scenario(seed)
         if args.hold_after_s is not None:
             hold = None if args.hold_after_s == "none" else float(args.hold_after_s)
             driver.profile = replace(driver.profile, hold_after_s=hold)
         arrivals = {a.workload.id: a.time for a in driver.arrivals}
-        record = driver.run_until_idle(max_cycles={"overloaded": 3000, "churn": 1500}.get(args.kind, 600))
+        record = driver.run_until_idle(max_cycles={"overloaded": 3000, "churn": 1500, "mixed": 800}.get(args.kind, 600))
         for v in record.violations:
             print(f"seed {seed}: {v}", file=sys.stderr)
         started = [start - at for wid, at in arrivals.items() if (start := record.start(wid)) is not None]
-        waits.append(statistics.mean(started))
+        if started:  # (a pool where nothing can start has no wait to count)
+            waits.append(statistics.mean(started))
         every_wait += started
         makespans.append(max(record.finished.values(), default=0.0))
         lost += sum(record.lost.values())

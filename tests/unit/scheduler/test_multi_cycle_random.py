@@ -156,6 +156,64 @@ def churn_scenario(seed: int) -> CycleDriver:
     return driver
 
 
+MIXED_GPUS: tuple[object, ...] = (1, 2, 4, 8, 0.5, 0.25, {"memory": "20GiB"}, {"mig": "1g.10gb"},
+                                  {"mig": "3g.40gb"}, {"count": 2, "model": "H100"}, {"count": 1, "memory": "40GiB"})
+
+
+def mixed_scenario(seed: int) -> CycleDriver:
+    """A fourth family: 1-5 nodes of mixed kinds (MIG cards, A100 / H100 of 40 or 80 GiB in exclusive, shared or
+    MPS mode, CPU only; racks, a zone label, a taint, a cordon), two queues, 10-40 workloads asking for any of
+    MIXED_GPUS, some with a parameter-server role, a node selector, a toleration or a minimum of replicas, and
+    0-4 node events as in `churn_scenario`; gang topology on or off, any policy."""
+    rng = random.Random(seed)
+    pool = []
+    for i in range(rng.randint(1, 5)):
+        b = node(f"n{i}").cpu(rng.choice([8, 64])).memory("256GiB").rack(rng.choice(["r1", "r2"]))
+        if rng.random() < 0.25:
+            b = b.mig("A100", rng.choice([["1g.10gb"] * 7, ["3g.40gb"] * 2, ["1g.10gb", "3g.40gb"]]))
+        if rng.random() < 0.8:
+            b = b.gpus(rng.choice([1, 2, 4, 8]), model=rng.choice(["A100", "H100"]),
+                       memory=rng.choice(["40GiB", "80GiB"]), mode=rng.choice(["exclusive", "shared", "mps"]))
+        b = b.label("zone", rng.choice(["a", "b"])) if rng.random() < 0.2 else b
+        b = b.taint("special") if rng.random() < 0.15 else b
+        pool.append((b.cordoned() if rng.random() < 0.1 else b).build())
+    queues = []
+    for name in ("a", "b"):
+        guaranteed = rng.randint(0, 3)
+        queues.append(queue(name, guaranteed, rng.choice([None, guaranteed + 4]), weight=rng.choice([1.0, 2.0]),
+                            lend=rng.random() < 0.8))
+    profile = SchedulerProfile(policy=rng.choice(["bestfit", "binpack", "fgd", "spread"]), min_runtime_s=60,
+                               fair_share_preemption=rng.random() < 0.5, hold_after_s=rng.choice([None, 300.0]),
+                               reservation_depth=rng.choice([1, 4]), gang_topology=rng.random() < 0.5)
+    driver = CycleDriver(pool, queues, profile, cycle_s=10, stop_cycles=rng.randint(1, 3))
+    for _ in range(rng.randint(0, 4)):
+        n, at = rng.choice(pool), rng.uniform(100, 2000)
+        if rng.random() < 0.5:
+            driver.node_event(NodeEvent(at, "leave", n.name, lost_after=rng.randint(0, 3)))
+        else:
+            driver.node_event(NodeEvent(at, "join", n.name, node=replace(n, gpus=n.gpus[:len(n.gpus) // 2]),
+                                        lost_after=rng.randint(0, 3)))
+        driver.node_event(NodeEvent(at + rng.uniform(100, 1000), "join", n.name, node=n))
+    for k in range(rng.randint(10, 40)):
+        at = rng.uniform(0, 2000)
+        driver.submit(_mixed_workload(rng, k, at), rng.uniform(30, 2000), at=at)
+    return driver
+
+
+def _mixed_workload(rng: random.Random, k: int, at: float) -> PendingWorkload:
+    b = job(f"w{k:03}").queue(rng.choice(["a", "b"])).priority(rng.choice([0, 0, 5, 10])).at(at)
+    count, extra = rng.choice([1, 1, 1, 2, 3]), {}
+    if rng.random() < 0.15:
+        extra["node_selector"] = (("zone", rng.choice(["a", "b"])),)
+    if rng.random() < 0.1:
+        extra["tolerations"] = ("special",)
+    b = b.replicas(count, gpu=rng.choice(MIXED_GPUS), **extra)
+    b = b.replicas(1, cpu=2, role="ps") if rng.random() < 0.2 else b
+    b = b.min_available(rng.randint(1, count)) if count > 1 and rng.random() < 0.3 else b
+    b = b.not_preemptible() if rng.random() < 0.1 else b
+    return (b.max_runtime(rng.choice([300, 1800])) if rng.random() < 0.5 else b).build()
+
+
 def _overloaded_shape(b: JobBuilder, shape: float, rng: random.Random, widest: int) -> JobBuilder:
     if shape < 0.35:
         return b.gpu(1)
@@ -229,3 +287,15 @@ def test_nodes_that_leave_shrink_and_are_cordoned_break_nothing(seed: int) -> No
                           and "owed to other queues that do not lend" not in record.reasons.get(w, "")]), never
     assert sum(record.lost.values()) > 0 or seed == 1  # seed 1: its nodes leave when nothing runs there
     assert max(record.preemptions.values(), default=0) <= MAX_PREEMPTIONS_PER_WORKLOAD, record.preemptions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_mixed_pools_and_requests_keep_every_invariant(seed: int) -> None:
+    driver = mixed_scenario(seed)
+    arrivals = [a.workload.id for a in driver.arrivals]
+    record = driver.run_until_idle(max_cycles=800)
+    assert not record.violations, record.violations[:5]
+    assert not (never := [w for w in arrivals if w not in record.finished
+                          and not record.reasons.get(w, "").startswith("can never")
+                          and "owed to other queues that do not lend" not in record.reasons.get(w, "")]), never
