@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from tests.builders import JobBuilder, job, node, queue
-from tests.unit.scheduler.cycle_driver import CycleDriver, NodeEvent
+from tests.unit.scheduler.cycle_driver import CycleDriver, NodeEvent, Record
 
 from gpupool.domain.nodes import Node
 from gpupool.domain.queues import QueueSpec
@@ -282,9 +282,7 @@ def test_nodes_that_leave_shrink_and_are_cordoned_break_nothing(seed: int) -> No
     arrivals = [a.workload.id for a in driver.arrivals]
     record = driver.run_until_idle(max_cycles=1500)
     assert not record.violations, record.violations[:5]
-    assert not (never := [w for w in arrivals if w not in record.finished
-                          and not record.reasons.get(w, "").startswith("can never run")
-                          and "owed to other queues that do not lend" not in record.reasons.get(w, "")]), never
+    assert not (never := _unfinished(record, arrivals)), never
     assert sum(record.lost.values()) > 0 or seed == 1  # seed 1: its nodes leave when nothing runs there
     assert max(record.preemptions.values(), default=0) <= MAX_PREEMPTIONS_PER_WORKLOAD, record.preemptions
 
@@ -296,6 +294,10 @@ def test_mixed_pools_and_requests_keep_every_invariant(seed: int) -> None:
     arrivals = [a.workload.id for a in driver.arrivals]
     record = driver.run_until_idle(max_cycles=800)
     assert not record.violations, record.violations[:5]
-    assert not (never := [w for w in arrivals if w not in record.finished
-                          and not record.reasons.get(w, "").startswith("can never")
-                          and "owed to other queues that do not lend" not in record.reasons.get(w, "")]), never
+    assert not (never := _unfinished(record, arrivals)), never
+
+
+def _unfinished(record: Record, arrivals: list[str]) -> list[str]:
+    """The arrivals that never finished although they could run."""
+    return [w for w in arrivals if w not in record.finished and not record.reasons.get(w, "").startswith("can never")
+            and "owed to other queues that do not lend" not in record.reasons.get(w, "")]
