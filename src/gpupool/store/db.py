@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpupool.domain.errors import StoreBusyError, ValidationError
@@ -36,9 +36,16 @@ RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})  # PostgreSQL: serialization
 BUSY_SQLSTATES = RETRYABLE_SQLSTATES | {"55P03"}
 SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes; extended ones add high bits)
 SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked")  # the same, when no code is attached
+# A pooled PostgreSQL connection idle this long is pinged before it is handed out (a restarted server, or a proxy
+# that closes idle connections, leaves dead ones in the pool; a dead one is replaced). A connection back in the
+# pool sooner is handed out as it is: under load (a connection reused every few milliseconds) a ping was one round
+# trip of four on a request's read and two more per submit; one that dies in use fails its work, as with a ping.
+# One second: far above a busy pool's reuse interval, far below any idle timeout a server or proxy sets.
+PING_AFTER_IDLE_S = 1.0
 TRANSACTION_ATTEMPTS = 3  # a deadlock victim retried at once nearly always wins the second time
 RETRY_PAUSE_S = 0.05
 T = TypeVar("T")
+_RETURNED_AT = "gpupool.returned_at"  # a pooled connection's record: when it was last returned (monotonic)
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -93,8 +100,8 @@ class Database:
             self._write_engine = _sqlite_engine(self.url, immediate=True)
             self._read_engine = _sqlite_engine(self.url, immediate=False)
         else:
-            self._write_engine = create_engine(self.url, pool_size=pool_size, max_overflow=2 * pool_size,
-                                               pool_pre_ping=True)
+            self._write_engine = create_engine(self.url, pool_size=pool_size, max_overflow=2 * pool_size)
+            ping_after_idle(self._write_engine, PING_AFTER_IDLE_S)
             self._read_engine = self._write_engine
         self.setup_cache = SetupCache()  # what requests read on every call (store/setup_cache.py)
         info = {CACHE_KEY: self.setup_cache}
@@ -165,6 +172,28 @@ class Database:
             return normalise_url(settings.resolved_database_url).render_as_string(hide_password=True)
         except ValidationError:
             return "(unreadable URL)"
+
+
+def ping_after_idle(engine: Engine, idle_s: float) -> None:
+    """Make `engine`'s pool ping a connection (the dialect's own ping) before handing it out when it was back in
+    the pool at least `idle_s` seconds; a connection that fails the ping is replaced by a new one (the pool
+    tries again). A connection opened since it was last returned is not pinged."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.pop(_RETURNED_AT, None)
+        if returned is None or time.monotonic() - returned < idle_s:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # what a dead connection raises depends on the driver
+            raise DisconnectionError(f"a pooled connection failed its ping: {error}") from error
+        if not alive:
+            raise DisconnectionError("a pooled connection failed its ping")
 
 
 def alembic_config() -> Config:

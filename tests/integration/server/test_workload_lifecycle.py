@@ -18,7 +18,7 @@ from gpupool.executors.fake import SUCCEED, FakeExecutor, ScriptedOutcome, fail,
 from gpupool.server.api import schemas
 from gpupool.server.services import workloads
 from gpupool.server.services.auth import principal_for
-from gpupool.store.orm import WorkloadRow
+from gpupool.store.orm import NodeRow, WorkloadRow
 from gpupool.store.repos import accounts
 
 JOB = "kind: job\nname: {name}\ncommand: python train.py\nresources: {{cpu: 1, memory: 1GiB, gpu: {gpu}}}\n"
@@ -186,6 +186,26 @@ def test_idempotent_submission(admin: Client) -> None:
     with pytest.raises(ConflictError, match="different spec"):
         admin.submit(job("other"), idempotency_key="run-42")
     assert admin.list_workloads(status=[]).total == 1
+
+
+def test_a_key_replayed_after_its_spec_became_unsatisfiable_answers_with_its_workload(
+        server_factory: ServerFactory, fake: FakeExecutor) -> None:
+    """A submit's key is read only when the insert finds it taken or the spec is refused: a replay whose spec
+    no node can hold any more still gets the workload its key stored; another spec under the key still
+    conflicts; a new key gets the refusal."""
+    server = server_factory(executor=fake, workers=False, gpus="4xA100-80GB")
+    with server.client() as admin:
+        first = admin.submit(job("keyed", gpu=4), idempotency_key="k")
+        with server.services.db.session() as session:  # the pool shrinks to one card per node
+            for node in session.scalars(select(NodeRow)):
+                node.gpus = node.gpus[:1]
+        with pytest.raises(UnsatisfiableError):
+            admin.submit(job("keyed", gpu=4), idempotency_key="fresh")
+        again = admin.submit(job("keyed", gpu=4), idempotency_key="k")
+        assert not again.created and again.workload.id == first.workload.id
+        with pytest.raises(ConflictError, match="different spec"):
+            admin.submit(job("other", gpu=4), idempotency_key="k")
+        assert [w.id for w in admin.list_workloads(status=[]).items] == [first.workload.id]
 
 
 def test_concurrent_submissions_with_one_key_create_one_workload(server: TestServer) -> None:

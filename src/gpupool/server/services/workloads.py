@@ -145,11 +145,14 @@ class SubmitPlan:
 
 
 def plan_submission(session: Session, principal: Principal, body: schemas.SubmitRequest, spec: WorkloadSpec,
-                    feasibility: FeasibilityCache) -> SubmitPlan:
+                    feasibility: FeasibilityCache, read_key: bool = True) -> SubmitPlan:
     """The reads of a submit (project, queue, idempotency key, environment, whether it could ever fit), in the
     write transaction (a single submit) or in a read-only one before it (a batch, whose reads would hold
     SQLite's one write lock as long as its items take). Raises what `submit` raises for a refused spec.
-    `submit(..., plan=)` re-checks what could have changed since (the project's queue; a key taken meanwhile)."""
+    `submit(..., plan=)` re-checks what could have changed since (the project's queue; a key taken meanwhile).
+    `read_key=False` (in the write transaction only) leaves a key that no workload has yet to the insert's
+    ON CONFLICT, one read fewer: the key is read here only when the spec is refused (a replay answers with the
+    stored workload even when its spec would be refused now), and by `submit` when the insert finds it taken."""
     project_id, project_name = _resolve_project(session, principal, spec)
     queue = queues.project_queue(session, project_id)
     if queue is None:
@@ -160,15 +163,21 @@ def plan_submission(session: Session, principal: Principal, body: schemas.Submit
     canonical = spec.to_dict() | {"project": project_name, "queue": queue.name}
     over_limit = beyond_limit(queue, pending_from_spec("0", queue.name, spec, 0.0).nominal())
     key = body.idempotency_key
-    existing = repo.workload_by_key(session, principal.user_id, key) if key is not None else None
-    if existing is not None:
-        return SubmitPlan(project_id, project_name, queue.name, canonical, _replay(existing, canonical, key or ""),
-                          over_limit)
-    feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
-    reason = feasibility.never_fits_reason(session, spec, queue.name)
-    if reason is not None:
-        raise UnsatisfiableError(reason, "resources")
-    return SubmitPlan(project_id, project_name, queue.name, canonical, over_limit=over_limit)
+    existing = repo.workload_by_key(session, principal.user_id, key) if key is not None and read_key else None
+    if existing is None:
+        try:
+            feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
+            reason = feasibility.never_fits_reason(session, spec, queue.name)
+            if reason is not None:
+                raise UnsatisfiableError(reason, "resources")
+            return SubmitPlan(project_id, project_name, queue.name, canonical, over_limit=over_limit)
+        except ValidationError:
+            existing = repo.workload_by_key(session, principal.user_id, key) if key is not None and not read_key \
+                else None
+            if existing is None:
+                raise
+    return SubmitPlan(project_id, project_name, queue.name, canonical, _replay(existing, canonical, key or ""),
+                      over_limit)
 
 
 def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,

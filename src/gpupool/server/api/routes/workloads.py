@@ -35,12 +35,13 @@ async def submit(body: schemas.SubmitRequest, services: ServicesDep, principal: 
 def _submit(body: schemas.SubmitRequest, services: Services, principal: Principal) -> Response:
     services.hold_while_scheduler_behind()
     spec = workloads.prepare_submission(body)  # before the transaction: parsing holds no lock
-    # The reads (project, queue, key, never-fits: most answered from the setup cache) share the write
+    # The reads (project, queue, never-fits: most answered from the setup cache; the idempotency key only when
+    # the insert finds it taken or the spec is refused) share the write
     # transaction on both stores: one transaction fewer per submit costs less than the write lock held a
     # little longer on SQLite (benchmarks/control_plane/README.md). A batch reads before (its reads grow with it).
     # Several submits waiting for the write lock at once share one transaction (store/group_commit.py)
     def store(session: Session) -> tuple[workloads.SubmitPlan, WorkloadRow, bool, dict[int, list[EventRow]]]:
-        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility)
+        plan = workloads.plan_submission(session, principal, body, spec, services.feasibility, read_key=False)
         row, created = workloads.submit(session, principal, body, services.clock(), services.feasibility,
                                         prepared=spec, plan=plan)
         return plan, row, created, workloads.submitted_events(session)

@@ -1,0 +1,87 @@
+"""A PostgreSQL pool pings only the connections that sat idle, and replaces the ones that died meanwhile."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+from tests.support.databases import temporary_postgres_database
+
+from gpupool.store import db as db_module
+from gpupool.store.db import Database
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    with temporary_postgres_database() as url:
+        yield url
+
+
+def _backend_pids(database: Database) -> set[int]:
+    """The server process ids of the pool's connections (each session reads its own)."""
+    with database.session(write=False) as session:
+        return {session.execute(text("SELECT pg_backend_pid()")).scalar_one()}
+
+
+def _pings(database: Database) -> list[str]:
+    """Count the dialect's pings on `database`'s engine from now on."""
+    seen: list[str] = []
+    original = database.engine.dialect.do_ping
+
+    def counted(dbapi_connection: object) -> bool:
+        seen.append("ping")
+        return original(dbapi_connection)
+
+    database.engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    return seen
+
+
+def test_a_connection_back_in_the_pool_a_moment_ago_is_handed_out_without_a_ping(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    try:
+        pings = _pings(database)
+        for _ in range(20):
+            _backend_pids(database)
+        assert pings == []  # one connection, reused within milliseconds: no round trip for a ping
+    finally:
+        database.dispose()
+
+
+def test_an_idle_connection_is_pinged_and_a_dead_one_replaced(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    killer = create_engine(postgres_url)
+    try:
+        pings = _pings(database)
+        first = _backend_pids(database)
+        with killer.begin() as connection:  # what a restarted server does to every pooled connection
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": next(iter(first))})
+        time.sleep(db_module.PING_AFTER_IDLE_S + 0.1)
+        second = _backend_pids(database)  # the dead connection failed its ping and a new one answered
+        assert pings == ["ping"]
+        assert second != first
+        time.sleep(db_module.PING_AFTER_IDLE_S + 0.1)
+        assert _backend_pids(database) == second  # a live idle connection passes its ping and is kept
+        assert pings == ["ping", "ping"]
+    finally:
+        database.dispose()
+        killer.dispose()
+
+
+def test_without_the_idle_ping_the_dead_connection_would_have_failed_the_request(postgres_url: str) -> None:
+    """What the ping is for: the same kill, with a pool that hands connections out as they are."""
+    engine = create_engine(postgres_url)
+    killer = create_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            pid = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with killer.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(0.2)
+        with pytest.raises(OperationalError), engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        engine.dispose()
+        killer.dispose()
