@@ -270,7 +270,7 @@ def _own_providers(settings: Settings, nvml_backend: BackendFactory, executor: E
 def _authenticate_body_sender(scope: Any, authorization: str | None) -> None:
     """AuthenticationError unless `authorization` holds a valid token (BodyLimit calls it before a body)."""
     services: Services = scope["app"].state.services
-    with services.db.session(write=False) as session:
+    with services.db.lookup() as session:
         found = authenticate(session, authorization, services.clock())
     remember_caller(scope, authorization, found)  # the route's PrincipalDep takes it from there
 

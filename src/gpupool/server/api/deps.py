@@ -50,7 +50,7 @@ def get_principal(request: Request) -> Principal:
     now = services.clock()
     found = _remembered(request)
     if found is None:
-        with services.db.session(write=False) as session:
+        with services.db.lookup() as session:
             found = authenticate(session, request.headers.get("authorization"), now)
     if found.stale_token_id is not None:
         with services.db.session() as session:

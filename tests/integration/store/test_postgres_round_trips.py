@@ -1,4 +1,5 @@
-"""A PostgreSQL pool pings only the connections that sat idle, and replaces the ones that died meanwhile."""
+"""Round trips a PostgreSQL store saves: a pool that pings only the connections that sat idle (and replaces the
+ones that died meanwhile), and lookups without BEGIN and COMMIT."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from psycopg import pq
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from tests.support.databases import temporary_postgres_database
 
 from gpupool.store import db as db_module
@@ -85,3 +88,27 @@ def test_without_the_idle_ping_the_dead_connection_would_have_failed_the_request
     finally:
         engine.dispose()
         killer.dispose()
+
+
+def _transaction_status(session: Session) -> pq.TransactionStatus:
+    return session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+
+
+def test_a_lookup_runs_without_begin_and_leaves_the_pooled_connection_transactional(postgres_url: str) -> None:
+    database = Database(postgres_url, pool_size=1)
+    try:
+        with database.session() as session:
+            session.execute(text("CREATE TABLE IF NOT EXISTS probe (n integer)"))
+        with database.lookup() as session:
+            session.execute(text("SELECT count(*) FROM probe"))
+            assert _transaction_status(session) == pq.TransactionStatus.IDLE  # no BEGIN was sent
+        with database.session(write=False) as session:  # the same pooled connection, in a transaction again
+            session.execute(text("SELECT count(*) FROM probe"))
+            assert _transaction_status(session) == pq.TransactionStatus.INTRANS
+        with pytest.raises(RuntimeError), database.session() as session:
+            session.execute(text("INSERT INTO probe VALUES (1)"))
+            raise RuntimeError("the write is rolled back")
+        with database.lookup() as session:
+            assert session.execute(text("SELECT count(*) FROM probe")).scalar_one() == 0
+    finally:
+        database.dispose()
