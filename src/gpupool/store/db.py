@@ -58,10 +58,15 @@ def is_retryable(error: BaseException) -> bool:
 def busy_error(error: BaseException) -> StoreBusyError | None:
     """The StoreBusyError a database error stands for when the store was only busy: SQLite's lock wait ran
     out ("database is locked"), or PostgreSQL gave up on a lock or aborted the transaction as a serialization
-    failure or deadlock victim (Database.transaction retries those; this is when they escape). None for any
-    other error."""
+    failure or deadlock victim (Database.transaction retries those; this is when they escape); also when the
+    connection broke (the database restarted, the network failed: the pool replaces it before its next use).
+    None for any other error."""
     if not isinstance(error, DBAPIError):
         return None
+    if error.connection_invalidated:
+        return StoreBusyError("the server lost its connection to the database (the database restarted or the "
+                              "network failed), so this request may not have completed; retry it in a moment "
+                              "(a submit with the same idempotency key is stored once)")
     orig = error.orig
     code = getattr(orig, "sqlite_errorcode", None)
     sqlite_busy = (isinstance(code, int) and code & 0xFF in SQLITE_BUSY_CODES) or \

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import pytest
 from psycopg import pq
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from tests.support.databases import temporary_postgres_database
 
 from gpupool.store import db as db_module
-from gpupool.store.db import Database
+from gpupool.store.db import Database, busy_error
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +112,21 @@ def test_a_lookup_runs_without_begin_and_leaves_the_pooled_connection_transactio
             assert session.execute(text("SELECT count(*) FROM probe")).scalar_one() == 0
     finally:
         database.dispose()
+
+
+def test_a_connection_that_breaks_in_use_is_a_store_busy_error_to_retry(postgres_url: str) -> None:
+    database = Database(postgres_url)
+    killer = create_engine(postgres_url)
+    try:
+        with pytest.raises(DBAPIError) as raised, database.session(write=False) as session:
+            pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with killer.begin() as connection:
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            session.execute(text("SELECT 1"))
+        busy = busy_error(raised.value)
+        assert busy is not None and "lost its connection" in busy.message
+        with database.session(write=False) as session:  # the pool replaced it
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        database.dispose()
+        killer.dispose()
