@@ -38,8 +38,8 @@ SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary cod
 SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked")  # the same, when no code is attached
 # A pooled PostgreSQL connection idle this long is pinged before it is handed out (a restarted server, or a proxy
 # that closes idle connections, leaves dead ones in the pool; a dead one is replaced). A connection back in the
-# pool sooner is handed out as it is: under load (a connection reused every few milliseconds) a ping was one round
-# trip of four on a request's read and two more per submit; one that dies in use fails its work, as with a ping.
+# pool sooner is handed out as it is: under load a connection is reused every few milliseconds, and a ping at each
+# checkout would add a round trip to every transaction; one that dies while in use fails its work, ping or not.
 # One second: far above a busy pool's reuse interval, far below any idle timeout a server or proxy sets.
 PING_AFTER_IDLE_S = 1.0
 TRANSACTION_ATTEMPTS = 3  # a deadlock victim retried at once nearly always wins the second time

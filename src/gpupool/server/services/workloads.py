@@ -166,18 +166,27 @@ def plan_submission(session: Session, principal: Principal, body: schemas.Submit
     existing = repo.workload_by_key(session, principal.user_id, key) if key is not None and read_key else None
     if existing is None:
         try:
-            feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
-            reason = feasibility.never_fits_reason(session, spec, queue.name)
-            if reason is not None:
-                raise UnsatisfiableError(reason, "resources")
-            return SubmitPlan(project_id, project_name, queue.name, canonical, over_limit=over_limit)
+            _refuse_unless_it_could_run(session, principal, spec, queue.name, feasibility)
         except ValidationError:
-            existing = repo.workload_by_key(session, principal.user_id, key) if key is not None and not read_key \
-                else None
+            if key is None or read_key:
+                raise
+            existing = repo.workload_by_key(session, principal.user_id, key)  # a replay is answered all the same
             if existing is None:
                 raise
+        else:
+            return SubmitPlan(project_id, project_name, queue.name, canonical, over_limit=over_limit)
     return SubmitPlan(project_id, project_name, queue.name, canonical, _replay(existing, canonical, key or ""),
                       over_limit)
+
+
+def _refuse_unless_it_could_run(session: Session, principal: Principal, spec: WorkloadSpec, queue: str,
+                                feasibility: FeasibilityCache) -> None:
+    """ValidationError when the spec names an environment its submitter may not use, or UnsatisfiableError
+    when no node could ever hold it."""
+    feasibility.check_environment(spec, Viewer(principal.name, principal.is_admin))
+    reason = feasibility.never_fits_reason(session, spec, queue)
+    if reason is not None:
+        raise UnsatisfiableError(reason, "resources")
 
 
 def submit(session: Session, principal: Principal, body: schemas.SubmitRequest, now: float,
