@@ -197,8 +197,7 @@ class GpuSampler:
             self._last_live[r.key.workload_id] = now
         self._last_live = {k: t for k, t in self._last_live.items() if now - t <= FORGET_ENDED_AFTER_S}
         snapshot = ClusterSnapshot(view.nodes)
-        known = {n.name for n in view.nodes}
-        snapshot.assume_all([r.placement for r in view.replicas if r.placement.node in known], force=True)
+        snapshot.assume_all([r.placement for r in view.replicas], force=True)  # skips capacity that is gone
         with runtime.lock:
             latest = [n.last_report for _, n in sorted(runtime.nodes.items()) if n.last_report is not None]
             metrics.update_gpus(latest, view.cards)

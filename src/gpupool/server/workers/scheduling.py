@@ -167,9 +167,8 @@ class SchedulingLoop:
             self._checker_key = state.fingerprint
         self._observe(state)
         snapshot = self._snapshot_of(state.nodes)
-        known = {n.name for n in state.nodes}
-        for running in state.running:
-            snapshot.assume_all([p for p in running.placements if p.node in known], force=True)
+        for running in state.running:  # forced: what a node that left or shrank no longer has is skipped
+            snapshot.assume_all(running.placements, force=True)
         pending = [replace(w, reserved=self._held[w.id]) if w.id in self._held else w for w in state.pending]
         decisions = run_cycle(snapshot, pending, state.running, state.queues, self.profile, now,
                               policy=self.policy, never_fits=self._checker)
@@ -207,9 +206,8 @@ class SchedulingLoop:
         with self.db.session(write=False) as session:
             state = self._load(session)
         snapshot = ClusterSnapshot(state.nodes)
-        known = {n.name for n in state.nodes}
         for running in state.running:
-            snapshot.assume_all([p for p in running.placements if p.node in known], force=True)
+            snapshot.assume_all(running.placements, force=True)
         held = dict(self._held)
         pending = [replace(w, reserved=held[w.id]) if w.id in held else w for w in state.pending]
         return run_cycle(snapshot, [*pending, candidate], state.running, state.queues, self.profile, now,
