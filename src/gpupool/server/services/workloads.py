@@ -88,7 +88,7 @@ def detail_view(session: Session, row: WorkloadRow, tasks: int = DETAIL_TASKS,
     ask for none: the counts say enough). `names`: the workload's project and user names when the caller
     already has them (a submit), else they are read."""
     if names is None:
-        names = (accounts.project_names(session).get(row.project_id, "?"),
+        names = (accounts.project_names_kept(session).get(row.project_id, "?"),
                  accounts.user_names(session, {row.user_id}).get(row.user_id, "?"))
     is_array = row.kind == ARRAY_KIND
     array = arrays.array_summary(row, arrays.task_counts(session, [row.id]).get(row.id, {})) if is_array else None
@@ -299,7 +299,7 @@ def list_workloads(session: Session, principal: Principal, project: str | None, 
                    user: str | None = None) -> schemas.WorkloadPage:
     """Workloads the caller may see, newest first, filtered by project, status, name, kind and user (a user
     name that does not exist matches nothing)."""
-    names = accounts.project_names(session)
+    names = accounts.project_names_kept(session)
     visible = principal.readable_projects()
     if project is not None:
         pid = next((p for p, n in names.items() if n == validate_name(project, "project")), None)
