@@ -208,6 +208,29 @@ def test_a_key_replayed_after_its_spec_became_unsatisfiable_answers_with_its_wor
         assert [w.id for w in admin.list_workloads(status=[]).items] == [first.workload.id]
 
 
+def test_a_new_key_is_not_read_before_the_insert_and_a_replay_reads_it(server_factory: ServerFactory,
+                                                                        fake: FakeExecutor) -> None:
+    server = server_factory(executor=fake, workers=False, gpus="4xA100-80GB")
+    statements: list[str] = []
+
+    def executed(_conn: object, _cursor: object, sql: str, *_rest: object) -> None:
+        statements.append(" ".join(sql.split()))
+
+    with server.client() as admin:
+        admin.submit(job("warm"), idempotency_key="warm")  # the setup cache filled, the token's use recorded
+        event.listen(server.services.db.engine, "before_cursor_execute", executed)
+        try:
+            first = admin.submit(job("keyed"), idempotency_key="k")
+            new_key = list(statements)
+            again = admin.submit(job("keyed"), idempotency_key="k")
+        finally:
+            event.remove(server.services.db.engine, "before_cursor_execute", executed)
+    assert again.workload.id == first.workload.id and not again.created
+    by_key = [s for s in statements if s.startswith("SELECT workloads.id FROM workloads WHERE")]
+    assert not [s for s in new_key if s in by_key]  # the insert's ON CONFLICT stands for the read
+    assert by_key  # the replay found the key taken, then read it
+
+
 def test_concurrent_submissions_with_one_key_create_one_workload(server: TestServer) -> None:
     ids: list[int] = []
     lock = threading.Lock()

@@ -55,9 +55,9 @@ def workloads_by_ids(session: Session, ids: Collection[int], for_update: bool = 
 
 
 def workload_by_key(session: Session, user_id: int, key: str) -> WorkloadRow | None:
-    """The workload the user submitted with this idempotency key, or None (every submit with a key asks: the
-    id is looked up with a statement built once, the row read only when there is one). Rows added to the
-    session are flushed first, as an ORM query would."""
+    """The workload the user submitted with this idempotency key, or None (the id is looked up with a statement
+    built once, the row read only when there is one). Rows added to the session are flushed first, as an ORM
+    query would."""
     session.flush()  # nothing to do (and nearly free) when nothing was added or changed
     found = session.connection().execute(_ID_BY_KEY, {"user_id": user_id, "key": key}).scalar()
     return None if found is None else session.get(WorkloadRow, found)
