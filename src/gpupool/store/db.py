@@ -128,14 +128,8 @@ class Database:
     def session(self, write: bool = True) -> Iterator[Session]:
         """A session in one transaction: committed when the block ends normally, rolled back otherwise.
         `write=False` is for read-only work (on SQLite it does not take the write lock)."""
-        factory = self._writer if write else self._reader
-        with factory() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with _committed(self._writer if write else self._reader) as session:
+            yield session
 
     @contextmanager
     def lookup(self) -> Iterator[Session]:
@@ -144,13 +138,8 @@ class Database:
         store/setup_cache.py: a value is kept with the sequence read before it, which a later statement only
         makes newer). On PostgreSQL it runs without BEGIN and COMMIT: two round trips fewer than
         `session(write=False)`, which it is on SQLite."""
-        with self._looker() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with _committed(self._looker) as session:
+            yield session
 
     def transaction(self, work: Callable[[Session], T], write: bool = True,
                     attempts: int = TRANSACTION_ATTEMPTS) -> T:
@@ -195,6 +184,18 @@ class Database:
             return normalise_url(settings.resolved_database_url).render_as_string(hide_password=True)
         except ValidationError:
             return "(unreadable URL)"
+
+
+@contextmanager
+def _committed(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session of `factory`: committed when the block ends normally, rolled back otherwise."""
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
 
 def ping_after_idle(engine: Engine, idle_s: float) -> None:
