@@ -58,7 +58,7 @@ def summary(session: Session, gateway: Gateway, row: WorkloadRow, project: str) 
 
 def list_services(session: Session, gateway: Gateway, principal: Principal) -> list[api.ServiceSummary]:
     """The live services the caller may see, oldest first."""
-    names = accounts.project_names(session)
+    names = accounts.project_names_kept(session)
     return [summary(session, gateway, row, names.get(row.project_id, "?"))
             for row in services_repo.live_services(session) if principal.can_read(row.project_id)]
 
@@ -66,7 +66,7 @@ def list_services(session: Session, gateway: Gateway, principal: Principal) -> l
 def show(session: Session, gateway: Gateway, principal: Principal, name: str) -> api.ServiceDetail:
     """One service: summary, spec, replicas (ready, draining, in flight), history."""
     row = find(session, principal, name)
-    base = summary(session, gateway, row, accounts.project_names(session).get(row.project_id, "?"))
+    base = summary(session, gateway, row, accounts.project_names_kept(session).get(row.project_id, "?"))
     view = gateway.service(row.id)
     ready = {b.workload_id for b in view.backends} if view else set()
     draining = gateway.draining()

@@ -49,7 +49,7 @@ def _workloads(session: Session, ids: Iterable[int]) -> dict[int, WorkloadRow]:
 def _users_by_gpu(session: Session, principal: Principal) -> dict[tuple[str, int], list[GpuUser]]:
     live = repo.live_replicas(session)
     rows = _workloads(session, (r.workload_id for r in live))
-    projects = accounts.project_names(session)
+    projects = accounts.project_names_kept(session)
     users: dict[tuple[str, int], list[GpuUser]] = defaultdict(list)
     for replica in live:
         row = rows.get(replica.workload_id)
@@ -163,7 +163,7 @@ def idle_report(session: Session, runtime: GpuRuntime, principal: Principal, now
     with runtime.reading():
         idle = [(name, item) for name, node in sorted(runtime.nodes.items()) for item in node.monitor.wasted(now)]
     rows = _workloads(session, (int(i.replica.workload_id) for _, i in idle if i.replica.workload_id.isdigit()))
-    projects = accounts.project_names(session)
+    projects = accounts.project_names_kept(session)
     users = accounts.user_names(session, {r.user_id for r in rows.values()})
     found = []
     for node, item in idle:

@@ -92,7 +92,7 @@ def pipeline_by_name(session: Session, principal: Principal, name: str, project:
     """The pipeline called `name` in one of the caller's projects (`project` when given); NotFoundError
     otherwise, ValidationError when the name is in several of them and no project was named."""
     query = select(PipelineRow).where(PipelineRow.name == validate_name(name, "name")).order_by(PipelineRow.id)
-    names = accounts.project_names(session)
+    names = accounts.project_names_kept(session)
     rows = [r for r in session.scalars(query.with_for_update() if for_update else query)
             if principal.can_read(r.project_id) and (project is None or names.get(r.project_id) == project)]
     if not rows:
@@ -106,7 +106,7 @@ def pipeline_by_name(session: Session, principal: Principal, name: str, project:
 
 def pipeline_view(session: Session, row: PipelineRow) -> ps.PipelineInfo:
     """A definition with its latest schedule fires."""
-    names = accounts.project_names(session)
+    names = accounts.project_names_kept(session)
     users = accounts.user_names(session, {row.user_id})
     fires = session.scalars(select(ScheduleFireRow).where(ScheduleFireRow.pipeline_id == row.id)
                             .order_by(ScheduleFireRow.fire_at.desc()).limit(FIRES_SHOWN)).all()
@@ -173,7 +173,7 @@ def steps_of(session: Session, run_id: int) -> list[PipelineStepRow]:
 
 def run_view(session: Session, run: WorkloadRow, storage: StorageLayout) -> ps.RunInfo:
     """A run with its steps in the spec's order."""
-    project = accounts.project_names(session).get(run.project_id, "?")
+    project = accounts.project_names_kept(session).get(run.project_id, "?")
     extra = session.get(PipelineRunRow, run.id)
     steps = steps_of(session, run.id)
     children = {w.id: w for w in session.scalars(select(WorkloadRow).where(WorkloadRow.parent_id == run.id))}

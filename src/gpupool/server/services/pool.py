@@ -130,7 +130,7 @@ def list_queues(session: Session) -> list[schemas.Queue]:
     """Every queue with its quota, usage and how many of its workloads run and wait."""
     usage = _queue_usage(session)
     counts = _status_counts(session)
-    names = accounts.project_names(session)
+    names = accounts.project_names_kept(session)
     active = [s.value for s in WorkloadStatus if s.is_active()]
     out = []
     for row in queues.list_queues(session):

@@ -39,7 +39,7 @@ def allocations(session: Session, readable: frozenset[int] | None, since: float,
     if readable is not None:
         query = query.where(WorkloadRow.project_id.in_(sorted(readable)))
     found = session.execute(query).all()
-    projects = accounts.project_names(session)
+    projects = accounts.project_names_kept(session)
     users = accounts.user_names(session, {user_id for _, _, user_id in found})
     found_allocations: list[Allocation] = []
     ids: list[int] = []
