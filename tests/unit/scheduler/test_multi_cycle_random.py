@@ -278,11 +278,7 @@ def test_overloaded_scenarios_keep_every_invariant_and_start_all_that_can(seed: 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 def test_nodes_that_leave_shrink_and_are_cordoned_break_nothing(seed: int) -> None:
-    driver = churn_scenario(seed)
-    arrivals = [a.workload.id for a in driver.arrivals]
-    record = driver.run_until_idle(max_cycles=1500)
-    assert not record.violations, record.violations[:5]
-    assert not (never := _unfinished(record, arrivals)), never
+    record = _run_keeping_invariants(churn_scenario(seed), max_cycles=1500)
     assert sum(record.lost.values()) > 0 or seed == 1  # seed 1: its nodes leave when nothing runs there
     assert max(record.preemptions.values(), default=0) <= MAX_PREEMPTIONS_PER_WORKLOAD, record.preemptions
 
@@ -290,11 +286,16 @@ def test_nodes_that_leave_shrink_and_are_cordoned_break_nothing(seed: int) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(4))
 def test_mixed_pools_and_requests_keep_every_invariant(seed: int) -> None:
-    driver = mixed_scenario(seed)
+    _run_keeping_invariants(mixed_scenario(seed), max_cycles=800)
+
+
+def _run_keeping_invariants(driver: CycleDriver, max_cycles: int) -> Record:
+    """Run `driver` until idle and check that no invariant broke and that all work that could run finished."""
     arrivals = [a.workload.id for a in driver.arrivals]
-    record = driver.run_until_idle(max_cycles=800)
+    record = driver.run_until_idle(max_cycles=max_cycles)
     assert not record.violations, record.violations[:5]
     assert not (never := _unfinished(record, arrivals)), never
+    return record
 
 
 def _unfinished(record: Record, arrivals: list[str]) -> list[str]:
